@@ -1,0 +1,128 @@
+//! XDP entry point: count every packet by verdict, count service traffic per service, and
+//! drop service traffic from block-listed prefixes or from sources over their SYN budget.
+//! Everything else passes: this program never breaks traffic it does not understand.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    btf_maps::lpm_trie::Key,
+    helpers::bpf_ktime_get_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use robustifier_common::{SynBucket, XdpStats};
+
+use crate::{
+    maps::{BLOCK_V4, BLOCK_V6, CONFIG, SYN_BUCKET, XDP_STATS, service_for, svc_stats},
+    parse::{Parsed, TcpPacket, parse},
+};
+
+/// Elapsed time beyond which a bucket is simply full again (bounds the refill arithmetic).
+const MAX_REFILL_NS: u64 = 60_000_000_000;
+
+#[xdp]
+pub fn rb_xdp(ctx: XdpContext) -> u32 {
+    // SAFETY: per-CPU slot, written only by this program on this CPU.
+    let Some(stats) = XDP_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p }) else {
+        return XDP_PASS;
+    };
+    stats.packets += 1;
+    let mut pkt = TcpPacket::default();
+    match parse(&ctx, &mut pkt) {
+        Parsed::NonIp => {
+            stats.non_ip += 1;
+            XDP_PASS
+        }
+        Parsed::Malformed => {
+            stats.malformed += 1;
+            XDP_PASS
+        }
+        Parsed::NonTcp => {
+            stats.non_tcp += 1;
+            XDP_PASS
+        }
+        Parsed::Tcp => tcp(&ctx, &pkt, stats),
+    }
+}
+
+#[inline(always)]
+fn tcp(ctx: &XdpContext, pkt: &TcpPacket, stats: &mut XdpStats) -> u32 {
+    let Some(service) = service_for(pkt.dst, pkt.dst_port_be) else {
+        stats.no_service += 1;
+        return XDP_PASS;
+    };
+    stats.service += 1;
+    let Some(svc) = svc_stats(service.service_id) else {
+        return XDP_PASS;
+    };
+    svc.packets += 1;
+    svc.bytes += (ctx.data_end() - ctx.data()) as u64;
+    if pkt.syn {
+        svc.syns += 1;
+    }
+    if blocked(pkt) {
+        svc.dropped_blocklist += 1;
+        stats.dropped_blocklist += 1;
+        return XDP_DROP;
+    }
+    if pkt.syn && !syn_allowed(&pkt.src) {
+        svc.dropped_syn_budget += 1;
+        stats.dropped_syn_budget += 1;
+        return XDP_DROP;
+    }
+    svc.passed += 1;
+    XDP_PASS
+}
+
+#[inline(always)]
+fn blocked(pkt: &TcpPacket) -> bool {
+    if pkt.is_v4 {
+        let addr = [pkt.src[12], pkt.src[13], pkt.src[14], pkt.src[15]];
+        BLOCK_V4.get(&Key::new(32, addr)).is_some()
+    } else {
+        BLOCK_V6.get(&Key::new(128, pkt.src)).is_some()
+    }
+}
+
+/// Token bucket per source: `syn_rate_per_sec` tokens a second, at most `syn_burst`.
+/// The bucket map is shared by all CPUs; a lost update under a race costs one token's
+/// accuracy, never a wrong drop of a well-behaved source.
+#[inline(always)]
+fn syn_allowed(src: &[u8; 16]) -> bool {
+    let Some(cfg) = CONFIG.get(0) else {
+        return true;
+    };
+    if cfg.syn_rate_per_sec == 0 {
+        return true;
+    }
+    let rate = cfg.syn_rate_per_sec as u64;
+    let burst_milli = (cfg.syn_burst.max(1) as u64) * 1000;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match SYN_BUCKET.get_ptr_mut(src) {
+        Some(p) => {
+            // SAFETY: pointer from a successful lookup; LRU eviction may reuse the slot, which
+            // at worst resets one source's budget.
+            let bucket = unsafe { &mut *p };
+            let elapsed = now.saturating_sub(bucket.last_ns).min(MAX_REFILL_NS);
+            // tokens_milli per ns = rate * 1000 / 1e9 = rate / 1e6.
+            let refill = elapsed * rate / 1_000_000;
+            let tokens = (bucket.tokens_milli + refill).min(burst_milli);
+            bucket.last_ns = now;
+            if tokens >= 1000 {
+                bucket.tokens_milli = tokens - 1000;
+                true
+            } else {
+                bucket.tokens_milli = tokens;
+                false
+            }
+        }
+        None => {
+            let fresh = SynBucket {
+                tokens_milli: burst_milli - 1000,
+                last_ns: now,
+            };
+            let _ = SYN_BUCKET.insert(src, fresh, 0);
+            true
+        }
+    }
+}

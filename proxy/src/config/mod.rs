@@ -1,0 +1,379 @@
+//! Configuration: TOML read into [`raw`] structs, then validated once into the typed
+//! [`Config`] the rest of the program uses. Every error names the file, the key and the
+//! reason (`ConfigError`), and nothing downstream re-checks what was validated here.
+
+mod error;
+mod raw;
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use robustifier_common::{MAX_BACKENDS, MAX_SERVICES, PIN_DIR};
+
+pub use error::ConfigError;
+use raw::{RawBackend, RawConfig, RawPool, RawService};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub frontend: Frontend,
+    pub flood: Flood,
+    /// Client prefixes of the priority class (kernel steering, later user-group priority).
+    pub priority_prefixes: Vec<IpNet>,
+    pub services: Vec<Service>,
+    pub pools: Vec<Pool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Frontend {
+    pub name: String,
+    pub interface: Option<String>,
+    pub xdp_mode: XdpMode,
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Driver mode, falling back to generic (skb) mode where the driver lacks it.
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Flood {
+    /// 0 disables the per-source SYN budget.
+    pub syn_rate_per_sec: u32,
+    pub syn_burst: u32,
+    pub block: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Smtp,
+    Pop3,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Smtp => "smtp",
+            Protocol::Pop3 => "pop3",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Index into the kernel's per-service arrays; the position in the file.
+    pub id: u32,
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Empty: every local address.
+    pub vips: Vec<IpAddr>,
+    pub hostname: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub id: u32,
+    pub name: String,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Index into the kernel's load map; unique across pools.
+    pub id: u32,
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+const DEFAULT_WEIGHT: u32 = 100;
+const MAX_WEIGHT: u32 = 65_535;
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            key: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `file` (tests use this without touching disk).
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let err = |key: String, reason: String| ConfigError {
+            file: file.to_owned(),
+            key,
+            reason,
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| err(String::new(), e.to_string()))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            // toml's message may span lines (it quotes the source); keep the first.
+            let reason = inner
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("invalid")
+                .to_owned();
+            err(if key == "." { String::new() } else { key }, reason)
+        })?;
+        Config::from_raw(file, raw).map_err(|(key, reason)| err(key, reason))
+    }
+
+    fn from_raw(file: &Path, raw: RawConfig) -> Result<Config, (String, String)> {
+        let fe = raw.frontend;
+        if fe.name.trim().is_empty() {
+            return Err(("frontend.name".into(), "must not be empty".into()));
+        }
+        if let Some(ifname) = &fe.interface
+            && (ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ']))
+        {
+            return Err((
+                "frontend.interface".into(),
+                format!("{ifname:?} is not a valid interface name (1 to 15 characters)"),
+            ));
+        }
+        let xdp_mode = match fe.xdp_mode.as_deref().unwrap_or("auto") {
+            "auto" => XdpMode::Auto,
+            "native" => XdpMode::Native,
+            "generic" => XdpMode::Generic,
+            other => {
+                return Err((
+                    "frontend.xdp_mode".into(),
+                    format!("{other:?} is not one of \"auto\", \"native\", \"generic\""),
+                ));
+            }
+        };
+        let pin_dir = PathBuf::from(fe.pin_dir.unwrap_or_else(|| PIN_DIR.to_owned()));
+        if !pin_dir.is_absolute() {
+            return Err(("frontend.pin_dir".into(), "must be an absolute path".into()));
+        }
+        let frontend = Frontend {
+            name: fe.name,
+            interface: fe.interface,
+            xdp_mode,
+            pin_dir,
+        };
+
+        let syn_rate_per_sec = raw.flood.syn_rate_per_sec.unwrap_or(0);
+        let syn_burst = match raw.flood.syn_burst {
+            Some(0) => return Err(("flood.syn_burst".into(), "must be at least 1".into())),
+            Some(b) => b,
+            None => syn_rate_per_sec.max(1),
+        };
+        let flood = Flood {
+            syn_rate_per_sec,
+            syn_burst,
+            block: prefixes("flood.block", &raw.flood.block)?,
+        };
+        let priority_prefixes = prefixes("classes.priority", &raw.classes.priority)?;
+
+        if raw.services.len() > MAX_SERVICES as usize {
+            return Err(("service".into(), format!("at most {MAX_SERVICES} services")));
+        }
+        let mut names = HashSet::new();
+        let mut bound = HashSet::new();
+        let mut services = Vec::new();
+        for (i, s) in raw.services.into_iter().enumerate() {
+            let service = service(i, s, &frontend.name)?;
+            if !names.insert(service.name.clone()) {
+                return Err((
+                    format!("service[{i}].name"),
+                    format!("duplicate service {:?}", service.name),
+                ));
+            }
+            let addrs: Vec<Option<IpAddr>> = if service.vips.is_empty() {
+                vec![None]
+            } else {
+                service.vips.iter().copied().map(Some).collect()
+            };
+            for addr in addrs {
+                if !bound.insert((addr, service.port)) {
+                    let what = addr.map_or("any address".to_owned(), |a| a.to_string());
+                    return Err((
+                        format!("service[{i}]"),
+                        format!(
+                            "{what} port {} is already used by another service",
+                            service.port
+                        ),
+                    ));
+                }
+            }
+            services.push(service);
+        }
+
+        let mut pools = Vec::new();
+        let mut pool_names = HashSet::new();
+        let mut backend_names = HashSet::new();
+        let mut next_backend = 0u32;
+        for (i, p) in raw.pools.into_iter().enumerate() {
+            let pool = pool(i, p, &mut next_backend, &mut backend_names)?;
+            if !pool_names.insert(pool.name.clone()) {
+                return Err((
+                    format!("pool[{i}].name"),
+                    format!("duplicate pool {:?}", pool.name),
+                ));
+            }
+            pools.push(pool);
+        }
+        Ok(Config {
+            file: file.to_owned(),
+            frontend,
+            flood,
+            priority_prefixes,
+            services,
+            pools,
+        })
+    }
+
+    pub fn backends(&self) -> impl Iterator<Item = (&Pool, &Backend)> {
+        self.pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(move |b| (p, b)))
+    }
+}
+
+fn service(i: usize, s: RawService, frontend: &str) -> Result<Service, (String, String)> {
+    let key = |k: &str| format!("service[{i}].{k}");
+    if s.name.trim().is_empty() {
+        return Err((key("name"), "must not be empty".into()));
+    }
+    let protocol = match s.protocol.as_str() {
+        "smtp" => Protocol::Smtp,
+        "pop3" => Protocol::Pop3,
+        other => {
+            return Err((
+                key("protocol"),
+                format!("{other:?} is not one of \"smtp\", \"pop3\""),
+            ));
+        }
+    };
+    if s.port == 0 {
+        return Err((key("port"), "must be 1 to 65535".into()));
+    }
+    let mut vips = Vec::new();
+    for (j, v) in s.vips.iter().enumerate() {
+        let addr: IpAddr = v.parse().map_err(|_| {
+            (
+                format!("service[{i}].vips[{j}]"),
+                format!("{v:?} is not an IP address"),
+            )
+        })?;
+        if addr.is_unspecified() {
+            return Err((
+                format!("service[{i}].vips[{j}]"),
+                "use an empty list for every address, not the unspecified address".into(),
+            ));
+        }
+        vips.push(addr);
+    }
+    let max_connections = s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        return Err((key("max_connections"), "must be at least 1".into()));
+    }
+    Ok(Service {
+        id: i as u32,
+        name: s.name,
+        protocol,
+        port: s.port,
+        vips,
+        hostname: s.hostname.unwrap_or_else(|| frontend.to_owned()),
+        max_connections,
+    })
+}
+
+fn pool(
+    i: usize,
+    p: RawPool,
+    next_backend: &mut u32,
+    backend_names: &mut HashSet<String>,
+) -> Result<Pool, (String, String)> {
+    if p.name.trim().is_empty() {
+        return Err((format!("pool[{i}].name"), "must not be empty".into()));
+    }
+    let mut backends = Vec::new();
+    for (j, b) in p.backends.into_iter().enumerate() {
+        let RawBackend {
+            name,
+            address,
+            weight,
+        } = b;
+        let key = |k: &str| format!("pool[{i}].backend[{j}].{k}");
+        if *next_backend >= MAX_BACKENDS {
+            return Err((
+                key("name"),
+                format!("at most {MAX_BACKENDS} back-ends in all"),
+            ));
+        }
+        if !backend_names.insert(name.clone()) {
+            return Err((key("name"), format!("duplicate back-end {name:?}")));
+        }
+        let address: SocketAddr = address.parse().map_err(|_| {
+            (
+                key("address"),
+                format!("{address:?} is not host:port (IPv6 as [addr]:port)"),
+            )
+        })?;
+        if address.port() == 0 {
+            return Err((key("address"), "port must be 1 to 65535".into()));
+        }
+        let weight = weight.unwrap_or(DEFAULT_WEIGHT);
+        if weight > MAX_WEIGHT {
+            return Err((key("weight"), format!("must be 0 to {MAX_WEIGHT}")));
+        }
+        backends.push(Backend {
+            id: *next_backend,
+            name,
+            address,
+            weight,
+        });
+        *next_backend += 1;
+    }
+    Ok(Pool {
+        id: i as u32,
+        name: p.name,
+        backends,
+    })
+}
+
+/// Parses prefixes, refusing host bits so that `198.18.0.1/24` is not silently widened.
+fn prefixes(key: &str, list: &[String]) -> Result<Vec<IpNet>, (String, String)> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let net: IpNet = s
+                .parse()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    (
+                        format!("{key}[{i}]"),
+                        format!("{s:?} is not a prefix like 198.18.0.0/24"),
+                    )
+                })?;
+            if net.trunc() != net {
+                return Err((
+                    format!("{key}[{i}]"),
+                    format!("{s:?} has host bits set; did you mean {}?", net.trunc()),
+                ));
+            }
+            Ok(net)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

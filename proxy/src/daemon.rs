@@ -1,0 +1,93 @@
+//! `robustifier run`: one front-end. Loads and attaches the data path, writes the config
+//! into the maps, opens and registers the service listeners, serves until SIGTERM/SIGINT,
+//! then stops in order: detach the programs (no new connections), stop accepting, let
+//! sessions finish up to the drain deadline, end the rest. Pinned maps stay.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use robustifier_common::{SLOT_NORMAL, SLOT_PRIORITY, SLOT_SHED};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::Semaphore,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::info;
+
+use crate::{
+    config::Config,
+    datapath::DataPath,
+    front::{
+        accept::{self, Context, Role},
+        listeners::SlotSockets,
+    },
+};
+
+/// How long sessions may run on after a stop was asked for.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+
+    let pin_dir = cfg.frontend.pin_dir.clone();
+    let mut dp = DataPath::load(&pin_dir)?;
+    dp.tables.apply(&cfg)?;
+    info!(pin_dir = %pin_dir.display(), "maps pinned and filled from {}", cfg.file.display());
+
+    let stop = CancellationToken::new();
+    let abort = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let accepting = TaskTracker::new();
+    for service in &cfg.services {
+        let ctx = Context {
+            service: Arc::new(service.clone()),
+            limit: Arc::new(Semaphore::new(service.max_connections as usize)),
+            stop: stop.clone(),
+            abort: abort.clone(),
+            sessions: sessions.clone(),
+        };
+        for (slot, role) in [
+            (SLOT_NORMAL, Role::Serve),
+            (SLOT_PRIORITY, Role::Serve),
+            (SLOT_SHED, Role::Shed),
+        ] {
+            let sockets = SlotSockets::new()
+                .with_context(|| format!("listeners for service {}", service.name))?;
+            for (family, socket) in sockets.by_family() {
+                dp.register_listener(service.id, slot, family, socket)?;
+            }
+            accepting.spawn(accept::run(sockets.v4, role, ctx.clone()));
+            accepting.spawn(accept::run(sockets.v6, role, ctx.clone()));
+        }
+        info!(service = %service.name, protocol = service.protocol.as_str(), port = service.port, "listening");
+    }
+    if let Some(iface) = &cfg.frontend.interface {
+        dp.attach_xdp(iface, cfg.frontend.xdp_mode)?;
+    }
+    dp.attach_steering()?;
+    info!(frontend = %cfg.frontend.name, "robustifier ready");
+
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: stopping"),
+        _ = sigint.recv() => info!("SIGINT: stopping"),
+    }
+    dp.detach();
+    stop.cancel();
+    accepting.close();
+    accepting.wait().await;
+    sessions.close();
+    if tokio::time::timeout(DRAIN_DEADLINE, sessions.wait())
+        .await
+        .is_err()
+    {
+        info!(
+            left = sessions.len(),
+            "drain deadline passed; ending remaining sessions"
+        );
+        abort.cancel();
+        sessions.wait().await;
+    }
+    info!("stopped; maps stay pinned under {}", pin_dir.display());
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! Accept loops. Each service has a connection limit (a semaphore): a connection beyond it
+//! gets the shed reply instead of a session, so a flood cannot exhaust the proxy's memory.
+//!
+//! Two tokens order a graceful stop: `stop` ends the accept loops, `abort` ends the
+//! sessions still running once the drain deadline has passed.
+
+use std::sync::Arc;
+
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info, warn};
+
+use super::{greeting, shed};
+use crate::config::Service;
+
+/// Which answer a listener gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Serve,
+    Shed,
+}
+
+#[derive(Clone)]
+pub struct Context {
+    pub service: Arc<Service>,
+    pub limit: Arc<Semaphore>,
+    pub stop: CancellationToken,
+    pub abort: CancellationToken,
+    pub sessions: TaskTracker,
+}
+
+/// Accepts until `ctx.stop` fires.
+pub async fn run(listener: TcpListener, role: Role, ctx: Context) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = ctx.stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(service = %ctx.service.name, error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let svc = ctx.service.clone();
+        let permit = match role {
+            Role::Serve => ctx.limit.clone().try_acquire_owned().ok(),
+            Role::Shed => None,
+        };
+        debug!(service = %svc.name, %peer, ?role, "connection");
+        let abort = ctx.abort.clone();
+        ctx.sessions.spawn(async move {
+            match (role, permit) {
+                (Role::Serve, Some(_permit)) => {
+                    let session =
+                        greeting::session(stream, svc.protocol, &svc.hostname, greeting::IDLE_TIMEOUT);
+                    tokio::select! {
+                        r = session => if let Err(e) = r {
+                            debug!(service = %svc.name, %peer, error = %e, "session ended with an error");
+                        },
+                        _ = abort.cancelled() => {}
+                    }
+                }
+                (Role::Serve, None) => {
+                    info!(service = %svc.name, %peer, "connection limit reached; shedding");
+                    shed::answer(stream, svc.protocol, &svc.hostname).await;
+                }
+                (Role::Shed, _) => shed::answer(stream, svc.protocol, &svc.hostname).await,
+            }
+        });
+    }
+}

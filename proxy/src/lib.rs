@@ -1,0 +1,12 @@
+//! Robustifier: a kernel-assisted L4/L7 load balancer for mail clusters.
+//!
+//! - [`config`]: the TOML configuration, validated into typed values.
+//! - [`datapath`]: the eBPF programs and their pinned maps, seen from user space.
+//! - [`front`]: the client-facing listeners the kernel steers connections to.
+//! - [`daemon`]: `robustifier run`, tying them together with an orderly stop.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod daemon;
+pub mod datapath;
+pub mod front;

@@ -1,0 +1,123 @@
+//! The `robustifier` command: front-end daemon, map inspection, configuration check.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use robustifier::{
+    config::Config,
+    datapath::{Snapshot, Tables, remove_pins},
+};
+use robustifier_common::PIN_DIR;
+
+#[derive(Parser)]
+#[command(
+    name = "robustifier",
+    version,
+    about = "Kernel-assisted load balancer for mail clusters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a front-end: load and attach the data path, serve the configured services.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file; exits non-zero with file, key and reason.
+    CheckConfig { file: PathBuf },
+    /// Print the pinned maps: counters, services, block list, back-end load records.
+    Maps {
+        #[command(flatten)]
+        pins: PinArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the pinned maps (programs detach when their daemon stops).
+    Unload {
+        #[command(flatten)]
+        pins: PinArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct PinArgs {
+    /// Pin directory; defaults to the config's `frontend.pin_dir`, else /sys/fs/bpf/robustifier.
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Take the pin directory from this configuration.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl PinArgs {
+    fn resolve(self) -> anyhow::Result<PathBuf> {
+        Ok(match (self.pin_dir, self.config) {
+            (Some(dir), _) => dir,
+            (None, Some(cfg)) => Config::load(&cfg)?.frontend.pin_dir,
+            (None, None) => PathBuf::from(PIN_DIR),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("robustifier: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => {
+            let cfg = Config::load(&config)?;
+            tokio::runtime::Runtime::new()?.block_on(robustifier::daemon::run(cfg))
+        }
+        Command::CheckConfig { file } => {
+            let cfg = Config::load(&file)?;
+            println!(
+                "{}: ok ({} services, {} pools, {} back-ends)",
+                file.display(),
+                cfg.services.len(),
+                cfg.pools.len(),
+                cfg.backends().count()
+            );
+            Ok(())
+        }
+        Command::Maps { pins, json } => {
+            let dir = pins.resolve()?;
+            let snapshot = Snapshot::read(&Tables::from_pins(&dir)?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snapshot)?);
+            } else {
+                print!("{}", snapshot.render());
+            }
+            Ok(())
+        }
+        Command::Unload { pins } => {
+            let dir = pins.resolve()?;
+            let removed = remove_pins(&dir)?;
+            println!(
+                "removed {} pinned maps from {}",
+                removed.len(),
+                dir.display()
+            );
+            Ok(())
+        }
+    }
+}
