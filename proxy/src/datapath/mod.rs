@@ -142,6 +142,29 @@ impl DataPath {
             })
     }
 
+    /// Runs the XDP program once over `packet` (BPF_PROG_TEST_RUN) and returns its verdict;
+    /// counters and buckets move as for a real packet. For fixtures and diagnostics.
+    pub fn run_xdp(&self, packet: &[u8]) -> Result<u32, DataPathError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let prog: &Xdp = self
+            .ebpf
+            .program(PROG_XDP)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DataPathError::MissingProgram(PROG_XDP))?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        };
+        prog.test_run(opts)
+            .map(|r| r.return_value)
+            .map_err(|source| DataPathError::Program {
+                name: PROG_XDP,
+                source,
+            })
+    }
+
     /// Detaches both programs now (instead of at drop), so that a draining daemon stops
     /// taking connections while it finishes the ones it has.
     pub fn detach(&mut self) {

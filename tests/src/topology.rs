@@ -1,0 +1,311 @@
+//! The lab topology: two bridges in a switch namespace, one for the public side (clients,
+//! front-ends, virtual IPs) and one for the back-end side (front-ends, mail servers).
+//!
+//! ```text
+//!   client ──┐  public 198.18.0.0/24, 2001:db8:0:1::/64  ┌── fe-a (pub0 .1)   VIPs .25 SMTP, .110 POP3
+//!            └──────────────── br0 ────────────────────────┴── fe-b (pub0 .2)
+//!   fe-a (int0 .1), fe-b (int0 .2) ── br1 ── be1 .11, be2 .12, be3 .13, be4 .14
+//!                             back-end 198.18.1.0/24, 2001:db8:0:2::/64
+//! ```
+//!
+//! Host interfaces have the same names in every lab (`eth0`, `pub0`, `int0`); namespace
+//! names carry the lab's prefix, so labs of parallel tests never meet.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::{Daemon, Netns, netns};
+
+pub const VIP_SMTP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 25);
+pub const VIP_POP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 110);
+pub const VIP_SMTP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x25);
+pub const VIP_POP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x110);
+
+/// `host` on the public segment.
+pub fn public_v4(host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, host)
+}
+pub fn public_v6(host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, host)
+}
+/// `host` on the back-end segment.
+pub fn internal_v4(host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 1, host)
+}
+pub fn internal_v6(host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 2, 0, 0, 0, host)
+}
+
+/// How much of the topology to build.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub frontends: usize,
+    pub backends: usize,
+}
+
+impl Plan {
+    pub const FULL: Plan = Plan {
+        frontends: 2,
+        backends: 4,
+    };
+}
+
+pub struct Host {
+    pub name: String,
+    pub ns: Netns,
+    /// Primary address: public side for the client and front-ends, back-end side for servers.
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+    /// Front-ends only: the address on the back-end segment.
+    pub internal_v4: Option<Ipv4Addr>,
+}
+
+pub struct Lab {
+    pub prefix: String,
+    pub switch: Netns,
+    pub client: Host,
+    pub frontends: Vec<Host>,
+    pub backends: Vec<Host>,
+    pub log_dir: PathBuf,
+    daemons: Vec<Daemon>,
+    /// Every namespace created, registered at creation so a half-built lab is removed too.
+    namespaces: Vec<Netns>,
+    pin_dirs: Vec<PathBuf>,
+    down: bool,
+}
+
+impl Lab {
+    /// Builds the topology under `prefix`. On error, whatever was built is removed.
+    pub fn up(prefix: &str, plan: Plan) -> anyhow::Result<Lab> {
+        anyhow::ensure!(
+            plan.frontends <= 2 && plan.backends <= 4,
+            "the lab has at most 2 front-ends and 4 back-ends"
+        );
+        let log_dir = std::env::temp_dir().join("robustifier-lab").join(prefix);
+        std::fs::create_dir_all(&log_dir)?;
+        let switch = Netns::create(&format!("{prefix}-sw"))?;
+        // From here on, a failure drops `lab`, which removes what exists.
+        let mut lab = Lab {
+            prefix: prefix.to_owned(),
+            client: Host::placeholder(),
+            switch: switch.clone(),
+            frontends: Vec::new(),
+            backends: Vec::new(),
+            log_dir,
+            daemons: Vec::new(),
+            namespaces: vec![switch],
+            pin_dirs: Vec::new(),
+            down: false,
+        };
+        for br in ["br0", "br1"] {
+            lab.switch.ip(&["link", "add", br, "type", "bridge"])?;
+            lab.switch.ip(&["link", "set", br, "up"])?;
+        }
+        lab.client = lab.host(
+            "client",
+            &[(
+                "eth0",
+                "br0",
+                IpAddr::V4(public_v4(100)),
+                IpAddr::V6(public_v6(0x100)),
+            )],
+        )?;
+        for i in 0..plan.frontends {
+            let n = i as u8 + 1;
+            let name = ["fea", "feb"][i];
+            let mut fe = lab.host(
+                name,
+                &[
+                    (
+                        "pub0",
+                        "br0",
+                        IpAddr::V4(public_v4(n)),
+                        IpAddr::V6(public_v6(n.into())),
+                    ),
+                    (
+                        "int0",
+                        "br1",
+                        IpAddr::V4(internal_v4(n)),
+                        IpAddr::V6(internal_v6(n.into())),
+                    ),
+                ],
+            )?;
+            fe.internal_v4 = Some(internal_v4(n));
+            lab.frontends.push(fe);
+        }
+        for j in 0..plan.backends {
+            let n = 11 + j as u8;
+            let be = lab.host(
+                &format!("be{}", j + 1),
+                &[(
+                    "eth0",
+                    "br1",
+                    IpAddr::V4(internal_v4(n)),
+                    IpAddr::V6(internal_v6(n.into())),
+                )],
+            )?;
+            lab.backends.push(be);
+        }
+        Ok(lab)
+    }
+
+    fn host(&mut self, name: &str, links: &[(&str, &str, IpAddr, IpAddr)]) -> anyhow::Result<Host> {
+        let ns = Netns::create(&format!("{}-{name}", self.prefix))?;
+        self.namespaces.push(ns.clone());
+        let mut host = Host {
+            name: name.to_owned(),
+            ns,
+            v4: Ipv4Addr::UNSPECIFIED,
+            v6: Ipv6Addr::UNSPECIFIED,
+            internal_v4: None,
+        };
+        for (k, (ifname, bridge, v4, v6)) in links.iter().enumerate() {
+            let peer = format!("{name}-{k}");
+            netns::ip(&[
+                "link",
+                "add",
+                ifname,
+                "netns",
+                &host.ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "netns",
+                &self.switch.name,
+            ])?;
+            self.switch
+                .ip(&["link", "set", &peer, "master", bridge, "up"])?;
+            host.ns
+                .ip(&["addr", "add", &format!("{v4}/24"), "dev", ifname])?;
+            host.ns
+                .ip(&["addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"])?;
+            host.ns.ip(&["link", "set", ifname, "up"])?;
+            if k == 0 {
+                if let IpAddr::V4(a) = v4 {
+                    host.v4 = *a;
+                }
+                if let IpAddr::V6(a) = v6 {
+                    host.v6 = *a;
+                }
+            }
+        }
+        Ok(host)
+    }
+
+    pub fn frontend(&self, i: usize) -> &Host {
+        &self.frontends[i]
+    }
+
+    /// Where front-end `i` pins its maps in this lab.
+    pub fn pin_dir(&self, i: usize) -> PathBuf {
+        PathBuf::from(format!(
+            "/sys/fs/bpf/robustifier/{}-{}",
+            self.prefix, self.frontends[i].name
+        ))
+    }
+
+    /// Starts `robustifier run` in front-end `i` with `config` (TOML) and waits until it is
+    /// ready. Its pin directory is removed when the lab goes down.
+    pub fn start_frontend(&mut self, i: usize, config: &str) -> anyhow::Result<&mut Daemon> {
+        let fe = &self.frontends[i];
+        let path = self.log_dir.join(format!("{}.toml", fe.name));
+        std::fs::write(&path, config)?;
+        let mut cmd = fe.ns.command(crate::robustifier_bin());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
+        let log = self.log_dir.join(format!("{}.log", fe.name));
+        let pin_dir = self.pin_dir(i);
+        if !self.pin_dirs.contains(&pin_dir) {
+            self.pin_dirs.push(pin_dir);
+        }
+        let mut daemon = Daemon::spawn(&format!("robustifier on {}", fe.name), cmd, log)?;
+        daemon
+            .wait_for_log("robustifier ready", Duration::from_secs(20))
+            .context("front-end did not come up")?;
+        self.daemons.push(daemon);
+        Ok(self.daemons.last_mut().expect("just pushed"))
+    }
+
+    /// Starts any process in `host`'s namespace, ended when the lab goes down.
+    pub fn spawn(
+        &mut self,
+        host: &Netns,
+        name: &str,
+        args: &[&str],
+    ) -> anyhow::Result<&mut Daemon> {
+        let mut cmd = host.command(args[0]);
+        cmd.args(&args[1..]);
+        let log = self.log_dir.join(format!("{name}.log"));
+        self.daemons.push(Daemon::spawn(name, cmd, log)?);
+        Ok(self.daemons.last_mut().expect("just pushed"))
+    }
+
+    pub fn daemons(&mut self) -> &mut Vec<Daemon> {
+        &mut self.daemons
+    }
+
+    /// Ends the lab's processes (by pid), removes its namespaces and pin directories.
+    pub fn down(&mut self) -> anyhow::Result<()> {
+        if self.down {
+            return Ok(());
+        }
+        self.down = true;
+        self.daemons.clear();
+        let mut errors = Vec::new();
+        for ns in self.namespaces.iter().rev() {
+            if let Err(e) = ns.delete() {
+                errors.push(e.to_string());
+            }
+        }
+        for dir in &self.pin_dirs {
+            if dir.exists()
+                && let Err(e) = std::fs::remove_dir_all(dir)
+            {
+                errors.push(format!("{}: {e}", dir.display()));
+            }
+        }
+        anyhow::ensure!(errors.is_empty(), "lab teardown: {}", errors.join("; "));
+        Ok(())
+    }
+}
+
+impl Host {
+    fn placeholder() -> Host {
+        Host {
+            name: String::new(),
+            ns: Netns {
+                name: String::new(),
+            },
+            v4: Ipv4Addr::UNSPECIFIED,
+            v6: Ipv6Addr::UNSPECIFIED,
+            internal_v4: None,
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = self.down() {
+            eprintln!("{e}");
+        }
+    }
+}
+
+/// Removes every namespace whose name starts with `prefix` (leftovers of a killed run).
+pub fn sweep(prefix: &str) -> Vec<String> {
+    let names = netns::list(prefix);
+    for n in &names {
+        let _ = netns::ip(&["netns", "del", n]);
+    }
+    names
+}
