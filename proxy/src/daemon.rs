@@ -6,7 +6,9 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use robustifier_common::{SLOT_NORMAL, SLOT_PRIORITY, SLOT_SHED};
+use robustifier_common::{
+    MAP_BACKENDS, PINNED_MAPS, PROG_STEER, PROG_XDP, SLOT_NORMAL, SLOT_PRIORITY, SLOT_SHED,
+};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::Semaphore,
@@ -62,10 +64,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         info!(service = %service.name, protocol = service.protocol.as_str(), port = service.port, "listening");
     }
-    if let Some(iface) = &cfg.frontend.interface {
-        dp.attach_xdp(iface, cfg.frontend.xdp_mode)?;
-    }
+    let xdp = match &cfg.frontend.interface {
+        Some(iface) => {
+            let mode = dp.attach_xdp(iface, cfg.frontend.xdp_mode)?;
+            format!("{PROG_XDP} on {iface} ({mode} mode)")
+        }
+        None => format!("{PROG_XDP} not attached (no frontend.interface)"),
+    };
     dp.attach_steering()?;
+    // A summary for the operator on stdout; logs go to stderr.
+    let services: Vec<String> = cfg
+        .services
+        .iter()
+        .map(|s| format!("{} ({} port {})", s.name, s.protocol.as_str(), s.port))
+        .collect();
+    println!("attached: {xdp}; {PROG_STEER} (sk_lookup) on this network namespace");
+    println!(
+        "maps pinned in {}: {}",
+        pin_dir.display(),
+        PINNED_MAPS.join(" ")
+    );
+    println!("serving: {}", services.join(", "));
+    println!(
+        "inspect: robustifier maps --pin-dir {0}   or   bpftool map dump pinned {0}/{MAP_BACKENDS}",
+        pin_dir.display()
+    );
     info!(frontend = %cfg.frontend.name, "robustifier ready");
 
     tokio::select! {

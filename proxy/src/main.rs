@@ -26,6 +26,9 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Attach XDP to this interface instead of the config's `frontend.interface`.
+        #[arg(long)]
+        iface: Option<String>,
     },
     /// Validate a configuration file; exits non-zero with file, key and reason.
     CheckConfig { file: PathBuf },
@@ -84,8 +87,11 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { config } => {
-            let cfg = Config::load(&config)?;
+        Command::Run { config, iface } => {
+            let mut cfg = Config::load(&config)?;
+            if iface.is_some() {
+                cfg.frontend.interface = iface;
+            }
             tokio::runtime::Runtime::new()?.block_on(robustifier::daemon::run(cfg))
         }
         Command::CheckConfig { file } => {

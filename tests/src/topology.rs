@@ -254,6 +254,13 @@ impl Lab {
         &mut self.daemons
     }
 
+    /// Leaves the namespaces in place when this value goes away (for `cargo xtask lab up`);
+    /// [`sweep`] removes them later. Processes the lab started still end.
+    pub fn persist(mut self) {
+        self.daemons.clear();
+        self.down = true;
+    }
+
     /// Ends the lab's processes (by pid), removes its namespaces and pin directories.
     pub fn down(&mut self) -> anyhow::Result<()> {
         if self.down {

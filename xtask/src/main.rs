@@ -1,1 +1,77 @@
-fn main() {}
+//! `cargo xtask <command>`: everything a fresh machine needs to build, run and test
+//! Robustifier. Each command that needs prerequisites runs `setup` first, so nothing has to
+//! be installed by hand.
+
+mod demo;
+mod lab;
+mod setup;
+mod test;
+mod util;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent): nightly rust-src, bpf-linker,
+    /// Debian packages; mount bpffs.
+    Setup,
+    /// Build, load, attach and pin on a real interface, then run in the foreground.
+    BuildAndLoad {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The network lab of namespaces: up, down, status.
+    Lab {
+        #[arg(value_enum)]
+        action: lab::Action,
+    },
+    /// Bring up a lab, run a front-end, send traffic through it, show the counters.
+    Demo,
+    /// Setup, formatting, clippy (user crates and eBPF crate), and the whole test suite
+    /// with privileged tests required.
+    Test,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::BuildAndLoad { iface, config } => build_and_load(&iface, &config),
+        Command::Lab { action } => lab::run(action),
+        Command::Demo => demo::run(),
+        Command::Test => test::run(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn build_and_load(iface: &str, config: &std::path::Path) -> anyhow::Result<()> {
+    setup::run()?;
+    util::cargo(&["build", "--release", "-p", "robustifier"])?;
+    let bin = util::root().join("target/release/robustifier");
+    println!(
+        "xtask: starting {} (Ctrl-C detaches the programs; maps stay pinned)",
+        bin.display()
+    );
+    util::exec(
+        std::process::Command::new(bin)
+            .args(["run", "--iface", iface, "--config"])
+            .arg(config),
+    )
+}

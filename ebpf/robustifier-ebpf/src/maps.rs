@@ -61,12 +61,12 @@ pub fn service_for(addr_be: [u8; 16], port_be: u16) -> Option<ServiceValue> {
         port_be,
         _pad: [0; 2],
     };
-    if let Some(v) = SERVICES_MAP.get_ptr(&key) {
+    if let Some(v) = SERVICES_MAP.get_ptr(key) {
         // SAFETY: the pointer comes from a successful lookup and is read at once.
         return Some(unsafe { *v });
     }
     key.addr_be = [0; 16];
-    SERVICES_MAP.get_ptr(&key).map(|v| unsafe { *v })
+    SERVICES_MAP.get_ptr(key).map(|v| unsafe { *v })
 }
 
 /// This CPU's counters for a service.

@@ -62,7 +62,7 @@ fn good_config_is_typed() {
 #[test]
 fn unknown_key_is_named() {
     let (key, reason) = error(&GOOD.replace("port = 110", "port = 110\nprot = 1"));
-    assert_eq!(key, "service[1]");
+    assert_eq!(key, "service[1].prot");
     assert!(reason.contains("unknown field `prot`"), "{reason}");
 }
 

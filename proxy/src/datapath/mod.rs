@@ -85,26 +85,32 @@ impl DataPath {
         })
     }
 
-    /// Attaches the XDP program to `iface`.
-    pub fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<(), DataPathError> {
+    /// Attaches the XDP program to `iface`; returns the mode it runs in.
+    pub fn attach_xdp(
+        &mut self,
+        iface: &str,
+        mode: XdpMode,
+    ) -> Result<&'static str, DataPathError> {
         let prog: &mut Xdp = self.program(PROG_XDP)?;
         let attach = |prog: &mut Xdp, flags| prog.attach(iface, flags);
-        let link = match mode {
-            XdpMode::Native => attach(prog, AyaXdpMode::Driver),
-            XdpMode::Generic => attach(prog, AyaXdpMode::Skb),
-            XdpMode::Auto => attach(prog, AyaXdpMode::Driver).or_else(|e| {
-                warn!(iface, error = %e, "native XDP refused, falling back to generic mode");
-                attach(prog, AyaXdpMode::Skb)
-            }),
+        let (link, used) = match mode {
+            XdpMode::Native => attach(prog, AyaXdpMode::Driver).map(|l| (l, "native")),
+            XdpMode::Generic => attach(prog, AyaXdpMode::Skb).map(|l| (l, "generic")),
+            XdpMode::Auto => attach(prog, AyaXdpMode::Driver)
+                .map(|l| (l, "native"))
+                .or_else(|e| {
+                    warn!(iface, error = %e, "native XDP refused, falling back to generic mode");
+                    attach(prog, AyaXdpMode::Skb).map(|l| (l, "generic"))
+                }),
         }
         .map_err(|source| DataPathError::Attach {
             name: PROG_XDP,
             target: iface.to_owned(),
             source,
         })?;
-        info!(iface, program = PROG_XDP, "XDP attached");
+        info!(iface, program = PROG_XDP, mode = used, "XDP attached");
         self.xdp_link = Some((iface.to_owned(), link));
-        Ok(())
+        Ok(used)
     }
 
     /// Attaches the steering program to the network namespace this process runs in.

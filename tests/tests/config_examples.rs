@@ -1,0 +1,72 @@
+//! Every example configuration parses, and `robustifier check-config` refuses a bad one
+//! with the file, the key and the reason.
+
+use std::{path::Path, process::Command};
+
+use robustifier::config::Config;
+
+fn examples() -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_example_config_parses() {
+    let files = examples();
+    assert!(files.len() >= 2, "config/ holds examples: {files:?}");
+    for f in files {
+        let cfg = Config::load(&f).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!cfg.services.is_empty(), "{}", f.display());
+    }
+}
+
+#[test]
+fn check_config_names_file_key_and_reason() {
+    let bin = robustifier_lab::robustifier_bin();
+    if !bin.is_file() {
+        panic!(
+            "{} missing: build it with `cargo build -p robustifier` (cargo xtask test does)",
+            bin.display()
+        );
+    }
+    let good = &examples()[0];
+    let out = Command::new(&bin)
+        .arg("check-config")
+        .arg(good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = std::env::temp_dir().join(robustifier_lab::unique_prefix("cfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    let text = std::fs::read_to_string(good)
+        .unwrap()
+        .replace("port = 110", "port = 0");
+    std::fs::write(&bad, text).unwrap();
+    let out = Command::new(&bin)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "{}: service[2].port: must be 1 to 65535",
+            bad.display()
+        )),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

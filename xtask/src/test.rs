@@ -1,0 +1,141 @@
+//! `cargo xtask test`: what CI runs. Setup, formatting, clippy in two passes (user crates
+//! on the host, the eBPF crate for the BPF target), then every test with the privileged
+//! ones required: a missing precondition fails them instead of skipping them.
+
+use std::{process::Command, time::Instant};
+
+use anyhow::{Context as _, bail};
+use robustifier_lab::{netns, topology};
+
+use crate::{
+    setup,
+    util::{cargo, exec, root},
+};
+
+/// Prefix of the namespaces tests create (`robustifier_lab::unique_prefix`).
+const TEST_PREFIX: &str = "rbt";
+
+pub fn run_step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let start = Instant::now();
+    println!("xtask test: {name}");
+    f().with_context(|| format!("step `{name}` failed"))?;
+    println!(
+        "xtask test: {name} ok ({:.1}s)",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let start = Instant::now();
+    run_step("setup", setup::run)?;
+    run_step("fmt", || cargo(&["fmt", "--all", "--", "--check"]))?;
+    run_step("clippy (user crates)", || {
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "robustifier-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    })?;
+    run_step("clippy (eBPF crate)", || {
+        exec(
+            Command::new("cargo")
+                .current_dir(root())
+                .env_remove("RUSTUP_TOOLCHAIN")
+                .env_remove("RUSTC")
+                .args([
+                    "+nightly",
+                    "clippy",
+                    "-p",
+                    "robustifier-ebpf",
+                    "--release",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]),
+        )
+    })?;
+    run_step("build robustifier", || {
+        cargo(&["build", "-p", "robustifier"])
+    })?;
+    let stale = topology::sweep(TEST_PREFIX);
+    if !stale.is_empty() {
+        println!(
+            "xtask test: removed {} namespaces left by an earlier run",
+            stale.len()
+        );
+    }
+    let mut totals = (0u64, 0u64);
+    run_step("tests", || {
+        let bin = root().join("target/debug/robustifier");
+        let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        totals = tests(
+            Command::new(cargo_bin)
+                .current_dir(root())
+                .env("ROBUSTIFIER_BIN", bin)
+                .env("ROBUSTIFIER_REQUIRE_PRIVILEGED", "1")
+                .args([
+                    "test",
+                    "--workspace",
+                    "--exclude",
+                    "robustifier-ebpf",
+                    "--no-fail-fast",
+                    "--lib",
+                    "--bins",
+                    "--tests",
+                ]),
+        )?;
+        Ok(())
+    })?;
+    let left = netns::list(TEST_PREFIX);
+    if !left.is_empty() {
+        bail!("tests left namespaces behind: {}", left.join(" "));
+    }
+    println!(
+        "xtask test: all passed in {:.0}s",
+        start.elapsed().as_secs_f64()
+    );
+    // One closing line for the whole suite, whatever binary ran last.
+    println!("{} passed, {} failed", totals.0, totals.1);
+    Ok(())
+}
+
+/// Runs cargo test, passing its output through, and adds up the `test result:` lines.
+fn tests(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let (mut passed, mut failed) = (0, 0);
+    let stdout = child.stdout.take().context("test output")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split([';', '.']) {
+                let mut words = part.split_whitespace();
+                match (words.next().map(str::parse::<u64>), words.next()) {
+                    (Some(Ok(n)), Some("passed")) => passed += n,
+                    (Some(Ok(n)), Some("failed")) => failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        println!("{passed} passed, {failed} failed");
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok((passed, failed))
+}
