@@ -4,9 +4,11 @@
 //! - [`datapath`]: the eBPF programs and their pinned maps, seen from user space.
 //! - [`front`]: the client-facing listeners the kernel steers connections to.
 //! - [`daemon`]: `robustifier run`, tying them together with an orderly stop.
+//! - [`vrrp`]: VRRPv3 packets and state machine as pure functions, for virtual IP failover.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod front;
+pub mod vrrp;

@@ -1,0 +1,843 @@
+//! Failover scripts for the state machine: single routers driven event by event, and small
+//! LANs of routers whose adverts reach each other instantly, stepped from deadline to
+//! deadline. Every time here is exact; nothing sleeps.
+
+use std::{collections::VecDeque, net::IpAddr, time::Duration};
+
+use super::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn ns(n: u64) -> Duration {
+    Duration::from_nanos(n)
+}
+
+fn config(primary: &str, priority: u8, interval_cs: u16) -> Config {
+    let vip = if primary.contains(':') {
+        "2001:db8::25"
+    } else {
+        "198.18.0.25"
+    };
+    Config {
+        priority,
+        advert_interval_cs: interval_cs,
+        ..Config::new(51, ip(primary), vec![ip(vip)])
+    }
+}
+
+fn router(primary: &str, priority: u8, interval_cs: u16) -> Router {
+    Router::new(config(primary, priority, interval_cs)).unwrap()
+}
+
+fn transition(from: State, to: State, reason: Reason) -> Action {
+    Action::Transition(Transition { from, to, reason })
+}
+
+fn advert(src: &str, priority: u8, max_adver_int_cs: u16) -> Event {
+    Event::Advert {
+        src: ip(src),
+        priority,
+        max_adver_int_cs,
+    }
+}
+
+fn became_master(reason: Reason, from: State, priority: u8) -> Vec<Action> {
+    vec![
+        transition(from, State::Master, reason),
+        Action::AddAddresses,
+        Action::SendAdvert { priority },
+        Action::SendGratuitous,
+    ]
+}
+
+/// Routers on one segment. Adverts are delivered to every other live router at the instant
+/// they are sent; a crashed router neither sends nor hears.
+struct Lan {
+    now: Duration,
+    nodes: Vec<Router>,
+    up: Vec<bool>,
+    /// Adverts reach nobody (a cut link) while set.
+    partitioned: bool,
+    /// (time, router index, transition) in the order they happened.
+    transitions: Vec<(Duration, usize, Transition)>,
+    /// (time, sender index, priority) of every advert sent.
+    adverts: Vec<(Duration, usize, u8)>,
+}
+
+impl Lan {
+    fn new(nodes: Vec<Router>) -> Self {
+        let up = vec![true; nodes.len()];
+        Self {
+            now: Duration::ZERO,
+            nodes,
+            up,
+            partitioned: false,
+            transitions: Vec::new(),
+            adverts: Vec::new(),
+        }
+    }
+
+    /// Delivers `event` to router `i` now, then every advert that causes, to quiescence.
+    fn send(&mut self, i: usize, event: Event) {
+        let mut queue = VecDeque::from([(i, event)]);
+        let mut steps = 0;
+        while let Some((to, event)) = queue.pop_front() {
+            steps += 1;
+            assert!(steps < 1000, "advert storm at {:?}", self.now);
+            if !self.up[to] {
+                continue;
+            }
+            let actions = self.nodes[to].handle(event, self.now);
+            for action in actions {
+                match action {
+                    Action::Transition(t) => self.transitions.push((self.now, to, t)),
+                    Action::SendAdvert { priority } => {
+                        self.adverts.push((self.now, to, priority));
+                        let cfg = self.nodes[to].config();
+                        let heard = Event::Advert {
+                            src: cfg.primary,
+                            priority,
+                            max_adver_int_cs: cfg.advert_interval_cs,
+                        };
+                        if self.partitioned {
+                            continue;
+                        }
+                        for peer in (0..self.nodes.len()).filter(|&p| p != to) {
+                            queue.push_back((peer, heard));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Advances time deadline by deadline up to and including `end`.
+    fn run_until(&mut self, end: Duration) {
+        loop {
+            let next = (0..self.nodes.len())
+                .filter(|&i| self.up[i])
+                .filter_map(|i| self.nodes[i].next_deadline().map(|d| (d, i)))
+                .min();
+            match next {
+                Some((at, i)) if at <= end => {
+                    assert!(at >= self.now, "deadline in the past");
+                    self.now = at;
+                    self.send(i, Event::Timer);
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+    }
+
+    fn at(&mut self, t: Duration, i: usize, event: Event) {
+        self.run_until(t);
+        self.send(i, event);
+    }
+
+    fn crash(&mut self, i: usize) {
+        self.up[i] = false;
+    }
+
+    fn state(&self, i: usize) -> State {
+        self.nodes[i].state()
+    }
+
+    /// When router `i` last entered `to`.
+    fn last_entered(&self, i: usize, to: State) -> Option<Duration> {
+        self.transitions
+            .iter()
+            .rev()
+            .find(|(_, r, t)| *r == i && t.to == to)
+            .map(|(at, _, _)| *at)
+    }
+
+    fn last_advert_from(&self, i: usize, before: Duration) -> Option<(Duration, u8)> {
+        self.adverts
+            .iter()
+            .rev()
+            .find(|(at, r, _)| *r == i && *at <= before)
+            .map(|(at, _, p)| (*at, *p))
+    }
+
+    fn masters(&self) -> usize {
+        (0..self.nodes.len())
+            .filter(|&i| self.up[i] && self.state(i) == State::Master)
+            .count()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Timer arithmetic (RFC 5798 section 6.1)
+
+#[test]
+fn timer_formulas() {
+    // Priority 100 at 1 s: skew 156/256 s; the 3.61 s keepalived failover of DESIGN.md.
+    assert_eq!(skew_time(100, 100), ms(609) + Duration::from_micros(375));
+    assert_eq!(master_down_interval(100, 100), ns(3_609_375_000));
+    // At 0.1 s: 0.36 s.
+    assert_eq!(master_down_interval(100, 10), ns(360_937_500));
+    // The owner's skew is the smallest, priority 1's the largest.
+    assert_eq!(skew_time(255, 100), ns(3_906_250));
+    assert_eq!(skew_time(1, 100), ns(996_093_750));
+    // Largest interval: no overflow.
+    assert_eq!(
+        master_down_interval(1, 4095),
+        ms(122_850) + ns(255 * 4095 * 10_000_000 / 256)
+    );
+    let r = router("198.18.0.1", 200, 100);
+    assert_eq!(r.skew_time(), ns(218_750_000));
+    assert_eq!(r.master_down_interval(), ns(3_218_750_000));
+}
+
+// ---------------------------------------------------------------------------------------
+// Configuration
+
+#[test]
+fn config_is_validated() {
+    let ok = config("198.18.0.1", 100, 100);
+    assert!(Router::new(ok.clone()).is_ok());
+    let bad = |f: &dyn Fn(&mut Config)| {
+        let mut c = ok.clone();
+        f(&mut c);
+        Router::new(c).unwrap_err()
+    };
+    assert_eq!(bad(&|c| c.vrid = 0), ConfigError::ZeroVrid);
+    assert_eq!(
+        bad(&|c| c.priority = 0),
+        ConfigError::ZeroPriority { vrid: 51 }
+    );
+    assert_eq!(
+        bad(&|c| c.advert_interval_cs = 0),
+        ConfigError::BadInterval { vrid: 51, cs: 0 }
+    );
+    assert_eq!(
+        bad(&|c| c.advert_interval_cs = 4096),
+        ConfigError::BadInterval { vrid: 51, cs: 4096 }
+    );
+    assert_eq!(
+        bad(&|c| c.addresses.clear()),
+        ConfigError::NoAddresses { vrid: 51 }
+    );
+    assert!(matches!(
+        bad(&|c| c.addresses.push(ip("2001:db8::1"))),
+        ConfigError::FamilyMismatch { .. }
+    ));
+    assert!(matches!(
+        bad(&|c| c.addresses = (0..256u32).map(|i| IpAddr::from(i.to_be_bytes())).collect()),
+        ConfigError::TooManyAddresses { count: 256, .. }
+    ));
+}
+
+#[test]
+fn advertisement_carries_own_interval_and_addresses() {
+    let r = router("198.18.0.1", 150, 10);
+    let adv = r.advertisement(0);
+    assert_eq!(adv.vrid, 51);
+    assert_eq!(adv.priority, 0);
+    assert_eq!(adv.max_adver_int_cs, 10);
+    assert_eq!(adv.addresses, vec![ip("198.18.0.25")]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Single router, event by event
+
+#[test]
+fn owner_startup_goes_master_at_once() {
+    for cs in [100u16, 10] {
+        let mut r = router("198.18.0.1", OWNER_PRIORITY, cs);
+        let t0 = ms(5_000);
+        assert_eq!(
+            r.handle(Event::Startup, t0),
+            became_master(Reason::AddressOwner, State::Initialize, 255)
+        );
+        assert_eq!(r.state(), State::Master);
+        let period = ms(u64::from(cs) * 10);
+        assert_eq!(r.next_deadline(), Some(t0 + period));
+        // Adver_Timer: one advert per interval, each re-arming the next.
+        for k in 1..=5 {
+            let t = t0 + period * k;
+            assert_eq!(
+                r.handle(Event::Timer, t),
+                vec![Action::SendAdvert { priority: 255 }]
+            );
+            assert_eq!(r.next_deadline(), Some(t + period));
+        }
+    }
+}
+
+#[test]
+fn backup_becomes_master_after_master_down_interval_of_silence() {
+    for (cs, mdi) in [(100u16, ns(3_609_375_000)), (10, ns(360_937_500))] {
+        let mut r = router("198.18.0.2", 100, cs);
+        let t0 = ms(1_000);
+        assert_eq!(
+            r.handle(Event::Startup, t0),
+            vec![transition(
+                State::Initialize,
+                State::Backup,
+                Reason::Startup
+            )]
+        );
+        assert_eq!(r.next_deadline(), Some(t0 + mdi));
+        // One nanosecond early: a spurious wake-up changes nothing.
+        assert!(r.handle(Event::Timer, t0 + mdi - ns(1)).is_empty());
+        assert_eq!(r.state(), State::Backup);
+        assert_eq!(
+            r.handle(Event::Timer, t0 + mdi),
+            became_master(Reason::MasterDown, State::Backup, 100)
+        );
+        assert_eq!(r.next_deadline(), Some(t0 + mdi + ms(u64::from(cs) * 10)));
+    }
+}
+
+#[test]
+fn hearing_the_master_keeps_a_backup_backup() {
+    for cs in [100u16, 10] {
+        let period = ms(u64::from(cs) * 10);
+        let mut r = router("198.18.0.2", 100, cs);
+        r.handle(Event::Startup, Duration::ZERO);
+        let mut t = Duration::ZERO;
+        for _ in 0..100 {
+            t += period;
+            assert!(r.handle(advert("198.18.0.1", 200, cs), t).is_empty());
+            assert_eq!(r.next_deadline(), Some(t + r.master_down_interval()));
+            assert!(r.handle(Event::Timer, t + period).is_empty());
+        }
+        assert_eq!(r.state(), State::Backup);
+    }
+}
+
+#[test]
+fn equal_priority_master_is_accepted_by_a_backup() {
+    // Section 6.4.2 accepts priority >= local: ties are settled between masters only.
+    let mut r = router("198.18.0.200", 100, 100);
+    r.handle(Event::Startup, Duration::ZERO);
+    r.handle(advert("198.18.0.1", 100, 100), ms(1_000));
+    assert_eq!(r.next_deadline(), Some(ms(1_000) + ns(3_609_375_000)));
+}
+
+#[test]
+fn backup_learns_master_adver_interval() {
+    let mut r = router("198.18.0.2", 100, 100);
+    r.handle(Event::Startup, Duration::ZERO);
+    assert_eq!(r.master_adver_interval_cs(), 100);
+    // The master advertises every 0.5 s: 3 * 0.5 s + 156/256 * 0.5 s.
+    r.handle(advert("198.18.0.1", 200, 50), ms(2_000));
+    assert_eq!(r.master_adver_interval_cs(), 50);
+    assert_eq!(r.next_deadline(), Some(ms(2_000) + ns(1_804_687_500)));
+    // A master that slows down to 2 s is followed too.
+    r.handle(advert("198.18.0.1", 200, 200), ms(2_500));
+    assert_eq!(r.next_deadline(), Some(ms(2_500) + ns(7_218_750_000)));
+    // Taking over, we advertise at our own interval, not the learned one.
+    let at = r.next_deadline().unwrap();
+    r.handle(Event::Timer, at);
+    assert_eq!(r.state(), State::Master);
+    assert_eq!(r.next_deadline(), Some(at + ms(1_000)));
+    assert_eq!(r.advertisement(100).max_adver_int_cs, 100);
+}
+
+#[test]
+fn backup_hearing_priority_zero_waits_only_skew_time() {
+    for (cs, skew) in [(100u16, ns(609_375_000)), (10, ns(60_937_500))] {
+        let mut r = router("198.18.0.2", 100, cs);
+        r.handle(Event::Startup, Duration::ZERO);
+        r.handle(advert("198.18.0.1", 200, cs), ms(500));
+        let t = ms(700);
+        assert!(r.handle(advert("198.18.0.1", 0, cs), t).is_empty());
+        assert_eq!(r.next_deadline(), Some(t + skew));
+        assert_eq!(
+            r.handle(Event::Timer, t + skew),
+            became_master(Reason::MasterResigned, State::Backup, 100)
+        );
+    }
+}
+
+#[test]
+fn priority_zero_applies_even_without_preemption() {
+    let mut c = config("198.18.0.2", 100, 100);
+    c.preempt = false;
+    let mut r = Router::new(c).unwrap();
+    r.handle(Event::Startup, Duration::ZERO);
+    r.handle(advert("198.18.0.1", 0, 100), ms(100));
+    assert_eq!(r.next_deadline(), Some(ms(100) + ns(609_375_000)));
+}
+
+#[test]
+fn preempting_backup_discards_lower_priority_master() {
+    let mut r = router("198.18.0.2", 200, 100);
+    r.handle(Event::Startup, Duration::ZERO);
+    let deadline = r.next_deadline();
+    for k in 1..=3 {
+        assert!(
+            r.handle(advert("198.18.0.1", 100, 100), ms(1_000 * k))
+                .is_empty()
+        );
+        assert_eq!(
+            r.next_deadline(),
+            deadline,
+            "a discarded advert must not reset the timer"
+        );
+    }
+    assert_eq!(
+        r.handle(Event::Timer, deadline.unwrap()),
+        became_master(Reason::MasterDown, State::Backup, 200)
+    );
+}
+
+#[test]
+fn non_preempting_backup_follows_lower_priority_master() {
+    let mut c = config("198.18.0.2", 200, 100);
+    c.preempt = false;
+    let mut r = Router::new(c).unwrap();
+    r.handle(Event::Startup, Duration::ZERO);
+    for k in 1..=60 {
+        let t = ms(1_000 * k);
+        r.handle(advert("198.18.0.1", 100, 100), t);
+        assert_eq!(r.next_deadline(), Some(t + ns(3_218_750_000)));
+        r.handle(Event::Timer, t + ms(999));
+    }
+    assert_eq!(r.state(), State::Backup);
+}
+
+#[test]
+fn master_answers_priority_zero_with_an_advert_at_once() {
+    let mut r = router("198.18.0.1", OWNER_PRIORITY, 100);
+    r.handle(Event::Startup, Duration::ZERO);
+    let t = ms(400);
+    assert_eq!(
+        r.handle(advert("198.18.0.2", 0, 100), t),
+        vec![Action::SendAdvert { priority: 255 }]
+    );
+    assert_eq!(r.next_deadline(), Some(t + ms(1_000)));
+    assert_eq!(r.state(), State::Master);
+}
+
+#[test]
+fn master_reasserts_against_a_lower_priority_advert() {
+    // RFC 9568 section 6.4.3: discard, and send an advert at once so the other steps down.
+    let mut r = router("198.18.0.1", 200, 100);
+    r.handle(Event::Startup, Duration::ZERO);
+    let at = r.next_deadline().unwrap();
+    r.handle(Event::Timer, at);
+    let due = r.next_deadline();
+    assert_eq!(
+        r.handle(advert("198.18.0.2", 100, 100), at + ms(10)),
+        vec![Action::SendAdvert { priority: 200 }]
+    );
+    assert_eq!(r.state(), State::Master);
+    assert_eq!(r.next_deadline(), due, "the regular schedule is kept");
+}
+
+#[test]
+fn master_yields_to_higher_priority() {
+    let mut r = router("198.18.0.1", 200, 100);
+    r.handle(Event::Startup, Duration::ZERO);
+    let at = r.next_deadline().unwrap();
+    r.handle(Event::Timer, at);
+    let t = at + ms(300);
+    let src = ip("198.18.0.2");
+    assert_eq!(
+        r.handle(advert("198.18.0.2", 201, 50), t),
+        vec![
+            transition(
+                State::Master,
+                State::Backup,
+                Reason::PeerPreferred { src, priority: 201 }
+            ),
+            Action::RemoveAddresses,
+        ]
+    );
+    // Master_Down_Timer from the new master's interval (0.5 s) and our priority 200.
+    assert_eq!(r.master_adver_interval_cs(), 50);
+    assert_eq!(r.next_deadline(), Some(t + ms(1_500) + ns(109_375_000)));
+}
+
+#[test]
+fn tie_break_by_primary_address_ipv4() {
+    // 198.18.0.128 > 198.18.0.127 as unsigned integers; a signed byte compare says otherwise.
+    let (low, high) = ("198.18.0.127", "198.18.0.128");
+    let mut a = router(low, 100, 100);
+    let mut b = router(high, 100, 100);
+    for r in [&mut a, &mut b] {
+        r.handle(Event::Startup, Duration::ZERO);
+        let at = r.next_deadline().unwrap();
+        r.handle(Event::Timer, at);
+        assert_eq!(r.state(), State::Master);
+    }
+    // Partition heals: both hear each other's equal-priority adverts.
+    let t = ms(10_000);
+    assert_eq!(
+        b.handle(advert(low, 100, 100), t),
+        vec![Action::SendAdvert { priority: 100 }]
+    );
+    assert_eq!(b.state(), State::Master);
+    let actions = a.handle(advert(high, 100, 100), t);
+    assert_eq!(actions[0], {
+        let src = ip(high);
+        transition(
+            State::Master,
+            State::Backup,
+            Reason::PeerPreferred { src, priority: 100 },
+        )
+    });
+    assert_eq!(a.state(), State::Backup);
+}
+
+#[test]
+fn tie_break_by_primary_address_ipv6() {
+    let (low, high) = ("fe80::7f", "fe80::80");
+    let mut a = router(low, 150, 10);
+    a.handle(Event::Startup, Duration::ZERO);
+    let at = a.next_deadline().unwrap();
+    a.handle(Event::Timer, at);
+    assert_eq!(
+        a.handle(advert("fe80::7e", 150, 10), at + ms(1)),
+        vec![Action::SendAdvert { priority: 150 }]
+    );
+    assert_eq!(a.state(), State::Master);
+    a.handle(advert(high, 150, 10), at + ms(2));
+    assert_eq!(a.state(), State::Backup);
+    // Full 128-bit compare: a difference in the first group dominates.
+    let mut b = router("fe80::ffff", 150, 10);
+    b.handle(Event::Startup, Duration::ZERO);
+    let at = b.next_deadline().unwrap();
+    b.handle(Event::Timer, at);
+    b.handle(advert("fe81::1", 150, 10), at + ms(1));
+    assert_eq!(b.state(), State::Backup);
+}
+
+#[test]
+fn own_echo_and_other_family_are_ignored() {
+    let mut r = router("198.18.0.1", 100, 100);
+    r.handle(Event::Startup, Duration::ZERO);
+    let at = r.next_deadline().unwrap();
+    r.handle(Event::Timer, at);
+    // Our own multicast advert looped back must not trigger another one.
+    assert!(r.handle(advert("198.18.0.1", 100, 100), at).is_empty());
+    // The IPv6 instance with the same VRID is another virtual router.
+    assert!(r.handle(advert("fe80::1", 255, 100), at).is_empty());
+    assert_eq!(r.state(), State::Master);
+}
+
+#[test]
+fn malformed_advert_events_are_ignored() {
+    let mut r = router("198.18.0.2", 100, 100);
+    r.handle(Event::Startup, Duration::ZERO);
+    let deadline = r.next_deadline();
+    assert!(r.handle(advert("198.18.0.1", 200, 0), ms(10)).is_empty());
+    assert!(r.handle(advert("198.18.0.1", 200, 4096), ms(10)).is_empty());
+    assert_eq!(r.next_deadline(), deadline);
+}
+
+#[test]
+fn shutdown_from_each_state() {
+    // Master: resign with priority 0 and give the addresses up.
+    let mut r = router("198.18.0.1", OWNER_PRIORITY, 100);
+    r.handle(Event::Startup, Duration::ZERO);
+    assert_eq!(
+        r.handle(Event::Shutdown, ms(10)),
+        vec![
+            transition(State::Master, State::Initialize, Reason::Shutdown),
+            Action::SendAdvert { priority: 0 },
+            Action::RemoveAddresses,
+        ]
+    );
+    assert_eq!(r.next_deadline(), None);
+    // A restart is a fresh startup.
+    assert_eq!(r.handle(Event::Startup, ms(20))[0], {
+        transition(State::Initialize, State::Master, Reason::AddressOwner)
+    });
+
+    // Backup: just stop.
+    let mut r = router("198.18.0.2", 100, 100);
+    r.handle(Event::Startup, Duration::ZERO);
+    assert_eq!(
+        r.handle(Event::Shutdown, ms(10)),
+        vec![transition(
+            State::Backup,
+            State::Initialize,
+            Reason::Shutdown
+        )]
+    );
+    assert_eq!(r.next_deadline(), None);
+
+    // Initialize: nothing to do, and nothing but Startup moves it.
+    assert!(r.handle(Event::Shutdown, ms(20)).is_empty());
+    assert!(r.handle(Event::Timer, ms(10_000)).is_empty());
+    assert!(
+        r.handle(advert("198.18.0.1", 0, 100), ms(10_000))
+            .is_empty()
+    );
+    assert_eq!(r.state(), State::Initialize);
+    // A second Startup while running is ignored.
+    r.handle(Event::Startup, ms(30));
+    assert!(r.handle(Event::Startup, ms(40)).is_empty());
+    assert_eq!(r.next_deadline(), Some(ms(30) + ns(3_609_375_000)));
+}
+
+#[test]
+fn priority_changes_are_clamped_and_owner_is_pinned() {
+    let mut r = router("198.18.0.2", 100, 100);
+    r.handle(Event::PriorityChanged(0), Duration::ZERO);
+    assert_eq!(r.priority(), 1);
+    r.handle(Event::PriorityChanged(255), Duration::ZERO);
+    assert_eq!(r.priority(), 254);
+    r.handle(Event::PriorityChanged(90), Duration::ZERO);
+    assert_eq!(r.priority(), 90);
+    // Skew follows the tracked priority.
+    assert_eq!(r.skew_time(), skew_time(90, 100));
+
+    let mut owner = router("198.18.0.1", OWNER_PRIORITY, 100);
+    owner.handle(Event::PriorityChanged(10), Duration::ZERO);
+    assert_eq!(owner.priority(), 255);
+}
+
+#[test]
+fn preempt_delay_holds_off_takeover_after_startup() {
+    let mut c = config("198.18.0.2", 200, 100);
+    c.preempt_delay = ms(10_000);
+    let mut r = Router::new(c).unwrap();
+    let t0 = ms(20_000);
+    r.handle(Event::Startup, t0);
+    // Within the delay, a lower-priority master is followed like with preemption off.
+    for k in 1..=9 {
+        let t = t0 + ms(1_000 * k);
+        r.handle(advert("198.18.0.1", 100, 100), t);
+        assert_eq!(r.next_deadline(), Some(t + ns(3_218_750_000)), "k={k}");
+    }
+    // From then on its adverts are discarded; the timer armed by the last followed one runs.
+    let armed = r.next_deadline();
+    r.handle(advert("198.18.0.1", 100, 100), t0 + ms(10_000));
+    r.handle(advert("198.18.0.1", 100, 100), t0 + ms(11_000));
+    assert_eq!(r.next_deadline(), armed);
+    let actions = r.handle(Event::Timer, armed.unwrap());
+    assert_eq!(
+        actions,
+        became_master(Reason::MasterDown, State::Backup, 200)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// LAN scripts
+
+const A: usize = 0;
+const B: usize = 1;
+
+#[test]
+fn two_routers_elect_the_higher_priority_and_it_keeps_the_role() {
+    for cs in [100u16, 10] {
+        let mut lan = Lan::new(vec![
+            router("198.18.0.1", 200, cs),
+            router("198.18.0.2", 100, cs),
+        ]);
+        lan.send(A, Event::Startup);
+        lan.send(B, Event::Startup);
+        lan.run_until(ms(60_000));
+        assert_eq!(lan.state(A), State::Master);
+        assert_eq!(lan.state(B), State::Backup);
+        // A's Master_Down_Interval ran out first (priority 200 has the shorter skew).
+        assert_eq!(
+            lan.last_entered(A, State::Master),
+            Some(master_down_interval(200, cs))
+        );
+        assert_eq!(lan.transitions.len(), 3, "{:?}", lan.transitions);
+    }
+}
+
+#[test]
+fn master_crash_takeover_exactly_master_down_interval_after_last_advert() {
+    for cs in [100u16, 10] {
+        let mut lan = Lan::new(vec![
+            router("198.18.0.1", 200, cs),
+            router("198.18.0.2", 100, cs),
+        ]);
+        lan.send(A, Event::Startup);
+        lan.send(B, Event::Startup);
+        let crash = ms(u64::from(cs) * 100); // 10 intervals in
+        lan.run_until(crash);
+        lan.crash(A);
+        lan.run_until(crash * 3);
+        let (last, _) = lan.last_advert_from(A, crash).unwrap();
+        let mdi = master_down_interval(100, cs);
+        assert_eq!(lan.last_entered(B, State::Master), Some(last + mdi));
+        assert_eq!(lan.masters(), 1);
+        // 1 s adverts: 3.609 s of silence; 0.1 s adverts: 0.361 s.
+        assert_eq!(
+            mdi,
+            if cs == 100 {
+                ns(3_609_375_000)
+            } else {
+                ns(360_937_500)
+            }
+        );
+    }
+}
+
+#[test]
+fn master_shutdown_hands_over_after_skew_time() {
+    for cs in [100u16, 10] {
+        let mut lan = Lan::new(vec![
+            router("198.18.0.1", 200, cs),
+            router("198.18.0.2", 100, cs),
+        ]);
+        lan.send(A, Event::Startup);
+        lan.send(B, Event::Startup);
+        let t = ms(u64::from(cs) * 100) + ms(3);
+        lan.at(t, A, Event::Shutdown);
+        assert_eq!(lan.state(A), State::Initialize);
+        assert_eq!(lan.last_advert_from(A, t), Some((t, 0)));
+        lan.run_until(t * 2);
+        assert_eq!(
+            lan.last_entered(B, State::Master),
+            Some(t + skew_time(100, cs))
+        );
+        let (_, _, why) = lan.transitions.last().copied().unwrap();
+        assert_eq!(why.reason, Reason::MasterResigned);
+    }
+}
+
+#[test]
+fn higher_priority_router_preempts_a_running_master() {
+    for cs in [100u16, 10] {
+        let mut lan = Lan::new(vec![
+            router("198.18.0.1", 200, cs),
+            router("198.18.0.2", 100, cs),
+        ]);
+        // B alone becomes master; A joins later.
+        lan.send(B, Event::Startup);
+        let join = ms(u64::from(cs) * 200) + ms(1);
+        lan.at(join, A, Event::Startup);
+        lan.run_until(join * 2);
+        // A discards B's lower adverts, so its own Master_Down_Timer from startup runs out;
+        // B hears A's first advert as master and steps down in the same instant.
+        let takeover = join + master_down_interval(200, cs);
+        assert_eq!(lan.last_entered(A, State::Master), Some(takeover));
+        assert_eq!(lan.last_entered(B, State::Backup), Some(takeover));
+        assert_eq!(lan.masters(), 1);
+        assert_eq!(lan.state(A), State::Master);
+    }
+}
+
+#[test]
+fn without_preemption_a_higher_priority_router_stays_backup() {
+    let mut c = config("198.18.0.1", 200, 100);
+    c.preempt = false;
+    let mut lan = Lan::new(vec![
+        Router::new(c).unwrap(),
+        router("198.18.0.2", 100, 100),
+    ]);
+    lan.send(B, Event::Startup);
+    lan.at(ms(20_000), A, Event::Startup);
+    lan.run_until(ms(300_000));
+    assert_eq!(lan.state(A), State::Backup);
+    assert_eq!(lan.state(B), State::Master);
+    // ...until the master goes away.
+    lan.at(ms(300_000), B, Event::Shutdown);
+    lan.run_until(ms(301_000));
+    assert_eq!(
+        lan.last_entered(A, State::Master),
+        Some(ms(300_000) + skew_time(200, 100))
+    );
+}
+
+#[test]
+fn lowering_master_priority_lets_a_preempting_peer_take_over() {
+    for cs in [100u16, 10] {
+        let period = ms(u64::from(cs) * 10);
+        let mut lan = Lan::new(vec![
+            router("198.18.0.1", 200, cs),
+            router("198.18.0.2", 150, cs),
+        ]);
+        lan.send(A, Event::Startup);
+        lan.send(B, Event::Startup);
+        // A tracked check fails: A drops to 100, below B's 150.
+        let drop = period * 10 + ms(1);
+        lan.at(drop, A, Event::PriorityChanged(100));
+        lan.run_until(drop + period * 10);
+        // B accepted A's adverts up to the last one at 200, discards those at 100, and takes
+        // over one Master_Down_Interval after the last accepted one.
+        let (last_high, p) = lan
+            .adverts
+            .iter()
+            .rev()
+            .find(|(_, r, p)| *r == A && *p == 200)
+            .copied()
+            .map(|(t, _, p)| (t, p))
+            .unwrap();
+        assert_eq!(p, 200);
+        assert!(last_high < drop);
+        let takeover = last_high + master_down_interval(150, cs);
+        assert_eq!(lan.last_entered(B, State::Master), Some(takeover));
+        assert_eq!(lan.last_entered(A, State::Backup), Some(takeover));
+        assert_eq!(lan.masters(), 1);
+    }
+}
+
+#[test]
+fn raising_a_backup_above_the_master_makes_it_preempt() {
+    let mut lan = Lan::new(vec![
+        router("198.18.0.1", 200, 100),
+        router("198.18.0.2", 150, 100),
+    ]);
+    lan.send(A, Event::Startup);
+    lan.send(B, Event::Startup);
+    lan.at(ms(10_500), B, Event::PriorityChanged(250));
+    lan.run_until(ms(30_000));
+    assert_eq!(lan.state(B), State::Master);
+    assert_eq!(lan.state(A), State::Backup);
+    // The Master_Down_Timer armed by the last accepted advert (with the skew of priority
+    // 150, current when it was armed) runs out; later adverts at 200 are discarded.
+    let (last_accepted, _) = lan.last_advert_from(A, ms(10_500)).unwrap();
+    assert_eq!(
+        lan.last_entered(B, State::Master),
+        Some(last_accepted + master_down_interval(150, 100))
+    );
+}
+
+#[test]
+fn three_routers_fail_over_in_priority_order() {
+    let mut lan = Lan::new(vec![
+        router("198.18.0.1", 200, 10),
+        router("198.18.0.2", 150, 10),
+        router("198.18.0.3", 100, 10),
+    ]);
+    for i in 0..3 {
+        lan.send(i, Event::Startup);
+    }
+    lan.run_until(ms(5_000));
+    assert_eq!(lan.state(0), State::Master);
+    lan.crash(0);
+    lan.run_until(ms(10_000));
+    // The 150 router's shorter skew wins the race; the 100 router hears it and stays back.
+    assert_eq!(lan.state(1), State::Master);
+    assert_eq!(lan.state(2), State::Backup);
+    assert_eq!(lan.masters(), 1);
+}
+
+#[test]
+fn split_brain_heals_by_priority_then_address() {
+    // Equal priorities started in isolation: both become master; when they meet, the one
+    // with the higher address keeps the role.
+    let mut lan = Lan::new(vec![
+        router("198.18.0.200", 100, 100),
+        router("198.18.0.100", 100, 100),
+    ]);
+    lan.partitioned = true;
+    lan.send(A, Event::Startup);
+    lan.send(B, Event::Startup);
+    lan.run_until(ms(5_000));
+    assert_eq!(lan.masters(), 2);
+    lan.partitioned = false;
+    lan.run_until(ms(10_000));
+    assert_eq!(lan.masters(), 1);
+    assert_eq!(lan.state(A), State::Master);
+    assert_eq!(lan.state(B), State::Backup);
+}
