@@ -3,6 +3,9 @@
 //! - [`config`]: the TOML configuration, validated into typed values.
 //! - [`datapath`]: the eBPF programs and their pinned maps, seen from user space.
 //! - [`front`]: the client-facing listeners the kernel steers connections to.
+//! - [`smtp`]: the pure SMTP protocol core: commands, replies, the DATA-phase scanner.
+//! - [`pop3`]: the pure POP3 protocol core: commands, responses, multi-line relaying.
+//! - [`route`]: the routing map from recipients and users to back-end pools.
 //! - [`daemon`]: `robustifier run`, tying them together with an orderly stop.
 //! - [`vrrp`]: VRRPv3 packets and state machine as pure functions, for virtual IP failover.
 #![forbid(unsafe_code)]
@@ -11,4 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod front;
+pub mod pop3;
+pub mod route;
+pub mod smtp;
 pub mod vrrp;
