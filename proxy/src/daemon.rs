@@ -17,12 +17,17 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::info;
 
 use crate::{
+    backend::PoolSet,
     config::Config,
     datapath::DataPath,
     front::{
         accept::{self, Context, Role},
         listeners::SlotSockets,
     },
+    reload::Watched,
+    route::RouteTable,
+    smtp::session::Env,
+    tls::ServerTls,
 };
 
 /// How long sessions may run on after a stop was asked for.
@@ -41,10 +46,34 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let abort = CancellationToken::new();
     let sessions = TaskTracker::new();
     let accepting = TaskTracker::new();
+    let pools = Arc::new(PoolSet::new(&cfg).map_err(|e| anyhow::anyhow!("back-end pools: {e}"))?);
+    let tls = match &cfg.tls {
+        Some(files) => Some(Arc::new(
+            ServerTls::new(files).map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
+        )),
+        None => None,
+    };
     for service in &cfg.services {
+        let routes = match &service.routes {
+            Some(path) => {
+                let p = path.clone();
+                let w = Watched::new("routing map", vec![path.clone()], move || {
+                    RouteTable::load(&p).map_err(|e| e.to_string())
+                })
+                .map_err(|e| anyhow::anyhow!("service {}: {e}", service.name))?;
+                Some(Arc::new(w))
+            }
+            None => None,
+        };
         let ctx = Context {
-            service: Arc::new(service.clone()),
+            env: Arc::new(Env {
+                service: Arc::new(service.clone()),
+                routes,
+                pools: Arc::clone(&pools),
+                tls: tls.clone(),
+            }),
             limit: Arc::new(Semaphore::new(service.max_connections as usize)),
+            per_client: Arc::default(),
             stop: stop.clone(),
             abort: abort.clone(),
             sessions: sessions.clone(),

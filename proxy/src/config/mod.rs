@@ -21,6 +21,7 @@ use raw::{RawBackend, RawConfig, RawPool, RawService};
 pub struct Config {
     pub file: PathBuf,
     pub frontend: Frontend,
+    pub tls: Option<TlsFiles>,
     pub flood: Flood,
     /// Client prefixes of the priority class (kernel steering, later user-group priority).
     pub priority_prefixes: Vec<IpNet>,
@@ -34,6 +35,13 @@ pub struct Frontend {
     pub interface: Option<String>,
     pub xdp_mode: XdpMode,
     pub pin_dir: PathBuf,
+}
+
+/// The server certificate and key, checked readable at load time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,12 +86,50 @@ pub struct Service {
     pub vips: Vec<IpAddr>,
     pub hostname: String,
     pub max_connections: u32,
+    pub max_per_client: u32,
+    pub tls: ServiceTls,
+    /// Submission: AUTH offered, and required before MAIL.
+    pub auth: bool,
+    pub routes: Option<PathBuf>,
+    pub pool: Option<String>,
+    pub max_message_size: u64,
+    pub idle_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceTls {
+    None,
+    /// Offered with STARTTLS (SMTP) or STLS (POP3).
+    StartTls,
+    /// The handshake comes first (SMTP 465, RFC 8314; POP3 995).
+    Implicit,
+}
+
+/// How a back-end learns the real client's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    None,
+    /// Postfix XCLIENT command after the greeting.
+    Xclient,
+    /// PROXY protocol v2 header before anything else.
+    ProxyV2,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendTls {
+    None,
+    /// STARTTLS/STLS to the back-end, the certificate verified against `ca`.
+    StartTls {
+        ca: PathBuf,
+        server_name: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
 pub struct Pool {
     pub id: u32,
     pub name: String,
+    pub tls: BackendTls,
     pub backends: Vec<Backend>,
 }
 
@@ -94,9 +140,15 @@ pub struct Backend {
     pub name: String,
     pub address: SocketAddr,
     pub weight: u32,
+    pub identity: Identity,
 }
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+const DEFAULT_MAX_PER_CLIENT: u32 = 50;
+/// 50 MiB, a common MTA default.
+const DEFAULT_MAX_MESSAGE: u64 = 50 * 1024 * 1024;
+/// RFC 5321 4.5.3.2.7: at least 5 minutes for the next command.
+const DEFAULT_IDLE_SECS: u64 = 300;
 const DEFAULT_WEIGHT: u32 = 100;
 const MAX_WEIGHT: u32 = 65_535;
 
@@ -168,6 +220,14 @@ impl Config {
             xdp_mode,
             pin_dir,
         };
+        let base = file.parent().unwrap_or(Path::new("."));
+        let tls = match raw.tls {
+            None => None,
+            Some(t) => Some(TlsFiles {
+                certificate: readable(base, "tls.certificate", &t.certificate)?,
+                key: readable(base, "tls.key", &t.key)?,
+            }),
+        };
 
         let syn_rate_per_sec = raw.flood.syn_rate_per_sec.unwrap_or(0);
         let syn_burst = match raw.flood.syn_burst {
@@ -189,7 +249,13 @@ impl Config {
         let mut bound = HashSet::new();
         let mut services = Vec::new();
         for (i, s) in raw.services.into_iter().enumerate() {
-            let service = service(i, s, &frontend.name)?;
+            let service = service(i, s, &frontend.name, base)?;
+            if service.tls != ServiceTls::None && tls.is_none() {
+                return Err((
+                    format!("service[{i}].tls"),
+                    "needs a [tls] section with certificate and key".into(),
+                ));
+            }
             if !names.insert(service.name.clone()) {
                 return Err((
                     format!("service[{i}].name"),
@@ -217,11 +283,11 @@ impl Config {
         }
 
         let mut pools = Vec::new();
-        let mut pool_names = HashSet::new();
+        let mut pool_names: HashSet<String> = HashSet::new();
         let mut backend_names = HashSet::new();
         let mut next_backend = 0u32;
         for (i, p) in raw.pools.into_iter().enumerate() {
-            let pool = pool(i, p, &mut next_backend, &mut backend_names)?;
+            let pool = pool(i, p, &mut next_backend, &mut backend_names, base)?;
             if !pool_names.insert(pool.name.clone()) {
                 return Err((
                     format!("pool[{i}].name"),
@@ -230,9 +296,32 @@ impl Config {
             }
             pools.push(pool);
         }
+        // Every pool a service can route to must exist.
+        for (i, s) in services.iter().enumerate() {
+            if let Some(p) = &s.pool
+                && !pool_names.contains(p)
+            {
+                return Err((format!("service[{i}].pool"), format!("no pool named {p:?}")));
+            }
+            if let Some(path) = &s.routes {
+                let table = crate::route::RouteTable::load(path)
+                    .map_err(|e| (format!("service[{i}].routes"), e.to_string()))?;
+                if let Some(missing) = table.pools().into_iter().find(|p| !pool_names.contains(*p))
+                {
+                    return Err((
+                        format!("service[{i}].routes"),
+                        format!(
+                            "{} names pool {missing:?}, which is not configured",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(Config {
             file: file.to_owned(),
             frontend,
+            tls,
             flood,
             priority_prefixes,
             services,
@@ -247,7 +336,12 @@ impl Config {
     }
 }
 
-fn service(i: usize, s: RawService, frontend: &str) -> Result<Service, (String, String)> {
+fn service(
+    i: usize,
+    s: RawService,
+    frontend: &str,
+    base: &Path,
+) -> Result<Service, (String, String)> {
     let key = |k: &str| format!("service[{i}].{k}");
     if s.name.trim().is_empty() {
         return Err((key("name"), "must not be empty".into()));
@@ -285,6 +379,43 @@ fn service(i: usize, s: RawService, frontend: &str) -> Result<Service, (String, 
     if max_connections == 0 {
         return Err((key("max_connections"), "must be at least 1".into()));
     }
+    let max_per_client = s.max_per_client.unwrap_or(DEFAULT_MAX_PER_CLIENT);
+    if max_per_client == 0 {
+        return Err((key("max_per_client"), "must be at least 1".into()));
+    }
+    let tls = match s.tls.as_deref().unwrap_or("none") {
+        "none" => ServiceTls::None,
+        "starttls" => ServiceTls::StartTls,
+        "implicit" => ServiceTls::Implicit,
+        other => {
+            return Err((
+                key("tls"),
+                format!("{other:?} is not one of \"none\", \"starttls\", \"implicit\""),
+            ));
+        }
+    };
+    let auth = s.auth.unwrap_or(false);
+    if auth && protocol != Protocol::Smtp {
+        return Err((
+            key("auth"),
+            "only SMTP services take `auth` (POP3 always authenticates)".into(),
+        ));
+    }
+    let routes = match &s.routes {
+        Some(r) => Some(readable(base, &key("routes"), r)?),
+        None => None,
+    };
+    let max_message_size = s.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE);
+    if max_message_size < 1024 {
+        return Err((
+            key("max_message_size"),
+            "must be at least 1024 octets".into(),
+        ));
+    }
+    let idle = s.idle_timeout_secs.unwrap_or(DEFAULT_IDLE_SECS);
+    if idle == 0 {
+        return Err((key("idle_timeout_secs"), "must be at least 1".into()));
+    }
     Ok(Service {
         id: i as u32,
         name: s.name,
@@ -293,7 +424,44 @@ fn service(i: usize, s: RawService, frontend: &str) -> Result<Service, (String, 
         vips,
         hostname: s.hostname.unwrap_or_else(|| frontend.to_owned()),
         max_connections,
+        max_per_client,
+        tls,
+        auth,
+        routes,
+        pool: s.pool,
+        max_message_size,
+        idle_timeout: std::time::Duration::from_secs(idle),
     })
+}
+
+fn identity(
+    key: String,
+    value: Option<&str>,
+    default: Identity,
+) -> Result<Identity, (String, String)> {
+    match value {
+        None => Ok(default),
+        Some("none") => Ok(Identity::None),
+        Some("xclient") => Ok(Identity::Xclient),
+        Some("proxy") => Ok(Identity::ProxyV2),
+        Some(other) => Err((
+            key,
+            format!("{other:?} is not one of \"none\", \"xclient\", \"proxy\""),
+        )),
+    }
+}
+
+/// `value` relative to `base`, checked to be a readable file.
+fn readable(base: &Path, key: &str, value: &str) -> Result<PathBuf, (String, String)> {
+    let path = base.join(value);
+    std::fs::File::open(&path)
+        .map(|_| path.clone())
+        .map_err(|e| {
+            (
+                key.to_owned(),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })
 }
 
 fn pool(
@@ -301,16 +469,44 @@ fn pool(
     p: RawPool,
     next_backend: &mut u32,
     backend_names: &mut HashSet<String>,
+    base: &Path,
 ) -> Result<Pool, (String, String)> {
     if p.name.trim().is_empty() {
         return Err((format!("pool[{i}].name"), "must not be empty".into()));
     }
+    let pool_identity = identity(
+        format!("pool[{i}].identity"),
+        p.identity.as_deref(),
+        Identity::None,
+    )?;
+    let tls = match p.tls.as_deref().unwrap_or("none") {
+        "none" => BackendTls::None,
+        "starttls" => {
+            let ca = p.ca.as_deref().ok_or_else(|| {
+                (
+                    format!("pool[{i}].ca"),
+                    "tls = \"starttls\" needs a CA file to verify back-ends".to_owned(),
+                )
+            })?;
+            BackendTls::StartTls {
+                ca: readable(base, &format!("pool[{i}].ca"), ca)?,
+                server_name: p.server_name,
+            }
+        }
+        other => {
+            return Err((
+                format!("pool[{i}].tls"),
+                format!("{other:?} is not one of \"none\", \"starttls\""),
+            ));
+        }
+    };
     let mut backends = Vec::new();
     for (j, b) in p.backends.into_iter().enumerate() {
         let RawBackend {
             name,
             address,
             weight,
+            identity: backend_identity,
         } = b;
         let key = |k: &str| format!("pool[{i}].backend[{j}].{k}");
         if *next_backend >= MAX_BACKENDS {
@@ -335,17 +531,20 @@ fn pool(
         if weight > MAX_WEIGHT {
             return Err((key("weight"), format!("must be 0 to {MAX_WEIGHT}")));
         }
+        let identity = identity(key("identity"), backend_identity.as_deref(), pool_identity)?;
         backends.push(Backend {
             id: *next_backend,
             name,
             address,
             weight,
+            identity,
         });
         *next_backend += 1;
     }
     Ok(Pool {
         id: i as u32,
         name: p.name,
+        tls,
         backends,
     })
 }

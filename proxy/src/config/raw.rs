@@ -8,6 +8,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub frontend: RawFrontend,
+    /// Server certificate for STARTTLS/STLS and implicit-TLS services.
+    pub tls: Option<RawTls>,
     #[serde(default)]
     pub flood: RawFlood,
     #[serde(default)]
@@ -28,6 +30,15 @@ pub struct RawFrontend {
     pub xdp_mode: Option<String>,
     /// Directory under bpffs where the maps are pinned.
     pub pin_dir: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first. Re-read when the file changes.
+    pub certificate: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,12 +74,34 @@ pub struct RawService {
     pub hostname: Option<String>,
     /// Concurrent sessions the service accepts.
     pub max_connections: Option<u32>,
+    /// Concurrent sessions one client address may hold.
+    pub max_per_client: Option<u32>,
+    /// "none", "starttls" (STARTTLS/STLS offered) or "implicit" (ports 465/995).
+    pub tls: Option<String>,
+    /// SMTP submission: AUTH offered and required before MAIL.
+    pub auth: Option<bool>,
+    /// Routing map file (relative to the config file's folder).
+    pub routes: Option<String>,
+    /// Pool for keys the routing map does not match (or for every session, without a map).
+    pub pool: Option<String>,
+    /// Largest message accepted, octets (SMTP SIZE).
+    pub max_message_size: Option<u64>,
+    /// Seconds a session may wait for the client's next command.
+    pub idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
     pub name: String,
+    /// How the client's identity reaches the back-ends: "none", "xclient" or "proxy".
+    pub identity: Option<String>,
+    /// Back-end TLS: "none" or "starttls".
+    pub tls: Option<String>,
+    /// PEM CA bundle that back-end certificates must chain to (with tls = "starttls").
+    pub ca: Option<String>,
+    /// Name checked in the back-ends' certificates; defaults to each back-end's address.
+    pub server_name: Option<String>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<RawBackend>,
 }
@@ -80,4 +113,6 @@ pub struct RawBackend {
     /// "host:port", IPv6 as "[addr]:port".
     pub address: String,
     pub weight: Option<u32>,
+    /// Overrides the pool's `identity` for this back-end.
+    pub identity: Option<String>,
 }

@@ -1,17 +1,28 @@
-//! Accept loops. Each service has a connection limit (a semaphore): a connection beyond it
-//! gets the shed reply instead of a session, so a flood cannot exhaust the proxy's memory.
+//! Accept loops. Each service has a connection limit (a semaphore) and a per-client-address
+//! limit: a connection beyond either gets the shed reply instead of a session, so a flood
+//! cannot exhaust the proxy's memory.
 //!
 //! Two tokens order a graceful stop: `stop` ends the accept loops, `abort` ends the
 //! sessions still running once the drain deadline has passed.
 
-use std::sync::Arc;
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{net::TcpListener, net::TcpStream, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use super::{greeting, shed};
-use crate::config::Service;
+use super::{greeting, limits::PerClient, shed};
+use crate::{
+    config::{Protocol, ServiceTls},
+    smtp::session::{Env, Session},
+    stream::Conn,
+};
 
 /// Which answer a listener gives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,11 +33,24 @@ pub enum Role {
 
 #[derive(Clone)]
 pub struct Context {
-    pub service: Arc<Service>,
+    pub env: Arc<Env>,
     pub limit: Arc<Semaphore>,
+    pub per_client: Arc<PerClient>,
     pub stop: CancellationToken,
     pub abort: CancellationToken,
     pub sessions: TaskTracker,
+}
+
+/// A short id for one session, carried in every log line and to the back-ends.
+pub fn session_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    format!("{start:x}.{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Accepts until `ctx.stop` fires.
@@ -37,37 +61,75 @@ pub async fn run(listener: TcpListener, role: Role, ctx: Context) {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    warn!(service = %ctx.service.name, error = %e, "accept failed");
+                    warn!(service = %ctx.env.service.name, error = %e, "accept failed");
                     continue;
                 }
             },
         };
-        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        let svc = ctx.service.clone();
-        let permit = match role {
-            Role::Serve => ctx.limit.clone().try_acquire_owned().ok(),
-            Role::Shed => None,
-        };
-        debug!(service = %svc.name, %peer, ?role, "connection");
-        let abort = ctx.abort.clone();
-        ctx.sessions.spawn(async move {
-            match (role, permit) {
-                (Role::Serve, Some(_permit)) => {
-                    let session =
-                        greeting::session(stream, svc.protocol, &svc.hostname, greeting::IDLE_TIMEOUT);
-                    tokio::select! {
-                        r = session => if let Err(e) = r {
-                            debug!(service = %svc.name, %peer, error = %e, "session ended with an error");
-                        },
-                        _ = abort.cancelled() => {}
-                    }
-                }
-                (Role::Serve, None) => {
-                    info!(service = %svc.name, %peer, "connection limit reached; shedding");
-                    shed::answer(stream, svc.protocol, &svc.hostname).await;
-                }
-                (Role::Shed, _) => shed::answer(stream, svc.protocol, &svc.hostname).await,
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let ctx2 = ctx.clone();
+        ctx.sessions
+            .spawn(async move { serve(stream, peer, role, ctx2).await });
+    }
+}
+
+async fn serve(stream: TcpStream, peer: SocketAddr, role: Role, ctx: Context) {
+    let svc = Arc::clone(&ctx.env.service);
+    // With steering, the local address is the VIP the client connected to.
+    let local = stream
+        .local_addr()
+        .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+        .unwrap_or(peer);
+    let _ = stream.set_nodelay(true);
+    if role == Role::Shed {
+        return shed::answer(stream, svc.protocol, &svc.hostname).await;
+    }
+    let Ok(_permit) = ctx.limit.clone().try_acquire_owned() else {
+        info!(service = %svc.name, %peer, "connection limit reached; shedding");
+        return shed::answer(stream, svc.protocol, &svc.hostname).await;
+    };
+    let Some(_slot) = ctx.per_client.acquire(peer.ip(), svc.max_per_client) else {
+        info!(service = %svc.name, %peer, "per-client limit reached; shedding");
+        return shed::answer(stream, svc.protocol, &svc.hostname).await;
+    };
+    let id = session_id();
+    let span = info_span!("session", id = %id, service = %svc.name, %peer);
+    let session = async {
+        debug!("session start");
+        let conn = if svc.tls == ServiceTls::Implicit {
+            let Some(tls) = &ctx.env.tls else { return };
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                tls.acceptor().accept(stream),
+            )
+            .await
+            {
+                Ok(Ok(s)) => Conn::Server(Box::new(s)),
+                Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+                Err(_) => return debug!("TLS handshake timed out"),
             }
-        });
+        } else {
+            Conn::Plain(stream)
+        };
+        let result = match svc.protocol {
+            Protocol::Smtp => Session::new(conn, &ctx.env, peer, local, id.clone())
+                .run()
+                .await
+                .map_err(|e| e.to_string()),
+            Protocol::Pop3 => {
+                greeting::session(conn, svc.protocol, &svc.hostname, svc.idle_timeout)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match result {
+            Ok(()) => debug!("session end"),
+            Err(e) => debug!(error = %e, "session ended with an error"),
+        }
+    }
+    .instrument(span);
+    tokio::select! {
+        _ = session => {}
+        _ = ctx.abort.cancelled() => {}
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod accept;
 pub mod greeting;
+pub mod limits;
 pub mod lines;
 pub mod listeners;
 pub mod shed;

@@ -10,6 +10,7 @@
 pub mod command;
 pub mod data;
 pub mod reply;
+pub mod session;
 
 pub use command::{Address, Command, CommandError, MailFrom, RcptTo};
 pub use data::{Bare, DataScanner, DataStep, Outcome};

@@ -1,0 +1,357 @@
+//! The client-facing SMTP session (RFC 5321): greeting, EHLO, STARTTLS, AUTH, and
+//! transactions whose recipients are routed, one route per transaction, to back-end legs.
+//!
+//! Invariants:
+//! - The client gets 250 for a message only when a back-end said 250 to its end of data;
+//!   any failure before that is a 4xx, so the client keeps the message and retries.
+//! - A transaction has one route, fixed by its first accepted recipient; a recipient of
+//!   another route gets `452 4.5.3` and is sent again by the client in a new transaction.
+//! - Input is bounded: command lines by [`MAX_LINE`], messages by the service's size limit,
+//!   waits by the RFC 5321 4.5.3.2 timeouts; the proxy never holds a whole message.
+//! - After STARTTLS nothing read before the handshake is used (RFC 3207 4.2,
+//!   CVE-2011-0411), and the session starts over.
+
+mod auth;
+mod transaction;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader},
+    time::timeout,
+};
+use tracing::warn;
+
+use super::{
+    command::{Command, MailFrom},
+    reply::Reply,
+};
+use crate::{
+    backend::{
+        PoolSet,
+        smtp::{ClientInfo, SmtpLeg},
+    },
+    config::{Service, ServiceTls},
+    front::lines::{Line, read_line},
+    reload::Watched,
+    route::{Route, RouteTable},
+    stream::Conn,
+    tls::ServerTls,
+};
+
+/// RFC 5321 4.5.3.1.4 allows 512 octets for a command line; we take up to 1000, the text
+/// line limit, because long MAIL/RCPT parameter lists exist in the wild.
+pub const MAX_LINE: usize = 1000;
+/// RFC 5321 4.5.3.1.8: at least 100 recipients must be accepted.
+pub const MAX_RECIPIENTS: usize = 1000;
+/// RFC 5321 4.5.3.2.5: a data block may take 3 minutes.
+pub const DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
+/// Syntax errors and refused commands before the session is closed.
+pub const MAX_ERRORS: u32 = 20;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every session of a service shares.
+pub struct Env {
+    pub service: Arc<Service>,
+    pub routes: Option<Arc<Watched<RouteTable>>>,
+    pub pools: Arc<PoolSet>,
+    pub tls: Option<Arc<ServerTls>>,
+}
+
+impl Env {
+    /// The pools serving `key`: the routing map first, then the service's default pool.
+    /// `None`: nothing routes it (relay denied); `Some(Route::Reject)`: unknown recipient.
+    fn route(&self, lookup: impl Fn(&RouteTable) -> Option<Route>) -> Option<Route> {
+        if let Some(r) = self.routes.as_ref().and_then(|t| lookup(&t.get())) {
+            return Some(r);
+        }
+        self.service.pool.clone().map(|p| Route::Pools(vec![p]))
+    }
+}
+
+/// An open back-end leg and the route it serves.
+struct Leg {
+    leg: SmtpLeg,
+    route: Vec<String>,
+}
+
+#[derive(Default)]
+struct Transaction {
+    mail: MailFrom,
+    /// The MAIL command as the client sent it, replayed to the back-end.
+    mail_line: String,
+    /// Fixed by the first accepted recipient.
+    route: Option<Vec<String>>,
+    /// Whether MAIL went to the current leg.
+    mail_sent: bool,
+    /// Accepted RCPT lines, replayed if the leg has to be replaced before DATA.
+    rcpts: Vec<String>,
+    /// The leg failed and could not be replaced: DATA gets 451.
+    broken: bool,
+}
+
+pub struct Session<'e, S> {
+    io: BufReader<Conn<S>>,
+    out: Vec<u8>,
+    env: &'e Env,
+    client: ClientInfo,
+    helo: Option<(String, bool)>,
+    leg: Option<Leg>,
+    tx: Option<Transaction>,
+    errors: u32,
+}
+
+/// Why a session ended early (logged, never shown to the client beyond its reply).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS handshake: {0}")]
+    Tls(String),
+}
+
+impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
+    pub fn new(
+        stream: Conn<S>,
+        env: &'e Env,
+        peer: SocketAddr,
+        local: SocketAddr,
+        session_id: String,
+    ) -> Self {
+        Session {
+            io: BufReader::new(stream),
+            out: Vec::new(),
+            env,
+            client: ClientInfo {
+                peer,
+                local,
+                helo: None,
+                login: None,
+                session_id,
+            },
+            helo: None,
+            leg: None,
+            tx: None,
+            errors: 0,
+        }
+    }
+
+    fn svc(&self) -> &Service {
+        &self.env.service
+    }
+
+    fn send(&mut self, reply: &Reply) {
+        self.out.extend_from_slice(&reply.to_bytes());
+    }
+
+    fn say(&mut self, code: u16, enhanced: (u8, u16, u16), text: &str) {
+        self.send(&Reply::new(code, Some(enhanced), text));
+    }
+
+    /// Writes queued replies. Called before waiting on the client with an empty input
+    /// buffer, so pipelined commands get their replies in one batch (RFC 2920 3.2).
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            let out = std::mem::take(&mut self.out);
+            self.io.get_mut().write_all(&out).await?;
+        }
+        self.io.get_mut().flush().await
+    }
+
+    /// Runs the session to its end. Errors are logged by the caller.
+    pub async fn run(mut self) -> Result<(), SessionError> {
+        let host = self.svc().hostname.clone();
+        self.say_greeting(&host);
+        loop {
+            if self.io.buffer().is_empty() {
+                self.flush().await?;
+            }
+            let line =
+                match timeout(self.svc().idle_timeout, read_line(&mut self.io, MAX_LINE)).await {
+                    Ok(line) => line?,
+                    Err(_) => {
+                        self.say(
+                            421,
+                            (4, 4, 2),
+                            &format!("{host} Idle timeout, closing connection"),
+                        );
+                        break;
+                    }
+                };
+            let line = match line {
+                Line::Eof => break,
+                Line::TooLong => {
+                    self.say(500, (5, 5, 6), "Line too long");
+                    if self.error() {
+                        break;
+                    }
+                    continue;
+                }
+                Line::Complete(l) => l,
+            };
+            let cmd = match Command::parse(&line) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.send(&e.reply());
+                    if self.error() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            match cmd {
+                Command::Quit => {
+                    self.say(221, (2, 0, 0), "Bye");
+                    break;
+                }
+                Command::StartTls => {
+                    if !self.starttls().await? {
+                        continue;
+                    }
+                }
+                other => {
+                    if !self.command(other, &line).await? {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = self.flush().await;
+        if let Some(l) = self.leg.take() {
+            l.leg.quit().await;
+        }
+        Ok(())
+    }
+
+    fn say_greeting(&mut self, host: &str) {
+        self.say_plain(220, &format!("{host} ESMTP Robustifier"));
+    }
+
+    fn say_plain(&mut self, code: u16, text: &str) {
+        self.send(&Reply::new(code, None, text));
+    }
+
+    /// Counts a refused command; true when the client has used up its allowance.
+    fn error(&mut self) -> bool {
+        self.errors += 1;
+        if self.errors >= MAX_ERRORS {
+            self.say(421, (4, 7, 0), "Too many errors, closing connection");
+            return true;
+        }
+        false
+    }
+
+    /// Handles one command other than QUIT and STARTTLS; false ends the session.
+    async fn command(&mut self, cmd: Command, line: &[u8]) -> Result<bool, SessionError> {
+        match cmd {
+            Command::Ehlo(name) => self.hello(name, true),
+            Command::Helo(name) => self.hello(name, false),
+            Command::Noop => self.say(250, (2, 0, 0), "OK"),
+            Command::Help(_) => self.say(
+                214,
+                (2, 0, 0),
+                "See RFC 5321; https://www.rfc-editor.org/rfc/rfc5321",
+            ),
+            Command::Vrfy(_) => self.say(
+                252,
+                (2, 1, 5),
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            ),
+            Command::Expn(_) => self.say(502, (5, 5, 1), "EXPN not available"),
+            Command::Rset => {
+                self.reset_transaction().await;
+                self.say(250, (2, 0, 0), "OK");
+            }
+            Command::Bdat { .. } => {
+                // CHUNKING is not advertised (RFC 3030 2: BDAT only after it was offered).
+                self.say(502, (5, 5, 1), "BDAT not supported, use DATA");
+                return Ok(!self.error());
+            }
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                return self.auth(mechanism, initial_response).await;
+            }
+            Command::Mail(mail) => self.mail(mail, line).await,
+            Command::Rcpt(rcpt) => self.rcpt(rcpt.forward_path, line).await,
+            Command::Data => return self.data().await,
+            Command::Quit | Command::StartTls => unreachable!("handled by the session loop"),
+        }
+        Ok(true)
+    }
+
+    fn hello(&mut self, name: String, esmtp: bool) {
+        // RFC 5321 4.1.4: EHLO/HELO resets any transaction.
+        self.tx = None;
+        self.client.helo = Some(name.clone());
+        self.helo = Some((name, esmtp));
+        let host = self.svc().hostname.clone();
+        if !esmtp {
+            self.say_plain(250, &host);
+            return;
+        }
+        let mut lines = vec![
+            host,
+            "PIPELINING".to_owned(),
+            format!("SIZE {}", self.svc().max_message_size),
+            "8BITMIME".to_owned(),
+            "SMTPUTF8".to_owned(),
+            "ENHANCEDSTATUSCODES".to_owned(),
+        ];
+        if self.starttls_offered() {
+            lines.push("STARTTLS".to_owned());
+        }
+        if self.svc().auth && self.client.login.is_none() {
+            lines.push("AUTH PLAIN LOGIN".to_owned());
+        }
+        self.send(&Reply::multiline(250, None, lines));
+    }
+
+    fn starttls_offered(&self) -> bool {
+        self.svc().tls == ServiceTls::StartTls
+            && self.env.tls.is_some()
+            && !self.io.get_ref().is_tls()
+    }
+
+    /// RFC 3207. Returns false when the command was refused and the session goes on as is.
+    async fn starttls(&mut self) -> Result<bool, SessionError> {
+        if !self.starttls_offered() {
+            let (code, e, text) = if self.io.get_ref().is_tls() {
+                (503, (5, 5, 1), "TLS already active")
+            } else {
+                (502, (5, 5, 1), "STARTTLS not available")
+            };
+            self.say(code, e, text);
+            return Ok(false);
+        }
+        let Some(tls) = self.env.tls.clone() else {
+            return Ok(false);
+        };
+        self.say(220, (2, 0, 0), "Ready to start TLS");
+        self.flush().await?;
+        let pipelined = self.io.buffer().len();
+        if pipelined > 0 {
+            warn!(session = %self.client.session_id, octets = pipelined, "discarding commands pipelined before the TLS handshake");
+        }
+        // Taking the stream out of its reader drops whatever the reader had buffered.
+        let reader = std::mem::replace(&mut self.io, BufReader::new(Conn::Detached));
+        let Conn::Plain(plain) = reader.into_inner() else {
+            return Err(SessionError::Tls(
+                "STARTTLS on a stream that is not plain".into(),
+            ));
+        };
+        let accepted = timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(plain))
+            .await
+            .map_err(|_| SessionError::Tls("handshake timed out".into()))?
+            .map_err(|e| SessionError::Tls(e.to_string()))?;
+        self.io = BufReader::new(Conn::Server(Box::new(accepted)));
+        // RFC 3207 4.2: forget everything learnt before TLS.
+        self.helo = None;
+        self.client.helo = None;
+        self.tx = None;
+        Ok(true)
+    }
+}
+#[cfg(test)]
+mod tests;

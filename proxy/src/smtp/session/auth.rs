@@ -1,0 +1,197 @@
+//! AUTH on submission services (RFC 4954): PLAIN and LOGIN are collected from the client,
+//! the user's route picks the back-end, and the back-end's verdict is the client's verdict.
+//! The proxy keeps no password: it only carries the exchange to the back-end that owns the
+//! user, then that back-end serves the rest of the session.
+
+use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{info, warn};
+
+use super::{Session, SessionError};
+use crate::{
+    config::ServiceTls,
+    front::lines::{Line, read_line},
+    route::Route,
+    smtp::{command::Address, reply::Reply},
+};
+
+/// RFC 4954 4: a server must accept AUTH lines of at least 12288 octets.
+const MAX_AUTH_LINE: usize = 12288;
+
+enum Step {
+    Got(String),
+    Cancelled,
+    Bad,
+}
+
+impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
+    pub(super) async fn auth(
+        &mut self,
+        mechanism: String,
+        initial: Option<String>,
+    ) -> Result<bool, SessionError> {
+        if !self.svc().auth {
+            self.say(502, (5, 5, 1), "AUTH not available on this service");
+            return Ok(!self.error());
+        }
+        if self.helo.is_none() {
+            self.say(503, (5, 5, 1), "Send EHLO first");
+            return Ok(true);
+        }
+        if self.client.login.is_some() {
+            self.say(503, (5, 5, 1), "Already authenticated");
+            return Ok(true);
+        }
+        if self.tx.is_some() {
+            self.say(503, (5, 5, 1), "AUTH not allowed during a mail transaction");
+            return Ok(true);
+        }
+        if self.svc().tls == ServiceTls::StartTls && !self.io.get_ref().is_tls() {
+            self.say(
+                538,
+                (5, 7, 11),
+                "Encryption required for requested authentication mechanism",
+            );
+            return Ok(true);
+        }
+        let credentials = match mechanism.as_str() {
+            "PLAIN" => {
+                let response = match initial {
+                    Some(r) => Step::Got(r),
+                    None => self.challenge("").await?,
+                };
+                match response {
+                    Step::Got(r) => plain(&r),
+                    Step::Cancelled => return self.cancelled(),
+                    Step::Bad => None,
+                }
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(r) => Step::Got(r),
+                    None => self.challenge("VXNlcm5hbWU6").await?, // "Username:"
+                };
+                let user = match user {
+                    Step::Got(u) => decode(&u),
+                    Step::Cancelled => return self.cancelled(),
+                    Step::Bad => None,
+                };
+                match (user, self.challenge("UGFzc3dvcmQ6").await?) {
+                    (Some(u), Step::Got(p)) => decode(&p).map(|p| (u, p)),
+                    (_, Step::Cancelled) => return self.cancelled(),
+                    _ => None,
+                }
+            }
+            _ => {
+                self.say(504, (5, 5, 4), "Unrecognized authentication type");
+                return Ok(!self.error());
+            }
+        };
+        let Some((user, password)) = credentials else {
+            self.say(501, (5, 5, 2), "Cannot decode the AUTH response");
+            return Ok(!self.error());
+        };
+        self.relay_auth(user, password).await;
+        Ok(true)
+    }
+
+    fn cancelled(&mut self) -> Result<bool, SessionError> {
+        self.say(501, (5, 0, 0), "Authentication cancelled");
+        Ok(true)
+    }
+
+    /// Sends a `334` challenge and reads the client's response line.
+    async fn challenge(&mut self, text: &str) -> Result<Step, SessionError> {
+        self.send(&Reply::new(334, None, text));
+        self.flush().await?;
+        let idle = self.svc().idle_timeout;
+        let line = match tokio::time::timeout(idle, read_line(&mut self.io, MAX_AUTH_LINE)).await {
+            Ok(l) => l?,
+            Err(_) => return Ok(Step::Bad),
+        };
+        Ok(match line {
+            Line::Complete(l) if l == b"*" => Step::Cancelled,
+            Line::Complete(l) => Step::Got(String::from_utf8_lossy(&l).into_owned()),
+            Line::TooLong | Line::Eof => Step::Bad,
+        })
+    }
+
+    async fn relay_auth(&mut self, user: String, password: String) {
+        let route = match user.split_once('@') {
+            Some((local, domain)) => {
+                let addr = Address {
+                    local: local.to_owned(),
+                    domain: Some(domain.to_ascii_lowercase()),
+                };
+                self.env.route(|t| t.lookup(&addr).cloned())
+            }
+            None => self.env.route(|t| t.lookup_user(&user).cloned()),
+        };
+        let Some(Route::Pools(route)) = route else {
+            // Unknown users fail like wrong passwords: nothing tells which names exist.
+            info!(session = %self.client.session_id, %user, "AUTH for a user with no route");
+            return self.say(535, (5, 7, 8), "Authentication credentials invalid");
+        };
+        if let Err(e) = self.open_leg(&route).await {
+            warn!(session = %self.client.session_id, error = %e, "no back-end for AUTH");
+            return self.say(454, (4, 7, 0), "Temporary authentication failure");
+        }
+        let leg = &mut self.leg.as_mut().expect("just opened").leg;
+        if !leg.caps.auth.iter().any(|m| m == "PLAIN") {
+            warn!(session = %self.client.session_id, backend = %leg.name, "back-end offers no AUTH PLAIN");
+            self.leg = None;
+            return self.say(454, (4, 7, 0), "Temporary authentication failure");
+        }
+        let token = B64.encode(format!("\0{user}\0{password}"));
+        match leg.command(&format!("AUTH PLAIN {token}"), "AUTH").await {
+            Ok(reply) if reply.code == 235 => {
+                info!(session = %self.client.session_id, %user, backend = %leg.name, "authenticated by back-end");
+                self.client.login = Some(user);
+                self.send(&reply);
+            }
+            Ok(reply) => {
+                info!(session = %self.client.session_id, %user, code = reply.code, "back-end refused AUTH");
+                self.leg = None;
+                self.send(&reply);
+            }
+            Err(e) => {
+                warn!(session = %self.client.session_id, error = %e, "back-end failed during AUTH");
+                self.leg = None;
+                self.say(454, (4, 7, 0), "Temporary authentication failure");
+            }
+        }
+    }
+}
+
+fn decode(b64: &str) -> Option<String> {
+    String::from_utf8(B64.decode(b64.trim()).ok()?).ok()
+}
+
+/// RFC 4616: `[authzid] NUL authcid NUL passwd`. A different authzid is refused (we relay
+/// only a user's own identity).
+fn plain(b64: &str) -> Option<(String, String)> {
+    let raw = decode(b64)?;
+    let mut parts = raw.split('\0');
+    let (authz, user, pass) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || user.is_empty() || (!authz.is_empty() && authz != user) {
+        return None;
+    }
+    Some((user.to_owned(), pass.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_response_is_split() {
+        let t = B64.encode("\0alice@example.org\0secret");
+        assert_eq!(
+            plain(&t),
+            Some(("alice@example.org".into(), "secret".into()))
+        );
+        let t = B64.encode("bob\0alice\0secret");
+        assert_eq!(plain(&t), None, "acting as another user is refused");
+        assert_eq!(plain("!!!"), None);
+    }
+}

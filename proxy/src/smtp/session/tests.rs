@@ -1,0 +1,390 @@
+//! Session scripts against scripted back-ends on loopback: the client side is an in-memory
+//! stream, the back-ends are real TCP listeners that record what they were sent.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::TcpListener,
+};
+
+use super::*;
+use crate::config::Config;
+
+/// How a scripted back-end misbehaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    None,
+    /// Closes the connection at the end of data instead of replying.
+    DropAfterData,
+    /// Greets with 554.
+    RefuseGreeting,
+}
+
+#[derive(Default)]
+struct Recorded {
+    /// Every command line received.
+    lines: Vec<String>,
+    /// Every message received (data without the final dot line).
+    messages: Vec<Vec<u8>>,
+}
+
+async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rec = Arc::new(Mutex::new(Recorded::default()));
+    let r = Arc::clone(&rec);
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let r = Arc::clone(&r);
+            tokio::spawn(async move {
+                let (rd, mut wr) = s.into_split();
+                let mut rd = BufReader::new(rd);
+                if fault == Fault::RefuseGreeting {
+                    let _ = wr.write_all(b"554 5.3.2 not today\r\n").await;
+                    return;
+                }
+                let _ = wr.write_all(b"220 fake ESMTP\r\n").await;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if rd.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let cmd = line.trim_end().to_owned();
+                    r.lock().unwrap().lines.push(cmd.clone());
+                    let upper = cmd.to_ascii_uppercase();
+                    let reply: &[u8] = if upper.starts_with("EHLO") {
+                        b"250-fake\r\n250-PIPELINING\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n"
+                    } else if upper.starts_with("RCPT") && upper.contains("UNKNOWN") {
+                        b"550 5.1.1 no such user\r\n"
+                    } else if upper.starts_with("AUTH PLAIN") {
+                        // "\0alice@a.example\0secret"
+                        if cmd.ends_with("AGFsaWNlQGEuZXhhbXBsZQBzZWNyZXQ=") {
+                            b"235 2.7.0 Authentication successful\r\n"
+                        } else {
+                            b"535 5.7.8 Authentication credentials invalid\r\n"
+                        }
+                    } else if upper == "DATA" {
+                        let _ = wr.write_all(b"354 go ahead\r\n").await;
+                        let mut msg = Vec::new();
+                        loop {
+                            let mut l = Vec::new();
+                            if rd.read_until(b'\n', &mut l).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if l == b".\r\n" {
+                                break;
+                            }
+                            msg.extend_from_slice(&l);
+                        }
+                        r.lock().unwrap().messages.push(msg);
+                        if fault == Fault::DropAfterData {
+                            return;
+                        }
+                        b"250 2.0.0 queued as FAKE\r\n"
+                    } else if upper == "QUIT" {
+                        let _ = wr.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        b"250 2.0.0 ok\r\n"
+                    };
+                    if wr.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rec)
+}
+
+/// A service whose routing map sends a.example to pool "a" and b.example to pool "b".
+fn env(dir: &Path, a: &[SocketAddr], b: &[SocketAddr], extra: &str) -> Env {
+    let routes = dir.join("routes");
+    std::fs::write(
+        &routes,
+        "a.example a\nb.example b\nnobody@a.example reject\n",
+    )
+    .unwrap();
+    let list = |addrs: &[SocketAddr], p: &str| {
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{{ name = \"{p}{i}\", address = \"{a}\" }}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = format!(
+        "[frontend]\nname = \"fe\"\n[[service]]\nname = \"smtp\"\nprotocol = \"smtp\"\nport = 25\nroutes = \"routes\"\nmax_message_size = 4096\n{extra}\n\
+         [[pool]]\nname = \"a\"\nbackend = [{}]\n[[pool]]\nname = \"b\"\nbackend = [{}]\n",
+        list(a, "a"),
+        list(b, "b")
+    );
+    let cfg = Config::parse(&dir.join("test.toml"), &text).unwrap();
+    let svc = cfg.services[0].clone();
+    let path = svc.routes.clone().unwrap();
+    Env {
+        routes: Some(Arc::new(
+            Watched::new("routes", vec![path.clone()], move || {
+                RouteTable::load(&path).map_err(|e| e.to_string())
+            })
+            .unwrap(),
+        )),
+        service: Arc::new(svc),
+        pools: Arc::new(PoolSet::new(&cfg).unwrap()),
+        tls: None,
+    }
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "rb-session-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs a session with `input` pipelined from the client and returns all it answered.
+async fn converse(env: &Env, input: &[u8]) -> String {
+    let (mut client, server) = tokio::io::duplex(1 << 20);
+    client.write_all(input).await.unwrap();
+    let peer: SocketAddr = "198.18.0.100:40000".parse().unwrap();
+    let local: SocketAddr = "198.18.0.25:25".parse().unwrap();
+    let session = Session::new(Conn::Plain(server), env, peer, local, "t1".into());
+    tokio::time::timeout(std::time::Duration::from_secs(20), session.run())
+        .await
+        .expect("session finished")
+        .unwrap();
+    let mut out = String::new();
+    client.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn codes(out: &str) -> Vec<&str> {
+    out.lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .map(|l| &l[..3])
+        .collect()
+}
+
+#[tokio::test]
+async fn message_is_relayed_and_acknowledged_by_the_backend() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("relay");
+    let env = env(&dir, &[a], &[], "");
+    let out = converse(
+        &env,
+        b"EHLO client.example\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<u@a.example>\r\nDATA\r\nSubject: hi\r\n\r\nbody\r\n..dot\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "354", "250", "221"],
+        "{out}"
+    );
+    assert!(
+        out.contains("250 2.0.0 queued as FAKE"),
+        "the back-end's reply is relayed: {out}"
+    );
+    let rec = rec.lock().unwrap();
+    assert_eq!(
+        rec.messages,
+        [b"Subject: hi\r\n\r\nbody\r\n..dot\r\n".to_vec()]
+    );
+    assert!(rec.lines.iter().any(|l| l == "MAIL FROM:<s@x.example>"));
+}
+
+#[tokio::test]
+async fn recipients_of_another_route_get_452_and_go_in_a_new_transaction() {
+    let (a, rec_a) = backend(Fault::None).await;
+    let (b, rec_b) = backend(Fault::None).await;
+    let dir = tempdir("split");
+    let env = env(&dir, &[a], &[b], "");
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nRCPT TO:<v@b.example>\r\nRCPT TO:<w@a.example>\r\nDATA\r\nm1\r\n.\r\n\
+          MAIL FROM:<s@x>\r\nRCPT TO:<v@b.example>\r\nDATA\r\nm2\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        [
+            "220", "250", "250", "250", "452", "250", "354", "250", "250", "250", "354", "250",
+            "221"
+        ],
+        "{out}"
+    );
+    assert!(out.contains("452 4.5.3 "), "{out}");
+    assert_eq!(rec_a.lock().unwrap().messages, [b"m1\r\n".to_vec()]);
+    assert_eq!(rec_b.lock().unwrap().messages, [b"m2\r\n".to_vec()]);
+}
+
+#[tokio::test]
+async fn unknown_and_unrouted_recipients_are_refused_at_the_proxy() {
+    let (a, _) = backend(Fault::None).await;
+    let dir = tempdir("reject");
+    let env = env(&dir, &[a], &[], "");
+    let out = converse(&env, b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<nobody@a.example>\r\nRCPT TO:<x@elsewhere.example>\r\nDATA\r\nQUIT\r\n").await;
+    assert!(out.contains("550 5.1.1 "), "{out}");
+    assert!(out.contains("554 5.7.1 Relay access denied"), "{out}");
+    assert!(out.contains("554 5.5.1 No valid recipients"), "{out}");
+}
+
+#[tokio::test]
+async fn dead_backend_fails_over_to_the_next() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap() // closed when `l` drops: connections are refused
+    };
+    let (refusing, _) = backend(Fault::RefuseGreeting).await;
+    let (good, rec) = backend(Fault::None).await;
+    let dir = tempdir("failover");
+    let env = env(&dir, &[dead, refusing, good], &[], "");
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nDATA\r\nhello\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "354", "250", "221"],
+        "{out}"
+    );
+    assert_eq!(rec.lock().unwrap().messages.len(), 1);
+}
+
+#[tokio::test]
+async fn no_backend_left_gives_451_not_250() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempdir("none");
+    let env = env(&dir, &[dead], &[], "");
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nDATA\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(out.contains("451 4.4.1 "), "{out}");
+    assert!(!out.contains("354"), "{out}");
+}
+
+#[tokio::test]
+async fn backend_dropping_after_data_means_no_acknowledgement() {
+    let (a, rec) = backend(Fault::DropAfterData).await;
+    let dir = tempdir("drop");
+    let env = env(&dir, &[a], &[], "");
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nDATA\r\nhello\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "354", "451", "221"],
+        "{out}"
+    );
+    assert_eq!(
+        rec.lock().unwrap().messages.len(),
+        1,
+        "the back-end got it but never said 250"
+    );
+}
+
+#[tokio::test]
+async fn bare_lf_smuggling_is_refused_and_never_reaches_the_backend_as_an_end() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("smuggle");
+    let env = env(&dir, &[a], &[], "");
+    // A hidden "\n.\n" followed by a forged transaction inside the message.
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nDATA\r\nreal\r\n\n.\nMAIL FROM:<forged@x>\r\nRCPT TO:<victim@a.example>\r\nDATA\r\nforged\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(out.contains("550 5.6.0 "), "{out}");
+    let rec = rec.lock().unwrap();
+    assert!(
+        rec.messages.is_empty(),
+        "nothing was delivered: {:?}",
+        rec.messages
+    );
+    assert!(
+        !rec.lines.iter().any(|l| l.contains("forged")),
+        "{:?}",
+        rec.lines
+    );
+}
+
+#[tokio::test]
+async fn oversized_message_gets_552() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("big");
+    let env = env(&dir, &[a], &[], "");
+    let mut input = b"EHLO c\r\nMAIL FROM:<s@x> SIZE=100000\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nDATA\r\n".to_vec();
+    for _ in 0..100 {
+        input.extend_from_slice(&[b'x'; 98]);
+        input.extend_from_slice(b"\r\n");
+    }
+    input.extend_from_slice(b".\r\nQUIT\r\n");
+    let out = converse(&env, &input).await;
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "552", "250", "250", "354", "552", "221"],
+        "{out}"
+    );
+    assert!(rec.lock().unwrap().messages.is_empty());
+}
+
+#[tokio::test]
+async fn bad_input_gets_rfc_replies() {
+    let dir = tempdir("bad");
+    let env = env(&dir, &[], &[], "");
+    let mut input = b"MAIL FROM:<s@x>\r\nHELO\r\nFOO\r\nNO\0OP\r\nRCPT TO:<u@a.example>\r\nVRFY root\r\nEXPN list\r\nBDAT 10 LAST\r\nSTARTTLS\r\nAUTH PLAIN\r\n".to_vec();
+    input.extend_from_slice(&[b'a'; 3000]);
+    input.extend_from_slice(b"\r\nQUIT\r\n");
+    let out = converse(&env, &input).await;
+    assert_eq!(
+        codes(&out),
+        [
+            "220", "503", "501", "500", "500", "503", "252", "502", "502", "502", "502", "500",
+            "221"
+        ],
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn submission_relays_auth_to_the_users_backend() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("auth");
+    let env = env(&dir, &[a], &[], "auth = true");
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<alice@a.example>\r\nAUTH PLAIN AGFsaWNlQGEuZXhhbXBsZQB3cm9uZw==\r\nAUTH PLAIN AGFsaWNlQGEuZXhhbXBsZQBzZWNyZXQ=\r\n\
+          MAIL FROM:<alice@a.example>\r\nRCPT TO:<anyone@elsewhere.example>\r\nDATA\r\nsubmitted\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        [
+            "220", "250", "530", "535", "235", "250", "250", "354", "250", "221"
+        ],
+        "{out}"
+    );
+    assert!(out.contains("AUTH PLAIN LOGIN"), "{out}");
+    assert_eq!(rec.lock().unwrap().messages, [b"submitted\r\n".to_vec()]);
+}

@@ -1,0 +1,337 @@
+//! MAIL, RCPT and DATA: the transaction, its route, the back-end leg that serves it and
+//! the message relay.
+
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite};
+use tracing::{info, warn};
+
+use super::{DATA_BLOCK_TIMEOUT, Leg, MAX_RECIPIENTS, Session, SessionError, Transaction};
+use crate::{
+    backend::smtp::{DATA_END_TIMEOUT, LegError, SmtpLeg},
+    route::Route,
+    smtp::{
+        command::{Address, MailFrom},
+        data::{DataScanner, Outcome},
+        reply::Reply,
+    },
+};
+
+fn no_backend() -> Reply {
+    Reply::new(
+        451,
+        Some((4, 4, 1)),
+        "No back-end available, try again later",
+    )
+}
+
+impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
+    pub(super) async fn mail(&mut self, mail: MailFrom, line: &[u8]) {
+        let Some((_, esmtp)) = self.helo else {
+            return self.say(503, (5, 5, 1), "Send EHLO or HELO first");
+        };
+        if self.tx.is_some() {
+            return self.say(503, (5, 5, 1), "Nested MAIL command");
+        }
+        if self.svc().auth && self.client.login.is_none() {
+            return self.say(530, (5, 7, 0), "Authentication required");
+        }
+        if !esmtp && (mail.size.is_some() || mail.body.is_some() || mail.smtputf8) {
+            return self.say(555, (5, 5, 4), "MAIL parameters need EHLO");
+        }
+        if mail.size.is_some_and(|s| s > self.svc().max_message_size) {
+            return self.say(
+                552,
+                (5, 3, 4),
+                "Message size exceeds fixed maximum message size",
+            );
+        }
+        self.tx = Some(Transaction {
+            mail,
+            mail_line: String::from_utf8_lossy(line).into_owned(),
+            ..Transaction::default()
+        });
+        // An authenticated session already has its leg: the back-end judges the sender.
+        if self.client.login.is_some() {
+            let route = self
+                .leg
+                .as_ref()
+                .map(|l| l.route.clone())
+                .unwrap_or_default();
+            match self.send_mail().await {
+                Ok(reply) if reply.is_positive() => {
+                    if let Some(tx) = &mut self.tx {
+                        tx.route = Some(route);
+                    }
+                    self.send(&reply);
+                }
+                Ok(reply) => {
+                    self.tx = None;
+                    self.send(&reply);
+                }
+                Err(e) => {
+                    warn!(session = %self.client.session_id, error = %e, "back-end failed at MAIL");
+                    self.tx = None;
+                    self.leg = None;
+                    self.send(&no_backend());
+                }
+            }
+            return;
+        }
+        self.say(250, (2, 1, 0), "Sender OK");
+    }
+
+    /// Sends the transaction's MAIL to the current leg.
+    async fn send_mail(&mut self) -> Result<Reply, LegError> {
+        let (Some(tx), Some(leg)) = (self.tx.as_mut(), self.leg.as_mut()) else {
+            return Ok(no_backend());
+        };
+        let reply = leg.leg.command(&tx.mail_line, "MAIL").await?;
+        tx.mail_sent = reply.is_positive();
+        Ok(reply)
+    }
+
+    pub(super) async fn rcpt(&mut self, to: Address, line: &[u8]) {
+        let Some(tx) = &self.tx else {
+            return self.say(503, (5, 5, 1), "Need MAIL before RCPT");
+        };
+        if tx.rcpts.len() >= MAX_RECIPIENTS {
+            return self.say(452, (4, 5, 3), "Too many recipients");
+        }
+        if !to.is_ascii() && !tx.mail.smtputf8 {
+            return self.say(553, (5, 6, 7), "Non-ASCII recipient needs SMTPUTF8");
+        }
+        let line = String::from_utf8_lossy(line).into_owned();
+        let route = match &tx.route {
+            // Submission: the authenticated user's back-end takes every recipient.
+            Some(r) if self.client.login.is_some() => r.clone(),
+            _ => match self.env.route(|t| t.lookup(&to).cloned()) {
+                None => return self.say(554, (5, 7, 1), "Relay access denied"),
+                Some(Route::Reject) => return self.send(&Route::smtp_reject_reply()),
+                Some(Route::Pools(p)) => p,
+            },
+        };
+        if let Some(fixed) = &tx.route
+            && *fixed != route
+        {
+            // RFC 5321 4.5.3.1.10: the client sends the rest in a later transaction.
+            return self.say(
+                452,
+                (4, 5, 3),
+                "Recipient routed elsewhere, send it in a new transaction",
+            );
+        }
+        let reply = match self.rcpt_on_leg(&route, &line).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(session = %self.client.session_id, error = %e, "no back-end for recipient");
+                no_backend()
+            }
+        };
+        if reply.is_positive()
+            && let Some(tx) = &mut self.tx
+        {
+            tx.route = Some(route);
+            tx.rcpts.push(line);
+        }
+        self.send(&reply);
+    }
+
+    /// Sends RCPT to a leg for `route`, opening (or replacing) the leg as needed and
+    /// replaying MAIL and the recipients accepted so far on a new one.
+    async fn rcpt_on_leg(&mut self, route: &[String], line: &str) -> Result<Reply, LegError> {
+        let mut last_err = None;
+        for attempt in 0..3 {
+            if self.leg.as_ref().is_none_or(|l| l.route != route) {
+                self.open_leg(route).await?;
+                if let Some(tx) = &mut self.tx {
+                    tx.mail_sent = false;
+                }
+            }
+            match self.replay_and_rcpt(line).await {
+                Ok(reply) => return Ok(reply),
+                // The leg broke before anything was committed: try another back-end.
+                Err(e) => {
+                    warn!(session = %self.client.session_id, attempt, error = %e, "back-end leg failed before DATA; failing over");
+                    self.leg = None;
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or(LegError::Timeout { stage: "RCPT" }))
+    }
+
+    async fn replay_and_rcpt(&mut self, line: &str) -> Result<Reply, LegError> {
+        let needs_mail = self.tx.as_ref().is_some_and(|t| !t.mail_sent);
+        if needs_mail {
+            let reply = self.send_mail().await?;
+            if !reply.is_positive() {
+                // The back-end refused the sender: that is this recipient's answer.
+                return Ok(reply);
+            }
+            let replay: Vec<String> = self
+                .tx
+                .as_ref()
+                .map(|t| t.rcpts.clone())
+                .unwrap_or_default();
+            for r in replay {
+                let leg = &mut self
+                    .leg
+                    .as_mut()
+                    .ok_or(LegError::Timeout { stage: "RCPT" })?
+                    .leg;
+                let reply = leg.command(&r, "RCPT replay").await?;
+                if !reply.is_positive() {
+                    // A new back-end disagrees about an accepted recipient: the transaction
+                    // cannot be kept whole; DATA will get 451 and the client retries.
+                    if let Some(tx) = &mut self.tx {
+                        tx.broken = true;
+                    }
+                    return Ok(no_backend());
+                }
+            }
+        }
+        let leg = &mut self
+            .leg
+            .as_mut()
+            .ok_or(LegError::Timeout { stage: "RCPT" })?
+            .leg;
+        leg.command(line, "RCPT").await
+    }
+
+    /// Opens a leg to the first back-end of `route` that answers, closing any other leg.
+    pub(super) async fn open_leg(&mut self, route: &[String]) -> Result<(), LegError> {
+        if let Some(old) = self.leg.take() {
+            old.leg.quit().await;
+        }
+        let usable = |_: &crate::config::Backend| true;
+        let candidates = self.env.pools.candidates(route, usable);
+        let mut last = LegError::Timeout {
+            stage: "no back-end in route",
+        };
+        for c in candidates {
+            match SmtpLeg::open(&c, &self.client, &self.svc().hostname).await {
+                Ok(leg) => {
+                    self.env.pools.mark_ok(&c);
+                    self.leg = Some(Leg {
+                        leg,
+                        route: route.to_vec(),
+                    });
+                    return Ok(());
+                }
+                Err(e) => {
+                    warn!(session = %self.client.session_id, backend = %c.backend.name, error = %e, "back-end unavailable, trying the next");
+                    self.env.pools.mark_failed(&c);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    pub(super) async fn reset_transaction(&mut self) {
+        if self.tx.take().is_some_and(|t| t.mail_sent)
+            && let Some(l) = &mut self.leg
+            && l.leg.command("RSET", "RSET").await.is_err()
+        {
+            self.leg = None;
+        }
+    }
+
+    /// DATA (RFC 5321 4.1.1.4): relayed chunk by chunk; the back-end's reply to the end
+    /// of data is the client's reply. Returns false when the client went away.
+    pub(super) async fn data(&mut self) -> Result<bool, SessionError> {
+        let Some(tx) = &self.tx else {
+            self.say(503, (5, 5, 1), "Need MAIL command");
+            return Ok(true);
+        };
+        if tx.rcpts.is_empty() {
+            self.say(554, (5, 5, 1), "No valid recipients");
+            return Ok(true);
+        }
+        if tx.broken || self.leg.is_none() {
+            self.tx = None;
+            self.send(&no_backend());
+            return Ok(true);
+        }
+        let leg = &mut self.leg.as_mut().expect("checked above").leg;
+        let reply = match leg.command("DATA", "DATA").await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(session = %self.client.session_id, error = %e, "back-end failed at DATA");
+                self.leg = None;
+                self.tx = None;
+                self.send(&no_backend());
+                return Ok(true);
+            }
+        };
+        if reply.code != 354 {
+            self.tx = None;
+            self.send(&reply);
+            return Ok(true);
+        }
+        self.send(&reply);
+        self.flush().await?;
+
+        let mut scanner = DataScanner::new(self.svc().max_message_size);
+        let mut leg_failed: Option<LegError> = None;
+        let outcome = loop {
+            let chunk = match tokio::time::timeout(DATA_BLOCK_TIMEOUT, self.io.fill_buf()).await {
+                Ok(Ok(c)) if !c.is_empty() => c,
+                Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+                    // The client is gone or stalled: the back-end must not see an end of
+                    // data, so the leg is dropped unfinished.
+                    self.leg = None;
+                    self.tx = None;
+                    return Ok(false);
+                }
+            };
+            let step = scanner.feed(chunk);
+            if leg_failed.is_none()
+                && (step.forward > 0 || !step.replay.is_empty())
+                && let Some(l) = self.leg.as_mut()
+            {
+                let mut bytes = Vec::with_capacity(step.replay.len() + step.forward);
+                bytes.extend_from_slice(step.replay);
+                bytes.extend_from_slice(&chunk[..step.forward]);
+                if let Err(e) = l.leg.data(&bytes).await {
+                    leg_failed = Some(e);
+                }
+            }
+            self.io.consume(step.consumed);
+            if let Some(o) = step.outcome {
+                break o;
+            }
+        };
+        let tx = self.tx.take().unwrap_or_default();
+        let reply = match (outcome, leg_failed) {
+            (Outcome::Complete { size }, None) => {
+                let leg = &mut self.leg.as_mut().expect("leg present").leg;
+                match leg.reply("end of data", DATA_END_TIMEOUT).await {
+                    Ok(reply) => {
+                        info!(session = %self.client.session_id, backend = %leg.name, size,
+                            from = %tx.mail.reverse_path.as_ref().map(ToString::to_string).unwrap_or_default(),
+                            rcpts = tx.rcpts.len(), code = reply.code, "message relayed");
+                        reply
+                    }
+                    Err(e) => {
+                        warn!(session = %self.client.session_id, error = %e, "back-end failed after the end of data; message not acknowledged");
+                        self.leg = None;
+                        no_backend()
+                    }
+                }
+            }
+            (Outcome::Complete { .. }, Some(e)) => {
+                warn!(session = %self.client.session_id, error = %e, "back-end failed during DATA; message not acknowledged");
+                self.leg = None;
+                no_backend()
+            }
+            (bad, _) => {
+                info!(session = %self.client.session_id, outcome = ?bad, "message refused");
+                // The back-end saw no end of data; closing the leg abandons its transaction.
+                self.leg = None;
+                bad.reply().unwrap_or_else(no_backend)
+            }
+        };
+        self.send(&reply);
+        Ok(true)
+    }
+}
