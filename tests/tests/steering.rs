@@ -122,7 +122,7 @@ fn connections_to_vips_reach_the_proxy_through_xdp_and_steering() {
     .unwrap();
     assert_eq!(got[0], "220 fea ESMTP Robustifier", "IPv6 client");
     let got = talk(&lab, SocketAddr::new(VIP_POP.into(), 110), None, &["QUIT"]).unwrap();
-    assert_eq!(got, ["+OK Robustifier POP3 ready", "+OK Bye"]);
+    assert_eq!(got, ["+OK fea POP3 Robustifier ready", "+OK Bye"]);
 
     let s = snapshot(&lab);
     let (smtp_row, pop_row) = (&s.services[0], &s.services[1]);

@@ -17,7 +17,7 @@ use tokio::{net::TcpListener, net::TcpStream, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use super::{greeting, limits::PerClient, shed};
+use super::{limits::PerClient, shed};
 use crate::{
     config::{Protocol, ServiceTls},
     smtp::session::{Env, Session},
@@ -117,7 +117,8 @@ async fn serve(stream: TcpStream, peer: SocketAddr, role: Role, ctx: Context) {
                 .await
                 .map_err(|e| e.to_string()),
             Protocol::Pop3 => {
-                greeting::session(conn, svc.protocol, &svc.hostname, svc.idle_timeout)
+                crate::pop3::session::Session::new(conn, &ctx.env, peer, local, id.clone())
+                    .run()
                     .await
                     .map_err(|e| e.to_string())
             }

@@ -2,12 +2,15 @@
 //! steering program hands connections to, and what answers on them.
 //!
 //! - [`listeners`]: one socket per (service, slot), registered in the sockmap.
-//! - [`accept`]: accept loops with the per-service connection limit.
+//! - [`accept`]: accept loops with the connection limits; hands each connection to the
+//!   SMTP or POP3 session of its service.
+//! - [`env`]: what the sessions of one service share (routes, pools, certificate).
+//! - [`limits`]: the per-client-address session limit.
+//! - [`lines`]: bounded line reading for both protocols.
 //! - [`shed`]: the shed listener's protocol-correct "come back later".
-//! - [`greeting`]: the normal listeners' dialogue until the SMTP/POP3 sessions land.
 
 pub mod accept;
-pub mod greeting;
+pub mod env;
 pub mod limits;
 pub mod lines;
 pub mod listeners;

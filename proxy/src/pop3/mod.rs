@@ -7,6 +7,7 @@
 
 pub mod command;
 pub mod response;
+pub mod session;
 
 pub use command::{Command, CommandError};
 pub use response::{Response, ResponseCode, ResponseError, Status};

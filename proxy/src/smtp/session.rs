@@ -14,7 +14,7 @@
 mod auth;
 mod transaction;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader},
@@ -26,17 +26,12 @@ use super::{
     command::{Command, MailFrom},
     reply::Reply,
 };
+pub use crate::front::env::Env;
 use crate::{
-    backend::{
-        PoolSet,
-        smtp::{ClientInfo, SmtpLeg},
-    },
+    backend::smtp::{ClientInfo, SmtpLeg},
     config::{Service, ServiceTls},
     front::lines::{Line, read_line},
-    reload::Watched,
-    route::{Route, RouteTable},
     stream::Conn,
-    tls::ServerTls,
 };
 
 /// RFC 5321 4.5.3.1.4 allows 512 octets for a command line; we take up to 1000, the text
@@ -49,25 +44,6 @@ pub const DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
 /// Syntax errors and refused commands before the session is closed.
 pub const MAX_ERRORS: u32 = 20;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// What every session of a service shares.
-pub struct Env {
-    pub service: Arc<Service>,
-    pub routes: Option<Arc<Watched<RouteTable>>>,
-    pub pools: Arc<PoolSet>,
-    pub tls: Option<Arc<ServerTls>>,
-}
-
-impl Env {
-    /// The pools serving `key`: the routing map first, then the service's default pool.
-    /// `None`: nothing routes it (relay denied); `Some(Route::Reject)`: unknown recipient.
-    fn route(&self, lookup: impl Fn(&RouteTable) -> Option<Route>) -> Option<Route> {
-        if let Some(r) = self.routes.as_ref().and_then(|t| lookup(&t.get())) {
-            return Some(r);
-        }
-        self.service.pool.clone().map(|p| Route::Pools(vec![p]))
-    }
-}
 
 /// An open back-end leg and the route it serves.
 struct Leg {

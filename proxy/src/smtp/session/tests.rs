@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use super::*;
-use crate::config::Config;
+use crate::{backend::PoolSet, config::Config, reload::Watched, route::RouteTable};
 
 /// How a scripted back-end misbehaves.
 #[derive(Clone, Copy, PartialEq)]

@@ -1,0 +1,140 @@
+//! The POP3 leg to one back-end (Dovecot or any RFC 1939 server): connect, PROXY v2 header
+//! if configured, greeting, STLS if the pool says so, then the login exchange on the
+//! session's behalf. After a successful login the session relays bytes and this type is
+//! taken apart with [`Pop3Leg::into_stream`].
+
+use tokio::{
+    io::{AsyncWriteExt as _, BufReader},
+    net::TcpStream,
+    time::timeout,
+};
+
+use super::{
+    Candidate, proxy_v2,
+    smtp::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, ClientInfo, GREETING_TIMEOUT, LegError},
+};
+use crate::{
+    config::Identity,
+    pop3::response::{BackendLine, Response, read_status_line},
+    stream::Conn,
+};
+
+pub struct Pop3Leg {
+    io: BufReader<Conn<TcpStream>>,
+    pub name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Pop3LegError {
+    #[error(transparent)]
+    Leg(#[from] LegError),
+    #[error("{stage}: back-end said {response}")]
+    Refused {
+        stage: &'static str,
+        response: Response,
+    },
+    #[error("{stage}: {reason}")]
+    Protocol { stage: &'static str, reason: String },
+}
+
+impl Pop3Leg {
+    pub async fn open(c: &Candidate, client: &ClientInfo) -> Result<Pop3Leg, Pop3LegError> {
+        let addr = c.backend.address;
+        let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| LegError::Timeout { stage: "connect" })?
+            .map_err(|source| LegError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let mut leg = Pop3Leg {
+            io: BufReader::new(Conn::Plain(tcp)),
+            name: c.backend.name.clone(),
+        };
+        if c.backend.identity == Identity::ProxyV2 {
+            leg.write(
+                &proxy_v2::header(client.peer, client.local, Some(&client.session_id)),
+                "PROXY header",
+            )
+            .await?;
+        }
+        let greeting = leg.status("greeting", GREETING_TIMEOUT).await?;
+        if !greeting.is_ok() {
+            return Err(Pop3LegError::Refused {
+                stage: "greeting",
+                response: greeting,
+            });
+        }
+        if let Some((connector, server_name)) = &c.pool.tls {
+            let r = leg.command("STLS", "STLS").await?;
+            if !r.is_ok() {
+                return Err(Pop3LegError::Refused {
+                    stage: "STLS",
+                    response: r,
+                });
+            }
+            let name = match server_name {
+                Some(n) => rustls::pki_types::ServerName::try_from(n.clone())
+                    .map_err(|e| LegError::Tls(e.to_string()))?,
+                None => rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+            };
+            let Conn::Plain(tcp) = leg.io.into_inner() else {
+                return Err(LegError::Tls("STLS on a TLS connection".into()).into());
+            };
+            let tls = timeout(COMMAND_TIMEOUT, connector.connect(name, tcp))
+                .await
+                .map_err(|_| LegError::Timeout {
+                    stage: "TLS handshake",
+                })?
+                .map_err(|e| LegError::Tls(e.to_string()))?;
+            leg.io = BufReader::new(Conn::Client(Box::new(tls)));
+        }
+        Ok(leg)
+    }
+
+    async fn write(&mut self, bytes: &[u8], stage: &'static str) -> Result<(), LegError> {
+        let io = self.io.get_mut();
+        timeout(COMMAND_TIMEOUT, async {
+            io.write_all(bytes).await?;
+            io.flush().await
+        })
+        .await
+        .map_err(|_| LegError::Timeout { stage })?
+        .map_err(|source| LegError::Io { stage, source })
+    }
+
+    async fn status(
+        &mut self,
+        stage: &'static str,
+        wait: std::time::Duration,
+    ) -> Result<Response, Pop3LegError> {
+        let line = timeout(wait, read_status_line(&mut self.io))
+            .await
+            .map_err(|_| LegError::Timeout { stage })?
+            .map_err(|e| Pop3LegError::Protocol {
+                stage,
+                reason: e.to_string(),
+            })?;
+        match line {
+            BackendLine::Status(r) => Ok(r),
+            BackendLine::Continuation(_) => Err(Pop3LegError::Protocol {
+                stage,
+                reason: "unexpected SASL continuation".into(),
+            }),
+        }
+    }
+
+    pub async fn command(
+        &mut self,
+        line: &str,
+        stage: &'static str,
+    ) -> Result<Response, Pop3LegError> {
+        self.write(format!("{line}\r\n").as_bytes(), stage).await?;
+        self.status(stage, COMMAND_TIMEOUT).await
+    }
+
+    /// The stream, for relaying after login; nothing is left in the reader's buffer,
+    /// because the back-end speaks only when spoken to.
+    pub fn into_stream(self) -> (Conn<TcpStream>, Vec<u8>) {
+        let left = self.io.buffer().to_vec();
+        (self.io.into_inner(), left)
+    }
+}

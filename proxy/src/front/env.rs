@@ -1,0 +1,31 @@
+//! What every session of a service shares: the service, its routing map, the pools and
+//! the server certificate.
+
+use std::sync::Arc;
+
+use crate::{
+    backend::PoolSet,
+    config::Service,
+    reload::Watched,
+    route::{Route, RouteTable},
+    tls::ServerTls,
+};
+
+/// What every session of a service shares.
+pub struct Env {
+    pub service: Arc<Service>,
+    pub routes: Option<Arc<Watched<RouteTable>>>,
+    pub pools: Arc<PoolSet>,
+    pub tls: Option<Arc<ServerTls>>,
+}
+
+impl Env {
+    /// The pools serving `key`: the routing map first, then the service's default pool.
+    /// `None`: nothing routes it (relay denied); `Some(Route::Reject)`: unknown recipient.
+    pub fn route(&self, lookup: impl Fn(&RouteTable) -> Option<Route>) -> Option<Route> {
+        if let Some(r) = self.routes.as_ref().and_then(|t| lookup(&t.get())) {
+            return Some(r);
+        }
+        self.service.pool.clone().map(|p| Route::Pools(vec![p]))
+    }
+}

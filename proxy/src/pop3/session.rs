@@ -1,0 +1,359 @@
+//! The client-facing POP3 session (RFC 1939, 2449, 2595, 5034). The proxy owns the
+//! AUTHORIZATION state: greeting, CAPA, STLS, USER/PASS and AUTH PLAIN. The user's route
+//! picks the back-end that owns the mailbox; the login is replayed there, and the back-end's
+//! answer is the client's answer, response codes (`[IN-USE]`, `[SYS/TEMP]`, ...) included.
+//! After a successful login the proxy relays bytes both ways until either side closes.
+//!
+//! Invariants: a session that ends without QUIT reaches the back-end as a closed connection
+//! without QUIT, so nothing is deleted (RFC 1939 6); nothing read before an STLS handshake
+//! is used after it (RFC 2595 4); command lines are bounded (RFC 2449 4).
+
+use std::net::SocketAddr;
+
+use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader},
+    time::timeout,
+};
+use tracing::{info, warn};
+
+use super::{
+    command::{Command, MAX_COMMAND_LINE},
+    response::{Response, ResponseCode},
+};
+use crate::{
+    backend::{pop3::Pop3Leg, smtp::ClientInfo},
+    config::ServiceTls,
+    front::{
+        env::Env,
+        lines::{Line, read_line},
+    },
+    route::Route,
+    smtp::command::Address,
+    stream::Conn,
+};
+
+/// Refused commands before the session is closed.
+const MAX_ERRORS: u32 = 20;
+/// RFC 5034 4: SASL lines may be longer than commands.
+const MAX_AUTH_LINE: usize = 12288;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Pop3Error {
+    #[error("client I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS handshake: {0}")]
+    Tls(String),
+}
+
+pub struct Session<'e, S> {
+    io: BufReader<Conn<S>>,
+    env: &'e Env,
+    client: ClientInfo,
+    user: Option<String>,
+    errors: u32,
+}
+
+/// What the AUTHORIZATION phase ended with.
+enum Next {
+    Close,
+    Relay(Pop3Leg),
+}
+
+impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
+    pub fn new(
+        stream: Conn<S>,
+        env: &'e Env,
+        peer: SocketAddr,
+        local: SocketAddr,
+        session_id: String,
+    ) -> Self {
+        Session {
+            io: BufReader::new(stream),
+            env,
+            client: ClientInfo {
+                peer,
+                local,
+                helo: None,
+                login: None,
+                session_id,
+            },
+            user: None,
+            errors: 0,
+        }
+    }
+
+    async fn send(&mut self, r: Response) -> std::io::Result<()> {
+        self.io.get_mut().write_all(&r.to_bytes()).await?;
+        self.io.get_mut().flush().await
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.get_mut().write_all(bytes).await?;
+        self.io.get_mut().flush().await
+    }
+
+    pub async fn run(mut self) -> Result<(), Pop3Error> {
+        let host = self.env.service.hostname.clone();
+        self.send(Response::ok(format!("{host} POP3 Robustifier ready")))
+            .await?;
+        match self.authorization().await? {
+            Next::Close => Ok(()),
+            Next::Relay(leg) => self.relay(leg).await,
+        }
+    }
+
+    fn stls_offered(&self) -> bool {
+        self.env.service.tls == ServiceTls::StartTls
+            && self.env.tls.is_some()
+            && !self.io.get_ref().is_tls()
+    }
+
+    async fn authorization(&mut self) -> Result<Next, Pop3Error> {
+        loop {
+            let idle = self.env.service.idle_timeout;
+            let line = match timeout(idle, read_line(&mut self.io, MAX_COMMAND_LINE)).await {
+                Ok(l) => l?,
+                Err(_) => {
+                    self.send(Response::err(None, "Idle timeout, closing connection"))
+                        .await?;
+                    return Ok(Next::Close);
+                }
+            };
+            let line = match line {
+                Line::Eof => return Ok(Next::Close),
+                Line::TooLong => {
+                    self.refuse(Response::err(None, "Command line too long"))
+                        .await?;
+                    if self.errors >= MAX_ERRORS {
+                        return Ok(Next::Close);
+                    }
+                    continue;
+                }
+                Line::Complete(l) => l,
+            };
+            let cmd = match Command::parse(&line) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.refuse(e.response()).await?;
+                    if self.errors >= MAX_ERRORS {
+                        return Ok(Next::Close);
+                    }
+                    continue;
+                }
+            };
+            match cmd {
+                Command::Quit => {
+                    self.send(Response::ok("Bye")).await?;
+                    return Ok(Next::Close);
+                }
+                Command::Capa => self.capa().await?,
+                Command::Noop => self.send(Response::ok("")).await?,
+                Command::Stls => self.stls().await?,
+                Command::User(u) => {
+                    self.user = Some(u);
+                    self.send(Response::ok("Send PASS")).await?;
+                }
+                Command::Pass(p) => {
+                    let Some(user) = self.user.take() else {
+                        self.refuse(Response::err(None, "USER first")).await?;
+                        continue;
+                    };
+                    if let Some(leg) = self.login(user, p).await? {
+                        return Ok(Next::Relay(leg));
+                    }
+                }
+                Command::Auth {
+                    mechanism,
+                    initial_response,
+                } => {
+                    if let Some(leg) = self.auth(mechanism, initial_response).await? {
+                        return Ok(Next::Relay(leg));
+                    }
+                }
+                _ => {
+                    self.refuse(Response::err(None, "Not authenticated yet"))
+                        .await?
+                }
+            }
+            if self.errors >= MAX_ERRORS {
+                return Ok(Next::Close);
+            }
+        }
+    }
+
+    async fn refuse(&mut self, r: Response) -> std::io::Result<()> {
+        self.errors += 1;
+        self.send(r).await
+    }
+
+    /// RFC 2449 5: the capabilities of the AUTHORIZATION state.
+    async fn capa(&mut self) -> std::io::Result<()> {
+        let mut caps = String::from(
+            "+OK Capability list follows\r\nUSER\r\nSASL PLAIN\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nTOP\r\nUIDL\r\n",
+        );
+        if self.stls_offered() {
+            caps.push_str("STLS\r\n");
+        }
+        caps.push_str("IMPLEMENTATION Robustifier\r\n.\r\n");
+        self.send_raw(caps.as_bytes()).await
+    }
+
+    /// RFC 2595 4.
+    async fn stls(&mut self) -> Result<(), Pop3Error> {
+        if !self.stls_offered() {
+            self.refuse(Response::err(None, "STLS not available"))
+                .await?;
+            return Ok(());
+        }
+        let Some(tls) = self.env.tls.clone() else {
+            return Ok(());
+        };
+        self.send(Response::ok("Begin TLS negotiation")).await?;
+        if !self.io.buffer().is_empty() {
+            warn!(session = %self.client.session_id, "discarding commands pipelined before the TLS handshake");
+        }
+        let reader = std::mem::replace(&mut self.io, BufReader::new(Conn::Detached));
+        let Conn::Plain(plain) = reader.into_inner() else {
+            return Err(Pop3Error::Tls("STLS on a stream that is not plain".into()));
+        };
+        let s = timeout(
+            std::time::Duration::from_secs(60),
+            tls.acceptor().accept(plain),
+        )
+        .await
+        .map_err(|_| Pop3Error::Tls("handshake timed out".into()))?
+        .map_err(|e| Pop3Error::Tls(e.to_string()))?;
+        self.io = BufReader::new(Conn::Server(Box::new(s)));
+        self.user = None;
+        Ok(())
+    }
+
+    /// RFC 5034: AUTH PLAIN, with or without an initial response.
+    async fn auth(
+        &mut self,
+        mechanism: String,
+        initial: Option<String>,
+    ) -> Result<Option<Pop3Leg>, Pop3Error> {
+        if mechanism != "PLAIN" {
+            self.refuse(Response::err(None, "Unsupported authentication mechanism"))
+                .await?;
+            return Ok(None);
+        }
+        let response = match initial {
+            Some(r) => r,
+            None => {
+                self.send_raw(b"+ \r\n").await?;
+                match read_line(&mut self.io, MAX_AUTH_LINE).await? {
+                    Line::Complete(l) => String::from_utf8_lossy(&l).into_owned(),
+                    _ => return Ok(None),
+                }
+            }
+        };
+        if response == "*" {
+            self.send(Response::err(None, "Authentication cancelled"))
+                .await?;
+            return Ok(None);
+        }
+        let decoded = B64
+            .decode(response.trim())
+            .ok()
+            .and_then(|d| String::from_utf8(d).ok());
+        let creds = decoded.and_then(|d| {
+            let mut p = d.split('\0');
+            let (authz, user, pass) = (p.next()?, p.next()?, p.next()?);
+            (p.next().is_none() && !user.is_empty() && (authz.is_empty() || authz == user))
+                .then(|| (user.to_owned(), pass.to_owned()))
+        });
+        match creds {
+            Some((user, pass)) => self.login(user, pass).await,
+            None => {
+                self.refuse(Response::err(None, "Cannot decode the AUTH response"))
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Finds the user's back-end, replays the login there and relays the verdict.
+    async fn login(&mut self, user: String, pass: String) -> Result<Option<Pop3Leg>, Pop3Error> {
+        let route = match user.split_once('@') {
+            Some((local, domain)) => {
+                let addr = Address {
+                    local: local.to_owned(),
+                    domain: Some(domain.to_ascii_lowercase()),
+                };
+                self.env.route(|t| t.lookup(&addr).cloned())
+            }
+            None => self.env.route(|t| t.lookup_user(&user).cloned()),
+        };
+        let Some(Route::Pools(route)) = route else {
+            info!(session = %self.client.session_id, %user, "login for a user with no route");
+            self.refuse(Route::pop3_reject_response()).await?;
+            return Ok(None);
+        };
+        for c in self.env.pools.candidates(&route, |_| true) {
+            let mut leg = match Pop3Leg::open(&c, &self.client).await {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(session = %self.client.session_id, backend = %c.backend.name, error = %e, "back-end unavailable, trying the next");
+                    self.env.pools.mark_failed(&c);
+                    continue;
+                }
+            };
+            self.env.pools.mark_ok(&c);
+            let result = async {
+                let r = leg.command(&format!("USER {user}"), "USER").await?;
+                if !r.is_ok() {
+                    return Ok(r);
+                }
+                leg.command(&format!("PASS {pass}"), "PASS").await
+            }
+            .await;
+            return match result {
+                Ok(r) if r.is_ok() => {
+                    info!(session = %self.client.session_id, %user, backend = %leg.name, "logged in; relaying");
+                    self.send(r).await?;
+                    Ok(Some(leg))
+                }
+                Ok(r) => {
+                    info!(session = %self.client.session_id, %user, backend = %leg.name, response = %r.to_string().trim_end(), "back-end refused the login");
+                    self.refuse(r).await?;
+                    Ok(None)
+                }
+                Err(e) => {
+                    warn!(session = %self.client.session_id, backend = %leg.name, error = %e, "back-end failed during login");
+                    self.send(temp_failure()).await?;
+                    Ok(None)
+                }
+            };
+        }
+        self.send(temp_failure()).await?;
+        Ok(None)
+    }
+
+    /// TRANSACTION and UPDATE states belong to the back-end: relay until either side closes.
+    async fn relay(self, leg: Pop3Leg) -> Result<(), Pop3Error> {
+        let pipelined = self.io.buffer().to_vec();
+        let mut client = self.io.into_inner();
+        let (mut backend, early) = leg.into_stream();
+        if !early.is_empty() {
+            client.write_all(&early).await?;
+        }
+        if !pipelined.is_empty() {
+            backend.write_all(&pipelined).await?;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+        Ok(())
+    }
+}
+
+fn temp_failure() -> Response {
+    Response::err(
+        Some(ResponseCode::SysTemp),
+        "No back-end available, try again later",
+    )
+}
+
+#[cfg(test)]
+mod tests;

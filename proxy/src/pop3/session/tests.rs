@@ -1,0 +1,190 @@
+//! POP3 session scripts against scripted back-ends on loopback.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::TcpListener,
+};
+
+use super::*;
+use crate::{backend::PoolSet, config::Config, reload::Watched, route::RouteTable};
+
+/// A back-end with one user `alice` / `secret` and one message; `locked` answers the
+/// login with `-ERR [IN-USE]`.
+async fn backend(locked: bool) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = Arc::clone(&s2);
+            tokio::spawn(async move {
+                let (rd, mut wr) = s.into_split();
+                let mut rd = BufReader::new(rd);
+                let _ = wr.write_all(b"+OK fake ready\r\n").await;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if rd.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        seen.lock().unwrap().push("<closed>".into());
+                        return;
+                    }
+                    let cmd = line.trim_end().to_owned();
+                    seen.lock().unwrap().push(cmd.clone());
+                    let reply: &[u8] = match cmd.as_str() {
+                        "USER alice" => b"+OK\r\n",
+                        "PASS secret" if locked => {
+                            b"-ERR [IN-USE] Mailbox locked by another session\r\n"
+                        }
+                        "PASS secret" => b"+OK Logged in.\r\n",
+                        c if c.starts_with("PASS") => b"-ERR [AUTH] Authentication failed.\r\n",
+                        "STAT" => b"+OK 1 12\r\n",
+                        "RETR 1" => b"+OK 12 octets\r\nSubject: x\r\n\r\n..hi\r\n.\r\n",
+                        "QUIT" => {
+                            let _ = wr.write_all(b"+OK Logging out.\r\n").await;
+                            return;
+                        }
+                        _ => b"-ERR unknown\r\n",
+                    };
+                    let _ = wr.write_all(reply).await;
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn env(dir: &std::path::Path, store: SocketAddr) -> Env {
+    let routes = dir.join("routes");
+    std::fs::write(&routes, "alice store\nmallory reject\n").unwrap();
+    let text = format!(
+        "[frontend]\nname = \"fe\"\n[[service]]\nname = \"pop3\"\nprotocol = \"pop3\"\nport = 110\nroutes = \"routes\"\n\
+         [[pool]]\nname = \"store\"\nbackend = [{{ name = \"s\", address = \"{store}\" }}]\n"
+    );
+    let cfg = Config::parse(&dir.join("t.toml"), &text).unwrap();
+    let svc = cfg.services[0].clone();
+    let path = svc.routes.clone().unwrap();
+    Env {
+        routes: Some(Arc::new(
+            Watched::new("routes", vec![path.clone()], move || {
+                RouteTable::load(&path).map_err(|e| e.to_string())
+            })
+            .unwrap(),
+        )),
+        service: Arc::new(svc),
+        pools: Arc::new(PoolSet::new(&cfg).unwrap()),
+        tls: None,
+    }
+}
+
+async fn converse(env: &Env, input: &[u8]) -> String {
+    let (mut client, server) = tokio::io::duplex(1 << 16);
+    client.write_all(input).await.unwrap();
+    client.shutdown().await.unwrap();
+    let s = Session::new(
+        Conn::Plain(server),
+        env,
+        "198.18.0.100:1".parse().unwrap(),
+        "198.18.0.110:110".parse().unwrap(),
+        "t".into(),
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.run())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut out = String::new();
+    client.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("rb-pop3-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test]
+async fn login_is_replayed_and_the_rest_relayed() {
+    let (addr, seen) = backend(false).await;
+    let env = env(&dir("relay"), addr);
+    let out = converse(
+        &env,
+        b"CAPA\r\nSTAT\r\nUSER alice\r\nPASS secret\r\nSTAT\r\nRETR 1\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(out.contains("SASL PLAIN\r\n"), "{out}");
+    assert!(out.contains("-ERR Not authenticated yet"), "{out}");
+    assert!(out.contains("+OK Logged in.\r\n+OK 1 12\r\n+OK 12 octets\r\nSubject: x\r\n\r\n..hi\r\n.\r\n+OK Logging out.\r\n"), "{out}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        *seen,
+        ["USER alice", "PASS secret", "STAT", "RETR 1", "QUIT"]
+    );
+}
+
+#[tokio::test]
+async fn backend_response_codes_reach_the_client_unchanged() {
+    let (addr, _) = backend(true).await;
+    let env = env(&dir("inuse"), addr);
+    let out = converse(&env, b"USER alice\r\nPASS secret\r\nQUIT\r\n").await;
+    assert!(
+        out.contains("-ERR [IN-USE] Mailbox locked by another session\r\n"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn auth_plain_and_unknown_users() {
+    let (addr, _) = backend(false).await;
+    let env = env(&dir("auth"), addr);
+    // "\0alice\0secret"
+    let out = converse(&env, b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nQUIT\r\n").await;
+    assert!(out.contains("+OK Logged in."), "{out}");
+    let out = converse(
+        &env,
+        b"USER mallory\r\nPASS x\r\nUSER nobody\r\nPASS x\r\nPASS y\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        out.matches("-ERR [AUTH] Authentication failed").count(),
+        2,
+        "{out}"
+    );
+    assert!(out.contains("-ERR USER first"), "{out}");
+}
+
+#[tokio::test]
+async fn session_without_quit_never_sends_quit_to_the_backend() {
+    let (addr, seen) = backend(false).await;
+    let env = env(&dir("noquit"), addr);
+    let _ = converse(&env, b"USER alice\r\nPASS secret\r\nRETR 1\r\n").await;
+    // The relay ends when the client's side closes; give the back-end a moment to see it.
+    for _ in 0..50 {
+        if seen.lock().unwrap().last().map(String::as_str) == Some("<closed>") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let seen = seen.lock().unwrap();
+    assert!(!seen.iter().any(|l| l == "QUIT"), "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("<closed>"));
+}
+
+#[tokio::test]
+async fn dead_backend_gives_sys_temp() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let env = env(&dir("dead"), dead);
+    let out = converse(&env, b"USER alice\r\nPASS secret\r\nQUIT\r\n").await;
+    assert!(out.contains("-ERR [SYS/TEMP] "), "{out}");
+}
