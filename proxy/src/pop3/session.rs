@@ -98,7 +98,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         self.send(Response::ok(format!("{host} POP3 Robustifier ready")))
             .await?;
         match self.authorization().await? {
-            Next::Close => Ok(()),
+            Next::Close => {
+                // For TLS this sends close_notify.
+                let _ = self.io.get_mut().shutdown().await;
+                Ok(())
+            }
             Next::Relay(leg) => self.relay(leg).await,
         }
     }

@@ -193,6 +193,8 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             }
         }
         let _ = self.flush().await;
+        // For TLS this sends close_notify, so the client can tell an end from a cut.
+        let _ = self.io.get_mut().shutdown().await;
         if let Some(l) = self.leg.take() {
             l.leg.quit().await;
         }

@@ -122,8 +122,14 @@ fn env(dir: &Path, a: &[SocketAddr], b: &[SocketAddr], extra: &str) -> Env {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // A test that made a certificate in `dir` gets it named in the config.
+    let tls = if dir.join("cert.pem").exists() {
+        "[tls]\ncertificate = \"cert.pem\"\nkey = \"key.pem\"\n"
+    } else {
+        ""
+    };
     let text = format!(
-        "[frontend]\nname = \"fe\"\n[[service]]\nname = \"smtp\"\nprotocol = \"smtp\"\nport = 25\nroutes = \"routes\"\nmax_message_size = 4096\n{extra}\n\
+        "[frontend]\nname = \"fe\"\n{tls}[[service]]\nname = \"smtp\"\nprotocol = \"smtp\"\nport = 25\nroutes = \"routes\"\nmax_message_size = 4096\n{extra}\n\
          [[pool]]\nname = \"a\"\nbackend = [{}]\n[[pool]]\nname = \"b\"\nbackend = [{}]\n",
         list(a, "a"),
         list(b, "b")
@@ -387,4 +393,95 @@ async fn submission_relays_auth_to_the_users_backend() {
     );
     assert!(out.contains("AUTH PLAIN LOGIN"), "{out}");
     assert_eq!(rec.lock().unwrap().messages, [b"submitted\r\n".to_vec()]);
+}
+
+/// A self-signed certificate for `fe.example`, written as PEM files in `dir`.
+fn certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let cert = rcgen::generate_simple_self_signed(vec!["fe.example".to_owned()]).unwrap();
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+    (c, k, cert.cert.der().to_vec())
+}
+
+#[tokio::test]
+async fn starttls_discards_pipelined_commands_and_restarts_the_session() {
+    let (a, _) = backend(Fault::None).await;
+    let dir = tempdir("tls");
+    let (cert, key, der) = certificate(&dir);
+    let mut env = env(&dir, &[a], &[], "tls = \"starttls\"");
+    let files = crate::config::TlsFiles {
+        certificate: cert,
+        key,
+    };
+    env.tls = Some(Arc::new(crate::tls::ServerTls::new(&files).unwrap()));
+    let env = Arc::new(env);
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let e2 = Arc::clone(&env);
+    let task = tokio::spawn(async move {
+        let s = Session::new(
+            Conn::Plain(server),
+            &e2,
+            "198.18.0.100:1".parse().unwrap(),
+            "198.18.0.25:25".parse().unwrap(),
+            "t".into(),
+        );
+        s.run().await
+    });
+    let mut client = BufReader::new(client);
+    let mut line = String::new();
+    client.read_line(&mut line).await.unwrap();
+    assert!(line.starts_with("220 "), "{line}");
+    // RSET rides in the same packet as STARTTLS: it must never be answered (CVE-2011-0411).
+    client
+        .get_mut()
+        .write_all(b"EHLO c\r\nSTARTTLS\r\nRSET\r\n")
+        .await
+        .unwrap();
+    let mut ehlo = String::new();
+    loop {
+        line.clear();
+        client.read_line(&mut line).await.unwrap();
+        ehlo.push_str(&line);
+        if line.starts_with("250 ") {
+            break;
+        }
+    }
+    assert!(ehlo.contains("STARTTLS"), "{ehlo}");
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    line.clear();
+    client.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "220 2.0.0 Ready to start TLS\r\n");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(der))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("fe.example").unwrap();
+    let tls = connector
+        .connect(name, client.into_inner())
+        .await
+        .expect("handshake");
+    let mut tls = BufReader::new(tls);
+    tls.get_mut()
+        .write_all(b"EHLO c\r\nQUIT\r\n")
+        .await
+        .unwrap();
+    let mut rest = String::new();
+    tls.read_to_string(&mut rest).await.unwrap();
+    assert!(
+        rest.starts_with("250-fe\r\n"),
+        "the first reply after TLS answers EHLO, not RSET: {rest}"
+    );
+    assert!(!rest.contains("STARTTLS"), "{rest}");
+    assert!(rest.ends_with("221 2.0.0 Bye\r\n"), "{rest}");
+    task.await.unwrap().unwrap();
 }
