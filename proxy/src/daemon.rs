@@ -20,10 +20,13 @@ use crate::{
     backend::PoolSet,
     config::Config,
     datapath::DataPath,
+    datapath::MapView,
+    front::groups::Groups,
     front::{
         accept::{self, Context, Role},
         listeners::SlotSockets,
     },
+    health::{self, board::Board},
     reload::Watched,
     route::RouteTable,
     smtp::session::Env,
@@ -46,7 +49,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let abort = CancellationToken::new();
     let sessions = TaskTracker::new();
     let accepting = TaskTracker::new();
-    let pools = Arc::new(PoolSet::new(&cfg).map_err(|e| anyhow::anyhow!("back-end pools: {e}"))?);
+    let board = Board::new(&cfg);
+    let view = Arc::new(MapView::open(&pin_dir)?);
+    let pools = Arc::new(
+        PoolSet::new(&cfg, Arc::clone(&board), view)
+            .map_err(|e| anyhow::anyhow!("back-end pools: {e}"))?,
+    );
+    let groups = Arc::new(Groups::new(cfg.groups.clone()));
+    let mut envs = Vec::new();
     let tls = match &cfg.tls {
         Some(files) => Some(Arc::new(
             ServerTls::new(files).map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
@@ -65,13 +75,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
             None => None,
         };
+        let env = Arc::new(Env {
+            service: Arc::new(service.clone()),
+            routes,
+            pools: Arc::clone(&pools),
+            tls: tls.clone(),
+            groups: Arc::clone(&groups),
+        });
+        envs.push(Arc::clone(&env));
         let ctx = Context {
-            env: Arc::new(Env {
-                service: Arc::new(service.clone()),
-                routes,
-                pools: Arc::clone(&pools),
-                tls: tls.clone(),
-            }),
+            env,
             limit: Arc::new(Semaphore::new(service.max_connections as usize)),
             per_client: Arc::default(),
             stop: stop.clone(),
@@ -101,6 +114,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => format!("{PROG_XDP} not attached (no frontend.interface)"),
     };
     dp.attach_steering()?;
+    // Health checks, agents and the load writer run until the stop; sessions stop last.
+    let background = TaskTracker::new();
+    health::spawn(&board, envs, Some(pin_dir.clone()), &stop, &background);
     // A summary for the operator on stdout; logs go to stderr.
     let services: Vec<String> = cfg
         .services
@@ -128,6 +144,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     stop.cancel();
     accepting.close();
     accepting.wait().await;
+    background.close();
+    background.wait().await;
     sessions.close();
     if tokio::time::timeout(DRAIN_DEADLINE, sessions.wait())
         .await

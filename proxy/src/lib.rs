@@ -10,11 +10,13 @@
 //! - [`vrrp`]: VRRPv3 packets and state machine as pure functions, for virtual IP failover.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod front;
+pub mod health;
 pub mod pop3;
 pub mod reload;
 pub mod route;

@@ -40,6 +40,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run on a back-end host: report run queue, mail queue, disk use and operator
+    /// requests to the front-ends.
+    Agent {
+        #[arg(long, default_value = "0.0.0.0:7025")]
+        listen: std::net::SocketAddr,
+        #[arg(long, value_enum, default_value = "postfix")]
+        mta: robustifier::agent::Mta,
+        /// Postfix config directory or Exim config file of the MTA to ask.
+        #[arg(long)]
+        mta_config: Option<PathBuf>,
+        /// Spool directory (its file system's use is reported).
+        #[arg(long, default_value = "/var/spool")]
+        spool: PathBuf,
+        /// Operator file with `weight=N` and `drain=1` lines.
+        #[arg(long)]
+        state_file: Option<PathBuf>,
+    },
     /// Remove the pinned maps (programs detach when their daemon stops).
     Unload {
         #[command(flatten)]
@@ -113,6 +130,22 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             } else {
                 print!("{}", snapshot.render());
             }
+            Ok(())
+        }
+        Command::Agent {
+            listen,
+            mta,
+            mta_config,
+            spool,
+            state_file,
+        } => {
+            let o = robustifier::agent::Options {
+                mta,
+                mta_config,
+                spool,
+                state_file,
+            };
+            tokio::runtime::Runtime::new()?.block_on(robustifier::agent::serve(listen, o))?;
             Ok(())
         }
         Command::Unload { pins } => {

@@ -25,14 +25,30 @@ pub fn robustifier_bin() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/robustifier")
 }
 
-/// A name prefix unique to this process and call, for namespaces and pin directories.
+/// A name prefix unique to this process and call, for namespaces and pin directories:
+/// `rbt<pid>-<tag><n>`, so that a sweep can tell a live run's labs from a dead run's.
 pub fn unique_prefix(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!(
-        "rbt{}{}{}",
-        std::process::id() % 100_000,
+        "rbt{}-{}{}",
+        std::process::id(),
         tag,
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The pid in a name made by [`unique_prefix`] (or any `<letters><pid>-...` name).
+pub fn owner_pid(name: &str) -> Option<u32> {
+    let digits: String = name
+        .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Whether the process that created `name` is gone (or the name carries no pid).
+pub fn orphaned(name: &str) -> bool {
+    owner_pid(name).is_none_or(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
 }

@@ -308,9 +308,13 @@ impl Drop for Lab {
     }
 }
 
-/// Removes every namespace whose name starts with `prefix` (leftovers of a killed run).
+/// Removes the namespaces whose name starts with `prefix` and whose creating process is
+/// gone (leftovers of a killed run); labs of runs still alive are left alone.
 pub fn sweep(prefix: &str) -> Vec<String> {
-    let names = netns::list(prefix);
+    let names: Vec<String> = netns::list(prefix)
+        .into_iter()
+        .filter(|n| crate::orphaned(n))
+        .collect();
     for n in &names {
         let _ = netns::ip(&["netns", "del", n]);
     }

@@ -21,7 +21,7 @@ pub fn run() -> anyhow::Result<()> {
     cargo(&["build", "-p", "robustifier"])?;
     // A demo interrupted earlier may have left its lab behind.
     lab::down("rbdemo");
-    let prefix = format!("rbdemo{}", std::process::id() % 100_000);
+    let prefix = format!("rbdemo{}", std::process::id());
     println!(
         "\n== lab {prefix}: client, fe-a, fe-b, be1..be4 on two bridges (198.18.0.0/24 public, 198.18.1.0/24 back-end)"
     );

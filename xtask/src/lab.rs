@@ -25,7 +25,7 @@ pub fn run(action: Action) -> anyhow::Result<()> {
             status()
         }
         Action::Down => {
-            let removed = down(PREFIX);
+            let removed = down(&format!("{PREFIX}-"));
             println!("lab: removed {} namespaces", removed.len());
             Ok(())
         }

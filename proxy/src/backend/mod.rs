@@ -8,6 +8,7 @@
 pub mod pools;
 pub mod pop3;
 pub mod proxy_v2;
+pub mod select;
 pub mod smtp;
 
-pub use pools::{Candidate, PoolSet};
+pub use pools::{Candidate, Excluded, LoadView, PoolSet};

@@ -1,26 +1,41 @@
-//! Pools at run time: the configured back-ends, a rotating start index per pool, a short
-//! penalty for back-ends that just failed, and the TLS connector for the pool.
+//! Pools at run time: the configured back-ends, their load as the pinned map shows it, and
+//! the choice of back-ends for a session: power of two choices over the load score for
+//! pools with a shared message store, configured order (owner first) otherwise. Back-ends
+//! that just failed a connection are tried last for a short penalty.
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use robustifier_common::BackendLoad;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Backend, BackendTls, Config, Pool};
+use super::select;
+use crate::{
+    config::{Backend, BackendTls, Config, Pool},
+    health::board::{Board, SessionGuard},
+};
 
 /// How long a back-end that refused or dropped a connection is tried last.
 pub const PENALTY: Duration = Duration::from_secs(10);
 
+/// Where routing reads back-end load records: the pinned BPF map in the daemon, the
+/// board itself in tests.
+pub trait LoadView: Send + Sync {
+    fn load(&self, id: u32) -> Option<BackendLoad>;
+}
+
+impl LoadView for Board {
+    fn load(&self, id: u32) -> Option<BackendLoad> {
+        self.record_for(id, 0)
+    }
+}
+
 pub struct PoolRuntime {
     pub pool: Pool,
     pub tls: Option<(TlsConnector, Option<String>)>,
-    next: AtomicUsize,
     failed: Mutex<HashMap<u32, Instant>>,
 }
 
@@ -31,12 +46,27 @@ pub struct Candidate {
     pub backend: Backend,
 }
 
+/// Why a route has no candidate.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Excluded {
+    /// Up, but over a threshold for the session's group or at the session limit.
+    pub busy: usize,
+    /// Down or draining.
+    pub down: usize,
+}
+
 pub struct PoolSet {
     pools: HashMap<String, Arc<PoolRuntime>>,
+    pub board: Arc<Board>,
+    view: Arc<dyn LoadView>,
 }
 
 impl PoolSet {
-    pub fn new(cfg: &Config) -> Result<PoolSet, String> {
+    pub fn new(
+        cfg: &Config,
+        board: Arc<Board>,
+        view: Arc<dyn LoadView>,
+    ) -> Result<PoolSet, String> {
         let mut pools = HashMap::new();
         for p in &cfg.pools {
             let tls = match &p.tls {
@@ -50,38 +80,57 @@ impl PoolSet {
                 Arc::new(PoolRuntime {
                     pool: p.clone(),
                     tls,
-                    next: AtomicUsize::new(0),
                     failed: Mutex::new(HashMap::new()),
                 }),
             );
         }
-        Ok(PoolSet { pools })
+        Ok(PoolSet { pools, board, view })
     }
 
-    /// The back-ends to try for a route, in order: for each pool of the route (primary,
-    /// then alternates), its back-ends from a rotating start, recently failed ones last.
-    pub fn candidates(
-        &self,
-        route: &[String],
-        usable: impl Fn(&Backend) -> bool,
-    ) -> Vec<Candidate> {
+    /// A pool set whose load view is its own board (no kernel maps), for tests and tools.
+    pub fn standalone(cfg: &Config) -> Result<PoolSet, String> {
+        let board = Board::new(cfg);
+        PoolSet::new(cfg, Arc::clone(&board), board)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<PoolRuntime>> {
+        self.pools.get(name)
+    }
+
+    /// The back-ends to try for a route and a group's `share`, best first: for each pool
+    /// of the route (primary, then alternates), its eligible back-ends.
+    pub fn candidates(&self, route: &[String], share: f64) -> (Vec<Candidate>, Excluded) {
         let mut fresh = Vec::new();
         let mut penalised = Vec::new();
+        let mut excluded = Excluded::default();
         for name in route {
             let Some(rt) = self.pools.get(name) else {
                 continue;
             };
-            let n = rt.pool.backends.len();
-            if n == 0 {
-                continue;
-            }
-            let start = rt.next.fetch_add(1, Ordering::Relaxed) % n;
-            let failed = rt.failed.lock().map(|f| f.clone()).unwrap_or_default();
-            for i in 0..n {
-                let b = &rt.pool.backends[(start + i) % n];
-                if !usable(b) {
+            let t = &rt.pool.thresholds;
+            let mut scored: Vec<(f64, &Backend)> = Vec::new();
+            for b in &rt.pool.backends {
+                let Some(load) = self.view.load(b.id) else {
                     continue;
+                };
+                let slot = self.board.slot(b.id);
+                let active =
+                    slot.map_or(0, |s| s.active.load(std::sync::atomic::Ordering::Acquire));
+                let overloaded =
+                    slot.is_some_and(|s| s.overloaded.load(std::sync::atomic::Ordering::Relaxed));
+                if load.state != robustifier_common::BACKEND_UP {
+                    excluded.down += 1;
+                } else if select::eligible(&load, t, share, active, overloaded) {
+                    scored.push((select::score(&load, t, active), b));
+                } else {
+                    excluded.busy += 1;
                 }
+            }
+            if rt.pool.shared_store {
+                power_of_two(&mut scored);
+            }
+            let failed = rt.failed.lock().map(|f| f.clone()).unwrap_or_default();
+            for (_, b) in scored {
                 let c = Candidate {
                     pool: Arc::clone(rt),
                     backend: b.clone(),
@@ -93,18 +142,108 @@ impl PoolSet {
             }
         }
         fresh.extend(penalised);
-        fresh
+        (fresh, excluded)
     }
 
-    pub fn mark_failed(&self, c: &Candidate) {
+    /// Holds a session slot on the candidate, within its pool's limit for `share`.
+    pub fn acquire(&self, c: &Candidate, share: f64) -> Option<SessionGuard> {
+        let limit = (share * f64::from(c.pool.pool.thresholds.sessions))
+            .ceil()
+            .max(1.0) as u32;
+        self.board.acquire(c.backend.id, limit)
+    }
+
+    /// A connection or greeting failure: passive health input and a short penalty.
+    pub fn mark_failed(&self, c: &Candidate, why: &str) {
         if let Ok(mut f) = c.pool.failed.lock() {
             f.insert(c.backend.id, Instant::now());
         }
+        let h = &c.pool.pool.health;
+        self.board
+            .record(c.backend.id, false, None, h.rise, h.fall, why);
     }
 
-    pub fn mark_ok(&self, c: &Candidate) {
+    pub fn mark_ok(&self, c: &Candidate, greeting: Option<Duration>) {
         if let Ok(mut f) = c.pool.failed.lock() {
             f.remove(&c.backend.id);
         }
+        let h = &c.pool.pool.health;
+        self.board
+            .record(c.backend.id, true, greeting, h.rise, h.fall, "session");
+    }
+}
+
+/// Orders `scored` by the power of two choices (Mitzenmacher): of two random candidates
+/// the better goes first, which spreads load without herding onto one "best" back-end;
+/// the rest follow by score, for failover.
+fn power_of_two(scored: &mut Vec<(f64, &Backend)>) {
+    if scored.len() < 2 {
+        return;
+    }
+    let i = fastrand::usize(..scored.len());
+    let mut j = fastrand::usize(..scored.len() - 1);
+    if j >= i {
+        j += 1;
+    }
+    let first = if scored[i].0 <= scored[j].0 { i } else { j };
+    let chosen = scored.swap_remove(first);
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    scored.insert(0, chosen);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(extra: &str) -> PoolSet {
+        let cfg = Config::parse(
+            std::path::Path::new("t.toml"),
+            &format!(
+                "[frontend]\nname='f'\n[[pool]]\nname='p'\nbackend=[{{name='a',address='198.18.1.11:25'}},{{name='b',address='198.18.1.12:25'}},{{name='c',address='198.18.1.13:25'}}]\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        PoolSet::standalone(&cfg).unwrap()
+    }
+
+    fn names(c: &[Candidate]) -> Vec<&str> {
+        c.iter().map(|c| c.backend.name.as_str()).collect()
+    }
+
+    #[test]
+    fn down_and_busy_backends_are_left_out() {
+        let s = set("shared_store = false\n[pool.thresholds]\nsessions = 2");
+        for _ in 0..3 {
+            s.board.record(1, false, None, 2, 3, "test");
+        }
+        let (_g1, _g2) = (
+            s.board.acquire(2, 2).unwrap(),
+            s.board.acquire(2, 2).unwrap(),
+        );
+        let (c, ex) = s.candidates(&["p".into()], 1.0);
+        assert_eq!(names(&c), ["a"]);
+        assert_eq!(ex, Excluded { busy: 1, down: 1 });
+    }
+
+    #[test]
+    fn mailbox_owned_pools_keep_the_configured_order() {
+        let s = set("shared_store = false");
+        let (c, _) = s.candidates(&["p".into()], 1.0);
+        assert_eq!(names(&c), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn power_of_two_choices_avoids_the_loaded_backend() {
+        let s = set("");
+        // Load b heavily: it may only come first if both random picks were b, impossible.
+        let guards: Vec<_> = (0..500)
+            .map(|_| s.board.acquire(1, 1000).unwrap())
+            .collect();
+        for _ in 0..200 {
+            let (c, _) = s.candidates(&["p".into()], 1.0);
+            assert_ne!(c[0].backend.name, "b");
+            assert_eq!(c.len(), 3);
+        }
+        drop(guards);
     }
 }

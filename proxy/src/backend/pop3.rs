@@ -22,6 +22,9 @@ use crate::{
 pub struct Pop3Leg {
     io: BufReader<Conn<TcpStream>>,
     pub name: String,
+    pub greeting_latency: std::time::Duration,
+    /// The session's hold on the back-end's session count; released with the relay.
+    pub guard: Option<crate::health::board::SessionGuard>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,7 @@ pub enum Pop3LegError {
 impl Pop3Leg {
     pub async fn open(c: &Candidate, client: &ClientInfo) -> Result<Pop3Leg, Pop3LegError> {
         let addr = c.backend.address;
+        let start = std::time::Instant::now();
         let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| LegError::Timeout { stage: "connect" })?
@@ -48,6 +52,8 @@ impl Pop3Leg {
         let mut leg = Pop3Leg {
             io: BufReader::new(Conn::Plain(tcp)),
             name: c.backend.name.clone(),
+            greeting_latency: std::time::Duration::ZERO,
+            guard: None,
         };
         if c.backend.identity == Identity::ProxyV2 {
             leg.write(
@@ -57,6 +63,7 @@ impl Pop3Leg {
             .await?;
         }
         let greeting = leg.status("greeting", GREETING_TIMEOUT).await?;
+        leg.greeting_latency = start.elapsed();
         if !greeting.is_ok() {
             return Err(Pop3LegError::Refused {
                 stage: "greeting",
@@ -133,8 +140,14 @@ impl Pop3Leg {
 
     /// The stream, for relaying after login; nothing is left in the reader's buffer,
     /// because the back-end speaks only when spoken to.
-    pub fn into_stream(self) -> (Conn<TcpStream>, Vec<u8>) {
+    pub fn into_stream(
+        self,
+    ) -> (
+        Conn<TcpStream>,
+        Vec<u8>,
+        Option<crate::health::board::SessionGuard>,
+    ) {
         let left = self.io.buffer().to_vec();
-        (self.io.into_inner(), left)
+        (self.io.into_inner(), left, self.guard)
     }
 }

@@ -55,6 +55,9 @@ pub enum LegError {
     },
     #[error("TLS to back-end: {0}")]
     Tls(String),
+    /// Every candidate is over its thresholds or session limit for the session's group.
+    #[error("every back-end is busy")]
+    Busy,
 }
 
 /// Who the client is, for the back-end.
@@ -72,6 +75,10 @@ pub struct SmtpLeg {
     pub caps: Capabilities,
     pub name: String,
     pub addr: SocketAddr,
+    /// From connect to greeting: the back-end's response time as a session sees it.
+    pub greeting_latency: Duration,
+    /// The session's hold on the back-end's session count; released with the leg.
+    pub guard: Option<crate::health::board::SessionGuard>,
 }
 
 impl SmtpLeg {
@@ -83,6 +90,7 @@ impl SmtpLeg {
         our_name: &str,
     ) -> Result<SmtpLeg, LegError> {
         let addr = c.backend.address;
+        let start = std::time::Instant::now();
         let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| LegError::Timeout { stage: "connect" })?
@@ -93,12 +101,15 @@ impl SmtpLeg {
             caps: Capabilities::default(),
             name: c.backend.name.clone(),
             addr,
+            greeting_latency: Duration::ZERO,
+            guard: None,
         };
         if c.backend.identity == Identity::ProxyV2 {
             let h = proxy_v2::header(client.peer, client.local, Some(&client.session_id));
             leg.write(&h, "PROXY header").await?;
         }
         let greeting = leg.reply("greeting", GREETING_TIMEOUT).await?;
+        leg.greeting_latency = start.elapsed();
         if greeting.code != 220 {
             return Err(LegError::Refused {
                 stage: "greeting",
@@ -167,6 +178,8 @@ impl SmtpLeg {
             caps: Capabilities::default(),
             name: self.name,
             addr: self.addr,
+            greeting_latency: self.greeting_latency,
+            guard: self.guard,
         })
     }
 

@@ -2,6 +2,7 @@
 //! [`Config`] the rest of the program uses. Every error names the file, the key and the
 //! reason (`ConfigError`), and nothing downstream re-checks what was validated here.
 
+pub mod balance;
 mod error;
 mod raw;
 
@@ -27,6 +28,8 @@ pub struct Config {
     pub priority_prefixes: Vec<IpNet>,
     pub services: Vec<Service>,
     pub pools: Vec<Pool>,
+    /// User groups by priority under load; empty means everyone is one group.
+    pub groups: Vec<balance::Group>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +133,9 @@ pub struct Pool {
     pub id: u32,
     pub name: String,
     pub tls: BackendTls,
+    pub shared_store: bool,
+    pub health: balance::Health,
+    pub thresholds: balance::Thresholds,
     pub backends: Vec<Backend>,
 }
 
@@ -141,6 +147,7 @@ pub struct Backend {
     pub address: SocketAddr,
     pub weight: u32,
     pub identity: Identity,
+    pub agent: Option<SocketAddr>,
 }
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
@@ -318,10 +325,12 @@ impl Config {
                 }
             }
         }
+        let groups = balance::groups(raw.groups)?;
         Ok(Config {
             file: file.to_owned(),
             frontend,
             tls,
+            groups,
             flood,
             priority_prefixes,
             services,
@@ -507,6 +516,7 @@ fn pool(
             address,
             weight,
             identity: backend_identity,
+            agent,
         } = b;
         let key = |k: &str| format!("pool[{i}].backend[{j}].{k}");
         if *next_backend >= MAX_BACKENDS {
@@ -532,12 +542,14 @@ fn pool(
             return Err((key("weight"), format!("must be 0 to {MAX_WEIGHT}")));
         }
         let identity = identity(key("identity"), backend_identity.as_deref(), pool_identity)?;
+        let agent = balance::agent(&key("agent"), agent.as_deref())?;
         backends.push(Backend {
             id: *next_backend,
             name,
             address,
             weight,
             identity,
+            agent,
         });
         *next_backend += 1;
     }
@@ -545,6 +557,9 @@ fn pool(
         id: i as u32,
         name: p.name,
         tls,
+        shared_store: p.shared_store.unwrap_or(true),
+        health: balance::health(&format!("pool[{i}].health"), p.health)?,
+        thresholds: balance::thresholds(&format!("pool[{i}].thresholds"), p.thresholds)?,
         backends,
     })
 }

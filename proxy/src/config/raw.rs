@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub services: Vec<RawService>,
     #[serde(default, rename = "pool")]
     pub pools: Vec<RawPool>,
+    #[serde(default, rename = "group")]
+    pub groups: Vec<super::balance::RawGroup>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +104,11 @@ pub struct RawPool {
     pub ca: Option<String>,
     /// Name checked in the back-ends' certificates; defaults to each back-end's address.
     pub server_name: Option<String>,
+    /// Back-ends share one message store: balance by load. Otherwise a route's back-ends
+    /// are tried in the configured order (the mailbox's owner first).
+    pub shared_store: Option<bool>,
+    pub health: Option<super::balance::RawHealth>,
+    pub thresholds: Option<super::balance::RawThresholds>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<RawBackend>,
 }
@@ -115,4 +122,6 @@ pub struct RawBackend {
     pub weight: Option<u32>,
     /// Overrides the pool's `identity` for this back-end.
     pub identity: Option<String>,
+    /// "host:port" of the back-end's `robustifier agent`.
+    pub agent: Option<String>,
 }

@@ -25,7 +25,8 @@ use tracing::{info, warn};
 pub use bpffs::{ensure_bpffs, remove_pins};
 pub use error::DataPathError;
 pub use snapshot::{BackendRow, ServiceRow, Snapshot};
-pub use tables::Tables;
+pub use sync::backend_address;
+pub use tables::{MapView, Tables};
 
 use crate::config::XdpMode;
 

@@ -27,6 +27,11 @@ pub fn addr_key(addr: IpAddr) -> [u8; 16] {
     }
 }
 
+/// A back-end address as the load map stores it.
+pub fn backend_address(addr: std::net::SocketAddr) -> ([u8; 16], u16) {
+    (addr_key(addr.ip()), addr.port().to_be())
+}
+
 pub fn service_key(addr: Option<IpAddr>, port: u16) -> ServiceKey {
     ServiceKey {
         addr_be: addr.map_or([0; 16], addr_key),

@@ -67,3 +67,27 @@ impl Tables {
         })
     }
 }
+
+/// Routing's read-only view of the load map (its own handle on the pinned map).
+pub struct MapView {
+    map: std::sync::Mutex<Array<MapData, BackendLoad>>,
+}
+
+impl MapView {
+    pub fn open(pin_dir: &Path) -> Result<MapView, DataPathError> {
+        let path = pin_dir.join(MAP_BACKENDS);
+        let map = MapData::from_pin(&path)
+            .and_then(Map::from_map_data)
+            .and_then(Array::try_from)
+            .map_err(|source| DataPathError::Pinned { path, source })?;
+        Ok(MapView {
+            map: std::sync::Mutex::new(map),
+        })
+    }
+}
+
+impl crate::backend::LoadView for MapView {
+    fn load(&self, id: u32) -> Option<BackendLoad> {
+        self.map.lock().ok()?.get(&id, 0).ok()
+    }
+}

@@ -17,6 +17,7 @@ pub struct Env {
     pub routes: Option<Arc<Watched<RouteTable>>>,
     pub pools: Arc<PoolSet>,
     pub tls: Option<Arc<ServerTls>>,
+    pub groups: Arc<super::groups::Groups>,
 }
 
 impl Env {

@@ -11,6 +11,7 @@
 
 pub mod accept;
 pub mod env;
+pub mod groups;
 pub mod limits;
 pub mod lines;
 pub mod listeners;

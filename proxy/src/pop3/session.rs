@@ -296,16 +296,38 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             self.refuse(Route::pop3_reject_response()).await?;
             return Ok(None);
         };
-        for c in self.env.pools.candidates(&route, |_| true) {
+        let user_addr = user.split_once('@').map(|(l, d)| Address {
+            local: l.to_owned(),
+            domain: Some(d.to_ascii_lowercase()),
+        });
+        let (group, share) = self
+            .env
+            .groups
+            .classify(self.client.peer.ip(), user_addr.as_ref());
+        let (candidates, excluded) = self.env.pools.candidates(&route, share);
+        if candidates.is_empty() && excluded.busy > 0 {
+            info!(session = %self.client.session_id, %user, %group, "deflected: every back-end over its thresholds for this group");
+            self.send(Response::err(
+                Some(ResponseCode::SysTemp),
+                "System busy, try again later",
+            ))
+            .await?;
+            return Ok(None);
+        }
+        for c in candidates {
+            let Some(guard) = self.env.pools.acquire(&c, share) else {
+                continue;
+            };
             let mut leg = match Pop3Leg::open(&c, &self.client).await {
                 Ok(l) => l,
                 Err(e) => {
                     warn!(session = %self.client.session_id, backend = %c.backend.name, error = %e, "back-end unavailable, trying the next");
-                    self.env.pools.mark_failed(&c);
+                    self.env.pools.mark_failed(&c, &e.to_string());
                     continue;
                 }
             };
-            self.env.pools.mark_ok(&c);
+            leg.guard = Some(guard);
+            self.env.pools.mark_ok(&c, Some(leg.greeting_latency));
             let result = async {
                 let r = leg.command(&format!("USER {user}"), "USER").await?;
                 if !r.is_ok() {
@@ -340,7 +362,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     async fn relay(self, leg: Pop3Leg) -> Result<(), Pop3Error> {
         let pipelined = self.io.buffer().to_vec();
         let mut client = self.io.into_inner();
-        let (mut backend, early) = leg.into_stream();
+        let (mut backend, early, _guard) = leg.into_stream();
         if !early.is_empty() {
             client.write_all(&early).await?;
         }

@@ -80,7 +80,8 @@ fn env(dir: &std::path::Path, store: SocketAddr) -> Env {
             .unwrap(),
         )),
         service: Arc::new(svc),
-        pools: Arc::new(PoolSet::new(&cfg).unwrap()),
+        pools: Arc::new(PoolSet::standalone(&cfg).unwrap()),
+        groups: Arc::new(crate::front::groups::Groups::new(cfg.groups.clone())),
         tls: None,
     }
 }

@@ -132,7 +132,8 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             info!(session = %self.client.session_id, %user, "AUTH for a user with no route");
             return self.say(535, (5, 7, 8), "Authentication credentials invalid");
         };
-        if let Err(e) = self.open_leg(&route).await {
+        let share = self.env.groups.classify(self.client.peer.ip(), None).1;
+        if let Err(e) = self.open_leg(&route, share).await {
             warn!(session = %self.client.session_id, error = %e, "no back-end for AUTH");
             return self.say(454, (4, 7, 0), "Temporary authentication failure");
         }

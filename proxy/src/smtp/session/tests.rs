@@ -145,7 +145,8 @@ fn env(dir: &Path, a: &[SocketAddr], b: &[SocketAddr], extra: &str) -> Env {
             .unwrap(),
         )),
         service: Arc::new(svc),
-        pools: Arc::new(PoolSet::new(&cfg).unwrap()),
+        pools: Arc::new(PoolSet::standalone(&cfg).unwrap()),
+        groups: Arc::new(crate::front::groups::Groups::new(cfg.groups.clone())),
         tls: None,
     }
 }

@@ -23,6 +23,11 @@ fn no_backend() -> Reply {
     )
 }
 
+/// Every back-end of the route is up but too loaded for this recipient's group.
+fn busy() -> Reply {
+    Reply::new(451, Some((4, 3, 2)), "System busy, try again later")
+}
+
 impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     pub(super) async fn mail(&mut self, mail: MailFrom, line: &[u8]) {
         let Some((_, esmtp)) = self.helo else {
@@ -119,8 +124,14 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 "Recipient routed elsewhere, send it in a new transaction",
             );
         }
-        let reply = match self.rcpt_on_leg(&route, &line).await {
+        let (group, share) = self.env.groups.classify(self.client.peer.ip(), Some(&to));
+        let group = group.to_owned();
+        let reply = match self.rcpt_on_leg(&route, &line, share).await {
             Ok(r) => r,
+            Err(LegError::Busy) => {
+                info!(session = %self.client.session_id, %group, route = ?route, "deflected: every back-end over its thresholds for this group");
+                busy()
+            }
             Err(e) => {
                 warn!(session = %self.client.session_id, error = %e, "no back-end for recipient");
                 no_backend()
@@ -137,11 +148,16 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
 
     /// Sends RCPT to a leg for `route`, opening (or replacing) the leg as needed and
     /// replaying MAIL and the recipients accepted so far on a new one.
-    async fn rcpt_on_leg(&mut self, route: &[String], line: &str) -> Result<Reply, LegError> {
+    async fn rcpt_on_leg(
+        &mut self,
+        route: &[String],
+        line: &str,
+        share: f64,
+    ) -> Result<Reply, LegError> {
         let mut last_err = None;
         for attempt in 0..3 {
             if self.leg.as_ref().is_none_or(|l| l.route != route) {
-                self.open_leg(route).await?;
+                self.open_leg(route, share).await?;
                 if let Some(tx) = &mut self.tx {
                     tx.mail_sent = false;
                 }
@@ -197,20 +213,28 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         leg.command(line, "RCPT").await
     }
 
-    /// Opens a leg to the first back-end of `route` that answers, closing any other leg.
-    pub(super) async fn open_leg(&mut self, route: &[String]) -> Result<(), LegError> {
+    /// Opens a leg to the best back-end of `route` that answers and has room for a
+    /// session of a group with `share`, closing any other leg.
+    pub(super) async fn open_leg(&mut self, route: &[String], share: f64) -> Result<(), LegError> {
         if let Some(old) = self.leg.take() {
             old.leg.quit().await;
         }
-        let usable = |_: &crate::config::Backend| true;
-        let candidates = self.env.pools.candidates(route, usable);
+        let (candidates, excluded) = self.env.pools.candidates(route, share);
+        if candidates.is_empty() && excluded.busy > 0 {
+            return Err(LegError::Busy);
+        }
         let mut last = LegError::Timeout {
             stage: "no back-end in route",
         };
         for c in candidates {
+            let Some(guard) = self.env.pools.acquire(&c, share) else {
+                last = LegError::Busy;
+                continue;
+            };
             match SmtpLeg::open(&c, &self.client, &self.svc().hostname).await {
-                Ok(leg) => {
-                    self.env.pools.mark_ok(&c);
+                Ok(mut leg) => {
+                    leg.guard = Some(guard);
+                    self.env.pools.mark_ok(&c, Some(leg.greeting_latency));
                     self.leg = Some(Leg {
                         leg,
                         route: route.to_vec(),
@@ -219,7 +243,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 }
                 Err(e) => {
                     warn!(session = %self.client.session_id, backend = %c.backend.name, error = %e, "back-end unavailable, trying the next");
-                    self.env.pools.mark_failed(&c);
+                    self.env.pools.mark_failed(&c, &e.to_string());
                     last = e;
                 }
             }

@@ -1,0 +1,292 @@
+//! The board: what this front-end knows about each back-end right now, from probes,
+//! agents and its own sessions. The writer copies it into the pinned load map, which is
+//! what routing and the kernel read; only the session count is also read from here,
+//! because admission against the hard session limit must be exact, not a second late.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use robustifier_common::{BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, BackendLoad};
+use tracing::{info, warn};
+
+use crate::config::{
+    Backend, Config,
+    balance::{Health, Thresholds},
+};
+
+/// What a back-end's agent last said.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AgentReport {
+    pub run_queue_milli: u32,
+    pub mail_queue: u32,
+    pub disk_permille: u32,
+    /// Operator's weight, 0..=65535; `None` keeps the configured one.
+    pub weight: Option<u32>,
+    /// Operator asked for no new sessions.
+    pub drain: bool,
+    pub at: Instant,
+}
+
+pub struct Slot {
+    pub backend: Backend,
+    pub pool_id: u32,
+    pub pool_name: String,
+    pub health: Health,
+    pub thresholds: Thresholds,
+    state: AtomicU8,
+    /// Consecutive good (positive) or failed (negative) checks.
+    streak: Mutex<i32>,
+    response_us: AtomicU32,
+    pub active: AtomicU32,
+    agent: Mutex<Option<AgentReport>>,
+    /// Over a threshold; cleared only when every figure is back under 90 % of it.
+    pub overloaded: AtomicBool,
+}
+
+/// A session's hold on a back-end: counted in `active` until dropped.
+pub struct SessionGuard {
+    slot: Arc<Slot>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.slot.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub struct Board {
+    /// Indexed by back-end id.
+    slots: Vec<Arc<Slot>>,
+}
+
+/// Weight of the newest response-time sample in the moving average.
+const EWMA_NEW: f64 = 0.3;
+/// An agent report older than this no longer counts (the agent is gone).
+pub const AGENT_STALE: Duration = Duration::from_secs(30);
+
+impl Board {
+    pub fn new(cfg: &Config) -> Arc<Board> {
+        let slots = cfg
+            .backends()
+            .map(|(p, b)| {
+                Arc::new(Slot {
+                    backend: b.clone(),
+                    pool_id: p.id,
+                    pool_name: p.name.clone(),
+                    health: p.health.clone(),
+                    thresholds: p.thresholds.clone(),
+                    // Up until proven otherwise: a fresh front-end must serve at once.
+                    state: AtomicU8::new(BACKEND_UP),
+                    streak: Mutex::new(0),
+                    response_us: AtomicU32::new(0),
+                    active: AtomicU32::new(0),
+                    agent: Mutex::new(None),
+                    overloaded: AtomicBool::new(false),
+                })
+            })
+            .collect();
+        Arc::new(Board { slots })
+    }
+
+    pub fn slot(&self, id: u32) -> Option<&Arc<Slot>> {
+        self.slots.get(id as usize)
+    }
+
+    pub fn slots(&self) -> &[Arc<Slot>] {
+        &self.slots
+    }
+
+    /// A session slot on back-end `id` if it has fewer than `limit` sessions.
+    pub fn acquire(&self, id: u32, limit: u32) -> Option<SessionGuard> {
+        let slot = self.slot(id)?;
+        slot.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(SessionGuard {
+            slot: Arc::clone(slot),
+        })
+    }
+
+    /// A probe or a real session's outcome; `rise`/`fall` consecutive results flip the state.
+    pub fn record(
+        &self,
+        id: u32,
+        ok: bool,
+        latency: Option<Duration>,
+        rise: u32,
+        fall: u32,
+        why: &str,
+    ) {
+        let Some(slot) = self.slot(id) else { return };
+        if let Some(l) = latency {
+            let sample = l.as_micros().min(u32::MAX as u128) as f64;
+            let old = slot.response_us.load(Ordering::Relaxed) as f64;
+            let new = if old == 0.0 {
+                sample
+            } else {
+                old * (1.0 - EWMA_NEW) + sample * EWMA_NEW
+            };
+            slot.response_us.store(new as u32, Ordering::Relaxed);
+        }
+        let Ok(mut streak) = slot.streak.lock() else {
+            return;
+        };
+        *streak = match (ok, *streak) {
+            (true, s) if s >= 0 => s + 1,
+            (true, _) => 1,
+            (false, s) if s <= 0 => s - 1,
+            (false, _) => -1,
+        };
+        let state = slot.state.load(Ordering::Acquire);
+        if state == BACKEND_DOWN && *streak >= rise as i32 {
+            slot.state.store(BACKEND_UP, Ordering::Release);
+            info!(backend = %slot.backend.name, "back-end up ({rise} good checks)");
+        } else if state == BACKEND_UP && *streak <= -(fall as i32) {
+            slot.state.store(BACKEND_DOWN, Ordering::Release);
+            warn!(backend = %slot.backend.name, reason = why, "back-end down ({fall} failures)");
+        }
+    }
+
+    pub fn set_agent(&self, id: u32, report: Option<AgentReport>) {
+        if let Some(slot) = self.slot(id)
+            && let Ok(mut a) = slot.agent.lock()
+        {
+            let was_draining = a.is_some_and(|r| r.drain);
+            let draining = report.is_some_and(|r| r.drain);
+            if was_draining != draining {
+                info!(backend = %slot.backend.name, draining, "operator drain request changed");
+            }
+            *a = report;
+        }
+    }
+
+    /// The weight in force: the agent's, else the configured one.
+    pub fn weight_of(&self, id: u32) -> u32 {
+        let Some(slot) = self.slot(id) else { return 0 };
+        let agent = slot
+            .agent
+            .lock()
+            .ok()
+            .and_then(|a| *a)
+            .filter(|a| a.at.elapsed() < AGENT_STALE);
+        agent.and_then(|a| a.weight).unwrap_or(slot.backend.weight)
+    }
+
+    /// The load record for the map.
+    pub fn record_for(&self, id: u32, now_ns: u64) -> Option<BackendLoad> {
+        let slot = self.slot(id)?;
+        let agent = slot
+            .agent
+            .lock()
+            .ok()
+            .and_then(|a| *a)
+            .filter(|a| a.at.elapsed() < AGENT_STALE);
+        let mut state = slot.state.load(Ordering::Acquire);
+        if state == BACKEND_UP && agent.is_some_and(|a| a.drain) {
+            state = BACKEND_DRAINING;
+        }
+        let (addr_be, port_be) = crate::datapath::backend_address(slot.backend.address);
+        let weight = agent.and_then(|a| a.weight).unwrap_or(slot.backend.weight);
+        Some(BackendLoad {
+            addr_be,
+            port_be,
+            state,
+            _pad: 0,
+            weight: if slot.overloaded.load(Ordering::Relaxed) {
+                0
+            } else {
+                weight
+            },
+            response_us: slot.response_us.load(Ordering::Relaxed),
+            run_queue_milli: agent.map_or(0, |a| a.run_queue_milli),
+            mail_queue: agent.map_or(0, |a| a.mail_queue),
+            disk_permille: agent.map_or(0, |a| a.disk_permille),
+            active_sessions: slot.active.load(Ordering::Relaxed),
+            pool_id: slot.pool_id,
+            updated_ns: now_ns,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn board() -> Arc<Board> {
+        let cfg = Config::parse(
+            std::path::Path::new("t.toml"),
+            "[frontend]\nname='f'\n[[pool]]\nname='p'\nbackend=[{name='a',address='198.18.1.11:25'}]\n",
+        )
+        .unwrap();
+        Board::new(&cfg)
+    }
+
+    #[test]
+    fn fall_and_rise_flip_the_state() {
+        let b = board();
+        for _ in 0..2 {
+            b.record(0, false, None, 2, 3, "test");
+        }
+        assert_eq!(
+            b.record_for(0, 0).unwrap().state,
+            BACKEND_UP,
+            "two failures of three"
+        );
+        b.record(0, false, None, 2, 3, "test");
+        assert_eq!(b.record_for(0, 0).unwrap().state, BACKEND_DOWN);
+        b.record(0, true, None, 2, 3, "test");
+        assert_eq!(
+            b.record_for(0, 0).unwrap().state,
+            BACKEND_DOWN,
+            "one good check of two"
+        );
+        b.record(0, true, Some(Duration::from_millis(4)), 2, 3, "test");
+        let r = b.record_for(0, 0).unwrap();
+        assert_eq!((r.state, r.response_us), (BACKEND_UP, 4000));
+    }
+
+    #[test]
+    fn session_limit_is_exact_and_released() {
+        let b = board();
+        let g1 = b.acquire(0, 2).unwrap();
+        let _g2 = b.acquire(0, 2).unwrap();
+        assert!(b.acquire(0, 2).is_none());
+        assert_eq!(b.record_for(0, 0).unwrap().active_sessions, 2);
+        drop(g1);
+        assert!(b.acquire(0, 2).is_some());
+    }
+
+    #[test]
+    fn agent_drain_and_weight_show_in_the_record() {
+        let b = board();
+        b.set_agent(
+            0,
+            Some(AgentReport {
+                run_queue_milli: 1500,
+                mail_queue: 7,
+                disk_permille: 420,
+                weight: Some(10),
+                drain: true,
+                at: Instant::now(),
+            }),
+        );
+        let r = b.record_for(0, 0).unwrap();
+        assert_eq!(
+            (
+                r.state,
+                r.weight,
+                r.mail_queue,
+                r.run_queue_milli,
+                r.disk_permille
+            ),
+            (BACKEND_DRAINING, 10, 7, 1500, 420)
+        );
+    }
+}

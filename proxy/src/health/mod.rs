@@ -1,0 +1,86 @@
+//! Back-end health and load: probes at protocol level, polls of the back-ends' agents,
+//! passive results from real sessions, all gathered on the [`board::Board`]; the
+//! [`writer`] publishes them as load records in the pinned map and derives each service's
+//! capacity for the kernel.
+//!
+//! States: up, down (after `fall` consecutive failures; back after `rise` good probes) and
+//! draining (the operator asked through the agent: no new sessions, running ones finish).
+//! A missing agent degrades to probe-only figures; it never marks a back-end down.
+
+pub mod agent_client;
+pub mod board;
+pub mod probe;
+pub mod writer;
+
+use std::{path::PathBuf, sync::Arc};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info};
+
+use board::Board;
+
+use crate::front::env::Env;
+
+/// Starts the probe and agent loops for every back-end, and the load writer when the
+/// maps are pinned at `pin_dir`.
+pub fn spawn(
+    board: &Arc<Board>,
+    envs: Vec<Arc<Env>>,
+    pin_dir: Option<PathBuf>,
+    stop: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    for slot in board.slots() {
+        let (b, stop2) = (Arc::clone(board), stop.clone());
+        let probe_slot = Arc::clone(slot);
+        tasks.spawn(async move {
+            let slot = probe_slot;
+            let h = slot.health.clone();
+            loop {
+                tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    _ = tokio::time::sleep(h.interval) => {}
+                }
+                let r = probe::probe(slot.backend.address, slot.backend.identity, h.timeout).await;
+                match &r {
+                    Ok(l) => debug!(backend = %slot.backend.name, latency_us = l.as_micros() as u64, "probe ok"),
+                    Err(e) => debug!(backend = %slot.backend.name, error = %e, "probe failed"),
+                }
+                let why = r.as_ref().err().cloned().unwrap_or_default();
+                b.record(slot.backend.id, r.is_ok(), r.ok(), h.rise, h.fall, &why);
+            }
+        });
+        if let Some(agent) = slot.backend.agent {
+            let (b, stop2, slot) = (Arc::clone(board), stop.clone(), Arc::clone(slot));
+            tasks.spawn(async move {
+                let mut reachable = true;
+                loop {
+                    tokio::select! {
+                        _ = stop2.cancelled() => return,
+                        _ = tokio::time::sleep(slot.health.agent_interval) => {}
+                    }
+                    match agent_client::poll(agent, slot.health.timeout).await {
+                        Ok(r) => {
+                            if !reachable {
+                                info!(backend = %slot.backend.name, "agent reachable again");
+                            }
+                            reachable = true;
+                            b.set_agent(slot.backend.id, Some(r));
+                        }
+                        Err(e) => {
+                            if reachable {
+                                info!(backend = %slot.backend.name, error = %e, "agent unreachable; using probe figures only");
+                            }
+                            reachable = false;
+                            b.set_agent(slot.backend.id, None);
+                        }
+                    }
+                }
+            });
+        }
+    }
+    if let Some(dir) = pin_dir {
+        let (b, stop2) = (Arc::clone(board), stop.clone());
+        tasks.spawn(async move { writer::run(&dir, b, envs, stop2).await });
+    }
+}

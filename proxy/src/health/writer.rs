@@ -1,0 +1,131 @@
+//! The load writer: copies the board into the pinned load map (the one source of truth
+//! that routing, the kernel and `bpftool` read), keeps the overloaded marks with their
+//! hysteresis, and derives each service's capacity state for the kernel's steering.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use robustifier_common::{CAPACITY_EXHAUSTED, CAPACITY_OK, CAPACITY_PRIORITY_ONLY, ServiceState};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::board::Board;
+use crate::{backend::select, datapath::Tables, front::env::Env};
+
+pub const PERIOD: Duration = Duration::from_millis(500);
+
+/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+pub async fn run(pin_dir: &Path, board: Arc<Board>, envs: Vec<Arc<Env>>, stop: CancellationToken) {
+    let mut tables = match Tables::from_pins(pin_dir) {
+        Ok(t) => t,
+        Err(e) => return error!(error = %e, "load writer cannot open the pinned maps"),
+    };
+    let mut capacity: Vec<u32> = vec![CAPACITY_OK; envs.len()];
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PERIOD) => {}
+        }
+        write_records(&mut tables, &board);
+        for (i, env) in envs.iter().enumerate() {
+            let c = service_capacity(env, &board, &tables);
+            if c != capacity[i] {
+                let name = ["ok", "priority-only", "exhausted"]
+                    .get(c as usize)
+                    .copied()
+                    .unwrap_or("?");
+                warn!(service = %env.service.name, capacity = name, "service capacity changed");
+                capacity[i] = c;
+            }
+            if let Err(e) = tables.svc_state.set(
+                env.service.id,
+                ServiceState {
+                    capacity: c,
+                    _pad: 0,
+                },
+                0,
+            ) {
+                error!(error = %e, "writing service state");
+            }
+        }
+    }
+}
+
+fn write_records(tables: &mut Tables, board: &Board) {
+    let now = monotonic_ns();
+    for slot in board.slots() {
+        let id = slot.backend.id;
+        let Some(mut record) = board.record_for(id, now) else {
+            continue;
+        };
+        // Hysteresis on the raw figures: over at the threshold, clear under 90 % of it.
+        let overloaded = slot.overloaded.load(std::sync::atomic::Ordering::Relaxed);
+        let t = &slot.thresholds;
+        {
+            let now_over = if overloaded {
+                !select::clear(&record, t)
+            } else {
+                select::over(&record, t)
+            };
+            if now_over != overloaded {
+                slot.overloaded
+                    .store(now_over, std::sync::atomic::Ordering::Relaxed);
+                if now_over {
+                    warn!(backend = %slot.backend.name, mail_queue = record.mail_queue, disk_permille = record.disk_permille,
+                        run_queue_milli = record.run_queue_milli, response_us = record.response_us, "back-end over a threshold: no new sessions");
+                } else {
+                    info!(backend = %slot.backend.name, "back-end under its thresholds again");
+                }
+            }
+            if !now_over && overloaded {
+                // The record was built while still marked: give the weight back.
+                record.weight = board.weight_of(id);
+            }
+            if now_over {
+                record.weight = 0;
+            }
+        }
+        if let Err(e) = tables.backends.set(id, record, 0) {
+            error!(error = %e, backend = %slot.backend.name, "writing load record");
+        }
+    }
+}
+
+/// OK when the default group can be served somewhere; priority-only when only the full
+/// share can (and connect-time shedding is safe for the configured groups); exhausted
+/// when nothing can.
+fn service_capacity(env: &Env, board: &Board, tables: &Tables) -> u32 {
+    let mut pools: Vec<String> = env.service.pool.iter().cloned().collect();
+    if let Some(r) = &env.routes {
+        pools.extend(r.get().pools().into_iter().map(str::to_owned));
+    }
+    let can_serve = |share: f64| {
+        board.slots().iter().any(|s| {
+            if !pools.contains(&s.pool_name) {
+                return false;
+            }
+            let Ok(load) = tables.backends.get(&s.backend.id, 0) else {
+                return false;
+            };
+            let active = s.active.load(std::sync::atomic::Ordering::Acquire);
+            let over = s.overloaded.load(std::sync::atomic::Ordering::Relaxed);
+            select::eligible(&load, &s.thresholds, share, active, over)
+        })
+    };
+    if pools.is_empty() || can_serve(env.groups.default_share) {
+        CAPACITY_OK
+    } else if can_serve(1.0) {
+        if env.groups.connect_shedding_safe() {
+            CAPACITY_PRIORITY_ONLY
+        } else {
+            CAPACITY_OK
+        }
+    } else {
+        CAPACITY_EXHAUSTED
+    }
+}
