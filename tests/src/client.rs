@@ -55,3 +55,71 @@ pub fn dialogue(
     }
     Ok(got)
 }
+
+/// Reads one SMTP reply (all its lines) and returns its last line.
+fn smtp_reply(r: &mut BufReader<TcpStream>) -> std::io::Result<String> {
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Ok(line.trim_end().to_owned());
+        }
+    }
+}
+
+/// One SMTP session sending one message: the last line of every reply, in order
+/// (greeting, EHLO, MAIL, each RCPT, DATA, end of data, QUIT). Stops at the first reply
+/// that is not positive, so a deflected session shows where it was turned away.
+pub fn send_mail(
+    to: SocketAddr,
+    from: Option<IpAddr>,
+    sender: &str,
+    rcpts: &[&str],
+    body: &str,
+) -> std::io::Result<Vec<String>> {
+    let stream = connect(to, from, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut r = BufReader::new(stream.try_clone()?);
+    let mut w = stream;
+    let mut got = vec![smtp_reply(&mut r)?];
+    let positive = |l: &String| l.starts_with('2') || l.starts_with('3');
+    if !positive(&got[0]) {
+        return Ok(got);
+    }
+    let mut step =
+        |w: &mut TcpStream, line: String, got: &mut Vec<String>| -> std::io::Result<bool> {
+            w.write_all(line.as_bytes())?;
+            let reply = smtp_reply(&mut r)?;
+            let ok = positive(&reply);
+            got.push(reply);
+            Ok(ok)
+        };
+    if !step(&mut w, "EHLO client.lab\r\n".into(), &mut got)?
+        || !step(&mut w, format!("MAIL FROM:<{sender}>\r\n"), &mut got)?
+    {
+        return Ok(got);
+    }
+    for rc in rcpts {
+        if !step(&mut w, format!("RCPT TO:<{rc}>\r\n"), &mut got)? {
+            return Ok(got);
+        }
+    }
+    if !step(&mut w, "DATA\r\n".into(), &mut got)? {
+        return Ok(got);
+    }
+    let mut data = body.replace("\r\n", "\n").replace('\n', "\r\n");
+    if !data.ends_with("\r\n") {
+        data.push_str("\r\n");
+    }
+    data.push_str(".\r\n");
+    if !step(&mut w, data, &mut got)? {
+        return Ok(got);
+    }
+    let _ = step(&mut w, "QUIT\r\n".into(), &mut got);
+    Ok(got)
+}

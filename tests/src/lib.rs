@@ -11,6 +11,7 @@ pub mod client;
 pub mod netns;
 pub mod privileged;
 pub mod process;
+pub mod sink;
 pub mod topology;
 
 pub use netns::Netns;
@@ -51,4 +52,24 @@ pub fn owner_pid(name: &str) -> Option<u32> {
 /// Whether the process that created `name` is gone (or the name carries no pid).
 pub fn orphaned(name: &str) -> bool {
     owner_pid(name).is_none_or(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Waits until something listens on `addr` inside `ns` (at most 20 s).
+pub fn wait_port(ns: &Netns, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let ok = ns.enter(move || {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300))
+                .is_ok()
+        })?;
+        if ok {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {addr} in {}",
+            ns.name
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

@@ -1,0 +1,357 @@
+//! Load-aware routing in the lab, with smtp-sink back-ends as fault injectors: a slow
+//! back-end loses its share, a dead one gets nothing and comes back, an agent's mail queue
+//! over the threshold takes its back-end out, a burst keeps premium mail flowing while
+//! regular mail is deflected with 451 and no back-end exceeds its session limit, and a
+//! service with no back-end left is shed by the kernel with 421. Privileged.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use robustifier::datapath::{Snapshot, Tables};
+use robustifier_lab::{
+    Lab, Plan, client, privileged,
+    sink::Sink,
+    topology::{VIP_SMTP, internal_v4},
+    unique_prefix,
+};
+
+fn lab(tag: &str, backends: usize) -> Option<Lab> {
+    if !privileged::check(tag) {
+        return None;
+    }
+    Some(
+        Lab::up(
+            &unique_prefix(tag),
+            Plan {
+                frontends: 1,
+                backends,
+            },
+        )
+        .expect("lab up"),
+    )
+}
+
+/// A front-end routing everything to pool "mx" over back-ends be1..=n.
+fn config(lab: &Lab, n: usize, pool_extra: &str, top: &str) -> String {
+    let backends: Vec<String> = (0..n)
+        .map(|j| {
+            let agent = format!(", agent = \"{}:7025\"", internal_v4(11 + j as u8));
+            format!(
+                "{{ name = \"be{}\", address = \"{}:25\"{agent} }}",
+                j + 1,
+                internal_v4(11 + j as u8)
+            )
+        })
+        .collect();
+    format!(
+        r#"{top}
+[frontend]
+name = "fea"
+interface = "pub0"
+pin_dir = "{pin}"
+
+[[service]]
+name = "smtp"
+protocol = "smtp"
+port = 25
+vips = ["{VIP_SMTP}"]
+pool = "mx"
+
+[[pool]]
+name = "mx"
+backend = [{list}]
+{pool_extra}
+[pool.health]
+interval_ms = 200
+timeout_ms = 3000
+rise = 2
+fall = 2
+agent_interval_ms = 200
+"#,
+        pin = lab.pin_dir(0).display(),
+        list = backends.join(", ")
+    )
+}
+
+fn start(lab: &mut Lab, n: usize, pool_extra: &str, top: &str) {
+    let cfg = config(lab, n, pool_extra, top);
+    lab.start_frontend(0, &cfg).unwrap();
+    let fe = &lab.frontend(0).ns;
+    fe.ip(&["addr", "add", &format!("{VIP_SMTP}/32"), "dev", "pub0"])
+        .unwrap();
+}
+
+fn snapshot(lab: &Lab) -> Snapshot {
+    Snapshot::read(&Tables::from_pins(&lab.pin_dir(0)).unwrap()).unwrap()
+}
+
+/// Polls `f` on the maps until it holds (60 s at most: a generous bound, not a timing claim).
+fn eventually(lab: &Lab, what: &str, f: impl Fn(&Snapshot) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = snapshot(lab);
+        if f(&s) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never: {what}\n{}", s.render());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn send(lab: &Lab, rcpt: &str) -> Vec<String> {
+    let to = SocketAddr::new(VIP_SMTP.into(), 25);
+    let rcpt = rcpt.to_owned();
+    lab.client
+        .ns
+        .enter(move || {
+            client::send_mail(
+                to,
+                None,
+                "sender@client.example",
+                &[&rcpt],
+                "Subject: t\n\nhello\n",
+            )
+        })
+        .unwrap()
+        .unwrap()
+}
+
+/// The reply to the end of data was 250: the back-end has the message.
+fn delivered(r: &[String]) -> bool {
+    r.iter()
+        .position(|l| l.starts_with("354"))
+        .and_then(|i| r.get(i + 1))
+        .is_some_and(|l| l.starts_with("250"))
+}
+
+#[test]
+fn slow_backend_loses_its_share_dead_one_gets_none_and_comes_back() {
+    let Some(mut lab) = lab("sl", 3) else { return };
+    let fast1 = Sink::start(&mut lab, 0, &[]).unwrap();
+    let fast2 = Sink::start(&mut lab, 1, &[]).unwrap();
+    let slow = Sink::start(&mut lab, 2, &["-W", "CONNECT:1"]).unwrap();
+    start(&mut lab, 3, "", "");
+    // Probes measure the slow greeting.
+    eventually(&lab, "the slow back-end's response time is known", |s| {
+        s.backends[2].response_us >= 500_000
+    });
+    for _ in 0..20 {
+        assert!(delivered(&send(&lab, "u@example.org")));
+    }
+    assert_eq!(
+        slow.count(),
+        0,
+        "power of two choices never prefers the slowest of three"
+    );
+    assert_eq!(fast1.count() + fast2.count(), 20);
+
+    // be2 dies: probes take it down; no session fails for it.
+    fast2.stop(&mut lab);
+    eventually(&lab, "be2 down", |s| s.backends[1].state == "down");
+    let before = fast2.count();
+    for _ in 0..10 {
+        assert!(delivered(&send(&lab, "u@example.org")));
+    }
+    assert_eq!(fast2.count(), before);
+
+    // It comes back and is readmitted.
+    let back = Sink::start(&mut lab, 1, &[]).unwrap();
+    eventually(&lab, "be2 up again", |s| s.backends[1].state == "up");
+    for _ in 0..20 {
+        assert!(delivered(&send(&lab, "u@example.org")));
+    }
+    assert!(
+        back.count() > before,
+        "the recovered back-end takes sessions again"
+    );
+}
+
+#[test]
+fn agent_mail_queue_over_threshold_takes_the_backend_out_of_routing() {
+    let Some(mut lab) = lab("ag", 2) else { return };
+    let s1 = Sink::start(&mut lab, 0, &[]).unwrap();
+    let s2 = Sink::start(&mut lab, 1, &[]).unwrap();
+    // Agents count files in a spool directory standing in for the MTA's queue.
+    let mut spools = Vec::new();
+    for i in 0..2 {
+        let spool = lab.log_dir.join(format!("spool{i}"));
+        std::fs::create_dir_all(&spool).unwrap();
+        let listen = format!("{}:7025", internal_v4(11 + i as u8));
+        let ns = lab.backends[i].ns.clone();
+        let bin = robustifier_lab::robustifier_bin();
+        let args = [
+            "agent",
+            "--listen",
+            listen.as_str(),
+            "--mta",
+            "spool",
+            "--spool",
+            spool.to_str().unwrap(),
+        ];
+        let mut argv = vec![bin.to_str().unwrap()];
+        argv.extend(args);
+        lab.spawn(&ns, &format!("agent{i}"), &argv).unwrap();
+        spools.push(spool);
+    }
+    start(&mut lab, 2, "[pool.thresholds]\nmail_queue = 5", "");
+    eventually(&lab, "agents report", |s| {
+        s.backends.iter().all(|b| b.updated_ns > 0)
+    });
+    for n in 0..8 {
+        std::fs::write(spools[0].join(format!("q{n}")), "queued").unwrap();
+    }
+    eventually(&lab, "be1 over its mail queue threshold", |s| {
+        s.backends[0].mail_queue >= 8 && s.backends[0].weight == 0
+    });
+    let before = s1.count();
+    for _ in 0..10 {
+        assert!(delivered(&send(&lab, "u@example.org")));
+    }
+    assert_eq!(
+        s1.count(),
+        before,
+        "no new session for the back-end over its threshold"
+    );
+    assert!(s2.count() >= 10);
+    // Back under 90 % of the threshold: readmitted.
+    for n in 0..8 {
+        std::fs::remove_file(spools[0].join(format!("q{n}"))).unwrap();
+    }
+    eventually(&lab, "be1 readmitted", |s| s.backends[0].weight > 0);
+}
+
+#[test]
+fn burst_keeps_premium_flowing_deflects_regular_and_respects_limits() {
+    let Some(mut lab) = lab("bu", 2) else { return };
+    // Each message takes a second at the back-end, so sessions pile up.
+    let sinks = [
+        Sink::start(&mut lab, 0, &["-w", "1"]).unwrap(),
+        Sink::start(&mut lab, 1, &["-w", "1"]).unwrap(),
+    ];
+    let groups = "[[group]]\nname = \"premium\"\nshare = 1.0\ndomains = [\"vip.example\"]\n\n[[group]]\nname = \"regular\"\nshare = 0.5\n";
+    start(&mut lab, 2, "[pool.thresholds]\nsessions = 4", groups);
+
+    // Watch the back-ends' established sessions while the burst runs.
+    let peak = Arc::new(Mutex::new(0usize));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (peak, done) = (Arc::clone(&peak), Arc::clone(&done));
+        let nss: Vec<_> = lab.backends.iter().map(|b| b.ns.clone()).collect();
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for ns in &nss {
+                    let out = ns
+                        .sh("ss", &["-Htn", "state", "established", "( sport = :25 )"])
+                        .unwrap_or_default();
+                    let n = out.lines().count();
+                    let mut p = peak.lock().unwrap();
+                    *p = (*p).max(n);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let client = lab.client.ns.clone();
+    let results: Vec<(bool, Vec<String>)> = client
+        .enter(|| {
+            let handles: Vec<_> = (0..24)
+                .map(|i| {
+                    let premium = i % 2 == 0;
+                    std::thread::spawn(move || {
+                        let rcpt = if premium {
+                            format!("u{i}@vip.example")
+                        } else {
+                            format!("u{i}@regular.example")
+                        };
+                        let to = SocketAddr::new(IpAddr::V4(VIP_SMTP), 25);
+                        let r = client::send_mail(
+                            to,
+                            None,
+                            "s@client.example",
+                            &[&rcpt],
+                            "Subject: burst\n\nx\n",
+                        )
+                        .unwrap_or_else(|e| vec![format!("error {e}")]);
+                        (premium, r)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+        .unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+
+    let accepted = |p: bool| {
+        results
+            .iter()
+            .filter(|(q, r)| *q == p && delivered(r))
+            .count()
+    };
+    let deflected = |p: bool| {
+        results
+            .iter()
+            .filter(|(q, r)| *q == p && r.iter().any(|l| l.starts_with("451 4.3.2")))
+            .count()
+    };
+    eprintln!(
+        "burst: premium {} accepted / {} deflected, regular {} accepted / {} deflected, peak back-end sessions {}",
+        accepted(true),
+        deflected(true),
+        accepted(false),
+        deflected(false),
+        peak.lock().unwrap()
+    );
+    let other: Vec<_> = results
+        .iter()
+        .filter(|(_, r)| !delivered(r) && !r.iter().any(|l| l.starts_with("451 4.3.2")))
+        .collect();
+    assert!(
+        other.is_empty(),
+        "every session is either delivered or deflected with 451 4.3.2: {other:?}"
+    );
+    assert!(
+        accepted(true) > accepted(false),
+        "premium {} vs regular {}",
+        accepted(true),
+        accepted(false)
+    );
+    assert!(
+        deflected(false) > 0,
+        "regular mail is deflected under the burst"
+    );
+    assert!(
+        *peak.lock().unwrap() <= 4 + 1,
+        "a back-end never holds more than its 4 sessions (+1 probe): {}",
+        peak.lock().unwrap()
+    );
+    let total: usize = sinks.iter().map(Sink::count).sum();
+    assert_eq!(
+        total,
+        accepted(true) + accepted(false),
+        "every accepted message reached a back-end"
+    );
+}
+
+#[test]
+fn service_without_any_backend_is_shed_by_the_kernel() {
+    let Some(mut lab) = lab("sh", 1) else { return };
+    let sink = Sink::start(&mut lab, 0, &[]).unwrap();
+    start(&mut lab, 1, "", "");
+    assert!(delivered(&send(&lab, "u@example.org")));
+    sink.stop(&mut lab);
+    eventually(&lab, "service exhausted", |s| {
+        s.services[0].capacity == "exhausted"
+    });
+    let shed_before = snapshot(&lab).services[0].steered_shed;
+    let r = send(&lab, "u@example.org");
+    assert!(r[0].starts_with("421 4.3.2 "), "{r:?}");
+    assert_eq!(
+        snapshot(&lab).services[0].steered_shed,
+        shed_before + 1,
+        "answered by the shed listener"
+    );
+}
