@@ -11,7 +11,7 @@ use tokio::{
 
 use super::{
     Candidate, proxy_v2,
-    smtp::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, ClientInfo, GREETING_TIMEOUT, LegError},
+    smtp::{COMMAND_TIMEOUT, ClientInfo, LegError},
 };
 use crate::{
     config::Identity,
@@ -44,7 +44,10 @@ impl Pop3Leg {
     pub async fn open(c: &Candidate, client: &ClientInfo) -> Result<Pop3Leg, Pop3LegError> {
         let addr = c.backend.address;
         let start = std::time::Instant::now();
-        let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        // Connect and greeting share one deadline: a back-end that accepts but never
+        // greets is skipped as fast as one that refuses.
+        let deadline = tokio::time::Instant::now() + c.pool.pool.connect_timeout;
+        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
             .await
             .map_err(|_| LegError::Timeout { stage: "connect" })?
             .map_err(|source| LegError::Connect { addr, source })?;
@@ -62,7 +65,12 @@ impl Pop3Leg {
             )
             .await?;
         }
-        let greeting = leg.status("greeting", GREETING_TIMEOUT).await?;
+        let greeting = leg
+            .status(
+                "greeting",
+                deadline.saturating_duration_since(tokio::time::Instant::now()),
+            )
+            .await?;
         leg.greeting_latency = start.elapsed();
         if !greeting.is_ok() {
             return Err(Pop3LegError::Refused {

@@ -22,9 +22,6 @@ use crate::{
     stream::Conn,
 };
 
-/// Connect and greeting: a back-end slower than this is skipped for the next one.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const GREETING_TIMEOUT: Duration = Duration::from_secs(30);
 /// Commands (RFC 5321 4.5.3.2.2-4 allow 5 minutes; a stuck back-end is a failure sooner).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// RFC 5321 4.5.3.2.6: the reply to the end of data may take 10 minutes.
@@ -91,7 +88,10 @@ impl SmtpLeg {
     ) -> Result<SmtpLeg, LegError> {
         let addr = c.backend.address;
         let start = std::time::Instant::now();
-        let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        // Connect and greeting share one deadline: a back-end that accepts but never
+        // greets is skipped as fast as one that refuses.
+        let deadline = tokio::time::Instant::now() + c.pool.pool.connect_timeout;
+        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
             .await
             .map_err(|_| LegError::Timeout { stage: "connect" })?
             .map_err(|source| LegError::Connect { addr, source })?;
@@ -108,7 +108,12 @@ impl SmtpLeg {
             let h = proxy_v2::header(client.peer, client.local, Some(&client.session_id));
             leg.write(&h, "PROXY header").await?;
         }
-        let greeting = leg.reply("greeting", GREETING_TIMEOUT).await?;
+        let greeting = leg
+            .reply(
+                "greeting",
+                deadline.saturating_duration_since(tokio::time::Instant::now()),
+            )
+            .await?;
         leg.greeting_latency = start.elapsed();
         if greeting.code != 220 {
             return Err(LegError::Refused {

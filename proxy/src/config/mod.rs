@@ -134,6 +134,8 @@ pub struct Pool {
     pub name: String,
     pub tls: BackendTls,
     pub shared_store: bool,
+    /// Connect plus greeting; a back-end slower than this is skipped for the next one.
+    pub connect_timeout: std::time::Duration,
     pub health: balance::Health,
     pub thresholds: balance::Thresholds,
     pub backends: Vec<Backend>,
@@ -558,6 +560,16 @@ fn pool(
         name: p.name,
         tls,
         shared_store: p.shared_store.unwrap_or(true),
+        connect_timeout: match p.connect_timeout_ms {
+            Some(ms) if ms >= 100 => std::time::Duration::from_millis(ms),
+            Some(_) => {
+                return Err((
+                    format!("pool[{i}].connect_timeout_ms"),
+                    "must be at least 100".into(),
+                ));
+            }
+            None => std::time::Duration::from_secs(10),
+        },
         health: balance::health(&format!("pool[{i}].health"), p.health)?,
         thresholds: balance::thresholds(&format!("pool[{i}].thresholds"), p.thresholds)?,
         backends,

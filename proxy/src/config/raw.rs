@@ -107,6 +107,8 @@ pub struct RawPool {
     /// Back-ends share one message store: balance by load. Otherwise a route's back-ends
     /// are tried in the configured order (the mailbox's owner first).
     pub shared_store: Option<bool>,
+    /// Connect plus greeting, after which a session tries the next back-end.
+    pub connect_timeout_ms: Option<u64>,
     pub health: Option<super::balance::RawHealth>,
     pub thresholds: Option<super::balance::RawThresholds>,
     #[serde(default, rename = "backend")]
