@@ -21,6 +21,22 @@ pub struct Env {
 }
 
 impl Env {
+    /// Every pool the service can route to: its default pool and those of its map.
+    pub fn pool_names(&self) -> Vec<String> {
+        let mut pools: Vec<String> = self.service.pool.iter().cloned().collect();
+        if let Some(r) = &self.routes {
+            pools.extend(r.get().pools().into_iter().map(str::to_owned));
+        }
+        pools.sort();
+        pools.dedup();
+        pools
+    }
+
+    /// CHUNKING can be offered when every back-end the service may use offers it.
+    pub fn chunking(&self) -> bool {
+        self.pools.board.chunking(&self.pool_names())
+    }
+
     /// The pools serving `key`: the routing map first, then the service's default pool.
     /// `None`: nothing routes it (relay denied); `Some(Route::Reject)`: unknown recipient.
     pub fn route(&self, lookup: impl Fn(&RouteTable) -> Option<Route>) -> Option<Route> {

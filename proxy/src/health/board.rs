@@ -46,6 +46,8 @@ pub struct Slot {
     agent: Mutex<Option<AgentReport>>,
     /// Over a threshold; cleared only when every figure is back under 90 % of it.
     pub overloaded: AtomicBool,
+    /// The back-end's last EHLO offered CHUNKING (RFC 3030).
+    pub chunking: AtomicBool,
 }
 
 /// A session's hold on a back-end: counted in `active` until dropped.
@@ -87,6 +89,7 @@ impl Board {
                     active: AtomicU32::new(0),
                     agent: Mutex::new(None),
                     overloaded: AtomicBool::new(false),
+                    chunking: AtomicBool::new(false),
                 })
             })
             .collect();
@@ -99,6 +102,18 @@ impl Board {
 
     pub fn slots(&self) -> &[Arc<Slot>] {
         &self.slots
+    }
+
+    /// Whether every back-end of `pools` has offered CHUNKING in its last EHLO.
+    pub fn chunking(&self, pools: &[String]) -> bool {
+        let mut any = false;
+        for s in self.slots.iter().filter(|s| pools.contains(&s.pool_name)) {
+            any = true;
+            if !s.chunking.load(Ordering::Relaxed) {
+                return false;
+            }
+        }
+        any
     }
 
     /// A session slot on back-end `id` if it has fewer than `limit` sessions.

@@ -43,11 +43,14 @@ pub fn spawn(
                 }
                 let r = probe::probe(slot.backend.address, slot.backend.identity, h.timeout).await;
                 match &r {
-                    Ok(l) => debug!(backend = %slot.backend.name, latency_us = l.as_micros() as u64, "probe ok"),
+                    Ok(p) => {
+                        debug!(backend = %slot.backend.name, latency_us = p.latency.as_micros() as u64, "probe ok");
+                        slot.chunking.store(p.chunking, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Err(e) => debug!(backend = %slot.backend.name, error = %e, "probe failed"),
                 }
                 let why = r.as_ref().err().cloned().unwrap_or_default();
-                b.record(slot.backend.id, r.is_ok(), r.ok(), h.rise, h.fall, &why);
+                b.record(slot.backend.id, r.is_ok(), r.ok().map(|p| p.latency), h.rise, h.fall, &why);
             }
         });
         if let Some(agent) = slot.backend.agent {

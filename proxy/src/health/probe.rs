@@ -23,17 +23,26 @@ use crate::{
 
 const MAX_LINE: usize = 2048;
 
+/// What a good probe learnt.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Probed {
+    /// From connect to greeting.
+    pub latency: Duration,
+    /// SMTP only: the EHLO reply offered CHUNKING.
+    pub chunking: bool,
+}
+
 pub async fn probe(
     addr: SocketAddr,
     identity: Identity,
     limit: Duration,
-) -> Result<Duration, String> {
+) -> Result<Probed, String> {
     timeout(limit, run(addr, identity))
         .await
         .map_err(|_| format!("no answer within {limit:?}"))?
 }
 
-async fn run(addr: SocketAddr, identity: Identity) -> Result<Duration, String> {
+async fn run(addr: SocketAddr, identity: Identity) -> Result<Probed, String> {
     let start = Instant::now();
     let tcp = TcpStream::connect(addr)
         .await
@@ -53,6 +62,7 @@ async fn run(addr: SocketAddr, identity: Identity) -> Result<Duration, String> {
         _ => return Err("no greeting".into()),
     };
     let latency = start.elapsed();
+    let mut chunking = false;
     if first.starts_with(b"220") {
         if first.get(3) == Some(&b'-') {
             // A multi-line greeting: read the rest of it.
@@ -74,6 +84,7 @@ async fn run(addr: SocketAddr, identity: Identity) -> Result<Duration, String> {
         if ehlo.code != 250 {
             return Err(format!("EHLO answered {}", ehlo.code));
         }
+        chunking = crate::smtp::reply::Capabilities::from_ehlo(&ehlo).chunking;
     } else if first.starts_with(b"+OK") {
         io.get_mut()
             .write_all(b"CAPA\r\n")
@@ -94,7 +105,7 @@ async fn run(addr: SocketAddr, identity: Identity) -> Result<Duration, String> {
     } else {
         return Err(format!("greeting {:?}", String::from_utf8_lossy(&first)));
     }
-    Ok(latency)
+    Ok(Probed { latency, chunking })
 }
 
 #[cfg(test)]

@@ -100,10 +100,7 @@ fn write_records(tables: &mut Tables, board: &Board) {
 /// share can (and connect-time shedding is safe for the configured groups); exhausted
 /// when nothing can.
 fn service_capacity(env: &Env, board: &Board, tables: &Tables) -> u32 {
-    let mut pools: Vec<String> = env.service.pool.iter().cloned().collect();
-    if let Some(r) = &env.routes {
-        pools.extend(r.get().pools().into_iter().map(str::to_owned));
-    }
+    let pools = env.pool_names();
     let can_serve = |share: f64| {
         board.slots().iter().any(|s| {
             if !pools.contains(&s.pool_name) {

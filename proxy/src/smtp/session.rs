@@ -64,6 +64,8 @@ struct Transaction {
     rcpts: Vec<String>,
     /// The leg failed and could not be replaced: DATA gets 451.
     broken: bool,
+    /// Octets sent in BDAT chunks so far (RFC 3030).
+    bdat_size: u64,
 }
 
 pub struct Session<'e, S> {
@@ -240,11 +242,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 self.reset_transaction().await;
                 self.say(250, (2, 0, 0), "OK");
             }
-            Command::Bdat { .. } => {
-                // CHUNKING is not advertised (RFC 3030 2: BDAT only after it was offered).
-                self.say(502, (5, 5, 1), "BDAT not supported, use DATA");
-                return Ok(!self.error());
-            }
+            Command::Bdat { size, last } => return self.bdat(size, last).await,
             Command::Auth {
                 mechanism,
                 initial_response,
@@ -277,6 +275,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             "SMTPUTF8".to_owned(),
             "ENHANCEDSTATUSCODES".to_owned(),
         ];
+        if self.env.chunking() {
+            lines.push("CHUNKING".to_owned());
+        }
         if self.starttls_offered() {
             lines.push("STARTTLS".to_owned());
         }

@@ -31,6 +31,8 @@ struct Recorded {
     lines: Vec<String>,
     /// Every message received (data without the final dot line).
     messages: Vec<Vec<u8>>,
+    /// BDAT chunks of the message in progress.
+    chunks: Vec<u8>,
 }
 
 async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
@@ -62,7 +64,24 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
                     r.lock().unwrap().lines.push(cmd.clone());
                     let upper = cmd.to_ascii_uppercase();
                     let reply: &[u8] = if upper.starts_with("EHLO") {
-                        b"250-fake\r\n250-PIPELINING\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n"
+                        b"250-fake\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n"
+                    } else if let Some(args) = upper.strip_prefix("BDAT ") {
+                        let mut words = args.split(' ');
+                        let n: usize = words.next().unwrap().parse().unwrap();
+                        let last = words.next() == Some("LAST");
+                        let mut chunk = vec![0u8; n];
+                        if rd.read_exact(&mut chunk).await.is_err() {
+                            return;
+                        }
+                        let mut rec = r.lock().unwrap();
+                        rec.chunks.extend_from_slice(&chunk);
+                        if last {
+                            let m = std::mem::take(&mut rec.chunks);
+                            rec.messages.push(m);
+                            b"250 2.0.0 queued as FAKE\r\n"
+                        } else {
+                            b"250 2.0.0 chunk received\r\n"
+                        }
                     } else if upper.starts_with("RCPT") && upper.contains("UNKNOWN") {
                         b"550 5.1.1 no such user\r\n"
                     } else if upper.starts_with("AUTH PLAIN") {
@@ -366,9 +385,9 @@ async fn bad_input_gets_rfc_replies() {
     let out = converse(&env, &input).await;
     assert_eq!(
         codes(&out),
+        // BDAT's 10 octets of chunk are "STARTTLS\r\n": swallowed as data (RFC 3030).
         [
-            "220", "503", "501", "500", "500", "503", "252", "502", "502", "502", "502", "500",
-            "221"
+            "220", "503", "501", "500", "500", "503", "252", "502", "503", "502", "500", "221"
         ],
         "{out}"
     );
@@ -485,4 +504,35 @@ async fn starttls_discards_pipelined_commands_and_restarts_the_session() {
     assert!(!rest.contains("STARTTLS"), "{rest}");
     assert!(rest.ends_with("221 2.0.0 Bye\r\n"), "{rest}");
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn bdat_chunks_are_relayed_when_every_backend_offers_chunking() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("bdat");
+    let env = env(&dir, &[a], &[], "");
+    let out = converse(&env, b"EHLO c\r\nQUIT\r\n").await;
+    assert!(
+        !out.contains("CHUNKING"),
+        "not offered before a probe saw it: {out}"
+    );
+    for slot in env.pools.board.slots() {
+        slot.chunking
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let mut input = b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nBDAT 5\r\nhelloBDAT 8 LAST\r\n world\r\n".to_vec();
+    // A second message too big for the 4096-octet limit: refused, its octets swallowed.
+    input.extend_from_slice(b"MAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nBDAT 5000 LAST\r\n");
+    input.extend_from_slice(&[b'Q'; 5000]);
+    input.extend_from_slice(b"QUIT\r\n");
+    let out = converse(&env, &input).await;
+    assert!(out.contains("CHUNKING"), "{out}");
+    assert_eq!(
+        codes(&out),
+        [
+            "220", "250", "250", "250", "250", "250", "250", "250", "552", "221"
+        ],
+        "{out}"
+    );
+    assert_eq!(rec.lock().unwrap().messages, [b"hello world\r\n".to_vec()]);
 }

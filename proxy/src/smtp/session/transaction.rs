@@ -359,3 +359,136 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         Ok(true)
     }
 }
+
+impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
+    /// BDAT (RFC 3030): the chunk of exactly `size` octets that follows the command is
+    /// relayed as it arrives, to a back-end that offered CHUNKING; the back-end's reply is
+    /// the client's. A refused chunk is still read to its end, so its octets are never
+    /// taken for commands. Returns false when the client went away.
+    pub(super) async fn bdat(&mut self, size: u64, last: bool) -> Result<bool, SessionError> {
+        let max = self.svc().max_message_size;
+        let refuse = match &self.tx {
+            None => Some(Reply::new(503, Some((5, 5, 1)), "Need MAIL command")),
+            Some(tx) if tx.rcpts.is_empty() => {
+                Some(Reply::new(554, Some((5, 5, 1)), "No valid recipients"))
+            }
+            Some(tx) if tx.broken => Some(no_backend()),
+            Some(tx) if tx.bdat_size.saturating_add(size) > max => Some(Reply::new(
+                552,
+                Some((5, 3, 4)),
+                "Message size exceeds fixed maximum message size",
+            )),
+            Some(_) => match &self.leg {
+                None => Some(no_backend()),
+                Some(l) if !l.leg.caps.chunking => Some(Reply::new(
+                    451,
+                    Some((4, 5, 3)),
+                    "Back-end does not take BDAT now, use DATA",
+                )),
+                Some(_) => None,
+            },
+        };
+        if let Some(reply) = refuse {
+            if !self.relay_chunk(size, None).await? {
+                return Ok(false);
+            }
+            // RFC 3030 2: a refused chunk fails the transaction; the leg may hold part of it.
+            if self.tx.take().is_some_and(|t| t.bdat_size > 0) {
+                self.leg = None;
+            }
+            self.send(&reply);
+            return Ok(true);
+        }
+        let line = if last {
+            format!("BDAT {size} LAST\r\n")
+        } else {
+            format!("BDAT {size}\r\n")
+        };
+        let mut failed = match self.leg.as_mut() {
+            Some(l) => l.leg.data(line.as_bytes()).await.err(),
+            None => None,
+        };
+        let mut leg = self.leg.take();
+        if !self
+            .relay_chunk(
+                size,
+                leg.as_mut()
+                    .filter(|_| failed.is_none())
+                    .map(|l| &mut l.leg),
+            )
+            .await?
+        {
+            return Ok(false);
+        }
+        let reply = match (&mut leg, failed.take()) {
+            (Some(l), None) => match l
+                .leg
+                .reply(
+                    "BDAT",
+                    if last {
+                        DATA_END_TIMEOUT
+                    } else {
+                        super::DATA_BLOCK_TIMEOUT
+                    },
+                )
+                .await
+            {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(session = %self.client.session_id, error = %e, "back-end failed during BDAT; message not acknowledged");
+                    None
+                }
+            },
+            (_, Some(e)) => {
+                warn!(session = %self.client.session_id, error = %e, "back-end failed during BDAT; message not acknowledged");
+                None
+            }
+            (None, None) => None,
+        };
+        match reply {
+            Some(r) => {
+                self.leg = leg;
+                if let Some(tx) = &mut self.tx {
+                    tx.bdat_size += size;
+                }
+                if !r.is_positive() || last {
+                    let tx = self.tx.take().unwrap_or_default();
+                    if last {
+                        info!(session = %self.client.session_id, size = tx.bdat_size, rcpts = tx.rcpts.len(), code = r.code, "message relayed (BDAT)");
+                    }
+                }
+                self.send(&r);
+            }
+            None => {
+                self.tx = None;
+                self.send(&no_backend());
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads exactly `size` octets of chunk from the client, writing them to `leg` if
+    /// given. Returns false when the client went away first.
+    async fn relay_chunk(
+        &mut self,
+        size: u64,
+        mut leg: Option<&mut SmtpLeg>,
+    ) -> Result<bool, SessionError> {
+        let mut left = size;
+        while left > 0 {
+            let chunk = match tokio::time::timeout(DATA_BLOCK_TIMEOUT, self.io.fill_buf()).await {
+                Ok(Ok(c)) if !c.is_empty() => c,
+                _ => return Ok(false),
+            };
+            let take = chunk.len().min(left.min(usize::MAX as u64) as usize);
+            if let Some(l) = leg.as_deref_mut()
+                && l.data(&chunk[..take]).await.is_err()
+            {
+                leg = None;
+            }
+            self.io.consume(take);
+            left -= take as u64;
+        }
+        Ok(true)
+    }
+}
