@@ -50,6 +50,9 @@ fn check_config_names_file_key_and_reason() {
     let dir = std::env::temp_dir().join(robustifier_lab::unique_prefix("cfg"));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");
+    // The example names a routing map beside it.
+    let examples_dir = good.parent().unwrap();
+    std::fs::copy(examples_dir.join("routes.map"), dir.join("routes.map")).unwrap();
     let text = std::fs::read_to_string(good)
         .unwrap()
         .replace("port = 110", "port = 0");
