@@ -4,6 +4,7 @@
 
 mod error;
 mod raw;
+pub mod vrrp;
 
 use std::{
     collections::HashSet,
@@ -26,6 +27,8 @@ pub struct Config {
     pub priority_prefixes: Vec<IpNet>,
     pub services: Vec<Service>,
     pub pools: Vec<Pool>,
+    pub ha: vrrp::Ha,
+    pub vrrp: Vec<vrrp::VirtualRouter>,
 }
 
 #[derive(Debug, Clone)]
@@ -230,7 +233,15 @@ impl Config {
             }
             pools.push(pool);
         }
+        let (ha, vrrp) = vrrp::validate(
+            &frontend.name,
+            frontend.interface.as_deref(),
+            raw.ha,
+            raw.vrrp,
+        )?;
         Ok(Config {
+            ha,
+            vrrp,
             file: file.to_owned(),
             frontend,
             flood,

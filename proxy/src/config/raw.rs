@@ -16,6 +16,10 @@ pub struct RawConfig {
     pub services: Vec<RawService>,
     #[serde(default, rename = "pool")]
     pub pools: Vec<RawPool>,
+    #[serde(default)]
+    pub ha: super::vrrp::RawHa,
+    #[serde(default)]
+    pub vrrp: Vec<super::vrrp::RawVrrp>,
 }
 
 #[derive(Debug, Deserialize)]
