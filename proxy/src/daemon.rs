@@ -23,6 +23,7 @@ use crate::{
         accept::{self, Context, Role},
         listeners::SlotSockets,
     },
+    ha,
 };
 
 /// How long sessions may run on after a stop was asked for.
@@ -41,6 +42,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let abort = CancellationToken::new();
     let sessions = TaskTracker::new();
     let accepting = TaskTracker::new();
+    let hooks = ha::Hooks::default();
     for service in &cfg.services {
         let ctx = Context {
             service: Arc::new(service.clone()),
@@ -48,6 +50,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             stop: stop.clone(),
             abort: abort.clone(),
             sessions: sessions.clone(),
+            ha: hooks.clone(),
         };
         for (slot, role) in [
             (SLOT_NORMAL, Role::Serve),
@@ -72,6 +75,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => format!("{PROG_XDP} not attached (no frontend.interface)"),
     };
     dp.attach_steering()?;
+    hooks.health.set_datapath_attached(true);
     // A summary for the operator on stdout; logs go to stderr.
     let services: Vec<String> = cfg
         .services
@@ -89,12 +93,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "inspect: robustifier maps --pin-dir {0}   or   bpftool map dump pinned {0}/{MAP_BACKENDS}",
         pin_dir.display()
     );
+    // Virtual routers last: a front-end claims addresses only once it can serve them.
+    let ha = ha::spawn(&cfg, hooks.clone()).await?;
     info!(frontend = %cfg.frontend.name, "robustifier ready");
 
     tokio::select! {
         _ = sigterm.recv() => info!("SIGTERM: stopping"),
         _ = sigint.recv() => info!("SIGINT: stopping"),
     }
+    // Hand the virtual addresses over first (drain, then priority 0), while the data path
+    // still serves the sessions finishing on them.
+    ha.shutdown().await;
     dp.detach();
     stop.cancel();
     accepting.close();

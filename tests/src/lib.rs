@@ -12,6 +12,7 @@ pub mod netns;
 pub mod privileged;
 pub mod process;
 pub mod topology;
+pub mod vrrp;
 
 pub use netns::Netns;
 pub use process::Daemon;

@@ -11,7 +11,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use super::{greeting, shed};
-use crate::config::Service;
+use crate::{config::Service, ha};
 
 /// Which answer a listener gives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,10 +27,13 @@ pub struct Context {
     pub stop: CancellationToken,
     pub abort: CancellationToken,
     pub sessions: TaskTracker,
+    /// Drain gate and health reporting shared with the HA side.
+    pub ha: ha::Hooks,
 }
 
 /// Accepts until `ctx.stop` fires.
 pub async fn run(listener: TcpListener, role: Role, ctx: Context) {
+    let _alive = ctx.ha.health.listener_alive();
     loop {
         let (stream, peer) = tokio::select! {
             _ = ctx.stop.cancelled() => return,
@@ -44,9 +47,14 @@ pub async fn run(listener: TcpListener, role: Role, ctx: Context) {
         };
         let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let svc = ctx.service.clone();
+        // With steering, the local address is the VIP the client dialled; one being handed
+        // over to another front-end takes no new sessions (they get the shed reply).
+        let local = stream.local_addr().ok().map(|a| a.ip().to_canonical());
+        let admitted = local.and_then(|a| ctx.ha.gate.admit(a));
+        let draining = local.is_some() && admitted.is_none();
         let permit = match role {
-            Role::Serve => ctx.limit.clone().try_acquire_owned().ok(),
-            Role::Shed => None,
+            Role::Serve if !draining => ctx.limit.clone().try_acquire_owned().ok(),
+            _ => None,
         };
         debug!(service = %svc.name, %peer, ?role, "connection");
         let abort = ctx.abort.clone();
@@ -60,7 +68,12 @@ pub async fn run(listener: TcpListener, role: Role, ctx: Context) {
                             debug!(service = %svc.name, %peer, error = %e, "session ended with an error");
                         },
                         _ = abort.cancelled() => {}
+                        _ = async { match &admitted { Some(a) => a.ended().await, None => std::future::pending().await } } => {}
                     }
+                }
+                (Role::Serve, None) if draining => {
+                    debug!(service = %svc.name, %peer, "address draining for handoff; shedding");
+                    shed::answer(stream, svc.protocol, &svc.hostname).await;
                 }
                 (Role::Serve, None) => {
                     info!(service = %svc.name, %peer, "connection limit reached; shedding");
