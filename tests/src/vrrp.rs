@@ -12,7 +12,10 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{Lab, Netns, topology::VIP_POP, topology::VIP_SMTP};
+use crate::{
+    Lab, Netns,
+    topology::{VIP_POP, VIP_SMTP, VIP_SMTP_V6},
+};
 
 /// One `[[vrrp]]` section.
 #[derive(Clone, Debug)]
@@ -67,7 +70,7 @@ control_socket = "{sock}"
 name = "smtp"
 protocol = "smtp"
 port = 25
-vips = ["{VIP_SMTP}"]
+vips = ["{VIP_SMTP}", "{VIP_SMTP_V6}"]
 
 [[service]]
 name = "pop3"
@@ -161,6 +164,9 @@ pub fn start_keepalived(lab: &mut Lab, i: usize, config: &str) -> anyhow::Result
         "-l",
         "-D",
         "-P",
+        // A killed VRRP child stays dead, so a test can crash keepalived (its parent would
+        // otherwise respawn it, and SIGKILL on the parent makes the child resign politely).
+        "-R",
         "-f",
         path(&conf),
         "-p",
@@ -190,4 +196,58 @@ pub fn start_capture(lab: &mut Lab, ns: &Netns, file: &Path) -> anyhow::Result<u
     ];
     lab.spawn(ns, &name, &args)?;
     Ok(lab.daemons().len() - 1)
+}
+
+/// The pid of keepalived's VRRP child process (the one that speaks the protocol), from the
+/// pid file [`start_keepalived`] gave it.
+pub fn keepalived_vrrp_pid(lab: &Lab, i: usize) -> Option<i32> {
+    let file = lab
+        .log_dir
+        .join(format!("keepalived-{}-vrrp.pid", lab.frontends[i].name));
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// The IP datagrams in a capture of Ethernet frames. A live capture is written as pcapng;
+/// tshark converts it to classic pcap, whose records are simple to walk.
+pub fn pcap_ip_packets(file: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let pcap = file.with_extension("classic.pcap");
+    crate::netns::run(std::process::Command::new("tshark").args([
+        "-r",
+        path(file),
+        "-F",
+        "pcap",
+        "-w",
+        path(&pcap),
+    ]))?;
+    let bytes = std::fs::read(&pcap).with_context(|| format!("reading {}", pcap.display()))?;
+    anyhow::ensure!(bytes.len() >= 24, "{}: no pcap header", file.display());
+    let magic = u32::from_le_bytes(bytes[0..4].try_into()?);
+    let le = match magic {
+        0xa1b2_c3d4 | 0xa1b2_3c4d => true,
+        0xd4c3_b2a1 | 0x4d3c_b2a1 => false,
+        _ => anyhow::bail!("{}: not a pcap file (magic {magic:#x})", file.display()),
+    };
+    let u32_at = |b: &[u8]| {
+        let a = [b[0], b[1], b[2], b[3]];
+        if le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    };
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let caplen = u32_at(&bytes[at + 8..]) as usize;
+        let start = at + 16;
+        let Some(frame) = bytes.get(start..start + caplen) else {
+            break;
+        };
+        // Ethernet II only: skip the 14-byte header.
+        if frame.len() > 14 {
+            out.push(frame[14..].to_vec());
+        }
+        at = start + caplen;
+    }
+    Ok(out)
 }

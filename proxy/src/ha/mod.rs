@@ -133,18 +133,14 @@ pub async fn spawn(cfg: &Config, hooks: Hooks) -> Result<Ha, HaError> {
             addresses: r.addresses(),
         })
         .map_err(|source| HaError::State { vrid, source })?;
-        let socket = socket::VrrpSocket::open(
-            &r.interface,
-            info.index,
-            primary,
-            r.unicast_peers.is_empty(),
-        )
-        .map_err(|source| HaError::Socket {
-            vrid,
-            family,
-            interface: r.interface.clone(),
-            source,
-        })?;
+        let socket = open_socket(r, info.index, primary)
+            .await
+            .map_err(|source| HaError::Socket {
+                vrid,
+                family,
+                interface: r.interface.clone(),
+                source,
+            })?;
         prepared.push((r.clone(), info.index, primary, router, socket));
     }
     // The socket comes last so that a configuration error above leaves nothing behind.
@@ -211,6 +207,28 @@ pub async fn spawn(cfg: &Config, hooks: Hooks) -> Result<Ha, HaError> {
         stop_control,
         control_socket: Some(cfg.ha.control_socket.clone()),
     })
+}
+
+/// Opens the router's socket. A link-local address that is still tentative (duplicate
+/// address detection runs for about a second after an interface comes up) cannot be bound
+/// yet: wait for it rather than fail a front-end started together with its interface.
+async fn open_socket(
+    r: &crate::config::vrrp::VirtualRouter,
+    ifindex: u32,
+    primary: IpAddr,
+) -> std::io::Result<socket::VrrpSocket> {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match socket::VrrpSocket::open(&r.interface, ifindex, primary, r.unicast_peers.is_empty()) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                    && tokio::time::Instant::now() < give_up =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 impl Ha {
