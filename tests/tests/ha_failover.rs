@@ -3,7 +3,7 @@
 //! front-end with SIGKILL moves its address to the other within Master_Down_Interval (the
 //! assertion uses a generous bound; the measured time is printed), a client's next session
 //! through the moved address gets the greeting, and a restarted front-end takes its address
-//! back by preemption. Privileged: namespaces, raw sockets, netlink, BPF.
+//! back by preemption; a graceful stop resigns with priority 0. Privileged: namespaces, raw sockets, netlink, BPF.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -155,4 +155,20 @@ fn sigkill_moves_the_address_and_restart_takes_it_back() {
         log.contains("removed a virtual address left by an earlier run"),
         "{log}"
     );
+
+    // A graceful stop resigns with priority 0: feb takes over after Skew_Time rather than
+    // Master_Down_Interval, and the address is gone from fea.
+    let status = lab.daemons().last_mut().unwrap().stop().unwrap();
+    assert!(status.success(), "{status}");
+    let took = eventually("feb owns the SMTP VIP after fea stopped", GENEROUS, || {
+        owns(&b, "pub0", VIP_SMTP.into())
+    })
+    .unwrap();
+    println!("takeover after SIGTERM (priority 0): {took:?} after the stop returned");
+    assert!(
+        !owns(&a, "pub0", VIP_SMTP.into()),
+        "a graceful stop gives the address up"
+    );
+    let log = lab.daemons().last().unwrap().log_text();
+    assert!(log.contains("resigned after drain"), "{log}");
 }
