@@ -172,3 +172,38 @@ fn sigkill_moves_the_address_and_restart_takes_it_back() {
     let log = lab.daemons().last().unwrap().log_text();
     assert!(log.contains("resigned after drain"), "{log}");
 }
+
+#[test]
+fn unicast_peers_fail_over_without_multicast() {
+    let Some(mut lab) = lab("hau") else { return };
+    let peer = |i: usize| format!("unicast_peers = [\"{}\"]", lab.frontend(1 - i).v4);
+    let a_routers = [Vr::new(51, 150, VIP_SMTP, 20).with(&peer(FEA))];
+    let b_routers = [Vr::new(51, 100, VIP_SMTP, 20).with(&peer(FEB))];
+    let cfg_a = frontend_config(&lab, FEA, &a_routers, "");
+    let cfg_b = frontend_config(&lab, FEB, &b_routers, "");
+    lab.start_frontend(FEA, &cfg_a).unwrap();
+    lab.start_frontend(FEB, &cfg_b).unwrap();
+    let (a, b) = (lab.frontend(FEA).ns.clone(), lab.frontend(FEB).ns.clone());
+    eventually("fea owns the SMTP VIP", GENEROUS, || {
+        owns(&a, "pub0", VIP_SMTP.into())
+    })
+    .unwrap();
+    // feb hears fea's unicast adverts and stays backup.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!owns(&b, "pub0", VIP_SMTP.into()), "feb must stay backup");
+    // The client has talked to fea, so its ARP cache holds fea's MAC for the VIP and feb's
+    // gratuitous ARP is what moves it. (A client asking afresh would also hear fea's kernel,
+    // which still holds the address a killed daemon could not remove.)
+    assert_eq!(greeting(&lab, VIP_SMTP, 25), "220 fea ESMTP Robustifier");
+    lab.daemons()[FEA]
+        .stop_with(Signal::SIGKILL, Duration::from_secs(5))
+        .unwrap();
+    eventually("feb takes over", GENEROUS, || {
+        owns(&b, "pub0", VIP_SMTP.into())
+    })
+    .unwrap();
+    eventually("the SMTP VIP answers from feb", GENEROUS, || {
+        greeting(&lab, VIP_SMTP, 25) == "220 feb ESMTP Robustifier"
+    })
+    .unwrap();
+}

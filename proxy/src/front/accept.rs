@@ -31,9 +31,17 @@ pub struct Context {
     pub ha: ha::Hooks,
 }
 
-/// Accepts until `ctx.stop` fires.
-pub async fn run(listener: TcpListener, role: Role, ctx: Context) {
-    let _alive = ctx.ha.health.listener_alive();
+/// Accepts until `ctx.stop` fires. The loop counts as running for HA tracking from the
+/// moment it is created, not first polled, so the count is right as soon as it is spawned.
+pub fn run(listener: TcpListener, role: Role, ctx: Context) -> impl Future<Output = ()> {
+    let alive = ctx.ha.health.listener_alive();
+    async move {
+        let _alive = alive;
+        accept_loop(listener, role, ctx).await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, role: Role, ctx: Context) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = ctx.stop.cancelled() => return,

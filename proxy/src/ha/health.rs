@@ -3,6 +3,10 @@
 //! state read by the router tasks; and the pure rule that turns failing checks into a
 //! lower priority, so a front-end that cannot serve hands its addresses over.
 //!
+//! "No healthy back-end for the VIP's services" is the next check to add here, once the
+//! health feeds exist: a flag the daemon sets, a weight in `track`, a line in
+//! [`tracked_priority`].
+//!
 //! Invariant: the tracked priority of a non-owner stays within 1..=254 whatever fails; an
 //! address owner is never tracked (config refuses it).
 
@@ -25,8 +29,6 @@ struct Inner {
     /// How many accept loops ran when HA started; fewer later means one stopped.
     listeners_expected: AtomicUsize,
     datapath_attached: AtomicBool,
-    /// A hook for later: set when the health checks find no back-end for the services.
-    no_backend: AtomicBool,
 }
 
 /// Held by an accept loop for as long as it runs.
@@ -49,10 +51,6 @@ impl Health {
         self.inner
             .datapath_attached
             .store(attached, Ordering::Release);
-    }
-
-    pub fn set_no_backend(&self, none: bool) {
-        self.inner.no_backend.store(none, Ordering::Release);
     }
 
     /// Takes the number of running accept loops as the healthy number.

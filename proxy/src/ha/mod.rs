@@ -189,6 +189,7 @@ pub async fn spawn(cfg: &Config, hooks: Hooks) -> Result<Ha, HaError> {
                 status,
                 commands: rx,
                 garp: None,
+                last_error: None,
             }
             .run(),
         );

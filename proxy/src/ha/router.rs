@@ -117,6 +117,8 @@ pub struct Task {
     pub commands: mpsc::Receiver<Command>,
     /// Gratuitous announcements still to send: (when the next is due, how many are left).
     pub garp: Option<(Instant, u32)>,
+    /// The last socket error logged, so a link that stays down logs once, not per advert.
+    pub last_error: Option<String>,
 }
 
 type Drain = Pin<Box<dyn Future<Output = usize> + Send>>;
@@ -159,7 +161,7 @@ impl Task {
                     Ok(Ok(rx)) => self.heard(rx, epoch.elapsed()).await,
                     Ok(Err(e)) => self.dropped(&e),
                     Err(e) => {
-                        error!(vrid = self.cfg.vrid, error = %e, "VRRP socket receive failed");
+                        self.socket_error(format!("receiving: {e}"));
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
@@ -409,7 +411,14 @@ impl Task {
         });
     }
 
-    fn advertise(&self, priority: u8) {
+    fn socket_error(&mut self, what: String) {
+        if self.last_error.as_ref() != Some(&what) {
+            error!(vrid = self.cfg.vrid, interface = %self.cfg.interface, error = %what, "VRRP socket failing (logged once until it changes)");
+            self.last_error = Some(what);
+        }
+    }
+
+    fn advertise(&mut self, priority: u8) {
         let adv = self.router.advertisement(priority);
         let group = [vrrp::group(self.cfg.ipv6())];
         let targets: &[IpAddr] = if self.cfg.unicast_peers.is_empty() {
@@ -417,9 +426,18 @@ impl Task {
         } else {
             &self.cfg.unicast_peers
         };
+        let mut failed = None;
         for &dst in targets {
             if let Err(e) = self.socket.send(&adv, dst) {
-                warn!(vrid = self.cfg.vrid, error = %e, "cannot send advert");
+                failed = Some(format!("sending: {e}"));
+            }
+        }
+        match failed {
+            Some(what) => self.socket_error(what),
+            None => {
+                if self.last_error.take().is_some() {
+                    info!(vrid = self.cfg.vrid, "VRRP socket working again");
+                }
             }
         }
     }
