@@ -106,7 +106,6 @@ fn release_drains_then_hands_over_and_resume_takes_back() {
                 .unwrap()
         });
         std::thread::sleep(Duration::from_millis(300));
-        let started = Instant::now();
         let release = s.spawn(|| ha(&lab, FEA, &["release", "51"]));
         std::thread::sleep(Duration::from_millis(400));
         // Draining: new sessions on the address get the temporary failure, and the address
@@ -122,11 +121,8 @@ fn release_drains_then_hands_over_and_resume_takes_back() {
             "{}",
             text(&out)
         );
-        assert!(
-            started.elapsed() < Duration::from_millis(2900),
-            "did not wait for the deadline: {:?}",
-            started.elapsed()
-        );
+        // "every session finished" says the drain ended with the session, not at the
+        // deadline; no wall-clock bound, so a loaded CI machine cannot fail it.
     });
     let took = eventually("feb takes over after the release", GENEROUS, || {
         owns(&b, "pub0", VIP_SMTP.into()) && !owns(&a, "pub0", VIP_SMTP.into())
