@@ -26,6 +26,7 @@ use crate::{
         accept::{self, Context, Role},
         listeners::SlotSockets,
     },
+    ha,
     health::{self, board::Board},
     reload::Watched,
     route::RouteTable,
@@ -49,6 +50,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let abort = CancellationToken::new();
     let sessions = TaskTracker::new();
     let accepting = TaskTracker::new();
+    let hooks = ha::Hooks::default();
     let board = Board::new(&cfg);
     let view = Arc::new(MapView::open(&pin_dir)?);
     let pools = Arc::new(
@@ -90,6 +92,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             stop: stop.clone(),
             abort: abort.clone(),
             sessions: sessions.clone(),
+            ha: hooks.clone(),
         };
         for (slot, role) in [
             (SLOT_NORMAL, Role::Serve),
@@ -114,6 +117,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => format!("{PROG_XDP} not attached (no frontend.interface)"),
     };
     dp.attach_steering()?;
+    hooks.health.set_datapath_attached(true);
     // Health checks, agents and the load writer run until the stop; sessions stop last.
     let background = TaskTracker::new();
     health::spawn(&board, envs, Some(pin_dir.clone()), &stop, &background);
@@ -134,12 +138,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "inspect: robustifier maps --pin-dir {0}   or   bpftool map dump pinned {0}/{MAP_BACKENDS}",
         pin_dir.display()
     );
+    // Virtual routers last: a front-end claims addresses only once it can serve them.
+    let ha = ha::spawn(&cfg, hooks.clone()).await?;
     info!(frontend = %cfg.frontend.name, "robustifier ready");
 
     tokio::select! {
         _ = sigterm.recv() => info!("SIGTERM: stopping"),
         _ = sigint.recv() => info!("SIGINT: stopping"),
     }
+    // Hand the virtual addresses over first (drain, then priority 0), while the data path
+    // still serves the sessions finishing on them.
+    ha.shutdown().await;
     dp.detach();
     stop.cancel();
     accepting.close();

@@ -7,6 +7,7 @@
 //! - [`pop3`]: the pure POP3 protocol core: commands, responses, multi-line relaying.
 //! - [`route`]: the routing map from recipients and users to back-end pools.
 //! - [`daemon`]: `robustifier run`, tying them together with an orderly stop.
+//! - [`ha`]: VRRPv3 at run time: raw sockets, virtual addresses, tracking, handoff.
 //! - [`vrrp`]: VRRPv3 packets and state machine as pure functions, for virtual IP failover.
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod front;
+pub mod ha;
 pub mod health;
 pub mod pop3;
 pub mod reload;

@@ -1,6 +1,7 @@
-//! The `robustifier` command: front-end daemon, map inspection, configuration check.
+//! The `robustifier` command: front-end daemon, map inspection, configuration check, HA
+//! control.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use robustifier::{
@@ -62,6 +63,33 @@ enum Command {
         #[command(flatten)]
         pins: PinArgs,
     },
+    /// Virtual-IP failover of a running front-end: status, planned handoff.
+    Ha {
+        #[command(subcommand)]
+        command: HaCommand,
+        /// Control socket; defaults to the config's `ha.control_socket`, else the only
+        /// socket under /run/robustifier/.
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+        /// Take the control socket from this configuration.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum HaCommand {
+    /// Role, priority, master address and last transition of each virtual router.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain-aware handoff: stop accepting on the VRID's addresses, let sessions finish (up
+    /// to the drain deadline), then advertise priority 0 and stay backup.
+    Release { vrid: u8 },
+    /// Undo a release: back to the configured priority (preempting if it is higher).
+    Resume { vrid: u8 },
 }
 
 #[derive(clap::Args)]
@@ -148,6 +176,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(robustifier::agent::serve(listen, o))?;
             Ok(())
         }
+        Command::Ha {
+            command,
+            socket,
+            config,
+        } => ha(command, socket, config),
         Command::Unload { pins } => {
             let dir = pins.resolve()?;
             let removed = remove_pins(&dir)?;
@@ -159,4 +192,59 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn ha(command: HaCommand, socket: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {
+    use robustifier::ha;
+    let path = match (socket, config) {
+        (Some(p), _) => p,
+        (None, Some(cfg)) => Config::load(&cfg)?.ha.control_socket,
+        (None, None) => {
+            let found: Vec<PathBuf> = std::fs::read_dir(robustifier::config::vrrp::CONTROL_DIR)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .map(|e| e.path().join("control.sock"))
+                        .filter(|p| p.exists())
+                        .collect()
+                })
+                .unwrap_or_default();
+            match found.as_slice() {
+                [one] => one.clone(),
+                [] => anyhow::bail!(
+                    "no control socket under {}; pass --socket or --config",
+                    robustifier::config::vrrp::CONTROL_DIR
+                ),
+                _ => anyhow::bail!("several front-ends run here; pass --socket or --config"),
+            }
+        }
+    };
+    match command {
+        HaCommand::Status { json } => {
+            let text = ha::request(&path, "status", Duration::from_secs(5))?;
+            let report: ha::StatusReport = serde_json::from_str(&text)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", ha::render(&report));
+            }
+        }
+        // A release waits for the drain, which the configuration bounds by a day.
+        HaCommand::Release { vrid } => {
+            println!(
+                "{}",
+                ha::request(
+                    &path,
+                    &format!("release {vrid}"),
+                    Duration::from_secs(86_460)
+                )?
+            );
+        }
+        HaCommand::Resume { vrid } => {
+            println!(
+                "{}",
+                ha::request(&path, &format!("resume {vrid}"), Duration::from_secs(30))?
+            );
+        }
+    }
+    Ok(())
 }

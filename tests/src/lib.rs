@@ -13,6 +13,7 @@ pub mod privileged;
 pub mod process;
 pub mod sink;
 pub mod topology;
+pub mod vrrp;
 
 pub use netns::Netns;
 pub use process::Daemon;

@@ -17,6 +17,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter, to run lab processes in a namespace"),
     ("procps", "process inspection"),
     ("swaks", "SMTP client in the demo"),
+    ("keepalived", "VRRP interoperability peer in the HA tests"),
+    ("tshark", "decodes our VRRP adverts in the HA tests"),
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -5,6 +5,7 @@
 pub mod balance;
 mod error;
 mod raw;
+pub mod vrrp;
 
 use std::{
     collections::HashSet,
@@ -30,6 +31,8 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// User groups by priority under load; empty means everyone is one group.
     pub groups: Vec<balance::Group>,
+    pub ha: vrrp::Ha,
+    pub vrrp: Vec<vrrp::VirtualRouter>,
 }
 
 #[derive(Debug, Clone)]
@@ -328,7 +331,15 @@ impl Config {
             }
         }
         let groups = balance::groups(raw.groups)?;
+        let (ha, vrrp) = vrrp::validate(
+            &frontend.name,
+            frontend.interface.as_deref(),
+            raw.ha,
+            raw.vrrp,
+        )?;
         Ok(Config {
+            ha,
+            vrrp,
             file: file.to_owned(),
             frontend,
             tls,

@@ -20,6 +20,10 @@ pub struct RawConfig {
     pub pools: Vec<RawPool>,
     #[serde(default, rename = "group")]
     pub groups: Vec<super::balance::RawGroup>,
+    #[serde(default)]
+    pub ha: super::vrrp::RawHa,
+    #[serde(default)]
+    pub vrrp: Vec<super::vrrp::RawVrrp>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,6 +20,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use super::{limits::PerClient, shed};
 use crate::{
     config::{Protocol, ServiceTls},
+    ha,
     smtp::session::{Env, Session},
     stream::Conn,
 };
@@ -39,6 +40,8 @@ pub struct Context {
     pub stop: CancellationToken,
     pub abort: CancellationToken,
     pub sessions: TaskTracker,
+    /// Drain gate and health reporting shared with the HA side.
+    pub ha: ha::Hooks,
 }
 
 /// A short id for one session, carried in every log line and to the back-ends.
@@ -53,8 +56,17 @@ pub fn session_id() -> String {
     format!("{start:x}.{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Accepts until `ctx.stop` fires.
-pub async fn run(listener: TcpListener, role: Role, ctx: Context) {
+/// Accepts until `ctx.stop` fires. The loop counts as running for HA tracking from the
+/// moment it is created, not first polled, so the count is right as soon as it is spawned.
+pub fn run(listener: TcpListener, role: Role, ctx: Context) -> impl Future<Output = ()> {
+    let alive = ctx.ha.health.listener_alive();
+    async move {
+        let _alive = alive;
+        accept_loop(listener, role, ctx).await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, role: Role, ctx: Context) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = ctx.stop.cancelled() => return,
@@ -84,6 +96,12 @@ async fn serve(stream: TcpStream, peer: SocketAddr, role: Role, ctx: Context) {
     if role == Role::Shed {
         return shed::answer(stream, svc.protocol, &svc.hostname).await;
     }
+    // An address being handed over to another front-end takes no new sessions: they get
+    // the shed reply and retry, reaching the new owner.
+    let Some(admitted) = ctx.ha.gate.admit(local.ip()) else {
+        debug!(service = %svc.name, %peer, "address draining for handoff; shedding");
+        return shed::answer(stream, svc.protocol, &svc.hostname).await;
+    };
     let Ok(_permit) = ctx.limit.clone().try_acquire_owned() else {
         info!(service = %svc.name, %peer, "connection limit reached; shedding");
         return shed::answer(stream, svc.protocol, &svc.hostname).await;
@@ -132,5 +150,6 @@ async fn serve(stream: TcpStream, peer: SocketAddr, role: Role, ctx: Context) {
     tokio::select! {
         _ = session => {}
         _ = ctx.abort.cancelled() => {}
+        _ = admitted.ended() => {}
     }
 }

@@ -197,6 +197,9 @@ pub struct Router {
     timer: Option<Timer>,
     /// Preemption is held off until then (set at startup from `preempt_delay`).
     preempt_after: Duration,
+    /// Who is master as far as this router knows: itself in Master, the sender of the last
+    /// advert that reset the Master_Down_Timer in Backup, nobody after a resignation.
+    master: Option<IpAddr>,
 }
 
 impl Router {
@@ -241,6 +244,7 @@ impl Router {
             state: State::Initialize,
             timer: None,
             preempt_after: Duration::ZERO,
+            master: None,
         })
     }
 
@@ -255,6 +259,11 @@ impl Router {
     /// The current priority (the configured one, moved by [`Event::PriorityChanged`]).
     pub fn priority(&self) -> u8 {
         self.priority
+    }
+
+    /// The current master's primary address, if known (for status displays).
+    pub fn master(&self) -> Option<IpAddr> {
+        self.master
     }
 
     /// Master_Adver_Interval: the interval learned from the master's adverts in Backup.
@@ -324,6 +333,7 @@ impl Router {
             return self.become_master(now, Reason::AddressOwner);
         }
         self.master_adver_interval_cs = self.config.advert_interval_cs;
+        self.master = None;
         self.arm_master_down(now, self.master_down_interval(), false);
         vec![self.enter(State::Backup, Reason::Startup)]
     }
@@ -334,10 +344,12 @@ impl Router {
             State::Initialize => Vec::new(),
             State::Backup => {
                 self.timer = None;
+                self.master = None;
                 vec![self.enter(State::Initialize, Reason::Shutdown)]
             }
             State::Master => {
                 self.timer = None;
+                self.master = None;
                 // Priority 0 tells the backups to take over after Skew_Time rather than a
                 // whole Master_Down_Interval.
                 vec![
@@ -395,8 +407,10 @@ impl Router {
             State::Initialize => Vec::new(),
             State::Backup => {
                 if priority == 0 {
+                    self.master = None;
                     self.arm_master_down(now, self.skew_time(), true);
                 } else if !self.preempts(now) || priority >= self.priority {
+                    self.master = Some(src);
                     self.master_adver_interval_cs = interval_cs;
                     self.arm_master_down(now, self.master_down_interval(), false);
                 }
@@ -414,6 +428,7 @@ impl Router {
                 } else if priority > self.priority
                     || (priority == self.priority && outranks(src, primary))
                 {
+                    self.master = Some(src);
                     self.master_adver_interval_cs = interval_cs;
                     self.arm_master_down(now, self.master_down_interval(), false);
                     vec![
@@ -422,10 +437,15 @@ impl Router {
                     ]
                 } else {
                     // RFC 9568 section 6.4.3: discard, but assert mastership at once so the
-                    // sender steps down and learning bridges relearn our port.
-                    vec![Action::SendAdvert {
-                        priority: self.priority,
-                    }]
+                    // sender steps down and learning bridges relearn our port. The other
+                    // master announced the addresses too (split brain), so hosts' ARP / ND
+                    // caches may point at it: announce them again (issue 5, item 5).
+                    vec![
+                        Action::SendAdvert {
+                            priority: self.priority,
+                        },
+                        Action::SendGratuitous,
+                    ]
                 }
             }
         }
@@ -434,6 +454,7 @@ impl Router {
     /// Section 6.4.2, Master_Down_Timer fired (and 6.4.1 for the owner).
     fn become_master(&mut self, now: Duration, reason: Reason) -> Vec<Action> {
         self.timer = Some(Timer::Adver(self.advert_due(now)));
+        self.master = Some(self.config.primary);
         // Addresses first so that by the time the announcements reach the LAN we answer
         // for them.
         vec![

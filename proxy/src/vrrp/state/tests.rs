@@ -430,7 +430,7 @@ fn master_reasserts_against_a_lower_priority_advert() {
     let due = r.next_deadline();
     assert_eq!(
         r.handle(advert("198.18.0.2", 100, 100), at + ms(10)),
-        vec![Action::SendAdvert { priority: 200 }]
+        vec![Action::SendAdvert { priority: 200 }, Action::SendGratuitous]
     );
     assert_eq!(r.state(), State::Master);
     assert_eq!(r.next_deadline(), due, "the regular schedule is kept");
@@ -476,7 +476,7 @@ fn tie_break_by_primary_address_ipv4() {
     let t = ms(10_000);
     assert_eq!(
         b.handle(advert(low, 100, 100), t),
-        vec![Action::SendAdvert { priority: 100 }]
+        vec![Action::SendAdvert { priority: 100 }, Action::SendGratuitous]
     );
     assert_eq!(b.state(), State::Master);
     let actions = a.handle(advert(high, 100, 100), t);
@@ -500,7 +500,7 @@ fn tie_break_by_primary_address_ipv6() {
     a.handle(Event::Timer, at);
     assert_eq!(
         a.handle(advert("fe80::7e", 150, 10), at + ms(1)),
-        vec![Action::SendAdvert { priority: 150 }]
+        vec![Action::SendAdvert { priority: 150 }, Action::SendGratuitous]
     );
     assert_eq!(a.state(), State::Master);
     a.handle(advert(high, 150, 10), at + ms(2));
@@ -840,4 +840,45 @@ fn split_brain_heals_by_priority_then_address() {
     assert_eq!(lan.masters(), 1);
     assert_eq!(lan.state(A), State::Master);
     assert_eq!(lan.state(B), State::Backup);
+}
+
+#[test]
+fn master_address_is_known_in_each_state() {
+    let mut r = router("198.18.0.1", 100, 100);
+    assert_eq!(r.master(), None);
+    r.handle(Event::Startup, Duration::ZERO);
+    assert_eq!(r.master(), None, "a fresh backup has heard nobody");
+    r.handle(advert("198.18.0.2", 150, 100), ms(100));
+    assert_eq!(r.master(), Some(ip("198.18.0.2")));
+    // A lower-priority advert that a preempting backup discards does not name a master.
+    r.handle(advert("198.18.0.3", 50, 100), ms(200));
+    assert_eq!(r.master(), Some(ip("198.18.0.2")));
+    r.handle(advert("198.18.0.2", 0, 100), ms(300));
+    assert_eq!(r.master(), None, "resigned");
+    let at = r.next_deadline().unwrap();
+    r.handle(Event::Timer, at);
+    assert_eq!(r.state(), State::Master);
+    assert_eq!(r.master(), Some(ip("198.18.0.1")));
+    r.handle(advert("198.18.0.9", 200, 100), at + ms(10));
+    assert_eq!(r.master(), Some(ip("198.18.0.9")));
+    r.handle(Event::Shutdown, at + ms(20));
+    assert_eq!(r.master(), None);
+}
+
+#[test]
+fn split_brain_winner_announces_again() {
+    // The loser of a split brain had announced the addresses too; the winner's answer to
+    // its advert re-sends gratuitous ARP / NA so that caches point back at the winner.
+    let mut lan = Lan::new(vec![
+        router("198.18.0.200", 100, 100),
+        router("198.18.0.100", 100, 100),
+    ]);
+    lan.partitioned = true;
+    lan.send(A, Event::Startup);
+    lan.send(B, Event::Startup);
+    lan.run_until(ms(5_000));
+    lan.partitioned = false;
+    let t = lan.now;
+    let actions = lan.nodes[A].handle(advert("198.18.0.100", 100, 100), t);
+    assert!(actions.contains(&Action::SendGratuitous), "{actions:?}");
 }

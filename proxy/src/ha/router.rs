@@ -1,0 +1,462 @@
+//! One task per virtual router: it feeds the pure state machine ([`vrrp::Router`]) with
+//! received adverts, its own timer and tracking, in real (monotonic) time, and carries out
+//! the actions it returns: adverts on the raw socket, addresses over netlink, gratuitous
+//! ARP / unsolicited NA, transitions in the log and in the status.
+//!
+//! Planned handoffs (`ha release`, shutdown) drain first: the gate stops admitting
+//! sessions on the router's addresses, the task keeps advertising while they finish (up to
+//! the drain deadline), and only then resigns with priority 0 (RFC 5798 section 6.4.3) so
+//! the backup takes over after Skew_Time.
+//!
+//! Invariant: the addresses are on the interface only while the machine is in Master (or
+//! draining in Master); startup removes leftovers of a previous run first, because a
+//! front-end killed with SIGKILL leaves its addresses behind.
+
+use std::{
+    future::Future,
+    net::IpAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+use tracing::{debug, error, info, warn};
+
+use super::{
+    Hooks, announce,
+    health::{Checks, tracked_priority},
+    link::Netlink,
+    socket::VrrpSocket,
+};
+use crate::{
+    config::vrrp::VirtualRouter,
+    vrrp::{self, Action, DecodeError, Event, Router, State, Transition},
+};
+
+/// How often tracking looks at the front-end's health and the tracked interfaces.
+const TRACK_PERIOD: Duration = Duration::from_millis(250);
+/// Priority of a released router: it stays a backup (so it can still take over if the
+/// peer dies) but never preempts.
+const RELEASED_PRIORITY: u8 = 1;
+
+/// What `ha status` shows for one router.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouterStatus {
+    pub vrid: u8,
+    pub family: String,
+    pub interface: String,
+    pub state: String,
+    /// In effect now (after tracking or a release).
+    pub priority: u8,
+    pub configured_priority: u8,
+    pub primary: IpAddr,
+    pub master: Option<IpAddr>,
+    pub vips: Vec<IpAddr>,
+    pub advert_interval_cs: u16,
+    pub master_adver_interval_cs: u16,
+    pub released: bool,
+    pub draining: bool,
+    /// Tracking checks failing now.
+    pub failing: Vec<String>,
+    pub last_transition: Option<TransitionRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TransitionRecord {
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+}
+
+pub enum Command {
+    /// Drain, resign, stay backup at the lowest priority until resumed.
+    Release(oneshot::Sender<String>),
+    /// Back to the configured priority (preempting if that is higher than the master's).
+    Resume(oneshot::Sender<String>),
+    /// Drain, resign, stop the task.
+    Shutdown(oneshot::Sender<String>),
+}
+
+/// The control side's view of a running router.
+#[derive(Clone)]
+pub struct RouterHandle {
+    pub vrid: u8,
+    pub ipv6: bool,
+    pub status: Arc<Mutex<RouterStatus>>,
+    pub commands: mpsc::Sender<Command>,
+}
+
+impl RouterHandle {
+    pub fn status(&self) -> RouterStatus {
+        lock(&self.status).clone()
+    }
+}
+
+fn lock(m: &Mutex<RouterStatus>) -> std::sync::MutexGuard<'_, RouterStatus> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Everything the task owns.
+pub struct Task {
+    pub cfg: VirtualRouter,
+    pub ifindex: u32,
+    pub primary: IpAddr,
+    pub router: Router,
+    pub socket: VrrpSocket,
+    pub net: Netlink,
+    pub hooks: Hooks,
+    pub drain_deadline: Duration,
+    pub status: Arc<Mutex<RouterStatus>>,
+    pub commands: mpsc::Receiver<Command>,
+    /// Gratuitous announcements still to send: (when the next is due, how many are left).
+    pub garp: Option<(Instant, u32)>,
+    /// The last socket error logged, so a link that stays down logs once, not per advert.
+    pub last_error: Option<String>,
+}
+
+type Drain = Pin<Box<dyn Future<Output = usize> + Send>>;
+
+enum Pending {
+    Release(oneshot::Sender<String>),
+    Shutdown(oneshot::Sender<String>),
+}
+
+impl Task {
+    pub async fn run(mut self) {
+        let epoch = Instant::now();
+        let vips = self.cfg.addresses();
+        // A previous run killed without a chance to resign leaves its addresses on the
+        // interface; we are not master yet, so they must go (invariant above).
+        for &vip in &vips {
+            match self.net.remove(self.ifindex, vip).await {
+                Ok(true) => {
+                    info!(vrid = self.cfg.vrid, %vip, "removed a virtual address left by an earlier run")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(vrid = self.cfg.vrid, error = %e, "could not clear a stale virtual address")
+                }
+            }
+        }
+        let mut released = false;
+        let mut failing: Vec<String> = Vec::new();
+        self.step(Event::Startup, epoch.elapsed()).await;
+
+        let mut track = tokio::time::interval(TRACK_PERIOD);
+        track.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain: Option<(Drain, Pending)> = None;
+        let mut commands_open = true;
+        loop {
+            let deadline = self.router.next_deadline().map(|d| epoch + d);
+            let garp_at = self.garp.map(|(at, _)| at);
+            tokio::select! {
+                heard = self.socket.recv() => match heard {
+                    Ok(Ok(rx)) => self.heard(rx, epoch.elapsed()).await,
+                    Ok(Err(e)) => self.dropped(&e),
+                    Err(e) => {
+                        self.socket_error(format!("receiving: {e}"));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                () = sleep_until(deadline) => {
+                    let actions = self.router.handle(Event::Timer, epoch.elapsed());
+                    self.execute(actions).await;
+                }
+                () = sleep_until(garp_at) => {
+                    if let Some((_, left)) = self.garp {
+                        self.announce();
+                        self.garp = (left > 1).then(|| (Instant::now() + self.cfg.garp_interval, left - 1));
+                    }
+                }
+                _ = track.tick() => {
+                    if !released {
+                        let (priority, now_failing) = self.tracked().await;
+                        if now_failing != failing {
+                            if now_failing.is_empty() {
+                                info!(vrid = self.cfg.vrid, priority, "tracking: healthy again");
+                            } else {
+                                warn!(vrid = self.cfg.vrid, priority, failing = ?now_failing, "tracking: lowering priority");
+                            }
+                            failing = now_failing;
+                            lock(&self.status).failing = failing.clone();
+                        }
+                        if priority != self.router.priority() {
+                            self.step(Event::PriorityChanged(priority), epoch.elapsed()).await;
+                        }
+                    }
+                }
+                cmd = self.commands.recv(), if commands_open && drain.is_none() => match cmd {
+                    None => {
+                        // Every handle is gone: nobody can ask for a graceful stop any more.
+                        commands_open = false;
+                    }
+                    Some(Command::Release(reply)) => {
+                        if self.router.state() == State::Master {
+                            drain = Some((self.start_drain(&vips), Pending::Release(reply)));
+                        } else {
+                            released = true;
+                            self.rebuild(RELEASED_PRIORITY, epoch.elapsed()).await;
+                            self.set_released(true);
+                            let _ = reply.send(format!("VRID {} ({}): not master; released (stays backup at priority {RELEASED_PRIORITY})", self.cfg.vrid, self.cfg.family()));
+                        }
+                    }
+                    Some(Command::Resume(reply)) => {
+                        if released {
+                            released = false;
+                            self.rebuild(self.cfg.priority, epoch.elapsed()).await;
+                            self.set_released(false);
+                            let _ = reply.send(format!("VRID {} ({}): resumed at priority {}", self.cfg.vrid, self.cfg.family(), self.cfg.priority));
+                        } else {
+                            let _ = reply.send(format!("VRID {} ({}): was not released", self.cfg.vrid, self.cfg.family()));
+                        }
+                    }
+                    Some(Command::Shutdown(reply)) => {
+                        if self.router.state() == State::Master {
+                            drain = Some((self.start_drain(&vips), Pending::Shutdown(reply)));
+                        } else {
+                            self.step(Event::Shutdown, epoch.elapsed()).await;
+                            let _ = reply.send(format!("VRID {} ({}): stopped", self.cfg.vrid, self.cfg.family()));
+                            return;
+                        }
+                    }
+                },
+                ended = async { match drain.as_mut() { Some((d, _)) => d.await, None => std::future::pending().await } } => {
+                    let Some((_, pending)) = drain.take() else { continue };
+                    lock(&self.status).draining = false;
+                    let note = if ended == 0 {
+                        "every session finished".to_owned()
+                    } else {
+                        format!("{ended} sessions told to end at the drain deadline")
+                    };
+                    match pending {
+                        Pending::Release(reply) => {
+                            released = true;
+                            // Shutdown sends priority 0 and gives the addresses up; the
+                            // rebuilt router then waits as a backup that never preempts.
+                            self.rebuild(RELEASED_PRIORITY, epoch.elapsed()).await;
+                            self.hooks.gate.reopen(&vips);
+                            self.set_released(true);
+                            let _ = reply.send(format!("VRID {} ({}): released after drain ({note}); priority 0 sent", self.cfg.vrid, self.cfg.family()));
+                        }
+                        Pending::Shutdown(reply) => {
+                            self.step(Event::Shutdown, epoch.elapsed()).await;
+                            self.hooks.gate.reopen(&vips);
+                            let _ = reply.send(format!("VRID {} ({}): resigned after drain ({note}); priority 0 sent", self.cfg.vrid, self.cfg.family()));
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_drain(&self, vips: &[IpAddr]) -> Drain {
+        info!(vrid = self.cfg.vrid, deadline = ?self.drain_deadline, "draining before handoff: new sessions on the virtual addresses are refused");
+        self.hooks.gate.drain(vips);
+        lock(&self.status).draining = true;
+        let gate = self.hooks.gate.clone();
+        let vips = vips.to_vec();
+        let deadline = self.drain_deadline;
+        Box::pin(async move { gate.drained(&vips, deadline).await })
+    }
+
+    fn set_released(&self, released: bool) {
+        let mut st = lock(&self.status);
+        st.released = released;
+        st.priority = self.router.priority();
+    }
+
+    /// Leaves the current role (a master resigns with priority 0) and starts over as a
+    /// backup at `priority`: how release and resume move a router, the address owner
+    /// included, whose priority the state machine otherwise pins.
+    async fn rebuild(&mut self, priority: u8, now: Duration) {
+        let actions = self.router.handle(Event::Shutdown, now);
+        self.execute(actions).await;
+        let mut config = self.router.config().clone();
+        config.priority = priority;
+        match Router::new(config) {
+            Ok(r) => self.router = r,
+            Err(e) => {
+                error!(vrid = self.cfg.vrid, error = %e, "cannot rebuild the virtual router");
+                return;
+            }
+        }
+        self.step(Event::Startup, now).await;
+    }
+
+    async fn step(&mut self, event: Event, now: Duration) {
+        let actions = self.router.handle(event, now);
+        self.execute(actions).await;
+    }
+
+    async fn heard(&mut self, rx: vrrp::Received, now: Duration) {
+        let adv = &rx.advert;
+        if adv.vrid != self.cfg.vrid {
+            return;
+        }
+        // With unicast peers configured, only they may speak for this router.
+        if !self.cfg.unicast_peers.is_empty() && !self.cfg.unicast_peers.contains(&rx.src) {
+            debug!(vrid = self.cfg.vrid, src = %rx.src, "advert from a host that is not a configured peer");
+            return;
+        }
+        if adv.addresses != self.cfg.addresses() && rx.src != self.primary {
+            // RFC 5798 section 7.1: a mismatch is worth logging, not dropping (the peer may
+            // be mid-reconfiguration); rate-limited by the debug level.
+            debug!(vrid = self.cfg.vrid, src = %rx.src, theirs = ?adv.addresses, "advert lists other virtual addresses than ours");
+        }
+        let actions = self.router.handle(Event::advert(rx.src, adv), now);
+        self.execute(actions).await;
+    }
+
+    fn dropped(&self, e: &DecodeError) {
+        // Other VRRP versions, wrong TTLs and bad checksums are expected on shared links;
+        // they are logged at debug level only, so a flood cannot fill the log.
+        debug!(vrid = self.cfg.vrid, error = %e, "dropped a VRRP packet");
+    }
+
+    async fn tracked(&self) -> (u8, Vec<String>) {
+        let track = &self.cfg.track;
+        if track.is_empty() {
+            return (self.cfg.priority, Vec::new());
+        }
+        let mut interfaces_down = Vec::new();
+        for (name, _) in &track.interfaces {
+            match self.net.link(name).await {
+                Ok(Some(l)) if l.up => {}
+                Ok(_) => interfaces_down.push(name.clone()),
+                Err(e) => {
+                    warn!(interface = %name, error = %e, "tracking: cannot read interface state");
+                    interfaces_down.push(name.clone());
+                }
+            }
+        }
+        let checks = Checks {
+            listeners_ok: self.hooks.health.listeners_ok(),
+            datapath_ok: self.hooks.health.datapath_ok(),
+            interfaces_down,
+        };
+        tracked_priority(self.cfg.priority, track, &checks)
+    }
+
+    async fn execute(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Transition(t) => self.transition(t),
+                Action::SendAdvert { priority } => self.advertise(priority),
+                Action::AddAddresses => {
+                    for vip in &self.cfg.vips {
+                        match self.net.add(self.ifindex, *vip).await {
+                            Ok(_) => {}
+                            Err(e) => {
+                                error!(vrid = self.cfg.vrid, error = %e, "cannot add virtual address")
+                            }
+                        }
+                    }
+                    self.hooks.gate.reopen(&self.cfg.addresses());
+                }
+                Action::RemoveAddresses => {
+                    self.garp = None;
+                    for vip in self.cfg.addresses() {
+                        if let Err(e) = self.net.remove(self.ifindex, vip).await {
+                            error!(vrid = self.cfg.vrid, error = %e, "cannot remove virtual address");
+                        }
+                    }
+                }
+                Action::SendGratuitous => {
+                    // The first at once, the rest spread out (keepalived's repeats), so a
+                    // cache or switch that missed one still learns the new master.
+                    self.announce();
+                    self.garp = (self.cfg.garp_count > 1).then(|| {
+                        (
+                            Instant::now() + self.cfg.garp_interval,
+                            self.cfg.garp_count - 1,
+                        )
+                    });
+                }
+            }
+        }
+        let mut st = lock(&self.status);
+        st.state = self.router.state().to_string();
+        st.priority = self.router.priority();
+        st.master = self.router.master();
+        st.master_adver_interval_cs = self.router.master_adver_interval_cs();
+    }
+
+    fn transition(&self, t: Transition) {
+        info!(
+            vrid = self.cfg.vrid,
+            family = self.cfg.family(),
+            interface = %self.cfg.interface,
+            from = %t.from,
+            to = %t.to,
+            reason = ?t.reason,
+            priority = self.router.priority(),
+            "VRRP transition"
+        );
+        let at_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        lock(&self.status).last_transition = Some(TransitionRecord {
+            from: t.from.to_string(),
+            to: t.to.to_string(),
+            reason: format!("{:?}", t.reason),
+            at_unix_ms,
+        });
+    }
+
+    fn socket_error(&mut self, what: String) {
+        if self.last_error.as_ref() != Some(&what) {
+            error!(vrid = self.cfg.vrid, interface = %self.cfg.interface, error = %what, "VRRP socket failing (logged once until it changes)");
+            self.last_error = Some(what);
+        }
+    }
+
+    fn advertise(&mut self, priority: u8) {
+        let adv = self.router.advertisement(priority);
+        let group = [vrrp::group(self.cfg.ipv6())];
+        let targets: &[IpAddr] = if self.cfg.unicast_peers.is_empty() {
+            &group
+        } else {
+            &self.cfg.unicast_peers
+        };
+        let mut failed = None;
+        for &dst in targets {
+            if let Err(e) = self.socket.send(&adv, dst) {
+                failed = Some(format!("sending: {e}"));
+            }
+        }
+        match failed {
+            Some(what) => self.socket_error(what),
+            None => {
+                if self.last_error.take().is_some() {
+                    info!(vrid = self.cfg.vrid, "VRRP socket working again");
+                }
+            }
+        }
+    }
+
+    fn announce(&self) {
+        match announce::announce(&self.cfg.interface, self.ifindex, &self.cfg.addresses()) {
+            Ok(n) => debug!(
+                vrid = self.cfg.vrid,
+                sent = n,
+                "announced virtual addresses"
+            ),
+            Err(e) => warn!(vrid = self.cfg.vrid, error = %e, "cannot announce virtual addresses"),
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

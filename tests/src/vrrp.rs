@@ -1,0 +1,253 @@
+//! Helpers for the failover tests (issue 5): front-end configurations with virtual routers,
+//! address ownership, keepalived as an interoperability peer, tshark captures.
+//!
+//! Everything runs inside the lab's namespaces; keepalived gets its own config, pid files
+//! and log under the lab's log directory, and is ended by pid with the lab.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    Lab, Netns,
+    topology::{VIP_POP, VIP_SMTP, VIP_SMTP_V6},
+};
+
+/// One `[[vrrp]]` section.
+#[derive(Clone, Debug)]
+pub struct Vr {
+    pub vrid: u8,
+    pub priority: u8,
+    pub vip: IpAddr,
+    pub interval_cs: u16,
+    /// Extra TOML lines for the section (tracking, preempt, ...).
+    pub extra: String,
+}
+
+impl Vr {
+    pub fn new(vrid: u8, priority: u8, vip: impl Into<IpAddr>, interval_cs: u16) -> Vr {
+        Vr {
+            vrid,
+            priority,
+            vip: vip.into(),
+            interval_cs,
+            extra: String::new(),
+        }
+    }
+
+    pub fn with(mut self, extra: &str) -> Vr {
+        self.extra.push_str(extra);
+        self.extra.push('\n');
+        self
+    }
+}
+
+/// The control socket of front-end `i` in this lab.
+pub fn control_socket(lab: &Lab, i: usize) -> PathBuf {
+    lab.log_dir.join(format!("{}.sock", lab.frontends[i].name))
+}
+
+/// A front-end config: SMTP on the SMTP VIP, POP3 on the POP VIP, the given routers on
+/// `pub0`, the control socket in the lab's log directory.
+pub fn frontend_config(lab: &Lab, i: usize, routers: &[Vr], ha_extra: &str) -> String {
+    let fe = &lab.frontends[i];
+    let mut s = format!(
+        r#"
+[frontend]
+name = "{name}"
+interface = "pub0"
+pin_dir = "{pin}"
+
+[ha]
+control_socket = "{sock}"
+{ha_extra}
+
+[[service]]
+name = "smtp"
+protocol = "smtp"
+port = 25
+vips = ["{VIP_SMTP}", "{VIP_SMTP_V6}"]
+
+[[service]]
+name = "pop3"
+protocol = "pop3"
+port = 110
+vips = ["{VIP_POP}"]
+"#,
+        name = fe.name,
+        pin = lab.pin_dir(i).display(),
+        sock = control_socket(lab, i).display(),
+    );
+    for r in routers {
+        s.push_str(&format!(
+            "\n[[vrrp]]\nvrid = {}\npriority = {}\nadvert_interval_cs = {}\nvips = [\"{}\"]\ngarp_interval_ms = 200\n{}",
+            r.vrid, r.priority, r.interval_cs, r.vip, r.extra
+        ));
+    }
+    s
+}
+
+/// Whether `addr` is on `dev` in `ns`.
+pub fn owns(ns: &Netns, dev: &str, addr: IpAddr) -> bool {
+    let Ok(out) = ns.ip(&["-o", "addr", "show", "dev", dev]) else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let needle = format!(" {addr}/");
+    text.contains(&needle)
+}
+
+/// Polls `f` every 10 ms until it holds; returns how long that took, or fails after
+/// `timeout` with `what`.
+pub fn eventually(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            anyhow::bail!("{what}: not within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A keepalived 2.2.7 `vrrp_instance` in VRRPv3 mode on `pub0`.
+#[derive(Clone, Debug)]
+pub struct KeepalivedInstance {
+    pub vrid: u8,
+    pub priority: u8,
+    pub vip: IpAddr,
+    pub interval_cs: u16,
+}
+
+/// keepalived's configuration for `instances`.
+pub fn keepalived_config(router_id: &str, instances: &[KeepalivedInstance]) -> String {
+    let mut s = format!(
+        "global_defs {{\n  router_id {router_id}\n  vrrp_version 3\n  vrrp_garp_master_delay 1\n  vrrp_garp_master_repeat 1\n}}\n"
+    );
+    for k in instances {
+        // advert_int is in seconds; VRRPv3 allows centisecond fractions.
+        let secs = f64::from(k.interval_cs) / 100.0;
+        let len = if k.vip.is_ipv6() { 128 } else { 32 };
+        s.push_str(&format!(
+            "vrrp_instance VI_{vrid} {{\n  state BACKUP\n  interface pub0\n  virtual_router_id {vrid}\n  priority {prio}\n  advert_int {secs}\n  virtual_ipaddress {{\n    {vip}/{len} dev pub0\n  }}\n}}\n",
+            vrid = k.vrid,
+            prio = k.priority,
+            vip = k.vip,
+        ));
+    }
+    s
+}
+
+/// Starts keepalived in front-end `i`'s namespace, in the foreground with its own files.
+/// Returns the index of its daemon in `lab.daemons()`.
+pub fn start_keepalived(lab: &mut Lab, i: usize, config: &str) -> anyhow::Result<usize> {
+    let name = format!("keepalived-{}", lab.frontends[i].name);
+    let dir = lab.log_dir.clone();
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(&conf, config).with_context(|| format!("writing {}", conf.display()))?;
+    let pid = dir.join(format!("{name}.pid"));
+    let vrrp_pid = dir.join(format!("{name}-vrrp.pid"));
+    let ns = lab.frontends[i].ns.clone();
+    let args = [
+        "keepalived",
+        "-n",
+        "-l",
+        "-D",
+        "-P",
+        // A killed VRRP child stays dead, so a test can crash keepalived (its parent would
+        // otherwise respawn it, and SIGKILL on the parent makes the child resign politely).
+        "-R",
+        "-f",
+        path(&conf),
+        "-p",
+        path(&pid),
+        "-r",
+        path(&vrrp_pid),
+    ];
+    lab.spawn(&ns, &name, &args)?;
+    Ok(lab.daemons().len() - 1)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+/// Starts tshark capturing VRRP on `pub0` of `ns` into `file`; returns its daemon index.
+pub fn start_capture(lab: &mut Lab, ns: &Netns, file: &Path) -> anyhow::Result<usize> {
+    let name = format!("tshark-{}", ns.name);
+    let args = [
+        "tshark",
+        "-i",
+        "pub0",
+        "-f",
+        "ip proto 112 or ip6 proto 112",
+        "-w",
+        path(file),
+    ];
+    lab.spawn(ns, &name, &args)?;
+    Ok(lab.daemons().len() - 1)
+}
+
+/// The pid of keepalived's VRRP child process (the one that speaks the protocol), from the
+/// pid file [`start_keepalived`] gave it.
+pub fn keepalived_vrrp_pid(lab: &Lab, i: usize) -> Option<i32> {
+    let file = lab
+        .log_dir
+        .join(format!("keepalived-{}-vrrp.pid", lab.frontends[i].name));
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// The IP datagrams in a capture of Ethernet frames. A live capture is written as pcapng;
+/// tshark converts it to classic pcap, whose records are simple to walk.
+pub fn pcap_ip_packets(file: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let pcap = file.with_extension("classic.pcap");
+    crate::netns::run(std::process::Command::new("tshark").args([
+        "-r",
+        path(file),
+        "-F",
+        "pcap",
+        "-w",
+        path(&pcap),
+    ]))?;
+    let bytes = std::fs::read(&pcap).with_context(|| format!("reading {}", pcap.display()))?;
+    anyhow::ensure!(bytes.len() >= 24, "{}: no pcap header", file.display());
+    let magic = u32::from_le_bytes(bytes[0..4].try_into()?);
+    let le = match magic {
+        0xa1b2_c3d4 | 0xa1b2_3c4d => true,
+        0xd4c3_b2a1 | 0x4d3c_b2a1 => false,
+        _ => anyhow::bail!("{}: not a pcap file (magic {magic:#x})", file.display()),
+    };
+    let u32_at = |b: &[u8]| {
+        let a = [b[0], b[1], b[2], b[3]];
+        if le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    };
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let caplen = u32_at(&bytes[at + 8..]) as usize;
+        let start = at + 16;
+        let Some(frame) = bytes.get(start..start + caplen) else {
+            break;
+        };
+        // Ethernet II only: skip the 14-byte header.
+        if frame.len() > 14 {
+            out.push(frame[14..].to_vec());
+        }
+        at = start + caplen;
+    }
+    Ok(out)
+}

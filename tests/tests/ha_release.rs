@@ -1,0 +1,199 @@
+//! Drain-aware handoff (issue 5, item 4): `robustifier ha release VRID` on the master stops
+//! new sessions on the address (they get the shed reply), lets the running ones finish (up
+//! to the drain deadline, then ends them), and only then advertises priority 0 so the backup
+//! takes over after Skew_Time; `ha resume` lets the front-end preempt again. Privileged.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::SocketAddr,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use robustifier_lab::{
+    Lab, Plan, client, privileged,
+    topology::VIP_SMTP,
+    unique_prefix,
+    vrrp::{Vr, control_socket, eventually, frontend_config, owns},
+};
+
+const FEA: usize = 0;
+const FEB: usize = 1;
+const GENEROUS: Duration = Duration::from_secs(20);
+
+fn ha(lab: &Lab, i: usize, args: &[&str]) -> Output {
+    Command::new(robustifier_lab::robustifier_bin())
+        .args(["ha", "--socket"])
+        .arg(control_socket(lab, i))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn smtp() -> SocketAddr {
+    SocketAddr::new(VIP_SMTP.into(), 25)
+}
+
+fn greeting(lab: &Lab) -> String {
+    lab.client
+        .ns
+        .enter(|| client::dialogue(smtp(), None, &["QUIT"]))
+        .unwrap()
+        .map(|l| l.first().cloned().unwrap_or_default())
+        .unwrap_or_else(|e| format!("connect failed: {e}"))
+}
+
+#[test]
+fn release_drains_then_hands_over_and_resume_takes_back() {
+    if !privileged::check("har") {
+        return;
+    }
+    let mut lab = Lab::up(
+        &unique_prefix("har"),
+        Plan {
+            frontends: 2,
+            backends: 0,
+        },
+    )
+    .expect("lab up");
+    let cfg_a = frontend_config(
+        &lab,
+        FEA,
+        &[Vr::new(51, 150, VIP_SMTP, 20)],
+        "drain_deadline_s = 3",
+    );
+    let cfg_b = frontend_config(&lab, FEB, &[Vr::new(51, 120, VIP_SMTP, 20)], "");
+    lab.start_frontend(FEA, &cfg_a).unwrap();
+    lab.start_frontend(FEB, &cfg_b).unwrap();
+    let (a, b) = (lab.frontend(FEA).ns.clone(), lab.frontend(FEB).ns.clone());
+    eventually("fea owns the SMTP VIP", GENEROUS, || {
+        owns(&a, "pub0", VIP_SMTP.into())
+    })
+    .unwrap();
+    assert_eq!(greeting(&lab), "220 fea ESMTP Robustifier");
+
+    // 1. A session that finishes during the drain: the handoff waits for it, no longer.
+    let client_ns = lab.client.ns.clone();
+    std::thread::scope(|s| {
+        let session = s.spawn(|| {
+            client_ns
+                .enter(|| {
+                    let stream = client::connect(smtp(), None, Duration::from_secs(2)).unwrap();
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut w = stream;
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    assert!(line.starts_with("220 fea"), "{line}");
+                    // Held open across the start of the release.
+                    std::thread::sleep(Duration::from_millis(1200));
+                    w.write_all(b"NOOP\r\n").unwrap();
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    assert!(
+                        line.starts_with("250"),
+                        "the running session is served during the drain: {line}"
+                    );
+                    w.write_all(b"QUIT\r\n").unwrap();
+                })
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let release = s.spawn(|| ha(&lab, FEA, &["release", "51"]));
+        std::thread::sleep(Duration::from_millis(400));
+        // Draining: new sessions on the address get the temporary failure, and the address
+        // has not moved yet.
+        let during = greeting(&lab);
+        assert!(during.starts_with("421 4.3.2 fea "), "{during}");
+        assert!(owns(&a, "pub0", VIP_SMTP.into()) && !owns(&b, "pub0", VIP_SMTP.into()));
+        session.join().unwrap();
+        let out = release.join().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("every session finished") && text(&out).contains("priority 0 sent"),
+            "{}",
+            text(&out)
+        );
+        // "every session finished" says the drain ended with the session, not at the
+        // deadline; no wall-clock bound, so a loaded CI machine cannot fail it.
+    });
+    let took = eventually("feb takes over after the release", GENEROUS, || {
+        owns(&b, "pub0", VIP_SMTP.into()) && !owns(&a, "pub0", VIP_SMTP.into())
+    })
+    .unwrap();
+    println!("release -> feb owns the address: {took:?} after the release returned");
+    eventually("the address answers from feb", GENEROUS, || {
+        greeting(&lab) == "220 feb ESMTP Robustifier"
+    })
+    .unwrap();
+    let st = text(&ha(&lab, FEA, &["status"]));
+    assert!(
+        st.contains("Backup rel") && st.contains("   1/150 "),
+        "{st}"
+    );
+    // Released means no preemption, however long we wait.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(owns(&b, "pub0", VIP_SMTP.into()));
+
+    // 2. Resume: fea preempts again.
+    let out = ha(&lab, FEA, &["resume", "51"]);
+    assert!(
+        out.status.success() && text(&out).contains("resumed at priority 150"),
+        "{}",
+        text(&out)
+    );
+    eventually("fea preempts after resume", GENEROUS, || {
+        owns(&a, "pub0", VIP_SMTP.into()) && !owns(&b, "pub0", VIP_SMTP.into())
+    })
+    .unwrap();
+    eventually("the address answers from fea", GENEROUS, || {
+        greeting(&lab) == "220 fea ESMTP Robustifier"
+    })
+    .unwrap();
+
+    // 3. A session that outlives the drain deadline is ended, then the address moves.
+    let stream = lab
+        .client
+        .ns
+        .enter(|| client::connect(smtp(), None, Duration::from_secs(2)).unwrap())
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("220 fea"), "{line}");
+    let started = Instant::now();
+    let out = ha(&lab, FEA, &["release", "51"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 sessions told to end at the drain deadline"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "{:?}",
+        started.elapsed()
+    );
+    line.clear();
+    let n = reader.read_line(&mut line).unwrap_or(0);
+    assert_eq!(n, 0, "the session was ended: {line}");
+    eventually("feb takes over after the second release", GENEROUS, || {
+        owns(&b, "pub0", VIP_SMTP.into())
+    })
+    .unwrap();
+
+    // Errors name the problem.
+    let out = ha(&lab, FEA, &["release", "99"]);
+    assert!(
+        !out.status.success() && text(&out).contains("no virtual router with VRID 99"),
+        "{}",
+        text(&out)
+    );
+}

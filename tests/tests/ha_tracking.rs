@@ -1,0 +1,92 @@
+//! Tracking (issue 5, item 3): a front-end whose tracked interface goes down lowers its
+//! priority by the configured weight, so the peer preempts and owns the address; when the
+//! interface returns, the front-end takes the address back. `ha status` names the failing
+//! check. Privileged: namespaces, raw sockets, netlink, BPF.
+
+use std::time::Duration;
+
+use robustifier_lab::{
+    Lab, Plan, privileged,
+    topology::VIP_SMTP,
+    unique_prefix,
+    vrrp::{Vr, control_socket, eventually, frontend_config, owns},
+};
+
+const FEA: usize = 0;
+const FEB: usize = 1;
+const GENEROUS: Duration = Duration::from_secs(20);
+
+fn status(lab: &Lab, i: usize) -> String {
+    let out = std::process::Command::new(robustifier_lab::robustifier_bin())
+        .args(["ha", "--socket"])
+        .arg(control_socket(lab, i))
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn tracked_interface_down_moves_the_address_and_back() {
+    if !privileged::check("hat") {
+        return;
+    }
+    let mut lab = Lab::up(
+        &unique_prefix("hat"),
+        Plan {
+            frontends: 2,
+            backends: 0,
+        },
+    )
+    .expect("lab up");
+    // fea: 150, minus 60 while int0 (its back-end side) is down = 90 < feb's 120.
+    let a_routers = [Vr::new(51, 150, VIP_SMTP, 20)
+        .with("track = { interfaces = { int0 = 60 }, listeners = 50, datapath = 50 }")];
+    let cfg_a = frontend_config(&lab, FEA, &a_routers, "");
+    let cfg_b = frontend_config(&lab, FEB, &[Vr::new(51, 120, VIP_SMTP, 20)], "");
+    lab.start_frontend(FEA, &cfg_a).unwrap();
+    lab.start_frontend(FEB, &cfg_b).unwrap();
+    let (a, b) = (lab.frontend(FEA).ns.clone(), lab.frontend(FEB).ns.clone());
+    eventually("fea owns the SMTP VIP", GENEROUS, || {
+        owns(&a, "pub0", VIP_SMTP.into())
+    })
+    .unwrap();
+    // Listeners run and the data path is attached: nothing fails, full priority.
+    let st = status(&lab, FEA);
+    assert!(
+        st.contains(" 150/150 ") && !st.contains("tracking failing"),
+        "{st}"
+    );
+
+    a.ip(&["link", "set", "int0", "down"]).unwrap();
+    let took = eventually("feb takes over while fea's int0 is down", GENEROUS, || {
+        owns(&b, "pub0", VIP_SMTP.into()) && !owns(&a, "pub0", VIP_SMTP.into())
+    })
+    .unwrap();
+    println!("tracked interface down -> handover: {took:?}");
+    let st = status(&lab, FEA);
+    assert!(
+        st.contains("Backup")
+            && st.contains("  90/150 ")
+            && st.contains("tracking failing: interface int0"),
+        "{st}"
+    );
+
+    a.ip(&["link", "set", "int0", "up"]).unwrap();
+    eventually(
+        "fea takes the address back once int0 is up",
+        GENEROUS,
+        || owns(&a, "pub0", VIP_SMTP.into()) && !owns(&b, "pub0", VIP_SMTP.into()),
+    )
+    .unwrap();
+    let log = lab.daemons()[FEA].log_text();
+    assert!(
+        log.contains("tracking: lowering priority") && log.contains("tracking: healthy again"),
+        "{log}"
+    );
+}
