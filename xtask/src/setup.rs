@@ -1,9 +1,11 @@
 //! `cargo xtask setup`: idempotent; every step checks before it acts, and a prerequisite
 //! that cannot be had is one clear line, not a compiler backtrace.
 
-use std::process::Command;
+use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
+
+use robustifier_lab::mail::opensmtpd;
 
 use crate::util::{exec, output};
 
@@ -16,13 +18,32 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "lab namespaces, veths, bridges"),
     ("util-linux", "nsenter, to run lab processes in a namespace"),
     ("procps", "process inspection"),
-    ("swaks", "SMTP client in the demo"),
+    ("swaks", "SMTP client in the demo and the mail tests"),
+    // Lab back-ends (tests/src/mail): Postfix is the packaged MTA (one instance per
+    // back-end with its own config and spool, plus smtp-sink for faulty back-ends), Dovecot
+    // serves POP3 and SASL; OpenSMTPD is unpacked privately (see `opensmtpd` below) since the
+    // MTAs conflict, so only its libraries come from apt.
+    ("postfix", "back-end MTA and smtp-sink in the mail lab"),
+    (
+        "dovecot-core",
+        "back-end POP3 server and SASL for Postfix in the mail lab",
+    ),
+    ("dovecot-pop3d", "POP3 for the Dovecot back-ends"),
+    ("python3", "poplib, the POP3 client of the mail tests"),
+    ("mount", "bind mounts giving each OpenSMTPD its own spool"),
+    ("libevent-2.1-7", "library of the unpacked OpenSMTPD"),
+    ("libdb5.3", "library of the unpacked OpenSMTPD"),
+    ("libpam0g", "library of the unpacked OpenSMTPD"),
+    ("libssl3", "library of the unpacked OpenSMTPD"),
+    ("libcrypt1", "library of the unpacked OpenSMTPD"),
+    ("zlib1g", "library of the unpacked OpenSMTPD"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     packages()?;
+    opensmtpd()?;
     bpffs()?;
     println!("setup: ready");
     Ok(())
@@ -61,6 +82,14 @@ fn installed(package: &str) -> bool {
         .is_some_and(|s| s.trim() == "installed")
 }
 
+fn apt(args: &[&str]) -> anyhow::Result<()> {
+    exec(
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
 fn packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
@@ -73,17 +102,122 @@ fn packages() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let apt = |args: &[&str]| {
-        exec(
-            Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    };
     apt(&["update", "-q"]).context("setup: apt-get update failed")?;
+    // Postfix and Dovecot would start their default instances on the host (ports 25, 110,
+    // 143) from their maintainer scripts; the lab starts its own instances in namespaces, so
+    // keep services from starting while we install (the policy-rc.d convention), unless the
+    // machine already has a policy.
+    let _policy = NoServiceStarts::install()?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
     apt(&args).with_context(|| format!("setup: could not install {}", missing.join(" ")))
+}
+
+/// A `/usr/sbin/policy-rc.d` that denies service starts, removed again on drop; does nothing
+/// when the machine has its own.
+struct NoServiceStarts(Option<&'static Path>);
+
+impl NoServiceStarts {
+    fn install() -> anyhow::Result<NoServiceStarts> {
+        let path = Path::new("/usr/sbin/policy-rc.d");
+        if path.exists() {
+            return Ok(NoServiceStarts(None));
+        }
+        std::fs::write(
+            path,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while installing\nexit 101\n",
+        )
+        .context("setup: cannot write /usr/sbin/policy-rc.d (are you root?)")?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(NoServiceStarts(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// OpenSMTPD, the lab's second make of MTA, conflicts with Postfix as a package: unpack
+/// Debian's package into a private folder (its libraries come from `PACKAGES`), and create
+/// what its maintainer scripts would have: its two system users, its chroot directory, and
+/// mount points for the compiled-in spool and helper directory (each lab instance binds its
+/// own spool and the private helpers there, in a mount namespace of its own).
+fn opensmtpd() -> anyhow::Result<()> {
+    let root = Path::new(opensmtpd::PRIVATE_ROOT);
+    if !root.join(opensmtpd::SMTPD).is_file() {
+        println!(
+            "setup: unpacking Debian's opensmtpd into {} (private MTA for one lab back-end)",
+            root.display()
+        );
+        let tmp = std::env::temp_dir().join(format!("robustifier-setup-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp)?;
+        let download = || {
+            exec(Command::new("apt-get").current_dir(&tmp).args([
+                "-q",
+                "-o",
+                "APT::Sandbox::User=root",
+                "download",
+                "opensmtpd",
+            ]))
+        };
+        if download().is_err() {
+            // A machine whose packages were all there may never have fetched the lists.
+            apt(&["update", "-q"]).context("setup: apt-get update failed")?;
+            download().context("setup: could not download Debian's opensmtpd package")?;
+        }
+        let deb = std::fs::read_dir(&tmp)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .context("setup: apt-get download left no opensmtpd .deb")?;
+        std::fs::create_dir_all(root)?;
+        exec(Command::new("dpkg").arg("-x").arg(&deb).arg(root))
+            .context("setup: could not unpack opensmtpd")?;
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    for user in opensmtpd::USERS {
+        if output(Command::new("getent").args(["passwd", user])).is_some() {
+            continue;
+        }
+        println!("setup: adding system user {user} (OpenSMTPD's privilege separation)");
+        exec(Command::new("useradd").args([
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            opensmtpd::CHROOT,
+            "--shell",
+            "/usr/sbin/nologin",
+            user,
+        ]))
+        .with_context(|| format!("setup: could not add system user {user}"))?;
+    }
+    for (dir, mode, why) in [
+        (opensmtpd::CHROOT, 0o755, "OpenSMTPD's chroot"),
+        (
+            opensmtpd::SPOOL,
+            0o711,
+            "mount point for each OpenSMTPD's own spool",
+        ),
+        (
+            opensmtpd::LIBEXEC_MOUNT,
+            0o755,
+            "mount point for OpenSMTPD's private delivery helpers",
+        ),
+    ] {
+        let dir = Path::new(dir);
+        if dir.is_dir() {
+            continue;
+        }
+        println!("setup: creating {} ({why})", dir.display());
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 fn bpffs() -> anyhow::Result<()> {
