@@ -323,6 +323,21 @@ fn check_pop(lab: &Lab, host: &MailHost, port: u16, mode: &str, user: &str) {
     assert_eq!(sizes, expected_sizes, "LIST sizes count CRLF");
 }
 
+/// The first line `addr` sends to a client in front-end A's namespace.
+fn greeting(lab: &Lab, addr: SocketAddr) -> String {
+    lab.frontend(0)
+        .ns
+        .enter(move || {
+            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let mut l = String::new();
+            BufReader::new(&s).read_line(&mut l).unwrap();
+            let _ = (&s).write_all(b"QUIT\r\n");
+            l
+        })
+        .unwrap()
+}
+
 /// Sends a PROXY v2 header from `src` to `host`'s POP3 PROXY port, logs in as `user` and
 /// returns the server's replies.
 fn pop_via_proxy(lab: &Lab, host: &MailHost, src: SocketAddr, user: &str) -> Vec<String> {
@@ -643,7 +658,18 @@ fn postfix_and_opensmtpd_backends_deliver_authenticate_and_serve_pop3() {
             "{bad}"
         );
 
-        // 7. POP3 after a PROXY v2 header: Dovecot logs the proxied client address.
+        // 7. Both services answer on the host's IPv6 address too.
+        for (port, expect) in [(mail::PORT_SMTP, "220 "), (mail::PORT_POP3, "+OK")] {
+            let g = greeting(&lab, SocketAddr::new(host.v6().into(), port));
+            assert!(
+                g.starts_with(expect),
+                "{} [{}]:{port}: {g:?}",
+                host.name(),
+                host.v6()
+            );
+        }
+
+        // 8. POP3 after a PROXY v2 header: Dovecot logs the proxied client address.
         let src: SocketAddr = "198.18.0.88:40088".parse().unwrap();
         let got = pop_via_proxy(&lab, host, src, "alice@example.test");
         assert!(got[0].starts_with("+OK"), "{got:?}");
@@ -711,6 +737,8 @@ fn backends_stop_restart_and_smtp_sink_misbehaves() {
     deliver(&lab, host.smtp_addr(), "dave@example.org", "ms-second", &[]);
     delivered(&host, "dave@example.org", "ms-second");
     check_pop(&lab, &host, mail::PORT_POP3, "stls", "dave@example.org");
+    let queue = mail::postfix::queue_listing(&host.layout).unwrap();
+    assert!(queue.contains("Mail queue is empty"), "{queue}");
 
     // smtp-sink as a faulty back-end: a soft error for every RCPT.
     let sink = mail::smtp_sink(&mut lab, "be2", 25, &["-r", "RCPT"]).unwrap();

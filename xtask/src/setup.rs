@@ -19,6 +19,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter, to run lab processes in a namespace"),
     ("procps", "process inspection"),
     ("swaks", "SMTP client in the demo and the mail tests"),
+    // swaks only recommends these, and setup installs without recommends.
+    ("libnet-ssleay-perl", "STARTTLS in swaks"),
+    ("libio-socket-inet6-perl", "IPv6 in swaks"),
     // Lab back-ends (tests/src/mail): Postfix is the packaged MTA (one instance per
     // back-end with its own config and spool, plus smtp-sink for faulty back-ends), Dovecot
     // serves POP3 and SASL; OpenSMTPD is unpacked privately (see `opensmtpd` below) since the
