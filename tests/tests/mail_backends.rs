@@ -489,201 +489,15 @@ fn postfix_and_opensmtpd_backends_deliver_authenticate_and_serve_pop3() {
                 .unwrap_or_else(|e| panic!("starting {make:?} on be{}: {e:#}", i + 1))
         })
         .collect();
-    let fea = fea_inner(&lab).to_string();
-    let ca = hosts[0].ca_file().display().to_string();
-
     for host in &hosts {
-        let n = host.name().to_owned();
-        // 1. Plain SMTP from the front-end, with STARTTLS verified against the lab CA where
-        //    the make offers it.
-        let tag = format!("{n}-plain");
-        let tls: &[&str] = if host.make.starttls() {
-            &["--tls", "--tls-verify", "--tls-ca-path", &ca]
-        } else {
-            &[]
-        };
-        let t = deliver(&lab, host.smtp_addr(), "alice@example.test", &tag, tls);
-        assert_eq!(t.contains("250-STARTTLS"), host.make.starttls(), "{t}");
-        let trace = delivered(host, "alice@example.test", &tag);
-        assert!(
-            trace.contains(&format!("[{fea}]")),
-            "Received names the front-end: {trace}"
-        );
-
-        // 2. The client's address: XCLIENT on Postfix, which OpenSMTPD does not offer.
-        let tag = format!("{n}-xclient");
-        match host.make.client_identity() {
-            ClientIdentity::Xclient => {
-                deliver(
-                    &lab,
-                    host.smtp_addr(),
-                    "bob@example.test",
-                    &tag,
-                    &[
-                        "--xclient-addr",
-                        "198.18.0.100",
-                        "--xclient-name",
-                        "client.example.org",
-                    ],
-                );
-                let trace = delivered(host, "bob@example.test", &tag);
-                assert!(
-                    trace.contains("client.example.org [198.18.0.100]"),
-                    "Received shows the XCLIENT address: {trace}"
-                );
-                assert!(
-                    host.mta_log_text()
-                        .contains("client=client.example.org[198.18.0.100]"),
-                    "{}",
-                    host.mta_log_text()
-                );
-                assert_eq!(
-                    host.smtp_identity(),
-                    (host.smtp_addr(), ClientIdentity::Xclient)
-                );
-            }
-            ClientIdentity::ProxyV2 => {
-                let out = swaks(
-                    &lab,
-                    &[
-                        "--server",
-                        &host.smtp_addr().to_string(),
-                        "--quit-after",
-                        "EHLO",
-                    ],
-                );
-                let t = text(&out);
-                assert!(out.status.success(), "{t}");
-                assert!(
-                    !t.contains("XCLIENT"),
-                    "{} offers no XCLIENT: {t}",
-                    host.name()
-                );
-                assert_eq!(
-                    host.smtp_identity(),
-                    (host.smtp_proxy_addr(), ClientIdentity::ProxyV2)
-                );
-            }
-        }
-
-        // 3. PROXY v2 on port 10025 (swaks writes the header).
-        let tag = format!("{n}-proxy");
-        deliver(
-            &lab,
-            host.smtp_proxy_addr(),
-            "carol@example.net",
-            &tag,
-            &[
-                "--proxy-version",
-                "2",
-                "--proxy-family",
-                "AF_INET",
-                "--proxy-source",
-                "198.18.0.77",
-                "--proxy-source-port",
-                "40077",
-                "--proxy-dest",
-                "198.18.0.25",
-                "--proxy-dest-port",
-                "25",
-            ],
-        );
-        let trace = delivered(host, "carol@example.net", &tag);
-        assert!(
-            trace.contains("198.18.0.77"),
-            "Received shows the PROXY source: {trace}"
-        );
-        assert!(!trace.contains(&format!("[{fea}]")), "{trace}");
-
-        // ... and from an IPv6 client, header written by our own code.
-        let tag = format!("{n}-proxy6");
-        let src: SocketAddr = "[2001:db8:0:1::100]:40066".parse().unwrap();
-        let got = smtp_via_proxy_v6(&lab, host, src, "carol@example.net", &tag);
-        assert!(got[0].starts_with("220 "), "{got:?}");
-        assert!(got[5].starts_with("250 "), "end of data accepted: {got:?}");
-        let trace = delivered(host, "carol@example.net", &tag);
-        assert!(
-            trace.to_lowercase().contains("2001:db8:0:1::100"),
-            "{trace}"
-        );
-
-        // 4. AUTH on 587 with a Dovecot user, where the make has submission.
-        match host.submission_addr() {
-            Some(submission) => check_submission(&lab, host, submission),
-            None => {
-                let addr = SocketAddr::new(host.v4().into(), mail::PORT_SUBMISSION);
-                let open = lab
-                    .frontend(0)
-                    .ns
-                    .enter(move || {
-                        TcpStream::connect_timeout(&addr, Duration::from_secs(10)).is_ok()
-                    })
-                    .unwrap();
-                assert!(!open, "{} has no submission port", host.name());
-            }
-        }
-
-        // 5. Unknown recipients are refused at RCPT.
-        let t = text(&swaks(
-            &lab,
-            &[
-                "--server",
-                &host.smtp_addr().to_string(),
-                "--to",
-                "nobody@example.test",
-            ],
-        ));
-        assert!(t.contains("<** 55"), "{t}");
-
-        // 6. POP3: plain, STLS, 995; RETR equals the Maildir byte for byte.
-        for user in [
-            "alice@example.test",
-            "bob@example.test",
-            "carol@example.net",
-        ] {
-            check_pop(&lab, host, mail::PORT_POP3, "stls", user);
-        }
-        check_pop(&lab, host, mail::PORT_POP3, "plain", "alice@example.test");
-        check_pop(&lab, host, mail::PORT_POP3S, "pop3s", "alice@example.test");
-        let bad = pop(
-            &lab,
-            host,
-            mail::PORT_POP3,
-            "stls",
-            "alice@example.test",
-            "nope",
-        );
-        assert!(
-            bad["error"].as_str().unwrap_or("").starts_with("-ERR"),
-            "{bad}"
-        );
-
-        // 7. Both services answer on the host's IPv6 address too.
-        for (port, expect) in [(mail::PORT_SMTP, "220 "), (mail::PORT_POP3, "+OK")] {
-            let g = greeting(&lab, SocketAddr::new(host.v6().into(), port));
-            assert!(
-                g.starts_with(expect),
-                "{} [{}]:{port}: {g:?}",
-                host.name(),
-                host.v6()
-            );
-        }
-
-        // 8. POP3 after a PROXY v2 header: Dovecot logs the proxied client address.
-        let src: SocketAddr = "198.18.0.88:40088".parse().unwrap();
-        let got = pop_via_proxy(&lab, host, src, "alice@example.test");
-        assert!(got[0].starts_with("+OK"), "{got:?}");
-        assert!(got[2].starts_with("+OK"), "login: {got:?}");
-        let count = host.messages("alice@example.test").len();
-        assert!(
-            got[3].starts_with(&format!("+OK {count} ")),
-            "STAT: {got:?}"
-        );
-        assert!(
-            host.pop3_log_text().contains("rip=198.18.0.88"),
-            "{}",
-            host.pop3_log_text()
-        );
+        smtp_from_the_front_end(&lab, host);
+        client_identity(&lab, host);
+        smtp_after_proxy_v2(&lab, host);
+        submission(&lab, host);
+        unknown_recipients(&lab, host);
+        pop3(&lab, host);
+        ipv6(&lab, host);
+        pop3_after_proxy_v2(&lab, host);
     }
 
     // Every process of every host ends with the lab.
@@ -752,4 +566,215 @@ fn backends_stop_restart_and_smtp_sink_misbehaves() {
 
     lab.down().unwrap();
     wait_gone(std::slice::from_ref(&host));
+}
+
+/// Plain SMTP from the front-end, with STARTTLS verified against the lab CA where
+/// the make offers it.
+fn smtp_from_the_front_end(lab: &Lab, host: &MailHost) {
+    let n = host.name();
+    let fea = fea_inner(lab);
+    let ca = host.ca_file().display().to_string();
+    let tag = format!("{n}-plain");
+    let tls: &[&str] = if host.make.starttls() {
+        &["--tls", "--tls-verify", "--tls-ca-path", &ca]
+    } else {
+        &[]
+    };
+    let t = deliver(lab, host.smtp_addr(), "alice@example.test", &tag, tls);
+    assert_eq!(t.contains("250-STARTTLS"), host.make.starttls(), "{t}");
+    let trace = delivered(host, "alice@example.test", &tag);
+    assert!(
+        trace.contains(&format!("[{fea}]")),
+        "Received names the front-end: {trace}"
+    );
+}
+
+/// The client's address: XCLIENT on Postfix, which OpenSMTPD does not offer.
+fn client_identity(lab: &Lab, host: &MailHost) {
+    let n = host.name();
+    let tag = format!("{n}-xclient");
+    match host.make.client_identity() {
+        ClientIdentity::Xclient => {
+            deliver(
+                lab,
+                host.smtp_addr(),
+                "bob@example.test",
+                &tag,
+                &[
+                    "--xclient-addr",
+                    "198.18.0.100",
+                    "--xclient-name",
+                    "client.example.org",
+                ],
+            );
+            let trace = delivered(host, "bob@example.test", &tag);
+            assert!(
+                trace.contains("client.example.org [198.18.0.100]"),
+                "Received shows the XCLIENT address: {trace}"
+            );
+            assert!(
+                host.mta_log_text()
+                    .contains("client=client.example.org[198.18.0.100]"),
+                "{}",
+                host.mta_log_text()
+            );
+            assert_eq!(
+                host.smtp_identity(),
+                (host.smtp_addr(), ClientIdentity::Xclient)
+            );
+        }
+        ClientIdentity::ProxyV2 => {
+            let out = swaks(
+                lab,
+                &[
+                    "--server",
+                    &host.smtp_addr().to_string(),
+                    "--quit-after",
+                    "EHLO",
+                ],
+            );
+            let t = text(&out);
+            assert!(out.status.success(), "{t}");
+            assert!(
+                !t.contains("XCLIENT"),
+                "{} offers no XCLIENT: {t}",
+                host.name()
+            );
+            assert_eq!(
+                host.smtp_identity(),
+                (host.smtp_proxy_addr(), ClientIdentity::ProxyV2)
+            );
+        }
+    }
+}
+
+/// PROXY v2 on port 10025 (swaks writes the header).
+fn smtp_after_proxy_v2(lab: &Lab, host: &MailHost) {
+    let n = host.name();
+    let fea = fea_inner(lab);
+    let tag = format!("{n}-proxy");
+    deliver(
+        lab,
+        host.smtp_proxy_addr(),
+        "carol@example.net",
+        &tag,
+        &[
+            "--proxy-version",
+            "2",
+            "--proxy-family",
+            "AF_INET",
+            "--proxy-source",
+            "198.18.0.77",
+            "--proxy-source-port",
+            "40077",
+            "--proxy-dest",
+            "198.18.0.25",
+            "--proxy-dest-port",
+            "25",
+        ],
+    );
+    let trace = delivered(host, "carol@example.net", &tag);
+    assert!(
+        trace.contains("198.18.0.77"),
+        "Received shows the PROXY source: {trace}"
+    );
+    assert!(!trace.contains(&format!("[{fea}]")), "{trace}");
+
+    // ... and from an IPv6 client, header written by our own code.
+    let tag = format!("{n}-proxy6");
+    let src: SocketAddr = "[2001:db8:0:1::100]:40066".parse().unwrap();
+    let got = smtp_via_proxy_v6(lab, host, src, "carol@example.net", &tag);
+    assert!(got[0].starts_with("220 "), "{got:?}");
+    assert!(got[5].starts_with("250 "), "end of data accepted: {got:?}");
+    let trace = delivered(host, "carol@example.net", &tag);
+    assert!(
+        trace.to_lowercase().contains("2001:db8:0:1::100"),
+        "{trace}"
+    );
+}
+
+/// AUTH on 587 with a Dovecot user, where the make has submission.
+fn submission(lab: &Lab, host: &MailHost) {
+    match host.submission_addr() {
+        Some(submission) => check_submission(lab, host, submission),
+        None => {
+            let addr = SocketAddr::new(host.v4().into(), mail::PORT_SUBMISSION);
+            let open = lab
+                .frontend(0)
+                .ns
+                .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(10)).is_ok())
+                .unwrap();
+            assert!(!open, "{} has no submission port", host.name());
+        }
+    }
+}
+
+/// Unknown recipients are refused at RCPT.
+fn unknown_recipients(lab: &Lab, host: &MailHost) {
+    let t = text(&swaks(
+        lab,
+        &[
+            "--server",
+            &host.smtp_addr().to_string(),
+            "--to",
+            "nobody@example.test",
+        ],
+    ));
+    assert!(t.contains("<** 55"), "{t}");
+}
+
+/// POP3: plain, STLS, 995; RETR equals the Maildir byte for byte.
+fn pop3(lab: &Lab, host: &MailHost) {
+    for user in [
+        "alice@example.test",
+        "bob@example.test",
+        "carol@example.net",
+    ] {
+        check_pop(lab, host, mail::PORT_POP3, "stls", user);
+    }
+    check_pop(lab, host, mail::PORT_POP3, "plain", "alice@example.test");
+    check_pop(lab, host, mail::PORT_POP3S, "pop3s", "alice@example.test");
+    let bad = pop(
+        lab,
+        host,
+        mail::PORT_POP3,
+        "stls",
+        "alice@example.test",
+        "nope",
+    );
+    assert!(
+        bad["error"].as_str().unwrap_or("").starts_with("-ERR"),
+        "{bad}"
+    );
+}
+
+/// Both services answer on the host's IPv6 address too.
+fn ipv6(lab: &Lab, host: &MailHost) {
+    for (port, expect) in [(mail::PORT_SMTP, "220 "), (mail::PORT_POP3, "+OK")] {
+        let g = greeting(lab, SocketAddr::new(host.v6().into(), port));
+        assert!(
+            g.starts_with(expect),
+            "{} [{}]:{port}: {g:?}",
+            host.name(),
+            host.v6()
+        );
+    }
+}
+
+/// POP3 after a PROXY v2 header: Dovecot logs the proxied client address.
+fn pop3_after_proxy_v2(lab: &Lab, host: &MailHost) {
+    let src: SocketAddr = "198.18.0.88:40088".parse().unwrap();
+    let got = pop_via_proxy(lab, host, src, "alice@example.test");
+    assert!(got[0].starts_with("+OK"), "{got:?}");
+    assert!(got[2].starts_with("+OK"), "login: {got:?}");
+    let count = host.messages("alice@example.test").len();
+    assert!(
+        got[3].starts_with(&format!("+OK {count} ")),
+        "STAT: {got:?}"
+    );
+    assert!(
+        host.pop3_log_text().contains("rip=198.18.0.88"),
+        "{}",
+        host.pop3_log_text()
+    );
 }

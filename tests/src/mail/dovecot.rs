@@ -26,9 +26,16 @@ pub fn conf_dir(layout: &Layout) -> PathBuf {
 pub fn conf_file(layout: &Layout) -> PathBuf {
     conf_dir(layout).join("dovecot.conf")
 }
+/// Dovecot's log (`log_path`).
+pub fn log(layout: &Layout) -> PathBuf {
+    layout.dir.join("dovecot.log")
+}
 /// Dovecot's stdout and stderr (start-up failures).
 pub fn stderr_log(layout: &Layout) -> PathBuf {
     layout.dir.join("dovecot.out")
+}
+pub fn logs(layout: &Layout) -> Vec<PathBuf> {
+    vec![log(layout), stderr_log(layout)]
 }
 
 fn conf(layout: &Layout) -> String {
@@ -95,7 +102,7 @@ service auth {{
         host = layout.host,
         instance = layout.instance,
         dir = dir.display(),
-        log = layout.dir.join("dovecot.log").display(),
+        log = log(layout).display(),
         v4 = layout.v4,
         v6 = layout.v6,
         fqdn = layout.fqdn,

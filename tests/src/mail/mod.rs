@@ -86,6 +86,14 @@ pub enum ClientIdentity {
 }
 
 impl Make {
+    /// The MTA's log files.
+    pub fn logs(self, layout: &Layout) -> Vec<PathBuf> {
+        match self {
+            Make::Postfix => postfix::logs(layout),
+            Make::OpenSmtpd => opensmtpd::logs(layout),
+        }
+    }
+
     /// Whether the MTA offers STARTTLS on its SMTP ports.
     pub fn starttls(self) -> bool {
         matches!(self, Make::Postfix)
@@ -279,7 +287,6 @@ impl MailHost {
         make_mailboxes(&layout, users)?;
 
         let pop = dovecot::start(lab, &layout, users)?;
-        let mut logs = vec![layout.dir.join("dovecot.log"), dovecot::stderr_log(&layout)];
         let mta = match make {
             Make::Postfix => postfix::start(lab, &layout, users),
             Make::OpenSmtpd => opensmtpd::start(lab, &layout, users),
@@ -291,13 +298,8 @@ impl MailHost {
                 return Err(e);
             }
         };
-        logs.splice(
-            0..0,
-            match make {
-                Make::Postfix => postfix::logs(&layout),
-                Make::OpenSmtpd => opensmtpd::logs(&layout),
-            },
-        );
+        let mut logs = make.logs(&layout);
+        logs.extend(dovecot::logs(&layout));
         let host = MailHost {
             index: backend,
             make,
@@ -451,11 +453,8 @@ impl MailHost {
 
     /// The MTA's log only.
     pub fn mta_log_text(&self) -> String {
-        let files = match self.make {
-            Make::Postfix => postfix::logs(&self.layout),
-            Make::OpenSmtpd => opensmtpd::logs(&self.layout),
-        };
-        files
+        self.make
+            .logs(&self.layout)
             .iter()
             .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned())
             .collect()
@@ -463,10 +462,8 @@ impl MailHost {
 
     /// Dovecot's log only.
     pub fn pop3_log_text(&self) -> String {
-        String::from_utf8_lossy(
-            &std::fs::read(self.layout.dir.join("dovecot.log")).unwrap_or_default(),
-        )
-        .into_owned()
+        let log = dovecot::log(&self.layout);
+        String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned()
     }
 
     /// Process ids of the host's processes still alive (not zombies): the MTA's and
