@@ -22,6 +22,24 @@
 //! | 110 | POP3, STLS |
 //! | 995 | POP3 over TLS |
 //! | 10110 | POP3 expecting a PROXY v2 header first (Dovecot `haproxy = yes`, trusted 198.18.1.0/24) |
+//!
+//! Users: [`Users`] lists `local@domain` and password; their domains are the domains the MTA
+//! accepts (Postfix virtual mailbox domains, OpenSMTPD `rcpt-to` table), unknown recipients
+//! get 550 at RCPT, and Dovecot's passwd-file holds the same pairs (POP3 and SMTP AUTH log
+//! in with the full address). Every mailbox belongs to the system user `mail`.
+//!
+//! ```no_run
+//! use robustifier_lab::{Lab, Plan, mail::{MailHost, Make, Users}};
+//! let mut lab = Lab::up("rbtdoc", Plan { frontends: 1, backends: 2 })?;
+//! let users = Users::lab_default();
+//! let be1 = MailHost::start(&mut lab, 0, Make::Postfix, &users)?;
+//! let be2 = MailHost::start(&mut lab, 1, Make::OpenSmtpd, &users)?;
+//! // ... relay to be1.smtp_addr() with XCLIENT, to be2.smtp_proxy_addr() with PROXY v2 ...
+//! let delivered: Vec<Vec<u8>> = be1.wait_for_messages("alice@example.test", 1)?;
+//! be2.stop(&mut lab); // or leave it to lab.down()
+//! lab.down()?;
+//! # Ok::<(), anyhow::Error>(())
+//! ```
 
 pub mod dovecot;
 pub mod opensmtpd;
