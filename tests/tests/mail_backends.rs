@@ -1,5 +1,5 @@
-//! Real mail servers as lab back-ends, exercised from front-end A's namespace the way the
-//! proxy will use them: swaks delivers (plain, with XCLIENT, after a PROXY v2 header, with
+//! Real mail servers as lab back-ends (Postfix twice, OpenSMTPD, Exim; Dovecot on each),
+//! exercised from front-end A's namespace the way the proxy will use them: swaks delivers (plain, with XCLIENT, after a PROXY v2 header, with
 //! AUTH on 587, over STARTTLS), the Maildirs hold the message byte for byte, Python's poplib
 //! reads it back from Dovecot (STLS, 995, PROXY v2), and the lab's teardown leaves no
 //! process behind. Privileged: builds namespaces and runs daemons as root.
@@ -103,14 +103,16 @@ fn check_delivered(delivered: &[u8], sent: &str) -> String {
     );
     let added = &delivered_text[..delivered.len() - sent_lf.len()];
     for line in added.lines() {
+        // Header names are case-insensitive (Exim writes "Return-path:").
+        let lower = line.to_ascii_lowercase();
         let trace = [
-            "Return-Path:",
-            "X-Original-To:",
-            "Delivered-To:",
-            "Received:",
+            "return-path:",
+            "x-original-to:",
+            "delivered-to:",
+            "received:",
         ]
         .iter()
-        .any(|h| line.starts_with(h))
+        .any(|h| lower.starts_with(h))
             || line.starts_with([' ', '\t']);
         assert!(trace, "unexpected added line {line:?} in\n{delivered_text}");
     }
@@ -376,12 +378,11 @@ fn pop_via_proxy(lab: &Lab, host: &MailHost, src: SocketAddr, user: &str) -> Vec
 /// Plain SMTP after a PROXY v2 header from an IPv6 client, spoken by hand.
 fn smtp_via_proxy_v6(
     lab: &Lab,
-    host: &MailHost,
+    addr: SocketAddr,
     src: SocketAddr,
     to: &str,
     tag: &str,
 ) -> Vec<String> {
-    let addr = host.smtp_proxy_addr();
     let vip = SocketAddr::new(robustifier_lab::topology::VIP_SMTP_V6.into(), 25);
     let msg = message(tag, to);
     let to = to.to_owned();
@@ -477,10 +478,10 @@ fn check_submission(lab: &Lab, host: &MailHost, submission: SocketAddr) {
 }
 
 #[test]
-fn postfix_and_opensmtpd_backends_deliver_authenticate_and_serve_pop3() {
-    let Some(mut lab) = lab("mb", 3) else { return };
+fn postfix_opensmtpd_and_exim_backends_deliver_authenticate_and_serve_pop3() {
+    let Some(mut lab) = lab("mb", 4) else { return };
     let users = Users::lab_default();
-    let makes = [Make::Postfix, Make::Postfix, Make::OpenSmtpd];
+    let makes = [Make::Postfix, Make::Postfix, Make::OpenSmtpd, Make::Exim];
     let hosts: Vec<MailHost> = makes
         .iter()
         .enumerate()
@@ -498,6 +499,7 @@ fn postfix_and_opensmtpd_backends_deliver_authenticate_and_serve_pop3() {
         pop3(&lab, host);
         ipv6(&lab, host);
         pop3_after_proxy_v2(&lab, host);
+        queue_is_empty(host);
     }
 
     // Every process of every host ends with the lab.
@@ -589,73 +591,70 @@ fn smtp_from_the_front_end(lab: &Lab, host: &MailHost) {
     );
 }
 
-/// The client's address: XCLIENT on Postfix, which OpenSMTPD does not offer.
+/// The client's address: XCLIENT on Postfix; the other makes do not offer it.
 fn client_identity(lab: &Lab, host: &MailHost) {
     let n = host.name();
     let tag = format!("{n}-xclient");
-    match host.make.client_identity() {
-        ClientIdentity::Xclient => {
-            deliver(
-                lab,
-                host.smtp_addr(),
-                "bob@example.test",
-                &tag,
-                &[
-                    "--xclient-addr",
-                    "198.18.0.100",
-                    "--xclient-name",
-                    "client.example.org",
-                ],
-            );
-            let trace = delivered(host, "bob@example.test", &tag);
-            assert!(
-                trace.contains("client.example.org [198.18.0.100]"),
-                "Received shows the XCLIENT address: {trace}"
-            );
-            assert!(
-                host.mta_log_text()
-                    .contains("client=client.example.org[198.18.0.100]"),
-                "{}",
-                host.mta_log_text()
-            );
-            assert_eq!(
-                host.smtp_identity(),
-                (host.smtp_addr(), ClientIdentity::Xclient)
-            );
-        }
-        ClientIdentity::ProxyV2 => {
-            let out = swaks(
-                lab,
-                &[
-                    "--server",
-                    &host.smtp_addr().to_string(),
-                    "--quit-after",
-                    "EHLO",
-                ],
-            );
-            let t = text(&out);
-            assert!(out.status.success(), "{t}");
-            assert!(
-                !t.contains("XCLIENT"),
-                "{} offers no XCLIENT: {t}",
-                host.name()
-            );
-            assert_eq!(
-                host.smtp_identity(),
-                (host.smtp_proxy_addr(), ClientIdentity::ProxyV2)
-            );
-        }
+    let (addr, identity) = host.smtp_identity();
+    assert_eq!(identity, host.make.client_identity());
+    if identity != ClientIdentity::Xclient {
+        let out = swaks(
+            lab,
+            &[
+                "--server",
+                &host.smtp_addr().to_string(),
+                "--quit-after",
+                "EHLO",
+            ],
+        );
+        let t = text(&out);
+        assert!(out.status.success(), "{t}");
+        assert!(!t.contains("XCLIENT"), "{n} offers no XCLIENT: {t}");
+        let expect = match identity {
+            ClientIdentity::ProxyV2 => host.smtp_proxy_addr().unwrap(),
+            _ => host.smtp_addr(),
+        };
+        assert_eq!(addr, expect);
+        return;
     }
+    assert_eq!(addr, host.smtp_addr());
+    deliver(
+        lab,
+        addr,
+        "bob@example.test",
+        &tag,
+        &[
+            "--xclient-addr",
+            "198.18.0.100",
+            "--xclient-name",
+            "client.example.org",
+        ],
+    );
+    let trace = delivered(host, "bob@example.test", &tag);
+    assert!(
+        trace.contains("client.example.org [198.18.0.100]"),
+        "Received shows the XCLIENT address: {trace}"
+    );
+    let log = host.mta_log_text();
+    assert!(
+        log.contains("client=client.example.org[198.18.0.100]"),
+        "{log}"
+    );
 }
 
-/// PROXY v2 on port 10025 (swaks writes the header).
+/// PROXY v2 on port 10025 (swaks writes the header), where the make has it.
 fn smtp_after_proxy_v2(lab: &Lab, host: &MailHost) {
     let n = host.name();
+    let Some(proxy_addr) = host.smtp_proxy_addr() else {
+        let addr = SocketAddr::new(host.v4().into(), mail::PORT_SMTP_PROXY);
+        assert!(refused(lab, addr), "{n} has no PROXY port");
+        return;
+    };
     let fea = fea_inner(lab);
     let tag = format!("{n}-proxy");
     deliver(
         lab,
-        host.smtp_proxy_addr(),
+        proxy_addr,
         "carol@example.net",
         &tag,
         &[
@@ -683,7 +682,7 @@ fn smtp_after_proxy_v2(lab: &Lab, host: &MailHost) {
     // ... and from an IPv6 client, header written by our own code.
     let tag = format!("{n}-proxy6");
     let src: SocketAddr = "[2001:db8:0:1::100]:40066".parse().unwrap();
-    let got = smtp_via_proxy_v6(lab, host, src, "carol@example.net", &tag);
+    let got = smtp_via_proxy_v6(lab, proxy_addr, src, "carol@example.net", &tag);
     assert!(got[0].starts_with("220 "), "{got:?}");
     assert!(got[5].starts_with("250 "), "end of data accepted: {got:?}");
     let trace = delivered(host, "carol@example.net", &tag);
@@ -693,18 +692,21 @@ fn smtp_after_proxy_v2(lab: &Lab, host: &MailHost) {
     );
 }
 
+/// Whether connecting to `addr` from front-end A is refused.
+fn refused(lab: &Lab, addr: SocketAddr) -> bool {
+    lab.frontend(0)
+        .ns
+        .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(10)).is_err())
+        .unwrap()
+}
+
 /// AUTH on 587 with a Dovecot user, where the make has submission.
 fn submission(lab: &Lab, host: &MailHost) {
     match host.submission_addr() {
         Some(submission) => check_submission(lab, host, submission),
         None => {
             let addr = SocketAddr::new(host.v4().into(), mail::PORT_SUBMISSION);
-            let open = lab
-                .frontend(0)
-                .ns
-                .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(10)).is_ok())
-                .unwrap();
-            assert!(!open, "{} has no submission port", host.name());
+            assert!(refused(lab, addr), "{} has no submission port", host.name());
         }
     }
 }
@@ -777,4 +779,19 @@ fn pop3_after_proxy_v2(lab: &Lab, host: &MailHost) {
         "{}",
         host.pop3_log_text()
     );
+}
+
+/// Everything was delivered: the MTA's own queue listing is empty (where the lab has one).
+fn queue_is_empty(host: &MailHost) {
+    match host.make {
+        Make::Postfix => {
+            let q = mail::postfix::queue_listing(&host.layout).unwrap();
+            assert!(q.contains("Mail queue is empty"), "{q}");
+        }
+        Make::Exim => {
+            let q = mail::exim::queue_listing(&host.layout).unwrap();
+            assert!(q.trim().is_empty(), "{q}");
+        }
+        Make::OpenSmtpd => {}
+    }
 }

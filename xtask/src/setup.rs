@@ -5,7 +5,7 @@ use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
-use robustifier_lab::mail::opensmtpd;
+use robustifier_lab::mail::{exim, opensmtpd};
 
 use crate::util::{exec, output};
 
@@ -24,8 +24,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libio-socket-inet6-perl", "IPv6 in swaks"),
     // Lab back-ends (tests/src/mail): Postfix is the packaged MTA (one instance per
     // back-end with its own config and spool, plus smtp-sink for faulty back-ends), Dovecot
-    // serves POP3 and SASL; OpenSMTPD is unpacked privately (see `opensmtpd` below) since the
-    // MTAs conflict, so only its libraries come from apt.
+    // serves POP3 and SASL; OpenSMTPD and Exim are unpacked privately (see `private_mtas`
+    // below) since the MTAs conflict, so only their libraries come from apt.
     ("postfix", "back-end MTA and smtp-sink in the mail lab"),
     (
         "dovecot-core",
@@ -33,12 +33,21 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("dovecot-pop3d", "POP3 for the Dovecot back-ends"),
     ("python3", "poplib, the POP3 client of the mail tests"),
-    ("mount", "bind mounts giving each OpenSMTPD its own spool"),
+    (
+        "mount",
+        "bind mounts giving each OpenSMTPD and Exim its own paths",
+    ),
+    ("libidn12", "library of the unpacked Exim"),
+    ("libgnutls-dane0", "library of the unpacked Exim"),
+    ("libgnutls30", "library of the unpacked Exim"),
+    ("libidn2-0", "library of the unpacked Exim"),
+    ("libnsl2", "library of the unpacked Exim"),
+    ("libpcre2-8-0", "library of the unpacked Exim"),
     ("libevent-2.1-7", "library of the unpacked OpenSMTPD"),
-    ("libdb5.3", "library of the unpacked OpenSMTPD"),
+    ("libdb5.3", "library of the unpacked OpenSMTPD and Exim"),
     ("libpam0g", "library of the unpacked OpenSMTPD"),
     ("libssl3", "library of the unpacked OpenSMTPD"),
-    ("libcrypt1", "library of the unpacked OpenSMTPD"),
+    ("libcrypt1", "library of the unpacked OpenSMTPD and Exim"),
     ("zlib1g", "library of the unpacked OpenSMTPD"),
 ];
 
@@ -46,7 +55,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     packages()?;
-    opensmtpd()?;
+    private_mtas()?;
     bpffs()?;
     println!("setup: ready");
     Ok(())
@@ -144,82 +153,117 @@ impl Drop for NoServiceStarts {
     }
 }
 
-/// OpenSMTPD, the lab's second make of MTA, conflicts with Postfix as a package: unpack
-/// Debian's package into a private folder (its libraries come from `PACKAGES`), and create
-/// what its maintainer scripts would have: its two system users, its chroot directory, and
-/// mount points for the compiled-in spool and helper directory (each lab instance binds its
-/// own spool and the private helpers there, in a mount namespace of its own).
-fn opensmtpd() -> anyhow::Result<()> {
-    let root = Path::new(opensmtpd::PRIVATE_ROOT);
-    if !root.join(opensmtpd::SMTPD).is_file() {
-        println!(
-            "setup: unpacking Debian's opensmtpd into {} (private MTA for one lab back-end)",
-            root.display()
-        );
-        let tmp = std::env::temp_dir().join(format!("robustifier-setup-{}", std::process::id()));
-        std::fs::create_dir_all(&tmp)?;
-        let download = || {
-            exec(Command::new("apt-get").current_dir(&tmp).args([
-                "-q",
-                "-o",
-                "APT::Sandbox::User=root",
-                "download",
-                "opensmtpd",
-            ]))
-        };
-        if download().is_err() {
-            // A machine whose packages were all there may never have fetched the lists.
-            apt(&["update", "-q"]).context("setup: apt-get update failed")?;
-            download().context("setup: could not download Debian's opensmtpd package")?;
-        }
-        let deb = std::fs::read_dir(&tmp)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .context("setup: apt-get download left no opensmtpd .deb")?;
-        std::fs::create_dir_all(root)?;
-        exec(Command::new("dpkg").arg("-x").arg(&deb).arg(root))
-            .context("setup: could not unpack opensmtpd")?;
-        std::fs::remove_dir_all(&tmp)?;
+/// Debian's package `package` unpacked into `root` (not installed), unless `check` (relative
+/// to `root`) is there already. For MTAs that conflict with the installed one.
+fn unpack_private(package: &str, root: &Path, check: &str, why: &str) -> anyhow::Result<()> {
+    if root.join(check).is_file() {
+        return Ok(());
     }
-    for user in opensmtpd::USERS {
-        if output(Command::new("getent").args(["passwd", user])).is_some() {
-            continue;
-        }
-        println!("setup: adding system user {user} (OpenSMTPD's privilege separation)");
-        exec(Command::new("useradd").args([
-            "--system",
-            "--user-group",
-            "--no-create-home",
-            "--home-dir",
-            opensmtpd::CHROOT,
-            "--shell",
-            "/usr/sbin/nologin",
-            user,
+    println!(
+        "setup: unpacking Debian's {package} into {} ({why})",
+        root.display()
+    );
+    let tmp = std::env::temp_dir().join(format!(
+        "robustifier-setup-{}-{package}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&tmp)?;
+    let download = || {
+        exec(Command::new("apt-get").current_dir(&tmp).args([
+            "-q",
+            "-o",
+            "APT::Sandbox::User=root",
+            "download",
+            package,
         ]))
-        .with_context(|| format!("setup: could not add system user {user}"))?;
+    };
+    if download().is_err() {
+        // A machine whose packages were all there may never have fetched the lists.
+        apt(&["update", "-q"]).context("setup: apt-get update failed")?;
+        download().with_context(|| format!("setup: could not download Debian's {package}"))?;
     }
-    for (dir, mode, why) in [
-        (opensmtpd::CHROOT, 0o755, "OpenSMTPD's chroot"),
-        (
-            opensmtpd::SPOOL,
-            0o711,
-            "mount point for each OpenSMTPD's own spool",
-        ),
-        (
-            opensmtpd::LIBEXEC_MOUNT,
-            0o755,
-            "mount point for OpenSMTPD's private delivery helpers",
-        ),
-    ] {
-        let dir = Path::new(dir);
-        if dir.is_dir() {
-            continue;
-        }
-        println!("setup: creating {} ({why})", dir.display());
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    let deb = std::fs::read_dir(&tmp)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .with_context(|| format!("setup: apt-get download left no {package} .deb"))?;
+    std::fs::create_dir_all(root)?;
+    exec(Command::new("dpkg").arg("-x").arg(&deb).arg(root))
+        .with_context(|| format!("setup: could not unpack {package}"))?;
+    std::fs::remove_dir_all(&tmp)?;
+    Ok(())
+}
+
+/// A system user with a group of its own, as the package's maintainer scripts would add.
+fn system_user(user: &str, home: &str, why: &str) -> anyhow::Result<()> {
+    if output(Command::new("getent").args(["passwd", user])).is_some() {
+        return Ok(());
     }
+    println!("setup: adding system user {user} ({why})");
+    exec(Command::new("useradd").args([
+        "--system",
+        "--user-group",
+        "--no-create-home",
+        "--home-dir",
+        home,
+        "--shell",
+        "/usr/sbin/nologin",
+        user,
+    ]))
+    .with_context(|| format!("setup: could not add system user {user}"))
+}
+
+/// Creates `dir` with `mode` unless it exists.
+fn directory(dir: &str, mode: u32, why: &str) -> anyhow::Result<()> {
+    let dir = Path::new(dir);
+    if dir.is_dir() {
+        return Ok(());
+    }
+    println!("setup: creating {} ({why})", dir.display());
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// The lab's other makes of MTA conflict with Postfix as packages: unpack Debian's packages
+/// into private folders (their libraries come from `PACKAGES`) and create what their
+/// maintainer scripts would have: system users, OpenSMTPD's chroot, and mount points for
+/// compiled-in paths (each lab instance binds its own directories there, in a mount
+/// namespace of its own).
+fn private_mtas() -> anyhow::Result<()> {
+    unpack_private(
+        "opensmtpd",
+        Path::new(opensmtpd::PRIVATE_ROOT),
+        opensmtpd::SMTPD,
+        "private MTA for a lab back-end",
+    )?;
+    for user in opensmtpd::USERS {
+        system_user(user, opensmtpd::CHROOT, "OpenSMTPD's privilege separation")?;
+    }
+    directory(opensmtpd::CHROOT, 0o755, "OpenSMTPD's chroot")?;
+    directory(
+        opensmtpd::SPOOL,
+        0o711,
+        "mount point for each OpenSMTPD's own spool",
+    )?;
+    directory(
+        opensmtpd::LIBEXEC_MOUNT,
+        0o755,
+        "mount point for OpenSMTPD's private delivery helpers",
+    )?;
+
+    unpack_private(
+        "exim4-daemon-light",
+        Path::new(exim::PRIVATE_ROOT),
+        exim::EXIM,
+        "private MTA for a lab back-end",
+    )?;
+    system_user(exim::USER, "/var/spool/exim4", "Exim's unprivileged user")?;
+    directory(
+        exim::CONFIG_MOUNT,
+        0o755,
+        "mount point for each Exim's own configuration",
+    )?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
-//! Real mail servers as lab back-ends: on a back-end host, an MTA (Postfix, or OpenSMTPD as
-//! a second make) and Dovecot for POP3, each with its own configuration, spool and log under
-//! the lab's log directory, started inside the host's namespace and ended by the lab.
+//! Real mail servers as lab back-ends: on a back-end host, an MTA (Postfix, or OpenSMTPD or
+//! Exim as other makes) and Dovecot for POP3, each with its own configuration, spool and log
+//! under the lab's log directory, started inside the host's namespace and ended by the lab.
 //!
 //! Layout of back-end `beN` (everything under `<log_dir>/mail/beN/`):
 //!
@@ -9,6 +9,7 @@
 //! | `mail/<domain>/<user>/Maildir/` | the mailboxes: the MTA delivers here, Dovecot reads here (uid `mail`) |
 //! | `postfix/etc`, `postfix/spool`, `postfix/data`, `postfix.log` | Postfix's config, queue, data directory, maillog |
 //! | `opensmtpd/`, `opensmtpd.log` | OpenSMTPD's config, tables, private spool, log |
+//! | `exim/etc`, `exim/spool`, `exim/log/mainlog` | Exim's config, spool, logs |
 //! | `dovecot/`, `dovecot.log` | Dovecot's config, passwd-file, base and state dirs, log |
 //! | `<log_dir>/mail/tls/ca.pem` | the lab CA every host certificate chains to |
 //!
@@ -16,15 +17,16 @@
 //!
 //! | port | service |
 //! |---|---|
-//! | 25 | SMTP; Postfix: STARTTLS, XCLIENT from the front-ends (198.18.1.0/24, 2001:db8:0:2::/64) |
-//! | 10025 | SMTP expecting a PROXY v2 header first (Postfix `smtpd_upstream_proxy_protocol`, OpenSMTPD `proxy-v2`) |
-//! | 587 | Postfix only: submission with AUTH PLAIN/LOGIN through Dovecot SASL (also without TLS) |
+//! | 25 | SMTP; STARTTLS (Postfix, Exim); XCLIENT from the front-ends (Postfix; 198.18.1.0/24, 2001:db8:0:2::/64) |
+//! | 10025 | SMTP expecting a PROXY v2 header first (Postfix `smtpd_upstream_proxy_protocol`, OpenSMTPD `proxy-v2`; not Exim) |
+//! | 587 | submission with AUTH PLAIN/LOGIN, also without TLS (Postfix: Dovecot SASL; Exim: password file; not OpenSMTPD) |
 //! | 110 | POP3, STLS |
 //! | 995 | POP3 over TLS |
 //! | 10110 | POP3 expecting a PROXY v2 header first (Dovecot `haproxy = yes`, trusted 198.18.1.0/24) |
 //!
 //! Users: [`Users`] lists `local@domain` and password; their domains are the domains the MTA
-//! accepts (Postfix virtual mailbox domains, OpenSMTPD `rcpt-to` table), unknown recipients
+//! accepts (Postfix virtual mailbox domains, OpenSMTPD `rcpt-to` table, Exim `local_domains`
+//! and a mailbox lookup), unknown recipients
 //! get 550 at RCPT, and Dovecot's passwd-file holds the same pairs (POP3 and SMTP AUTH log
 //! in with the full address). Every mailbox belongs to the system user `mail`.
 //!
@@ -34,7 +36,8 @@
 //! let users = Users::lab_default();
 //! let be1 = MailHost::start(&mut lab, 0, Make::Postfix, &users)?;
 //! let be2 = MailHost::start(&mut lab, 1, Make::OpenSmtpd, &users)?;
-//! // ... relay to be1.smtp_addr() with XCLIENT, to be2.smtp_proxy_addr() with PROXY v2 ...
+//! // ... relay to be1.smtp_addr() with XCLIENT, to be2's 10025 with PROXY v2:
+//! assert_eq!(be2.smtp_identity().1, robustifier_lab::mail::ClientIdentity::ProxyV2);
 //! let delivered: Vec<Vec<u8>> = be1.wait_for_messages("alice@example.test", 1)?;
 //! be2.stop(&mut lab); // or leave it to lab.down()
 //! lab.down()?;
@@ -42,6 +45,7 @@
 //! ```
 
 pub mod dovecot;
+pub mod exim;
 pub mod opensmtpd;
 pub mod postfix;
 pub mod proxy_v2;
@@ -92,6 +96,9 @@ pub enum Make {
     /// namespace so its compiled-in spool and control socket are its own. No TLS and no AUTH
     /// (its TLS is broken against Debian 12's OpenSSL 3, see [`opensmtpd`]).
     OpenSmtpd,
+    /// Debian's Exim 4.96 (exim4-daemon-light), unpacked privately, in its own mount
+    /// namespace; STARTTLS and AUTH, but neither XCLIENT nor PROXY (see [`exim`]).
+    Exim,
 }
 
 /// How a front-end passes the real client address to a back-end's SMTP service.
@@ -101,6 +108,8 @@ pub enum ClientIdentity {
     Xclient,
     /// A PROXY v2 header before the greeting, on port 10025.
     ProxyV2,
+    /// No way: the back-end sees the front-end's address.
+    None,
 }
 
 impl Make {
@@ -109,26 +118,33 @@ impl Make {
         match self {
             Make::Postfix => postfix::logs(layout),
             Make::OpenSmtpd => opensmtpd::logs(layout),
+            Make::Exim => exim::logs(layout),
         }
     }
 
     /// Whether the MTA offers STARTTLS on its SMTP ports.
     pub fn starttls(self) -> bool {
-        matches!(self, Make::Postfix)
+        matches!(self, Make::Postfix | Make::Exim)
     }
 
     /// Whether the host has a submission port (587) with SMTP AUTH.
     pub fn submission(self) -> bool {
-        matches!(self, Make::Postfix)
+        matches!(self, Make::Postfix | Make::Exim)
     }
 
     /// What the proxy should use for this make: XCLIENT where the MTA has it (Postfix),
-    /// PROXY v2 otherwise (OpenSMTPD has no XCLIENT). Both makes also take PROXY v2 on 10025.
+    /// PROXY v2 otherwise (OpenSMTPD), nothing for Exim. Postfix takes PROXY v2 on 10025 too.
     pub fn client_identity(self) -> ClientIdentity {
         match self {
             Make::Postfix => ClientIdentity::Xclient,
             Make::OpenSmtpd => ClientIdentity::ProxyV2,
+            Make::Exim => ClientIdentity::None,
         }
+    }
+
+    /// Whether the host has the PROXY v2 SMTP port (10025).
+    pub fn proxy_v2(self) -> bool {
+        matches!(self, Make::Postfix | Make::OpenSmtpd)
     }
 }
 
@@ -308,6 +324,7 @@ impl MailHost {
         let mta = match make {
             Make::Postfix => postfix::start(lab, &layout, users),
             Make::OpenSmtpd => opensmtpd::start(lab, &layout, users),
+            Make::Exim => exim::start(lab, &layout, users),
         };
         let mta = match mta {
             Ok(pid) => pid,
@@ -341,8 +358,10 @@ impl MailHost {
             (self.pop, PORT_POP3S, Probe::Connect),
             (self.pop, PORT_POP3_PROXY, Probe::ProxyLocal("+OK")),
             (self.mta, PORT_SMTP, Probe::Greeting("220 ")),
-            (self.mta, PORT_SMTP_PROXY, Probe::ProxyLocal("220 ")),
         ];
+        if self.make.proxy_v2() {
+            probes.push((self.mta, PORT_SMTP_PROXY, Probe::ProxyLocal("220 ")));
+        }
         if self.make.submission() {
             probes.push((self.mta, PORT_SUBMISSION, Probe::Greeting("220 ")));
         }
@@ -369,9 +388,9 @@ impl MailHost {
     pub fn smtp_addr(&self) -> SocketAddr {
         self.at(PORT_SMTP)
     }
-    /// SMTP after a PROXY v2 header (port 10025).
-    pub fn smtp_proxy_addr(&self) -> SocketAddr {
-        self.at(PORT_SMTP_PROXY)
+    /// SMTP after a PROXY v2 header (port 10025), where the make has it.
+    pub fn smtp_proxy_addr(&self) -> Option<SocketAddr> {
+        self.make.proxy_v2().then(|| self.at(PORT_SMTP_PROXY))
     }
     /// Submission with AUTH (port 587), where the make has it.
     pub fn submission_addr(&self) -> Option<SocketAddr> {
@@ -392,8 +411,8 @@ impl MailHost {
     /// The address and the way a front-end should tell this host the client's address.
     pub fn smtp_identity(&self) -> (SocketAddr, ClientIdentity) {
         match self.make.client_identity() {
-            ClientIdentity::Xclient => (self.smtp_addr(), ClientIdentity::Xclient),
-            ClientIdentity::ProxyV2 => (self.smtp_proxy_addr(), ClientIdentity::ProxyV2),
+            ClientIdentity::ProxyV2 => (self.at(PORT_SMTP_PROXY), ClientIdentity::ProxyV2),
+            other => (self.smtp_addr(), other),
         }
     }
     /// The lab CA certificate the host's TLS certificate chains to.
