@@ -1,9 +1,11 @@
 //! `cargo xtask setup`: idempotent; every step checks before it acts, and a prerequisite
 //! that cannot be had is one clear line, not a compiler backtrace.
 
-use std::process::Command;
+use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
+
+use robustifier_lab::mail::{exim, opensmtpd};
 
 use crate::util::{exec, output};
 
@@ -16,7 +18,37 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "lab namespaces, veths, bridges"),
     ("util-linux", "nsenter, to run lab processes in a namespace"),
     ("procps", "process inspection"),
-    ("swaks", "SMTP client in the demo"),
+    ("swaks", "SMTP client in the demo and the mail tests"),
+    // swaks only recommends these, and setup installs without recommends.
+    ("libnet-ssleay-perl", "STARTTLS in swaks"),
+    ("libio-socket-inet6-perl", "IPv6 in swaks"),
+    // Lab back-ends (tests/src/mail): Postfix is the packaged MTA (one instance per
+    // back-end with its own config and spool, plus smtp-sink for faulty back-ends), Dovecot
+    // serves POP3 and SASL; OpenSMTPD and Exim are unpacked privately (see `private_mtas`
+    // below) since the MTAs conflict, so only their libraries come from apt.
+    ("postfix", "back-end MTA and smtp-sink in the mail lab"),
+    (
+        "dovecot-core",
+        "back-end POP3 server and SASL for Postfix in the mail lab",
+    ),
+    ("dovecot-pop3d", "POP3 for the Dovecot back-ends"),
+    ("python3", "poplib, the POP3 client of the mail tests"),
+    (
+        "mount",
+        "bind mounts giving each OpenSMTPD and Exim its own paths",
+    ),
+    ("libidn12", "library of the unpacked Exim"),
+    ("libgnutls-dane0", "library of the unpacked Exim"),
+    ("libgnutls30", "library of the unpacked Exim"),
+    ("libidn2-0", "library of the unpacked Exim"),
+    ("libnsl2", "library of the unpacked Exim"),
+    ("libpcre2-8-0", "library of the unpacked Exim"),
+    ("libevent-2.1-7", "library of the unpacked OpenSMTPD"),
+    ("libdb5.3", "library of the unpacked OpenSMTPD and Exim"),
+    ("libpam0g", "library of the unpacked OpenSMTPD"),
+    ("libssl3", "library of the unpacked OpenSMTPD"),
+    ("libcrypt1", "library of the unpacked OpenSMTPD and Exim"),
+    ("zlib1g", "library of the unpacked OpenSMTPD"),
     ("keepalived", "VRRP interoperability peer in the HA tests"),
     ("tshark", "decodes our VRRP adverts in the HA tests"),
 ];
@@ -25,6 +57,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     packages()?;
+    private_mtas()?;
     bpffs()?;
     println!("setup: ready");
     Ok(())
@@ -63,6 +96,14 @@ fn installed(package: &str) -> bool {
         .is_some_and(|s| s.trim() == "installed")
 }
 
+fn apt(args: &[&str]) -> anyhow::Result<()> {
+    exec(
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
 fn packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
@@ -75,17 +116,157 @@ fn packages() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let apt = |args: &[&str]| {
-        exec(
-            Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    };
     apt(&["update", "-q"]).context("setup: apt-get update failed")?;
+    // Postfix and Dovecot would start their default instances on the host (ports 25, 110,
+    // 143) from their maintainer scripts; the lab starts its own instances in namespaces, so
+    // keep services from starting while we install (the policy-rc.d convention), unless the
+    // machine already has a policy.
+    let _policy = NoServiceStarts::install()?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
     apt(&args).with_context(|| format!("setup: could not install {}", missing.join(" ")))
+}
+
+/// A `/usr/sbin/policy-rc.d` that denies service starts, removed again on drop; does nothing
+/// when the machine has its own.
+struct NoServiceStarts(Option<&'static Path>);
+
+impl NoServiceStarts {
+    fn install() -> anyhow::Result<NoServiceStarts> {
+        let path = Path::new("/usr/sbin/policy-rc.d");
+        if path.exists() {
+            return Ok(NoServiceStarts(None));
+        }
+        std::fs::write(
+            path,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while installing\nexit 101\n",
+        )
+        .context("setup: cannot write /usr/sbin/policy-rc.d (are you root?)")?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(NoServiceStarts(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Debian's package `package` unpacked into `root` (not installed), unless `check` (relative
+/// to `root`) is there already. For MTAs that conflict with the installed one.
+fn unpack_private(package: &str, root: &Path, check: &str, why: &str) -> anyhow::Result<()> {
+    if root.join(check).is_file() {
+        return Ok(());
+    }
+    println!(
+        "setup: unpacking Debian's {package} into {} ({why})",
+        root.display()
+    );
+    let tmp = std::env::temp_dir().join(format!(
+        "robustifier-setup-{}-{package}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&tmp)?;
+    let download = || {
+        exec(Command::new("apt-get").current_dir(&tmp).args([
+            "-q",
+            "-o",
+            "APT::Sandbox::User=root",
+            "download",
+            package,
+        ]))
+    };
+    if download().is_err() {
+        // A machine whose packages were all there may never have fetched the lists.
+        apt(&["update", "-q"]).context("setup: apt-get update failed")?;
+        download().with_context(|| format!("setup: could not download Debian's {package}"))?;
+    }
+    let deb = std::fs::read_dir(&tmp)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .with_context(|| format!("setup: apt-get download left no {package} .deb"))?;
+    std::fs::create_dir_all(root)?;
+    exec(Command::new("dpkg").arg("-x").arg(&deb).arg(root))
+        .with_context(|| format!("setup: could not unpack {package}"))?;
+    std::fs::remove_dir_all(&tmp)?;
+    Ok(())
+}
+
+/// A system user with a group of its own, as the package's maintainer scripts would add.
+fn system_user(user: &str, home: &str, why: &str) -> anyhow::Result<()> {
+    if output(Command::new("getent").args(["passwd", user])).is_some() {
+        return Ok(());
+    }
+    println!("setup: adding system user {user} ({why})");
+    exec(Command::new("useradd").args([
+        "--system",
+        "--user-group",
+        "--no-create-home",
+        "--home-dir",
+        home,
+        "--shell",
+        "/usr/sbin/nologin",
+        user,
+    ]))
+    .with_context(|| format!("setup: could not add system user {user}"))
+}
+
+/// Creates `dir` with `mode` unless it exists.
+fn directory(dir: &str, mode: u32, why: &str) -> anyhow::Result<()> {
+    let dir = Path::new(dir);
+    if dir.is_dir() {
+        return Ok(());
+    }
+    println!("setup: creating {} ({why})", dir.display());
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// The lab's other makes of MTA conflict with Postfix as packages: unpack Debian's packages
+/// into private folders (their libraries come from `PACKAGES`) and create what their
+/// maintainer scripts would have: system users, OpenSMTPD's chroot, and mount points for
+/// compiled-in paths (each lab instance binds its own directories there, in a mount
+/// namespace of its own).
+fn private_mtas() -> anyhow::Result<()> {
+    unpack_private(
+        "opensmtpd",
+        Path::new(opensmtpd::PRIVATE_ROOT),
+        opensmtpd::SMTPD,
+        "private MTA for a lab back-end",
+    )?;
+    for user in opensmtpd::USERS {
+        system_user(user, opensmtpd::CHROOT, "OpenSMTPD's privilege separation")?;
+    }
+    directory(opensmtpd::CHROOT, 0o755, "OpenSMTPD's chroot")?;
+    directory(
+        opensmtpd::SPOOL,
+        0o711,
+        "mount point for each OpenSMTPD's own spool",
+    )?;
+    directory(
+        opensmtpd::LIBEXEC_MOUNT,
+        0o755,
+        "mount point for OpenSMTPD's private delivery helpers",
+    )?;
+
+    unpack_private(
+        "exim4-daemon-light",
+        Path::new(exim::PRIVATE_ROOT),
+        exim::EXIM,
+        "private MTA for a lab back-end",
+    )?;
+    system_user(exim::USER, "/var/spool/exim4", "Exim's unprivileged user")?;
+    directory(
+        exim::CONFIG_MOUNT,
+        0o755,
+        "mount point for each Exim's own configuration",
+    )?;
+    Ok(())
 }
 
 fn bpffs() -> anyhow::Result<()> {
