@@ -44,6 +44,7 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod clients;
 pub mod dovecot;
 pub mod exim;
 pub mod opensmtpd;
