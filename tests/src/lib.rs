@@ -8,6 +8,7 @@
 //! machine (no namespace has a route to the host or beyond).
 
 pub mod client;
+pub mod cluster;
 pub mod mail;
 pub mod netns;
 pub mod privileged;

@@ -1,0 +1,261 @@
+//! A whole mail cluster in the lab: real back-ends of mixed makes, front-ends running
+//! Robustifier with routing maps, TLS and (optionally) VRRP for the virtual IPs. The
+//! end-to-end tests and `cargo xtask demo` build the same cluster from here.
+//!
+//! | back-end | make | mailboxes | SMTP identity |
+//! |---|---|---|---|
+//! | be1 | Postfix | alice, bob @example.test | XCLIENT |
+//! | be2 | Postfix | carol, dave @example.net | XCLIENT |
+//! | be3 | OpenSMTPD | erin @example.org | PROXY v2 |
+//!
+//! Services on the VIPs: SMTP 25 (STARTTLS), 465 (implicit TLS), submission 587 (AUTH),
+//! POP3 110 (STLS) and 995 (implicit TLS). Recipients and POP3 users are routed by domain.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use anyhow::Context as _;
+
+use crate::{
+    Lab, Plan,
+    mail::{
+        MailHost, Make, PORT_POP3_PROXY, PORT_SMTP, PORT_SMTP_PROXY, PORT_SUBMISSION, Users, tls,
+    },
+    topology::{VIP_POP, VIP_POP_V6, VIP_SMTP, VIP_SMTP_V6, internal_v4},
+};
+
+/// Each back-end's make and mailboxes (address, password).
+pub const BACKENDS: [(Make, &[(&str, &str)]); 3] = [
+    (
+        Make::Postfix,
+        &[
+            ("alice@example.test", "alice-pw"),
+            ("bob@example.test", "bob-pw"),
+        ],
+    ),
+    (
+        Make::Postfix,
+        &[
+            ("carol@example.net", "carol-pw"),
+            ("dave@example.net", "dave-pw"),
+        ],
+    ),
+    (Make::OpenSmtpd, &[("erin@example.org", "erin-pw")]),
+];
+
+pub struct Cluster {
+    pub lab: Lab,
+    pub hosts: Vec<MailHost>,
+    /// The front-ends' certificate (signed by the lab CA) and the CA clients trust.
+    pub cert: tls::HostCert,
+    /// Extra TOML per front-end (VRRP sections, ...), added to the generated config.
+    extra: Vec<String>,
+}
+
+impl Cluster {
+    /// Builds the lab and starts the mail servers; front-ends start with [`Cluster::start_frontend`].
+    pub fn up(prefix: &str, frontends: usize) -> anyhow::Result<Cluster> {
+        let mut lab = Lab::up(
+            prefix,
+            Plan {
+                frontends,
+                backends: BACKENDS.len(),
+            },
+        )?;
+        let mut hosts = Vec::new();
+        for (i, (make, users)) in BACKENDS.iter().enumerate() {
+            let users = users.iter().fold(Users::new(), |u, (a, p)| u.with(a, p));
+            hosts.push(
+                MailHost::start(&mut lab, i, *make, &users)
+                    .with_context(|| format!("mail host be{}", i + 1))?,
+            );
+        }
+        let vips = [
+            VIP_SMTP.into(),
+            VIP_POP.into(),
+            VIP_SMTP_V6.into(),
+            VIP_POP_V6.into(),
+        ];
+        let cert = tls::host_cert(&lab.log_dir, "frontend", "mx.robustifier.test", &vips)?;
+        let dir = &lab.log_dir;
+        std::fs::write(
+            dir.join("smtp.map"),
+            "# recipient domain -> pool\nexample.test be1\nexample.net be2\nexample.org be3\nnobody@example.test reject\n",
+        )?;
+        std::fs::write(
+            dir.join("submission.map"),
+            "# user's domain -> pool\nexample.test sub-be1\nexample.net sub-be2\n",
+        )?;
+        std::fs::write(
+            dir.join("pop.map"),
+            "# user's domain -> pool\nexample.test pop-be1\nexample.net pop-be2\nexample.org pop-be3\n",
+        )?;
+        Ok(Cluster {
+            lab,
+            hosts,
+            cert,
+            extra: vec![String::new(); frontends],
+        })
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.cert.ca.clone()
+    }
+
+    /// Adds TOML (e.g. `[[vrrp]]` sections) to front-end `i`'s configuration.
+    pub fn set_extra(&mut self, i: usize, toml: &str) {
+        self.extra[i] = toml.to_owned();
+    }
+
+    /// Front-end `i`'s configuration.
+    pub fn frontend_config(&self, i: usize) -> String {
+        let fe = &self.lab.frontends[i];
+        let be = |j: u8| internal_v4(11 + j);
+        let dir = self.lab.log_dir.display();
+        format!(
+            r#"[frontend]
+name = "{name}"
+interface = "pub0"
+pin_dir = "{pin}"
+
+[tls]
+certificate = "{cert}"
+key = "{key}"
+
+[[service]]
+name = "smtp"
+protocol = "smtp"
+port = 25
+hostname = "mx-{name}.robustifier.test"
+vips = ["{VIP_SMTP}", "{VIP_SMTP_V6}"]
+tls = "starttls"
+routes = "{dir}/smtp.map"
+
+[[service]]
+name = "smtps"
+protocol = "smtp"
+port = 465
+hostname = "mx-{name}.robustifier.test"
+vips = ["{VIP_SMTP}", "{VIP_SMTP_V6}"]
+tls = "implicit"
+routes = "{dir}/smtp.map"
+
+[[service]]
+name = "submission"
+protocol = "smtp"
+port = {PORT_SUBMISSION}
+hostname = "mx-{name}.robustifier.test"
+vips = ["{VIP_SMTP}", "{VIP_SMTP_V6}"]
+tls = "starttls"
+auth = true
+routes = "{dir}/submission.map"
+
+[[service]]
+name = "pop3"
+protocol = "pop3"
+port = 110
+hostname = "pop-{name}.robustifier.test"
+vips = ["{VIP_POP}", "{VIP_POP_V6}"]
+tls = "starttls"
+routes = "{dir}/pop.map"
+
+[[service]]
+name = "pop3s"
+protocol = "pop3"
+port = 995
+hostname = "pop-{name}.robustifier.test"
+vips = ["{VIP_POP}", "{VIP_POP_V6}"]
+tls = "implicit"
+routes = "{dir}/pop.map"
+
+[[pool]]
+name = "be1"
+identity = "xclient"
+backend = [{{ name = "be1", address = "{b1}:{PORT_SMTP}" }}]
+[pool.health]
+interval_ms = 1000
+
+[[pool]]
+name = "be2"
+identity = "xclient"
+backend = [{{ name = "be2", address = "{b2}:{PORT_SMTP}" }}]
+[pool.health]
+interval_ms = 1000
+
+[[pool]]
+name = "be3"
+identity = "proxy"
+backend = [{{ name = "be3", address = "{b3}:{PORT_SMTP_PROXY}" }}]
+[pool.health]
+interval_ms = 1000
+
+[[pool]]
+name = "sub-be1"
+backend = [{{ name = "be1-submission", address = "{b1}:{PORT_SUBMISSION}" }}]
+
+[[pool]]
+name = "sub-be2"
+backend = [{{ name = "be2-submission", address = "{b2}:{PORT_SUBMISSION}" }}]
+
+[[pool]]
+name = "pop-be1"
+identity = "proxy"
+backend = [{{ name = "be1-pop3", address = "{b1}:{PORT_POP3_PROXY}" }}]
+
+[[pool]]
+name = "pop-be2"
+identity = "proxy"
+backend = [{{ name = "be2-pop3", address = "{b2}:{PORT_POP3_PROXY}" }}]
+
+[[pool]]
+name = "pop-be3"
+identity = "proxy"
+backend = [{{ name = "be3-pop3", address = "{b3}:{PORT_POP3_PROXY}" }}]
+
+{extra}
+"#,
+            name = fe.name,
+            pin = self.lab.pin_dir(i).display(),
+            cert = self.cert.cert.display(),
+            key = self.cert.key.display(),
+            b1 = be(0),
+            b2 = be(1),
+            b3 = be(2),
+            extra = self.extra[i],
+        )
+    }
+
+    /// Starts Robustifier on front-end `i`.
+    pub fn start_frontend(&mut self, i: usize) -> anyhow::Result<()> {
+        let cfg = self.frontend_config(i);
+        self.lab.start_frontend(i, &cfg)?;
+        Ok(())
+    }
+
+    /// Puts the four VIPs on front-end `i` by hand (when VRRP does not manage them).
+    pub fn add_vips(&self, i: usize) -> anyhow::Result<()> {
+        let ns = &self.lab.frontends[i].ns;
+        for vip in [IpAddr::V4(VIP_SMTP), IpAddr::V4(VIP_POP)] {
+            ns.ip(&["addr", "add", &format!("{vip}/32"), "dev", "pub0"])?;
+        }
+        for vip in [VIP_SMTP_V6, VIP_POP_V6] {
+            ns.ip(&["addr", "add", &format!("{vip}/128"), "dev", "pub0", "nodad"])?;
+        }
+        Ok(())
+    }
+
+    /// The back-end that holds `address`'s mailbox.
+    pub fn host_of(&self, address: &str) -> &MailHost {
+        self.hosts
+            .iter()
+            .find(|h| h.users.get(address).is_some())
+            .unwrap_or_else(|| panic!("no back-end has {address}"))
+    }
+
+    pub fn password(&self, address: &str) -> String {
+        self.host_of(address)
+            .users
+            .get(address)
+            .map(|u| u.password.clone())
+            .unwrap_or_default()
+    }
+}
