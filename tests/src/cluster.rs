@@ -13,6 +13,8 @@
 
 use std::{net::IpAddr, path::PathBuf};
 
+use crate::mail::postfix;
+
 use anyhow::Context as _;
 
 use crate::{
@@ -22,6 +24,9 @@ use crate::{
     },
     topology::{VIP_POP, VIP_POP_V6, VIP_SMTP, VIP_SMTP_V6, internal_v4},
 };
+
+/// Port of the `robustifier agent` on every back-end.
+pub const AGENT_PORT: u16 = 7025;
 
 /// Each back-end's make and mailboxes (address, password).
 pub const BACKENDS: [(Make, &[(&str, &str)]); 3] = [
@@ -170,23 +175,29 @@ routes = "{dir}/pop.map"
 [[pool]]
 name = "be1"
 identity = "xclient"
-backend = [{{ name = "be1", address = "{b1}:{PORT_SMTP}" }}]
+backend = [{{ name = "be1", address = "{b1}:{PORT_SMTP}", agent = "{b1}:{AGENT_PORT}" }}]
 [pool.health]
 interval_ms = 1000
+agent_interval_ms = 500
 
 [[pool]]
 name = "be2"
 identity = "xclient"
-backend = [{{ name = "be2", address = "{b2}:{PORT_SMTP}" }}]
+backend = [{{ name = "be2", address = "{b2}:{PORT_SMTP}", agent = "{b2}:{AGENT_PORT}" }}]
 [pool.health]
 interval_ms = 1000
+agent_interval_ms = 500
+[pool.thresholds]
+# A small back-end: four sessions at once from this front-end.
+sessions = 4
 
 [[pool]]
 name = "be3"
 identity = "proxy"
-backend = [{{ name = "be3", address = "{b3}:{PORT_SMTP_PROXY}" }}]
+backend = [{{ name = "be3", address = "{b3}:{PORT_SMTP_PROXY}", agent = "{b3}:{AGENT_PORT}" }}]
 [pool.health]
 interval_ms = 1000
+agent_interval_ms = 500
 
 [[pool]]
 name = "sub-be1"
@@ -211,6 +222,17 @@ name = "pop-be3"
 identity = "proxy"
 backend = [{{ name = "be3-pop3", address = "{b3}:{PORT_POP3_PROXY}" }}]
 
+# Under load, carol's mail is premium (served to the hard limits); everyone else may use
+# half of each threshold.
+[[group]]
+name = "premium"
+share = 1.0
+recipients = ["carol@example.net"]
+
+[[group]]
+name = "regular"
+share = 0.5
+
 {extra}
 "#,
             name = fe.name,
@@ -229,6 +251,55 @@ backend = [{{ name = "be3-pop3", address = "{b3}:{PORT_POP3_PROXY}" }}]
         let cfg = self.frontend_config(i);
         self.lab.start_frontend(i, &cfg)?;
         Ok(())
+    }
+
+    /// Starts `robustifier agent` on every back-end: Postfix's own queue for the Postfix
+    /// hosts, the spool directory for OpenSMTPD. Operators' requests go in
+    /// [`Cluster::agent_state`].
+    pub fn start_agents(&mut self) -> anyhow::Result<()> {
+        let bin = crate::robustifier_bin();
+        for (i, host) in self.hosts.iter().enumerate() {
+            let listen = format!("{}:{AGENT_PORT}", internal_v4(11 + i as u8));
+            let state = self.agent_state(i);
+            std::fs::write(&state, "")?;
+            let mut args: Vec<String> = vec![
+                bin.display().to_string(),
+                "agent".into(),
+                "--listen".into(),
+                listen.clone(),
+                "--state-file".into(),
+                state.display().to_string(),
+                "--spool".into(),
+                host.layout.dir.display().to_string(),
+            ];
+            if host.make == Make::Postfix {
+                args.extend([
+                    "--mta".into(),
+                    "postfix".into(),
+                    "--mta-config".into(),
+                    postfix::config_dir(&host.layout).display().to_string(),
+                ]);
+            } else {
+                let queue = host
+                    .layout
+                    .dir
+                    .join("opensmtpd")
+                    .join("spool")
+                    .join("queue");
+                args.extend(["--mta".into(), "spool".into()]);
+                args[7] = queue.display().to_string();
+            }
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let ns = self.lab.backends[i].ns.clone();
+            self.lab.spawn(&ns, &format!("agent-be{}", i + 1), &argv)?;
+            crate::wait_port(&ns, listen.parse()?)?;
+        }
+        Ok(())
+    }
+
+    /// The operator's state file of back-end `i`'s agent (`drain=1`, `weight=N`).
+    pub fn agent_state(&self, i: usize) -> PathBuf {
+        self.lab.log_dir.join(format!("agent-be{}.state", i + 1))
     }
 
     /// Puts the four VIPs on front-end `i` by hand (when VRRP does not manage them).

@@ -7,10 +7,8 @@ use std::{
 };
 
 use anyhow::Context as _;
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+pub use nix::sys::signal::Signal;
+use nix::{sys::signal::kill, unistd::Pid};
 
 /// A started process with its log file. Dropping it ends the process (SIGTERM, then SIGKILL).
 pub struct Daemon {

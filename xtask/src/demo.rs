@@ -1,20 +1,64 @@
-//! `cargo xtask demo`: the main job at this stage. A lab with a client, two front-ends and
-//! four back-end hosts; front-end A runs Robustifier with XDP and steering; the client
-//! connects to the SMTP and POP3 virtual IPs with real clients, a block-listed source
-//! tries and is dropped in XDP; then the counters and load records are shown.
+//! `cargo xtask demo`: the main job, end to end, in a lab of network namespaces.
+//!
+//! 1. A cluster: a client, two front-ends running Robustifier (XDP, steering, SMTP/POP3
+//!    proxy, VRRPv3: A is master of the SMTP address, B of the POP3 address) and three
+//!    back-ends of mixed makes (Postfix, Postfix, OpenSMTPD, each with Dovecot and an agent).
+//! 2. Mail for three domains through the SMTP VIP with swaks, fetched back through the POP3
+//!    VIP with Python's poplib; where each message went.
+//! 3. The load records in the kernel map (`bpftool map dump`).
+//! 4. A back-end drained by its operator and readmitted.
+//! 5. A burst on a small back-end: premium mail keeps flowing, regular mail is deflected.
+//! 6. Front-end A killed while mail flows: B takes the SMTP address; A comes back and takes
+//!    it back; every message acknowledged is in a mailbox.
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
-use anyhow::Context as _;
 use robustifier_lab::{
-    Lab, Plan, client,
-    topology::{VIP_POP, VIP_SMTP, VIP_SMTP_V6, internal_v4, public_v4},
+    client,
+    cluster::Cluster,
+    mail::clients::{self, message},
+    topology::{VIP_POP, VIP_POP_V6, VIP_SMTP, VIP_SMTP_V6},
+    vrrp::{eventually, owns},
 };
 
-use crate::{
-    lab, setup,
-    util::{cargo, root},
-};
+use crate::{lab, setup, util::cargo};
+
+/// Advertisement interval: 0.5 s, so a failover takes under two seconds.
+const ADVERT_CS: u16 = 50;
+
+fn vrrp(cluster: &Cluster, i: usize, smtp_prio: u8, pop_prio: u8) -> String {
+    let sock = cluster.lab.log_dir.join(format!("fe{i}.sock"));
+    let mut s = format!("[ha]\ncontrol_socket = \"{}\"\n", sock.display());
+    for (vrid, prio, vip) in [
+        (51, smtp_prio, IpAddr::V4(VIP_SMTP)),
+        (52, pop_prio, IpAddr::V4(VIP_POP)),
+        (51, smtp_prio, IpAddr::V6(VIP_SMTP_V6)),
+        (52, pop_prio, IpAddr::V6(VIP_POP_V6)),
+    ] {
+        s.push_str(&format!(
+            "\n[[vrrp]]\nvrid = {vrid}\npriority = {prio}\nadvert_interval_cs = {ADVERT_CS}\nvips = [\"{vip}\"]\ngarp_interval_ms = 200\n"
+        ));
+    }
+    s
+}
+
+fn step(title: &str) {
+    println!("\n== {title}");
+}
+
+fn indent(text: &str) {
+    for l in text.lines() {
+        println!("   {l}");
+    }
+}
 
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
@@ -22,157 +66,367 @@ pub fn run() -> anyhow::Result<()> {
     // A demo interrupted earlier may have left its lab behind.
     lab::down("rbdemo");
     let prefix = format!("rbdemo{}", std::process::id());
-    println!(
-        "\n== lab {prefix}: client, fe-a, fe-b, be1..be4 on two bridges (198.18.0.0/24 public, 198.18.1.0/24 back-end)"
-    );
-    let mut lab = Lab::up(&prefix, Plan::FULL)?;
-    let blocked = public_v4(66);
-    lab.client
-        .ns
-        .ip(&["addr", "add", &format!("{blocked}/24"), "dev", "eth0"])?;
 
-    let backends: Vec<String> = (0..4)
-        .map(|j| {
-            format!(
-                "{{ name = \"be{}\", address = \"{}:25\" }}",
-                j + 1,
-                internal_v4(11 + j as u8)
-            )
+    step(&format!(
+        "lab {prefix}: client, fe-a, fe-b, be1 (Postfix), be2 (Postfix), be3 (OpenSMTPD); Dovecot on each back-end"
+    ));
+    let mut c = Cluster::up(&prefix, 2)?;
+    c.start_agents()?;
+    c.set_extra(0, &vrrp(&c, 0, 150, 100));
+    c.set_extra(1, &vrrp(&c, 1, 100, 150));
+    c.start_frontend(0)?;
+    c.start_frontend(1)?;
+    let (a, b) = (c.lab.frontends[0].ns.clone(), c.lab.frontends[1].ns.clone());
+    eventually("fe-a owns the SMTP VIP", Duration::from_secs(30), || {
+        owns(&a, "pub0", VIP_SMTP.into())
+    })?;
+    eventually("fe-b owns the POP3 VIP", Duration::from_secs(30), || {
+        owns(&b, "pub0", VIP_POP.into())
+    })?;
+    println!(
+        "   VRRP: fe-a is master of {VIP_SMTP} (SMTP), fe-b of {VIP_POP} (POP3); each backs up the other"
+    );
+    for line in c
+        .lab
+        .daemons()
+        .iter()
+        .filter(|d| d.name.starts_with("robustifier"))
+        .flat_map(|d| {
+            d.log_text()
+                .lines()
+                .filter(|l| l.starts_with("attached"))
+                .map(|l| format!("{}: {l}", d.name))
+                .collect::<Vec<_>>()
         })
-        .collect();
-    let config = format!(
-        r#"[frontend]
-name = "fe-a.lab"
-interface = "pub0"
-pin_dir = "{pin}"
-
-[flood]
-syn_rate_per_sec = 50
-syn_burst = 100
-block = ["{blocked}/32"]
-
-[[service]]
-name = "smtp"
-protocol = "smtp"
-port = 25
-vips = ["{VIP_SMTP}", "{VIP_SMTP_V6}"]
-
-[[service]]
-name = "pop3"
-protocol = "pop3"
-port = 110
-vips = ["{VIP_POP}"]
-
-[[pool]]
-name = "mx"
-backend = [{backends}]
-"#,
-        pin = lab.pin_dir(0).display(),
-        backends = backends.join(", ")
-    );
-    println!(
-        "\n== front-end A: robustifier run (config {})",
-        lab.log_dir.join("fea.toml").display()
-    );
-    let daemon = lab.start_frontend(0, &config)?;
-    for line in daemon
-        .log_text()
-        .lines()
-        .filter(|l| !l.contains(" INFO ") && !l.contains(" WARN "))
     {
         println!("   {line}");
     }
-    let fe = lab.frontend(0).ns.clone();
-    fe.ip(&["addr", "add", &format!("{VIP_SMTP}/32"), "dev", "pub0"])?;
-    fe.ip(&["addr", "add", &format!("{VIP_POP}/32"), "dev", "pub0"])?;
-    fe.ip(&[
-        "addr",
-        "add",
-        &format!("{VIP_SMTP_V6}/128"),
-        "dev",
-        "pub0",
-        "nodad",
-    ])?;
-    println!(
-        "   VIPs {VIP_SMTP}, {VIP_SMTP_V6} (SMTP) and {VIP_POP} (POP3) added on fe-a after start: the proxy binds none of them"
-    );
 
-    let c = lab.client.ns.clone();
-    println!("\n== client: swaks --server {VIP_SMTP} --quit-after CONNECT");
-    let out = c
-        .command("swaks")
-        .args([
+    step("mail for three domains through the SMTP VIP (swaks from the client)");
+    let mut sent = Vec::new();
+    for (to, tag, port, extra) in [
+        ("alice@example.test", "demo-1", 25, vec![]),
+        ("carol@example.net", "demo-2", 25, vec!["--tls"]),
+        ("erin@example.org", "demo-3", 465, vec!["--tlsc"]),
+    ] {
+        let msg = message(tag, to);
+        let data = clients::data_file(&c.lab.log_dir, tag, &msg);
+        let server = format!("{VIP_SMTP}:{port}");
+        let mut args = vec![
             "--server",
-            &VIP_SMTP.to_string(),
-            "--quit-after",
-            "CONNECT",
-            "--timeout",
-            "5",
-        ])
-        .output()?;
-    print_indented(&String::from_utf8_lossy(&out.stdout));
-    println!("\n== client: swaks -6 --server {VIP_SMTP_V6} --quit-after CONNECT");
-    let out = c
-        .command("swaks")
-        .args([
-            "-6",
-            "--server",
-            &VIP_SMTP_V6.to_string(),
-            "--quit-after",
-            "CONNECT",
-            "--timeout",
-            "5",
-        ])
-        .output()?;
-    print_indented(&String::from_utf8_lossy(&out.stdout));
-    println!("\n== client: POP3 to {VIP_POP}:110");
-    let pop =
-        c.enter(|| client::dialogue(SocketAddr::new(VIP_POP.into(), 110), None, &["QUIT"]))??;
-    print_indented(&pop.join("\n"));
-    println!("\n== client from block-listed {blocked}: connect to {VIP_SMTP}:25");
-    let tried = c.enter(move || {
-        client::connect(
-            SocketAddr::new(VIP_SMTP.into(), 25),
-            Some(blocked.into()),
-            Duration::from_secs(1),
-        )
-    })?;
-    println!(
-        "   {}",
-        match tried {
-            Ok(_) => "connected (unexpected!)".to_owned(),
-            Err(e) => format!("no connection ({e}): SYN dropped in XDP"),
-        }
-    );
+            server.as_str(),
+            "--from",
+            "sender@client.example.org",
+            "--to",
+            to,
+            "--data",
+            &data,
+        ];
+        args.extend(extra.iter().copied());
+        let out = clients::swaks(&c.lab.client.ns, "client.robustifier.test", &args);
+        let t = clients::text(&out);
+        let last = t
+            .lines()
+            .filter(|l| l.contains("<- ") || l.contains("<~ "))
+            .rev()
+            .nth(1)
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        println!(
+            "   swaks --server {server} --to {to} {}: {last}",
+            extra.join(" ")
+        );
+        sent.push((to, tag));
+    }
+    for (to, tag) in &sent {
+        let host = c.host_of(to);
+        clients::delivered(host, to, tag);
+        println!(
+            "   {tag} -> {} ({:?}) Maildir {}",
+            host.name(),
+            host.make,
+            host.maildir(to).display()
+        );
+    }
 
-    println!(
-        "\n== robustifier maps --pin-dir {}",
-        lab.pin_dir(0).display()
-    );
-    let maps = Command::new(root().join("target/debug/robustifier"))
-        .args(["maps", "--pin-dir"])
-        .arg(lab.pin_dir(0))
-        .output()
-        .context("robustifier maps")?;
-    print_indented(&String::from_utf8_lossy(&maps.stdout));
-    println!(
-        "\n== bpftool map dump pinned {}/rb_backends (first record)",
-        lab.pin_dir(0).display()
-    );
+    step("fetched back through the POP3 VIP (Python poplib; plain, STLS, POP3S)");
+    let ca = c.ca();
+    for (user, port, mode) in [
+        ("alice@example.test", 110, "plain"),
+        ("carol@example.net", 110, "stls"),
+        ("erin@example.org", 995, "pop3s"),
+    ] {
+        let got = clients::poplib(
+            &c.lab.client.ns,
+            SocketAddr::new(VIP_POP.into(), port),
+            mode,
+            user,
+            &c.password(user),
+            &ca,
+        );
+        let n = got["list"].as_array().map_or(0, Vec::len);
+        println!(
+            "   {user} over {mode}: {} -> {n} message(s) retrieved",
+            got["welcome"].as_str().unwrap_or("?")
+        );
+    }
+
+    let pin = c.lab.pin_dir(0);
+    let robustifier = robustifier_lab::robustifier_bin();
+    let maps = || -> anyhow::Result<String> {
+        let out = Command::new(&robustifier)
+            .args(["maps", "--pin-dir"])
+            .arg(&pin)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    step(&format!(
+        "load records in the kernel: robustifier maps --pin-dir {}",
+        pin.display()
+    ));
+    indent(&maps()?);
+    step(&format!(
+        "bpftool map lookup pinned {}/rb_backends key 1 0 0 0 (be2)",
+        pin.display()
+    ));
     let dump = Command::new("bpftool")
         .args(["map", "lookup", "pinned"])
-        .arg(lab.pin_dir(0).join("rb_backends"))
-        .args(["key", "0", "0", "0", "0"])
+        .arg(pin.join("rb_backends"))
+        .args(["key", "1", "0", "0", "0"])
         .output()?;
-    print_indented(&String::from_utf8_lossy(&dump.stdout));
+    indent(&String::from_utf8_lossy(&dump.stdout));
 
-    lab.down()?;
-    println!("\n== lab {prefix} removed");
+    step("be1's operator asks for a drain (agent state file: drain=1)");
+    std::fs::write(c.agent_state(0), "drain=1\n")?;
+    let state = |want: &str| {
+        let want = want.to_owned();
+        let m = maps().unwrap_or_default();
+        m.lines()
+            .any(|l| l.contains("198.18.1.11:25") && l.contains(&want))
+    };
+    let took = eventually("be1 draining", Duration::from_secs(30), || {
+        state("draining")
+    })?;
+    println!("   load map shows be1 draining after {took:.1?}");
+    let r = send(&c, "alice@example.test", "demo-drained");
+    println!(
+        "   new mail for alice@example.test (owned by be1): {}",
+        r.last().cloned().unwrap_or_default()
+    );
+    std::fs::write(c.agent_state(0), "")?;
+    let took = eventually("be1 readmitted", Duration::from_secs(30), || state(" up "))?;
+    println!("   drain lifted: be1 up again after {took:.1?}");
+    let r = send(&c, "alice@example.test", "demo-readmitted");
+    println!("   new mail for alice@example.test: {}", end_of_data(&r));
+
+    step("burst: 24 sessions at once to be2 (4 sessions at most); carol is premium, dave regular");
+    let results = burst(&c);
+    let count = |who: &str, ok: bool| {
+        results
+            .iter()
+            .filter(|(w, r)| w == who && (end_of_data(r).starts_with("250") == ok))
+            .count()
+    };
+    println!(
+        "   premium (carol): {} accepted, {} deflected",
+        count("carol", true),
+        count("carol", false)
+    );
+    println!(
+        "   regular (dave):  {} accepted, {} deflected",
+        count("dave", true),
+        count("dave", false)
+    );
+    if let Some((_, r)) = results
+        .iter()
+        .find(|(_, r)| r.iter().any(|l| l.starts_with("451")))
+    {
+        println!(
+            "   a deflected session was told: {}",
+            r.iter().find(|l| l.starts_with("451")).unwrap()
+        );
+    }
+
+    step("failover: fe-a killed (SIGKILL) while a client sends a message every 200 ms");
+    let flow = MailFlow::start(&c);
+    std::thread::sleep(Duration::from_secs(2));
+    let killed = Instant::now();
+    if let Some(d) = c
+        .lab
+        .daemons()
+        .iter_mut()
+        .find(|d| d.name == "robustifier on fea")
+    {
+        d.stop_with(
+            robustifier_lab::process::Signal::SIGKILL,
+            Duration::from_secs(5),
+        )?;
+    }
+    let took = eventually("fe-b owns the SMTP VIP", Duration::from_secs(30), || {
+        owns(&b, "pub0", VIP_SMTP.into())
+    })?;
+    // RFC 5798 6.1: Master_Down_Interval = 3 * interval + (256 - priority) * interval / 256.
+    let interval = f64::from(ADVERT_CS) / 100.0;
+    let mdi = 3.0 * interval + (256.0 - 100.0) * interval / 256.0;
+    println!(
+        "   fe-b took {VIP_SMTP} {took:.2?} after the kill (its Master_Down_Interval: {mdi:.2} s)"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    step("failback: fe-a restarts and preempts");
+    c.start_frontend(0)?;
+    let took = eventually(
+        "fe-a owns the SMTP VIP again",
+        Duration::from_secs(30),
+        || owns(&a, "pub0", VIP_SMTP.into()),
+    )?;
+    println!(
+        "   fe-a took {VIP_SMTP} back {took:.2?} after its restart ({:.1?} after the kill)",
+        killed.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (acked, failed) = flow.stop();
+    let host = c.host_of("bob@example.test");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut missing;
+    loop {
+        let stored: Vec<String> = host
+            .messages("bob@example.test")
+            .iter()
+            .map(|m| String::from_utf8_lossy(m).into_owned())
+            .collect();
+        missing = acked
+            .iter()
+            .filter(|t| {
+                !stored
+                    .iter()
+                    .any(|m| m.contains(&format!("Message-ID: <{t}@")))
+            })
+            .count();
+        if missing == 0 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "   during the failover: {} messages acknowledged with 250, {} refused or cut (the client retries those), {missing} acknowledged but missing",
+        acked.len(),
+        failed
+    );
+
+    step("where the messages are");
+    for (i, h) in c.hosts.iter().enumerate() {
+        let users: Vec<String> = h
+            .users
+            .iter()
+            .map(|u| format!("{}={}", u.address, h.messages(&u.address).len()))
+            .collect();
+        println!("   be{} ({:?}): {}", i + 1, h.make, users.join(", "));
+    }
+    c.lab.down()?;
+    step(&format!("lab {prefix} removed"));
+    anyhow::ensure!(missing == 0, "{missing} acknowledged messages are missing");
     Ok(())
 }
 
-fn print_indented(text: &str) {
-    for line in text.lines() {
-        println!("   {line}");
+fn send(c: &Cluster, to: &str, tag: &str) -> Vec<String> {
+    let body = message(tag, to);
+    let to = to.to_owned();
+    c.lab
+        .client
+        .ns
+        .enter(move || {
+            client::send_mail(
+                SocketAddr::new(VIP_SMTP.into(), 25),
+                None,
+                "sender@client.example.org",
+                &[&to],
+                &body,
+            )
+        })
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| vec!["connection failed".into()])
+}
+
+fn end_of_data(r: &[String]) -> String {
+    r.iter()
+        .position(|l| l.starts_with("354"))
+        .and_then(|i| r.get(i + 1))
+        .or(r.last())
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn burst(c: &Cluster) -> Vec<(String, Vec<String>)> {
+    c.lab
+        .client
+        .ns
+        .enter(|| {
+            let handles: Vec<_> = (0..24)
+                .map(|i| {
+                    std::thread::spawn(move || {
+                        let who = if i % 2 == 0 { "carol" } else { "dave" };
+                        let to = format!("{who}@example.net");
+                        let body = message(&format!("burst-{i}"), &to);
+                        let r = client::send_mail(
+                            SocketAddr::new(VIP_SMTP.into(), 25),
+                            None,
+                            "bulk@client.example.org",
+                            &[&to],
+                            &body,
+                        )
+                        .unwrap_or_else(|e| vec![format!("error {e}")]);
+                        (who.to_owned(), r)
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A client sending to bob every 200 ms, recording what was acknowledged.
+struct MailFlow {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<(Vec<String>, usize)>,
+}
+
+impl MailFlow {
+    fn start(c: &Cluster) -> MailFlow {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ns = c.lab.client.ns.clone();
+        let s2 = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            ns.enter(move || {
+                let (mut acked, mut failed) = (Vec::new(), 0);
+                let mut n = 0;
+                while !s2.load(Ordering::Relaxed) && n < 500 {
+                    n += 1;
+                    let tag = format!("flow-{n}");
+                    let body = message(&tag, "bob@example.test");
+                    let r = client::send_mail(
+                        SocketAddr::new(VIP_SMTP.into(), 25),
+                        None,
+                        "sender@client.example.org",
+                        &["bob@example.test"],
+                        &body,
+                    );
+                    match r {
+                        Ok(r) if end_of_data(&r).starts_with("250") => acked.push(tag),
+                        _ => failed += 1,
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                (acked, failed)
+            })
+            .unwrap_or_default()
+        });
+        MailFlow { stop, handle }
+    }
+
+    fn stop(self) -> (Vec<String>, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or_default()
     }
 }
