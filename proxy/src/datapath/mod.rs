@@ -56,15 +56,30 @@ impl DataPath {
         let mut ebpf = loader.load(OBJECT).map_err(DataPathError::Load)?;
         let logger = start_logger(&mut ebpf);
         for name in [PROG_XDP, PROG_STEER] {
-            let program = ebpf
-                .program_mut(name)
-                .ok_or(DataPathError::MissingProgram(name))?;
-            let result = match program {
-                aya::programs::Program::Xdp(p) => p.load(),
-                aya::programs::Program::SkLookup(p) => p.load(),
-                _ => return Err(DataPathError::MissingProgram(name)),
-            };
-            result.map_err(|source| DataPathError::Program { name, source })?;
+            // The verifier gives up with EAGAIN when a signal arrives while it works (a
+            // child exiting, say); like libbpf, try again a few times.
+            let mut attempt = 0;
+            loop {
+                let program = ebpf
+                    .program_mut(name)
+                    .ok_or(DataPathError::MissingProgram(name))?;
+                let result = match program {
+                    aya::programs::Program::Xdp(p) => p.load(),
+                    aya::programs::Program::SkLookup(p) => p.load(),
+                    _ => return Err(DataPathError::MissingProgram(name)),
+                };
+                match result {
+                    Ok(()) => break,
+                    Err(e) if attempt < 5 && interrupted(&e) => {
+                        attempt += 1;
+                        warn!(
+                            program = name,
+                            attempt, "verifier interrupted; loading again"
+                        );
+                    }
+                    Err(source) => return Err(DataPathError::Program { name, source }),
+                }
+            }
         }
         let tables = Tables::from_ebpf(&mut ebpf)?;
         let listeners = ebpf
@@ -203,6 +218,16 @@ impl DataPath {
             .ok_or(DataPathError::MissingProgram(name))?;
         p.try_into()
             .map_err(|_| DataPathError::MissingProgram(name))
+    }
+}
+
+/// A load that failed only because the verifier was interrupted (EAGAIN).
+fn interrupted(e: &aya::programs::ProgramError) -> bool {
+    match e {
+        aya::programs::ProgramError::LoadError { io_error, .. } => {
+            io_error.raw_os_error() == Some(nix::libc::EAGAIN)
+        }
+        _ => false,
     }
 }
 
