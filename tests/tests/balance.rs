@@ -355,3 +355,68 @@ fn service_without_any_backend_is_shed_by_the_kernel() {
         "answered by the shed listener"
     );
 }
+
+/// The agent on a real Postfix host reports its queue (`postqueue -j`): a message that
+/// cannot be delivered stays deferred, the agent counts it, and with a mail-queue threshold
+/// of 1 the front-end takes the back-end out of routing.
+#[test]
+fn agent_measures_a_real_postfix_deferred_queue() {
+    use robustifier_lab::mail::{MailHost, Make, Users, clients, postfix};
+    let Some(mut lab) = lab("pq", 1) else { return };
+    let users = Users::new().with("alice@example.test", "alice-pw");
+    let host = MailHost::start(&mut lab, 0, Make::Postfix, &users).unwrap();
+    let listen = format!("{}:7025", internal_v4(11));
+    let bin = robustifier_lab::robustifier_bin();
+    let conf = postfix::config_dir(&host.layout);
+    let ns = lab.backends[0].ns.clone();
+    let argv = [
+        bin.to_str().unwrap(),
+        "agent",
+        "--listen",
+        &listen,
+        "--mta",
+        "postfix",
+        "--mta-config",
+        conf.to_str().unwrap(),
+        "--spool",
+        host.layout.dir.to_str().unwrap(),
+    ];
+    lab.spawn(&ns, "agent-postfix", &argv).unwrap();
+    robustifier_lab::wait_port(&ns, listen.parse().unwrap()).unwrap();
+    start(&mut lab, 1, "[pool.thresholds]\nmail_queue = 1", "");
+    eventually(&lab, "agent reports an empty queue", |s| {
+        s.backends[0].updated_ns > 0 && s.backends[0].mail_queue == 0 && s.backends[0].weight > 0
+    });
+
+    // Authenticated relay to a domain that cannot be reached from the lab: deferred.
+    let server = host.submission_addr().unwrap().to_string();
+    let out = clients::swaks(
+        &lab.frontend(0).ns,
+        "fea.robustifier.test",
+        &[
+            "--server",
+            &server,
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "alice@example.test",
+            "--auth-password",
+            "alice-pw",
+            "--from",
+            "alice@example.test",
+            "--to",
+            "someone@nowhere.invalid",
+        ],
+    );
+    assert!(out.status.success(), "{}", clients::text(&out));
+    eventually(&lab, "the deferred message shows in the load record", |s| {
+        s.backends[0].mail_queue >= 1
+    });
+    eventually(&lab, "be1 out of routing (weight 0)", |s| {
+        s.backends[0].weight == 0
+    });
+    // The service's only back-end is over its threshold: the kernel sheds at connect.
+    eventually(&lab, "service exhausted", |s| s.services[0].capacity == "exhausted");
+    let r = send(&lab, "alice@example.test");
+    assert!(r[0].starts_with("421 4.3.2"), "deflected while over the threshold: {r:?}");
+}
