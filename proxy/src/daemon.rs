@@ -48,6 +48,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let stop = CancellationToken::new();
     let abort = CancellationToken::new();
+    let closing = CancellationToken::new();
     let sessions = TaskTracker::new();
     let accepting = TaskTracker::new();
     let hooks = ha::Hooks::default();
@@ -91,6 +92,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             per_client: Arc::default(),
             stop: stop.clone(),
             abort: abort.clone(),
+            closing: closing.clone(),
             sessions: sessions.clone(),
             ha: hooks.clone(),
         };
@@ -151,6 +153,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     ha.shutdown().await;
     dp.detach();
     stop.cancel();
+    // Idle sessions say goodbye now (421 / -ERR); busy ones at their next boundary.
+    closing.cancel();
     accepting.close();
     accepting.wait().await;
     background.close();

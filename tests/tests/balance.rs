@@ -416,7 +416,12 @@ fn agent_measures_a_real_postfix_deferred_queue() {
         s.backends[0].weight == 0
     });
     // The service's only back-end is over its threshold: the kernel sheds at connect.
-    eventually(&lab, "service exhausted", |s| s.services[0].capacity == "exhausted");
+    eventually(&lab, "service exhausted", |s| {
+        s.services[0].capacity == "exhausted"
+    });
     let r = send(&lab, "alice@example.test");
-    assert!(r[0].starts_with("421 4.3.2"), "deflected while over the threshold: {r:?}");
+    assert!(
+        r[0].starts_with("421 4.3.2"),
+        "deflected while over the threshold: {r:?}"
+    );
 }

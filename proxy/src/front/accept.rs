@@ -39,6 +39,8 @@ pub struct Context {
     pub per_client: Arc<PerClient>,
     pub stop: CancellationToken,
     pub abort: CancellationToken,
+    /// Asks every session to end politely at its next boundary (the stop has begun).
+    pub closing: CancellationToken,
     pub sessions: TaskTracker,
     /// Drain gate and health reporting shared with the HA side.
     pub ha: ha::Hooks,
@@ -110,6 +112,18 @@ async fn serve(stream: TcpStream, peer: SocketAddr, role: Role, ctx: Context) {
         info!(service = %svc.name, %peer, "per-client limit reached; shedding");
         return shed::answer(stream, svc.protocol, &svc.hostname).await;
     };
+    // The session ends politely at its next boundary when the front-end stops or the
+    // address starts draining for a handoff; it is cut at the deadlines after that.
+    let closing = ctx.closing.child_token();
+    let drained = admitted.closing();
+    let closing_watch = {
+        let closing = closing.clone();
+        async move {
+            drained.cancelled().await;
+            closing.cancel();
+            std::future::pending::<()>().await
+        }
+    };
     let id = session_id();
     let span = info_span!("session", id = %id, service = %svc.name, %peer);
     let session = async {
@@ -131,11 +145,13 @@ async fn serve(stream: TcpStream, peer: SocketAddr, role: Role, ctx: Context) {
         };
         let result = match svc.protocol {
             Protocol::Smtp => Session::new(conn, &ctx.env, peer, local, id.clone())
+                .closing_on(closing.clone())
                 .run()
                 .await
                 .map_err(|e| e.to_string()),
             Protocol::Pop3 => {
                 crate::pop3::session::Session::new(conn, &ctx.env, peer, local, id.clone())
+                    .closing_on(closing.clone())
                     .run()
                     .await
                     .map_err(|e| e.to_string())
@@ -149,6 +165,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, role: Role, ctx: Context) {
     .instrument(span);
     tokio::select! {
         _ = session => {}
+        _ = closing_watch => {}
         _ = ctx.abort.cancelled() => {}
         _ = admitted.ended() => {}
     }

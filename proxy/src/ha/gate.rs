@@ -19,6 +19,10 @@ use std::{
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
+/// After the drain deadline, how long sessions have to reach a boundary and say goodbye
+/// (421 / -ERR) before they are cut.
+pub const GRACE: Duration = Duration::from_secs(5);
+
 #[derive(Clone, Default)]
 pub struct Gate {
     inner: Arc<Inner>,
@@ -37,6 +41,8 @@ struct State {
     active: HashMap<IpAddr, usize>,
     /// Cancelled when the drain deadline passes: the sessions still running must end.
     ended: HashMap<IpAddr, CancellationToken>,
+    /// Cancelled when the drain starts: sessions should end at their next boundary.
+    closing: HashMap<IpAddr, CancellationToken>,
 }
 
 /// One admitted session on `addr`; dropping it ends the count.
@@ -44,12 +50,20 @@ pub struct Admitted {
     gate: Gate,
     addr: IpAddr,
     ended: CancellationToken,
+    closing: CancellationToken,
 }
 
 impl Admitted {
     /// Resolves when the session must end because its address is being handed over.
     pub fn ended(&self) -> WaitForCancellationFuture<'_> {
         self.ended.cancelled()
+    }
+
+    /// Fires when the drain deadline has passed: the session should end politely at its
+    /// next boundary (SMTP 421 between transactions, POP3 -ERR before login) within
+    /// [`GRACE`]; [`Admitted::ended`] cuts it after that.
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
     }
 }
 
@@ -87,10 +101,12 @@ impl Gate {
         }
         *state.active.entry(addr).or_default() += 1;
         let ended = state.ended.entry(addr).or_default().clone();
+        let closing = state.closing.entry(addr).or_default().clone();
         Some(Admitted {
             gate: self.clone(),
             addr,
             ended,
+            closing,
         })
     }
 
@@ -138,8 +154,31 @@ impl Gate {
             }
             if tokio::time::timeout_at(until, notified).await.is_err() {
                 let left = self.active(addrs);
+                self.close_politely(addrs, GRACE).await;
                 self.end(addrs);
                 return left;
+            }
+        }
+    }
+
+    /// Asks the sessions on `addrs` to end at their next boundary and waits up to `grace`
+    /// for them; the sessions of a later reopen get fresh tokens.
+    async fn close_politely(&self, addrs: &[IpAddr], grace: Duration) {
+        {
+            let mut state = self.lock();
+            for a in addrs {
+                if let Some(token) = state.closing.remove(&a.to_canonical()) {
+                    token.cancel();
+                }
+            }
+        }
+        let until = tokio::time::Instant::now() + grace;
+        loop {
+            let notified = self.inner.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.active(addrs) == 0 || tokio::time::timeout_at(until, notified).await.is_err() {
+                return;
             }
         }
     }

@@ -52,6 +52,8 @@ pub struct Session<'e, S> {
     client: ClientInfo,
     user: Option<String>,
     errors: u32,
+    /// Fires when the front-end wants the session to end (shutdown, address handoff).
+    closing: tokio_util::sync::CancellationToken,
 }
 
 /// What the AUTHORIZATION phase ended with.
@@ -80,7 +82,15 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             },
             user: None,
             errors: 0,
+            closing: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Ends the session with `-ERR [SYS/TEMP]` while it waits for a login command once
+    /// `token` fires. A session already relaying belongs to its back-end until it ends.
+    pub fn closing_on(mut self, token: tokio_util::sync::CancellationToken) -> Self {
+        self.closing = token;
+        self
     }
 
     async fn send(&mut self, r: Response) -> std::io::Result<()> {
@@ -116,11 +126,17 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     async fn authorization(&mut self) -> Result<Next, Pop3Error> {
         loop {
             let idle = self.env.service.idle_timeout;
-            let line = match timeout(idle, read_line(&mut self.io, MAX_COMMAND_LINE)).await {
-                Ok(l) => l?,
-                Err(_) => {
-                    self.send(Response::err(None, "Idle timeout, closing connection"))
-                        .await?;
+            let closing = self.closing.clone();
+            let line = tokio::select! {
+                r = timeout(idle, read_line(&mut self.io, MAX_COMMAND_LINE)) => match r {
+                    Ok(l) => l?,
+                    Err(_) => {
+                        self.send(Response::err(None, "Idle timeout, closing connection")).await?;
+                        return Ok(Next::Close);
+                    }
+                },
+                () = closing.cancelled_owned() => {
+                    self.send(Response::err(Some(ResponseCode::SysTemp), "Server shutting down, try again")).await?;
                     return Ok(Next::Close);
                 }
             };

@@ -20,6 +20,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader},
     time::timeout,
 };
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{
@@ -77,6 +78,9 @@ pub struct Session<'e, S> {
     leg: Option<Leg>,
     tx: Option<Transaction>,
     errors: u32,
+    /// Fires when the front-end wants the session to end (shutdown, address handoff): the
+    /// session then says 421 at the next transaction boundary.
+    closing: CancellationToken,
 }
 
 /// Why a session ended early (logged, never shown to the client beyond its reply).
@@ -111,7 +115,14 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             leg: None,
             tx: None,
             errors: 0,
+            closing: CancellationToken::new(),
         }
+    }
+
+    /// Ends the session politely (421 at the next transaction boundary) once `token` fires.
+    pub fn closing_on(mut self, token: CancellationToken) -> Self {
+        self.closing = token;
+        self
     }
 
     fn svc(&self) -> &Service {
@@ -144,18 +155,29 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             if self.io.buffer().is_empty() {
                 self.flush().await?;
             }
-            let line =
-                match timeout(self.svc().idle_timeout, read_line(&mut self.io, MAX_LINE)).await {
+            // Between transactions the session may be asked to end (RFC 5321 3.8: 421 at
+            // any time; at a boundary nothing of the client's is half done).
+            let closing = self.tx.is_none().then(|| self.closing.clone());
+            let wait = async {
+                match closing {
+                    Some(c) => c.cancelled_owned().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let read = timeout(self.svc().idle_timeout, read_line(&mut self.io, MAX_LINE));
+            let line = tokio::select! {
+                r = read => match r {
                     Ok(line) => line?,
                     Err(_) => {
-                        self.say(
-                            421,
-                            (4, 4, 2),
-                            &format!("{host} Idle timeout, closing connection"),
-                        );
+                        self.say(421, (4, 4, 2), &format!("{host} Idle timeout, closing connection"));
                         break;
                     }
-                };
+                },
+                () = wait => {
+                    self.say(421, (4, 3, 2), &format!("{host} Service shutting down, closing connection"));
+                    break;
+                }
+            };
             let line = match line {
                 Line::Eof => break,
                 Line::TooLong => {

@@ -536,3 +536,57 @@ async fn bdat_chunks_are_relayed_when_every_backend_offers_chunking() {
     );
     assert_eq!(rec.lock().unwrap().messages, [b"hello world\r\n".to_vec()]);
 }
+
+#[tokio::test]
+async fn closing_waits_for_the_transaction_then_says_421() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("closing");
+    let env = Arc::new(env(&dir, &[a], &[], ""));
+    let token = tokio_util::sync::CancellationToken::new();
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let (e2, t2) = (Arc::clone(&env), token.clone());
+    let task = tokio::spawn(async move {
+        Session::new(
+            Conn::Plain(server),
+            &e2,
+            "198.18.0.100:1".parse().unwrap(),
+            "198.18.0.25:25".parse().unwrap(),
+            "t".into(),
+        )
+        .closing_on(t2)
+        .run()
+        .await
+    });
+    let mut client = BufReader::new(client);
+    let mut line = String::new();
+    client.read_line(&mut line).await.unwrap();
+    client
+        .get_mut()
+        .write_all(b"EHLO c\r\nMAIL FROM:<s@x>\r\n")
+        .await
+        .unwrap();
+    // Read through the EHLO reply and MAIL's 250: the transaction is open.
+    loop {
+        line.clear();
+        client.read_line(&mut line).await.unwrap();
+        if line.starts_with("250 2.1.0") {
+            break;
+        }
+    }
+    token.cancel();
+    client
+        .get_mut()
+        .write_all(b"RCPT TO:<u@a.example>\r\nDATA\r\nlast words\r\n.\r\n")
+        .await
+        .unwrap();
+    let mut rest = String::new();
+    client.read_to_string(&mut rest).await.unwrap();
+    assert_eq!(
+        codes(&rest),
+        ["250", "354", "250", "421"],
+        "the open transaction finishes first: {rest}"
+    );
+    assert!(rest.contains("421 4.3.2 "), "{rest}");
+    assert_eq!(rec.lock().unwrap().messages.len(), 1);
+    task.await.unwrap().unwrap();
+}
