@@ -122,7 +122,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     hooks.health.set_datapath_attached(true);
     // Health checks, agents and the load writer run until the stop; sessions stop last.
     let background = TaskTracker::new();
-    health::spawn(&board, envs, Some(pin_dir.clone()), &stop, &background);
+    health::spawn(
+        &board,
+        envs,
+        Some(pin_dir.clone()),
+        hooks.health.clone(),
+        &stop,
+        &background,
+    );
     // A summary for the operator on stdout; logs go to stderr.
     let services: Vec<String> = cfg
         .services

@@ -82,6 +82,8 @@ pub struct RawTrack {
     pub listeners: Option<u32>,
     /// The steering program is not attached.
     pub datapath: Option<u32>,
+    /// A service of this front-end has no back-end that can take a session.
+    pub backends: Option<u32>,
     /// Interface name -> weight, for an interface that is down (not up and running).
     #[serde(default)]
     pub interfaces: BTreeMap<String, u32>,
@@ -130,12 +132,16 @@ impl VirtualRouter {
 pub struct Track {
     pub listeners: u8,
     pub datapath: u8,
+    pub backends: u8,
     pub interfaces: Vec<(String, u8)>,
 }
 
 impl Track {
     pub fn is_empty(&self) -> bool {
-        self.listeners == 0 && self.datapath == 0 && self.interfaces.is_empty()
+        self.listeners == 0
+            && self.datapath == 0
+            && self.backends == 0
+            && self.interfaces.is_empty()
     }
 }
 
@@ -392,6 +398,9 @@ fn track(i: usize, raw: RawTrack, priority: u8) -> Result<Track, Failure> {
     if let Some(w) = raw.datapath {
         track.datapath = weight("datapath", w)?;
     }
+    if let Some(w) = raw.backends {
+        track.backends = weight("backends", w)?;
+    }
     for (name, w) in raw.interfaces {
         let k = format!("interfaces.{name}");
         interface_name(&name).map_err(|reason| (format!("vrrp[{i}].track.{k}"), reason))?;
@@ -510,6 +519,7 @@ vips = ["198.18.0.25"]
             Track {
                 listeners: 50,
                 datapath: 60,
+                backends: 0,
                 interfaces: vec![("int0".into(), 70)],
             }
         );

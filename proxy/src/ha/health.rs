@@ -3,9 +3,8 @@
 //! state read by the router tasks; and the pure rule that turns failing checks into a
 //! lower priority, so a front-end that cannot serve hands its addresses over.
 //!
-//! "No healthy back-end for the VIP's services" is the next check to add here, once the
-//! health feeds exist: a flag the daemon sets, a weight in `track`, a line in
-//! [`tracked_priority`].
+//! "No healthy back-end" is reported by the load writer: when a service of this front-end
+//! has no back-end left that can take a session, the front-end cannot serve it either.
 //!
 //! Invariant: the tracked priority of a non-owner stays within 1..=254 whatever fails; an
 //! address owner is never tracked (config refuses it).
@@ -29,6 +28,8 @@ struct Inner {
     /// How many accept loops ran when HA started; fewer later means one stopped.
     listeners_expected: AtomicUsize,
     datapath_attached: AtomicBool,
+    /// Some service has no back-end that can take a session (set by the load writer).
+    backends_exhausted: AtomicBool,
 }
 
 /// Held by an accept loop for as long as it runs.
@@ -64,6 +65,16 @@ impl Health {
             >= self.inner.listeners_expected.load(Ordering::Acquire)
     }
 
+    pub fn set_backends_exhausted(&self, exhausted: bool) {
+        self.inner
+            .backends_exhausted
+            .store(exhausted, Ordering::Release);
+    }
+
+    pub fn backends_ok(&self) -> bool {
+        !self.inner.backends_exhausted.load(Ordering::Acquire)
+    }
+
     pub fn datapath_ok(&self) -> bool {
         self.inner.datapath_attached.load(Ordering::Acquire)
     }
@@ -74,6 +85,7 @@ impl Health {
 pub struct Checks {
     pub listeners_ok: bool,
     pub datapath_ok: bool,
+    pub backends_ok: bool,
     /// Tracked interfaces that are not up and running.
     pub interfaces_down: Vec<String>,
 }
@@ -91,6 +103,10 @@ pub fn tracked_priority(configured: u8, track: &Track, checks: &Checks) -> (u8, 
     if track.datapath > 0 && !checks.datapath_ok {
         penalty += u32::from(track.datapath);
         failing.push("datapath".to_owned());
+    }
+    if track.backends > 0 && !checks.backends_ok {
+        penalty += u32::from(track.backends);
+        failing.push("back-ends".to_owned());
     }
     for (name, weight) in &track.interfaces {
         if checks.interfaces_down.contains(name) {
@@ -110,6 +126,7 @@ mod tests {
         Track {
             listeners: 50,
             datapath: 60,
+            backends: 0,
             interfaces: vec![("int0".into(), 70), ("int1".into(), 10)],
         }
     }
@@ -118,8 +135,26 @@ mod tests {
         Checks {
             listeners_ok: true,
             datapath_ok: true,
+            backends_ok: true,
             interfaces_down: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_service_without_back_ends_lowers_the_priority() {
+        let t = Track {
+            backends: 80,
+            ..Track::default()
+        };
+        let checks = Checks {
+            backends_ok: false,
+            ..ok()
+        };
+        assert_eq!(
+            tracked_priority(150, &t, &checks),
+            (70, vec!["back-ends".to_owned()])
+        );
+        assert_eq!(tracked_priority(150, &t, &ok()).0, 150);
     }
 
     #[test]
@@ -144,6 +179,7 @@ mod tests {
         let all = Checks {
             listeners_ok: false,
             datapath_ok: false,
+            backends_ok: false,
             interfaces_down: vec!["int0".into(), "int1".into()],
         };
         assert_eq!(tracked_priority(150, &track(), &all).0, 1);
@@ -154,6 +190,7 @@ mod tests {
         let c = Checks {
             listeners_ok: false,
             datapath_ok: false,
+            backends_ok: false,
             interfaces_down: vec!["int0".into()],
         };
         assert_eq!(tracked_priority(100, &Track::default(), &c), (100, vec![]));

@@ -340,6 +340,7 @@ impl Task {
         let checks = Checks {
             listeners_ok: self.hooks.health.listeners_ok(),
             datapath_ok: self.hooks.health.datapath_ok(),
+            backends_ok: self.hooks.health.backends_ok(),
             interfaces_down,
         };
         tracked_priority(self.cfg.priority, track, &checks)

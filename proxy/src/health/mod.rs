@@ -27,6 +27,7 @@ pub fn spawn(
     board: &Arc<Board>,
     envs: Vec<Arc<Env>>,
     pin_dir: Option<PathBuf>,
+    ha_health: crate::ha::Health,
     stop: &CancellationToken,
     tasks: &TaskTracker,
 ) {
@@ -84,6 +85,6 @@ pub fn spawn(
     }
     if let Some(dir) = pin_dir {
         let (b, stop2) = (Arc::clone(board), stop.clone());
-        tasks.spawn(async move { writer::run(&dir, b, envs, stop2).await });
+        tasks.spawn(async move { writer::run(&dir, b, envs, ha_health, stop2).await });
     }
 }

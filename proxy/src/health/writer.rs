@@ -20,7 +20,13 @@ fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
-pub async fn run(pin_dir: &Path, board: Arc<Board>, envs: Vec<Arc<Env>>, stop: CancellationToken) {
+pub async fn run(
+    pin_dir: &Path,
+    board: Arc<Board>,
+    envs: Vec<Arc<Env>>,
+    ha_health: crate::ha::Health,
+    stop: CancellationToken,
+) {
     let mut tables = match Tables::from_pins(pin_dir) {
         Ok(t) => t,
         Err(e) => return error!(error = %e, "load writer cannot open the pinned maps"),
@@ -32,8 +38,10 @@ pub async fn run(pin_dir: &Path, board: Arc<Board>, envs: Vec<Arc<Env>>, stop: C
             _ = tokio::time::sleep(PERIOD) => {}
         }
         write_records(&mut tables, &board);
+        let mut exhausted = false;
         for (i, env) in envs.iter().enumerate() {
             let c = service_capacity(env, &board, &tables);
+            exhausted |= c == CAPACITY_EXHAUSTED;
             if c != capacity[i] {
                 let name = ["ok", "priority-only", "exhausted"]
                     .get(c as usize)
@@ -53,6 +61,8 @@ pub async fn run(pin_dir: &Path, board: Arc<Board>, envs: Vec<Arc<Env>>, stop: C
                 error!(error = %e, "writing service state");
             }
         }
+        // VRRP tracking: a front-end whose service has no back-end cannot serve it.
+        ha_health.set_backends_exhausted(exhausted);
     }
 }
 
