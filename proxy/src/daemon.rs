@@ -89,6 +89,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let ctx = Context {
             env,
             limit: Arc::new(Semaphore::new(service.max_connections as usize)),
+            reserve: Arc::new(Semaphore::new(
+                (service.max_connections as usize / 10).max(1),
+            )),
             per_client: Arc::default(),
             stop: stop.clone(),
             abort: abort.clone(),
@@ -98,7 +101,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         };
         for (slot, role) in [
             (SLOT_NORMAL, Role::Serve),
-            (SLOT_PRIORITY, Role::Serve),
+            (SLOT_PRIORITY, Role::Priority),
             (SLOT_SHED, Role::Shed),
         ] {
             let sockets = SlotSockets::new()

@@ -172,9 +172,13 @@ vips = ["{VIP_POP}", "{VIP_POP_V6}"]
 tls = "implicit"
 routes = "{dir}/pop.map"
 
+# be1's leg goes over STARTTLS, its certificate checked against the lab CA.
 [[pool]]
 name = "be1"
 identity = "xclient"
+tls = "starttls"
+ca = "{ca}"
+server_name = "be1.robustifier.test"
 backend = [{{ name = "be1", address = "{b1}:{PORT_SMTP}", agent = "{b1}:{AGENT_PORT}" }}]
 [pool.health]
 interval_ms = 1000
@@ -239,6 +243,7 @@ share = 0.5
             pin = self.lab.pin_dir(i).display(),
             cert = self.cert.cert.display(),
             key = self.cert.key.display(),
+            ca = self.cert.ca.display(),
             b1 = be(0),
             b2 = be(1),
             b3 = be(2),

@@ -81,6 +81,12 @@ fn real_clients_reach_the_right_mailboxes_through_the_proxy() {
         trace.contains(&format!("[{CLIENT_V4}]")),
         "Received shows the real client: {trace}"
     );
+    // The leg to be1 runs over STARTTLS, be1's certificate checked against the lab CA.
+    let log = c.host_of("alice@example.test").mta_log_text();
+    assert!(
+        log.contains("TLS connection established from"),
+        "the leg to be1 is TLS: {log}"
+    );
 
     // STARTTLS on 25, verified against the lab CA.
     let mut args = vec!["--tls"];

@@ -40,6 +40,16 @@ port = 110
 [[pool]]
 name = "store"
 backend = [{ name = "be1", address = "198.18.1.11:25" }]
+
+[[group]]
+name = "premium"
+share = 1.0
+clients = ["198.18.8.0/24"]
+
+[[group]]
+name = "regular"
+share = 0.5
+clients = ["198.18.9.0/24"]
 "#;
 
 /// A loaded data path with its own pin directory, removed on drop.
@@ -106,6 +116,18 @@ fn v6(s: &str) -> [u8; 16] {
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 25);
+
+#[test]
+fn priority_class_holds_configured_and_premium_group_prefixes() {
+    let Some(f) = Fixture::new() else { return };
+    let mut p = f.snapshot().priority;
+    p.sort();
+    assert_eq!(
+        p,
+        ["198.18.7.0/24", "198.18.8.0/24", "2001:db8:7::/48"],
+        "a group below share 1.0 is not priority"
+    );
+}
 
 #[test]
 fn ipv4_syn_to_service_passes_and_is_counted() {

@@ -71,11 +71,20 @@ impl Tables {
             |rule_id| BlockRule { rule_id },
             (MAP_BLOCK_V4, MAP_BLOCK_V6),
         )?;
-        let classes: Vec<(IpNet, u32)> = cfg
+        // The kernel's priority class: the configured prefixes and the client prefixes of
+        // the groups served to the hard limits (share 1.0).
+        let mut classes: Vec<(IpNet, u32)> = cfg
             .priority_prefixes
             .iter()
             .map(|n| (*n, CLASS_PRIORITY))
             .collect();
+        for g in cfg.groups.iter().filter(|g| g.share >= 1.0) {
+            for n in &g.clients {
+                if !classes.iter().any(|(c, _)| c == n) {
+                    classes.push((*n, CLASS_PRIORITY));
+                }
+            }
+        }
         sync_prefixes(
             &mut self.class_v4,
             &mut self.class_v6,

@@ -29,6 +29,9 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Serve,
+    /// The kernel's priority class: served like `Serve`, and when the service's connection
+    /// limit is reached it may still use a reserve of a tenth of it.
+    Priority,
     Shed,
 }
 
@@ -36,6 +39,8 @@ pub enum Role {
 pub struct Context {
     pub env: Arc<Env>,
     pub limit: Arc<Semaphore>,
+    /// The priority class's reserve beyond `limit`.
+    pub reserve: Arc<Semaphore>,
     pub per_client: Arc<PerClient>,
     pub stop: CancellationToken,
     pub abort: CancellationToken,
@@ -104,7 +109,15 @@ async fn serve(stream: TcpStream, peer: SocketAddr, role: Role, ctx: Context) {
         debug!(service = %svc.name, %peer, "address draining for handoff; shedding");
         return shed::answer(stream, svc.protocol, &svc.hostname).await;
     };
-    let Ok(_permit) = ctx.limit.clone().try_acquire_owned() else {
+    let permit = ctx
+        .limit
+        .clone()
+        .try_acquire_owned()
+        .or_else(|e| match role {
+            Role::Priority => ctx.reserve.clone().try_acquire_owned(),
+            _ => Err(e),
+        });
+    let Ok(_permit) = permit else {
         info!(service = %svc.name, %peer, "connection limit reached; shedding");
         return shed::answer(stream, svc.protocol, &svc.hostname).await;
     };
