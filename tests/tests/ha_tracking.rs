@@ -1,4 +1,5 @@
-//! Tracking (issue 5, item 3): a front-end whose tracked interface goes down lowers its
+//! Tracking (issue 5, item 3): a front-end whose tracked interface goes down, or whose
+//! listeners die, lowers its
 //! priority by the configured weight, so the peer preempts and owns the address; when the
 //! interface returns, the front-end takes the address back. `ha status` names the failing
 //! check. Privileged: namespaces, raw sockets, netlink, BPF.
@@ -88,5 +89,47 @@ fn tracked_interface_down_moves_the_address_and_back() {
     assert!(
         log.contains("tracking: lowering priority") && log.contains("tracking: healthy again"),
         "{log}"
+    );
+}
+
+/// A proxy whose listeners die (destroyed from outside with `ss -K`) stops counting as able
+/// to serve: its priority drops by the `listeners` weight and the peer takes the address.
+#[test]
+fn dead_listeners_move_the_address() {
+    if !privileged::check("hal") {
+        return;
+    }
+    let mut lab = Lab::up(
+        &unique_prefix("hal"),
+        Plan {
+            frontends: 2,
+            backends: 0,
+        },
+    )
+    .expect("lab up");
+    let a_routers = [Vr::new(51, 150, VIP_SMTP, 20).with("track = { listeners = 60 }")];
+    let cfg_a = frontend_config(&lab, FEA, &a_routers, "");
+    let cfg_b = frontend_config(&lab, FEB, &[Vr::new(51, 120, VIP_SMTP, 20)], "");
+    lab.start_frontend(FEA, &cfg_a).unwrap();
+    lab.start_frontend(FEB, &cfg_b).unwrap();
+    let (a, b) = (lab.frontend(FEA).ns.clone(), lab.frontend(FEB).ns.clone());
+    eventually("fea owns the SMTP VIP", GENEROUS, || {
+        owns(&a, "pub0", VIP_SMTP.into())
+    })
+    .unwrap();
+
+    // Every TCP listener in fea's namespace is the proxy's: destroy them all.
+    let killed = a.sh("ss", &["-K", "-tln"]).unwrap();
+    assert!(killed.contains("LISTEN"), "{killed}");
+    eventually(
+        "feb takes over from the front-end that cannot accept",
+        GENEROUS,
+        || owns(&b, "pub0", VIP_SMTP.into()) && !owns(&a, "pub0", VIP_SMTP.into()),
+    )
+    .unwrap();
+    let st = status(&lab, FEA);
+    assert!(
+        st.contains("  90/150 ") && st.contains("tracking failing: listeners"),
+        "{st}"
     );
 }

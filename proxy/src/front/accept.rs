@@ -79,16 +79,51 @@ async fn accept_loop(listener: TcpListener, role: Role, ctx: Context) {
             _ = ctx.stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
-                Err(e) => {
-                    warn!(service = %ctx.env.service.name, error = %e, "accept failed");
-                    continue;
-                }
+                Err(e) => match accept_error(&e) {
+                    AcceptError::OneConnection => continue,
+                    AcceptError::Exhausted => {
+                        warn!(service = %ctx.env.service.name, error = %e, "accept failed, out of resources; pausing");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    AcceptError::ListenerDead => {
+                        // The loop ends, so VRRP tracking sees a listener gone and the
+                        // front-end hands its addresses to a peer that can serve them.
+                        tracing::error!(service = %ctx.env.service.name, error = %e, "listener failed; it takes no more connections");
+                        return;
+                    }
+                },
             },
         };
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let ctx2 = ctx.clone();
         ctx.sessions
             .spawn(async move { serve(stream, peer, role, ctx2).await });
+    }
+}
+
+enum AcceptError {
+    /// Only the connection being accepted failed (it was reset before accept, say).
+    OneConnection,
+    /// Out of descriptors or memory: wait a little instead of spinning.
+    Exhausted,
+    /// The listening socket itself is gone (closed, destroyed with `ss -K`).
+    ListenerDead,
+}
+
+fn accept_error(e: &std::io::Error) -> AcceptError {
+    use nix::libc;
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => AcceptError::Exhausted,
+        Some(
+            libc::ECONNABORTED
+            | libc::EPROTO
+            | libc::EPERM
+            | libc::EINTR
+            | libc::EAGAIN
+            | libc::ETIMEDOUT,
+        ) => AcceptError::OneConnection,
+        _ => AcceptError::ListenerDead,
     }
 }
 
