@@ -1,8 +1,7 @@
 //! Tracking (issue 5, item 3): a front-end whose tracked interface goes down, or whose
-//! listeners die, lowers its
-//! priority by the configured weight, so the peer preempts and owns the address; when the
-//! interface returns, the front-end takes the address back. `ha status` names the failing
-//! check. Privileged: namespaces, raw sockets, netlink, BPF.
+//! listeners die, lowers its priority by the configured weight, so the peer preempts and
+//! owns the address; when the interface returns, the front-end takes the address back.
+//! `ha status` names the failing check. Privileged: namespaces, raw sockets, netlink, BPF.
 
 use std::time::Duration;
 
