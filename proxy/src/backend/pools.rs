@@ -153,6 +153,14 @@ impl PoolSet {
         self.board.acquire(c.backend.id, limit)
     }
 
+    /// Tries `c` last for a while (it failed this session), without counting a health
+    /// failure (the leg's reporter has done that).
+    pub fn penalize(&self, c: &Candidate) {
+        if let Ok(mut f) = c.pool.failed.lock() {
+            f.insert(c.backend.id, Instant::now());
+        }
+    }
+
     /// A connection or greeting failure: passive health input and a short penalty.
     pub fn mark_failed(&self, c: &Candidate, why: &str) {
         if let Ok(mut f) = c.pool.failed.lock() {
@@ -163,13 +171,15 @@ impl PoolSet {
             .record(c.backend.id, false, None, h.rise, h.fall, why);
     }
 
+    /// A session opened a leg: the penalty ends and the greeting latency counts; it is not
+    /// a good check (only probes are), so failures after the greeting still add up.
     pub fn mark_ok(&self, c: &Candidate, greeting: Option<Duration>) {
         if let Ok(mut f) = c.pool.failed.lock() {
             f.remove(&c.backend.id);
         }
-        let h = &c.pool.pool.health;
-        self.board
-            .record(c.backend.id, true, greeting, h.rise, h.fall, "session");
+        if let Some(g) = greeting {
+            self.board.sample_latency(c.backend.id, g);
+        }
     }
 }
 

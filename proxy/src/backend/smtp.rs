@@ -76,6 +76,24 @@ pub struct SmtpLeg {
     pub greeting_latency: Duration,
     /// The session's hold on the back-end's session count; released with the leg.
     pub guard: Option<crate::health::board::SessionGuard>,
+    /// Where this leg reports what it sees of the back-end's health (passive checks).
+    pub reporter: Option<Reporter>,
+}
+
+/// Passive health: a leg that meets a `421` or a dead connection after it was opened
+/// tells the board, as a failed probe would.
+pub struct Reporter {
+    pub board: std::sync::Arc<crate::health::board::Board>,
+    pub id: u32,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Reporter {
+    fn failure(&self, why: &str) {
+        self.board
+            .record(self.id, false, None, self.rise, self.fall, why);
+    }
 }
 
 impl SmtpLeg {
@@ -103,6 +121,7 @@ impl SmtpLeg {
             addr,
             greeting_latency: Duration::ZERO,
             guard: None,
+            reporter: None,
         };
         if c.backend.identity == Identity::ProxyV2 {
             let h = proxy_v2::header(client.peer, client.local, Some(&client.session_id));
@@ -185,6 +204,7 @@ impl SmtpLeg {
             addr: self.addr,
             greeting_latency: self.greeting_latency,
             guard: self.guard,
+            reporter: self.reporter,
         })
     }
 
@@ -237,10 +257,20 @@ impl SmtpLeg {
     }
 
     pub async fn reply(&mut self, stage: &'static str, wait: Duration) -> Result<Reply, LegError> {
-        timeout(wait, read_reply(&mut self.io, MAX_REPLY_LINE))
+        let r = timeout(wait, read_reply(&mut self.io, MAX_REPLY_LINE))
             .await
-            .map_err(|_| LegError::Timeout { stage })?
-            .map_err(|source| LegError::Reply { stage, source })
+            .map_err(|_| LegError::Timeout { stage })
+            .and_then(|r| r.map_err(|source| LegError::Reply { stage, source }))
+            // A 421 is the back-end closing the connection (RFC 5321 3.8): a leg failure,
+            // never a reply to pass on, since to the client 421 would mean the proxy closes.
+            .and_then(|reply| match reply.code {
+                421 => Err(LegError::Refused { stage, reply }),
+                _ => Ok(reply),
+            });
+        if let (Some(rep), Err(e)) = (&self.reporter, &r) {
+            rep.failure(&e.to_string());
+        }
+        r
     }
 
     /// Sends one command line and reads its reply.

@@ -129,6 +129,21 @@ impl Board {
         })
     }
 
+    /// A real session's greeting latency: feeds the response time only. Only probes count
+    /// as good checks, so a back-end that greets well but fails what follows still falls.
+    pub fn sample_latency(&self, id: u32, latency: Duration) {
+        if let Some(slot) = self.slot(id) {
+            let sample = latency.as_micros().min(u32::MAX as u128) as f64;
+            let old = slot.response_us.load(Ordering::Relaxed) as f64;
+            let new = if old == 0.0 {
+                sample
+            } else {
+                old * (1.0 - EWMA_NEW) + sample * EWMA_NEW
+            };
+            slot.response_us.store(new as u32, Ordering::Relaxed);
+        }
+    }
+
     /// A probe or a real session's outcome; `rise`/`fall` consecutive results flip the state.
     pub fn record(
         &self,
@@ -139,17 +154,10 @@ impl Board {
         fall: u32,
         why: &str,
     ) {
-        let Some(slot) = self.slot(id) else { return };
         if let Some(l) = latency {
-            let sample = l.as_micros().min(u32::MAX as u128) as f64;
-            let old = slot.response_us.load(Ordering::Relaxed) as f64;
-            let new = if old == 0.0 {
-                sample
-            } else {
-                old * (1.0 - EWMA_NEW) + sample * EWMA_NEW
-            };
-            slot.response_us.store(new as u32, Ordering::Relaxed);
+            self.sample_latency(id, l);
         }
+        let Some(slot) = self.slot(id) else { return };
         let Ok(mut streak) = slot.streak.lock() else {
             return;
         };

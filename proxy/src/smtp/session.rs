@@ -50,6 +50,8 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 struct Leg {
     leg: SmtpLeg,
     route: Vec<String>,
+    /// The back-end it goes to, to put it last if the leg fails.
+    candidate: crate::backend::Candidate,
 }
 
 #[derive(Default)]

@@ -23,6 +23,8 @@ enum Fault {
     DropAfterData,
     /// Greets with 554.
     RefuseGreeting,
+    /// Answers RCPT with 421 and closes, like a back-end shutting down.
+    CloseAtRcpt,
 }
 
 #[derive(Default)]
@@ -82,6 +84,9 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
                         } else {
                             b"250 2.0.0 chunk received\r\n"
                         }
+                    } else if upper.starts_with("RCPT") && fault == Fault::CloseAtRcpt {
+                        let _ = wr.write_all(b"421 4.3.2 shutting down\r\n").await;
+                        return;
                     } else if upper.starts_with("RCPT") && upper.contains("UNKNOWN") {
                         b"550 5.1.1 no such user\r\n"
                     } else if upper.starts_with("AUTH PLAIN") {
@@ -589,4 +594,43 @@ async fn closing_waits_for_the_transaction_then_says_421() {
     assert!(rest.contains("421 4.3.2 "), "{rest}");
     assert_eq!(rec.lock().unwrap().messages.len(), 1);
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn backend_421_fails_over_and_counts_against_the_backend() {
+    let (closing, crec) = backend(Fault::CloseAtRcpt).await;
+    let (good, rec) = backend(Fault::None).await;
+    let dir = tempdir("421");
+    let env = env(&dir, &[closing, good], &[], "");
+    for _ in 0..3 {
+        let out = converse(
+            &env,
+            b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nDATA\r\nm\r\n.\r\nQUIT\r\n",
+        )
+        .await;
+        assert!(
+            !out.contains("421"),
+            "the back-end's 421 never reaches the client: {out}"
+        );
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "250", "250", "354", "250", "221"],
+            "{out}"
+        );
+    }
+    assert_eq!(rec.lock().unwrap().messages.len(), 3);
+    // Each 421 is a failed check; three (fall = 3 by default) take the back-end down.
+    let seen = crec
+        .lock()
+        .unwrap()
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("RCPT"))
+        .count();
+    let state = env.pools.board.record_for(0, 0).unwrap().state;
+    assert_eq!(
+        state == robustifier_common::BACKEND_DOWN,
+        seen >= 3,
+        "{seen} 421s, state {state}"
+    );
 }

@@ -167,7 +167,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 // The leg broke before anything was committed: try another back-end.
                 Err(e) => {
                     warn!(session = %self.client.session_id, attempt, error = %e, "back-end leg failed before DATA; failing over");
-                    self.leg = None;
+                    if let Some(l) = self.leg.take() {
+                        self.env.pools.penalize(&l.candidate);
+                    }
                     last_err = Some(e);
                 }
             }
@@ -234,10 +236,18 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             match SmtpLeg::open(&c, &self.client, &self.svc().hostname).await {
                 Ok(mut leg) => {
                     leg.guard = Some(guard);
+                    let h = &c.pool.pool.health;
+                    leg.reporter = Some(crate::backend::smtp::Reporter {
+                        board: std::sync::Arc::clone(&self.env.pools.board),
+                        id: c.backend.id,
+                        rise: h.rise,
+                        fall: h.fall,
+                    });
                     self.env.pools.mark_ok(&c, Some(leg.greeting_latency));
                     self.leg = Some(Leg {
                         leg,
                         route: route.to_vec(),
+                        candidate: c.clone(),
                     });
                     return Ok(());
                 }
