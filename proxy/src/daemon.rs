@@ -40,6 +40,7 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
 
     let pin_dir = cfg.frontend.pin_dir.clone();
     let mut dp = DataPath::load(&pin_dir)?;
@@ -154,9 +155,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let ha = ha::spawn(&cfg, hooks.clone()).await?;
     info!(frontend = %cfg.frontend.name, "robustifier ready");
 
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: stopping"),
-        _ = sigint.recv() => info!("SIGINT: stopping"),
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            _ = sighup.recv() => reload(&cfg.file, &board),
+        }
     }
     // Hand the virtual addresses over first (drain, then priority 0), while the data path
     // still serves the sessions finishing on them.
@@ -183,4 +187,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     info!("stopped; maps stay pinned under {}", pin_dir.display());
     Ok(())
+}
+
+/// SIGHUP: re-reads the configuration. Back-ends removed from it drain gracefully (no new
+/// sessions, running ones finish) and come back if restored; routing maps and certificates
+/// reload on their own when their files change. Other changes take a restart, and a bad
+/// file changes nothing.
+fn reload(file: &std::path::Path, board: &Board) {
+    match Config::load(file) {
+        Err(e) => tracing::error!(error = %e, "SIGHUP: configuration refused; nothing changed"),
+        Ok(new) => {
+            let added = board.reconcile(&new);
+            if !added.is_empty() {
+                tracing::warn!(backends = ?added, "SIGHUP: new back-ends take a restart to be used");
+            }
+            info!("SIGHUP: configuration reloaded");
+        }
+    }
 }

@@ -425,3 +425,44 @@ fn agent_measures_a_real_postfix_deferred_queue() {
         "deflected while over the threshold: {r:?}"
     );
 }
+
+/// SIGHUP with a back-end removed from the configuration: it drains (no new sessions) and
+/// comes back when the configuration has it again.
+#[test]
+fn backend_removed_from_the_config_drains_on_reload() {
+    let Some(mut lab) = lab("rl", 2) else { return };
+    let s1 = Sink::start(&mut lab, 0, &[]).unwrap();
+    let s2 = Sink::start(&mut lab, 1, &[]).unwrap();
+    start(&mut lab, 2, "", "");
+    let full = config(&lab, 2, "", "");
+    let path = lab.log_dir.join("fea.toml");
+    // The same configuration without be2.
+    let be2 = format!(
+        ", {{ name = \"be2\", address = \"{}:25\", agent = \"{}:7025\" }}",
+        internal_v4(12),
+        internal_v4(12)
+    );
+    assert!(full.contains(&be2));
+    std::fs::write(&path, full.replace(&be2, "")).unwrap();
+    let pid = lab
+        .daemons()
+        .iter()
+        .find(|d| d.name.starts_with("robustifier"))
+        .unwrap()
+        .pid();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    eventually(&lab, "be2 draining", |s| s.backends[1].state == "draining");
+    let before = s2.count();
+    for _ in 0..10 {
+        assert!(delivered(&send(&lab, "u@example.org")));
+    }
+    assert_eq!(
+        s2.count(),
+        before,
+        "a removed back-end takes no new session"
+    );
+    assert!(s1.count() >= 10);
+    std::fs::write(&path, &full).unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    eventually(&lab, "be2 readmitted", |s| s.backends[1].state == "up");
+}

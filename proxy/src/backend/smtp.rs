@@ -267,8 +267,14 @@ impl SmtpLeg {
                 421 => Err(LegError::Refused { stage, reply }),
                 _ => Ok(reply),
             });
-        if let (Some(rep), Err(e)) = (&self.reporter, &r) {
-            rep.failure(&e.to_string());
+        if let Some(rep) = &self.reporter {
+            match &r {
+                Err(e) => rep.failure(&e.to_string()),
+                Ok(reply) if matches!(stage, "MAIL" | "RCPT" | "end of data") => {
+                    rep.board.reply_seen(rep.id, reply.code, rep.rise, rep.fall)
+                }
+                Ok(_) => {}
+            }
         }
         r
     }

@@ -48,6 +48,10 @@ pub struct Slot {
     pub overloaded: AtomicBool,
     /// The back-end's last EHLO offered CHUNKING (RFC 3030).
     pub chunking: AtomicBool,
+    /// Removed from the configuration by a reload: draining for good.
+    pub removed: AtomicBool,
+    /// Consecutive 4xx/5xx replies to MAIL, RCPT and the end of data, across sessions.
+    errors_in_a_row: AtomicU32,
 }
 
 /// A session's hold on a back-end: counted in `active` until dropped.
@@ -65,6 +69,9 @@ pub struct Board {
     /// Indexed by back-end id.
     slots: Vec<Arc<Slot>>,
 }
+
+/// Refusals in a row that count as one failed check.
+pub const ERROR_STORM: u32 = 20;
 
 /// Weight of the newest response-time sample in the moving average.
 const EWMA_NEW: f64 = 0.3;
@@ -90,6 +97,8 @@ impl Board {
                     agent: Mutex::new(None),
                     overloaded: AtomicBool::new(false),
                     chunking: AtomicBool::new(false),
+                    removed: AtomicBool::new(false),
+                    errors_in_a_row: AtomicU32::new(0),
                 })
             })
             .collect();
@@ -102,6 +111,40 @@ impl Board {
 
     pub fn slots(&self) -> &[Arc<Slot>] {
         &self.slots
+    }
+
+    /// A configuration reload: back-ends no longer in `cfg` (same pool, name and address)
+    /// drain, those back again are readmitted. Returns the names of back-ends `cfg` adds,
+    /// which take a restart.
+    pub fn reconcile(&self, cfg: &Config) -> Vec<String> {
+        let wanted: Vec<(&str, &str, std::net::SocketAddr)> = cfg
+            .backends()
+            .map(|(p, b)| (p.name.as_str(), b.name.as_str(), b.address))
+            .collect();
+        for s in &self.slots {
+            let keep = wanted.contains(&(
+                s.pool_name.as_str(),
+                s.backend.name.as_str(),
+                s.backend.address,
+            ));
+            if s.removed.swap(!keep, Ordering::Relaxed) == keep {
+                if keep {
+                    info!(backend = %s.backend.name, "back in the configuration: readmitted");
+                } else {
+                    info!(backend = %s.backend.name, "removed from the configuration: draining (running sessions finish)");
+                }
+            }
+        }
+        wanted
+            .iter()
+            .filter(|(p, n, a)| {
+                !self
+                    .slots
+                    .iter()
+                    .any(|s| s.pool_name == *p && s.backend.name == *n && s.backend.address == *a)
+            })
+            .map(|(_, n, _)| (*n).to_owned())
+            .collect()
     }
 
     /// Whether every back-end of `pools` has offered CHUNKING in its last EHLO.
@@ -127,6 +170,21 @@ impl Board {
         Some(SessionGuard {
             slot: Arc::clone(slot),
         })
+    }
+
+    /// A reply to MAIL, RCPT or the end of data. A storm of refusals with no success in
+    /// between ([`ERROR_STORM`] in a row) counts as one failed check: a back-end that
+    /// refuses everything (full disk, broken delivery) is sick even if it greets well.
+    pub fn reply_seen(&self, id: u32, code: u16, rise: u32, fall: u32) {
+        let Some(slot) = self.slot(id) else { return };
+        if code < 400 {
+            slot.errors_in_a_row.store(0, Ordering::Relaxed);
+            return;
+        }
+        if slot.errors_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= ERROR_STORM {
+            slot.errors_in_a_row.store(0, Ordering::Relaxed);
+            self.record(id, false, None, rise, fall, "a storm of 4xx/5xx replies");
+        }
     }
 
     /// A real session's greeting latency: feeds the response time only. Only probes count
@@ -212,7 +270,9 @@ impl Board {
             .and_then(|a| *a)
             .filter(|a| a.at.elapsed() < AGENT_STALE);
         let mut state = slot.state.load(Ordering::Acquire);
-        if state == BACKEND_UP && agent.is_some_and(|a| a.drain) {
+        if state == BACKEND_UP
+            && (agent.is_some_and(|a| a.drain) || slot.removed.load(Ordering::Relaxed))
+        {
             state = BACKEND_DRAINING;
         }
         let (addr_be, port_be) = crate::datapath::backend_address(slot.backend.address);
@@ -273,6 +333,36 @@ mod tests {
         b.record(0, true, Some(Duration::from_millis(4)), 2, 3, "test");
         let r = b.record_for(0, 0).unwrap();
         assert_eq!((r.state, r.response_us), (BACKEND_UP, 4000));
+    }
+
+    #[test]
+    fn a_storm_of_refusals_is_a_failed_check() {
+        let b = board();
+        for _ in 0..ERROR_STORM - 1 {
+            b.reply_seen(0, 452, 2, 1);
+        }
+        b.reply_seen(0, 250, 2, 1);
+        for _ in 0..ERROR_STORM - 1 {
+            b.reply_seen(0, 550, 2, 1);
+        }
+        assert_eq!(
+            b.record_for(0, 0).unwrap().state,
+            BACKEND_UP,
+            "a success broke the first run"
+        );
+        b.reply_seen(0, 451, 2, 1);
+        assert_eq!(b.record_for(0, 0).unwrap().state, BACKEND_DOWN);
+    }
+
+    #[test]
+    fn reload_drains_removed_backends_and_names_new_ones() {
+        let b = board();
+        let without = Config::parse(std::path::Path::new("t.toml"), "[frontend]\nname='f'\n[[pool]]\nname='p'\nbackend=[{name='z',address='198.18.1.19:25'}]\n").unwrap();
+        assert_eq!(b.reconcile(&without), ["z"]);
+        assert_eq!(b.record_for(0, 0).unwrap().state, BACKEND_DRAINING);
+        let again = Config::parse(std::path::Path::new("t.toml"), "[frontend]\nname='f'\n[[pool]]\nname='p'\nbackend=[{name='a',address='198.18.1.11:25'}]\n").unwrap();
+        assert!(b.reconcile(&again).is_empty());
+        assert_eq!(b.record_for(0, 0).unwrap().state, BACKEND_UP);
     }
 
     #[test]
