@@ -127,6 +127,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Health checks, agents and the load writer run until the stop; sessions stop last.
     let background = TaskTracker::new();
     health::spawn(
+        &pools,
         &board,
         envs,
         Some(pin_dir.clone()),

@@ -200,6 +200,13 @@ fn real_clients_reach_the_right_mailboxes_through_the_proxy() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     delivered(c.host_of("bob@example.test"), "bob@example.test", "curl");
+
+    // be1's health probes go over STARTTLS too (its pool's TLS): after all this time it is
+    // still up, and its load record says so.
+    let tables = robustifier::datapath::Tables::from_pins(&c.lab.pin_dir(0)).unwrap();
+    let snap = robustifier::datapath::Snapshot::read(&tables).unwrap();
+    assert_eq!(snap.backends[0].state, "up", "{}", snap.render());
+    assert!(snap.backends[0].response_us > 0, "{}", snap.render());
 }
 
 /// smtplib in the client namespace: one session, three recipients on three routes.

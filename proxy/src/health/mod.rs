@@ -24,6 +24,7 @@ use crate::front::env::Env;
 /// Starts the probe and agent loops for every back-end, and the load writer when the
 /// maps are pinned at `pin_dir`.
 pub fn spawn(
+    pools: &crate::backend::PoolSet,
     board: &Arc<Board>,
     envs: Vec<Arc<Env>>,
     pin_dir: Option<PathBuf>,
@@ -34,6 +35,20 @@ pub fn spawn(
     for slot in board.slots() {
         let (b, stop2) = (Arc::clone(board), stop.clone());
         let probe_slot = Arc::clone(slot);
+        // Probes use TLS where the pool's legs do, verifying the certificate the same way.
+        let tls: Option<probe::ProbeTls> = pools
+            .pool(&slot.pool_name)
+            .and_then(|p| p.tls.clone())
+            .map(|(connector, name)| {
+                let name = match name {
+                    Some(n) => rustls::pki_types::ServerName::try_from(n).ok(),
+                    None => None,
+                }
+                .unwrap_or_else(|| {
+                    rustls::pki_types::ServerName::IpAddress(slot.backend.address.ip().into())
+                });
+                (connector, name)
+            });
         tasks.spawn(async move {
             let slot = probe_slot;
             let h = slot.health.clone();
@@ -42,7 +57,7 @@ pub fn spawn(
                     _ = stop2.cancelled() => return,
                     _ = tokio::time::sleep(h.interval) => {}
                 }
-                let r = probe::probe(slot.backend.address, slot.backend.identity, h.timeout).await;
+                let r = probe::probe(slot.backend.address, slot.backend.identity, tls.as_ref(), h.timeout).await;
                 match &r {
                     Ok(p) => {
                         debug!(backend = %slot.backend.name, latency_us = p.latency.as_micros() as u64, "probe ok");

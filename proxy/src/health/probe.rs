@@ -19,6 +19,7 @@ use crate::{
     config::Identity,
     front::lines::{Line, read_line},
     smtp::reply::read_reply,
+    stream::Conn,
 };
 
 const MAX_LINE: usize = 2048;
@@ -32,35 +33,78 @@ pub struct Probed {
     pub chunking: bool,
 }
 
+/// TLS for probing a pool whose legs use it: the connector and the name to verify.
+pub type ProbeTls = (
+    tokio_rustls::TlsConnector,
+    rustls::pki_types::ServerName<'static>,
+);
+
 pub async fn probe(
     addr: SocketAddr,
     identity: Identity,
+    tls: Option<&ProbeTls>,
     limit: Duration,
 ) -> Result<Probed, String> {
-    timeout(limit, run(addr, identity))
+    timeout(limit, run(addr, identity, tls))
         .await
         .map_err(|_| format!("no answer within {limit:?}"))?
 }
 
-async fn run(addr: SocketAddr, identity: Identity) -> Result<Probed, String> {
+type Io = BufReader<Conn<TcpStream>>;
+
+async fn send(io: &mut Io, bytes: &[u8]) -> Result<(), String> {
+    io.get_mut()
+        .write_all(bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    io.get_mut().flush().await.map_err(|e| e.to_string())
+}
+
+async fn line(io: &mut Io) -> Result<Vec<u8>, String> {
+    match read_line(io, MAX_LINE).await.map_err(|e| e.to_string())? {
+        Line::Complete(l) => Ok(l),
+        _ => Err("connection closed".into()),
+    }
+}
+
+/// The handshake after STARTTLS/STLS: verifies the back-end's certificate like a leg does.
+async fn upgrade(io: Io, tls: &ProbeTls) -> Result<Io, String> {
+    let Conn::Plain(tcp) = io.into_inner() else {
+        return Err("TLS twice".into());
+    };
+    let s = tls
+        .0
+        .connect(tls.1.clone(), tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    Ok(BufReader::new(Conn::Client(Box::new(s))))
+}
+
+async fn ehlo(io: &mut Io) -> Result<crate::smtp::reply::Reply, String> {
+    send(io, b"EHLO robustifier-probe\r\n").await?;
+    let r = read_reply(io, MAX_LINE)
+        .await
+        .map_err(|e| format!("EHLO: {e}"))?;
+    if r.code != 250 {
+        return Err(format!("EHLO answered {}", r.code));
+    }
+    Ok(r)
+}
+
+async fn run(
+    addr: SocketAddr,
+    identity: Identity,
+    tls: Option<&ProbeTls>,
+) -> Result<Probed, String> {
     let start = Instant::now();
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let mut io = BufReader::new(tcp);
+    let mut io: Io = BufReader::new(Conn::Plain(tcp));
     if identity == Identity::ProxyV2 {
-        io.get_mut()
-            .write_all(&proxy_v2::local())
-            .await
-            .map_err(|e| e.to_string())?;
+        send(&mut io, &proxy_v2::local()).await?;
     }
-    let first = match read_line(&mut io, MAX_LINE)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        Line::Complete(l) => l,
-        _ => return Err("no greeting".into()),
-    };
+    let first = line(&mut io).await.map_err(|e| format!("greeting: {e}"))?;
     let latency = start.elapsed();
     let mut chunking = false;
     if first.starts_with(b"220") {
@@ -73,35 +117,37 @@ async fn run(addr: SocketAddr, identity: Identity) -> Result<Probed, String> {
                 return Err(format!("greeting {rest}"));
             }
         }
-        io.get_mut()
-            .write_all(b"EHLO robustifier-probe\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let ehlo = read_reply(&mut io, MAX_LINE)
-            .await
-            .map_err(|e| format!("EHLO: {e}"))?;
-        let _ = io.get_mut().write_all(b"QUIT\r\n").await;
-        if ehlo.code != 250 {
-            return Err(format!("EHLO answered {}", ehlo.code));
+        let mut caps = ehlo(&mut io).await?;
+        if let Some(tls) = tls {
+            send(&mut io, b"STARTTLS\r\n").await?;
+            let r = read_reply(&mut io, MAX_LINE)
+                .await
+                .map_err(|e| format!("STARTTLS: {e}"))?;
+            if r.code != 220 {
+                return Err(format!("STARTTLS answered {}", r.code));
+            }
+            io = upgrade(io, tls).await?;
+            caps = ehlo(&mut io).await?;
         }
-        chunking = crate::smtp::reply::Capabilities::from_ehlo(&ehlo).chunking;
+        chunking = crate::smtp::reply::Capabilities::from_ehlo(&caps).chunking;
+        let _ = send(&mut io, b"QUIT\r\n").await;
     } else if first.starts_with(b"+OK") {
-        io.get_mut()
-            .write_all(b"CAPA\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
+        if let Some(tls) = tls {
+            send(&mut io, b"STLS\r\n").await?;
+            if !line(&mut io).await?.starts_with(b"+OK") {
+                return Err("STLS refused".into());
+            }
+            io = upgrade(io, tls).await?;
+        }
+        send(&mut io, b"CAPA\r\n").await?;
         // The capability list ends with a lone dot; a server without CAPA says -ERR.
         for _ in 0..200 {
-            match read_line(&mut io, MAX_LINE)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                Line::Complete(l) if l == b"." || l.starts_with(b"-ERR") => break,
-                Line::Complete(_) => continue,
-                _ => return Err("CAPA cut short".into()),
+            let l = line(&mut io).await.map_err(|e| format!("CAPA: {e}"))?;
+            if l == b"." || l.starts_with(b"-ERR") {
+                break;
             }
         }
-        let _ = io.get_mut().write_all(b"QUIT\r\n").await;
+        let _ = send(&mut io, b"QUIT\r\n").await;
     } else {
         return Err(format!("greeting {:?}", String::from_utf8_lossy(&first)));
     }
@@ -144,10 +190,10 @@ mod tests {
         let pop = server(b"+OK ready\r\n").await;
         let busy = server(b"421 4.3.2 busy\r\n").await;
         let lim = Duration::from_secs(5);
-        assert!(probe(smtp, Identity::None, lim).await.is_ok());
-        assert!(probe(pop, Identity::None, lim).await.is_ok());
+        assert!(probe(smtp, Identity::None, None, lim).await.is_ok());
+        assert!(probe(pop, Identity::None, None, lim).await.is_ok());
         assert!(
-            probe(busy, Identity::None, lim)
+            probe(busy, Identity::None, None, lim)
                 .await
                 .unwrap_err()
                 .contains("421")
@@ -157,7 +203,7 @@ mod tests {
             .local_addr()
             .unwrap();
         assert!(
-            probe(dead, Identity::None, lim)
+            probe(dead, Identity::None, None, lim)
                 .await
                 .unwrap_err()
                 .starts_with("connect")
