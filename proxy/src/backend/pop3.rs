@@ -10,11 +10,10 @@ use tokio::{
 };
 
 use super::{
-    Candidate, proxy_v2,
+    Candidate,
     smtp::{COMMAND_TIMEOUT, ClientInfo, LegError},
 };
 use crate::{
-    config::Identity,
     pop3::response::{BackendLine, Response, read_status_line},
     stream::Conn,
 };
@@ -43,35 +42,16 @@ pub enum Pop3LegError {
 impl Pop3Leg {
     pub async fn open(c: &Candidate, client: &ClientInfo) -> Result<Pop3Leg, Pop3LegError> {
         let addr = c.backend.address;
-        let start = std::time::Instant::now();
-        // Connect and greeting share one deadline: a back-end that accepts but never
-        // greets is skipped as fast as one that refuses.
-        let deadline = tokio::time::Instant::now() + c.pool.pool.connect_timeout;
-        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
-            .await
-            .map_err(|_| LegError::Timeout { stage: "connect" })?
-            .map_err(|source| LegError::Connect { addr, source })?;
-        let _ = tcp.set_nodelay(true);
+        let dialed = super::dial(c, client).await?;
+        let left = dialed.left();
         let mut leg = Pop3Leg {
-            io: BufReader::new(Conn::Plain(tcp)),
+            io: BufReader::new(Conn::Plain(dialed.tcp)),
             name: c.backend.name.clone(),
             greeting_latency: std::time::Duration::ZERO,
             guard: None,
         };
-        if c.backend.identity == Identity::ProxyV2 {
-            leg.write(
-                &proxy_v2::header(client.peer, client.local, Some(&client.session_id)),
-                "PROXY header",
-            )
-            .await?;
-        }
-        let greeting = leg
-            .status(
-                "greeting",
-                deadline.saturating_duration_since(tokio::time::Instant::now()),
-            )
-            .await?;
-        leg.greeting_latency = start.elapsed();
+        let greeting = leg.status("greeting", left).await?;
+        leg.greeting_latency = dialed.started.elapsed();
         if !greeting.is_ok() {
             return Err(Pop3LegError::Refused {
                 stage: "greeting",

@@ -15,7 +15,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use super::{Candidate, proxy_v2};
+use super::Candidate;
 use crate::{
     config::Identity,
     smtp::reply::{Capabilities, Reply, ReplyError, read_reply},
@@ -104,36 +104,19 @@ impl SmtpLeg {
         client: &ClientInfo,
         our_name: &str,
     ) -> Result<SmtpLeg, LegError> {
-        let addr = c.backend.address;
-        let start = std::time::Instant::now();
-        // Connect and greeting share one deadline: a back-end that accepts but never
-        // greets is skipped as fast as one that refuses.
-        let deadline = tokio::time::Instant::now() + c.pool.pool.connect_timeout;
-        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
-            .await
-            .map_err(|_| LegError::Timeout { stage: "connect" })?
-            .map_err(|source| LegError::Connect { addr, source })?;
-        let _ = tcp.set_nodelay(true);
+        let dialed = super::dial(c, client).await?;
+        let left = dialed.left();
         let mut leg = SmtpLeg {
-            io: BufReader::new(Conn::Plain(tcp)),
+            io: BufReader::new(Conn::Plain(dialed.tcp)),
             caps: Capabilities::default(),
             name: c.backend.name.clone(),
-            addr,
+            addr: c.backend.address,
             greeting_latency: Duration::ZERO,
             guard: None,
             reporter: None,
         };
-        if c.backend.identity == Identity::ProxyV2 {
-            let h = proxy_v2::header(client.peer, client.local, Some(&client.session_id));
-            leg.write(&h, "PROXY header").await?;
-        }
-        let greeting = leg
-            .reply(
-                "greeting",
-                deadline.saturating_duration_since(tokio::time::Instant::now()),
-            )
-            .await?;
-        leg.greeting_latency = start.elapsed();
+        let greeting = leg.reply("greeting", left).await?;
+        leg.greeting_latency = dialed.started.elapsed();
         if greeting.code != 220 {
             return Err(LegError::Refused {
                 stage: "greeting",
@@ -150,7 +133,7 @@ impl SmtpLeg {
             let helo = client.helo.as_deref().unwrap_or(our_name);
             leg.ehlo(helo).await?;
         }
-        debug!(backend = %leg.name, addr = %addr, "back-end leg open");
+        debug!(backend = %leg.name, addr = %leg.addr, "back-end leg open");
         Ok(leg)
     }
 

@@ -107,6 +107,24 @@ fn show_addr(bytes: [u8; 16]) -> IpAddr {
     Ipv6Addr::from(bytes).to_canonical()
 }
 
+/// The prefixes held in an LPM trie, as an operator writes them.
+fn prefixes<K, V>(
+    trie: &aya::maps::LpmTrie<aya::maps::MapData, K, V>,
+    name: &'static str,
+) -> Result<Vec<String>, DataPathError>
+where
+    K: aya::Pod + Into<IpAddr>,
+    V: aya::Pod,
+{
+    trie.keys()
+        .map(|k| {
+            let k = k.map_err(map_err(name))?;
+            Ok(IpNet::new(k.data().into(), k.prefix_len() as u8)
+                .map_or_else(|_| "?".into(), |n| n.to_string()))
+        })
+        .collect()
+}
+
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataPathError {
     move |source| DataPathError::Map { name, source }
 }
@@ -175,36 +193,10 @@ impl Snapshot {
             row.steered_shed = s.steered_shed;
             row.steer_no_listener = s.steer_no_listener;
         }
-        let mut block = Vec::new();
-        for k in t.block_v4.keys() {
-            let k = k.map_err(map_err(MAP_BLOCK_V4))?;
-            block.push(
-                IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
-                    .map_or_else(|_| "?".into(), |n| n.to_string()),
-            );
-        }
-        for k in t.block_v6.keys() {
-            let k = k.map_err(map_err(MAP_BLOCK_V6))?;
-            block.push(
-                IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
-                    .map_or_else(|_| "?".into(), |n| n.to_string()),
-            );
-        }
-        let mut priority = Vec::new();
-        for k in t.class_v4.keys() {
-            let k = k.map_err(map_err(MAP_CLASS_V4))?;
-            priority.push(
-                IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
-                    .map_or_else(|_| "?".into(), |n| n.to_string()),
-            );
-        }
-        for k in t.class_v6.keys() {
-            let k = k.map_err(map_err(MAP_CLASS_V6))?;
-            priority.push(
-                IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
-                    .map_or_else(|_| "?".into(), |n| n.to_string()),
-            );
-        }
+        let mut block = prefixes(&t.block_v4, MAP_BLOCK_V4)?;
+        block.extend(prefixes(&t.block_v6, MAP_BLOCK_V6)?);
+        let mut priority = prefixes(&t.class_v4, MAP_CLASS_V4)?;
+        priority.extend(prefixes(&t.class_v6, MAP_CLASS_V6)?);
         let mut backends = Vec::new();
         for (id, b) in t.backends.iter().enumerate() {
             let b = b.map_err(map_err(MAP_BACKENDS))?;

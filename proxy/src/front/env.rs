@@ -37,6 +37,21 @@ impl Env {
         self.pools.board.chunking(&self.pool_names())
     }
 
+    /// The route of a login name: as an address (`user@domain`) when it has one, else as a
+    /// bare user name.
+    pub fn route_user(&self, user: &str) -> Option<Route> {
+        match user.split_once('@') {
+            Some((local, domain)) => {
+                let addr = crate::smtp::command::Address {
+                    local: local.to_owned(),
+                    domain: Some(domain.to_ascii_lowercase()),
+                };
+                self.route(|t| t.lookup(&addr).cloned())
+            }
+            None => self.route(|t| t.lookup_user(user).cloned()),
+        }
+    }
+
     /// The pools serving `key`: the routing map first, then the service's default pool.
     /// `None`: nothing routes it (relay denied); `Some(Route::Reject)`: unknown recipient.
     pub fn route(&self, lookup: impl Fn(&RouteTable) -> Option<Route>) -> Option<Route> {

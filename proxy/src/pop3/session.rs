@@ -297,16 +297,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
 
     /// Finds the user's back-end, replays the login there and relays the verdict.
     async fn login(&mut self, user: String, pass: String) -> Result<Option<Pop3Leg>, Pop3Error> {
-        let route = match user.split_once('@') {
-            Some((local, domain)) => {
-                let addr = Address {
-                    local: local.to_owned(),
-                    domain: Some(domain.to_ascii_lowercase()),
-                };
-                self.env.route(|t| t.lookup(&addr).cloned())
-            }
-            None => self.env.route(|t| t.lookup_user(&user).cloned()),
-        };
+        let route = self.env.route_user(&user);
         let Some(Route::Pools(route)) = route else {
             info!(session = %self.client.session_id, %user, "login for a user with no route");
             self.refuse(Route::pop3_reject_response()).await?;

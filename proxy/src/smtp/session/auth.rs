@@ -12,7 +12,7 @@ use crate::{
     config::ServiceTls,
     front::lines::{Line, read_line},
     route::Route,
-    smtp::{command::Address, reply::Reply},
+    smtp::reply::Reply,
 };
 
 /// RFC 4954 4: a server must accept AUTH lines of at least 12288 octets.
@@ -117,16 +117,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     }
 
     async fn relay_auth(&mut self, user: String, password: String) {
-        let route = match user.split_once('@') {
-            Some((local, domain)) => {
-                let addr = Address {
-                    local: local.to_owned(),
-                    domain: Some(domain.to_ascii_lowercase()),
-                };
-                self.env.route(|t| t.lookup(&addr).cloned())
-            }
-            None => self.env.route(|t| t.lookup_user(&user).cloned()),
-        };
+        let route = self.env.route_user(&user);
         let Some(Route::Pools(route)) = route else {
             // Unknown users fail like wrong passwords: nothing tells which names exist.
             info!(session = %self.client.session_id, %user, "AUTH for a user with no route");
