@@ -76,3 +76,13 @@ pub fn wait_port(ns: &Netns, addr: std::net::SocketAddr) -> anyhow::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// A lab for a privileged test: `None` (with the reason printed, or a panic under
+/// `cargo xtask test`) when the preconditions are missing; the lab otherwise, under a
+/// unique prefix.
+pub fn privileged_lab(tag: &str, plan: Plan) -> Option<Lab> {
+    if !privileged::check(tag) {
+        return None;
+    }
+    Some(Lab::up(&unique_prefix(tag), plan).expect("lab up"))
+}

@@ -12,25 +12,18 @@ use std::{
 
 use robustifier::datapath::{Snapshot, Tables};
 use robustifier_lab::{
-    Lab, Plan, client, privileged,
+    Lab, Plan, client,
     sink::Sink,
     topology::{VIP_SMTP, internal_v4},
-    unique_prefix,
 };
 
 fn lab(tag: &str, backends: usize) -> Option<Lab> {
-    if !privileged::check(tag) {
-        return None;
-    }
-    Some(
-        Lab::up(
-            &unique_prefix(tag),
-            Plan {
-                frontends: 1,
-                backends,
-            },
-        )
-        .expect("lab up"),
+    robustifier_lab::privileged_lab(
+        tag,
+        Plan {
+            frontends: 1,
+            backends,
+        },
     )
 }
 

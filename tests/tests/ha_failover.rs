@@ -12,9 +12,8 @@ use std::{
 
 use nix::sys::signal::Signal;
 use robustifier_lab::{
-    Lab, Plan, client, privileged,
+    Lab, Plan, client,
     topology::{VIP_POP, VIP_SMTP},
-    unique_prefix,
     vrrp::{Vr, control_socket, eventually, frontend_config, owns},
 };
 
@@ -24,18 +23,12 @@ const FEB: usize = 1;
 const GENEROUS: Duration = Duration::from_secs(20);
 
 fn lab(tag: &str) -> Option<Lab> {
-    if !privileged::check(tag) {
-        return None;
-    }
-    Some(
-        Lab::up(
-            &unique_prefix(tag),
-            Plan {
-                frontends: 2,
-                backends: 0,
-            },
-        )
-        .expect("lab up"),
+    robustifier_lab::privileged_lab(
+        tag,
+        Plan {
+            frontends: 2,
+            backends: 0,
+        },
     )
 }
 

@@ -18,22 +18,15 @@ use robustifier_lab::{
         clients::{self, b64decode, delivered, message, text},
         proxy_v2,
     },
-    privileged, unique_prefix,
 };
 
 fn lab(tag: &str, backends: usize) -> Option<Lab> {
-    if !privileged::check(tag) {
-        return None;
-    }
-    Some(
-        Lab::up(
-            &unique_prefix(tag),
-            Plan {
-                frontends: 1,
-                backends,
-            },
-        )
-        .expect("lab up"),
+    robustifier_lab::privileged_lab(
+        tag,
+        Plan {
+            frontends: 1,
+            backends,
+        },
     )
 }
 

@@ -13,9 +13,8 @@ use std::{
 use robustifier::datapath::{Snapshot, Tables};
 use robustifier_common::{CAPACITY_EXHAUSTED, CAPACITY_PRIORITY_ONLY, ServiceState};
 use robustifier_lab::{
-    Lab, Plan, client, privileged,
+    Lab, Plan, client,
     topology::{VIP_POP, VIP_SMTP, VIP_SMTP_V6, public_v4},
-    unique_prefix,
 };
 
 fn config(lab: &Lab, extra: &str) -> String {
@@ -48,18 +47,12 @@ backend = [{{ name = "be1", address = "198.18.1.11:25" }}]
 }
 
 fn lab(tag: &str) -> Option<Lab> {
-    if !privileged::check(tag) {
-        return None;
-    }
-    Some(
-        Lab::up(
-            &unique_prefix(tag),
-            Plan {
-                frontends: 1,
-                backends: 0,
-            },
-        )
-        .expect("lab up"),
+    robustifier_lab::privileged_lab(
+        tag,
+        Plan {
+            frontends: 1,
+            backends: 0,
+        },
     )
 }
 
