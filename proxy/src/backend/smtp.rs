@@ -264,8 +264,15 @@ impl SmtpLeg {
 
     /// Sends one command line and reads its reply.
     pub async fn command(&mut self, line: &str, stage: &'static str) -> Result<Reply, LegError> {
+        let sent = std::time::Instant::now();
         self.write(format!("{line}\r\n").as_bytes(), stage).await?;
-        self.reply(stage, COMMAND_TIMEOUT).await
+        let r = self.reply(stage, COMMAND_TIMEOUT).await;
+        // MAIL and RCPT answers are how fast the back-end is for sessions right now: they
+        // join probes and greetings in the response-time average.
+        if let (Some(rep), Ok(_), "MAIL" | "RCPT") = (&self.reporter, &r, stage) {
+            rep.board.sample_latency(rep.id, sent.elapsed());
+        }
+        r
     }
 
     /// Message octets, already checked by the DATA scanner.
