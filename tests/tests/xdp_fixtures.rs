@@ -66,7 +66,11 @@ impl Fixture {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/robustifier/{}", unique_prefix("fx")));
         let text = CONFIG.replace("PIN_DIR", pin_dir.to_str().unwrap());
         let cfg = Config::parse(std::path::Path::new("fixture.toml"), &text).unwrap();
-        let mut dp = DataPath::load(&pin_dir).expect("load the XDP program");
+        let mut dp = DataPath::load(&pin_dir).unwrap_or_else(|e| {
+            // No Fixture exists yet to clean up on drop.
+            let _ = std::fs::remove_dir_all(&pin_dir);
+            panic!("load the XDP program: {e}")
+        });
         dp.tables.apply(&cfg).unwrap();
         Some(Fixture { dp, pin_dir })
     }
