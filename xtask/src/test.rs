@@ -5,7 +5,7 @@
 use std::{process::Command, time::Instant};
 
 use anyhow::{Context as _, bail};
-use robustifier_lab::{netns, topology};
+use robustifier_lab::netns;
 
 use crate::{
     setup,
@@ -67,7 +67,7 @@ pub fn run() -> anyhow::Result<()> {
     run_step("build robustifier", || {
         cargo(&["build", "-p", "robustifier"])
     })?;
-    let stale = topology::sweep(TEST_PREFIX);
+    let stale = crate::lab::down(TEST_PREFIX);
     if !stale.is_empty() {
         println!(
             "xtask test: removed {} namespaces left by an earlier run",
