@@ -269,3 +269,37 @@ pub fn serve_auth_http(listen: &str, upstream: SocketAddr) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+/// A back-end for idle sessions: greets every connection and keeps it open, doing nothing
+/// else (smtp-sink stops greeting after a few hundred open sessions).
+pub fn serve_greeter(listen: SocketAddr) -> anyhow::Result<()> {
+    let l = TcpListener::bind(listen)?;
+    let mut held = Vec::new();
+    loop {
+        match l.accept() {
+            Ok((mut c, _)) => {
+                let _ = c.write_all(b"220 greeter.bench.invalid ESMTP\r\n");
+                held.push(c);
+            }
+            // Out of descriptors: wait for the client side to let go.
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Starts [`serve_greeter`] (through this executable) on back-end `i` port 25.
+pub fn greeter(lab: &mut Lab, i: usize) -> anyhow::Result<SocketAddr> {
+    let addr = SocketAddr::new(internal_v4(11 + i as u8).into(), 25);
+    let ns = lab.backends[i].ns.clone();
+    let exe = std::env::current_exe()?.to_string_lossy().into_owned();
+    let a = addr.to_string();
+    spawn_pinned(
+        lab,
+        &ns,
+        &format!("greeter{i}"),
+        LOAD_CPU,
+        &[&exe, "bench-greeter", "--listen", &a],
+    )?;
+    wait_port(&ns, addr)?;
+    Ok(addr)
+}

@@ -66,6 +66,12 @@ enum Command {
         #[arg(long)]
         upstream: std::net::SocketAddr,
     },
+    /// The bench's idle back-end: greets and holds every connection.
+    #[command(hide = true)]
+    BenchGreeter {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -85,6 +91,7 @@ fn main() -> std::process::ExitCode {
         Command::BenchAuthHttp { listen, upstream } => {
             robustifier_bench::rivals::serve_auth_http(&listen, upstream)
         }
+        Command::BenchGreeter { listen } => robustifier_bench::rivals::serve_greeter(listen),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -48,7 +48,12 @@ struct Trial {
     lost: usize,
 }
 
-/// Sends mail through the VIP until `stop`; (session start, end, delivered) per session.
+/// Sending threads: one stuck on a dead front-end (until its timeout) must not hide the
+/// moment the VIP answers again, so several send side by side.
+const SENDERS: usize = 8;
+
+/// Sends mail through the VIP from [`SENDERS`] threads until `stop`; (session start, end,
+/// delivered) per session.
 fn sender(lab: &Lab, stop: &AtomicBool, log: &Mutex<Vec<(Instant, Instant, bool)>>) {
     let msg = smtp::message(1024);
     let t = smtp::Timeouts {
@@ -57,14 +62,21 @@ fn sender(lab: &Lab, stop: &AtomicBool, log: &Mutex<Vec<(Instant, Instant, bool)
     };
     let _ = lab.client.ns.enter(|| {
         let _ = procs::pin_current(procs::LOAD_CPU);
-        while !stop.load(Ordering::Relaxed) {
-            let s = Instant::now();
-            let ok = smtp::session(rivals::vip(), &msg, t).is_ok();
-            log.lock().expect("log").push((s, Instant::now(), ok));
-            if !ok {
-                std::thread::sleep(Duration::from_millis(5));
+        std::thread::scope(|sc| {
+            for i in 0..SENDERS {
+                let msg = &msg;
+                sc.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(3 * i as u64));
+                    while !stop.load(Ordering::Relaxed) {
+                        let s = Instant::now();
+                        let ok = smtp::session(rivals::vip(), msg, t).is_ok();
+                        log.lock().expect("log").push((s, Instant::now(), ok));
+                        // Paced: about one attempt per 20 ms per thread.
+                        std::thread::sleep(Duration::from_millis(if ok { 20 } else { 5 }));
+                    }
+                });
             }
-        }
+        });
     });
 }
 

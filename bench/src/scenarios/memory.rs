@@ -23,7 +23,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let s = ctx.sizes;
     let n = s.idle_sessions;
     let mut lab = super::lab("bm", 1, 1)?;
-    let sink = rivals::sink(&mut lab, 0, &[])?;
+    let sink = rivals::greeter(&mut lab, 0)?;
     let cfg = rivals::robustifier_config(&lab, 0, 1, "", "");
     let rob = rivals::start_robustifier(&mut lab, &cfg)?;
     let hap = rivals::start_haproxy(&mut lab, 1, false)?;
