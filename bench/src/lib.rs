@@ -41,6 +41,8 @@ pub struct Sizes {
     pub idle_sessions: usize,
     pub memory_reps: usize,
     pub failover_trials: usize,
+    pub bulk_messages: usize,
+    pub overload_reps: usize,
 }
 
 impl Mode {
@@ -58,6 +60,8 @@ impl Mode {
                 idle_sessions: 200,
                 memory_reps: 1,
                 failover_trials: 1,
+                bulk_messages: 2,
+                overload_reps: 1,
             },
             Mode::Quick => Sizes {
                 reps: 3,
@@ -71,6 +75,8 @@ impl Mode {
                 idle_sessions: 2000,
                 memory_reps: 1,
                 failover_trials: 2,
+                bulk_messages: 8,
+                overload_reps: 2,
             },
             Mode::Full => Sizes {
                 reps: 5,
@@ -84,6 +90,8 @@ impl Mode {
                 idle_sessions: 9_000,
                 memory_reps: 3,
                 failover_trials: 10,
+                bulk_messages: 24,
+                overload_reps: 3,
             },
         }
     }
@@ -118,7 +126,9 @@ impl Ctx {
 }
 
 /// A scenario by name, in the order they run.
-pub const SCENARIOS: &[&str] = &["cost", "slow", "drop", "memory", "failover"];
+pub const SCENARIOS: &[&str] = &[
+    "cost", "slow", "drop", "memory", "failover", "bulk", "overload",
+];
 
 /// Runs the scenarios named in `only` (all when empty) and returns the report; a failing
 /// scenario is recorded and the others still run.
@@ -159,6 +169,8 @@ pub fn run(mode: Mode, only: &[String], command: &str) -> anyhow::Result<Report>
             "drop" => scenarios::drop_path::run(&mut ctx),
             "memory" => scenarios::memory::run(&mut ctx),
             "failover" => scenarios::failover::run(&mut ctx),
+            "bulk" => scenarios::bulk::run(&mut ctx),
+            "overload" => scenarios::overload::run(&mut ctx),
             _ => unreachable!(),
         };
         println!(

@@ -21,6 +21,7 @@ pub fn fe_addr(port: u16) -> SocketAddr {
 }
 pub const HAPROXY_PORT: u16 = 2525;
 pub const HAPROXY_LEASTCONN_PORT: u16 = 2527;
+pub const HAPROXY_SPLICE_PORT: u16 = 2528;
 pub const NGINX_PORT: u16 = 2526;
 pub const AUTH_HTTP: &str = "127.0.0.1:9080";
 
@@ -42,6 +43,16 @@ pub fn spawn_pinned(
     argv.extend_from_slice(args);
     let d = lab.spawn(ns, name, &argv)?;
     Ok(d.pid().as_raw())
+}
+
+/// Waits until `addr` listens in `ns`; on failure the error carries the log of the
+/// process started as `name`.
+fn wait_started(lab: &Lab, ns: &Netns, addr: SocketAddr, name: &str) -> anyhow::Result<()> {
+    wait_port(ns, addr).map_err(|e| {
+        let log =
+            std::fs::read_to_string(lab.log_dir.join(format!("{name}.log"))).unwrap_or_default();
+        anyhow::anyhow!("{name} did not start: {e}\n{log}")
+    })
 }
 
 /// A plain smtp-sink (no dumps) on back-end `i`, pinned to the load CPU.
@@ -145,35 +156,51 @@ pub fn maps(lab: &Lab) -> anyhow::Result<serde_json::Value> {
 }
 
 /// HAProxy 2.6 in TCP mode on front-end 0: roundrobin on [`HAPROXY_PORT`], leastconn on
-/// [`HAPROXY_LEASTCONN_PORT`], over `backends`. Returns its pid.
+/// [`HAPROXY_LEASTCONN_PORT`], roundrobin with splice on [`HAPROXY_SPLICE_PORT`], over
+/// `backends`. Returns its pid.
 pub fn start_haproxy(lab: &mut Lab, backends: usize, bind_any: bool) -> anyhow::Result<i32> {
-    start_haproxy_on(lab, 0, backends, bind_any)
+    start_haproxy_on(lab, 0, backends, bind_any, "")
 }
 
+/// [`start_haproxy`] on front-end `fe`, with `server_opts` on every server line (e.g.
+/// `maxconn 4`; a session over it waits in the queue for 5 s at most).
 pub fn start_haproxy_on(
     lab: &mut Lab,
     fe: usize,
     backends: usize,
     bind_any: bool,
+    server_opts: &str,
 ) -> anyhow::Result<i32> {
     let dir = lab.log_dir.clone();
     let name = format!("haproxy-{}", lab.frontend(fe).name);
     let servers: String = (0..backends)
-        .map(|j| format!("  server be{} {}:25\n", j + 1, internal_v4(11 + j as u8)))
+        .map(|j| {
+            format!(
+                "  server be{} {}:25 {server_opts}\n",
+                j + 1,
+                internal_v4(11 + j as u8)
+            )
+        })
         .collect();
-    let (rr, lc) = if bind_any {
-        ("*:25".to_owned(), format!("*:{HAPROXY_LEASTCONN_PORT}"))
+    let (rr, lc, sp) = if bind_any {
+        (
+            "*:25".to_owned(),
+            format!("*:{HAPROXY_LEASTCONN_PORT}"),
+            format!("*:{HAPROXY_SPLICE_PORT}"),
+        )
     } else {
         (
             fe_addr(HAPROXY_PORT).to_string(),
             fe_addr(HAPROXY_LEASTCONN_PORT).to_string(),
+            fe_addr(HAPROXY_SPLICE_PORT).to_string(),
         )
     };
     let conf = format!(
-        "global\n  maxconn 9500\n  nbthread 1\n  pidfile {pid}\n\
-         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+        "global\n  maxconn 9200\n  maxpipes 200\n  nbthread 1\n  pidfile {pid}\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout queue 5s\n\
          frontend rr\n  bind {rr}\n  default_backend rr\n\
          frontend lc\n  bind {lc}\n  default_backend lc\n\
+         frontend sp\n  bind {sp}\n  option splice-auto\n  default_backend rr\n\
          backend rr\n  balance roundrobin\n{servers}\
          backend lc\n  balance leastconn\n{servers}",
         pid = dir.join(format!("{name}.pid")).display(),
@@ -188,7 +215,7 @@ pub fn start_haproxy_on(
     } else {
         fe_addr(HAPROXY_PORT)
     };
-    wait_port(&ns, probe)?;
+    wait_started(lab, &ns, probe, &name)?;
     Ok(pid)
 }
 
@@ -215,7 +242,7 @@ pub fn start_nginx(lab: &mut Lab, upstream: SocketAddr) -> anyhow::Result<Vec<i3
             &up,
         ],
     )?;
-    wait_port(&ns, AUTH_HTTP.parse()?)?;
+    wait_started(lab, &ns, AUTH_HTTP.parse()?, "auth-http")?;
     let conf = format!(
         "load_module /usr/lib/nginx/modules/ngx_mail_module.so;\n\
          user nobody nogroup;\nworker_processes 1;\ndaemon off;\nmaster_process on;\n\
@@ -239,7 +266,7 @@ pub fn start_nginx(lab: &mut Lab, upstream: SocketAddr) -> anyhow::Result<Vec<i3
         SUT_CPU,
         &["nginx", "-e", &e, "-p", &d, "-c", &p],
     )?;
-    wait_port(&ns, fe_addr(NGINX_PORT))?;
+    wait_started(lab, &ns, fe_addr(NGINX_PORT), "nginx")?;
     let mut pids = procs::tree(master);
     pids.push(responder);
     Ok(pids)
@@ -270,19 +297,69 @@ pub fn serve_auth_http(listen: &str, upstream: SocketAddr) -> anyhow::Result<()>
     Ok(())
 }
 
-/// A back-end for idle sessions: greets every connection and keeps it open, doing nothing
-/// else (smtp-sink stops greeting after a few hundred open sessions).
+/// A back-end for idle sessions: greets every connection and holds it, answering any line
+/// with 250 and QUIT with 221 (enough for health probes). One thread polls every socket
+/// (smtp-sink stops greeting after a few hundred open sessions).
 pub fn serve_greeter(listen: SocketAddr) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
     let l = TcpListener::bind(listen)?;
-    let mut held = Vec::new();
+    l.set_nonblocking(true)?;
+    let mut conns: Vec<std::net::TcpStream> = Vec::new();
+    let mut buf = [0u8; 4096];
     loop {
-        match l.accept() {
-            Ok((mut c, _)) => {
-                let _ = c.write_all(b"220 greeter.bench.invalid ESMTP\r\n");
-                held.push(c);
+        let mut fds: Vec<libc::pollfd> = std::iter::once(l.as_raw_fd())
+            .chain(conns.iter().map(|c| c.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of pollfd for its length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        if n <= 0 {
+            continue;
+        }
+        for i in (1..fds.len()).rev() {
+            if fds[i].revents == 0 {
+                continue;
             }
-            // Out of descriptors: wait for the client side to let go.
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            let c = &mut conns[i - 1];
+            let keep = match c.read(&mut buf) {
+                Ok(0) => false,
+                Ok(k) => {
+                    let text = String::from_utf8_lossy(&buf[..k]).to_ascii_uppercase();
+                    let quit = text.contains("QUIT");
+                    let lines = text.matches('\n').count().max(1);
+                    let mut out = "250 ok\r\n".repeat(lines - usize::from(quit));
+                    if quit {
+                        out.push_str("221 bye\r\n");
+                    }
+                    c.write_all(out.as_bytes()).is_ok() && !quit
+                }
+                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            };
+            if !keep {
+                conns.swap_remove(i - 1);
+            }
+        }
+        if fds[0].revents != 0 {
+            loop {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.write_all(b"220 greeter.bench.invalid ESMTP\r\n");
+                        if c.set_nonblocking(true).is_ok() {
+                            conns.push(c);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    // Out of descriptors: wait for the client side to let go.
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(50));
+                        break;
+                    }
+                }
+            }
         }
     }
 }

@@ -50,39 +50,69 @@ impl Timeouts {
     };
 }
 
-/// One session delivering `msg` (from [`message`]). Ok(elapsed) when the end of data got a
-/// 2xx reply (the message was accepted), Err otherwise.
-pub fn session(to: SocketAddr, msg: &[u8], t: Timeouts) -> anyhow::Result<Duration> {
+/// How a session ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The end of data got a 2xx reply: the message was accepted.
+    Delivered(Duration),
+    /// A 4xx reply (a deflection) at some step.
+    Deferred(u16),
+    /// A 5xx reply.
+    Rejected(u16),
+    /// No reply: refused, reset, closed or timed out.
+    Failed(std::io::Error),
+}
+
+/// One session delivering `msg` (from [`message`]) to `rcpt`.
+pub fn session_to(to: SocketAddr, rcpt: &str, msg: &[u8], t: Timeouts) -> Outcome {
     let start = Instant::now();
-    let stream = TcpStream::connect_timeout(&to, t.connect)?;
-    stream.set_read_timeout(Some(t.io))?;
-    stream.set_write_timeout(Some(t.io))?;
-    stream.set_nodelay(true)?;
-    let mut r = BufReader::new(stream.try_clone()?);
-    let mut w = stream;
-    let expect = |code: u16, want: u16, what: &str| {
-        anyhow::ensure!(code / 100 == want, "{what}: {code}");
-        Ok(())
+    let run = || -> std::io::Result<Result<(), u16>> {
+        let stream = TcpStream::connect_timeout(&to, t.connect)?;
+        stream.set_read_timeout(Some(t.io))?;
+        stream.set_write_timeout(Some(t.io))?;
+        stream.set_nodelay(true)?;
+        let mut r = BufReader::new(stream.try_clone()?);
+        let mut w = stream;
+        let code = reply(&mut r)?;
+        if code / 100 != 2 {
+            return Ok(Err(code));
+        }
+        let rcpt_cmd = format!("RCPT TO:<{rcpt}>\r\n");
+        for (cmd, want) in [
+            (&b"EHLO client.invalid\r\n"[..], 2),
+            (b"MAIL FROM:<bench@client.invalid>\r\n", 2),
+            (rcpt_cmd.as_bytes(), 2),
+            (b"DATA\r\n", 3),
+        ] {
+            w.write_all(cmd)?;
+            let code = reply(&mut r)?;
+            if code / 100 != want {
+                return Ok(Err(code));
+            }
+        }
+        w.write_all(msg)?;
+        let code = reply(&mut r)?;
+        if code / 100 != 2 {
+            return Ok(Err(code));
+        }
+        let _ = w.write_all(b"QUIT\r\n");
+        let _ = reply(&mut r);
+        Ok(Ok(()))
     };
-    expect(reply(&mut r)?, 2, "greeting")?;
-    for (cmd, want) in [
-        (&b"EHLO client.invalid\r\n"[..], 2),
-        (b"MAIL FROM:<bench@client.invalid>\r\n", 2),
-        (b"RCPT TO:<rcpt@example.test>\r\n", 2),
-        (b"DATA\r\n", 3),
-    ] {
-        w.write_all(cmd)?;
-        expect(
-            reply(&mut r)?,
-            want,
-            std::str::from_utf8(cmd).unwrap_or("?").trim(),
-        )?;
+    match run() {
+        Ok(Ok(())) => Outcome::Delivered(start.elapsed()),
+        Ok(Err(code)) if code / 100 == 4 => Outcome::Deferred(code),
+        Ok(Err(code)) => Outcome::Rejected(code),
+        Err(e) => Outcome::Failed(e),
     }
-    w.write_all(msg)?;
-    expect(reply(&mut r)?, 2, "end of data")?;
-    let _ = w.write_all(b"QUIT\r\n");
-    let _ = reply(&mut r);
-    Ok(start.elapsed())
+}
+
+/// One session delivering `msg` to a fixed recipient: its duration when delivered.
+pub fn session(to: SocketAddr, msg: &[u8], t: Timeouts) -> anyhow::Result<Duration> {
+    match session_to(to, "rcpt@example.test", msg, t) {
+        Outcome::Delivered(d) => Ok(d),
+        other => anyhow::bail!("session to {to}: {other:?}"),
+    }
 }
 
 /// Opens `n` sessions to `to` and reads each greeting; the sessions stay open while the

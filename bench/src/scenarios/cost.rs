@@ -57,15 +57,22 @@ struct System {
 }
 
 /// Runs smtp-source in the client namespace on the load CPU: `n` messages of `size` bytes,
-/// one per session, `CONCURRENCY` sessions at a time. Bounded by `timeout`.
-pub fn smtp_source(lab: &Lab, to: SocketAddr, n: usize, size: usize) -> anyhow::Result<f64> {
+/// one per session, `concurrency` sessions at a time, for two minutes at most. Returns the
+/// wall time in seconds.
+pub fn smtp_source(
+    lab: &Lab,
+    to: SocketAddr,
+    n: usize,
+    size: usize,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
     let t = Instant::now();
     let out = lab
         .client
         .ns
         .command("timeout")
         .args(["120", "taskset", "-c", &LOAD_CPU.to_string(), "smtp-source"])
-        .args(["-s", &CONCURRENCY.min(n).to_string(), "-m", &n.to_string()])
+        .args(["-s", &concurrency.min(n).to_string(), "-m", &n.to_string()])
         .args(["-l", &size.to_string(), "-M", "client.invalid"])
         .args(["-f", "bench@client.invalid", "-t", "rcpt@example.test"])
         .arg(to.to_string())
@@ -131,7 +138,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     for (case, size) in [("1 KiB", 1024usize), ("100 KiB", 100 * 1024)] {
         let msg = smtp::message(size);
         for sys in &systems {
-            smtp_source(&lab, sys.addr, s.cost_warmup, size)
+            smtp_source(&lab, sys.addr, s.cost_warmup, size, CONCURRENCY)
                 .with_context(|| format!("warm-up of {}", sys.name))?;
             serial(&lab, sys.addr, &msg, s.cost_warmup.min(20))?;
         }
@@ -139,7 +146,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             let mut lat = Vec::new();
             for sys in super::shuffled(&systems) {
                 let cpu0 = procs::cpu_us(&sys.pids);
-                let secs = smtp_source(&lab, sys.addr, s.cost_sessions, size)
+                let secs = smtp_source(&lab, sys.addr, s.cost_sessions, size, CONCURRENCY)
                     .with_context(|| format!("{} {case}", sys.name))?;
                 let cpu = procs::cpu_us(&sys.pids) - cpu0;
                 if !sys.pids.is_empty() {

@@ -183,7 +183,7 @@ fn keepalived_trials(cs: u16, n: usize) -> anyhow::Result<Vec<Trial>> {
     let mut lab = super::lab("bfk", 2, 1)?;
     let sink = Sink::start(&mut lab, 0, &[])?;
     for fe in [MASTER, BACKUP] {
-        rivals::start_haproxy_on(&mut lab, fe, 1, true)?;
+        rivals::start_haproxy_on(&mut lab, fe, 1, true, "")?;
     }
     let conf = |prio| {
         keepalived_config(

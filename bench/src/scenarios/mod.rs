@@ -1,9 +1,11 @@
 //! One module per scenario; each builds its own lab and records into the [`crate::Ctx`].
 
+pub mod bulk;
 pub mod cost;
 pub mod drop_path;
 pub mod failover;
 pub mod memory;
+pub mod overload;
 pub mod slow;
 
 use robustifier_lab::{Lab, Plan, unique_prefix};
