@@ -88,7 +88,7 @@ impl Mode {
                 flood_secs: 3.0,
                 flood_reps: 3,
                 idle_sessions: 9_000,
-                memory_reps: 3,
+                memory_reps: 2,
                 failover_trials: 10,
                 bulk_messages: 24,
                 overload_reps: 3,

@@ -175,6 +175,15 @@ fn num(x: f64) -> String {
     }
 }
 
+/// A ratio with enough digits to tell 0.003 from 0.
+fn ratio_text(r: f64) -> String {
+    if r != 0.0 && r.abs() < 0.1 {
+        format!("{r:.1e}")
+    } else {
+        format!("{r:.2}")
+    }
+}
+
 /// `robustifier / rival` on medians, when both exist and the rival's is not zero.
 fn ratio(figs: &[&Figure], rival: &str) -> Option<f64> {
     let ours = figs.iter().find(|f| f.system == SUT)?;
@@ -231,7 +240,7 @@ impl Report {
                 let r = if f.system == SUT {
                     "-".to_owned()
                 } else {
-                    ratio(&g, &f.system).map_or("n/a".into(), |r| format!("{r:.2}"))
+                    ratio(&g, &f.system).map_or("n/a".into(), ratio_text)
                 };
                 let dir = if f.lower_is_better {
                     "lower better"
@@ -273,7 +282,7 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<9} {:<22} {:<26} {:>10}  ratios (Robustifier / rival)",
+            "{:<9} {:<22} {:<44} {:>10}  ratios (Robustifier / rival)",
             "scenario", "case", "metric", "ours"
         );
         for g in self.groups() {
@@ -286,13 +295,13 @@ impl Report {
                 .filter(|f| f.system != SUT)
                 .map(|f| {
                     ratio(&g, &f.system).map_or(format!("{} n/a", f.system), |r| {
-                        format!("{} {r:.2}", f.system)
+                        format!("{} {}", f.system, ratio_text(r))
                     })
                 })
                 .collect();
             let _ = writeln!(
                 s,
-                "{:<9} {:<22} {:<26} {:>10}  {}",
+                "{:<9} {:<22} {:<44} {:>10}  {}",
                 f0.scenario,
                 f0.case,
                 format!("{} ({})", f0.metric, f0.unit),

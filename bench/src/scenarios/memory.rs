@@ -39,9 +39,13 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     ];
     let case = format!("{n} idle sessions");
     let ns = lab.client.ns.clone();
+    // Baselines of the fresh processes: allocators keep what a repetition freed, so each
+    // repetition's figure is against the start, not against the previous repetition.
+    let baseline: Vec<f64> = systems.iter().map(|(_, _, p)| procs::rss_kib(p)).collect();
     for rep in 0..s.memory_reps {
         for (name, addr, pids) in super::shuffled(&systems) {
-            let before = procs::rss_kib(&pids);
+            let i = systems.iter().position(|(n, _, _)| *n == name).unwrap_or(0);
+            let before = baseline[i];
             let conns = ns
                 .enter(|| smtp::idle_sessions(addr, n))?
                 .with_context(|| name.to_owned())?;
@@ -67,7 +71,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     }
     ctx.note(
         "memory: RSS is VmRSS summed over the proxy's processes (nginx: master, worker, \
-         auth_http responder), measured before and after opening the sessions. HAProxy opens a \
+         auth_http responder), measured on the fresh process and with the sessions open. HAProxy opens a \
          back-end connection per session at once; nginx and Robustifier greet themselves and \
          connect to a back-end only after the envelope.",
     );
