@@ -73,7 +73,7 @@ pub fn syn_flood(
     let start = Instant::now();
     let (mut sent, mut errors) = (0u64, 0u64);
     let mut seq: u32 = 0x1234_5678;
-    'outer: loop {
+    loop {
         for _ in 0..256 {
             seq = seq.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             let src = Ipv4Addr::new(net[0], net[1], net[2], 1 + (seq >> 24) as u8 % 254);
@@ -85,7 +85,7 @@ pub fn syn_flood(
             }
         }
         if start.elapsed() >= duration {
-            break 'outer;
+            break;
         }
     }
     Ok((sent, errors))
