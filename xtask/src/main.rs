@@ -2,6 +2,7 @@
 //! Robustifier. Each command that needs prerequisites runs `setup` first, so nothing has to
 //! be installed by hand.
 
+mod bench;
 mod demo;
 mod lab;
 mod setup;
@@ -41,6 +42,37 @@ enum Command {
     /// Setup, formatting, clippy (user crates and eBPF crate), and the whole test suite
     /// with privileged tests required.
     Test,
+    /// Benchmarks side by side with HAProxy, nginx mail, keepalived and nftables; writes
+    /// target/bench/report.json and report.md.
+    Bench {
+        /// Fewer repetitions and sessions (under 3 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Each scenario once at tiny size: proves the harness works, figures mean nothing.
+        #[arg(long)]
+        smoke: bool,
+        /// Only these scenarios (cost, slow, drop, memory, failover, bulk, overload),
+        /// comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Skip setup and the release build (use the existing target/release/robustifier).
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// nginx's auth_http responder for the bench (started by the bench itself).
+    #[command(hide = true)]
+    BenchAuthHttp {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        upstream: std::net::SocketAddr,
+    },
+    /// The bench's idle back-end: greets and holds every connection.
+    #[command(hide = true)]
+    BenchGreeter {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +83,16 @@ fn main() -> std::process::ExitCode {
         Command::Lab { action } => lab::run(action),
         Command::Demo => demo::run(),
         Command::Test => test::run(),
+        Command::Bench {
+            quick,
+            smoke,
+            only,
+            no_build,
+        } => bench::run(quick, smoke, &only, no_build),
+        Command::BenchAuthHttp { listen, upstream } => {
+            robustifier_bench::rivals::serve_auth_http(&listen, upstream)
+        }
+        Command::BenchGreeter { listen } => robustifier_bench::rivals::serve_greeter(listen),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -51,6 +51,16 @@ const PACKAGES: &[(&str, &str)] = &[
     ("zlib1g", "library of the unpacked OpenSMTPD"),
     ("keepalived", "VRRP interoperability peer in the HA tests"),
     ("tshark", "decodes our VRRP adverts in the HA tests"),
+    ("haproxy", "TCP-mode rival in cargo xtask bench"),
+    ("nginx", "mail-proxy rival in cargo xtask bench"),
+    (
+        "libnginx-mod-mail",
+        "nginx's mail module for the bench rival",
+    ),
+    (
+        "nftables",
+        "the nftables drop rule the bench compares XDP against",
+    ),
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -1,0 +1,189 @@
+//! `cargo xtask bench`: Robustifier against the rivals a user would pick instead (HAProxy,
+//! nginx mail, keepalived, nftables), measured side by side in one run (issue 6).
+//!
+//! Every scenario builds its own lab of namespaces (removed on exit, also after a failure),
+//! starts the systems under comparison on CPU 0 and its load generators and sinks on CPU 1,
+//! warms up, then measures several repetitions with the systems in random order. Load
+//! loops are bounded in count and time. Timing figures are reported, never asserted.
+
+pub mod flood;
+pub mod procs;
+pub mod report;
+pub mod rivals;
+pub mod scenarios;
+pub mod smtp;
+
+use std::time::Instant;
+
+use report::{Metric, Report, Samples};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Each scenario once at tiny size: proves the harness works.
+    Smoke,
+    /// Fewer repetitions and sessions, under 3 minutes.
+    Quick,
+    /// The figures to quote, under 15 minutes.
+    Full,
+}
+
+/// Sizes of one run.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    pub reps: usize,
+    pub cost_sessions: usize,
+    pub cost_serial: usize,
+    pub cost_warmup: usize,
+    pub slow_sessions: usize,
+    pub slow_reps: usize,
+    pub flood_secs: f64,
+    pub flood_reps: usize,
+    pub idle_sessions: usize,
+    pub memory_reps: usize,
+    pub failover_trials: usize,
+    pub bulk_messages: usize,
+    pub overload_reps: usize,
+}
+
+impl Mode {
+    pub fn sizes(self) -> Sizes {
+        match self {
+            Mode::Smoke => Sizes {
+                reps: 1,
+                cost_sessions: 40,
+                cost_serial: 20,
+                cost_warmup: 10,
+                slow_sessions: 12,
+                slow_reps: 1,
+                flood_secs: 0.5,
+                flood_reps: 1,
+                idle_sessions: 200,
+                memory_reps: 1,
+                failover_trials: 1,
+                bulk_messages: 2,
+                overload_reps: 1,
+            },
+            Mode::Quick => Sizes {
+                reps: 3,
+                cost_sessions: 400,
+                cost_serial: 150,
+                cost_warmup: 50,
+                slow_sessions: 48,
+                slow_reps: 2,
+                flood_secs: 1.5,
+                flood_reps: 2,
+                idle_sessions: 2000,
+                memory_reps: 1,
+                failover_trials: 2,
+                bulk_messages: 8,
+                overload_reps: 2,
+            },
+            Mode::Full => Sizes {
+                reps: 5,
+                cost_sessions: 2000,
+                cost_serial: 400,
+                cost_warmup: 200,
+                slow_sessions: 160,
+                slow_reps: 3,
+                flood_secs: 3.0,
+                flood_reps: 3,
+                idle_sessions: 9_000,
+                memory_reps: 2,
+                failover_trials: 10,
+                bulk_messages: 24,
+                overload_reps: 3,
+            },
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Smoke => "smoke",
+            Mode::Quick => "quick",
+            Mode::Full => "full",
+        }
+    }
+}
+
+/// What a scenario gets: its sizes, and where its figures and notes go.
+pub struct Ctx {
+    pub mode: Mode,
+    pub sizes: Sizes,
+    pub samples: Samples,
+    pub notes: Vec<String>,
+}
+
+impl Ctx {
+    pub fn add(&mut self, scenario: &str, case: &str, metric: Metric, system: &str, v: f64) {
+        self.samples.add(scenario, case, metric, system, v);
+    }
+
+    pub fn note(&mut self, s: impl Into<String>) {
+        let s = s.into();
+        println!("bench: note: {s}");
+        self.notes.push(s);
+    }
+}
+
+/// A scenario by name, in the order they run.
+pub const SCENARIOS: &[&str] = &[
+    "cost", "slow", "drop", "memory", "failover", "bulk", "overload",
+];
+
+/// Runs the scenarios named in `only` (all when empty) and returns the report; a failing
+/// scenario is recorded and the others still run.
+pub fn run(mode: Mode, only: &[String], command: &str) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    procs::pin_current(procs::LOAD_CPU)?;
+    // Best effort: the idle sessions need one descriptor each (some machines cap the hard
+    // limit below this and deny raising it).
+    let _ = procs::raise_nofile(60_000);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64;
+    fastrand::seed(seed);
+    let mut ctx = Ctx {
+        mode,
+        sizes: mode.sizes(),
+        samples: Samples::default(),
+        notes: vec![format!("random order seed {seed}")],
+    };
+    let mut report = Report {
+        mode: mode.name().into(),
+        command: command.into(),
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+        machine: report::Machine::describe(),
+        ..Report::default()
+    };
+    for name in SCENARIOS {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
+        let t = Instant::now();
+        println!("bench: scenario {name} ({} mode)", mode.name());
+        let r = match *name {
+            "cost" => scenarios::cost::run(&mut ctx),
+            "slow" => scenarios::slow::run(&mut ctx),
+            "drop" => scenarios::drop_path::run(&mut ctx),
+            "memory" => scenarios::memory::run(&mut ctx),
+            "failover" => scenarios::failover::run(&mut ctx),
+            "bulk" => scenarios::bulk::run(&mut ctx),
+            "overload" => scenarios::overload::run(&mut ctx),
+            _ => unreachable!(),
+        };
+        println!(
+            "bench: scenario {name} took {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
+        if let Err(e) = r {
+            eprintln!("bench: scenario {name} failed: {e:#}");
+            report.failures.insert((*name).into(), format!("{e:#}"));
+        }
+    }
+    report.figures = std::mem::take(&mut ctx.samples).into_figures();
+    report.notes = ctx.notes;
+    report.duration_s = started.elapsed().as_secs_f64();
+    Ok(report)
+}

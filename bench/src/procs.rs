@@ -1,0 +1,113 @@
+//! Process accounting from /proc (CPU time, resident memory) and CPU pinning.
+
+use std::process::Command;
+
+use anyhow::Context as _;
+
+/// The CPU the system under test runs on.
+pub const SUT_CPU: usize = 0;
+/// The CPU of the load generators, sinks and this harness.
+pub const LOAD_CPU: usize = 1;
+
+/// Fields of /proc/<pid>/stat after the command name (field 3 onwards).
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// `pid` and every process descending from it.
+pub fn tree(pid: i32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            if let Ok(p) = e.file_name().to_string_lossy().parse::<i32>()
+                && let Some(f) = stat_fields(p)
+                && let Some(pp) = f.get(1).and_then(|s| s.parse::<i32>().ok())
+            {
+                parent_of.push((p, pp));
+            }
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let cur = out[i];
+        out.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| *pp == cur)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    out
+}
+
+/// utime + stime of `pids` (each process's own, all its threads), in microseconds.
+pub fn cpu_us(pids: &[i32]) -> f64 {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|p| stat_fields(*p))
+        .map(|f| {
+            // utime and stime are fields 14 and 15, i.e. 11 and 12 after the name.
+            let n = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+            n(11) + n(12)
+        })
+        .sum();
+    ticks as f64 * 1e6 / clock_ticks()
+}
+
+/// Resident set size of `pids` summed, in KiB.
+pub fn rss_kib(pids: &[i32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .sum()
+}
+
+/// Pins every thread of `pid` to `cpu` (threads it creates later inherit the mask).
+pub fn pin_pid(pid: i32, cpu: usize) -> anyhow::Result<()> {
+    let out = Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .output()
+        .context("taskset")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "taskset {pid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Pins the calling thread (and the threads and processes it starts later) to `cpu`.
+pub fn pin_current(cpu: usize) -> anyhow::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu.min(nix::sched::CpuSet::count() - 1))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
+}
+
+/// Raises this process's open-file limit to `n` (up to the hard limit, raised too as root).
+pub fn raise_nofile(n: u64) -> anyhow::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft >= n {
+        return Ok(());
+    }
+    let hard = hard.max(n);
+    setrlimit(Resource::RLIMIT_NOFILE, n, hard)
+        .or_else(|_| setrlimit(Resource::RLIMIT_NOFILE, n.min(hard), hard))?;
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! Figures over repetitions, the machine they were measured on, and the two report files.
+
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+
+use serde::Serialize;
+
+/// The system every ratio is taken for.
+pub const SUT: &str = "robustifier";
+
+/// One measured quantity of one system in one case, over all repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub scenario: String,
+    pub case: String,
+    pub metric: String,
+    pub unit: String,
+    pub system: String,
+    /// Whether smaller is better (for the wording of ratios only).
+    pub lower_is_better: bool,
+    pub values: Vec<f64>,
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub hostname: String,
+    pub haproxy: String,
+    pub nginx: String,
+    pub keepalived: String,
+}
+
+impl Machine {
+    pub fn describe() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_default();
+        let first_line = |prog: &str, arg: &str| {
+            std::process::Command::new(prog)
+                .arg(arg)
+                .output()
+                .map(|o| {
+                    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+                    s.push_str(&String::from_utf8_lossy(&o.stderr));
+                    s.lines().next().unwrap_or_default().trim().to_owned()
+                })
+                .unwrap_or_default()
+        };
+        Machine {
+            nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            haproxy: first_line("haproxy", "-v"),
+            nginx: first_line("nginx", "-v"),
+            keepalived: first_line("keepalived", "--version"),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub mode: String,
+    pub command: String,
+    pub started_unix: u64,
+    pub duration_s: f64,
+    pub machine: Machine,
+    pub notes: Vec<String>,
+    /// Scenarios that failed, with the error (the others still report).
+    pub failures: BTreeMap<String, String>,
+    pub figures: Vec<Figure>,
+}
+
+/// Collects samples per (scenario, case, metric, system) in the order they are recorded.
+#[derive(Default)]
+pub struct Samples {
+    rows: Vec<(Key, Vec<f64>)>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct Key {
+    scenario: String,
+    case: String,
+    metric: String,
+    unit: String,
+    system: String,
+    lower_is_better: bool,
+}
+
+/// What a sample is: scenario, case, metric (with unit and direction).
+#[derive(Clone, Copy)]
+pub struct Metric<'a> {
+    pub name: &'a str,
+    pub unit: &'a str,
+    pub lower_is_better: bool,
+}
+
+impl Samples {
+    pub fn add(&mut self, scenario: &str, case: &str, metric: Metric, system: &str, value: f64) {
+        if !value.is_finite() {
+            return;
+        }
+        let key = Key {
+            scenario: scenario.into(),
+            case: case.into(),
+            metric: metric.name.into(),
+            unit: metric.unit.into(),
+            system: system.into(),
+            lower_is_better: metric.lower_is_better,
+        };
+        match self.rows.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(value),
+            None => self.rows.push((key, vec![value])),
+        }
+    }
+
+    pub fn into_figures(self) -> Vec<Figure> {
+        self.rows
+            .into_iter()
+            .map(|(k, values)| {
+                let mut sorted = values.clone();
+                sorted.sort_by(f64::total_cmp);
+                Figure {
+                    scenario: k.scenario,
+                    case: k.case,
+                    metric: k.metric,
+                    unit: k.unit,
+                    system: k.system,
+                    lower_is_better: k.lower_is_better,
+                    min: sorted[0],
+                    median: median(&sorted),
+                    max: sorted[sorted.len() - 1],
+                    values,
+                }
+            })
+            .collect()
+    }
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+fn num(x: f64) -> String {
+    let a = x.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if a >= 1000.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else if a >= 0.1 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+/// A ratio with enough digits to tell 0.003 from 0.
+fn ratio_text(r: f64) -> String {
+    if r != 0.0 && r.abs() < 0.1 {
+        format!("{r:.1e}")
+    } else {
+        format!("{r:.2}")
+    }
+}
+
+/// `robustifier / rival` on medians, when both exist and the rival's is not zero.
+fn ratio(figs: &[&Figure], rival: &str) -> Option<f64> {
+    let ours = figs.iter().find(|f| f.system == SUT)?;
+    let theirs = figs.iter().find(|f| f.system == rival)?;
+    (theirs.median != 0.0).then(|| ours.median / theirs.median)
+}
+
+impl Report {
+    /// Groups of figures of one (scenario, case, metric), in first-recorded order.
+    fn groups(&self) -> Vec<Vec<&Figure>> {
+        let mut out: Vec<Vec<&Figure>> = Vec::new();
+        for f in &self.figures {
+            match out.iter_mut().find(|g| {
+                g[0].scenario == f.scenario && g[0].case == f.case && g[0].metric == f.metric
+            }) {
+                Some(g) => g.push(f),
+                None => out.push(vec![f]),
+            }
+        }
+        out
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            s,
+            "# Robustifier benchmark ({} mode)\n\n`{}` on {} x {}, kernel {}; {}; {}; {}. \
+             System under test on CPU 0, load generators and sinks on CPU 1. \
+             Cells: median [min-max] over repetitions; ratio = Robustifier / rival on medians \
+             (for \"lower is better\" metrics, below 1 means Robustifier is better).\n",
+            self.mode,
+            self.command,
+            m.nproc,
+            m.cpu_model,
+            m.kernel,
+            m.haproxy,
+            m.nginx,
+            m.keepalived
+        );
+        let mut scenario = String::new();
+        for g in self.groups() {
+            let f0 = g[0];
+            if f0.scenario != scenario {
+                scenario = f0.scenario.clone();
+                let _ = writeln!(s, "\n## {scenario}\n");
+                let _ = writeln!(
+                    s,
+                    "| case | metric | system | median [min-max] | n | Robustifier / system |"
+                );
+                let _ = writeln!(s, "|---|---|---|---|---|---|");
+            }
+            for f in &g {
+                let r = if f.system == SUT {
+                    "-".to_owned()
+                } else {
+                    ratio(&g, &f.system).map_or("n/a".into(), ratio_text)
+                };
+                let dir = if f.lower_is_better {
+                    "lower better"
+                } else {
+                    "higher better"
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} ({}, {dir}) | {} | {} [{}-{}] | {} | {r} |",
+                    f.case,
+                    f.metric,
+                    f.unit,
+                    f.system,
+                    num(f.median),
+                    num(f.min),
+                    num(f.max),
+                    f.values.len()
+                );
+            }
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(s, "\n## Notes\n");
+            for n in &self.notes {
+                let _ = writeln!(s, "- {n}");
+            }
+        }
+        if !self.failures.is_empty() {
+            let _ = writeln!(s, "\n## Failed scenarios\n");
+            for (k, v) in &self.failures {
+                let _ = writeln!(s, "- {k}: {}", v.lines().next().unwrap_or_default());
+            }
+        }
+        let _ = writeln!(s, "\nRun time: {:.0} s.", self.duration_s);
+        s
+    }
+
+    /// One line per (scenario, case, metric): Robustifier's median and its ratio to each rival.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<9} {:<22} {:<44} {:>10}  ratios (Robustifier / rival)",
+            "scenario", "case", "metric", "ours"
+        );
+        for g in self.groups() {
+            let f0 = g[0];
+            let Some(ours) = g.iter().find(|f| f.system == SUT) else {
+                continue;
+            };
+            let ratios: Vec<String> = g
+                .iter()
+                .filter(|f| f.system != SUT)
+                .map(|f| {
+                    ratio(&g, &f.system).map_or(format!("{} n/a", f.system), |r| {
+                        format!("{} {}", f.system, ratio_text(r))
+                    })
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "{:<9} {:<22} {:<44} {:>10}  {}",
+                f0.scenario,
+                f0.case,
+                format!("{} ({})", f0.metric, f0.unit),
+                num(ours.median),
+                ratios.join(", ")
+            );
+        }
+        for (k, v) in &self.failures {
+            let _ = writeln!(s, "FAILED {k}: {}", v.lines().next().unwrap_or_default());
+        }
+        s
+    }
+
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(self)?)?;
+        std::fs::write(dir.join("report.md"), self.markdown())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: Metric = Metric {
+        name: "cpu",
+        unit: "us",
+        lower_is_better: true,
+    };
+
+    #[test]
+    fn figures_have_min_median_max_and_ratios() {
+        let mut s = Samples::default();
+        for v in [3.0, 1.0, 2.0] {
+            s.add("cost", "1k", M, SUT, v);
+        }
+        for v in [4.0, 8.0] {
+            s.add("cost", "1k", M, "haproxy", v);
+        }
+        let r = Report {
+            figures: s.into_figures(),
+            ..Report::default()
+        };
+        assert_eq!(r.figures[0].median, 2.0);
+        assert_eq!(r.figures[0].min, 1.0);
+        assert_eq!(r.figures[1].median, 6.0);
+        assert!(r.summary().contains("haproxy 0.33"));
+        assert!(r.markdown().contains("| 0.33 |"));
+    }
+}

@@ -1,0 +1,382 @@
+//! The systems under comparison, each started in a lab namespace in the foreground with its
+//! own config, pid and log files, pinned to [`SUT_CPU`], and ended by pid with the lab.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener},
+    time::Duration,
+};
+
+use robustifier_lab::{
+    Lab, Netns,
+    topology::{VIP_SMTP, internal_v4, public_v4},
+    wait_port,
+};
+
+use crate::procs::{self, LOAD_CPU, SUT_CPU};
+
+/// The front-end's own public address, where the rivals listen.
+pub fn fe_addr(port: u16) -> SocketAddr {
+    SocketAddr::new(public_v4(1).into(), port)
+}
+pub const HAPROXY_PORT: u16 = 2525;
+pub const HAPROXY_LEASTCONN_PORT: u16 = 2527;
+pub const HAPROXY_SPLICE_PORT: u16 = 2528;
+pub const NGINX_PORT: u16 = 2526;
+pub const AUTH_HTTP: &str = "127.0.0.1:9080";
+
+pub fn vip() -> SocketAddr {
+    SocketAddr::new(VIP_SMTP.into(), 25)
+}
+
+/// Starts `args` in `ns` through `taskset -c cpu`; returns its pid (nsenter and taskset
+/// exec, so the daemon's pid is the program's).
+pub fn spawn_pinned(
+    lab: &mut Lab,
+    ns: &Netns,
+    name: &str,
+    cpu: usize,
+    args: &[&str],
+) -> anyhow::Result<i32> {
+    let cpu = cpu.to_string();
+    let mut argv = vec!["taskset", "-c", cpu.as_str()];
+    argv.extend_from_slice(args);
+    let d = lab.spawn(ns, name, &argv)?;
+    Ok(d.pid().as_raw())
+}
+
+/// Waits until `addr` listens in `ns`; on failure the error carries the log of the
+/// process started as `name`.
+fn wait_started(lab: &Lab, ns: &Netns, addr: SocketAddr, name: &str) -> anyhow::Result<()> {
+    wait_port(ns, addr).map_err(|e| {
+        let log =
+            std::fs::read_to_string(lab.log_dir.join(format!("{name}.log"))).unwrap_or_default();
+        anyhow::anyhow!("{name} did not start: {e}\n{log}")
+    })
+}
+
+/// A plain smtp-sink (no dumps) on back-end `i`, pinned to the load CPU.
+pub fn sink(lab: &mut Lab, i: usize, extra: &[&str]) -> anyhow::Result<SocketAddr> {
+    let addr = SocketAddr::new(internal_v4(11 + i as u8).into(), 25);
+    let ns = lab.backends[i].ns.clone();
+    let a = addr.to_string();
+    let mut args = vec!["smtp-sink", "-u", "nobody"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[a.as_str(), "4096"]);
+    spawn_pinned(lab, &ns, &format!("sink{i}"), LOAD_CPU, &args)?;
+    wait_port(&ns, addr)?;
+    Ok(addr)
+}
+
+/// Routes so the client reaches the back-ends through the front-end's kernel (the "direct"
+/// baseline: forwarding, no proxy).
+pub fn route_direct(lab: &Lab) -> anyhow::Result<()> {
+    lab.client
+        .ns
+        .ip(&["route", "add", "198.18.1.0/24", "via", "198.18.0.1"])?;
+    lab.frontend(0)
+        .ns
+        .sh("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])?;
+    for b in &lab.backends {
+        b.ns.ip(&["route", "add", "198.18.0.0/24", "via", "198.18.1.1"])?;
+    }
+    Ok(())
+}
+
+/// Robustifier's configuration: SMTP on the VIP over `backends`, no identity header
+/// (like the rivals), limits high enough for the memory scenario.
+pub fn robustifier_config(
+    lab: &Lab,
+    fe: usize,
+    backends: usize,
+    extra_top: &str,
+    extra_pool: &str,
+) -> String {
+    let list: Vec<String> = (0..backends)
+        .map(|j| {
+            format!(
+                "{{ name = \"be{}\", address = \"{}:25\" }}",
+                j + 1,
+                internal_v4(11 + j as u8)
+            )
+        })
+        .collect();
+    format!(
+        r#"{extra_top}
+[frontend]
+name = "{name}"
+interface = "pub0"
+pin_dir = "{pin}"
+
+[[service]]
+name = "smtp"
+protocol = "smtp"
+port = 25
+vips = ["{VIP_SMTP}"]
+pool = "mx"
+max_connections = 30000
+max_per_client = 30000
+
+[[pool]]
+name = "mx"
+identity = "none"
+backend = [{list}]
+{extra_pool}
+[pool.health]
+interval_ms = 200
+timeout_ms = 3000
+rise = 2
+fall = 2
+"#,
+        name = lab.frontend(fe).name,
+        pin = lab.pin_dir(fe).display(),
+        list = list.join(", ")
+    )
+}
+
+/// Starts Robustifier on front-end 0, adds the VIP, pins it; returns its pid.
+pub fn start_robustifier(lab: &mut Lab, config: &str) -> anyhow::Result<i32> {
+    let pid = lab.start_frontend(0, config)?.pid().as_raw();
+    procs::pin_pid(pid, SUT_CPU)?;
+    lab.frontend(0)
+        .ns
+        .ip(&["addr", "add", &format!("{VIP_SMTP}/32"), "dev", "pub0"])?;
+    wait_port(&lab.client.ns, vip())?;
+    Ok(pid)
+}
+
+/// `robustifier maps --json` of front-end 0.
+pub fn maps(lab: &Lab) -> anyhow::Result<serde_json::Value> {
+    let out = robustifier_lab::netns::run(
+        std::process::Command::new(robustifier_lab::robustifier_bin())
+            .args(["maps", "--json", "--pin-dir"])
+            .arg(lab.pin_dir(0)),
+    )?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// HAProxy 2.6 in TCP mode on front-end 0: roundrobin on [`HAPROXY_PORT`], leastconn on
+/// [`HAPROXY_LEASTCONN_PORT`], roundrobin with splice on [`HAPROXY_SPLICE_PORT`], over
+/// `backends`. Returns its pid.
+pub fn start_haproxy(lab: &mut Lab, backends: usize, bind_any: bool) -> anyhow::Result<i32> {
+    start_haproxy_on(lab, 0, backends, bind_any, "")
+}
+
+/// [`start_haproxy`] on front-end `fe`, with `server_opts` on every server line (e.g.
+/// `maxconn 4`; a session over it waits in the queue for 5 s at most).
+pub fn start_haproxy_on(
+    lab: &mut Lab,
+    fe: usize,
+    backends: usize,
+    bind_any: bool,
+    server_opts: &str,
+) -> anyhow::Result<i32> {
+    let dir = lab.log_dir.clone();
+    let name = format!("haproxy-{}", lab.frontend(fe).name);
+    let servers: String = (0..backends)
+        .map(|j| {
+            format!(
+                "  server be{} {}:25 {server_opts}\n",
+                j + 1,
+                internal_v4(11 + j as u8)
+            )
+        })
+        .collect();
+    let (rr, lc, sp) = if bind_any {
+        (
+            "*:25".to_owned(),
+            format!("*:{HAPROXY_LEASTCONN_PORT}"),
+            format!("*:{HAPROXY_SPLICE_PORT}"),
+        )
+    } else {
+        (
+            fe_addr(HAPROXY_PORT).to_string(),
+            fe_addr(HAPROXY_LEASTCONN_PORT).to_string(),
+            fe_addr(HAPROXY_SPLICE_PORT).to_string(),
+        )
+    };
+    let conf = format!(
+        "global\n  maxconn 9200\n  maxpipes 200\n  nbthread 1\n  pidfile {pid}\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout queue 5s\n\
+         frontend rr\n  bind {rr}\n  default_backend rr\n\
+         frontend lc\n  bind {lc}\n  default_backend lc\n\
+         frontend sp\n  bind {sp}\n  option splice-auto\n  default_backend rr\n\
+         backend rr\n  balance roundrobin\n{servers}\
+         backend lc\n  balance leastconn\n{servers}",
+        pid = dir.join(format!("{name}.pid")).display(),
+    );
+    let path = dir.join(format!("{name}.cfg"));
+    std::fs::write(&path, conf)?;
+    let ns = lab.frontend(fe).ns.clone();
+    let p = path.to_string_lossy().into_owned();
+    let pid = spawn_pinned(lab, &ns, &name, SUT_CPU, &["haproxy", "-db", "-f", &p])?;
+    let probe = if bind_any {
+        SocketAddr::new(lab.frontend(fe).v4.into(), 25)
+    } else {
+        fe_addr(HAPROXY_PORT)
+    };
+    wait_started(lab, &ns, probe, &name)?;
+    Ok(pid)
+}
+
+/// nginx 1.22's mail proxy on front-end 0 in front of back-end 1, with its auth_http
+/// responder; returns the pids to account (master, worker, responder).
+pub fn start_nginx(lab: &mut Lab, upstream: SocketAddr) -> anyhow::Result<Vec<i32>> {
+    let dir = lab.log_dir.join("nginx");
+    std::fs::create_dir_all(&dir)?;
+    let ns = lab.frontend(0).ns.clone();
+    let exe = std::env::current_exe()?;
+    let exe = exe.to_string_lossy().into_owned();
+    let up = upstream.to_string();
+    let responder = spawn_pinned(
+        lab,
+        &ns,
+        "auth-http",
+        SUT_CPU,
+        &[
+            &exe,
+            "bench-auth-http",
+            "--listen",
+            AUTH_HTTP,
+            "--upstream",
+            &up,
+        ],
+    )?;
+    wait_started(lab, &ns, AUTH_HTTP.parse()?, "auth-http")?;
+    let conf = format!(
+        "load_module /usr/lib/nginx/modules/ngx_mail_module.so;\n\
+         user nobody nogroup;\nworker_processes 1;\ndaemon off;\nmaster_process on;\n\
+         pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_rlimit_nofile 19000;\n\
+         events {{ worker_connections 18000; }}\n\
+         mail {{\n  server_name mx.bench.invalid;\n  auth_http {AUTH_HTTP}/auth;\n\
+         smtp_auth none;\n  xclient off;\n  proxy_pass_error_message on;\n\
+         server {{ listen {listen}; protocol smtp; }}\n}}\n",
+        d = dir.display(),
+        listen = fe_addr(NGINX_PORT),
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let d = dir.to_string_lossy().into_owned();
+    let p = path.to_string_lossy().into_owned();
+    let e = format!("{d}/startup.log");
+    let master = spawn_pinned(
+        lab,
+        &ns,
+        "nginx",
+        SUT_CPU,
+        &["nginx", "-e", &e, "-p", &d, "-c", &p],
+    )?;
+    wait_started(lab, &ns, fe_addr(NGINX_PORT), "nginx")?;
+    let mut pids = procs::tree(master);
+    pids.push(responder);
+    Ok(pids)
+}
+
+/// nginx's auth_http responder: every request is answered "OK, go to `upstream`". One
+/// thread, one request per connection (nginx speaks HTTP/1.0 to it).
+pub fn serve_auth_http(listen: &str, upstream: SocketAddr) -> anyhow::Result<()> {
+    let l = TcpListener::bind(listen)?;
+    let answer = format!(
+        "HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: {}\r\nAuth-Port: {}\r\n\r\n",
+        upstream.ip(),
+        upstream.port()
+    );
+    for conn in l.incoming() {
+        let Ok(mut c) = conn else { continue };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = c.write_all(answer.as_bytes());
+    }
+    Ok(())
+}
+
+/// A back-end for idle sessions: greets every connection and holds it, answering any line
+/// with 250 and QUIT with 221 (enough for health probes). One thread polls every socket
+/// (smtp-sink stops greeting after a few hundred open sessions).
+pub fn serve_greeter(listen: SocketAddr) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let l = TcpListener::bind(listen)?;
+    l.set_nonblocking(true)?;
+    let mut conns: Vec<std::net::TcpStream> = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut fds: Vec<libc::pollfd> = std::iter::once(l.as_raw_fd())
+            .chain(conns.iter().map(|c| c.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of pollfd for its length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        if n <= 0 {
+            continue;
+        }
+        for i in (1..fds.len()).rev() {
+            if fds[i].revents == 0 {
+                continue;
+            }
+            let c = &mut conns[i - 1];
+            let keep = match c.read(&mut buf) {
+                Ok(0) => false,
+                Ok(k) => {
+                    let text = String::from_utf8_lossy(&buf[..k]).to_ascii_uppercase();
+                    let quit = text.contains("QUIT");
+                    let lines = text.matches('\n').count().max(1);
+                    let mut out = "250 ok\r\n".repeat(lines - usize::from(quit));
+                    if quit {
+                        out.push_str("221 bye\r\n");
+                    }
+                    c.write_all(out.as_bytes()).is_ok() && !quit
+                }
+                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            };
+            if !keep {
+                conns.swap_remove(i - 1);
+            }
+        }
+        if fds[0].revents != 0 {
+            loop {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.write_all(b"220 greeter.bench.invalid ESMTP\r\n");
+                        if c.set_nonblocking(true).is_ok() {
+                            conns.push(c);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    // Out of descriptors: wait for the client side to let go.
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(50));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Starts [`serve_greeter`] (through this executable) on back-end `i` port 25.
+pub fn greeter(lab: &mut Lab, i: usize) -> anyhow::Result<SocketAddr> {
+    let addr = SocketAddr::new(internal_v4(11 + i as u8).into(), 25);
+    let ns = lab.backends[i].ns.clone();
+    let exe = std::env::current_exe()?.to_string_lossy().into_owned();
+    let a = addr.to_string();
+    spawn_pinned(
+        lab,
+        &ns,
+        &format!("greeter{i}"),
+        LOAD_CPU,
+        &[&exe, "bench-greeter", "--listen", &a],
+    )?;
+    wait_port(&ns, addr)?;
+    Ok(addr)
+}

@@ -1,0 +1,61 @@
+//! `cargo xtask bench`: builds the release proxy, then runs the scenarios of
+//! `robustifier-bench` and writes target/bench/report.{json,md}.
+
+use std::time::Instant;
+
+use crate::{setup, util};
+
+pub fn run(quick: bool, smoke: bool, only: &[String], no_build: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(!(quick && smoke), "--quick and --smoke exclude each other");
+    let mode = if smoke {
+        robustifier_bench::Mode::Smoke
+    } else if quick {
+        robustifier_bench::Mode::Quick
+    } else {
+        robustifier_bench::Mode::Full
+    };
+    for o in only {
+        anyhow::ensure!(
+            robustifier_bench::SCENARIOS.contains(&o.as_str()),
+            "unknown scenario {o:?} (one of {})",
+            robustifier_bench::SCENARIOS.join(", ")
+        );
+    }
+    let t = Instant::now();
+    if !no_build {
+        setup::run()?;
+        util::cargo(&["build", "--release", "-p", "robustifier"])?;
+    }
+    let bin = util::root().join("target/release/robustifier");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing (run without --no-build)",
+        bin.display()
+    );
+    // SAFETY: single-threaded here; the lab reads it when it starts front-ends.
+    unsafe { std::env::set_var("ROBUSTIFIER_BIN", &bin) };
+    let command: Vec<String> = std::env::args().skip(1).collect();
+    let report = robustifier_bench::run(mode, only, &format!("cargo xtask {}", command.join(" ")))?;
+    let dir = util::root().join("target/bench");
+    report.write(&dir)?;
+    println!("\n{}", report.summary());
+    println!(
+        "bench: {} mode took {:.0} s in all ({:.0} s measuring); wrote {}/report.json and report.md",
+        mode.name(),
+        t.elapsed().as_secs_f64(),
+        report.duration_s,
+        dir.display()
+    );
+    anyhow::ensure!(
+        report.failures.is_empty(),
+        "{} scenario(s) failed: {}",
+        report.failures.len(),
+        report
+            .failures
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
