@@ -96,6 +96,9 @@ pub fn run() -> anyhow::Result<()> {
         )?;
         Ok(())
     })?;
+    // The benchmark harness, once per scenario at tiny size, so it does not rot between
+    // benchmark runs (no figure is judged).
+    run_step("bench smoke", || crate::bench::run(false, true, &[], true))?;
     // Namespaces of test processes that have exited are leaks.
     let left: Vec<String> = netns::list(TEST_PREFIX)
         .into_iter()
