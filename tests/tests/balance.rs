@@ -306,8 +306,10 @@ fn burst_keeps_premium_flowing_deflects_regular_and_respects_limits() {
         other.is_empty(),
         "every session is either delivered or deflected with 451 4.3.2: {other:?}"
     );
+    // Regular sessions may hold at most half of each back-end's 4 sessions (2 + 2); premium
+    // ones take every slot left, so at least as many of them get through.
     assert!(
-        accepted(true) > accepted(false),
+        accepted(false) <= 4 && accepted(true) >= 4 && accepted(true) >= accepted(false),
         "premium {} vs regular {}",
         accepted(true),
         accepted(false)
