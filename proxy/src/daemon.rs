@@ -28,8 +28,6 @@ use crate::{
     },
     ha,
     health::{self, board::Board},
-    reload::Watched,
-    route::RouteTable,
     smtp::session::Env,
     tls::ServerTls,
 };
@@ -68,24 +66,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     for service in &cfg.services {
-        let routes = match &service.routes {
-            Some(path) => {
-                let p = path.clone();
-                let w = Watched::new("routing map", vec![path.clone()], move || {
-                    RouteTable::load(&p).map_err(|e| e.to_string())
-                })
-                .map_err(|e| anyhow::anyhow!("service {}: {e}", service.name))?;
-                Some(Arc::new(w))
-            }
-            None => None,
-        };
-        let env = Arc::new(Env {
-            service: Arc::new(service.clone()),
-            routes,
-            pools: Arc::clone(&pools),
-            tls: tls.clone(),
-            groups: Arc::clone(&groups),
-        });
+        let env = Arc::new(
+            Env::new(
+                service,
+                Arc::clone(&pools),
+                tls.clone(),
+                Arc::clone(&groups),
+            )
+            .map_err(|e| anyhow::anyhow!("service {}: {e}", service.name))?,
+        );
         envs.push(Arc::clone(&env));
         let ctx = Context {
             env,

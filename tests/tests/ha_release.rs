@@ -11,9 +11,8 @@ use std::{
 };
 
 use robustifier_lab::{
-    Lab, Plan, client, privileged,
+    Lab, Plan, client,
     topology::VIP_SMTP,
-    unique_prefix,
     vrrp::{Vr, control_socket, eventually, frontend_config, owns},
 };
 
@@ -53,17 +52,15 @@ fn greeting(lab: &Lab) -> String {
 
 #[test]
 fn release_drains_then_hands_over_and_resume_takes_back() {
-    if !privileged::check("har") {
-        return;
-    }
-    let mut lab = Lab::up(
-        &unique_prefix("har"),
+    let Some(mut lab) = robustifier_lab::privileged_lab(
+        "har",
         Plan {
             frontends: 2,
             backends: 0,
         },
-    )
-    .expect("lab up");
+    ) else {
+        return;
+    };
     let cfg_a = frontend_config(
         &lab,
         FEA,

@@ -6,9 +6,8 @@
 use std::time::Duration;
 
 use robustifier_lab::{
-    Lab, Plan, privileged,
+    Lab, Plan,
     topology::VIP_SMTP,
-    unique_prefix,
     vrrp::{Vr, control_socket, eventually, frontend_config, owns},
 };
 
@@ -33,17 +32,15 @@ fn status(lab: &Lab, i: usize) -> String {
 
 #[test]
 fn tracked_interface_down_moves_the_address_and_back() {
-    if !privileged::check("hat") {
-        return;
-    }
-    let mut lab = Lab::up(
-        &unique_prefix("hat"),
+    let Some(mut lab) = robustifier_lab::privileged_lab(
+        "hat",
         Plan {
             frontends: 2,
             backends: 0,
         },
-    )
-    .expect("lab up");
+    ) else {
+        return;
+    };
     // fea: 150, minus 60 while int0 (its back-end side) is down = 90 < feb's 120.
     let a_routers = [Vr::new(51, 150, VIP_SMTP, 20)
         .with("track = { interfaces = { int0 = 60 }, listeners = 50, datapath = 50 }")];
@@ -95,17 +92,15 @@ fn tracked_interface_down_moves_the_address_and_back() {
 /// to serve: its priority drops by the `listeners` weight and the peer takes the address.
 #[test]
 fn dead_listeners_move_the_address() {
-    if !privileged::check("hal") {
-        return;
-    }
-    let mut lab = Lab::up(
-        &unique_prefix("hal"),
+    let Some(mut lab) = robustifier_lab::privileged_lab(
+        "hal",
         Plan {
             frontends: 2,
             backends: 0,
         },
-    )
-    .expect("lab up");
+    ) else {
+        return;
+    };
     let a_routers = [Vr::new(51, 150, VIP_SMTP, 20).with("track = { listeners = 60 }")];
     let cfg_a = frontend_config(&lab, FEA, &a_routers, "");
     let cfg_b = frontend_config(&lab, FEB, &[Vr::new(51, 120, VIP_SMTP, 20)], "");

@@ -21,6 +21,33 @@ pub struct Env {
 }
 
 impl Env {
+    /// The shared state of `service`'s sessions; its routing map (if any) is loaded now
+    /// and re-read whenever the file changes.
+    pub fn new(
+        service: &Service,
+        pools: Arc<PoolSet>,
+        tls: Option<Arc<ServerTls>>,
+        groups: Arc<super::groups::Groups>,
+    ) -> Result<Env, String> {
+        let routes = match &service.routes {
+            Some(path) => {
+                let p = path.clone();
+                let w = Watched::new("routing map", vec![path.clone()], move || {
+                    RouteTable::load(&p).map_err(|e| e.to_string())
+                })?;
+                Some(Arc::new(w))
+            }
+            None => None,
+        };
+        Ok(Env {
+            service: Arc::new(service.clone()),
+            routes,
+            pools,
+            tls,
+            groups,
+        })
+    }
+
     /// Every pool the service can route to: its default pool and those of its map.
     pub fn pool_names(&self) -> Vec<String> {
         let mut pools: Vec<String> = self.service.pool.iter().cloned().collect();

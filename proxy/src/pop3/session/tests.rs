@@ -11,7 +11,7 @@ use tokio::{
 };
 
 use super::*;
-use crate::{backend::PoolSet, config::Config, reload::Watched, route::RouteTable};
+use crate::{backend::PoolSet, config::Config};
 
 /// A back-end with one user `alice` / `secret` and one message; `locked` answers the
 /// login with `-ERR [IN-USE]`.
@@ -70,20 +70,9 @@ fn env(dir: &std::path::Path, store: SocketAddr) -> Env {
          [[pool]]\nname = \"store\"\nbackend = [{{ name = \"s\", address = \"{store}\" }}]\n"
     );
     let cfg = Config::parse(&dir.join("t.toml"), &text).unwrap();
-    let svc = cfg.services[0].clone();
-    let path = svc.routes.clone().unwrap();
-    Env {
-        routes: Some(Arc::new(
-            Watched::new("routes", vec![path.clone()], move || {
-                RouteTable::load(&path).map_err(|e| e.to_string())
-            })
-            .unwrap(),
-        )),
-        service: Arc::new(svc),
-        pools: Arc::new(PoolSet::standalone(&cfg).unwrap()),
-        groups: Arc::new(crate::front::groups::Groups::new(cfg.groups.clone())),
-        tls: None,
-    }
+    let pools = Arc::new(PoolSet::standalone(&cfg).unwrap());
+    let groups = Arc::new(crate::front::groups::Groups::new(cfg.groups.clone()));
+    Env::new(&cfg.services[0], pools, None, groups).unwrap()
 }
 
 async fn converse(env: &Env, input: &[u8]) -> String {

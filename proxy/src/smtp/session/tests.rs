@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use super::*;
-use crate::{backend::PoolSet, config::Config, reload::Watched, route::RouteTable};
+use crate::{backend::PoolSet, config::Config};
 
 /// How a scripted back-end misbehaves.
 #[derive(Clone, Copy, PartialEq)]
@@ -159,20 +159,9 @@ fn env(dir: &Path, a: &[SocketAddr], b: &[SocketAddr], extra: &str) -> Env {
         list(b, "b")
     );
     let cfg = Config::parse(&dir.join("test.toml"), &text).unwrap();
-    let svc = cfg.services[0].clone();
-    let path = svc.routes.clone().unwrap();
-    Env {
-        routes: Some(Arc::new(
-            Watched::new("routes", vec![path.clone()], move || {
-                RouteTable::load(&path).map_err(|e| e.to_string())
-            })
-            .unwrap(),
-        )),
-        service: Arc::new(svc),
-        pools: Arc::new(PoolSet::standalone(&cfg).unwrap()),
-        groups: Arc::new(crate::front::groups::Groups::new(cfg.groups.clone())),
-        tls: None,
-    }
+    let pools = Arc::new(PoolSet::standalone(&cfg).unwrap());
+    let groups = Arc::new(crate::front::groups::Groups::new(cfg.groups.clone()));
+    Env::new(&cfg.services[0], pools, None, groups).unwrap()
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
