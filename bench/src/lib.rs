@@ -6,6 +6,7 @@
 //! warms up, then measures several repetitions with the systems in random order. Load
 //! loops are bounded in count and time. Timing figures are reported, never asserted.
 
+pub mod compare;
 pub mod flood;
 pub mod procs;
 pub mod report;
@@ -183,6 +184,7 @@ pub fn run(mode: Mode, only: &[String], command: &str) -> anyhow::Result<Report>
         }
     }
     report.figures = std::mem::take(&mut ctx.samples).into_figures();
+    report.ratios = report::ratios(&report.figures);
     report.notes = ctx.notes;
     report.duration_s = started.elapsed().as_secs_f64();
     Ok(report)

@@ -111,3 +111,53 @@ pub fn raise_nofile(n: u64) -> anyhow::Result<()> {
         .or_else(|_| setrlimit(Resource::RLIMIT_NOFILE, n.min(hard), hard))?;
     Ok(())
 }
+
+/// Pids of the kernel's threaded-NAPI pollers of `dev` (threads named `napi/DEV-ID`).
+fn napi_threads(dev: &str) -> Vec<i32> {
+    let prefix = format!("napi/{dev}-");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(&prefix))
+        })
+        .collect()
+}
+
+/// Moves the receive processing of `dev` in namespace `ns` onto `cpu`: switches its NAPI to
+/// threaded mode and pins the new poller threads. On a veth, receive processing otherwise
+/// runs in the sender's softirq, on the sender's CPU, so a flood would measure the sender's
+/// CPU rather than the drop path on the system-under-test CPU. The device needs a NAPI
+/// context first (a veth has one while a native XDP program is attached). Returns the
+/// poller pids.
+pub fn pin_napi(ns: &str, dev: &str, cpu: usize) -> anyhow::Result<Vec<i32>> {
+    let before = napi_threads(dev);
+    // sysfs shows a namespace's devices only when mounted inside it: `ip netns exec` does
+    // exactly that, in a private mount namespace that ends with the command.
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c"])
+        .arg(format!("echo 1 > /sys/class/net/{dev}/threaded"))
+        .output()
+        .context("ip netns exec")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "threaded NAPI on {ns}/{dev}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let new: Vec<i32> = napi_threads(dev)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    anyhow::ensure!(
+        !new.is_empty(),
+        "{ns}/{dev} has no NAPI poller thread after enabling threaded mode (is a native XDP \
+         program attached?)"
+    );
+    for p in &new {
+        pin_pid(*p, cpu)?;
+    }
+    Ok(new)
+}

@@ -2,13 +2,13 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The system every ratio is taken for.
 pub const SUT: &str = "robustifier";
 
 /// One measured quantity of one system in one case, over all repetitions.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Figure {
     pub scenario: String,
     pub case: String,
@@ -23,7 +23,7 @@ pub struct Figure {
     pub max: f64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Machine {
     pub nproc: usize,
     pub cpu_model: String,
@@ -72,7 +72,7 @@ impl Machine {
     }
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Report {
     pub mode: String,
     pub command: String,
@@ -83,6 +83,97 @@ pub struct Report {
     /// Scenarios that failed, with the error (the others still report).
     pub failures: BTreeMap<String, String>,
     pub figures: Vec<Figure>,
+    /// Robustifier / rival for every figure both have.
+    #[serde(default)]
+    pub ratios: Vec<Ratio>,
+    /// How this run's figures and ratios compare with the previous run of the same mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<crate::compare::Agreement>,
+}
+
+/// Robustifier / one rival for one (scenario, case, metric). Where both were measured in
+/// every repetition, the ratio is taken per repetition (the two ran minutes apart at most,
+/// so slow drifts of a shared machine cancel) and summarised like a figure; otherwise it is
+/// the ratio of the medians alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ratio {
+    pub scenario: String,
+    pub case: String,
+    pub metric: String,
+    pub rival: String,
+    pub lower_is_better: bool,
+    /// Whether `values` are per-repetition ratios (else one ratio of medians).
+    pub paired: bool,
+    pub values: Vec<f64>,
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Ratio {
+    fn of(ours: &Figure, theirs: &Figure) -> Option<Ratio> {
+        let paired = ours.values.len() == theirs.values.len() && ours.values.len() > 1;
+        let mut values: Vec<f64> = if paired {
+            ours.values
+                .iter()
+                .zip(&theirs.values)
+                .filter(|(_, t)| **t != 0.0)
+                .map(|(o, t)| o / t)
+                .collect()
+        } else if theirs.median != 0.0 {
+            vec![ours.median / theirs.median]
+        } else {
+            vec![]
+        };
+        if values.is_empty() {
+            return None;
+        }
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        let r = Ratio {
+            scenario: ours.scenario.clone(),
+            case: ours.case.clone(),
+            metric: ours.metric.clone(),
+            rival: theirs.system.clone(),
+            lower_is_better: ours.lower_is_better,
+            paired: paired && values.len() > 1,
+            min: sorted[0],
+            median: median(&sorted),
+            max: sorted[sorted.len() - 1],
+            values: std::mem::take(&mut values),
+        };
+        Some(r)
+    }
+
+    /// `median [min-max]` (just the median for a single value).
+    pub fn text(&self) -> String {
+        if self.values.len() > 1 {
+            format!(
+                "{} [{}-{}]",
+                ratio_text(self.median),
+                ratio_text(self.min),
+                ratio_text(self.max)
+            )
+        } else {
+            ratio_text(self.median)
+        }
+    }
+}
+
+/// Every Robustifier / rival ratio of `figures`.
+pub fn ratios(figures: &[Figure]) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    for ours in figures.iter().filter(|f| f.system == SUT) {
+        for theirs in figures.iter().filter(|f| {
+            f.system != SUT
+                && f.scenario == ours.scenario
+                && f.case == ours.case
+                && f.metric == ours.metric
+        }) {
+            out.extend(Ratio::of(ours, theirs));
+        }
+    }
+    out
 }
 
 /// Collects samples per (scenario, case, metric, system) in the order they are recorded.
@@ -184,14 +275,19 @@ fn ratio_text(r: f64) -> String {
     }
 }
 
-/// `robustifier / rival` on medians, when both exist and the rival's is not zero.
-fn ratio(figs: &[&Figure], rival: &str) -> Option<f64> {
-    let ours = figs.iter().find(|f| f.system == SUT)?;
-    let theirs = figs.iter().find(|f| f.system == rival)?;
-    (theirs.median != 0.0).then(|| ours.median / theirs.median)
+/// The head-line label of a figure or ratio: "scenario / case / metric".
+pub fn label(scenario: &str, case: &str, metric: &str) -> String {
+    format!("{scenario} / {case} / {metric}")
 }
 
 impl Report {
+    /// The ratio of Robustifier to `rival` for the group `f` belongs to.
+    fn ratio(&self, f: &Figure, rival: &str) -> Option<&Ratio> {
+        self.ratios.iter().find(|r| {
+            r.scenario == f.scenario && r.case == f.case && r.metric == f.metric && r.rival == rival
+        })
+    }
+
     /// Groups of figures of one (scenario, case, metric), in first-recorded order.
     fn groups(&self) -> Vec<Vec<&Figure>> {
         let mut out: Vec<Vec<&Figure>> = Vec::new();
@@ -213,8 +309,9 @@ impl Report {
             s,
             "# Robustifier benchmark ({} mode)\n\n`{}` on {} x {}, kernel {}; {}; {}; {}. \
              System under test on CPU 0, load generators and sinks on CPU 1. \
-             Cells: median [min-max] over repetitions; ratio = Robustifier / rival on medians \
-             (for \"lower is better\" metrics, below 1 means Robustifier is better).\n",
+             Cells: median [min-max] over repetitions; ratio = Robustifier / rival, taken per \
+             repetition where both ran in every one (median [min-max] of those), else on \
+             medians (for \"lower is better\" metrics, below 1 means Robustifier is better).\n",
             self.mode,
             self.command,
             m.nproc,
@@ -240,7 +337,7 @@ impl Report {
                 let r = if f.system == SUT {
                     "-".to_owned()
                 } else {
-                    ratio(&g, &f.system).map_or("n/a".into(), ratio_text)
+                    self.ratio(f, &f.system).map_or("n/a".into(), Ratio::text)
                 };
                 let dir = if f.lower_is_better {
                     "lower better"
@@ -266,6 +363,9 @@ impl Report {
             for n in &self.notes {
                 let _ = writeln!(s, "- {n}");
             }
+        }
+        if let Some(a) = &self.agreement {
+            s.push_str(&a.markdown());
         }
         if !self.failures.is_empty() {
             let _ = writeln!(s, "\n## Failed scenarios\n");
@@ -294,9 +394,10 @@ impl Report {
                 .iter()
                 .filter(|f| f.system != SUT)
                 .map(|f| {
-                    ratio(&g, &f.system).map_or(format!("{} n/a", f.system), |r| {
-                        format!("{} {}", f.system, ratio_text(r))
-                    })
+                    self.ratio(f, &f.system)
+                        .map_or(format!("{} n/a", f.system), |r| {
+                            format!("{} {}", f.system, r.text())
+                        })
                 })
                 .collect();
             let _ = writeln!(
@@ -309,10 +410,25 @@ impl Report {
                 ratios.join(", ")
             );
         }
+        if let Some(a) = &self.agreement {
+            s.push_str(&a.summary());
+        }
         for (k, v) in &self.failures {
             let _ = writeln!(s, "FAILED {k}: {}", v.lines().next().unwrap_or_default());
         }
         s
+    }
+
+    pub fn read(path: &Path) -> anyhow::Result<Report> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut r: Report = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        // Reports written before ratios were stored get them from their figures.
+        if r.ratios.is_empty() {
+            r.ratios = ratios(&r.figures);
+        }
+        Ok(r)
     }
 
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
@@ -342,8 +458,10 @@ mod tests {
         for v in [4.0, 8.0] {
             s.add("cost", "1k", M, "haproxy", v);
         }
+        let figures = s.into_figures();
         let r = Report {
-            figures: s.into_figures(),
+            ratios: ratios(&figures),
+            figures,
             ..Report::default()
         };
         assert_eq!(r.figures[0].median, 2.0);
@@ -351,5 +469,22 @@ mod tests {
         assert_eq!(r.figures[1].median, 6.0);
         assert!(r.summary().contains("haproxy 0.33"));
         assert!(r.markdown().contains("| 0.33 |"));
+        assert!(!r.ratios[0].paired);
+    }
+
+    #[test]
+    fn ratios_are_paired_per_repetition_when_both_ran_in_each() {
+        let mut s = Samples::default();
+        // A machine that slows down run by run: the paired ratio stays put.
+        for (ours, theirs) in [(1.0, 2.0), (2.0, 4.0), (4.0, 8.0)] {
+            s.add("cost", "1k", M, SUT, ours);
+            s.add("cost", "1k", M, "nginx", theirs);
+        }
+        let figures = s.into_figures();
+        let r = ratios(&figures);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].paired);
+        assert_eq!((r[0].min, r[0].median, r[0].max), (0.5, 0.5, 0.5));
+        assert_eq!(r[0].text(), "0.50 [0.50-0.50]");
     }
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: builds the release proxy, then runs the scenarios of
 //! `robustifier-bench` and writes target/bench/report.{json,md}.
 
-use std::time::Instant;
+use std::{path::Path, time::Instant};
 
 use crate::{setup, util};
 
@@ -45,12 +45,22 @@ pub fn run(quick: bool, smoke: bool, only: &[String], no_build: bool) -> anyhow:
     // SAFETY: single-threaded here; the lab reads it when it starts front-ends.
     unsafe { std::env::set_var("ROBUSTIFIER_BIN", &bin) };
     let command: Vec<String> = std::env::args().skip(1).collect();
-    let report = robustifier_bench::run(mode, only, &format!("cargo xtask {}", command.join(" ")))?;
+    let mut report = robustifier_bench::run(mode, only, &format!("cargo xtask {}", command.join(" ")))?;
     let dir = if smoke {
         util::root().join("target/bench/smoke")
     } else {
         util::root().join("target/bench")
     };
+    // Every run is judged against the previous run of the same mode, which is kept beside
+    // it as report.prev.json.
+    let previous = dir.join("report.json");
+    if let Ok(prev) = robustifier_bench::report::Report::read(&previous)
+        && prev.mode == report.mode
+    {
+        report.agreement = Some(robustifier_bench::compare::compare(&prev, &report));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::rename(&previous, dir.join("report.prev.json"))?;
+    }
     report.write(&dir)?;
     println!("\n{}", report.summary());
     println!(
@@ -71,5 +81,22 @@ pub fn run(quick: bool, smoke: bool, only: &[String], no_build: bool) -> anyhow:
             .collect::<Vec<_>>()
             .join(", ")
     );
+    Ok(())
+}
+
+/// Prints where two saved reports agree within their spread (and the rows that do not).
+pub fn compare(earlier: &Path, later: &Path) -> anyhow::Result<()> {
+    use robustifier_bench::{compare, report::Report};
+    let (a, b) = (Report::read(earlier)?, Report::read(later)?);
+    anyhow::ensure!(
+        a.mode == b.mode,
+        "{} is a {} run and {} a {} run: compare runs of one mode",
+        earlier.display(),
+        a.mode,
+        later.display(),
+        b.mode
+    );
+    let agreement = compare::compare(&a, &b);
+    println!("{}", agreement.markdown());
     Ok(())
 }

@@ -58,6 +58,10 @@ enum Command {
         /// Skip setup and the release build (use the existing target/release/robustifier).
         #[arg(long)]
         no_build: bool,
+        /// Run nothing: compare two report.json files (earlier,later) and print where
+        /// they agree within their spread.
+        #[arg(long, value_delimiter = ',', num_args = 2, value_name = "EARLIER,LATER")]
+        compare: Vec<std::path::PathBuf>,
     },
     /// nginx's auth_http responder for the bench (started by the bench itself).
     #[command(hide = true)]
@@ -88,7 +92,11 @@ fn main() -> std::process::ExitCode {
             smoke,
             only,
             no_build,
-        } => bench::run(quick, smoke, &only, no_build),
+            compare,
+        } => match compare.as_slice() {
+            [earlier, later] => bench::compare(earlier, later),
+            _ => bench::run(quick, smoke, &only, no_build),
+        },
         Command::BenchAuthHttp { listen, upstream } => {
             robustifier_bench::rivals::serve_auth_http(&listen, upstream)
         }
