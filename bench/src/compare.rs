@@ -70,37 +70,40 @@ pub struct Agreement {
 
 /// Every figure and ratio present in both runs, previous against current.
 pub fn compare(previous: &Report, current: &Report) -> Agreement {
-    let mut rows = Vec::new();
-    for r in &current.ratios {
-        if let Some(p) = previous.ratios.iter().find(|p| {
-            p.scenario == r.scenario && p.case == r.case && p.metric == r.metric && p.rival == r.rival
-        }) {
-            let (a, b) = (spread(p.min, p.median, p.max), spread(r.min, r.median, r.max));
-            rows.push(Row {
-                kind: "ratio".into(),
-                label: label(&r.scenario, &r.case, &r.metric),
-                system: r.rival.clone(),
-                previous: a,
-                current: b,
-                verdict: verdict(&a, &b),
-            });
-        }
-    }
-    for f in &current.figures {
-        if let Some(p) = previous.figures.iter().find(|p| {
-            p.scenario == f.scenario && p.case == f.case && p.metric == f.metric && p.system == f.system
-        }) {
-            let (a, b) = (spread(p.min, p.median, p.max), spread(f.min, f.median, f.max));
-            rows.push(Row {
-                kind: "figure".into(),
-                label: label(&f.scenario, &f.case, &f.metric),
-                system: f.system.clone(),
-                previous: a,
-                current: b,
-                verdict: verdict(&a, &b),
-            });
-        }
-    }
+    // (kind, label, system or rival, spread) of every ratio and figure of a report.
+    let entries = |r: &Report| -> Vec<(&'static str, String, String, Spread)> {
+        let ratios = r.ratios.iter().map(|x| {
+            let l = label(&x.scenario, &x.case, &x.metric);
+            ("ratio", l, x.rival.clone(), spread(x.min, x.median, x.max))
+        });
+        let figures = r.figures.iter().map(|x| {
+            let l = label(&x.scenario, &x.case, &x.metric);
+            (
+                "figure",
+                l,
+                x.system.clone(),
+                spread(x.min, x.median, x.max),
+            )
+        });
+        ratios.chain(figures).collect()
+    };
+    let before = entries(previous);
+    let rows = entries(current)
+        .into_iter()
+        .filter_map(|(kind, label, system, current)| {
+            let (.., previous) = before
+                .iter()
+                .find(|(k, l, s, _)| *k == kind && *l == label && *s == system)?;
+            Some(Row {
+                kind: kind.into(),
+                label,
+                system,
+                previous: *previous,
+                current,
+                verdict: verdict(previous, &current),
+            })
+        })
+        .collect();
     Agreement {
         previous_started_unix: previous.started_unix,
         rows,
@@ -120,7 +123,11 @@ impl Agreement {
                 .filter(|r| r.kind == kind && r.verdict == v)
                 .count()
         };
-        (of(Verdict::Agree), of(Verdict::Overlap), of(Verdict::Differ))
+        (
+            of(Verdict::Agree),
+            of(Verdict::Overlap),
+            of(Verdict::Differ),
+        )
     }
 
     /// One line per kind with the counts.
@@ -194,5 +201,39 @@ mod tests {
         // Symmetric, and a single-valued spread agrees only with a range holding it.
         assert_eq!(verdict(&spread(3.5, 4.0, 5.0), &a), Verdict::Differ);
         assert_eq!(verdict(&spread(2.0, 2.0, 2.0), &a), Verdict::Agree);
+    }
+
+    fn report(ours: &[f64], theirs: &[f64]) -> Report {
+        use crate::report::{Metric, SUT, Samples, ratios};
+        const M: Metric = Metric {
+            name: "cpu",
+            unit: "us",
+            lower_is_better: true,
+        };
+        let mut s = Samples::default();
+        for (o, t) in ours.iter().zip(theirs) {
+            s.add("cost", "1k", M, SUT, *o);
+            s.add("cost", "1k", M, "haproxy", *t);
+        }
+        let figures = s.into_figures();
+        Report {
+            ratios: ratios(&figures),
+            figures,
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn a_slower_machine_moves_figures_but_not_ratios() {
+        let before = report(&[10.0, 11.0, 12.0], &[20.0, 22.0, 24.0]);
+        // The whole machine a third slower: every figure differs, the ratio agrees.
+        let after = report(&[15.0, 16.5, 18.0], &[30.0, 33.0, 36.0]);
+        let a = compare(&before, &after);
+        assert_eq!(a.counts("ratio"), (1, 0, 0));
+        assert_eq!(a.counts("figure"), (0, 0, 2));
+        assert!(
+            a.markdown()
+                .contains("| figure | cost / 1k / cpu | haproxy |")
+        );
     }
 }

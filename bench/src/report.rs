@@ -422,8 +422,8 @@ impl Report {
     pub fn read(path: &Path) -> anyhow::Result<Report> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let mut r: Report = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut r: Report =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         // Reports written before ratios were stored get them from their figures.
         if r.ratios.is_empty() {
             r.ratios = ratios(&r.figures);

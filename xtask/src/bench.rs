@@ -45,7 +45,8 @@ pub fn run(quick: bool, smoke: bool, only: &[String], no_build: bool) -> anyhow:
     // SAFETY: single-threaded here; the lab reads it when it starts front-ends.
     unsafe { std::env::set_var("ROBUSTIFIER_BIN", &bin) };
     let command: Vec<String> = std::env::args().skip(1).collect();
-    let mut report = robustifier_bench::run(mode, only, &format!("cargo xtask {}", command.join(" ")))?;
+    let mut report =
+        robustifier_bench::run(mode, only, &format!("cargo xtask {}", command.join(" ")))?;
     let dir = if smoke {
         util::root().join("target/bench/smoke")
     } else {

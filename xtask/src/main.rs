@@ -60,7 +60,12 @@ enum Command {
         no_build: bool,
         /// Run nothing: compare two report.json files (earlier,later) and print where
         /// they agree within their spread.
-        #[arg(long, value_delimiter = ',', num_args = 2, value_name = "EARLIER,LATER")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            num_args = 2,
+            value_name = "EARLIER,LATER"
+        )]
         compare: Vec<std::path::PathBuf>,
     },
     /// nginx's auth_http responder for the bench (started by the bench itself).
