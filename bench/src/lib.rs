@@ -80,7 +80,7 @@ impl Mode {
                 overload_reps: 2,
             },
             Mode::Full => Sizes {
-                reps: 5,
+                reps: 7,
                 cost_sessions: 2000,
                 cost_serial: 400,
                 cost_warmup: 200,
