@@ -166,6 +166,7 @@ impl Board {
         })
     }
 
+    /// A handle on back-end `id`'s slot (methods taking an id read in place instead).
     pub fn slot(&self, id: u32) -> Option<Arc<Slot>> {
         self.slots.load().get(id as usize).cloned()
     }
@@ -253,7 +254,10 @@ impl Board {
     /// between ([`ERROR_STORM`] in a row) counts as one failed check: a back-end that
     /// refuses everything (full disk, broken delivery) is sick even if it greets well.
     pub fn reply_seen(&self, id: u32, code: u16, rise: u32, fall: u32) {
-        let Some(slot) = self.slot(id) else { return };
+        let slots = self.slots.load();
+        let Some(slot) = slots.get(id as usize) else {
+            return;
+        };
         if code < 400 {
             slot.errors_in_a_row.store(0, Ordering::Relaxed);
             return;
@@ -267,7 +271,8 @@ impl Board {
     /// A real session's greeting latency: feeds the response time only. Only probes count
     /// as good checks, so a back-end that greets well but fails what follows still falls.
     pub fn sample_latency(&self, id: u32, latency: Duration) {
-        if let Some(slot) = self.slot(id) {
+        let slots = self.slots.load();
+        if let Some(slot) = slots.get(id as usize) {
             let sample = latency.as_micros().min(u32::MAX as u128) as f64;
             let old = slot.response_us.load(Ordering::Relaxed) as f64;
             let new = if old == 0.0 {
@@ -292,7 +297,10 @@ impl Board {
         if let Some(l) = latency {
             self.sample_latency(id, l);
         }
-        let Some(slot) = self.slot(id) else { return };
+        let slots = self.slots.load();
+        let Some(slot) = slots.get(id as usize) else {
+            return;
+        };
         let Ok(mut streak) = slot.streak.lock() else {
             return;
         };
@@ -313,7 +321,8 @@ impl Board {
     }
 
     pub fn set_agent(&self, id: u32, report: Option<AgentReport>) {
-        if let Some(slot) = self.slot(id)
+        let slots = self.slots.load();
+        if let Some(slot) = slots.get(id as usize)
             && let Ok(mut a) = slot.agent.lock()
         {
             let was_draining = a.is_some_and(|r| r.drain);
@@ -327,7 +336,10 @@ impl Board {
 
     /// The weight in force: the agent's, else the configured one.
     pub fn weight_of(&self, id: u32) -> u32 {
-        let Some(slot) = self.slot(id) else { return 0 };
+        let slots = self.slots.load();
+        let Some(slot) = slots.get(id as usize) else {
+            return 0;
+        };
         let agent = slot
             .agent
             .lock()
@@ -339,7 +351,8 @@ impl Board {
 
     /// The load record for the map.
     pub fn record_for(&self, id: u32, now_ns: u64) -> Option<BackendLoad> {
-        let slot = self.slot(id)?;
+        let slots = self.slots.load();
+        let slot = slots.get(id as usize)?;
         let agent = slot
             .agent
             .lock()
