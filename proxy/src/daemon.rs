@@ -7,7 +7,8 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use robustifier_common::{
-    MAP_BACKENDS, PINNED_MAPS, PROG_STEER, PROG_XDP, SLOT_NORMAL, SLOT_PRIORITY, SLOT_SHED,
+    MAP_BACKENDS, MAX_BACKENDS, PINNED_MAPS, PROG_STEER, PROG_XDP, SLOT_NORMAL, SLOT_PRIORITY,
+    SLOT_SHED,
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -18,7 +19,7 @@ use tracing::info;
 
 use crate::{
     backend::PoolSet,
-    config::Config,
+    config::{self, Config},
     datapath::DataPath,
     datapath::MapView,
     front::groups::Groups,
@@ -149,7 +150,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
-            _ = sighup.recv() => reload(&cfg.file, &board),
+            _ = sighup.recv() => reload(&cfg, &pools, &mut dp.tables, &stop, &background),
         }
     }
     // Hand the virtual addresses over first (drain, then priority 0), while the data path
@@ -180,18 +181,50 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// SIGHUP: re-reads the configuration. Back-ends removed from it drain gracefully (no new
-/// sessions, running ones finish) and come back if restored; routing maps and certificates
-/// reload on their own when their files change. Other changes take a restart, and a bad
-/// file changes nothing.
-fn reload(file: &std::path::Path, board: &Board) {
-    match Config::load(file) {
-        Err(e) => tracing::error!(error = %e, "SIGHUP: configuration refused; nothing changed"),
-        Ok(new) => {
-            let added = board.reconcile(&new);
-            if !added.is_empty() {
-                tracing::warn!(backends = ?added, "SIGHUP: new back-ends take a restart to be used");
-            }
-            info!("SIGHUP: configuration reloaded");
+/// sessions, running ones finish) and come back if restored; back-ends it adds to a
+/// running pool get the next load map ids, their probes and agent polls, and take new
+/// sessions at once; routing maps and certificates reload on their own when their files
+/// change. Other changes (new pools, services, settings) take a restart and are logged by
+/// name; a bad file changes nothing.
+fn reload(
+    running: &Config,
+    pools: &PoolSet,
+    tables: &mut crate::datapath::Tables,
+    stop: &CancellationToken,
+    background: &TaskTracker,
+) {
+    let new = match Config::load(&running.file) {
+        Err(e) => {
+            return tracing::error!(error = %e, "SIGHUP: configuration refused; nothing changed");
         }
+        Ok(new) => new,
+    };
+    let board = &pools.board;
+    let done = board.reconcile(&new);
+    let now = health::writer::monotonic_ns();
+    for slot in &done.added {
+        // Its record now, so routing (which reads the map) need not wait for the writer.
+        let id = slot.backend.id;
+        if let Some(record) = board.record_for(id, now)
+            && let Err(e) = tables.backends.set(id, record, 0)
+        {
+            tracing::error!(error = %e, backend = %slot.backend.name, "writing load record");
+        }
+        health::spawn_checks(pools, board, slot, stop, background);
     }
+    if !done.added.is_empty() {
+        let added: Vec<String> = done
+            .added
+            .iter()
+            .map(|s| format!("{} (id {})", s.backend.name, s.backend.id))
+            .collect();
+        info!(backends = ?added, "SIGHUP: back-ends added");
+    }
+    if !done.overflow.is_empty() {
+        tracing::warn!(backends = ?done.overflow, "SIGHUP: the load map is full ({MAX_BACKENDS} ids; removed back-ends keep theirs): these back-ends take a restart to be used");
+    }
+    for what in config::diff::restart_needed(running, &new) {
+        tracing::warn!(change = %what, "SIGHUP: takes a restart");
+    }
+    info!("SIGHUP: configuration reloaded");
 }

@@ -2,7 +2,8 @@
 //! back-end loses its share, a dead one gets nothing and comes back, an agent's mail queue
 //! over the threshold takes its back-end out, a burst keeps premium mail flowing while
 //! regular mail is deflected with 451 and no back-end exceeds its session limit, and a
-//! service with no back-end left is shed by the kernel with 421. Privileged.
+//! service with no back-end left is shed by the kernel with 421; a reload drains removed
+//! back-ends and puts added ones to work. Privileged.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -460,4 +461,105 @@ fn backend_removed_from_the_config_drains_on_reload() {
     std::fs::write(&path, &full).unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     eventually(&lab, "be2 readmitted", |s| s.backends[1].state == "up");
+}
+
+/// Reads one SMTP reply and returns its last line.
+fn reply(r: &mut impl std::io::BufRead) -> String {
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "connection closed");
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return line.trim_end().to_owned();
+        }
+    }
+}
+
+/// SIGHUP with a back-end added to the configuration: it gets the next id in the load map
+/// (`robustifier maps --json` shows its record) and takes new sessions at once, while a
+/// session open across the reload finishes; the new back-end's probes run. No restart.
+#[test]
+fn backend_added_to_the_config_takes_sessions_on_reload() {
+    use std::io::{BufReader, Write as _};
+    let Some(mut lab) = lab("ad", 2) else { return };
+    let _s1 = Sink::start(&mut lab, 0, &[]).unwrap();
+    let s2 = Sink::start(&mut lab, 1, &[]).unwrap();
+    start(&mut lab, 1, "", "");
+    eventually(&lab, "be1 alone and up", |s| {
+        s.backends.len() == 1 && s.backends[0].state == "up"
+    });
+    assert!(delivered(&send(&lab, "u@example.org")));
+
+    // A session open across the reload, up to its recipient.
+    let to = SocketAddr::new(VIP_SMTP.into(), 25);
+    let stream = lab
+        .client
+        .ns
+        .enter(move || client::connect(to, None, Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut r = BufReader::new(stream.try_clone().unwrap());
+    let mut w = stream;
+    let greeting = reply(&mut r);
+    assert!(greeting.starts_with("220"), "{greeting}");
+    let mut say = |line: &str| {
+        w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        reply(&mut r)
+    };
+    assert!(say("EHLO open.example").starts_with("250"));
+    assert!(say("MAIL FROM:<open@client.example>").starts_with("250"));
+    assert!(say("RCPT TO:<open@example.org>").starts_with("250"));
+
+    let path = lab.log_dir.join("fea.toml");
+    std::fs::write(&path, config(&lab, 2, "", "")).unwrap();
+    let pid = lab
+        .daemons()
+        .iter()
+        .find(|d| d.name.starts_with("robustifier"))
+        .unwrap()
+        .pid();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let be2 = format!("{}:25", internal_v4(12));
+    eventually(&lab, "be2 up with the next id", |s| {
+        s.backends
+            .iter()
+            .any(|b| b.id == 1 && b.address == be2 && b.state == "up")
+    });
+    let out = std::process::Command::new(robustifier_lab::robustifier_bin())
+        .args(["maps", "--json", "--pin-dir"])
+        .arg(lab.pin_dir(0))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let maps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = maps["backends"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|b| b["id"] == 1 && b["address"] == be2.as_str() && b["pool_id"] == 0),
+        "robustifier maps --json: {maps:#}"
+    );
+
+    // The session opened before the reload finishes.
+    assert!(say("DATA").starts_with("354"));
+    assert!(say("Subject: open\r\n\r\nacross the reload\r\n.").starts_with("250"));
+    let _ = say("QUIT");
+
+    // New sessions reach be2: bounded, and each is delivered somewhere.
+    let mut sent = 0;
+    while s2.count() == 0 {
+        assert!(sent < 100, "be2 never took a session in {sent} messages");
+        assert!(delivered(&send(&lab, "u@example.org")));
+        sent += 1;
+    }
+    // Its probes run: with its server gone (and no session sent there) it goes down.
+    s2.stop(&mut lab);
+    eventually(&lab, "be2 down by its probes", |s| {
+        s.backends.iter().any(|b| b.id == 1 && b.state == "down")
+    });
 }

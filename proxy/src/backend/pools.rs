@@ -34,6 +34,8 @@ impl LoadView for Board {
 }
 
 pub struct PoolRuntime {
+    /// The pool's settings as started; its back-ends are the board's slots of this pool,
+    /// which a reload may add to (`pool.backends` is the list at startup).
     pub pool: Pool,
     pub tls: Option<(TlsConnector, Option<String>)>,
     failed: Mutex<HashMap<u32, Instant>>,
@@ -103,21 +105,21 @@ impl PoolSet {
         let mut fresh = Vec::new();
         let mut penalised = Vec::new();
         let mut excluded = Excluded::default();
+        let slots = self.board.slots();
         for name in route {
             let Some(rt) = self.pools.get(name) else {
                 continue;
             };
             let t = &rt.pool.thresholds;
             let mut scored: Vec<(f64, &Backend)> = Vec::new();
-            for b in &rt.pool.backends {
+            // The board's slots, not the pool's configured list: a reload may add some.
+            for slot in slots.iter().filter(|s| s.pool_id == rt.pool.id) {
+                let b = &slot.backend;
                 let Some(load) = self.view.load(b.id) else {
                     continue;
                 };
-                let slot = self.board.slot(b.id);
-                let active =
-                    slot.map_or(0, |s| s.active.load(std::sync::atomic::Ordering::Acquire));
-                let overloaded =
-                    slot.is_some_and(|s| s.overloaded.load(std::sync::atomic::Ordering::Relaxed));
+                let active = slot.active.load(std::sync::atomic::Ordering::Acquire);
+                let overloaded = slot.overloaded.load(std::sync::atomic::Ordering::Relaxed);
                 if load.state != robustifier_common::BACKEND_UP {
                     excluded.down += 1;
                 } else if select::eligible(&load, t, share, active, overloaded) {
@@ -255,5 +257,23 @@ mod tests {
             assert_eq!(c.len(), 3);
         }
         drop(guards);
+    }
+
+    #[test]
+    fn a_backend_added_on_reload_is_a_candidate_at_once() {
+        let s = set("shared_store = false");
+        let cfg = Config::parse(
+            std::path::Path::new("t.toml"),
+            "[frontend]\nname='f'\n[[pool]]\nname='p'\nshared_store = false\nbackend=[{name='a',address='198.18.1.11:25'},{name='c',address='198.18.1.13:25'},{name='d',address='198.18.1.14:25'}]\n",
+        )
+        .unwrap();
+        let r = s.board.reconcile(&cfg);
+        assert_eq!(r.added[0].backend.id, 3);
+        let (c, ex) = s.candidates(&["p".into()], 1.0);
+        assert_eq!(names(&c), ["a", "c", "d"]);
+        assert_eq!(ex, Excluded { busy: 0, down: 1 }, "b drains");
+        let d = c.into_iter().find(|c| c.backend.name == "d").unwrap();
+        let _g = s.acquire(&d, 1.0).unwrap();
+        assert_eq!(s.board.record_for(3, 0).unwrap().active_sessions, 1);
     }
 }

@@ -3,6 +3,7 @@
 //! reason (`ConfigError`), and nothing downstream re-checks what was validated here.
 
 pub mod balance;
+pub mod diff;
 mod error;
 mod raw;
 pub mod vrrp;

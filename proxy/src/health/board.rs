@@ -11,11 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use robustifier_common::{BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, BackendLoad};
+use arc_swap::{ArcSwap, Guard};
+use robustifier_common::{BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, BackendLoad, MAX_BACKENDS};
 use tracing::{info, warn};
 
 use crate::config::{
-    Backend, Config,
+    Backend, Config, Pool,
     balance::{Health, Thresholds},
 };
 
@@ -66,8 +67,74 @@ impl Drop for SessionGuard {
 }
 
 pub struct Board {
-    /// Indexed by back-end id.
-    slots: Vec<Arc<Slot>>,
+    /// Indexed by back-end id. Append-only: an id indexes the pinned load map for the
+    /// process's life, so a removed back-end keeps its slot (draining, or readmitted if
+    /// restored) and one a reload adds gets the next free id. Readers load the list
+    /// without locking; a reload swaps in a longer one.
+    slots: ArcSwap<Vec<Arc<Slot>>>,
+    /// The running pools (without their back-ends): a back-end a reload adds takes its
+    /// pool's settings from here, like routing does; changed pools take a restart.
+    pools: Vec<Pool>,
+    /// Serialises reloads, the only writers of `slots`.
+    reloading: Mutex<()>,
+}
+
+/// The slots at one moment: a slice of them, or owned handles when iterated by value.
+pub struct Slots(Guard<Arc<Vec<Arc<Slot>>>>);
+
+impl std::ops::Deref for Slots {
+    type Target = [Arc<Slot>];
+    fn deref(&self) -> &[Arc<Slot>] {
+        &self.0
+    }
+}
+
+impl IntoIterator for Slots {
+    type Item = Arc<Slot>;
+    type IntoIter = std::vec::IntoIter<Arc<Slot>>;
+    fn into_iter(self) -> Self::IntoIter {
+        let owned: Vec<Arc<Slot>> = self.0.iter().cloned().collect();
+        owned.into_iter()
+    }
+}
+
+/// What a reload did to the board's back-ends.
+#[derive(Default)]
+pub struct Reconciled {
+    /// Back-ends the configuration adds to a running pool, with their new ids: routing
+    /// sees them at once; their probes and agent polls are the caller's to start.
+    pub added: Vec<Arc<Slot>>,
+    /// Back-ends of pools this process does not run (pools take a restart), by name.
+    pub new_pool: Vec<String>,
+    /// Back-ends refused because every id of the load map is taken, by name.
+    pub overflow: Vec<String>,
+}
+
+impl Slot {
+    fn new(backend: Backend, pool: &Pool) -> Slot {
+        Slot {
+            backend,
+            pool_id: pool.id,
+            pool_name: pool.name.clone(),
+            health: pool.health.clone(),
+            thresholds: pool.thresholds.clone(),
+            // Up until proven otherwise: a fresh front-end (or back-end) must serve at once;
+            // probes and passive checks take it down if it cannot.
+            state: AtomicU8::new(BACKEND_UP),
+            streak: Mutex::new(0),
+            response_us: AtomicU32::new(0),
+            active: AtomicU32::new(0),
+            agent: Mutex::new(None),
+            overloaded: AtomicBool::new(false),
+            chunking: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            errors_in_a_row: AtomicU32::new(0),
+        }
+    }
+
+    fn is(&self, pool: &str, b: &Backend) -> bool {
+        self.pool_name == pool && self.backend.name == b.name && self.backend.address == b.address
+    }
 }
 
 /// Refusals in a row that count as one failed check.
@@ -82,75 +149,85 @@ impl Board {
     pub fn new(cfg: &Config) -> Arc<Board> {
         let slots = cfg
             .backends()
-            .map(|(p, b)| {
-                Arc::new(Slot {
-                    backend: b.clone(),
-                    pool_id: p.id,
-                    pool_name: p.name.clone(),
-                    health: p.health.clone(),
-                    thresholds: p.thresholds.clone(),
-                    // Up until proven otherwise: a fresh front-end must serve at once.
-                    state: AtomicU8::new(BACKEND_UP),
-                    streak: Mutex::new(0),
-                    response_us: AtomicU32::new(0),
-                    active: AtomicU32::new(0),
-                    agent: Mutex::new(None),
-                    overloaded: AtomicBool::new(false),
-                    chunking: AtomicBool::new(false),
-                    removed: AtomicBool::new(false),
-                    errors_in_a_row: AtomicU32::new(0),
-                })
+            .map(|(p, b)| Arc::new(Slot::new(b.clone(), p)))
+            .collect();
+        let pools = cfg
+            .pools
+            .iter()
+            .map(|p| Pool {
+                backends: Vec::new(),
+                ..p.clone()
             })
             .collect();
-        Arc::new(Board { slots })
+        Arc::new(Board {
+            slots: ArcSwap::from_pointee(slots),
+            pools,
+            reloading: Mutex::new(()),
+        })
     }
 
-    pub fn slot(&self, id: u32) -> Option<&Arc<Slot>> {
-        self.slots.get(id as usize)
+    /// A handle on back-end `id`'s slot (methods taking an id read in place instead).
+    pub fn slot(&self, id: u32) -> Option<Arc<Slot>> {
+        self.slots.load().get(id as usize).cloned()
     }
 
-    pub fn slots(&self) -> &[Arc<Slot>] {
-        &self.slots
+    pub fn slots(&self) -> Slots {
+        Slots(self.slots.load())
     }
 
     /// A configuration reload: back-ends no longer in `cfg` (same pool, name and address)
-    /// drain, those back again are readmitted. Returns the names of back-ends `cfg` adds,
-    /// which take a restart.
-    pub fn reconcile(&self, cfg: &Config) -> Vec<String> {
-        let wanted: Vec<(&str, &str, std::net::SocketAddr)> = cfg
-            .backends()
-            .map(|(p, b)| (p.name.as_str(), b.name.as_str(), b.address))
-            .collect();
-        for s in &self.slots {
-            let keep = wanted.contains(&(
-                s.pool_name.as_str(),
-                s.backend.name.as_str(),
-                s.backend.address,
-            ));
+    /// drain, those back again are readmitted, and those it adds to a running pool get the
+    /// next free ids. A changed address is a removal and an addition. Back-ends of a new
+    /// pool and those past the load map's [`MAX_BACKENDS`] ids are named, not added.
+    pub fn reconcile(&self, cfg: &Config) -> Reconciled {
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.slots.load_full();
+        for s in current.iter() {
+            let keep = cfg.backends().any(|(p, b)| s.is(&p.name, b));
             if s.removed.swap(!keep, Ordering::Relaxed) == keep {
                 if keep {
-                    info!(backend = %s.backend.name, "back in the configuration: readmitted");
+                    info!(backend = %s.backend.name, id = s.backend.id, "back in the configuration: readmitted");
                 } else {
-                    info!(backend = %s.backend.name, "removed from the configuration: draining (running sessions finish)");
+                    info!(backend = %s.backend.name, id = s.backend.id, "removed from the configuration: draining (running sessions finish)");
                 }
             }
         }
-        wanted
-            .iter()
-            .filter(|(p, n, a)| {
-                !self
-                    .slots
-                    .iter()
-                    .any(|s| s.pool_name == *p && s.backend.name == *n && s.backend.address == *a)
-            })
-            .map(|(_, n, _)| (*n).to_owned())
-            .collect()
+        let mut out = Reconciled::default();
+        let mut slots: Vec<Arc<Slot>> = current.to_vec();
+        for (p, b) in cfg.backends() {
+            if slots.iter().any(|s| s.is(&p.name, b)) {
+                continue;
+            }
+            let Some(pool) = self.pools.iter().find(|q| q.name == p.name) else {
+                out.new_pool.push(b.name.clone());
+                continue;
+            };
+            if slots.len() >= MAX_BACKENDS as usize {
+                warn!(backend = %b.name, pool = %p.name, "not added: all {MAX_BACKENDS} load map ids are taken (removed back-ends keep theirs until a restart)");
+                out.overflow.push(b.name.clone());
+                continue;
+            }
+            let id = slots.len() as u32;
+            let slot = Arc::new(Slot::new(Backend { id, ..b.clone() }, pool));
+            info!(backend = %b.name, pool = %p.name, id, address = %b.address, "added by the configuration");
+            slots.push(Arc::clone(&slot));
+            out.added.push(slot);
+        }
+        if !out.added.is_empty() {
+            self.slots.store(Arc::new(slots));
+        }
+        out
     }
 
     /// Whether every back-end of `pools` has offered CHUNKING in its last EHLO.
     pub fn chunking(&self, pools: &[String]) -> bool {
         let mut any = false;
-        for s in self.slots.iter().filter(|s| pools.contains(&s.pool_name)) {
+        for s in self
+            .slots
+            .load()
+            .iter()
+            .filter(|s| pools.contains(&s.pool_name))
+        {
             any = true;
             if !s.chunking.load(Ordering::Relaxed) {
                 return false;
@@ -161,7 +238,8 @@ impl Board {
 
     /// A session slot on back-end `id` if it has fewer than `limit` sessions.
     pub fn acquire(&self, id: u32, limit: u32) -> Option<SessionGuard> {
-        let slot = self.slot(id)?;
+        let slots = self.slots.load();
+        let slot = slots.get(id as usize)?;
         slot.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
@@ -176,7 +254,10 @@ impl Board {
     /// between ([`ERROR_STORM`] in a row) counts as one failed check: a back-end that
     /// refuses everything (full disk, broken delivery) is sick even if it greets well.
     pub fn reply_seen(&self, id: u32, code: u16, rise: u32, fall: u32) {
-        let Some(slot) = self.slot(id) else { return };
+        let slots = self.slots.load();
+        let Some(slot) = slots.get(id as usize) else {
+            return;
+        };
         if code < 400 {
             slot.errors_in_a_row.store(0, Ordering::Relaxed);
             return;
@@ -190,7 +271,8 @@ impl Board {
     /// A real session's greeting latency: feeds the response time only. Only probes count
     /// as good checks, so a back-end that greets well but fails what follows still falls.
     pub fn sample_latency(&self, id: u32, latency: Duration) {
-        if let Some(slot) = self.slot(id) {
+        let slots = self.slots.load();
+        if let Some(slot) = slots.get(id as usize) {
             let sample = latency.as_micros().min(u32::MAX as u128) as f64;
             let old = slot.response_us.load(Ordering::Relaxed) as f64;
             let new = if old == 0.0 {
@@ -215,7 +297,10 @@ impl Board {
         if let Some(l) = latency {
             self.sample_latency(id, l);
         }
-        let Some(slot) = self.slot(id) else { return };
+        let slots = self.slots.load();
+        let Some(slot) = slots.get(id as usize) else {
+            return;
+        };
         let Ok(mut streak) = slot.streak.lock() else {
             return;
         };
@@ -236,7 +321,8 @@ impl Board {
     }
 
     pub fn set_agent(&self, id: u32, report: Option<AgentReport>) {
-        if let Some(slot) = self.slot(id)
+        let slots = self.slots.load();
+        if let Some(slot) = slots.get(id as usize)
             && let Ok(mut a) = slot.agent.lock()
         {
             let was_draining = a.is_some_and(|r| r.drain);
@@ -250,7 +336,10 @@ impl Board {
 
     /// The weight in force: the agent's, else the configured one.
     pub fn weight_of(&self, id: u32) -> u32 {
-        let Some(slot) = self.slot(id) else { return 0 };
+        let slots = self.slots.load();
+        let Some(slot) = slots.get(id as usize) else {
+            return 0;
+        };
         let agent = slot
             .agent
             .lock()
@@ -262,7 +351,8 @@ impl Board {
 
     /// The load record for the map.
     pub fn record_for(&self, id: u32, now_ns: u64) -> Option<BackendLoad> {
-        let slot = self.slot(id)?;
+        let slots = self.slots.load();
+        let slot = slots.get(id as usize)?;
         let agent = slot
             .agent
             .lock()
@@ -354,15 +444,136 @@ mod tests {
         assert_eq!(b.record_for(0, 0).unwrap().state, BACKEND_DOWN);
     }
 
+    fn cfg(backends: &str) -> Config {
+        Config::parse(
+            std::path::Path::new("t.toml"),
+            &format!("[frontend]\nname='f'\n[[pool]]\nname='p'\nbackend=[{backends}]\n"),
+        )
+        .unwrap()
+    }
+
+    fn names(b: &Board) -> Vec<(u32, String, bool)> {
+        b.slots()
+            .iter()
+            .map(|s| {
+                (
+                    s.backend.id,
+                    s.backend.name.clone(),
+                    s.removed.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
     #[test]
-    fn reload_drains_removed_backends_and_names_new_ones() {
+    fn reload_drains_removed_backends_and_readmits_them() {
         let b = board();
-        let without = Config::parse(std::path::Path::new("t.toml"), "[frontend]\nname='f'\n[[pool]]\nname='p'\nbackend=[{name='z',address='198.18.1.19:25'}]\n").unwrap();
-        assert_eq!(b.reconcile(&without), ["z"]);
+        let r = b.reconcile(&cfg("{name='z',address='198.18.1.19:25'}"));
+        assert_eq!(r.added.len(), 1);
         assert_eq!(b.record_for(0, 0).unwrap().state, BACKEND_DRAINING);
-        let again = Config::parse(std::path::Path::new("t.toml"), "[frontend]\nname='f'\n[[pool]]\nname='p'\nbackend=[{name='a',address='198.18.1.11:25'}]\n").unwrap();
-        assert!(b.reconcile(&again).is_empty());
+        assert_eq!(b.record_for(1, 0).unwrap().state, BACKEND_UP);
+        let r = b.reconcile(&cfg("{name='a',address='198.18.1.11:25'}"));
+        assert!(r.added.is_empty());
         assert_eq!(b.record_for(0, 0).unwrap().state, BACKEND_UP);
+        assert_eq!(b.record_for(1, 0).unwrap().state, BACKEND_DRAINING);
+    }
+
+    #[test]
+    fn reload_adds_a_backend_with_the_next_id() {
+        let b = board();
+        let r = b.reconcile(&cfg(
+            "{name='n',address='198.18.1.12:25',weight=7,agent='198.18.1.12:7025'},{name='a',address='198.18.1.11:25'}",
+        ));
+        assert_eq!(r.added.len(), 1);
+        assert!(r.new_pool.is_empty() && r.overflow.is_empty());
+        let s = &r.added[0];
+        assert_eq!(
+            (s.backend.id, s.backend.name.as_str(), s.pool_id),
+            (1, "n", 0)
+        );
+        assert_eq!(s.backend.agent, Some("198.18.1.12:7025".parse().unwrap()));
+        assert!(Arc::ptr_eq(s, &b.slot(1).unwrap()));
+        let rec = b.record_for(1, 0).unwrap();
+        assert_eq!((rec.state, rec.weight, rec.pool_id), (BACKEND_UP, 7, 0));
+        assert!(b.acquire(1, 1).is_some(), "sessions can hold it");
+        // The same configuration again adds nothing.
+        assert!(
+            b.reconcile(&cfg(
+                "{name='n',address='198.18.1.12:25'},{name='a',address='198.18.1.11:25'}"
+            ))
+            .added
+            .is_empty()
+        );
+        assert_eq!(names(&b).len(), 2);
+    }
+
+    #[test]
+    fn a_changed_address_drains_the_old_and_adds_the_new_then_back() {
+        let b = board();
+        let moved = cfg("{name='a',address='198.18.1.21:25'}");
+        assert_eq!(b.reconcile(&moved).added.len(), 1);
+        assert_eq!(
+            names(&b),
+            [(0, "a".to_owned(), true), (1, "a".to_owned(), false)]
+        );
+        // Moved back: the first slot is readmitted, nothing new, the second drains.
+        assert!(
+            b.reconcile(&cfg("{name='a',address='198.18.1.11:25'}"))
+                .added
+                .is_empty()
+        );
+        assert_eq!(
+            names(&b),
+            [(0, "a".to_owned(), false), (1, "a".to_owned(), true)]
+        );
+        // Removed, then re-added: the same slots, no new id.
+        b.reconcile(&cfg("{name='x',address='198.18.1.30:25'}"));
+        assert!(b.reconcile(&moved).added.is_empty());
+        assert_eq!(
+            names(&b),
+            [
+                (0, "a".to_owned(), true),
+                (1, "a".to_owned(), false),
+                (2, "x".to_owned(), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn backends_of_a_new_pool_are_named_not_added() {
+        let b = board();
+        let two = Config::parse(
+            std::path::Path::new("t.toml"),
+            "[frontend]\nname='f'\n[[pool]]\nname='p'\nbackend=[{name='a',address='198.18.1.11:25'}]\n[[pool]]\nname='q'\nbackend=[{name='q1',address='198.18.2.11:25'}]\n",
+        )
+        .unwrap();
+        let r = b.reconcile(&two);
+        assert!(r.added.is_empty());
+        assert_eq!(r.new_pool, ["q1"]);
+        assert_eq!(b.slots().len(), 1);
+    }
+
+    #[test]
+    fn the_load_map_never_overflows() {
+        let list = |range: std::ops::Range<u32>| {
+            range
+                .map(|i| {
+                    format!(
+                        "{{name='b{i}',address='198.18.{}.{}:25'}}",
+                        i / 200,
+                        1 + i % 200
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let b = Board::new(&cfg(&list(0..MAX_BACKENDS)));
+        // One removed (it keeps its id while draining), one new: no id is free.
+        let r = b.reconcile(&cfg(&list(1..MAX_BACKENDS + 1)));
+        assert!(r.added.is_empty());
+        assert_eq!(r.overflow, [format!("b{MAX_BACKENDS}")]);
+        assert_eq!(b.slots().len(), MAX_BACKENDS as usize);
+        assert_eq!(b.record_for(0, 0).unwrap().state, BACKEND_DRAINING);
     }
 
     #[test]

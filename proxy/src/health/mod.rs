@@ -33,10 +33,28 @@ pub fn spawn(
     tasks: &TaskTracker,
 ) {
     for slot in board.slots() {
+        spawn_checks(pools, board, &slot, stop, tasks);
+    }
+    if let Some(dir) = pin_dir {
         let (b, stop2) = (Arc::clone(board), stop.clone());
-        let probe_slot = Arc::clone(slot);
-        // Probes use TLS where the pool's legs do, verifying the certificate the same way.
-        let tls: Option<probe::ProbeTls> = pools
+        tasks.spawn(async move { writer::run(&dir, b, envs, ha_health, stop2).await });
+    }
+}
+
+/// Starts the probe loop of one back-end, and its agent polls if it has an agent: for
+/// every back-end at startup, and for those a reload adds.
+pub fn spawn_checks(
+    pools: &crate::backend::PoolSet,
+    board: &Arc<Board>,
+    slot: &Arc<board::Slot>,
+    stop: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let (b, stop2) = (Arc::clone(board), stop.clone());
+    let probe_slot = Arc::clone(slot);
+    // Probes use TLS where the pool's legs do, verifying the certificate the same way.
+    let tls: Option<probe::ProbeTls> =
+        pools
             .pool(&slot.pool_name)
             .and_then(|p| p.tls.clone())
             .map(|(connector, name)| {
@@ -49,57 +67,52 @@ pub fn spawn(
                 });
                 (connector, name)
             });
+    tasks.spawn(async move {
+        let slot = probe_slot;
+        let h = slot.health.clone();
+        loop {
+            tokio::select! {
+                _ = stop2.cancelled() => return,
+                _ = tokio::time::sleep(h.interval) => {}
+            }
+            let r = probe::probe(slot.backend.address, slot.backend.identity, tls.as_ref(), h.timeout).await;
+            match &r {
+                Ok(p) => {
+                    debug!(backend = %slot.backend.name, latency_us = p.latency.as_micros() as u64, "probe ok");
+                    slot.chunking.store(p.chunking, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => debug!(backend = %slot.backend.name, error = %e, "probe failed"),
+            }
+            let why = r.as_ref().err().cloned().unwrap_or_default();
+            b.record(slot.backend.id, r.is_ok(), r.ok().map(|p| p.latency), h.rise, h.fall, &why);
+        }
+    });
+    if let Some(agent) = slot.backend.agent {
+        let (b, stop2, slot) = (Arc::clone(board), stop.clone(), Arc::clone(slot));
         tasks.spawn(async move {
-            let slot = probe_slot;
-            let h = slot.health.clone();
+            let mut reachable = true;
             loop {
                 tokio::select! {
                     _ = stop2.cancelled() => return,
-                    _ = tokio::time::sleep(h.interval) => {}
+                    _ = tokio::time::sleep(slot.health.agent_interval) => {}
                 }
-                let r = probe::probe(slot.backend.address, slot.backend.identity, tls.as_ref(), h.timeout).await;
-                match &r {
-                    Ok(p) => {
-                        debug!(backend = %slot.backend.name, latency_us = p.latency.as_micros() as u64, "probe ok");
-                        slot.chunking.store(p.chunking, std::sync::atomic::Ordering::Relaxed);
+                match agent_client::poll(agent, slot.health.timeout).await {
+                    Ok(r) => {
+                        if !reachable {
+                            info!(backend = %slot.backend.name, "agent reachable again");
+                        }
+                        reachable = true;
+                        b.set_agent(slot.backend.id, Some(r));
                     }
-                    Err(e) => debug!(backend = %slot.backend.name, error = %e, "probe failed"),
+                    Err(e) => {
+                        if reachable {
+                            info!(backend = %slot.backend.name, error = %e, "agent unreachable; using probe figures only");
+                        }
+                        reachable = false;
+                        b.set_agent(slot.backend.id, None);
+                    }
                 }
-                let why = r.as_ref().err().cloned().unwrap_or_default();
-                b.record(slot.backend.id, r.is_ok(), r.ok().map(|p| p.latency), h.rise, h.fall, &why);
             }
         });
-        if let Some(agent) = slot.backend.agent {
-            let (b, stop2, slot) = (Arc::clone(board), stop.clone(), Arc::clone(slot));
-            tasks.spawn(async move {
-                let mut reachable = true;
-                loop {
-                    tokio::select! {
-                        _ = stop2.cancelled() => return,
-                        _ = tokio::time::sleep(slot.health.agent_interval) => {}
-                    }
-                    match agent_client::poll(agent, slot.health.timeout).await {
-                        Ok(r) => {
-                            if !reachable {
-                                info!(backend = %slot.backend.name, "agent reachable again");
-                            }
-                            reachable = true;
-                            b.set_agent(slot.backend.id, Some(r));
-                        }
-                        Err(e) => {
-                            if reachable {
-                                info!(backend = %slot.backend.name, error = %e, "agent unreachable; using probe figures only");
-                            }
-                            reachable = false;
-                            b.set_agent(slot.backend.id, None);
-                        }
-                    }
-                }
-            });
-        }
-    }
-    if let Some(dir) = pin_dir {
-        let (b, stop2) = (Arc::clone(board), stop.clone());
-        tasks.spawn(async move { writer::run(&dir, b, envs, ha_health, stop2).await });
     }
 }

@@ -4,7 +4,9 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use robustifier_common::{CAPACITY_EXHAUSTED, CAPACITY_OK, CAPACITY_PRIORITY_ONLY, ServiceState};
+use robustifier_common::{
+    BackendLoad, CAPACITY_EXHAUSTED, CAPACITY_OK, CAPACITY_PRIORITY_ONLY, ServiceState,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -14,7 +16,7 @@ use crate::{backend::select, datapath::Tables, front::env::Env};
 pub const PERIOD: Duration = Duration::from_millis(500);
 
 /// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)
@@ -40,7 +42,7 @@ pub async fn run(
         write_records(&mut tables, &board);
         let mut exhausted = false;
         for (i, env) in envs.iter().enumerate() {
-            let c = service_capacity(env, &board, &tables);
+            let c = service_capacity(env, &board, |id| tables.backends.get(&id, 0).ok());
             exhausted |= c == CAPACITY_EXHAUSTED;
             if c != capacity[i] {
                 let name = ["ok", "priority-only", "exhausted"]
@@ -109,14 +111,16 @@ fn write_records(tables: &mut Tables, board: &Board) {
 /// OK when the default group can be served somewhere; priority-only when only the full
 /// share can (and connect-time shedding is safe for the configured groups); exhausted
 /// when nothing can.
-fn service_capacity(env: &Env, board: &Board, tables: &Tables) -> u32 {
+/// `load` reads a back-end's record (the pinned map in the daemon). Every slot of the board
+/// counts, so back-ends a reload adds count for VRRP tracking too.
+fn service_capacity(env: &Env, board: &Board, load: impl Fn(u32) -> Option<BackendLoad>) -> u32 {
     let pools = env.pool_names();
     let can_serve = |share: f64| {
         board.slots().iter().any(|s| {
             if !pools.contains(&s.pool_name) {
                 return false;
             }
-            let Ok(load) = tables.backends.get(&s.backend.id, 0) else {
+            let Some(load) = load(s.backend.id) else {
                 return false;
             };
             let active = s.active.load(std::sync::atomic::Ordering::Acquire);
@@ -134,5 +138,43 @@ fn service_capacity(env: &Env, board: &Board, tables: &Tables) -> u32 {
         }
     } else {
         CAPACITY_EXHAUSTED
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{backend::PoolSet, config::Config, front::groups::Groups};
+
+    fn cfg(backends: &str) -> Config {
+        Config::parse(
+            std::path::Path::new("t.toml"),
+            &format!(
+                "[frontend]\nname='f'\n[[service]]\nname='smtp'\nprotocol='smtp'\nport=25\npool='p'\n[[pool]]\nname='p'\nbackend=[{backends}]\n"
+            ),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_backend_added_on_reload_counts_for_capacity_and_tracking() {
+        let first = cfg("{name='a',address='198.18.1.11:25'}");
+        let pools = Arc::new(PoolSet::standalone(&first).unwrap());
+        let board = Arc::clone(&pools.board);
+        let groups = Arc::new(Groups::new(first.groups.clone()));
+        let env = Env::new(&first.services[0], pools, None, groups).unwrap();
+        let load = |id| board.record_for(id, 0);
+        assert_eq!(service_capacity(&env, &board, load), CAPACITY_OK);
+        // a goes, b comes: a drains, b serves.
+        board.reconcile(&cfg("{name='b',address='198.18.1.12:25'}"));
+        assert_eq!(service_capacity(&env, &board, load), CAPACITY_OK);
+        for _ in 0..3 {
+            board.record(1, false, None, 2, 3, "test");
+        }
+        assert_eq!(
+            service_capacity(&env, &board, load),
+            CAPACITY_EXHAUSTED,
+            "a draining, b down"
+        );
     }
 }
