@@ -7,6 +7,7 @@
 //! loops are bounded in count and time. Timing figures are reported, never asserted.
 
 pub mod flood;
+pub mod pop3;
 pub mod procs;
 pub mod report;
 pub mod rivals;
@@ -42,6 +43,7 @@ pub struct Sizes {
     pub memory_reps: usize,
     pub failover_trials: usize,
     pub bulk_messages: usize,
+    pub bulk_pop3_messages: usize,
     pub overload_reps: usize,
 }
 
@@ -61,6 +63,7 @@ impl Mode {
                 memory_reps: 1,
                 failover_trials: 1,
                 bulk_messages: 2,
+                bulk_pop3_messages: 1,
                 overload_reps: 1,
             },
             Mode::Quick => Sizes {
@@ -76,6 +79,7 @@ impl Mode {
                 memory_reps: 1,
                 failover_trials: 2,
                 bulk_messages: 8,
+                bulk_pop3_messages: 12,
                 overload_reps: 2,
             },
             Mode::Full => Sizes {
@@ -91,6 +95,7 @@ impl Mode {
                 memory_reps: 2,
                 failover_trials: 10,
                 bulk_messages: 24,
+                bulk_pop3_messages: 16,
                 overload_reps: 3,
             },
         }
