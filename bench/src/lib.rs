@@ -8,6 +8,7 @@
 
 pub mod compare;
 pub mod flood;
+pub mod pop3;
 pub mod procs;
 pub mod report;
 pub mod rivals;
@@ -43,6 +44,7 @@ pub struct Sizes {
     pub memory_reps: usize,
     pub failover_trials: usize,
     pub bulk_messages: usize,
+    pub bulk_pop3_messages: usize,
     pub overload_reps: usize,
 }
 
@@ -62,6 +64,7 @@ impl Mode {
                 memory_reps: 1,
                 failover_trials: 1,
                 bulk_messages: 2,
+                bulk_pop3_messages: 1,
                 overload_reps: 1,
             },
             Mode::Quick => Sizes {
@@ -77,6 +80,7 @@ impl Mode {
                 memory_reps: 1,
                 failover_trials: 2,
                 bulk_messages: 8,
+                bulk_pop3_messages: 12,
                 overload_reps: 2,
             },
             Mode::Full => Sizes {
@@ -92,6 +96,7 @@ impl Mode {
                 memory_reps: 2,
                 failover_trials: 10,
                 bulk_messages: 24,
+                bulk_pop3_messages: 16,
                 overload_reps: 3,
             },
         }

@@ -24,6 +24,11 @@ pub const HAPROXY_LEASTCONN_PORT: u16 = 2527;
 pub const HAPROXY_SPLICE_PORT: u16 = 2528;
 pub const NGINX_PORT: u16 = 2526;
 pub const AUTH_HTTP: &str = "127.0.0.1:9080";
+/// The POP3 relays of the bulk scenario (their own HAProxy and nginx instances).
+pub const HAPROXY_POP3_PORT: u16 = 1110;
+pub const HAPROXY_POP3_SPLICE_PORT: u16 = 1111;
+pub const NGINX_POP3_PORT: u16 = 1112;
+pub const AUTH_HTTP_POP3: &str = "127.0.0.1:9081";
 
 pub fn vip() -> SocketAddr {
     SocketAddr::new(VIP_SMTP.into(), 25)
@@ -136,12 +141,18 @@ fall = 2
 
 /// Starts Robustifier on front-end 0, adds the VIP, pins it; returns its pid.
 pub fn start_robustifier(lab: &mut Lab, config: &str) -> anyhow::Result<i32> {
+    start_robustifier_at(lab, config, vip())
+}
+
+/// [`start_robustifier`] for a configuration whose service listens on `addr` (its VIP is
+/// added to front-end 0 and probed from the client).
+pub fn start_robustifier_at(lab: &mut Lab, config: &str, addr: SocketAddr) -> anyhow::Result<i32> {
     let pid = lab.start_frontend(0, config)?.pid().as_raw();
     procs::pin_pid(pid, SUT_CPU)?;
     lab.frontend(0)
         .ns
-        .ip(&["addr", "add", &format!("{VIP_SMTP}/32"), "dev", "pub0"])?;
-    wait_port(&lab.client.ns, vip())?;
+        .ip(&["addr", "add", &format!("{}/32", addr.ip()), "dev", "pub0"])?;
+    wait_port(&lab.client.ns, addr)?;
     Ok(pid)
 }
 
@@ -219,40 +230,85 @@ pub fn start_haproxy_on(
     Ok(pid)
 }
 
-/// nginx 1.22's mail proxy on front-end 0 in front of back-end 1, with its auth_http
-/// responder; returns the pids to account (master, worker, responder).
+/// A second HAProxy on front-end 0, `name`, relaying TCP to the single `server`: plainly
+/// on `port`, with splice(2) on `splice_port`. Returns its pid.
+pub fn start_haproxy_relay(
+    lab: &mut Lab,
+    name: &str,
+    port: u16,
+    splice_port: u16,
+    server: SocketAddr,
+) -> anyhow::Result<i32> {
+    let dir = lab.log_dir.clone();
+    let conf = format!(
+        "global\n  maxconn 1000\n  maxpipes 200\n  nbthread 1\n  pidfile {pid}\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         frontend plain\n  bind {plain}\n  default_backend be\n\
+         frontend sp\n  bind {sp}\n  option splice-auto\n  default_backend be\n\
+         backend be\n  server be1 {server}\n",
+        pid = dir.join(format!("{name}.pid")).display(),
+        plain = fe_addr(port),
+        sp = fe_addr(splice_port),
+    );
+    let path = dir.join(format!("{name}.cfg"));
+    std::fs::write(&path, conf)?;
+    let ns = lab.frontend(0).ns.clone();
+    let p = path.to_string_lossy().into_owned();
+    let pid = spawn_pinned(lab, &ns, name, SUT_CPU, &["haproxy", "-db", "-f", &p])?;
+    wait_started(lab, &ns, fe_addr(port), name)?;
+    Ok(pid)
+}
+
+/// nginx 1.22's mail proxy (SMTP) on front-end 0 in front of `upstream`, with its
+/// auth_http responder; returns the pids to account (master, worker, responder).
 pub fn start_nginx(lab: &mut Lab, upstream: SocketAddr) -> anyhow::Result<Vec<i32>> {
-    let dir = lab.log_dir.join("nginx");
+    start_nginx_mail(lab, "nginx", "smtp", NGINX_PORT, AUTH_HTTP, upstream)
+}
+
+/// nginx's mail proxy on front-end 0 speaking `protocol` ("smtp", "pop3") on `port`, as
+/// its own instance `name` (directory, logs), sending every login to `upstream` through
+/// its own auth_http responder on `auth_http`; returns the pids to account (master, worker,
+/// responder).
+pub fn start_nginx_mail(
+    lab: &mut Lab,
+    name: &str,
+    protocol: &str,
+    port: u16,
+    auth_http: &str,
+    upstream: SocketAddr,
+) -> anyhow::Result<Vec<i32>> {
+    let dir = lab.log_dir.join(name);
     std::fs::create_dir_all(&dir)?;
     let ns = lab.frontend(0).ns.clone();
     let exe = std::env::current_exe()?;
     let exe = exe.to_string_lossy().into_owned();
     let up = upstream.to_string();
+    let responder_name = format!("auth-http-{name}");
     let responder = spawn_pinned(
         lab,
         &ns,
-        "auth-http",
+        &responder_name,
         SUT_CPU,
         &[
             &exe,
             "bench-auth-http",
             "--listen",
-            AUTH_HTTP,
+            auth_http,
             "--upstream",
             &up,
         ],
     )?;
-    wait_started(lab, &ns, AUTH_HTTP.parse()?, "auth-http")?;
+    wait_started(lab, &ns, auth_http.parse()?, &responder_name)?;
     let conf = format!(
         "load_module /usr/lib/nginx/modules/ngx_mail_module.so;\n\
          user nobody nogroup;\nworker_processes 1;\ndaemon off;\nmaster_process on;\n\
          pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_rlimit_nofile 19000;\n\
          events {{ worker_connections 18000; }}\n\
-         mail {{\n  server_name mx.bench.invalid;\n  auth_http {AUTH_HTTP}/auth;\n\
-         smtp_auth none;\n  xclient off;\n  proxy_pass_error_message on;\n\
-         server {{ listen {listen}; protocol smtp; }}\n}}\n",
+         mail {{\n  server_name mx.bench.invalid;\n  auth_http {auth_http}/auth;\n\
+         smtp_auth none;\n  xclient off;\n  pop3_auth plain;\n  proxy_pass_error_message on;\n\
+         server {{ listen {listen}; protocol {protocol}; }}\n}}\n",
         d = dir.display(),
-        listen = fe_addr(NGINX_PORT),
+        listen = fe_addr(port),
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
@@ -262,11 +318,11 @@ pub fn start_nginx(lab: &mut Lab, upstream: SocketAddr) -> anyhow::Result<Vec<i3
     let master = spawn_pinned(
         lab,
         &ns,
-        "nginx",
+        name,
         SUT_CPU,
         &["nginx", "-e", &e, "-p", &d, "-c", &p],
     )?;
-    wait_started(lab, &ns, fe_addr(NGINX_PORT), "nginx")?;
+    wait_started(lab, &ns, fe_addr(port), name)?;
     let mut pids = procs::tree(master);
     pids.push(responder);
     Ok(pids)

@@ -1,4 +1,5 @@
-//! Bulk relay: 10 MiB messages through each proxy (smtp-source, a few sessions at a time).
+//! Bulk relay: 10 MiB messages through each proxy, a few sessions at a time: SMTP here
+//! (smtp-source to smtp-sink), POP3 RETR from Dovecot in [`super::bulk_pop3`].
 //! Figures: proxy CPU-seconds per GB relayed and throughput; HAProxy with and without
 //! splice(2).
 
@@ -8,22 +9,32 @@ use anyhow::Context as _;
 
 use crate::{Ctx, procs, report::Metric, rivals};
 
-const SCENARIO: &str = "bulk";
-const SIZE: usize = 10 * 1024 * 1024;
+pub(super) const SCENARIO: &str = "bulk";
+pub(super) const SIZE: usize = 10 * 1024 * 1024;
 const CASE: &str = "10 MiB messages";
 
-const CPU: Metric = Metric {
+pub(super) const CPU: Metric = Metric {
     name: "proxy CPU per GB",
     unit: "CPU-s/GB",
     lower_is_better: true,
 };
-const THROUGHPUT: Metric = Metric {
+pub(super) const THROUGHPUT: Metric = Metric {
     name: "throughput",
     unit: "MB/s",
     lower_is_better: false,
 };
 
+/// The SMTP case, then the POP3 case (each in its own lab); both run when one fails.
 pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let smtp = run_smtp(ctx).context("SMTP case");
+    let pop3 = super::bulk_pop3::run(ctx).context("POP3 case");
+    match (smtp, pop3) {
+        (Err(a), Err(b)) => Err(anyhow::anyhow!("{a:#}; {b:#}")),
+        (a, b) => a.and(b),
+    }
+}
+
+fn run_smtp(ctx: &mut Ctx) -> anyhow::Result<()> {
     let s = ctx.sizes;
     let n = s.bulk_messages;
     let mut lab = super::lab("bb", 1, 1)?;

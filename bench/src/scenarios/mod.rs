@@ -1,6 +1,7 @@
 //! One module per scenario; each builds its own lab and records into the [`crate::Ctx`].
 
 pub mod bulk;
+pub mod bulk_pop3;
 pub mod cost;
 pub mod drop_path;
 pub mod failover;
