@@ -95,7 +95,7 @@ impl Mode {
                 idle_sessions: 9_000,
                 memory_reps: 2,
                 failover_trials: 10,
-                bulk_messages: 24,
+                bulk_messages: 16,
                 bulk_pop3_messages: 16,
                 overload_reps: 3,
             },
