@@ -57,17 +57,23 @@ pub struct Slot {
 /// A session's hold on a back-end: counted in `active` until dropped.
 pub struct SessionGuard {
     slot: Arc<Slot>,
+    freed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.slot.active.fetch_sub(1, Ordering::AcqRel);
+        // Sessions waiting for a slot look again (backend::admission).
+        self.freed.send_modify(|v| *v = v.wrapping_add(1));
     }
 }
 
 pub struct Board {
     /// Indexed by back-end id.
     slots: Vec<Arc<Slot>>,
+    /// Bumped whenever capacity may have been freed: a session slot released, the load
+    /// records rewritten. Admission waiters watch it.
+    pub freed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Refusals in a row that count as one failed check.
@@ -102,7 +108,10 @@ impl Board {
                 })
             })
             .collect();
-        Arc::new(Board { slots })
+        Arc::new(Board {
+            slots,
+            freed: Arc::new(tokio::sync::watch::channel(0).0),
+        })
     }
 
     pub fn slot(&self, id: u32) -> Option<&Arc<Slot>> {
@@ -169,7 +178,13 @@ impl Board {
             .ok()?;
         Some(SessionGuard {
             slot: Arc::clone(slot),
+            freed: Arc::clone(&self.freed),
         })
+    }
+
+    /// Capacity may have been freed (the load records were rewritten): waiters look again.
+    pub fn nudge(&self) {
+        self.freed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// A reply to MAIL, RCPT or the end of data. A storm of refusals with no success in
