@@ -39,7 +39,8 @@ struct Waiter {
 #[derive(Default)]
 struct Queues {
     next: u64,
-    /// Per route (the pools it lists, in order).
+    /// Per route (the pools it lists, in order), kept in serving order: highest priority
+    /// first, then by arrival; the head is the first.
     routes: HashMap<Vec<String>, Vec<Waiter>>,
 }
 
@@ -87,7 +88,9 @@ impl Admission {
         if waiters.len() >= bound {
             return None;
         }
-        waiters.push(Waiter { seq, priority });
+        // After every waiter of at least this priority: FIFO within a priority.
+        let at = waiters.partition_point(|w| w.priority >= priority);
+        waiters.insert(at, Waiter { seq, priority });
         q.next += 1;
         Some(Place {
             admission: Arc::clone(self),
@@ -104,7 +107,8 @@ impl Admission {
         self.queues.lock().is_ok_and(|q| {
             q.routes
                 .get(route)
-                .is_some_and(|w| w.iter().any(|w| w.priority >= priority))
+                .and_then(|w| w.first())
+                .is_some_and(|w| w.priority >= priority)
         })
     }
 
@@ -117,11 +121,7 @@ impl Admission {
 
     fn head(&self, route: &[String]) -> Option<u64> {
         let q = self.queues.lock().ok()?;
-        q.routes
-            .get(route)?
-            .iter()
-            .min_by(|a, b| b.priority.total_cmp(&a.priority).then(a.seq.cmp(&b.seq)))
-            .map(|w| w.seq)
+        q.routes.get(route)?.first().map(|w| w.seq)
     }
 }
 
@@ -274,10 +274,13 @@ mod tests {
     async fn fifo_within_a_priority() {
         let adm = Admission::standalone();
         let a = adm.join(&route(), 1.0, 8).unwrap();
+        let r = adm.join(&route(), 0.5, 8).unwrap();
         let b = adm.join(&route(), 1.0, 8).unwrap();
         assert_eq!(adm.head(&route()), Some(a.seq));
         drop(a);
         assert_eq!(adm.head(&route()), Some(b.seq));
+        drop(b);
+        assert_eq!(adm.head(&route()), Some(r.seq));
     }
 
     #[test]

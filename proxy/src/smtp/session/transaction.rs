@@ -246,6 +246,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             return Err(LegError::Busy);
         };
         info!(%session, %group, route = ?route, wait_ms = wait.as_millis() as u64, "every back-end busy for this group: waiting for a slot");
+        // A leg of an earlier transaction's route would hold a slot while we wait.
+        if let Some(old) = self.leg.take() {
+            old.leg.quit().await;
+        }
         let started = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + wait;
         let closing = self.closing.clone();
