@@ -1,9 +1,10 @@
 //! Load-aware routing in the lab, with smtp-sink back-ends as fault injectors: a slow
 //! back-end loses its share, a dead one gets nothing and comes back, an agent's mail queue
 //! over the threshold takes its back-end out, a burst keeps premium mail flowing while
-//! regular mail is deflected with 451 and no back-end exceeds its session limit, and a
-//! service with no back-end left is shed by the kernel with 421; a reload drains removed
-//! back-ends and puts added ones to work. Privileged.
+//! regular mail is deflected with 451 and no back-end exceeds its session limit, premium
+//! sessions with a `wait_ms` wait for a slot instead and are all delivered, a service with
+//! no back-end left is shed by the kernel with 421, and a reload drains removed back-ends
+//! and puts added ones to work. Privileged.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -328,6 +329,76 @@ fn burst_keeps_premium_flowing_deflects_regular_and_respects_limits() {
     assert_eq!(
         total,
         accepted(true) + accepted(false),
+        "every accepted message reached a back-end"
+    );
+}
+
+#[test]
+fn burst_premium_waits_for_a_slot_instead_of_being_deflected() {
+    let Some(mut lab) = lab("bw", 2) else { return };
+    let sinks = [
+        Sink::start(&mut lab, 0, &["-w", "1"]).unwrap(),
+        Sink::start(&mut lab, 1, &["-w", "1"]).unwrap(),
+    ];
+    // The same burst as above, but premium sessions may wait for a slot (generously: the
+    // outcome is asserted, not how long it took); regular ones are still deflected at once.
+    let groups = "[[group]]\nname = \"premium\"\nshare = 1.0\ndomains = [\"vip.example\"]\nwait_ms = 20000\n\n[[group]]\nname = \"regular\"\nshare = 0.5\n";
+    start(&mut lab, 2, "[pool.thresholds]\nsessions = 4", groups);
+    let client = lab.client.ns.clone();
+    let results: Vec<(bool, Vec<String>)> = client
+        .enter(|| {
+            let handles: Vec<_> = (0..24)
+                .map(|i| {
+                    let premium = i % 2 == 0;
+                    std::thread::spawn(move || {
+                        let rcpt = if premium {
+                            format!("u{i}@vip.example")
+                        } else {
+                            format!("u{i}@regular.example")
+                        };
+                        let to = SocketAddr::new(IpAddr::V4(VIP_SMTP), 25);
+                        let r = client::send_mail(
+                            to,
+                            None,
+                            "s@client.example",
+                            &[&rcpt],
+                            "Subject: burst\n\nx\n",
+                        )
+                        .unwrap_or_else(|e| vec![format!("error {e}")]);
+                        (premium, r)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+        .unwrap();
+    let count = |p: bool, f: &dyn Fn(&[String]) -> bool| {
+        results.iter().filter(|(q, r)| *q == p && f(r)).count()
+    };
+    let deflected = |r: &[String]| r.iter().any(|l| l.starts_with("451 4.3.2"));
+    eprintln!(
+        "burst with a premium wait: premium {} accepted / {} deflected, regular {} accepted / {} deflected",
+        count(true, &|r| delivered(r)),
+        count(true, &deflected),
+        count(false, &|r| delivered(r)),
+        count(false, &deflected),
+    );
+    let premium: Vec<_> = results
+        .iter()
+        .filter(|(p, r)| *p && !delivered(r))
+        .collect();
+    assert!(
+        premium.is_empty(),
+        "every premium session waits for a slot and is delivered: {premium:?}"
+    );
+    assert!(
+        count(false, &deflected) > 0,
+        "regular mail is still deflected under the burst"
+    );
+    let total: usize = sinks.iter().map(Sink::count).sum();
+    assert_eq!(
+        total,
+        count(true, &|r| delivered(r)) + count(false, &|r| delivered(r)),
         "every accepted message reached a back-end"
     );
 }

@@ -1,6 +1,7 @@
 //! Overload: a burst of five times capacity (two back-ends of four sessions each, every
 //! message held a second at the back-end), half of it premium mail. Robustifier's groups
-//! (premium served to the hard limit, regular deflected early with 451) against HAProxy
+//! (premium served to the hard limit and waiting up to 5 s for a slot, regular deflected
+//! early with 451) against HAProxy
 //! with `maxconn 4` per server and a 5 s queue (it cannot tell premium from regular).
 //! Figures: share of premium and regular sessions delivered, share deflected with a 4xx
 //! reply, share that ended without any reply (timeout, reset, closed), and the back-ends'
@@ -102,7 +103,9 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     for i in 0..BACKENDS {
         rivals::sink(&mut lab, i, &["-w", "1"])?;
     }
-    let groups = "[[group]]\nname = \"premium\"\nshare = 1.0\ndomains = [\"vip.example\"]\n\n\
+    // Premium sessions may wait as long as HAProxy's queue (5 s) for a slot; regular
+    // ones are deflected at once.
+    let groups = "[[group]]\nname = \"premium\"\nshare = 1.0\ndomains = [\"vip.example\"]\nwait_ms = 5000\n\n\
                   [[group]]\nname = \"regular\"\nshare = 0.5\n";
     let cfg = rivals::robustifier_config(
         &lab,
@@ -191,7 +194,8 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     ctx.note(
         "overload: 40 sessions at once (half to vip.example, the premium group), two \
          smtp-sink back-ends answering the data after 1 s; peak sessions counted with ss every \
-         20 ms (a health probe may add one).",
+         20 ms (a health probe may add one). Robustifier's premium group waits up to 5 s for a \
+         back-end slot (`wait_ms = 5000`, HAProxy's queue timeout), regular is deflected at once.",
     );
     Ok(())
 }

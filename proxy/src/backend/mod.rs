@@ -5,6 +5,7 @@
 //! says they are down or draining and, for a short penalty, back-ends that just failed a
 //! connection; the load-aware choice reads the same records (issue "health and load").
 
+pub mod admission;
 pub mod pools;
 pub mod pop3;
 pub mod proxy_v2;

@@ -12,7 +12,7 @@ use std::{
 use robustifier_common::BackendLoad;
 use tokio_rustls::TlsConnector;
 
-use super::select;
+use super::{admission::Admission, select};
 use crate::{
     config::{Backend, BackendTls, Config, Pool},
     health::board::{Board, SessionGuard},
@@ -61,6 +61,8 @@ pub struct PoolSet {
     pools: HashMap<String, Arc<PoolRuntime>>,
     pub board: Arc<Board>,
     view: Arc<dyn LoadView>,
+    /// Sessions waiting for a slot (groups with `wait_ms`).
+    pub admission: Arc<Admission>,
 }
 
 impl PoolSet {
@@ -86,7 +88,13 @@ impl PoolSet {
                 }),
             );
         }
-        Ok(PoolSet { pools, board, view })
+        let admission = Admission::new(Arc::clone(&board.freed));
+        Ok(PoolSet {
+            pools,
+            board,
+            view,
+            admission,
+        })
     }
 
     /// A pool set whose load view is its own board (no kernel maps), for tests and tools.
@@ -145,6 +153,17 @@ impl PoolSet {
         }
         fresh.extend(penalised);
         (fresh, excluded)
+    }
+
+    /// How many sessions may wait for a slot on `route`: a small multiple of the sessions
+    /// its back-ends can hold, so a flood cannot pile up waiting sessions.
+    pub fn wait_bound(&self, route: &[String]) -> usize {
+        let capacity: usize = route
+            .iter()
+            .filter_map(|n| self.pools.get(n))
+            .map(|rt| rt.pool.backends.len() * rt.pool.thresholds.sessions as usize)
+            .sum();
+        capacity.saturating_mul(super::admission::WAITERS_PER_SESSION)
     }
 
     /// Holds a session slot on the candidate, within its pool's limit for `share`.

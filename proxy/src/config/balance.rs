@@ -45,6 +45,9 @@ pub struct RawGroup {
     /// Client prefixes; they are also the kernel's priority class when `share` is 1.0.
     #[serde(default)]
     pub clients: Vec<String>,
+    /// Milliseconds a session of this group may wait for a back-end slot before it is
+    /// deflected; absent: the service's `wait_ms`.
+    pub wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +100,24 @@ pub struct Group {
     pub domains: Vec<String>,
     pub recipients: Vec<String>,
     pub clients: Vec<IpNet>,
+    /// How long a session may wait for a back-end slot; `None`: the service's wait.
+    pub wait: Option<Duration>,
+}
+
+/// The longest admission wait: RFC 5321 4.5.3.2.3 has clients wait 5 minutes for a
+/// RCPT reply.
+pub const MAX_WAIT_MS: u64 = 300_000;
+
+/// An admission wait (`wait_ms`) in milliseconds, 0 to [`MAX_WAIT_MS`].
+pub fn wait(key: String, raw: Option<u64>) -> Result<Option<Duration>, Invalid> {
+    match raw {
+        None => Ok(None),
+        Some(ms) if ms <= MAX_WAIT_MS => Ok(Some(Duration::from_millis(ms))),
+        Some(_) => Err((
+            key,
+            format!("must be at most {MAX_WAIT_MS} ms (a client waits 5 minutes for a reply)"),
+        )),
+    }
 }
 
 type Invalid = (String, String);
@@ -213,6 +234,7 @@ pub fn groups(raw: Vec<RawGroup>) -> Result<Vec<Group>, Invalid> {
                 .map(|r| r.to_ascii_lowercase())
                 .collect(),
             clients,
+            wait: wait(key("wait_ms"), g.wait_ms)?,
         });
     }
     Ok(out)

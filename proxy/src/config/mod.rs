@@ -101,6 +101,8 @@ pub struct Service {
     pub pool: Option<String>,
     pub max_message_size: u64,
     pub idle_timeout: std::time::Duration,
+    /// Admission wait of sessions whose group sets none (`wait_ms`); zero: deflect at once.
+    pub wait: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -439,6 +441,7 @@ fn service(
     if idle == 0 {
         return Err((key("idle_timeout_secs"), "must be at least 1".into()));
     }
+    let wait = balance::wait(key("wait_ms"), s.wait_ms)?.unwrap_or_default();
     Ok(Service {
         id: i as u32,
         name: s.name,
@@ -454,6 +457,7 @@ fn service(
         pool: s.pool,
         max_message_size,
         idle_timeout: std::time::Duration::from_secs(idle),
+        wait,
     })
 }
 

@@ -94,6 +94,9 @@ pub struct RawService {
     pub max_message_size: Option<u64>,
     /// Seconds a session may wait for the client's next command.
     pub idle_timeout_secs: Option<u64>,
+    /// Milliseconds a session may wait for a back-end slot when every back-end of its
+    /// route is over its group's thresholds, unless its group sets its own; 0: none.
+    pub wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

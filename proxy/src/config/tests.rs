@@ -139,3 +139,27 @@ fn missing_section_is_named() {
     assert_eq!(key, "");
     assert!(reason.contains("missing field `frontend`"), "{reason}");
 }
+
+#[test]
+fn admission_waits_are_typed_and_bounded() {
+    let c = parse(&format!(
+        "{}\n[[group]]\nname = \"premium\"\nshare = 1.0\ndomains = [\"vip.example\"]\nwait_ms = 5000\n[[group]]\nname = \"regular\"\nshare = 0.5\n",
+        GOOD.replace("port = 110", "port = 110\nwait_ms = 250")
+    ))
+    .unwrap();
+    assert_eq!(c.groups[0].wait, Some(std::time::Duration::from_secs(5)));
+    assert_eq!(c.groups[1].wait, None, "the service's wait applies");
+    assert_eq!(c.services[1].wait, std::time::Duration::from_millis(250));
+    assert!(c.services[0].wait.is_zero(), "no wait by default");
+
+    let (key, reason) = error(&format!(
+        "{GOOD}\n[[group]]\nname = \"premium\"\nshare = 1.0\nwait_ms = 300001\n"
+    ));
+    assert_eq!(key, "group[0].wait_ms");
+    assert!(reason.contains("at most 300000 ms"), "{reason}");
+    let (key, _) = error(&GOOD.replace("port = 110", "port = 110\nwait_ms = 900000"));
+    assert_eq!(key, "service[1].wait_ms");
+    let (key, reason) = error(&GOOD.replace("port = 110", "port = 110\nwait_ms = -1"));
+    assert_eq!(key, "service[1].wait_ms");
+    assert!(reason.contains("invalid value"), "{reason}");
+}

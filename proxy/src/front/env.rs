@@ -59,6 +59,15 @@ impl Env {
         pools
     }
 
+    /// How long a session of `group` may wait for a back-end slot: its group's `wait_ms`,
+    /// else the service's, and never beyond the client's idle timeout.
+    pub fn admission_wait(&self, group: &str) -> std::time::Duration {
+        self.groups
+            .wait(group)
+            .unwrap_or(self.service.wait)
+            .min(self.service.idle_timeout)
+    }
+
     /// CHUNKING can be offered when every back-end the service may use offers it.
     pub fn chunking(&self) -> bool {
         self.pools.board.chunking(&self.pool_names())

@@ -1,7 +1,7 @@
 //! User groups (premium, regular, bulk, ...): which group a session belongs to, by
 //! recipient, recipient domain or client prefix, and the share of the thresholds it may use.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 use crate::{config::balance::Group, smtp::command::Address};
 
@@ -9,17 +9,30 @@ pub struct Groups {
     groups: Vec<Group>,
     /// The share of sessions that match no group: a member-less group's, else 1.0.
     pub default_share: f64,
+    /// The admission wait of sessions that match no group: a member-less group's, if set.
+    default_wait: Option<Duration>,
 }
 
 impl Groups {
     pub fn new(groups: Vec<Group>) -> Groups {
-        let default_share = groups
+        let memberless = groups
             .iter()
-            .find(|g| g.domains.is_empty() && g.recipients.is_empty() && g.clients.is_empty())
-            .map_or(1.0, |g| g.share);
+            .find(|g| g.domains.is_empty() && g.recipients.is_empty() && g.clients.is_empty());
+        let default_share = memberless.map_or(1.0, |g| g.share);
+        let default_wait = memberless.and_then(|g| g.wait);
         Groups {
             groups,
             default_share,
+            default_wait,
+        }
+    }
+
+    /// The admission wait a group (by the name [`Groups::classify`] gave) sets, if any;
+    /// `None` means the service's.
+    pub fn wait(&self, group: &str) -> Option<Duration> {
+        match self.groups.iter().find(|g| g.name == group) {
+            Some(g) => g.wait,
+            None => self.default_wait,
         }
     }
 
@@ -61,6 +74,7 @@ mod tests {
                 domains: domains.iter().map(|s| s.to_string()).collect(),
                 recipients: recipients.iter().map(|s| s.to_string()).collect(),
                 clients: clients.iter().map(|s| s.parse().unwrap()).collect(),
+                wait: (share == 1.0).then_some(Duration::from_secs(5)),
             };
         Groups::new(vec![
             g(
@@ -108,5 +122,8 @@ mod tests {
             ("premium", 1.0)
         );
         assert!(!g.connect_shedding_safe());
+        assert_eq!(g.wait("premium"), Some(Duration::from_secs(5)));
+        assert_eq!(g.wait("bulk"), None, "the service's wait");
+        assert_eq!(g.wait("default"), None, "the member-less group's");
     }
 }

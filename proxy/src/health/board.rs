@@ -58,11 +58,14 @@ pub struct Slot {
 /// A session's hold on a back-end: counted in `active` until dropped.
 pub struct SessionGuard {
     slot: Arc<Slot>,
+    freed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.slot.active.fetch_sub(1, Ordering::AcqRel);
+        // Sessions waiting for a slot look again (backend::admission).
+        self.freed.send_modify(|v| *v = v.wrapping_add(1));
     }
 }
 
@@ -77,6 +80,9 @@ pub struct Board {
     pools: Vec<Pool>,
     /// Serialises reloads, the only writers of `slots`.
     reloading: Mutex<()>,
+    /// Bumped whenever capacity may have been freed: a session slot released, the load
+    /// records rewritten. Admission waiters watch it.
+    pub freed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// The slots at one moment: a slice of them, or owned handles when iterated by value.
@@ -163,6 +169,7 @@ impl Board {
             slots: ArcSwap::from_pointee(slots),
             pools,
             reloading: Mutex::new(()),
+            freed: Arc::new(tokio::sync::watch::channel(0).0),
         })
     }
 
@@ -247,7 +254,13 @@ impl Board {
             .ok()?;
         Some(SessionGuard {
             slot: Arc::clone(slot),
+            freed: Arc::clone(&self.freed),
         })
+    }
+
+    /// Capacity may have been freed (the load records were rewritten): waiters look again.
+    pub fn nudge(&self) {
+        self.freed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// A reply to MAIL, RCPT or the end of data. A storm of refusals with no success in

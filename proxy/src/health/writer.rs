@@ -40,6 +40,8 @@ pub async fn run(
             _ = tokio::time::sleep(PERIOD) => {}
         }
         write_records(&mut tables, &board);
+        // A back-end's load may have dropped: sessions waiting for a slot look again.
+        board.nudge();
         let mut exhausted = false;
         for (i, env) in envs.iter().enumerate() {
             let c = service_capacity(env, &board, |id| tables.backends.get(&id, 0).ok());

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader},
     time::timeout,
 };
 use tracing::{info, warn};
@@ -22,7 +22,7 @@ use super::{
     response::{Response, ResponseCode},
 };
 use crate::{
-    backend::{pop3::Pop3Leg, smtp::ClientInfo},
+    backend::{Candidate, admission::Place, pop3::Pop3Leg, smtp::ClientInfo},
     config::ServiceTls,
     front::{
         env::Env,
@@ -311,8 +311,8 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             .env
             .groups
             .classify(self.client.peer.ip(), user_addr.as_ref());
-        let (candidates, excluded) = self.env.pools.candidates(&route, share);
-        if candidates.is_empty() && excluded.busy > 0 {
+        let Some((candidates, mut place)) = self.candidates_admitted(&route, share, group).await
+        else {
             info!(session = %self.client.session_id, %user, %group, "deflected: every back-end over its thresholds for this group");
             self.send(Response::err(
                 Some(ResponseCode::SysTemp),
@@ -320,11 +320,13 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             ))
             .await?;
             return Ok(None);
-        }
+        };
         for c in candidates {
             let Some(guard) = self.env.pools.acquire(&c, share) else {
                 continue;
             };
+            // The slot is held: the next waiter may have its turn.
+            drop(place.take());
             let mut leg = match Pop3Leg::open(&c, &self.client).await {
                 Ok(l) => l,
                 Err(e) => {
@@ -363,6 +365,68 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         }
         self.send(temp_failure()).await?;
         Ok(None)
+    }
+
+    /// The back-ends to try for a login of `group`; `None`: every back-end is over the
+    /// group's thresholds (deflect). A group that may wait (`wait_ms`) first queues for a
+    /// slot (`backend::admission`), premium first, until the wait is over, the client
+    /// goes away or the front-end shuts down; the returned place is kept until the
+    /// caller holds its slot, so the next waiter does not race it for the same one.
+    async fn candidates_admitted(
+        &mut self,
+        route: &[String],
+        share: f64,
+        group: &str,
+    ) -> Option<(Vec<Candidate>, Option<Place>)> {
+        let env = self.env;
+        let pools = &env.pools;
+        let wait = env.admission_wait(group);
+        // Sessions already waiting with at least this priority get the next slot first.
+        if wait.is_zero() || !pools.admission.ahead(route, share) {
+            let (c, excluded) = pools.candidates(route, share);
+            if !(c.is_empty() && excluded.busy > 0) {
+                return Some((c, None));
+            }
+            if wait.is_zero() {
+                return None;
+            }
+        }
+        let session = self.client.session_id.clone();
+        let Some(mut place) = pools.admission.join(route, share, pools.wait_bound(route)) else {
+            info!(%session, %group, route = ?route, "wait queue full: deflected at once");
+            return None;
+        };
+        info!(%session, %group, route = ?route, wait_ms = wait.as_millis() as u64, "every back-end busy for this group: waiting for a slot");
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + wait;
+        let closing = self.closing.clone();
+        let mut watch_client = self.io.buffer().is_empty();
+        let why = loop {
+            tokio::select! {
+                turn = place.turn(deadline) => {
+                    if !turn {
+                        break "wait over";
+                    }
+                }
+                r = self.io.fill_buf(), if watch_client => {
+                    if !matches!(r, Ok(b) if !b.is_empty()) {
+                        break "client left";
+                    }
+                    watch_client = false;
+                    continue;
+                }
+                () = closing.cancelled() => break "front-end shutting down",
+            }
+            let (c, excluded) = pools.candidates(route, share);
+            if !(c.is_empty() && excluded.busy > 0) {
+                let waited_ms = started.elapsed().as_millis() as u64;
+                info!(%session, %group, waited_ms, "admitted after waiting");
+                return Some((c, Some(place)));
+            }
+        };
+        drop(place);
+        info!(%session, %group, route = ?route, waited_ms = started.elapsed().as_millis() as u64, outcome = why, "deflected after waiting for a slot");
+        None
     }
 
     /// TRANSACTION and UPDATE states belong to the back-end: relay until either side closes.

@@ -63,10 +63,15 @@ async fn backend(locked: bool) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 }
 
 fn env(dir: &std::path::Path, store: SocketAddr) -> Env {
+    env_with(dir, store, "")
+}
+
+/// [`env`] with `extra` keys in the service section.
+fn env_with(dir: &std::path::Path, store: SocketAddr, extra: &str) -> Env {
     let routes = dir.join("routes");
     std::fs::write(&routes, "alice store\nmallory reject\n").unwrap();
     let text = format!(
-        "[frontend]\nname = \"fe\"\n[[service]]\nname = \"pop3\"\nprotocol = \"pop3\"\nport = 110\nroutes = \"routes\"\n\
+        "[frontend]\nname = \"fe\"\n[[service]]\nname = \"pop3\"\nprotocol = \"pop3\"\nport = 110\nroutes = \"routes\"\n{extra}\n\
          [[pool]]\nname = \"store\"\nbackend = [{{ name = \"s\", address = \"{store}\" }}]\n"
     );
     let cfg = Config::parse(&dir.join("t.toml"), &text).unwrap();
@@ -177,4 +182,37 @@ async fn dead_backend_gives_sys_temp() {
     let env = env(&dir("dead"), dead);
     let out = converse(&env, b"USER alice\r\nPASS secret\r\nQUIT\r\n").await;
     assert!(out.contains("-ERR [SYS/TEMP] "), "{out}");
+}
+
+/// Holds every session slot of back-end `id` (the pool's default limit of 1000).
+fn fill(env: &Env, id: u32) -> Vec<crate::health::board::SessionGuard> {
+    (0..1000)
+        .map(|_| env.pools.board.acquire(id, 1000).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_busy_login_waits_for_a_freed_slot() {
+    let (addr, _) = backend(false).await;
+    let env = env_with(&dir("wait"), addr, "wait_ms = 8000");
+    let held = fill(&env, 0);
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(held);
+    });
+    let out = converse(&env, b"USER alice\r\nPASS secret\r\nQUIT\r\n").await;
+    release.await.unwrap();
+    assert!(out.contains("+OK Logged in.\r\n"), "{out}");
+    assert_eq!(env.pools.admission.waiting(&["store".to_owned()]), 0);
+}
+
+#[tokio::test]
+async fn a_busy_login_is_deflected_when_the_wait_is_over() {
+    let (addr, seen) = backend(false).await;
+    let env = env_with(&dir("waitover"), addr, "wait_ms = 200");
+    let _held = fill(&env, 0);
+    let out = converse(&env, b"USER alice\r\nPASS secret\r\nQUIT\r\n").await;
+    assert!(out.contains("-ERR [SYS/TEMP] System busy"), "{out}");
+    assert!(seen.lock().unwrap().is_empty(), "no back-end was used");
+    assert_eq!(env.pools.admission.waiting(&["store".to_owned()]), 0);
 }

@@ -623,3 +623,108 @@ async fn backend_421_fails_over_and_counts_against_the_backend() {
         "{seen} 421s, state {state}"
     );
 }
+
+/// Holds every session slot of back-end `id` (the pool's default limit of 1000).
+fn fill(env: &Env, id: u32) -> Vec<crate::health::board::SessionGuard> {
+    (0..1000)
+        .map(|_| env.pools.board.acquire(id, 1000).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_busy_recipient_of_a_waiting_group_gets_the_freed_slot() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("wait");
+    let groups =
+        "[[group]]\nname = \"premium\"\nshare = 1.0\ndomains = [\"a.example\"]\nwait_ms = 10000\n";
+    let env = env(&dir, &[a], &[], groups);
+    let held = fill(&env, 0);
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(held);
+    });
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    release.await.unwrap();
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "354", "250", "221"],
+        "the RCPT reply came once a slot was free: {out}"
+    );
+    assert_eq!(rec.lock().unwrap().messages.len(), 1);
+    assert_eq!(env.pools.admission.waiting(&["a".to_owned()]), 0);
+}
+
+#[tokio::test]
+async fn a_busy_recipient_is_deflected_when_the_wait_is_over() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("waitover");
+    let env = env(&dir, &[a], &[], "wait_ms = 200");
+    let _held = fill(&env, 0);
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(out.contains("451 4.3.2 "), "{out}");
+    assert!(rec.lock().unwrap().lines.is_empty(), "no back-end was used");
+    assert_eq!(env.pools.admission.waiting(&["a".to_owned()]), 0);
+}
+
+#[tokio::test]
+async fn without_a_wait_a_busy_recipient_is_deflected_at_once() {
+    let (a, _rec) = backend(Fault::None).await;
+    let dir = tempdir("nowait");
+    // Only the premium group waits; everyone else is deflected as before.
+    let groups = "[[group]]\nname = \"premium\"\nshare = 1.0\ndomains = [\"vip.example\"]\nwait_ms = 60000\n";
+    let env = env(&dir, &[a], &[], groups);
+    let _held = fill(&env, 0);
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        converse(
+            &env,
+            b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nQUIT\r\n",
+        ),
+    )
+    .await
+    .expect("no wait");
+    assert_eq!(codes(&out), ["220", "250", "250", "451", "221"], "{out}");
+    assert!(out.contains("451 4.3.2 "), "{out}");
+}
+
+#[tokio::test]
+async fn a_client_leaving_while_waiting_gives_up_its_place() {
+    let (a, _rec) = backend(Fault::None).await;
+    let dir = tempdir("waitgone");
+    let env = Arc::new(env(&dir, &[a], &[], "wait_ms = 60000"));
+    let _held = fill(&env, 0);
+    let (mut client, server) = tokio::io::duplex(1 << 16);
+    client
+        .write_all(b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\n")
+        .await
+        .unwrap();
+    let e2 = Arc::clone(&env);
+    let task = tokio::spawn(async move {
+        Session::new(
+            Conn::Plain(server),
+            &e2,
+            "198.18.0.100:1".parse().unwrap(),
+            "198.18.0.25:25".parse().unwrap(),
+            "t".into(),
+        )
+        .run()
+        .await
+    });
+    let route = ["a".to_owned()];
+    while env.pools.admission.waiting(&route) == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(client);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .expect("the session ends when its client leaves");
+    assert_eq!(env.pools.admission.waiting(&route), 0);
+}

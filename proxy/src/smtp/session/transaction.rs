@@ -126,7 +126,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         }
         let (group, share) = self.env.groups.classify(self.client.peer.ip(), Some(&to));
         let group = group.to_owned();
-        let reply = match self.rcpt_on_leg(&route, &line, share).await {
+        let reply = match self.rcpt_on_leg(&route, &line, share, &group).await {
             Ok(r) => r,
             Err(LegError::Busy) => {
                 info!(session = %self.client.session_id, %group, route = ?route, "deflected: every back-end over its thresholds for this group");
@@ -153,11 +153,12 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         route: &[String],
         line: &str,
         share: f64,
+        group: &str,
     ) -> Result<Reply, LegError> {
         let mut last_err = None;
         for attempt in 0..3 {
             if self.leg.as_ref().is_none_or(|l| l.route != route) {
-                self.open_leg(route, share).await?;
+                self.open_leg_admitted(route, share, group).await?;
                 if let Some(tx) = &mut self.tx {
                     tx.mail_sent = false;
                 }
@@ -213,6 +214,80 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             .ok_or(LegError::Timeout { stage: "RCPT" })?
             .leg;
         leg.command(line, "RCPT").await
+    }
+
+    /// [`Session::open_leg`] for a recipient of `group`: when every back-end of the route
+    /// is over the group's thresholds and the group may wait (`wait_ms`), the session
+    /// queues for a slot (`backend::admission`) and tries again as slots free, premium
+    /// first; the RCPT reply just comes later. Still busy at the end of the wait, or the
+    /// queue full, the client going away or the front-end shutting down: `Busy` (451 4.3.2).
+    async fn open_leg_admitted(
+        &mut self,
+        route: &[String],
+        share: f64,
+        group: &str,
+    ) -> Result<(), LegError> {
+        let env = self.env;
+        let wait = env.admission_wait(group);
+        if wait.is_zero() {
+            return self.open_leg(route, share).await;
+        }
+        let admission = &env.pools.admission;
+        // Sessions already waiting with at least this priority get the next slot first.
+        if !admission.ahead(route, share) {
+            match self.open_leg(route, share).await {
+                Err(LegError::Busy) => {}
+                other => return other,
+            }
+        }
+        let session = self.client.session_id.clone();
+        let Some(mut place) = admission.join(route, share, env.pools.wait_bound(route)) else {
+            info!(%session, %group, route = ?route, "wait queue full: deflected at once");
+            return Err(LegError::Busy);
+        };
+        info!(%session, %group, route = ?route, wait_ms = wait.as_millis() as u64, "every back-end busy for this group: waiting for a slot");
+        // A leg of an earlier transaction's route would hold a slot while we wait.
+        if let Some(old) = self.leg.take() {
+            old.leg.quit().await;
+        }
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + wait;
+        let closing = self.closing.clone();
+        // With no pipelined input, a read tells whether the client hangs up meanwhile.
+        let mut watch_client = self.io.buffer().is_empty();
+        let why = loop {
+            tokio::select! {
+                turn = place.turn(deadline) => {
+                    if !turn {
+                        break "wait over";
+                    }
+                }
+                r = self.io.fill_buf(), if watch_client => {
+                    if !matches!(r, Ok(b) if !b.is_empty()) {
+                        break "client left";
+                    }
+                    watch_client = false;
+                    continue;
+                }
+                () = closing.cancelled() => break "front-end shutting down",
+            }
+            match self.open_leg(route, share).await {
+                Err(LegError::Busy) => continue,
+                other => {
+                    let waited_ms = started.elapsed().as_millis() as u64;
+                    match &other {
+                        Ok(()) => info!(%session, %group, waited_ms, "admitted after waiting"),
+                        Err(e) => {
+                            warn!(%session, %group, waited_ms, error = %e, "no back-end after waiting")
+                        }
+                    }
+                    return other;
+                }
+            }
+        };
+        drop(place);
+        info!(%session, %group, route = ?route, waited_ms = started.elapsed().as_millis() as u64, outcome = why, "deflected after waiting for a slot");
+        Err(LegError::Busy)
     }
 
     /// Opens a leg to the best back-end of `route` that answers and has room for a
