@@ -158,10 +158,21 @@ impl PoolSet {
     /// How many sessions may wait for a slot on `route`: a small multiple of the sessions
     /// its back-ends can hold, so a flood cannot pile up waiting sessions.
     pub fn wait_bound(&self, route: &[String]) -> usize {
+        // The board's back-ends (a reload may have added some), less those draining out.
+        let slots = self.board.slots();
         let capacity: usize = route
             .iter()
             .filter_map(|n| self.pools.get(n))
-            .map(|rt| rt.pool.backends.len() * rt.pool.thresholds.sessions as usize)
+            .map(|rt| {
+                let live = slots
+                    .iter()
+                    .filter(|s| {
+                        s.pool_id == rt.pool.id
+                            && !s.removed.load(std::sync::atomic::Ordering::Relaxed)
+                    })
+                    .count();
+                live * rt.pool.thresholds.sessions as usize
+            })
             .sum();
         capacity.saturating_mul(super::admission::WAITERS_PER_SESSION)
     }
