@@ -2,7 +2,10 @@
 //! Robustifier's XDP block list, by an nftables netdev-ingress rule on the same veth, or
 //! answered by the plain stack (SYN cookies); meanwhile a legitimate client sends mail
 //! through Robustifier. Figures: SYNs/s the sender achieved, SYNs/s dropped (from the
-//! XDP and nftables counters), and the share of legitimate sessions delivered.
+//! XDP and nftables counters), the receive path's CPU per packet (the poller's CPU time over
+//! the packets it handled: one sender cannot saturate an XDP drop, so the cost per packet,
+//! not the rate, tells the drop paths apart), and the share of legitimate sessions
+//! delivered.
 //!
 //! On a veth the receive side would run in the sender's softirq on the sender's CPU; the
 //! scenario switches the front-end's veth to threaded NAPI and pins its poller to the
@@ -33,6 +36,11 @@ const DROPPED: Metric = Metric {
     name: "flood SYNs dropped per second",
     unit: "pps",
     lower_is_better: false,
+};
+const RX_CPU: Metric = Metric {
+    name: "receive CPU per packet",
+    unit: "ns",
+    lower_is_better: true,
 };
 const LEGIT: Metric = Metric {
     name: "legitimate sessions delivered",
@@ -68,7 +76,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let cfg = rivals::robustifier_config(&lab, 0, 1, &top, "");
     rivals::start_robustifier(&mut lab, &cfg)?;
     // All three cases run in pub0's receive path, now on the system-under-test CPU.
-    procs::pin_napi(&lab.frontend(0).ns.name, "pub0", procs::SUT_CPU)?;
+    let pollers = procs::pin_napi(&lab.frontend(0).ns.name, "pub0", procs::SUT_CPU)?;
     let rules = format!(
         "table netdev rbbench {{\n chain ingress {{\n  type filter hook ingress device \"pub0\" priority -500; policy accept;\n  ip saddr {}.{}.{}.0/24 counter drop\n }}\n}}\n",
         NFT_NET[0], NFT_NET[1], NFT_NET[2]
@@ -95,6 +103,8 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 .as_u64()
                 .unwrap_or(0);
             let nft0 = nft_packets(&lab);
+            let packets0 = rivals::maps(&lab)?["xdp"]["packets"].as_u64().unwrap_or(0);
+            let rx_cpu0 = procs::cpu_us(&pollers);
             let done = AtomicBool::new(false);
             let (((sent, _errors), el), legit) = ns.enter(|| {
                 std::thread::scope(|sc| {
@@ -126,6 +136,19 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 })
             })??;
             let case = "SYN flood from one /24";
+            // Every packet pub0 received (flood and legitimate), and the CPU its receive path
+            // took in the poller: what one packet costs XDP, nftables or the stack.
+            let packets = rivals::maps(&lab)?["xdp"]["packets"].as_u64().unwrap_or(0) - packets0;
+            let rx_cpu = procs::cpu_us(&pollers) - rx_cpu0;
+            if packets > 0 {
+                ctx.add(
+                    SCENARIO,
+                    case,
+                    RX_CPU,
+                    name,
+                    rx_cpu * 1000.0 / packets as f64,
+                );
+            }
             ctx.add(SCENARIO, case, SENT, name, sent as f64 / el);
             let dropped = match name {
                 "robustifier" => Some(
