@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     time::timeout,
 };
 use tracing::{info, warn};
@@ -30,7 +30,7 @@ use crate::{
     },
     route::Route,
     smtp::command::Address,
-    stream::Conn,
+    stream::{Buffered, Conn},
 };
 
 /// Refused commands before the session is closed.
@@ -47,7 +47,7 @@ pub enum Pop3Error {
 }
 
 pub struct Session<'e, S> {
-    io: BufReader<Conn<S>>,
+    io: Buffered<Conn<S>>,
     env: &'e Env,
     client: ClientInfo,
     user: Option<String>,
@@ -71,7 +71,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         session_id: String,
     ) -> Self {
         Session {
-            io: BufReader::new(stream),
+            io: Buffered::new(stream),
             env,
             client: ClientInfo {
                 peer,
@@ -233,7 +233,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         if !self.io.buffer().is_empty() {
             warn!(session = %self.client.session_id, "discarding commands pipelined before the TLS handshake");
         }
-        let reader = std::mem::replace(&mut self.io, BufReader::new(Conn::Detached));
+        let reader = std::mem::replace(&mut self.io, Buffered::new(Conn::Detached));
         let Conn::Plain(plain) = reader.into_inner() else {
             return Err(Pop3Error::Tls("STLS on a stream that is not plain".into()));
         };
@@ -244,7 +244,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         .await
         .map_err(|_| Pop3Error::Tls("handshake timed out".into()))?
         .map_err(|e| Pop3Error::Tls(e.to_string()))?;
-        self.io = BufReader::new(Conn::Server(Box::new(s)));
+        self.io = Buffered::new(Conn::Server(Box::new(s)));
         self.user = None;
         Ok(())
     }

@@ -17,7 +17,7 @@ mod transaction;
 use std::{net::SocketAddr, time::Duration};
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     time::timeout,
 };
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,7 @@ use crate::{
     backend::smtp::{ClientInfo, SmtpLeg},
     config::{Service, ServiceTls},
     front::lines::{Line, read_line},
-    stream::Conn,
+    stream::{Buffered, Conn},
 };
 
 /// RFC 5321 4.5.3.1.4 allows 512 octets for a command line; we take up to 1000, the text
@@ -72,7 +72,7 @@ struct Transaction {
 }
 
 pub struct Session<'e, S> {
-    io: BufReader<Conn<S>>,
+    io: Buffered<Conn<S>>,
     out: Vec<u8>,
     env: &'e Env,
     client: ClientInfo,
@@ -103,7 +103,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         session_id: String,
     ) -> Self {
         Session {
-            io: BufReader::new(stream),
+            io: Buffered::new(stream),
             out: Vec::new(),
             env,
             client: ClientInfo {
@@ -338,7 +338,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             warn!(session = %self.client.session_id, octets = pipelined, "discarding commands pipelined before the TLS handshake");
         }
         // Taking the stream out of its reader drops whatever the reader had buffered.
-        let reader = std::mem::replace(&mut self.io, BufReader::new(Conn::Detached));
+        let reader = std::mem::replace(&mut self.io, Buffered::new(Conn::Detached));
         let Conn::Plain(plain) = reader.into_inner() else {
             return Err(SessionError::Tls(
                 "STARTTLS on a stream that is not plain".into(),
@@ -348,7 +348,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             .await
             .map_err(|_| SessionError::Tls("handshake timed out".into()))?
             .map_err(|e| SessionError::Tls(e.to_string()))?;
-        self.io = BufReader::new(Conn::Server(Box::new(accepted)));
+        self.io = Buffered::new(Conn::Server(Box::new(accepted)));
         // RFC 3207 4.2: forget everything learnt before TLS.
         self.helo = None;
         self.client.helo = None;
