@@ -178,10 +178,11 @@ async fn serve(stream: TcpStream, peer: SocketAddr, role: Role, ctx: Context) {
         debug!("session start");
         let conn = if svc.tls == ServiceTls::Implicit {
             let Some(tls) = &ctx.env.tls else { return };
-            match tokio::time::timeout(
+            // Boxed: a handshake's state is over a kilobyte and is gone once it is done.
+            match Box::pin(tokio::time::timeout(
                 std::time::Duration::from_secs(60),
                 tls.acceptor().accept(stream),
-            )
+            ))
             .await
             {
                 Ok(Ok(s)) => Conn::Server(Box::new(s)),
@@ -191,19 +192,23 @@ async fn serve(stream: TcpStream, peer: SocketAddr, role: Role, ctx: Context) {
         } else {
             Conn::Plain(stream)
         };
+        // Each protocol's session is boxed, so that a session holds its own protocol's
+        // state and not room for the larger of the two.
         let result = match svc.protocol {
-            Protocol::Smtp => Session::new(conn, &ctx.env, peer, local, id.clone())
-                .closing_on(closing.clone())
-                .run()
-                .await
-                .map_err(|e| e.to_string()),
-            Protocol::Pop3 => {
+            Protocol::Smtp => Box::pin(
+                Session::new(conn, &ctx.env, peer, local, id.clone())
+                    .closing_on(closing.clone())
+                    .run(),
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            Protocol::Pop3 => Box::pin(
                 crate::pop3::session::Session::new(conn, &ctx.env, peer, local, id.clone())
                     .closing_on(closing.clone())
-                    .run()
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+                    .run(),
+            )
+            .await
+            .map_err(|e| e.to_string()),
         };
         match result {
             Ok(()) => debug!("session end"),

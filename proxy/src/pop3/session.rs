@@ -113,7 +113,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 let _ = self.io.get_mut().shutdown().await;
                 Ok(())
             }
-            Next::Relay(leg) => self.relay(leg).await,
+            // Boxed, like the login exchanges below: state that a session waiting for its
+            // client's next command should not carry.
+            Next::Relay(leg) => Box::pin(self.relay(leg)).await,
         }
     }
 
@@ -169,7 +171,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 }
                 Command::Capa => self.capa().await?,
                 Command::Noop => self.send(Response::ok("")).await?,
-                Command::Stls => self.stls().await?,
+                Command::Stls => Box::pin(self.stls()).await?,
                 Command::User(u) => {
                     self.user = Some(u);
                     self.send(Response::ok("Send PASS")).await?;
@@ -179,7 +181,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                         self.refuse(Response::err(None, "USER first")).await?;
                         continue;
                     };
-                    if let Some(leg) = self.login(user, p).await? {
+                    if let Some(leg) = Box::pin(self.login(user, p)).await? {
                         return Ok(Next::Relay(leg));
                     }
                 }
@@ -187,7 +189,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     mechanism,
                     initial_response,
                 } => {
-                    if let Some(leg) = self.auth(mechanism, initial_response).await? {
+                    if let Some(leg) = Box::pin(self.auth(mechanism, initial_response)).await? {
                         return Ok(Next::Relay(leg));
                     }
                 }

@@ -77,8 +77,10 @@ pub struct Session<'e, S> {
     env: &'e Env,
     client: ClientInfo,
     helo: Option<(String, bool)>,
-    leg: Option<Leg>,
-    tx: Option<Transaction>,
+    /// Boxed, like `tx`: a session that has neither (one waiting for its client, the
+    /// common case under a flood) holds a pointer for each, not their bodies.
+    leg: Option<Box<Leg>>,
+    tx: Option<Box<Transaction>>,
     errors: u32,
     /// Fires when the front-end wants the session to end (shutdown, address handoff): the
     /// session then says 421 at the next transaction boundary.
@@ -206,13 +208,16 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     self.say(221, (2, 0, 0), "Bye");
                     break;
                 }
+                // Boxed: the state of a command's exchange with a back-end or a TLS
+                // handshake is kilobytes, and only exists while the command runs. Inline,
+                // every session would carry it while it waits for its client.
                 Command::StartTls => {
-                    if !self.starttls().await? {
+                    if !Box::pin(self.starttls()).await? {
                         continue;
                     }
                 }
                 other => {
-                    if !self.command(other, &line).await? {
+                    if !Box::pin(self.command(other, &line)).await? {
                         break;
                     }
                 }
@@ -222,7 +227,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         // For TLS this sends close_notify, so the client can tell an end from a cut.
         let _ = self.io.get_mut().shutdown().await;
         if let Some(l) = self.leg.take() {
-            l.leg.quit().await;
+            Box::pin(l.leg.quit()).await;
         }
         Ok(())
     }
