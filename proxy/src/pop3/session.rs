@@ -103,19 +103,29 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         self.io.get_mut().flush().await
     }
 
-    pub async fn run(mut self) -> Result<(), Pop3Error> {
-        let host = self.env.service.hostname.clone();
-        self.send(Response::ok(format!("{host} POP3 Robustifier ready")))
-            .await?;
-        match self.authorization().await? {
-            Next::Close => {
-                // For TLS this sends close_notify.
-                let _ = self.io.get_mut().shutdown().await;
-                Ok(())
+    /// Runs the session to its end. Errors are logged by the caller.
+    ///
+    /// Not an `async fn`: that would keep `self` twice in the future (the argument and the
+    /// local it is moved into), and every waiting session would carry the copy.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    pub fn run(mut self) -> impl Future<Output = Result<(), Pop3Error>> {
+        async move {
+            let host = self.env.service.hostname.clone();
+            self.send(Response::ok(format!("{host} POP3 Robustifier ready")))
+                .await?;
+            match self.authorization().await? {
+                Next::Close => {
+                    // For TLS this sends close_notify.
+                    let _ = self.io.get_mut().shutdown().await;
+                    Ok(())
+                }
+                // Boxed, like the login exchanges below: state that a session waiting for its
+                // client's next command should not carry.
+                Next::Relay(leg) => Box::pin(self.relay(leg)).await,
             }
-            // Boxed, like the login exchanges below: state that a session waiting for its
-            // client's next command should not carry.
-            Next::Relay(leg) => Box::pin(self.relay(leg)).await,
         }
     }
 

@@ -196,5 +196,5 @@ async fn a_waiting_session_holds_a_small_future() {
     .run();
     let size = std::mem::size_of_val(&run);
     eprintln!("POP3 session future: {size} bytes");
-    assert!(size <= 1536, "POP3 session future of {size} bytes");
+    assert!(size <= 1280, "POP3 session future of {size} bytes");
 }

@@ -637,5 +637,5 @@ async fn a_waiting_session_holds_a_small_future() {
     let run = Session::new(Conn::Plain(server), &env, peer, local, "t1".into()).run();
     let size = std::mem::size_of_val(&run);
     eprintln!("SMTP session future: {size} bytes");
-    assert!(size <= 1536, "SMTP session future of {size} bytes");
+    assert!(size <= 1024, "SMTP session future of {size} bytes");
 }
