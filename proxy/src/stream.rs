@@ -180,6 +180,91 @@ impl<R: AsyncRead + Unpin> AsyncRead for Buffered<R> {
     }
 }
 
+/// Relays between `a` and `b` both ways until both directions are done, as
+/// `tokio::io::copy_bidirectional` does: an end of input on one side is passed on as a
+/// shutdown of the other's writing half, and the first error ends the relay. Unlike it,
+/// this holds no buffer for the life of the relay (that one allocates two of 8 KiB up
+/// front): each direction reads through a [`Buffered`], which holds only what is in
+/// flight. Returns the octets copied from `a` to `b` and from `b` to `a`.
+pub async fn relay<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut a = Buffered::new(a);
+    let mut b = Buffered::new(b);
+    let mut a_to_b = OneWay::default();
+    let mut b_to_a = OneWay::default();
+    std::future::poll_fn(|cx| {
+        let ab = a_to_b.poll(cx, &mut a, b.get_mut())?;
+        let ba = b_to_a.poll(cx, &mut b, a.get_mut())?;
+        match (ab, ba) {
+            (Poll::Ready(ab), Poll::Ready(ba)) => Poll::Ready(Ok((ab, ba))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// One direction of [`relay`].
+#[derive(Default)]
+struct OneWay {
+    copied: u64,
+    /// Written since the last flush: flushed before waiting for more input, so that what
+    /// a TLS writer holds goes out.
+    unflushed: bool,
+    /// The input has ended; the output is being shut down.
+    ending: bool,
+    done: bool,
+}
+
+impl OneWay {
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut Buffered<R>,
+        to: &mut W,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        while !self.done {
+            if self.ending {
+                if self.unflushed {
+                    std::task::ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                    self.unflushed = false;
+                }
+                std::task::ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
+                self.done = true;
+                break;
+            }
+            let chunk = match Pin::new(&mut *from).poll_fill_buf(cx) {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    if self.unflushed {
+                        std::task::ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+            };
+            if chunk.is_empty() {
+                self.ending = true;
+                continue;
+            }
+            let n = std::task::ready!(Pin::new(&mut *to).poll_write(cx, chunk))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            Pin::new(&mut *from).consume(n);
+            self.copied += n as u64;
+            self.unflushed = true;
+        }
+        Poll::Ready(Ok(self.copied))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
@@ -250,5 +335,61 @@ mod tests {
         let mut all = Vec::new();
         r.read_to_end(&mut all).await.unwrap();
         assert_eq!(all, b"bcdef");
+    }
+
+    #[tokio::test]
+    async fn relay_copies_both_ways_and_passes_on_the_ends() {
+        let (mut client, mut proxy_client) = tokio::io::duplex(1024);
+        let (mut proxy_backend, mut backend) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(async move { relay(&mut proxy_client, &mut proxy_backend).await });
+        let up: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = (0..70_000u32).map(|i| (i % 241) as u8).collect();
+        let (u, d) = (up.clone(), down.clone());
+        let c = tokio::spawn(async move {
+            client.write_all(&u).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let b = tokio::spawn(async move {
+            let mut got = Vec::new();
+            // The client's end of input reaches the back-end as an end of input.
+            backend.read_to_end(&mut got).await.unwrap();
+            backend.write_all(&d).await.unwrap();
+            backend.shutdown().await.unwrap();
+            got
+        });
+        assert_eq!(b.await.unwrap(), up);
+        assert_eq!(c.await.unwrap(), down);
+        assert_eq!(
+            relay.await.unwrap().unwrap(),
+            (up.len() as u64, down.len() as u64)
+        );
+    }
+
+    #[tokio::test]
+    async fn relay_flushes_a_buffering_writer_while_it_waits() {
+        // A writer that sends nothing until flushed, as a TLS stream may hold a record.
+        let (mut client, proxy_client) = tokio::io::duplex(1024);
+        let (proxy_backend, mut backend) = tokio::io::duplex(1024);
+        let mut proxy_client = tokio::io::BufWriter::new(proxy_client);
+        let mut proxy_backend = tokio::io::BufWriter::new(proxy_backend);
+        tokio::spawn(async move { relay(&mut proxy_client, &mut proxy_backend).await });
+        let wait = std::time::Duration::from_secs(5);
+        client.write_all(b"STAT\r\n").await.unwrap();
+        let mut line = [0u8; 6];
+        tokio::time::timeout(wait, backend.read_exact(&mut line))
+            .await
+            .expect("the command was flushed")
+            .unwrap();
+        assert_eq!(&line, b"STAT\r\n");
+        backend.write_all(b"+OK 0 0\r\n").await.unwrap();
+        let mut reply = [0u8; 9];
+        tokio::time::timeout(wait, client.read_exact(&mut reply))
+            .await
+            .expect("the reply was flushed")
+            .unwrap();
+        assert_eq!(&reply, b"+OK 0 0\r\n");
     }
 }

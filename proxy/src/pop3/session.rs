@@ -388,7 +388,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         if !pipelined.is_empty() {
             backend.write_all(&pipelined).await?;
         }
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+        // Not tokio's copy_bidirectional, which holds two 8 KiB buffers for as long as the
+        // user stays logged in; this holds only what is in flight.
+        let _ = crate::stream::relay(&mut client, &mut backend).await;
         Ok(())
     }
 }
