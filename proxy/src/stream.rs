@@ -1,13 +1,15 @@
 //! A connection that may turn into TLS halfway (STARTTLS, STLS) or start with it (465,
 //! 995), on either side of the proxy. One type so that sessions hold one kind of stream.
+//! [`Buffered`] reads it line by line without holding a buffer while the peer is quiet.
 
 use std::{
     io,
+    mem::MaybeUninit,
     pin::Pin,
     task::{Context, Poll},
 };
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
 pub enum Conn<S> {
     Plain(S),
@@ -79,4 +81,315 @@ fn detached() -> io::Error {
         io::ErrorKind::NotConnected,
         "stream detached for a TLS handshake",
     )
+}
+
+/// The most a [`Buffered`] reads at once, as `tokio::io::BufReader`'s default buffer.
+pub const READ_CHUNK: usize = 8 * 1024;
+
+/// A buffered reader that holds no buffer while it waits for input.
+///
+/// `tokio::io::BufReader` allocates (and zeroes) its 8 KiB buffer up front and keeps it for
+/// the life of the stream, so every idle session held 8 KiB for nothing. This one reads
+/// into a buffer on the stack of the poll and keeps only what arrived, and only until it
+/// is consumed: a session waiting for its client's next command holds no read buffer at
+/// all, and a busy one at most [`READ_CHUNK`] octets, as before.
+pub struct Buffered<R> {
+    inner: R,
+    /// Unread input is `buf[pos..]`.
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl<R> Buffered<R> {
+    pub fn new(inner: R) -> Self {
+        Buffered {
+            inner,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// The stream; whatever was buffered and not consumed is dropped.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    /// Input read and not yet consumed.
+    pub fn buffer(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncBufRead for Buffered<R> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        if this.pos >= this.buf.len() {
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut rb = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Pending => {
+                    // Waiting with nothing buffered: let the memory go until input comes.
+                    this.buf = Vec::new();
+                    this.pos = 0;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let got = rb.filled();
+            this.buf.clear();
+            this.pos = 0;
+            // Exact, so that a busy stream's buffer never grows past READ_CHUNK.
+            this.buf.reserve_exact(got.len());
+            this.buf.extend_from_slice(got);
+        }
+        Poll::Ready(Ok(&this.buf[this.pos..]))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        let this = self.get_mut();
+        this.pos = (this.pos + amt).min(this.buf.len());
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Buffered<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos >= this.buf.len() {
+            // Nothing buffered: read straight into the caller's buffer.
+            this.buf = Vec::new();
+            this.pos = 0;
+            return Pin::new(&mut this.inner).poll_read(cx, out);
+        }
+        let n = out.remaining().min(this.buf.len() - this.pos);
+        out.put_slice(&this.buf[this.pos..this.pos + n]);
+        this.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Relays between `a` and `b` both ways until both directions are done, as
+/// `tokio::io::copy_bidirectional` does: an end of input on one side is passed on as a
+/// shutdown of the other's writing half, and the first error ends the relay. Unlike it,
+/// this holds no buffer for the life of the relay (that one allocates two of 8 KiB up
+/// front): each direction reads through a [`Buffered`], which holds only what is in
+/// flight. Returns the octets copied from `a` to `b` and from `b` to `a`.
+pub async fn relay<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut a = Buffered::new(a);
+    let mut b = Buffered::new(b);
+    let mut a_to_b = OneWay::default();
+    let mut b_to_a = OneWay::default();
+    std::future::poll_fn(|cx| {
+        let ab = a_to_b.poll(cx, &mut a, b.get_mut())?;
+        let ba = b_to_a.poll(cx, &mut b, a.get_mut())?;
+        match (ab, ba) {
+            (Poll::Ready(ab), Poll::Ready(ba)) => Poll::Ready(Ok((ab, ba))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// One direction of [`relay`].
+#[derive(Default)]
+struct OneWay {
+    copied: u64,
+    /// Written since the last flush: flushed before waiting for more input, so that what
+    /// a TLS writer holds goes out.
+    unflushed: bool,
+    /// The input has ended; the output is being shut down.
+    ending: bool,
+    done: bool,
+}
+
+impl OneWay {
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut Buffered<R>,
+        to: &mut W,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        while !self.done {
+            if self.ending {
+                if self.unflushed {
+                    std::task::ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                    self.unflushed = false;
+                }
+                std::task::ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
+                self.done = true;
+                break;
+            }
+            let chunk = match Pin::new(&mut *from).poll_fill_buf(cx) {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    if self.unflushed {
+                        std::task::ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+            };
+            if chunk.is_empty() {
+                self.ending = true;
+                continue;
+            }
+            let n = std::task::ready!(Pin::new(&mut *to).poll_write(cx, chunk))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            Pin::new(&mut *from).consume(n);
+            self.copied += n as u64;
+            self.unflushed = true;
+        }
+        Poll::Ready(Ok(self.copied))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::front::lines::{Line, read_line};
+
+    /// Polls `fill_buf` once; true when it is waiting for input.
+    fn waits<R: AsyncRead + Unpin>(r: &mut Buffered<R>) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(r).poll_fill_buf(&mut cx).is_pending()
+    }
+
+    #[tokio::test]
+    async fn holds_no_buffer_while_waiting() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut r = Buffered::new(server);
+        assert!(waits(&mut r));
+        assert_eq!(r.buf.capacity(), 0);
+        client.write_all(b"EHLO a\r\nNOOP\r\n").await.unwrap();
+        assert_eq!(
+            read_line(&mut r, 100).await.unwrap(),
+            Line::Complete(b"EHLO a".to_vec())
+        );
+        assert_eq!(r.buffer(), b"NOOP\r\n", "pipelined input is kept");
+        assert_eq!(
+            read_line(&mut r, 100).await.unwrap(),
+            Line::Complete(b"NOOP".to_vec())
+        );
+        assert!(waits(&mut r));
+        assert_eq!(r.buf.capacity(), 0, "an idle reader lets its buffer go");
+        drop(client);
+        assert_eq!(read_line(&mut r, 100).await.unwrap(), Line::Eof);
+    }
+
+    #[tokio::test]
+    async fn reads_at_most_a_chunk_at_a_time() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut r = Buffered::new(server);
+        let input: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        client.write_all(&input).await.unwrap();
+        drop(client);
+        let mut got = Vec::new();
+        loop {
+            let chunk = r.fill_buf().await.unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            assert!(chunk.len() <= READ_CHUNK);
+            // Consume in odd steps so refills meet partly consumed buffers.
+            let n = chunk.len().min(3000);
+            got.extend_from_slice(&chunk[..n]);
+            r.consume(n);
+            assert!(r.buf.capacity() <= READ_CHUNK);
+        }
+        assert_eq!(got, input);
+    }
+
+    #[tokio::test]
+    async fn read_drains_the_buffer_first() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut r = Buffered::new(server);
+        client.write_all(b"abc").await.unwrap();
+        assert_eq!(r.fill_buf().await.unwrap(), b"abc");
+        r.consume(1);
+        client.write_all(b"def").await.unwrap();
+        drop(client);
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"bcdef");
+    }
+
+    #[tokio::test]
+    async fn relay_copies_both_ways_and_passes_on_the_ends() {
+        let (mut client, mut proxy_client) = tokio::io::duplex(1024);
+        let (mut proxy_backend, mut backend) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(async move { relay(&mut proxy_client, &mut proxy_backend).await });
+        let up: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = (0..70_000u32).map(|i| (i % 241) as u8).collect();
+        let (u, d) = (up.clone(), down.clone());
+        let c = tokio::spawn(async move {
+            client.write_all(&u).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let b = tokio::spawn(async move {
+            let mut got = Vec::new();
+            // The client's end of input reaches the back-end as an end of input.
+            backend.read_to_end(&mut got).await.unwrap();
+            backend.write_all(&d).await.unwrap();
+            backend.shutdown().await.unwrap();
+            got
+        });
+        assert_eq!(b.await.unwrap(), up);
+        assert_eq!(c.await.unwrap(), down);
+        assert_eq!(
+            relay.await.unwrap().unwrap(),
+            (up.len() as u64, down.len() as u64)
+        );
+    }
+
+    #[tokio::test]
+    async fn relay_flushes_a_buffering_writer_while_it_waits() {
+        // A writer that sends nothing until flushed, as a TLS stream may hold a record.
+        let (mut client, proxy_client) = tokio::io::duplex(1024);
+        let (proxy_backend, mut backend) = tokio::io::duplex(1024);
+        let mut proxy_client = tokio::io::BufWriter::new(proxy_client);
+        let mut proxy_backend = tokio::io::BufWriter::new(proxy_backend);
+        tokio::spawn(async move { relay(&mut proxy_client, &mut proxy_backend).await });
+        let wait = std::time::Duration::from_secs(5);
+        client.write_all(b"STAT\r\n").await.unwrap();
+        let mut line = [0u8; 6];
+        tokio::time::timeout(wait, backend.read_exact(&mut line))
+            .await
+            .expect("the command was flushed")
+            .unwrap();
+        assert_eq!(&line, b"STAT\r\n");
+        backend.write_all(b"+OK 0 0\r\n").await.unwrap();
+        let mut reply = [0u8; 9];
+        tokio::time::timeout(wait, client.read_exact(&mut reply))
+            .await
+            .expect("the reply was flushed")
+            .unwrap();
+        assert_eq!(&reply, b"+OK 0 0\r\n");
+    }
 }

@@ -192,11 +192,13 @@ fn quiet_client_is_closed_with_421_and_idle_connections_stay_cheap() {
         })
         .unwrap();
     let after = rss();
-    let per_session_kib = after.saturating_sub(before) / 500;
-    eprintln!("500 idle sessions: RSS {before} KiB -> {after} KiB ({per_session_kib} KiB each)");
+    let per_session_kib = after.saturating_sub(before) as f64 / 500.0;
+    eprintln!("500 idle sessions: RSS {before} KiB -> {after} KiB ({per_session_kib:.2} KiB each)");
+    // About 2.5 KiB in the debug build: no read buffer is held while the client is quiet
+    // and the session's future is small (it was 15 KiB with an 8 KiB BufReader per session).
     assert!(
-        per_session_kib < 64,
-        "an idle session costs {per_session_kib} KiB"
+        per_session_kib < 8.0,
+        "an idle session costs {per_session_kib:.2} KiB"
     );
     drop(held);
 }

@@ -3,11 +3,7 @@
 //! session's behalf. After a successful login the session relays bytes and this type is
 //! taken apart with [`Pop3Leg::into_stream`].
 
-use tokio::{
-    io::{AsyncWriteExt as _, BufReader},
-    net::TcpStream,
-    time::timeout,
-};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream, time::timeout};
 
 use super::{
     Candidate,
@@ -15,11 +11,11 @@ use super::{
 };
 use crate::{
     pop3::response::{BackendLine, Response, read_status_line},
-    stream::Conn,
+    stream::{Buffered, Conn},
 };
 
 pub struct Pop3Leg {
-    io: BufReader<Conn<TcpStream>>,
+    io: Buffered<Conn<TcpStream>>,
     pub name: String,
     pub greeting_latency: std::time::Duration,
     /// The session's hold on the back-end's session count; released with the relay.
@@ -45,7 +41,7 @@ impl Pop3Leg {
         let dialed = super::dial(c, client).await?;
         let left = dialed.left();
         let mut leg = Pop3Leg {
-            io: BufReader::new(Conn::Plain(dialed.tcp)),
+            io: Buffered::new(Conn::Plain(dialed.tcp)),
             name: c.backend.name.clone(),
             greeting_latency: std::time::Duration::ZERO,
             guard: None,
@@ -80,7 +76,7 @@ impl Pop3Leg {
                     stage: "TLS handshake",
                 })?
                 .map_err(|e| LegError::Tls(e.to_string()))?;
-            leg.io = BufReader::new(Conn::Client(Box::new(tls)));
+            leg.io = Buffered::new(Conn::Client(Box::new(tls)));
         }
         Ok(leg)
     }

@@ -8,18 +8,14 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use tokio::{
-    io::{AsyncWriteExt as _, BufReader},
-    net::TcpStream,
-    time::timeout,
-};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream, time::timeout};
 use tracing::debug;
 
 use super::Candidate;
 use crate::{
     config::Identity,
     smtp::reply::{Capabilities, Reply, ReplyError, read_reply},
-    stream::Conn,
+    stream::{Buffered, Conn},
 };
 
 /// Commands (RFC 5321 4.5.3.2.2-4 allow 5 minutes; a stuck back-end is a failure sooner).
@@ -68,7 +64,7 @@ pub struct ClientInfo {
 }
 
 pub struct SmtpLeg {
-    io: BufReader<Conn<TcpStream>>,
+    io: Buffered<Conn<TcpStream>>,
     pub caps: Capabilities,
     pub name: String,
     pub addr: SocketAddr,
@@ -107,7 +103,7 @@ impl SmtpLeg {
         let dialed = super::dial(c, client).await?;
         let left = dialed.left();
         let mut leg = SmtpLeg {
-            io: BufReader::new(Conn::Plain(dialed.tcp)),
+            io: Buffered::new(Conn::Plain(dialed.tcp)),
             caps: Capabilities::default(),
             name: c.backend.name.clone(),
             addr: c.backend.address,
@@ -181,7 +177,7 @@ impl SmtpLeg {
             })?
             .map_err(|e| LegError::Tls(e.to_string()))?;
         Ok(SmtpLeg {
-            io: BufReader::new(Conn::Client(Box::new(tls))),
+            io: Buffered::new(Conn::Client(Box::new(tls))),
             caps: Capabilities::default(),
             name: self.name,
             addr: self.addr,

@@ -96,9 +96,7 @@ async fn accept_loop(listener: TcpListener, role: Role, ctx: Context) {
             },
         };
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        let ctx2 = ctx.clone();
-        ctx.sessions
-            .spawn(async move { serve(stream, peer, role, ctx2).await });
+        ctx.sessions.spawn(serve(stream, peer, role, ctx.clone()));
     }
 }
 
@@ -127,94 +125,114 @@ fn accept_error(e: &std::io::Error) -> AcceptError {
     }
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, role: Role, ctx: Context) {
-    let svc = Arc::clone(&ctx.env.service);
-    // With steering, the local address is the VIP the client connected to.
-    let local = stream
-        .local_addr()
-        .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
-        .unwrap_or(peer);
-    let _ = stream.set_nodelay(true);
-    if role == Role::Shed {
-        return shed::answer(stream, svc.protocol, &svc.hostname).await;
-    }
-    // An address being handed over to another front-end takes no new sessions: they get
-    // the shed reply and retry, reaching the new owner.
-    let Some(admitted) = ctx.ha.gate.admit(local.ip()) else {
-        debug!(service = %svc.name, %peer, "address draining for handoff; shedding");
-        return shed::answer(stream, svc.protocol, &svc.hostname).await;
-    };
-    let permit = ctx
-        .limit
-        .clone()
-        .try_acquire_owned()
-        .or_else(|e| match role {
-            Role::Priority => ctx.reserve.clone().try_acquire_owned(),
-            _ => Err(e),
-        });
-    let Ok(_permit) = permit else {
-        info!(service = %svc.name, %peer, "connection limit reached; shedding");
-        return shed::answer(stream, svc.protocol, &svc.hostname).await;
-    };
-    let Some(_slot) = ctx.per_client.acquire(peer.ip(), svc.max_per_client) else {
-        info!(service = %svc.name, %peer, "per-client limit reached; shedding");
-        return shed::answer(stream, svc.protocol, &svc.hostname).await;
-    };
-    // The session ends politely at its next boundary when the front-end stops or the
-    // address starts draining for a handoff; it is cut at the deadlines after that.
-    let closing = ctx.closing.child_token();
-    let drained = admitted.closing();
-    let closing_watch = {
-        let closing = closing.clone();
-        async move {
-            drained.cancelled().await;
-            closing.cancel();
-            std::future::pending::<()>().await
+/// One connection, from the limits to the end of its session.
+///
+/// Not an `async fn`, which would keep its arguments twice in the future (as arguments and
+/// as the locals they are moved into) for as long as the session lasts.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    role: Role,
+    ctx: Context,
+) -> impl Future<Output = ()> {
+    async move {
+        let svc = Arc::clone(&ctx.env.service);
+        // With steering, the local address is the VIP the client connected to.
+        let local = stream
+            .local_addr()
+            .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+            .unwrap_or(peer);
+        let _ = stream.set_nodelay(true);
+        if role == Role::Shed {
+            return shed::answer(stream, svc.protocol, &svc.hostname).await;
         }
-    };
-    let id = session_id();
-    let span = info_span!("session", id = %id, service = %svc.name, %peer);
-    let session = async {
-        debug!("session start");
-        let conn = if svc.tls == ServiceTls::Implicit {
-            let Some(tls) = &ctx.env.tls else { return };
-            match tokio::time::timeout(
-                std::time::Duration::from_secs(60),
-                tls.acceptor().accept(stream),
-            )
-            .await
-            {
-                Ok(Ok(s)) => Conn::Server(Box::new(s)),
-                Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
-                Err(_) => return debug!("TLS handshake timed out"),
-            }
-        } else {
-            Conn::Plain(stream)
+        // An address being handed over to another front-end takes no new sessions: they get
+        // the shed reply and retry, reaching the new owner.
+        let Some(admitted) = ctx.ha.gate.admit(local.ip()) else {
+            debug!(service = %svc.name, %peer, "address draining for handoff; shedding");
+            return shed::answer(stream, svc.protocol, &svc.hostname).await;
         };
-        let result = match svc.protocol {
-            Protocol::Smtp => Session::new(conn, &ctx.env, peer, local, id.clone())
-                .closing_on(closing.clone())
-                .run()
+        let permit = ctx
+            .limit
+            .clone()
+            .try_acquire_owned()
+            .or_else(|e| match role {
+                Role::Priority => ctx.reserve.clone().try_acquire_owned(),
+                _ => Err(e),
+            });
+        let Ok(_permit) = permit else {
+            info!(service = %svc.name, %peer, "connection limit reached; shedding");
+            return shed::answer(stream, svc.protocol, &svc.hostname).await;
+        };
+        let Some(_slot) = ctx.per_client.acquire(peer.ip(), svc.max_per_client) else {
+            info!(service = %svc.name, %peer, "per-client limit reached; shedding");
+            return shed::answer(stream, svc.protocol, &svc.hostname).await;
+        };
+        // The session ends politely at its next boundary when the front-end stops or the
+        // address starts draining for a handoff; it is cut at the deadlines after that.
+        let closing = ctx.closing.child_token();
+        let drained = admitted.closing();
+        let closing_watch = {
+            let closing = closing.clone();
+            async move {
+                drained.cancelled().await;
+                closing.cancel();
+                std::future::pending::<()>().await
+            }
+        };
+        let id = session_id();
+        let span = info_span!("session", id = %id, service = %svc.name, %peer);
+        let session = async {
+            debug!("session start");
+            let conn = if svc.tls == ServiceTls::Implicit {
+                let Some(tls) = &ctx.env.tls else { return };
+                // Boxed: a handshake's state is over a kilobyte and is gone once it is done.
+                match Box::pin(tokio::time::timeout(
+                    std::time::Duration::from_secs(60),
+                    tls.acceptor().accept(stream),
+                ))
+                .await
+                {
+                    Ok(Ok(s)) => Conn::Server(Box::new(s)),
+                    Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => return debug!("TLS handshake timed out"),
+                }
+            } else {
+                Conn::Plain(stream)
+            };
+            // Each protocol's session is boxed, so that a session holds its own protocol's
+            // state and not room for the larger of the two.
+            let result = match svc.protocol {
+                Protocol::Smtp => Box::pin(
+                    Session::new(conn, &ctx.env, peer, local, id.clone())
+                        .closing_on(closing.clone())
+                        .run(),
+                )
                 .await
                 .map_err(|e| e.to_string()),
-            Protocol::Pop3 => {
-                crate::pop3::session::Session::new(conn, &ctx.env, peer, local, id.clone())
-                    .closing_on(closing.clone())
-                    .run()
-                    .await
-                    .map_err(|e| e.to_string())
+                Protocol::Pop3 => Box::pin(
+                    crate::pop3::session::Session::new(conn, &ctx.env, peer, local, id.clone())
+                        .closing_on(closing.clone())
+                        .run(),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            };
+            match result {
+                Ok(()) => debug!("session end"),
+                Err(e) => debug!(error = %e, "session ended with an error"),
             }
-        };
-        match result {
-            Ok(()) => debug!("session end"),
-            Err(e) => debug!(error = %e, "session ended with an error"),
         }
-    }
-    .instrument(span);
-    tokio::select! {
-        _ = session => {}
-        _ = closing_watch => {}
-        _ = ctx.abort.cancelled() => {}
-        _ = admitted.ended() => {}
+        .instrument(span);
+        tokio::select! {
+            _ = session => {}
+            _ = closing_watch => {}
+            _ = ctx.abort.cancelled() => {}
+            _ = admitted.ended() => {}
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _},
     time::timeout,
 };
 use tracing::{info, warn};
@@ -30,7 +30,7 @@ use crate::{
     },
     route::Route,
     smtp::command::Address,
-    stream::Conn,
+    stream::{Buffered, Conn},
 };
 
 /// Refused commands before the session is closed.
@@ -47,7 +47,7 @@ pub enum Pop3Error {
 }
 
 pub struct Session<'e, S> {
-    io: BufReader<Conn<S>>,
+    io: Buffered<Conn<S>>,
     env: &'e Env,
     client: ClientInfo,
     user: Option<String>,
@@ -71,7 +71,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         session_id: String,
     ) -> Self {
         Session {
-            io: BufReader::new(stream),
+            io: Buffered::new(stream),
             env,
             client: ClientInfo {
                 peer,
@@ -103,17 +103,29 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         self.io.get_mut().flush().await
     }
 
-    pub async fn run(mut self) -> Result<(), Pop3Error> {
-        let host = self.env.service.hostname.clone();
-        self.send(Response::ok(format!("{host} POP3 Robustifier ready")))
-            .await?;
-        match self.authorization().await? {
-            Next::Close => {
-                // For TLS this sends close_notify.
-                let _ = self.io.get_mut().shutdown().await;
-                Ok(())
+    /// Runs the session to its end. Errors are logged by the caller.
+    ///
+    /// Not an `async fn`: that would keep `self` twice in the future (the argument and the
+    /// local it is moved into), and every waiting session would carry the copy.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    pub fn run(mut self) -> impl Future<Output = Result<(), Pop3Error>> {
+        async move {
+            let host = self.env.service.hostname.clone();
+            self.send(Response::ok(format!("{host} POP3 Robustifier ready")))
+                .await?;
+            match self.authorization().await? {
+                Next::Close => {
+                    // For TLS this sends close_notify.
+                    let _ = self.io.get_mut().shutdown().await;
+                    Ok(())
+                }
+                // Boxed, like the login exchanges below: state that a session waiting for its
+                // client's next command should not carry.
+                Next::Relay(leg) => Box::pin(self.relay(leg)).await,
             }
-            Next::Relay(leg) => self.relay(leg).await,
         }
     }
 
@@ -169,7 +181,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 }
                 Command::Capa => self.capa().await?,
                 Command::Noop => self.send(Response::ok("")).await?,
-                Command::Stls => self.stls().await?,
+                Command::Stls => Box::pin(self.stls()).await?,
                 Command::User(u) => {
                     self.user = Some(u);
                     self.send(Response::ok("Send PASS")).await?;
@@ -179,7 +191,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                         self.refuse(Response::err(None, "USER first")).await?;
                         continue;
                     };
-                    if let Some(leg) = self.login(user, p).await? {
+                    if let Some(leg) = Box::pin(self.login(user, p)).await? {
                         return Ok(Next::Relay(leg));
                     }
                 }
@@ -187,7 +199,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     mechanism,
                     initial_response,
                 } => {
-                    if let Some(leg) = self.auth(mechanism, initial_response).await? {
+                    if let Some(leg) = Box::pin(self.auth(mechanism, initial_response)).await? {
                         return Ok(Next::Relay(leg));
                     }
                 }
@@ -233,7 +245,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         if !self.io.buffer().is_empty() {
             warn!(session = %self.client.session_id, "discarding commands pipelined before the TLS handshake");
         }
-        let reader = std::mem::replace(&mut self.io, BufReader::new(Conn::Detached));
+        let reader = std::mem::replace(&mut self.io, Buffered::new(Conn::Detached));
         let Conn::Plain(plain) = reader.into_inner() else {
             return Err(Pop3Error::Tls("STLS on a stream that is not plain".into()));
         };
@@ -244,7 +256,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         .await
         .map_err(|_| Pop3Error::Tls("handshake timed out".into()))?
         .map_err(|e| Pop3Error::Tls(e.to_string()))?;
-        self.io = BufReader::new(Conn::Server(Box::new(s)));
+        self.io = Buffered::new(Conn::Server(Box::new(s)));
         self.user = None;
         Ok(())
     }
@@ -440,7 +452,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         if !pipelined.is_empty() {
             backend.write_all(&pipelined).await?;
         }
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+        // Not tokio's copy_bidirectional, which holds two 8 KiB buffers for as long as the
+        // user stays logged in; this holds only what is in flight.
+        let _ = crate::stream::relay(&mut client, &mut backend).await;
         Ok(())
     }
 }

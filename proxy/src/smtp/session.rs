@@ -17,7 +17,7 @@ mod transaction;
 use std::{net::SocketAddr, time::Duration};
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     time::timeout,
 };
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,7 @@ use crate::{
     backend::smtp::{ClientInfo, SmtpLeg},
     config::{Service, ServiceTls},
     front::lines::{Line, read_line},
-    stream::Conn,
+    stream::{Buffered, Conn},
 };
 
 /// RFC 5321 4.5.3.1.4 allows 512 octets for a command line; we take up to 1000, the text
@@ -72,13 +72,15 @@ struct Transaction {
 }
 
 pub struct Session<'e, S> {
-    io: BufReader<Conn<S>>,
+    io: Buffered<Conn<S>>,
     out: Vec<u8>,
     env: &'e Env,
     client: ClientInfo,
     helo: Option<(String, bool)>,
-    leg: Option<Leg>,
-    tx: Option<Transaction>,
+    /// Boxed, like `tx`: a session that has neither (one waiting for its client, the
+    /// common case under a flood) holds a pointer for each, not their bodies.
+    leg: Option<Box<Leg>>,
+    tx: Option<Box<Transaction>>,
     errors: u32,
     /// Fires when the front-end wants the session to end (shutdown, address handoff): the
     /// session then says 421 at the next transaction boundary.
@@ -103,7 +105,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         session_id: String,
     ) -> Self {
         Session {
-            io: BufReader::new(stream),
+            io: Buffered::new(stream),
             out: Vec::new(),
             env,
             client: ClientInfo {
@@ -150,81 +152,93 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     }
 
     /// Runs the session to its end. Errors are logged by the caller.
-    pub async fn run(mut self) -> Result<(), SessionError> {
-        let host = self.svc().hostname.clone();
-        self.say_greeting(&host);
-        loop {
-            if self.io.buffer().is_empty() {
-                self.flush().await?;
-            }
-            // Between transactions the session may be asked to end (RFC 5321 3.8: 421 at
-            // any time; at a boundary nothing of the client's is half done).
-            let closing = self.tx.is_none().then(|| self.closing.clone());
-            let wait = async {
-                match closing {
-                    Some(c) => c.cancelled_owned().await,
-                    None => std::future::pending().await,
+    ///
+    /// Not an `async fn`: that would keep `self` twice in the future (the argument and the
+    /// local it is moved into), and every waiting session would carry the copy.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    pub fn run(mut self) -> impl Future<Output = Result<(), SessionError>> {
+        async move {
+            let host = self.svc().hostname.clone();
+            self.say_greeting(&host);
+            loop {
+                if self.io.buffer().is_empty() {
+                    self.flush().await?;
                 }
-            };
-            let read = timeout(self.svc().idle_timeout, read_line(&mut self.io, MAX_LINE));
-            let line = tokio::select! {
-                r = read => match r {
-                    Ok(line) => line?,
-                    Err(_) => {
-                        self.say(421, (4, 4, 2), &format!("{host} Idle timeout, closing connection"));
+                // Between transactions the session may be asked to end (RFC 5321 3.8: 421 at
+                // any time; at a boundary nothing of the client's is half done).
+                let closing = self.tx.is_none().then(|| self.closing.clone());
+                let wait = async {
+                    match closing {
+                        Some(c) => c.cancelled_owned().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let read = timeout(self.svc().idle_timeout, read_line(&mut self.io, MAX_LINE));
+                let line = tokio::select! {
+                    r = read => match r {
+                        Ok(line) => line?,
+                        Err(_) => {
+                            self.say(421, (4, 4, 2), &format!("{host} Idle timeout, closing connection"));
+                            break;
+                        }
+                    },
+                    () = wait => {
+                        self.say(421, (4, 3, 2), &format!("{host} Service shutting down, closing connection"));
                         break;
                     }
-                },
-                () = wait => {
-                    self.say(421, (4, 3, 2), &format!("{host} Service shutting down, closing connection"));
-                    break;
-                }
-            };
-            let line = match line {
-                Line::Eof => break,
-                Line::TooLong => {
-                    self.say(500, (5, 5, 6), "Line too long");
-                    if self.error() {
-                        break;
-                    }
-                    continue;
-                }
-                Line::Complete(l) => l,
-            };
-            let cmd = match Command::parse(&line) {
-                Ok(c) => c,
-                Err(e) => {
-                    self.send(&e.reply());
-                    if self.error() {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            match cmd {
-                Command::Quit => {
-                    self.say(221, (2, 0, 0), "Bye");
-                    break;
-                }
-                Command::StartTls => {
-                    if !self.starttls().await? {
+                };
+                let line = match line {
+                    Line::Eof => break,
+                    Line::TooLong => {
+                        self.say(500, (5, 5, 6), "Line too long");
+                        if self.error() {
+                            break;
+                        }
                         continue;
                     }
-                }
-                other => {
-                    if !self.command(other, &line).await? {
+                    Line::Complete(l) => l,
+                };
+                let cmd = match Command::parse(&line) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.send(&e.reply());
+                        if self.error() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                match cmd {
+                    Command::Quit => {
+                        self.say(221, (2, 0, 0), "Bye");
                         break;
+                    }
+                    // Boxed: the state of a command's exchange with a back-end or a TLS
+                    // handshake is kilobytes, and only exists while the command runs. Inline,
+                    // every session would carry it while it waits for its client.
+                    Command::StartTls => {
+                        if !Box::pin(self.starttls()).await? {
+                            continue;
+                        }
+                    }
+                    other => {
+                        if !Box::pin(self.command(other, &line)).await? {
+                            break;
+                        }
                     }
                 }
             }
+            let _ = self.flush().await;
+            // For TLS this sends close_notify, so the client can tell an end from a cut.
+            let _ = self.io.get_mut().shutdown().await;
+            if let Some(l) = self.leg.take() {
+                Box::pin(l.leg.quit()).await;
+            }
+            Ok(())
         }
-        let _ = self.flush().await;
-        // For TLS this sends close_notify, so the client can tell an end from a cut.
-        let _ = self.io.get_mut().shutdown().await;
-        if let Some(l) = self.leg.take() {
-            l.leg.quit().await;
-        }
-        Ok(())
     }
 
     fn say_greeting(&mut self, host: &str) {
@@ -338,7 +352,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             warn!(session = %self.client.session_id, octets = pipelined, "discarding commands pipelined before the TLS handshake");
         }
         // Taking the stream out of its reader drops whatever the reader had buffered.
-        let reader = std::mem::replace(&mut self.io, BufReader::new(Conn::Detached));
+        let reader = std::mem::replace(&mut self.io, Buffered::new(Conn::Detached));
         let Conn::Plain(plain) = reader.into_inner() else {
             return Err(SessionError::Tls(
                 "STARTTLS on a stream that is not plain".into(),
@@ -348,7 +362,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             .await
             .map_err(|_| SessionError::Tls("handshake timed out".into()))?
             .map_err(|e| SessionError::Tls(e.to_string()))?;
-        self.io = BufReader::new(Conn::Server(Box::new(accepted)));
+        self.io = Buffered::new(Conn::Server(Box::new(accepted)));
         // RFC 3207 4.2: forget everything learnt before TLS.
         self.helo = None;
         self.client.helo = None;

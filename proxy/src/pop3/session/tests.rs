@@ -216,3 +216,23 @@ async fn a_busy_login_is_deflected_when_the_wait_is_over() {
     assert!(seen.lock().unwrap().is_empty(), "no back-end was used");
     assert_eq!(env.pools.admission.waiting(&["store".to_owned()]), 0);
 }
+
+/// As for SMTP: the login exchanges and the relay are boxed, so a session waiting for its
+/// client's next command holds a small future.
+#[tokio::test]
+async fn a_waiting_session_holds_a_small_future() {
+    let d = dir("size");
+    let env = env(&d, "127.0.0.1:1".parse().unwrap());
+    let (_client, server) = tokio::io::duplex(64);
+    let run = Session::new(
+        Conn::Plain(server),
+        &env,
+        "198.18.0.100:1".parse().unwrap(),
+        "198.18.0.110:110".parse().unwrap(),
+        "t".into(),
+    )
+    .run();
+    let size = std::mem::size_of_val(&run);
+    eprintln!("POP3 session future: {size} bytes");
+    assert!(size <= 1280, "POP3 session future of {size} bytes");
+}

@@ -728,3 +728,19 @@ async fn a_client_leaving_while_waiting_gives_up_its_place() {
         .expect("the session ends when its client leaves");
     assert_eq!(env.pools.admission.waiting(&route), 0);
 }
+
+/// What a session holds while it waits for its client is mostly its future: the state of
+/// back-end exchanges, TLS handshakes and the message relay is boxed while it runs, so that
+/// a flood of idle clients costs little. This catches a big state creeping back inline.
+#[tokio::test]
+async fn a_waiting_session_holds_a_small_future() {
+    let dir = tempdir("size");
+    let env = env(&dir, &[], &[], "");
+    let (_client, server) = tokio::io::duplex(64);
+    let peer: SocketAddr = "198.18.0.100:40000".parse().unwrap();
+    let local: SocketAddr = "198.18.0.25:25".parse().unwrap();
+    let run = Session::new(Conn::Plain(server), &env, peer, local, "t1".into()).run();
+    let size = std::mem::size_of_val(&run);
+    eprintln!("SMTP session future: {size} bytes");
+    assert!(size <= 1024, "SMTP session future of {size} bytes");
+}

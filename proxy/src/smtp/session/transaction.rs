@@ -49,11 +49,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 "Message size exceeds fixed maximum message size",
             );
         }
-        self.tx = Some(Transaction {
+        self.tx = Some(Box::new(Transaction {
             mail,
             mail_line: String::from_utf8_lossy(line).into_owned(),
             ..Transaction::default()
-        });
+        }));
         // An authenticated session already has its leg: the back-end judges the sender.
         if self.client.login.is_some() {
             let route = self
@@ -319,11 +319,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                         fall: h.fall,
                     });
                     self.env.pools.mark_ok(&c, Some(leg.greeting_latency));
-                    self.leg = Some(Leg {
+                    self.leg = Some(Box::new(Leg {
                         leg,
                         route: route.to_vec(),
                         candidate: c.clone(),
-                    });
+                    }));
                     return Ok(());
                 }
                 Err(e) => {
