@@ -85,7 +85,7 @@ impl Mode {
             },
             Mode::Full => Sizes {
                 reps: 7,
-                cost_sessions: 2000,
+                cost_sessions: 1500,
                 cost_serial: 400,
                 cost_warmup: 200,
                 slow_sessions: 160,
@@ -95,8 +95,8 @@ impl Mode {
                 idle_sessions: 9_000,
                 memory_reps: 2,
                 failover_trials: 10,
-                bulk_messages: 16,
-                bulk_pop3_messages: 16,
+                bulk_messages: 12,
+                bulk_pop3_messages: 12,
                 overload_reps: 3,
             },
         }
