@@ -53,9 +53,10 @@ pub fn run(quick: bool, smoke: bool, only: &[String], no_build: bool) -> anyhow:
         util::root().join("target/bench")
     };
     // Every run is judged against the previous run of the same mode, which is kept beside
-    // it as report.prev.json.
+    // it as report.prev.json. Not the smoke mode: its single tiny samples mean nothing.
     let previous = dir.join("report.json");
-    if let Ok(prev) = robustifier_bench::report::Report::read(&previous)
+    if !smoke
+        && let Ok(prev) = robustifier_bench::report::Report::read(&previous)
         && prev.mode == report.mode
     {
         report.agreement = Some(robustifier_bench::compare::compare(&prev, &report));
