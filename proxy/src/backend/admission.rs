@@ -22,7 +22,12 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::watch, time::Instant};
+use tokio::{
+    io::{AsyncBufRead, AsyncBufReadExt as _},
+    sync::watch,
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
 
 /// A waiter at the head re-runs the choice at least this often, even without a signal.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -148,6 +153,35 @@ impl Place {
                 }
                 () = tokio::time::sleep_until(poll) => self.dirty = true,
                 () = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
+    }
+}
+
+impl Place {
+    /// [`Place::turn`] for a session: also ends the wait, with the reason to log, when the
+    /// client hangs up (watched only while `watch_client`, i.e. nothing of the client's is
+    /// buffered; data from it stops the watching, as it is the next command's) or the
+    /// front-end shuts down.
+    pub async fn session_turn<R: AsyncBufRead + Unpin>(
+        &mut self,
+        deadline: Instant,
+        client: &mut R,
+        watch_client: &mut bool,
+        closing: &CancellationToken,
+    ) -> Result<(), &'static str> {
+        loop {
+            tokio::select! {
+                turn = self.turn(deadline) => {
+                    return if turn { Ok(()) } else { Err("wait over") };
+                }
+                r = client.fill_buf(), if *watch_client => {
+                    if !matches!(r, Ok(b) if !b.is_empty()) {
+                        return Err("client left");
+                    }
+                    *watch_client = false;
+                }
+                () = closing.cancelled() => return Err("front-end shutting down"),
             }
         }
     }

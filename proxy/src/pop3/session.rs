@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     time::timeout,
 };
 use tracing::{info, warn};
@@ -414,20 +414,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         let closing = self.closing.clone();
         let mut watch_client = self.io.buffer().is_empty();
         let why = loop {
-            tokio::select! {
-                turn = place.turn(deadline) => {
-                    if !turn {
-                        break "wait over";
-                    }
-                }
-                r = self.io.fill_buf(), if watch_client => {
-                    if !matches!(r, Ok(b) if !b.is_empty()) {
-                        break "client left";
-                    }
-                    watch_client = false;
-                    continue;
-                }
-                () = closing.cancelled() => break "front-end shutting down",
+            let turn = place.session_turn(deadline, &mut self.io, &mut watch_client, &closing);
+            if let Err(why) = turn.await {
+                break why;
             }
             let (c, excluded) = pools.candidates(route, share);
             if !(c.is_empty() && excluded.busy > 0) {

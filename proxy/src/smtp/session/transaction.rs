@@ -256,20 +256,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         // With no pipelined input, a read tells whether the client hangs up meanwhile.
         let mut watch_client = self.io.buffer().is_empty();
         let why = loop {
-            tokio::select! {
-                turn = place.turn(deadline) => {
-                    if !turn {
-                        break "wait over";
-                    }
-                }
-                r = self.io.fill_buf(), if watch_client => {
-                    if !matches!(r, Ok(b) if !b.is_empty()) {
-                        break "client left";
-                    }
-                    watch_client = false;
-                    continue;
-                }
-                () = closing.cancelled() => break "front-end shutting down",
+            let turn = place.session_turn(deadline, &mut self.io, &mut watch_client, &closing);
+            if let Err(why) = turn.await {
+                break why;
             }
             match self.open_leg(route, share).await {
                 Err(LegError::Busy) => continue,
