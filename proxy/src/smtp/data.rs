@@ -175,10 +175,7 @@ impl DataScanner {
             match self.state {
                 State::Text if b != b'\r' && b != b'\n' => {
                     // Fast path: the run of ordinary octets up to the next CR or LF.
-                    let run = chunk[i..]
-                        .iter()
-                        .position(|&b| b == b'\r' || b == b'\n')
-                        .unwrap_or(chunk.len() - i);
+                    let run = memchr::memchr2(b'\r', b'\n', &chunk[i..]).unwrap_or(chunk.len() - i);
                     self.count(run, i, &mut stop);
                     i += run;
                     continue;
