@@ -218,6 +218,36 @@ fn agent_mail_queue_over_threshold_takes_the_backend_out_of_routing() {
     eventually(&lab, "be1 readmitted", |s| s.backends[0].weight > 0);
 }
 
+/// 24 sessions at once from the client, every other one to a premium domain
+/// (`vip.example`, else `regular.example`): (premium?, the client's transcript) each.
+fn burst(lab: &Lab) -> Vec<(bool, Vec<String>)> {
+    lab.client
+        .ns
+        .enter(|| {
+            let handles: Vec<_> = (0..24)
+                .map(|i| {
+                    let premium = i % 2 == 0;
+                    std::thread::spawn(move || {
+                        let domain = if premium { "vip" } else { "regular" };
+                        let rcpt = format!("u{i}@{domain}.example");
+                        let to = SocketAddr::new(IpAddr::V4(VIP_SMTP), 25);
+                        let r = client::send_mail(
+                            to,
+                            None,
+                            "s@client.example",
+                            &[&rcpt],
+                            "Subject: burst\n\nx\n",
+                        )
+                        .unwrap_or_else(|e| vec![format!("error {e}")]);
+                        (premium, r)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+        .unwrap()
+}
+
 #[test]
 fn burst_keeps_premium_flowing_deflects_regular_and_respects_limits() {
     let Some(mut lab) = lab("bu", 2) else { return };
@@ -249,34 +279,7 @@ fn burst_keeps_premium_flowing_deflects_regular_and_respects_limits() {
             }
         })
     };
-    let client = lab.client.ns.clone();
-    let results: Vec<(bool, Vec<String>)> = client
-        .enter(|| {
-            let handles: Vec<_> = (0..24)
-                .map(|i| {
-                    let premium = i % 2 == 0;
-                    std::thread::spawn(move || {
-                        let rcpt = if premium {
-                            format!("u{i}@vip.example")
-                        } else {
-                            format!("u{i}@regular.example")
-                        };
-                        let to = SocketAddr::new(IpAddr::V4(VIP_SMTP), 25);
-                        let r = client::send_mail(
-                            to,
-                            None,
-                            "s@client.example",
-                            &[&rcpt],
-                            "Subject: burst\n\nx\n",
-                        )
-                        .unwrap_or_else(|e| vec![format!("error {e}")]);
-                        (premium, r)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        })
-        .unwrap();
+    let results = burst(&lab);
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     watcher.join().unwrap();
 
@@ -344,34 +347,7 @@ fn burst_premium_waits_for_a_slot_instead_of_being_deflected() {
     // outcome is asserted, not how long it took); regular ones are still deflected at once.
     let groups = "[[group]]\nname = \"premium\"\nshare = 1.0\ndomains = [\"vip.example\"]\nwait_ms = 20000\n\n[[group]]\nname = \"regular\"\nshare = 0.5\n";
     start(&mut lab, 2, "[pool.thresholds]\nsessions = 4", groups);
-    let client = lab.client.ns.clone();
-    let results: Vec<(bool, Vec<String>)> = client
-        .enter(|| {
-            let handles: Vec<_> = (0..24)
-                .map(|i| {
-                    let premium = i % 2 == 0;
-                    std::thread::spawn(move || {
-                        let rcpt = if premium {
-                            format!("u{i}@vip.example")
-                        } else {
-                            format!("u{i}@regular.example")
-                        };
-                        let to = SocketAddr::new(IpAddr::V4(VIP_SMTP), 25);
-                        let r = client::send_mail(
-                            to,
-                            None,
-                            "s@client.example",
-                            &[&rcpt],
-                            "Subject: burst\n\nx\n",
-                        )
-                        .unwrap_or_else(|e| vec![format!("error {e}")]);
-                        (premium, r)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        })
-        .unwrap();
+    let results = burst(&lab);
     let count = |p: bool, f: &dyn Fn(&[String]) -> bool| {
         results.iter().filter(|(q, r)| *q == p && f(r)).count()
     };
