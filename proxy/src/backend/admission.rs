@@ -66,6 +66,11 @@ pub struct Place {
     dirty: bool,
 }
 
+/// Bumps the board's "capacity may have been freed" counter that every waiter watches.
+pub fn wake(freed: &watch::Sender<u64>) {
+    freed.send_modify(|v| *v = v.wrapping_add(1));
+}
+
 impl Admission {
     pub fn new(freed: Arc<watch::Sender<u64>>) -> Arc<Admission> {
         Arc::new(Admission {
@@ -81,7 +86,7 @@ impl Admission {
 
     /// Capacity may have been freed: waiters look again.
     pub fn signal(&self) {
-        self.freed.send_modify(|v| *v = v.wrapping_add(1));
+        wake(&self.freed);
     }
 
     /// Queues a session of `priority` for `route`, or `None` when the route already has

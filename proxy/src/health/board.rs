@@ -65,7 +65,7 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.slot.active.fetch_sub(1, Ordering::AcqRel);
         // Sessions waiting for a slot look again (backend::admission).
-        self.freed.send_modify(|v| *v = v.wrapping_add(1));
+        crate::backend::admission::wake(&self.freed);
     }
 }
 
@@ -260,7 +260,7 @@ impl Board {
 
     /// Capacity may have been freed (the load records were rewritten): waiters look again.
     pub fn nudge(&self) {
-        self.freed.send_modify(|v| *v = v.wrapping_add(1));
+        crate::backend::admission::wake(&self.freed);
     }
 
     /// A reply to MAIL, RCPT or the end of data. A storm of refusals with no success in
