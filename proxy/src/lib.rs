@@ -22,6 +22,7 @@ pub mod health;
 pub mod pop3;
 pub mod reload;
 pub mod route;
+pub mod sasl;
 pub mod smtp;
 pub mod stream;
 pub mod tls;

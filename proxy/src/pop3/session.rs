@@ -10,7 +10,6 @@
 
 use std::net::SocketAddr;
 
-use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     time::timeout,
@@ -287,19 +286,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 .await?;
             return Ok(None);
         }
-        let decoded = B64
-            .decode(response.trim())
-            .ok()
-            .and_then(|d| String::from_utf8(d).ok());
-        let creds = decoded.and_then(|d| {
-            let mut p = d.split('\0');
-            let (authz, user, pass) = (p.next()?, p.next()?, p.next()?);
-            (p.next().is_none() && !user.is_empty() && (authz.is_empty() || authz == user))
-                .then(|| (user.to_owned(), pass.to_owned()))
-        });
-        match creds {
-            Some((user, pass)) => self.login(user, pass).await,
-            None => {
+        match crate::sasl::decode_plain(&response) {
+            Ok(c) => self.login(c.user, c.password).await,
+            Err(e) => {
+                info!(session = %self.client.session_id, error = %e, "AUTH PLAIN response refused");
                 self.refuse(Response::err(None, "Cannot decode the AUTH response"))
                     .await?;
                 Ok(None)

@@ -3,7 +3,6 @@
 //! The proxy keeps no password: it only carries the exchange to the back-end that owns the
 //! user, then that back-end serves the rest of the session.
 
-use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
@@ -12,6 +11,7 @@ use crate::{
     config::ServiceTls,
     front::lines::{Line, read_line},
     route::Route,
+    sasl::{self, Credentials},
     smtp::reply::Reply,
 };
 
@@ -61,7 +61,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     None => self.challenge("").await?,
                 };
                 match response {
-                    Step::Got(r) => plain(&r),
+                    Step::Got(r) => sasl::decode_plain(&r).ok(),
                     Step::Cancelled => return self.cancelled(),
                     Step::Bad => None,
                 }
@@ -72,12 +72,15 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     None => self.challenge("VXNlcm5hbWU6").await?, // "Username:"
                 };
                 let user = match user {
-                    Step::Got(u) => decode(&u),
+                    Step::Got(u) => sasl::decode_field(&u).ok(),
                     Step::Cancelled => return self.cancelled(),
                     Step::Bad => None,
                 };
                 match (user, self.challenge("UGFzc3dvcmQ6").await?) {
-                    (Some(u), Step::Got(p)) => decode(&p).map(|p| (u, p)),
+                    (Some(user), Step::Got(p)) => sasl::decode_field(&p)
+                        .ok()
+                        .filter(|_| !user.is_empty())
+                        .map(|password| Credentials { user, password }),
                     (_, Step::Cancelled) => return self.cancelled(),
                     _ => None,
                 }
@@ -87,11 +90,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 return Ok(!self.error());
             }
         };
-        let Some((user, password)) = credentials else {
+        let Some(credentials) = credentials else {
             self.say(501, (5, 5, 2), "Cannot decode the AUTH response");
             return Ok(!self.error());
         };
-        self.relay_auth(user, password).await;
+        self.relay_auth(credentials).await;
         Ok(true)
     }
 
@@ -116,7 +119,8 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         })
     }
 
-    async fn relay_auth(&mut self, user: String, password: String) {
+    async fn relay_auth(&mut self, credentials: Credentials) {
+        let user = credentials.user.clone();
         let route = self.env.route_user(&user);
         let Some(Route::Pools(route)) = route else {
             // Unknown users fail like wrong passwords: nothing tells which names exist.
@@ -134,7 +138,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             self.leg = None;
             return self.say(454, (4, 7, 0), "Temporary authentication failure");
         }
-        let token = B64.encode(format!("\0{user}\0{password}"));
+        let token = sasl::encode_plain(&credentials);
         match leg.command(&format!("AUTH PLAIN {token}"), "AUTH").await {
             Ok(reply) if reply.code == 235 => {
                 info!(session = %self.client.session_id, %user, backend = %leg.name, "authenticated by back-end");
@@ -152,38 +156,5 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 self.say(454, (4, 7, 0), "Temporary authentication failure");
             }
         }
-    }
-}
-
-fn decode(b64: &str) -> Option<String> {
-    String::from_utf8(B64.decode(b64.trim()).ok()?).ok()
-}
-
-/// RFC 4616: `[authzid] NUL authcid NUL passwd`. A different authzid is refused (we relay
-/// only a user's own identity).
-fn plain(b64: &str) -> Option<(String, String)> {
-    let raw = decode(b64)?;
-    let mut parts = raw.split('\0');
-    let (authz, user, pass) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || user.is_empty() || (!authz.is_empty() && authz != user) {
-        return None;
-    }
-    Some((user.to_owned(), pass.to_owned()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_response_is_split() {
-        let t = B64.encode("\0alice@example.org\0secret");
-        assert_eq!(
-            plain(&t),
-            Some(("alice@example.org".into(), "secret".into()))
-        );
-        let t = B64.encode("bob\0alice\0secret");
-        assert_eq!(plain(&t), None, "acting as another user is refused");
-        assert_eq!(plain("!!!"), None);
     }
 }
