@@ -206,6 +206,65 @@ where
     .await
 }
 
+/// A stream that remembers the first I/O error on it, so that after a [`relay`] (which
+/// reports one error for both sides) the caller can tell whether this side broke.
+pub struct Watched<S> {
+    inner: S,
+    error: Option<io::Error>,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S) -> Self {
+        Watched { inner, error: None }
+    }
+
+    /// The first error seen on this side, if any.
+    pub fn take_error(&mut self) -> Option<io::Error> {
+        self.error.take()
+    }
+
+    fn note<T>(&mut self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(e)) = &r
+            && self.error.is_none()
+        {
+            self.error = Some(io::Error::new(e.kind(), e.to_string()));
+        }
+        r
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.note(r)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, b);
+        this.note(r)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.note(r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.note(r)
+    }
+}
+
 /// One direction of [`relay`].
 #[derive(Default)]
 struct OneWay {

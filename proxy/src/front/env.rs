@@ -76,14 +76,8 @@ impl Env {
     /// The route of a login name: as an address (`user@domain`) when it has one, else as a
     /// bare user name.
     pub fn route_user(&self, user: &str) -> Option<Route> {
-        match user.split_once('@') {
-            Some((local, domain)) => {
-                let addr = crate::smtp::command::Address {
-                    local: local.to_owned(),
-                    domain: Some(domain.to_ascii_lowercase()),
-                };
-                self.route(|t| t.lookup(&addr).cloned())
-            }
+        match crate::smtp::command::Address::parse_user(user) {
+            Some(addr) => self.route(|t| t.lookup(&addr).cloned()),
             None => self.route(|t| t.lookup_user(user).cloned()),
         }
     }

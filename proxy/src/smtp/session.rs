@@ -29,7 +29,10 @@ use super::{
 };
 pub use crate::front::env::Env;
 use crate::{
-    backend::smtp::{ClientInfo, SmtpLeg},
+    backend::{
+        lease::Lease,
+        smtp::{ClientInfo, SmtpLeg},
+    },
     config::{Service, ServiceTls},
     front::lines::{Line, read_line},
     stream::{Buffered, Conn},
@@ -46,12 +49,10 @@ pub const DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
 pub const MAX_ERRORS: u32 = 20;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// An open back-end leg and the route it serves.
+/// A leased back-end leg and the route it serves.
 struct Leg {
-    leg: SmtpLeg,
+    lease: Lease<SmtpLeg>,
     route: Vec<String>,
-    /// The back-end it goes to, to put it last if the leg fails.
-    candidate: crate::backend::Candidate,
 }
 
 #[derive(Default)]
@@ -69,6 +70,8 @@ struct Transaction {
     broken: bool,
     /// Octets sent in BDAT chunks so far (RFC 3030).
     bdat_size: u64,
+    /// A BDAT chunk was sent: DATA is refused in this transaction (RFC 3030 2).
+    bdat_used: bool,
 }
 
 pub struct Session<'e, S> {
@@ -235,7 +238,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             // For TLS this sends close_notify, so the client can tell an end from a cut.
             let _ = self.io.get_mut().shutdown().await;
             if let Some(l) = self.leg.take() {
-                Box::pin(l.leg.quit()).await;
+                Box::pin(l.lease.quit()).await;
             }
             Ok(())
         }
@@ -262,8 +265,15 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     /// Handles one command other than QUIT and STARTTLS; false ends the session.
     async fn command(&mut self, cmd: Command, line: &[u8]) -> Result<bool, SessionError> {
         match cmd {
-            Command::Ehlo(name) => self.hello(name, true),
-            Command::Helo(name) => self.hello(name, false),
+            Command::Ehlo(name) => {
+                // RFC 5321 4.1.4: EHLO/HELO resets any transaction, on the back-end too.
+                self.reset_transaction().await;
+                self.hello(name, true)
+            }
+            Command::Helo(name) => {
+                self.reset_transaction().await;
+                self.hello(name, false)
+            }
             Command::Noop => self.say(250, (2, 0, 0), "OK"),
             Command::Help(_) => self.say(
                 214,
@@ -287,8 +297,8 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             } => {
                 return self.auth(mechanism, initial_response).await;
             }
-            Command::Mail(mail) => self.mail(mail, line).await,
-            Command::Rcpt(rcpt) => self.rcpt(rcpt.forward_path, line).await,
+            Command::Mail(mail) => return Ok(self.mail(mail, line).await),
+            Command::Rcpt(rcpt) => return Ok(self.rcpt(rcpt.forward_path, line).await),
             Command::Data => return self.data().await,
             Command::Quit | Command::StartTls => unreachable!("handled by the session loop"),
         }
@@ -296,8 +306,6 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     }
 
     fn hello(&mut self, name: String, esmtp: bool) {
-        // RFC 5321 4.1.4: EHLO/HELO resets any transaction.
-        self.tx = None;
         self.client.helo = Some(name.clone());
         self.helo = Some((name, esmtp));
         let host = self.svc().hostname.clone();

@@ -8,6 +8,7 @@ use tracing::{info, warn};
 
 use super::{Session, SessionError};
 use crate::{
+    backend::lease::LeaseError,
     config::ServiceTls,
     front::lines::{Line, read_line},
     route::Route,
@@ -127,21 +128,36 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             info!(session = %self.client.session_id, %user, "AUTH for a user with no route");
             return self.say(535, (5, 7, 8), "Authentication credentials invalid");
         };
-        let share = self.env.groups.classify(self.client.peer.ip(), None).1;
-        if let Err(e) = self.open_leg(&route, share).await {
-            warn!(session = %self.client.session_id, error = %e, "no back-end for AUTH");
-            return self.say(454, (4, 7, 0), "Temporary authentication failure");
+        // The user's group, as a recipient or a POP3 login of that user would get.
+        let user_addr = crate::smtp::command::Address::parse_user(&user);
+        let (group, share) = self
+            .env
+            .groups
+            .classify(self.client.peer.ip(), user_addr.as_ref());
+        let group = group.to_owned();
+        match self.lease_leg(&route, share, &group).await {
+            Ok(()) => {}
+            Err(LeaseError::Busy) => {
+                info!(session = %self.client.session_id, %user, %group, "AUTH deflected: every back-end over its thresholds for this group");
+                return self.say(454, (4, 3, 2), "System busy, try again later");
+            }
+            Err(e) => {
+                warn!(session = %self.client.session_id, error = %e, "no back-end for AUTH");
+                return self.say(454, (4, 7, 0), "Temporary authentication failure");
+            }
         }
-        let leg = &mut self.leg.as_mut().expect("just opened").leg;
-        if !leg.caps.auth.iter().any(|m| m == "PLAIN") {
-            warn!(session = %self.client.session_id, backend = %leg.name, "back-end offers no AUTH PLAIN");
+        let Some(leg) = self.leg.as_mut().map(|l| &mut l.lease) else {
+            return self.say(454, (4, 7, 0), "Temporary authentication failure");
+        };
+        if !leg.leg.caps.auth.iter().any(|m| m == "PLAIN") {
+            warn!(session = %self.client.session_id, backend = %leg.backend(), "back-end offers no AUTH PLAIN");
             self.leg = None;
             return self.say(454, (4, 7, 0), "Temporary authentication failure");
         }
         let token = sasl::encode_plain(&credentials);
         match leg.command(&format!("AUTH PLAIN {token}"), "AUTH").await {
             Ok(reply) if reply.code == 235 => {
-                info!(session = %self.client.session_id, %user, backend = %leg.name, "authenticated by back-end");
+                info!(session = %self.client.session_id, %user, backend = %leg.backend(), "authenticated by back-end");
                 self.client.login = Some(user);
                 self.send(&reply);
             }
