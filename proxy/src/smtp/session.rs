@@ -87,6 +87,14 @@ pub struct Session<'e, S> {
     closing: CancellationToken,
 }
 
+/// The error of a write to the client that missed its deadline.
+pub(crate) fn write_timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the client did not read its replies in time",
+    )
+}
+
 /// Why a session ended early (logged, never shown to the client beyond its reply).
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -143,12 +151,22 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
 
     /// Writes queued replies. Called before waiting on the client with an empty input
     /// buffer, so pipelined commands get their replies in one batch (RFC 2920 3.2).
+    ///
+    /// A client that stops reading would otherwise hold the session (and any back-end
+    /// leg) forever once the socket's buffers are full: the write has the idle timeout as
+    /// its deadline, and missing it ends the session.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            let out = std::mem::take(&mut self.out);
-            self.io.get_mut().write_all(&out).await?;
-        }
-        self.io.get_mut().flush().await
+        let out = std::mem::take(&mut self.out);
+        let io = self.io.get_mut();
+        let write = async {
+            if !out.is_empty() {
+                io.write_all(&out).await?;
+            }
+            io.flush().await
+        };
+        timeout(self.env.service.idle_timeout, write)
+            .await
+            .map_err(|_| write_timed_out())?
     }
 
     /// Runs the session to its end. Errors are logged by the caller.
@@ -232,8 +250,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 }
             }
             let _ = self.flush().await;
-            // For TLS this sends close_notify, so the client can tell an end from a cut.
-            let _ = self.io.get_mut().shutdown().await;
+            // For TLS this sends close_notify, so the client can tell an end from a cut; a
+            // client that does not read gets no longer for it than for a reply.
+            let idle = self.svc().idle_timeout;
+            let _ = timeout(idle, self.io.get_mut().shutdown()).await;
             if let Some(l) = self.leg.take() {
                 Box::pin(l.leg.quit()).await;
             }
@@ -319,7 +339,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         if self.starttls_offered() {
             lines.push("STARTTLS".to_owned());
         }
-        if self.svc().auth && self.client.login.is_none() {
+        if self.svc().auth && self.client.login.is_none() && self.auth_allowed() {
             lines.push("AUTH PLAIN LOGIN".to_owned());
         }
         self.send(&Reply::multiline(250, None, lines));

@@ -178,9 +178,13 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
 
 /// Runs a session with `input` pipelined from the client and returns all it answered.
 async fn converse(env: &Env, input: &[u8]) -> String {
+    converse_from(env, "198.18.0.100:40000".parse().unwrap(), input).await
+}
+
+/// [`converse`] for a client at `peer`.
+async fn converse_from(env: &Env, peer: SocketAddr, input: &[u8]) -> String {
     let (mut client, server) = tokio::io::duplex(1 << 20);
     client.write_all(input).await.unwrap();
-    let peer: SocketAddr = "198.18.0.100:40000".parse().unwrap();
     let local: SocketAddr = "198.18.0.25:25".parse().unwrap();
     let session = Session::new(Conn::Plain(server), env, peer, local, "t1".into());
     tokio::time::timeout(std::time::Duration::from_secs(20), session.run())
@@ -391,7 +395,7 @@ async fn bad_input_gets_rfc_replies() {
 async fn submission_relays_auth_to_the_users_backend() {
     let (a, rec) = backend(Fault::None).await;
     let dir = tempdir("auth");
-    let env = env(&dir, &[a], &[], "auth = true");
+    let env = env(&dir, &[a], &[], "auth = true\nplaintext_auth = true");
     let out = converse(
         &env,
         b"EHLO c\r\nMAIL FROM:<alice@a.example>\r\nAUTH PLAIN AGFsaWNlQGEuZXhhbXBsZQB3cm9uZw==\r\nAUTH PLAIN AGFsaWNlQGEuZXhhbXBsZQBzZWNyZXQ=\r\n\
@@ -743,4 +747,104 @@ async fn a_waiting_session_holds_a_small_future() {
     let size = std::mem::size_of_val(&run);
     eprintln!("SMTP session future: {size} bytes");
     assert!(size <= 1024, "SMTP session future of {size} bytes");
+}
+
+/// "\0alice@a.example\0secret" and "\0alice@a.example\0wrong".
+const AUTH_GOOD: &str = "AUTH PLAIN AGFsaWNlQGEuZXhhbXBsZQBzZWNyZXQ=\r\n";
+const AUTH_BAD: &str = "AUTH PLAIN AGFsaWNlQGEuZXhhbXBsZQB3cm9uZw==\r\n";
+
+#[tokio::test]
+async fn no_auth_in_clear_except_from_loopback() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("clear");
+    certificate(&dir);
+    let env = env(&dir, &[a], &[], "auth = true\ntls = \"starttls\"");
+    let input = format!("EHLO c\r\n{AUTH_GOOD}QUIT\r\n");
+    let out = converse(&env, input.as_bytes()).await;
+    assert!(!out.contains("AUTH PLAIN"), "not offered in clear: {out}");
+    assert_eq!(codes(&out), ["220", "250", "538", "221"], "{out}");
+    assert!(out.contains("538 5.7.11 "), "{out}");
+    assert!(
+        !rec.lock()
+            .unwrap()
+            .lines
+            .iter()
+            .any(|l| l.starts_with("AUTH")),
+        "no password reached a back-end"
+    );
+    // A client on the same host sends nothing over the network.
+    let out = converse_from(&env, "127.0.0.1:40000".parse().unwrap(), input.as_bytes()).await;
+    assert!(out.contains("AUTH PLAIN LOGIN"), "{out}");
+    assert_eq!(codes(&out), ["220", "250", "235", "221"], "{out}");
+}
+
+#[tokio::test]
+async fn a_client_guessing_passwords_is_refused_before_any_backend() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("guess");
+    let env = env(&dir, &[a], &[], "auth = true\nplaintext_auth = true");
+    let max = crate::front::limits::AUTH_FAILURES_MAX as usize;
+    let input = format!("EHLO c\r\n{}{AUTH_GOOD}QUIT\r\n", AUTH_BAD.repeat(max));
+    let out = converse(&env, input.as_bytes()).await;
+    let mut expect = vec!["220", "250"];
+    expect.extend(std::iter::repeat_n("535", max));
+    expect.push("421");
+    assert_eq!(codes(&out), expect, "{out}");
+    assert!(out.contains("421 4.7.0 "), "{out}");
+    let tried = |rec: &Mutex<Recorded>| {
+        rec.lock()
+            .unwrap()
+            .lines
+            .iter()
+            .filter(|l| l.starts_with("AUTH"))
+            .count()
+    };
+    assert_eq!(tried(&rec), max, "the refused attempt reached no back-end");
+    // The next session of the same client is refused too, even with the right password.
+    let input = format!("EHLO c\r\n{AUTH_GOOD}QUIT\r\n");
+    let out = converse(&env, input.as_bytes()).await;
+    assert_eq!(codes(&out), ["220", "250", "421"], "{out}");
+    assert_eq!(tried(&rec), max);
+    // Another client is not.
+    let out = converse_from(&env, "198.18.0.200:1".parse().unwrap(), input.as_bytes()).await;
+    assert_eq!(codes(&out), ["220", "250", "235", "221"], "{out}");
+}
+
+#[tokio::test]
+async fn a_failed_auth_counts_in_the_error_budget() {
+    let (a, _) = backend(Fault::None).await;
+    let dir = tempdir("authbudget");
+    let env = env(&dir, &[a], &[], "auth = true\nplaintext_auth = true");
+    let input = format!(
+        "EHLO c\r\n{}{AUTH_BAD}QUIT\r\n",
+        "BOGUS\r\n".repeat(MAX_ERRORS as usize - 1)
+    );
+    let out = converse(&env, input.as_bytes()).await;
+    let codes = codes(&out);
+    assert_eq!(codes[codes.len() - 2..], ["535", "421"], "{out}");
+    assert!(out.contains("421 4.7.0 Too many errors"), "{out}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_dropped_at_the_write_deadline() {
+    let dir = tempdir("noread");
+    let env = env(&dir, &[], &[], "");
+    // The replies to these fill the client's receive buffer, which it never reads.
+    let (mut client, server) = tokio::io::duplex(4096);
+    client.write_all(&b"EHLO c\r\n".repeat(100)).await.unwrap();
+    let session = Session::new(
+        Conn::Plain(server),
+        &env,
+        "198.18.0.100:1".parse().unwrap(),
+        "198.18.0.25:25".parse().unwrap(),
+        "t".into(),
+    );
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(24 * 3600), session.run())
+        .await
+        .expect("the session ends though its client never reads");
+    match ended {
+        Err(SessionError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut),
+        other => panic!("{other:?}"),
+    }
+    drop(client);
 }
