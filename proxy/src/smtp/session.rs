@@ -39,6 +39,12 @@ use crate::{
 /// line limit, because long MAIL/RCPT parameter lists exist in the wild.
 pub const MAX_LINE: usize = 1000;
 /// RFC 5321 4.5.3.1.8: at least 100 recipients must be accepted.
+///
+/// This bounds what one session holds for its transaction: the accepted RCPT lines are
+/// kept to be replayed on a new leg, at most `MAX_RECIPIENTS` lines of at most
+/// [`MAX_LINE`] octets (up to three times that where invalid UTF-8 is replaced), so about
+/// 1 MB, up to 3 MB, and twice that for a moment while they are replayed. A client that
+/// sends more gets `452 4.5.3` for each extra recipient and nothing more is kept.
 pub const MAX_RECIPIENTS: usize = 1000;
 /// RFC 5321 4.5.3.2.5: a data block may take 3 minutes.
 pub const DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(180);

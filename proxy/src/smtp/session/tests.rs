@@ -848,3 +848,34 @@ async fn a_client_that_stops_reading_is_dropped_at_the_write_deadline() {
     }
     drop(client);
 }
+
+#[tokio::test]
+async fn recipients_beyond_the_bound_are_refused_and_not_kept() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("rcpts");
+    let env = env(&dir, &[a], &[], "");
+    let mut input = String::from("EHLO c\r\nMAIL FROM:<s@x.example>\r\n");
+    for i in 0..=MAX_RECIPIENTS {
+        input.push_str(&format!("RCPT TO:<u{i}@a.example>\r\n"));
+    }
+    input.push_str("QUIT\r\n");
+    let out = converse(&env, input.as_bytes()).await;
+    let codes = codes(&out);
+    assert_eq!(
+        codes.iter().filter(|c| **c == "250").count(),
+        2 + MAX_RECIPIENTS
+    );
+    assert_eq!(codes[codes.len() - 2..], ["452", "221"], "{out}");
+    assert!(out.contains("452 4.5.3 Too many recipients"), "{out}");
+    let rcpts = rec
+        .lock()
+        .unwrap()
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("RCPT"))
+        .count();
+    assert_eq!(
+        rcpts, MAX_RECIPIENTS,
+        "the extra recipient reached no back-end"
+    );
+}
