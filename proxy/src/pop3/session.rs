@@ -33,8 +33,13 @@ use crate::{
     },
     route::Route,
     smtp::command::Address,
+    smtp::session::write_timed_out,
     stream::{Buffered, Conn},
 };
+
+/// RFC 1939 3: an autologout timer of at least 10 minutes. A logged-in session that moves
+/// no byte either way for this long is ended (without QUIT, so nothing is deleted).
+pub const AUTOLOGOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Refused commands before the session is closed.
 const MAX_ERRORS: u32 = 20;
@@ -47,6 +52,8 @@ pub enum Pop3Error {
     Io(#[from] std::io::Error),
     #[error("TLS handshake: {0}")]
     Tls(String),
+    #[error("client idle in a SASL exchange")]
+    Timeout,
 }
 
 pub struct Session<'e, S> {
@@ -98,13 +105,69 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     }
 
     async fn send(&mut self, r: Response) -> std::io::Result<()> {
-        self.io.get_mut().write_all(&r.to_bytes()).await?;
-        self.io.get_mut().flush().await
+        self.send_raw(&r.to_bytes()).await
     }
 
+    /// Writes to the client with the idle timeout as deadline: a client that stops reading
+    /// must not hold the session once the socket's buffers are full.
     async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.io.get_mut().write_all(bytes).await?;
-        self.io.get_mut().flush().await
+        let idle = self.env.service.idle_timeout;
+        let io = self.io.get_mut();
+        let write = async {
+            io.write_all(bytes).await?;
+            io.flush().await
+        };
+        timeout(idle, write).await.map_err(|_| write_timed_out())?
+    }
+
+    /// Whether a password may be sent on this connection (TLS, loopback, or the service's
+    /// `plaintext_auth`); elsewhere it would cross the network in clear.
+    fn password_allowed(&self) -> bool {
+        self.env
+            .password_allowed(self.client.peer.ip(), self.io.get_ref().is_tls())
+    }
+
+    /// Refuses a login command sent where no password may be; true when it was refused.
+    async fn refuse_plaintext(&mut self) -> std::io::Result<bool> {
+        if self.password_allowed() {
+            return Ok(false);
+        }
+        self.refuse(Response::err(
+            Some(ResponseCode::Auth),
+            "Plaintext authentication disallowed on non-secure (SSL/TLS) connections",
+        ))
+        .await?;
+        Ok(true)
+    }
+
+    /// Refuses a login of a client that failed too often lately, before any back-end is
+    /// asked; true when it was refused (the session then ends).
+    async fn refuse_throttled(&mut self) -> std::io::Result<bool> {
+        if !self.env.login_refused(self.client.peer.ip()) {
+            return Ok(false);
+        }
+        info!(session = %self.client.session_id, "login refused: too many failed attempts from this client");
+        self.send(Response::err(
+            Some(ResponseCode::LoginDelay),
+            "Too many failed logins, try again later",
+        ))
+        .await?;
+        Ok(true)
+    }
+
+    /// [`Self::login`], counting a refused login (it counts in the session's errors)
+    /// against the client.
+    async fn login_counted(
+        &mut self,
+        user: String,
+        pass: String,
+    ) -> Result<Option<Lease<Pop3Leg>>, Pop3Error> {
+        let errors = self.errors;
+        let leg = Box::pin(self.login(user, pass)).await?;
+        if leg.is_none() && self.errors > errors {
+            self.env.login_failed(self.client.peer.ip());
+        }
+        Ok(leg)
     }
 
     /// Runs the session to its end. Errors are logged by the caller.
@@ -123,7 +186,8 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             match self.authorization().await? {
                 Next::Close => {
                     // For TLS this sends close_notify.
-                    let _ = self.io.get_mut().shutdown().await;
+                    let idle = self.env.service.idle_timeout;
+                    let _ = timeout(idle, self.io.get_mut().shutdown()).await;
                     Ok(())
                 }
                 // Boxed, like the login exchanges below: state that a session waiting for its
@@ -178,6 +242,21 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     continue;
                 }
             };
+            if matches!(
+                cmd,
+                Command::User(_) | Command::Pass(_) | Command::Auth { .. }
+            ) && self.refuse_plaintext().await?
+            {
+                if self.errors >= MAX_ERRORS {
+                    return Ok(Next::Close);
+                }
+                continue;
+            }
+            if matches!(cmd, Command::Pass(_) | Command::Auth { .. })
+                && self.refuse_throttled().await?
+            {
+                return Ok(Next::Close);
+            }
             match cmd {
                 Command::Quit => {
                     self.send(Response::ok("Bye")).await?;
@@ -195,7 +274,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                         self.refuse(Response::err(None, "USER first")).await?;
                         continue;
                     };
-                    if let Some(leg) = Box::pin(self.login(user, p)).await? {
+                    if let Some(leg) = self.login_counted(user, p).await? {
                         return Ok(Next::Relay(Box::new(leg)));
                     }
                 }
@@ -225,9 +304,12 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
 
     /// RFC 2449 5: the capabilities of the AUTHORIZATION state.
     async fn capa(&mut self) -> std::io::Result<()> {
-        let mut caps = String::from(
-            "+OK Capability list follows\r\nUSER\r\nSASL PLAIN\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nTOP\r\nUIDL\r\n",
-        );
+        let mut caps = String::from("+OK Capability list follows\r\n");
+        // RFC 2595 4: no login mechanism is listed where it could not be used.
+        if self.password_allowed() {
+            caps.push_str("USER\r\nSASL PLAIN\r\n");
+        }
+        caps.push_str("RESP-CODES\r\nAUTH-RESP-CODE\r\nTOP\r\nUIDL\r\n");
         if self.stls_offered() {
             caps.push_str("STLS\r\n");
         }
@@ -280,9 +362,17 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             Some(r) => r,
             None => {
                 self.send_raw(b"+ \r\n").await?;
-                match read_line(&mut self.io, MAX_AUTH_LINE).await? {
-                    Line::Complete(l) => String::from_utf8_lossy(&l).into_owned(),
-                    _ => return Ok(None),
+                // The continuation waits no longer than a command would.
+                let idle = self.env.service.idle_timeout;
+                match timeout(idle, read_line(&mut self.io, MAX_AUTH_LINE)).await {
+                    Ok(Ok(Line::Complete(l))) => String::from_utf8_lossy(&l).into_owned(),
+                    Ok(Ok(_)) => return Ok(None),
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => {
+                        self.send(Response::err(None, "Idle timeout, closing connection"))
+                            .await?;
+                        return Err(Pop3Error::Timeout);
+                    }
                 }
             }
         };
@@ -292,9 +382,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             return Ok(None);
         }
         match crate::sasl::decode_plain(&response) {
-            Ok(c) => self.login(c.user, c.password).await,
+            Ok(c) => self.login_counted(c.user, c.password).await,
             Err(e) => {
                 info!(session = %self.client.session_id, error = %e, "AUTH PLAIN response refused");
+                self.env.login_failed(self.client.peer.ip());
                 self.refuse(Response::err(None, "Cannot decode the AUTH response"))
                     .await?;
                 Ok(None)
@@ -393,8 +484,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         let (leg, hold) = leg.into_parts();
         let (backend, early) = leg.into_stream();
         let mut backend = crate::stream::Watched::new(backend);
+        let idle = AUTOLOGOUT.max(self.env.service.idle_timeout);
         if !early.is_empty() {
-            client.write_all(&early).await?;
+            timeout(idle, client.write_all(&early))
+                .await
+                .map_err(|_| write_timed_out())??;
         }
         if !pipelined.is_empty()
             && let Err(e) = backend.write_all(&pipelined).await
@@ -407,7 +501,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         }
         // Not tokio's copy_bidirectional, which holds two 8 KiB buffers for as long as the
         // user stays logged in; this holds only what is in flight.
-        let _ = crate::stream::relay(&mut client, &mut backend).await;
+        if let Err(e) = crate::stream::relay_idle(&mut client, &mut backend, idle).await {
+            info!(session = %self.client.session_id, error = %e, "relay ended");
+        }
         if let Some(source) = backend.take_error() {
             hold.health.failure(&LegError::Io {
                 stage: "relay",

@@ -42,6 +42,12 @@ use crate::{
 /// line limit, because long MAIL/RCPT parameter lists exist in the wild.
 pub const MAX_LINE: usize = 1000;
 /// RFC 5321 4.5.3.1.8: at least 100 recipients must be accepted.
+///
+/// This bounds what one session holds for its transaction: the accepted RCPT lines are
+/// kept to be replayed on a new leg, at most `MAX_RECIPIENTS` lines of at most
+/// [`MAX_LINE`] octets (up to three times that where invalid UTF-8 is replaced), so about
+/// 1 MB, up to 3 MB, and twice that for a moment while they are replayed. A client that
+/// sends more gets `452 4.5.3` for each extra recipient and nothing more is kept.
 pub const MAX_RECIPIENTS: usize = 1000;
 /// RFC 5321 4.5.3.2.5: a data block may take 3 minutes.
 pub const DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
@@ -88,6 +94,14 @@ pub struct Session<'e, S> {
     /// Fires when the front-end wants the session to end (shutdown, address handoff): the
     /// session then says 421 at the next transaction boundary.
     closing: CancellationToken,
+}
+
+/// The error of a write to the client that missed its deadline.
+pub(crate) fn write_timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the client did not read its replies in time",
+    )
 }
 
 /// Why a session ended early (logged, never shown to the client beyond its reply).
@@ -146,12 +160,22 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
 
     /// Writes queued replies. Called before waiting on the client with an empty input
     /// buffer, so pipelined commands get their replies in one batch (RFC 2920 3.2).
+    ///
+    /// A client that stops reading would otherwise hold the session (and any back-end
+    /// leg) forever once the socket's buffers are full: the write has the idle timeout as
+    /// its deadline, and missing it ends the session.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            let out = std::mem::take(&mut self.out);
-            self.io.get_mut().write_all(&out).await?;
-        }
-        self.io.get_mut().flush().await
+        let out = std::mem::take(&mut self.out);
+        let io = self.io.get_mut();
+        let write = async {
+            if !out.is_empty() {
+                io.write_all(&out).await?;
+            }
+            io.flush().await
+        };
+        timeout(self.env.service.idle_timeout, write)
+            .await
+            .map_err(|_| write_timed_out())?
     }
 
     /// Runs the session to its end. Errors are logged by the caller.
@@ -235,8 +259,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 }
             }
             let _ = self.flush().await;
-            // For TLS this sends close_notify, so the client can tell an end from a cut.
-            let _ = self.io.get_mut().shutdown().await;
+            // For TLS this sends close_notify, so the client can tell an end from a cut; a
+            // client that does not read gets no longer for it than for a reply.
+            let idle = self.svc().idle_timeout;
+            let _ = timeout(idle, self.io.get_mut().shutdown()).await;
             if let Some(l) = self.leg.take() {
                 Box::pin(l.lease.quit()).await;
             }
@@ -327,7 +353,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         if self.starttls_offered() {
             lines.push("STARTTLS".to_owned());
         }
-        if self.svc().auth && self.client.login.is_none() {
+        if self.svc().auth && self.client.login.is_none() && self.auth_allowed() {
             lines.push("AUTH PLAIN LOGIN".to_owned());
         }
         self.send(&Reply::multiline(250, None, lines));

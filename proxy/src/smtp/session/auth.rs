@@ -9,7 +9,6 @@ use tracing::{info, warn};
 use super::{Session, SessionError};
 use crate::{
     backend::lease::LeaseError,
-    config::ServiceTls,
     front::lines::{Line, read_line},
     route::Route,
     sasl::{self, Credentials},
@@ -47,13 +46,24 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             self.say(503, (5, 5, 1), "AUTH not allowed during a mail transaction");
             return Ok(true);
         }
-        if self.svc().tls == ServiceTls::StartTls && !self.io.get_ref().is_tls() {
+        if !self.auth_allowed() {
             self.say(
                 538,
                 (5, 7, 11),
                 "Encryption required for requested authentication mechanism",
             );
-            return Ok(true);
+            return Ok(!self.error());
+        }
+        // Checked before anything is read or sent on: a client guessing passwords costs
+        // the back-ends nothing once it is refused.
+        if self.env.login_refused(self.client.peer.ip()) {
+            info!(session = %self.client.session_id, "AUTH refused: too many failed attempts from this client");
+            self.say(
+                421,
+                (4, 7, 0),
+                "Too many failed authentication attempts, try again later",
+            );
+            return Ok(false);
         }
         let credentials = match mechanism.as_str() {
             "PLAIN" => {
@@ -93,10 +103,25 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         };
         let Some(credentials) = credentials else {
             self.say(501, (5, 5, 2), "Cannot decode the AUTH response");
+            self.env.login_failed(self.client.peer.ip());
             return Ok(!self.error());
         };
+        let reply_at = self.out.len();
         self.relay_auth(credentials).await;
+        // A permanent refusal (535: wrong password or unknown user) is a failed attempt; a
+        // temporary one (454: no back-end) is the cluster's fault, not the client's.
+        if self.client.login.is_none() && self.out.get(reply_at) == Some(&b'5') {
+            self.env.login_failed(self.client.peer.ip());
+            return Ok(!self.error());
+        }
         Ok(true)
+    }
+
+    /// Whether AUTH may be offered and used on this connection: a password never crosses
+    /// the network in clear unless the service says so (`plaintext_auth`).
+    pub(super) fn auth_allowed(&self) -> bool {
+        self.env
+            .password_allowed(self.client.peer.ip(), self.io.get_ref().is_tls())
     }
 
     fn cancelled(&mut self) -> Result<bool, SessionError> {

@@ -221,9 +221,13 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
 
 /// Runs a session with `input` pipelined from the client and returns all it answered.
 async fn converse(env: &Env, input: &[u8]) -> String {
+    converse_from(env, "198.18.0.100:40000".parse().unwrap(), input).await
+}
+
+/// [`converse`] for a client at `peer`.
+async fn converse_from(env: &Env, peer: SocketAddr, input: &[u8]) -> String {
     let (mut client, server) = tokio::io::duplex(1 << 20);
     client.write_all(input).await.unwrap();
-    let peer: SocketAddr = "198.18.0.100:40000".parse().unwrap();
     let local: SocketAddr = "198.18.0.25:25".parse().unwrap();
     let session = Session::new(Conn::Plain(server), env, peer, local, "t1".into());
     tokio::time::timeout(std::time::Duration::from_secs(20), session.run())
@@ -434,7 +438,7 @@ async fn bad_input_gets_rfc_replies() {
 async fn submission_relays_auth_to_the_users_backend() {
     let (a, rec) = backend(Fault::None).await;
     let dir = tempdir("auth");
-    let env = env(&dir, &[a], &[], "auth = true");
+    let env = env(&dir, &[a], &[], "auth = true\nplaintext_auth = true");
     let out = converse(
         &env,
         b"EHLO c\r\nMAIL FROM:<alice@a.example>\r\nAUTH PLAIN AGFsaWNlQGEuZXhhbXBsZQB3cm9uZw==\r\nAUTH PLAIN AGFsaWNlQGEuZXhhbXBsZQBzZWNyZXQ=\r\n\
@@ -940,4 +944,135 @@ async fn data_after_bdat_is_refused() {
         "{out}"
     );
     assert_eq!(rec.lock().unwrap().messages, [b"abcde".to_vec()]);
+}
+
+/// "\0alice@a.example\0secret" and "\0alice@a.example\0wrong".
+const AUTH_GOOD: &str = "AUTH PLAIN AGFsaWNlQGEuZXhhbXBsZQBzZWNyZXQ=\r\n";
+const AUTH_BAD: &str = "AUTH PLAIN AGFsaWNlQGEuZXhhbXBsZQB3cm9uZw==\r\n";
+
+#[tokio::test]
+async fn no_auth_in_clear_except_from_loopback() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("clear");
+    certificate(&dir);
+    let env = env(&dir, &[a], &[], "auth = true\ntls = \"starttls\"");
+    let input = format!("EHLO c\r\n{AUTH_GOOD}QUIT\r\n");
+    let out = converse(&env, input.as_bytes()).await;
+    assert!(!out.contains("AUTH PLAIN"), "not offered in clear: {out}");
+    assert_eq!(codes(&out), ["220", "250", "538", "221"], "{out}");
+    assert!(out.contains("538 5.7.11 "), "{out}");
+    assert!(
+        !rec.lock()
+            .unwrap()
+            .lines
+            .iter()
+            .any(|l| l.starts_with("AUTH")),
+        "no password reached a back-end"
+    );
+    // A client on the same host sends nothing over the network.
+    let out = converse_from(&env, "127.0.0.1:40000".parse().unwrap(), input.as_bytes()).await;
+    assert!(out.contains("AUTH PLAIN LOGIN"), "{out}");
+    assert_eq!(codes(&out), ["220", "250", "235", "221"], "{out}");
+}
+
+#[tokio::test]
+async fn a_client_guessing_passwords_is_refused_before_any_backend() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("guess");
+    let env = env(&dir, &[a], &[], "auth = true\nplaintext_auth = true");
+    let max = crate::front::limits::AUTH_FAILURES_MAX as usize;
+    let input = format!("EHLO c\r\n{}{AUTH_GOOD}QUIT\r\n", AUTH_BAD.repeat(max));
+    let out = converse(&env, input.as_bytes()).await;
+    let mut expect = vec!["220", "250"];
+    expect.extend(std::iter::repeat_n("535", max));
+    expect.push("421");
+    assert_eq!(codes(&out), expect, "{out}");
+    assert!(out.contains("421 4.7.0 "), "{out}");
+    let tried = |rec: &Mutex<Recorded>| {
+        rec.lock()
+            .unwrap()
+            .lines
+            .iter()
+            .filter(|l| l.starts_with("AUTH"))
+            .count()
+    };
+    assert_eq!(tried(&rec), max, "the refused attempt reached no back-end");
+    // The next session of the same client is refused too, even with the right password.
+    let input = format!("EHLO c\r\n{AUTH_GOOD}QUIT\r\n");
+    let out = converse(&env, input.as_bytes()).await;
+    assert_eq!(codes(&out), ["220", "250", "421"], "{out}");
+    assert_eq!(tried(&rec), max);
+    // Another client is not.
+    let out = converse_from(&env, "198.18.0.200:1".parse().unwrap(), input.as_bytes()).await;
+    assert_eq!(codes(&out), ["220", "250", "235", "221"], "{out}");
+}
+
+#[tokio::test]
+async fn a_failed_auth_counts_in_the_error_budget() {
+    let (a, _) = backend(Fault::None).await;
+    let dir = tempdir("authbudget");
+    let env = env(&dir, &[a], &[], "auth = true\nplaintext_auth = true");
+    let input = format!(
+        "EHLO c\r\n{}{AUTH_BAD}QUIT\r\n",
+        "BOGUS\r\n".repeat(MAX_ERRORS as usize - 1)
+    );
+    let out = converse(&env, input.as_bytes()).await;
+    let codes = codes(&out);
+    assert_eq!(codes[codes.len() - 2..], ["535", "421"], "{out}");
+    assert!(out.contains("421 4.7.0 Too many errors"), "{out}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_dropped_at_the_write_deadline() {
+    let dir = tempdir("noread");
+    let env = env(&dir, &[], &[], "");
+    // The replies to these fill the client's receive buffer, which it never reads.
+    let (mut client, server) = tokio::io::duplex(4096);
+    client.write_all(&b"EHLO c\r\n".repeat(100)).await.unwrap();
+    let session = Session::new(
+        Conn::Plain(server),
+        &env,
+        "198.18.0.100:1".parse().unwrap(),
+        "198.18.0.25:25".parse().unwrap(),
+        "t".into(),
+    );
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(24 * 3600), session.run())
+        .await
+        .expect("the session ends though its client never reads");
+    match ended {
+        Err(SessionError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut),
+        other => panic!("{other:?}"),
+    }
+    drop(client);
+}
+
+#[tokio::test]
+async fn recipients_beyond_the_bound_are_refused_and_not_kept() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("rcpts");
+    let env = env(&dir, &[a], &[], "");
+    let mut input = String::from("EHLO c\r\nMAIL FROM:<s@x.example>\r\n");
+    for i in 0..=MAX_RECIPIENTS {
+        input.push_str(&format!("RCPT TO:<u{i}@a.example>\r\n"));
+    }
+    input.push_str("QUIT\r\n");
+    let out = converse(&env, input.as_bytes()).await;
+    let codes = codes(&out);
+    assert_eq!(
+        codes.iter().filter(|c| **c == "250").count(),
+        2 + MAX_RECIPIENTS
+    );
+    assert_eq!(codes[codes.len() - 2..], ["452", "221"], "{out}");
+    assert!(out.contains("452 4.5.3 Too many recipients"), "{out}");
+    let rcpts = rec
+        .lock()
+        .unwrap()
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("RCPT"))
+        .count();
+    assert_eq!(
+        rcpts, MAX_RECIPIENTS,
+        "the extra recipient reached no back-end"
+    );
 }
