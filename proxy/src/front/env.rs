@@ -19,7 +19,9 @@ pub struct Env {
     pub tls: Option<Arc<ServerTls>>,
     pub groups: Arc<super::groups::Groups>,
     /// Failed logins per client, for every session of the service.
-    pub auth_failures: Arc<super::limits::AuthFailures>,
+    pub auth_failures: Arc<super::limits::Strikes>,
+    /// Sessions whose own input a back-end refused, per client.
+    pub offences: Arc<super::limits::Strikes>,
 }
 
 impl Env {
@@ -47,7 +49,8 @@ impl Env {
             pools,
             tls,
             groups,
-            auth_failures: Arc::new(super::limits::AuthFailures::default()),
+            auth_failures: Arc::new(super::limits::Strikes::default()),
+            offences: Arc::new(super::limits::Strikes::default()),
         })
     }
 
@@ -71,6 +74,16 @@ impl Env {
     /// Counts a failed login of `peer`.
     pub fn login_failed(&self, peer: std::net::IpAddr) {
         self.auth_failures.failed(self.client_key(peer));
+    }
+
+    /// Whether `peer`'s sessions have made back-ends refuse their input too often lately.
+    pub fn offender(&self, peer: std::net::IpAddr) -> bool {
+        self.offences.refused(self.client_key(peer))
+    }
+
+    /// Counts a session of `peer` whose own input a back-end refused.
+    pub fn offended(&self, peer: std::net::IpAddr) {
+        self.offences.failed(self.client_key(peer));
     }
 
     /// Every pool the service can route to: its default pool and those of its map.

@@ -5,10 +5,12 @@
 //! - [`PerClient`]: a client may hold at most `max_per_client` sessions of a service at
 //!   once; the rest get the protocol's temporary failure. The count drops when the
 //!   session's [`ClientSlot`] is dropped, however the session ends.
-//! - [`AuthFailures`]: after [`AUTH_FAILURES_MAX`] failed logins within
-//!   [`AUTH_FAILURE_WINDOW`], a client's further attempts get a temporary refusal without
-//!   reaching a back-end, so password guessing costs the guesser time and the back-ends
-//!   nothing. Memory is bounded by [`AUTH_FAILURES_TRACKED`] entries.
+//! - [`Strikes`]: after [`AUTH_FAILURES_MAX`] strikes within [`AUTH_FAILURE_WINDOW`], a
+//!   client's further attempts get a temporary refusal without reaching a back-end. One
+//!   table counts failed logins (password guessing costs the guesser time and the
+//!   back-ends nothing), another the sessions whose own input a back-end refused (a
+//!   client probing for inputs that upset back-ends is the one slowed down). Memory is
+//!   bounded by [`AUTH_FAILURES_TRACKED`] entries each.
 
 use std::{
     collections::HashMap,
@@ -80,8 +82,9 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Failed logins per client, shared by the sessions of a service.
-pub struct AuthFailures {
+/// Strikes per client (failed logins, or refusals its input caused), shared by the
+/// sessions of a service.
+pub struct Strikes {
     table: Mutex<HashMap<IpAddr, Failures>>,
     max: u32,
     window: Duration,
@@ -94,9 +97,9 @@ struct Failures {
     since: Instant,
 }
 
-impl Default for AuthFailures {
+impl Default for Strikes {
     fn default() -> Self {
-        AuthFailures::new(
+        Strikes::new(
             AUTH_FAILURES_MAX,
             AUTH_FAILURE_WINDOW,
             AUTH_FAILURES_TRACKED,
@@ -104,9 +107,9 @@ impl Default for AuthFailures {
     }
 }
 
-impl AuthFailures {
+impl Strikes {
     pub fn new(max: u32, window: Duration, capacity: usize) -> Self {
-        AuthFailures {
+        Strikes {
             table: Mutex::new(HashMap::new()),
             max,
             window,
@@ -223,7 +226,7 @@ mod tests {
 
     #[test]
     fn failures_refuse_a_client_until_its_window_passes() {
-        let f = AuthFailures::new(3, Duration::from_secs(60), 100);
+        let f = Strikes::new(3, Duration::from_secs(60), 100);
         let a: IpAddr = "198.18.0.100".parse().unwrap();
         let b: IpAddr = "198.18.0.101".parse().unwrap();
         let t0 = Instant::now();
@@ -247,7 +250,7 @@ mod tests {
 
     #[test]
     fn failure_table_is_bounded() {
-        let f = AuthFailures::new(1, Duration::from_secs(60), 4);
+        let f = Strikes::new(1, Duration::from_secs(60), 4);
         let t0 = Instant::now();
         for i in 0..10u8 {
             let c = IpAddr::from([198, 18, 1, i]);

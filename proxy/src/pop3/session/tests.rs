@@ -389,3 +389,58 @@ async fn a_logged_in_session_that_goes_quiet_is_logged_out() {
         .unwrap();
     assert!(!seen.lock().unwrap().iter().any(|l| l == "QUIT"));
 }
+
+/// A back-end that logs `alice` in and then resets the connection at her first command.
+async fn resetting_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                let _ = s.get_mut().write_all(b"+OK fake ready\r\n").await;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if s.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let reply: &[u8] = match line.trim_end() {
+                        "USER alice" => b"+OK\r\n",
+                        "PASS secret" => b"+OK Logged in.\r\n",
+                        _ => {
+                            // SO_LINGER 0: closing sends a reset, like a crashed server.
+                            let _ = socket2::SockRef::from(s.get_ref())
+                                .set_linger(Some(std::time::Duration::ZERO));
+                            return;
+                        }
+                    };
+                    let _ = s.get_mut().write_all(reply).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_backend_that_breaks_after_login_counts_as_a_failed_check() {
+    let addr = resetting_backend().await;
+    let d = dir("afterlogin");
+    std::fs::write(d.join("routes"), "alice store\n").unwrap();
+    // One failed check takes the back-end down.
+    let text = format!(
+        "[frontend]\nname = \"fe\"\n[[service]]\nname = \"pop3\"\nprotocol = \"pop3\"\nport = 110\nroutes = \"routes\"\nplaintext_auth = true\n\
+         [[pool]]\nname = \"store\"\nhealth = {{ fall = 1 }}\nbackend = [{{ name = \"s\", address = \"{addr}\" }}]\n"
+    );
+    let cfg = Config::parse(&d.join("t.toml"), &text).unwrap();
+    let pools = Arc::new(PoolSet::standalone(&cfg).unwrap());
+    let groups = Arc::new(crate::front::groups::Groups::new(cfg.groups.clone()));
+    let env = Env::new(&cfg.services[0], pools, None, groups).unwrap();
+    let out = converse(&env, b"USER alice\r\nPASS secret\r\nSTAT\r\n").await;
+    assert!(out.contains("+OK Logged in."), "{out}");
+    assert_eq!(
+        env.pools.board.record_for(0, 0).unwrap().state,
+        robustifier_common::BACKEND_DOWN
+    );
+}

@@ -839,7 +839,8 @@ async fn a_client_whose_input_the_backend_refuses_is_closed_and_the_backend_stay
         "",
         "identity = \"xclient\"\nhealth = { fall = 1 }",
     );
-    for _ in 0..3 {
+    let max = crate::front::limits::AUTH_FAILURES_MAX as usize;
+    for _ in 0..max {
         let out = converse(
             &env,
             b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nRCPT TO:<v@a.example>\r\nQUIT\r\n",
@@ -859,7 +860,15 @@ async fn a_client_whose_input_the_backend_refuses_is_closed_and_the_backend_stay
             .filter(|l| l.starts_with("XCLIENT"))
             .count()
     };
-    assert_eq!(tried(&rec) + tried(&rec_b), 3, "one attempt per session");
+    assert_eq!(tried(&rec) + tried(&rec_b), max, "one attempt per session");
+    // A repeat offender is refused before any back-end is asked.
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(out.contains("421 4.7.0 Too many refused sessions"), "{out}");
+    assert_eq!(tried(&rec) + tried(&rec_b), max);
 }
 
 #[tokio::test]
@@ -1075,4 +1084,36 @@ async fn recipients_beyond_the_bound_are_refused_and_not_kept() {
         rcpts, MAX_RECIPIENTS,
         "the extra recipient reached no back-end"
     );
+}
+
+/// AUTH leases its back-end like a recipient or a POP3 login does: a user whose group may
+/// wait queues for a slot instead of failing at once.
+#[tokio::test]
+async fn auth_waits_for_a_slot_like_a_login() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("authwait");
+    let env = env(
+        &dir,
+        &[a],
+        &[],
+        "auth = true\nplaintext_auth = true\nwait_ms = 8000",
+    );
+    let held: Vec<_> = (0..1000)
+        .map(|_| env.pools.board.acquire(0, 1000).unwrap())
+        .collect();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(held);
+    });
+    let out = converse(&env, format!("EHLO c\r\n{AUTH_GOOD}QUIT\r\n").as_bytes()).await;
+    release.await.unwrap();
+    assert_eq!(codes(&out), ["220", "250", "235", "221"], "{out}");
+    assert!(
+        rec.lock()
+            .unwrap()
+            .lines
+            .iter()
+            .any(|l| l.starts_with("AUTH PLAIN"))
+    );
+    assert_eq!(env.pools.admission.waiting(&["a".to_owned()]), 0);
 }

@@ -158,6 +158,13 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             );
             return true;
         }
+        let needs_leg = self.leg.as_ref().is_none_or(|l| l.route != route);
+        if needs_leg && self.env.offender(self.client.peer.ip()) {
+            info!(session = %self.client.session_id, "client's sessions made back-ends refuse their input too often: refused");
+            self.tx = None;
+            self.say(421, (4, 7, 0), "Too many refused sessions, try again later");
+            return false;
+        }
         let (group, share) = self.env.groups.classify(self.client.peer.ip(), Some(&to));
         let group = group.to_owned();
         let reply = match self.rcpt_on_leg(&route, &line, share, &group).await {
@@ -168,6 +175,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             }
             Err(LeaseError::Client(e)) => {
                 warn!(session = %self.client.session_id, error = %e, "the back-end refused this client's own input; closing the session");
+                self.env.offended(self.client.peer.ip());
                 self.tx = None;
                 self.say(
                     421,
