@@ -163,3 +163,15 @@ fn admission_waits_are_typed_and_bounded() {
     assert_eq!(key, "service[1].wait_ms");
     assert!(reason.contains("invalid value"), "{reason}");
 }
+
+#[test]
+fn frontend_user_is_optional_and_checked() {
+    assert_eq!(parse(GOOD).expect("good config").frontend.user, None);
+    let named = GOOD.replace("name = \"fe-a\"", "name = \"fe-a\"\nuser = \"mailproxy\"");
+    assert_eq!(
+        parse(&named).expect("config with a user").frontend.user,
+        Some("mailproxy".to_owned())
+    );
+    let bad = GOOD.replace("name = \"fe-a\"", "name = \"fe-a\"\nuser = \"\"");
+    assert_eq!(error(&bad).0, "frontend.user");
+}

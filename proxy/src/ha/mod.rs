@@ -46,6 +46,8 @@ use router::{Command, RouterHandle, Task};
 pub struct Hooks {
     pub gate: Gate,
     pub health: Health,
+    /// The daemon's supervised background tasks, reported by `status`.
+    pub tasks: crate::supervise::Registry,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +200,7 @@ pub async fn spawn(cfg: &Config, hooks: Hooks) -> Result<Ha, HaError> {
         listener,
         cfg.frontend.name.clone(),
         routers.clone(),
+        hooks.tasks.clone(),
         stop_control.clone(),
         tasks.clone(),
     ));
