@@ -175,7 +175,17 @@ impl Start {
 /// is left alone, and must be writable by the user.
 fn hand_over(cfg: &Config, account: &privs::Account) -> anyhow::Result<()> {
     let pin_dir = &cfg.frontend.pin_dir;
-    privs::hand_over(pin_dir, account)?;
+    // The pin directory is the daemon's own unless it is the root of a bpffs mount (shared
+    // with every other BPF user of the host): then only the map files are handed over.
+    let is_bpffs = |p: &Path| {
+        nix::sys::statfs::statfs(p)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+    };
+    if pin_dir.parent().is_some_and(is_bpffs) {
+        privs::hand_over(pin_dir, account)?;
+    } else {
+        warn!(dir = %pin_dir.display(), "pin directory is a bpffs root: left to root");
+    }
     for map in PINNED_MAPS {
         let path = pin_dir.join(map);
         if path.exists() {
@@ -222,6 +232,7 @@ async fn serve(cfg: Config, start: Start) -> anyhow::Result<()> {
         sessions,
     } = start;
     let pin_dir = cfg.frontend.pin_dir.clone();
+    warn_unreadable(&cfg);
 
     let accepting = TaskTracker::new();
     for (sockets, role, ctx) in listeners {
@@ -299,6 +310,22 @@ async fn serve(cfg: Config, start: Start) -> anyhow::Result<()> {
     }
     info!("stopped; maps stay pinned under {}", pin_dir.display());
     Ok(())
+}
+
+/// Names, once at the start, the files the daemon re-reads later (on SIGHUP, or when they
+/// change) that its user cannot read: a reload would be refused, or a new certificate or
+/// routing map ignored, long after the start that read them as root.
+fn warn_unreadable(cfg: &Config) {
+    let mut files = vec![cfg.file.clone()];
+    if let Some(tls) = &cfg.tls {
+        files.extend([tls.certificate.clone(), tls.key.clone()]);
+    }
+    files.extend(cfg.services.iter().filter_map(|s| s.routes.clone()));
+    for file in files {
+        if let Err(e) = std::fs::File::open(&file) {
+            warn!(file = %file.display(), error = %e, "not readable by the daemon's user: reloads that need it will fail (give its group read access)");
+        }
+    }
 }
 
 /// SIGHUP: re-reads the configuration. Back-ends removed from it drain gracefully (no new
