@@ -90,6 +90,34 @@ impl Registry {
             .collect()
     }
 
+    /// Runs `fut` as a task of its own and records its death by panic, for a task that
+    /// cannot simply be started again: it stays dead, and readiness shows it.
+    pub fn watch<Fut>(
+        &self,
+        name: impl Into<String>,
+        fut: Fut,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let entry = self.add(name.into());
+        async move {
+            let Err(e) = tokio::spawn(fut).await else {
+                return;
+            };
+            entry.running.store(false, Ordering::Relaxed);
+            let why = if e.is_panic() {
+                format!("panicked: {}", panic_message(e))
+            } else {
+                format!("cancelled: {e}")
+            };
+            error!(task = %entry.name, reason = %why, "background task died; it is not restarted");
+            if let Ok(mut last) = entry.last_failure.lock() {
+                *last = Some(why);
+            }
+        }
+    }
+
     /// Every task is running (none is waiting for its restart).
     pub fn ready(&self) -> bool {
         self.snapshot().iter().all(|t| t.running)
@@ -284,6 +312,23 @@ mod tests {
         tracker.close();
         tracker.wait().await;
         assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_watched_task_that_panics_shows_in_readiness() {
+        let registry = Registry::default();
+        registry.watch("vrrp router 51 IPv4", async {}).await;
+        assert!(registry.ready(), "a task that ends normally is no failure");
+        registry
+            .watch("vrrp router 52 IPv4", async { panic!("router bug") })
+            .await;
+        let status = registry.snapshot();
+        assert!(!registry.ready());
+        assert!(!status[1].running);
+        assert_eq!(
+            status[1].last_failure.as_deref(),
+            Some("panicked: router bug")
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -169,6 +169,11 @@ fn frontend_drops_to_its_user_and_keeps_working() {
         .unwrap_or_else(|| panic!("no load writer in {json}"));
     assert_eq!(writer["running"], true, "{json}");
     assert_eq!(writer["restarts"], 0, "{json}");
+    let routers = tasks
+        .iter()
+        .filter(|t| t["name"].as_str().unwrap().starts_with("vrrp router"))
+        .count();
+    assert_eq!(routers, 2, "{json}");
 
     // Failover to the dropped feb: it adds the SMTP VIP and serves it.
     let log_b_before = lab.daemons()[FEB].log_text();
