@@ -1,9 +1,14 @@
 //! `robustifier run`: one front-end. Loads and attaches the data path, writes the config
-//! into the maps, opens and registers the service listeners, serves until SIGTERM/SIGINT,
-//! then stops in order: detach the programs (no new connections), stop accepting, let
-//! sessions finish up to the drain deadline, end the rest. Pinned maps stay.
+//! into the maps, opens and registers the service listeners, switches to its unprivileged
+//! user (see [`crate::privs`]), serves until SIGTERM/SIGINT, then stops in order: detach
+//! the programs (no new connections), stop accepting, let sessions finish up to the drain
+//! deadline, end the rest. Pinned maps stay.
+//!
+//! The privileged start runs before the tokio runtime exists, so that the switch of user
+//! and capabilities covers every thread the daemon will ever run: credentials are per
+//! thread, and new threads inherit them from the thread that starts them.
 
-use std::{sync::Arc, time::Duration};
+use std::{os::unix::fs::MetadataExt as _, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use robustifier_common::{
@@ -15,7 +20,7 @@ use tokio::{
     sync::Semaphore,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     backend::PoolSet,
@@ -25,97 +30,224 @@ use crate::{
     front::groups::Groups,
     front::{
         accept::{self, Context, Role},
-        listeners::SlotSockets,
+        listeners::{SlotSockets, StdSlotSockets},
     },
     ha,
     health::{self, board::Board},
+    privs,
     smtp::session::Env,
+    supervise::Supervisor,
     tls::ServerTls,
 };
 
 /// How long sessions may run on after a stop was asked for.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Runs a front-end to its end: the privileged start on this thread, the switch to the
+/// daemon's user, then the runtime. Call before any other thread needing privilege exists.
+pub fn main(cfg: Config) -> anyhow::Result<()> {
+    let account = privs::account(cfg.frontend.user.as_deref())?;
+    match &account {
+        Some(_) => privs::restrict_inherited()?,
+        None => warn!(
+            "no user {:?} here: running as root with every capability (create it with `cargo xtask setup`, or set frontend.user)",
+            privs::DEFAULT_USER
+        ),
+    }
+    let start = Start::open(&cfg, account.as_ref())?;
+    if let Some(account) = &account {
+        privs::switch(account)?;
+    }
+    tokio::runtime::Runtime::new()?.block_on(serve(cfg, start))
+}
+
+/// Everything a front-end opens while privileged.
+struct Start {
+    dp: DataPath,
+    pools: Arc<PoolSet>,
+    board: Arc<Board>,
+    envs: Vec<Arc<Env>>,
+    hooks: ha::Hooks,
+    listeners: Vec<(StdSlotSockets, Role, Context)>,
+    xdp: String,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    closing: CancellationToken,
+    sessions: TaskTracker,
+}
+
+impl Start {
+    fn open(cfg: &Config, account: Option<&privs::Account>) -> anyhow::Result<Start> {
+        let pin_dir = cfg.frontend.pin_dir.clone();
+        let mut dp = DataPath::load(&pin_dir)?;
+        dp.tables.apply(cfg)?;
+        info!(pin_dir = %pin_dir.display(), "maps pinned and filled from {}", cfg.file.display());
+
+        let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let closing = CancellationToken::new();
+        let sessions = TaskTracker::new();
+        let hooks = ha::Hooks::default();
+        let board = Board::new(cfg);
+        let view = Arc::new(MapView::open(&pin_dir)?);
+        let pools = Arc::new(
+            PoolSet::new(cfg, Arc::clone(&board), view)
+                .map_err(|e| anyhow::anyhow!("back-end pools: {e}"))?,
+        );
+        let groups = Arc::new(Groups::new(cfg.groups.clone()));
+        let mut envs = Vec::new();
+        // Read while privileged: the key may be readable by root only.
+        let tls = match &cfg.tls {
+            Some(files) => Some(Arc::new(
+                ServerTls::new(files).map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
+            )),
+            None => None,
+        };
+        let mut listeners = Vec::new();
+        for service in &cfg.services {
+            let env = Arc::new(
+                Env::new(
+                    service,
+                    Arc::clone(&pools),
+                    tls.clone(),
+                    Arc::clone(&groups),
+                )
+                .map_err(|e| anyhow::anyhow!("service {}: {e}", service.name))?,
+            );
+            envs.push(Arc::clone(&env));
+            let ctx = Context {
+                env,
+                limit: Arc::new(Semaphore::new(service.max_connections as usize)),
+                reserve: Arc::new(Semaphore::new(
+                    (service.max_connections as usize / 10).max(1),
+                )),
+                per_client: Arc::default(),
+                stop: stop.clone(),
+                abort: abort.clone(),
+                closing: closing.clone(),
+                sessions: sessions.clone(),
+                ha: hooks.clone(),
+            };
+            for (slot, role) in [
+                (SLOT_NORMAL, Role::Serve),
+                (SLOT_PRIORITY, Role::Priority),
+                (SLOT_SHED, Role::Shed),
+            ] {
+                let sockets = StdSlotSockets::bind()
+                    .with_context(|| format!("listeners for service {}", service.name))?;
+                for (family, socket) in sockets.by_family() {
+                    dp.register_listener(service.id, slot, family, socket)?;
+                }
+                listeners.push((sockets, role, ctx.clone()));
+            }
+        }
+        let xdp = match &cfg.frontend.interface {
+            Some(iface) => {
+                let mode = dp.attach_xdp(iface, cfg.frontend.xdp_mode)?;
+                format!("{PROG_XDP} on {iface} ({mode} mode)")
+            }
+            None => format!("{PROG_XDP} not attached (no frontend.interface)"),
+        };
+        dp.attach_steering()?;
+        if let Some(account) = account {
+            hand_over(cfg, account)?;
+        }
+        Ok(Start {
+            dp,
+            pools,
+            board,
+            envs,
+            hooks,
+            listeners,
+            xdp,
+            stop,
+            abort,
+            closing,
+            sessions,
+        })
+    }
+}
+
+/// What the daemon reopens or creates after the switch becomes its user's: the pinned maps
+/// (the load writer reopens them when it restarts) and the control socket's directory (the
+/// socket is created there, a stale one replaced and removed at the stop). A directory the
+/// daemon does not own by its name (anything but `/run/robustifier/<name>` or one made now)
+/// is left alone, and must be writable by the user.
+fn hand_over(cfg: &Config, account: &privs::Account) -> anyhow::Result<()> {
+    let pin_dir = &cfg.frontend.pin_dir;
+    // The pin directory is the daemon's own unless it is the root of a bpffs mount (shared
+    // with every other BPF user of the host): then only the map files are handed over.
+    let is_bpffs = |p: &Path| {
+        nix::sys::statfs::statfs(p)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+    };
+    if pin_dir.parent().is_some_and(is_bpffs) {
+        privs::hand_over(pin_dir, account)?;
+    } else {
+        warn!(dir = %pin_dir.display(), "pin directory is a bpffs root: left to root");
+    }
+    for map in PINNED_MAPS {
+        let path = pin_dir.join(map);
+        if path.exists() {
+            privs::hand_over(&path, account)?;
+        }
+    }
+    if cfg.vrrp.is_empty() {
+        return Ok(());
+    }
+    let Some(dir) = cfg.ha.control_socket.parent() else {
+        return Ok(());
+    };
+    let control_root = Path::new(config::vrrp::CONTROL_DIR);
+    let ours = dir.starts_with(control_root) && dir != control_root;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("control socket directory {}", dir.display()))?;
+    } else if !ours {
+        let owner = std::fs::metadata(dir).map(|m| m.uid()).ok();
+        if owner != Some(account.uid.as_raw()) {
+            warn!(dir = %dir.display(), user = %account.name, "control socket directory left as it is: the daemon's user must be able to write it");
+        }
+        return Ok(());
+    }
+    privs::hand_over(dir, account)?;
+    Ok(())
+}
+
+async fn serve(cfg: Config, start: Start) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-
+    let Start {
+        mut dp,
+        pools,
+        board,
+        envs,
+        hooks,
+        listeners,
+        xdp,
+        stop,
+        abort,
+        closing,
+        sessions,
+    } = start;
     let pin_dir = cfg.frontend.pin_dir.clone();
-    let mut dp = DataPath::load(&pin_dir)?;
-    dp.tables.apply(&cfg)?;
-    info!(pin_dir = %pin_dir.display(), "maps pinned and filled from {}", cfg.file.display());
+    warn_unreadable(&cfg);
 
-    let stop = CancellationToken::new();
-    let abort = CancellationToken::new();
-    let closing = CancellationToken::new();
-    let sessions = TaskTracker::new();
     let accepting = TaskTracker::new();
-    let hooks = ha::Hooks::default();
-    let board = Board::new(&cfg);
-    let view = Arc::new(MapView::open(&pin_dir)?);
-    let pools = Arc::new(
-        PoolSet::new(&cfg, Arc::clone(&board), view)
-            .map_err(|e| anyhow::anyhow!("back-end pools: {e}"))?,
-    );
-    let groups = Arc::new(Groups::new(cfg.groups.clone()));
-    let mut envs = Vec::new();
-    let tls = match &cfg.tls {
-        Some(files) => Some(Arc::new(
-            ServerTls::new(files).map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
-        )),
-        None => None,
-    };
+    for (sockets, role, ctx) in listeners {
+        let sockets = SlotSockets::from_std(sockets).context("listeners")?;
+        accepting.spawn(accept::run(sockets.v4, role, ctx.clone()));
+        accepting.spawn(accept::run(sockets.v6, role, ctx));
+    }
     for service in &cfg.services {
-        let env = Arc::new(
-            Env::new(
-                service,
-                Arc::clone(&pools),
-                tls.clone(),
-                Arc::clone(&groups),
-            )
-            .map_err(|e| anyhow::anyhow!("service {}: {e}", service.name))?,
-        );
-        envs.push(Arc::clone(&env));
-        let ctx = Context {
-            env,
-            limit: Arc::new(Semaphore::new(service.max_connections as usize)),
-            reserve: Arc::new(Semaphore::new(
-                (service.max_connections as usize / 10).max(1),
-            )),
-            per_client: Arc::default(),
-            stop: stop.clone(),
-            abort: abort.clone(),
-            closing: closing.clone(),
-            sessions: sessions.clone(),
-            ha: hooks.clone(),
-        };
-        for (slot, role) in [
-            (SLOT_NORMAL, Role::Serve),
-            (SLOT_PRIORITY, Role::Priority),
-            (SLOT_SHED, Role::Shed),
-        ] {
-            let sockets = SlotSockets::new()
-                .with_context(|| format!("listeners for service {}", service.name))?;
-            for (family, socket) in sockets.by_family() {
-                dp.register_listener(service.id, slot, family, socket)?;
-            }
-            accepting.spawn(accept::run(sockets.v4, role, ctx.clone()));
-            accepting.spawn(accept::run(sockets.v6, role, ctx.clone()));
-        }
         info!(service = %service.name, protocol = service.protocol.as_str(), port = service.port, "listening");
     }
-    let xdp = match &cfg.frontend.interface {
-        Some(iface) => {
-            let mode = dp.attach_xdp(iface, cfg.frontend.xdp_mode)?;
-            format!("{PROG_XDP} on {iface} ({mode} mode)")
-        }
-        None => format!("{PROG_XDP} not attached (no frontend.interface)"),
-    };
-    dp.attach_steering()?;
     hooks.health.set_datapath_attached(true);
-    // Health checks, agents and the load writer run until the stop; sessions stop last.
+    // Health checks, agents and the load writer run until the stop, restarted if they die;
+    // sessions stop last.
     let background = TaskTracker::new();
+    let supervisor = Supervisor::new(background.clone(), stop.clone(), hooks.tasks.clone());
     health::spawn(
         &pools,
         &board,
@@ -123,7 +255,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(pin_dir.clone()),
         hooks.health.clone(),
         &stop,
-        &background,
+        &supervisor,
     );
     // A summary for the operator on stdout; logs go to stderr.
     let services: Vec<String> = cfg
@@ -150,7 +282,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
-            _ = sighup.recv() => reload(&cfg, &pools, &mut dp.tables, &stop, &background),
+            _ = sighup.recv() => reload(&cfg, &pools, &mut dp.tables, &stop, &supervisor),
         }
     }
     // Hand the virtual addresses over first (drain, then priority 0), while the data path
@@ -180,6 +312,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Names, once at the start, the files the daemon re-reads later (on SIGHUP, or when they
+/// change) that its user cannot read: a reload would be refused, or a new certificate or
+/// routing map ignored, long after the start that read them as root.
+fn warn_unreadable(cfg: &Config) {
+    let mut files = vec![cfg.file.clone()];
+    if let Some(tls) = &cfg.tls {
+        files.extend([tls.certificate.clone(), tls.key.clone()]);
+    }
+    files.extend(cfg.services.iter().filter_map(|s| s.routes.clone()));
+    for file in files {
+        if let Err(e) = std::fs::File::open(&file) {
+            warn!(file = %file.display(), error = %e, "not readable by the daemon's user: reloads that need it will fail (give its group read access)");
+        }
+    }
+}
+
 /// SIGHUP: re-reads the configuration. Back-ends removed from it drain gracefully (no new
 /// sessions, running ones finish) and come back if restored; back-ends it adds to a
 /// running pool get the next load map ids, their probes and agent polls, and take new
@@ -191,7 +339,7 @@ fn reload(
     pools: &PoolSet,
     tables: &mut crate::datapath::Tables,
     stop: &CancellationToken,
-    background: &TaskTracker,
+    background: &Supervisor,
 ) {
     let new = match Config::load(&running.file) {
         Err(e) => {

@@ -7,6 +7,8 @@
 //! - [`pop3`]: the pure POP3 protocol core: commands, responses, multi-line relaying.
 //! - [`route`]: the routing map from recipients and users to back-end pools.
 //! - [`daemon`]: `robustifier run`, tying them together with an orderly stop.
+//! - [`privs`]: the switch to an unprivileged user after the privileged start.
+//! - [`supervise`]: background tasks restarted with a backoff when they die.
 //! - [`ha`]: VRRPv3 at run time: raw sockets, virtual addresses, tracking, handoff.
 //! - [`vrrp`]: VRRPv3 packets and state machine as pure functions, for virtual IP failover.
 #![forbid(unsafe_code)]
@@ -20,10 +22,12 @@ pub mod front;
 pub mod ha;
 pub mod health;
 pub mod pop3;
+pub mod privs;
 pub mod reload;
 pub mod route;
 pub mod sasl;
 pub mod smtp;
 pub mod stream;
+pub mod supervise;
 pub mod tls;
 pub mod vrrp;

@@ -137,7 +137,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             if iface.is_some() {
                 cfg.frontend.interface = iface;
             }
-            tokio::runtime::Runtime::new()?.block_on(robustifier::daemon::run(cfg))
+            robustifier::daemon::main(cfg)
         }
         Command::CheckConfig { file } => {
             let cfg = Config::load(&file)?;

@@ -81,6 +81,7 @@ impl Cluster {
             VIP_POP_V6.into(),
         ];
         let cert = tls::host_cert(&lab.log_dir, "frontend", "mx.robustifier.test", &vips)?;
+        readable_by_daemon(&cert.key)?;
         let dir = &lab.log_dir;
         std::fs::write(
             dir.join("smtp.map"),
@@ -334,4 +335,16 @@ share = 0.5
             .map(|u| u.password.clone())
             .unwrap_or_default()
     }
+}
+
+/// Gives the front-end daemon's group read access to `key`, as an operator would: the
+/// daemon re-reads its configuration (which checks the key) and the certificate as its
+/// unprivileged user after the start.
+fn readable_by_daemon(key: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(group) = nix::unistd::Group::from_name("robustifier")? {
+        nix::unistd::chown(key, None, Some(group.gid))?;
+        std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o640))?;
+    }
+    Ok(())
 }

@@ -46,9 +46,12 @@ impl Vr {
     }
 }
 
-/// The control socket of front-end `i` in this lab.
+/// The control socket of front-end `i` in this lab, in a directory of its own that the
+/// daemon creates and hands to its unprivileged user.
 pub fn control_socket(lab: &Lab, i: usize) -> PathBuf {
-    lab.log_dir.join(format!("{}.sock", lab.frontends[i].name))
+    lab.log_dir
+        .join(format!("{}.control", lab.frontends[i].name))
+        .join("control.sock")
 }
 
 /// A front-end config: SMTP on the SMTP VIP, POP3 on the POP VIP, the given routers on

@@ -35,7 +35,12 @@ use crate::{lab, setup, util::cargo};
 const ADVERT_CS: u16 = 50;
 
 fn vrrp(cluster: &Cluster, i: usize, smtp_prio: u8, pop_prio: u8) -> String {
-    let sock = cluster.lab.log_dir.join(format!("fe{i}.sock"));
+    // A directory of its own: the daemon hands it to its unprivileged user.
+    let sock = cluster
+        .lab
+        .log_dir
+        .join(format!("fe{i}.control"))
+        .join("control.sock");
     let mut s = format!("[ha]\ncontrol_socket = \"{}\"\n", sock.display());
     for (vrid, prio, vip) in [
         (51, smtp_prio, IpAddr::V4(VIP_SMTP)),

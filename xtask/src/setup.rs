@@ -69,6 +69,12 @@ pub fn run() -> anyhow::Result<()> {
     packages()?;
     private_mtas()?;
     bpffs()?;
+    // `robustifier run` switches to this user once its data path is attached.
+    system_user(
+        "robustifier",
+        "/nonexistent",
+        "the front-end daemon's unprivileged user",
+    )?;
     println!("setup: ready");
     Ok(())
 }

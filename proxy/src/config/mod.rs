@@ -42,6 +42,9 @@ pub struct Frontend {
     pub interface: Option<String>,
     pub xdp_mode: XdpMode,
     pub pin_dir: PathBuf,
+    /// The user `robustifier run` switches to after the privileged start; `None`: the
+    /// default user if it exists (see [`crate::privs`]).
+    pub user: Option<String>,
 }
 
 /// The server certificate and key, checked readable at load time.
@@ -239,11 +242,20 @@ impl Config {
         if !pin_dir.is_absolute() {
             return Err(("frontend.pin_dir".into(), "must be an absolute path".into()));
         }
+        if let Some(user) = &fe.user
+            && (user.is_empty() || user.contains([':', '/', '\n']) || user.trim() != user)
+        {
+            return Err((
+                "frontend.user".into(),
+                format!("{user:?} is not a valid user name"),
+            ));
+        }
         let frontend = Frontend {
             name: fe.name,
             interface: fe.interface,
             xdp_mode,
             pin_dir,
+            user: fe.user,
         };
         let base = file.parent().unwrap_or(Path::new("."));
         let tls = match raw.tls {

@@ -36,6 +36,8 @@ pub struct RawFrontend {
     pub xdp_mode: Option<String>,
     /// Directory under bpffs where the maps are pinned.
     pub pin_dir: Option<String>,
+    /// Unprivileged user the daemon switches to once the data path is attached.
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

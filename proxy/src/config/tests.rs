@@ -190,3 +190,15 @@ fn ipv6_client_prefix_reaches_the_services() {
     let (key, _) = error(&GOOD.replace("[flood]", "[flood]\nclient_prefix_v6 = 129"));
     assert_eq!(key, "flood.client_prefix_v6");
 }
+
+#[test]
+fn frontend_user_is_optional_and_checked() {
+    assert_eq!(parse(GOOD).expect("good config").frontend.user, None);
+    let named = GOOD.replace("name = \"fe-a\"", "name = \"fe-a\"\nuser = \"mailproxy\"");
+    assert_eq!(
+        parse(&named).expect("config with a user").frontend.user,
+        Some("mailproxy".to_owned())
+    );
+    let bad = GOOD.replace("name = \"fe-a\"", "name = \"fe-a\"\nuser = \"\"");
+    assert_eq!(error(&bad).0, "frontend.user");
+}

@@ -246,12 +246,20 @@ fn start_logger(ebpf: &mut Ebpf) -> Option<std::thread::JoinHandle<()>> {
         .name("ebpf-log".into())
         .spawn(move || {
             use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+            use std::{panic, time::Duration};
+            // A record that makes the decoder panic must not end kernel log forwarding for
+            // the life of the process: log it, back off (doubling, up to 30 s), go on.
+            let mut backoff = Duration::from_millis(500);
             loop {
                 let mut fds = [PollFd::new(logger.as_fd(), PollFlags::POLLIN)];
                 if poll(&mut fds, PollTimeout::from(1000u16)).is_err() {
-                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    std::thread::sleep(Duration::from_secs(1));
                 }
-                logger.flush();
+                if panic::catch_unwind(panic::AssertUnwindSafe(|| logger.flush())).is_err() {
+                    tracing::error!(restart_in = ?backoff, "kernel log forwarding panicked; restarting");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
             }
         })
         .ok()

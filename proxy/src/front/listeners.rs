@@ -20,9 +20,14 @@ pub struct SlotSockets {
 
 impl SlotSockets {
     pub fn new() -> std::io::Result<SlotSockets> {
+        SlotSockets::from_std(StdSlotSockets::bind()?)
+    }
+
+    /// Sockets bound before the runtime started, now driven by it.
+    pub fn from_std(s: StdSlotSockets) -> std::io::Result<SlotSockets> {
         Ok(SlotSockets {
-            v4: loopback_listener(Ipv4Addr::LOCALHOST.into())?,
-            v6: loopback_listener(Ipv6Addr::LOCALHOST.into())?,
+            v4: TcpListener::from_std(s.v4)?,
+            v6: TcpListener::from_std(s.v6)?,
         })
     }
 
@@ -32,7 +37,28 @@ impl SlotSockets {
     }
 }
 
-fn loopback_listener(addr: IpAddr) -> std::io::Result<TcpListener> {
+/// A slot's sockets bound and listening outside any runtime: the daemon binds and
+/// registers them during its privileged start, before its runtime's threads exist.
+pub struct StdSlotSockets {
+    pub v4: std::net::TcpListener,
+    pub v6: std::net::TcpListener,
+}
+
+impl StdSlotSockets {
+    pub fn bind() -> std::io::Result<StdSlotSockets> {
+        Ok(StdSlotSockets {
+            v4: loopback_listener(Ipv4Addr::LOCALHOST.into())?,
+            v6: loopback_listener(Ipv6Addr::LOCALHOST.into())?,
+        })
+    }
+
+    /// The sockets with the family index the steering program uses for them.
+    pub fn by_family(&self) -> [(u32, &std::net::TcpListener); 2] {
+        [(FAMILY_V4, &self.v4), (FAMILY_V6, &self.v6)]
+    }
+}
+
+fn loopback_listener(addr: IpAddr) -> std::io::Result<std::net::TcpListener> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -43,5 +69,5 @@ fn loopback_listener(addr: IpAddr) -> std::io::Result<TcpListener> {
     socket.bind(&SocketAddr::new(addr, 0).into())?;
     socket.listen(BACKLOG)?;
     socket.set_nonblocking(true)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }

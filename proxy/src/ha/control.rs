@@ -32,6 +32,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use super::router::{Command, RouterHandle, RouterStatus};
+use crate::supervise::{Registry, TaskStatus};
 
 const MAX_REQUEST: u64 = 256;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,6 +41,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct StatusReport {
     pub frontend: String,
     pub routers: Vec<RouterStatus>,
+    /// Every supervised background task is running (none waits for a restart).
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub tasks: Vec<TaskStatus>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +90,7 @@ pub async fn serve(
     listener: UnixListener,
     frontend: String,
     routers: Vec<RouterHandle>,
+    supervised: Registry,
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -99,9 +106,10 @@ pub async fn serve(
                 }
             },
         };
-        let (frontend, routers) = (frontend.clone(), routers.clone());
+        let (frontend, routers, supervised) =
+            (frontend.clone(), routers.clone(), supervised.clone());
         tasks.spawn(async move {
-            if let Err(e) = connection(stream, &frontend, &routers).await {
+            if let Err(e) = connection(stream, &frontend, &routers, &supervised).await {
                 warn!(error = %e, "control connection failed");
             }
         });
@@ -112,6 +120,7 @@ async fn connection(
     stream: UnixStream,
     frontend: &str,
     routers: &[RouterHandle],
+    supervised: &Registry,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST + 1));
@@ -122,14 +131,19 @@ async fn connection(
         Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST || !line.ends_with('\n') => {
             "error request too long or not ended by a newline".to_owned()
         }
-        Ok(Ok(_)) => dispatch(line.trim(), frontend, routers).await,
+        Ok(Ok(_)) => dispatch(line.trim(), frontend, routers, supervised).await,
     };
     write.write_all(reply.as_bytes()).await?;
     write.write_all(b"\n").await?;
     write.shutdown().await
 }
 
-async fn dispatch(request: &str, frontend: &str, routers: &[RouterHandle]) -> String {
+async fn dispatch(
+    request: &str,
+    frontend: &str,
+    routers: &[RouterHandle],
+    supervised: &Registry,
+) -> String {
     let mut words = request.split_ascii_whitespace();
     let verb = words.next().unwrap_or("");
     let arg = words.next();
@@ -141,6 +155,8 @@ async fn dispatch(request: &str, frontend: &str, routers: &[RouterHandle]) -> St
             let report = StatusReport {
                 frontend: frontend.to_owned(),
                 routers: routers.iter().map(RouterHandle::status).collect(),
+                ready: supervised.ready(),
+                tasks: supervised.snapshot(),
             };
             match serde_json::to_string(&report) {
                 Ok(json) => format!("ok {json}"),
@@ -261,5 +277,29 @@ pub fn render(report: &StatusReport) -> String {
             ));
         }
     }
+    let restarted: Vec<String> = report
+        .tasks
+        .iter()
+        .filter(|t| t.restarts > 0 || !t.running)
+        .map(|t| {
+            let state = if t.running { "running" } else { "restarting" };
+            let why = t.last_failure.as_deref().unwrap_or("-");
+            format!("{} ({state}, {} restarts, last: {why})", t.name, t.restarts)
+        })
+        .collect();
+    out.push_str(&format!(
+        "tasks: {} supervised, {}{}\n",
+        report.tasks.len(),
+        if report.ready {
+            "all running"
+        } else {
+            "NOT all running"
+        },
+        if restarted.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", restarted.join("; "))
+        }
+    ));
     out
 }

@@ -43,6 +43,8 @@ use router::{Command, RouterHandle, Task};
 pub struct Hooks {
     pub gate: Gate,
     pub health: Health,
+    /// The daemon's supervised background tasks, reported by `status`.
+    pub tasks: crate::supervise::Registry,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,29 +162,36 @@ pub async fn spawn(cfg: &Config, hooks: Hooks) -> Result<Ha, HaError> {
         // A connection per router: the kernel refuses a second dump on a netlink socket
         // while one is running (EBUSY), and routers list addresses concurrently.
         let own_net = link::Netlink::open()?;
+        // A router owns its socket and command channel, so it is not restarted; a panic
+        // shows in the status (`ready`, `tasks`) instead of passing unnoticed.
+        let name = format!("vrrp router {} {}", r.vrid, r.family());
         tasks.spawn(
-            Task {
-                cfg: r,
-                ifindex,
-                primary,
-                router,
-                socket,
-                net: own_net,
-                hooks: hooks.clone(),
-                drain_deadline: cfg.ha.drain_deadline,
-                status,
-                commands: rx,
-                garp: None,
-                last_error: None,
-                discard_logs: Default::default(),
-            }
-            .run(),
+            hooks.tasks.watch(
+                name,
+                Task {
+                    cfg: r,
+                    ifindex,
+                    primary,
+                    router,
+                    socket,
+                    net: own_net,
+                    hooks: hooks.clone(),
+                    drain_deadline: cfg.ha.drain_deadline,
+                    status,
+                    commands: rx,
+                    garp: None,
+                    last_error: None,
+                    discard_logs: Default::default(),
+                }
+                .run(),
+            ),
         );
     }
     tasks.spawn(control::serve(
         listener,
         cfg.frontend.name.clone(),
         routers.clone(),
+        hooks.tasks.clone(),
         stop_control.clone(),
         tasks.clone(),
     ));

@@ -14,12 +14,12 @@ pub mod writer;
 
 use std::{path::PathBuf, sync::Arc};
 
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use board::Board;
 
-use crate::front::env::Env;
+use crate::{front::env::Env, supervise::Supervisor};
 
 /// Starts the probe and agent loops for every back-end, and the load writer when the
 /// maps are pinned at `pin_dir`.
@@ -30,14 +30,23 @@ pub fn spawn(
     pin_dir: Option<PathBuf>,
     ha_health: crate::ha::Health,
     stop: &CancellationToken,
-    tasks: &TaskTracker,
+    tasks: &Supervisor,
 ) {
     for slot in board.slots() {
         spawn_checks(pools, board, &slot, stop, tasks);
     }
     if let Some(dir) = pin_dir {
-        let (b, stop2) = (Arc::clone(board), stop.clone());
-        tasks.spawn(async move { writer::run(&dir, b, envs, ha_health, stop2).await });
+        let (b, stop) = (Arc::clone(board), stop.clone());
+        tasks.spawn("load writer", move || {
+            let (dir, b, envs, ha_health, stop) = (
+                dir.clone(),
+                Arc::clone(&b),
+                envs.clone(),
+                ha_health.clone(),
+                stop.clone(),
+            );
+            async move { writer::run(&dir, b, envs, ha_health, stop).await }
+        });
     }
 }
 
@@ -48,7 +57,7 @@ pub fn spawn_checks(
     board: &Arc<Board>,
     slot: &Arc<board::Slot>,
     stop: &CancellationToken,
-    tasks: &TaskTracker,
+    tasks: &Supervisor,
 ) {
     let (b, stop2) = (Arc::clone(board), stop.clone());
     let probe_slot = Arc::clone(slot);
@@ -67,8 +76,9 @@ pub fn spawn_checks(
                 });
                 (connector, name)
             });
-    tasks.spawn(async move {
-        let slot = probe_slot;
+    tasks.spawn(format!("probe {}", slot.backend.name), move || {
+        let (b, stop2, slot, tls) = (Arc::clone(&b), stop2.clone(), Arc::clone(&probe_slot), tls.clone());
+        async move {
         let h = slot.health.clone();
         loop {
             tokio::select! {
@@ -86,10 +96,13 @@ pub fn spawn_checks(
             let why = r.as_ref().err().cloned().unwrap_or_default();
             b.record(slot.backend.id, r.is_ok(), r.ok().map(|p| p.latency), h.rise, h.fall, &why);
         }
+        }
     });
     if let Some(agent) = slot.backend.agent {
         let (b, stop2, slot) = (Arc::clone(board), stop.clone(), Arc::clone(slot));
-        tasks.spawn(async move {
+        tasks.spawn(format!("agent poll {}", slot.backend.name), move || {
+            let (b, stop2, slot) = (Arc::clone(&b), stop2.clone(), Arc::clone(&slot));
+            async move {
             let mut reachable = true;
             loop {
                 tokio::select! {
@@ -112,6 +125,7 @@ pub fn spawn_checks(
                         b.set_agent(slot.backend.id, None);
                     }
                 }
+            }
             }
         });
     }
