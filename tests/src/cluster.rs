@@ -206,10 +206,12 @@ agent_interval_ms = 500
 
 [[pool]]
 name = "sub-be1"
+identity = "none"
 backend = [{{ name = "be1-submission", address = "{b1}:{PORT_SUBMISSION}" }}]
 
 [[pool]]
 name = "sub-be2"
+identity = "none"
 backend = [{{ name = "be2-submission", address = "{b2}:{PORT_SUBMISSION}" }}]
 
 [[pool]]

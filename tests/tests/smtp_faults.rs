@@ -53,6 +53,7 @@ pool = "mx"
 
 [[pool]]
 name = "mx"
+identity = "none"
 shared_store = false
 connect_timeout_ms = 1500
 backend = [{list}]

@@ -40,6 +40,7 @@ vips = ["{VIP_POP}"]
 
 [[pool]]
 name = "store"
+identity = "none"
 backend = [{{ name = "be1", address = "198.18.1.11:25" }}]
 "#,
         pin = lab.pin_dir(0).display()

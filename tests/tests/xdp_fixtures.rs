@@ -39,6 +39,7 @@ port = 110
 
 [[pool]]
 name = "store"
+identity = "none"
 backend = [{ name = "be1", address = "198.18.1.11:25" }]
 
 [[group]]

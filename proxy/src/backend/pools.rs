@@ -241,7 +241,7 @@ mod tests {
         let cfg = Config::parse(
             std::path::Path::new("t.toml"),
             &format!(
-                "[frontend]\nname='f'\n[[pool]]\nname='p'\nbackend=[{{name='a',address='198.18.1.11:25'}},{{name='b',address='198.18.1.12:25'}},{{name='c',address='198.18.1.13:25'}}]\n{extra}\n"
+                "[frontend]\nname='f'\n[[pool]]\nname='p'\nidentity='none'\nbackend=[{{name='a',address='198.18.1.11:25'}},{{name='b',address='198.18.1.12:25'}},{{name='c',address='198.18.1.13:25'}}]\n{extra}\n"
             ),
         )
         .unwrap();
@@ -294,7 +294,7 @@ mod tests {
         let s = set("shared_store = false");
         let cfg = Config::parse(
             std::path::Path::new("t.toml"),
-            "[frontend]\nname='f'\n[[pool]]\nname='p'\nshared_store = false\nbackend=[{name='a',address='198.18.1.11:25'},{name='c',address='198.18.1.13:25'},{name='d',address='198.18.1.14:25'}]\n",
+            "[frontend]\nname='f'\n[[pool]]\nname='p'\nidentity='none'\nshared_store = false\nbackend=[{name='a',address='198.18.1.11:25'},{name='c',address='198.18.1.13:25'},{name='d',address='198.18.1.14:25'}]\n",
         )
         .unwrap();
         let r = s.board.reconcile(&cfg);

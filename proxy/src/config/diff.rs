@@ -125,7 +125,7 @@ mod tests {
         Config::parse(std::path::Path::new("t.toml"), text).unwrap()
     }
 
-    const BASE: &str = "[frontend]\nname='f'\n[[service]]\nname='smtp'\nprotocol='smtp'\nport=25\npool='p'\n[[pool]]\nname='p'\nbackend=[{name='a',address='198.18.1.11:25'}]\n";
+    const BASE: &str = "[frontend]\nname='f'\n[[service]]\nname='smtp'\nprotocol='smtp'\nport=25\npool='p'\n[[pool]]\nname='p'\nidentity='none'\nbackend=[{name='a',address='198.18.1.11:25'}]\n";
 
     #[test]
     fn backends_of_running_pools_need_no_restart() {
@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn pools_services_and_settings_are_named() {
         let new = format!(
-            "{}[[pool]]\nname='q'\nbackend=[{{name='q1',address='198.18.2.11:25'}}]\n",
+            "{}[[pool]]\nname='q'\nidentity='none'\nbackend=[{{name='q1',address='198.18.2.11:25'}}]\n",
             BASE.replace("port=25", "port=2525")
                 .replace("'198.18.1.11:25'}", "'198.18.1.11:25',weight=5}")
         );

@@ -503,17 +503,27 @@ fn service(
     })
 }
 
-fn identity(
-    key: String,
-    value: Option<&str>,
-    default: Identity,
-) -> Result<Identity, (String, String)> {
+/// A back-end's identity when it names none: its pool's. There is no implicit default:
+/// with none, a back-end sees the front-end's address for every client, and one that
+/// trusts the front-end's network would trust every client; the operator says so
+/// explicitly with `identity = "none"`.
+fn pool_identity(i: usize, pool: Option<Identity>) -> Result<Identity, (String, String)> {
+    pool.ok_or_else(|| {
+        (
+            format!("pool[{i}].identity"),
+            "say how the client's address reaches the back-ends: \"xclient\", \"proxy\" \
+             (PROXY protocol v2) or \"none\" (they see the front-end's address)"
+                .into(),
+        )
+    })
+}
+
+fn identity_value(key: String, value: &str) -> Result<Identity, (String, String)> {
     match value {
-        None => Ok(default),
-        Some("none") => Ok(Identity::None),
-        Some("xclient") => Ok(Identity::Xclient),
-        Some("proxy") => Ok(Identity::ProxyV2),
-        Some(other) => Err((
+        "none" => Ok(Identity::None),
+        "xclient" => Ok(Identity::Xclient),
+        "proxy" => Ok(Identity::ProxyV2),
+        other => Err((
             key,
             format!("{other:?} is not one of \"none\", \"xclient\", \"proxy\""),
         )),
@@ -543,11 +553,11 @@ fn pool(
     if p.name.trim().is_empty() {
         return Err((format!("pool[{i}].name"), "must not be empty".into()));
     }
-    let pool_identity = identity(
-        format!("pool[{i}].identity"),
-        p.identity.as_deref(),
-        Identity::None,
-    )?;
+    let identity_of_pool = p
+        .identity
+        .as_deref()
+        .map(|v| identity_value(format!("pool[{i}].identity"), v))
+        .transpose()?;
     let tls = match p.tls.as_deref().unwrap_or("none") {
         "none" => BackendTls::None,
         "starttls" => {
@@ -601,7 +611,10 @@ fn pool(
         if weight > MAX_WEIGHT {
             return Err((key("weight"), format!("must be 0 to {MAX_WEIGHT}")));
         }
-        let identity = identity(key("identity"), backend_identity.as_deref(), pool_identity)?;
+        let identity = match backend_identity.as_deref() {
+            Some(v) => identity_value(key("identity"), v)?,
+            None => pool_identity(i, identity_of_pool)?,
+        };
         let agent = balance::agent(&key("agent"), agent.as_deref())?;
         backends.push(Backend {
             id: *next_backend,

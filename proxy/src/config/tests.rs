@@ -25,6 +25,7 @@ port = 110
 
 [[pool]]
 name = "store"
+identity = "none"
 backend = [
   { name = "x", address = "198.19.0.11:25" },
   { name = "y", address = "[2001:db8:1::12]:25", weight = 50 },
@@ -201,4 +202,24 @@ fn frontend_user_is_optional_and_checked() {
     );
     let bad = GOOD.replace("name = \"fe-a\"", "name = \"fe-a\"\nuser = \"\"");
     assert_eq!(error(&bad).0, "frontend.user");
+}
+
+#[test]
+fn a_pool_must_say_how_the_client_address_reaches_its_backends() {
+    let no_identity = GOOD.replace(
+        "name = \"store\"\nidentity = \"none\"\n",
+        "name = \"store\"\n",
+    );
+    assert_ne!(no_identity, GOOD);
+    let (key, reason) = error(&no_identity);
+    assert_eq!(key, "pool[0].identity");
+    assert!(reason.contains("\"xclient\""), "{reason}");
+    // Every back-end naming its own is enough.
+    let each = no_identity
+        .replace(
+            "198.19.0.11:25\" }",
+            "198.19.0.11:25\", identity = \"xclient\" }",
+        )
+        .replace("weight = 50 }", "weight = 50, identity = \"proxy\" }");
+    assert!(parse(&each).is_ok());
 }

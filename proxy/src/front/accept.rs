@@ -127,6 +127,13 @@ fn accept_error(e: &std::io::Error) -> AcceptError {
 
 /// One connection, from the limits to the end of its session.
 ///
+/// Steered connections carry the client network's addresses. One from this host's
+/// loopback (a local user on the listener's own port, or on 127.0.0.1 of a service without
+/// VIPs) would be passed to back-ends as a trusted local address, so it gets no session.
+fn from_client_network(peer: SocketAddr, local: SocketAddr) -> bool {
+    !(peer.ip().to_canonical().is_loopback() || local.ip().to_canonical().is_loopback())
+}
+
 /// Not an `async fn`, which would keep its arguments twice in the future (as arguments and
 /// as the locals they are moved into) for as long as the session lasts.
 #[expect(
@@ -147,6 +154,10 @@ fn serve(
             .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
             .unwrap_or(peer);
         let _ = stream.set_nodelay(true);
+        if !from_client_network(peer, local) {
+            info!(service = %svc.name, %peer, %local, "connection from this host's loopback refused");
+            return shed::refuse_local(stream, svc.protocol, &svc.hostname).await;
+        }
         if role == Role::Shed {
             return shed::answer(stream, svc.protocol, &svc.hostname).await;
         }
@@ -237,5 +248,38 @@ fn serve(
             _ = ctx.abort.cancelled() => {}
             _ = admitted.ended() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_steered_client_connections_get_a_session() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(from_client_network(
+            a("198.18.0.100:40000"),
+            a("198.18.0.25:25")
+        ));
+        assert!(from_client_network(
+            a("[2001:db8::5]:40000"),
+            a("[2001:db8::25]:25")
+        ));
+        // A local user on the listener's own port, or on 127.0.0.1 of a service without
+        // VIPs: its address would reach back-ends as a trusted local one.
+        assert!(!from_client_network(
+            a("127.0.0.1:40000"),
+            a("127.0.0.1:35000")
+        ));
+        assert!(!from_client_network(
+            a("198.18.0.100:40000"),
+            a("127.0.0.1:25")
+        ));
+        assert!(!from_client_network(a("[::1]:40000"), a("[::1]:35000")));
+        assert!(!from_client_network(
+            a("[::ffff:127.0.0.1]:4"),
+            a("[::ffff:127.0.0.1]:25")
+        ));
     }
 }

@@ -19,9 +19,35 @@ pub fn reply(protocol: Protocol, hostname: &str) -> String {
     }
 }
 
-pub async fn answer(mut stream: TcpStream, protocol: Protocol, hostname: &str) {
-    let _ = stream.write_all(reply(protocol, hostname).as_bytes()).await;
-    let _ = stream.shutdown().await;
+pub async fn answer(stream: TcpStream, protocol: Protocol, hostname: &str) {
+    say(stream, &reply(protocol, hostname)).await;
+}
+
+/// The permanent refusal for a connection that did not come from a client network (this
+/// host's own loopback): RFC 5321 3.1's `554` greeting, RFC 3206's `[SYS/PERM]`.
+pub fn local_reply(protocol: Protocol, hostname: &str) -> String {
+    match protocol {
+        Protocol::Smtp => {
+            format!("554 5.7.1 {hostname} Connections from this host are not served\r\n")
+        }
+        Protocol::Pop3 => "-ERR [SYS/PERM] Connections from this host are not served\r\n".into(),
+    }
+}
+
+/// A connection whose client address would reach back-ends as this host's own: the
+/// back-ends may trust loopback (Postfix's `mynetworks` does by default), so it gets no
+/// session and no identity.
+pub async fn refuse_local(stream: TcpStream, protocol: Protocol, hostname: &str) {
+    say(stream, &local_reply(protocol, hostname)).await;
+}
+
+async fn say(mut stream: TcpStream, line: &str) {
+    // Bounded: a client that does not read must not hold the task.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let _ = stream.write_all(line.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 #[cfg(test)]

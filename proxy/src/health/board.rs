@@ -418,7 +418,7 @@ mod tests {
     fn board() -> Arc<Board> {
         let cfg = Config::parse(
             std::path::Path::new("t.toml"),
-            "[frontend]\nname='f'\n[[pool]]\nname='p'\nbackend=[{name='a',address='198.18.1.11:25'}]\n",
+            "[frontend]\nname='f'\n[[pool]]\nname='p'\nidentity='none'\nbackend=[{name='a',address='198.18.1.11:25'}]\n",
         )
         .unwrap();
         Board::new(&cfg)
@@ -452,7 +452,7 @@ mod tests {
     fn a_storm_of_refusals_is_a_failed_check() {
         let cfg = Config::parse(
             std::path::Path::new("t.toml"),
-            "[frontend]\nname='f'\n[[pool]]\nname='p'\nhealth={fall=1}\nbackend=[{name='a',address='198.18.1.11:25'}]\n",
+            "[frontend]\nname='f'\n[[pool]]\nname='p'\nidentity='none'\nhealth={fall=1}\nbackend=[{name='a',address='198.18.1.11:25'}]\n",
         )
         .unwrap();
         let b = Board::new(&cfg);
@@ -475,7 +475,9 @@ mod tests {
     fn cfg(backends: &str) -> Config {
         Config::parse(
             std::path::Path::new("t.toml"),
-            &format!("[frontend]\nname='f'\n[[pool]]\nname='p'\nbackend=[{backends}]\n"),
+            &format!(
+                "[frontend]\nname='f'\n[[pool]]\nname='p'\nidentity='none'\nbackend=[{backends}]\n"
+            ),
         )
         .unwrap()
     }
@@ -572,7 +574,7 @@ mod tests {
         let b = board();
         let two = Config::parse(
             std::path::Path::new("t.toml"),
-            "[frontend]\nname='f'\n[[pool]]\nname='p'\nbackend=[{name='a',address='198.18.1.11:25'}]\n[[pool]]\nname='q'\nbackend=[{name='q1',address='198.18.2.11:25'}]\n",
+            "[frontend]\nname='f'\n[[pool]]\nname='p'\nidentity='none'\nbackend=[{name='a',address='198.18.1.11:25'}]\n[[pool]]\nname='q'\nidentity='none'\nbackend=[{name='q1',address='198.18.2.11:25'}]\n",
         )
         .unwrap();
         let r = b.reconcile(&two);

@@ -152,7 +152,7 @@ mod tests {
         Config::parse(
             std::path::Path::new("t.toml"),
             &format!(
-                "[frontend]\nname='f'\n[[service]]\nname='smtp'\nprotocol='smtp'\nport=25\npool='p'\n[[pool]]\nname='p'\nbackend=[{backends}]\n"
+                "[frontend]\nname='f'\n[[service]]\nname='smtp'\nprotocol='smtp'\nport=25\npool='p'\n[[pool]]\nname='p'\nidentity='none'\nbackend=[{backends}]\n"
             ),
         )
         .unwrap()

@@ -79,7 +79,7 @@ fn env_with(dir: &std::path::Path, store: SocketAddr, extra: &str) -> Env {
     std::fs::write(&routes, "alice store\nmallory reject\n").unwrap();
     let text = format!(
         "[frontend]\nname = \"fe\"\n[[service]]\nname = \"pop3\"\nprotocol = \"pop3\"\nport = 110\nroutes = \"routes\"\n{extra}\n\
-         [[pool]]\nname = \"store\"\nbackend = [{{ name = \"s\", address = \"{store}\" }}]\n"
+         [[pool]]\nname = \"store\"\nidentity = \"none\"\nbackend = [{{ name = \"s\", address = \"{store}\" }}]\n"
     );
     let cfg = Config::parse(&dir.join("t.toml"), &text).unwrap();
     let pools = Arc::new(PoolSet::standalone(&cfg).unwrap());
@@ -431,7 +431,7 @@ async fn a_backend_that_breaks_after_login_counts_as_a_failed_check() {
     // One failed check takes the back-end down.
     let text = format!(
         "[frontend]\nname = \"fe\"\n[[service]]\nname = \"pop3\"\nprotocol = \"pop3\"\nport = 110\nroutes = \"routes\"\nplaintext_auth = true\n\
-         [[pool]]\nname = \"store\"\nhealth = {{ fall = 1 }}\nbackend = [{{ name = \"s\", address = \"{addr}\" }}]\n"
+         [[pool]]\nname = \"store\"\nidentity = \"none\"\nhealth = {{ fall = 1 }}\nbackend = [{{ name = \"s\", address = \"{addr}\" }}]\n"
     );
     let cfg = Config::parse(&d.join("t.toml"), &text).unwrap();
     let pools = Arc::new(PoolSet::standalone(&cfg).unwrap());

@@ -175,6 +175,11 @@ fn env(dir: &Path, a: &[SocketAddr], b: &[SocketAddr], extra: &str) -> Env {
 
 /// [`env`] with `pool_extra` keys in both pool sections.
 fn env_pools(dir: &Path, a: &[SocketAddr], b: &[SocketAddr], extra: &str, pool_extra: &str) -> Env {
+    let pool_extra = if pool_extra.contains("identity") {
+        pool_extra.to_owned()
+    } else {
+        format!("identity = \"none\"\n{pool_extra}")
+    };
     let routes = dir.join("routes");
     std::fs::write(
         &routes,
