@@ -44,8 +44,16 @@ enum Command {
     /// Run on a back-end host: report run queue, mail queue, disk use and operator
     /// requests to the front-ends.
     Agent {
-        #[arg(long, default_value = "0.0.0.0:7025")]
+        /// Address to listen on; only this one is bound (e.g. the back-end's internal
+        /// address, port 7025).
+        #[arg(long)]
         listen: std::net::SocketAddr,
+        /// File with the key shared with the front-ends (their `agent_key_file`).
+        #[arg(long, required_unless_present = "insecure_no_key")]
+        key_file: Option<PathBuf>,
+        /// Serve reports to anyone who connects, without a key.
+        #[arg(long, conflicts_with = "key_file")]
+        insecure_no_key: bool,
         #[arg(long, value_enum, default_value = "postfix")]
         mta: robustifier::agent::Mta,
         /// Postfix config directory or Exim config file of the MTA to ask.
@@ -166,12 +174,19 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             mta_config,
             spool,
             state_file,
+            key_file,
+            insecure_no_key: _,
         } => {
+            // clap guarantees a key file unless --insecure-no-key was given.
+            let key = key_file
+                .map(|f| robustifier::health::agent_client::AgentKey::from_file(&f))
+                .transpose()?;
             let o = robustifier::agent::Options {
                 mta,
                 mta_config,
                 spool,
                 state_file,
+                key,
             };
             tokio::runtime::Runtime::new()?.block_on(robustifier::agent::serve(listen, o))?;
             Ok(())

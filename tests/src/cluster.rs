@@ -180,6 +180,7 @@ tls = "starttls"
 ca = "{ca}"
 server_name = "be1.robustifier.test"
 backend = [{{ name = "be1", address = "{b1}:{PORT_SMTP}", agent = "{b1}:{AGENT_PORT}" }}]
+agent_key_file = "{agent_key}"
 [pool.health]
 interval_ms = 1000
 agent_interval_ms = 500
@@ -188,6 +189,7 @@ agent_interval_ms = 500
 name = "be2"
 identity = "xclient"
 backend = [{{ name = "be2", address = "{b2}:{PORT_SMTP}", agent = "{b2}:{AGENT_PORT}" }}]
+agent_key_file = "{agent_key}"
 [pool.health]
 interval_ms = 1000
 agent_interval_ms = 500
@@ -199,6 +201,7 @@ sessions = 4
 name = "be3"
 identity = "proxy"
 backend = [{{ name = "be3", address = "{b3}:{PORT_SMTP_PROXY}", agent = "{b3}:{AGENT_PORT}" }}]
+agent_key_file = "{agent_key}"
 [pool.health]
 interval_ms = 1000
 agent_interval_ms = 500
@@ -248,6 +251,7 @@ share = 0.5
             b2 = be(1),
             b3 = be(2),
             extra = self.extra[i],
+            agent_key = crate::agent_key_file(&self.lab.log_dir).display(),
         )
     }
 
@@ -272,6 +276,10 @@ share = 0.5
                 "agent".into(),
                 "--listen".into(),
                 listen.clone(),
+                "--key-file".into(),
+                crate::agent_key_file(&self.lab.log_dir)
+                    .display()
+                    .to_string(),
                 "--state-file".into(),
                 state.display().to_string(),
                 "--spool".into(),
@@ -292,7 +300,7 @@ share = 0.5
                     .join("spool")
                     .join("queue");
                 args.extend(["--mta".into(), "spool".into()]);
-                args[7] = queue.display().to_string();
+                args[9] = queue.display().to_string();
             }
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
             let ns = self.lab.backends[i].ns.clone();
