@@ -19,6 +19,7 @@ pub mod datapath;
 pub mod front;
 pub mod ha;
 pub mod health;
+pub mod logging;
 pub mod pop3;
 pub mod reload;
 pub mod route;

@@ -19,6 +19,10 @@ use robustifier_common::PIN_DIR;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: `text` for people (colours only on a terminal), `json` for log
+    /// collectors (one object per line, with the session's span and its id).
+    #[arg(long, value_enum, global = true, default_value = "text")]
+    log_format: robustifier::logging::Format,
 }
 
 #[derive(Subcommand)]
@@ -122,13 +126,7 @@ impl PinArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    robustifier::logging::init(cli.log_format);
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
