@@ -26,7 +26,10 @@ where
 {
     let b = tracing_subscriber::fmt()
         .with_writer(writer)
-        .with_env_filter(filter());
+        .with_env_filter(filter())
+        // A failed write would otherwise be reported with `eprintln!`, which panics when
+        // stderr is a closed pipe: a daemon must outlive the reader of its logs.
+        .log_internal_errors(false);
     match format {
         Format::Text => Box::new(b.with_ansi(ansi).finish()),
         Format::Json => Box::new(
