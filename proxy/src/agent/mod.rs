@@ -501,4 +501,55 @@ mod tests {
         );
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    /// The front-end's agent loop (`health::spawn_checks`) against an agent: the figures
+    /// reach the board's load record with the right key; with a wrong one the agent counts
+    /// as unreachable and the record has none of its figures.
+    async fn figures_on_the_board(agent_secret: &str, frontend_secret: &str) -> u32 {
+        let (o, dir) = spool_options(
+            &format!("board-{}", agent_secret.len() + frontend_secret.len()),
+            Some(key(agent_secret)),
+        );
+        let (address, calls) = agent(o, false).await;
+        // Beside the spool, whose files the agent counts.
+        let key_file = dir.with_extension("key");
+        std::fs::write(&key_file, frontend_secret).unwrap();
+        let cfg = crate::config::Config::parse(
+            Path::new("t.toml"),
+            &format!(
+                "[frontend]\nname='f'\n[[pool]]\nname='p'\nagent_key_file={:?}\n\
+                 backend=[{{name='a',address='127.0.0.1:9',agent='{address}'}}]\n\
+                 [pool.health]\ninterval_ms=600000\nagent_interval_ms=100\n",
+                key_file.display().to_string()
+            ),
+        )
+        .unwrap();
+        let board = crate::health::board::Board::new(&cfg);
+        let pools = crate::backend::PoolSet::new(&cfg, Arc::clone(&board), board.clone()).unwrap();
+        let (stop, tasks) = (
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::task::TaskTracker::new(),
+        );
+        let slot = board.slot(0).unwrap();
+        crate::health::spawn_checks(&pools, &board, &slot, &stop, &tasks);
+        // Polls run one after the other: once the agent accepts a third connection, the
+        // front-end has taken in the outcome of the first two.
+        while calls.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mail_queue = board.record_for(0, 0).unwrap().mail_queue;
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_file(key_file).unwrap();
+        mail_queue
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_counts_as_agent_unreachable_on_the_front_end() {
+        let right = "the shared agent key";
+        assert_eq!(figures_on_the_board(right, right).await, 2);
+        assert_eq!(figures_on_the_board(right, "a wrong agent key!").await, 0);
+    }
 }
