@@ -271,6 +271,20 @@ share = 0.5
             let listen = format!("{}:{AGENT_PORT}", internal_v4(11 + i as u8));
             let state = self.agent_state(i);
             std::fs::write(&state, "")?;
+            // Postfix is asked for its queue; OpenSMTPD's queue is counted as files.
+            let (spool, mta) = if host.make == Make::Postfix {
+                (
+                    host.layout.dir.clone(),
+                    vec![
+                        "postfix".to_owned(),
+                        "--mta-config".into(),
+                        postfix::config_dir(&host.layout).display().to_string(),
+                    ],
+                )
+            } else {
+                let queue = host.layout.dir.join("opensmtpd/spool/queue");
+                (queue, vec!["spool".to_owned()])
+            };
             let mut args: Vec<String> = vec![
                 bin.display().to_string(),
                 "agent".into(),
@@ -283,25 +297,10 @@ share = 0.5
                 "--state-file".into(),
                 state.display().to_string(),
                 "--spool".into(),
-                host.layout.dir.display().to_string(),
+                spool.display().to_string(),
+                "--mta".into(),
             ];
-            if host.make == Make::Postfix {
-                args.extend([
-                    "--mta".into(),
-                    "postfix".into(),
-                    "--mta-config".into(),
-                    postfix::config_dir(&host.layout).display().to_string(),
-                ]);
-            } else {
-                let queue = host
-                    .layout
-                    .dir
-                    .join("opensmtpd")
-                    .join("spool")
-                    .join("queue");
-                args.extend(["--mta".into(), "spool".into()]);
-                args[9] = queue.display().to_string();
-            }
+            args.extend(mta);
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
             let ns = self.lab.backends[i].ns.clone();
             self.lab.spawn(&ns, &format!("agent-be{}", i + 1), &argv)?;
