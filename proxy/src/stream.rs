@@ -3,10 +3,12 @@
 //! [`Buffered`] reads it line by line without holding a buffer while the peer is quiet.
 
 use std::{
+    future::Future as _,
     io,
     mem::MaybeUninit,
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
@@ -191,19 +193,113 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    relay_inner(a, b, None).await
+}
+
+/// [`relay`] that ends with a `TimedOut` error once no octet has moved either way for
+/// `idle`: a peer that neither sends nor reads (its receive window full) then holds the
+/// relay no longer than that.
+pub async fn relay_idle<A, B>(a: &mut A, b: &mut B, idle: Duration) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    relay_inner(a, b, Some(idle)).await
+}
+
+async fn relay_inner<A, B>(a: &mut A, b: &mut B, idle: Option<Duration>) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let mut a = Buffered::new(a);
     let mut b = Buffered::new(b);
     let mut a_to_b = OneWay::default();
     let mut b_to_a = OneWay::default();
+    // Boxed: only a relay with a deadline holds a timer.
+    let mut deadline = idle.map(|d| Box::pin(tokio::time::sleep(d)));
+    let mut moved = (0, 0);
     std::future::poll_fn(|cx| {
         let ab = a_to_b.poll(cx, &mut a, b.get_mut())?;
         let ba = b_to_a.poll(cx, &mut b, a.get_mut())?;
-        match (ab, ba) {
-            (Poll::Ready(ab), Poll::Ready(ba)) => Poll::Ready(Ok((ab, ba))),
-            _ => Poll::Pending,
+        if let (Poll::Ready(ab), Poll::Ready(ba)) = (ab, ba) {
+            return Poll::Ready(Ok((ab, ba)));
         }
+        if let (Some(sleep), Some(idle)) = (deadline.as_mut(), idle) {
+            let now = (a_to_b.copied, b_to_a.copied);
+            if now != moved {
+                moved = now;
+                sleep.as_mut().reset(tokio::time::Instant::now() + idle);
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "relay idle: no data either way",
+                )));
+            }
+        }
+        Poll::Pending
     })
     .await
+}
+
+/// A stream that remembers the first I/O error on it, so that after a [`relay`] (which
+/// reports one error for both sides) the caller can tell whether this side broke.
+pub struct Watched<S> {
+    inner: S,
+    error: Option<io::Error>,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S) -> Self {
+        Watched { inner, error: None }
+    }
+
+    /// The first error seen on this side, if any.
+    pub fn take_error(&mut self) -> Option<io::Error> {
+        self.error.take()
+    }
+
+    fn note<T>(&mut self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(e)) = &r
+            && self.error.is_none()
+        {
+            self.error = Some(io::Error::new(e.kind(), e.to_string()));
+        }
+        r
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.note(r)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, b);
+        this.note(r)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.note(r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.note(r)
+    }
 }
 
 /// One direction of [`relay`].
@@ -366,6 +462,38 @@ mod tests {
             relay.await.unwrap().unwrap(),
             (up.len() as u64, down.len() as u64)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn relay_idle_ends_a_relay_where_nothing_moves() {
+        let (mut client, mut proxy_client) = tokio::io::duplex(64);
+        let (mut proxy_backend, mut backend) = tokio::io::duplex(64);
+        let idle = Duration::from_secs(600);
+        let relay =
+            tokio::spawn(
+                async move { relay_idle(&mut proxy_client, &mut proxy_backend, idle).await },
+            );
+        // Traffic keeps it going past the idle time in all.
+        for _ in 0..3 {
+            tokio::time::sleep(idle / 2).await;
+            client.write_all(b"NOOP\r\n").await.unwrap();
+            let mut line = [0u8; 6];
+            backend.read_exact(&mut line).await.unwrap();
+        }
+        assert!(!relay.is_finished());
+        // The back-end sends more than the client reads: the write blocks, nothing moves.
+        let big = vec![b'x'; 4096];
+        tokio::spawn(async move {
+            let _ = backend.write_all(&big).await;
+            std::future::pending::<()>().await
+        });
+        let err = tokio::time::timeout(idle * 2, relay)
+            .await
+            .expect("an idle relay ends")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        drop(client);
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! Interoperability with keepalived 2.2.7 (issue 5): keepalived as master with a
 //! Robustifier backup and the reverse, failing over in each direction and back by
 //! preemption; tshark decodes every advert of ours as valid VRRPv3 with a correct checksum,
-//! and our decoder accepts every advert keepalived sent. Privileged; needs keepalived and
+//! and our decoder accepts every advert keepalived sent. An advert for another address list
+//! is not followed. Privileged; needs keepalived and
 //! tshark (`cargo xtask setup` installs them).
 
 use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
@@ -235,6 +236,49 @@ fn keepalived_master_robustifier_backup_fail_over_and_back() {
         .log_text();
     assert!(
         fe_log.contains("to=Master") && fe_log.contains("PeerPreferred"),
+        "{fe_log}"
+    );
+}
+
+/// keepalived, at a higher priority, advertises VRID 51 for another address than ours:
+/// Robustifier discards those adverts (as keepalived's `vrrp_strict` would) and takes its
+/// own address rather than deferring to a master that does not carry it.
+#[test]
+fn advert_for_other_addresses_is_not_followed() {
+    let Some(mut lab) = lab("hkx") else { return };
+    let ka = keepalived_config(
+        "fea",
+        &[KeepalivedInstance {
+            vrid: 51,
+            priority: 150,
+            vip: VIP_POP.into(),
+            interval_cs: 20,
+        }],
+    );
+    start_keepalived(&mut lab, FEA, &ka).unwrap();
+    let a = lab.frontend(FEA).ns.clone();
+    eventually("keepalived on fea owns its VIP", GENEROUS, || {
+        owns(&a, "pub0", VIP_POP.into())
+    })
+    .unwrap();
+
+    let cfg_b = frontend_config(&lab, FEB, &[Vr::new(51, 100, VIP_SMTP, 20)], "");
+    lab.start_frontend(FEB, &cfg_b).unwrap();
+    let b = lab.frontend(FEB).ns.clone();
+    eventually(
+        "robustifier takes its VIP despite keepalived's adverts",
+        GENEROUS,
+        || owns(&b, "pub0", VIP_SMTP.into()),
+    )
+    .unwrap();
+    let fe_log = lab
+        .daemons()
+        .iter()
+        .find(|d| d.name.contains("robustifier"))
+        .unwrap()
+        .log_text();
+    assert!(
+        fe_log.contains("discarded a VRRP advert: advert lists other virtual addresses"),
         "{fe_log}"
     );
 }

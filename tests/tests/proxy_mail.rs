@@ -272,7 +272,7 @@ fn one_session_with_three_routes_is_split_by_452_and_delivered_everywhere() {
 }
 
 #[test]
-fn pop3_users_reach_their_mailboxes_over_plain_stls_and_pop3s() {
+fn pop3_users_reach_their_mailboxes_over_stls_and_pop3s_and_never_in_clear() {
     let Some(c) = cluster("pop") else { return };
     let ca = c.ca();
     for (to, tag) in [
@@ -285,7 +285,7 @@ fn pop3_users_reach_their_mailboxes_over_plain_stls_and_pop3s() {
     }
     let pop = |port: u16| SocketAddr::new(IpAddr::V4(VIP_POP), port);
     for (user, port, mode) in [
-        ("alice@example.test", 110, "plain"),
+        ("alice@example.test", 110, "stls"),
         ("carol@example.net", 110, "stls"),
         ("erin@example.org", 995, "pop3s"),
     ] {
@@ -322,17 +322,35 @@ fn pop3_users_reach_their_mailboxes_over_plain_stls_and_pop3s() {
             "Dovecot saw the real client through PROXY v2: {log}"
         );
     }
-    // A wrong password: the back-end's answer, unchanged.
+    // Without STLS the password never leaves the client's host: the proxy refuses the
+    // login in clear (Dovecot's disable_plaintext_auth), the right password included.
     let got = clients::poplib(
         &c.lab.client.ns,
         pop(110),
         "plain",
+        "alice@example.test",
+        &c.password("alice@example.test"),
+        &ca,
+    );
+    assert!(
+        got["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("-ERR [AUTH] Plaintext authentication disallowed"),
+        "{got}"
+    );
+    // A wrong password: the back-end's answer, unchanged.
+    let got = clients::poplib(
+        &c.lab.client.ns,
+        pop(110),
+        "stls",
         "carol@example.net",
         "wrong",
         &ca,
     );
     assert!(
-        got["error"].as_str().unwrap().starts_with("-ERR [AUTH]"),
+        got["error"].as_str().unwrap().starts_with("-ERR [AUTH]")
+            && !got["error"].as_str().unwrap().contains("Plaintext"),
         "{got}"
     );
 

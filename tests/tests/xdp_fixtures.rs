@@ -279,6 +279,33 @@ fn syn_burst_beyond_the_budget_is_dropped() {
     assert_eq!(s.services[0].dropped_syn_budget, 2);
 }
 
+#[test]
+fn ipv6_sources_share_the_syn_budget_of_their_prefix() {
+    let Some(f) = Fixture::new() else { return };
+    let vip = v6("2001:db8::25");
+    // The default prefix is /64: these two are one host to the budget.
+    let (a, same64, other64) = (
+        v6("2001:db8:50:1::1"),
+        v6("2001:db8:50:1:ffff::2"),
+        v6("2001:db8:50:2::1"),
+    );
+    let verdicts: Vec<u32> = [a, a, a, same64, same64]
+        .iter()
+        .map(|src| f.run(&v6_tcp(*src, vip, 25)))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP],
+        "a second address of the /64 gets no budget of its own"
+    );
+    assert_eq!(
+        f.run(&v6_tcp(other64, vip, 25)),
+        XDP_PASS,
+        "another /64 has its own bucket"
+    );
+    assert_eq!(f.snapshot().xdp.dropped_syn_budget, 2);
+}
+
 /// Every pinned map, dumped by bpftool, shows the field names of its key and value types:
 /// the BTF in the object reaches the kernel.
 #[test]
@@ -304,7 +331,10 @@ fn bpftool_dump_shows_field_names_for_every_map() {
         ("rb_class_v4", &["prefix_len", "class"]),
         ("rb_class_v6", &["prefix_len", "class"]),
         ("rb_syn_bucket", &["tokens_milli", "last_ns"]),
-        ("rb_config", &["syn_rate_per_sec", "syn_burst"]),
+        (
+            "rb_config",
+            &["syn_rate_per_sec", "syn_burst", "client_prefix_v6"],
+        ),
         ("rb_svc_state", &["capacity"]),
         (
             "rb_backends",

@@ -105,6 +105,10 @@ pub struct DataPathConfig {
     pub syn_rate_per_sec: u32,
     /// Bucket depth: SYNs a source may send at once after being idle.
     pub syn_burst: u32,
+    /// IPv6 sources share one bucket per prefix of this length (IPv4: one per address), so
+    /// that a host cannot multiply its budget by the addresses of its /64. 0 (a daemon that
+    /// does not set it) means 128: one bucket per address.
+    pub client_prefix_v6: u32,
 }
 
 /// Capacity state of one service, value of [`MAP_SVC_STATE`](crate::MAP_SVC_STATE).
@@ -195,7 +199,7 @@ const _: () = assert!(core::mem::size_of::<XdpStats>() == 64);
 const _: () = assert!(core::mem::size_of::<BlockRule>() == 4);
 const _: () = assert!(core::mem::size_of::<ClientClass>() == 4);
 const _: () = assert!(core::mem::size_of::<SynBucket>() == 16);
-const _: () = assert!(core::mem::size_of::<DataPathConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<DataPathConfig>() == 12);
 const _: () = assert!(core::mem::size_of::<ServiceState>() == 8);
 const _: () = assert!(core::mem::size_of::<BackendLoad>() == 56);
 

@@ -64,7 +64,7 @@ fn tcp(ctx: &XdpContext, pkt: &TcpPacket, stats: &mut XdpStats) -> u32 {
         stats.dropped_blocklist += 1;
         return XDP_DROP;
     }
-    if pkt.syn && !syn_allowed(&pkt.src) {
+    if pkt.syn && !syn_allowed(pkt) {
         svc.dropped_syn_budget += 1;
         stats.dropped_syn_budget += 1;
         return XDP_DROP;
@@ -83,17 +83,46 @@ fn blocked(pkt: &TcpPacket) -> bool {
     }
 }
 
-/// Token bucket per source: `syn_rate_per_sec` tokens a second, at most `syn_burst`.
-/// The bucket map is shared by all CPUs; a lost update under a race costs one token's
-/// accuracy, never a wrong drop of a well-behaved source.
+/// The bucket of a source: an IPv4 address as it is, an IPv6 address masked to
+/// `prefix` bits (0 or over 128: the whole address). Two 64-bit halves, because 128-bit
+/// shifts are not BPF instructions.
 #[inline(always)]
-fn syn_allowed(src: &[u8; 16]) -> bool {
+fn bucket_key(src: &[u8; 16], is_v4: bool, prefix: u32) -> [u8; 16] {
+    if is_v4 || prefix == 0 || prefix >= 128 {
+        return *src;
+    }
+    let hi = u64::from_be_bytes([
+        src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7],
+    ]);
+    let lo = u64::from_be_bytes([
+        src[8], src[9], src[10], src[11], src[12], src[13], src[14], src[15],
+    ]);
+    let (hi, lo) = if prefix >= 64 {
+        // prefix 64..=127: the low half keeps its first prefix - 64 bits.
+        (hi, lo & !(u64::MAX >> (prefix - 64)))
+    } else {
+        (hi & !(u64::MAX >> prefix), 0)
+    };
+    let (h, l) = (hi.to_be_bytes(), lo.to_be_bytes());
+    [
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6],
+        l[7],
+    ]
+}
+
+/// Token bucket per source (IPv6: per prefix): `syn_rate_per_sec` tokens a second, at
+/// most `syn_burst`. The bucket map is shared by all CPUs; a lost update under a race
+/// costs one token's accuracy, never a wrong drop of a well-behaved source.
+#[inline(always)]
+fn syn_allowed(pkt: &TcpPacket) -> bool {
     let Some(cfg) = CONFIG.get(0) else {
         return true;
     };
     if cfg.syn_rate_per_sec == 0 {
         return true;
     }
+    let key = bucket_key(&pkt.src, pkt.is_v4, cfg.client_prefix_v6);
+    let src = &key;
     let rate = cfg.syn_rate_per_sec as u64;
     let burst_milli = (cfg.syn_burst.max(1) as u64) * 1000;
     // SAFETY: helper without arguments.

@@ -6,6 +6,7 @@
 //! connection; the load-aware choice reads the same records (issue "health and load").
 
 pub mod admission;
+pub mod lease;
 pub mod pools;
 pub mod pop3;
 pub mod proxy_v2;

@@ -18,8 +18,6 @@ pub struct Pop3Leg {
     io: Buffered<Conn<TcpStream>>,
     pub name: String,
     pub greeting_latency: std::time::Duration,
-    /// The session's hold on the back-end's session count; released with the relay.
-    pub guard: Option<crate::health::board::SessionGuard>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +42,6 @@ impl Pop3Leg {
             io: Buffered::new(Conn::Plain(dialed.tcp)),
             name: c.backend.name.clone(),
             greeting_latency: std::time::Duration::ZERO,
-            guard: None,
         };
         let greeting = leg.status("greeting", left).await?;
         leg.greeting_latency = dialed.started.elapsed();
@@ -122,16 +119,47 @@ impl Pop3Leg {
         self.status(stage, COMMAND_TIMEOUT).await
     }
 
-    /// The stream, for relaying after login; nothing is left in the reader's buffer,
-    /// because the back-end speaks only when spoken to.
-    pub fn into_stream(
-        self,
-    ) -> (
-        Conn<TcpStream>,
-        Vec<u8>,
-        Option<crate::health::board::SessionGuard>,
-    ) {
+    /// The stream, for relaying after login, and anything the back-end sent early.
+    pub fn into_stream(self) -> (Conn<TcpStream>, Vec<u8>) {
         let left = self.io.buffer().to_vec();
-        (self.io.into_inner(), left, self.guard)
+        (self.io.into_inner(), left)
+    }
+}
+
+impl super::lease::Faulted for Pop3LegError {
+    fn fault(&self) -> super::lease::Fault {
+        match self {
+            Pop3LegError::Leg(e) => e.fault(),
+            // A refused greeting or STLS, or a reply that is not POP3: the back-end's.
+            Pop3LegError::Refused { .. } | Pop3LegError::Protocol { .. } => {
+                super::lease::Fault::Backend
+            }
+        }
+    }
+}
+
+/// A session's login exchange on a leased POP3 leg, with passive health: transport
+/// failures and timeouts are failed checks; `-ERR [SYS/TEMP]` (RFC 3206: the back-end's
+/// own temporary trouble) feeds the refusal storm, a wrong password does not.
+impl super::lease::Lease<Pop3Leg> {
+    pub async fn command(
+        &mut self,
+        line: &str,
+        stage: &'static str,
+    ) -> Result<Response, Pop3LegError> {
+        let sent = std::time::Instant::now();
+        let r = self.leg.command(line, stage).await;
+        self.last_used = std::time::Instant::now();
+        match &r {
+            Err(e) => self.health.failure(e),
+            Ok(resp) => {
+                self.health.latency(sent.elapsed());
+                let sick = resp.code == Some(crate::pop3::response::ResponseCode::SysTemp);
+                if resp.is_ok() || sick {
+                    self.health.reply(resp.is_ok(), sick);
+                }
+            }
+        }
+        r
     }
 }

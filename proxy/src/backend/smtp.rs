@@ -48,9 +48,33 @@ pub enum LegError {
     },
     #[error("TLS to back-end: {0}")]
     Tls(String),
+    /// The back-end cannot take the client identity its pool is configured to pass.
+    #[error("identity: {0}")]
+    Identity(&'static str),
+    /// A leg that idled between transactions failed: the back-end had closed it.
+    #[error("idle leg closed by the back-end ({0})")]
+    Stale(Box<LegError>),
     /// Every candidate is over its thresholds or session limit for the session's group.
     #[error("every back-end is busy")]
     Busy,
+}
+
+impl super::lease::Faulted for LegError {
+    fn fault(&self) -> super::lease::Fault {
+        use super::lease::Fault;
+        match self {
+            // Syntax refusals of what the client told us (its HELO name, its login),
+            // passed on by XCLIENT or as the EHLO name: the same value fails everywhere.
+            LegError::Refused {
+                stage: "XCLIENT" | "EHLO as client",
+                reply,
+            } if reply.code == 501 || reply.enhanced.is_some_and(|(_, s, _)| s == 5) => {
+                Fault::Client
+            }
+            LegError::Stale(_) => Fault::Stale,
+            _ => Fault::Backend,
+        }
+    }
 }
 
 /// Who the client is, for the back-end.
@@ -70,25 +94,25 @@ pub struct SmtpLeg {
     pub addr: SocketAddr,
     /// From connect to greeting: the back-end's response time as a session sees it.
     pub greeting_latency: Duration,
-    /// The session's hold on the back-end's session count; released with the leg.
-    pub guard: Option<crate::health::board::SessionGuard>,
-    /// Where this leg reports what it sees of the back-end's health (passive checks).
-    pub reporter: Option<Reporter>,
 }
 
-/// Passive health: a leg that meets a `421` or a dead connection after it was opened
-/// tells the board, as a failed probe would.
-pub struct Reporter {
-    pub board: std::sync::Arc<crate::health::board::Board>,
-    pub id: u32,
-    pub rise: u32,
-    pub fall: u32,
-}
+/// RFC 1035 2.3.4 / Postfix's `VALID_HOSTNAME_LEN`: the longest name XCLIENT HELO carries.
+const MAX_HELO: usize = 255;
 
-impl Reporter {
-    fn failure(&self, why: &str) {
-        self.board
-            .record(self.id, false, None, self.rise, self.fall, why);
+/// The client's HELO name as the back-end may see it: printable ASCII without spaces and
+/// at most [`MAX_HELO`] octets, else the client's address literal (RFC 5321 4.1.3), so a
+/// name the back-end would refuse never turns into a refused leg.
+pub fn helo_for_backend(client: &ClientInfo) -> String {
+    match &client.helo {
+        Some(h)
+            if !h.is_empty() && h.len() <= MAX_HELO && h.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            h.clone()
+        }
+        _ => match client.peer.ip().to_canonical() {
+            std::net::IpAddr::V4(a) => format!("[{a}]"),
+            std::net::IpAddr::V6(a) => format!("[IPv6:{a}]"),
+        },
     }
 }
 
@@ -108,8 +132,6 @@ impl SmtpLeg {
             name: c.backend.name.clone(),
             addr: c.backend.address,
             greeting_latency: Duration::ZERO,
-            guard: None,
-            reporter: None,
         };
         let greeting = leg.reply("greeting", left).await?;
         leg.greeting_latency = dialed.started.elapsed();
@@ -124,10 +146,24 @@ impl SmtpLeg {
             leg = leg.starttls(connector, server_name.as_deref()).await?;
             leg.ehlo(our_name).await?;
         }
-        if c.backend.identity == Identity::Xclient && !leg.caps.xclient.is_empty() {
+        if c.backend.identity == Identity::Xclient {
+            // Fail closed: without XCLIENT ADDR the back-end would take the proxy's address
+            // for the client's and trust it.
+            if !leg.caps.xclient.iter().any(|a| a == "ADDR") {
+                return Err(LegError::Identity("back-end does not offer XCLIENT ADDR"));
+            }
             leg.xclient(client).await?;
-            let helo = client.helo.as_deref().unwrap_or(our_name);
-            leg.ehlo(helo).await?;
+            let helo = helo_for_backend(client);
+            let reply = leg
+                .command(&format!("EHLO {helo}"), "EHLO as client")
+                .await?;
+            if reply.code != 250 {
+                return Err(LegError::Refused {
+                    stage: "EHLO as client",
+                    reply,
+                });
+            }
+            leg.caps = Capabilities::from_ehlo(&reply);
         }
         debug!(backend = %leg.name, addr = %leg.addr, "back-end leg open");
         Ok(leg)
@@ -182,8 +218,6 @@ impl SmtpLeg {
             name: self.name,
             addr: self.addr,
             greeting_latency: self.greeting_latency,
-            guard: self.guard,
-            reporter: self.reporter,
         })
     }
 
@@ -201,10 +235,9 @@ impl SmtpLeg {
             ("NAME", "[UNAVAILABLE]".into()),
             ("PROTO", "ESMTP".into()),
         ];
-        if let Some(h) = &client.helo {
-            attrs.push(("HELO", xtext(h)));
-        }
-        if let Some(l) = &client.login {
+        attrs.push(("HELO", xtext(&helo_for_backend(client))));
+        // A login longer than any back-end takes is not passed (the back-end judged it).
+        if let Some(l) = client.login.as_ref().filter(|l| l.len() <= MAX_HELO) {
             attrs.push(("LOGIN", xtext(l)));
         }
         let offered: Vec<String> = self.caps.xclient.clone();
@@ -236,7 +269,7 @@ impl SmtpLeg {
     }
 
     pub async fn reply(&mut self, stage: &'static str, wait: Duration) -> Result<Reply, LegError> {
-        let r = timeout(wait, read_reply(&mut self.io, MAX_REPLY_LINE))
+        timeout(wait, read_reply(&mut self.io, MAX_REPLY_LINE))
             .await
             .map_err(|_| LegError::Timeout { stage })
             .and_then(|r| r.map_err(|source| LegError::Reply { stage, source }))
@@ -245,30 +278,13 @@ impl SmtpLeg {
             .and_then(|reply| match reply.code {
                 421 => Err(LegError::Refused { stage, reply }),
                 _ => Ok(reply),
-            });
-        if let Some(rep) = &self.reporter {
-            match &r {
-                Err(e) => rep.failure(&e.to_string()),
-                Ok(reply) if matches!(stage, "MAIL" | "RCPT" | "end of data") => {
-                    rep.board.reply_seen(rep.id, reply.code, rep.rise, rep.fall)
-                }
-                Ok(_) => {}
-            }
-        }
-        r
+            })
     }
 
     /// Sends one command line and reads its reply.
     pub async fn command(&mut self, line: &str, stage: &'static str) -> Result<Reply, LegError> {
-        let sent = std::time::Instant::now();
         self.write(format!("{line}\r\n").as_bytes(), stage).await?;
-        let r = self.reply(stage, COMMAND_TIMEOUT).await;
-        // MAIL and RCPT answers are how fast the back-end is for sessions right now: they
-        // join probes and greetings in the response-time average.
-        if let (Some(rep), Ok(_), "MAIL" | "RCPT") = (&self.reporter, &r, stage) {
-            rep.board.sample_latency(rep.id, sent.elapsed());
-        }
-        r
+        self.reply(stage, COMMAND_TIMEOUT).await
     }
 
     /// Message octets, already checked by the DATA scanner.
@@ -279,6 +295,79 @@ impl SmtpLeg {
     /// Ends the leg politely; errors do not matter any more.
     pub async fn quit(mut self) {
         let _ = timeout(Duration::from_secs(5), self.command("QUIT", "QUIT")).await;
+    }
+}
+
+/// A session's exchanges on a leased SMTP leg, with passive health: failures that are the
+/// back-end's count as failed checks, a failure after the leg idled is [`LegError::Stale`]
+/// (not charged), replies to the transaction feed the refusal storm and the response time.
+impl super::lease::Lease<SmtpLeg> {
+    pub async fn command(&mut self, line: &str, stage: &'static str) -> Result<Reply, LegError> {
+        let idle = self.idle();
+        let sent = std::time::Instant::now();
+        let r = self.leg.command(line, stage).await;
+        self.last_used = std::time::Instant::now();
+        let r = self.judge(r, idle, stage);
+        if r.is_ok() && matches!(stage, "MAIL" | "RCPT") {
+            // MAIL and RCPT answers are how fast the back-end is for sessions right now.
+            self.health.latency(sent.elapsed());
+        }
+        r
+    }
+
+    pub async fn reply(&mut self, stage: &'static str, wait: Duration) -> Result<Reply, LegError> {
+        let idle = self.idle();
+        let r = self.leg.reply(stage, wait).await;
+        self.last_used = std::time::Instant::now();
+        self.judge(r, idle, stage)
+    }
+
+    /// Message octets; a failure is the back-end's (the client's octets were checked).
+    pub async fn data(&mut self, bytes: &[u8]) -> Result<(), LegError> {
+        let r = self.leg.data(bytes).await;
+        self.last_used = std::time::Instant::now();
+        if let Err(e) = &r {
+            self.health.failure(e);
+        }
+        r
+    }
+
+    fn judge(
+        &mut self,
+        r: Result<Reply, LegError>,
+        idle: Duration,
+        stage: &'static str,
+    ) -> Result<Reply, LegError> {
+        match r {
+            Err(e) if idle >= super::lease::STALE_AFTER && closed(&e) => {
+                Err(LegError::Stale(Box::new(e)))
+            }
+            Err(e) => {
+                self.health.failure(&e);
+                Err(e)
+            }
+            Ok(reply) => {
+                if matches!(stage, "MAIL" | "RCPT" | "end of data" | "BDAT") {
+                    self.health
+                        .reply(reply.is_positive(), reply.says_system_failure());
+                }
+                Ok(reply)
+            }
+        }
+    }
+
+    /// Ends the leg politely; errors do not matter any more.
+    pub async fn quit(self) {
+        self.leg.quit().await;
+    }
+}
+
+/// Whether a failure looks like the back-end having closed the connection.
+fn closed(e: &LegError) -> bool {
+    match e {
+        LegError::Io { .. } | LegError::Reply { .. } => true,
+        LegError::Refused { reply, .. } => reply.code == 421,
+        _ => false,
     }
 }
 

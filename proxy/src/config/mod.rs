@@ -65,6 +65,8 @@ pub struct Flood {
     pub syn_rate_per_sec: u32,
     pub syn_burst: u32,
     pub block: Vec<IpNet>,
+    /// Length of the IPv6 prefix counted as one client (SYN budget, per-client limits).
+    pub client_prefix_v6: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +99,11 @@ pub struct Service {
     pub tls: ServiceTls,
     /// Submission: AUTH offered, and required before MAIL.
     pub auth: bool,
+    /// Passwords accepted over a connection that is neither TLS nor from loopback.
+    pub plaintext_auth: bool,
+    /// IPv6 clients are one client per prefix of this length (`flood.client_prefix_v6`),
+    /// for the per-client session limit and the AUTH failure limit.
+    pub client_prefix_v6: u8,
     pub routes: Option<PathBuf>,
     pub pool: Option<String>,
     pub max_message_size: u64,
@@ -166,6 +173,9 @@ const DEFAULT_MAX_MESSAGE: u64 = 50 * 1024 * 1024;
 /// RFC 5321 4.5.3.2.7: at least 5 minutes for the next command.
 const DEFAULT_IDLE_SECS: u64 = 300;
 const DEFAULT_WEIGHT: u32 = 100;
+/// One IPv6 subscriber or host usually holds a /64 (RFC 6177), so counting per address would
+/// let one host multiply every per-client limit by 2^64.
+pub const DEFAULT_CLIENT_PREFIX_V6: u8 = 64;
 const MAX_WEIGHT: u32 = 65_535;
 
 impl Config {
@@ -251,10 +261,18 @@ impl Config {
             Some(b) => b,
             None => syn_rate_per_sec.max(1),
         };
+        let client_prefix_v6 = raw
+            .flood
+            .client_prefix_v6
+            .unwrap_or(DEFAULT_CLIENT_PREFIX_V6);
+        if !(16..=128).contains(&client_prefix_v6) {
+            return Err(("flood.client_prefix_v6".into(), "must be 16 to 128".into()));
+        }
         let flood = Flood {
             syn_rate_per_sec,
             syn_burst,
             block: prefixes("flood.block", &raw.flood.block)?,
+            client_prefix_v6,
         };
         let priority_prefixes = prefixes("classes.priority", &raw.classes.priority)?;
 
@@ -265,7 +283,8 @@ impl Config {
         let mut bound = HashSet::new();
         let mut services = Vec::new();
         for (i, s) in raw.services.into_iter().enumerate() {
-            let service = service(i, s, &frontend.name, base)?;
+            let mut service = service(i, s, &frontend.name, base)?;
+            service.client_prefix_v6 = flood.client_prefix_v6;
             if service.tls != ServiceTls::None && tls.is_none() {
                 return Err((
                     format!("service[{i}].tls"),
@@ -427,6 +446,15 @@ fn service(
             "only SMTP services take `auth` (POP3 always authenticates)".into(),
         ));
     }
+    let plaintext_auth = s.plaintext_auth.unwrap_or(false);
+    if auth && tls == ServiceTls::None && !plaintext_auth {
+        return Err((
+            key("auth"),
+            "auth = true with tls = \"none\" takes passwords in clear from every client; \
+             use tls = \"starttls\" or \"implicit\", or set plaintext_auth = true"
+                .into(),
+        ));
+    }
     let routes = match &s.routes {
         Some(r) => Some(readable(base, &key("routes"), r)?),
         None => None,
@@ -454,6 +482,8 @@ fn service(
         max_per_client,
         tls,
         auth,
+        plaintext_auth,
+        client_prefix_v6: DEFAULT_CLIENT_PREFIX_V6,
         routes,
         pool: s.pool,
         max_message_size,

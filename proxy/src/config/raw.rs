@@ -56,6 +56,9 @@ pub struct RawFlood {
     /// Prefixes whose traffic to the services is dropped in XDP.
     #[serde(default)]
     pub block: Vec<String>,
+    /// IPv6 clients are counted per prefix of this length (SYN budget, per-client limits,
+    /// AUTH failures): one host usually holds a whole /64. IPv4 clients count per address.
+    pub client_prefix_v6: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +89,9 @@ pub struct RawService {
     pub tls: Option<String>,
     /// SMTP submission: AUTH offered and required before MAIL.
     pub auth: Option<bool>,
+    /// Allows passwords over a connection that is neither TLS nor from loopback
+    /// (Postfix `smtpd_tls_auth_only = no`, Dovecot `disable_plaintext_auth = no`).
+    pub plaintext_auth: Option<bool>,
     /// Routing map file (relative to the config file's folder).
     pub routes: Option<String>,
     /// Pool for keys the routing map does not match (or for every session, without a map).

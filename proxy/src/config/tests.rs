@@ -221,3 +221,30 @@ fn agents_need_a_key_file_or_an_explicit_insecure_flag() {
     assert!(reason.contains("cannot read"), "{reason}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn auth_in_clear_needs_plaintext_auth() {
+    let smtp = "port = 25\nvips = [\"198.18.0.25\", \"2001:db8::25\"]";
+    let (key, reason) = error(&GOOD.replace(smtp, &format!("{smtp}\nauth = true")));
+    assert_eq!(key, "service[0].auth");
+    assert!(reason.contains("plaintext_auth = true"), "{reason}");
+    let c =
+        parse(&GOOD.replace(smtp, &format!("{smtp}\nauth = true\nplaintext_auth = true"))).unwrap();
+    assert!(c.services[0].auth && c.services[0].plaintext_auth);
+    assert!(
+        !c.services[1].plaintext_auth,
+        "no passwords in clear by default"
+    );
+}
+
+#[test]
+fn ipv6_client_prefix_reaches_the_services() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.flood.client_prefix_v6, 64);
+    assert_eq!(c.services[1].client_prefix_v6, 64);
+    let c = parse(&GOOD.replace("[flood]", "[flood]\nclient_prefix_v6 = 56")).unwrap();
+    assert_eq!(c.flood.client_prefix_v6, 56);
+    assert_eq!(c.services[0].client_prefix_v6, 56);
+    let (key, _) = error(&GOOD.replace("[flood]", "[flood]\nclient_prefix_v6 = 129"));
+    assert_eq!(key, "flood.client_prefix_v6");
+}

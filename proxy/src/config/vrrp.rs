@@ -11,19 +11,30 @@
 //! interface = "eth0"           # default: frontend.interface
 //! priority = 150               # 1..=254, or 255 for the address owner
 //! advert_interval_cs = 100     # centiseconds, 1..=4095
+//! max_advert_interval_cs = 1000 # the longest master interval a backup adopts (default:
+//!                               # 1000 = 10 s, or advert_interval_cs if that is longer)
 //! preempt = true
 //! preempt_delay_ms = 0
 //! vips = ["198.18.0.25"]       # one family; "/len" optional (default /32 or /128)
-//! unicast_peers = []           # empty: multicast to 224.0.0.18 / ff02::12
+//! unicast_peers = []           # empty: multicast to 224.0.0.18 / ff02::12; otherwise adverts
+//!                              # go to these, and only theirs are heard
 //! garp_count = 5               # gratuitous ARP / unsolicited NA on becoming master ...
 //! garp_interval_ms = 1000      # ... this far apart
 //! track = { listeners = 50, datapath = 50, interfaces = { int0 = 60 } }
 //! ```
 //!
-//! Invariant: a [`VirtualRouter`] satisfies what `vrrp::state::Router::new` checks (VRID,
-//! priority, interval, one family, 1..=255 addresses), no VIP belongs to two routers, and no
-//! two routers share (interface, VRID, family); tracking never applies to an address owner,
-//! whose priority RFC 5798 section 5.2.4 pins at 255.
+//! `max_advert_interval_cs` bounds the Master_Adver_Interval a backup learns from the
+//! master's adverts (RFC 5798 section 6.4.2 has it adopt whatever is advertised): adverts are
+//! not authenticated, and one forged advert announcing 4095 cs would otherwise keep the
+//! backups from taking over for over two minutes. A larger advertised interval is taken as
+//! the bound. It may not be below the router's own interval: peers of one cluster advertise
+//! alike, and a bound under that would shorten the wait for an honest master.
+//!
+//! Invariant: the values the state machine needs are parsed once, here, into the types of
+//! [`crate::vrrp::types`] (VRID, priority, intervals, 1..=255 addresses of one family), so
+//! [`VirtualRouter::state_config`] and `vrrp::Router::new` cannot fail; no VIP belongs to two
+//! routers, and no two routers share (interface, VRID, family); tracking never applies to an
+//! address owner, whose priority RFC 5798 section 5.2.4 pins at 255.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -35,7 +46,9 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::vrrp::state::{DEFAULT_INTERVAL_CS, DEFAULT_PRIORITY, OWNER_PRIORITY};
+use crate::vrrp::{
+    self, Interval, Priority, VirtualAddresses, Vrid, state::DEFAULT_MAX_MASTER_INTERVAL,
+};
 
 /// Where the control socket lives unless `ha.control_socket` says otherwise.
 pub const CONTROL_DIR: &str = "/run/robustifier";
@@ -63,6 +76,7 @@ pub struct RawVrrp {
     pub interface: Option<String>,
     pub priority: Option<u32>,
     pub advert_interval_cs: Option<u32>,
+    pub max_advert_interval_cs: Option<u32>,
     pub preempt: Option<bool>,
     pub preempt_delay_ms: Option<u64>,
     pub vips: Vec<String>,
@@ -97,16 +111,21 @@ pub struct Ha {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtualRouter {
-    pub vrid: u8,
+    pub vrid: Vrid,
     pub interface: String,
     /// 255 = address owner, otherwise 1..=254.
-    pub priority: u8,
-    pub advert_interval_cs: u16,
+    pub priority: Priority,
+    pub advert_interval: Interval,
+    /// The longest Master_Adver_Interval adopted from a master's adverts.
+    pub max_advert_interval: Interval,
     pub preempt: bool,
     pub preempt_delay: Duration,
     /// The virtual addresses with the prefix length they are added with; one family.
     pub vips: Vec<IpNet>,
-    /// Empty: adverts go to the multicast group.
+    /// The same addresses as adverts carry them (no prefix lengths).
+    pub virtual_addresses: VirtualAddresses,
+    /// Empty: adverts go to the multicast group, and any sender is heard. Otherwise adverts
+    /// go to these, and adverts from any other source are discarded.
     pub unicast_peers: Vec<IpAddr>,
     /// Announcements on becoming master (at least 1: the one sent at once).
     pub garp_count: u32,
@@ -116,11 +135,27 @@ pub struct VirtualRouter {
 
 impl VirtualRouter {
     pub fn ipv6(&self) -> bool {
-        self.vips.first().is_some_and(|v| v.addr().is_ipv6())
+        self.virtual_addresses.is_ipv6()
     }
 
     pub fn addresses(&self) -> Vec<IpAddr> {
-        self.vips.iter().map(IpNet::addr).collect()
+        self.virtual_addresses.to_vec()
+    }
+
+    /// The state machine's configuration, sending from `primary` (an address of this
+    /// router's family on its interface).
+    pub fn state_config(&self, primary: IpAddr) -> vrrp::Config {
+        vrrp::Config {
+            vrid: self.vrid,
+            priority: self.priority,
+            advert_interval: self.advert_interval,
+            max_master_interval: self.max_advert_interval,
+            preempt: self.preempt,
+            preempt_delay: self.preempt_delay,
+            primary,
+            addresses: self.virtual_addresses.clone(),
+            peers: self.unicast_peers.clone(),
+        }
     }
 
     pub fn family(&self) -> &'static str {
@@ -239,9 +274,8 @@ fn router(
     frontend_interface: Option<&str>,
 ) -> Result<VirtualRouter, Failure> {
     let key = |k: &str| format!("vrrp[{i}].{k}");
-    let vrid = match u8::try_from(raw.vrid) {
-        Ok(v) if v >= 1 => v,
-        _ => return Err((key("vrid"), format!("{} is outside 1..=255", raw.vrid))),
+    let Some(vrid) = u8::try_from(raw.vrid).ok().and_then(Vrid::new) else {
+        return Err((key("vrid"), format!("{} is outside 1..=255", raw.vrid)));
     };
     let interface = match raw.interface.as_deref().or(frontend_interface) {
         Some(name) => interface_name(name).map_err(|reason| (key("interface"), reason))?,
@@ -252,31 +286,54 @@ fn router(
             ));
         }
     };
-    let priority = match raw.priority.unwrap_or(u32::from(DEFAULT_PRIORITY)) {
-        0 => {
+    let priority = match raw.priority {
+        None => Priority::DEFAULT,
+        Some(0) => {
             return Err((
                 key("priority"),
                 "0 is reserved for a master resigning (RFC 5798 section 5.2.4); use 1..=254, or 255 for the address owner".into(),
             ));
         }
-        p => u8::try_from(p).map_err(|_| {
-            (
-                key("priority"),
-                format!("{p} is outside 1..=254 (255 for the address owner)"),
-            )
-        })?,
+        Some(p) => u8::try_from(p)
+            .ok()
+            .and_then(Priority::new)
+            .ok_or_else(|| {
+                (
+                    key("priority"),
+                    format!("{p} is outside 1..=254 (255 for the address owner)"),
+                )
+            })?,
     };
-    let advert_interval_cs = match raw
-        .advert_interval_cs
-        .unwrap_or(u32::from(DEFAULT_INTERVAL_CS))
+    let interval = |k: &str, cs: Option<u32>| -> Result<Option<Interval>, Failure> {
+        cs.map(|cs| {
+            u16::try_from(cs)
+                .ok()
+                .and_then(Interval::from_cs)
+                .ok_or_else(|| {
+                    (
+                        key(k),
+                        format!("{cs} is outside 1..=4095 centiseconds (RFC 5798 section 5.2.7)"),
+                    )
+                })
+        })
+        .transpose()
+    };
+    let advert_interval =
+        interval("advert_interval_cs", raw.advert_interval_cs)?.unwrap_or(Interval::DEFAULT);
+    let max_advert_interval = match interval("max_advert_interval_cs", raw.max_advert_interval_cs)?
     {
-        cs @ 1..=4095 => cs as u16,
-        cs => {
+        None => DEFAULT_MAX_MASTER_INTERVAL.max(advert_interval),
+        Some(max) if max < advert_interval => {
             return Err((
-                key("advert_interval_cs"),
-                format!("{cs} is outside 1..=4095 centiseconds (RFC 5798 section 5.2.7)"),
+                key("max_advert_interval_cs"),
+                format!(
+                    "{} is below advert_interval_cs {}: the peers' adverts would be cut short",
+                    max.cs(),
+                    advert_interval.cs()
+                ),
             ));
         }
+        Some(max) => max,
     };
     let preempt_delay_ms = raw.preempt_delay_ms.unwrap_or(0);
     if preempt_delay_ms > MAX_DELAY_MS {
@@ -333,7 +390,9 @@ fn router(
         }
         vips.push(net);
     }
-    let ipv6 = vips[0].addr().is_ipv6();
+    let virtual_addresses = VirtualAddresses::new(vips.iter().map(IpNet::addr).collect())
+        .map_err(|e| (key("vips"), e.to_string()))?;
+    let ipv6 = virtual_addresses.is_ipv6();
 
     let mut unicast_peers = Vec::new();
     for (j, p) in raw.unicast_peers.iter().enumerate() {
@@ -370,10 +429,12 @@ fn router(
         vrid,
         interface,
         priority,
-        advert_interval_cs,
+        advert_interval,
+        max_advert_interval,
         preempt: raw.preempt.unwrap_or(true),
         preempt_delay: Duration::from_millis(preempt_delay_ms),
         vips,
+        virtual_addresses,
         unicast_peers,
         garp_count,
         garp_interval,
@@ -381,7 +442,7 @@ fn router(
     })
 }
 
-fn track(i: usize, raw: RawTrack, priority: u8) -> Result<Track, Failure> {
+fn track(i: usize, raw: RawTrack, priority: Priority) -> Result<Track, Failure> {
     let weight = |k: &str, w: u32| -> Result<u8, Failure> {
         match u8::try_from(w) {
             Ok(w @ 1..=254) => Ok(w),
@@ -406,7 +467,7 @@ fn track(i: usize, raw: RawTrack, priority: u8) -> Result<Track, Failure> {
         interface_name(&name).map_err(|reason| (format!("vrrp[{i}].track.{k}"), reason))?;
         track.interfaces.push((name, weight(&k, w)?));
     }
-    if priority == OWNER_PRIORITY && !track.is_empty() {
+    if priority.is_owner() && !track.is_empty() {
         return Err((
             format!("vrrp[{i}].track"),
             "the address owner's priority stays 255 (RFC 5798 section 5.2.4), so tracking cannot lower it; use priority 254".into(),
@@ -459,10 +520,11 @@ interface = "pub0"
             }
         );
         let r = &cfg.vrrp[0];
-        assert_eq!(r.vrid, 51);
+        assert_eq!(r.vrid.get(), 51);
         assert_eq!(r.interface, "pub0");
-        assert_eq!(r.priority, 100);
-        assert_eq!(r.advert_interval_cs, 100);
+        assert_eq!(r.priority.get(), 100);
+        assert_eq!(r.advert_interval.cs(), 100);
+        assert_eq!(r.max_advert_interval.cs(), 1000);
         assert!(r.preempt);
         assert_eq!(r.preempt_delay, Duration::ZERO);
         assert_eq!(r.vips, vec!["198.18.0.25/32".parse::<IpNet>().unwrap()]);
@@ -523,7 +585,7 @@ vips = ["198.18.0.25"]
                 interfaces: vec![("int0".into(), 70)],
             }
         );
-        assert_eq!(cfg.vrrp[1].priority, 255);
+        assert_eq!(cfg.vrrp[1].priority, Priority::OWNER);
     }
 
     #[test]
@@ -639,6 +701,60 @@ vips = ["198.18.0.25"]
             "[ha]\ndrain_deadline_s = 100000\n",
             "ha.drain_deadline_s",
             "at most",
+        );
+    }
+
+    #[test]
+    fn max_advert_interval_bounds_the_learned_interval() {
+        let v = "vips = [\"198.18.0.25\"]\n";
+        // Default: 10 s, or the router's own interval when that is longer.
+        let cfg = parse(&format!(
+            "[[vrrp]]\nvrid = 1\nadvert_interval_cs = 2000\n{v}"
+        ))
+        .unwrap();
+        assert_eq!(cfg.vrrp[0].max_advert_interval.cs(), 2000);
+        let cfg = parse(&format!(
+            "[[vrrp]]\nvrid = 1\nadvert_interval_cs = 10\nmax_advert_interval_cs = 50\n{v}"
+        ))
+        .unwrap();
+        let r = &cfg.vrrp[0];
+        assert_eq!(r.max_advert_interval.cs(), 50);
+        // It reaches the state machine, together with the peers and the addresses.
+        let primary: IpAddr = "198.18.0.1".parse().unwrap();
+        let sc = r.state_config(primary);
+        assert_eq!(sc.max_master_interval.cs(), 50);
+        assert_eq!(sc.advert_interval.cs(), 10);
+        assert_eq!(sc.addresses.as_slice(), r.addresses().as_slice());
+        assert_eq!(sc.primary, primary);
+        fails(
+            &format!(
+                "[[vrrp]]\nvrid = 1\nadvert_interval_cs = 100\nmax_advert_interval_cs = 99\n{v}"
+            ),
+            "vrrp[0].max_advert_interval_cs",
+            "below advert_interval_cs",
+        );
+        for bad in [0, 4096] {
+            fails(
+                &format!("[[vrrp]]\nvrid = 1\nmax_advert_interval_cs = {bad}\n{v}"),
+                "vrrp[0].max_advert_interval_cs",
+                "1..=4095",
+            );
+        }
+    }
+
+    #[test]
+    fn unicast_peers_reach_the_state_machine() {
+        let cfg = parse(
+            "[[vrrp]]\nvrid = 1\nvips = [\"198.18.0.25\"]\nunicast_peers = [\"198.18.0.2\", \"198.18.0.3\"]\n",
+        )
+        .unwrap();
+        let sc = cfg.vrrp[0].state_config("198.18.0.1".parse().unwrap());
+        assert_eq!(
+            sc.peers,
+            vec![
+                "198.18.0.2".parse::<IpAddr>().unwrap(),
+                "198.18.0.3".parse().unwrap()
+            ]
         );
     }
 

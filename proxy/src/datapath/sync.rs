@@ -53,6 +53,7 @@ impl Tables {
                 DataPathConfig {
                     syn_rate_per_sec: cfg.flood.syn_rate_per_sec,
                     syn_burst: cfg.flood.syn_burst,
+                    client_prefix_v6: u32::from(cfg.flood.client_prefix_v6),
                 },
                 0,
             )

@@ -168,7 +168,10 @@ fn serve(
             info!(service = %svc.name, %peer, "connection limit reached; shedding");
             return shed::answer(stream, svc.protocol, &svc.hostname).await;
         };
-        let Some(_slot) = ctx.per_client.acquire(peer.ip(), svc.max_per_client) else {
+        let Some(_slot) =
+            ctx.per_client
+                .acquire(peer.ip(), svc.client_prefix_v6, svc.max_per_client)
+        else {
             info!(service = %svc.name, %peer, "per-client limit reached; shedding");
             return shed::answer(stream, svc.protocol, &svc.hostname).await;
         };

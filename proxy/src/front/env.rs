@@ -18,6 +18,8 @@ pub struct Env {
     pub pools: Arc<PoolSet>,
     pub tls: Option<Arc<ServerTls>>,
     pub groups: Arc<super::groups::Groups>,
+    /// Failed logins per client, for every session of the service.
+    pub auth_failures: Arc<super::limits::AuthFailures>,
 }
 
 impl Env {
@@ -45,7 +47,30 @@ impl Env {
             pools,
             tls,
             groups,
+            auth_failures: Arc::new(super::limits::AuthFailures::default()),
         })
+    }
+
+    /// Whether a client at `peer` may send a password over a connection that is (`tls`) or
+    /// is not TLS: on TLS, from loopback, or where the service allows it in clear
+    /// (`plaintext_auth`). Anywhere else a password could be read off the wire.
+    pub fn password_allowed(&self, peer: std::net::IpAddr, tls: bool) -> bool {
+        tls || peer.to_canonical().is_loopback() || self.service.plaintext_auth
+    }
+
+    /// The key `peer` is counted under in per-client limits.
+    pub fn client_key(&self, peer: std::net::IpAddr) -> std::net::IpAddr {
+        super::limits::client_key(peer, self.service.client_prefix_v6)
+    }
+
+    /// Whether `peer` has failed to log in too often lately.
+    pub fn login_refused(&self, peer: std::net::IpAddr) -> bool {
+        self.auth_failures.refused(self.client_key(peer))
+    }
+
+    /// Counts a failed login of `peer`.
+    pub fn login_failed(&self, peer: std::net::IpAddr) {
+        self.auth_failures.failed(self.client_key(peer));
     }
 
     /// Every pool the service can route to: its default pool and those of its map.
@@ -76,14 +101,8 @@ impl Env {
     /// The route of a login name: as an address (`user@domain`) when it has one, else as a
     /// bare user name.
     pub fn route_user(&self, user: &str) -> Option<Route> {
-        match user.split_once('@') {
-            Some((local, domain)) => {
-                let addr = crate::smtp::command::Address {
-                    local: local.to_owned(),
-                    domain: Some(domain.to_ascii_lowercase()),
-                };
-                self.route(|t| t.lookup(&addr).cloned())
-            }
+        match crate::smtp::command::Address::parse_user(user) {
+            Some(addr) => self.route(|t| t.lookup(&addr).cloned()),
             None => self.route(|t| t.lookup_user(user).cloned()),
         }
     }

@@ -34,10 +34,7 @@ pub use gate::{Admitted, Gate};
 pub use health::Health;
 pub use router::RouterStatus;
 
-use crate::{
-    config::Config,
-    vrrp::{self, Router},
-};
+use crate::{config::Config, vrrp::Router};
 use router::{Command, RouterHandle, Task};
 
 /// What the proxy side shares with HA: the drain gate its accept loops consult and the
@@ -64,12 +61,6 @@ pub enum HaError {
         interface: String,
         #[source]
         source: std::io::Error,
-    },
-    #[error("vrrp VRID {vrid}: {source}")]
-    State {
-        vrid: u8,
-        #[source]
-        source: vrrp::ConfigError,
     },
     #[error(transparent)]
     Link(#[from] link::LinkError),
@@ -104,7 +95,7 @@ pub async fn spawn(cfg: &Config, hooks: Hooks) -> Result<Ha, HaError> {
     let all_vips: Vec<IpAddr> = cfg.vrrp.iter().flat_map(|r| r.addresses()).collect();
     let mut prepared = Vec::new();
     for r in &cfg.vrrp {
-        let (vrid, family) = (r.vrid, r.family());
+        let (vrid, family) = (r.vrid.get(), r.family());
         let interface_error = |reason: String| HaError::Interface {
             vrid,
             family,
@@ -123,16 +114,7 @@ pub async fn spawn(cfg: &Config, hooks: Hooks) -> Result<Ha, HaError> {
                 "no IPv4 address other than virtual ones to send adverts from".into()
             })
         })?;
-        let router = Router::new(vrrp::Config {
-            vrid,
-            priority: r.priority,
-            advert_interval_cs: r.advert_interval_cs,
-            preempt: r.preempt,
-            preempt_delay: r.preempt_delay,
-            primary,
-            addresses: r.addresses(),
-        })
-        .map_err(|source| HaError::State { vrid, source })?;
+        let router = Router::new(r.state_config(primary));
         let socket = open_socket(r, info.index, primary)
             .await
             .map_err(|source| HaError::Socket {
@@ -149,17 +131,19 @@ pub async fn spawn(cfg: &Config, hooks: Hooks) -> Result<Ha, HaError> {
     let mut routers = Vec::new();
     for (r, ifindex, primary, router, socket) in prepared {
         let status = Arc::new(std::sync::Mutex::new(RouterStatus {
-            vrid: r.vrid,
+            vrid: r.vrid.get(),
             family: r.family().to_owned(),
             interface: r.interface.clone(),
             state: router.state().to_string(),
-            priority: r.priority,
-            configured_priority: r.priority,
+            priority: r.priority.get(),
+            configured_priority: r.priority.get(),
             primary,
             master: None,
             vips: r.addresses(),
-            advert_interval_cs: r.advert_interval_cs,
-            master_adver_interval_cs: r.advert_interval_cs,
+            advert_interval_cs: r.advert_interval.cs(),
+            master_adver_interval_cs: r.advert_interval.cs(),
+            discarded_not_a_peer: 0,
+            discarded_other_addresses: 0,
             released: false,
             draining: false,
             failing: Vec::new(),
@@ -167,12 +151,12 @@ pub async fn spawn(cfg: &Config, hooks: Hooks) -> Result<Ha, HaError> {
         }));
         let (tx, rx) = mpsc::channel(4);
         routers.push(RouterHandle {
-            vrid: r.vrid,
+            vrid: r.vrid.get(),
             ipv6: r.ipv6(),
             status: status.clone(),
             commands: tx,
         });
-        info!(vrid = r.vrid, family = r.family(), interface = %r.interface, %primary, priority = r.priority, interval_cs = r.advert_interval_cs, vips = ?r.addresses(), "VRRP router starting");
+        info!(vrid = r.vrid.get(), family = r.family(), interface = %r.interface, %primary, priority = r.priority.get(), interval_cs = r.advert_interval.cs(), max_master_interval_cs = r.max_advert_interval.cs(), vips = ?r.addresses(), "VRRP router starting");
         // A connection per router: the kernel refuses a second dump on a netlink socket
         // while one is running (EBUSY), and routers list addresses concurrently.
         let own_net = link::Netlink::open()?;
@@ -190,6 +174,7 @@ pub async fn spawn(cfg: &Config, hooks: Hooks) -> Result<Ha, HaError> {
                 commands: rx,
                 garp: None,
                 last_error: None,
+                discard_logs: Default::default(),
             }
             .run(),
         );

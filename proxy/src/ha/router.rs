@@ -35,14 +35,17 @@ use super::{
 };
 use crate::{
     config::vrrp::VirtualRouter,
-    vrrp::{self, Action, DecodeError, Event, Router, State, Transition},
+    vrrp::{self, Action, DecodeError, Discard, Event, Priority, Router, State, Transition},
 };
 
 /// How often tracking looks at the front-end's health and the tracked interfaces.
 const TRACK_PERIOD: Duration = Duration::from_millis(250);
 /// Priority of a released router: it stays a backup (so it can still take over if the
 /// peer dies) but never preempts.
-const RELEASED_PRIORITY: u8 = 1;
+const RELEASED_PRIORITY: Priority = Priority::MIN;
+/// At most one warning per this long for each kind of discarded advert, so a flood of
+/// forged adverts cannot fill the log; the next warning says how many were not logged.
+const DISCARD_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// What `ha status` shows for one router.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -59,6 +62,12 @@ pub struct RouterStatus {
     pub vips: Vec<IpAddr>,
     pub advert_interval_cs: u16,
     pub master_adver_interval_cs: u16,
+    /// Adverts discarded because their source is not a configured unicast peer.
+    #[serde(default)]
+    pub discarded_not_a_peer: u64,
+    /// Adverts discarded because they list other virtual addresses than ours.
+    #[serde(default)]
+    pub discarded_other_addresses: u64,
     pub released: bool,
     pub draining: bool,
     /// Tracking checks failing now.
@@ -119,6 +128,33 @@ pub struct Task {
     pub garp: Option<(Instant, u32)>,
     /// The last socket error logged, so a link that stays down logs once, not per advert.
     pub last_error: Option<String>,
+    /// Rate limits for the warnings about discarded adverts: (not a peer, other addresses).
+    pub discard_logs: [Throttle; 2],
+}
+
+/// Lets one log line through per period and counts what it held back, so a flood of the
+/// same event costs a line per period, not a line per packet.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    next: Option<Duration>,
+    held_back: u64,
+}
+
+impl Throttle {
+    /// At `now` (any monotonic epoch): `Some(n)` if a line may be logged, `n` being how many
+    /// were held back since the last one; `None` to stay quiet.
+    pub fn admit(&mut self, now: Duration, period: Duration) -> Option<u64> {
+        match self.next {
+            Some(next) if now < next => {
+                self.held_back += 1;
+                None
+            }
+            _ => {
+                self.next = Some(now.saturating_add(period));
+                Some(std::mem::take(&mut self.held_back))
+            }
+        }
+    }
 }
 
 type Drain = Pin<Box<dyn Future<Output = usize> + Send>>;
@@ -137,11 +173,11 @@ impl Task {
         for &vip in &vips {
             match self.net.remove(self.ifindex, vip).await {
                 Ok(true) => {
-                    info!(vrid = self.cfg.vrid, %vip, "removed a virtual address left by an earlier run")
+                    info!(vrid = %self.cfg.vrid, %vip, "removed a virtual address left by an earlier run")
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    warn!(vrid = self.cfg.vrid, error = %e, "could not clear a stale virtual address")
+                    warn!(vrid = %self.cfg.vrid, error = %e, "could not clear a stale virtual address")
                 }
             }
         }
@@ -180,14 +216,14 @@ impl Task {
                         let (priority, now_failing) = self.tracked().await;
                         if now_failing != failing {
                             if now_failing.is_empty() {
-                                info!(vrid = self.cfg.vrid, priority, "tracking: healthy again");
+                                info!(vrid = %self.cfg.vrid, priority, "tracking: healthy again");
                             } else {
-                                warn!(vrid = self.cfg.vrid, priority, failing = ?now_failing, "tracking: lowering priority");
+                                warn!(vrid = %self.cfg.vrid, priority, failing = ?now_failing, "tracking: lowering priority");
                             }
                             failing = now_failing;
                             lock(&self.status).failing = failing.clone();
                         }
-                        if priority != self.router.priority() {
+                        if priority != self.router.priority().get() {
                             self.step(Event::PriorityChanged(priority), epoch.elapsed()).await;
                         }
                     }
@@ -258,7 +294,7 @@ impl Task {
     }
 
     fn start_drain(&self, vips: &[IpAddr]) -> Drain {
-        info!(vrid = self.cfg.vrid, deadline = ?self.drain_deadline, "draining before handoff: new sessions on the virtual addresses are refused");
+        info!(vrid = %self.cfg.vrid, deadline = ?self.drain_deadline, "draining before handoff: new sessions on the virtual addresses are refused");
         self.hooks.gate.drain(vips);
         lock(&self.status).draining = true;
         let gate = self.hooks.gate.clone();
@@ -270,24 +306,16 @@ impl Task {
     fn set_released(&self, released: bool) {
         let mut st = lock(&self.status);
         st.released = released;
-        st.priority = self.router.priority();
+        st.priority = self.router.priority().get();
     }
 
     /// Leaves the current role (a master resigns with priority 0) and starts over as a
     /// backup at `priority`: how release and resume move a router, the address owner
     /// included, whose priority the state machine otherwise pins.
-    async fn rebuild(&mut self, priority: u8, now: Duration) {
+    async fn rebuild(&mut self, priority: Priority, now: Duration) {
         let actions = self.router.handle(Event::Shutdown, now);
         self.execute(actions).await;
-        let mut config = self.router.config().clone();
-        config.priority = priority;
-        match Router::new(config) {
-            Ok(r) => self.router = r,
-            Err(e) => {
-                error!(vrid = self.cfg.vrid, error = %e, "cannot rebuild the virtual router");
-                return;
-            }
-        }
+        self.router = self.router.restarted_at(priority);
         self.step(Event::Startup, now).await;
     }
 
@@ -297,34 +325,44 @@ impl Task {
     }
 
     async fn heard(&mut self, rx: vrrp::Received, now: Duration) {
-        let adv = &rx.advert;
-        if adv.vrid != self.cfg.vrid {
-            return;
-        }
-        // With unicast peers configured, only they may speak for this router.
-        if !self.cfg.unicast_peers.is_empty() && !self.cfg.unicast_peers.contains(&rx.src) {
-            debug!(vrid = self.cfg.vrid, src = %rx.src, "advert from a host that is not a configured peer");
-            return;
-        }
-        if adv.addresses != self.cfg.addresses() && rx.src != self.primary {
-            // RFC 5798 section 7.1: a mismatch is worth logging, not dropping (the peer may
-            // be mid-reconfiguration); rate-limited by the debug level.
-            debug!(vrid = self.cfg.vrid, src = %rx.src, theirs = ?adv.addresses, "advert lists other virtual addresses than ours");
-        }
-        let actions = self.router.handle(Event::advert(rx.src, adv), now);
+        let actions = match self.router.receive(rx.src, &rx.advert, now) {
+            Ok(actions) => actions,
+            // Other virtual routers share the link and the group: not ours, not news.
+            Err(Discard::OtherVrid) => return,
+            Err(why) => {
+                let throttle = match why {
+                    Discard::NotAPeer => &mut self.discard_logs[0],
+                    _ => &mut self.discard_logs[1],
+                };
+                // A misconfigured peer or a forger on the link: worth a warning, but one
+                // per period, whatever the packet rate.
+                if let Some(held_back) = throttle.admit(now, DISCARD_LOG_PERIOD) {
+                    warn!(vrid = %self.cfg.vrid, src = %rx.src, priority = rx.advert.priority, theirs = ?rx.advert.addresses, ours = ?self.cfg.addresses(), held_back, "discarded a VRRP advert: {why}");
+                }
+                self.publish_discards();
+                return;
+            }
+        };
         self.execute(actions).await;
+    }
+
+    fn publish_discards(&self) {
+        let d = self.router.discards();
+        let mut st = lock(&self.status);
+        st.discarded_not_a_peer = d.not_a_peer;
+        st.discarded_other_addresses = d.other_addresses;
     }
 
     fn dropped(&self, e: &DecodeError) {
         // Other VRRP versions, wrong TTLs and bad checksums are expected on shared links;
         // they are logged at debug level only, so a flood cannot fill the log.
-        debug!(vrid = self.cfg.vrid, error = %e, "dropped a VRRP packet");
+        debug!(vrid = %self.cfg.vrid, error = %e, "dropped a VRRP packet");
     }
 
     async fn tracked(&self) -> (u8, Vec<String>) {
         let track = &self.cfg.track;
         if track.is_empty() {
-            return (self.cfg.priority, Vec::new());
+            return (self.cfg.priority.get(), Vec::new());
         }
         let mut interfaces_down = Vec::new();
         for (name, _) in &track.interfaces {
@@ -343,7 +381,7 @@ impl Task {
             backends_ok: self.hooks.health.backends_ok(),
             interfaces_down,
         };
-        tracked_priority(self.cfg.priority, track, &checks)
+        tracked_priority(self.cfg.priority.get(), track, &checks)
     }
 
     async fn execute(&mut self, actions: Vec<Action>) {
@@ -356,7 +394,7 @@ impl Task {
                         match self.net.add(self.ifindex, *vip).await {
                             Ok(_) => {}
                             Err(e) => {
-                                error!(vrid = self.cfg.vrid, error = %e, "cannot add virtual address")
+                                error!(vrid = %self.cfg.vrid, error = %e, "cannot add virtual address")
                             }
                         }
                     }
@@ -366,7 +404,7 @@ impl Task {
                     self.garp = None;
                     for vip in self.cfg.addresses() {
                         if let Err(e) = self.net.remove(self.ifindex, vip).await {
-                            error!(vrid = self.cfg.vrid, error = %e, "cannot remove virtual address");
+                            error!(vrid = %self.cfg.vrid, error = %e, "cannot remove virtual address");
                         }
                     }
                 }
@@ -385,20 +423,20 @@ impl Task {
         }
         let mut st = lock(&self.status);
         st.state = self.router.state().to_string();
-        st.priority = self.router.priority();
+        st.priority = self.router.priority().get();
         st.master = self.router.master();
         st.master_adver_interval_cs = self.router.master_adver_interval_cs();
     }
 
     fn transition(&self, t: Transition) {
         info!(
-            vrid = self.cfg.vrid,
+            vrid = %self.cfg.vrid,
             family = self.cfg.family(),
             interface = %self.cfg.interface,
             from = %t.from,
             to = %t.to,
             reason = ?t.reason,
-            priority = self.router.priority(),
+            priority = self.router.priority().get(),
             "VRRP transition"
         );
         let at_unix_ms = SystemTime::now()
@@ -414,7 +452,7 @@ impl Task {
 
     fn socket_error(&mut self, what: String) {
         if self.last_error.as_ref() != Some(&what) {
-            error!(vrid = self.cfg.vrid, interface = %self.cfg.interface, error = %what, "VRRP socket failing (logged once until it changes)");
+            error!(vrid = %self.cfg.vrid, interface = %self.cfg.interface, error = %what, "VRRP socket failing (logged once until it changes)");
             self.last_error = Some(what);
         }
     }
@@ -437,7 +475,7 @@ impl Task {
             Some(what) => self.socket_error(what),
             None => {
                 if self.last_error.take().is_some() {
-                    info!(vrid = self.cfg.vrid, "VRRP socket working again");
+                    info!(vrid = %self.cfg.vrid, "VRRP socket working again");
                 }
             }
         }
@@ -446,11 +484,11 @@ impl Task {
     fn announce(&self) {
         match announce::announce(&self.cfg.interface, self.ifindex, &self.cfg.addresses()) {
             Ok(n) => debug!(
-                vrid = self.cfg.vrid,
+                vrid = %self.cfg.vrid,
                 sent = n,
                 "announced virtual addresses"
             ),
-            Err(e) => warn!(vrid = self.cfg.vrid, error = %e, "cannot announce virtual addresses"),
+            Err(e) => warn!(vrid = %self.cfg.vrid, error = %e, "cannot announce virtual addresses"),
         }
     }
 }
@@ -459,5 +497,25 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discard_warnings_are_rate_limited_and_count_what_they_held_back() {
+        let mut t = Throttle::default();
+        let period = Duration::from_secs(10);
+        let s = Duration::from_secs;
+        assert_eq!(t.admit(s(100), period), Some(0));
+        // A flood within the period: quiet, but counted.
+        for k in 0..1_000u64 {
+            assert_eq!(t.admit(s(100) + Duration::from_millis(k), period), None);
+        }
+        assert_eq!(t.admit(s(109), period), None);
+        assert_eq!(t.admit(s(110), period), Some(1_001));
+        assert_eq!(t.admit(s(125), period), Some(0));
     }
 }

@@ -263,21 +263,31 @@ impl Board {
         crate::backend::admission::wake(&self.freed);
     }
 
-    /// A reply to MAIL, RCPT or the end of data. A storm of refusals with no success in
-    /// between ([`ERROR_STORM`] in a row) counts as one failed check: a back-end that
-    /// refuses everything (full disk, broken delivery) is sick even if it greets well.
-    pub fn reply_seen(&self, id: u32, code: u16, rise: u32, fall: u32) {
+    /// A session's reply to MAIL, RCPT or the end of data, or its login: `ok` for a
+    /// success, else a refusal that says the mail system cannot work (the session's
+    /// lease reports at most one). A storm of those with no success in between
+    /// ([`ERROR_STORM`] in a row) counts as one failed check: a back-end that refuses
+    /// everything (full disk, broken delivery) is sick even if it greets well.
+    pub fn reply_seen(&self, id: u32, ok: bool) {
         let slots = self.slots.load();
         let Some(slot) = slots.get(id as usize) else {
             return;
         };
-        if code < 400 {
+        if ok {
             slot.errors_in_a_row.store(0, Ordering::Relaxed);
             return;
         }
         if slot.errors_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= ERROR_STORM {
             slot.errors_in_a_row.store(0, Ordering::Relaxed);
-            self.record(id, false, None, rise, fall, "a storm of 4xx/5xx replies");
+            let (rise, fall) = (slot.health.rise, slot.health.fall);
+            self.record(
+                id,
+                false,
+                None,
+                rise,
+                fall,
+                "a storm of refusals from the mail system",
+            );
         }
     }
 
@@ -440,20 +450,25 @@ mod tests {
 
     #[test]
     fn a_storm_of_refusals_is_a_failed_check() {
-        let b = board();
+        let cfg = Config::parse(
+            std::path::Path::new("t.toml"),
+            "[frontend]\nname='f'\n[[pool]]\nname='p'\nhealth={fall=1}\nbackend=[{name='a',address='198.18.1.11:25'}]\n",
+        )
+        .unwrap();
+        let b = Board::new(&cfg);
         for _ in 0..ERROR_STORM - 1 {
-            b.reply_seen(0, 452, 2, 1);
+            b.reply_seen(0, false);
         }
-        b.reply_seen(0, 250, 2, 1);
+        b.reply_seen(0, true);
         for _ in 0..ERROR_STORM - 1 {
-            b.reply_seen(0, 550, 2, 1);
+            b.reply_seen(0, false);
         }
         assert_eq!(
             b.record_for(0, 0).unwrap().state,
             BACKEND_UP,
             "a success broke the first run"
         );
-        b.reply_seen(0, 451, 2, 1);
+        b.reply_seen(0, false);
         assert_eq!(b.record_for(0, 0).unwrap().state, BACKEND_DOWN);
     }
 

@@ -21,7 +21,11 @@ use super::{
     response::{Response, ResponseCode},
 };
 use crate::{
-    backend::{Candidate, admission::Place, pop3::Pop3Leg, smtp::ClientInfo},
+    backend::{
+        lease::{self, Ask, Lease, LeaseError, Waiting},
+        pop3::{Pop3Leg, Pop3LegError},
+        smtp::{ClientInfo, LegError},
+    },
     config::ServiceTls,
     front::{
         env::Env,
@@ -29,8 +33,13 @@ use crate::{
     },
     route::Route,
     smtp::command::Address,
+    smtp::session::write_timed_out,
     stream::{Buffered, Conn},
 };
+
+/// RFC 1939 3: an autologout timer of at least 10 minutes. A logged-in session that moves
+/// no byte either way for this long is ended (without QUIT, so nothing is deleted).
+pub const AUTOLOGOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Refused commands before the session is closed.
 const MAX_ERRORS: u32 = 20;
@@ -43,6 +52,8 @@ pub enum Pop3Error {
     Io(#[from] std::io::Error),
     #[error("TLS handshake: {0}")]
     Tls(String),
+    #[error("client idle in a SASL exchange")]
+    Timeout,
 }
 
 pub struct Session<'e, S> {
@@ -58,7 +69,8 @@ pub struct Session<'e, S> {
 /// What the AUTHORIZATION phase ended with.
 enum Next {
     Close,
-    Relay(Pop3Leg),
+    /// Boxed: the session's future would otherwise carry a lease's size while it waits.
+    Relay(Box<Lease<Pop3Leg>>),
 }
 
 impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
@@ -93,13 +105,69 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     }
 
     async fn send(&mut self, r: Response) -> std::io::Result<()> {
-        self.io.get_mut().write_all(&r.to_bytes()).await?;
-        self.io.get_mut().flush().await
+        self.send_raw(&r.to_bytes()).await
     }
 
+    /// Writes to the client with the idle timeout as deadline: a client that stops reading
+    /// must not hold the session once the socket's buffers are full.
     async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.io.get_mut().write_all(bytes).await?;
-        self.io.get_mut().flush().await
+        let idle = self.env.service.idle_timeout;
+        let io = self.io.get_mut();
+        let write = async {
+            io.write_all(bytes).await?;
+            io.flush().await
+        };
+        timeout(idle, write).await.map_err(|_| write_timed_out())?
+    }
+
+    /// Whether a password may be sent on this connection (TLS, loopback, or the service's
+    /// `plaintext_auth`); elsewhere it would cross the network in clear.
+    fn password_allowed(&self) -> bool {
+        self.env
+            .password_allowed(self.client.peer.ip(), self.io.get_ref().is_tls())
+    }
+
+    /// Refuses a login command sent where no password may be; true when it was refused.
+    async fn refuse_plaintext(&mut self) -> std::io::Result<bool> {
+        if self.password_allowed() {
+            return Ok(false);
+        }
+        self.refuse(Response::err(
+            Some(ResponseCode::Auth),
+            "Plaintext authentication disallowed on non-secure (SSL/TLS) connections",
+        ))
+        .await?;
+        Ok(true)
+    }
+
+    /// Refuses a login of a client that failed too often lately, before any back-end is
+    /// asked; true when it was refused (the session then ends).
+    async fn refuse_throttled(&mut self) -> std::io::Result<bool> {
+        if !self.env.login_refused(self.client.peer.ip()) {
+            return Ok(false);
+        }
+        info!(session = %self.client.session_id, "login refused: too many failed attempts from this client");
+        self.send(Response::err(
+            Some(ResponseCode::LoginDelay),
+            "Too many failed logins, try again later",
+        ))
+        .await?;
+        Ok(true)
+    }
+
+    /// [`Self::login`], counting a refused login (it counts in the session's errors)
+    /// against the client.
+    async fn login_counted(
+        &mut self,
+        user: String,
+        pass: String,
+    ) -> Result<Option<Lease<Pop3Leg>>, Pop3Error> {
+        let errors = self.errors;
+        let leg = Box::pin(self.login(user, pass)).await?;
+        if leg.is_none() && self.errors > errors {
+            self.env.login_failed(self.client.peer.ip());
+        }
+        Ok(leg)
     }
 
     /// Runs the session to its end. Errors are logged by the caller.
@@ -118,12 +186,13 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             match self.authorization().await? {
                 Next::Close => {
                     // For TLS this sends close_notify.
-                    let _ = self.io.get_mut().shutdown().await;
+                    let idle = self.env.service.idle_timeout;
+                    let _ = timeout(idle, self.io.get_mut().shutdown()).await;
                     Ok(())
                 }
                 // Boxed, like the login exchanges below: state that a session waiting for its
                 // client's next command should not carry.
-                Next::Relay(leg) => Box::pin(self.relay(leg)).await,
+                Next::Relay(leg) => Box::pin(self.relay(*leg)).await,
             }
         }
     }
@@ -173,6 +242,21 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     continue;
                 }
             };
+            if matches!(
+                cmd,
+                Command::User(_) | Command::Pass(_) | Command::Auth { .. }
+            ) && self.refuse_plaintext().await?
+            {
+                if self.errors >= MAX_ERRORS {
+                    return Ok(Next::Close);
+                }
+                continue;
+            }
+            if matches!(cmd, Command::Pass(_) | Command::Auth { .. })
+                && self.refuse_throttled().await?
+            {
+                return Ok(Next::Close);
+            }
             match cmd {
                 Command::Quit => {
                     self.send(Response::ok("Bye")).await?;
@@ -190,8 +274,8 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                         self.refuse(Response::err(None, "USER first")).await?;
                         continue;
                     };
-                    if let Some(leg) = Box::pin(self.login(user, p)).await? {
-                        return Ok(Next::Relay(leg));
+                    if let Some(leg) = self.login_counted(user, p).await? {
+                        return Ok(Next::Relay(Box::new(leg)));
                     }
                 }
                 Command::Auth {
@@ -199,7 +283,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     initial_response,
                 } => {
                     if let Some(leg) = Box::pin(self.auth(mechanism, initial_response)).await? {
-                        return Ok(Next::Relay(leg));
+                        return Ok(Next::Relay(Box::new(leg)));
                     }
                 }
                 _ => {
@@ -220,9 +304,12 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
 
     /// RFC 2449 5: the capabilities of the AUTHORIZATION state.
     async fn capa(&mut self) -> std::io::Result<()> {
-        let mut caps = String::from(
-            "+OK Capability list follows\r\nUSER\r\nSASL PLAIN\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nTOP\r\nUIDL\r\n",
-        );
+        let mut caps = String::from("+OK Capability list follows\r\n");
+        // RFC 2595 4: no login mechanism is listed where it could not be used.
+        if self.password_allowed() {
+            caps.push_str("USER\r\nSASL PLAIN\r\n");
+        }
+        caps.push_str("RESP-CODES\r\nAUTH-RESP-CODE\r\nTOP\r\nUIDL\r\n");
         if self.stls_offered() {
             caps.push_str("STLS\r\n");
         }
@@ -265,7 +352,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         &mut self,
         mechanism: String,
         initial: Option<String>,
-    ) -> Result<Option<Pop3Leg>, Pop3Error> {
+    ) -> Result<Option<Lease<Pop3Leg>>, Pop3Error> {
         if mechanism != "PLAIN" {
             self.refuse(Response::err(None, "Unsupported authentication mechanism"))
                 .await?;
@@ -275,9 +362,17 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             Some(r) => r,
             None => {
                 self.send_raw(b"+ \r\n").await?;
-                match read_line(&mut self.io, MAX_AUTH_LINE).await? {
-                    Line::Complete(l) => String::from_utf8_lossy(&l).into_owned(),
-                    _ => return Ok(None),
+                // The continuation waits no longer than a command would.
+                let idle = self.env.service.idle_timeout;
+                match timeout(idle, read_line(&mut self.io, MAX_AUTH_LINE)).await {
+                    Ok(Ok(Line::Complete(l))) => String::from_utf8_lossy(&l).into_owned(),
+                    Ok(Ok(_)) => return Ok(None),
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => {
+                        self.send(Response::err(None, "Idle timeout, closing connection"))
+                            .await?;
+                        return Err(Pop3Error::Timeout);
+                    }
                 }
             }
         };
@@ -287,9 +382,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             return Ok(None);
         }
         match crate::sasl::decode_plain(&response) {
-            Ok(c) => self.login(c.user, c.password).await,
+            Ok(c) => self.login_counted(c.user, c.password).await,
             Err(e) => {
                 info!(session = %self.client.session_id, error = %e, "AUTH PLAIN response refused");
+                self.env.login_failed(self.client.peer.ip());
                 self.refuse(Response::err(None, "Cannot decode the AUTH response"))
                     .await?;
                 Ok(None)
@@ -298,142 +394,122 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     }
 
     /// Finds the user's back-end, replays the login there and relays the verdict.
-    async fn login(&mut self, user: String, pass: String) -> Result<Option<Pop3Leg>, Pop3Error> {
+    async fn login(
+        &mut self,
+        user: String,
+        pass: String,
+    ) -> Result<Option<Lease<Pop3Leg>>, Pop3Error> {
         let route = self.env.route_user(&user);
         let Some(Route::Pools(route)) = route else {
             info!(session = %self.client.session_id, %user, "login for a user with no route");
             self.refuse(Route::pop3_reject_response()).await?;
             return Ok(None);
         };
-        let user_addr = user.split_once('@').map(|(l, d)| Address {
-            local: l.to_owned(),
-            domain: Some(d.to_ascii_lowercase()),
-        });
+        let user_addr = Address::parse_user(&user);
         let (group, share) = self
             .env
             .groups
             .classify(self.client.peer.ip(), user_addr.as_ref());
-        let Some((candidates, mut place)) = self.candidates_admitted(&route, share, group).await
-        else {
-            info!(session = %self.client.session_id, %user, %group, "deflected: every back-end over its thresholds for this group");
-            self.send(Response::err(
-                Some(ResponseCode::SysTemp),
-                "System busy, try again later",
-            ))
-            .await?;
-            return Ok(None);
-        };
-        for c in candidates {
-            let Some(guard) = self.env.pools.acquire(&c, share) else {
-                continue;
-            };
-            // The slot is held: the next waiter may have its turn.
-            drop(place.take());
-            let mut leg = match Pop3Leg::open(&c, &self.client).await {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(session = %self.client.session_id, backend = %c.backend.name, error = %e, "back-end unavailable, trying the next");
-                    self.env.pools.mark_failed(&c, &e.to_string());
-                    continue;
-                }
-            };
-            leg.guard = Some(guard);
-            self.env.pools.mark_ok(&c, Some(leg.greeting_latency));
-            let result = async {
-                let r = leg.command(&format!("USER {user}"), "USER").await?;
-                if !r.is_ok() {
-                    return Ok(r);
-                }
-                leg.command(&format!("PASS {pass}"), "PASS").await
-            }
-            .await;
-            return match result {
-                Ok(r) if r.is_ok() => {
-                    info!(session = %self.client.session_id, %user, backend = %leg.name, "logged in; relaying");
-                    self.send(r).await?;
-                    Ok(Some(leg))
-                }
-                Ok(r) => {
-                    info!(session = %self.client.session_id, %user, backend = %leg.name, response = %r.to_string().trim_end(), "back-end refused the login");
-                    self.refuse(r).await?;
-                    Ok(None)
-                }
-                Err(e) => {
-                    warn!(session = %self.client.session_id, backend = %leg.name, error = %e, "back-end failed during login");
-                    self.send(temp_failure()).await?;
-                    Ok(None)
-                }
-            };
-        }
-        self.send(temp_failure()).await?;
-        Ok(None)
-    }
-
-    /// The back-ends to try for a login of `group`; `None`: every back-end is over the
-    /// group's thresholds (deflect). A group that may wait (`wait_ms`) first queues for a
-    /// slot (`backend::admission`), premium first, until the wait is over, the client
-    /// goes away or the front-end shuts down; the returned place is kept until the
-    /// caller holds its slot, so the next waiter does not race it for the same one.
-    async fn candidates_admitted(
-        &mut self,
-        route: &[String],
-        share: f64,
-        group: &str,
-    ) -> Option<(Vec<Candidate>, Option<Place>)> {
         let env = self.env;
-        let pools = &env.pools;
-        let wait = env.admission_wait(group);
-        // Sessions already waiting with at least this priority get the next slot first.
-        if wait.is_zero() || !pools.admission.ahead(route, share) {
-            let (c, excluded) = pools.candidates(route, share);
-            if !(c.is_empty() && excluded.busy > 0) {
-                return Some((c, None));
+        let ask = Ask {
+            route: &route,
+            share,
+            group,
+            wait: env.admission_wait(group),
+            session: &self.client.session_id,
+        };
+        let closing = self.closing.clone();
+        let waiting = Waiting {
+            quiet: self.io.buffer().is_empty(),
+            client: &mut self.io,
+            closing: &closing,
+        };
+        let client = &self.client;
+        let leased = lease::lease(&env.pools, &ask, waiting, |c| async move {
+            let leg = Pop3Leg::open(&c, client).await?;
+            let greeting = leg.greeting_latency;
+            Ok::<_, Pop3LegError>((leg, greeting))
+        })
+        .await;
+        let mut leg = match leased {
+            Ok(l) => l,
+            Err(LeaseError::Busy) => {
+                info!(session = %self.client.session_id, %user, %group, "deflected: every back-end over its thresholds for this group");
+                self.send(Response::err(
+                    Some(ResponseCode::SysTemp),
+                    "System busy, try again later",
+                ))
+                .await?;
+                return Ok(None);
             }
-            if wait.is_zero() {
-                return None;
+            Err(e) => {
+                warn!(session = %self.client.session_id, %user, error = %e, "no back-end for login");
+                self.send(temp_failure()).await?;
+                return Ok(None);
+            }
+        };
+        let result = async {
+            let r = leg.command(&format!("USER {user}"), "USER").await?;
+            if !r.is_ok() {
+                return Ok(r);
+            }
+            leg.command(&format!("PASS {pass}"), "PASS").await
+        }
+        .await;
+        match result {
+            Ok(r) if r.is_ok() => {
+                info!(session = %self.client.session_id, %user, backend = %leg.backend(), "logged in; relaying");
+                self.send(r).await?;
+                Ok(Some(leg))
+            }
+            Ok(r) => {
+                info!(session = %self.client.session_id, %user, backend = %leg.backend(), response = %r.to_string().trim_end(), "back-end refused the login");
+                self.refuse(r).await?;
+                Ok(None)
+            }
+            Err(e) => {
+                warn!(session = %self.client.session_id, backend = %leg.backend(), error = %e, "back-end failed during login");
+                self.send(temp_failure()).await?;
+                Ok(None)
             }
         }
-        let session = self.client.session_id.clone();
-        let Some(mut place) = pools.admission.join(route, share, pools.wait_bound(route)) else {
-            info!(%session, %group, route = ?route, "wait queue full: deflected at once");
-            return None;
-        };
-        info!(%session, %group, route = ?route, wait_ms = wait.as_millis() as u64, "every back-end busy for this group: waiting for a slot");
-        let started = std::time::Instant::now();
-        let deadline = tokio::time::Instant::now() + wait;
-        let closing = self.closing.clone();
-        let mut watch_client = self.io.buffer().is_empty();
-        let why = loop {
-            let turn = place.session_turn(deadline, &mut self.io, &mut watch_client, &closing);
-            if let Err(why) = turn.await {
-                break why;
-            }
-            let (c, excluded) = pools.candidates(route, share);
-            if !(c.is_empty() && excluded.busy > 0) {
-                let waited_ms = started.elapsed().as_millis() as u64;
-                info!(%session, %group, waited_ms, "admitted after waiting");
-                return Some((c, Some(place)));
-            }
-        };
-        drop(place);
-        info!(%session, %group, route = ?route, waited_ms = started.elapsed().as_millis() as u64, outcome = why, "deflected after waiting for a slot");
-        None
     }
 
     /// TRANSACTION and UPDATE states belong to the back-end: relay until either side closes.
-    async fn relay(self, leg: Pop3Leg) -> Result<(), Pop3Error> {
+    /// The lease's slot is held until the relay ends; a back-end that breaks the
+    /// connection meanwhile (a reset, an I/O error on its side) counts as a failed check.
+    async fn relay(self, leg: Lease<Pop3Leg>) -> Result<(), Pop3Error> {
         let pipelined = self.io.buffer().to_vec();
         let mut client = self.io.into_inner();
-        let (mut backend, early, _guard) = leg.into_stream();
+        let (leg, hold) = leg.into_parts();
+        let (backend, early) = leg.into_stream();
+        let mut backend = crate::stream::Watched::new(backend);
+        let idle = AUTOLOGOUT.max(self.env.service.idle_timeout);
         if !early.is_empty() {
-            client.write_all(&early).await?;
+            timeout(idle, client.write_all(&early))
+                .await
+                .map_err(|_| write_timed_out())??;
         }
-        if !pipelined.is_empty() {
-            backend.write_all(&pipelined).await?;
+        if !pipelined.is_empty()
+            && let Err(e) = backend.write_all(&pipelined).await
+        {
+            hold.health.failure(&LegError::Io {
+                stage: "relay",
+                source: e,
+            });
+            return Ok(());
         }
         // Not tokio's copy_bidirectional, which holds two 8 KiB buffers for as long as the
         // user stays logged in; this holds only what is in flight.
-        let _ = crate::stream::relay(&mut client, &mut backend).await;
+        if let Err(e) = crate::stream::relay_idle(&mut client, &mut backend, idle).await {
+            info!(session = %self.client.session_id, error = %e, "relay ended");
+        }
+        if let Some(source) = backend.take_error() {
+            hold.health.failure(&LegError::Io {
+                stage: "relay",
+                source,
+            });
+        }
         Ok(())
     }
 }

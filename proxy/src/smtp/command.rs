@@ -42,6 +42,16 @@ impl Address {
         self.local.is_ascii() && self.domain.as_deref().is_none_or(str::is_ascii)
     }
 
+    /// A login name as an address, when it has the `user@domain` form: the key under
+    /// which routing maps and user groups know a user.
+    pub fn parse_user(user: &str) -> Option<Address> {
+        let (local, domain) = user.split_once('@')?;
+        Some(Address {
+            local: local.to_owned(),
+            domain: Some(domain.to_ascii_lowercase()),
+        })
+    }
+
     /// `postmaster` is the one local part compared case-insensitively (RFC 5321 4.5.1).
     pub fn is_postmaster(&self) -> bool {
         self.local.eq_ignore_ascii_case("postmaster")

@@ -72,6 +72,18 @@ impl Reply {
         self.class() == 5
     }
 
+    /// A temporary failure of the mail system itself (RFC 3463 `4.3.x` mail system or
+    /// `4.4.x` network status; without an enhanced code, RFC 5321's 451 "local error" and
+    /// 452 "insufficient storage"), as opposed to one about the client's addresses,
+    /// content or policy, which says nothing about the server's health.
+    pub fn says_system_failure(&self) -> bool {
+        match (self.class(), self.enhanced) {
+            (4, Some((_, subject, _))) => matches!(subject, 3 | 4),
+            (4, None) => matches!(self.code, 451 | 452),
+            _ => false,
+        }
+    }
+
     /// The wire form, every line ending in CRLF.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.to_string().into_bytes()
@@ -377,6 +389,27 @@ impl Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_mail_system_failures_say_a_server_is_sick() {
+        let sick = [
+            Reply::new(452, Some((4, 3, 1)), "Insufficient system storage"),
+            Reply::new(451, Some((4, 3, 0)), "queue file write error"),
+            Reply::new(451, Some((4, 4, 1)), "no answer from host"),
+            Reply::new(451, None, "local error"),
+        ];
+        let client = [
+            Reply::new(450, Some((4, 1, 2)), "Domain not found"),
+            Reply::new(450, Some((4, 7, 1)), "greylisted"),
+            Reply::new(452, Some((4, 5, 3)), "Too many recipients"),
+            Reply::new(550, Some((5, 1, 1)), "no such user"),
+            Reply::new(554, Some((5, 3, 0)), "content rejected"),
+            Reply::new(450, None, "mailbox unavailable"),
+            Reply::new(250, Some((2, 0, 0)), "ok"),
+        ];
+        assert!(sick.iter().all(Reply::says_system_failure));
+        assert!(!client.iter().any(Reply::says_system_failure));
+    }
 
     #[test]
     fn formats_single_and_multiline() {

@@ -29,7 +29,10 @@ use super::{
 };
 pub use crate::front::env::Env;
 use crate::{
-    backend::smtp::{ClientInfo, SmtpLeg},
+    backend::{
+        lease::Lease,
+        smtp::{ClientInfo, SmtpLeg},
+    },
     config::{Service, ServiceTls},
     front::lines::{Line, read_line},
     stream::{Buffered, Conn},
@@ -39,6 +42,12 @@ use crate::{
 /// line limit, because long MAIL/RCPT parameter lists exist in the wild.
 pub const MAX_LINE: usize = 1000;
 /// RFC 5321 4.5.3.1.8: at least 100 recipients must be accepted.
+///
+/// This bounds what one session holds for its transaction: the accepted RCPT lines are
+/// kept to be replayed on a new leg, at most `MAX_RECIPIENTS` lines of at most
+/// [`MAX_LINE`] octets (up to three times that where invalid UTF-8 is replaced), so about
+/// 1 MB, up to 3 MB, and twice that for a moment while they are replayed. A client that
+/// sends more gets `452 4.5.3` for each extra recipient and nothing more is kept.
 pub const MAX_RECIPIENTS: usize = 1000;
 /// RFC 5321 4.5.3.2.5: a data block may take 3 minutes.
 pub const DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
@@ -46,12 +55,10 @@ pub const DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
 pub const MAX_ERRORS: u32 = 20;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// An open back-end leg and the route it serves.
+/// A leased back-end leg and the route it serves.
 struct Leg {
-    leg: SmtpLeg,
+    lease: Lease<SmtpLeg>,
     route: Vec<String>,
-    /// The back-end it goes to, to put it last if the leg fails.
-    candidate: crate::backend::Candidate,
 }
 
 #[derive(Default)]
@@ -69,6 +76,8 @@ struct Transaction {
     broken: bool,
     /// Octets sent in BDAT chunks so far (RFC 3030).
     bdat_size: u64,
+    /// A BDAT chunk was sent: DATA is refused in this transaction (RFC 3030 2).
+    bdat_used: bool,
 }
 
 pub struct Session<'e, S> {
@@ -85,6 +94,14 @@ pub struct Session<'e, S> {
     /// Fires when the front-end wants the session to end (shutdown, address handoff): the
     /// session then says 421 at the next transaction boundary.
     closing: CancellationToken,
+}
+
+/// The error of a write to the client that missed its deadline.
+pub(crate) fn write_timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the client did not read its replies in time",
+    )
 }
 
 /// Why a session ended early (logged, never shown to the client beyond its reply).
@@ -143,12 +160,22 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
 
     /// Writes queued replies. Called before waiting on the client with an empty input
     /// buffer, so pipelined commands get their replies in one batch (RFC 2920 3.2).
+    ///
+    /// A client that stops reading would otherwise hold the session (and any back-end
+    /// leg) forever once the socket's buffers are full: the write has the idle timeout as
+    /// its deadline, and missing it ends the session.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            let out = std::mem::take(&mut self.out);
-            self.io.get_mut().write_all(&out).await?;
-        }
-        self.io.get_mut().flush().await
+        let out = std::mem::take(&mut self.out);
+        let io = self.io.get_mut();
+        let write = async {
+            if !out.is_empty() {
+                io.write_all(&out).await?;
+            }
+            io.flush().await
+        };
+        timeout(self.env.service.idle_timeout, write)
+            .await
+            .map_err(|_| write_timed_out())?
     }
 
     /// Runs the session to its end. Errors are logged by the caller.
@@ -232,10 +259,12 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 }
             }
             let _ = self.flush().await;
-            // For TLS this sends close_notify, so the client can tell an end from a cut.
-            let _ = self.io.get_mut().shutdown().await;
+            // For TLS this sends close_notify, so the client can tell an end from a cut; a
+            // client that does not read gets no longer for it than for a reply.
+            let idle = self.svc().idle_timeout;
+            let _ = timeout(idle, self.io.get_mut().shutdown()).await;
             if let Some(l) = self.leg.take() {
-                Box::pin(l.leg.quit()).await;
+                Box::pin(l.lease.quit()).await;
             }
             Ok(())
         }
@@ -262,8 +291,15 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     /// Handles one command other than QUIT and STARTTLS; false ends the session.
     async fn command(&mut self, cmd: Command, line: &[u8]) -> Result<bool, SessionError> {
         match cmd {
-            Command::Ehlo(name) => self.hello(name, true),
-            Command::Helo(name) => self.hello(name, false),
+            Command::Ehlo(name) => {
+                // RFC 5321 4.1.4: EHLO/HELO resets any transaction, on the back-end too.
+                self.reset_transaction().await;
+                self.hello(name, true)
+            }
+            Command::Helo(name) => {
+                self.reset_transaction().await;
+                self.hello(name, false)
+            }
             Command::Noop => self.say(250, (2, 0, 0), "OK"),
             Command::Help(_) => self.say(
                 214,
@@ -287,8 +323,8 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             } => {
                 return self.auth(mechanism, initial_response).await;
             }
-            Command::Mail(mail) => self.mail(mail, line).await,
-            Command::Rcpt(rcpt) => self.rcpt(rcpt.forward_path, line).await,
+            Command::Mail(mail) => return Ok(self.mail(mail, line).await),
+            Command::Rcpt(rcpt) => return Ok(self.rcpt(rcpt.forward_path, line).await),
             Command::Data => return self.data().await,
             Command::Quit | Command::StartTls => unreachable!("handled by the session loop"),
         }
@@ -296,8 +332,6 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     }
 
     fn hello(&mut self, name: String, esmtp: bool) {
-        // RFC 5321 4.1.4: EHLO/HELO resets any transaction.
-        self.tx = None;
         self.client.helo = Some(name.clone());
         self.helo = Some((name, esmtp));
         let host = self.svc().hostname.clone();
@@ -319,7 +353,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         if self.starttls_offered() {
             lines.push("STARTTLS".to_owned());
         }
-        if self.svc().auth && self.client.login.is_none() {
+        if self.svc().auth && self.client.login.is_none() && self.auth_allowed() {
             lines.push("AUTH PLAIN LOGIN".to_owned());
         }
         self.send(&Reply::multiline(250, None, lines));

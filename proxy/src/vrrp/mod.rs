@@ -11,12 +11,14 @@
 //! Invariants:
 //! - Nothing derived from the network can make these functions panic; a malformed packet is a
 //!   [`packet::DecodeError`] naming what was wrong.
-//! - A [`state::Router`] only exists for a validated [`state::Config`] (VRID 1..=255,
-//!   priority 1..=255, interval 1..=4095 centiseconds, one address family), and its time only
-//!   moves through the `now` the caller passes in.
+//! - A [`state::Router`] is built from [`types`] that were checked once, where the
+//!   configuration was parsed (VRID 1..=255, priority 1..=255, interval 1..=4095
+//!   centiseconds, 1..=255 addresses of one family), so building one cannot fail; its time
+//!   only moves through the `now` the caller passes in.
 
 pub mod packet;
 pub mod state;
+pub mod types;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -24,7 +26,8 @@ pub use packet::{
     Advertisement, DecodeError, EncodeError, Ipv4Checksum, Received, check_ttl, decode,
     decode_ipv4_packet, encode, encode_ipv4_packet, encode_with, receive,
 };
-pub use state::{Action, Config, ConfigError, Event, Reason, Router, State, Transition};
+pub use state::{Action, Config, Discard, Discards, Event, Reason, Router, State, Transition};
+pub use types::{AddressesError, Interval, Priority, VirtualAddresses, Vrid};
 
 /// IP protocol number of VRRP (RFC 5798 section 5.1.1.4 / 5.1.2.4).
 pub const PROTOCOL: u8 = 112;

@@ -12,74 +12,93 @@
 //! The two RFC timers map onto that single deadline: in Master it is the Adver_Timer, in
 //! Backup the Master_Down_Timer, in Initialize there is none.
 //!
+//! Hardening on receipt ([`Router::receive`]): with unicast peers configured only they are
+//! heard, an advert must list exactly our virtual addresses (keepalived's `vrrp_strict`),
+//! and the interval a backup learns from a master is capped by
+//! [`Config::max_master_interval`], so a forged advert announcing 40.95 s cannot stretch
+//! Master_Down_Interval to two minutes.
+//!
 //! Invariant: the router's priority is 255 exactly when it is configured as address owner,
 //! otherwise 1..=254 (RFC 5798 section 5.2.4); tracking can move it only within that range.
+//! A [`Router`] is built from typed values ([`super::types`]), so building one cannot fail.
 
 use std::{fmt, net::IpAddr, time::Duration};
 
-use super::packet::{Advertisement, MAX_ADVER_INT_CS};
-
-/// Priority of the router that owns the virtual addresses (section 5.2.4).
-pub const OWNER_PRIORITY: u8 = 255;
-/// Default priority of a backup (section 5.2.4 / 6.1).
-pub const DEFAULT_PRIORITY: u8 = 100;
-/// Default Advertisement_Interval: 1 s (section 6.1).
-pub const DEFAULT_INTERVAL_CS: u16 = 100;
+use super::{
+    packet::Advertisement,
+    types::{Interval, Priority, VirtualAddresses, Vrid},
+};
 
 /// One virtual router of one address family (section 6.1 parameters).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// VRID, 1..=255.
-    pub vrid: u8,
-    /// 255 makes this router the address owner; backups use 1..=254.
-    pub priority: u8,
-    /// Advertisement_Interval in centiseconds, 1..=4095.
-    pub advert_interval_cs: u16,
+    pub vrid: Vrid,
+    /// [`Priority::OWNER`] makes this router the address owner; backups use 1..=254.
+    pub priority: Priority,
+    /// Advertisement_Interval: how often this router advertises as master.
+    pub advert_interval: Interval,
+    /// The largest Master_Adver_Interval a backup adopts from a master's adverts; a larger
+    /// advertised interval is taken as this one. RFC 5798 has a backup learn the master's
+    /// interval, and VRRPv3 adverts are not authenticated: without a cap, one forged advert
+    /// of 4095 cs followed by silence keeps the backups waiting over two minutes.
+    pub max_master_interval: Interval,
     /// Preempt_Mode: whether a higher-priority backup takes over from a lower-priority master.
     /// The address owner always preempts (section 6.1).
     pub preempt: bool,
     /// After startup, behave as if `preempt` were false for this long (keepalived's
     /// `preempt_delay`): a restarted front-end first learns who is master before taking over.
     pub preempt_delay: Duration,
-    /// This router's primary address on the link: the advert source and the tie-breaker.
+    /// This router's primary address on the link: the advert source and the tie-breaker. Of
+    /// the family of `addresses` (the caller picks it by that family).
     pub primary: IpAddr,
-    /// The virtual addresses, all of the primary's family.
-    pub addresses: Vec<IpAddr>,
+    /// The virtual addresses.
+    pub addresses: VirtualAddresses,
+    /// When not empty, the only sources whose adverts are heard (unicast VRRP).
+    pub peers: Vec<IpAddr>,
 }
 
 impl Config {
-    /// A backup with the RFC defaults: priority 100, 1 s adverts, preemption on, no delay.
-    pub fn new(vrid: u8, primary: IpAddr, addresses: Vec<IpAddr>) -> Self {
+    /// A backup with the RFC defaults: priority 100, 1 s adverts, preemption on, no delay,
+    /// learned intervals capped at 10 s, multicast (any peer).
+    pub fn new(vrid: Vrid, primary: IpAddr, addresses: VirtualAddresses) -> Self {
         Self {
             vrid,
-            priority: DEFAULT_PRIORITY,
-            advert_interval_cs: DEFAULT_INTERVAL_CS,
+            priority: Priority::DEFAULT,
+            advert_interval: Interval::DEFAULT,
+            max_master_interval: DEFAULT_MAX_MASTER_INTERVAL,
             preempt: true,
             preempt_delay: Duration::ZERO,
             primary,
             addresses,
+            peers: Vec::new(),
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("VRID 0 is not valid; use 1..=255")]
-    ZeroVrid,
-    #[error("VRID {vrid}: priority 0 means a master resigning; use 1..=254, or 255 for the owner")]
-    ZeroPriority { vrid: u8 },
-    #[error("VRID {vrid}: advert interval {cs} cs is outside 1..=4095")]
-    BadInterval { vrid: u8, cs: u16 },
-    #[error("VRID {vrid}: no virtual addresses")]
-    NoAddresses { vrid: u8 },
-    #[error("VRID {vrid}: {count} virtual addresses, an advert carries at most 255")]
-    TooManyAddresses { vrid: u8, count: usize },
-    #[error("VRID {vrid}: virtual address {addr} is not of the family of primary {primary}")]
-    FamilyMismatch {
-        vrid: u8,
-        addr: IpAddr,
-        primary: IpAddr,
-    },
+/// Default cap on a learned Master_Adver_Interval: 10 s, ten times the RFC's default
+/// interval, so any sane master is followed as it advertises while a forged 40.95 s is not.
+pub const DEFAULT_MAX_MASTER_INTERVAL: Interval = match Interval::from_cs(1000) {
+    Some(i) => i,
+    None => Interval::MAX,
+};
+
+/// Why [`Router::receive`] did not act on an advert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Discard {
+    #[error("advert for another VRID")]
+    OtherVrid,
+    #[error("advert from a host that is not a configured unicast peer")]
+    NotAPeer,
+    #[error("advert lists other virtual addresses than ours")]
+    OtherAddresses,
+}
+
+/// How many adverts [`Router::receive`] discarded, by reason (other VRIDs are normal on a
+/// shared link and not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Discards {
+    pub not_a_peer: u64,
+    pub other_addresses: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,66 +205,49 @@ enum Timer {
 }
 
 /// One virtual router's protocol state. Create with [`Router::new`], drive with
-/// [`Router::handle`].
+/// [`Router::receive`] for adverts from the network and [`Router::handle`] for the rest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Router {
     config: Config,
-    priority: u8,
+    priority: Priority,
     state: State,
-    /// Master_Adver_Interval: the current master's interval, learned from its adverts.
-    master_adver_interval_cs: u16,
+    /// Master_Adver_Interval: the current master's interval, learned from its adverts
+    /// (capped by `config.max_master_interval`).
+    master_adver_interval: Interval,
     timer: Option<Timer>,
     /// Preemption is held off until then (set at startup from `preempt_delay`).
     preempt_after: Duration,
     /// Who is master as far as this router knows: itself in Master, the sender of the last
     /// advert that reset the Master_Down_Timer in Backup, nobody after a resignation.
     master: Option<IpAddr>,
+    discards: Discards,
 }
 
 impl Router {
-    /// Validates `config` and returns a router in Initialize.
-    pub fn new(config: Config) -> Result<Self, ConfigError> {
-        let vrid = config.vrid;
-        if vrid == 0 {
-            return Err(ConfigError::ZeroVrid);
-        }
-        if config.priority == 0 {
-            return Err(ConfigError::ZeroPriority { vrid });
-        }
-        let cs = config.advert_interval_cs;
-        if cs == 0 || cs > MAX_ADVER_INT_CS {
-            return Err(ConfigError::BadInterval { vrid, cs });
-        }
-        if config.addresses.is_empty() {
-            return Err(ConfigError::NoAddresses { vrid });
-        }
-        if config.addresses.len() > 255 {
-            return Err(ConfigError::TooManyAddresses {
-                vrid,
-                count: config.addresses.len(),
-            });
-        }
-        let primary = config.primary;
-        if let Some(&addr) = config
-            .addresses
-            .iter()
-            .find(|a| a.is_ipv6() != primary.is_ipv6())
-        {
-            return Err(ConfigError::FamilyMismatch {
-                vrid,
-                addr,
-                primary,
-            });
-        }
-        Ok(Self {
+    /// A router in Initialize; every value of `config` was checked when it was parsed.
+    pub fn new(config: Config) -> Self {
+        Self {
             priority: config.priority,
-            master_adver_interval_cs: cs,
+            master_adver_interval: config.advert_interval,
             config,
             state: State::Initialize,
             timer: None,
             preempt_after: Duration::ZERO,
             master: None,
-        })
+            discards: Discards::default(),
+        }
+    }
+
+    /// A router in Initialize with this one's configuration at `priority`, keeping the
+    /// discard counts (they describe the link, not the role): how a release or a resume
+    /// starts a router over, the address owner included.
+    pub fn restarted_at(&self, priority: Priority) -> Self {
+        let mut config = self.config.clone();
+        config.priority = priority;
+        Self {
+            discards: self.discards,
+            ..Self::new(config)
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -257,7 +259,7 @@ impl Router {
     }
 
     /// The current priority (the configured one, moved by [`Event::PriorityChanged`]).
-    pub fn priority(&self) -> u8 {
+    pub fn priority(&self) -> Priority {
         self.priority
     }
 
@@ -268,17 +270,22 @@ impl Router {
 
     /// Master_Adver_Interval: the interval learned from the master's adverts in Backup.
     pub fn master_adver_interval_cs(&self) -> u16 {
-        self.master_adver_interval_cs
+        self.master_adver_interval.cs()
+    }
+
+    /// Adverts discarded by [`Router::receive`] so far.
+    pub fn discards(&self) -> Discards {
+        self.discards
     }
 
     /// Skew_Time for the current priority and learned interval.
     pub fn skew_time(&self) -> Duration {
-        skew_time(self.priority, self.master_adver_interval_cs)
+        skew_time(self.priority.get(), self.master_adver_interval.cs())
     }
 
     /// Master_Down_Interval for the current priority and learned interval.
     pub fn master_down_interval(&self) -> Duration {
-        master_down_interval(self.priority, self.master_adver_interval_cs)
+        master_down_interval(self.priority.get(), self.master_adver_interval.cs())
     }
 
     /// When the caller must next deliver [`Event::Timer`]; `None` in Initialize.
@@ -291,11 +298,42 @@ impl Router {
     /// The advert to send for [`Action::SendAdvert`]: our VRID, own interval and addresses.
     pub fn advertisement(&self, priority: u8) -> Advertisement {
         Advertisement {
-            vrid: self.config.vrid,
+            vrid: self.config.vrid.get(),
             priority,
-            max_adver_int_cs: self.config.advert_interval_cs,
-            addresses: self.config.addresses.clone(),
+            max_adver_int_cs: self.config.advert_interval.cs(),
+            addresses: self.config.addresses.to_vec(),
         }
+    }
+
+    /// An advert decoded (and TTL-checked) from `src`: checked against the configuration
+    /// (VRID, unicast peers, address list), then handled as [`Event::Advert`]. A discarded
+    /// advert changes nothing but the [`Router::discards`] count; the caller logs it.
+    pub fn receive(
+        &mut self,
+        src: IpAddr,
+        adv: &Advertisement,
+        now: Duration,
+    ) -> Result<Vec<Action>, Discard> {
+        if adv.vrid != self.config.vrid.get() {
+            return Err(Discard::OtherVrid);
+        }
+        // Our own advert looped back, or the other family's router of this VRID: neither is
+        // a peer, nor a discard worth counting (handle ignores both too).
+        if src == self.config.primary || src.is_ipv6() != self.config.primary.is_ipv6() {
+            return Ok(Vec::new());
+        }
+        if !self.config.peers.is_empty() && !self.config.peers.contains(&src) {
+            self.discards.not_a_peer += 1;
+            return Err(Discard::NotAPeer);
+        }
+        // A master whose list differs would leave some of our addresses served by nobody
+        // (or claim ones we do not carry), so its adverts are ignored, as keepalived's
+        // `vrrp_strict` does; RFC 5798 section 7.1 leaves the check to the implementation.
+        if !self.config.addresses.same_set(&adv.addresses) {
+            self.discards.other_addresses += 1;
+            return Err(Discard::OtherAddresses);
+        }
+        Ok(self.handle(Event::advert(src, adv), now))
     }
 
     /// Applies one event at time `now` and returns what to do about it.
@@ -312,8 +350,8 @@ impl Router {
             Event::PriorityChanged(priority) => {
                 // The owner's 255 is what makes it the owner (section 5.2.4); tracking
                 // cannot make a backup an owner or a resigning master either.
-                if self.config.priority != OWNER_PRIORITY {
-                    self.priority = priority.clamp(1, OWNER_PRIORITY - 1);
+                if !self.config.priority.is_owner() {
+                    self.priority = Priority::backup_clamped(priority);
                 }
                 // The new value takes effect through the next advert sent or received: a
                 // master's lower priority lets a preempting backup's Master_Down_Timer run
@@ -329,10 +367,10 @@ impl Router {
             return Vec::new();
         }
         self.preempt_after = now.saturating_add(self.config.preempt_delay);
-        if self.priority == OWNER_PRIORITY {
+        if self.priority.is_owner() {
             return self.become_master(now, Reason::AddressOwner);
         }
-        self.master_adver_interval_cs = self.config.advert_interval_cs;
+        self.master_adver_interval = self.config.advert_interval;
         self.master = None;
         self.arm_master_down(now, self.master_down_interval(), false);
         vec![self.enter(State::Backup, Reason::Startup)]
@@ -369,7 +407,7 @@ impl Router {
             Timer::Adver(at) if now >= at => {
                 self.timer = Some(Timer::Adver(self.advert_due(now)));
                 vec![Action::SendAdvert {
-                    priority: self.priority,
+                    priority: self.priority.get(),
                 }]
             }
             Timer::MasterDown { at, resigned } if now >= at => {
@@ -400,18 +438,23 @@ impl Router {
             return Vec::new();
         }
         // The decoder rejects these; an event built by hand must not break the timers.
-        if interval_cs == 0 || interval_cs > MAX_ADVER_INT_CS {
+        let Some(advertised) = Interval::from_cs(interval_cs) else {
             return Vec::new();
-        }
+        };
+        // What a backup adopts as Master_Adver_Interval: the advertised one up to the cap
+        // (see `Config::max_master_interval`). A master advertising slower than the cap is
+        // still followed while its adverts come within 3 capped intervals plus skew.
+        let learned = advertised.min(self.config.max_master_interval);
+        let ours = self.priority.get();
         match self.state {
             State::Initialize => Vec::new(),
             State::Backup => {
                 if priority == 0 {
                     self.master = None;
                     self.arm_master_down(now, self.skew_time(), true);
-                } else if !self.preempts(now) || priority >= self.priority {
+                } else if !self.preempts(now) || priority >= ours {
                     self.master = Some(src);
-                    self.master_adver_interval_cs = interval_cs;
+                    self.master_adver_interval = learned;
                     self.arm_master_down(now, self.master_down_interval(), false);
                 }
                 // Otherwise a lower-priority master while we preempt: discard it, so our
@@ -422,14 +465,10 @@ impl Router {
                 if priority == 0 {
                     // Another master resigned; make sure the backups hear a live one now.
                     self.timer = Some(Timer::Adver(self.advert_due(now)));
-                    vec![Action::SendAdvert {
-                        priority: self.priority,
-                    }]
-                } else if priority > self.priority
-                    || (priority == self.priority && outranks(src, primary))
-                {
+                    vec![Action::SendAdvert { priority: ours }]
+                } else if priority > ours || (priority == ours && outranks(src, primary)) {
                     self.master = Some(src);
-                    self.master_adver_interval_cs = interval_cs;
+                    self.master_adver_interval = learned;
                     self.arm_master_down(now, self.master_down_interval(), false);
                     vec![
                         self.enter(State::Backup, Reason::PeerPreferred { src, priority }),
@@ -442,7 +481,7 @@ impl Router {
                     // caches may point at it: announce them again (issue 5, item 5).
                     vec![
                         Action::SendAdvert {
-                            priority: self.priority,
+                            priority: self.priority.get(),
                         },
                         Action::SendGratuitous,
                     ]
@@ -461,7 +500,7 @@ impl Router {
             self.enter(State::Master, reason),
             Action::AddAddresses,
             Action::SendAdvert {
-                priority: self.priority,
+                priority: self.priority.get(),
             },
             Action::SendGratuitous,
         ]
@@ -481,12 +520,12 @@ impl Router {
     }
 
     fn advert_due(&self, now: Duration) -> Duration {
-        now.saturating_add(centiseconds(self.config.advert_interval_cs))
+        now.saturating_add(self.config.advert_interval.duration())
     }
 
     /// Preempt_Mode, held off for `preempt_delay` after startup; the owner always preempts.
     fn preempts(&self, now: Duration) -> bool {
-        self.priority == OWNER_PRIORITY || (self.config.preempt && now >= self.preempt_after)
+        self.priority.is_owner() || (self.config.preempt && now >= self.preempt_after)
     }
 }
 

@@ -66,8 +66,15 @@ fn env(dir: &std::path::Path, store: SocketAddr) -> Env {
     env_with(dir, store, "")
 }
 
-/// [`env`] with `extra` keys in the service section.
+/// [`env`] with `extra` keys in the service section. The sessions' client is not on
+/// loopback and not on TLS: unless `extra` says otherwise, the service allows passwords in
+/// clear.
 fn env_with(dir: &std::path::Path, store: SocketAddr, extra: &str) -> Env {
+    let extra = if extra.contains("plaintext_auth") {
+        extra.to_owned()
+    } else {
+        format!("plaintext_auth = true\n{extra}")
+    };
     let routes = dir.join("routes");
     std::fs::write(&routes, "alice store\nmallory reject\n").unwrap();
     let text = format!(
@@ -81,13 +88,18 @@ fn env_with(dir: &std::path::Path, store: SocketAddr, extra: &str) -> Env {
 }
 
 async fn converse(env: &Env, input: &[u8]) -> String {
+    converse_from(env, "198.18.0.100:1", input).await
+}
+
+/// [`converse`] for a client at `peer`.
+async fn converse_from(env: &Env, peer: &str, input: &[u8]) -> String {
     let (mut client, server) = tokio::io::duplex(1 << 16);
     client.write_all(input).await.unwrap();
     client.shutdown().await.unwrap();
     let s = Session::new(
         Conn::Plain(server),
         env,
-        "198.18.0.100:1".parse().unwrap(),
+        peer.parse().unwrap(),
         "198.18.0.110:110".parse().unwrap(),
         "t".into(),
     );
@@ -235,4 +247,145 @@ async fn a_waiting_session_holds_a_small_future() {
     let size = std::mem::size_of_val(&run);
     eprintln!("POP3 session future: {size} bytes");
     assert!(size <= 1280, "POP3 session future of {size} bytes");
+}
+
+const PLAINTEXT_REFUSED: &str =
+    "-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections\r\n";
+
+#[tokio::test]
+async fn no_password_in_clear_except_from_loopback() {
+    let (addr, seen) = backend(false).await;
+    let env = env_with(&dir("clear"), addr, "plaintext_auth = false");
+    let out = converse(
+        &env,
+        b"CAPA\r\nUSER alice\r\nPASS secret\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(!out.contains("\r\nUSER\r\n"), "{out}");
+    assert!(!out.contains("SASL"), "{out}");
+    assert_eq!(out.matches(PLAINTEXT_REFUSED).count(), 3, "{out}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "no password reached a back-end"
+    );
+    let out = converse_from(
+        &env,
+        "127.0.0.1:1",
+        b"CAPA\r\nUSER alice\r\nPASS secret\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(out.contains("\r\nUSER\r\nSASL PLAIN\r\n"), "{out}");
+    assert!(out.contains("+OK Logged in."), "{out}");
+}
+
+#[tokio::test]
+async fn a_client_guessing_passwords_is_refused_before_any_backend() {
+    let (addr, seen) = backend(false).await;
+    let env = env(&dir("guess"), addr);
+    let max = crate::front::limits::AUTH_FAILURES_MAX as usize;
+    let input =
+        "USER alice\r\nPASS wrong\r\n".repeat(max) + "USER alice\r\nPASS secret\r\nQUIT\r\n";
+    let out = converse(&env, input.as_bytes()).await;
+    assert_eq!(
+        out.matches("-ERR [AUTH] Authentication failed").count(),
+        max,
+        "{out}"
+    );
+    assert!(
+        out.ends_with("-ERR [LOGIN-DELAY] Too many failed logins, try again later\r\n"),
+        "{out}"
+    );
+    let passes = |seen: &Mutex<Vec<String>>| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("PASS"))
+            .count()
+    };
+    assert_eq!(passes(&seen), max, "the refused login reached no back-end");
+    // AUTH PLAIN of the same client, in a new session, is refused too.
+    let out = converse(&env, b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nQUIT\r\n").await;
+    assert!(out.contains("-ERR [LOGIN-DELAY]"), "{out}");
+    assert_eq!(passes(&seen), max);
+    // Another client logs in.
+    let out = converse_from(
+        &env,
+        "198.18.0.200:1",
+        b"USER alice\r\nPASS secret\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(out.contains("+OK Logged in."), "{out}");
+}
+
+/// A session of a client at 198.18.0.100 that sends `input` and then neither sends nor
+/// reads; the session's result, or a panic if it is still running a day later.
+async fn silent_client(env: &Env, input: &[u8], buffer: usize) -> Result<(), Pop3Error> {
+    let (mut client, server) = tokio::io::duplex(buffer);
+    client.write_all(input).await.unwrap();
+    let s = Session::new(
+        Conn::Plain(server),
+        env,
+        "198.18.0.100:1".parse().unwrap(),
+        "198.18.0.110:110".parse().unwrap(),
+        "t".into(),
+    );
+    let r = tokio::time::timeout(std::time::Duration::from_secs(24 * 3600), s.run())
+        .await
+        .expect("the session ends");
+    drop(client);
+    r
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_sasl_continuation_times_out() {
+    let env = env(&dir("sasl"), "127.0.0.1:1".parse().unwrap());
+    let r = silent_client(&env, b"AUTH PLAIN\r\n", 1024).await;
+    assert!(matches!(r, Err(Pop3Error::Timeout)), "{r:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_dropped_at_the_write_deadline() {
+    let env = env(&dir("noread"), "127.0.0.1:1".parse().unwrap());
+    // The capability lists fill the client's receive buffer, which it never reads.
+    let r = silent_client(&env, &b"CAPA\r\n".repeat(100), 1024).await;
+    match r {
+        Err(Pop3Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_logged_in_session_that_goes_quiet_is_logged_out() {
+    let (addr, seen) = backend(false).await;
+    let env = env(&dir("autologout"), addr);
+    let (mut client, server) = tokio::io::duplex(1024);
+    client
+        .write_all(b"USER alice\r\nPASS secret\r\n")
+        .await
+        .unwrap();
+    let session = tokio::spawn({
+        let s = Session::new(
+            Conn::Plain(server),
+            Box::leak(Box::new(env)),
+            "198.18.0.100:1".parse().unwrap(),
+            "198.18.0.110:110".parse().unwrap(),
+            "t".into(),
+        );
+        s.run()
+    });
+    let mut reader = BufReader::new(&mut client);
+    let mut line = String::new();
+    while !line.contains("Logged in") {
+        line.clear();
+        reader.read_line(&mut line).await.unwrap();
+    }
+    // Logged in and relaying; from now on nothing moves either way.
+    tokio::time::pause();
+    // RFC 1939 3: the autologout timer is at least 10 minutes; a day is far beyond it.
+    tokio::time::timeout(std::time::Duration::from_secs(24 * 3600), session)
+        .await
+        .expect("the relay ends after the autologout time")
+        .unwrap()
+        .unwrap();
+    assert!(!seen.lock().unwrap().iter().any(|l| l == "QUIT"));
 }

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::{Session, SessionError};
 use crate::{
-    config::ServiceTls,
+    backend::lease::LeaseError,
     front::lines::{Line, read_line},
     route::Route,
     sasl::{self, Credentials},
@@ -46,13 +46,24 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             self.say(503, (5, 5, 1), "AUTH not allowed during a mail transaction");
             return Ok(true);
         }
-        if self.svc().tls == ServiceTls::StartTls && !self.io.get_ref().is_tls() {
+        if !self.auth_allowed() {
             self.say(
                 538,
                 (5, 7, 11),
                 "Encryption required for requested authentication mechanism",
             );
-            return Ok(true);
+            return Ok(!self.error());
+        }
+        // Checked before anything is read or sent on: a client guessing passwords costs
+        // the back-ends nothing once it is refused.
+        if self.env.login_refused(self.client.peer.ip()) {
+            info!(session = %self.client.session_id, "AUTH refused: too many failed attempts from this client");
+            self.say(
+                421,
+                (4, 7, 0),
+                "Too many failed authentication attempts, try again later",
+            );
+            return Ok(false);
         }
         let credentials = match mechanism.as_str() {
             "PLAIN" => {
@@ -92,10 +103,25 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         };
         let Some(credentials) = credentials else {
             self.say(501, (5, 5, 2), "Cannot decode the AUTH response");
+            self.env.login_failed(self.client.peer.ip());
             return Ok(!self.error());
         };
+        let reply_at = self.out.len();
         self.relay_auth(credentials).await;
+        // A permanent refusal (535: wrong password or unknown user) is a failed attempt; a
+        // temporary one (454: no back-end) is the cluster's fault, not the client's.
+        if self.client.login.is_none() && self.out.get(reply_at) == Some(&b'5') {
+            self.env.login_failed(self.client.peer.ip());
+            return Ok(!self.error());
+        }
         Ok(true)
+    }
+
+    /// Whether AUTH may be offered and used on this connection: a password never crosses
+    /// the network in clear unless the service says so (`plaintext_auth`).
+    pub(super) fn auth_allowed(&self) -> bool {
+        self.env
+            .password_allowed(self.client.peer.ip(), self.io.get_ref().is_tls())
     }
 
     fn cancelled(&mut self) -> Result<bool, SessionError> {
@@ -127,21 +153,36 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             info!(session = %self.client.session_id, %user, "AUTH for a user with no route");
             return self.say(535, (5, 7, 8), "Authentication credentials invalid");
         };
-        let share = self.env.groups.classify(self.client.peer.ip(), None).1;
-        if let Err(e) = self.open_leg(&route, share).await {
-            warn!(session = %self.client.session_id, error = %e, "no back-end for AUTH");
-            return self.say(454, (4, 7, 0), "Temporary authentication failure");
+        // The user's group, as a recipient or a POP3 login of that user would get.
+        let user_addr = crate::smtp::command::Address::parse_user(&user);
+        let (group, share) = self
+            .env
+            .groups
+            .classify(self.client.peer.ip(), user_addr.as_ref());
+        let group = group.to_owned();
+        match self.lease_leg(&route, share, &group).await {
+            Ok(()) => {}
+            Err(LeaseError::Busy) => {
+                info!(session = %self.client.session_id, %user, %group, "AUTH deflected: every back-end over its thresholds for this group");
+                return self.say(454, (4, 3, 2), "System busy, try again later");
+            }
+            Err(e) => {
+                warn!(session = %self.client.session_id, error = %e, "no back-end for AUTH");
+                return self.say(454, (4, 7, 0), "Temporary authentication failure");
+            }
         }
-        let leg = &mut self.leg.as_mut().expect("just opened").leg;
-        if !leg.caps.auth.iter().any(|m| m == "PLAIN") {
-            warn!(session = %self.client.session_id, backend = %leg.name, "back-end offers no AUTH PLAIN");
+        let Some(leg) = self.leg.as_mut().map(|l| &mut l.lease) else {
+            return self.say(454, (4, 7, 0), "Temporary authentication failure");
+        };
+        if !leg.leg.caps.auth.iter().any(|m| m == "PLAIN") {
+            warn!(session = %self.client.session_id, backend = %leg.backend(), "back-end offers no AUTH PLAIN");
             self.leg = None;
             return self.say(454, (4, 7, 0), "Temporary authentication failure");
         }
         let token = sasl::encode_plain(&credentials);
         match leg.command(&format!("AUTH PLAIN {token}"), "AUTH").await {
             Ok(reply) if reply.code == 235 => {
-                info!(session = %self.client.session_id, %user, backend = %leg.name, "authenticated by back-end");
+                info!(session = %self.client.session_id, %user, backend = %leg.backend(), "authenticated by back-end");
                 self.client.login = Some(user);
                 self.send(&reply);
             }

@@ -25,6 +25,14 @@ enum Fault {
     RefuseGreeting,
     /// Answers RCPT with 421 and closes, like a back-end shutting down.
     CloseAtRcpt,
+    /// Offers XCLIENT and, like Postfix, refuses a HELO value over 255 octets with 501.
+    XclientStrict,
+    /// Offers XCLIENT and refuses every XCLIENT command with 501.
+    XclientRefuse,
+    /// Offers XCLIENT without ADDR.
+    XclientNoAddr,
+    /// Refuses DATA with 554 (the transaction stays open until RSET, as in Postfix).
+    RefuseData,
 }
 
 #[derive(Default)]
@@ -57,6 +65,8 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
                 }
                 let _ = wr.write_all(b"220 fake ESMTP\r\n").await;
                 let mut line = String::new();
+                // Like Postfix: a second MAIL before RSET or the end of data is refused.
+                let mut in_tx = false;
                 loop {
                     line.clear();
                     if rd.read_line(&mut line).await.unwrap_or(0) == 0 {
@@ -66,7 +76,33 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
                     r.lock().unwrap().lines.push(cmd.clone());
                     let upper = cmd.to_ascii_uppercase();
                     let reply: &[u8] = if upper.starts_with("EHLO") {
-                        b"250-fake\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n"
+                        match fault {
+                            Fault::XclientStrict | Fault::XclientRefuse => b"250-fake\r\n250-PIPELINING\r\n250-XCLIENT ADDR PORT NAME PROTO HELO LOGIN\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n",
+                            Fault::XclientNoAddr => b"250-fake\r\n250-PIPELINING\r\n250-XCLIENT NAME HELO\r\n250 8BITMIME\r\n",
+                            _ => b"250-fake\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n",
+                        }
+                    } else if upper.starts_with("XCLIENT ") {
+                        let helo_len = cmd
+                            .split(' ')
+                            .find_map(|a| a.strip_prefix("HELO="))
+                            .map_or(0, str::len);
+                        if fault == Fault::XclientRefuse || helo_len > 255 {
+                            b"501 5.5.4 Bad HELO syntax\r\n"
+                        } else {
+                            b"220 fake ESMTP\r\n"
+                        }
+                    } else if upper.starts_with("MAIL") {
+                        if in_tx {
+                            b"503 5.5.1 Error: nested MAIL command\r\n"
+                        } else {
+                            in_tx = true;
+                            b"250 2.1.0 Ok\r\n"
+                        }
+                    } else if upper == "RSET" {
+                        in_tx = false;
+                        b"250 2.0.0 Ok\r\n"
+                    } else if upper == "DATA" && fault == Fault::RefuseData {
+                        b"554 5.5.1 Error: no valid recipients\r\n"
                     } else if let Some(args) = upper.strip_prefix("BDAT ") {
                         let mut words = args.split(' ');
                         let n: usize = words.next().unwrap().parse().unwrap();
@@ -78,6 +114,7 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
                         let mut rec = r.lock().unwrap();
                         rec.chunks.extend_from_slice(&chunk);
                         if last {
+                            in_tx = false;
                             let m = std::mem::take(&mut rec.chunks);
                             rec.messages.push(m);
                             b"250 2.0.0 queued as FAKE\r\n"
@@ -110,6 +147,7 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
                             msg.extend_from_slice(&l);
                         }
                         r.lock().unwrap().messages.push(msg);
+                        in_tx = false;
                         if fault == Fault::DropAfterData {
                             return;
                         }
@@ -132,6 +170,11 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
 
 /// A service whose routing map sends a.example to pool "a" and b.example to pool "b".
 fn env(dir: &Path, a: &[SocketAddr], b: &[SocketAddr], extra: &str) -> Env {
+    env_pools(dir, a, b, extra, "")
+}
+
+/// [`env`] with `pool_extra` keys in both pool sections.
+fn env_pools(dir: &Path, a: &[SocketAddr], b: &[SocketAddr], extra: &str, pool_extra: &str) -> Env {
     let routes = dir.join("routes");
     std::fs::write(
         &routes,
@@ -154,7 +197,7 @@ fn env(dir: &Path, a: &[SocketAddr], b: &[SocketAddr], extra: &str) -> Env {
     };
     let text = format!(
         "[frontend]\nname = \"fe\"\n{tls}[[service]]\nname = \"smtp\"\nprotocol = \"smtp\"\nport = 25\nroutes = \"routes\"\nmax_message_size = 4096\n{extra}\n\
-         [[pool]]\nname = \"a\"\nbackend = [{}]\n[[pool]]\nname = \"b\"\nbackend = [{}]\n",
+         [[pool]]\nname = \"a\"\n{pool_extra}\nbackend = [{}]\n[[pool]]\nname = \"b\"\n{pool_extra}\nbackend = [{}]\n",
         list(a, "a"),
         list(b, "b")
     );
@@ -178,9 +221,13 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
 
 /// Runs a session with `input` pipelined from the client and returns all it answered.
 async fn converse(env: &Env, input: &[u8]) -> String {
+    converse_from(env, "198.18.0.100:40000".parse().unwrap(), input).await
+}
+
+/// [`converse`] for a client at `peer`.
+async fn converse_from(env: &Env, peer: SocketAddr, input: &[u8]) -> String {
     let (mut client, server) = tokio::io::duplex(1 << 20);
     client.write_all(input).await.unwrap();
-    let peer: SocketAddr = "198.18.0.100:40000".parse().unwrap();
     let local: SocketAddr = "198.18.0.25:25".parse().unwrap();
     let session = Session::new(Conn::Plain(server), env, peer, local, "t1".into());
     tokio::time::timeout(std::time::Duration::from_secs(20), session.run())
@@ -391,7 +438,7 @@ async fn bad_input_gets_rfc_replies() {
 async fn submission_relays_auth_to_the_users_backend() {
     let (a, rec) = backend(Fault::None).await;
     let dir = tempdir("auth");
-    let env = env(&dir, &[a], &[], "auth = true");
+    let env = env(&dir, &[a], &[], "auth = true\nplaintext_auth = true");
     let out = converse(
         &env,
         b"EHLO c\r\nMAIL FROM:<alice@a.example>\r\nAUTH PLAIN AGFsaWNlQGEuZXhhbXBsZQB3cm9uZw==\r\nAUTH PLAIN AGFsaWNlQGEuZXhhbXBsZQBzZWNyZXQ=\r\n\
@@ -743,4 +790,289 @@ async fn a_waiting_session_holds_a_small_future() {
     let size = std::mem::size_of_val(&run);
     eprintln!("SMTP session future: {size} bytes");
     assert!(size <= 1024, "SMTP session future of {size} bytes");
+}
+
+/// The load record's state of back-end `id`.
+fn state(env: &Env, id: u32) -> u8 {
+    env.pools.board.record_for(id, 0).unwrap().state
+}
+
+#[tokio::test]
+async fn a_helo_xclient_cannot_carry_is_passed_as_the_address_literal() {
+    let (a, rec) = backend(Fault::XclientStrict).await;
+    let dir = tempdir("longhelo");
+    let env = env_pools(&dir, &[a], &[], "", "identity = \"xclient\"");
+    let long = "h".repeat(300);
+    let out = converse(
+        &env,
+        format!(
+            "EHLO {long}\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nDATA\r\nm\r\n.\r\nQUIT\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "354", "250", "221"],
+        "{out}"
+    );
+    let lines = rec.lock().unwrap().lines.clone();
+    let xclient = lines.iter().find(|l| l.starts_with("XCLIENT")).unwrap();
+    assert!(xclient.contains("ADDR=198.18.0.100"), "{xclient}");
+    assert!(xclient.contains("HELO=[198.18.0.100]"), "{xclient}");
+    assert!(
+        lines.iter().any(|l| l == "EHLO [198.18.0.100]"),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_whose_input_the_backend_refuses_is_closed_and_the_backend_stays_up() {
+    let (a, rec) = backend(Fault::XclientRefuse).await;
+    let (b, rec_b) = backend(Fault::XclientRefuse).await;
+    let dir = tempdir("clientfault");
+    // One failed check would take a back-end down.
+    let env = env_pools(
+        &dir,
+        &[a, b],
+        &[],
+        "",
+        "identity = \"xclient\"\nhealth = { fall = 1 }",
+    );
+    for _ in 0..3 {
+        let out = converse(
+            &env,
+            b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nRCPT TO:<v@a.example>\r\nQUIT\r\n",
+        )
+        .await;
+        assert_eq!(codes(&out), ["220", "250", "250", "421"], "{out}");
+        assert!(out.contains("421 4.7.0 "), "{out}");
+    }
+    use robustifier_common::BACKEND_UP;
+    assert_eq!((state(&env, 0), state(&env, 1)), (BACKEND_UP, BACKEND_UP));
+    // The same input is not tried on the other back-end of the route.
+    let tried = |r: &Arc<Mutex<Recorded>>| {
+        r.lock()
+            .unwrap()
+            .lines
+            .iter()
+            .filter(|l| l.starts_with("XCLIENT"))
+            .count()
+    };
+    assert_eq!(tried(&rec) + tried(&rec_b), 3, "one attempt per session");
+}
+
+#[tokio::test]
+async fn one_clients_refused_recipients_never_make_a_refusal_storm() {
+    let (a, _) = backend(Fault::None).await;
+    let dir = tempdir("storm");
+    let env = env_pools(&dir, &[a], &[], "", "health = { fall = 1 }");
+    let mut input = b"EHLO c\r\nMAIL FROM:<s@x>\r\n".to_vec();
+    for i in 0..(crate::health::board::ERROR_STORM + 5) {
+        input.extend_from_slice(format!("RCPT TO:<unknown{i}@a.example>\r\n").as_bytes());
+    }
+    input.extend_from_slice(b"QUIT\r\n");
+    let out = converse(&env, &input).await;
+    assert!(out.contains("550 5.1.1 no such user"), "{out}");
+    assert_eq!(state(&env, 0), robustifier_common::BACKEND_UP);
+}
+
+#[tokio::test]
+async fn refused_data_resets_the_backend_transaction() {
+    let (a, rec) = backend(Fault::RefuseData).await;
+    let dir = tempdir("refdata");
+    let env = env(&dir, &[a], &[], "");
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nDATA\r\n\
+          MAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nRSET\r\n\
+          MAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nEHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        [
+            "220", "250", "250", "250", "554", "250", "250", "250", "250", "250", "250", "250",
+            "250", "221"
+        ],
+        "no later transaction meets the back-end's 503: {out}"
+    );
+    assert!(!out.contains("503"), "{out}");
+    let lines = rec.lock().unwrap().lines.clone();
+    let resets = lines.iter().filter(|l| *l == "RSET").count();
+    assert_eq!(
+        resets, 3,
+        "refused DATA, RSET and EHLO each reset: {lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn xclient_identity_fails_closed_without_addr() {
+    let (a, rec) = backend(Fault::XclientNoAddr).await;
+    let dir = tempdir("noaddr");
+    let env = env_pools(&dir, &[a], &[], "", "identity = \"xclient\"");
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(codes(&out), ["220", "250", "250", "451", "221"], "{out}");
+    let lines = rec.lock().unwrap().lines.clone();
+    assert!(
+        !lines.iter().any(|l| l.starts_with("MAIL")),
+        "no mail goes to a back-end that would take the proxy for the client: {lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn data_after_bdat_is_refused() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("bdatdata");
+    let env = env(&dir, &[a], &[], "");
+    for slot in env.pools.board.slots() {
+        slot.chunking
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nBDAT 3\r\nabcDATA\r\nBDAT 2 LAST\r\ndeQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "250", "503", "250", "221"],
+        "{out}"
+    );
+    assert_eq!(rec.lock().unwrap().messages, [b"abcde".to_vec()]);
+}
+
+/// "\0alice@a.example\0secret" and "\0alice@a.example\0wrong".
+const AUTH_GOOD: &str = "AUTH PLAIN AGFsaWNlQGEuZXhhbXBsZQBzZWNyZXQ=\r\n";
+const AUTH_BAD: &str = "AUTH PLAIN AGFsaWNlQGEuZXhhbXBsZQB3cm9uZw==\r\n";
+
+#[tokio::test]
+async fn no_auth_in_clear_except_from_loopback() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("clear");
+    certificate(&dir);
+    let env = env(&dir, &[a], &[], "auth = true\ntls = \"starttls\"");
+    let input = format!("EHLO c\r\n{AUTH_GOOD}QUIT\r\n");
+    let out = converse(&env, input.as_bytes()).await;
+    assert!(!out.contains("AUTH PLAIN"), "not offered in clear: {out}");
+    assert_eq!(codes(&out), ["220", "250", "538", "221"], "{out}");
+    assert!(out.contains("538 5.7.11 "), "{out}");
+    assert!(
+        !rec.lock()
+            .unwrap()
+            .lines
+            .iter()
+            .any(|l| l.starts_with("AUTH")),
+        "no password reached a back-end"
+    );
+    // A client on the same host sends nothing over the network.
+    let out = converse_from(&env, "127.0.0.1:40000".parse().unwrap(), input.as_bytes()).await;
+    assert!(out.contains("AUTH PLAIN LOGIN"), "{out}");
+    assert_eq!(codes(&out), ["220", "250", "235", "221"], "{out}");
+}
+
+#[tokio::test]
+async fn a_client_guessing_passwords_is_refused_before_any_backend() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("guess");
+    let env = env(&dir, &[a], &[], "auth = true\nplaintext_auth = true");
+    let max = crate::front::limits::AUTH_FAILURES_MAX as usize;
+    let input = format!("EHLO c\r\n{}{AUTH_GOOD}QUIT\r\n", AUTH_BAD.repeat(max));
+    let out = converse(&env, input.as_bytes()).await;
+    let mut expect = vec!["220", "250"];
+    expect.extend(std::iter::repeat_n("535", max));
+    expect.push("421");
+    assert_eq!(codes(&out), expect, "{out}");
+    assert!(out.contains("421 4.7.0 "), "{out}");
+    let tried = |rec: &Mutex<Recorded>| {
+        rec.lock()
+            .unwrap()
+            .lines
+            .iter()
+            .filter(|l| l.starts_with("AUTH"))
+            .count()
+    };
+    assert_eq!(tried(&rec), max, "the refused attempt reached no back-end");
+    // The next session of the same client is refused too, even with the right password.
+    let input = format!("EHLO c\r\n{AUTH_GOOD}QUIT\r\n");
+    let out = converse(&env, input.as_bytes()).await;
+    assert_eq!(codes(&out), ["220", "250", "421"], "{out}");
+    assert_eq!(tried(&rec), max);
+    // Another client is not.
+    let out = converse_from(&env, "198.18.0.200:1".parse().unwrap(), input.as_bytes()).await;
+    assert_eq!(codes(&out), ["220", "250", "235", "221"], "{out}");
+}
+
+#[tokio::test]
+async fn a_failed_auth_counts_in_the_error_budget() {
+    let (a, _) = backend(Fault::None).await;
+    let dir = tempdir("authbudget");
+    let env = env(&dir, &[a], &[], "auth = true\nplaintext_auth = true");
+    let input = format!(
+        "EHLO c\r\n{}{AUTH_BAD}QUIT\r\n",
+        "BOGUS\r\n".repeat(MAX_ERRORS as usize - 1)
+    );
+    let out = converse(&env, input.as_bytes()).await;
+    let codes = codes(&out);
+    assert_eq!(codes[codes.len() - 2..], ["535", "421"], "{out}");
+    assert!(out.contains("421 4.7.0 Too many errors"), "{out}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_dropped_at_the_write_deadline() {
+    let dir = tempdir("noread");
+    let env = env(&dir, &[], &[], "");
+    // The replies to these fill the client's receive buffer, which it never reads.
+    let (mut client, server) = tokio::io::duplex(4096);
+    client.write_all(&b"EHLO c\r\n".repeat(100)).await.unwrap();
+    let session = Session::new(
+        Conn::Plain(server),
+        &env,
+        "198.18.0.100:1".parse().unwrap(),
+        "198.18.0.25:25".parse().unwrap(),
+        "t".into(),
+    );
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(24 * 3600), session.run())
+        .await
+        .expect("the session ends though its client never reads");
+    match ended {
+        Err(SessionError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut),
+        other => panic!("{other:?}"),
+    }
+    drop(client);
+}
+
+#[tokio::test]
+async fn recipients_beyond_the_bound_are_refused_and_not_kept() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("rcpts");
+    let env = env(&dir, &[a], &[], "");
+    let mut input = String::from("EHLO c\r\nMAIL FROM:<s@x.example>\r\n");
+    for i in 0..=MAX_RECIPIENTS {
+        input.push_str(&format!("RCPT TO:<u{i}@a.example>\r\n"));
+    }
+    input.push_str("QUIT\r\n");
+    let out = converse(&env, input.as_bytes()).await;
+    let codes = codes(&out);
+    assert_eq!(
+        codes.iter().filter(|c| **c == "250").count(),
+        2 + MAX_RECIPIENTS
+    );
+    assert_eq!(codes[codes.len() - 2..], ["452", "221"], "{out}");
+    assert!(out.contains("452 4.5.3 Too many recipients"), "{out}");
+    let rcpts = rec
+        .lock()
+        .unwrap()
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("RCPT"))
+        .count();
+    assert_eq!(
+        rcpts, MAX_RECIPIENTS,
+        "the extra recipient reached no back-end"
+    );
 }

@@ -6,7 +6,10 @@ use tracing::{info, warn};
 
 use super::{DATA_BLOCK_TIMEOUT, Leg, MAX_RECIPIENTS, Session, SessionError, Transaction};
 use crate::{
-    backend::smtp::{DATA_END_TIMEOUT, LegError, SmtpLeg},
+    backend::{
+        lease::{self, Ask, Fault, Faulted as _, LeaseError, Waiting},
+        smtp::{DATA_END_TIMEOUT, LegError, SmtpLeg},
+    },
     route::Route,
     smtp::{
         command::{Address, MailFrom},
@@ -29,25 +32,40 @@ fn busy() -> Reply {
 }
 
 impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
-    pub(super) async fn mail(&mut self, mail: MailFrom, line: &[u8]) {
+    /// MAIL. Returns false when the session must end (an authenticated session lost the
+    /// back-end that holds its login).
+    pub(super) async fn mail(&mut self, mail: MailFrom, line: &[u8]) -> bool {
         let Some((_, esmtp)) = self.helo else {
-            return self.say(503, (5, 5, 1), "Send EHLO or HELO first");
+            self.say(503, (5, 5, 1), "Send EHLO or HELO first");
+            return true;
         };
         if self.tx.is_some() {
-            return self.say(503, (5, 5, 1), "Nested MAIL command");
+            self.say(503, (5, 5, 1), "Nested MAIL command");
+            return true;
         }
         if self.svc().auth && self.client.login.is_none() {
-            return self.say(530, (5, 7, 0), "Authentication required");
+            self.say(530, (5, 7, 0), "Authentication required");
+            return true;
         }
         if !esmtp && (mail.size.is_some() || mail.body.is_some() || mail.smtputf8) {
-            return self.say(555, (5, 5, 4), "MAIL parameters need EHLO");
+            self.say(555, (5, 5, 4), "MAIL parameters need EHLO");
+            return true;
         }
         if mail.size.is_some_and(|s| s > self.svc().max_message_size) {
-            return self.say(
+            self.say(
                 552,
                 (5, 3, 4),
                 "Message size exceeds fixed maximum message size",
             );
+            return true;
+        }
+        if self.client.login.is_some() && self.leg.is_none() {
+            self.say(
+                421,
+                (4, 4, 2),
+                "Back-end connection lost, closing; please reconnect",
+            );
+            return false;
         }
         self.tx = Some(Box::new(Transaction {
             mail,
@@ -73,15 +91,19 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     self.send(&reply);
                 }
                 Err(e) => {
-                    warn!(session = %self.client.session_id, error = %e, "back-end failed at MAIL");
+                    // The leg carried the login; the proxy keeps no password to replay it on
+                    // another back-end, so the session ends cleanly and the client
+                    // reconnects and authenticates again.
+                    warn!(session = %self.client.session_id, error = %e, "back-end of an authenticated session failed at MAIL; closing");
                     self.tx = None;
                     self.leg = None;
-                    self.send(&no_backend());
+                    return false;
                 }
             }
-            return;
+            return true;
         }
         self.say(250, (2, 1, 0), "Sender OK");
+        true
     }
 
     /// Sends the transaction's MAIL to the current leg.
@@ -89,28 +111,39 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         let (Some(tx), Some(leg)) = (self.tx.as_mut(), self.leg.as_mut()) else {
             return Ok(no_backend());
         };
-        let reply = leg.leg.command(&tx.mail_line, "MAIL").await?;
+        let reply = leg.lease.command(&tx.mail_line, "MAIL").await?;
         tx.mail_sent = reply.is_positive();
         Ok(reply)
     }
 
-    pub(super) async fn rcpt(&mut self, to: Address, line: &[u8]) {
+    /// RCPT. Returns false when the session must end (its own input made the back-end
+    /// refuse: the client, not the back-end, pays for it).
+    pub(super) async fn rcpt(&mut self, to: Address, line: &[u8]) -> bool {
         let Some(tx) = &self.tx else {
-            return self.say(503, (5, 5, 1), "Need MAIL before RCPT");
+            self.say(503, (5, 5, 1), "Need MAIL before RCPT");
+            return true;
         };
         if tx.rcpts.len() >= MAX_RECIPIENTS {
-            return self.say(452, (4, 5, 3), "Too many recipients");
+            self.say(452, (4, 5, 3), "Too many recipients");
+            return true;
         }
         if !to.is_ascii() && !tx.mail.smtputf8 {
-            return self.say(553, (5, 6, 7), "Non-ASCII recipient needs SMTPUTF8");
+            self.say(553, (5, 6, 7), "Non-ASCII recipient needs SMTPUTF8");
+            return true;
         }
         let line = String::from_utf8_lossy(line).into_owned();
         let route = match &tx.route {
             // Submission: the authenticated user's back-end takes every recipient.
             Some(r) if self.client.login.is_some() => r.clone(),
             _ => match self.env.route(|t| t.lookup(&to).cloned()) {
-                None => return self.say(554, (5, 7, 1), "Relay access denied"),
-                Some(Route::Reject) => return self.send(&Route::smtp_reject_reply()),
+                None => {
+                    self.say(554, (5, 7, 1), "Relay access denied");
+                    return true;
+                }
+                Some(Route::Reject) => {
+                    self.send(&Route::smtp_reject_reply());
+                    return true;
+                }
                 Some(Route::Pools(p)) => p,
             },
         };
@@ -118,19 +151,30 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             && *fixed != route
         {
             // RFC 5321 4.5.3.1.10: the client sends the rest in a later transaction.
-            return self.say(
+            self.say(
                 452,
                 (4, 5, 3),
                 "Recipient routed elsewhere, send it in a new transaction",
             );
+            return true;
         }
         let (group, share) = self.env.groups.classify(self.client.peer.ip(), Some(&to));
         let group = group.to_owned();
         let reply = match self.rcpt_on_leg(&route, &line, share, &group).await {
             Ok(r) => r,
-            Err(LegError::Busy) => {
+            Err(LeaseError::Busy) => {
                 info!(session = %self.client.session_id, %group, route = ?route, "deflected: every back-end over its thresholds for this group");
                 busy()
+            }
+            Err(LeaseError::Client(e)) => {
+                warn!(session = %self.client.session_id, error = %e, "the back-end refused this client's own input; closing the session");
+                self.tx = None;
+                self.say(
+                    421,
+                    (4, 7, 0),
+                    "Session refused by the back-end, closing connection",
+                );
+                return false;
             }
             Err(e) => {
                 warn!(session = %self.client.session_id, error = %e, "no back-end for recipient");
@@ -144,9 +188,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             tx.rcpts.push(line);
         }
         self.send(&reply);
+        true
     }
 
-    /// Sends RCPT to a leg for `route`, opening (or replacing) the leg as needed and
+    /// Sends RCPT to a leg for `route`, leasing (or replacing) the leg as needed and
     /// replaying MAIL and the recipients accepted so far on a new one.
     async fn rcpt_on_leg(
         &mut self,
@@ -154,28 +199,39 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         line: &str,
         share: f64,
         group: &str,
-    ) -> Result<Reply, LegError> {
+    ) -> Result<Reply, LeaseError<LegError>> {
         let mut last_err = None;
-        for attempt in 0..3 {
+        let mut attempts = 0;
+        while attempts < 3 {
             if self.leg.as_ref().is_none_or(|l| l.route != route) {
-                self.open_leg_admitted(route, share, group).await?;
+                self.lease_leg(route, share, group).await?;
                 if let Some(tx) = &mut self.tx {
                     tx.mail_sent = false;
                 }
             }
             match self.replay_and_rcpt(line).await {
                 Ok(reply) => return Ok(reply),
+                // The back-end closed a leg kept open between transactions: a fresh one,
+                // with no charge and no attempt used.
+                Err(e) if e.fault() == Fault::Stale && attempts == 0 && last_err.is_none() => {
+                    info!(session = %self.client.session_id, error = %e, "idle back-end leg was closed; opening a new one");
+                    self.leg = None;
+                    last_err = Some(e);
+                }
                 // The leg broke before anything was committed: try another back-end.
                 Err(e) => {
-                    warn!(session = %self.client.session_id, attempt, error = %e, "back-end leg failed before DATA; failing over");
+                    warn!(session = %self.client.session_id, attempts, error = %e, "back-end leg failed before DATA; failing over");
                     if let Some(l) = self.leg.take() {
-                        self.env.pools.penalize(&l.candidate);
+                        self.env.pools.penalize(&l.lease.candidate);
                     }
                     last_err = Some(e);
+                    attempts += 1;
                 }
             }
         }
-        Err(last_err.unwrap_or(LegError::Timeout { stage: "RCPT" }))
+        Err(LeaseError::Unavailable(
+            last_err.unwrap_or(LegError::Timeout { stage: "RCPT" }),
+        ))
     }
 
     async fn replay_and_rcpt(&mut self, line: &str) -> Result<Reply, LegError> {
@@ -196,7 +252,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     .leg
                     .as_mut()
                     .ok_or(LegError::Timeout { stage: "RCPT" })?
-                    .leg;
+                    .lease;
                 let reply = leg.command(&r, "RCPT replay").await?;
                 if !reply.is_positive() {
                     // A new back-end disagrees about an accepted recipient: the transaction
@@ -212,123 +268,68 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             .leg
             .as_mut()
             .ok_or(LegError::Timeout { stage: "RCPT" })?
-            .leg;
+            .lease;
         leg.command(line, "RCPT").await
     }
 
-    /// [`Session::open_leg`] for a recipient of `group`: when every back-end of the route
-    /// is over the group's thresholds and the group may wait (`wait_ms`), the session
-    /// queues for a slot (`backend::admission`) and tries again as slots free, premium
-    /// first; the RCPT reply just comes later. Still busy at the end of the wait, or the
-    /// queue full, the client going away or the front-end shutting down: `Busy` (451 4.3.2).
-    async fn open_leg_admitted(
+    /// Leases a leg to the best back-end of `route` with room for a session of `group`
+    /// (`backend::lease`: the group's admission wait, failover, passive health), closing
+    /// any other leg first: a leg of an earlier route would hold a slot while this one
+    /// waits.
+    pub(super) async fn lease_leg(
         &mut self,
         route: &[String],
         share: f64,
         group: &str,
-    ) -> Result<(), LegError> {
+    ) -> Result<(), LeaseError<LegError>> {
+        if let Some(old) = self.leg.take() {
+            old.lease.quit().await;
+        }
         let env = self.env;
-        let wait = env.admission_wait(group);
-        if wait.is_zero() {
-            return self.open_leg(route, share).await;
-        }
-        let admission = &env.pools.admission;
-        // Sessions already waiting with at least this priority get the next slot first.
-        if !admission.ahead(route, share) {
-            match self.open_leg(route, share).await {
-                Err(LegError::Busy) => {}
-                other => return other,
-            }
-        }
-        let session = self.client.session_id.clone();
-        let Some(mut place) = admission.join(route, share, env.pools.wait_bound(route)) else {
-            info!(%session, %group, route = ?route, "wait queue full: deflected at once");
-            return Err(LegError::Busy);
+        let ask = Ask {
+            route,
+            share,
+            group,
+            wait: env.admission_wait(group),
+            session: &self.client.session_id,
         };
-        info!(%session, %group, route = ?route, wait_ms = wait.as_millis() as u64, "every back-end busy for this group: waiting for a slot");
-        // A leg of an earlier transaction's route would hold a slot while we wait.
-        if let Some(old) = self.leg.take() {
-            old.leg.quit().await;
-        }
-        let started = std::time::Instant::now();
-        let deadline = tokio::time::Instant::now() + wait;
         let closing = self.closing.clone();
-        // With no pipelined input, a read tells whether the client hangs up meanwhile.
-        let mut watch_client = self.io.buffer().is_empty();
-        let why = loop {
-            let turn = place.session_turn(deadline, &mut self.io, &mut watch_client, &closing);
-            if let Err(why) = turn.await {
-                break why;
-            }
-            match self.open_leg(route, share).await {
-                Err(LegError::Busy) => continue,
-                other => {
-                    let waited_ms = started.elapsed().as_millis() as u64;
-                    match &other {
-                        Ok(()) => info!(%session, %group, waited_ms, "admitted after waiting"),
-                        Err(e) => {
-                            warn!(%session, %group, waited_ms, error = %e, "no back-end after waiting")
-                        }
-                    }
-                    return other;
-                }
-            }
+        let waiting = Waiting {
+            quiet: self.io.buffer().is_empty(),
+            client: &mut self.io,
+            closing: &closing,
         };
-        drop(place);
-        info!(%session, %group, route = ?route, waited_ms = started.elapsed().as_millis() as u64, outcome = why, "deflected after waiting for a slot");
-        Err(LegError::Busy)
+        let (client, hostname) = (&self.client, &env.service.hostname);
+        let lease = lease::lease(&env.pools, &ask, waiting, |c| async move {
+            let leg = SmtpLeg::open(&c, client, hostname).await?;
+            let greeting = leg.greeting_latency;
+            Ok((leg, greeting))
+        })
+        .await?;
+        self.leg = Some(Box::new(Leg {
+            lease,
+            route: route.to_vec(),
+        }));
+        Ok(())
     }
 
-    /// Opens a leg to the best back-end of `route` that answers and has room for a
-    /// session of a group with `share`, closing any other leg.
-    pub(super) async fn open_leg(&mut self, route: &[String], share: f64) -> Result<(), LegError> {
-        if let Some(old) = self.leg.take() {
-            old.leg.quit().await;
-        }
-        let (candidates, excluded) = self.env.pools.candidates(route, share);
-        if candidates.is_empty() && excluded.busy > 0 {
-            return Err(LegError::Busy);
-        }
-        let mut last = LegError::Timeout {
-            stage: "no back-end in route",
-        };
-        for c in candidates {
-            let Some(guard) = self.env.pools.acquire(&c, share) else {
-                last = LegError::Busy;
-                continue;
-            };
-            match SmtpLeg::open(&c, &self.client, &self.svc().hostname).await {
-                Ok(mut leg) => {
-                    leg.guard = Some(guard);
-                    let h = &c.pool.pool.health;
-                    leg.reporter = Some(crate::backend::smtp::Reporter {
-                        board: std::sync::Arc::clone(&self.env.pools.board),
-                        id: c.backend.id,
-                        rise: h.rise,
-                        fall: h.fall,
-                    });
-                    self.env.pools.mark_ok(&c, Some(leg.greeting_latency));
-                    self.leg = Some(Box::new(Leg {
-                        leg,
-                        route: route.to_vec(),
-                        candidate: c.clone(),
-                    }));
-                    return Ok(());
-                }
-                Err(e) => {
-                    warn!(session = %self.client.session_id, backend = %c.backend.name, error = %e, "back-end unavailable, trying the next");
-                    self.env.pools.mark_failed(&c, &e.to_string());
-                    last = e;
-                }
-            }
-        }
-        Err(last)
-    }
-
+    /// Ends the transaction. A back-end that saw its MAIL still holds it open, so the leg
+    /// is reset (RSET) or, if that fails, closed: its next MAIL must never meet
+    /// `503 nested MAIL`.
     pub(super) async fn reset_transaction(&mut self) {
-        if self.tx.take().is_some_and(|t| t.mail_sent)
-            && let Some(l) = &mut self.leg
-            && l.leg.command("RSET", "RSET").await.is_err()
+        if self.tx.take().is_some_and(|t| t.mail_sent) {
+            self.reset_leg().await;
+        }
+    }
+
+    /// RSETs the leg, closing it when the back-end does not answer 250.
+    async fn reset_leg(&mut self) {
+        if let Some(l) = &mut self.leg
+            && !l
+                .lease
+                .command("RSET", "RSET")
+                .await
+                .is_ok_and(|r| r.is_positive())
         {
             self.leg = None;
         }
@@ -341,17 +342,22 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             self.say(503, (5, 5, 1), "Need MAIL command");
             return Ok(true);
         };
+        if tx.bdat_used {
+            // RFC 3030 2: DATA and BDAT cannot be mixed in one transaction.
+            self.say(503, (5, 5, 1), "DATA not allowed after BDAT");
+            return Ok(true);
+        }
         if tx.rcpts.is_empty() {
             self.say(554, (5, 5, 1), "No valid recipients");
             return Ok(true);
         }
-        if tx.broken || self.leg.is_none() {
-            self.tx = None;
+        let broken = tx.broken;
+        let Some(leg) = self.leg.as_mut().filter(|_| !broken) else {
+            self.reset_transaction().await;
             self.send(&no_backend());
             return Ok(true);
-        }
-        let leg = &mut self.leg.as_mut().expect("checked above").leg;
-        let reply = match leg.command("DATA", "DATA").await {
+        };
+        let reply = match leg.lease.command("DATA", "DATA").await {
             Ok(r) => r,
             Err(e) => {
                 warn!(session = %self.client.session_id, error = %e, "back-end failed at DATA");
@@ -362,7 +368,8 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             }
         };
         if reply.code != 354 {
-            self.tx = None;
+            // The back-end refused DATA but still holds MAIL and RCPT.
+            self.reset_transaction().await;
             self.send(&reply);
             return Ok(true);
         }
@@ -390,7 +397,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 let mut bytes = Vec::with_capacity(step.replay.len() + step.forward);
                 bytes.extend_from_slice(step.replay);
                 bytes.extend_from_slice(&chunk[..step.forward]);
-                if let Err(e) = l.leg.data(&bytes).await {
+                if let Err(e) = l.lease.data(&bytes).await {
                     leg_failed = Some(e);
                 }
             }
@@ -400,12 +407,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             }
         };
         let tx = self.tx.take().unwrap_or_default();
-        let reply = match (outcome, leg_failed) {
-            (Outcome::Complete { size }, None) => {
-                let leg = &mut self.leg.as_mut().expect("leg present").leg;
-                match leg.reply("end of data", DATA_END_TIMEOUT).await {
+        let reply = match (outcome, leg_failed, self.leg.as_mut()) {
+            (Outcome::Complete { size }, None, Some(leg)) => {
+                match leg.lease.reply("end of data", DATA_END_TIMEOUT).await {
                     Ok(reply) => {
-                        info!(session = %self.client.session_id, backend = %leg.name, size,
+                        info!(session = %self.client.session_id, backend = %leg.lease.backend(), size,
                             from = %tx.mail.reverse_path.as_ref().map(ToString::to_string).unwrap_or_default(),
                             rcpts = tx.rcpts.len(), code = reply.code, "message relayed");
                         reply
@@ -417,12 +423,12 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     }
                 }
             }
-            (Outcome::Complete { .. }, Some(e)) => {
-                warn!(session = %self.client.session_id, error = %e, "back-end failed during DATA; message not acknowledged");
+            (Outcome::Complete { .. }, e, _) => {
+                warn!(session = %self.client.session_id, error = ?e.map(|e| e.to_string()), "back-end failed during DATA; message not acknowledged");
                 self.leg = None;
                 no_backend()
             }
-            (bad, _) => {
+            (bad, _, _) => {
                 info!(session = %self.client.session_id, outcome = ?bad, "message refused");
                 // The back-end saw no end of data; closing the leg abandons its transaction.
                 self.leg = None;
@@ -454,7 +460,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             )),
             Some(_) => match &self.leg {
                 None => Some(no_backend()),
-                Some(l) if !l.leg.caps.chunking => Some(Reply::new(
+                Some(l) if !l.lease.leg.caps.chunking => Some(Reply::new(
                     451,
                     Some((4, 5, 3)),
                     "Back-end does not take BDAT now, use DATA",
@@ -463,91 +469,80 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             },
         };
         if let Some(reply) = refuse {
-            if !self.relay_chunk(size, None).await? {
+            if !self.relay_chunk(size, false).await? {
                 return Ok(false);
             }
-            // RFC 3030 2: a refused chunk fails the transaction; the leg may hold part of it.
-            if self.tx.take().is_some_and(|t| t.bdat_size > 0) {
+            // RFC 3030 2: a refused chunk fails the transaction. A leg that took part of
+            // the message is closed; one that only saw MAIL and RCPT is reset.
+            if self.tx.as_ref().is_some_and(|t| t.bdat_size > 0) {
+                self.tx = None;
                 self.leg = None;
+            } else {
+                self.reset_transaction().await;
             }
             self.send(&reply);
             return Ok(true);
+        }
+        if let Some(tx) = &mut self.tx {
+            tx.bdat_used = true;
         }
         let line = if last {
             format!("BDAT {size} LAST\r\n")
         } else {
             format!("BDAT {size}\r\n")
         };
-        let mut failed = match self.leg.as_mut() {
-            Some(l) => l.leg.data(line.as_bytes()).await.err(),
-            None => None,
+        let sent = match self.leg.as_mut() {
+            Some(l) => l.lease.data(line.as_bytes()).await.is_ok(),
+            None => false,
         };
-        let mut leg = self.leg.take();
-        if !self
-            .relay_chunk(
-                size,
-                leg.as_mut()
-                    .filter(|_| failed.is_none())
-                    .map(|l| &mut l.leg),
-            )
-            .await?
-        {
+        // A write failure ends the leg at once: waiting for its reply would only time out.
+        if !self.relay_chunk(size, sent).await? {
             return Ok(false);
         }
-        let reply = match (&mut leg, failed.take()) {
-            (Some(l), None) => match l
-                .leg
-                .reply(
-                    "BDAT",
-                    if last {
-                        DATA_END_TIMEOUT
-                    } else {
-                        super::DATA_BLOCK_TIMEOUT
-                    },
-                )
-                .await
-            {
+        let wait = if last {
+            DATA_END_TIMEOUT
+        } else {
+            DATA_BLOCK_TIMEOUT
+        };
+        let reply = match self.leg.as_mut() {
+            Some(l) => match l.lease.reply("BDAT", wait).await {
                 Ok(r) => Some(r),
                 Err(e) => {
                     warn!(session = %self.client.session_id, error = %e, "back-end failed during BDAT; message not acknowledged");
                     None
                 }
             },
-            (_, Some(e)) => {
-                warn!(session = %self.client.session_id, error = %e, "back-end failed during BDAT; message not acknowledged");
-                None
-            }
-            (None, None) => None,
+            None => None,
         };
         match reply {
             Some(r) => {
-                self.leg = leg;
                 if let Some(tx) = &mut self.tx {
                     tx.bdat_size += size;
                 }
-                if !r.is_positive() || last {
+                if last {
                     let tx = self.tx.take().unwrap_or_default();
-                    if last {
-                        info!(session = %self.client.session_id, size = tx.bdat_size, rcpts = tx.rcpts.len(), code = r.code, "message relayed (BDAT)");
-                    }
+                    info!(session = %self.client.session_id, size = tx.bdat_size, rcpts = tx.rcpts.len(), code = r.code, "message relayed (BDAT)");
+                } else if !r.is_positive() {
+                    // RFC 3030 2: the transaction failed; the back-end may hold part of
+                    // the message, so the leg is closed rather than trusted to reset.
+                    self.tx = None;
+                    self.leg = None;
                 }
                 self.send(&r);
             }
             None => {
                 self.tx = None;
+                self.leg = None;
                 self.send(&no_backend());
             }
         }
         Ok(true)
     }
 
-    /// Reads exactly `size` octets of chunk from the client, writing them to `leg` if
-    /// given. Returns false when the client went away first.
-    async fn relay_chunk(
-        &mut self,
-        size: u64,
-        mut leg: Option<&mut SmtpLeg>,
-    ) -> Result<bool, SessionError> {
+    /// Reads exactly `size` octets of chunk from the client, writing them to the leg when
+    /// `forward`. A leg write that fails drops the leg at once. Returns false when the
+    /// client went away first.
+    async fn relay_chunk(&mut self, size: u64, mut forward: bool) -> Result<bool, SessionError> {
         let mut left = size;
         while left > 0 {
             let chunk = match tokio::time::timeout(DATA_BLOCK_TIMEOUT, self.io.fill_buf()).await {
@@ -555,13 +550,19 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 _ => return Ok(false),
             };
             let take = chunk.len().min(left.min(usize::MAX as u64) as usize);
-            if let Some(l) = leg.as_deref_mut()
-                && l.data(&chunk[..take]).await.is_err()
+            if forward
+                && let Some(l) = self.leg.as_mut()
+                && l.lease.data(&chunk[..take]).await.is_err()
             {
-                leg = None;
+                forward = false;
+                self.leg = None;
             }
             self.io.consume(take);
             left -= take as u64;
+        }
+        if !forward && size > 0 && self.tx.as_ref().is_some_and(|t| t.bdat_used) {
+            // The chunk never fully reached the back-end.
+            self.leg = None;
         }
         Ok(true)
     }

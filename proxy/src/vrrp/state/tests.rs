@@ -18,21 +18,27 @@ fn ns(n: u64) -> Duration {
     Duration::from_nanos(n)
 }
 
-fn config(primary: &str, priority: u8, interval_cs: u16) -> Config {
-    let vip = if primary.contains(':') {
+const OWNER_PRIORITY: u8 = 255;
+
+fn vip_for(primary: &str) -> IpAddr {
+    ip(if primary.contains(':') {
         "2001:db8::25"
     } else {
         "198.18.0.25"
-    };
+    })
+}
+
+fn config(primary: &str, priority: u8, interval_cs: u16) -> Config {
+    let addresses = VirtualAddresses::new(vec![vip_for(primary)]).unwrap();
     Config {
-        priority,
-        advert_interval_cs: interval_cs,
-        ..Config::new(51, ip(primary), vec![ip(vip)])
+        priority: Priority::new(priority).unwrap(),
+        advert_interval: Interval::from_cs(interval_cs).unwrap(),
+        ..Config::new(Vrid::new(51).unwrap(), ip(primary), addresses)
     }
 }
 
 fn router(primary: &str, priority: u8, interval_cs: u16) -> Router {
-    Router::new(config(primary, priority, interval_cs)).unwrap()
+    Router::new(config(primary, priority, interval_cs))
 }
 
 fn transition(from: State, to: State, reason: Reason) -> Action {
@@ -103,7 +109,7 @@ impl Lan {
                         let heard = Event::Advert {
                             src: cfg.primary,
                             priority,
-                            max_adver_int_cs: cfg.advert_interval_cs,
+                            max_adver_int_cs: cfg.advert_interval.cs(),
                         };
                         if self.partitioned {
                             continue;
@@ -199,42 +205,6 @@ fn timer_formulas() {
 
 // ---------------------------------------------------------------------------------------
 // Configuration
-
-#[test]
-fn config_is_validated() {
-    let ok = config("198.18.0.1", 100, 100);
-    assert!(Router::new(ok.clone()).is_ok());
-    let bad = |f: &dyn Fn(&mut Config)| {
-        let mut c = ok.clone();
-        f(&mut c);
-        Router::new(c).unwrap_err()
-    };
-    assert_eq!(bad(&|c| c.vrid = 0), ConfigError::ZeroVrid);
-    assert_eq!(
-        bad(&|c| c.priority = 0),
-        ConfigError::ZeroPriority { vrid: 51 }
-    );
-    assert_eq!(
-        bad(&|c| c.advert_interval_cs = 0),
-        ConfigError::BadInterval { vrid: 51, cs: 0 }
-    );
-    assert_eq!(
-        bad(&|c| c.advert_interval_cs = 4096),
-        ConfigError::BadInterval { vrid: 51, cs: 4096 }
-    );
-    assert_eq!(
-        bad(&|c| c.addresses.clear()),
-        ConfigError::NoAddresses { vrid: 51 }
-    );
-    assert!(matches!(
-        bad(&|c| c.addresses.push(ip("2001:db8::1"))),
-        ConfigError::FamilyMismatch { .. }
-    ));
-    assert!(matches!(
-        bad(&|c| c.addresses = (0..256u32).map(|i| IpAddr::from(i.to_be_bytes())).collect()),
-        ConfigError::TooManyAddresses { count: 256, .. }
-    ));
-}
 
 #[test]
 fn advertisement_carries_own_interval_and_addresses() {
@@ -364,7 +334,7 @@ fn backup_hearing_priority_zero_waits_only_skew_time() {
 fn priority_zero_applies_even_without_preemption() {
     let mut c = config("198.18.0.2", 100, 100);
     c.preempt = false;
-    let mut r = Router::new(c).unwrap();
+    let mut r = Router::new(c);
     r.handle(Event::Startup, Duration::ZERO);
     r.handle(advert("198.18.0.1", 0, 100), ms(100));
     assert_eq!(r.next_deadline(), Some(ms(100) + ns(609_375_000)));
@@ -396,7 +366,7 @@ fn preempting_backup_discards_lower_priority_master() {
 fn non_preempting_backup_follows_lower_priority_master() {
     let mut c = config("198.18.0.2", 200, 100);
     c.preempt = false;
-    let mut r = Router::new(c).unwrap();
+    let mut r = Router::new(c);
     r.handle(Event::Startup, Duration::ZERO);
     for k in 1..=60 {
         let t = ms(1_000 * k);
@@ -587,24 +557,24 @@ fn shutdown_from_each_state() {
 fn priority_changes_are_clamped_and_owner_is_pinned() {
     let mut r = router("198.18.0.2", 100, 100);
     r.handle(Event::PriorityChanged(0), Duration::ZERO);
-    assert_eq!(r.priority(), 1);
+    assert_eq!(r.priority().get(), 1);
     r.handle(Event::PriorityChanged(255), Duration::ZERO);
-    assert_eq!(r.priority(), 254);
+    assert_eq!(r.priority().get(), 254);
     r.handle(Event::PriorityChanged(90), Duration::ZERO);
-    assert_eq!(r.priority(), 90);
+    assert_eq!(r.priority().get(), 90);
     // Skew follows the tracked priority.
     assert_eq!(r.skew_time(), skew_time(90, 100));
 
     let mut owner = router("198.18.0.1", OWNER_PRIORITY, 100);
     owner.handle(Event::PriorityChanged(10), Duration::ZERO);
-    assert_eq!(owner.priority(), 255);
+    assert_eq!(owner.priority().get(), 255);
 }
 
 #[test]
 fn preempt_delay_holds_off_takeover_after_startup() {
     let mut c = config("198.18.0.2", 200, 100);
     c.preempt_delay = ms(10_000);
-    let mut r = Router::new(c).unwrap();
+    let mut r = Router::new(c);
     let t0 = ms(20_000);
     r.handle(Event::Startup, t0);
     // Within the delay, a lower-priority master is followed like with preemption off.
@@ -730,10 +700,7 @@ fn higher_priority_router_preempts_a_running_master() {
 fn without_preemption_a_higher_priority_router_stays_backup() {
     let mut c = config("198.18.0.1", 200, 100);
     c.preempt = false;
-    let mut lan = Lan::new(vec![
-        Router::new(c).unwrap(),
-        router("198.18.0.2", 100, 100),
-    ]);
+    let mut lan = Lan::new(vec![Router::new(c), router("198.18.0.2", 100, 100)]);
     lan.send(B, Event::Startup);
     lan.at(ms(20_000), A, Event::Startup);
     lan.run_until(ms(300_000));
@@ -881,4 +848,203 @@ fn split_brain_winner_announces_again() {
     let t = lan.now;
     let actions = lan.nodes[A].handle(advert("198.18.0.100", 100, 100), t);
     assert!(actions.contains(&Action::SendGratuitous), "{actions:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Hardening on receipt: Router::receive
+
+fn adv(priority: u8, cs: u16, addresses: &[&str]) -> Advertisement {
+    Advertisement {
+        vrid: 51,
+        priority,
+        max_adver_int_cs: cs,
+        addresses: addresses.iter().map(|a| ip(a)).collect(),
+    }
+}
+
+/// A router that is master at the returned time.
+fn master(primary: &str, priority: u8) -> (Router, Duration) {
+    let mut r = router(primary, priority, 100);
+    r.handle(Event::Startup, Duration::ZERO);
+    let at = r.next_deadline().unwrap();
+    r.handle(Event::Timer, at);
+    assert_eq!(r.state(), State::Master);
+    (r, at)
+}
+
+#[test]
+fn advert_listing_other_addresses_is_discarded_and_counted() {
+    // A backup: a higher-priority advert for another address list must not reset the
+    // Master_Down_Timer, so the backup still takes over when the real master is silent.
+    let mut r = router("198.18.0.2", 100, 100);
+    r.handle(Event::Startup, Duration::ZERO);
+    let deadline = r.next_deadline();
+    let lists: [&[&str]; 4] = [
+        &["198.18.0.26"],
+        &["198.18.0.25", "198.18.0.26"],
+        &[],
+        &["198.18.0.25", "198.18.0.25"],
+    ];
+    for (k, list) in lists.iter().enumerate() {
+        let t = ms(1_000 * (k as u64 + 1));
+        assert_eq!(
+            r.receive(ip("198.18.0.1"), &adv(200, 100, list), t),
+            Err(Discard::OtherAddresses),
+            "{list:?}"
+        );
+        assert_eq!(r.next_deadline(), deadline);
+        assert_eq!(r.master(), None);
+    }
+    assert_eq!(r.discards().other_addresses, 4);
+    assert_eq!(r.discards().not_a_peer, 0);
+    assert_eq!(
+        r.handle(Event::Timer, deadline.unwrap()),
+        became_master(Reason::MasterDown, State::Backup, 100)
+    );
+
+    // A master: a higher priority claiming other addresses does not make it step down.
+    let (mut m, at) = master("198.18.0.1", 100);
+    assert_eq!(
+        m.receive(ip("198.18.0.9"), &adv(254, 100, &["198.18.0.99"]), at),
+        Err(Discard::OtherAddresses)
+    );
+    assert_eq!(m.state(), State::Master);
+    assert_eq!(m.discards().other_addresses, 1);
+}
+
+#[test]
+fn advert_listing_our_addresses_in_another_order_is_heard() {
+    let addresses = VirtualAddresses::new(vec![
+        ip("198.18.0.25"),
+        ip("198.18.0.26"),
+        ip("198.18.0.27"),
+    ])
+    .unwrap();
+    let mut r = Router::new(Config {
+        addresses,
+        ..config("198.18.0.2", 100, 100)
+    });
+    r.handle(Event::Startup, Duration::ZERO);
+    let t = ms(1_000);
+    let heard = adv(200, 100, &["198.18.0.27", "198.18.0.25", "198.18.0.26"]);
+    assert_eq!(r.receive(ip("198.18.0.1"), &heard, t), Ok(Vec::new()));
+    assert_eq!(r.master(), Some(ip("198.18.0.1")));
+    assert_eq!(r.next_deadline(), Some(t + r.master_down_interval()));
+    assert_eq!(r.discards(), Discards::default());
+}
+
+#[test]
+fn only_unicast_peers_are_heard() {
+    let mut r = Router::new(Config {
+        peers: vec![ip("198.18.0.3")],
+        ..config("198.18.0.2", 100, 100)
+    });
+    r.handle(Event::Startup, Duration::ZERO);
+    let deadline = r.next_deadline();
+    // An owner's advert from a host that is not a peer, then its resignation: neither
+    // touches the timer (priority 0 would otherwise cut it to Skew_Time).
+    for priority in [255, 0] {
+        assert_eq!(
+            r.receive(
+                ip("198.18.0.1"),
+                &adv(priority, 100, &["198.18.0.25"]),
+                ms(500)
+            ),
+            Err(Discard::NotAPeer)
+        );
+        assert_eq!(r.next_deadline(), deadline);
+    }
+    assert_eq!(r.discards().not_a_peer, 2);
+    // The peer is heard.
+    let t = ms(1_000);
+    assert_eq!(
+        r.receive(ip("198.18.0.3"), &adv(200, 100, &["198.18.0.25"]), t),
+        Ok(Vec::new())
+    );
+    assert_eq!(r.master(), Some(ip("198.18.0.3")));
+    assert_eq!(r.next_deadline(), Some(t + r.master_down_interval()));
+
+    // Without peers configured (multicast), any source on the link is heard.
+    let mut any = router("198.18.0.2", 100, 100);
+    any.handle(Event::Startup, Duration::ZERO);
+    assert!(
+        any.receive(ip("198.18.0.1"), &adv(200, 100, &["198.18.0.25"]), t)
+            .is_ok()
+    );
+    assert_eq!(any.master(), Some(ip("198.18.0.1")));
+}
+
+#[test]
+fn other_vrid_and_own_echo_are_not_counted() {
+    let (mut m, at) = master("198.18.0.1", 100);
+    let mut other = adv(200, 100, &["198.18.0.99"]);
+    other.vrid = 52;
+    assert_eq!(
+        m.receive(ip("198.18.0.2"), &other, at),
+        Err(Discard::OtherVrid)
+    );
+    // Our own advert looped back: no answer, no count.
+    let own = m.advertisement(100);
+    assert_eq!(m.receive(ip("198.18.0.1"), &own, at), Ok(Vec::new()));
+    assert_eq!(m.discards(), Discards::default());
+    assert_eq!(m.state(), State::Master);
+}
+
+#[test]
+fn learned_interval_is_capped() {
+    // A forged advert announcing 4095 cs (40.95 s), then silence: without the cap the
+    // backup waits 3 * 40.95 s + skew, over two minutes, before taking over.
+    let mut r = router("198.18.0.2", 100, 100);
+    r.handle(Event::Startup, Duration::ZERO);
+    let t = ms(1_000);
+    r.receive(ip("198.18.0.1"), &adv(200, 4095, &["198.18.0.25"]), t)
+        .unwrap();
+    assert_eq!(r.master_adver_interval_cs(), 1_000);
+    let takeover = t + master_down_interval(100, 1_000);
+    assert_eq!(r.next_deadline(), Some(takeover));
+    assert_eq!(takeover, t + ns(36_093_750_000));
+    assert_eq!(
+        r.handle(Event::Timer, takeover),
+        became_master(Reason::MasterDown, State::Backup, 100)
+    );
+
+    // An interval up to the cap is adopted as advertised.
+    let mut r = Router::new(Config {
+        max_master_interval: Interval::from_cs(200).unwrap(),
+        ..config("198.18.0.2", 100, 100)
+    });
+    r.handle(Event::Startup, Duration::ZERO);
+    r.receive(ip("198.18.0.1"), &adv(200, 200, &["198.18.0.25"]), t)
+        .unwrap();
+    assert_eq!(r.master_adver_interval_cs(), 200);
+    r.receive(ip("198.18.0.1"), &adv(200, 201, &["198.18.0.25"]), t)
+        .unwrap();
+    assert_eq!(r.master_adver_interval_cs(), 200);
+
+    // A master yielding to a higher priority learns the capped interval too.
+    let (mut m, at) = master("198.18.0.1", 100);
+    let actions = m
+        .receive(ip("198.18.0.9"), &adv(200, 4095, &["198.18.0.25"]), at)
+        .unwrap();
+    assert!(matches!(actions[0], Action::Transition(_)), "{actions:?}");
+    assert_eq!(m.master_adver_interval_cs(), 1_000);
+    assert_eq!(
+        m.next_deadline(),
+        Some(at + master_down_interval(100, 1_000))
+    );
+}
+
+#[test]
+fn restart_keeps_the_discard_counts() {
+    let mut r = Router::new(Config {
+        peers: vec![ip("198.18.0.3")],
+        ..config("198.18.0.2", 200, 100)
+    });
+    r.handle(Event::Startup, Duration::ZERO);
+    let _ = r.receive(ip("198.18.0.1"), &adv(255, 100, &["198.18.0.25"]), ms(1));
+    let released = r.restarted_at(Priority::MIN);
+    assert_eq!(released.state(), State::Initialize);
+    assert_eq!(released.priority(), Priority::MIN);
+    assert_eq!(released.discards().not_a_peer, 1);
+    assert_eq!(released.config().peers, vec![ip("198.18.0.3")]);
 }
