@@ -21,6 +21,7 @@ pub mod datapath;
 pub mod front;
 pub mod ha;
 pub mod health;
+pub mod logging;
 pub mod pop3;
 pub mod privs;
 pub mod reload;

@@ -19,6 +19,10 @@ use robustifier_common::PIN_DIR;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: `text` for people (colours only on a terminal), `json` for log
+    /// collectors (one object per line, with the session's span and its id).
+    #[arg(long, value_enum, global = true, default_value = "text")]
+    log_format: robustifier::logging::Format,
 }
 
 #[derive(Subcommand)]
@@ -44,8 +48,16 @@ enum Command {
     /// Run on a back-end host: report run queue, mail queue, disk use and operator
     /// requests to the front-ends.
     Agent {
-        #[arg(long, default_value = "0.0.0.0:7025")]
+        /// Address to listen on; only this one is bound (e.g. the back-end's internal
+        /// address, port 7025).
+        #[arg(long)]
         listen: std::net::SocketAddr,
+        /// File with the key shared with the front-ends (their `agent_key_file`).
+        #[arg(long, required_unless_present = "insecure_no_key")]
+        key_file: Option<PathBuf>,
+        /// Serve reports to anyone who connects, without a key.
+        #[arg(long, conflicts_with = "key_file")]
+        insecure_no_key: bool,
         #[arg(long, value_enum, default_value = "postfix")]
         mta: robustifier::agent::Mta,
         /// Postfix config directory or Exim config file of the MTA to ask.
@@ -114,13 +126,7 @@ impl PinArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    robustifier::logging::init(cli.log_format);
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -166,12 +172,19 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             mta_config,
             spool,
             state_file,
+            key_file,
+            insecure_no_key: _,
         } => {
+            // clap guarantees a key file unless --insecure-no-key was given.
+            let key = key_file
+                .map(|f| robustifier::health::agent_client::AgentKey::from_file(&f))
+                .transpose()?;
             let o = robustifier::agent::Options {
                 mta,
                 mta_config,
                 spool,
                 state_file,
+                key,
             };
             tokio::runtime::Runtime::new()?.block_on(robustifier::agent::serve(listen, o))?;
             Ok(())

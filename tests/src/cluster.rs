@@ -181,6 +181,7 @@ tls = "starttls"
 ca = "{ca}"
 server_name = "be1.robustifier.test"
 backend = [{{ name = "be1", address = "{b1}:{PORT_SMTP}", agent = "{b1}:{AGENT_PORT}" }}]
+agent_key_file = "{agent_key}"
 [pool.health]
 interval_ms = 1000
 agent_interval_ms = 500
@@ -189,6 +190,7 @@ agent_interval_ms = 500
 name = "be2"
 identity = "xclient"
 backend = [{{ name = "be2", address = "{b2}:{PORT_SMTP}", agent = "{b2}:{AGENT_PORT}" }}]
+agent_key_file = "{agent_key}"
 [pool.health]
 interval_ms = 1000
 agent_interval_ms = 500
@@ -200,6 +202,7 @@ sessions = 4
 name = "be3"
 identity = "proxy"
 backend = [{{ name = "be3", address = "{b3}:{PORT_SMTP_PROXY}", agent = "{b3}:{AGENT_PORT}" }}]
+agent_key_file = "{agent_key}"
 [pool.health]
 interval_ms = 1000
 agent_interval_ms = 500
@@ -251,6 +254,7 @@ share = 0.5
             b2 = be(1),
             b3 = be(2),
             extra = self.extra[i],
+            agent_key = crate::agent_key_file(&self.lab.log_dir).display(),
         )
     }
 
@@ -270,33 +274,36 @@ share = 0.5
             let listen = format!("{}:{AGENT_PORT}", internal_v4(11 + i as u8));
             let state = self.agent_state(i);
             std::fs::write(&state, "")?;
+            // Postfix is asked for its queue; OpenSMTPD's queue is counted as files.
+            let (spool, mta) = if host.make == Make::Postfix {
+                (
+                    host.layout.dir.clone(),
+                    vec![
+                        "postfix".to_owned(),
+                        "--mta-config".into(),
+                        postfix::config_dir(&host.layout).display().to_string(),
+                    ],
+                )
+            } else {
+                let queue = host.layout.dir.join("opensmtpd/spool/queue");
+                (queue, vec!["spool".to_owned()])
+            };
             let mut args: Vec<String> = vec![
                 bin.display().to_string(),
                 "agent".into(),
                 "--listen".into(),
                 listen.clone(),
+                "--key-file".into(),
+                crate::agent_key_file(&self.lab.log_dir)
+                    .display()
+                    .to_string(),
                 "--state-file".into(),
                 state.display().to_string(),
                 "--spool".into(),
-                host.layout.dir.display().to_string(),
+                spool.display().to_string(),
+                "--mta".into(),
             ];
-            if host.make == Make::Postfix {
-                args.extend([
-                    "--mta".into(),
-                    "postfix".into(),
-                    "--mta-config".into(),
-                    postfix::config_dir(&host.layout).display().to_string(),
-                ]);
-            } else {
-                let queue = host
-                    .layout
-                    .dir
-                    .join("opensmtpd")
-                    .join("spool")
-                    .join("queue");
-                args.extend(["--mta".into(), "spool".into()]);
-                args[7] = queue.display().to_string();
-            }
+            args.extend(mta);
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
             let ns = self.lab.backends[i].ns.clone();
             self.lab.spawn(&ns, &format!("agent-be{}", i + 1), &argv)?;

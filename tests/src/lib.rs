@@ -29,6 +29,20 @@ pub fn robustifier_bin() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/robustifier")
 }
 
+/// The key the lab's agents and front-ends share (`agent --key-file`, `agent_key_file`):
+/// written once into `dir` (a lab's log directory), new for every lab.
+pub fn agent_key_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("agent.key");
+    if !path.exists() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let key = format!("lab-agent-key-{}-{}", unique_prefix("k"), now.as_nanos());
+        std::fs::write(&path, key).expect("write the lab's agent key");
+    }
+    path
+}
+
 /// A name prefix unique to this process and call, for namespaces and pin directories:
 /// `rbt<pid>-<tag><n>`, so that a sweep can tell a live run's labs from a dead run's.
 pub fn unique_prefix(tag: &str) -> String {

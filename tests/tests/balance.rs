@@ -57,6 +57,7 @@ pool = "mx"
 
 [[pool]]
 name = "mx"
+agent_key_file = "{key}"
 backend = [{list}]
 {pool_extra}
 [pool.health]
@@ -67,7 +68,8 @@ fall = 2
 agent_interval_ms = 200
 "#,
         pin = lab.pin_dir(0).display(),
-        list = backends.join(", ")
+        list = backends.join(", "),
+        key = robustifier_lab::agent_key_file(&lab.log_dir).display()
     )
 }
 
@@ -177,10 +179,13 @@ fn agent_mail_queue_over_threshold_takes_the_backend_out_of_routing() {
         let listen = format!("{}:7025", internal_v4(11 + i as u8));
         let ns = lab.backends[i].ns.clone();
         let bin = robustifier_lab::robustifier_bin();
+        let key = robustifier_lab::agent_key_file(&lab.log_dir);
         let args = [
             "agent",
             "--listen",
             listen.as_str(),
+            "--key-file",
+            key.to_str().unwrap(),
             "--mta",
             "spool",
             "--spool",
@@ -412,11 +417,14 @@ fn agent_measures_a_real_postfix_deferred_queue() {
     let bin = robustifier_lab::robustifier_bin();
     let conf = postfix::config_dir(&host.layout);
     let ns = lab.backends[0].ns.clone();
+    let key = robustifier_lab::agent_key_file(&lab.log_dir);
     let argv = [
         bin.to_str().unwrap(),
         "agent",
         "--listen",
         &listen,
+        "--key-file",
+        key.to_str().unwrap(),
         "--mta",
         "postfix",
         "--mta-config",

@@ -376,3 +376,42 @@ fn pop3_users_reach_their_mailboxes_over_stls_and_pop3s_and_never_in_clear() {
         text(&out)
     );
 }
+
+/// The cluster's agents, started as the demo starts them, answer the front-end with the
+/// lab's shared key: an operator's drain through each agent reaches the load map, and
+/// clearing it readmits the back-end.
+#[test]
+fn cluster_agents_answer_the_front_end_with_the_shared_key() {
+    use robustifier::datapath::{Snapshot, Tables};
+    let Some(mut c) = cluster("agk") else { return };
+    c.start_agents().expect("agents");
+    let eventually = |what: &str, f: &dyn Fn(&Snapshot) -> bool| {
+        // A generous bound for the polls to come round, not a timing claim.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let s = Snapshot::read(&Tables::from_pins(&c.lab.pin_dir(0)).unwrap()).unwrap();
+            if f(&s) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never: {what}\n{}",
+                s.render()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    // be1, be2, be3 are the first three back-ends of the configuration (ids 0 to 2).
+    for i in 0..3 {
+        std::fs::write(c.agent_state(i), "drain=1\n").unwrap();
+    }
+    eventually("every agent's drain shows", &|s| {
+        s.backends[..3].iter().all(|b| b.state == "draining")
+    });
+    for i in 0..3 {
+        std::fs::write(c.agent_state(i), "").unwrap();
+    }
+    eventually("every back-end readmitted", &|s| {
+        s.backends[..3].iter().all(|b| b.state == "up")
+    });
+}

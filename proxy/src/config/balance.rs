@@ -2,10 +2,12 @@
 //! `[pool.health]`, `[pool.thresholds]` tables of a pool, a back-end's `agent`, and the
 //! `[[group]]` sections. Raw serde structs and their validation live together here.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{path::Path, time::Duration};
 
 use ipnet::IpNet;
 use serde::Deserialize;
+
+use crate::health::agent_client::{AgentKey, Endpoint};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,16 +188,45 @@ pub fn thresholds(key: &str, raw: Option<RawThresholds>) -> Result<Thresholds, I
     })
 }
 
-pub fn agent(key: &str, raw: Option<&str>) -> Result<Option<SocketAddr>, Invalid> {
-    raw.map(|a| {
-        a.parse().map_err(|_| {
-            (
+/// A back-end's agent: its address, and the key to poll it with. A key is required unless
+/// `insecure` (the operator's explicit choice of an agent without one); both at once is
+/// a contradiction and refused.
+pub fn agent(
+    key: &str,
+    raw: Option<&str>,
+    key_file: Option<(&str, &Path)>,
+    insecure: bool,
+) -> Result<Option<Endpoint>, Invalid> {
+    let Some(a) = raw else {
+        return Ok(None);
+    };
+    let address = a.parse().map_err(|_| {
+        (
+            key.to_owned(),
+            format!("{a:?} is not host:port (IPv6 as [addr]:port)"),
+        )
+    })?;
+    let key = match (key_file, insecure) {
+        (Some((k, path)), false) => {
+            Some(AgentKey::from_file(path).map_err(|e| (k.to_owned(), e.to_string()))?)
+        }
+        (None, true) => None,
+        (Some((k, _)), true) => {
+            return Err((
+                k.to_owned(),
+                "agent_key_file and agent_insecure = true contradict each other".into(),
+            ));
+        }
+        (None, false) => {
+            return Err((
                 key.to_owned(),
-                format!("{a:?} is not host:port (IPv6 as [addr]:port)"),
-            )
-        })
-    })
-    .transpose()
+                "an agent needs agent_key_file (on the pool or the back-end), or \
+                 agent_insecure = true for an agent started with --insecure-no-key"
+                    .into(),
+            ));
+        }
+    };
+    Ok(Some(Endpoint { address, key }))
 }
 
 pub fn groups(raw: Vec<RawGroup>) -> Result<Vec<Group>, Invalid> {

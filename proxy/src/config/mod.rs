@@ -165,7 +165,8 @@ pub struct Backend {
     pub address: SocketAddr,
     pub weight: u32,
     pub identity: Identity,
-    pub agent: Option<SocketAddr>,
+    /// The agent's address and the key it expects.
+    pub agent: Option<crate::health::agent_client::Endpoint>,
 }
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
@@ -579,6 +580,11 @@ fn pool(
             ));
         }
     };
+    let pool_key_file = p
+        .agent_key_file
+        .as_deref()
+        .map(|f| (format!("pool[{i}].agent_key_file"), base.join(f)));
+    let pool_insecure = p.agent_insecure.unwrap_or(false);
     let mut backends = Vec::new();
     for (j, b) in p.backends.into_iter().enumerate() {
         let RawBackend {
@@ -587,6 +593,8 @@ fn pool(
             weight,
             identity: backend_identity,
             agent,
+            agent_key_file,
+            agent_insecure,
         } = b;
         let key = |k: &str| format!("pool[{i}].backend[{j}].{k}");
         if *next_backend >= MAX_BACKENDS {
@@ -615,7 +623,22 @@ fn pool(
             Some(v) => identity_value(key("identity"), v)?,
             None => pool_identity(i, identity_of_pool)?,
         };
-        let agent = balance::agent(&key("agent"), agent.as_deref())?;
+        // A back-end's own key file or insecure flag overrides the pool's.
+        let (key_file, insecure) = match (agent_key_file, agent_insecure) {
+            (Some(f), insecure) => (
+                Some((key("agent_key_file"), base.join(f))),
+                insecure.unwrap_or(false),
+            ),
+            (None, Some(true)) => (None, true),
+            (None, Some(false)) => (pool_key_file.clone(), false),
+            (None, None) => (pool_key_file.clone(), pool_insecure),
+        };
+        let agent = balance::agent(
+            &key("agent"),
+            agent.as_deref(),
+            key_file.as_ref().map(|(k, p)| (k.as_str(), p.as_path())),
+            insecure,
+        )?;
         backends.push(Backend {
             id: *next_backend,
             name,

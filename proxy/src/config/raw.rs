@@ -126,6 +126,10 @@ pub struct RawPool {
     pub connect_timeout_ms: Option<u64>,
     pub health: Option<super::balance::RawHealth>,
     pub thresholds: Option<super::balance::RawThresholds>,
+    /// File with the key shared with the back-ends' agents (a back-end may name its own).
+    pub agent_key_file: Option<String>,
+    /// Poll agents that run without a key (`agent --insecure-no-key`).
+    pub agent_insecure: Option<bool>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<RawBackend>,
 }
@@ -141,4 +145,8 @@ pub struct RawBackend {
     pub identity: Option<String>,
     /// "host:port" of the back-end's `robustifier agent`.
     pub agent: Option<String>,
+    /// Overrides the pool's `agent_key_file` for this back-end.
+    pub agent_key_file: Option<String>,
+    /// Overrides the pool's `agent_insecure` for this back-end.
+    pub agent_insecure: Option<bool>,
 }

@@ -166,6 +166,64 @@ fn admission_waits_are_typed_and_bounded() {
 }
 
 #[test]
+fn agents_need_a_key_file_or_an_explicit_insecure_flag() {
+    let dir = std::env::temp_dir().join(format!("rb-cfg-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pool_key, own_key, short) = (dir.join("pool.key"), dir.join("own.key"), dir.join("s"));
+    std::fs::write(&pool_key, "pool key, at least sixteen octets\n").unwrap();
+    std::fs::write(&own_key, "the back-end's own key\n").unwrap();
+    std::fs::write(&short, "too short\n").unwrap();
+    let with = |pool: &str, x: &str| {
+        GOOD.replace("name = \"store\"", &format!("name = \"store\"\n{pool}"))
+            .replace(
+                "{ name = \"x\", address = \"198.19.0.11:25\" }",
+                &format!("{{ name = \"x\", address = \"198.19.0.11:25\", agent = \"198.19.0.11:7025\"{x} }}"),
+            )
+    };
+    let key_of = |p: &Path| AgentKey::from_file(p).unwrap();
+    use crate::health::agent_client::AgentKey;
+
+    // Fail closed: an agent without a key is refused, naming the back-end's agent key.
+    let (key, reason) = error(&with("", ""));
+    assert_eq!(key, "pool[0].backend[0].agent");
+    assert!(reason.contains("agent_key_file"), "{reason}");
+
+    let pool_file = format!("agent_key_file = {:?}", pool_key.display().to_string());
+    let c = parse(&with(&pool_file, "")).unwrap();
+    let a = c.pools[0].backends[0].agent.unwrap();
+    assert_eq!(a.address, "198.19.0.11:7025".parse().unwrap());
+    assert_eq!(a.key, Some(key_of(&pool_key)), "the pool's key");
+    assert_eq!(c.pools[0].backends[1].agent, None);
+
+    let own = format!(", agent_key_file = {:?}", own_key.display().to_string());
+    let c = parse(&with(&pool_file, &own)).unwrap();
+    assert_eq!(
+        c.pools[0].backends[0].agent.unwrap().key,
+        Some(key_of(&own_key)),
+        "the back-end's own key wins"
+    );
+
+    let c = parse(&with("agent_insecure = true", "")).unwrap();
+    assert_eq!(c.pools[0].backends[0].agent.unwrap().key, None);
+    let c = parse(&with(&pool_file, ", agent_insecure = true")).unwrap();
+    assert_eq!(c.pools[0].backends[0].agent.unwrap().key, None);
+
+    let (key, reason) = error(&with("", &format!("{own}, agent_insecure = true")));
+    assert_eq!(key, "pool[0].backend[0].agent_key_file");
+    assert!(reason.contains("contradict"), "{reason}");
+    let (key, reason) = error(&with(
+        &format!("agent_key_file = {:?}", short.display().to_string()),
+        "",
+    ));
+    assert_eq!(key, "pool[0].agent_key_file");
+    assert!(reason.contains("at least 16"), "{reason}");
+    let (key, reason) = error(&with("agent_key_file = \"/nonexistent/agent.key\"", ""));
+    assert_eq!(key, "pool[0].agent_key_file");
+    assert!(reason.contains("cannot read"), "{reason}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn auth_in_clear_needs_plaintext_auth() {
     let smtp = "port = 25\nvips = [\"198.18.0.25\", \"2001:db8::25\"]";
     let (key, reason) = error(&GOOD.replace(smtp, &format!("{smtp}\nauth = true")));

@@ -512,7 +512,7 @@ mod tests {
     fn reload_adds_a_backend_with_the_next_id() {
         let b = board();
         let r = b.reconcile(&cfg(
-            "{name='n',address='198.18.1.12:25',weight=7,agent='198.18.1.12:7025'},{name='a',address='198.18.1.11:25'}",
+            "{name='n',address='198.18.1.12:25',weight=7,agent='198.18.1.12:7025',agent_insecure=true},{name='a',address='198.18.1.11:25'}",
         ));
         assert_eq!(r.added.len(), 1);
         assert!(r.new_pool.is_empty() && r.overflow.is_empty());
@@ -521,7 +521,10 @@ mod tests {
             (s.backend.id, s.backend.name.as_str(), s.pool_id),
             (1, "n", 0)
         );
-        assert_eq!(s.backend.agent, Some("198.18.1.12:7025".parse().unwrap()));
+        assert_eq!(
+            s.backend.agent.map(|a| a.address),
+            Some("198.18.1.12:7025".parse().unwrap())
+        );
         assert!(Arc::ptr_eq(s, &b.slot(1).unwrap()));
         let rec = b.record_for(1, 0).unwrap();
         assert_eq!((rec.state, rec.weight, rec.pool_id), (BACKEND_UP, 7, 0));
