@@ -227,12 +227,14 @@ name = "pop-be3"
 identity = "proxy"
 backend = [{{ name = "be3-pop3", address = "{b3}:{PORT_POP3_PROXY}" }}]
 
-# Under load, carol's mail is premium (served to the hard limits); everyone else may use
-# half of each threshold.
+# Under load, carol's mail is premium: served to the hard limits, and past them it waits
+# for a session slot (well beyond a burst's length) instead of being deflected; everyone
+# else may use half of each threshold and is deflected at once beyond it.
 [[group]]
 name = "premium"
 share = 1.0
 recipients = ["carol@example.net"]
+wait_ms = 20000
 
 [[group]]
 name = "regular"
