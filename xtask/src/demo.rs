@@ -225,32 +225,32 @@ pub fn run() -> anyhow::Result<()> {
     let r = send(&c, "alice@example.test", "demo-readmitted");
     println!("   new mail for alice@example.test: {}", end_of_data(&r));
 
-    step("burst: 24 sessions at once to be2 (4 sessions at most); carol is premium, dave regular");
+    step(
+        "burst: 24 sessions at once to be2 (4 sessions at most); carol is premium (waits for a slot), dave regular",
+    );
     let results = burst(&c);
-    let count = |who: &str, ok: bool| {
-        results
-            .iter()
-            .filter(|(w, r)| w == who && (end_of_data(r).starts_with("250") == ok))
-            .count()
-    };
+    let tally = Burst::of(&results);
     println!(
-        "   premium (carol): {} accepted, {} deflected",
-        count("carol", true),
-        count("carol", false)
+        "   premium (carol): {} of {} delivered, {} deflected",
+        tally.premium_delivered, tally.premium, tally.premium_deflected
     );
     println!(
-        "   regular (dave):  {} accepted, {} deflected",
-        count("dave", true),
-        count("dave", false)
+        "   regular (dave):  {} of {} deflected with 451 4.3.2, {} delivered",
+        tally.regular_deflected, tally.regular, tally.regular_delivered
     );
-    if let Some((_, r)) = results
+    if let Some(line) = results
         .iter()
-        .find(|(_, r)| r.iter().any(|l| l.starts_with("451")))
+        .flat_map(|(_, r)| r.iter())
+        .find(|l| l.starts_with("451 4.3.2"))
     {
-        println!(
-            "   a deflected session was told: {}",
-            r.iter().find(|l| l.starts_with("451")).unwrap()
-        );
+        println!("   a deflected session was told: {line}");
+    }
+    let burst_failure = tally.failure();
+    if let Some(why) = &burst_failure {
+        println!("   !! BURST STEP FAILED: {why}");
+        for (who, r) in &results {
+            println!("   !! {who}: {}", r.join(" | "));
+        }
     }
 
     step("failover: fe-a killed (SIGKILL) while a client sends a message every 200 ms");
@@ -331,7 +331,56 @@ pub fn run() -> anyhow::Result<()> {
     c.lab.down()?;
     step(&format!("lab {prefix} removed"));
     anyhow::ensure!(missing == 0, "{missing} acknowledged messages are missing");
+    if let Some(why) = burst_failure {
+        anyhow::bail!("the burst step failed: {why}");
+    }
     Ok(())
+}
+
+/// What the burst showed, per group.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Burst {
+    premium: usize,
+    premium_delivered: usize,
+    premium_deflected: usize,
+    regular: usize,
+    regular_delivered: usize,
+    regular_deflected: usize,
+}
+
+impl Burst {
+    fn of(results: &[(String, Vec<String>)]) -> Burst {
+        let mut t = Burst::default();
+        for (who, r) in results {
+            let delivered = end_of_data(r).starts_with("250");
+            let deflected = r.iter().any(|l| l.starts_with("451 4.3.2"));
+            if who == "carol" {
+                t.premium += 1;
+                t.premium_delivered += usize::from(delivered);
+                t.premium_deflected += usize::from(deflected);
+            } else {
+                t.regular += 1;
+                t.regular_delivered += usize::from(delivered);
+                t.regular_deflected += usize::from(deflected);
+            }
+        }
+        t
+    }
+
+    /// Why the burst did not show what it is for: premium mail ahead of regular mail, and
+    /// regular mail deflected with 451 4.3.2.
+    fn failure(&self) -> Option<String> {
+        if self.premium_delivered <= self.regular_delivered {
+            Some(format!(
+                "premium is not ahead: {} premium delivered, {} regular delivered",
+                self.premium_delivered, self.regular_delivered
+            ))
+        } else if self.regular_deflected == 0 {
+            Some("no regular session was deflected with 451 4.3.2".into())
+        } else {
+            None
+        }
+    }
 }
 
 fn send(c: &Cluster, to: &str, tag: &str) -> Vec<String> {
@@ -433,5 +482,42 @@ impl MailFlow {
     fn stop(self) -> (Vec<String>, usize) {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn results(premium: (usize, usize), regular: (usize, usize)) -> Vec<(String, Vec<String>)> {
+        let accepted = || vec!["354 go".to_owned(), "250 2.0.0 queued".to_owned()];
+        let deflected = || vec!["451 4.3.2 try again later".to_owned()];
+        let mut out = Vec::new();
+        for (who, (ok, no)) in [("carol", premium), ("dave", regular)] {
+            out.extend((0..ok).map(|_| (who.to_owned(), accepted())));
+            out.extend((0..no).map(|_| (who.to_owned(), deflected())));
+        }
+        out
+    }
+
+    #[test]
+    fn burst_fails_unless_premium_is_ahead_and_regular_deflected() {
+        // What a cluster without a premium wait showed: both groups alike.
+        let even = Burst::of(&results((2, 10), (2, 10)));
+        assert_eq!((even.premium_delivered, even.regular_deflected), (2, 10));
+        assert!(even.failure().unwrap().contains("premium is not ahead"));
+        assert!(
+            Burst::of(&results((12, 0), (12, 0)))
+                .failure()
+                .unwrap()
+                .contains("not ahead")
+        );
+        assert!(
+            Burst::of(&results((12, 0), (0, 0)))
+                .failure()
+                .unwrap()
+                .contains("451 4.3.2")
+        );
+        assert_eq!(Burst::of(&results((12, 0), (2, 10))).failure(), None);
     }
 }

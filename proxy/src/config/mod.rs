@@ -150,6 +150,9 @@ pub struct Pool {
     pub name: String,
     pub tls: BackendTls,
     pub shared_store: bool,
+    /// How the pool's back-ends pass the client unless one says otherwise (`identity`);
+    /// `None` when only the back-ends name theirs.
+    pub identity: Option<Identity>,
     /// Connect plus greeting; a back-end slower than this is skipped for the next one.
     pub connect_timeout: std::time::Duration,
     pub health: balance::Health,
@@ -343,26 +346,15 @@ impl Config {
             }
             pools.push(pool);
         }
-        // Every pool a service can route to must exist.
+        // Every pool a service can route to must exist and serve its protocol.
         for (i, s) in services.iter().enumerate() {
-            if let Some(p) = &s.pool
-                && !pool_names.contains(p)
-            {
-                return Err((format!("service[{i}].pool"), format!("no pool named {p:?}")));
+            if let Some(p) = &s.pool {
+                crate::route::usable(&pools[..], p, s.protocol)
+                    .map_err(|reason| (format!("service[{i}].pool"), reason))?;
             }
             if let Some(path) = &s.routes {
-                let table = crate::route::RouteTable::load(path)
+                crate::route::RouteTable::load_for(path, s.protocol, &pools[..])
                     .map_err(|e| (format!("service[{i}].routes"), e.to_string()))?;
-                if let Some(missing) = table.pools().into_iter().find(|p| !pool_names.contains(*p))
-                {
-                    return Err((
-                        format!("service[{i}].routes"),
-                        format!(
-                            "{} names pool {missing:?}, which is not configured",
-                            path.display()
-                        ),
-                    ));
-                }
             }
         }
         let groups = balance::groups(raw.groups)?;
@@ -654,6 +646,7 @@ fn pool(
         name: p.name,
         tls,
         shared_store: p.shared_store.unwrap_or(true),
+        identity: identity_of_pool,
         connect_timeout: match p.connect_timeout_ms {
             Some(ms) if ms >= 100 => std::time::Duration::from_millis(ms),
             Some(_) => {

@@ -281,3 +281,75 @@ fn a_pool_must_say_how_the_client_address_reaches_its_backends() {
         .replace("weight = 50 }", "weight = 50, identity = \"proxy\" }");
     assert!(parse(&each).is_ok());
 }
+
+#[test]
+fn pop3_service_refuses_an_xclient_default_pool() {
+    let pop3 = "protocol = \"pop3\"\nport = 110";
+    let with_pool = GOOD.replace(pop3, &format!("{pop3}\npool = \"store\""));
+    assert_eq!(
+        parse(&with_pool).unwrap().services[1].pool.as_deref(),
+        Some("store")
+    );
+    let xclient = with_pool.replace(
+        "name = \"store\"\nidentity = \"none\"",
+        "name = \"store\"\nidentity = \"xclient\"",
+    );
+    let (key, reason) = error(&xclient);
+    assert_eq!(key, "service[1].pool");
+    assert!(
+        reason.contains("pool \"store\" passes the client with XCLIENT")
+            && reason.contains("POP3 cannot carry"),
+        "{reason}"
+    );
+    // The same pool is fine for SMTP, whose back-ends take XCLIENT.
+    let smtp = "protocol = \"smtp\"\nport = 25";
+    assert!(
+        parse(
+            &GOOD
+                .replace(smtp, &format!("{smtp}\npool = \"store\""))
+                .replace(
+                    "name = \"store\"\nidentity = \"none\"",
+                    "name = \"store\"\nidentity = \"xclient\""
+                )
+        )
+        .is_ok()
+    );
+    let (key, reason) = error(&GOOD.replace(pop3, &format!("{pop3}\npool = \"nowhere\"")));
+    assert_eq!(
+        (key.as_str(), reason.as_str()),
+        ("service[1].pool", "pool \"nowhere\" is not configured")
+    );
+}
+
+#[test]
+fn routing_maps_are_resolved_at_check_time_with_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("rb-cfg-routes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let map = dir.join("pop.map");
+    std::fs::write(&map, "alice store\n# typo below\nbob stroe\n").unwrap();
+    let pop3 = "protocol = \"pop3\"\nport = 110";
+    let text = GOOD.replace(pop3, &format!("{pop3}\nroutes = \"pop.map\""));
+    let file = dir.join("t.toml");
+    let e = Config::parse(&file, &text).expect_err("unknown pool in the map");
+    assert_eq!(e.key, "service[1].routes");
+    assert_eq!(
+        e.reason,
+        format!("{}:3: pool \"stroe\" is not configured", map.display())
+    );
+    std::fs::write(&map, "alice store\n").unwrap();
+    let xclient = text.replace(
+        "name = \"store\"\nidentity = \"none\"",
+        "name = \"store\"\nidentity = \"xclient\"",
+    );
+    let e = Config::parse(&file, &xclient).expect_err("xclient pool in a POP3 map");
+    assert!(
+        e.reason.starts_with(&format!(
+            "{}:1: pool \"store\" passes the client with XCLIENT",
+            map.display()
+        )),
+        "{}",
+        e.reason
+    );
+    assert!(Config::parse(&file, &text).is_ok());
+    std::fs::remove_dir_all(dir).unwrap();
+}

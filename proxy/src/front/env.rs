@@ -25,8 +25,10 @@ pub struct Env {
 }
 
 impl Env {
-    /// The shared state of `service`'s sessions; its routing map (if any) is loaded now
-    /// and re-read whenever the file changes.
+    /// The shared state of `service`'s sessions; its routing map (if any) is loaded and
+    /// resolved against `pools` now, and again whenever the file changes (off the
+    /// runtime's threads): a re-read naming a pool that does not exist or cannot serve the
+    /// service's protocol is refused with its file and line, and the map in force stays.
     pub fn new(
         service: &Service,
         pools: Arc<PoolSet>,
@@ -36,8 +38,10 @@ impl Env {
         let routes = match &service.routes {
             Some(path) => {
                 let p = path.clone();
+                let known = Arc::clone(&pools);
+                let protocol = service.protocol;
                 let w = Watched::new("routing map", vec![path.clone()], move || {
-                    RouteTable::load(&p).map_err(|e| e.to_string())
+                    RouteTable::load_for(&p, protocol, &*known).map_err(|e| e.to_string())
                 })?;
                 Some(Arc::new(w))
             }
@@ -127,5 +131,105 @@ impl Env {
             return Some(r);
         }
         self.service.pool.clone().map(|p| Route::Pools(vec![p]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::Config, reload::Outcome, smtp::command::Address};
+
+    /// A service of `protocol` with a routing map over pools "a" (XCLIENT) and "b" (PROXY v2).
+    fn env(dir: &std::path::Path, protocol: &str, map: &str) -> Env {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("routes"), map).unwrap();
+        let text = format!(
+            "[frontend]\nname = \"fe\"\n[[service]]\nname = \"s\"\nprotocol = \"{protocol}\"\nport = 2525\nroutes = \"routes\"\n\
+             [[pool]]\nname = \"a\"\nidentity = \"xclient\"\nbackend = [{{ name = \"a0\", address = \"198.18.1.1:25\" }}]\n\
+             [[pool]]\nname = \"b\"\nidentity = \"proxy\"\nbackend = [{{ name = \"b0\", address = \"198.18.1.2:25\" }}]\n"
+        );
+        let cfg = Config::parse(&dir.join("t.toml"), &text).unwrap();
+        let pools = Arc::new(PoolSet::standalone(&cfg).unwrap());
+        let groups = Arc::new(super::super::groups::Groups::new(cfg.groups.clone()));
+        Env::new(&cfg.services[0], pools, None, groups).unwrap()
+    }
+
+    fn dir(tag: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("rb-env-{tag}-{}", std::process::id()))
+    }
+
+    fn smtp_route(env: &Env, domain: &str) -> Option<Route> {
+        let to = Address {
+            local: "someone".into(),
+            domain: Some(domain.into()),
+        };
+        env.route(|t| t.lookup(&to).cloned())
+    }
+
+    fn reread(env: &Env, map: &str) -> Outcome {
+        let watched = env.routes.as_ref().unwrap();
+        let before = watched.check_now();
+        assert_eq!(before, Outcome::Unchanged);
+        // The map's file name is fixed by `env`; a change of length is always noticed.
+        let file = env.service.routes.clone().unwrap();
+        std::fs::write(file, map).unwrap();
+        watched.check_now()
+    }
+
+    #[test]
+    fn reread_map_naming_an_unknown_pool_is_refused_and_the_old_map_keeps_routing() {
+        let d = dir("typo");
+        let env = env(&d, "smtp", "a.example a\nb.example b\n");
+        let pools = |r: Option<Route>| r.map(|r| r.to_string());
+        let before = pools(smtp_route(&env, "b.example"));
+        assert_eq!(before.as_deref(), Some("b"));
+
+        let outcome = reread(&env, "a.example a\n# b moved\nb.example bb a\n");
+        let file = d.join("routes");
+        assert_eq!(
+            outcome,
+            Outcome::Refused(format!(
+                "{}:3: pool \"bb\" is not configured",
+                file.display()
+            ))
+        );
+        assert_eq!(pools(smtp_route(&env, "b.example")), before);
+        assert_eq!(pools(smtp_route(&env, "a.example")).as_deref(), Some("a"));
+        assert_eq!(env.pool_names(), ["a", "b"]);
+
+        // Fixed: the valid change is picked up.
+        assert_eq!(
+            reread(&env, "a.example a\nb.example a b\n"),
+            Outcome::Reloaded
+        );
+        assert_eq!(pools(smtp_route(&env, "b.example")).as_deref(), Some("a b"));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn reread_pop3_map_naming_an_xclient_pool_is_refused() {
+        let d = dir("pop");
+        let env = env(&d, "pop3", "alice b\n");
+        let outcome = reread(&env, "alice b\nbob a\n");
+        let Outcome::Refused(e) = outcome else {
+            panic!("a POP3 map routing to an XCLIENT pool was accepted: {outcome:?}");
+        };
+        assert!(
+            e.starts_with(&format!(
+                "{}:2: pool \"a\" passes the client with XCLIENT",
+                d.join("routes").display()
+            )),
+            "{e}"
+        );
+        assert_eq!(
+            env.route_user("alice"),
+            Some(Route::Pools(vec!["b".into()]))
+        );
+        assert_eq!(
+            env.route_user("bob"),
+            None,
+            "the refused map is not in force"
+        );
+        std::fs::remove_dir_all(d).unwrap();
     }
 }

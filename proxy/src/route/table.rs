@@ -26,7 +26,9 @@
 //! A [`RouteTable`] only exists if the whole file parsed: every key is unique after
 //! normalisation (domains lower-cased, `postmaster` lower-cased), every route is either
 //! `reject` or a non-empty list of distinct, well-formed pool names. Parse errors name the
-//! file, the line and the reason.
+//! file, the line and the reason. Whether the named pools exist, and can serve the
+//! service's protocol, is checked against the running pools by
+//! [`super::resolve`] on every read, not only at start.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -80,6 +82,13 @@ pub enum RouteError {
         line: usize,
         reason: String,
     },
+    /// The line names a pool the service cannot use (absent, or unfit for its protocol).
+    #[error("{}:{line}: {reason}", file.display())]
+    Pool {
+        file: PathBuf,
+        line: usize,
+        reason: String,
+    },
 }
 
 /// A parsed routing map.
@@ -94,6 +103,9 @@ pub struct RouteTable {
     /// `.parent` keys, stored without the dot.
     subdomains: HashMap<String, Route>,
     default: Option<Route>,
+    /// Every pool the map names -> the first line naming it, so that a pool the service
+    /// cannot use is reported where it is written.
+    named: HashMap<String, usize>,
 }
 
 impl RouteTable {
@@ -133,6 +145,11 @@ impl RouteTable {
                 return Err(err(format!("control character {bad:?}")));
             }
             let route = parse_route(pools).map_err(err)?;
+            if let Route::Pools(p) = &route {
+                for pool in p {
+                    table.named.entry(pool.clone()).or_insert(line);
+                }
+            }
             let parsed = parse_key(key).map_err(|why| err(format!("key {key:?}: {why}")))?;
             let identity = parsed.identity();
             if let Some(first) = seen.insert(identity, line) {
@@ -200,18 +217,18 @@ impl RouteTable {
     /// Every pool name the map refers to, sorted, so the configuration can check that
     /// each one exists.
     pub fn pools(&self) -> BTreeSet<&str> {
-        self.addresses
-            .values()
-            .chain(self.domains.values())
-            .chain(self.users.values())
-            .chain(self.subdomains.values())
-            .chain(self.default.iter())
-            .flat_map(|r| match r {
-                Route::Reject => &[][..],
-                Route::Pools(p) => &p[..],
-            })
-            .map(String::as_str)
-            .collect()
+        self.named.keys().map(String::as_str).collect()
+    }
+
+    /// Every pool the map names with the first line naming it, in file order.
+    pub fn pool_lines(&self) -> Vec<(usize, &str)> {
+        let mut lines: Vec<(usize, &str)> = self
+            .named
+            .iter()
+            .map(|(pool, line)| (*line, pool.as_str()))
+            .collect();
+        lines.sort_unstable();
+        lines
     }
 
     /// Number of entries.
