@@ -71,7 +71,7 @@ struct Start {
     listeners: Vec<(StdSlotSockets, Role, Context)>,
     xdp: String,
     stop: CancellationToken,
-    abort: CancellationToken,
+    abort: accept::Abort,
     closing: CancellationToken,
     sessions: TaskTracker,
 }
@@ -84,7 +84,7 @@ impl Start {
         info!(pin_dir = %pin_dir.display(), "maps pinned and filled from {}", cfg.file.display());
 
         let stop = CancellationToken::new();
-        let abort = CancellationToken::new();
+        let abort = accept::Abort::default();
         let closing = CancellationToken::new();
         let sessions = TaskTracker::new();
         let hooks = ha::Hooks::default();
@@ -305,8 +305,25 @@ async fn serve(cfg: Config, start: Start) -> anyhow::Result<()> {
             left = sessions.len(),
             "drain deadline passed; ending remaining sessions"
         );
-        abort.cancel();
-        sessions.wait().await;
+        abort.sessions.cancel();
+        // Sessions waiting for a back-end's reply to an end of data get until the
+        // configured drain deadline (at most RFC 5321's 10 minutes for that reply).
+        let commits = cfg
+            .ha
+            .drain_deadline
+            .min(crate::backend::smtp::DATA_END_TIMEOUT)
+            .saturating_sub(DRAIN_DEADLINE);
+        if tokio::time::timeout(commits, sessions.wait())
+            .await
+            .is_err()
+        {
+            info!(
+                left = sessions.len(),
+                "ending sessions still waiting for a reply to their end of data"
+            );
+            abort.commits.cancel();
+            sessions.wait().await;
+        }
     }
     info!("stopped; maps stay pinned under {}", pin_dir.display());
     Ok(())

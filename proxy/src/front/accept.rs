@@ -43,12 +43,23 @@ pub struct Context {
     pub reserve: Arc<Semaphore>,
     pub per_client: Arc<PerClient>,
     pub stop: CancellationToken,
-    pub abort: CancellationToken,
+    pub abort: Abort,
     /// Asks every session to end politely at its next boundary (the stop has begun).
     pub closing: CancellationToken,
     pub sessions: TaskTracker,
     /// Drain gate and health reporting shared with the HA side.
     pub ha: ha::Hooks,
+}
+
+/// How a stop ends the sessions still running at its deadlines: `sessions` ends them at
+/// the daemon's drain deadline, except an SMTP session waiting for a back-end's reply to
+/// an end of data, which `commits` ends at the configured drain deadline (RFC 5321
+/// 4.5.3.2.6 gives that reply 10 minutes): cut, its client would never learn that the
+/// back-end took the message and would send it again.
+#[derive(Clone, Default)]
+pub struct Abort {
+    pub sessions: CancellationToken,
+    pub commits: CancellationToken,
 }
 
 /// A short id for one session, carried in every log line and to the back-ends.
@@ -199,6 +210,7 @@ fn serve(
             }
         };
         let id = session_id();
+        let committing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let span = info_span!("session", id = %id, service = %svc.name, %peer);
         let session = async {
             debug!("session start");
@@ -224,6 +236,7 @@ fn serve(
                 Protocol::Smtp => Box::pin(
                     Session::new(conn, &ctx.env, peer, local, id.clone())
                         .closing_on(closing.clone())
+                        .committing_on(Arc::clone(&committing))
                         .run(),
                 )
                 .await
@@ -242,10 +255,18 @@ fn serve(
             }
         }
         .instrument(span);
+        let mut session = std::pin::pin!(session);
         tokio::select! {
-            _ = session => {}
+            _ = &mut session => {}
             _ = closing_watch => {}
-            _ = ctx.abort.cancelled() => {}
+            _ = ctx.abort.sessions.cancelled() => {
+                if committing.load(std::sync::atomic::Ordering::Acquire) {
+                    tokio::select! {
+                        _ = &mut session => {}
+                        _ = ctx.abort.commits.cancelled() => {}
+                    }
+                }
+            }
             _ = admitted.ended() => {}
         }
     }

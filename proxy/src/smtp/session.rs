@@ -94,6 +94,31 @@ pub struct Session<'e, S> {
     /// Fires when the front-end wants the session to end (shutdown, address handoff): the
     /// session then says 421 at the next transaction boundary.
     closing: CancellationToken,
+    /// Set while a back-end's reply to an end of data is awaited: a stopping front-end
+    /// lets such a session finish (up to the drain deadline) rather than cut it, or the
+    /// client, never told of a message the back-end took, would send it again.
+    committing: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// Marks a session as committing a message for as long as it lives.
+struct Commit<'a>(Option<&'a std::sync::atomic::AtomicBool>);
+
+impl<'a> Commit<'a> {
+    fn begin(flag: &'a Option<std::sync::Arc<std::sync::atomic::AtomicBool>>) -> Self {
+        let flag = flag.as_deref();
+        if let Some(f) = flag {
+            f.store(true, std::sync::atomic::Ordering::Release);
+        }
+        Commit(flag)
+    }
+}
+
+impl Drop for Commit<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0 {
+            f.store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
 }
 
 /// The error of a write to the client that missed its deadline.
@@ -137,10 +162,17 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             tx: None,
             errors: 0,
             closing: CancellationToken::new(),
+            committing: None,
         }
     }
 
     /// Ends the session politely (421 at the next transaction boundary) once `token` fires.
+    /// Sets `flag` while the session waits for a back-end's reply to an end of data.
+    pub fn committing_on(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.committing = Some(flag);
+        self
+    }
+
     pub fn closing_on(mut self, token: CancellationToken) -> Self {
         self.closing = token;
         self

@@ -33,6 +33,10 @@ enum Fault {
     XclientNoAddr,
     /// Refuses DATA with 554 (the transaction stays open until RSET, as in Postfix).
     RefuseData,
+    /// Takes half a second to answer the end of data (a content filter, say).
+    SlowEndOfData,
+    /// Closes the connection when MAIL arrives.
+    CloseAtMail,
 }
 
 #[derive(Default)]
@@ -91,6 +95,8 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
                         } else {
                             b"220 fake ESMTP\r\n"
                         }
+                    } else if upper.starts_with("MAIL") && fault == Fault::CloseAtMail {
+                        return;
                     } else if upper.starts_with("MAIL") {
                         if in_tx {
                             b"503 5.5.1 Error: nested MAIL command\r\n"
@@ -150,6 +156,9 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
                         in_tx = false;
                         if fault == Fault::DropAfterData {
                             return;
+                        }
+                        if fault == Fault::SlowEndOfData {
+                            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                         }
                         b"250 2.0.0 queued as FAKE\r\n"
                     } else if upper == "QUIT" {
@@ -1121,4 +1130,60 @@ async fn auth_waits_for_a_slot_like_a_login() {
             .any(|l| l.starts_with("AUTH PLAIN"))
     );
     assert_eq!(env.pools.admission.waiting(&["a".to_owned()]), 0);
+}
+
+/// While the back-end's reply to the end of data is awaited the session says so, and a
+/// stopping front-end lets it finish instead of cutting it (`front::accept::Abort`).
+#[tokio::test]
+async fn a_session_waiting_for_its_end_of_data_reply_is_committing() {
+    let (a, rec) = backend(Fault::SlowEndOfData).await;
+    let dir = tempdir("commit");
+    let env = Arc::new(env(&dir, &[a], &[], ""));
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (mut client, server) = tokio::io::duplex(1 << 16);
+    let (e2, f2) = (Arc::clone(&env), Arc::clone(&flag));
+    let task = tokio::spawn(async move {
+        Session::new(
+            Conn::Plain(server),
+            &e2,
+            "198.18.0.100:1".parse().unwrap(),
+            "198.18.0.25:25".parse().unwrap(),
+            "t".into(),
+        )
+        .committing_on(f2)
+        .run()
+        .await
+    });
+    client
+        .write_all(b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nDATA\r\nm\r\n.\r\n")
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !flag.load(std::sync::atomic::Ordering::Acquire) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the session never said it was committing");
+    client.write_all(b"QUIT\r\n").await.unwrap();
+    task.await.unwrap().unwrap();
+    assert!(!flag.load(std::sync::atomic::Ordering::Acquire));
+    assert_eq!(rec.lock().unwrap().messages.len(), 1);
+}
+
+/// The proxy keeps no password to log in again elsewhere: an authenticated session whose
+/// back-end goes away ends cleanly with 421, and the client reconnects.
+#[tokio::test]
+async fn an_authenticated_session_that_loses_its_backend_ends_with_421() {
+    let (a, _) = backend(Fault::CloseAtMail).await;
+    let dir = tempdir("authlost");
+    let env = env(&dir, &[a], &[], "auth = true\nplaintext_auth = true");
+    let out = converse(
+        &env,
+        format!("EHLO c\r\n{AUTH_GOOD}MAIL FROM:<alice@a.example>\r\nRCPT TO:<x@b.example>\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(codes(&out), ["220", "250", "235", "421"], "{out}");
+    assert!(out.contains("421 4.4.2 "), "{out}");
 }

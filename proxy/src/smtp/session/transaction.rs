@@ -4,7 +4,7 @@
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
-use super::{DATA_BLOCK_TIMEOUT, Leg, MAX_RECIPIENTS, Session, SessionError, Transaction};
+use super::{Commit, DATA_BLOCK_TIMEOUT, Leg, MAX_RECIPIENTS, Session, SessionError, Transaction};
 use crate::{
     backend::{
         lease::{self, Ask, Fault, Faulted as _, LeaseError, Waiting},
@@ -97,6 +97,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     warn!(session = %self.client.session_id, error = %e, "back-end of an authenticated session failed at MAIL; closing");
                     self.tx = None;
                     self.leg = None;
+                    self.say(
+                        421,
+                        (4, 4, 2),
+                        "Back-end connection lost, closing; please reconnect",
+                    );
                     return false;
                 }
             }
@@ -417,7 +422,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         let tx = self.tx.take().unwrap_or_default();
         let reply = match (outcome, leg_failed, self.leg.as_mut()) {
             (Outcome::Complete { size }, None, Some(leg)) => {
-                match leg.lease.reply("end of data", DATA_END_TIMEOUT).await {
+                let commit = Commit::begin(&self.committing);
+                let reply = leg.lease.reply("end of data", DATA_END_TIMEOUT).await;
+                drop(commit);
+                match reply {
                     Ok(reply) => {
                         info!(session = %self.client.session_id, backend = %leg.lease.backend(), size,
                             from = %tx.mail.reverse_path.as_ref().map(ToString::to_string).unwrap_or_default(),
@@ -512,6 +520,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         } else {
             DATA_BLOCK_TIMEOUT
         };
+        let commit = Commit::begin(if last { &self.committing } else { &None });
         let reply = match self.leg.as_mut() {
             Some(l) => match l.lease.reply("BDAT", wait).await {
                 Ok(r) => Some(r),
@@ -522,6 +531,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             },
             None => None,
         };
+        drop(commit);
         match reply {
             Some(r) => {
                 if let Some(tx) = &mut self.tx {
