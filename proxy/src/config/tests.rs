@@ -163,3 +163,16 @@ fn admission_waits_are_typed_and_bounded() {
     assert_eq!(key, "service[1].wait_ms");
     assert!(reason.contains("invalid value"), "{reason}");
 }
+
+// Found by the config fuzz target: a TOML syntax error came out as toml's several-line
+// rendering, breaking the one-line `file: key: reason` format of check-config.
+#[test]
+fn syntax_error_is_one_line_with_its_position() {
+    let e = parse("[frontend]\nname = \"mx.exampl\n").unwrap_err();
+    assert!(!e.to_string().contains('\n'), "{e}");
+    assert!(
+        e.reason.starts_with("TOML syntax error at line 2, column "),
+        "{}",
+        e.reason
+    );
+}
