@@ -1,7 +1,7 @@
 //! Back-end SMTP replies (`smtp::reply`): the line reader never returns a line over its
 //! limit; the reply reader never panics and accepts only replies with a valid code and at
 //! most `MAX_REPLY_LINES` lines; an accepted reply, formatted as the proxy relays it, is
-//! one reply that reads back the same (control characters blanked); the EHLO capabilities
+//! one reply that reads back as itself (control characters blanked); the EHLO capabilities
 //! the proxy advertises from it read back the same.
 #![no_main]
 
@@ -32,7 +32,13 @@ fn check(reply: &Reply) {
     let max = wire.len();
     let again = ready(read_reply(&mut rest, max)).expect("a formatted reply reads back");
     assert!(rest.is_empty(), "{wire:?} holds more than one reply");
-    assert_eq!(again, blank_controls(reply), "{wire:?}");
+    // Read back, it is the reply that was formatted, up to control characters (blanked on
+    // the way out, which may turn `5.1.1<TAB>` into an enhanced code): formatting again
+    // gives the same bytes.
+    assert_eq!(again.to_bytes(), wire, "{again:?}");
+    if again.enhanced == reply.enhanced {
+        assert_eq!(again, blank_controls(reply), "{wire:?}");
+    }
 
     let caps = Capabilities::from_ehlo(reply);
     let mut lines = vec!["greeting".to_owned()];
