@@ -52,7 +52,7 @@ fn check(reply: &Reply) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&[a, b], input)) = data.split_first_chunk::<2>().map(|(h, t)| (h, t)) else {
+    let Some((&[a, b], input)) = data.split_first_chunk::<2>() else {
         return;
     };
     let max = usize::from(u16::from_be_bytes([a, b]) % 1100) + 4;
