@@ -269,19 +269,7 @@ fn soak(c: &mut Cluster, opts: &Options, seed: u64) -> anyhow::Result<Report> {
     let drain_start = Instant::now();
     let (found, unacked_found) = drain(c, &msgs);
     let drain_s = drain_start.elapsed().as_secs_f64();
-    let mut lost = Vec::new();
-    let mut duplicates = Vec::new();
-    for m in &msgs {
-        for r in &m.rcpts {
-            let n = found.get(&(r.clone(), m.id.clone())).copied().unwrap_or(0);
-            if m.outcome == Outcome::Acked && n == 0 {
-                lost.push(format!("{}->{r}", m.id));
-            }
-            if n > 1 {
-                duplicates.push(format!("{}->{r} x{n}", m.id));
-            }
-        }
-    }
+    let (lost, duplicates) = account(&msgs, &found);
     let mut events = chaos.events;
     events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     let chaos_errors = events
@@ -930,6 +918,25 @@ fn drain(c: &Cluster, msgs: &[Msg]) -> (HashMap<(String, String), u32>, u64) {
     }
 }
 
+/// The acknowledged deliveries (`id->recipient`) missing from `found`, and those found
+/// more than once (of any message, acknowledged or not).
+fn account(msgs: &[Msg], found: &HashMap<(String, String), u32>) -> (Vec<String>, Vec<String>) {
+    let mut lost = Vec::new();
+    let mut duplicates = Vec::new();
+    for m in msgs {
+        for r in &m.rcpts {
+            let n = found.get(&(r.clone(), m.id.clone())).copied().unwrap_or(0);
+            if m.outcome == Outcome::Acked && n == 0 {
+                lost.push(format!("{}->{r}", m.id));
+            }
+            if n > 1 {
+                duplicates.push(format!("{}->{r} x{n}", m.id));
+            }
+        }
+    }
+    (lost, duplicates)
+}
+
 /// Every (mailbox, Message-ID local part) in the cluster's Maildirs, with its count.
 fn scan(c: &Cluster) -> HashMap<(String, String), u32> {
     let mut found = HashMap::new();
@@ -1184,6 +1191,44 @@ mod tests {
         assert!(matches!(classify(&refused), Attempt::Permanent(r) if r == "550 5.1.1"));
         let shed = lines(&["421 4.3.2 busy"]);
         assert!(matches!(classify(&shed), Attempt::Temporary(_)));
+    }
+
+    fn msg(id: &str, rcpts: &[&str], outcome: Outcome) -> Msg {
+        Msg {
+            id: id.into(),
+            rcpts: rcpts.iter().map(|r| (*r).to_owned()).collect(),
+            attempts: 1,
+            deferrals: 0,
+            next_try: Instant::now(),
+            outcome,
+        }
+    }
+
+    #[test]
+    fn an_acknowledged_delivery_missing_from_any_recipient_is_lost() {
+        let msgs = [
+            msg("a", &["x@d", "y@d"], Outcome::Acked),
+            msg("b", &["x@d"], Outcome::Acked),
+            msg("held", &["x@d"], Outcome::Held),
+            msg("refused", &["x@d"], Outcome::Refused("550 5.1.1".into())),
+        ];
+        let found: HashMap<(String, String), u32> = [
+            (("x@d".into(), "a".into()), 1),
+            (("x@d".into(), "b".into()), 2),
+        ]
+        .into_iter()
+        .collect();
+        let (lost, dups) = account(&msgs, &found);
+        assert_eq!(lost, ["a->y@d"], "held and refused messages are not lost");
+        assert_eq!(dups, ["b->x@d x2"]);
+        let all: HashMap<(String, String), u32> = [
+            (("x@d".into(), "a".into()), 1),
+            (("y@d".into(), "a".into()), 1),
+            (("x@d".into(), "b".into()), 1),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(account(&msgs, &all), (vec![], vec![]));
     }
 
     #[test]
