@@ -144,8 +144,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let path = report.write(opts.minutes)?;
     report.print();
     println!("soak: report {}", path.display());
-    if !report.ok() {
-        println!("soak: the lab's logs are in {}", log_dir.display());
+    if report.ok() {
+        // Thousands of Maildir files: kept only when they are evidence.
+        let _ = std::fs::remove_dir_all(&log_dir);
+    } else {
+        println!(
+            "soak: the lab's logs and Maildirs are in {}",
+            log_dir.display()
+        );
     }
     anyhow::ensure!(
         report.lost.is_empty(),
@@ -255,7 +261,7 @@ fn soak(c: &mut Cluster, opts: &Options, seed: u64) -> anyhow::Result<Report> {
     let pop = fetcher
         .join()
         .map_err(|_| anyhow::anyhow!("the POP3 client panicked"))?;
-    for h in chaos.background.drain(..) {
+    for (_, h) in chaos.background.drain(..) {
         if let Ok(Some(ev)) = h.join() {
             chaos.events.push(ev);
         }
@@ -558,7 +564,7 @@ struct Chaos {
     rng: fastrand::Rng,
     start: Instant,
     events: Vec<Event>,
-    background: Vec<std::thread::JoinHandle<Option<Event>>>,
+    background: Vec<(&'static str, std::thread::JoinHandle<Option<Event>>)>,
 }
 
 const KINDS: [&str; 8] = [
@@ -577,6 +583,15 @@ impl Chaos {
         sleep_until(from);
         while Instant::now() < until {
             let kind = KINDS[self.rng.usize(..KINDS.len())];
+            // One attack of a kind at a time: a second password guesser from the same
+            // address would only meet the first one's lock-out.
+            if self
+                .background
+                .iter()
+                .any(|(k, h)| *k == kind && !h.is_finished())
+            {
+                continue;
+            }
             let at_s = self.start.elapsed().as_secs_f64();
             let (target, result) = match kind {
                 "kill-backend" => self.kill_backend(c),
@@ -589,7 +604,7 @@ impl Chaos {
                     let ns = c.lab.client.ns.clone();
                     let ca = c.ca();
                     let start = self.start;
-                    self.background.push(std::thread::spawn(move || {
+                    let h = std::thread::spawn(move || {
                         let detail = match attack {
                             "attack-long-ehlo" => ns.enter(long_ehlo),
                             "attack-rcpt-storm" => ns.enter(rcpt_storm),
@@ -608,7 +623,8 @@ impl Chaos {
                             detail,
                             error: None,
                         })
-                    }));
+                    });
+                    self.background.push((attack, h));
                     self.pause(3, 6);
                     continue;
                 }
