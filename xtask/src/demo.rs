@@ -32,7 +32,7 @@ use robustifier_lab::{
 use crate::{lab, setup, util::cargo};
 
 /// Advertisement interval: 0.5 s, so a failover takes under two seconds.
-pub(crate) const ADVERT_CS: u16 = 50;
+const ADVERT_CS: u16 = 50;
 
 pub(crate) fn vrrp(cluster: &Cluster, i: usize, smtp_prio: u8, pop_prio: u8) -> String {
     // A directory of its own: the daemon hands it to its unprivileged user.
@@ -354,7 +354,7 @@ fn send(c: &Cluster, to: &str, tag: &str) -> Vec<String> {
         .unwrap_or_else(|| vec!["connection failed".into()])
 }
 
-pub(crate) fn end_of_data(r: &[String]) -> String {
+fn end_of_data(r: &[String]) -> String {
     r.iter()
         .position(|l| l.starts_with("354"))
         .and_then(|i| r.get(i + 1))

@@ -103,11 +103,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let setup_start = Instant::now();
     let mut c = Cluster::up(&prefix, 2)?;
     c.start_agents()?;
-    // Every back-end of the lab reports the host's disk use and load average, which other
-    // work on the machine can drive past the default group's half share, and then every
-    // session is deflected before it reaches a back-end. The lab's clients, attacker
-    // included, get a full share, so that what the soak measures is the cluster and the
-    // attacks meet the proxy's input limits rather than a deflection.
+    // The lab's back-ends all report the host's disk use and load average, which other work
+    // on the machine can drive past a group's share of the thresholds, and then sessions
+    // are deflected before they reach a back-end. The lab's clients, the attacker included,
+    // get the full share: sessions are deflected by the hard limits only (be2 takes four at
+    // once), the soak measures the cluster, and the attacks meet the proxy's input limits.
     let group = "\n[[group]]\nname = \"soak-clients\"\nshare = 1.0\nclients = [\"198.18.0.0/24\", \"2001:db8:0:1::/64\"]\n";
     let (primary, backup) = (demo::vrrp(&c, 0, 150, 100), demo::vrrp(&c, 1, 100, 150));
     c.set_extra(0, &format!("{primary}{group}"));
