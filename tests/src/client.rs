@@ -72,6 +72,36 @@ fn smtp_reply(r: &mut BufReader<TcpStream>) -> std::io::Result<String> {
     }
 }
 
+/// An SMTP session of raw command lines from `from` (or the default source): reads the
+/// greeting, then sends each line and reads its whole reply (multi-line replies such as
+/// EHLO's included). Returns the last line of every reply; stops early when the server
+/// closes the connection.
+pub fn smtp_dialogue(
+    to: SocketAddr,
+    from: Option<IpAddr>,
+    lines: &[String],
+) -> std::io::Result<Vec<String>> {
+    let stream = connect(to, from, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut r = BufReader::new(stream.try_clone()?);
+    let mut w = stream;
+    let mut got = Vec::new();
+    match smtp_reply(&mut r) {
+        Ok(l) => got.push(l),
+        Err(_) => return Ok(got),
+    }
+    for l in lines {
+        if w.write_all(format!("{l}\r\n").as_bytes()).is_err() {
+            break;
+        }
+        match smtp_reply(&mut r) {
+            Ok(reply) => got.push(reply),
+            Err(_) => break,
+        }
+    }
+    Ok(got)
+}
+
 /// One SMTP session sending one message: the last line of every reply, in order
 /// (greeting, EHLO, MAIL, each RCPT, DATA, end of data, QUIT). Stops at the first reply
 /// that is not positive, so a deflected session shows where it was turned away.

@@ -327,6 +327,18 @@ share = 0.75
         Ok(())
     }
 
+    /// The running `robustifier run` of front-end `i` (the last one started, if it has not
+    /// exited), for signals: SIGHUP to reload, SIGKILL to crash it.
+    pub fn frontend_daemon(&mut self, i: usize) -> Option<&mut crate::Daemon> {
+        let name = format!("robustifier on {}", self.lab.frontends[i].name);
+        self.lab
+            .daemons()
+            .iter_mut()
+            .rev()
+            .find(|d| d.name == name)
+            .filter(|d| d.running())
+    }
+
     /// The operator's state file of back-end `i`'s agent (`drain=1`, `weight=N`).
     pub fn agent_state(&self, i: usize) -> PathBuf {
         self.lab.log_dir.join(format!("agent-be{}.state", i + 1))

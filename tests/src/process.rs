@@ -46,6 +46,17 @@ impl Daemon {
         Pid::from_raw(self.child.id() as i32)
     }
 
+    /// Whether the process has not exited yet (without reaping it).
+    pub fn running(&self) -> bool {
+        nix::sys::wait::waitid(
+            nix::sys::wait::Id::Pid(self.pid()),
+            nix::sys::wait::WaitPidFlag::WEXITED
+                | nix::sys::wait::WaitPidFlag::WNOHANG
+                | nix::sys::wait::WaitPidFlag::WNOWAIT,
+        )
+        .is_ok_and(|s| s == nix::sys::wait::WaitStatus::StillAlive)
+    }
+
     /// What this process has written so far.
     pub fn log_text(&self) -> String {
         let all = std::fs::read(&self.log).unwrap_or_default();

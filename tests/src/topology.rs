@@ -203,6 +203,13 @@ impl Lab {
         &self.frontends[i]
     }
 
+    /// The switch's end of `host`'s `link`-th cable (0: `eth0`/`pub0`, 1: `int0`), in
+    /// [`Lab::switch`]: setting it down is pulling that cable, and the host keeps its
+    /// addresses (an administrative down inside the host would flush its IPv6 ones).
+    pub fn switch_port(&self, host: &str, link: usize) -> String {
+        format!("{host}-{link}")
+    }
+
     /// Where front-end `i` pins its maps in this lab.
     pub fn pin_dir(&self, i: usize) -> PathBuf {
         PathBuf::from(format!(

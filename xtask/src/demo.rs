@@ -34,7 +34,7 @@ use crate::{lab, setup, util::cargo};
 /// Advertisement interval: 0.5 s, so a failover takes under two seconds.
 const ADVERT_CS: u16 = 50;
 
-fn vrrp(cluster: &Cluster, i: usize, smtp_prio: u8, pop_prio: u8) -> String {
+pub(crate) fn vrrp(cluster: &Cluster, i: usize, smtp_prio: u8, pop_prio: u8) -> String {
     // A directory of its own: the daemon hands it to its unprivileged user.
     let sock = cluster
         .lab

@@ -7,6 +7,7 @@ mod demo;
 mod fuzz;
 mod lab;
 mod setup;
+mod soak;
 mod test;
 mod util;
 
@@ -40,6 +41,21 @@ enum Command {
     },
     /// Bring up a lab, run a front-end, send traffic through it, show the counters.
     Demo,
+    /// The demo's cluster under steady mail and random chaos (crashes, failovers, cable
+    /// pulls, reloads, attacks); fails when a message acknowledged with 250 is not in its
+    /// Maildirs. Writes target/soak/*.json.
+    Soak {
+        /// How long mail is sent (chaos stops shortly before); retries and the drain add
+        /// up to 3.5 minutes.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Legitimate SMTP clients sending at once (every fourth over IPv6).
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Seed of the random choices (printed by every run).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Setup, formatting, clippy (user crates and eBPF crate), and the whole test suite
     /// with privileged tests required.
     Test,
@@ -102,6 +118,16 @@ fn main() -> std::process::ExitCode {
         Command::BuildAndLoad { iface, config } => build_and_load(&iface, &config),
         Command::Lab { action } => lab::run(action),
         Command::Demo => demo::run(),
+        Command::Soak {
+            minutes,
+            clients,
+            seed,
+        } => soak::run(&soak::Options {
+            minutes,
+            clients,
+            seed,
+            prepare: true,
+        }),
         Command::Test => test::run(),
         Command::Fuzz { seconds, target } => setup::run().and_then(|()| {
             fuzz::run(

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: what CI runs. Setup, formatting, clippy in two passes (user crates
 //! on the host, the eBPF crate for the BPF target), then every test with the privileged
-//! ones required: a missing precondition fails them instead of skipping them.
+//! ones required: a missing precondition fails them instead of skipping them; then a
+//! 3-minute soak that fails on any acknowledged message lost.
 
 use std::{process::Command, time::Instant};
 
@@ -114,6 +115,15 @@ pub fn run() -> anyhow::Result<()> {
     // The benchmark harness, once per scenario at tiny size, so it does not rot between
     // benchmark runs (no figure is judged).
     run_step("bench smoke", || crate::bench::run(false, true, &[], true))?;
+    // Every message acknowledged under crashes, failovers and attacks must arrive.
+    run_step("soak (3 minutes)", || {
+        crate::soak::run(&crate::soak::Options {
+            minutes: 3.0,
+            clients: 4,
+            seed: None,
+            prepare: false,
+        })
+    })?;
     // Namespaces of test processes that have exited are leaks.
     let left: Vec<String> = netns::list(TEST_PREFIX)
         .into_iter()

@@ -517,6 +517,45 @@ impl MailHost {
         end_daemon(lab, self.mta, true);
     }
 
+    /// Crashes the MTA: `signal` (SIGKILL for a crash) to its whole process group at once,
+    /// so no process of it gets to flush or clean up; then reaps it. The spool stays as the
+    /// crash left it, for [`MailHost::restart_smtp`].
+    pub fn kill_smtp(&self, lab: &mut Lab, signal: Signal) {
+        let _ = kill(Pid::from_raw(-self.mta.as_raw()), signal);
+        end_daemon(lab, self.mta, true);
+    }
+
+    /// Starts the MTA again on the same configuration, spool and mailboxes after
+    /// [`MailHost::stop_smtp`] or [`MailHost::kill_smtp`], and waits until every port of the
+    /// host answers (Dovecot's still run).
+    pub fn restart_smtp(&mut self, lab: &mut Lab) -> anyhow::Result<()> {
+        let users = self.users.clone();
+        self.mta = match self.make {
+            Make::Postfix => postfix::start(lab, &self.layout, &users),
+            Make::OpenSmtpd => opensmtpd::start(lab, &self.layout, &users),
+            Make::Exim => exim::start(lab, &self.layout, &users),
+        }?;
+        self.wait_ready(lab)
+            .with_context(|| format!("{} did not come back", self.layout.host))
+    }
+
+    /// Asks the MTA to retry its deferred mail now (Postfix `postqueue -f`); the other
+    /// makes retry on their own schedule, so this is a no-op for them.
+    pub fn flush_queue(&self) -> anyhow::Result<()> {
+        if self.make == Make::Postfix {
+            run_checked(
+                self.layout
+                    .ns
+                    .command("postqueue")
+                    .arg("-c")
+                    .arg(postfix::config_dir(&self.layout))
+                    .arg("-f"),
+                "postqueue -f",
+            )?;
+        }
+        Ok(())
+    }
+
     /// Stops Dovecot only (POP3 and SASL go away).
     pub fn stop_pop3(&self, lab: &mut Lab) {
         end_daemon(lab, self.pop, true);
