@@ -33,6 +33,15 @@ pub struct Budget {
     pub seconds: u64,
     /// libFuzzer's `-runs`: also stop after this many inputs (`None`: only the time bounds).
     pub runs: Option<u64>,
+    /// An optimised build, for long runs; the short step of `cargo xtask test` builds
+    /// unoptimised, which takes a fraction of the time for a few seconds of fuzzing.
+    pub optimized: bool,
+}
+
+impl Budget {
+    fn profile(self) -> &'static str {
+        if self.optimized { "release" } else { "debug" }
+    }
 }
 
 fn fuzz_dir() -> PathBuf {
@@ -61,21 +70,23 @@ fn nightly_cargo() -> Command {
 const BUILD_FLAGS: &[&str] = &["--sanitizer", "none", "--debug-assertions"];
 
 /// Builds every target (or just `only`).
-pub fn build(only: Option<&str>) -> anyhow::Result<()> {
+pub fn build(only: Option<&str>, optimized: bool) -> anyhow::Result<()> {
     let mut cmd = nightly_cargo();
-    cmd.args(["fuzz", "build"])
-        .args(BUILD_FLAGS)
-        .arg("--target-dir")
-        .arg(target_dir());
+    cmd.args(["fuzz", "build"]).args(BUILD_FLAGS);
+    if !optimized {
+        cmd.arg("--dev");
+    }
+    cmd.arg("--target-dir").arg(target_dir());
     if let Some(t) = only {
         cmd.arg(t);
     }
     exec(&mut cmd).context("building the fuzz targets (cargo xtask setup installs cargo-fuzz)")
 }
 
-fn binary(target: &str) -> PathBuf {
+fn binary(target: &str, budget: Budget) -> PathBuf {
     target_dir()
-        .join("x86_64-unknown-linux-gnu/release")
+        .join("x86_64-unknown-linux-gnu")
+        .join(budget.profile())
         .join(target)
 }
 
@@ -89,7 +100,7 @@ fn run_one(target: &str, budget: Budget) -> anyhow::Result<Option<PathBuf>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let seeds = fuzz_dir().join("corpus").join(target);
-    let mut cmd = Command::new(binary(target));
+    let mut cmd = Command::new(binary(target, budget));
     cmd.arg(format!("-max_total_time={}", budget.seconds))
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
         // A single input slower than this is a hang worth reporting.
@@ -104,7 +115,7 @@ fn run_one(target: &str, budget: Budget) -> anyhow::Result<Option<PathBuf>> {
     let before = artifact_files(&artifacts);
     let status = cmd
         .status()
-        .with_context(|| format!("cannot start {}", binary(target).display()))?;
+        .with_context(|| format!("cannot start {}", binary(target, budget).display()))?;
     let new: Vec<PathBuf> = artifact_files(&artifacts)
         .into_iter()
         .filter(|p| !before.contains(p))
@@ -130,7 +141,7 @@ pub fn run(only: Option<&str>, budget: Budget) -> anyhow::Result<()> {
         bail!("no fuzz target {t}; the targets are {}", TARGETS.join(", "));
     }
     let start = Instant::now();
-    build(only)?;
+    build(only, budget.optimized)?;
     println!("xtask fuzz: built in {:.1}s", start.elapsed().as_secs_f64());
     let mut crashed = Vec::new();
     let targets: Vec<&str> = TARGETS
@@ -143,7 +154,7 @@ pub fn run(only: Option<&str>, budget: Budget) -> anyhow::Result<()> {
         if let Some(reproducer) = run_one(target, budget)? {
             println!(
                 "xtask fuzz: {target} CRASHED; reproduce with `{} {}`",
-                binary(target).display(),
+                binary(target, budget).display(),
                 reproducer.display()
             );
             crashed.push(format!("{target} ({})", reproducer.display()));

@@ -135,6 +135,7 @@ fn main() -> std::process::ExitCode {
                 fuzz::Budget {
                     seconds,
                     runs: None,
+                    optimized: true,
                 },
             )
         }),

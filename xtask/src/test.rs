@@ -77,6 +77,7 @@ pub fn run() -> anyhow::Result<()> {
             crate::fuzz::Budget {
                 seconds: FUZZ_SECONDS,
                 runs: Some(FUZZ_RUNS),
+                optimized: false,
             },
         )
     })?;

@@ -898,6 +898,13 @@ async fn one_clients_refused_recipients_never_make_a_refusal_storm() {
     let out = converse(&env, &input).await;
     assert!(out.contains("550 5.1.1 no such user"), "{out}");
     assert_eq!(state(&env, 0), robustifier_common::BACKEND_UP);
+    // Guessing addresses uses up the session's error budget, as in Postfix.
+    assert_eq!(
+        out.matches("550 5.1.1").count(),
+        super::MAX_ERRORS as usize,
+        "{out}"
+    );
+    assert!(out.contains("421 4.7.0 Too many errors"), "{out}");
 }
 
 #[tokio::test]

@@ -143,11 +143,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             _ => match self.env.route(|t| t.lookup(&to).cloned()) {
                 None => {
                     self.say(554, (5, 7, 1), "Relay access denied");
-                    return true;
+                    return !self.error();
                 }
                 Some(Route::Reject) => {
                     self.send(&Route::smtp_reject_reply());
-                    return true;
+                    return !self.error();
                 }
                 Some(Route::Pools(p)) => p,
             },
@@ -201,7 +201,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             tx.rcpts.push(line);
         }
         self.send(&reply);
-        true
+        // A back-end's permanent refusal of a recipient counts in the session's error
+        // budget, like Postfix's `smtpd_hard_error_limit`: guessing addresses one after
+        // the other ends the session.
+        !(reply.is_permanent() && self.error())
     }
 
     /// Sends RCPT to a leg for `route`, leasing (or replacing) the leg as needed and
