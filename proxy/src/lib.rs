@@ -3,14 +3,24 @@
 //! - [`config`]: the TOML configuration, validated into typed values.
 //! - [`datapath`]: the eBPF programs and their pinned maps, seen from user space.
 //! - [`front`]: the client-facing listeners the kernel steers connections to.
-//! - [`smtp`]: the pure SMTP protocol core: commands, replies, the DATA-phase scanner.
-//! - [`pop3`]: the pure POP3 protocol core: commands, responses, multi-line relaying.
+//! - [`smtp`]: the SMTP protocol core (commands, replies, the DATA-phase scanner) and the
+//!   client-facing session.
+//! - [`pop3`]: the POP3 protocol core (commands, responses, multi-line relaying) and the
+//!   client-facing session.
+//! - [`sasl`]: the AUTH responses (PLAIN, LOGIN) of both protocols.
+//! - [`stream`]: a connection that may turn into TLS halfway, read line by line.
+//! - [`tls`]: the front-end's certificate and the back-end clients' configurations.
 //! - [`route`]: the routing map from recipients and users to back-end pools.
+//! - [`backend`]: pools, the choice of a back-end by load, and the legs that talk to it.
+//! - [`health`]: probes, agent polls and passive results, published as load records.
+//! - [`agent`]: `robustifier agent`, the load reporter on a back-end host.
+//! - [`reload`]: files re-read when they change, without dropping sessions.
 //! - [`daemon`]: `robustifier run`, tying them together with an orderly stop.
 //! - [`privs`]: the switch to an unprivileged user after the privileged start.
 //! - [`supervise`]: background tasks restarted with a backoff when they die.
 //! - [`ha`]: VRRPv3 at run time: raw sockets, virtual addresses, tracking, handoff.
 //! - [`vrrp`]: VRRPv3 packets and state machine as pure functions, for virtual IP failover.
+//! - [`logging`]: log lines on stderr, as text or JSON.
 #![forbid(unsafe_code)]
 
 pub mod agent;

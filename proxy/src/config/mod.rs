@@ -1,4 +1,4 @@
-//! Configuration: TOML read into [`raw`] structs, then validated once into the typed
+//! Configuration: TOML read into `raw` structs, then validated once into the typed
 //! [`Config`] the rest of the program uses. Every error names the file, the key and the
 //! reason (`ConfigError`), and nothing downstream re-checks what was validated here.
 

@@ -1,5 +1,5 @@
 //! Virtual-IP failover settings: the `[ha]` table and the `[[vrrp]]` virtual routers
-//! (issue 5), as written ([`RawHa`], [`RawVrrp`]) and validated ([`Ha`], [`VirtualRouter`]).
+//! as written ([`RawHa`], [`RawVrrp`]) and validated ([`Ha`], [`VirtualRouter`]).
 //!
 //! ```toml
 //! [ha]

@@ -1,4 +1,4 @@
-//! Virtual-IP failover at run time (issue 5): the privileged half of VRRPv3 around the pure
+//! Virtual-IP failover at run time: the privileged half of VRRPv3 around the pure
 //! [`crate::vrrp`] code.
 //!
 //! [`spawn`] starts one task per configured virtual router ([`router`]): raw protocol-112
