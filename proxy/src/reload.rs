@@ -36,7 +36,9 @@ pub struct Watched<T> {
     inner: Arc<Inner<T>>,
 }
 
-type Loader<T> = Box<dyn Fn() -> Result<T, String> + Send + Sync>;
+/// A loader's error, kept whole (with its source chain) for the log.
+type LoadError = Box<dyn std::error::Error + Send + Sync>;
+type Loader<T> = Box<dyn Fn() -> Result<T, LoadError> + Send + Sync>;
 
 struct Inner<T> {
     what: &'static str,
@@ -67,23 +69,24 @@ fn stamp(paths: &[PathBuf]) -> Stamp {
 impl<T: Send + Sync + 'static> Watched<T> {
     /// Loads now, on the caller's thread; an error here is a configuration error and is
     /// returned.
-    pub fn new(
+    pub fn new<E: std::error::Error + Send + Sync + 'static>(
         what: &'static str,
         paths: Vec<PathBuf>,
-        load: impl Fn() -> Result<T, String> + Send + Sync + 'static,
-    ) -> Result<Self, String> {
+        load: impl Fn() -> Result<T, E> + Send + Sync + 'static,
+    ) -> Result<Self, E> {
         Self::with_interval(what, paths, CHECK_EVERY, load)
     }
 
     /// [`Watched::new`] looking at the files at most every `every`.
-    pub fn with_interval(
+    pub fn with_interval<E: std::error::Error + Send + Sync + 'static>(
         what: &'static str,
         paths: Vec<PathBuf>,
         every: Duration,
-        load: impl Fn() -> Result<T, String> + Send + Sync + 'static,
-    ) -> Result<Self, String> {
+        load: impl Fn() -> Result<T, E> + Send + Sync + 'static,
+    ) -> Result<Self, E> {
         let stamps = stamp(&paths);
         let value = load()?;
+        let load = move || load().map_err(LoadError::from);
         Ok(Watched {
             inner: Arc::new(Inner {
                 what,
@@ -173,7 +176,7 @@ impl<T> Inner<T> {
                     error = %e,
                     "REFUSED a changed file: {e}; the previous version stays in force until the file is fixed"
                 );
-                Outcome::Refused(e)
+                Outcome::Refused(e.to_string())
             }
         }
     }
@@ -191,11 +194,10 @@ mod tests {
         std::fs::write(&file, "1").unwrap();
         let f = file.clone();
         let w = Watched::new("test", vec![file.clone()], move || {
-            std::fs::read_to_string(&f)
-                .map_err(|e| e.to_string())?
+            std::fs::read_to_string(&f)?
                 .trim()
                 .parse::<u32>()
-                .map_err(|e| e.to_string())
+                .map_err(std::io::Error::other)
         })
         .unwrap();
         assert_eq!(*w.get(), 1);
@@ -220,11 +222,10 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let w = Watched::with_interval("test", vec![file.clone()], Duration::ZERO, move || {
             tx.send(std::thread::current().id()).unwrap();
-            std::fs::read_to_string(&f)
-                .map_err(|e| e.to_string())?
+            std::fs::read_to_string(&f)?
                 .trim()
                 .parse::<u32>()
-                .map_err(|e| e.to_string())
+                .map_err(std::io::Error::other)
         })
         .unwrap();
         let here = std::thread::current().id();

@@ -70,7 +70,7 @@ impl PoolSet {
         cfg: &Config,
         board: Arc<Board>,
         view: Arc<dyn LoadView>,
-    ) -> Result<PoolSet, String> {
+    ) -> Result<PoolSet, crate::tls::TlsError> {
         let mut pools = HashMap::new();
         for p in &cfg.pools {
             let tls = match &p.tls {
@@ -98,7 +98,7 @@ impl PoolSet {
     }
 
     /// A pool set whose load view is its own board (no kernel maps), for tests and tools.
-    pub fn standalone(cfg: &Config) -> Result<PoolSet, String> {
+    pub fn standalone(cfg: &Config) -> Result<PoolSet, crate::tls::TlsError> {
         let board = Board::new(cfg);
         PoolSet::new(cfg, Arc::clone(&board), board)
     }

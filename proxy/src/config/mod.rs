@@ -350,7 +350,7 @@ impl Config {
         for (i, s) in services.iter().enumerate() {
             if let Some(p) = &s.pool {
                 crate::route::usable(&pools[..], p, s.protocol)
-                    .map_err(|reason| (format!("service[{i}].pool"), reason))?;
+                    .map_err(|e| (format!("service[{i}].pool"), e.to_string()))?;
             }
             if let Some(path) = &s.routes {
                 crate::route::RouteTable::load_for(path, s.protocol, &pools[..])
