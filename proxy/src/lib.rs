@@ -40,5 +40,6 @@ pub mod sasl;
 pub mod smtp;
 pub mod stream;
 pub mod supervise;
+mod sync;
 pub mod tls;
 pub mod vrrp;

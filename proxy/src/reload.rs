@@ -7,7 +7,7 @@
 use std::{
     path::PathBuf,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant, SystemTime},
@@ -117,7 +117,7 @@ impl<T: Send + Sync + 'static> Watched<T> {
 
     fn poll(&self) {
         {
-            let Ok(mut last) = self.inner.last.try_lock() else {
+            let Some(mut last) = crate::sync::try_lock(&self.inner.last) else {
                 return; // another use is starting a look right now
             };
             if last.elapsed() < self.inner.every {
@@ -157,7 +157,7 @@ impl<T> Drop for Job<T> {
 
 impl<T> Inner<T> {
     fn check(&self) -> Outcome {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = crate::sync::lock(&self.seen);
         let now = stamp(&self.paths);
         if now == *seen {
             return Outcome::Unchanged;
@@ -209,6 +209,39 @@ mod tests {
         assert!(matches!(w.check_now(), Outcome::Refused(e) if e.contains("invalid digit")));
         assert_eq!(*w.get(), 22, "a broken file keeps the last good value");
         assert_eq!(w.check_now(), Outcome::Unchanged, "refused once per change");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_poisoned_lock_does_not_stop_reloads() {
+        let dir = std::env::temp_dir().join(format!("rb-reload-poison-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("value");
+        std::fs::write(&file, "1").unwrap();
+        let f = file.clone();
+        let w = Watched::with_interval("test", vec![file.clone()], Duration::ZERO, move || {
+            std::fs::read_to_string(&f)?
+                .trim()
+                .parse::<u32>()
+                .map_err(std::io::Error::other)
+        })
+        .unwrap();
+        {
+            let m = &w.inner.last;
+            std::thread::scope(|s| {
+                let _ = s
+                    .spawn(|| {
+                        let _g = m.lock().unwrap();
+                        panic!("poisoning the lock on purpose");
+                    })
+                    .join();
+            });
+            assert!(m.is_poisoned());
+        }
+        std::fs::write(&file, "22").unwrap();
+        // Outside a runtime the look runs right here, so the first use after the change
+        // already sees it.
+        assert_eq!(*w.get(), 22);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
