@@ -7,13 +7,13 @@
 //! in configured order (the mailbox owner first). Back-ends that just failed a connection
 //! are tried last for a short penalty; [`admission`] lets a session wait briefly for a slot.
 
-pub mod admission;
-pub mod lease;
-pub mod pools;
+pub(crate) mod admission;
+pub(crate) mod lease;
+pub(crate) mod pools;
 pub mod pop3;
 pub mod proxy_v2;
-pub mod select;
-pub mod smtp;
+pub(crate) mod select;
+pub(crate) mod smtp;
 
 pub use pools::{Candidate, Excluded, LoadView, PoolSet};
 

@@ -9,10 +9,10 @@
 //! - [`lines`]: bounded line reading for both protocols.
 //! - [`shed`]: the shed listener's protocol-correct "come back later".
 
-pub mod accept;
-pub mod env;
-pub mod groups;
-pub mod limits;
+pub(crate) mod accept;
+pub(crate) mod env;
+pub(crate) mod groups;
+pub(crate) mod limits;
 pub mod lines;
 pub mod listeners;
-pub mod shed;
+pub(crate) mod shed;

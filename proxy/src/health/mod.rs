@@ -8,9 +8,9 @@
 //! A missing agent degrades to probe-only figures; it never marks a back-end down.
 
 pub mod agent_client;
-pub mod board;
-pub mod probe;
-pub mod writer;
+pub(crate) mod board;
+pub(crate) mod probe;
+pub(crate) mod writer;
 
 use std::{path::PathBuf, sync::Arc};
 

@@ -9,7 +9,7 @@
 
 pub mod command;
 pub mod response;
-pub mod session;
+pub(crate) mod session;
 
 pub use command::{Command, CommandError};
 pub use response::{Response, ResponseCode, ResponseError, Status};

@@ -12,7 +12,7 @@
 pub mod command;
 pub mod data;
 pub mod reply;
-pub mod session;
+pub(crate) mod session;
 
 pub use command::{Address, Command, CommandError, MailFrom, RcptTo};
 pub use data::{Bare, DataScanner, DataStep, Outcome};
