@@ -57,6 +57,7 @@ pool = "mx"
 
 [[pool]]
 name = "mx"
+identity = "none"
 agent_key_file = "{key}"
 backend = [{list}]
 {pool_extra}

@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod lab;
 mod setup;
 mod test;
@@ -42,6 +43,16 @@ enum Command {
     /// Setup, formatting, clippy (user crates and eBPF crate), and the whole test suite
     /// with privileged tests required.
     Test,
+    /// Build the libFuzzer targets of `fuzz/` (cargo-fuzz, nightly) and run each for a
+    /// bounded time; fails with the reproducer's path if any target crashes.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (default: all of them).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Benchmarks side by side with HAProxy, nginx mail, keepalived and nftables; writes
     /// target/bench/report.json and report.md.
     Bench {
@@ -92,6 +103,15 @@ fn main() -> std::process::ExitCode {
         Command::Lab { action } => lab::run(action),
         Command::Demo => demo::run(),
         Command::Test => test::run(),
+        Command::Fuzz { seconds, target } => setup::run().and_then(|()| {
+            fuzz::run(
+                target.as_deref(),
+                fuzz::Budget {
+                    seconds,
+                    runs: None,
+                },
+            )
+        }),
         Command::Bench {
             quick,
             smoke,

@@ -12,6 +12,10 @@ use crate::util::{exec, output};
 /// bpf-linker that loads the image nightly's own LLVM.
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
+/// cargo-fuzz for `cargo xtask fuzz` and the fuzz step of `cargo xtask test`; this version
+/// builds with the installed stable toolchain.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// Debian packages the tests and the demo use, with why.
 const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "map inspection in tests and docs"),
@@ -66,6 +70,7 @@ const PACKAGES: &[(&str, &str)] = &[
 pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     packages()?;
     private_mtas()?;
     bpffs()?;
@@ -105,6 +110,21 @@ fn bpf_linker() -> anyhow::Result<()> {
         "--locked",
     ]))
     .context("setup: could not install bpf-linker")
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let have = output(Command::new(&cargo).args(["fuzz", "--version"])).unwrap_or_default();
+    if have.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION) {
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (runs the fuzz targets)");
+    exec(Command::new(cargo).args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+    ]))
+    .context("setup: could not install cargo-fuzz")
 }
 
 fn installed(package: &str) -> bool {

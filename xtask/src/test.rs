@@ -15,6 +15,10 @@ use crate::{
 /// Prefix of the namespaces tests create (`robustifier_lab::unique_prefix`).
 const TEST_PREFIX: &str = "rbt";
 
+/// Per fuzz target in `cargo xtask test`: whichever bound comes first.
+const FUZZ_SECONDS: u64 = 4;
+const FUZZ_RUNS: u64 = 200_000;
+
 pub fn run_step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
     let start = Instant::now();
     println!("xtask test: {name}");
@@ -62,6 +66,17 @@ pub fn run() -> anyhow::Result<()> {
                     "-D",
                     "warnings",
                 ]),
+        )
+    })?;
+    // Each fuzz target briefly, seeded with its corpus: the targets keep building, and the
+    // properties they assert hold on the seeds and near them.
+    run_step("fuzz (short)", || {
+        crate::fuzz::run(
+            None,
+            crate::fuzz::Budget {
+                seconds: FUZZ_SECONDS,
+                runs: Some(FUZZ_RUNS),
+            },
         )
     })?;
     run_step("build robustifier", || {

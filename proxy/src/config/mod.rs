@@ -202,7 +202,8 @@ impl Config {
             key,
             reason,
         };
-        let de = toml::Deserializer::parse(text).map_err(|e| err(String::new(), e.to_string()))?;
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| err(String::new(), syntax_reason(text, &e)))?;
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
@@ -520,6 +521,21 @@ fn identity_value(key: String, value: &str) -> Result<Identity, (String, String)
             key,
             format!("{other:?} is not one of \"none\", \"xclient\", \"proxy\""),
         )),
+    }
+}
+
+/// A TOML syntax error in one line: where, then what. toml's own rendering quotes the
+/// source over several lines, which would break the one-line error format.
+fn syntax_reason(text: &str, e: &toml::de::Error) -> String {
+    let what = e.message().lines().next().unwrap_or("invalid TOML");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("TOML syntax error at line {line}, column {column}: {what}")
+        }
+        None => format!("TOML syntax error: {what}"),
     }
 }
 

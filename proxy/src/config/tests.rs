@@ -353,3 +353,16 @@ fn routing_maps_are_resolved_at_check_time_with_file_and_line() {
     assert!(Config::parse(&file, &text).is_ok());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+// Found by the config fuzz target: a TOML syntax error came out as toml's several-line
+// rendering, breaking the one-line `file: key: reason` format of check-config.
+#[test]
+fn syntax_error_is_one_line_with_its_position() {
+    let e = parse("[frontend]\nname = \"mx.exampl\n").unwrap_err();
+    assert!(!e.to_string().contains('\n'), "{e}");
+    assert!(
+        e.reason.starts_with("TOML syntax error at line 2, column "),
+        "{}",
+        e.reason
+    );
+}

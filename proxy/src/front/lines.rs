@@ -47,6 +47,11 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> std::i
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
+            // The check above allows for a CRLF; a line ended by a bare LF could still be
+            // one octet over.
+            if line.len() > max {
+                return Ok(Line::TooLong);
+            }
             return Ok(Line::Complete(line));
         }
     }
@@ -98,6 +103,22 @@ mod tests {
         let mut input = vec![b'b'; 100];
         input.extend_from_slice(b"\r\n");
         assert_eq!(lines(&input, 100).await[0], Line::Complete(vec![b'b'; 100]));
+    }
+
+    #[tokio::test]
+    async fn line_over_the_limit_ended_by_bare_lf_is_too_long() {
+        // Found by the smtp_reply fuzz target: max + 1 octets and a bare LF fit the
+        // buffer bound that allows for a CRLF.
+        assert_eq!(
+            lines(b"I50-ok\nNOOP\r\n", 5).await,
+            [Line::TooLong, Line::Complete(b"NOOP".to_vec()), Line::Eof]
+        );
+        let mut input = vec![b'c'; 101];
+        input.push(b'\n');
+        assert_eq!(lines(&input, 100).await[0], Line::TooLong);
+        let mut input = vec![b'c'; 100];
+        input.push(b'\n');
+        assert_eq!(lines(&input, 100).await[0], Line::Complete(vec![b'c'; 100]));
     }
 
     #[tokio::test]

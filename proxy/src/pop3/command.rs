@@ -90,6 +90,11 @@ impl Command {
         }
         let line = std::str::from_utf8(line)
             .map_err(|_| CommandError::Syntax("command is not valid UTF-8"))?;
+        // The C1 controls (U+0080..U+009F, NEL among them) are as unwelcome as the C0 ones
+        // in anything replayed to a back-end or written to its logs.
+        if line.chars().any(char::is_control) {
+            return Err(CommandError::Syntax("control character in command"));
+        }
         // PASS keeps its argument verbatim, so split before any trimming.
         let (verb, raw_args) = line.split_once(' ').unwrap_or((line, ""));
         let verb = verb.to_ascii_uppercase();
@@ -321,5 +326,26 @@ mod tests {
                 prop_assert_eq!(r.matches("\r\n").count(), 1);
             }
         }
+    }
+
+    // Found by the pop3_command fuzz target: a C1 control (here U+009E) passed the byte
+    // check and went into a PASS replayed to the back-end.
+    #[test]
+    fn c1_control_characters_are_refused() {
+        for line in [
+            "PASS $s\u{aa}TH S s\u{9e}AUT",
+            "USER al\u{85}ice",
+            "PASS \u{80}",
+        ] {
+            assert_eq!(
+                Command::parse(line.as_bytes()),
+                Err(CommandError::Syntax("control character in command")),
+                "{line:?}"
+            );
+        }
+        assert_eq!(
+            Command::parse("PASS s\u{e9}cr\u{e8}t".as_bytes()),
+            Ok(Command::Pass("s\u{e9}cr\u{e8}t".into()))
+        );
     }
 }

@@ -243,6 +243,11 @@ impl Command {
         }
         let line = std::str::from_utf8(line)
             .map_err(|_| CommandError::Syntax("command is not valid UTF-8"))?;
+        // The C1 controls (U+0080..U+009F, NEL among them) are as unwelcome as the C0 ones
+        // in anything replayed to a back-end or written to its logs.
+        if line.chars().any(char::is_control) {
+            return Err(CommandError::Syntax("control character in command"));
+        }
         let line = line.trim_end_matches(' ');
         let (verb, args) = match line.split_once(' ') {
             Some((v, a)) => (v, a.trim_start_matches(' ')),
@@ -689,6 +694,10 @@ fn parse_domain(c: &mut Cursor<'_>) -> Result<String, CommandError> {
             return Err(CommandError::BadAddress("unterminated address literal"));
         }
         check_address_literal(literal)?;
+        // A general address literal has no length of its own: the domain's bound applies.
+        if literal.len() + 2 > MAX_DOMAIN {
+            return Err(CommandError::BadAddress("domain longer than 255 octets"));
+        }
         return Ok(format!("[{}]", literal.to_ascii_lowercase()));
     }
     let domain =
@@ -706,7 +715,13 @@ fn parse_domain(c: &mut Cursor<'_>) -> Result<String, CommandError> {
     if !domain.split('.').all(label_ok) {
         return Err(CommandError::BadAddress("malformed domain"));
     }
-    Ok(domain.to_lowercase())
+    // Lower-casing may lengthen a U-label (U+0130 takes 2 octets, its lower case 3): the
+    // bounds hold for the domain as stored and re-sent, not only as received.
+    let lower = domain.to_lowercase();
+    if lower.len() > MAX_DOMAIN || !lower.split('.').all(label_ok) {
+        return Err(CommandError::BadAddress("domain too long when lower-cased"));
+    }
+    Ok(lower)
 }
 
 /// RFC 5321 4.1.3: IPv4, `IPv6:` or `tag:content` general literals.
@@ -1167,6 +1182,49 @@ mod tests {
                     prop_assert_eq!(r.matches("\r\n").count(), 1);
                 }
             }
+        }
+    }
+
+    // Found by the smtp_command fuzz target: an address literal had no length bound, so a
+    // "domain" of any length reached routing and the back-end.
+    #[test]
+    fn long_address_literal_is_refused() {
+        let literal = format!("tag:{}", "o".repeat(260));
+        let line = format!("RCPT TO:<a@[{literal}]>");
+        assert_eq!(
+            Command::parse(line.as_bytes()),
+            Err(CommandError::BadAddress("domain longer than 255 octets"))
+        );
+        let fits = format!("RCPT TO:<a@[tag:{}]>", "o".repeat(249));
+        assert!(Command::parse(fits.as_bytes()).is_ok());
+    }
+
+    // Lower-casing U+0130 turns 2 octets into 3: a domain that fits as sent must still
+    // fit as stored.
+    #[test]
+    fn domain_that_grows_when_lower_cased_is_refused() {
+        let label = "\u{130}".repeat(30); // 60 octets, 90 lower-cased
+        let line = format!("MAIL FROM:<a@{label}.example> SMTPUTF8");
+        assert_eq!(
+            Command::parse(line.as_bytes()),
+            Err(CommandError::BadAddress("domain too long when lower-cased"))
+        );
+    }
+
+    // Found by the pop3_command fuzz target (the same hole was here): C1 controls such as
+    // NEL passed the byte check.
+    #[test]
+    fn c1_control_characters_are_refused() {
+        for line in [
+            "HELO a\u{85}b",
+            "RCPT TO:<a\u{9e}@example.org>",
+            "VRFY \u{80}",
+        ] {
+            assert_eq!(
+                Command::parse(line.as_bytes()),
+                Err(CommandError::Syntax("control character in command")),
+                "{line:?}"
+            );
         }
     }
 }
