@@ -1,5 +1,5 @@
 //! Builds the kernel programs (`ebpf/robustifier-ebpf`) for the BPF target with BTF and
-//! leaves the object in OUT_DIR, where `src/datapath/loader.rs` embeds it.
+//! leaves the object in OUT_DIR, where `src/datapath/mod.rs` embeds it.
 
 use anyhow::{Context as _, anyhow, bail};
 

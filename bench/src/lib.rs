@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: Robustifier against the rivals a user would pick instead (HAProxy,
-//! nginx mail, keepalived, nftables), measured side by side in one run (issue 6).
+//! nginx mail, keepalived, nftables), measured side by side in one run.
 //!
 //! Every scenario builds its own lab of namespaces (removed on exit, also after a failure),
 //! starts the systems under comparison on CPU 0 and its load generators and sinks on CPU 1,

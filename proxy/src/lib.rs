@@ -3,15 +3,29 @@
 //! - [`config`]: the TOML configuration, validated into typed values.
 //! - [`datapath`]: the eBPF programs and their pinned maps, seen from user space.
 //! - [`front`]: the client-facing listeners the kernel steers connections to.
-//! - [`smtp`]: the pure SMTP protocol core: commands, replies, the DATA-phase scanner.
-//! - [`pop3`]: the pure POP3 protocol core: commands, responses, multi-line relaying.
+//! - [`smtp`]: the SMTP protocol core (commands, replies, the DATA-phase scanner) and the
+//!   client-facing session.
+//! - [`pop3`]: the POP3 protocol core (commands, responses, multi-line relaying) and the
+//!   client-facing session.
+//! - [`sasl`]: the AUTH responses (PLAIN, LOGIN) of both protocols.
+//! - [`stream`]: a connection that may turn into TLS halfway, read line by line.
+//! - [`tls`]: the front-end's certificate and the back-end clients' configurations.
 //! - [`route`]: the routing map from recipients and users to back-end pools.
+//! - [`backend`]: pools, the choice of a back-end by load, and the legs that talk to it.
+//! - [`health`]: probes, agent polls and passive results, published as load records.
+//! - [`agent`]: `robustifier agent`, the load reporter on a back-end host.
+//! - [`reload`]: files re-read when they change, without dropping sessions.
 //! - [`daemon`]: `robustifier run`, tying them together with an orderly stop.
 //! - [`privs`]: the switch to an unprivileged user after the privileged start.
 //! - [`supervise`]: background tasks restarted with a backoff when they die.
 //! - [`ha`]: VRRPv3 at run time: raw sockets, virtual addresses, tracking, handoff.
 //! - [`vrrp`]: VRRPv3 packets and state machine as pure functions, for virtual IP failover.
+//! - [`logging`]: log lines on stderr, as text or JSON.
 #![forbid(unsafe_code)]
+#![allow(
+    rustdoc::private_intra_doc_links,
+    reason = "module docs map the crate's private modules too; `cargo doc --document-private-items` renders them"
+)]
 
 pub mod agent;
 pub mod backend;
@@ -24,11 +38,12 @@ pub mod health;
 pub mod logging;
 pub mod pop3;
 pub mod privs;
-pub mod reload;
+pub(crate) mod reload;
 pub mod route;
 pub mod sasl;
 pub mod smtp;
 pub mod stream;
-pub mod supervise;
-pub mod tls;
+pub(crate) mod supervise;
+mod sync;
+pub(crate) mod tls;
 pub mod vrrp;

@@ -7,7 +7,7 @@
 use std::{
     path::PathBuf,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant, SystemTime},
@@ -36,7 +36,9 @@ pub struct Watched<T> {
     inner: Arc<Inner<T>>,
 }
 
-type Loader<T> = Box<dyn Fn() -> Result<T, String> + Send + Sync>;
+/// A loader's error, kept whole (with its source chain) for the log.
+type LoadError = Box<dyn std::error::Error + Send + Sync>;
+type Loader<T> = Box<dyn Fn() -> Result<T, LoadError> + Send + Sync>;
 
 struct Inner<T> {
     what: &'static str,
@@ -67,23 +69,24 @@ fn stamp(paths: &[PathBuf]) -> Stamp {
 impl<T: Send + Sync + 'static> Watched<T> {
     /// Loads now, on the caller's thread; an error here is a configuration error and is
     /// returned.
-    pub fn new(
+    pub fn new<E: std::error::Error + Send + Sync + 'static>(
         what: &'static str,
         paths: Vec<PathBuf>,
-        load: impl Fn() -> Result<T, String> + Send + Sync + 'static,
-    ) -> Result<Self, String> {
+        load: impl Fn() -> Result<T, E> + Send + Sync + 'static,
+    ) -> Result<Self, E> {
         Self::with_interval(what, paths, CHECK_EVERY, load)
     }
 
     /// [`Watched::new`] looking at the files at most every `every`.
-    pub fn with_interval(
+    pub fn with_interval<E: std::error::Error + Send + Sync + 'static>(
         what: &'static str,
         paths: Vec<PathBuf>,
         every: Duration,
-        load: impl Fn() -> Result<T, String> + Send + Sync + 'static,
-    ) -> Result<Self, String> {
+        load: impl Fn() -> Result<T, E> + Send + Sync + 'static,
+    ) -> Result<Self, E> {
         let stamps = stamp(&paths);
         let value = load()?;
+        let load = move || load().map_err(LoadError::from);
         Ok(Watched {
             inner: Arc::new(Inner {
                 what,
@@ -114,7 +117,7 @@ impl<T: Send + Sync + 'static> Watched<T> {
 
     fn poll(&self) {
         {
-            let Ok(mut last) = self.inner.last.try_lock() else {
+            let Some(mut last) = crate::sync::try_lock(&self.inner.last) else {
                 return; // another use is starting a look right now
             };
             if last.elapsed() < self.inner.every {
@@ -154,7 +157,7 @@ impl<T> Drop for Job<T> {
 
 impl<T> Inner<T> {
     fn check(&self) -> Outcome {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = crate::sync::lock(&self.seen);
         let now = stamp(&self.paths);
         if now == *seen {
             return Outcome::Unchanged;
@@ -173,7 +176,7 @@ impl<T> Inner<T> {
                     error = %e,
                     "REFUSED a changed file: {e}; the previous version stays in force until the file is fixed"
                 );
-                Outcome::Refused(e)
+                Outcome::Refused(e.to_string())
             }
         }
     }
@@ -191,11 +194,10 @@ mod tests {
         std::fs::write(&file, "1").unwrap();
         let f = file.clone();
         let w = Watched::new("test", vec![file.clone()], move || {
-            std::fs::read_to_string(&f)
-                .map_err(|e| e.to_string())?
+            std::fs::read_to_string(&f)?
                 .trim()
                 .parse::<u32>()
-                .map_err(|e| e.to_string())
+                .map_err(std::io::Error::other)
         })
         .unwrap();
         assert_eq!(*w.get(), 1);
@@ -210,6 +212,39 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    #[test]
+    fn a_poisoned_lock_does_not_stop_reloads() {
+        let dir = std::env::temp_dir().join(format!("rb-reload-poison-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("value");
+        std::fs::write(&file, "1").unwrap();
+        let f = file.clone();
+        let w = Watched::with_interval("test", vec![file.clone()], Duration::ZERO, move || {
+            std::fs::read_to_string(&f)?
+                .trim()
+                .parse::<u32>()
+                .map_err(std::io::Error::other)
+        })
+        .unwrap();
+        {
+            let m = &w.inner.last;
+            std::thread::scope(|s| {
+                let _ = s
+                    .spawn(|| {
+                        let _g = m.lock().unwrap();
+                        panic!("poisoning the lock on purpose");
+                    })
+                    .join();
+            });
+            assert!(m.is_poisoned());
+        }
+        std::fs::write(&file, "22").unwrap();
+        // Outside a runtime the look runs right here, so the first use after the change
+        // already sees it.
+        assert_eq!(*w.get(), 22);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[tokio::test]
     async fn a_change_is_read_off_the_runtime_thread() {
         let dir = std::env::temp_dir().join(format!("rb-reload-rt-{}", std::process::id()));
@@ -220,11 +255,10 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let w = Watched::with_interval("test", vec![file.clone()], Duration::ZERO, move || {
             tx.send(std::thread::current().id()).unwrap();
-            std::fs::read_to_string(&f)
-                .map_err(|e| e.to_string())?
+            std::fs::read_to_string(&f)?
                 .trim()
                 .parse::<u32>()
-                .map_err(|e| e.to_string())
+                .map_err(std::io::Error::other)
         })
         .unwrap();
         let here = std::thread::current().id();

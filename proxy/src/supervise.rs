@@ -70,22 +70,18 @@ impl Registry {
             restarts: AtomicU64::new(0),
             last_failure: Mutex::new(None),
         });
-        if let Ok(mut all) = self.0.lock() {
-            all.push(Arc::clone(&entry));
-        }
+        crate::sync::lock(&self.0).push(Arc::clone(&entry));
         entry
     }
 
     pub fn snapshot(&self) -> Vec<TaskStatus> {
-        let Ok(all) = self.0.lock() else {
-            return Vec::new();
-        };
-        all.iter()
+        crate::sync::lock(&self.0)
+            .iter()
             .map(|e| TaskStatus {
                 name: e.name.clone(),
                 running: e.running.load(Ordering::Relaxed),
                 restarts: e.restarts.load(Ordering::Relaxed),
-                last_failure: e.last_failure.lock().ok().and_then(|f| f.clone()),
+                last_failure: crate::sync::lock(&e.last_failure).clone(),
             })
             .collect()
     }
@@ -112,9 +108,7 @@ impl Registry {
                 format!("cancelled: {e}")
             };
             error!(task = %entry.name, reason = %why, "background task died; it is not restarted");
-            if let Ok(mut last) = entry.last_failure.lock() {
-                *last = Some(why);
-            }
+            *crate::sync::lock(&entry.last_failure) = Some(why);
         }
     }
 
@@ -204,9 +198,7 @@ impl Supervisor {
                     delay = backoff.initial;
                 }
                 error!(task = %entry.name, reason = %why, restart_in = ?delay, "background task died; restarting");
-                if let Ok(mut last) = entry.last_failure.lock() {
-                    *last = Some(why);
-                }
+                *crate::sync::lock(&entry.last_failure) = Some(why);
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}

@@ -2,7 +2,10 @@
 //! renewed certificate needs no restart) and client configurations that verify back-ends
 //! against a configured CA.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use rustls::{
     ClientConfig, RootCertStore, ServerConfig,
@@ -12,37 +15,67 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::{config::TlsFiles, reload::Watched};
 
+/// A certificate, key or CA file that cannot be used, named with its path.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: no certificate in the file", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{} and {}: {source}", certificate.display(), key.display())]
+    KeyPair {
+        certificate: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Ca {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    /// The crypto provider refused the default protocol versions.
+    #[error(transparent)]
+    Provider(rustls::Error),
+}
+
+fn pem(path: &Path) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsError {
+    let path = path.to_owned();
+    move |source| TlsError::Pem { path, source }
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(pem(path))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(pem(path))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate in the file", path.display()));
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
     }
     Ok(certs)
 }
 
 /// Builds a server configuration from PEM files.
-pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, String> {
+pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let chain = certs(&files.certificate)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(pem(&files.key))?;
     ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Provider)?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| {
-            format!(
-                "{} and {}: {e}",
-                files.certificate.display(),
-                files.key.display()
-            )
+        .map_err(|source| TlsError::KeyPair {
+            certificate: files.certificate.clone(),
+            key: files.key.clone(),
+            source,
         })
 }
 
@@ -52,7 +85,7 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
-    pub fn new(files: &TlsFiles) -> Result<ServerTls, String> {
+    pub fn new(files: &TlsFiles) -> Result<ServerTls, TlsError> {
         let f = files.clone();
         let config = Watched::new(
             "TLS certificate",
@@ -68,16 +101,17 @@ impl ServerTls {
 }
 
 /// A connector that trusts exactly the CAs in `ca` (PEM).
-pub fn connector(ca: &Path) -> Result<TlsConnector, String> {
+pub fn connector(ca: &Path) -> Result<TlsConnector, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in certs(ca)? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots.add(cert).map_err(|source| TlsError::Ca {
+            path: ca.to_owned(),
+            source,
+        })?;
     }
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Provider)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(config)))

@@ -1,4 +1,4 @@
-//! Helpers for the failover tests (issue 5): front-end configurations with virtual routers,
+//! Helpers for the failover tests: front-end configurations with virtual routers,
 //! address ownership, keepalived as an interoperability peer, tshark captures.
 //!
 //! Everything runs inside the lab's namespaces; keepalived gets its own config, pid files

@@ -1,6 +1,5 @@
-//! Failover time, Robustifier against keepalived 2.2.7 with the same timers in the same run
-//! (DESIGN.md section 5; issue 5 "Done when"). Not a pass/fail test: ignored by default, run
-//! by hand on an idle machine:
+//! Failover time, Robustifier against keepalived 2.2.7 with the same timers in the same run.
+//! Not a pass/fail test: ignored by default, run by hand on an idle machine:
 //!
 //! ```sh
 //! ROBUSTIFIER_BIN=$PWD/target/debug/robustifier \

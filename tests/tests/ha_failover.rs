@@ -1,4 +1,4 @@
-//! Virtual-IP failover between two Robustifier front-ends (issue 5): two virtual routers
+//! Virtual-IP failover between two Robustifier front-ends: two virtual routers
 //! with opposite primaries (SMTP VIP master on fea, POP VIP master on feb). Killing one
 //! front-end with SIGKILL moves its address to the other within Master_Down_Interval (the
 //! assertion uses a generous bound; the measured time is printed), a client's next session

@@ -1,4 +1,4 @@
-//! Interoperability with keepalived 2.2.7 (issue 5): keepalived as master with a
+//! Interoperability with keepalived 2.2.7: keepalived as master with a
 //! Robustifier backup and the reverse, failing over in each direction and back by
 //! preemption; tshark decodes every advert of ours as valid VRRPv3 with a correct checksum,
 //! and our decoder accepts every advert keepalived sent. An advert for another address list

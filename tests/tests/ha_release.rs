@@ -1,4 +1,4 @@
-//! Drain-aware handoff (issue 5, item 4): `robustifier ha release VRID` on the master stops
+//! Drain-aware handoff: `robustifier ha release VRID` on the master stops
 //! new sessions on the address (they get the shed reply), lets the running ones finish (up
 //! to the drain deadline, then ends them), and only then advertises priority 0 so the backup
 //! takes over after Skew_Time; `ha resume` lets the front-end preempt again. Privileged.

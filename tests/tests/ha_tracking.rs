@@ -1,4 +1,4 @@
-//! Tracking (issue 5, item 3): a front-end whose tracked interface goes down, or whose
+//! Tracking: a front-end whose tracked interface goes down, or whose
 //! listeners die, lowers its priority by the configured weight, so the peer preempts and
 //! owns the address; when the interface returns, the front-end takes the address back.
 //! `ha status` names the failing check. Privileged: namespaces, raw sockets, netlink, BPF.

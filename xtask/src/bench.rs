@@ -43,7 +43,13 @@ pub fn run(quick: bool, smoke: bool, only: &[String], no_build: bool) -> anyhow:
         bin.display()
     );
     // SAFETY: single-threaded here; the lab reads it when it starts front-ends.
-    unsafe { std::env::set_var("ROBUSTIFIER_BIN", &bin) };
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "set once before any thread starts; the lab crate takes the binary from the environment"
+    )]
+    unsafe {
+        std::env::set_var("ROBUSTIFIER_BIN", &bin)
+    };
     let command: Vec<String> = std::env::args().skip(1).collect();
     let mut report =
         robustifier_bench::run(mode, only, &format!("cargo xtask {}", command.join(" ")))?;

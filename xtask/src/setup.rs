@@ -9,7 +9,7 @@ use robustifier_lab::mail::{exim, opensmtpd};
 
 use crate::util::{exec, output};
 
-/// bpf-linker that loads the image nightly's own LLVM (DESIGN.md section 2).
+/// bpf-linker that loads the image nightly's own LLVM.
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
 /// cargo-fuzz for `cargo xtask fuzz` and the fuzz step of `cargo xtask test`; this version

@@ -62,18 +62,23 @@ pub fn service_for(addr_be: [u8; 16], port_be: u16) -> Option<ServiceValue> {
         _pad: [0; 2],
     };
     if let Some(v) = SERVICES_MAP.get_ptr(key) {
-        // SAFETY: the pointer comes from a successful lookup and is read at once.
+        // SAFETY: a successful lookup returns a non-null pointer to a live, aligned value of
+        // the map's value type; it is copied out at once, before the program could yield, and
+        // user space replaces entries whole, so the copy is never torn into another entry.
         return Some(unsafe { *v });
     }
     key.addr_be = [0; 16];
+    // SAFETY: as for the exact-address lookup above.
     SERVICES_MAP.get_ptr(key).map(|v| unsafe { *v })
 }
 
 /// This CPU's counters for a service.
 #[inline(always)]
 pub fn svc_stats(service_id: u32) -> Option<&'static mut ServiceStats> {
-    // SAFETY: per-CPU slot, only this program on this CPU writes it while it runs.
     SVC_STATS
         .get_ptr_mut(service_id)
+        // SAFETY: a successful lookup of a per-CPU array returns a non-null, aligned pointer
+        // to this CPU's slot; programs are not preempted on their CPU, so no other reference
+        // to the slot exists while this one is used, and array slots are never freed.
         .map(|p| unsafe { &mut *p })
 }

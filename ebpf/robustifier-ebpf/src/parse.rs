@@ -98,7 +98,9 @@ fn header<T>(ctx: &XdpContext, offset: usize) -> Option<&T> {
     if start + core::mem::size_of::<T>() > ctx.data_end() {
         return None;
     }
-    // SAFETY: checked against data_end above; every header type is byte-aligned.
+    // SAFETY: start + size_of::<T>() <= data_end was checked above, so the whole T lies in
+    // the packet buffer, which stays valid for the program's run; every header type is
+    // byte-aligned plain data (any bit pattern is valid), and the reference is shared only.
     Some(unsafe { &*(start as *const T) })
 }
 

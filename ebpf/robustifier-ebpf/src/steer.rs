@@ -30,7 +30,9 @@ pub fn rb_steer(ctx: SkLookupContext) -> u32 {
     // Context fields are read with volatile loads at their fixed offsets: the verifier
     // refuses a load through a context pointer the compiler has offset by a variable, which
     // is what merging the IPv4 and IPv6 branches would produce.
-    // SAFETY: the kernel hands the program a valid context for its whole run.
+    // SAFETY: the kernel hands the program a non-null, aligned `bpf_sk_lookup` context that
+    // stays valid and unchanged for its whole run; the fields are plain integers read by
+    // value through raw pointers, so no reference to the context is created.
     let (protocol, family, local_port) = unsafe {
         (
             read_volatile(&raw const (*l).protocol),
@@ -45,7 +47,7 @@ pub fn rb_steer(ctx: SkLookupContext) -> u32 {
     let port_be = (local_port as u16).to_be();
     let (local, class, fam) = match family {
         AF_INET => {
-            // SAFETY: as above.
+            // SAFETY: as for the first context read above: a valid context, fields read by value.
             let (remote, local) = unsafe {
                 (
                     read_volatile(&raw const (*l).remote_ip4).to_ne_bytes(),
@@ -56,7 +58,7 @@ pub fn rb_steer(ctx: SkLookupContext) -> u32 {
             (v4_mapped(local), class, FAMILY_V4)
         }
         AF_INET6 => {
-            // SAFETY: as above.
+            // SAFETY: as for the first context read above: a valid context, fields read by value.
             let (remote, local) = unsafe {
                 (
                     read_volatile(&raw const (*l).remote_ip6),

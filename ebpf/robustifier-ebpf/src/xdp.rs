@@ -21,7 +21,9 @@ const MAX_REFILL_NS: u64 = 60_000_000_000;
 
 #[xdp]
 pub fn rb_xdp(ctx: XdpContext) -> u32 {
-    // SAFETY: per-CPU slot, written only by this program on this CPU.
+    // SAFETY: a successful lookup of a per-CPU array returns a non-null, aligned pointer to
+    // this CPU's slot; programs are not preempted on their CPU, so only this run holds a
+    // reference to it, and array slots are never freed.
     let Some(stats) = XDP_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p }) else {
         return XDP_PASS;
     };
@@ -125,12 +127,14 @@ fn syn_allowed(pkt: &TcpPacket) -> bool {
     let src = &key;
     let rate = cfg.syn_rate_per_sec as u64;
     let burst_milli = (cfg.syn_burst.max(1) as u64) * 1000;
-    // SAFETY: helper without arguments.
+    // SAFETY: a helper that takes no arguments and only reads the monotonic clock.
     let now = unsafe { bpf_ktime_get_ns() };
     match SYN_BUCKET.get_ptr_mut(src) {
         Some(p) => {
-            // SAFETY: pointer from a successful lookup; LRU eviction may reuse the slot, which
-            // at worst resets one source's budget.
+            // SAFETY: a successful lookup returns a non-null, aligned pointer to a value that
+            // the kernel keeps allocated while the program runs (RCU). LRU eviction or another
+            // CPU may update the same bucket concurrently; its fields are plain integers, so a
+            // lost update at worst misstates one source's budget, never memory.
             let bucket = unsafe { &mut *p };
             let elapsed = now.saturating_sub(bucket.last_ns).min(MAX_REFILL_NS);
             // tokens_milli per ns = rate * 1000 / 1e9 = rate / 1e6.

@@ -161,14 +161,33 @@ pub fn disk_permille(path: &Path) -> Option<u32> {
     (used + avail > 0.0).then(|| ((used / (used + avail)) * 1000.0).round() as u32)
 }
 
-async fn mail_queue(o: &Options) -> Result<u32, String> {
+/// Why the mail queue could not be counted; the agent then reports no figure for it.
+#[derive(Debug, thiserror::Error)]
+enum QueueError {
+    #[error("{command}: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("{command}: {stderr}")]
+    Failed { command: String, stderr: String },
+    #[error("exim -bpc: {0}")]
+    Count(#[source] std::num::ParseIntError),
+    #[error("counting the spool: {0}")]
+    Spool(#[source] tokio::task::JoinError),
+}
+
+async fn mail_queue(o: &Options) -> Result<u32, QueueError> {
     let run = |mut cmd: Command| async move {
-        let out = cmd.output().await.map_err(|e| format!("{cmd:?}: {e}"))?;
+        let out = cmd.output().await.map_err(|source| QueueError::Spawn {
+            command: format!("{cmd:?}"),
+            source,
+        })?;
         if !out.status.success() {
-            return Err(format!(
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            return Err(QueueError::Failed {
+                command: format!("{cmd:?}"),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
@@ -192,11 +211,7 @@ async fn mail_queue(o: &Options) -> Result<u32, String> {
                 cmd.arg("-C").arg(c);
             }
             cmd.arg("-bpc");
-            run(cmd)
-                .await?
-                .trim()
-                .parse()
-                .map_err(|e| format!("exim -bpc: {e}"))
+            run(cmd).await?.trim().parse().map_err(QueueError::Count)
         }
         Mta::Opensmtpd => {
             let mut cmd = Command::new("smtpctl");
@@ -211,7 +226,7 @@ async fn mail_queue(o: &Options) -> Result<u32, String> {
             let spool = o.spool.clone();
             tokio::task::spawn_blocking(move || count_files(&spool, 8))
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(QueueError::Spool)
         }
     }
 }

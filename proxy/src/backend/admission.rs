@@ -92,7 +92,7 @@ impl Admission {
     /// Queues a session of `priority` for `route`, or `None` when the route already has
     /// `bound` waiters (the session is deflected at once).
     pub fn join(self: &Arc<Self>, route: &[String], priority: f64, bound: usize) -> Option<Place> {
-        let mut q = self.queues.lock().ok()?;
+        let mut q = crate::sync::lock(&self.queues);
         let seq = q.next;
         let waiters = q.routes.entry(route.to_vec()).or_default();
         if waiters.len() >= bound {
@@ -114,23 +114,23 @@ impl Admission {
     /// Whether `route` has a waiter of at least `priority`: a new session of that
     /// priority that may wait queues behind it rather than take a slot first.
     pub fn ahead(&self, route: &[String], priority: f64) -> bool {
-        self.queues.lock().is_ok_and(|q| {
-            q.routes
-                .get(route)
-                .and_then(|w| w.first())
-                .is_some_and(|w| w.priority >= priority)
-        })
+        crate::sync::lock(&self.queues)
+            .routes
+            .get(route)
+            .and_then(|w| w.first())
+            .is_some_and(|w| w.priority >= priority)
     }
 
     /// Sessions waiting for `route`.
     pub fn waiting(&self, route: &[String]) -> usize {
-        self.queues
-            .lock()
-            .map_or(0, |q| q.routes.get(route).map_or(0, Vec::len))
+        crate::sync::lock(&self.queues)
+            .routes
+            .get(route)
+            .map_or(0, Vec::len)
     }
 
     fn head(&self, route: &[String]) -> Option<u64> {
-        let q = self.queues.lock().ok()?;
+        let q = crate::sync::lock(&self.queues);
         q.routes.get(route)?.first().map(|w| w.seq)
     }
 }
@@ -194,12 +194,13 @@ impl Place {
 
 impl Drop for Place {
     fn drop(&mut self) {
-        if let Ok(mut q) = self.admission.queues.lock()
-            && let Some(w) = q.routes.get_mut(&self.route)
         {
-            w.retain(|w| w.seq != self.seq);
-            if w.is_empty() {
-                q.routes.remove(&self.route);
+            let mut q = crate::sync::lock(&self.admission.queues);
+            if let Some(w) = q.routes.get_mut(&self.route) {
+                w.retain(|w| w.seq != self.seq);
+                if w.is_empty() {
+                    q.routes.remove(&self.route);
+                }
             }
         }
         // The next waiter may now be the head.

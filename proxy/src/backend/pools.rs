@@ -70,7 +70,7 @@ impl PoolSet {
         cfg: &Config,
         board: Arc<Board>,
         view: Arc<dyn LoadView>,
-    ) -> Result<PoolSet, String> {
+    ) -> Result<PoolSet, crate::tls::TlsError> {
         let mut pools = HashMap::new();
         for p in &cfg.pools {
             let tls = match &p.tls {
@@ -98,7 +98,7 @@ impl PoolSet {
     }
 
     /// A pool set whose load view is its own board (no kernel maps), for tests and tools.
-    pub fn standalone(cfg: &Config) -> Result<PoolSet, String> {
+    pub fn standalone(cfg: &Config) -> Result<PoolSet, crate::tls::TlsError> {
         let board = Board::new(cfg);
         PoolSet::new(cfg, Arc::clone(&board), board)
     }
@@ -139,7 +139,7 @@ impl PoolSet {
             if rt.pool.shared_store {
                 power_of_two(&mut scored);
             }
-            let failed = rt.failed.lock().map(|f| f.clone()).unwrap_or_default();
+            let failed = crate::sync::lock(&rt.failed).clone();
             for (_, b) in scored {
                 let c = Candidate {
                     pool: Arc::clone(rt),
@@ -188,16 +188,12 @@ impl PoolSet {
     /// Tries `c` last for a while (it failed this session), without counting a health
     /// failure (the leg's reporter has done that).
     pub fn penalize(&self, c: &Candidate) {
-        if let Ok(mut f) = c.pool.failed.lock() {
-            f.insert(c.backend.id, Instant::now());
-        }
+        crate::sync::lock(&c.pool.failed).insert(c.backend.id, Instant::now());
     }
 
     /// A connection or greeting failure: passive health input and a short penalty.
     pub fn mark_failed(&self, c: &Candidate, why: &str) {
-        if let Ok(mut f) = c.pool.failed.lock() {
-            f.insert(c.backend.id, Instant::now());
-        }
+        crate::sync::lock(&c.pool.failed).insert(c.backend.id, Instant::now());
         let h = &c.pool.pool.health;
         self.board
             .record(c.backend.id, false, None, h.rise, h.fall, why);
@@ -206,9 +202,7 @@ impl PoolSet {
     /// A session opened a leg: the penalty ends and the greeting latency counts; it is not
     /// a good check (only probes are), so failures after the greeting still add up.
     pub fn mark_ok(&self, c: &Candidate, greeting: Option<Duration>) {
-        if let Ok(mut f) = c.pool.failed.lock() {
-            f.remove(&c.backend.id);
-        }
+        crate::sync::lock(&c.pool.failed).remove(&c.backend.id);
         if let Some(g) = greeting {
             self.board.sample_latency(c.backend.id, g);
         }

@@ -100,7 +100,7 @@ pub struct SmtpLeg {
 const MAX_HELO: usize = 255;
 
 /// The client's HELO name as the back-end may see it: printable ASCII without spaces and
-/// at most [`MAX_HELO`] octets, else the client's address literal (RFC 5321 4.1.3), so a
+/// at most `MAX_HELO` (255) octets, else the client's address literal (RFC 5321 4.1.3), so a
 /// name the back-end would refuse never turns into a refused leg.
 pub fn helo_for_backend(client: &ClientInfo) -> String {
     match &client.helo {

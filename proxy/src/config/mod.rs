@@ -1,4 +1,4 @@
-//! Configuration: TOML read into [`raw`] structs, then validated once into the typed
+//! Configuration: TOML read into `raw` structs, then validated once into the typed
 //! [`Config`] the rest of the program uses. Every error names the file, the key and the
 //! reason (`ConfigError`), and nothing downstream re-checks what was validated here.
 
@@ -351,7 +351,7 @@ impl Config {
         for (i, s) in services.iter().enumerate() {
             if let Some(p) = &s.pool {
                 crate::route::usable(&pools[..], p, s.protocol)
-                    .map_err(|reason| (format!("service[{i}].pool"), reason))?;
+                    .map_err(|e| (format!("service[{i}].pool"), e.to_string()))?;
             }
             if let Some(path) = &s.routes {
                 crate::route::RouteTable::load_for(path, s.protocol, &pools[..])

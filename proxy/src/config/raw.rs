@@ -138,7 +138,7 @@ pub struct RawPool {
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
     pub name: String,
-    /// "host:port", IPv6 as "[addr]:port".
+    /// `host:port`, IPv6 as `[addr]:port`.
     pub address: String,
     pub weight: Option<u32>,
     /// Overrides the pool's `identity` for this back-end.

@@ -1,5 +1,5 @@
 //! Virtual-IP failover settings: the `[ha]` table and the `[[vrrp]]` virtual routers
-//! (issue 5), as written ([`RawHa`], [`RawVrrp`]) and validated ([`Ha`], [`VirtualRouter`]).
+//! as written ([`RawHa`], [`RawVrrp`]) and validated ([`Ha`], [`VirtualRouter`]).
 //!
 //! ```toml
 //! [ha]
@@ -278,7 +278,7 @@ fn router(
         return Err((key("vrid"), format!("{} is outside 1..=255", raw.vrid)));
     };
     let interface = match raw.interface.as_deref().or(frontend_interface) {
-        Some(name) => interface_name(name).map_err(|reason| (key("interface"), reason))?,
+        Some(name) => interface_name(name).map_err(|e| (key("interface"), e.to_string()))?,
         None => {
             return Err((
                 key("interface"),
@@ -464,7 +464,7 @@ fn track(i: usize, raw: RawTrack, priority: Priority) -> Result<Track, Failure> 
     }
     for (name, w) in raw.interfaces {
         let k = format!("interfaces.{name}");
-        interface_name(&name).map_err(|reason| (format!("vrrp[{i}].track.{k}"), reason))?;
+        interface_name(&name).map_err(|e| (format!("vrrp[{i}].track.{k}"), e.to_string()))?;
         track.interfaces.push((name, weight(&k, w)?));
     }
     if priority.is_owner() && !track.is_empty() {
@@ -476,11 +476,18 @@ fn track(i: usize, raw: RawTrack, priority: Priority) -> Result<Track, Failure> 
     Ok(track)
 }
 
-fn interface_name(name: &str) -> Result<String, String> {
+/// A name the kernel would refuse for an interface.
+#[derive(Debug, thiserror::Error)]
+#[error("{name:?} is not a valid interface name (1 to 15 characters)")]
+struct InterfaceNameError {
+    name: String,
+}
+
+fn interface_name(name: &str) -> Result<String, InterfaceNameError> {
     if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
-        return Err(format!(
-            "{name:?} is not a valid interface name (1 to 15 characters)"
-        ));
+        return Err(InterfaceNameError {
+            name: name.to_owned(),
+        });
     }
     Ok(name.to_owned())
 }

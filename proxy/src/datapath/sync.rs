@@ -112,7 +112,7 @@ impl Tables {
             for vip in &s.vips {
                 wanted.push((service_key(Some(*vip), s.port), value));
             }
-            // A fresh start serves every class; load tracking (issue 4) tightens this.
+            // A fresh start serves every class; the health writer tightens this from back-end load.
             self.svc_state
                 .set(
                     s.id,

@@ -88,6 +88,6 @@ impl MapView {
 
 impl crate::backend::LoadView for MapView {
     fn load(&self, id: u32) -> Option<BackendLoad> {
-        self.map.lock().ok()?.get(&id, 0).ok()
+        crate::sync::lock(&self.map).get(&id, 0).ok()
     }
 }

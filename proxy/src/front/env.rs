@@ -34,14 +34,14 @@ impl Env {
         pools: Arc<PoolSet>,
         tls: Option<Arc<ServerTls>>,
         groups: Arc<super::groups::Groups>,
-    ) -> Result<Env, String> {
+    ) -> Result<Env, crate::route::RouteError> {
         let routes = match &service.routes {
             Some(path) => {
                 let p = path.clone();
                 let known = Arc::clone(&pools);
                 let protocol = service.protocol;
                 let w = Watched::new("routing map", vec![path.clone()], move || {
-                    RouteTable::load_for(&p, protocol, &*known).map_err(|e| e.to_string())
+                    RouteTable::load_for(&p, protocol, &*known)
                 })?;
                 Some(Arc::new(w))
             }

@@ -56,7 +56,7 @@ impl PerClient {
     /// already holds `max` sessions.
     pub fn acquire(self: &Arc<Self>, addr: IpAddr, prefix_v6: u8, max: u32) -> Option<ClientSlot> {
         let addr = client_key(addr, prefix_v6);
-        let mut counts = self.counts.lock().ok()?;
+        let mut counts = crate::sync::lock(&self.counts);
         let n = counts.entry(addr).or_insert(0);
         if *n >= max {
             return None;
@@ -71,9 +71,8 @@ impl PerClient {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        if let Ok(mut counts) = self.table.counts.lock()
-            && let Some(n) = counts.get_mut(&self.addr)
-        {
+        let mut counts = crate::sync::lock(&self.table.counts);
+        if let Some(n) = counts.get_mut(&self.addr) {
             *n -= 1;
             if *n == 0 {
                 counts.remove(&self.addr);
@@ -128,18 +127,14 @@ impl Strikes {
     }
 
     fn refused_at(&self, client: IpAddr, now: Instant) -> bool {
-        let Ok(table) = self.table.lock() else {
-            return false;
-        };
+        let table = crate::sync::lock(&self.table);
         table
             .get(&client)
             .is_some_and(|f| f.count >= self.max && now.duration_since(f.since) < self.window)
     }
 
     fn failed_at(&self, client: IpAddr, now: Instant) {
-        let Ok(mut table) = self.table.lock() else {
-            return;
-        };
+        let mut table = crate::sync::lock(&self.table);
         let window = self.window;
         let live = |f: &Failures| now.duration_since(f.since) < window;
         if let Some(f) = table.get_mut(&client) {
@@ -246,6 +241,42 @@ mod tests {
             !f.refused_at(a, t0 + Duration::from_secs(61)),
             "a new window starts from one failure"
         );
+    }
+
+    /// Poisons `m` the way a task that panics while holding it would.
+    fn poison<T: Send>(m: &Mutex<T>) {
+        std::thread::scope(|s| {
+            let _ = s
+                .spawn(|| {
+                    let _g = m.lock().unwrap();
+                    panic!("poisoning the lock on purpose");
+                })
+                .join();
+        });
+        assert!(m.is_poisoned());
+    }
+
+    #[test]
+    fn a_poisoned_slot_table_still_admits_counts_and_releases() {
+        let t = Arc::new(PerClient::default());
+        let a: IpAddr = "198.18.0.100".parse().unwrap();
+        poison(&t.counts);
+        let s = t
+            .acquire(a, 64, 1)
+            .expect("a panic elsewhere must not refuse every client");
+        assert!(t.acquire(a, 64, 1).is_none(), "the limit still holds");
+        drop(s);
+        assert!(t.acquire(a, 64, 1).is_some(), "the slot was released");
+    }
+
+    #[test]
+    fn a_poisoned_strike_table_still_counts() {
+        let f = Strikes::new(1, Duration::from_secs(60), 100);
+        let a: IpAddr = "198.18.0.100".parse().unwrap();
+        poison(&f.table);
+        let t0 = Instant::now();
+        f.failed_at(a, t0);
+        assert!(f.refused_at(a, t0));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The drain gate: which virtual addresses still take new sessions, and how many sessions
-//! are running on each, so a planned handoff (issue 5, item 4) can stop accepting on an
+//! are running on each, so a planned handoff (`robustifier ha release`) can stop accepting on an
 //! address, wait for its sessions, and only then give the address away.
 //!
 //! The accept loops ask [`Gate::admit`] with the connection's local address (the VIP the

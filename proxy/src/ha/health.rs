@@ -1,4 +1,4 @@
-//! The front-end's own health as tracking sees it (issue 5, item 3): whether the proxy's
+//! The front-end's own health as tracking sees it: whether the proxy's
 //! accept loops run and the data path is attached, reported by the daemon, plus interface
 //! state read by the router tasks; and the pure rule that turns failing checks into a
 //! lower priority, so a front-end that cannot serve hands its addresses over.

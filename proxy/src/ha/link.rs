@@ -1,5 +1,5 @@
 //! Interfaces and addresses over rtnetlink: find an interface, read its state and
-//! addresses, add and remove the virtual addresses. No `ip` commands (issue 5, item 2).
+//! addresses, add and remove the virtual addresses. No `ip` commands.
 //!
 //! Invariant: adding an address that is already there and removing one that is not are
 //! both successes, so a task that restarts after a crash (leaving its VIPs behind) or a

@@ -1,4 +1,4 @@
-//! Virtual-IP failover at run time (issue 5): the privileged half of VRRPv3 around the pure
+//! Virtual-IP failover at run time: the privileged half of VRRPv3 around the pure
 //! [`crate::vrrp`] code.
 //!
 //! [`spawn`] starts one task per configured virtual router ([`router`]): raw protocol-112
@@ -15,13 +15,13 @@
 //! Invariant: only a router in Master holds its virtual addresses, and each router's
 //! timers run on the monotonic clock (a wall-clock jump never causes a failover).
 
-pub mod announce;
+pub(crate) mod announce;
 pub mod control;
-pub mod gate;
-pub mod health;
-pub mod link;
+pub(crate) mod gate;
+pub(crate) mod health;
+pub(crate) mod link;
 pub mod router;
-pub mod socket;
+pub(crate) mod socket;
 
 use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 

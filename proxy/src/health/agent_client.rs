@@ -198,8 +198,17 @@ pub enum PollError {
     NoAnswer,
     #[error("no random numbers")]
     Random,
-    #[error("{0}")]
-    Report(String),
+    #[error(transparent)]
+    Report(#[from] ReportError),
+}
+
+/// A report line that is not one: the agent's answer is ignored, never trusted in part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("not an agent report: {line:?}")]
+    NotAReport { line: String },
+    #[error("bad {key}={value}")]
+    BadValue { key: String, value: String },
 }
 
 async fn line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<String, PollError> {
@@ -254,10 +263,12 @@ where
 }
 
 /// Parses a report line; unknown fields are ignored (newer agents may add some).
-pub fn parse(line: &str) -> Result<AgentReport, String> {
+pub fn parse(line: &str) -> Result<AgentReport, ReportError> {
     let mut words = line.split_ascii_whitespace();
     if words.next() != Some(MAGIC) {
-        return Err(format!("not an agent report: {line:?}"));
+        return Err(ReportError::NotAReport {
+            line: line.to_owned(),
+        });
     }
     let mut r = AgentReport {
         run_queue_milli: 0,
@@ -271,10 +282,14 @@ pub fn parse(line: &str) -> Result<AgentReport, String> {
         let Some((k, v)) = w.split_once('=') else {
             continue;
         };
-        let num = || v.parse::<u32>().map_err(|_| format!("bad {k}={v}"));
+        let bad = || ReportError::BadValue {
+            key: k.to_owned(),
+            value: v.to_owned(),
+        };
+        let num = || v.parse::<u32>().map_err(|_| bad());
         match k {
             "runq" => {
-                let q: f64 = v.parse().map_err(|_| format!("bad runq={v}"))?;
+                let q: f64 = v.parse().map_err(|_| bad())?;
                 r.run_queue_milli = (q * 1000.0).round().clamp(0.0, u32::MAX as f64) as u32;
             }
             "mailq" => r.mail_queue = num()?,

@@ -187,7 +187,7 @@ impl Board {
     /// next free ids. A changed address is a removal and an addition. Back-ends of a new
     /// pool and those past the load map's [`MAX_BACKENDS`] ids are named, not added.
     pub fn reconcile(&self, cfg: &Config) -> Reconciled {
-        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = crate::sync::lock(&self.reloading);
         let current = self.slots.load_full();
         for s in current.iter() {
             let keep = cfg.backends().any(|(p, b)| s.is(&p.name, b));
@@ -324,9 +324,7 @@ impl Board {
         let Some(slot) = slots.get(id as usize) else {
             return;
         };
-        let Ok(mut streak) = slot.streak.lock() else {
-            return;
-        };
+        let mut streak = crate::sync::lock(&slot.streak);
         *streak = match (ok, *streak) {
             (true, s) if s >= 0 => s + 1,
             (true, _) => 1,
@@ -345,9 +343,8 @@ impl Board {
 
     pub fn set_agent(&self, id: u32, report: Option<AgentReport>) {
         let slots = self.slots.load();
-        if let Some(slot) = slots.get(id as usize)
-            && let Ok(mut a) = slot.agent.lock()
-        {
+        if let Some(slot) = slots.get(id as usize) {
+            let mut a = crate::sync::lock(&slot.agent);
             let was_draining = a.is_some_and(|r| r.drain);
             let draining = report.is_some_and(|r| r.drain);
             if was_draining != draining {
@@ -363,12 +360,7 @@ impl Board {
         let Some(slot) = slots.get(id as usize) else {
             return 0;
         };
-        let agent = slot
-            .agent
-            .lock()
-            .ok()
-            .and_then(|a| *a)
-            .filter(|a| a.at.elapsed() < AGENT_STALE);
+        let agent = (*crate::sync::lock(&slot.agent)).filter(|a| a.at.elapsed() < AGENT_STALE);
         agent.and_then(|a| a.weight).unwrap_or(slot.backend.weight)
     }
 
@@ -376,12 +368,7 @@ impl Board {
     pub fn record_for(&self, id: u32, now_ns: u64) -> Option<BackendLoad> {
         let slots = self.slots.load();
         let slot = slots.get(id as usize)?;
-        let agent = slot
-            .agent
-            .lock()
-            .ok()
-            .and_then(|a| *a)
-            .filter(|a| a.at.elapsed() < AGENT_STALE);
+        let agent = (*crate::sync::lock(&slot.agent)).filter(|a| a.at.elapsed() < AGENT_STALE);
         let mut state = slot.state.load(Ordering::Acquire);
         if state == BACKEND_UP
             && (agent.is_some_and(|a| a.drain) || slot.removed.load(Ordering::Relaxed))

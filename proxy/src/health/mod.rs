@@ -8,9 +8,9 @@
 //! A missing agent degrades to probe-only figures; it never marks a back-end down.
 
 pub mod agent_client;
-pub mod board;
-pub mod probe;
-pub mod writer;
+pub(crate) mod board;
+pub(crate) mod probe;
+pub(crate) mod writer;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -93,7 +93,7 @@ pub fn spawn_checks(
                 }
                 Err(e) => debug!(backend = %slot.backend.name, error = %e, "probe failed"),
             }
-            let why = r.as_ref().err().cloned().unwrap_or_default();
+            let why = r.as_ref().err().map(ToString::to_string).unwrap_or_default();
             b.record(slot.backend.id, r.is_ok(), r.ok().map(|p| p.latency), h.rise, h.fall, &why);
         }
         }

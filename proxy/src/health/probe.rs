@@ -18,7 +18,7 @@ use crate::{
     backend::proxy_v2,
     config::Identity,
     front::lines::{Line, read_line},
-    smtp::reply::read_reply,
+    smtp::reply::{Reply, ReplyError, read_reply},
     stream::Conn,
 };
 
@@ -39,54 +39,105 @@ pub type ProbeTls = (
     rustls::pki_types::ServerName<'static>,
 );
 
+/// Why a probe failed: the back-end counts as failing this check.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no answer within {limit:?}")]
+    Timeout { limit: Duration },
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("connection closed")]
+    Closed,
+    /// A line that did not come, at a named step of the dialogue.
+    #[error("{step}: {source}")]
+    At {
+        step: &'static str,
+        source: Box<ProbeError>,
+    },
+    #[error("{step}: {source}")]
+    Reply {
+        step: &'static str,
+        source: ReplyError,
+    },
+    #[error(transparent)]
+    GreetingReply(ReplyError),
+    #[error("greeting {0}")]
+    BadGreetingReply(Reply),
+    #[error("greeting {line:?}")]
+    BadGreeting { line: String },
+    #[error("{step} answered {code}")]
+    Answered { step: &'static str, code: u16 },
+    #[error("STLS refused")]
+    StlsRefused,
+    #[error("TLS twice")]
+    TlsTwice,
+    #[error("TLS: {0}")]
+    Tls(#[source] std::io::Error),
+}
+
+impl ProbeError {
+    fn at(step: &'static str) -> impl FnOnce(ProbeError) -> ProbeError {
+        move |e| ProbeError::At {
+            step,
+            source: Box::new(e),
+        }
+    }
+
+    fn reply(step: &'static str) -> impl FnOnce(ReplyError) -> ProbeError {
+        move |source| ProbeError::Reply { step, source }
+    }
+}
+
 pub async fn probe(
     addr: SocketAddr,
     identity: Identity,
     tls: Option<&ProbeTls>,
     limit: Duration,
-) -> Result<Probed, String> {
+) -> Result<Probed, ProbeError> {
     timeout(limit, run(addr, identity, tls))
         .await
-        .map_err(|_| format!("no answer within {limit:?}"))?
+        .map_err(|_| ProbeError::Timeout { limit })?
 }
 
 type Io = BufReader<Conn<TcpStream>>;
 
-async fn send(io: &mut Io, bytes: &[u8]) -> Result<(), String> {
-    io.get_mut()
-        .write_all(bytes)
-        .await
-        .map_err(|e| e.to_string())?;
-    io.get_mut().flush().await.map_err(|e| e.to_string())
+async fn send(io: &mut Io, bytes: &[u8]) -> Result<(), ProbeError> {
+    io.get_mut().write_all(bytes).await?;
+    Ok(io.get_mut().flush().await?)
 }
 
-async fn line(io: &mut Io) -> Result<Vec<u8>, String> {
-    match read_line(io, MAX_LINE).await.map_err(|e| e.to_string())? {
+async fn line(io: &mut Io) -> Result<Vec<u8>, ProbeError> {
+    match read_line(io, MAX_LINE).await? {
         Line::Complete(l) => Ok(l),
-        _ => Err("connection closed".into()),
+        _ => Err(ProbeError::Closed),
     }
 }
 
 /// The handshake after STARTTLS/STLS: verifies the back-end's certificate like a leg does.
-async fn upgrade(io: Io, tls: &ProbeTls) -> Result<Io, String> {
+async fn upgrade(io: Io, tls: &ProbeTls) -> Result<Io, ProbeError> {
     let Conn::Plain(tcp) = io.into_inner() else {
-        return Err("TLS twice".into());
+        return Err(ProbeError::TlsTwice);
     };
     let s = tls
         .0
         .connect(tls.1.clone(), tcp)
         .await
-        .map_err(|e| format!("TLS: {e}"))?;
+        .map_err(ProbeError::Tls)?;
     Ok(BufReader::new(Conn::Client(Box::new(s))))
 }
 
-async fn ehlo(io: &mut Io) -> Result<crate::smtp::reply::Reply, String> {
+async fn ehlo(io: &mut Io) -> Result<Reply, ProbeError> {
     send(io, b"EHLO robustifier-probe\r\n").await?;
     let r = read_reply(io, MAX_LINE)
         .await
-        .map_err(|e| format!("EHLO: {e}"))?;
+        .map_err(ProbeError::reply("EHLO"))?;
     if r.code != 250 {
-        return Err(format!("EHLO answered {}", r.code));
+        return Err(ProbeError::Answered {
+            step: "EHLO",
+            code: r.code,
+        });
     }
     Ok(r)
 }
@@ -95,16 +146,16 @@ async fn run(
     addr: SocketAddr,
     identity: Identity,
     tls: Option<&ProbeTls>,
-) -> Result<Probed, String> {
+) -> Result<Probed, ProbeError> {
     let start = Instant::now();
     let tcp = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(ProbeError::Connect)?;
     let mut io: Io = BufReader::new(Conn::Plain(tcp));
     if identity == Identity::ProxyV2 {
         send(&mut io, &proxy_v2::local()).await?;
     }
-    let first = line(&mut io).await.map_err(|e| format!("greeting: {e}"))?;
+    let first = line(&mut io).await.map_err(ProbeError::at("greeting"))?;
     let latency = start.elapsed();
     let mut chunking = false;
     if first.starts_with(b"220") {
@@ -112,9 +163,9 @@ async fn run(
             // A multi-line greeting: read the rest of it.
             let rest = read_reply(&mut io, MAX_LINE)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(ProbeError::GreetingReply)?;
             if rest.code != 220 {
-                return Err(format!("greeting {rest}"));
+                return Err(ProbeError::BadGreetingReply(rest));
             }
         }
         let mut caps = ehlo(&mut io).await?;
@@ -122,9 +173,12 @@ async fn run(
             send(&mut io, b"STARTTLS\r\n").await?;
             let r = read_reply(&mut io, MAX_LINE)
                 .await
-                .map_err(|e| format!("STARTTLS: {e}"))?;
+                .map_err(ProbeError::reply("STARTTLS"))?;
             if r.code != 220 {
-                return Err(format!("STARTTLS answered {}", r.code));
+                return Err(ProbeError::Answered {
+                    step: "STARTTLS",
+                    code: r.code,
+                });
             }
             io = upgrade(io, tls).await?;
             caps = ehlo(&mut io).await?;
@@ -135,21 +189,23 @@ async fn run(
         if let Some(tls) = tls {
             send(&mut io, b"STLS\r\n").await?;
             if !line(&mut io).await?.starts_with(b"+OK") {
-                return Err("STLS refused".into());
+                return Err(ProbeError::StlsRefused);
             }
             io = upgrade(io, tls).await?;
         }
         send(&mut io, b"CAPA\r\n").await?;
         // The capability list ends with a lone dot; a server without CAPA says -ERR.
         for _ in 0..200 {
-            let l = line(&mut io).await.map_err(|e| format!("CAPA: {e}"))?;
+            let l = line(&mut io).await.map_err(ProbeError::at("CAPA"))?;
             if l == b"." || l.starts_with(b"-ERR") {
                 break;
             }
         }
         let _ = send(&mut io, b"QUIT\r\n").await;
     } else {
-        return Err(format!("greeting {:?}", String::from_utf8_lossy(&first)));
+        return Err(ProbeError::BadGreeting {
+            line: String::from_utf8_lossy(&first).into_owned(),
+        });
     }
     Ok(Probed { latency, chunking })
 }
@@ -196,6 +252,7 @@ mod tests {
             probe(busy, Identity::None, None, lim)
                 .await
                 .unwrap_err()
+                .to_string()
                 .contains("421")
         );
         let dead = std::net::TcpListener::bind("127.0.0.1:0")
@@ -206,6 +263,7 @@ mod tests {
             probe(dead, Identity::None, None, lim)
                 .await
                 .unwrap_err()
+                .to_string()
                 .starts_with("connect")
         );
     }

@@ -8,5 +8,5 @@
 pub mod resolve;
 pub mod table;
 
-pub use resolve::{Pools, serves, usable};
-pub use table::{Route, RouteError, RouteTable};
+pub use resolve::{PoolError, Pools, serves, usable};
+pub use table::{KeyError, Route, RouteError, RouteTable, SyntaxError};

@@ -12,6 +12,17 @@ use crate::{
 
 use super::table::{RouteError, RouteTable};
 
+/// Why a pool named by a service or a routing map cannot take its sessions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error("pool {name:?} is not configured")]
+    Missing { name: String },
+    #[error(
+        "pool {name:?} passes the client with XCLIENT (identity = \"xclient\"), which POP3 cannot carry; use \"proxy\" or \"none\""
+    )]
+    XclientForPop3 { name: String },
+}
+
 /// Where the pools a map may name are found: the configuration at check time, the running
 /// pool set (which a reload cannot add pools to) afterwards.
 pub trait Pools {
@@ -33,7 +44,7 @@ impl Pools for PoolSet {
 /// Whether `pool` can serve a session of `protocol`: POP3 has no XCLIENT, so a pool that
 /// passes the client's address that way (its own identity, or one of its back-ends') would
 /// lose it on every login.
-pub fn serves(pool: &Pool, protocol: Protocol) -> Result<(), String> {
+pub fn serves(pool: &Pool, protocol: Protocol) -> Result<(), PoolError> {
     if protocol == Protocol::Pop3
         && (pool.identity == Some(Identity::Xclient)
             || pool
@@ -41,10 +52,9 @@ pub fn serves(pool: &Pool, protocol: Protocol) -> Result<(), String> {
                 .iter()
                 .any(|b| b.identity == Identity::Xclient))
     {
-        return Err(format!(
-            "pool {:?} passes the client with XCLIENT (identity = \"xclient\"), which POP3 cannot carry; use \"proxy\" or \"none\"",
-            pool.name
-        ));
+        return Err(PoolError::XclientForPop3 {
+            name: pool.name.clone(),
+        });
     }
     Ok(())
 }
@@ -54,10 +64,10 @@ pub fn usable<'a>(
     pools: &'a (impl Pools + ?Sized),
     name: &str,
     protocol: Protocol,
-) -> Result<&'a Pool, String> {
-    let pool = pools
-        .pool(name)
-        .ok_or_else(|| format!("pool {name:?} is not configured"))?;
+) -> Result<&'a Pool, PoolError> {
+    let pool = pools.pool(name).ok_or_else(|| PoolError::Missing {
+        name: name.to_owned(),
+    })?;
     serves(pool, protocol)?;
     Ok(pool)
 }
@@ -72,10 +82,10 @@ impl RouteTable {
         pools: &(impl Pools + ?Sized),
     ) -> Result<RouteTable, RouteError> {
         for (line, name) in self.pool_lines() {
-            usable(pools, name, protocol).map_err(|reason| RouteError::Pool {
+            usable(pools, name, protocol).map_err(|source| RouteError::Pool {
                 file: file.to_owned(),
                 line,
-                reason,
+                source,
             })?;
         }
         Ok(self)

@@ -76,19 +76,53 @@ pub enum RouteError {
         file: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}:{line}: {reason}", file.display())]
+    #[error("{}:{line}: {source}", file.display())]
     Syntax {
         file: PathBuf,
         line: usize,
-        reason: String,
+        source: SyntaxError,
     },
     /// The line names a pool the service cannot use (absent, or unfit for its protocol).
-    #[error("{}:{line}: {reason}", file.display())]
+    #[error("{}:{line}: {source}", file.display())]
     Pool {
         file: PathBuf,
         line: usize,
-        reason: String,
+        source: super::resolve::PoolError,
     },
+}
+
+/// What is wrong with one line of a map.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyntaxError {
+    #[error("control character {0:?}")]
+    ControlCharacter(char),
+    #[error("no pool after the key")]
+    NoPool,
+    #[error("`reject` cannot be combined with other pools")]
+    RejectCombined,
+    #[error("pool name {name:?} may only use letters, digits, _ - .")]
+    PoolName { name: String },
+    #[error("pool {name:?} listed twice")]
+    PoolTwice { name: String },
+    #[error("key {key:?}: {source}")]
+    Key { key: String, source: KeyError },
+    #[error("duplicate key {key:?} (first on line {first})")]
+    DuplicateKey { key: String, first: usize },
+}
+
+/// Why a key is not an address, a domain, a user or `*`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("empty local part")]
+    EmptyLocalPart,
+    #[error("local part longer than 64 octets")]
+    LocalPartTooLong,
+    #[error("longer than 255 octets")]
+    TooLong,
+    #[error("domain longer than 255 octets")]
+    DomainTooLong,
+    #[error("{domain:?} is not a domain")]
+    NotADomain { domain: String },
 }
 
 /// A parsed routing map.
@@ -125,10 +159,10 @@ impl RouteTable {
         let mut seen: HashMap<String, usize> = HashMap::new();
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
-            let err = |reason: String| RouteError::Syntax {
+            let err = |source: SyntaxError| RouteError::Syntax {
                 file: file.to_owned(),
                 line,
-                reason,
+                source,
             };
             let fields: Vec<&str> = raw
                 .split([' ', '\t'])
@@ -142,7 +176,7 @@ impl RouteTable {
                 .chars()
                 .find(|c| c.is_control() && *c != '\t' && *c != '\r')
             {
-                return Err(err(format!("control character {bad:?}")));
+                return Err(err(SyntaxError::ControlCharacter(bad)));
             }
             let route = parse_route(pools).map_err(err)?;
             if let Route::Pools(p) = &route {
@@ -150,12 +184,18 @@ impl RouteTable {
                     table.named.entry(pool.clone()).or_insert(line);
                 }
             }
-            let parsed = parse_key(key).map_err(|why| err(format!("key {key:?}: {why}")))?;
+            let parsed = parse_key(key).map_err(|source| {
+                err(SyntaxError::Key {
+                    key: key.to_owned(),
+                    source,
+                })
+            })?;
             let identity = parsed.identity();
             if let Some(first) = seen.insert(identity, line) {
-                return Err(err(format!(
-                    "duplicate key {key:?} (first on line {first})"
-                )));
+                return Err(err(SyntaxError::DuplicateKey {
+                    key: key.to_owned(),
+                    first,
+                }));
             }
             match parsed {
                 Key::Default => table.default = Some(route),
@@ -281,7 +321,7 @@ impl Key {
     }
 }
 
-fn parse_key(key: &str) -> Result<Key, String> {
+fn parse_key(key: &str) -> Result<Key, KeyError> {
     if key == "*" {
         return Ok(Key::Default);
     }
@@ -290,10 +330,10 @@ fn parse_key(key: &str) -> Result<Key, String> {
     }
     if let Some((local, domain)) = key.rsplit_once('@') {
         if local.is_empty() {
-            return Err("empty local part".into());
+            return Err(KeyError::EmptyLocalPart);
         }
         if local.len() > MAX_LOCAL_PART {
-            return Err("local part longer than 64 octets".into());
+            return Err(KeyError::LocalPartTooLong);
         }
         return Ok(Key::Address {
             local: normalise_local(local).into_owned(),
@@ -301,7 +341,7 @@ fn parse_key(key: &str) -> Result<Key, String> {
         });
     }
     if key.len() > MAX_DOMAIN {
-        return Err("longer than 255 octets".into());
+        return Err(KeyError::TooLong);
     }
     Ok(Key::Bare {
         user: normalise_local(key).into_owned(),
@@ -310,12 +350,12 @@ fn parse_key(key: &str) -> Result<Key, String> {
 }
 
 /// A domain or address literal, lower-cased; the same shape the SMTP parser produces.
-fn parse_domain(d: &str) -> Result<String, String> {
+fn parse_domain(d: &str) -> Result<String, KeyError> {
     if d.starts_with('[') && d.ends_with(']') && d.len() > 2 {
         return Ok(d.to_lowercase());
     }
     if d.len() > MAX_DOMAIN {
-        return Err("domain longer than 255 octets".into());
+        return Err(KeyError::DomainTooLong);
     }
     let label_ok = |l: &str| {
         !l.is_empty()
@@ -327,30 +367,30 @@ fn parse_domain(d: &str) -> Result<String, String> {
     if d.split('.').all(label_ok) {
         Ok(d.to_lowercase())
     } else {
-        Err(format!("{d:?} is not a domain"))
+        Err(KeyError::NotADomain {
+            domain: d.to_owned(),
+        })
     }
 }
 
-fn parse_route(pools: &[&str]) -> Result<Route, String> {
+fn parse_route(pools: &[&str]) -> Result<Route, SyntaxError> {
     match pools {
-        [] => Err("no pool after the key".into()),
+        [] => Err(SyntaxError::NoPool),
         [one] if one.eq_ignore_ascii_case(REJECT) => Ok(Route::Reject),
         _ => {
             let mut out: Vec<String> = Vec::with_capacity(pools.len());
             for &p in pools {
                 if p.eq_ignore_ascii_case(REJECT) {
-                    return Err("`reject` cannot be combined with other pools".into());
+                    return Err(SyntaxError::RejectCombined);
                 }
                 let ok = p
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
                 if !ok {
-                    return Err(format!(
-                        "pool name {p:?} may only use letters, digits, _ - ."
-                    ));
+                    return Err(SyntaxError::PoolName { name: p.to_owned() });
                 }
                 if out.iter().any(|q| q == p) {
-                    return Err(format!("pool {p:?} listed twice"));
+                    return Err(SyntaxError::PoolTwice { name: p.to_owned() });
                 }
                 out.push(p.to_owned());
             }

@@ -1,6 +1,6 @@
 //! VRRPv3 (RFC 5798, obsoleted and clarified by RFC 9568) for IPv4 and IPv6, as pure code.
 //!
-//! Front-ends decide who owns each virtual IP with VRRPv3 (DESIGN.md sections 1 and 4). This
+//! Front-ends decide who owns each virtual IP with VRRPv3, interoperable with keepalived. This
 //! module is the part of that which needs no privileges: [`packet`] turns advertisements into
 //! bytes and back, [`state`] is the RFC 5798 section 6.4 state machine. Neither opens a
 //! socket, touches an address or reads a clock: the daemon feeds them received bytes, the

@@ -478,7 +478,7 @@ impl Router {
                     // RFC 9568 section 6.4.3: discard, but assert mastership at once so the
                     // sender steps down and learning bridges relearn our port. The other
                     // master announced the addresses too (split brain), so hosts' ARP / ND
-                    // caches may point at it: announce them again (issue 5, item 5).
+                    // caches may point at it: announce them again.
                     vec![
                         Action::SendAdvert {
                             priority: self.priority.get(),
@@ -532,7 +532,7 @@ impl Router {
 /// Skew_Time = ((256 - Priority) * Master_Adver_Interval) / 256 (RFC 5798 section 6.1).
 ///
 /// Computed in nanoseconds, not truncated to centiseconds: at priority 100 and 1 s adverts
-/// it is 0.609375 s, and keepalived's 3.61 s failover (DESIGN.md section 5) depends on that
+/// it is 0.609375 s, and keepalived's 3.61 s failover (Master_Down_Interval at priority 100) depends on that
 /// precision.
 pub fn skew_time(priority: u8, master_adver_interval_cs: u16) -> Duration {
     let weight = 256 - u64::from(priority);

@@ -185,7 +185,7 @@ impl Lan {
 
 #[test]
 fn timer_formulas() {
-    // Priority 100 at 1 s: skew 156/256 s; the 3.61 s keepalived failover of DESIGN.md.
+    // Priority 100 at 1 s: skew 156/256 s; keepalived's 3.61 s Master_Down_Interval.
     assert_eq!(skew_time(100, 100), ms(609) + Duration::from_micros(375));
     assert_eq!(master_down_interval(100, 100), ns(3_609_375_000));
     // At 0.1 s: 0.36 s.
