@@ -302,3 +302,194 @@ fn vrrp_ipv4_datagrams() {
     padded.extend_from_slice(&[0; 6]);
     assert!(packet::decode_ipv4_packet(&padded).is_ok());
 }
+
+/// Live heap bytes allocated by the current thread and their high-water mark since the
+/// last reset: what a hostile input makes the proxy's readers hold, measured rather than
+/// assumed. Per thread, so that tests running at the same time do not count each other.
+mod meter {
+    use std::{
+        alloc::{GlobalAlloc, Layout, System},
+        cell::Cell,
+    };
+
+    pub struct Meter;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(n: isize) {
+        // `try_with`: a thread being torn down has no counters any more.
+        let _ = LIVE.try_with(|live| {
+            live.set(live.get() + n);
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
+        });
+    }
+
+    // SAFETY: every call is passed on to the system allocator unchanged; the counters are
+    // const-initialised thread-locals, which never allocate.
+    unsafe impl GlobalAlloc for Meter {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            add(layout.size() as isize);
+            // SAFETY: the caller's contract for `alloc` is the system allocator's.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            add(-(layout.size() as isize));
+            // SAFETY: `ptr` came from `alloc` above, that is from the system allocator.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    /// Runs `f` on this thread and returns the most it held on the heap above what was
+    /// live before.
+    pub fn peak_of(f: impl FnOnce()) -> usize {
+        let base = LIVE.with(Cell::get);
+        PEAK.with(|p| p.set(base));
+        f();
+        (PEAK.with(Cell::get) - base).max(0) as usize
+    }
+}
+
+#[global_allocator]
+static METER: meter::Meter = meter::Meter;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A client line of 4 MiB without an end, and 100 000 empty lines: the line reader says
+/// `TooLong` and holds no more than its bound plus one read chunk.
+#[test]
+fn hostile_lines_are_read_within_a_bound() {
+    use robustifier::front::lines::{Line, read_line};
+    use robustifier::stream::{Buffered, READ_CHUNK};
+    let rt = runtime();
+    let huge = vec![b'A'; 4 << 20];
+    let mut input = huge.clone();
+    input.extend_from_slice(b"\r\nNOOP\r\n");
+    let mut seen = Vec::new();
+    let peak = meter::peak_of(|| {
+        rt.block_on(async {
+            let mut r = Buffered::new(&input[..]);
+            seen.push(read_line(&mut r, 1000).await.unwrap());
+            seen.push(read_line(&mut r, 1000).await.unwrap());
+        })
+    });
+    assert!(matches!(seen[0], Line::TooLong), "{:?}", &seen[0]);
+    assert!(matches!(&seen[1], Line::Complete(l) if l == b"NOOP"));
+    assert!(
+        peak <= 1000 + 2 * READ_CHUNK + 4096,
+        "a 4 MiB line held {peak} bytes"
+    );
+    drop(huge);
+}
+
+/// 4 MiB of message data made of bare LFs and dots (smuggling attempts): the DATA scanner
+/// refuses it and never holds more than a few bytes of carry-over.
+#[test]
+fn hostile_message_data_is_scanned_within_a_bound() {
+    use robustifier::smtp::data::DataScanner;
+    let junk: Vec<u8> = b"\n.\n\r.\r\n.\r"
+        .iter()
+        .copied()
+        .cycle()
+        .take(4 << 20)
+        .collect();
+    let mut outcome = None;
+    let peak = meter::peak_of(|| {
+        let mut s = DataScanner::new(10 << 20);
+        for chunk in junk.chunks(8192) {
+            let step = s.feed(chunk);
+            if step.outcome.is_some() {
+                outcome = step.outcome;
+                break;
+            }
+        }
+    });
+    assert!(
+        outcome.is_some(),
+        "bare LF before a dot line ends the message refused"
+    );
+    assert!(peak <= 4096, "the scanner held {peak} bytes");
+}
+
+/// The control socket's answers to malformed requests, and its bound on a request.
+#[test]
+fn control_socket_requests() {
+    use robustifier::ha::control;
+    let dir = std::env::temp_dir().join(format!("rb-bad-control-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("control.sock");
+    let rt = runtime();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let listener = rt.block_on(async { control::bind(&path) }).unwrap();
+    let (s2, t2) = (stop.clone(), tasks.clone());
+    let server = std::thread::spawn(move || {
+        rt.block_on(control::serve(
+            listener,
+            "fe".into(),
+            Vec::new(),
+            Default::default(),
+            s2,
+            t2.clone(),
+        ));
+        t2.close();
+        rt.block_on(t2.wait());
+    });
+    let ask = |raw: &[u8]| -> String {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let _ = s.write_all(raw);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let cases: &[(&[u8], &str)] = &[
+        (b"\n", "error unknown request \"\""),
+        (b"reboot\n", "error unknown request \"reboot\""),
+        (b"status now\n", "error status takes no argument"),
+        (b"release\n", "error release needs a VRID"),
+        (b"resume\n", "error resume needs a VRID"),
+        (b"release 0x33\n", "error \"0x33\" is not a VRID"),
+        (b"release 300\n", "error \"300\" is not a VRID"),
+        (b"release -1\n", "error \"-1\" is not a VRID"),
+        (b"resume 51\n", "error no virtual router with VRID 51 here"),
+        (b"release 51 52\n", "error too many arguments"),
+        (
+            b"status",
+            "error request too long or not ended by a newline",
+        ),
+        (b"release \xff\n", "error unreadable request"),
+    ];
+    for &(raw, want) in cases {
+        let got = ask(raw);
+        assert!(got.starts_with(want), "{raw:?}: {got:?}");
+        assert!(got.ends_with('\n') && got.lines().count() == 1, "{got:?}");
+    }
+    let long = vec![b'x'; 1 << 20];
+    assert!(ask(&long).starts_with("error request too long"));
+    let ok = ask(b"status\n");
+    assert!(ok.starts_with("ok {"), "{ok}");
+    stop.cancel();
+    server.join().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The bounds above mean something only if the meter sees what a reader holds.
+#[test]
+fn the_meter_sees_a_held_buffer() {
+    let peak = meter::peak_of(|| {
+        let held = std::hint::black_box(vec![1u8; 1 << 20]);
+        drop(held);
+    });
+    assert!(peak >= 1 << 20, "{peak}");
+}

@@ -248,3 +248,68 @@ fn a_command_smuggled_in_sasl_plain_never_reaches_dovecot() {
         "no DELE reached the mailbox: {got}"
     );
 }
+
+/// Bytes that are not TLS where TLS is due (port 465, or after STARTTLS): the connection
+/// ends without a session, and the front-end serves the next client as before.
+#[test]
+fn garbage_instead_of_tls_ends_the_connection_only() {
+    use std::io::{Read as _, Write as _};
+    let Some(c) = cluster("hrdl") else { return };
+    let read_all = |mut s: std::net::TcpStream| -> Vec<u8> {
+        s.set_read_timeout(Some(Duration::from_secs(70))).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    };
+    let got = c
+        .lab
+        .client
+        .ns
+        .enter(|| {
+            let mut s = client::connect(
+                SocketAddr::new(VIP_SMTP.into(), 465),
+                None,
+                Duration::from_secs(5),
+            )
+            .unwrap();
+            s.write_all(b"EHLO plain.example\r\nMAIL FROM:<a@b.example>\r\n")
+                .unwrap();
+            read_all(s)
+        })
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&got).contains("250"),
+        "no SMTP without the handshake: {got:?}"
+    );
+    let got = c
+        .lab
+        .client
+        .ns
+        .enter(|| {
+            let mut s = client::connect(
+                SocketAddr::new(VIP_SMTP.into(), 25),
+                None,
+                Duration::from_secs(5),
+            )
+            .unwrap();
+            s.write_all(b"EHLO c.example\r\nSTARTTLS\r\n").unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            s.write_all(b"\x16\x03\x01\x00\x05hello, not a ClientHello\r\nMAIL FROM:<a@b>\r\n")
+                .unwrap();
+            read_all(s)
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("220 2.0.0 Ready to start TLS"), "{text}");
+    assert!(
+        !text.contains("250 2.1.0"),
+        "nothing after the failed handshake: {text}"
+    );
+    // The front-end is unharmed.
+    let got = session(&c, &["EHLO client.example.org".into(), "QUIT".into()]);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got[1].starts_with("250") && got[2].starts_with("221"),
+        "{got:?}"
+    );
+}
