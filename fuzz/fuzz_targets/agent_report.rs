@@ -1,4 +1,4 @@
-//! A back-end agent's report line as the front-end parses it (`health::agent_client`):
+//! A back-end agent's report line as the front-end parses it (`agent_wire`):
 //! parsing never panics and keeps every figure in range; the line an agent writes
 //! (`agent::Figures::line`) reads back as the figures it was made from.
 #![no_main]
@@ -6,7 +6,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use robustifier::agent::Figures;
-use robustifier::health::agent_client::parse;
+use robustifier::agent_wire::parse;
 
 #[derive(Debug, Arbitrary)]
 struct Input<'a> {

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use robustifier::front::lines::{Line, read_line};
+use robustifier::lines::{Line, read_line};
 use robustifier::smtp::reply::{Capabilities, MAX_REPLY_LINES, Reply, read_reply};
 use robustifier_fuzz::ready;
 

@@ -24,18 +24,18 @@ use tracing::{info, warn};
 
 use crate::{
     backend::PoolSet,
+    backend::groups::Groups,
     config::{self, Config},
     datapath::DataPath,
     datapath::MapView,
-    front::groups::Groups,
     front::{
         accept::{self, Context, Role},
         listeners::{SlotSockets, StdSlotSockets},
     },
     ha,
     health::{self, board::Board},
-    privs,
-    smtp::session::Env,
+    load_writer, privs,
+    smtp::session::ServiceContext,
     supervise::Supervisor,
     tls::ServerTls,
 };
@@ -66,7 +66,7 @@ struct Start {
     dp: DataPath,
     pools: Arc<PoolSet>,
     board: Arc<Board>,
-    envs: Vec<Arc<Env>>,
+    envs: Vec<Arc<ServiceContext>>,
     hooks: ha::Hooks,
     listeners: Vec<(StdSlotSockets, Role, Context)>,
     xdp: String,
@@ -106,7 +106,7 @@ impl Start {
         let mut listeners = Vec::new();
         for service in &cfg.services {
             let env = Arc::new(
-                Env::new(
+                ServiceContext::new(
                     service,
                     Arc::clone(&pools),
                     tls.clone(),
@@ -248,7 +248,7 @@ async fn serve(cfg: Config, start: Start) -> anyhow::Result<()> {
     // sessions stop last.
     let background = TaskTracker::new();
     let supervisor = Supervisor::new(background.clone(), stop.clone(), hooks.tasks.clone());
-    health::spawn(
+    load_writer::spawn(
         &pools,
         &board,
         envs,
@@ -366,7 +366,7 @@ fn reload(
     };
     let board = &pools.board;
     let done = board.reconcile(&new);
-    let now = health::writer::monotonic_ns();
+    let now = load_writer::monotonic_ns();
     for slot in &done.added {
         // Its record now, so routing (which reads the map) need not wait for the writer.
         let id = slot.backend.id;

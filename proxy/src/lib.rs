@@ -3,6 +3,8 @@
 //! - [`config`]: the TOML configuration, validated into typed values.
 //! - [`datapath`]: the eBPF programs and their pinned maps, seen from user space.
 //! - [`front`]: the client-facing listeners the kernel steers connections to.
+//! - [`service`]: what the sessions of one service share (routes, pools, certificate).
+//! - [`lines`]: bounded line reading for both protocols, the probes and the agent.
 //! - [`smtp`]: the SMTP protocol core (commands, replies, the DATA-phase scanner) and the
 //!   client-facing session.
 //! - [`pop3`]: the POP3 protocol core (commands, responses, multi-line relaying) and the
@@ -12,8 +14,10 @@
 //! - [`tls`]: the front-end's certificate and the back-end clients' configurations.
 //! - [`route`]: the routing map from recipients and users to back-end pools.
 //! - [`backend`]: pools, the choice of a back-end by load, and the legs that talk to it.
-//! - [`health`]: probes, agent polls and passive results, published as load records.
+//! - [`health`]: probes, agent polls and passive results, gathered on the board.
+//! - [`load_writer`]: the board published as load records and each service's capacity.
 //! - [`agent`]: `robustifier agent`, the load reporter on a back-end host.
+//! - [`agent_wire`]: the agent's report line and keyed challenge, shared by both sides.
 //! - [`reload`]: files re-read when they change, without dropping sessions.
 //! - [`daemon`]: `robustifier run`, tying them together with an orderly stop.
 //! - [`privs`]: the switch to an unprivileged user after the privileged start.
@@ -28,6 +32,8 @@
 )]
 
 pub mod agent;
+pub mod agent_wire;
+mod architecture;
 pub mod backend;
 pub mod config;
 pub mod daemon;
@@ -35,12 +41,15 @@ pub mod datapath;
 pub mod front;
 pub mod ha;
 pub mod health;
+pub mod lines;
+pub(crate) mod load_writer;
 pub mod logging;
 pub mod pop3;
 pub mod privs;
 pub(crate) mod reload;
 pub mod route;
 pub mod sasl;
+pub mod service;
 pub mod smtp;
 pub mod stream;
 pub(crate) mod supervise;

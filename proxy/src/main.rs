@@ -177,7 +177,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         } => {
             // clap guarantees a key file unless --insecure-no-key was given.
             let key = key_file
-                .map(|f| robustifier::health::agent_client::AgentKey::from_file(&f))
+                .map(|f| robustifier::agent_wire::AgentKey::from_file(&f))
                 .transpose()?;
             let o = robustifier::agent::Options {
                 mta,

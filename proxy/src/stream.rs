@@ -366,7 +366,7 @@ mod tests {
     use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
-    use crate::front::lines::{Line, read_line};
+    use crate::lines::{Line, read_line};
 
     /// Polls `fill_buf` once; true when it is waiting for input.
     fn waits<R: AsyncRead + Unpin>(r: &mut Buffered<R>) -> bool {

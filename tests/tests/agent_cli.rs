@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use robustifier::health::agent_client::{AgentKey, Endpoint, PollError, poll};
+use robustifier::{
+    agent_wire::{AgentKey, Endpoint, PollError},
+    health::agent_client::poll,
+};
 
 fn bin() -> PathBuf {
     let bin = robustifier_lab::robustifier_bin();

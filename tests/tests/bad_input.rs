@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use robustifier::health::agent_client;
+use robustifier::agent_wire;
 use robustifier::pop3;
 use robustifier::smtp::command::Command as SmtpCommand;
 use robustifier::vrrp::packet::{self, Advertisement, DecodeError};
@@ -123,10 +123,10 @@ fn agent_reports() {
         "robustifier-agent/1 runq=fast",
         "robustifier-agent/1 weight=1.5",
     ] {
-        assert!(agent_client::parse(bad).is_err(), "{bad:?} was accepted");
+        assert!(agent_wire::parse(bad).is_err(), "{bad:?} was accepted");
     }
     // Out-of-range figures are clamped, unknown fields and words without `=` ignored.
-    let r = agent_client::parse(
+    let r = agent_wire::parse(
         "robustifier-agent/1 runq=-3 disk_permille=5000 weight=99999 drain=yes later=1 word",
     )
     .expect("clamped, not refused");
@@ -366,7 +366,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// `TooLong` and holds no more than its bound plus one read chunk.
 #[test]
 fn hostile_lines_are_read_within_a_bound() {
-    use robustifier::front::lines::{Line, read_line};
+    use robustifier::lines::{Line, read_line};
     use robustifier::stream::{Buffered, READ_CHUNK};
     let rt = runtime();
     let huge = vec![b'A'; 4 << 20];

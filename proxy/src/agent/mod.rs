@@ -14,7 +14,7 @@
 //!
 //! Figures are gathered at most once a second, whatever the number of front-ends asking.
 //!
-//! Before the report comes the challenge and response of `crate::health::agent_client`:
+//! Before the report comes the challenge and response of `crate::agent_wire`:
 //! a front-end without the shared key gets nothing. The agent refuses to start without a
 //! key unless told `--insecure-no-key`, and binds only the address it is given.
 
@@ -35,8 +35,8 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    front::lines::{Line, read_line},
-    health::agent_client::{AgentKey, CHALLENGE_MAGIC, MAGIC, MAX_LINE, PollError, random_nonce},
+    agent_wire::{AgentKey, CHALLENGE_MAGIC, MAGIC, MAX_LINE, PollError, random_nonce},
+    lines::{Line, read_line},
 };
 
 /// How long a front-end has to answer the challenge.
@@ -364,7 +364,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::agent_client::parse;
+    use crate::agent_wire::parse;
 
     #[tokio::test]
     async fn spool_agent_reports_what_the_front_end_parses() {
@@ -390,7 +390,7 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    use crate::health::agent_client::{Endpoint, poll};
+    use crate::{agent_wire::Endpoint, health::agent_client::poll};
     use std::sync::atomic::{AtomicU32, Ordering};
     use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
 

@@ -66,11 +66,6 @@ pub struct Place {
     dirty: bool,
 }
 
-/// Bumps the board's "capacity may have been freed" counter that every waiter watches.
-pub fn wake(freed: &watch::Sender<u64>) {
-    freed.send_modify(|v| *v = v.wrapping_add(1));
-}
-
 impl Admission {
     pub fn new(freed: Arc<watch::Sender<u64>>) -> Arc<Admission> {
         Arc::new(Admission {
@@ -86,7 +81,7 @@ impl Admission {
 
     /// Capacity may have been freed: waiters look again.
     pub fn signal(&self) {
-        wake(&self.freed);
+        crate::health::board::wake(&self.freed);
     }
 
     /// Queues a session of `priority` for `route`, or `None` when the route already has

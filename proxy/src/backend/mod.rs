@@ -8,6 +8,7 @@
 //! are tried last for a short penalty; [`admission`] lets a session wait briefly for a slot.
 
 pub(crate) mod admission;
+pub(crate) mod groups;
 pub(crate) mod lease;
 pub(crate) mod pools;
 pub mod pop3;

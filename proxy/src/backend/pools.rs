@@ -27,6 +27,22 @@ pub trait LoadView: Send + Sync {
     fn load(&self, id: u32) -> Option<BackendLoad>;
 }
 
+/// After the start, routing maps are checked against the running pools (a reload cannot
+/// add pools).
+impl crate::config::routes::Pools for PoolSet {
+    fn pool(&self, name: &str) -> Option<&Pool> {
+        PoolSet::pool(self, name).map(|rt| &rt.pool)
+    }
+}
+
+/// Selection reads the published records when the maps are pinned; the data path below
+/// knows nothing of selection.
+impl LoadView for crate::datapath::MapView {
+    fn load(&self, id: u32) -> Option<BackendLoad> {
+        self.record(id)
+    }
+}
+
 impl LoadView for Board {
     fn load(&self, id: u32) -> Option<BackendLoad> {
         self.record_for(id, 0)

@@ -7,7 +7,7 @@ use std::{path::Path, time::Duration};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::health::agent_client::{AgentKey, Endpoint};
+use crate::agent_wire::{AgentKey, Endpoint};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

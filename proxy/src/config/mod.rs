@@ -6,6 +6,7 @@ pub mod balance;
 pub mod diff;
 mod error;
 mod raw;
+pub mod routes;
 pub mod vrrp;
 
 use std::{
@@ -169,7 +170,7 @@ pub struct Backend {
     pub weight: u32,
     pub identity: Identity,
     /// The agent's address and the key it expects.
-    pub agent: Option<crate::health::agent_client::Endpoint>,
+    pub agent: Option<crate::agent_wire::Endpoint>,
 }
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
@@ -350,7 +351,7 @@ impl Config {
         // Every pool a service can route to must exist and serve its protocol.
         for (i, s) in services.iter().enumerate() {
             if let Some(p) = &s.pool {
-                crate::route::usable(&pools[..], p, s.protocol)
+                routes::usable(&pools[..], p, s.protocol)
                     .map_err(|e| (format!("service[{i}].pool"), e.to_string()))?;
             }
             if let Some(path) = &s.routes {

@@ -181,7 +181,7 @@ fn agents_need_a_key_file_or_an_explicit_insecure_flag() {
             )
     };
     let key_of = |p: &Path| AgentKey::from_file(p).unwrap();
-    use crate::health::agent_client::AgentKey;
+    use crate::agent_wire::AgentKey;
 
     // Fail closed: an agent without a key is refused, naming the back-end's agent key.
     let (key, reason) = error(&with("", ""));

@@ -86,8 +86,9 @@ impl MapView {
     }
 }
 
-impl crate::backend::LoadView for MapView {
-    fn load(&self, id: u32) -> Option<BackendLoad> {
+impl MapView {
+    /// The load record of back-end `id`, if the writer has published one.
+    pub fn record(&self, id: u32) -> Option<BackendLoad> {
         crate::sync::lock(&self.map).get(&id, 0).ok()
     }
 }

@@ -20,8 +20,9 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use super::{limits::PerClient, shed};
 use crate::{
     config::{Protocol, ServiceTls},
-    ha,
-    smtp::session::{Env, Session},
+    ha::hooks::Hooks,
+    service::ServiceContext,
+    smtp::session::Session,
     stream::Conn,
 };
 
@@ -37,7 +38,7 @@ pub enum Role {
 
 #[derive(Clone)]
 pub struct Context {
-    pub env: Arc<Env>,
+    pub env: Arc<ServiceContext>,
     pub limit: Arc<Semaphore>,
     /// The priority class's reserve beyond `limit`.
     pub reserve: Arc<Semaphore>,
@@ -48,7 +49,7 @@ pub struct Context {
     pub closing: CancellationToken,
     pub sessions: TaskTracker,
     /// Drain gate and health reporting shared with the HA side.
-    pub ha: ha::Hooks,
+    pub ha: Hooks,
 }
 
 /// How a stop ends the sessions still running at its deadlines: `sessions` ends them at

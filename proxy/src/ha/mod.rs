@@ -19,6 +19,7 @@ pub(crate) mod announce;
 pub mod control;
 pub(crate) mod gate;
 pub(crate) mod health;
+pub(crate) mod hooks;
 pub(crate) mod link;
 pub mod router;
 pub(crate) mod socket;
@@ -32,20 +33,11 @@ use tracing::{info, warn};
 pub use control::{StatusReport, render, request};
 pub use gate::{Admitted, Gate};
 pub use health::Health;
+pub use hooks::Hooks;
 pub use router::RouterStatus;
 
 use crate::{config::Config, vrrp::Router};
 use router::{Command, RouterHandle, Task};
-
-/// What the proxy side shares with HA: the drain gate its accept loops consult and the
-/// health it reports. Cheap to clone; the default is "nothing draining, nothing known".
-#[derive(Clone, Default)]
-pub struct Hooks {
-    pub gate: Gate,
-    pub health: Health,
-    /// The daemon's supervised background tasks, reported by `status`.
-    pub tasks: crate::supervise::Registry,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HaError {

@@ -8,29 +8,24 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use arc_swap::{ArcSwap, Guard};
 use robustifier_common::{BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, BackendLoad, MAX_BACKENDS};
 use tracing::{info, warn};
 
+use crate::agent_wire::AgentReport;
 use crate::config::{
     Backend, Config, Pool,
     balance::{Health, Thresholds},
 };
 
-/// What a back-end's agent last said.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AgentReport {
-    pub run_queue_milli: u32,
-    pub mail_queue: u32,
-    pub disk_permille: u32,
-    /// Operator's weight, 0..=65535; `None` keeps the configured one.
-    pub weight: Option<u32>,
-    /// Operator asked for no new sessions.
-    pub drain: bool,
-    pub at: Instant,
+/// Bumps the board's "capacity may have been freed" counter that every waiter watches.
+/// The board owns this signal (it sees sessions end and records change); admission only
+/// watches it.
+pub fn wake(freed: &tokio::sync::watch::Sender<u64>) {
+    freed.send_modify(|v| *v = v.wrapping_add(1));
 }
 
 pub struct Slot {
@@ -65,7 +60,7 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.slot.active.fetch_sub(1, Ordering::AcqRel);
         // Sessions waiting for a slot look again (backend::admission).
-        crate::backend::admission::wake(&self.freed);
+        wake(&self.freed);
     }
 }
 
@@ -260,7 +255,7 @@ impl Board {
 
     /// Capacity may have been freed (the load records were rewritten): waiters look again.
     pub fn nudge(&self) {
-        crate::backend::admission::wake(&self.freed);
+        wake(&self.freed);
     }
 
     /// A session's reply to MAIL, RCPT or the end of data, or its login: `ok` for a
@@ -618,7 +613,7 @@ mod tests {
                 disk_permille: 420,
                 weight: Some(10),
                 drain: true,
-                at: Instant::now(),
+                at: std::time::Instant::now(),
             }),
         );
         let r = b.record_for(0, 0).unwrap();

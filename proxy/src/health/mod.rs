@@ -1,7 +1,7 @@
 //! Back-end health and load: probes at protocol level, polls of the back-ends' agents,
-//! passive results from real sessions, all gathered on the [`board::Board`]; the
-//! [`writer`] publishes them as load records in the pinned map and derives each service's
-//! capacity for the kernel.
+//! passive results from real sessions, all gathered on the [`board::Board`]; the load
+//! writer ([`crate::load_writer`]) publishes them as load records in the pinned map and
+//! derives each service's capacity for the kernel.
 //!
 //! States: up, down (after `fall` consecutive failures; back after `rise` good probes) and
 //! draining (the operator asked through the agent: no new sessions, running ones finish).
@@ -10,45 +10,15 @@
 pub mod agent_client;
 pub(crate) mod board;
 pub(crate) mod probe;
-pub(crate) mod writer;
 
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use board::Board;
 
-use crate::{front::env::Env, supervise::Supervisor};
-
-/// Starts the probe and agent loops for every back-end, and the load writer when the
-/// maps are pinned at `pin_dir`.
-pub fn spawn(
-    pools: &crate::backend::PoolSet,
-    board: &Arc<Board>,
-    envs: Vec<Arc<Env>>,
-    pin_dir: Option<PathBuf>,
-    ha_health: crate::ha::Health,
-    stop: &CancellationToken,
-    tasks: &Supervisor,
-) {
-    for slot in board.slots() {
-        spawn_checks(pools, board, &slot, stop, tasks);
-    }
-    if let Some(dir) = pin_dir {
-        let (b, stop) = (Arc::clone(board), stop.clone());
-        tasks.spawn("load writer", move || {
-            let (dir, b, envs, ha_health, stop) = (
-                dir.clone(),
-                Arc::clone(&b),
-                envs.clone(),
-                ha_health.clone(),
-                stop.clone(),
-            );
-            async move { writer::run(&dir, b, envs, ha_health, stop).await }
-        });
-    }
-}
+use crate::supervise::Supervisor;
 
 /// Starts the probe loop of one back-end, and its agent polls if it has an agent: for
 /// every back-end at startup, and for those a reload adds.

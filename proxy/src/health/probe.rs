@@ -17,7 +17,7 @@ use tokio::{
 use crate::{
     backend::proxy_v2,
     config::Identity,
-    front::lines::{Line, read_line},
+    lines::{Line, read_line},
     smtp::reply::{Reply, ReplyError, read_reply},
     stream::Conn,
 };

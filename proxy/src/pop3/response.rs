@@ -12,7 +12,7 @@ use std::fmt;
 
 use tokio::io::AsyncBufRead;
 
-use crate::front::lines::{Line, read_line};
+use crate::lines::{Line, read_line};
 
 /// RFC 2449 4: the first line of a response is at most 512 octets including CRLF.
 pub const MAX_STATUS_LINE: usize = 510;

@@ -27,11 +27,9 @@ use crate::{
         smtp::{ClientInfo, LegError},
     },
     config::ServiceTls,
-    front::{
-        env::Env,
-        lines::{Line, read_line},
-    },
+    lines::{Line, read_line},
     route::Route,
+    service::ServiceContext,
     smtp::command::Address,
     smtp::session::write_timed_out,
     stream::{Buffered, Conn},
@@ -58,7 +56,7 @@ pub enum Pop3Error {
 
 pub struct Session<'e, S> {
     io: Buffered<Conn<S>>,
-    env: &'e Env,
+    env: &'e ServiceContext,
     client: ClientInfo,
     user: Option<String>,
     errors: u32,
@@ -76,7 +74,7 @@ enum Next {
 impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     pub fn new(
         stream: Conn<S>,
-        env: &'e Env,
+        env: &'e ServiceContext,
         peer: SocketAddr,
         local: SocketAddr,
         session_id: String,

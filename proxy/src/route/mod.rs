@@ -2,11 +2,10 @@
 //!
 //! - [`table`]: the routing map file, parsed once into a [`RouteTable`] whose lookups are
 //!   pure and never fail.
-//! - [`resolve`]: a parsed map checked against the pools the service can use, on every
-//!   read (start and re-reads alike).
+//!
+//! A parsed map is checked against the pools the service can use, on every read, by
+//! [`crate::config::routes`].
 
-pub mod resolve;
 pub mod table;
 
-pub use resolve::{PoolError, Pools, serves, usable};
-pub use table::{KeyError, Route, RouteError, RouteTable, SyntaxError};
+pub use table::{KeyError, PoolError, Route, RouteError, RouteTable, SyntaxError};

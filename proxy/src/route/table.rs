@@ -69,6 +69,17 @@ impl Route {
     }
 }
 
+/// Why a pool named by a service or a routing map cannot take its sessions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error("pool {name:?} is not configured")]
+    Missing { name: String },
+    #[error(
+        "pool {name:?} passes the client with XCLIENT (identity = \"xclient\"), which POP3 cannot carry; use \"proxy\" or \"none\""
+    )]
+    XclientForPop3 { name: String },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error("{}: {source}", file.display())]
@@ -87,7 +98,7 @@ pub enum RouteError {
     Pool {
         file: PathBuf,
         line: usize,
-        source: super::resolve::PoolError,
+        source: PoolError,
     },
 }
 

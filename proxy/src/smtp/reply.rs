@@ -11,7 +11,7 @@ use std::fmt;
 
 use tokio::io::AsyncBufRead;
 
-use crate::front::lines::{Line, read_line};
+use crate::lines::{Line, read_line};
 
 /// An RFC 3463 enhanced status code `class.subject.detail`.
 pub type Enhanced = (u8, u16, u16);

@@ -27,14 +27,14 @@ use super::{
     command::{Command, MailFrom},
     reply::Reply,
 };
-pub use crate::front::env::Env;
+pub use crate::service::ServiceContext;
 use crate::{
     backend::{
         lease::Lease,
         smtp::{ClientInfo, SmtpLeg},
     },
     config::{Service, ServiceTls},
-    front::lines::{Line, read_line},
+    lines::{Line, read_line},
     stream::{Buffered, Conn},
 };
 
@@ -83,7 +83,7 @@ struct Transaction {
 pub struct Session<'e, S> {
     io: Buffered<Conn<S>>,
     out: Vec<u8>,
-    env: &'e Env,
+    env: &'e ServiceContext,
     client: ClientInfo,
     helo: Option<(String, bool)>,
     /// Boxed, like `tx`: a session that has neither (one waiting for its client, the
@@ -141,7 +141,7 @@ pub enum SessionError {
 impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     pub fn new(
         stream: Conn<S>,
-        env: &'e Env,
+        env: &'e ServiceContext,
         peer: SocketAddr,
         local: SocketAddr,
         session_id: String,

@@ -62,14 +62,14 @@ async fn backend(locked: bool) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     (addr, seen)
 }
 
-fn env(dir: &std::path::Path, store: SocketAddr) -> Env {
+fn env(dir: &std::path::Path, store: SocketAddr) -> ServiceContext {
     env_with(dir, store, "")
 }
 
 /// [`env`] with `extra` keys in the service section. The sessions' client is not on
 /// loopback and not on TLS: unless `extra` says otherwise, the service allows passwords in
 /// clear.
-fn env_with(dir: &std::path::Path, store: SocketAddr, extra: &str) -> Env {
+fn env_with(dir: &std::path::Path, store: SocketAddr, extra: &str) -> ServiceContext {
     let extra = if extra.contains("plaintext_auth") {
         extra.to_owned()
     } else {
@@ -83,16 +83,16 @@ fn env_with(dir: &std::path::Path, store: SocketAddr, extra: &str) -> Env {
     );
     let cfg = Config::parse(&dir.join("t.toml"), &text).unwrap();
     let pools = Arc::new(PoolSet::standalone(&cfg).unwrap());
-    let groups = Arc::new(crate::front::groups::Groups::new(cfg.groups.clone()));
-    Env::new(&cfg.services[0], pools, None, groups).unwrap()
+    let groups = Arc::new(crate::backend::groups::Groups::new(cfg.groups.clone()));
+    ServiceContext::new(&cfg.services[0], pools, None, groups).unwrap()
 }
 
-async fn converse(env: &Env, input: &[u8]) -> String {
+async fn converse(env: &ServiceContext, input: &[u8]) -> String {
     converse_from(env, "198.18.0.100:1", input).await
 }
 
 /// [`converse`] for a client at `peer`.
-async fn converse_from(env: &Env, peer: &str, input: &[u8]) -> String {
+async fn converse_from(env: &ServiceContext, peer: &str, input: &[u8]) -> String {
     let (mut client, server) = tokio::io::duplex(1 << 16);
     client.write_all(input).await.unwrap();
     client.shutdown().await.unwrap();
@@ -197,7 +197,7 @@ async fn dead_backend_gives_sys_temp() {
 }
 
 /// Holds every session slot of back-end `id` (the pool's default limit of 1000).
-fn fill(env: &Env, id: u32) -> Vec<crate::health::board::SessionGuard> {
+fn fill(env: &ServiceContext, id: u32) -> Vec<crate::health::board::SessionGuard> {
     (0..1000)
         .map(|_| env.pools.board.acquire(id, 1000).unwrap())
         .collect()
@@ -319,7 +319,7 @@ async fn a_client_guessing_passwords_is_refused_before_any_backend() {
 
 /// A session of a client at 198.18.0.100 that sends `input` and then neither sends nor
 /// reads; the session's result, or a panic if it is still running a day later.
-async fn silent_client(env: &Env, input: &[u8], buffer: usize) -> Result<(), Pop3Error> {
+async fn silent_client(env: &ServiceContext, input: &[u8], buffer: usize) -> Result<(), Pop3Error> {
     let (mut client, server) = tokio::io::duplex(buffer);
     client.write_all(input).await.unwrap();
     let s = Session::new(
@@ -435,8 +435,8 @@ async fn a_backend_that_breaks_after_login_counts_as_a_failed_check() {
     );
     let cfg = Config::parse(&d.join("t.toml"), &text).unwrap();
     let pools = Arc::new(PoolSet::standalone(&cfg).unwrap());
-    let groups = Arc::new(crate::front::groups::Groups::new(cfg.groups.clone()));
-    let env = Env::new(&cfg.services[0], pools, None, groups).unwrap();
+    let groups = Arc::new(crate::backend::groups::Groups::new(cfg.groups.clone()));
+    let env = ServiceContext::new(&cfg.services[0], pools, None, groups).unwrap();
     let out = converse(&env, b"USER alice\r\nPASS secret\r\nSTAT\r\n").await;
     assert!(out.contains("+OK Logged in."), "{out}");
     assert_eq!(

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::{Session, SessionError};
 use crate::{
     backend::lease::LeaseError,
-    front::lines::{Line, read_line},
+    lines::{Line, read_line},
     route::Route,
     sasl::{self, Credentials},
     smtp::reply::Reply,

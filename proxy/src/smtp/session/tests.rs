@@ -178,12 +178,18 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
 }
 
 /// A service whose routing map sends a.example to pool "a" and b.example to pool "b".
-fn env(dir: &Path, a: &[SocketAddr], b: &[SocketAddr], extra: &str) -> Env {
+fn env(dir: &Path, a: &[SocketAddr], b: &[SocketAddr], extra: &str) -> ServiceContext {
     env_pools(dir, a, b, extra, "")
 }
 
 /// [`env`] with `pool_extra` keys in both pool sections.
-fn env_pools(dir: &Path, a: &[SocketAddr], b: &[SocketAddr], extra: &str, pool_extra: &str) -> Env {
+fn env_pools(
+    dir: &Path,
+    a: &[SocketAddr],
+    b: &[SocketAddr],
+    extra: &str,
+    pool_extra: &str,
+) -> ServiceContext {
     let pool_extra = if pool_extra.contains("identity") {
         pool_extra.to_owned()
     } else {
@@ -217,8 +223,8 @@ fn env_pools(dir: &Path, a: &[SocketAddr], b: &[SocketAddr], extra: &str, pool_e
     );
     let cfg = Config::parse(&dir.join("test.toml"), &text).unwrap();
     let pools = Arc::new(PoolSet::standalone(&cfg).unwrap());
-    let groups = Arc::new(crate::front::groups::Groups::new(cfg.groups.clone()));
-    Env::new(&cfg.services[0], pools, None, groups).unwrap()
+    let groups = Arc::new(crate::backend::groups::Groups::new(cfg.groups.clone()));
+    ServiceContext::new(&cfg.services[0], pools, None, groups).unwrap()
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
@@ -234,12 +240,12 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
 }
 
 /// Runs a session with `input` pipelined from the client and returns all it answered.
-async fn converse(env: &Env, input: &[u8]) -> String {
+async fn converse(env: &ServiceContext, input: &[u8]) -> String {
     converse_from(env, "198.18.0.100:40000".parse().unwrap(), input).await
 }
 
 /// [`converse`] for a client at `peer`.
-async fn converse_from(env: &Env, peer: SocketAddr, input: &[u8]) -> String {
+async fn converse_from(env: &ServiceContext, peer: SocketAddr, input: &[u8]) -> String {
     let (mut client, server) = tokio::io::duplex(1 << 20);
     client.write_all(input).await.unwrap();
     let local: SocketAddr = "198.18.0.25:25".parse().unwrap();
@@ -686,7 +692,7 @@ async fn backend_421_fails_over_and_counts_against_the_backend() {
 }
 
 /// Holds every session slot of back-end `id` (the pool's default limit of 1000).
-fn fill(env: &Env, id: u32) -> Vec<crate::health::board::SessionGuard> {
+fn fill(env: &ServiceContext, id: u32) -> Vec<crate::health::board::SessionGuard> {
     (0..1000)
         .map(|_| env.pools.board.acquire(id, 1000).unwrap())
         .collect()
@@ -807,7 +813,7 @@ async fn a_waiting_session_holds_a_small_future() {
 }
 
 /// The load record's state of back-end `id`.
-fn state(env: &Env, id: u32) -> u8 {
+fn state(env: &ServiceContext, id: u32) -> u8 {
     env.pools.board.record_for(id, 0).unwrap().state
 }
 

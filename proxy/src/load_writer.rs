@@ -2,7 +2,11 @@
 //! that routing, the kernel and `bpftool` read), keeps the overloaded marks with their
 //! hysteresis, and derives each service's capacity state for the kernel's steering.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use robustifier_common::{
     BackendLoad, CAPACITY_EXHAUSTED, CAPACITY_OK, CAPACITY_PRIORITY_ONLY, ServiceState,
@@ -10,8 +14,39 @@ use robustifier_common::{
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::board::Board;
-use crate::{backend::select, datapath::Tables, front::env::Env};
+use crate::{
+    backend::select, datapath::Tables, health::board::Board, service::ServiceContext,
+    supervise::Supervisor,
+};
+
+/// Starts the probe and agent loops for every back-end, and the load writer when the
+/// maps are pinned at `pin_dir`.
+pub fn spawn(
+    pools: &crate::backend::PoolSet,
+    board: &Arc<Board>,
+    envs: Vec<Arc<ServiceContext>>,
+    pin_dir: Option<PathBuf>,
+    ha_health: crate::ha::Health,
+    stop: &CancellationToken,
+    tasks: &Supervisor,
+) {
+    for slot in board.slots() {
+        crate::health::spawn_checks(pools, board, &slot, stop, tasks);
+    }
+    if let Some(dir) = pin_dir {
+        let (b, stop) = (Arc::clone(board), stop.clone());
+        tasks.spawn("load writer", move || {
+            let (dir, b, envs, ha_health, stop) = (
+                dir.clone(),
+                Arc::clone(&b),
+                envs.clone(),
+                ha_health.clone(),
+                stop.clone(),
+            );
+            async move { run(&dir, b, envs, ha_health, stop).await }
+        });
+    }
+}
 
 pub const PERIOD: Duration = Duration::from_millis(500);
 
@@ -25,7 +60,7 @@ pub(crate) fn monotonic_ns() -> u64 {
 pub async fn run(
     pin_dir: &Path,
     board: Arc<Board>,
-    envs: Vec<Arc<Env>>,
+    envs: Vec<Arc<ServiceContext>>,
     ha_health: crate::ha::Health,
     stop: CancellationToken,
 ) {
@@ -115,7 +150,11 @@ fn write_records(tables: &mut Tables, board: &Board) {
 /// when nothing can.
 /// `load` reads a back-end's record (the pinned map in the daemon). Every slot of the board
 /// counts, so back-ends a reload adds count for VRRP tracking too.
-fn service_capacity(env: &Env, board: &Board, load: impl Fn(u32) -> Option<BackendLoad>) -> u32 {
+fn service_capacity(
+    env: &ServiceContext,
+    board: &Board,
+    load: impl Fn(u32) -> Option<BackendLoad>,
+) -> u32 {
     let pools = env.pool_names();
     let can_serve = |share: f64| {
         board.slots().iter().any(|s| {
@@ -146,7 +185,7 @@ fn service_capacity(env: &Env, board: &Board, load: impl Fn(u32) -> Option<Backe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{backend::PoolSet, config::Config, front::groups::Groups};
+    use crate::{backend::PoolSet, backend::groups::Groups, config::Config};
 
     fn cfg(backends: &str) -> Config {
         Config::parse(
@@ -164,7 +203,7 @@ mod tests {
         let pools = Arc::new(PoolSet::standalone(&first).unwrap());
         let board = Arc::clone(&pools.board);
         let groups = Arc::new(Groups::new(first.groups.clone()));
-        let env = Env::new(&first.services[0], pools, None, groups).unwrap();
+        let env = ServiceContext::new(&first.services[0], pools, None, groups).unwrap();
         let load = |id| board.record_for(id, 0);
         assert_eq!(service_capacity(&env, &board, load), CAPACITY_OK);
         // a goes, b comes: a drains, b serves.

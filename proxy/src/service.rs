@@ -12,19 +12,19 @@ use crate::{
 };
 
 /// What every session of a service shares.
-pub struct Env {
+pub struct ServiceContext {
     pub service: Arc<Service>,
     pub routes: Option<Arc<Watched<RouteTable>>>,
     pub pools: Arc<PoolSet>,
     pub tls: Option<Arc<ServerTls>>,
-    pub groups: Arc<super::groups::Groups>,
+    pub groups: Arc<crate::backend::groups::Groups>,
     /// Failed logins per client, for every session of the service.
-    pub auth_failures: Arc<super::limits::Strikes>,
+    pub auth_failures: Arc<crate::front::limits::Strikes>,
     /// Sessions whose own input a back-end refused, per client.
-    pub offences: Arc<super::limits::Strikes>,
+    pub offences: Arc<crate::front::limits::Strikes>,
 }
 
-impl Env {
+impl ServiceContext {
     /// The shared state of `service`'s sessions; its routing map (if any) is loaded and
     /// resolved against `pools` now, and again whenever the file changes (off the
     /// runtime's threads): a re-read naming a pool that does not exist or cannot serve the
@@ -33,8 +33,8 @@ impl Env {
         service: &Service,
         pools: Arc<PoolSet>,
         tls: Option<Arc<ServerTls>>,
-        groups: Arc<super::groups::Groups>,
-    ) -> Result<Env, crate::route::RouteError> {
+        groups: Arc<crate::backend::groups::Groups>,
+    ) -> Result<ServiceContext, crate::route::RouteError> {
         let routes = match &service.routes {
             Some(path) => {
                 let p = path.clone();
@@ -47,14 +47,14 @@ impl Env {
             }
             None => None,
         };
-        Ok(Env {
+        Ok(ServiceContext {
             service: Arc::new(service.clone()),
             routes,
             pools,
             tls,
             groups,
-            auth_failures: Arc::new(super::limits::Strikes::default()),
-            offences: Arc::new(super::limits::Strikes::default()),
+            auth_failures: Arc::new(crate::front::limits::Strikes::default()),
+            offences: Arc::new(crate::front::limits::Strikes::default()),
         })
     }
 
@@ -67,7 +67,7 @@ impl Env {
 
     /// The key `peer` is counted under in per-client limits.
     pub fn client_key(&self, peer: std::net::IpAddr) -> std::net::IpAddr {
-        super::limits::client_key(peer, self.service.client_prefix_v6)
+        crate::front::limits::client_key(peer, self.service.client_prefix_v6)
     }
 
     /// Whether `peer` has failed to log in too often lately.
@@ -140,7 +140,7 @@ mod tests {
     use crate::{config::Config, reload::Outcome, smtp::command::Address};
 
     /// A service of `protocol` with a routing map over pools "a" (XCLIENT) and "b" (PROXY v2).
-    fn env(dir: &std::path::Path, protocol: &str, map: &str) -> Env {
+    fn env(dir: &std::path::Path, protocol: &str, map: &str) -> ServiceContext {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("routes"), map).unwrap();
         let text = format!(
@@ -150,15 +150,15 @@ mod tests {
         );
         let cfg = Config::parse(&dir.join("t.toml"), &text).unwrap();
         let pools = Arc::new(PoolSet::standalone(&cfg).unwrap());
-        let groups = Arc::new(super::super::groups::Groups::new(cfg.groups.clone()));
-        Env::new(&cfg.services[0], pools, None, groups).unwrap()
+        let groups = Arc::new(crate::backend::groups::Groups::new(cfg.groups.clone()));
+        ServiceContext::new(&cfg.services[0], pools, None, groups).unwrap()
     }
 
     fn dir(tag: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("rb-env-{tag}-{}", std::process::id()))
     }
 
-    fn smtp_route(env: &Env, domain: &str) -> Option<Route> {
+    fn smtp_route(env: &ServiceContext, domain: &str) -> Option<Route> {
         let to = Address {
             local: "someone".into(),
             domain: Some(domain.into()),
@@ -166,7 +166,7 @@ mod tests {
         env.route(|t| t.lookup(&to).cloned())
     }
 
-    fn reread(env: &Env, map: &str) -> Outcome {
+    fn reread(env: &ServiceContext, map: &str) -> Outcome {
         let watched = env.routes.as_ref().unwrap();
         let before = watched.check_now();
         assert_eq!(before, Outcome::Unchanged);

@@ -1,27 +1,13 @@
-//! A routing map checked against the pools a service can use. The daemon's maps are
+//! A routing map checked against the pools a service can use (part of the configuration:
+//! a service's map is checked when the file is validated). The daemon's maps are
 //! re-read while it runs: a map naming a pool that does not exist, or one that cannot
 //! carry the service's protocol, must be refused whole (the previous map stays in force)
 //! instead of sending every recipient it routes there to a `451`.
 
 use std::path::Path;
 
-use crate::{
-    backend::PoolSet,
-    config::{Identity, Pool, Protocol},
-};
-
-use super::table::{RouteError, RouteTable};
-
-/// Why a pool named by a service or a routing map cannot take its sessions.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PoolError {
-    #[error("pool {name:?} is not configured")]
-    Missing { name: String },
-    #[error(
-        "pool {name:?} passes the client with XCLIENT (identity = \"xclient\"), which POP3 cannot carry; use \"proxy\" or \"none\""
-    )]
-    XclientForPop3 { name: String },
-}
+use super::{Identity, Pool, Protocol};
+use crate::route::{PoolError, RouteError, RouteTable};
 
 /// Where the pools a map may name are found: the configuration at check time, the running
 /// pool set (which a reload cannot add pools to) afterwards.
@@ -32,12 +18,6 @@ pub trait Pools {
 impl Pools for [Pool] {
     fn pool(&self, name: &str) -> Option<&Pool> {
         self.iter().find(|p| p.name == name)
-    }
-}
-
-impl Pools for PoolSet {
-    fn pool(&self, name: &str) -> Option<&Pool> {
-        PoolSet::pool(self, name).map(|rt| &rt.pool)
     }
 }
 

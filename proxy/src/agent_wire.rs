@@ -1,0 +1,345 @@
+//! The wire protocol of `robustifier agent` and the front-ends that poll it: the report
+//! line, its parsing, and the keyed challenge and response around it. Both sides use it;
+//! the poll itself (connect, time limit) is [`crate::health::agent_client`].
+//!
+//! With a shared key (the normal case) every poll is a fresh challenge and response, so a
+//! recorded exchange is worth nothing later and only a holder of the key gets figures:
+//!
+//! ```text
+//! agent -> front-end   robustifier-agent/2 challenge=<32 random octets, base64>
+//! front-end -> agent   poll nonce=<32 random octets> mac=<HMAC(key, "poll", challenge, nonce)>
+//! agent -> front-end   robustifier-agent/1 runq=.. mailq=.. .. mac=<HMAC(key, "report",
+//!                      challenge, nonce, the line before " mac=")>
+//! ```
+//!
+//! A wrong or missing MAC ends the connection without a report; the front-end likewise
+//! refuses a report whose MAC does not match its nonce (a forged or replayed report). The
+//! key is SHA-256 of a key file's content (surrounding whitespace trimmed, at least 16
+//! octets), read by the agent (`--key-file`) and by the front-end (`agent_key_file`).
+//!
+//! Without a key (`agent --insecure-no-key`, `agent_insecure = true`) the agent writes
+//! the report line at once and closes. A front-end with a key refuses such a report.
+
+use std::{net::SocketAddr, path::Path, time::Instant};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
+use ring::{digest, hmac, rand::SecureRandom as _};
+use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt as _};
+
+use crate::lines::{Line, read_line};
+
+/// What a back-end's agent last said.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AgentReport {
+    pub run_queue_milli: u32,
+    pub mail_queue: u32,
+    pub disk_permille: u32,
+    /// Operator's weight, 0..=65535; `None` keeps the configured one.
+    pub weight: Option<u32>,
+    /// Operator asked for no new sessions.
+    pub drain: bool,
+    pub at: Instant,
+}
+
+/// First word of a report line.
+pub const MAGIC: &str = "robustifier-agent/1";
+/// First word of the agent's challenge line.
+pub const CHALLENGE_MAGIC: &str = "robustifier-agent/2";
+/// Octets of a challenge or a nonce.
+pub const NONCE_LEN: usize = 32;
+/// Longest protocol line either side reads.
+pub const MAX_LINE: usize = 1024;
+const MIN_KEY_LEN: usize = 16;
+
+/// The shared secret of an agent and its front-ends. Never printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AgentKey([u8; 32]);
+
+impl std::fmt::Debug for AgentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentKey(..)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} holds {len} octets; a key needs at least {MIN_KEY_LEN} (e.g. `head -c 32 /dev/urandom | base64`)"
+    )]
+    Short { path: String, len: usize },
+}
+
+impl AgentKey {
+    pub fn from_file(path: &Path) -> Result<AgentKey, KeyError> {
+        let text = std::fs::read(path).map_err(|source| KeyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_secret(&text).ok_or_else(|| KeyError::Short {
+            path: path.display().to_string(),
+            len: text.trim_ascii().len(),
+        })
+    }
+
+    /// The key for `secret` (a key file's content), or `None` if it is too short.
+    pub fn from_secret(secret: &[u8]) -> Option<AgentKey> {
+        let s = secret.trim_ascii();
+        if s.len() < MIN_KEY_LEN {
+            return None;
+        }
+        let d = digest::digest(&digest::SHA256, s);
+        let mut k = [0u8; 32];
+        k.copy_from_slice(d.as_ref());
+        Some(AgentKey(k))
+    }
+
+    fn hmac(&self) -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, &self.0)
+    }
+
+    fn poll_mac(&self, challenge: &[u8], nonce: &[u8]) -> hmac::Tag {
+        let mut c = hmac::Context::with_key(&self.hmac());
+        for part in [b"poll\0".as_slice(), challenge, nonce] {
+            c.update(part);
+        }
+        c.sign()
+    }
+
+    fn report_message(challenge: &[u8], nonce: &[u8], line: &str) -> Vec<u8> {
+        [b"report\0".as_slice(), challenge, nonce, line.as_bytes()].concat()
+    }
+
+    /// The front-end's answer to `challenge`, with its own fresh `nonce`.
+    pub fn answer(&self, challenge: &[u8], nonce: &[u8]) -> String {
+        format!(
+            "poll nonce={} mac={}\n",
+            B64.encode(nonce),
+            B64.encode(self.poll_mac(challenge, nonce))
+        )
+    }
+
+    /// The agent's check of an answer line; returns the front-end's nonce if it is right.
+    pub fn check_answer(&self, challenge: &[u8], answer: &str) -> Option<Vec<u8>> {
+        let mut w = answer.split_ascii_whitespace();
+        let (Some("poll"), Some(n), Some(m), None) = (w.next(), w.next(), w.next(), w.next())
+        else {
+            return None;
+        };
+        let nonce = B64.decode(n.strip_prefix("nonce=")?).ok()?;
+        let mac = B64.decode(m.strip_prefix("mac=")?).ok()?;
+        if nonce.len() != NONCE_LEN {
+            return None;
+        }
+        let mut msg = b"poll\0".to_vec();
+        msg.extend_from_slice(challenge);
+        msg.extend_from_slice(&nonce);
+        hmac::verify(&self.hmac(), &msg, &mac).ok()?;
+        Some(nonce)
+    }
+
+    /// `line` (a report, without newline) with its MAC appended.
+    pub fn seal(&self, challenge: &[u8], nonce: &[u8], line: &str) -> String {
+        let tag = hmac::sign(&self.hmac(), &Self::report_message(challenge, nonce, line));
+        format!("{line} mac={}\n", B64.encode(tag))
+    }
+
+    /// The report of a sealed line, if its MAC is right for this exchange.
+    pub fn open<'a>(&self, challenge: &[u8], nonce: &[u8], sealed: &'a str) -> Option<&'a str> {
+        let (line, mac) = sealed.rsplit_once(" mac=")?;
+        let mac = B64.decode(mac.trim()).ok()?;
+        hmac::verify(
+            &self.hmac(),
+            &Self::report_message(challenge, nonce, line),
+            &mac,
+        )
+        .ok()?;
+        Some(line)
+    }
+}
+
+/// Fresh random octets for a challenge or a nonce.
+pub fn random_nonce() -> Result<[u8; NONCE_LEN], PollError> {
+    let mut n = [0u8; NONCE_LEN];
+    ring::rand::SystemRandom::new()
+        .fill(&mut n)
+        .map_err(|_| PollError::Random)?;
+    Ok(n)
+}
+
+/// Where a back-end's agent listens and the key it expects (`None`: an agent started
+/// with `--insecure-no-key`, allowed by `agent_insecure = true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub key: Option<AgentKey>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("closed without a report")]
+    NoReport,
+    #[error("line too long")]
+    TooLong,
+    #[error("no challenge from the agent (an agent without a key? got {0:?})")]
+    NoChallenge(String),
+    #[error("the agent expects a key; set agent_key_file")]
+    KeyExpected,
+    #[error("the report's MAC does not match (wrong key, or not our exchange)")]
+    BadMac,
+    #[error("the front-end's answer is wrong (no key, or another key)")]
+    BadAnswer,
+    #[error("the front-end closed without answering")]
+    NoAnswer,
+    #[error("no random numbers")]
+    Random,
+    #[error(transparent)]
+    Report(#[from] ReportError),
+}
+
+/// A report line that is not one: the agent's answer is ignored, never trusted in part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("not an agent report: {line:?}")]
+    NotAReport { line: String },
+    #[error("bad {key}={value}")]
+    BadValue { key: String, value: String },
+}
+
+async fn line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<String, PollError> {
+    match read_line(r, MAX_LINE).await? {
+        Line::Complete(l) => Ok(String::from_utf8_lossy(&l).into_owned()),
+        Line::TooLong => Err(PollError::TooLong),
+        Line::Eof => Err(PollError::NoReport),
+    }
+}
+
+/// One poll over an open connection.
+pub async fn exchange<S>(mut s: S, key: Option<AgentKey>) -> Result<AgentReport, PollError>
+where
+    S: AsyncBufRead + AsyncWrite + Unpin,
+{
+    let first = line(&mut s).await?;
+    let Some(key) = key else {
+        if first.starts_with(CHALLENGE_MAGIC) {
+            return Err(PollError::KeyExpected);
+        }
+        return parse(&first).map_err(PollError::Report);
+    };
+    let challenge = match first.split_once(' ') {
+        Some((CHALLENGE_MAGIC, rest)) => rest
+            .trim()
+            .strip_prefix("challenge=")
+            .and_then(|c| B64.decode(c).ok())
+            .filter(|c| c.len() == NONCE_LEN),
+        _ => None,
+    }
+    .ok_or(PollError::NoChallenge(first.chars().take(64).collect()))?;
+    let nonce = random_nonce()?;
+    s.write_all(key.answer(&challenge, &nonce).as_bytes())
+        .await?;
+    s.flush().await?;
+    let sealed = line(&mut s).await?;
+    let report = key
+        .open(&challenge, &nonce, &sealed)
+        .ok_or(PollError::BadMac)?;
+    parse(report).map_err(PollError::Report)
+}
+
+/// Parses a report line; unknown fields are ignored (newer agents may add some).
+pub fn parse(line: &str) -> Result<AgentReport, ReportError> {
+    let mut words = line.split_ascii_whitespace();
+    if words.next() != Some(MAGIC) {
+        return Err(ReportError::NotAReport {
+            line: line.to_owned(),
+        });
+    }
+    let mut r = AgentReport {
+        run_queue_milli: 0,
+        mail_queue: 0,
+        disk_permille: 0,
+        weight: None,
+        drain: false,
+        at: Instant::now(),
+    };
+    for w in words {
+        let Some((k, v)) = w.split_once('=') else {
+            continue;
+        };
+        let bad = || ReportError::BadValue {
+            key: k.to_owned(),
+            value: v.to_owned(),
+        };
+        let num = || v.parse::<u32>().map_err(|_| bad());
+        match k {
+            "runq" => {
+                let q: f64 = v.parse().map_err(|_| bad())?;
+                r.run_queue_milli = (q * 1000.0).round().clamp(0.0, u32::MAX as f64) as u32;
+            }
+            "mailq" => r.mail_queue = num()?,
+            "disk_permille" => r.disk_permille = num()?.min(1000),
+            "weight" => r.weight = Some(num()?.min(65535)),
+            "drain" => r.drain = v == "1",
+            _ => {}
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_reports() {
+        let r = parse(
+            "robustifier-agent/1 runq=0.52 mailq=12 disk_permille=431 weight=50 drain=1 future=x",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                r.run_queue_milli,
+                r.mail_queue,
+                r.disk_permille,
+                r.weight,
+                r.drain
+            ),
+            (520, 12, 431, Some(50), true)
+        );
+        assert!(parse("HTTP/1.1 200 OK").is_err());
+        assert!(parse("robustifier-agent/1 mailq=lots").is_err());
+    }
+
+    #[test]
+    fn answers_and_reports_are_bound_to_key_and_exchange() {
+        let k = AgentKey::from_secret(b"0123456789abcdef\n").unwrap();
+        let other = AgentKey::from_secret(b"0123456789abcdeX").unwrap();
+        assert!(AgentKey::from_secret(b"  short  ").is_none());
+        let (c, n) = ([1u8; NONCE_LEN], [2u8; NONCE_LEN]);
+        let a = k.answer(&c, &n);
+        assert_eq!(k.check_answer(&c, &a), Some(n.to_vec()));
+        assert_eq!(other.check_answer(&c, &a), None, "wrong key");
+        assert_eq!(k.check_answer(&[3u8; NONCE_LEN], &a), None, "replayed");
+        let sealed = k.seal(&c, &n, "robustifier-agent/1 mailq=3");
+        assert_eq!(
+            k.open(&c, &n, sealed.trim_end()),
+            Some("robustifier-agent/1 mailq=3")
+        );
+        assert_eq!(other.open(&c, &n, sealed.trim_end()), None);
+        assert_eq!(k.open(&c, &[9u8; NONCE_LEN], sealed.trim_end()), None);
+        let forged = sealed.replace("mailq=3", "mailq=0");
+        assert_eq!(k.open(&c, &n, forged.trim_end()), None);
+        assert_eq!(format!("{k:?}"), "AgentKey(..)");
+    }
+}
