@@ -1,5 +1,5 @@
 //! The crate's layers, kept by a test: every file under `proxy/src` is read, the `crate::`
-//! paths its non-test code uses are collected, and an import of a higher layer, or two
+//! and `super::` paths its non-test code uses are collected, and an import of a higher layer, or two
 //! modules importing each other, fails the test with the file and the import.
 //!
 //! The order, lowest first (a module may import its own layer and those below):
@@ -393,6 +393,30 @@ fn imports(src: &Path) -> Vec<(String, Vec<String>, Vec<String>)> {
             offset += at + "crate::".len();
             rest = &code[offset..];
         }
+        // `super::` paths, resolved against the file's module (inline modules of non-test
+        // code are not told apart: the crate has none that import through `super::`).
+        let mut rest = code.as_str();
+        let mut offset = 0;
+        while let Some(at) = rest.find("super::") {
+            let start = offset + at;
+            let before = code[..start].chars().next_back();
+            let mut after = &code[start..];
+            let mut base = module.clone();
+            while let Some(r) = after.strip_prefix("super::") {
+                base.pop();
+                after = r;
+            }
+            // Only the first `super` of a chain starts a path.
+            if !before.is_some_and(|c| is_ident(c) || c == ':') {
+                let mut ps = Vec::new();
+                paths(after, &base, &mut ps);
+                for p in ps {
+                    found.push((rel.display().to_string(), module.clone(), p));
+                }
+            }
+            offset = code.len() - after.len();
+            rest = &code[offset..];
+        }
     }
     found
 }
@@ -494,4 +518,25 @@ fn the_scanner_sees_use_trees_inline_paths_and_skips_tests() {
     }
     let all: Vec<String> = all.iter().map(|p| p.join("::")).collect();
     assert_eq!(all, ["a::b", "c::d", "c", "e::g"]);
+}
+
+#[test]
+fn super_paths_resolve_against_the_file() {
+    let dir = std::env::temp_dir().join(format!("rb-arch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("smtp")).unwrap();
+    std::fs::write(
+        dir.join("smtp/command.rs"),
+        "use super::super::daemon::X;\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("smtp/mod.rs"), "pub mod command;\n").unwrap();
+    let bad = violations(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        bad,
+        [
+            "smtp/command.rs: `crate::daemon::X` imports layer \"control\" (daemon) from layer \"codecs\" (smtp::command)"
+        ]
+    );
 }
