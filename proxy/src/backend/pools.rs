@@ -10,7 +10,6 @@ use std::{
 };
 
 use robustifier_common::BackendLoad;
-use tokio_rustls::TlsConnector;
 
 use super::{admission::Admission, select};
 use crate::{
@@ -53,7 +52,7 @@ pub struct PoolRuntime {
     /// The pool's settings as started; its back-ends are the board's slots of this pool,
     /// which a reload may add to (`pool.backends` is the list at startup).
     pub pool: Pool,
-    pub tls: Option<(TlsConnector, Option<String>)>,
+    pub tls: Option<super::conn::UpgradeTls>,
     failed: Mutex<HashMap<u32, Instant>>,
 }
 
@@ -91,9 +90,10 @@ impl PoolSet {
         for p in &cfg.pools {
             let tls = match &p.tls {
                 BackendTls::None => None,
-                BackendTls::StartTls { ca, server_name } => {
-                    Some((crate::tls::connector(ca)?, server_name.clone()))
-                }
+                BackendTls::StartTls { ca, server_name } => Some(super::conn::UpgradeTls {
+                    connector: crate::tls::connector(ca)?,
+                    server_name: server_name.clone(),
+                }),
             };
             pools.insert(
                 p.name.clone(),

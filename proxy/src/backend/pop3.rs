@@ -3,19 +3,20 @@
 //! session's behalf. After a successful login the session relays bytes and this type is
 //! taken apart with [`Pop3Leg::into_stream`].
 
-use tokio::{io::AsyncWriteExt as _, net::TcpStream, time::timeout};
+use tokio::net::TcpStream;
 
 use super::{
     Candidate,
+    conn::{Announce, BackendConn},
     smtp::{COMMAND_TIMEOUT, ClientInfo, LegError},
 };
 use crate::{
     pop3::response::{BackendLine, Response, read_status_line},
-    stream::{Buffered, Conn},
+    stream::Conn,
 };
 
 pub struct Pop3Leg {
-    io: Buffered<Conn<TcpStream>>,
+    conn: BackendConn,
     pub name: String,
     pub greeting_latency: std::time::Duration,
 }
@@ -35,23 +36,30 @@ pub enum Pop3LegError {
 
 impl Pop3Leg {
     pub async fn open(c: &Candidate, client: &ClientInfo) -> Result<Pop3Leg, Pop3LegError> {
-        let addr = c.backend.address;
-        let dialed = super::dial(c, client).await?;
-        let left = dialed.left();
+        let conn = BackendConn::connect(
+            c.backend.address,
+            c.backend.identity,
+            Announce::Client(client),
+            c.pool.pool.connect_timeout,
+        )
+        .await
+        .map_err(LegError::from)?;
+        let left = conn.left();
+        let started = conn.started;
         let mut leg = Pop3Leg {
-            io: Buffered::new(Conn::Plain(dialed.tcp)),
+            conn,
             name: c.backend.name.clone(),
             greeting_latency: std::time::Duration::ZERO,
         };
         let greeting = leg.status("greeting", left).await?;
-        leg.greeting_latency = dialed.started.elapsed();
+        leg.greeting_latency = started.elapsed();
         if !greeting.is_ok() {
             return Err(Pop3LegError::Refused {
                 stage: "greeting",
                 response: greeting,
             });
         }
-        if let Some((connector, server_name)) = &c.pool.tls {
+        if let Some(tls) = &c.pool.tls {
             let r = leg.command("STLS", "STLS").await?;
             if !r.is_ok() {
                 return Err(Pop3LegError::Refused {
@@ -59,34 +67,17 @@ impl Pop3Leg {
                     response: r,
                 });
             }
-            let name = match server_name {
-                Some(n) => rustls::pki_types::ServerName::try_from(n.clone())
-                    .map_err(|e| LegError::Tls(e.to_string()))?,
-                None => rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
-            };
-            let Conn::Plain(tcp) = leg.io.into_inner() else {
-                return Err(LegError::Tls("STLS on a TLS connection".into()).into());
-            };
-            let tls = timeout(COMMAND_TIMEOUT, connector.connect(name, tcp))
+            leg.conn = leg
+                .conn
+                .upgrade(tls, "STLS", COMMAND_TIMEOUT)
                 .await
-                .map_err(|_| LegError::Timeout {
-                    stage: "TLS handshake",
-                })?
-                .map_err(|e| LegError::Tls(e.to_string()))?;
-            leg.io = Buffered::new(Conn::Client(Box::new(tls)));
+                .map_err(LegError::from)?;
         }
         Ok(leg)
     }
 
     async fn write(&mut self, bytes: &[u8], stage: &'static str) -> Result<(), LegError> {
-        let io = self.io.get_mut();
-        timeout(COMMAND_TIMEOUT, async {
-            io.write_all(bytes).await?;
-            io.flush().await
-        })
-        .await
-        .map_err(|_| LegError::Timeout { stage })?
-        .map_err(|source| LegError::Io { stage, source })
+        Ok(self.conn.write(bytes, stage, COMMAND_TIMEOUT).await?)
     }
 
     async fn status(
@@ -94,9 +85,11 @@ impl Pop3Leg {
         stage: &'static str,
         wait: std::time::Duration,
     ) -> Result<Response, Pop3LegError> {
-        let line = timeout(wait, read_status_line(&mut self.io))
+        let line = self
+            .conn
+            .read(stage, wait, read_status_line)
             .await
-            .map_err(|_| LegError::Timeout { stage })?
+            .map_err(LegError::from)?
             .map_err(|e| Pop3LegError::Protocol {
                 stage,
                 reason: e.to_string(),
@@ -121,8 +114,7 @@ impl Pop3Leg {
 
     /// The stream, for relaying after login, and anything the back-end sent early.
     pub fn into_stream(self) -> (Conn<TcpStream>, Vec<u8>) {
-        let left = self.io.buffer().to_vec();
-        (self.io.into_inner(), left)
+        self.conn.into_stream()
     }
 }
 

@@ -8,14 +8,17 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use tokio::{io::AsyncWriteExt as _, net::TcpStream, time::timeout};
+use tokio::time::timeout;
 use tracing::debug;
 
-use super::Candidate;
+pub use super::conn::{ClientInfo, helo_for_backend};
+use super::{
+    Candidate,
+    conn::{Announce, BackendConn, ConnError, xclient_attributes},
+};
 use crate::{
     config::Identity,
     smtp::reply::{Capabilities, Reply, ReplyError, read_reply},
-    stream::{Buffered, Conn},
 };
 
 /// Commands (RFC 5321 4.5.3.2.2-4 allow 5 minutes; a stuck back-end is a failure sooner).
@@ -59,6 +62,19 @@ pub enum LegError {
     Busy,
 }
 
+impl From<ConnError> for LegError {
+    fn from(e: ConnError) -> LegError {
+        match e {
+            ConnError::Connect { addr, source } => LegError::Connect { addr, source },
+            ConnError::Timeout { stage } => LegError::Timeout { stage },
+            ConnError::Io { stage, source } => LegError::Io { stage, source },
+            e @ (ConnError::Handshake(_) | ConnError::TlsTwice { .. }) => {
+                LegError::Tls(e.to_string())
+            }
+        }
+    }
+}
+
 impl super::lease::Faulted for LegError {
     fn fault(&self) -> super::lease::Fault {
         use super::lease::Fault;
@@ -77,43 +93,13 @@ impl super::lease::Faulted for LegError {
     }
 }
 
-/// Who the client is, for the back-end.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    pub helo: Option<String>,
-    pub login: Option<String>,
-    pub session_id: String,
-}
-
 pub struct SmtpLeg {
-    io: Buffered<Conn<TcpStream>>,
+    conn: BackendConn,
     pub caps: Capabilities,
     pub name: String,
     pub addr: SocketAddr,
     /// From connect to greeting: the back-end's response time as a session sees it.
     pub greeting_latency: Duration,
-}
-
-/// RFC 1035 2.3.4 / Postfix's `VALID_HOSTNAME_LEN`: the longest name XCLIENT HELO carries.
-const MAX_HELO: usize = 255;
-
-/// The client's HELO name as the back-end may see it: printable ASCII without spaces and
-/// at most `MAX_HELO` (255) octets, else the client's address literal (RFC 5321 4.1.3), so a
-/// name the back-end would refuse never turns into a refused leg.
-pub fn helo_for_backend(client: &ClientInfo) -> String {
-    match &client.helo {
-        Some(h)
-            if !h.is_empty() && h.len() <= MAX_HELO && h.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            h.clone()
-        }
-        _ => match client.peer.ip().to_canonical() {
-            std::net::IpAddr::V4(a) => format!("[{a}]"),
-            std::net::IpAddr::V6(a) => format!("[IPv6:{a}]"),
-        },
-    }
 }
 
 impl SmtpLeg {
@@ -124,17 +110,24 @@ impl SmtpLeg {
         client: &ClientInfo,
         our_name: &str,
     ) -> Result<SmtpLeg, LegError> {
-        let dialed = super::dial(c, client).await?;
-        let left = dialed.left();
+        let conn = BackendConn::connect(
+            c.backend.address,
+            c.backend.identity,
+            Announce::Client(client),
+            c.pool.pool.connect_timeout,
+        )
+        .await?;
+        let left = conn.left();
+        let started = conn.started;
         let mut leg = SmtpLeg {
-            io: Buffered::new(Conn::Plain(dialed.tcp)),
+            conn,
             caps: Capabilities::default(),
             name: c.backend.name.clone(),
             addr: c.backend.address,
             greeting_latency: Duration::ZERO,
         };
         let greeting = leg.reply("greeting", left).await?;
-        leg.greeting_latency = dialed.started.elapsed();
+        leg.greeting_latency = started.elapsed();
         if greeting.code != 220 {
             return Err(LegError::Refused {
                 stage: "greeting",
@@ -142,8 +135,8 @@ impl SmtpLeg {
             });
         }
         leg.ehlo(our_name).await?;
-        if let Some((connector, server_name)) = &c.pool.tls {
-            leg = leg.starttls(connector, server_name.as_deref()).await?;
+        if let Some(tls) = &c.pool.tls {
+            leg = leg.starttls(tls).await?;
             leg.ehlo(our_name).await?;
         }
         if c.backend.identity == Identity::Xclient {
@@ -181,11 +174,7 @@ impl SmtpLeg {
         Ok(())
     }
 
-    async fn starttls(
-        mut self,
-        connector: &tokio_rustls::TlsConnector,
-        server_name: Option<&str>,
-    ) -> Result<SmtpLeg, LegError> {
+    async fn starttls(mut self, tls: &super::conn::UpgradeTls) -> Result<SmtpLeg, LegError> {
         if !self.caps.starttls {
             return Err(LegError::Tls("back-end does not offer STARTTLS".into()));
         }
@@ -196,57 +185,17 @@ impl SmtpLeg {
                 reply,
             });
         }
-        let name = match server_name {
-            Some(n) => rustls::pki_types::ServerName::try_from(n.to_owned())
-                .map_err(|e| LegError::Tls(e.to_string()))?,
-            None => rustls::pki_types::ServerName::IpAddress(self.addr.ip().into()),
-        };
-        // Anything the back-end sent after its 220 would be a protocol violation: the
-        // buffer is dropped with the plain-text reader.
-        let Conn::Plain(tcp) = self.io.into_inner() else {
-            return Err(LegError::Tls("STARTTLS on a TLS connection".into()));
-        };
-        let tls = timeout(COMMAND_TIMEOUT, connector.connect(name, tcp))
-            .await
-            .map_err(|_| LegError::Timeout {
-                stage: "TLS handshake",
-            })?
-            .map_err(|e| LegError::Tls(e.to_string()))?;
         Ok(SmtpLeg {
-            io: Buffered::new(Conn::Client(Box::new(tls))),
+            conn: self.conn.upgrade(tls, "STARTTLS", COMMAND_TIMEOUT).await?,
             caps: Capabilities::default(),
-            name: self.name,
-            addr: self.addr,
-            greeting_latency: self.greeting_latency,
+            ..self
         })
     }
 
-    /// Postfix XCLIENT (the real client's address, port, HELO name, login), only the
-    /// attributes the back-end announced. The back-end answers with a fresh 220 greeting.
+    /// Postfix XCLIENT, only the attributes the back-end announced. The back-end answers
+    /// with a fresh 220 greeting.
     async fn xclient(&mut self, client: &ClientInfo) -> Result<(), LegError> {
-        let peer_ip = client.peer.ip().to_canonical();
-        let addr = match peer_ip {
-            std::net::IpAddr::V4(a) => a.to_string(),
-            std::net::IpAddr::V6(a) => format!("IPV6:{a}"),
-        };
-        let mut attrs: Vec<(&str, String)> = vec![
-            ("ADDR", addr),
-            ("PORT", client.peer.port().to_string()),
-            ("NAME", "[UNAVAILABLE]".into()),
-            ("PROTO", "ESMTP".into()),
-        ];
-        attrs.push(("HELO", xtext(&helo_for_backend(client))));
-        // A login longer than any back-end takes is not passed (the back-end judged it).
-        if let Some(l) = client.login.as_ref().filter(|l| l.len() <= MAX_HELO) {
-            attrs.push(("LOGIN", xtext(l)));
-        }
-        let offered: Vec<String> = self.caps.xclient.clone();
-        let line = attrs
-            .iter()
-            .filter(|(k, _)| offered.iter().any(|o| o == k))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let line = xclient_attributes(client, &self.caps.xclient);
         let reply = self.command(&format!("XCLIENT {line}"), "XCLIENT").await?;
         if reply.code != 220 {
             return Err(LegError::Refused {
@@ -258,20 +207,14 @@ impl SmtpLeg {
     }
 
     async fn write(&mut self, bytes: &[u8], stage: &'static str) -> Result<(), LegError> {
-        let io = self.io.get_mut();
-        timeout(COMMAND_TIMEOUT, async {
-            io.write_all(bytes).await?;
-            io.flush().await
-        })
-        .await
-        .map_err(|_| LegError::Timeout { stage })?
-        .map_err(|source| LegError::Io { stage, source })
+        Ok(self.conn.write(bytes, stage, COMMAND_TIMEOUT).await?)
     }
 
     pub async fn reply(&mut self, stage: &'static str, wait: Duration) -> Result<Reply, LegError> {
-        timeout(wait, read_reply(&mut self.io, MAX_REPLY_LINE))
+        self.conn
+            .read(stage, wait, |io| read_reply(io, MAX_REPLY_LINE))
             .await
-            .map_err(|_| LegError::Timeout { stage })
+            .map_err(LegError::from)
             .and_then(|r| r.map_err(|source| LegError::Reply { stage, source }))
             // A 421 is the back-end closing the connection (RFC 5321 3.8): a leg failure,
             // never a reply to pass on, since to the client 421 would mean the proxy closes.
@@ -368,29 +311,5 @@ fn closed(e: &LegError) -> bool {
         LegError::Io { .. } | LegError::Reply { .. } => true,
         LegError::Refused { reply, .. } => reply.code == 421,
         _ => false,
-    }
-}
-
-/// RFC 3461 4 xtext: `+`, `=`, controls and non-ASCII as `+HH`.
-pub fn xtext(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("+{b:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn xtext_encodes_specials() {
-        assert_eq!(xtext("mx.example"), "mx.example");
-        assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
     }
 }

@@ -141,7 +141,9 @@ pub enum BackendTls {
     /// STARTTLS/STLS to the back-end, the certificate verified against `ca`.
     StartTls {
         ca: PathBuf,
-        server_name: Option<String>,
+        /// The name the certificate must carry, parsed here so that a bad one stops the
+        /// configuration instead of every connection; `None` verifies the back-end's IP.
+        server_name: Option<rustls::pki_types::ServerName<'static>>,
     },
 }
 
@@ -579,7 +581,17 @@ fn pool(
             })?;
             BackendTls::StartTls {
                 ca: readable(base, &format!("pool[{i}].ca"), ca)?,
-                server_name: p.server_name,
+                server_name: p
+                    .server_name
+                    .map(|n| {
+                        rustls::pki_types::ServerName::try_from(n.clone()).map_err(|e| {
+                            (
+                                format!("pool[{i}].server_name"),
+                                format!("{n:?} is not a DNS name or IP address ({e})"),
+                            )
+                        })
+                    })
+                    .transpose()?,
             }
         }
         other => {

@@ -366,3 +366,27 @@ fn syntax_error_is_one_line_with_its_position() {
         e.reason
     );
 }
+
+#[test]
+fn pool_server_name_is_parsed_once_and_a_bad_one_refused() {
+    let pool = |name: &str| {
+        GOOD.replace(
+            "identity = \"none\"\nbackend",
+            &format!(
+                "identity = \"none\"\ntls = \"starttls\"\nca = \"/dev/null\"\n\
+                 server_name = {name:?}\nbackend"
+            ),
+        )
+    };
+    let c = parse(&pool("be1.robustifier.test")).unwrap();
+    let BackendTls::StartTls { server_name, .. } = &c.pools[0].tls else {
+        panic!("starttls expected");
+    };
+    assert_eq!(
+        server_name.as_ref().map(|n| n.to_str().into_owned()),
+        Some("be1.robustifier.test".to_owned())
+    );
+    let (key, reason) = error(&pool("not a host name"));
+    assert_eq!(key, "pool[0].server_name");
+    assert!(reason.contains("\"not a host name\""), "{reason}");
+}

@@ -32,20 +32,7 @@ pub fn spawn_checks(
     let (b, stop2) = (Arc::clone(board), stop.clone());
     let probe_slot = Arc::clone(slot);
     // Probes use TLS where the pool's legs do, verifying the certificate the same way.
-    let tls: Option<probe::ProbeTls> =
-        pools
-            .pool(&slot.pool_name)
-            .and_then(|p| p.tls.clone())
-            .map(|(connector, name)| {
-                let name = match name {
-                    Some(n) => rustls::pki_types::ServerName::try_from(n).ok(),
-                    None => None,
-                }
-                .unwrap_or_else(|| {
-                    rustls::pki_types::ServerName::IpAddress(slot.backend.address.ip().into())
-                });
-                (connector, name)
-            });
+    let tls: Option<probe::ProbeTls> = pools.pool(&slot.pool_name).and_then(|p| p.tls.clone());
     tasks.spawn(format!("probe {}", slot.backend.name), move || {
         let (b, stop2, slot, tls) = (Arc::clone(&b), stop2.clone(), Arc::clone(&probe_slot), tls.clone());
         async move {

@@ -8,18 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{
-    io::{AsyncWriteExt as _, BufReader},
-    net::TcpStream,
-    time::timeout,
-};
+use tokio::time::timeout;
 
 use crate::{
-    backend::proxy_v2,
+    backend::conn::{Announce, BackendConn, ConnError, UpgradeTls},
     config::Identity,
     lines::{Line, read_line},
     smtp::reply::{Reply, ReplyError, read_reply},
-    stream::Conn,
 };
 
 const MAX_LINE: usize = 2048;
@@ -33,11 +28,9 @@ pub struct Probed {
     pub chunking: bool,
 }
 
-/// TLS for probing a pool whose legs use it: the connector and the name to verify.
-pub type ProbeTls = (
-    tokio_rustls::TlsConnector,
-    rustls::pki_types::ServerName<'static>,
-);
+/// TLS for probing a pool whose legs use it: the pool's own, so the probe verifies the
+/// name a leg verifies.
+pub type ProbeTls = UpgradeTls;
 
 /// Why a probe failed: the back-end counts as failing this check.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +81,17 @@ impl ProbeError {
     fn reply(step: &'static str) -> impl FnOnce(ReplyError) -> ProbeError {
         move |source| ProbeError::Reply { step, source }
     }
+
+    /// The connection's errors in the probe's terms; its waits are the probe's `limit`.
+    fn conn(limit: Duration) -> impl Fn(ConnError) -> ProbeError {
+        move |e| match e {
+            ConnError::Connect { source, .. } => ProbeError::Connect(source),
+            ConnError::Timeout { .. } => ProbeError::Timeout { limit },
+            ConnError::Io { source, .. } => ProbeError::Io(source),
+            ConnError::Handshake(e) => ProbeError::Tls(e),
+            ConnError::TlsTwice { .. } => ProbeError::TlsTwice,
+        }
+    }
 }
 
 pub async fn probe(
@@ -96,112 +100,128 @@ pub async fn probe(
     tls: Option<&ProbeTls>,
     limit: Duration,
 ) -> Result<Probed, ProbeError> {
-    timeout(limit, run(addr, identity, tls))
+    timeout(limit, run(addr, identity, tls, limit))
         .await
         .map_err(|_| ProbeError::Timeout { limit })?
 }
 
-type Io = BufReader<Conn<TcpStream>>;
-
-async fn send(io: &mut Io, bytes: &[u8]) -> Result<(), ProbeError> {
-    io.get_mut().write_all(bytes).await?;
-    Ok(io.get_mut().flush().await?)
+/// One probe's connection: every wait is bounded by the whole probe's `limit` (the probe
+/// as a whole is too, so these never cut it shorter).
+struct Probing {
+    conn: BackendConn,
+    limit: Duration,
 }
 
-async fn line(io: &mut Io) -> Result<Vec<u8>, ProbeError> {
-    match read_line(io, MAX_LINE).await? {
-        Line::Complete(l) => Ok(l),
-        _ => Err(ProbeError::Closed),
+impl Probing {
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), ProbeError> {
+        self.conn
+            .write(bytes, "probe", self.limit)
+            .await
+            .map_err(ProbeError::conn(self.limit))
     }
-}
 
-/// The handshake after STARTTLS/STLS: verifies the back-end's certificate like a leg does.
-async fn upgrade(io: Io, tls: &ProbeTls) -> Result<Io, ProbeError> {
-    let Conn::Plain(tcp) = io.into_inner() else {
-        return Err(ProbeError::TlsTwice);
-    };
-    let s = tls
-        .0
-        .connect(tls.1.clone(), tcp)
-        .await
-        .map_err(ProbeError::Tls)?;
-    Ok(BufReader::new(Conn::Client(Box::new(s))))
-}
-
-async fn ehlo(io: &mut Io) -> Result<Reply, ProbeError> {
-    send(io, b"EHLO robustifier-probe\r\n").await?;
-    let r = read_reply(io, MAX_LINE)
-        .await
-        .map_err(ProbeError::reply("EHLO"))?;
-    if r.code != 250 {
-        return Err(ProbeError::Answered {
-            step: "EHLO",
-            code: r.code,
-        });
+    async fn line(&mut self) -> Result<Vec<u8>, ProbeError> {
+        let limit = self.limit;
+        match self
+            .conn
+            .read("probe", limit, |io| read_line(io, MAX_LINE))
+            .await
+            .map_err(ProbeError::conn(limit))??
+        {
+            Line::Complete(l) => Ok(l),
+            _ => Err(ProbeError::Closed),
+        }
     }
-    Ok(r)
+
+    async fn reply(&mut self) -> Result<Result<Reply, ReplyError>, ProbeError> {
+        let limit = self.limit;
+        self.conn
+            .read("probe", limit, |io| read_reply(io, MAX_LINE))
+            .await
+            .map_err(ProbeError::conn(limit))
+    }
+
+    /// The handshake after STARTTLS/STLS: verifies the back-end's certificate like a leg
+    /// does, with the pool's name.
+    async fn upgrade(self, tls: &ProbeTls, verb: &'static str) -> Result<Probing, ProbeError> {
+        let limit = self.limit;
+        Ok(Probing {
+            conn: self
+                .conn
+                .upgrade(tls, verb, limit)
+                .await
+                .map_err(ProbeError::conn(limit))?,
+            limit,
+        })
+    }
+
+    async fn ehlo(&mut self) -> Result<Reply, ProbeError> {
+        self.send(b"EHLO robustifier-probe\r\n").await?;
+        let r = self.reply().await?.map_err(ProbeError::reply("EHLO"))?;
+        if r.code != 250 {
+            return Err(ProbeError::Answered {
+                step: "EHLO",
+                code: r.code,
+            });
+        }
+        Ok(r)
+    }
 }
 
 async fn run(
     addr: SocketAddr,
     identity: Identity,
     tls: Option<&ProbeTls>,
+    limit: Duration,
 ) -> Result<Probed, ProbeError> {
     let start = Instant::now();
-    let tcp = TcpStream::connect(addr)
+    let conn = BackendConn::connect(addr, identity, Announce::Local, limit)
         .await
-        .map_err(ProbeError::Connect)?;
-    let mut io: Io = BufReader::new(Conn::Plain(tcp));
-    if identity == Identity::ProxyV2 {
-        send(&mut io, &proxy_v2::local()).await?;
-    }
-    let first = line(&mut io).await.map_err(ProbeError::at("greeting"))?;
+        .map_err(ProbeError::conn(limit))?;
+    let mut io = Probing { conn, limit };
+    let first = io.line().await.map_err(ProbeError::at("greeting"))?;
     let latency = start.elapsed();
     let mut chunking = false;
     if first.starts_with(b"220") {
         if first.get(3) == Some(&b'-') {
             // A multi-line greeting: read the rest of it.
-            let rest = read_reply(&mut io, MAX_LINE)
-                .await
-                .map_err(ProbeError::GreetingReply)?;
+            let rest = io.reply().await?.map_err(ProbeError::GreetingReply)?;
             if rest.code != 220 {
                 return Err(ProbeError::BadGreetingReply(rest));
             }
         }
-        let mut caps = ehlo(&mut io).await?;
+        let mut caps = io.ehlo().await?;
         if let Some(tls) = tls {
-            send(&mut io, b"STARTTLS\r\n").await?;
-            let r = read_reply(&mut io, MAX_LINE)
-                .await
-                .map_err(ProbeError::reply("STARTTLS"))?;
+            io.send(b"STARTTLS\r\n").await?;
+            let r = io.reply().await?.map_err(ProbeError::reply("STARTTLS"))?;
             if r.code != 220 {
                 return Err(ProbeError::Answered {
                     step: "STARTTLS",
                     code: r.code,
                 });
             }
-            io = upgrade(io, tls).await?;
-            caps = ehlo(&mut io).await?;
+            io = io.upgrade(tls, "STARTTLS").await?;
+            caps = io.ehlo().await?;
         }
         chunking = crate::smtp::reply::Capabilities::from_ehlo(&caps).chunking;
-        let _ = send(&mut io, b"QUIT\r\n").await;
+        let _ = io.send(b"QUIT\r\n").await;
     } else if first.starts_with(b"+OK") {
         if let Some(tls) = tls {
-            send(&mut io, b"STLS\r\n").await?;
-            if !line(&mut io).await?.starts_with(b"+OK") {
+            io.send(b"STLS\r\n").await?;
+            if !io.line().await?.starts_with(b"+OK") {
                 return Err(ProbeError::StlsRefused);
             }
-            io = upgrade(io, tls).await?;
+            io = io.upgrade(tls, "STLS").await?;
         }
-        send(&mut io, b"CAPA\r\n").await?;
+        io.send(b"CAPA\r\n").await?;
         // The capability list ends with a lone dot; a server without CAPA says -ERR.
         for _ in 0..200 {
-            let l = line(&mut io).await.map_err(ProbeError::at("CAPA"))?;
+            let l = io.line().await.map_err(ProbeError::at("CAPA"))?;
             if l == b"." || l.starts_with(b"-ERR") {
                 break;
             }
         }
-        let _ = send(&mut io, b"QUIT\r\n").await;
+        let _ = io.send(b"QUIT\r\n").await;
     } else {
         return Err(ProbeError::BadGreeting {
             line: String::from_utf8_lossy(&first).into_owned(),
@@ -213,7 +233,10 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::{io::AsyncBufReadExt as _, net::TcpListener};
+    use tokio::{
+        io::{AsyncBufReadExt as _, AsyncWriteExt as _},
+        net::TcpListener,
+    };
 
     async fn server(greeting: &'static [u8]) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
