@@ -21,22 +21,21 @@ use tokio::{
     time::timeout,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use super::{
     command::{Command, MailFrom},
     reply::Reply,
 };
-pub use crate::service::ServiceContext;
 use crate::{
     backend::{
         lease::Lease,
         smtp::{ClientInfo, SmtpLeg},
     },
     config::{Service, ServiceTls},
-    lines::{Line, read_line},
+    session_core::{ErrorBudget, Next, next_line, upgrade_tls},
     stream::{Buffered, Conn},
 };
+pub use crate::{service::ServiceContext, session_core::SessionError};
 
 /// RFC 5321 4.5.3.1.4 allows 512 octets for a command line; we take up to 1000, the text
 /// line limit, because long MAIL/RCPT parameter lists exist in the wild.
@@ -53,7 +52,6 @@ pub const MAX_RECIPIENTS: usize = 1000;
 pub const DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
 /// Syntax errors and refused commands before the session is closed.
 pub const MAX_ERRORS: u32 = 20;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A leased back-end leg and the route it serves.
 struct Leg {
@@ -90,7 +88,7 @@ pub struct Session<'e, S> {
     /// common case under a flood) holds a pointer for each, not their bodies.
     leg: Option<Box<Leg>>,
     tx: Option<Box<Transaction>>,
-    errors: u32,
+    errors: ErrorBudget,
     /// Fires when the front-end wants the session to end (shutdown, address handoff): the
     /// session then says 421 at the next transaction boundary.
     closing: CancellationToken,
@@ -121,23 +119,6 @@ impl Drop for Commit<'_> {
     }
 }
 
-/// The error of a write to the client that missed its deadline.
-pub(crate) fn write_timed_out() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "the client did not read its replies in time",
-    )
-}
-
-/// Why a session ended early (logged, never shown to the client beyond its reply).
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error("client I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("TLS handshake: {0}")]
-    Tls(String),
-}
-
 impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     pub fn new(
         stream: Conn<S>,
@@ -160,7 +141,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             helo: None,
             leg: None,
             tx: None,
-            errors: 0,
+            errors: ErrorBudget::new(MAX_ERRORS),
             closing: CancellationToken::new(),
             committing: None,
         }
@@ -207,7 +188,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         };
         timeout(self.env.service.idle_timeout, write)
             .await
-            .map_err(|_| write_timed_out())?
+            .map_err(|_| crate::session_core::write_timed_out())?
     }
 
     /// Runs the session to its end. Errors are logged by the caller.
@@ -228,37 +209,34 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 }
                 // Between transactions the session may be asked to end (RFC 5321 3.8: 421 at
                 // any time; at a boundary nothing of the client's is half done).
-                let closing = self.tx.is_none().then(|| self.closing.clone());
-                let wait = async {
-                    match closing {
-                        Some(c) => c.cancelled_owned().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                let read = timeout(self.svc().idle_timeout, read_line(&mut self.io, MAX_LINE));
-                let line = tokio::select! {
-                    r = read => match r {
-                        Ok(line) => line?,
-                        Err(_) => {
-                            self.say(421, (4, 4, 2), &format!("{host} Idle timeout, closing connection"));
-                            break;
-                        }
-                    },
-                    () = wait => {
-                        self.say(421, (4, 3, 2), &format!("{host} Service shutting down, closing connection"));
+                let closing = self.tx.is_none().then_some(&self.closing);
+                let idle = self.env.service.idle_timeout;
+                let line = match next_line(&mut self.io, MAX_LINE, idle, closing).await? {
+                    Next::Line(l) => l,
+                    Next::Eof => break,
+                    Next::Idle => {
+                        self.say(
+                            421,
+                            (4, 4, 2),
+                            &format!("{host} Idle timeout, closing connection"),
+                        );
                         break;
                     }
-                };
-                let line = match line {
-                    Line::Eof => break,
-                    Line::TooLong => {
+                    Next::Closing => {
+                        self.say(
+                            421,
+                            (4, 3, 2),
+                            &format!("{host} Service shutting down, closing connection"),
+                        );
+                        break;
+                    }
+                    Next::TooLong => {
                         self.say(500, (5, 5, 6), "Line too long");
                         if self.error() {
                             break;
                         }
                         continue;
                     }
-                    Line::Complete(l) => l,
                 };
                 let cmd = match Command::parse(&line) {
                     Ok(c) => c,
@@ -312,8 +290,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
 
     /// Counts a refused command; true when the client has used up its allowance.
     fn error(&mut self) -> bool {
-        self.errors += 1;
-        if self.errors >= MAX_ERRORS {
+        if self.errors.charge() {
             self.say(421, (4, 7, 0), "Too many errors, closing connection");
             return true;
         }
@@ -413,22 +390,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         };
         self.say(220, (2, 0, 0), "Ready to start TLS");
         self.flush().await?;
-        let pipelined = self.io.buffer().len();
-        if pipelined > 0 {
-            warn!(session = %self.client.session_id, octets = pipelined, "discarding commands pipelined before the TLS handshake");
-        }
-        // Taking the stream out of its reader drops whatever the reader had buffered.
-        let reader = std::mem::replace(&mut self.io, Buffered::new(Conn::Detached));
-        let Conn::Plain(plain) = reader.into_inner() else {
-            return Err(SessionError::Tls(
-                "STARTTLS on a stream that is not plain".into(),
-            ));
-        };
-        let accepted = timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(plain))
-            .await
-            .map_err(|_| SessionError::Tls("handshake timed out".into()))?
-            .map_err(|e| SessionError::Tls(e.to_string()))?;
-        self.io = Buffered::new(Conn::Server(Box::new(accepted)));
+        upgrade_tls(&mut self.io, &tls, "STARTTLS", &self.client.session_id).await?;
         // RFC 3207 4.2: forget everything learnt before TLS.
         self.helo = None;
         self.client.helo = None;
