@@ -59,23 +59,123 @@ struct Leg {
     route: Vec<String>,
 }
 
-#[derive(Default)]
 struct Transaction {
     mail: MailFrom,
     /// The MAIL command as the client sent it, replayed to the back-end.
     mail_line: String,
-    /// Fixed by the first accepted recipient.
-    route: Option<Vec<String>>,
     /// Whether MAIL went to the current leg.
     mail_sent: bool,
+    phase: Phase,
+}
+
+/// How far a transaction has come; each phase holds only what exists in it, so no
+/// command has to trust that a field was filled in by an earlier one.
+enum Phase {
+    /// MAIL given, no recipient accepted yet. An authenticated session's route is its
+    /// leg's, known from MAIL on; otherwise the first recipient fixes it.
+    Mail { route: Option<Vec<String>> },
+    /// Recipients accepted: the route is fixed.
+    Recipients(Accepted),
+    /// A BDAT chunk was sent (RFC 3030): DATA is refused from here on (RFC 3030 2).
+    Bdat {
+        accepted: Accepted,
+        /// Octets sent in BDAT chunks so far.
+        size: u64,
+    },
+}
+
+/// What a transaction with recipients holds.
+struct Accepted {
+    route: Vec<String>,
     /// Accepted RCPT lines, replayed if the leg has to be replaced before DATA.
     rcpts: Vec<String>,
     /// The leg failed and could not be replaced: DATA gets 451.
     broken: bool,
-    /// Octets sent in BDAT chunks so far (RFC 3030).
-    bdat_size: u64,
-    /// A BDAT chunk was sent: DATA is refused in this transaction (RFC 3030 2).
-    bdat_used: bool,
+}
+
+impl Transaction {
+    fn new(mail: MailFrom, mail_line: String) -> Self {
+        Transaction {
+            mail,
+            mail_line,
+            mail_sent: false,
+            phase: Phase::Mail { route: None },
+        }
+    }
+
+    fn accepted(&self) -> Option<&Accepted> {
+        match &self.phase {
+            Phase::Mail { .. } => None,
+            Phase::Recipients(a) | Phase::Bdat { accepted: a, .. } => Some(a),
+        }
+    }
+
+    /// The route, once fixed (by MAIL of an authenticated session or the first recipient).
+    fn route(&self) -> Option<&[String]> {
+        match &self.phase {
+            Phase::Mail { route } => route.as_deref(),
+            Phase::Recipients(a) | Phase::Bdat { accepted: a, .. } => Some(&a.route),
+        }
+    }
+
+    fn rcpts(&self) -> &[String] {
+        self.accepted().map_or(&[], |a| &a.rcpts)
+    }
+
+    fn broken(&self) -> bool {
+        self.accepted().is_some_and(|a| a.broken)
+    }
+
+    fn bdat_used(&self) -> bool {
+        matches!(self.phase, Phase::Bdat { .. })
+    }
+
+    fn bdat_size(&self) -> u64 {
+        match self.phase {
+            Phase::Bdat { size, .. } => size,
+            _ => 0,
+        }
+    }
+
+    /// Records an accepted recipient of `route` (the caller has checked it is the
+    /// transaction's route).
+    fn accept(&mut self, route: Vec<String>, line: String) {
+        match &mut self.phase {
+            Phase::Mail { .. } => {
+                self.phase = Phase::Recipients(Accepted {
+                    route,
+                    rcpts: vec![line],
+                    broken: false,
+                });
+            }
+            Phase::Recipients(a) | Phase::Bdat { accepted: a, .. } => a.rcpts.push(line),
+        }
+    }
+
+    /// The leg was replaced and the new one refused a recipient the client was told was
+    /// accepted.
+    fn set_broken(&mut self) {
+        if let Phase::Recipients(a) | Phase::Bdat { accepted: a, .. } = &mut self.phase {
+            a.broken = true;
+        }
+    }
+
+    /// A BDAT chunk goes to the back-end. Only a transaction with recipients gets here;
+    /// one without stays as it is.
+    fn start_bdat(&mut self) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Mail { route: None });
+        self.phase = match phase {
+            Phase::Recipients(accepted) => Phase::Bdat { accepted, size: 0 },
+            other => other,
+        };
+    }
+
+    /// A BDAT chunk of `n` octets was taken by the back-end.
+    fn add_bdat(&mut self, n: u64) {
+        if let Phase::Bdat { size, .. } = &mut self.phase {
+            *size += n;
+        }
+    }
 }
 
 pub struct Session<'e, S> {

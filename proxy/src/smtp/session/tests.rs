@@ -1200,3 +1200,23 @@ async fn an_authenticated_session_that_loses_its_backend_ends_with_421() {
     assert_eq!(codes(&out), ["220", "250", "235", "421"], "{out}");
     assert!(out.contains("421 4.4.2 "), "{out}");
 }
+
+/// The transaction's phases: a recipient fixes the route, BDAT is a phase of its own that
+/// keeps the recipients, and a transaction without recipients never enters it.
+#[test]
+fn a_transaction_moves_through_its_phases() {
+    let mut tx = Transaction::new(MailFrom::default(), "MAIL FROM:<s@x>".into());
+    assert!(tx.route().is_none() && tx.rcpts().is_empty());
+    tx.start_bdat();
+    assert!(!tx.bdat_used(), "no BDAT phase without recipients");
+    let route = vec!["a".to_owned()];
+    tx.accept(route.clone(), "RCPT TO:<u@a.example>".into());
+    assert_eq!(tx.route(), Some(&route[..]));
+    tx.start_bdat();
+    tx.add_bdat(10);
+    tx.set_broken();
+    tx.accept(route.clone(), "RCPT TO:<v@a.example>".into());
+    assert!(tx.bdat_used() && tx.broken());
+    assert_eq!(tx.bdat_size(), 10);
+    assert_eq!(tx.rcpts().len(), 2);
+}

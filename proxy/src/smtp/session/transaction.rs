@@ -4,7 +4,9 @@
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
-use super::{Commit, DATA_BLOCK_TIMEOUT, Leg, MAX_RECIPIENTS, Session, SessionError, Transaction};
+use super::{
+    Commit, DATA_BLOCK_TIMEOUT, Leg, MAX_RECIPIENTS, Phase, Session, SessionError, Transaction,
+};
 use crate::{
     backend::{
         lease::{self, Ask, Fault, Faulted as _, LeaseError, Waiting},
@@ -67,11 +69,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             );
             return false;
         }
-        self.tx = Some(Box::new(Transaction {
+        self.tx = Some(Box::new(Transaction::new(
             mail,
-            mail_line: String::from_utf8_lossy(line).into_owned(),
-            ..Transaction::default()
-        }));
+            String::from_utf8_lossy(line).into_owned(),
+        )));
         // An authenticated session already has its leg: the back-end judges the sender.
         if self.client.login.is_some() {
             let route = self
@@ -82,7 +83,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             match self.send_mail().await {
                 Ok(reply) if reply.is_positive() => {
                     if let Some(tx) = &mut self.tx {
-                        tx.route = Some(route);
+                        tx.phase = Phase::Mail { route: Some(route) };
                     }
                     self.send(&reply);
                 }
@@ -128,7 +129,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             self.say(503, (5, 5, 1), "Need MAIL before RCPT");
             return true;
         };
-        if tx.rcpts.len() >= MAX_RECIPIENTS {
+        if tx.rcpts().len() >= MAX_RECIPIENTS {
             self.say(452, (4, 5, 3), "Too many recipients");
             return true;
         }
@@ -137,9 +138,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             return true;
         }
         let line = String::from_utf8_lossy(line).into_owned();
-        let route = match &tx.route {
+        let route = match tx.route() {
             // Submission: the authenticated user's back-end takes every recipient.
-            Some(r) if self.client.login.is_some() => r.clone(),
+            Some(r) if self.client.login.is_some() => r.to_vec(),
             _ => match self.env.route(|t| t.lookup(&to).cloned()) {
                 None => {
                     self.say(554, (5, 7, 1), "Relay access denied");
@@ -152,7 +153,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 Some(Route::Pools(p)) => p,
             },
         };
-        if let Some(fixed) = &tx.route
+        if let Some(fixed) = tx.route()
             && *fixed != route
         {
             // RFC 5321 4.5.3.1.10: the client sends the rest in a later transaction.
@@ -197,8 +198,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         if reply.is_positive()
             && let Some(tx) = &mut self.tx
         {
-            tx.route = Some(route);
-            tx.rcpts.push(line);
+            tx.accept(route, line);
         }
         self.send(&reply);
         // A back-end's permanent refusal of a recipient counts in the session's error
@@ -261,7 +261,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             let replay: Vec<String> = self
                 .tx
                 .as_ref()
-                .map(|t| t.rcpts.clone())
+                .map(|t| t.rcpts().to_vec())
                 .unwrap_or_default();
             for r in replay {
                 let leg = &mut self
@@ -274,7 +274,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     // A new back-end disagrees about an accepted recipient: the transaction
                     // cannot be kept whole; DATA will get 451 and the client retries.
                     if let Some(tx) = &mut self.tx {
-                        tx.broken = true;
+                        tx.set_broken();
                     }
                     return Ok(no_backend());
                 }
@@ -358,16 +358,25 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             self.say(503, (5, 5, 1), "Need MAIL command");
             return Ok(true);
         };
-        if tx.bdat_used {
+        if tx.bdat_used() {
             // RFC 3030 2: DATA and BDAT cannot be mixed in one transaction.
             self.say(503, (5, 5, 1), "DATA not allowed after BDAT");
             return Ok(true);
         }
-        if tx.rcpts.is_empty() {
+        if tx.rcpts().is_empty() {
             self.say(554, (5, 5, 1), "No valid recipients");
             return Ok(true);
         }
-        let broken = tx.broken;
+        let broken = tx.broken();
+        // What the log line of a relayed message says, taken while the transaction is
+        // at hand.
+        let from = tx
+            .mail
+            .reverse_path
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let rcpts = tx.rcpts().len();
         let Some(leg) = self.leg.as_mut().filter(|_| !broken) else {
             self.reset_transaction().await;
             self.send(&no_backend());
@@ -422,7 +431,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 break o;
             }
         };
-        let tx = self.tx.take().unwrap_or_default();
+        self.tx = None;
         let reply = match (outcome, leg_failed, self.leg.as_mut()) {
             (Outcome::Complete { size }, None, Some(leg)) => {
                 let commit = Commit::begin(&self.committing);
@@ -431,8 +440,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 match reply {
                     Ok(reply) => {
                         info!(session = %self.client.session_id, backend = %leg.lease.backend(), size,
-                            from = %tx.mail.reverse_path.as_ref().map(ToString::to_string).unwrap_or_default(),
-                            rcpts = tx.rcpts.len(), code = reply.code, "message relayed");
+                            from = %from, rcpts, code = reply.code, "message relayed");
                         reply
                     }
                     Err(e) => {
@@ -468,11 +476,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         let max = self.svc().max_message_size;
         let refuse = match &self.tx {
             None => Some(Reply::new(503, Some((5, 5, 1)), "Need MAIL command")),
-            Some(tx) if tx.rcpts.is_empty() => {
+            Some(tx) if tx.rcpts().is_empty() => {
                 Some(Reply::new(554, Some((5, 5, 1)), "No valid recipients"))
             }
-            Some(tx) if tx.broken => Some(no_backend()),
-            Some(tx) if tx.bdat_size.saturating_add(size) > max => Some(Reply::new(
+            Some(tx) if tx.broken() => Some(no_backend()),
+            Some(tx) if tx.bdat_size().saturating_add(size) > max => Some(Reply::new(
                 552,
                 Some((5, 3, 4)),
                 "Message size exceeds fixed maximum message size",
@@ -493,7 +501,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             }
             // RFC 3030 2: a refused chunk fails the transaction. A leg that took part of
             // the message is closed; one that only saw MAIL and RCPT is reset.
-            if self.tx.as_ref().is_some_and(|t| t.bdat_size > 0) {
+            if self.tx.as_ref().is_some_and(|t| t.bdat_size() > 0) {
                 self.tx = None;
                 self.leg = None;
             } else {
@@ -503,7 +511,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             return Ok(true);
         }
         if let Some(tx) = &mut self.tx {
-            tx.bdat_used = true;
+            tx.start_bdat();
         }
         let line = if last {
             format!("BDAT {size} LAST\r\n")
@@ -538,11 +546,12 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         match reply {
             Some(r) => {
                 if let Some(tx) = &mut self.tx {
-                    tx.bdat_size += size;
+                    tx.add_bdat(size);
                 }
                 if last {
-                    let tx = self.tx.take().unwrap_or_default();
-                    info!(session = %self.client.session_id, size = tx.bdat_size, rcpts = tx.rcpts.len(), code = r.code, "message relayed (BDAT)");
+                    let tx = self.tx.take();
+                    let (total, rcpts) = tx.map_or((0, 0), |t| (t.bdat_size(), t.rcpts().len()));
+                    info!(session = %self.client.session_id, size = total, rcpts, code = r.code, "message relayed (BDAT)");
                 } else if !r.is_positive() {
                     // RFC 3030 2: the transaction failed; the back-end may hold part of
                     // the message, so the leg is closed rather than trusted to reset.
@@ -581,7 +590,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             self.io.consume(take);
             left -= take as u64;
         }
-        if !forward && size > 0 && self.tx.as_ref().is_some_and(|t| t.bdat_used) {
+        if !forward && size > 0 && self.tx.as_ref().is_some_and(|t| t.bdat_used()) {
             // The chunk never fully reached the back-end.
             self.leg = None;
         }
