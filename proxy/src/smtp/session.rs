@@ -53,6 +53,14 @@ pub const DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
 /// Syntax errors and refused commands before the session is closed.
 pub const MAX_ERRORS: u32 = 20;
 
+/// Whether the client has said hello, and how: MAIL parameters need EHLO.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Greeted {
+    No,
+    Helo,
+    Ehlo,
+}
+
 /// A leased back-end leg and the route it serves.
 struct Leg {
     lease: Lease<SmtpLeg>,
@@ -183,7 +191,7 @@ pub struct Session<'e, S> {
     out: Vec<u8>,
     env: &'e ServiceContext,
     client: ClientInfo,
-    helo: Option<(String, bool)>,
+    greeted: Greeted,
     /// Boxed, like `tx`: a session that has neither (one waiting for its client, the
     /// common case under a flood) holds a pointer for each, not their bodies.
     leg: Option<Box<Leg>>,
@@ -238,7 +246,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 login: None,
                 session_id,
             },
-            helo: None,
+            greeted: Greeted::No,
             leg: None,
             tx: None,
             errors: ErrorBudget::new(MAX_ERRORS),
@@ -441,8 +449,8 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     }
 
     fn hello(&mut self, name: String, esmtp: bool) {
-        self.client.helo = Some(name.clone());
-        self.helo = Some((name, esmtp));
+        self.client.helo = Some(name);
+        self.greeted = if esmtp { Greeted::Ehlo } else { Greeted::Helo };
         let host = self.svc().hostname.clone();
         if !esmtp {
             self.say_plain(250, &host);
@@ -492,7 +500,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         self.flush().await?;
         upgrade_tls(&mut self.io, &tls, "STARTTLS", &self.client.session_id).await?;
         // RFC 3207 4.2: forget everything learnt before TLS.
-        self.helo = None;
+        self.greeted = Greeted::No;
         self.client.helo = None;
         self.tx = None;
         Ok(true)

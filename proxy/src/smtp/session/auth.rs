@@ -6,7 +6,7 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
-use super::{Session, SessionError};
+use super::{Greeted, Session, SessionError};
 use crate::{
     backend::lease::LeaseError,
     route::Route,
@@ -34,7 +34,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             self.say(502, (5, 5, 1), "AUTH not available on this service");
             return Ok(!self.error());
         }
-        if self.helo.is_none() {
+        if self.greeted == Greeted::No {
             self.say(503, (5, 5, 1), "Send EHLO first");
             return Ok(true);
         }

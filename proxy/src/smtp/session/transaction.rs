@@ -5,7 +5,8 @@ use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
 use super::{
-    Commit, DATA_BLOCK_TIMEOUT, Leg, MAX_RECIPIENTS, Phase, Session, SessionError, Transaction,
+    Commit, DATA_BLOCK_TIMEOUT, Greeted, Leg, MAX_RECIPIENTS, Phase, Session, SessionError,
+    Transaction,
 };
 use crate::{
     backend::{
@@ -37,9 +38,13 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     /// MAIL. Returns false when the session must end (an authenticated session lost the
     /// back-end that holds its login).
     pub(super) async fn mail(&mut self, mail: MailFrom, line: &[u8]) -> bool {
-        let Some((_, esmtp)) = self.helo else {
-            self.say(503, (5, 5, 1), "Send EHLO or HELO first");
-            return true;
+        let esmtp = match self.greeted {
+            Greeted::No => {
+                self.say(503, (5, 5, 1), "Send EHLO or HELO first");
+                return true;
+            }
+            Greeted::Helo => false,
+            Greeted::Ehlo => true,
         };
         if self.tx.is_some() {
             self.say(503, (5, 5, 1), "Nested MAIL command");
