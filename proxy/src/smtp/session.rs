@@ -356,24 +356,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                         continue;
                     }
                 };
-                match cmd {
-                    Command::Quit => {
-                        self.say(221, (2, 0, 0), "Bye");
-                        break;
-                    }
-                    // Boxed: the state of a command's exchange with a back-end or a TLS
-                    // handshake is kilobytes, and only exists while the command runs. Inline,
-                    // every session would carry it while it waits for its client.
-                    Command::StartTls => {
-                        if !Box::pin(self.starttls()).await? {
-                            continue;
-                        }
-                    }
-                    other => {
-                        if !Box::pin(self.command(other, &line)).await? {
-                            break;
-                        }
-                    }
+                // Boxed: the state of a command's exchange with a back-end or a TLS
+                // handshake is kilobytes, and only exists while the command runs. Inline,
+                // every session would carry it while it waits for its client.
+                if !Box::pin(self.command(cmd, &line)).await? {
+                    break;
                 }
             }
             let _ = self.flush().await;
@@ -405,7 +392,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         false
     }
 
-    /// Handles one command other than QUIT and STARTTLS; false ends the session.
+    /// Handles one command; false ends the session.
     async fn command(&mut self, cmd: Command, line: &[u8]) -> Result<bool, SessionError> {
         match cmd {
             Command::Ehlo(name) => {
@@ -443,7 +430,15 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             Command::Mail(mail) => return Ok(self.mail(mail, line).await),
             Command::Rcpt(rcpt) => return Ok(self.rcpt(rcpt.forward_path, line).await),
             Command::Data => return self.data().await,
-            Command::Quit | Command::StartTls => unreachable!("handled by the session loop"),
+            Command::Quit => {
+                self.say(221, (2, 0, 0), "Bye");
+                return Ok(false);
+            }
+            // A refused STARTTLS leaves the session as it was; an accepted one starts it
+            // over on TLS. Either way it goes on.
+            Command::StartTls => {
+                Box::pin(self.starttls()).await?;
+            }
         }
         Ok(true)
     }
@@ -482,8 +477,8 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             && !self.io.get_ref().is_tls()
     }
 
-    /// RFC 3207. Returns false when the command was refused and the session goes on as is.
-    async fn starttls(&mut self) -> Result<bool, SessionError> {
+    /// RFC 3207. A refused STARTTLS leaves the session as it is.
+    async fn starttls(&mut self) -> Result<(), SessionError> {
         if !self.starttls_offered() {
             let (code, e, text) = if self.io.get_ref().is_tls() {
                 (503, (5, 5, 1), "TLS already active")
@@ -491,10 +486,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 (502, (5, 5, 1), "STARTTLS not available")
             };
             self.say(code, e, text);
-            return Ok(false);
+            return Ok(());
         }
         let Some(tls) = self.env.tls.clone() else {
-            return Ok(false);
+            return Ok(());
         };
         self.say(220, (2, 0, 0), "Ready to start TLS");
         self.flush().await?;
@@ -503,7 +498,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         self.greeted = Greeted::No;
         self.client.helo = None;
         self.tx = None;
-        Ok(true)
+        Ok(())
     }
 }
 #[cfg(test)]
