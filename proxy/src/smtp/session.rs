@@ -45,7 +45,7 @@ pub const MAX_LINE: usize = 1000;
 /// This bounds what one session holds for its transaction: the accepted RCPT lines are
 /// kept to be replayed on a new leg, at most `MAX_RECIPIENTS` lines of at most
 /// [`MAX_LINE`] octets (up to three times that where invalid UTF-8 is replaced), so about
-/// 1 MB, up to 3 MB, and twice that for a moment while they are replayed. A client that
+/// 1 MB, up to 3 MB; they are replayed from where they are kept, not copied. A client that
 /// sends more gets `452 4.5.3` for each extra recipient and nothing more is kept.
 pub const MAX_RECIPIENTS: usize = 1000;
 /// RFC 5321 4.5.3.2.5: a data block may take 3 minutes.
