@@ -37,6 +37,8 @@ enum Fault {
     SlowEndOfData,
     /// Closes the connection when MAIL arrives.
     CloseAtMail,
+    /// Its first connection closes at the second RCPT; later ones work.
+    FirstLegCloseAtSecondRcpt,
 }
 
 #[derive(Default)]
@@ -55,12 +57,16 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
     let rec = Arc::new(Mutex::new(Recorded::default()));
     let r = Arc::clone(&rec);
     tokio::spawn(async move {
+        let mut accepted = 0;
         loop {
             let Ok((s, _)) = listener.accept().await else {
                 return;
             };
+            accepted += 1;
+            let first = accepted == 1;
             let r = Arc::clone(&r);
             tokio::spawn(async move {
+                let mut rcpts = 0;
                 let (rd, mut wr) = s.into_split();
                 let mut rd = BufReader::new(rd);
                 if fault == Fault::RefuseGreeting {
@@ -127,6 +133,15 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
                         } else {
                             b"250 2.0.0 chunk received\r\n"
                         }
+                    } else if upper.starts_with("RCPT")
+                        && fault == Fault::FirstLegCloseAtSecondRcpt
+                        && first
+                        && {
+                            rcpts += 1;
+                            rcpts == 2
+                        }
+                    {
+                        return;
                     } else if upper.starts_with("RCPT") && fault == Fault::CloseAtRcpt {
                         let _ = wr.write_all(b"421 4.3.2 shutting down\r\n").await;
                         return;
@@ -1219,4 +1234,42 @@ fn a_transaction_moves_through_its_phases() {
     assert!(tx.bdat_used() && tx.broken());
     assert_eq!(tx.bdat_size(), 10);
     assert_eq!(tx.rcpts().len(), 2);
+}
+
+/// A leg that breaks after recipients were accepted is replaced before DATA: the new one
+/// gets MAIL and every accepted recipient again, then the new recipient, and the message.
+#[tokio::test]
+async fn a_leg_lost_between_recipients_is_replaced_with_the_recipients_replayed() {
+    let (a, rec) = backend(Fault::FirstLegCloseAtSecondRcpt).await;
+    let dir = tempdir("replay");
+    let env = env(&dir, &[a], &[], "");
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nRCPT TO:<v@a.example>\r\nDATA\r\nm\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "250", "354", "250", "221"],
+        "{out}"
+    );
+    let rec = rec.lock().unwrap();
+    let rcpts: Vec<&str> = rec
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("RCPT") || l.starts_with("MAIL"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        rcpts,
+        [
+            "MAIL FROM:<s@x>",
+            "RCPT TO:<u@a.example>",
+            "RCPT TO:<v@a.example>",
+            "MAIL FROM:<s@x>",
+            "RCPT TO:<u@a.example>",
+            "RCPT TO:<v@a.example>",
+        ]
+    );
+    assert_eq!(rec.messages.len(), 1);
 }
