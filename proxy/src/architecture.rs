@@ -18,7 +18,8 @@
 //!   gate and the front-end's own health.
 //! - back-end side: pools, groups, selection, admission, leases and legs, and the probes
 //!   and agent polls that feed the board.
-//! - sessions: per-client limits, the per-service context, the SMTP and POP3 sessions,
+//! - sessions: per-client limits, the per-service context, the core the SMTP and POP3
+//!   sessions share (errors, TLS upgrade, command reading, error budget), the sessions,
 //!   the front's listeners and accept loops.
 //! - control: VRRP at run time, the load writer, the agent daemon, the daemon itself.
 #![cfg(test)]
@@ -65,6 +66,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "front::limits",
             "service",
+            "session_core",
             "smtp::session",
             "pop3::session",
             "front",

@@ -50,6 +50,7 @@ pub(crate) mod reload;
 pub mod route;
 pub mod sasl;
 pub mod service;
+pub mod session_core;
 pub mod smtp;
 pub mod stream;
 pub(crate) mod supervise;

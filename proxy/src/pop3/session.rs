@@ -27,13 +27,15 @@ use crate::{
         smtp::{ClientInfo, LegError},
     },
     config::ServiceTls,
-    lines::{Line, read_line},
     route::Route,
     service::ServiceContext,
+    session_core::{ErrorBudget, Next as Read, next_line, upgrade_tls, write_timed_out},
     smtp::command::Address,
-    smtp::session::write_timed_out,
     stream::{Buffered, Conn},
 };
+
+/// The session's error: the one both client sessions share.
+pub use crate::session_core::SessionError as Pop3Error;
 
 /// RFC 1939 3: an autologout timer of at least 10 minutes. A logged-in session that moves
 /// no byte either way for this long is ended (without QUIT, so nothing is deleted).
@@ -44,22 +46,12 @@ const MAX_ERRORS: u32 = 20;
 /// RFC 5034 4: SASL lines may be longer than commands.
 const MAX_AUTH_LINE: usize = 12288;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Pop3Error {
-    #[error("client I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("TLS handshake: {0}")]
-    Tls(String),
-    #[error("client idle in a SASL exchange")]
-    Timeout,
-}
-
 pub struct Session<'e, S> {
     io: Buffered<Conn<S>>,
     env: &'e ServiceContext,
     client: ClientInfo,
     user: Option<String>,
-    errors: u32,
+    errors: ErrorBudget,
     /// Fires when the front-end wants the session to end (shutdown, address handoff).
     closing: tokio_util::sync::CancellationToken,
 }
@@ -90,7 +82,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 session_id,
             },
             user: None,
-            errors: 0,
+            errors: ErrorBudget::new(MAX_ERRORS),
             closing: tokio_util::sync::CancellationToken::new(),
         }
     }
@@ -160,9 +152,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         user: String,
         pass: String,
     ) -> Result<Option<Lease<Pop3Leg>>, Pop3Error> {
-        let errors = self.errors;
+        let errors = self.errors.count();
         let leg = Box::pin(self.login(user, pass)).await?;
-        if leg.is_none() && self.errors > errors {
+        if leg.is_none() && self.errors.count() > errors {
             self.env.login_failed(self.client.peer.ip());
         }
         Ok(leg)
@@ -204,37 +196,37 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     async fn authorization(&mut self) -> Result<Next, Pop3Error> {
         loop {
             let idle = self.env.service.idle_timeout;
-            let closing = self.closing.clone();
-            let line = tokio::select! {
-                r = timeout(idle, read_line(&mut self.io, MAX_COMMAND_LINE)) => match r {
-                    Ok(l) => l?,
-                    Err(_) => {
-                        self.send(Response::err(None, "Idle timeout, closing connection")).await?;
-                        return Ok(Next::Close);
-                    }
-                },
-                () = closing.cancelled_owned() => {
-                    self.send(Response::err(Some(ResponseCode::SysTemp), "Server shutting down, try again")).await?;
+            let read = next_line(&mut self.io, MAX_COMMAND_LINE, idle, Some(&self.closing));
+            let line = match read.await? {
+                Read::Line(l) => l,
+                Read::Eof => return Ok(Next::Close),
+                Read::Idle => {
+                    self.send(Response::err(None, "Idle timeout, closing connection"))
+                        .await?;
                     return Ok(Next::Close);
                 }
-            };
-            let line = match line {
-                Line::Eof => return Ok(Next::Close),
-                Line::TooLong => {
+                Read::Closing => {
+                    self.send(Response::err(
+                        Some(ResponseCode::SysTemp),
+                        "Server shutting down, try again",
+                    ))
+                    .await?;
+                    return Ok(Next::Close);
+                }
+                Read::TooLong => {
                     self.refuse(Response::err(None, "Command line too long"))
                         .await?;
-                    if self.errors >= MAX_ERRORS {
+                    if self.errors.spent() {
                         return Ok(Next::Close);
                     }
                     continue;
                 }
-                Line::Complete(l) => l,
             };
             let cmd = match Command::parse(&line) {
                 Ok(c) => c,
                 Err(e) => {
                     self.refuse(e.response()).await?;
-                    if self.errors >= MAX_ERRORS {
+                    if self.errors.spent() {
                         return Ok(Next::Close);
                     }
                     continue;
@@ -245,7 +237,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 Command::User(_) | Command::Pass(_) | Command::Auth { .. }
             ) && self.refuse_plaintext().await?
             {
-                if self.errors >= MAX_ERRORS {
+                if self.errors.spent() {
                     return Ok(Next::Close);
                 }
                 continue;
@@ -289,14 +281,14 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                         .await?
                 }
             }
-            if self.errors >= MAX_ERRORS {
+            if self.errors.spent() {
                 return Ok(Next::Close);
             }
         }
     }
 
     async fn refuse(&mut self, r: Response) -> std::io::Result<()> {
-        self.errors += 1;
+        self.errors.charge();
         self.send(r).await
     }
 
@@ -326,21 +318,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             return Ok(());
         };
         self.send(Response::ok("Begin TLS negotiation")).await?;
-        if !self.io.buffer().is_empty() {
-            warn!(session = %self.client.session_id, "discarding commands pipelined before the TLS handshake");
-        }
-        let reader = std::mem::replace(&mut self.io, Buffered::new(Conn::Detached));
-        let Conn::Plain(plain) = reader.into_inner() else {
-            return Err(Pop3Error::Tls("STLS on a stream that is not plain".into()));
-        };
-        let s = timeout(
-            std::time::Duration::from_secs(60),
-            tls.acceptor().accept(plain),
-        )
-        .await
-        .map_err(|_| Pop3Error::Tls("handshake timed out".into()))?
-        .map_err(|e| Pop3Error::Tls(e.to_string()))?;
-        self.io = Buffered::new(Conn::Server(Box::new(s)));
+        upgrade_tls(&mut self.io, &tls, "STLS", &self.client.session_id).await?;
         self.user = None;
         Ok(())
     }
@@ -362,11 +340,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 self.send_raw(b"+ \r\n").await?;
                 // The continuation waits no longer than a command would.
                 let idle = self.env.service.idle_timeout;
-                match timeout(idle, read_line(&mut self.io, MAX_AUTH_LINE)).await {
-                    Ok(Ok(Line::Complete(l))) => String::from_utf8_lossy(&l).into_owned(),
-                    Ok(Ok(_)) => return Ok(None),
-                    Ok(Err(e)) => return Err(e.into()),
-                    Err(_) => {
+                match next_line(&mut self.io, MAX_AUTH_LINE, idle, None).await? {
+                    Read::Line(l) => String::from_utf8_lossy(&l).into_owned(),
+                    Read::TooLong | Read::Eof | Read::Closing => return Ok(None),
+                    Read::Idle => {
                         self.send(Response::err(None, "Idle timeout, closing connection"))
                             .await?;
                         return Err(Pop3Error::Timeout);

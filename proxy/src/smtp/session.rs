@@ -21,22 +21,21 @@ use tokio::{
     time::timeout,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use super::{
     command::{Command, MailFrom},
     reply::Reply,
 };
-pub use crate::service::ServiceContext;
 use crate::{
     backend::{
         lease::Lease,
         smtp::{ClientInfo, SmtpLeg},
     },
     config::{Service, ServiceTls},
-    lines::{Line, read_line},
+    session_core::{ErrorBudget, Next, next_line, upgrade_tls},
     stream::{Buffered, Conn},
 };
+pub use crate::{service::ServiceContext, session_core::SessionError};
 
 /// RFC 5321 4.5.3.1.4 allows 512 octets for a command line; we take up to 1000, the text
 /// line limit, because long MAIL/RCPT parameter lists exist in the wild.
@@ -46,14 +45,21 @@ pub const MAX_LINE: usize = 1000;
 /// This bounds what one session holds for its transaction: the accepted RCPT lines are
 /// kept to be replayed on a new leg, at most `MAX_RECIPIENTS` lines of at most
 /// [`MAX_LINE`] octets (up to three times that where invalid UTF-8 is replaced), so about
-/// 1 MB, up to 3 MB, and twice that for a moment while they are replayed. A client that
+/// 1 MB, up to 3 MB; they are replayed from where they are kept, not copied. A client that
 /// sends more gets `452 4.5.3` for each extra recipient and nothing more is kept.
 pub const MAX_RECIPIENTS: usize = 1000;
 /// RFC 5321 4.5.3.2.5: a data block may take 3 minutes.
 pub const DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
 /// Syntax errors and refused commands before the session is closed.
 pub const MAX_ERRORS: u32 = 20;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether the client has said hello, and how: MAIL parameters need EHLO.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Greeted {
+    No,
+    Helo,
+    Ehlo,
+}
 
 /// A leased back-end leg and the route it serves.
 struct Leg {
@@ -61,23 +67,123 @@ struct Leg {
     route: Vec<String>,
 }
 
-#[derive(Default)]
 struct Transaction {
     mail: MailFrom,
     /// The MAIL command as the client sent it, replayed to the back-end.
     mail_line: String,
-    /// Fixed by the first accepted recipient.
-    route: Option<Vec<String>>,
     /// Whether MAIL went to the current leg.
     mail_sent: bool,
+    phase: Phase,
+}
+
+/// How far a transaction has come; each phase holds only what exists in it, so no
+/// command has to trust that a field was filled in by an earlier one.
+enum Phase {
+    /// MAIL given, no recipient accepted yet. An authenticated session's route is its
+    /// leg's, known from MAIL on; otherwise the first recipient fixes it.
+    Mail { route: Option<Vec<String>> },
+    /// Recipients accepted: the route is fixed.
+    Recipients(Accepted),
+    /// A BDAT chunk was sent (RFC 3030): DATA is refused from here on (RFC 3030 2).
+    Bdat {
+        accepted: Accepted,
+        /// Octets sent in BDAT chunks so far.
+        size: u64,
+    },
+}
+
+/// What a transaction with recipients holds.
+struct Accepted {
+    route: Vec<String>,
     /// Accepted RCPT lines, replayed if the leg has to be replaced before DATA.
     rcpts: Vec<String>,
     /// The leg failed and could not be replaced: DATA gets 451.
     broken: bool,
-    /// Octets sent in BDAT chunks so far (RFC 3030).
-    bdat_size: u64,
-    /// A BDAT chunk was sent: DATA is refused in this transaction (RFC 3030 2).
-    bdat_used: bool,
+}
+
+impl Transaction {
+    fn new(mail: MailFrom, mail_line: String) -> Self {
+        Transaction {
+            mail,
+            mail_line,
+            mail_sent: false,
+            phase: Phase::Mail { route: None },
+        }
+    }
+
+    fn accepted(&self) -> Option<&Accepted> {
+        match &self.phase {
+            Phase::Mail { .. } => None,
+            Phase::Recipients(a) | Phase::Bdat { accepted: a, .. } => Some(a),
+        }
+    }
+
+    /// The route, once fixed (by MAIL of an authenticated session or the first recipient).
+    fn route(&self) -> Option<&[String]> {
+        match &self.phase {
+            Phase::Mail { route } => route.as_deref(),
+            Phase::Recipients(a) | Phase::Bdat { accepted: a, .. } => Some(&a.route),
+        }
+    }
+
+    fn rcpts(&self) -> &[String] {
+        self.accepted().map_or(&[], |a| &a.rcpts)
+    }
+
+    fn broken(&self) -> bool {
+        self.accepted().is_some_and(|a| a.broken)
+    }
+
+    fn bdat_used(&self) -> bool {
+        matches!(self.phase, Phase::Bdat { .. })
+    }
+
+    fn bdat_size(&self) -> u64 {
+        match self.phase {
+            Phase::Bdat { size, .. } => size,
+            _ => 0,
+        }
+    }
+
+    /// Records an accepted recipient of `route` (the caller has checked it is the
+    /// transaction's route).
+    fn accept(&mut self, route: Vec<String>, line: String) {
+        match &mut self.phase {
+            Phase::Mail { .. } => {
+                self.phase = Phase::Recipients(Accepted {
+                    route,
+                    rcpts: vec![line],
+                    broken: false,
+                });
+            }
+            Phase::Recipients(a) | Phase::Bdat { accepted: a, .. } => a.rcpts.push(line),
+        }
+    }
+
+    /// The leg was replaced and the new one refused a recipient the client was told was
+    /// accepted.
+    fn set_broken(&mut self) {
+        if let Phase::Recipients(a) | Phase::Bdat { accepted: a, .. } = &mut self.phase {
+            a.broken = true;
+        }
+    }
+
+    /// A BDAT chunk goes to the back-end. Only a transaction with recipients gets here;
+    /// one without stays as it is.
+    fn start_bdat(&mut self) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Mail { route: None });
+        self.phase = match phase {
+            Phase::Recipients(accepted) => Phase::Bdat { accepted, size: 0 },
+            other => other,
+        };
+    }
+
+    /// A BDAT chunk of `n` octets was taken by the back-end.
+    fn add_bdat(&mut self, n: u64) {
+        if let Phase::Bdat { size, .. } = &mut self.phase {
+            *size += n;
+        }
+    }
 }
 
 pub struct Session<'e, S> {
@@ -85,12 +191,12 @@ pub struct Session<'e, S> {
     out: Vec<u8>,
     env: &'e ServiceContext,
     client: ClientInfo,
-    helo: Option<(String, bool)>,
+    greeted: Greeted,
     /// Boxed, like `tx`: a session that has neither (one waiting for its client, the
     /// common case under a flood) holds a pointer for each, not their bodies.
     leg: Option<Box<Leg>>,
     tx: Option<Box<Transaction>>,
-    errors: u32,
+    errors: ErrorBudget,
     /// Fires when the front-end wants the session to end (shutdown, address handoff): the
     /// session then says 421 at the next transaction boundary.
     closing: CancellationToken,
@@ -121,23 +227,6 @@ impl Drop for Commit<'_> {
     }
 }
 
-/// The error of a write to the client that missed its deadline.
-pub(crate) fn write_timed_out() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "the client did not read its replies in time",
-    )
-}
-
-/// Why a session ended early (logged, never shown to the client beyond its reply).
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error("client I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("TLS handshake: {0}")]
-    Tls(String),
-}
-
 impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     pub fn new(
         stream: Conn<S>,
@@ -157,10 +246,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 login: None,
                 session_id,
             },
-            helo: None,
+            greeted: Greeted::No,
             leg: None,
             tx: None,
-            errors: 0,
+            errors: ErrorBudget::new(MAX_ERRORS),
             closing: CancellationToken::new(),
             committing: None,
         }
@@ -207,7 +296,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         };
         timeout(self.env.service.idle_timeout, write)
             .await
-            .map_err(|_| write_timed_out())?
+            .map_err(|_| crate::session_core::write_timed_out())?
     }
 
     /// Runs the session to its end. Errors are logged by the caller.
@@ -228,37 +317,34 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 }
                 // Between transactions the session may be asked to end (RFC 5321 3.8: 421 at
                 // any time; at a boundary nothing of the client's is half done).
-                let closing = self.tx.is_none().then(|| self.closing.clone());
-                let wait = async {
-                    match closing {
-                        Some(c) => c.cancelled_owned().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                let read = timeout(self.svc().idle_timeout, read_line(&mut self.io, MAX_LINE));
-                let line = tokio::select! {
-                    r = read => match r {
-                        Ok(line) => line?,
-                        Err(_) => {
-                            self.say(421, (4, 4, 2), &format!("{host} Idle timeout, closing connection"));
-                            break;
-                        }
-                    },
-                    () = wait => {
-                        self.say(421, (4, 3, 2), &format!("{host} Service shutting down, closing connection"));
+                let closing = self.tx.is_none().then_some(&self.closing);
+                let idle = self.env.service.idle_timeout;
+                let line = match next_line(&mut self.io, MAX_LINE, idle, closing).await? {
+                    Next::Line(l) => l,
+                    Next::Eof => break,
+                    Next::Idle => {
+                        self.say(
+                            421,
+                            (4, 4, 2),
+                            &format!("{host} Idle timeout, closing connection"),
+                        );
                         break;
                     }
-                };
-                let line = match line {
-                    Line::Eof => break,
-                    Line::TooLong => {
+                    Next::Closing => {
+                        self.say(
+                            421,
+                            (4, 3, 2),
+                            &format!("{host} Service shutting down, closing connection"),
+                        );
+                        break;
+                    }
+                    Next::TooLong => {
                         self.say(500, (5, 5, 6), "Line too long");
                         if self.error() {
                             break;
                         }
                         continue;
                     }
-                    Line::Complete(l) => l,
                 };
                 let cmd = match Command::parse(&line) {
                     Ok(c) => c,
@@ -270,24 +356,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                         continue;
                     }
                 };
-                match cmd {
-                    Command::Quit => {
-                        self.say(221, (2, 0, 0), "Bye");
-                        break;
-                    }
-                    // Boxed: the state of a command's exchange with a back-end or a TLS
-                    // handshake is kilobytes, and only exists while the command runs. Inline,
-                    // every session would carry it while it waits for its client.
-                    Command::StartTls => {
-                        if !Box::pin(self.starttls()).await? {
-                            continue;
-                        }
-                    }
-                    other => {
-                        if !Box::pin(self.command(other, &line)).await? {
-                            break;
-                        }
-                    }
+                // Boxed: the state of a command's exchange with a back-end or a TLS
+                // handshake is kilobytes, and only exists while the command runs. Inline,
+                // every session would carry it while it waits for its client.
+                if !Box::pin(self.command(cmd, &line)).await? {
+                    break;
                 }
             }
             let _ = self.flush().await;
@@ -312,15 +385,14 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
 
     /// Counts a refused command; true when the client has used up its allowance.
     fn error(&mut self) -> bool {
-        self.errors += 1;
-        if self.errors >= MAX_ERRORS {
+        if self.errors.charge() {
             self.say(421, (4, 7, 0), "Too many errors, closing connection");
             return true;
         }
         false
     }
 
-    /// Handles one command other than QUIT and STARTTLS; false ends the session.
+    /// Handles one command; false ends the session.
     async fn command(&mut self, cmd: Command, line: &[u8]) -> Result<bool, SessionError> {
         match cmd {
             Command::Ehlo(name) => {
@@ -358,14 +430,22 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             Command::Mail(mail) => return Ok(self.mail(mail, line).await),
             Command::Rcpt(rcpt) => return Ok(self.rcpt(rcpt.forward_path, line).await),
             Command::Data => return self.data().await,
-            Command::Quit | Command::StartTls => unreachable!("handled by the session loop"),
+            Command::Quit => {
+                self.say(221, (2, 0, 0), "Bye");
+                return Ok(false);
+            }
+            // A refused STARTTLS leaves the session as it was; an accepted one starts it
+            // over on TLS. Either way it goes on.
+            Command::StartTls => {
+                Box::pin(self.starttls()).await?;
+            }
         }
         Ok(true)
     }
 
     fn hello(&mut self, name: String, esmtp: bool) {
-        self.client.helo = Some(name.clone());
-        self.helo = Some((name, esmtp));
+        self.client.helo = Some(name);
+        self.greeted = if esmtp { Greeted::Ehlo } else { Greeted::Helo };
         let host = self.svc().hostname.clone();
         if !esmtp {
             self.say_plain(250, &host);
@@ -397,8 +477,8 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             && !self.io.get_ref().is_tls()
     }
 
-    /// RFC 3207. Returns false when the command was refused and the session goes on as is.
-    async fn starttls(&mut self) -> Result<bool, SessionError> {
+    /// RFC 3207. A refused STARTTLS leaves the session as it is.
+    async fn starttls(&mut self) -> Result<(), SessionError> {
         if !self.starttls_offered() {
             let (code, e, text) = if self.io.get_ref().is_tls() {
                 (503, (5, 5, 1), "TLS already active")
@@ -406,34 +486,19 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 (502, (5, 5, 1), "STARTTLS not available")
             };
             self.say(code, e, text);
-            return Ok(false);
+            return Ok(());
         }
         let Some(tls) = self.env.tls.clone() else {
-            return Ok(false);
+            return Ok(());
         };
         self.say(220, (2, 0, 0), "Ready to start TLS");
         self.flush().await?;
-        let pipelined = self.io.buffer().len();
-        if pipelined > 0 {
-            warn!(session = %self.client.session_id, octets = pipelined, "discarding commands pipelined before the TLS handshake");
-        }
-        // Taking the stream out of its reader drops whatever the reader had buffered.
-        let reader = std::mem::replace(&mut self.io, Buffered::new(Conn::Detached));
-        let Conn::Plain(plain) = reader.into_inner() else {
-            return Err(SessionError::Tls(
-                "STARTTLS on a stream that is not plain".into(),
-            ));
-        };
-        let accepted = timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(plain))
-            .await
-            .map_err(|_| SessionError::Tls("handshake timed out".into()))?
-            .map_err(|e| SessionError::Tls(e.to_string()))?;
-        self.io = Buffered::new(Conn::Server(Box::new(accepted)));
+        upgrade_tls(&mut self.io, &tls, "STARTTLS", &self.client.session_id).await?;
         // RFC 3207 4.2: forget everything learnt before TLS.
-        self.helo = None;
+        self.greeted = Greeted::No;
         self.client.helo = None;
         self.tx = None;
-        Ok(true)
+        Ok(())
     }
 }
 #[cfg(test)]

@@ -6,12 +6,12 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
-use super::{Session, SessionError};
+use super::{Greeted, Session, SessionError};
 use crate::{
     backend::lease::LeaseError,
-    lines::{Line, read_line},
     route::Route,
     sasl::{self, Credentials},
+    session_core::{Next, next_line},
     smtp::reply::Reply,
 };
 
@@ -34,7 +34,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             self.say(502, (5, 5, 1), "AUTH not available on this service");
             return Ok(!self.error());
         }
-        if self.helo.is_none() {
+        if self.greeted == Greeted::No {
             self.say(503, (5, 5, 1), "Send EHLO first");
             return Ok(true);
         }
@@ -134,15 +134,13 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         self.send(&Reply::new(334, None, text));
         self.flush().await?;
         let idle = self.svc().idle_timeout;
-        let line = match tokio::time::timeout(idle, read_line(&mut self.io, MAX_AUTH_LINE)).await {
-            Ok(l) => l?,
-            Err(_) => return Ok(Step::Bad),
-        };
-        Ok(match line {
-            Line::Complete(l) if l == b"*" => Step::Cancelled,
-            Line::Complete(l) => Step::Got(String::from_utf8_lossy(&l).into_owned()),
-            Line::TooLong | Line::Eof => Step::Bad,
-        })
+        Ok(
+            match next_line(&mut self.io, MAX_AUTH_LINE, idle, None).await? {
+                Next::Line(l) if l == b"*" => Step::Cancelled,
+                Next::Line(l) => Step::Got(String::from_utf8_lossy(&l).into_owned()),
+                Next::TooLong | Next::Eof | Next::Idle | Next::Closing => Step::Bad,
+            },
+        )
     }
 
     async fn relay_auth(&mut self, credentials: Credentials) {

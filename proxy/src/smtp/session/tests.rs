@@ -37,6 +37,8 @@ enum Fault {
     SlowEndOfData,
     /// Closes the connection when MAIL arrives.
     CloseAtMail,
+    /// Its first connection closes at the second RCPT; later ones work.
+    FirstLegCloseAtSecondRcpt,
 }
 
 #[derive(Default)]
@@ -55,12 +57,16 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
     let rec = Arc::new(Mutex::new(Recorded::default()));
     let r = Arc::clone(&rec);
     tokio::spawn(async move {
+        let mut accepted = 0;
         loop {
             let Ok((s, _)) = listener.accept().await else {
                 return;
             };
+            accepted += 1;
+            let first = accepted == 1;
             let r = Arc::clone(&r);
             tokio::spawn(async move {
+                let mut rcpts = 0;
                 let (rd, mut wr) = s.into_split();
                 let mut rd = BufReader::new(rd);
                 if fault == Fault::RefuseGreeting {
@@ -127,6 +133,15 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
                         } else {
                             b"250 2.0.0 chunk received\r\n"
                         }
+                    } else if upper.starts_with("RCPT")
+                        && fault == Fault::FirstLegCloseAtSecondRcpt
+                        && first
+                        && {
+                            rcpts += 1;
+                            rcpts == 2
+                        }
+                    {
+                        return;
                     } else if upper.starts_with("RCPT") && fault == Fault::CloseAtRcpt {
                         let _ = wr.write_all(b"421 4.3.2 shutting down\r\n").await;
                         return;
@@ -1199,4 +1214,62 @@ async fn an_authenticated_session_that_loses_its_backend_ends_with_421() {
     .await;
     assert_eq!(codes(&out), ["220", "250", "235", "421"], "{out}");
     assert!(out.contains("421 4.4.2 "), "{out}");
+}
+
+/// The transaction's phases: a recipient fixes the route, BDAT is a phase of its own that
+/// keeps the recipients, and a transaction without recipients never enters it.
+#[test]
+fn a_transaction_moves_through_its_phases() {
+    let mut tx = Transaction::new(MailFrom::default(), "MAIL FROM:<s@x>".into());
+    assert!(tx.route().is_none() && tx.rcpts().is_empty());
+    tx.start_bdat();
+    assert!(!tx.bdat_used(), "no BDAT phase without recipients");
+    let route = vec!["a".to_owned()];
+    tx.accept(route.clone(), "RCPT TO:<u@a.example>".into());
+    assert_eq!(tx.route(), Some(&route[..]));
+    tx.start_bdat();
+    tx.add_bdat(10);
+    tx.set_broken();
+    tx.accept(route.clone(), "RCPT TO:<v@a.example>".into());
+    assert!(tx.bdat_used() && tx.broken());
+    assert_eq!(tx.bdat_size(), 10);
+    assert_eq!(tx.rcpts().len(), 2);
+}
+
+/// A leg that breaks after recipients were accepted is replaced before DATA: the new one
+/// gets MAIL and every accepted recipient again, then the new recipient, and the message.
+#[tokio::test]
+async fn a_leg_lost_between_recipients_is_replaced_with_the_recipients_replayed() {
+    let (a, rec) = backend(Fault::FirstLegCloseAtSecondRcpt).await;
+    let dir = tempdir("replay");
+    let env = env(&dir, &[a], &[], "");
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nRCPT TO:<v@a.example>\r\nDATA\r\nm\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "250", "354", "250", "221"],
+        "{out}"
+    );
+    let rec = rec.lock().unwrap();
+    let rcpts: Vec<&str> = rec
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("RCPT") || l.starts_with("MAIL"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        rcpts,
+        [
+            "MAIL FROM:<s@x>",
+            "RCPT TO:<u@a.example>",
+            "RCPT TO:<v@a.example>",
+            "MAIL FROM:<s@x>",
+            "RCPT TO:<u@a.example>",
+            "RCPT TO:<v@a.example>",
+        ]
+    );
+    assert_eq!(rec.messages.len(), 1);
 }

@@ -4,7 +4,10 @@
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
-use super::{Commit, DATA_BLOCK_TIMEOUT, Leg, MAX_RECIPIENTS, Session, SessionError, Transaction};
+use super::{
+    Commit, DATA_BLOCK_TIMEOUT, Greeted, Leg, MAX_RECIPIENTS, Phase, Session, SessionError,
+    Transaction,
+};
 use crate::{
     backend::{
         lease::{self, Ask, Fault, Faulted as _, LeaseError, Waiting},
@@ -35,9 +38,13 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     /// MAIL. Returns false when the session must end (an authenticated session lost the
     /// back-end that holds its login).
     pub(super) async fn mail(&mut self, mail: MailFrom, line: &[u8]) -> bool {
-        let Some((_, esmtp)) = self.helo else {
-            self.say(503, (5, 5, 1), "Send EHLO or HELO first");
-            return true;
+        let esmtp = match self.greeted {
+            Greeted::No => {
+                self.say(503, (5, 5, 1), "Send EHLO or HELO first");
+                return true;
+            }
+            Greeted::Helo => false,
+            Greeted::Ehlo => true,
         };
         if self.tx.is_some() {
             self.say(503, (5, 5, 1), "Nested MAIL command");
@@ -67,11 +74,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             );
             return false;
         }
-        self.tx = Some(Box::new(Transaction {
+        let mut tx = Box::new(Transaction::new(
             mail,
-            mail_line: String::from_utf8_lossy(line).into_owned(),
-            ..Transaction::default()
-        }));
+            String::from_utf8_lossy(line).into_owned(),
+        ));
         // An authenticated session already has its leg: the back-end judges the sender.
         if self.client.login.is_some() {
             let route = self
@@ -79,15 +85,13 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 .as_ref()
                 .map(|l| l.route.clone())
                 .unwrap_or_default();
-            match self.send_mail().await {
+            match self.send_mail(&mut tx).await {
                 Ok(reply) if reply.is_positive() => {
-                    if let Some(tx) = &mut self.tx {
-                        tx.route = Some(route);
-                    }
+                    tx.phase = Phase::Mail { route: Some(route) };
+                    self.tx = Some(tx);
                     self.send(&reply);
                 }
                 Ok(reply) => {
-                    self.tx = None;
                     self.send(&reply);
                 }
                 Err(e) => {
@@ -95,7 +99,6 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     // another back-end, so the session ends cleanly and the client
                     // reconnects and authenticates again.
                     warn!(session = %self.client.session_id, error = %e, "back-end of an authenticated session failed at MAIL; closing");
-                    self.tx = None;
                     self.leg = None;
                     self.say(
                         421,
@@ -107,13 +110,14 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             }
             return true;
         }
+        self.tx = Some(tx);
         self.say(250, (2, 1, 0), "Sender OK");
         true
     }
 
     /// Sends the transaction's MAIL to the current leg.
-    async fn send_mail(&mut self) -> Result<Reply, LegError> {
-        let (Some(tx), Some(leg)) = (self.tx.as_mut(), self.leg.as_mut()) else {
+    async fn send_mail(&mut self, tx: &mut Transaction) -> Result<Reply, LegError> {
+        let Some(leg) = self.leg.as_mut() else {
             return Ok(no_backend());
         };
         let reply = leg.lease.command(&tx.mail_line, "MAIL").await?;
@@ -124,35 +128,46 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     /// RCPT. Returns false when the session must end (its own input made the back-end
     /// refuse: the client, not the back-end, pays for it).
     pub(super) async fn rcpt(&mut self, to: Address, line: &[u8]) -> bool {
-        let Some(tx) = &self.tx else {
+        // The transaction is held here for the command's length, so what follows works on
+        // it directly; it goes back unless the command ended it.
+        let Some(mut tx) = self.tx.take() else {
             self.say(503, (5, 5, 1), "Need MAIL before RCPT");
             return true;
         };
-        if tx.rcpts.len() >= MAX_RECIPIENTS {
+        let (go_on, keep) = self.rcpt_in(&mut tx, to, line).await;
+        if keep {
+            self.tx = Some(tx);
+        }
+        go_on
+    }
+
+    /// RCPT within `tx`: whether the session goes on, and whether the transaction does.
+    async fn rcpt_in(&mut self, tx: &mut Transaction, to: Address, line: &[u8]) -> (bool, bool) {
+        if tx.rcpts().len() >= MAX_RECIPIENTS {
             self.say(452, (4, 5, 3), "Too many recipients");
-            return true;
+            return (true, true);
         }
         if !to.is_ascii() && !tx.mail.smtputf8 {
             self.say(553, (5, 6, 7), "Non-ASCII recipient needs SMTPUTF8");
-            return true;
+            return (true, true);
         }
         let line = String::from_utf8_lossy(line).into_owned();
-        let route = match &tx.route {
+        let route = match tx.route() {
             // Submission: the authenticated user's back-end takes every recipient.
-            Some(r) if self.client.login.is_some() => r.clone(),
+            Some(r) if self.client.login.is_some() => r.to_vec(),
             _ => match self.env.route(|t| t.lookup(&to).cloned()) {
                 None => {
                     self.say(554, (5, 7, 1), "Relay access denied");
-                    return !self.error();
+                    return (!self.error(), true);
                 }
                 Some(Route::Reject) => {
                     self.send(&Route::smtp_reject_reply());
-                    return !self.error();
+                    return (!self.error(), true);
                 }
                 Some(Route::Pools(p)) => p,
             },
         };
-        if let Some(fixed) = &tx.route
+        if let Some(fixed) = tx.route()
             && *fixed != route
         {
             // RFC 5321 4.5.3.1.10: the client sends the rest in a later transaction.
@@ -161,18 +176,17 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 (4, 5, 3),
                 "Recipient routed elsewhere, send it in a new transaction",
             );
-            return true;
+            return (true, true);
         }
         let needs_leg = self.leg.as_ref().is_none_or(|l| l.route != route);
         if needs_leg && self.env.offender(self.client.peer.ip()) {
             info!(session = %self.client.session_id, "client's sessions made back-ends refuse their input too often: refused");
-            self.tx = None;
             self.say(421, (4, 7, 0), "Too many refused sessions, try again later");
-            return false;
+            return (false, false);
         }
         let (group, share) = self.env.groups.classify(self.client.peer.ip(), Some(&to));
         let group = group.to_owned();
-        let reply = match self.rcpt_on_leg(&route, &line, share, &group).await {
+        let reply = match self.rcpt_on_leg(tx, &route, &line, share, &group).await {
             Ok(r) => r,
             Err(LeaseError::Busy) => {
                 info!(session = %self.client.session_id, %group, route = ?route, "deflected: every back-end over its thresholds for this group");
@@ -181,36 +195,33 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             Err(LeaseError::Client(e)) => {
                 warn!(session = %self.client.session_id, error = %e, "the back-end refused this client's own input; closing the session");
                 self.env.offended(self.client.peer.ip());
-                self.tx = None;
                 self.say(
                     421,
                     (4, 7, 0),
                     "Session refused by the back-end, closing connection",
                 );
-                return false;
+                return (false, false);
             }
             Err(e) => {
                 warn!(session = %self.client.session_id, error = %e, "no back-end for recipient");
                 no_backend()
             }
         };
-        if reply.is_positive()
-            && let Some(tx) = &mut self.tx
-        {
-            tx.route = Some(route);
-            tx.rcpts.push(line);
+        if reply.is_positive() {
+            tx.accept(route, line);
         }
         self.send(&reply);
         // A back-end's permanent refusal of a recipient counts in the session's error
         // budget, like Postfix's `smtpd_hard_error_limit`: guessing addresses one after
         // the other ends the session.
-        !(reply.is_permanent() && self.error())
+        (!(reply.is_permanent() && self.error()), true)
     }
 
     /// Sends RCPT to a leg for `route`, leasing (or replacing) the leg as needed and
     /// replaying MAIL and the recipients accepted so far on a new one.
     async fn rcpt_on_leg(
         &mut self,
+        tx: &mut Transaction,
         route: &[String],
         line: &str,
         share: f64,
@@ -221,11 +232,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         while attempts < 3 {
             if self.leg.as_ref().is_none_or(|l| l.route != route) {
                 self.lease_leg(route, share, group).await?;
-                if let Some(tx) = &mut self.tx {
-                    tx.mail_sent = false;
-                }
+                tx.mail_sent = false;
             }
-            match self.replay_and_rcpt(line).await {
+            match self.replay_and_rcpt(tx, line).await {
                 Ok(reply) => return Ok(reply),
                 // The back-end closed a leg kept open between transactions: a fresh one,
                 // with no charge and no attempt used.
@@ -250,34 +259,34 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         ))
     }
 
-    async fn replay_and_rcpt(&mut self, line: &str) -> Result<Reply, LegError> {
-        let needs_mail = self.tx.as_ref().is_some_and(|t| !t.mail_sent);
-        if needs_mail {
-            let reply = self.send_mail().await?;
+    async fn replay_and_rcpt(
+        &mut self,
+        tx: &mut Transaction,
+        line: &str,
+    ) -> Result<Reply, LegError> {
+        if !tx.mail_sent {
+            let reply = self.send_mail(tx).await?;
             if !reply.is_positive() {
                 // The back-end refused the sender: that is this recipient's answer.
                 return Ok(reply);
             }
-            let replay: Vec<String> = self
-                .tx
-                .as_ref()
-                .map(|t| t.rcpts.clone())
-                .unwrap_or_default();
-            for r in replay {
-                let leg = &mut self
-                    .leg
-                    .as_mut()
-                    .ok_or(LegError::Timeout { stage: "RCPT" })?
-                    .lease;
-                let reply = leg.command(&r, "RCPT replay").await?;
-                if !reply.is_positive() {
-                    // A new back-end disagrees about an accepted recipient: the transaction
-                    // cannot be kept whole; DATA will get 451 and the client retries.
-                    if let Some(tx) = &mut self.tx {
-                        tx.broken = true;
-                    }
-                    return Ok(no_backend());
+            let leg = &mut self
+                .leg
+                .as_mut()
+                .ok_or(LegError::Timeout { stage: "RCPT" })?
+                .lease;
+            let mut refused = false;
+            for r in tx.rcpts() {
+                if !leg.command(r, "RCPT replay").await?.is_positive() {
+                    refused = true;
+                    break;
                 }
+            }
+            if refused {
+                // A new back-end disagrees about an accepted recipient: the transaction
+                // cannot be kept whole; DATA will get 451 and the client retries.
+                tx.set_broken();
+                return Ok(no_backend());
             }
         }
         let leg = &mut self
@@ -358,16 +367,25 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             self.say(503, (5, 5, 1), "Need MAIL command");
             return Ok(true);
         };
-        if tx.bdat_used {
+        if tx.bdat_used() {
             // RFC 3030 2: DATA and BDAT cannot be mixed in one transaction.
             self.say(503, (5, 5, 1), "DATA not allowed after BDAT");
             return Ok(true);
         }
-        if tx.rcpts.is_empty() {
+        if tx.rcpts().is_empty() {
             self.say(554, (5, 5, 1), "No valid recipients");
             return Ok(true);
         }
-        let broken = tx.broken;
+        let broken = tx.broken();
+        // What the log line of a relayed message says, taken while the transaction is
+        // at hand.
+        let from = tx
+            .mail
+            .reverse_path
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let rcpts = tx.rcpts().len();
         let Some(leg) = self.leg.as_mut().filter(|_| !broken) else {
             self.reset_transaction().await;
             self.send(&no_backend());
@@ -422,7 +440,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 break o;
             }
         };
-        let tx = self.tx.take().unwrap_or_default();
+        self.tx = None;
         let reply = match (outcome, leg_failed, self.leg.as_mut()) {
             (Outcome::Complete { size }, None, Some(leg)) => {
                 let commit = Commit::begin(&self.committing);
@@ -431,8 +449,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 match reply {
                     Ok(reply) => {
                         info!(session = %self.client.session_id, backend = %leg.lease.backend(), size,
-                            from = %tx.mail.reverse_path.as_ref().map(ToString::to_string).unwrap_or_default(),
-                            rcpts = tx.rcpts.len(), code = reply.code, "message relayed");
+                            from = %from, rcpts, code = reply.code, "message relayed");
                         reply
                     }
                     Err(e) => {
@@ -468,11 +485,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         let max = self.svc().max_message_size;
         let refuse = match &self.tx {
             None => Some(Reply::new(503, Some((5, 5, 1)), "Need MAIL command")),
-            Some(tx) if tx.rcpts.is_empty() => {
+            Some(tx) if tx.rcpts().is_empty() => {
                 Some(Reply::new(554, Some((5, 5, 1)), "No valid recipients"))
             }
-            Some(tx) if tx.broken => Some(no_backend()),
-            Some(tx) if tx.bdat_size.saturating_add(size) > max => Some(Reply::new(
+            Some(tx) if tx.broken() => Some(no_backend()),
+            Some(tx) if tx.bdat_size().saturating_add(size) > max => Some(Reply::new(
                 552,
                 Some((5, 3, 4)),
                 "Message size exceeds fixed maximum message size",
@@ -493,7 +510,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             }
             // RFC 3030 2: a refused chunk fails the transaction. A leg that took part of
             // the message is closed; one that only saw MAIL and RCPT is reset.
-            if self.tx.as_ref().is_some_and(|t| t.bdat_size > 0) {
+            if self.tx.as_ref().is_some_and(|t| t.bdat_size() > 0) {
                 self.tx = None;
                 self.leg = None;
             } else {
@@ -503,7 +520,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             return Ok(true);
         }
         if let Some(tx) = &mut self.tx {
-            tx.bdat_used = true;
+            tx.start_bdat();
         }
         let line = if last {
             format!("BDAT {size} LAST\r\n")
@@ -538,11 +555,12 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         match reply {
             Some(r) => {
                 if let Some(tx) = &mut self.tx {
-                    tx.bdat_size += size;
+                    tx.add_bdat(size);
                 }
                 if last {
-                    let tx = self.tx.take().unwrap_or_default();
-                    info!(session = %self.client.session_id, size = tx.bdat_size, rcpts = tx.rcpts.len(), code = r.code, "message relayed (BDAT)");
+                    let tx = self.tx.take();
+                    let (total, rcpts) = tx.map_or((0, 0), |t| (t.bdat_size(), t.rcpts().len()));
+                    info!(session = %self.client.session_id, size = total, rcpts, code = r.code, "message relayed (BDAT)");
                 } else if !r.is_positive() {
                     // RFC 3030 2: the transaction failed; the back-end may hold part of
                     // the message, so the leg is closed rather than trusted to reset.
@@ -581,7 +599,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             self.io.consume(take);
             left -= take as u64;
         }
-        if !forward && size > 0 && self.tx.as_ref().is_some_and(|t| t.bdat_used) {
+        if !forward && size > 0 && self.tx.as_ref().is_some_and(|t| t.bdat_used()) {
             // The chunk never fully reached the back-end.
             self.leg = None;
         }
