@@ -1,3 +1,4 @@
+//! Errors of the data path: which program, which map, and why.
 use std::path::PathBuf;
 
 /// Why the data path could not be set up, with the program, map or path concerned.
