@@ -110,6 +110,45 @@ impl ServiceContext {
             .min(self.service.idle_timeout)
     }
 
+    /// Leases a back-end of `route` for a session of `group` (`backend::lease`), with the
+    /// group's admission wait: `client` is the session's reader, watched for a hang-up
+    /// while nothing of its input is buffered (`quiet`), and `closing` ends the wait.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per protocol; the parts come from different owners"
+    )]
+    pub async fn lease<L, E, R, F, Fut>(
+        &self,
+        route: &[String],
+        (group, share): (&str, f64),
+        session: &str,
+        client: &mut R,
+        quiet: bool,
+        closing: &tokio_util::sync::CancellationToken,
+        open: F,
+    ) -> Result<crate::backend::lease::Lease<L>, crate::backend::lease::LeaseError<E>>
+    where
+        E: crate::backend::lease::Faulted,
+        R: tokio::io::AsyncBufRead + Unpin,
+        F: FnMut(crate::backend::Candidate) -> Fut,
+        Fut: Future<Output = Result<(L, std::time::Duration), E>>,
+    {
+        use crate::backend::lease::{self, Ask, Waiting};
+        let ask = Ask {
+            route,
+            share,
+            group,
+            wait: self.admission_wait(group),
+            session,
+        };
+        let waiting = Waiting {
+            client,
+            quiet,
+            closing,
+        };
+        lease::lease(&self.pools, &ask, waiting, open).await
+    }
+
     /// CHUNKING can be offered when every back-end the service may use offers it.
     pub fn chunking(&self) -> bool {
         self.pools.board.chunking(&self.pool_names())

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     backend::{
-        lease::{self, Ask, Lease, LeaseError, Waiting},
+        lease::{Lease, LeaseError},
         pop3::{Pop3Leg, Pop3LegError},
         smtp::{ClientInfo, LegError},
     },
@@ -386,26 +386,25 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             .groups
             .classify(self.client.peer.ip(), user_addr.as_ref());
         let env = self.env;
-        let ask = Ask {
-            route: &route,
-            share,
-            group,
-            wait: env.admission_wait(group),
-            session: &self.client.session_id,
-        };
         let closing = self.closing.clone();
-        let waiting = Waiting {
-            quiet: self.io.buffer().is_empty(),
-            client: &mut self.io,
-            closing: &closing,
-        };
+        let quiet = self.io.buffer().is_empty();
         let client = &self.client;
-        let leased = lease::lease(&env.pools, &ask, waiting, |c| async move {
-            let leg = Pop3Leg::open(&c, client).await?;
-            let greeting = leg.greeting_latency;
-            Ok::<_, Pop3LegError>((leg, greeting))
-        })
-        .await;
+        let session = client.session_id.as_str();
+        let leased = env
+            .lease(
+                &route,
+                (group, share),
+                session,
+                &mut self.io,
+                quiet,
+                &closing,
+                |c| async move {
+                    let leg = Pop3Leg::open(&c, client).await?;
+                    let greeting = leg.greeting_latency;
+                    Ok::<_, Pop3LegError>((leg, greeting))
+                },
+            )
+            .await;
         let mut leg = match leased {
             Ok(l) => l,
             Err(LeaseError::Busy) => {

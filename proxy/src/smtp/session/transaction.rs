@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     backend::{
-        lease::{self, Ask, Fault, Faulted as _, LeaseError, Waiting},
+        lease::{Fault, Faulted as _, LeaseError},
         smtp::{DATA_END_TIMEOUT, LegError, SmtpLeg},
     },
     route::Route,
@@ -311,26 +311,25 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             old.lease.quit().await;
         }
         let env = self.env;
-        let ask = Ask {
-            route,
-            share,
-            group,
-            wait: env.admission_wait(group),
-            session: &self.client.session_id,
-        };
         let closing = self.closing.clone();
-        let waiting = Waiting {
-            quiet: self.io.buffer().is_empty(),
-            client: &mut self.io,
-            closing: &closing,
-        };
+        let quiet = self.io.buffer().is_empty();
         let (client, hostname) = (&self.client, &env.service.hostname);
-        let lease = lease::lease(&env.pools, &ask, waiting, |c| async move {
-            let leg = SmtpLeg::open(&c, client, hostname).await?;
-            let greeting = leg.greeting_latency;
-            Ok((leg, greeting))
-        })
-        .await?;
+        let session = client.session_id.as_str();
+        let lease = env
+            .lease(
+                route,
+                (group, share),
+                session,
+                &mut self.io,
+                quiet,
+                &closing,
+                |c| async move {
+                    let leg = SmtpLeg::open(&c, client, hostname).await?;
+                    let greeting = leg.greeting_latency;
+                    Ok((leg, greeting))
+                },
+            )
+            .await?;
         self.leg = Some(Box::new(Leg {
             lease,
             route: route.to_vec(),
