@@ -64,6 +64,18 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// For a privileged test named `tag`: a cluster with one front-end running and its
+    /// virtual addresses up, or `None` (said loudly) where privileged tests may skip.
+    pub fn one_frontend(tag: &str) -> Option<Cluster> {
+        if !crate::privileged::check(tag) {
+            return None;
+        }
+        let mut c = Cluster::up(&crate::unique_prefix(tag), 1).expect("cluster up");
+        c.start_frontend(0).expect("front-end");
+        c.add_vips(0).expect("virtual addresses");
+        Some(c)
+    }
+
     /// Builds the lab and starts the mail servers; front-ends start with [`Cluster::start_frontend`].
     pub fn up(prefix: &str, frontends: usize) -> anyhow::Result<Cluster> {
         let mut lab = Lab::up(

@@ -9,20 +9,8 @@ use robustifier_lab::{
     client,
     cluster::Cluster,
     mail::clients::{delivered, message, python, text},
-    privileged,
     topology::{VIP_POP, VIP_SMTP},
-    unique_prefix,
 };
-
-fn cluster(tag: &str) -> Option<Cluster> {
-    if !privileged::check(tag) {
-        return None;
-    }
-    let mut c = Cluster::up(&unique_prefix(tag), 1).expect("cluster up");
-    c.start_frontend(0).expect("front-end");
-    c.add_vips(0).unwrap();
-    Some(c)
-}
 
 /// Every back-end's state in the front-end's load map (`robustifier maps --json`).
 fn states(c: &Cluster) -> Vec<(String, String)> {
@@ -64,6 +52,21 @@ fn data(tag: &str, to: &str) -> String {
     format!("{}\r\n.", text.join("\r\n"))
 }
 
+/// One session sending the lab's message `tag` to `owner`: the last line of every reply.
+fn send_one(c: &Cluster, owner: &str, tag: &str) -> Vec<String> {
+    session(
+        c,
+        &[
+            "EHLO client.example.org".into(),
+            "MAIL FROM:<sender@client.example.org>".into(),
+            format!("RCPT TO:<{owner}>"),
+            "DATA".into(),
+            data(tag, owner),
+            "QUIT".into(),
+        ],
+    )
+}
+
 /// Sends `lines` in one SMTP session from the client namespace, one reply read per line
 /// (multi-line replies read whole); returns the last line of each reply.
 fn session(c: &Cluster, lines: &[String]) -> Vec<String> {
@@ -102,7 +105,9 @@ fn session(c: &Cluster, lines: &[String]) -> Vec<String> {
 
 #[test]
 fn a_client_cannot_take_the_backends_down_with_what_postfix_refuses() {
-    let Some(c) = cluster("hrdn") else { return };
+    let Some(c) = Cluster::one_frontend("hrdn") else {
+        return;
+    };
     let owner = "alice@example.test";
     let long_helo = format!("{}.example", "h".repeat(300));
     // More sessions than the back-ends' `fall`: before, each one counted a failed check
@@ -131,17 +136,7 @@ fn a_client_cannot_take_the_backends_down_with_what_postfix_refuses() {
     assert!(s.iter().all(|(_, st)| st == "up"), "{s:?}");
     // A legitimate client right after is served, not shed.
     let tag = "after-attack";
-    let got = session(
-        &c,
-        &[
-            "EHLO client.example.org".into(),
-            "MAIL FROM:<sender@client.example.org>".into(),
-            format!("RCPT TO:<{owner}>"),
-            "DATA".into(),
-            data(tag, owner),
-            "QUIT".into(),
-        ],
-    );
+    let got = send_one(&c, owner, tag);
     assert!(
         got.iter().filter(|l| l.starts_with("250")).count() >= 4,
         "{got:?}"
@@ -151,7 +146,9 @@ fn a_client_cannot_take_the_backends_down_with_what_postfix_refuses() {
 
 #[test]
 fn an_abandoned_transaction_never_reaches_the_next_one_on_postfix() {
-    let Some(c) = cluster("hrdt") else { return };
+    let Some(c) = Cluster::one_frontend("hrdt") else {
+        return;
+    };
     let owner = "alice@example.test";
     let tag = "second-transaction";
     // EHLO in the middle of a transaction resets it (RFC 5321 4.1.4): Postfix must see a
@@ -206,20 +203,12 @@ print(json.dumps(out))
 
 #[test]
 fn a_command_smuggled_in_sasl_plain_never_reaches_dovecot() {
-    let Some(c) = cluster("hrdp") else { return };
+    let Some(c) = Cluster::one_frontend("hrdp") else {
+        return;
+    };
     let owner = "alice@example.test";
     let tag = "keep-me";
-    let got = session(
-        &c,
-        &[
-            "EHLO client.example.org".into(),
-            "MAIL FROM:<sender@client.example.org>".into(),
-            format!("RCPT TO:<{owner}>"),
-            "DATA".into(),
-            data(tag, owner),
-            "QUIT".into(),
-        ],
-    );
+    let got = send_one(&c, owner, tag);
     assert!(got.iter().any(|l| l.contains("2.0.0")), "{got:?}");
     delivered(c.host_of(owner), owner, tag);
     let ca = c.ca();
@@ -254,7 +243,9 @@ fn a_command_smuggled_in_sasl_plain_never_reaches_dovecot() {
 #[test]
 fn garbage_instead_of_tls_ends_the_connection_only() {
     use std::io::{Read as _, Write as _};
-    let Some(c) = cluster("hrdl") else { return };
+    let Some(c) = Cluster::one_frontend("hrdl") else {
+        return;
+    };
     let read_all = |mut s: std::net::TcpStream| -> Vec<u8> {
         s.set_read_timeout(Some(Duration::from_secs(70))).unwrap();
         let mut got = Vec::new();

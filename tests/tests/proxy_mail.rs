@@ -13,22 +13,10 @@ use robustifier_lab::{
     Lab,
     cluster::Cluster,
     mail::clients::{self, b64decode, delivered, message, text},
-    privileged,
     topology::{VIP_POP, VIP_SMTP, VIP_SMTP_V6},
-    unique_prefix,
 };
 
 const CLIENT_V4: &str = "198.18.0.100";
-
-fn cluster(tag: &str) -> Option<Cluster> {
-    if !privileged::check(tag) {
-        return None;
-    }
-    let mut c = Cluster::up(&unique_prefix(tag), 1).expect("cluster up");
-    c.start_frontend(0).expect("front-end");
-    c.add_vips(0).unwrap();
-    Some(c)
-}
 
 fn swaks(lab: &Lab, args: &[&str]) -> Output {
     clients::swaks(&lab.client.ns, "client.robustifier.test", args)
@@ -62,7 +50,9 @@ fn vip(port: u16) -> SocketAddr {
 
 #[test]
 fn real_clients_reach_the_right_mailboxes_through_the_proxy() {
-    let Some(c) = cluster("e2e") else { return };
+    let Some(c) = Cluster::one_frontend("e2e") else {
+        return;
+    };
     let ca = c.ca().display().to_string();
     let tls_verify: &[&str] = &["--tls-verify", "--tls-ca-path", &ca];
 
@@ -230,7 +220,9 @@ print(json.dumps(out))
 
 #[test]
 fn one_session_with_three_routes_is_split_by_452_and_delivered_everywhere() {
-    let Some(c) = cluster("split") else { return };
+    let Some(c) = Cluster::one_frontend("split") else {
+        return;
+    };
     let msg = message("split", "TO");
     let out = c
         .lab
@@ -273,7 +265,9 @@ fn one_session_with_three_routes_is_split_by_452_and_delivered_everywhere() {
 
 #[test]
 fn pop3_users_reach_their_mailboxes_over_stls_and_pop3s_and_never_in_clear() {
-    let Some(c) = cluster("pop") else { return };
+    let Some(c) = Cluster::one_frontend("pop") else {
+        return;
+    };
     let ca = c.ca();
     for (to, tag) in [
         ("alice@example.test", "p1"),
@@ -383,7 +377,9 @@ fn pop3_users_reach_their_mailboxes_over_stls_and_pop3s_and_never_in_clear() {
 #[test]
 fn cluster_agents_answer_the_front_end_with_the_shared_key() {
     use robustifier::datapath::{Snapshot, Tables};
-    let Some(mut c) = cluster("agk") else { return };
+    let Some(mut c) = Cluster::one_frontend("agk") else {
+        return;
+    };
     c.start_agents().expect("agents");
     let eventually = |what: &str, f: &dyn Fn(&Snapshot) -> bool| {
         // A generous bound for the polls to come round, not a timing claim.
