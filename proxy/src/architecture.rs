@@ -21,7 +21,8 @@
 //! - sessions: per-client limits, the per-service context, the core the SMTP and POP3
 //!   sessions share (errors, TLS upgrade, command reading, error budget), the sessions,
 //!   the front's listeners and accept loops.
-//! - control: VRRP at run time, the load writer, the agent daemon, the daemon itself.
+//! - control: VRRP at run time, the load writer, the agent daemon, the front-end tied
+//!   together on its kernel side, the daemon itself.
 #![cfg(test)]
 
 use std::{
@@ -72,7 +73,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "front",
         ],
     ),
-    ("control", &["ha", "load_writer", "agent", "daemon"]),
+    (
+        "control",
+        &["ha", "load_writer", "agent", "frontend", "daemon"],
+    ),
 ];
 
 /// The layer index and table entry of a module path (`smtp::session::auth`).

@@ -19,7 +19,9 @@
 //! - [`agent`]: `robustifier agent`, the load reporter on a back-end host.
 //! - [`agent_wire`]: the agent's report line and keyed challenge, shared by both sides.
 //! - [`reload`]: files re-read when they change, without dropping sessions.
-//! - [`daemon`]: `robustifier run`, tying them together with an orderly stop.
+//! - [`frontend`]: one front-end tied together on a kernel side (the eBPF data path, or
+//!   plain sockets without privileges), with reloads and an orderly stop.
+//! - [`daemon`]: `robustifier run`: the front-end as a process (privileges, signals).
 //! - [`privs`]: the switch to an unprivileged user after the privileged start.
 //! - [`supervise`]: background tasks restarted with a backoff when they die.
 //! - [`ha`]: VRRPv3 at run time: raw sockets, virtual addresses, tracking, handoff.
@@ -39,6 +41,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod front;
+pub mod frontend;
 pub mod ha;
 pub mod health;
 pub mod lines;

@@ -2,11 +2,7 @@
 //! that routing, the kernel and `bpftool` read), keeps the overloaded marks with their
 //! hysteresis, and derives each service's capacity state for the kernel's steering.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use robustifier_common::{
     BackendLoad, CAPACITY_EXHAUSTED, CAPACITY_OK, CAPACITY_PRIORITY_ONLY, ServiceState,
@@ -15,17 +11,58 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
-    backend::select, datapath::Tables, health::board::Board, service::ServiceContext,
+    backend::{LoadView, select},
+    datapath::{DataPathError, Tables},
+    health::board::{Board, Slot},
+    service::ServiceContext,
     supervise::Supervisor,
 };
 
-/// Starts the probe and agent loops for every back-end, and the load writer when the
-/// maps are pinned at `pin_dir`.
+/// The tables the writer fills: the pinned BPF maps in a front-end with a kernel side,
+/// memory in one without.
+pub trait LoadTables: Send {
+    fn backend(&self, id: u32) -> Option<BackendLoad>;
+    fn set_backend(&mut self, id: u32, record: BackendLoad) -> Result<(), DataPathError>;
+    fn set_service(&mut self, id: u32, state: ServiceState) -> Result<(), DataPathError>;
+}
+
+/// Where the load records live: routing reads them through [`LoadMaps::view`], the writer
+/// (reopened each time it restarts) and reloads write them through [`LoadMaps::tables`].
+pub trait LoadMaps: Send + Sync {
+    fn view(&self) -> Result<Arc<dyn LoadView>, DataPathError>;
+    fn tables(&self) -> Result<Box<dyn LoadTables>, DataPathError>;
+}
+
+impl LoadTables for Tables {
+    fn backend(&self, id: u32) -> Option<BackendLoad> {
+        self.backends.get(&id, 0).ok()
+    }
+
+    fn set_backend(&mut self, id: u32, record: BackendLoad) -> Result<(), DataPathError> {
+        self.backends
+            .set(id, record, 0)
+            .map_err(|source| DataPathError::Map {
+                name: robustifier_common::MAP_BACKENDS,
+                source,
+            })
+    }
+
+    fn set_service(&mut self, id: u32, state: ServiceState) -> Result<(), DataPathError> {
+        self.svc_state
+            .set(id, state, 0)
+            .map_err(|source| DataPathError::Map {
+                name: robustifier_common::MAP_SVC_STATE,
+                source,
+            })
+    }
+}
+
+/// Starts the probe and agent loops for every back-end, and the load writer.
 pub fn spawn(
     pools: &crate::backend::PoolSet,
     board: &Arc<Board>,
     envs: Vec<Arc<ServiceContext>>,
-    pin_dir: Option<PathBuf>,
+    maps: Arc<dyn LoadMaps>,
     ha_health: crate::ha::Health,
     stop: &CancellationToken,
     tasks: &Supervisor,
@@ -33,19 +70,17 @@ pub fn spawn(
     for slot in board.slots() {
         crate::health::spawn_checks(pools, board, &slot, stop, tasks);
     }
-    if let Some(dir) = pin_dir {
-        let (b, stop) = (Arc::clone(board), stop.clone());
-        tasks.spawn("load writer", move || {
-            let (dir, b, envs, ha_health, stop) = (
-                dir.clone(),
-                Arc::clone(&b),
-                envs.clone(),
-                ha_health.clone(),
-                stop.clone(),
-            );
-            async move { run(&dir, b, envs, ha_health, stop).await }
-        });
-    }
+    let (b, stop) = (Arc::clone(board), stop.clone());
+    tasks.spawn("load writer", move || {
+        let (maps, b, envs, ha_health, stop) = (
+            Arc::clone(&maps),
+            Arc::clone(&b),
+            envs.clone(),
+            ha_health.clone(),
+            stop.clone(),
+        );
+        async move { run(maps.as_ref(), b, envs, ha_health, stop).await }
+    });
 }
 
 pub const PERIOD: Duration = Duration::from_millis(500);
@@ -58,15 +93,15 @@ pub(crate) fn monotonic_ns() -> u64 {
 }
 
 pub async fn run(
-    pin_dir: &Path,
+    maps: &dyn LoadMaps,
     board: Arc<Board>,
     envs: Vec<Arc<ServiceContext>>,
     ha_health: crate::ha::Health,
     stop: CancellationToken,
 ) {
-    let mut tables = match Tables::from_pins(pin_dir) {
+    let mut tables = match maps.tables() {
         Ok(t) => t,
-        Err(e) => return error!(error = %e, "load writer cannot open the pinned maps"),
+        Err(e) => return error!(error = %e, "load writer cannot open the load maps"),
     };
     let mut capacity: Vec<u32> = vec![CAPACITY_OK; envs.len()];
     loop {
@@ -74,12 +109,12 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(PERIOD) => {}
         }
-        write_records(&mut tables, &board);
+        write_records(tables.as_mut(), &board);
         // A back-end's load may have dropped: sessions waiting for a slot look again.
         board.nudge();
         let mut exhausted = false;
         for (i, env) in envs.iter().enumerate() {
-            let c = service_capacity(env, &board, |id| tables.backends.get(&id, 0).ok());
+            let c = service_capacity(env, &board, |id| tables.backend(id));
             exhausted |= c == CAPACITY_EXHAUSTED;
             if c != capacity[i] {
                 let name = ["ok", "priority-only", "exhausted"]
@@ -89,13 +124,12 @@ pub async fn run(
                 warn!(service = %env.service.name, capacity = name, "service capacity changed");
                 capacity[i] = c;
             }
-            if let Err(e) = tables.svc_state.set(
+            if let Err(e) = tables.set_service(
                 env.service.id,
                 ServiceState {
                     capacity: c,
                     _pad: 0,
                 },
-                0,
             ) {
                 error!(error = %e, "writing service state");
             }
@@ -105,43 +139,47 @@ pub async fn run(
     }
 }
 
-fn write_records(tables: &mut Tables, board: &Board) {
+fn write_records(tables: &mut dyn LoadTables, board: &Board) {
     let now = monotonic_ns();
     for slot in board.slots() {
-        let id = slot.backend.id;
-        let Some(mut record) = board.record_for(id, now) else {
-            continue;
-        };
-        // Hysteresis on the raw figures: over at the threshold, clear under 90 % of it.
-        let overloaded = slot.overloaded.load(std::sync::atomic::Ordering::Relaxed);
-        let t = &slot.thresholds;
-        {
-            let now_over = if overloaded {
-                !select::clear(&record, t)
-            } else {
-                select::over(&record, t)
-            };
-            if now_over != overloaded {
-                slot.overloaded
-                    .store(now_over, std::sync::atomic::Ordering::Relaxed);
-                if now_over {
-                    warn!(backend = %slot.backend.name, mail_queue = record.mail_queue, disk_permille = record.disk_permille,
-                        run_queue_milli = record.run_queue_milli, response_us = record.response_us, "back-end over a threshold: no new sessions");
-                } else {
-                    info!(backend = %slot.backend.name, "back-end under its thresholds again");
-                }
-            }
-            if !now_over && overloaded {
-                // The record was built while still marked: give the weight back.
-                record.weight = board.weight_of(id);
-            }
-            if now_over {
-                record.weight = 0;
-            }
+        publish(tables, board, &slot, now);
+    }
+}
+
+/// Writes one back-end's record as of `now`, with the overloaded mark and its hysteresis
+/// applied: the writer's round, and a reload for the back-ends it changed.
+pub fn publish(tables: &mut dyn LoadTables, board: &Board, slot: &Slot, now: u64) {
+    let id = slot.backend.id;
+    let Some(mut record) = board.record_for(id, now) else {
+        return;
+    };
+    // Hysteresis on the raw figures: over at the threshold, clear under 90 % of it.
+    let overloaded = slot.overloaded.load(std::sync::atomic::Ordering::Relaxed);
+    let t = &slot.thresholds;
+    let now_over = if overloaded {
+        !select::clear(&record, t)
+    } else {
+        select::over(&record, t)
+    };
+    if now_over != overloaded {
+        slot.overloaded
+            .store(now_over, std::sync::atomic::Ordering::Relaxed);
+        if now_over {
+            warn!(backend = %slot.backend.name, mail_queue = record.mail_queue, disk_permille = record.disk_permille,
+                run_queue_milli = record.run_queue_milli, response_us = record.response_us, "back-end over a threshold: no new sessions");
+        } else {
+            info!(backend = %slot.backend.name, "back-end under its thresholds again");
         }
-        if let Err(e) = tables.backends.set(id, record, 0) {
-            error!(error = %e, backend = %slot.backend.name, "writing load record");
-        }
+    }
+    if !now_over && overloaded {
+        // The record was built while still marked: give the weight back.
+        record.weight = board.weight_of(id);
+    }
+    if now_over {
+        record.weight = 0;
+    }
+    if let Err(e) = tables.set_backend(id, record) {
+        error!(error = %e, backend = %slot.backend.name, "writing load record");
     }
 }
 

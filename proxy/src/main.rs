@@ -34,6 +34,10 @@ enum Command {
         /// Attach XDP to this interface instead of the config's `frontend.interface`.
         #[arg(long)]
         iface: Option<String>,
+        /// No kernel side: listen on each service's own addresses with plain sockets, keep
+        /// load records in memory; no XDP, no steering, no root needed.
+        #[arg(long, conflicts_with = "iface")]
+        without_kernel: bool,
     },
     /// Validate a configuration file; exits non-zero with file, key and reason.
     CheckConfig { file: PathBuf },
@@ -138,12 +142,21 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { config, iface } => {
+        Command::Run {
+            config,
+            iface,
+            without_kernel,
+        } => {
             let mut cfg = Config::load(&config)?;
             if iface.is_some() {
                 cfg.frontend.interface = iface;
             }
-            robustifier::daemon::main(cfg)
+            let mode = if without_kernel {
+                robustifier::daemon::Mode::UserSpace
+            } else {
+                robustifier::daemon::Mode::Kernel
+            };
+            robustifier::daemon::main(cfg, mode)
         }
         Command::CheckConfig { file } => {
             let cfg = Config::load(&file)?;

@@ -193,7 +193,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    relay_inner(a, b, None).await
+    relay_inner(a, b, None, false).await
 }
 
 /// [`relay`] that ends with a `TimedOut` error once no octet has moved either way for
@@ -204,10 +204,30 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    relay_inner(a, b, Some(idle)).await
+    relay_inner(a, b, Some(idle), false).await
 }
 
-async fn relay_inner<A, B>(a: &mut A, b: &mut B, idle: Option<Duration>) -> io::Result<(u64, u64)>
+/// [`relay_idle`] for a protocol where the server's close ends the session (POP3 after
+/// QUIT, RFC 1939 6): once `b` has closed and all it sent is written to `a`, the relay
+/// ends, without waiting for `a` to close its side too.
+pub async fn relay_idle_until_b_closes<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    relay_inner(a, b, Some(idle), true).await
+}
+
+async fn relay_inner<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Option<Duration>,
+    b_ends: bool,
+) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -222,8 +242,10 @@ where
     std::future::poll_fn(|cx| {
         let ab = a_to_b.poll(cx, &mut a, b.get_mut())?;
         let ba = b_to_a.poll(cx, &mut b, a.get_mut())?;
-        if let (Poll::Ready(ab), Poll::Ready(ba)) = (ab, ba) {
-            return Poll::Ready(Ok((ab, ba)));
+        match (ab, ba) {
+            (Poll::Ready(ab), Poll::Ready(ba)) => return Poll::Ready(Ok((ab, ba))),
+            (_, Poll::Ready(ba)) if b_ends => return Poll::Ready(Ok((a_to_b.copied, ba))),
+            _ => {}
         }
         if let (Some(sleep), Some(idle)) = (deadline.as_mut(), idle) {
             let now = (a_to_b.copied, b_to_a.copied);
@@ -372,6 +394,42 @@ mod tests {
     fn waits<R: AsyncRead + Unpin>(r: &mut Buffered<R>) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         Pin::new(r).poll_fill_buf(&mut cx).is_pending()
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_the_server_ends_does_not_wait_for_the_client() {
+        let (mut client, mut client_side) = tokio::io::duplex(1024);
+        let (mut server, mut server_side) = tokio::io::duplex(1024);
+        let relaying = tokio::spawn(async move {
+            relay_idle_until_b_closes(
+                &mut client_side,
+                &mut server_side,
+                std::time::Duration::from_secs(600),
+            )
+            .await
+        });
+        server.write_all(b"+OK bye\r\n").await.unwrap();
+        drop(server);
+        // The client keeps its side open; the relay ends anyway, all of it delivered.
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"+OK bye\r\n");
+        let (_, to_client) = tokio::time::timeout(std::time::Duration::from_secs(30), relaying)
+            .await
+            .expect("the relay ended with the server")
+            .unwrap()
+            .unwrap();
+        assert_eq!(to_client, 9);
+        // The plain relay, by contrast, waits for the client's side.
+        let (_client, mut client_side) = tokio::io::duplex(1024);
+        let (server, mut server_side) = tokio::io::duplex(1024);
+        drop(server);
+        let plain = relay(&mut client_side, &mut server_side);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(200), plain)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]

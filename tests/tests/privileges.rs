@@ -216,7 +216,7 @@ fn frontend_drops_to_its_user_and_keeps_working() {
     // A reload re-reads the configuration as the daemon's user.
     nix::sys::signal::kill(pid_b, Signal::SIGHUP).unwrap();
     lab.daemons()[FEB]
-        .wait_for_log("SIGHUP: configuration reloaded", GENEROUS)
+        .wait_for_log("reload: configuration applied", GENEROUS)
         .unwrap();
 
     // The maps are still root's to read.

@@ -46,6 +46,10 @@ pub struct Frontend {
     /// The user `robustifier run` switches to after the privileged start; `None`: the
     /// default user if it exists (see [`crate::privs`]).
     pub user: Option<String>,
+    /// Clients on this host's loopback get sessions. Off by default: their address reaches
+    /// the back-ends as the host's own, which back-ends commonly trust (Postfix's
+    /// `mynetworks`); for a front-end without a kernel side tried on one host, and tests.
+    pub serve_loopback_clients: bool,
 }
 
 /// The server certificate and key, checked readable at load time.
@@ -264,6 +268,7 @@ impl Config {
             xdp_mode,
             pin_dir,
             user: fe.user,
+            serve_loopback_clients: fe.serve_loopback_clients,
         };
         let base = file.parent().unwrap_or(Path::new("."));
         let tls = match raw.tls {

@@ -38,6 +38,9 @@ pub struct RawFrontend {
     pub pin_dir: Option<String>,
     /// Unprivileged user the daemon switches to once the data path is attached.
     pub user: Option<String>,
+    /// Serve clients connecting from this host's loopback (refused by default).
+    #[serde(default)]
+    pub serve_loopback_clients: bool,
 }
 
 #[derive(Debug, Deserialize)]

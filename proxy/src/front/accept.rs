@@ -50,6 +50,8 @@ pub struct Context {
     pub sessions: TaskTracker,
     /// Drain gate and health reporting shared with the HA side.
     pub ha: Hooks,
+    /// `frontend.serve_loopback_clients`: loopback clients get sessions.
+    pub serve_loopback: bool,
 }
 
 /// How a stop ends the sessions still running at its deadlines: `sessions` ends them at
@@ -166,7 +168,7 @@ fn serve(
             .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
             .unwrap_or(peer);
         let _ = stream.set_nodelay(true);
-        if !from_client_network(peer, local) {
+        if !ctx.serve_loopback && !from_client_network(peer, local) {
             info!(service = %svc.name, %peer, %local, "connection from this host's loopback refused");
             return shed::refuse_local(stream, svc.protocol, &svc.hostname).await;
         }

@@ -105,6 +105,9 @@ pub struct Reconciled {
     /// Back-ends the configuration adds to a running pool, with their new ids: routing
     /// sees them at once; their probes and agent polls are the caller's to start.
     pub added: Vec<Arc<Slot>>,
+    /// Back-ends the configuration removed (now draining) or restored (readmitted):
+    /// their records change, which routing should see at once.
+    pub changed: Vec<Arc<Slot>>,
     /// Back-ends of pools this process does not run (pools take a restart), by name.
     pub new_pool: Vec<String>,
     /// Back-ends refused because every id of the load map is taken, by name.
@@ -184,9 +187,11 @@ impl Board {
     pub fn reconcile(&self, cfg: &Config) -> Reconciled {
         let _one = crate::sync::lock(&self.reloading);
         let current = self.slots.load_full();
+        let mut out = Reconciled::default();
         for s in current.iter() {
             let keep = cfg.backends().any(|(p, b)| s.is(&p.name, b));
             if s.removed.swap(!keep, Ordering::Relaxed) == keep {
+                out.changed.push(Arc::clone(s));
                 if keep {
                     info!(backend = %s.backend.name, id = s.backend.id, "back in the configuration: readmitted");
                 } else {
@@ -194,7 +199,6 @@ impl Board {
                 }
             }
         }
-        let mut out = Reconciled::default();
         let mut slots: Vec<Arc<Slot>> = current.to_vec();
         for (p, b) in cfg.backends() {
             if slots.iter().any(|s| s.is(&p.name, b)) {

@@ -1,0 +1,143 @@
+//! The kernel side of a front-end: what the daemon needs from the eBPF data path, as a
+//! trait, and the implementation on it. The XDP program drops floods before they cost a
+//! socket; the steering program hands each connection to the listener of its service and
+//! class (served, priority, shed), and the load maps are pinned for the kernel, routing
+//! and `bpftool` alike.
+
+use std::{net::TcpListener, path::PathBuf, sync::Arc};
+
+use robustifier_common::{
+    MAP_BACKENDS, PINNED_MAPS, PROG_STEER, PROG_XDP, SLOT_NORMAL, SLOT_PRIORITY, SLOT_SHED,
+};
+use tracing::info;
+
+use crate::{
+    backend::LoadView,
+    config::{Config, Service},
+    datapath::{DataPath, DataPathError, MapView, Tables},
+    front::{accept::Role, listeners::StdSlotSockets},
+    load_writer::{LoadMaps, LoadTables},
+};
+
+/// What a front-end needs of the kernel. Called in this order: [`apply`](Self::apply),
+/// [`listen`](Self::listen) for each service, [`attach`](Self::attach); then, at the stop,
+/// [`detach`](Self::detach).
+pub trait KernelSide: Send {
+    /// Writes the configuration into the kernel's tables (services, classes, flood limits).
+    fn apply(&mut self, cfg: &Config) -> Result<(), KernelError>;
+    /// Opens one service's listening sockets (non-blocking, listening), each with the
+    /// answer its connections get.
+    fn listen(&mut self, service: &Service) -> Result<Vec<(TcpListener, Role)>, KernelError>;
+    /// Starts sending connections to the listeners; returns lines for the operator saying
+    /// what was attached where.
+    fn attach(&mut self, cfg: &Config) -> Result<Vec<String>, KernelError>;
+    /// No new connection reaches the listeners from now on (the first step of a stop).
+    fn detach(&mut self);
+    /// Where the back-ends' load records are kept.
+    fn loads(&self) -> Arc<dyn LoadMaps>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    DataPath(#[from] DataPathError),
+    #[error("listeners for service {service}: {source}")]
+    Listen {
+        service: String,
+        source: std::io::Error,
+    },
+}
+
+/// The eBPF data path: maps pinned under `frontend.pin_dir`, XDP on `frontend.interface`
+/// (if set), steering on this network namespace. Needs CAP_BPF, CAP_NET_ADMIN (root).
+pub struct Kernel {
+    dp: DataPath,
+    pin_dir: PathBuf,
+}
+
+impl Kernel {
+    /// Loads the programs and opens (or creates and pins) the maps; nothing is attached.
+    pub fn load(cfg: &Config) -> Result<Kernel, KernelError> {
+        let pin_dir = cfg.frontend.pin_dir.clone();
+        Ok(Kernel {
+            dp: DataPath::load(&pin_dir)?,
+            pin_dir,
+        })
+    }
+}
+
+impl KernelSide for Kernel {
+    fn apply(&mut self, cfg: &Config) -> Result<(), KernelError> {
+        self.dp.tables.apply(cfg)?;
+        info!(pin_dir = %self.pin_dir.display(), "maps pinned and filled from {}", cfg.file.display());
+        Ok(())
+    }
+
+    /// A socket per class and address family, bound to loopback ephemeral ports and
+    /// registered in the steering map: nothing reaches them but steered connections.
+    fn listen(&mut self, service: &Service) -> Result<Vec<(TcpListener, Role)>, KernelError> {
+        let mut out = Vec::new();
+        for (slot, role) in [
+            (SLOT_NORMAL, Role::Serve),
+            (SLOT_PRIORITY, Role::Priority),
+            (SLOT_SHED, Role::Shed),
+        ] {
+            let sockets = StdSlotSockets::bind().map_err(|source| KernelError::Listen {
+                service: service.name.clone(),
+                source,
+            })?;
+            for (family, socket) in sockets.by_family() {
+                self.dp
+                    .register_listener(service.id, slot, family, socket)?;
+            }
+            out.extend([(sockets.v4, role), (sockets.v6, role)]);
+        }
+        Ok(out)
+    }
+
+    fn attach(&mut self, cfg: &Config) -> Result<Vec<String>, KernelError> {
+        let xdp = match &cfg.frontend.interface {
+            Some(iface) => {
+                let mode = self.dp.attach_xdp(iface, cfg.frontend.xdp_mode)?;
+                format!("{PROG_XDP} on {iface} ({mode} mode)")
+            }
+            None => format!("{PROG_XDP} not attached (no frontend.interface)"),
+        };
+        self.dp.attach_steering()?;
+        let dir = self.pin_dir.display();
+        Ok(vec![
+            format!("attached: {xdp}; {PROG_STEER} (sk_lookup) on this network namespace"),
+            format!("maps pinned in {dir}: {}", PINNED_MAPS.join(" ")),
+            format!(
+                "inspect: robustifier maps --pin-dir {dir}   or   bpftool map dump pinned {dir}/{MAP_BACKENDS}"
+            ),
+        ])
+    }
+
+    fn detach(&mut self) {
+        self.dp.detach();
+        info!(pin_dir = %self.pin_dir.display(), "detached; the maps stay pinned");
+    }
+
+    fn loads(&self) -> Arc<dyn LoadMaps> {
+        Arc::new(Pinned {
+            dir: self.pin_dir.clone(),
+        })
+    }
+}
+
+/// The pinned load map, opened anew by each reader and writer (a handle each, so a
+/// restarted writer does not depend on the one that died).
+struct Pinned {
+    dir: PathBuf,
+}
+
+impl LoadMaps for Pinned {
+    fn view(&self) -> Result<Arc<dyn LoadView>, DataPathError> {
+        Ok(Arc::new(MapView::open(&self.dir)?))
+    }
+
+    fn tables(&self) -> Result<Box<dyn LoadTables>, DataPathError> {
+        Ok(Box::new(Tables::from_pins(&self.dir)?))
+    }
+}

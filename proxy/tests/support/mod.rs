@@ -1,0 +1,365 @@
+//! What the tests without root share: scripted back-ends on loopback, a front-end built
+//! on [`UserSpace`] in this process, and a line-oriented client.
+#![allow(dead_code, reason = "each test file uses a part of the support")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support: a step that fails fails the test"
+)]
+
+use std::{
+    net::{SocketAddr, TcpListener as StdListener},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use robustifier::{
+    config::Config,
+    frontend::{Command, Frontend, UserSpace},
+};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{TcpListener, TcpStream, tcp::OwnedWriteHalf},
+    sync::{Semaphore, mpsc, oneshot},
+    task::JoinHandle,
+};
+
+/// A generous bound on any single wait, so that a broken test fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A fresh directory for one test's files.
+pub fn tempdir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "rb-frontend-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// What a scripted SMTP back-end was sent.
+#[derive(Default)]
+pub struct Seen {
+    /// Each message's data as received (dot-stuffed lines, without the final dot).
+    pub messages: Vec<String>,
+    /// Every command line (probes included).
+    pub commands: Vec<String>,
+}
+
+/// An SMTP server on loopback that accepts every command and every message. With `hold`,
+/// its reply to an end of data waits for a permit of that semaphore.
+pub struct SmtpBackend {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Seen>>,
+    pub hold: Option<Arc<Semaphore>>,
+}
+
+impl SmtpBackend {
+    pub async fn start() -> SmtpBackend {
+        SmtpBackend::start_with(None).await
+    }
+
+    /// A back-end whose end-of-data replies wait for `hold`'s permits.
+    pub async fn holding() -> SmtpBackend {
+        SmtpBackend::start_with(Some(Arc::new(Semaphore::new(0)))).await
+    }
+
+    async fn start_with(hold: Option<Arc<Semaphore>>) -> SmtpBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (s, h) = (Arc::clone(&seen), hold.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(smtp_conversation(stream, Arc::clone(&s), h.clone()));
+            }
+        });
+        SmtpBackend { addr, seen, hold }
+    }
+
+    pub fn messages(&self) -> Vec<String> {
+        self.seen.lock().unwrap().messages.clone()
+    }
+
+    /// Whether any connection that was not a health probe reached it.
+    pub fn had_sessions(&self) -> bool {
+        let seen = self.seen.lock().unwrap();
+        seen.commands
+            .iter()
+            .any(|c| c.to_ascii_uppercase().starts_with("MAIL"))
+    }
+}
+
+async fn smtp_conversation(
+    stream: TcpStream,
+    seen: Arc<Mutex<Seen>>,
+    hold: Option<Arc<Semaphore>>,
+) {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    if wr.write_all(b"220 backend.test ESMTP\r\n").await.is_err() {
+        return;
+    }
+    loop {
+        let mut line = String::new();
+        if rd.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let cmd = line.trim_end().to_owned();
+        seen.lock().unwrap().commands.push(cmd.clone());
+        let upper = cmd.to_ascii_uppercase();
+        let reply: &[u8] = if upper.starts_with("EHLO") {
+            b"250-backend.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+        } else if upper == "DATA" {
+            if wr.write_all(b"354 go ahead\r\n").await.is_err() {
+                return;
+            }
+            let mut data = String::new();
+            loop {
+                let mut l = String::new();
+                if rd.read_line(&mut l).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                if l == ".\r\n" {
+                    break;
+                }
+                data.push_str(&l);
+            }
+            if let Some(hold) = &hold {
+                hold.acquire().await.unwrap().forget();
+            }
+            seen.lock().unwrap().messages.push(data);
+            b"250 2.0.0 queued\r\n"
+        } else if upper == "QUIT" {
+            let _ = wr.write_all(b"221 2.0.0 bye\r\n").await;
+            return;
+        } else {
+            b"250 2.0.0 ok\r\n"
+        };
+        if wr.write_all(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A POP3 server on loopback with one mailbox: any user, password "secret", one message.
+pub async fn pop3_backend() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let users = Arc::new(Mutex::new(Vec::new()));
+    let u = Arc::clone(&users);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let u = Arc::clone(&u);
+            tokio::spawn(async move {
+                let (rd, mut wr) = stream.into_split();
+                let mut rd = BufReader::new(rd);
+                let _ = wr.write_all(b"+OK store ready\r\n").await;
+                loop {
+                    let mut line = String::new();
+                    if rd.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let line = line.trim_end();
+                    let (verb, arg) = line.split_once(' ').unwrap_or((line, ""));
+                    let reply: &[u8] = match verb.to_ascii_uppercase().as_str() {
+                        "CAPA" => b"+OK\r\nUSER\r\nUIDL\r\n.\r\n",
+                        "USER" => {
+                            u.lock().unwrap().push(arg.to_owned());
+                            b"+OK\r\n"
+                        }
+                        "PASS" if arg == "secret" => b"+OK logged in\r\n",
+                        "PASS" => b"-ERR [AUTH] invalid\r\n",
+                        "STAT" => b"+OK 1 42\r\n",
+                        "QUIT" => {
+                            let _ = wr.write_all(b"+OK bye\r\n").await;
+                            return;
+                        }
+                        _ => b"+OK\r\n",
+                    };
+                    if wr.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, users)
+}
+
+/// A front-end running in this process on plain loopback sockets.
+pub struct Running {
+    /// Where each service accepts, by service name.
+    pub addrs: Vec<(String, SocketAddr)>,
+    pub commands: mpsc::Sender<Command>,
+    pub served: JoinHandle<anyhow::Result<()>>,
+    pub file: PathBuf,
+}
+
+impl Running {
+    /// Writes `config` to `dir/robustifier.toml` and starts a front-end on it; each
+    /// service listens on a port of 127.0.0.1 the system picks.
+    pub fn start(dir: &Path, config: &str) -> Running {
+        let file = dir.join("robustifier.toml");
+        std::fs::write(&file, config).unwrap();
+        let cfg = Config::load(&file).unwrap();
+        let mut kernel = UserSpace::new();
+        for service in &cfg.services {
+            let l = StdListener::bind("127.0.0.1:0").unwrap();
+            kernel = kernel.with_listener(&service.name, l);
+        }
+        let frontend = Frontend::open(cfg, Box::new(kernel)).unwrap();
+        let addrs = frontend.addresses();
+        let (commands, rx) = mpsc::channel(4);
+        let served = tokio::spawn(frontend.serve(rx));
+        Running {
+            addrs,
+            commands,
+            served,
+            file,
+        }
+    }
+
+    pub fn addr(&self, service: &str) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(name, _)| name == service)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no listener for service {service}"))
+    }
+
+    /// Rewrites the configuration file and reloads; returns the reload's outcome.
+    pub async fn reload(&self, config: &str) -> Result<(), String> {
+        std::fs::write(&self.file, config).unwrap();
+        let (done, outcome) = oneshot::channel();
+        self.commands
+            .send(Command::Reload { done: Some(done) })
+            .await
+            .unwrap();
+        outcome.await.unwrap().map_err(|e| e.to_string())
+    }
+
+    /// Stops the front-end and waits for `serve` to return.
+    pub async fn stop(self) {
+        self.commands.send(Command::Stop).await.unwrap();
+        tokio::time::timeout(PATIENCE, self.served)
+            .await
+            .expect("the front-end stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A front-end configuration: `[frontend]` serving loopback clients, then `rest`.
+pub fn config(rest: &str) -> String {
+    format!("[frontend]\nname = \"fe-test\"\nserve_loopback_clients = true\n{rest}")
+}
+
+/// A client speaking lines to a front-end.
+pub struct Client {
+    rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    wr: OwnedWriteHalf,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        let (rd, wr) = stream.into_split();
+        Client {
+            rd: BufReader::new(rd),
+            wr,
+        }
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        self.wr
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// One line, without its CRLF; empty at the end of the stream.
+    pub async fn line(&mut self) -> String {
+        let mut l = String::new();
+        tokio::time::timeout(PATIENCE, self.rd.read_line(&mut l))
+            .await
+            .expect("a line within the patience")
+            .unwrap();
+        l.trim_end().to_owned()
+    }
+
+    /// An SMTP reply: every line up to the one with a space after the code.
+    pub async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let l = self.line().await;
+            all.push_str(&l);
+            all.push('\n');
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    /// Sends `line` and returns the SMTP reply.
+    pub async fn ask(&mut self, line: &str) -> String {
+        self.send(line).await;
+        self.reply().await
+    }
+
+    /// Greeting to the end of DATA's 354 for one message from `from` to `to`.
+    pub async fn smtp_until_data(&mut self, to: &str) {
+        assert!(self.reply().await.starts_with("220"), "greeting");
+        assert!(self.ask("EHLO client.test").await.starts_with("250"));
+        assert!(
+            self.ask("MAIL FROM:<sender@client.test>")
+                .await
+                .starts_with("250")
+        );
+        let rcpt = self.ask(&format!("RCPT TO:<{to}>")).await;
+        assert!(rcpt.starts_with("250"), "RCPT: {rcpt}");
+        assert!(self.ask("DATA").await.starts_with("354"));
+    }
+
+    /// One whole message; returns the reply to its end of data.
+    pub async fn send_message(&mut self, to: &str, body: &str) -> String {
+        self.smtp_until_data(to).await;
+        self.send(&format!("Subject: test\r\n\r\n{body}\r\n."))
+            .await;
+        self.reply().await
+    }
+}
+
+impl Client {
+    /// [`Client::send_message`] for a client that has read the greeting already.
+    pub async fn send_message_after_greeting(&mut self, to: &str) -> String {
+        assert!(self.ask("EHLO client.test").await.starts_with("250"));
+        assert!(
+            self.ask("MAIL FROM:<sender@client.test>")
+                .await
+                .starts_with("250")
+        );
+        assert!(
+            self.ask(&format!("RCPT TO:<{to}>"))
+                .await
+                .starts_with("250")
+        );
+        assert!(self.ask("DATA").await.starts_with("354"));
+        self.send("Subject: test\r\n\r\nbody\r\n.").await;
+        self.reply().await
+    }
+}
