@@ -2,12 +2,14 @@
 //! greeting, send lines, and return everything the server said.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead, BufReader, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
     time::Duration,
 };
 
 use socket2::{Domain, Socket, Type};
+
+use crate::Netns;
 
 /// Connects to `to` from `from` (or the default source) within `timeout`.
 pub fn connect(
@@ -56,8 +58,9 @@ pub fn dialogue(
     Ok(got)
 }
 
-/// Reads one SMTP reply (all its lines) and returns its last line.
-fn smtp_reply(r: &mut BufReader<TcpStream>) -> std::io::Result<String> {
+/// Reads one SMTP reply (all its lines) and returns its last line; a closed connection is
+/// an `UnexpectedEof` error.
+pub fn smtp_reply(r: &mut impl BufRead) -> std::io::Result<String> {
     loop {
         let mut line = String::new();
         if r.read_line(&mut line)? == 0 {
@@ -152,4 +155,39 @@ pub fn send_mail(
     }
     let _ = step(&mut w, "QUIT\r\n".into(), &mut got);
     Ok(got)
+}
+
+/// The first line a server at `to` says to a client in `ns` (its greeting, or the shed
+/// reply), or `connect failed: ...`: what a client sees of whoever holds an address.
+pub fn greeting(ns: &Netns, to: SocketAddr) -> String {
+    ns.enter(move || dialogue(to, None, &["QUIT"]))
+        .expect("enter the client namespace")
+        .map(|lines| lines.first().cloned().unwrap_or_default())
+        .unwrap_or_else(|e| format!("connect failed: {e}"))
+}
+
+/// [`send_mail`] from a client in `ns` with the default source address; an I/O error
+/// fails the test.
+pub fn send_mail_in(
+    ns: &Netns,
+    to: SocketAddr,
+    sender: &str,
+    rcpts: &[&str],
+    body: &str,
+) -> Vec<String> {
+    ns.enter(|| send_mail(to, None, sender, rcpts, body))
+        .expect("enter the client namespace")
+        .unwrap_or_else(|e| panic!("SMTP session to {to}: {e}"))
+}
+
+/// The reply to the end of data in a [`send_mail`] transcript (the one after DATA's 354),
+/// if the session got that far.
+pub fn end_of_data(r: &[String]) -> Option<&str> {
+    let i = r.iter().position(|l| l.starts_with("354"))?;
+    r.get(i + 1).map(String::as_str)
+}
+
+/// The reply to the end of data was 250: the back-end has the message.
+pub fn accepted(r: &[String]) -> bool {
+    end_of_data(r).is_some_and(|l| l.starts_with("250"))
 }

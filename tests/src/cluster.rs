@@ -19,6 +19,7 @@ use anyhow::Context as _;
 
 use crate::{
     Lab, Plan,
+    frontend_config::{Backend, FrontendConfig, Pool, Service},
     mail::{
         MailHost, Make, PORT_POP3_PROXY, PORT_SMTP, PORT_SMTP_PROXY, PORT_SUBMISSION, Users, tls,
     },
@@ -133,156 +134,86 @@ impl Cluster {
 
     /// Front-end `i`'s configuration.
     pub fn frontend_config(&self, i: usize) -> String {
-        let fe = &self.lab.frontends[i];
-        let be = |j: u8| internal_v4(11 + j);
+        let name = &self.lab.frontends[i].name;
         let dir = self.lab.log_dir.display();
-        format!(
-            r#"[frontend]
-name = "{name}"
-interface = "pub0"
-pin_dir = "{pin}"
-
-[tls]
-certificate = "{cert}"
-key = "{key}"
-
-[[service]]
-name = "smtp"
-protocol = "smtp"
-port = 25
-hostname = "mx-{name}.robustifier.test"
-vips = ["{VIP_SMTP}", "{VIP_SMTP_V6}"]
-tls = "starttls"
-routes = "{dir}/smtp.map"
-
-[[service]]
-name = "smtps"
-protocol = "smtp"
-port = 465
-hostname = "mx-{name}.robustifier.test"
-vips = ["{VIP_SMTP}", "{VIP_SMTP_V6}"]
-tls = "implicit"
-routes = "{dir}/smtp.map"
-
-[[service]]
-name = "submission"
-protocol = "smtp"
-port = {PORT_SUBMISSION}
-hostname = "mx-{name}.robustifier.test"
-vips = ["{VIP_SMTP}", "{VIP_SMTP_V6}"]
-tls = "starttls"
-auth = true
-routes = "{dir}/submission.map"
-
-[[service]]
-name = "pop3"
-protocol = "pop3"
-port = 110
-hostname = "pop-{name}.robustifier.test"
-vips = ["{VIP_POP}", "{VIP_POP_V6}"]
-tls = "starttls"
-routes = "{dir}/pop.map"
-
-[[service]]
-name = "pop3s"
-protocol = "pop3"
-port = 995
-hostname = "pop-{name}.robustifier.test"
-vips = ["{VIP_POP}", "{VIP_POP_V6}"]
-tls = "implicit"
-routes = "{dir}/pop.map"
-
-# be1's leg goes over STARTTLS, its certificate checked against the lab CA.
-[[pool]]
-name = "be1"
-identity = "xclient"
-tls = "starttls"
-ca = "{ca}"
-server_name = "be1.robustifier.test"
-backend = [{{ name = "be1", address = "{b1}:{PORT_SMTP}", agent = "{b1}:{AGENT_PORT}" }}]
-agent_key_file = "{agent_key}"
-[pool.health]
-interval_ms = 1000
-agent_interval_ms = 500
-{lab_thresholds}
-
-[[pool]]
-name = "be2"
-identity = "xclient"
-backend = [{{ name = "be2", address = "{b2}:{PORT_SMTP}", agent = "{b2}:{AGENT_PORT}" }}]
-agent_key_file = "{agent_key}"
-[pool.health]
-interval_ms = 1000
-agent_interval_ms = 500
-[pool.thresholds]
-# A small back-end: four sessions at once from this front-end.
-sessions = 4
-{LAB_THRESHOLDS}
-
-[[pool]]
-name = "be3"
-identity = "proxy"
-backend = [{{ name = "be3", address = "{b3}:{PORT_SMTP_PROXY}", agent = "{b3}:{AGENT_PORT}" }}]
-agent_key_file = "{agent_key}"
-[pool.health]
-interval_ms = 1000
-agent_interval_ms = 500
-{lab_thresholds}
-
-[[pool]]
-name = "sub-be1"
-identity = "none"
-backend = [{{ name = "be1-submission", address = "{b1}:{PORT_SUBMISSION}" }}]
-
-[[pool]]
-name = "sub-be2"
-identity = "none"
-backend = [{{ name = "be2-submission", address = "{b2}:{PORT_SUBMISSION}" }}]
-
-[[pool]]
-name = "pop-be1"
-identity = "proxy"
-backend = [{{ name = "be1-pop3", address = "{b1}:{PORT_POP3_PROXY}" }}]
-
-[[pool]]
-name = "pop-be2"
-identity = "proxy"
-backend = [{{ name = "be2-pop3", address = "{b2}:{PORT_POP3_PROXY}" }}]
-
-[[pool]]
-name = "pop-be3"
-identity = "proxy"
-backend = [{{ name = "be3-pop3", address = "{b3}:{PORT_POP3_PROXY}" }}]
-
-# Under load, carol's mail is premium: served to the hard limits, and past them it waits
-# for a session slot (well beyond a burst's length) instead of being deflected; everyone
-# else may use three quarters of each threshold (3 of be2's 4 sessions; the host's disk
-# use, which the agents report, stays under it on a build machine) and is deflected at
-# once beyond it.
-[[group]]
-name = "premium"
-share = 1.0
-recipients = ["carol@example.net"]
-wait_ms = 20000
-
-[[group]]
-name = "regular"
-share = 0.75
-
-{extra}
-"#,
-            name = fe.name,
-            pin = self.lab.pin_dir(i).display(),
-            cert = self.cert.cert.display(),
-            key = self.cert.key.display(),
-            ca = self.cert.ca.display(),
-            b1 = be(0),
-            b2 = be(1),
-            b3 = be(2),
-            extra = self.extra[i],
-            agent_key = crate::agent_key_file(&self.lab.log_dir).display(),
-            lab_thresholds = format!("[pool.thresholds]\n{LAB_THRESHOLDS}"),
-        )
+        let smtp_vips = [VIP_SMTP.into(), VIP_SMTP_V6.into()];
+        let pop_vips = [VIP_POP.into(), VIP_POP_V6.into()];
+        let service = |svc: &str, protocol: &str, port: u16, tls: &str, map: &str| {
+            let host = if protocol == "pop3" { "pop" } else { "mx" };
+            Service::new(svc, protocol, port)
+                .vips(if protocol == "pop3" {
+                    &pop_vips
+                } else {
+                    &smtp_vips
+                })
+                .line(&format!("hostname = \"{host}-{name}.robustifier.test\""))
+                .line(&format!("tls = \"{tls}\""))
+                .line(&format!("routes = \"{dir}/{map}\""))
+        };
+        let agent_key = format!(
+            "agent_key_file = \"{}\"",
+            crate::agent_key_file(&self.lab.log_dir).display()
+        );
+        // An SMTP pool of one back-end whose agent the front-end polls.
+        let smtp_pool = |j: u8, identity: &str, port: u16| {
+            let be = internal_v4(11 + j);
+            let name = format!("be{}", j + 1);
+            Pool::new(&name, identity)
+                .backend(
+                    Backend::new(&name, format!("{be}:{port}")).agent(format!("{be}:{AGENT_PORT}")),
+                )
+                .line(&agent_key)
+                .health("interval_ms = 1000\nagent_interval_ms = 500")
+        };
+        let plain_pool = |pool: &str, identity: &str, backend: &str, j: u8, port: u16| {
+            Pool::new(pool, identity).backend(Backend::new(
+                backend,
+                format!("{}:{port}", internal_v4(11 + j)),
+            ))
+        };
+        FrontendConfig::new(name, &self.lab.pin_dir(i))
+            .toml(&format!(
+                "[tls]\ncertificate = \"{}\"\nkey = \"{}\"",
+                self.cert.cert.display(),
+                self.cert.key.display()
+            ))
+            .service(service("smtp", "smtp", 25, "starttls", "smtp.map"))
+            .service(service("smtps", "smtp", 465, "implicit", "smtp.map"))
+            .service(
+                service("submission", "smtp", PORT_SUBMISSION, "starttls", "submission.map")
+                    .line("auth = true"),
+            )
+            .service(service("pop3", "pop3", 110, "starttls", "pop.map"))
+            .service(service("pop3s", "pop3", 995, "implicit", "pop.map"))
+            // be1's leg goes over STARTTLS, its certificate checked against the lab CA.
+            .pool(
+                smtp_pool(0, "xclient", PORT_SMTP)
+                    .line("tls = \"starttls\"")
+                    .line(&format!("ca = \"{}\"", self.cert.ca.display()))
+                    .line("server_name = \"be1.robustifier.test\"")
+                    .thresholds(LAB_THRESHOLDS),
+            )
+            // A small back-end: four sessions at once from this front-end.
+            .pool(
+                smtp_pool(1, "xclient", PORT_SMTP)
+                    .thresholds(&format!("sessions = 4\n{LAB_THRESHOLDS}")),
+            )
+            .pool(smtp_pool(2, "proxy", PORT_SMTP_PROXY).thresholds(LAB_THRESHOLDS))
+            .pool(plain_pool("sub-be1", "none", "be1-submission", 0, PORT_SUBMISSION))
+            .pool(plain_pool("sub-be2", "none", "be2-submission", 1, PORT_SUBMISSION))
+            .pool(plain_pool("pop-be1", "proxy", "be1-pop3", 0, PORT_POP3_PROXY))
+            .pool(plain_pool("pop-be2", "proxy", "be2-pop3", 1, PORT_POP3_PROXY))
+            .pool(plain_pool("pop-be3", "proxy", "be3-pop3", 2, PORT_POP3_PROXY))
+            // Under load, carol's mail is premium: served to the hard limits, and past them
+            // it waits for a session slot (well beyond a burst's length) instead of being
+            // deflected; everyone else may use three quarters of each threshold (3 of be2's
+            // 4 sessions; the host's disk use, which the agents report, stays under it on a
+            // build machine) and is deflected at once beyond it.
+            .toml(
+                "[[group]]\nname = \"premium\"\nshare = 1.0\nrecipients = [\"carol@example.net\"]\nwait_ms = 20000\n\n[[group]]\nname = \"regular\"\nshare = 0.75",
+            )
+            .toml(&self.extra[i])
+            .build()
     }
 
     /// Starts Robustifier on front-end `i`.
@@ -296,9 +227,7 @@ share = 0.75
     /// hosts, the spool directory for OpenSMTPD. Operators' requests go in
     /// [`Cluster::agent_state`].
     pub fn start_agents(&mut self) -> anyhow::Result<()> {
-        let bin = crate::robustifier_bin();
         for (i, host) in self.hosts.iter().enumerate() {
-            let listen = format!("{}:{AGENT_PORT}", internal_v4(11 + i as u8));
             let state = self.agent_state(i);
             std::fs::write(&state, "")?;
             // Postfix is asked for its queue; OpenSMTPD's queue is counted as files.
@@ -316,14 +245,6 @@ share = 0.75
                 (queue, vec!["spool".to_owned()])
             };
             let mut args: Vec<String> = vec![
-                bin.display().to_string(),
-                "agent".into(),
-                "--listen".into(),
-                listen.clone(),
-                "--key-file".into(),
-                crate::agent_key_file(&self.lab.log_dir)
-                    .display()
-                    .to_string(),
                 "--state-file".into(),
                 state.display().to_string(),
                 "--spool".into(),
@@ -332,9 +253,7 @@ share = 0.75
             ];
             args.extend(mta);
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-            let ns = self.lab.backends[i].ns.clone();
-            self.lab.spawn(&ns, &format!("agent-be{}", i + 1), &argv)?;
-            crate::wait_port(&ns, listen.parse()?)?;
+            crate::cli::start_agent(&mut self.lab, i, &format!("agent-be{}", i + 1), &argv)?;
         }
         Ok(())
     }
@@ -342,13 +261,7 @@ share = 0.75
     /// The running `robustifier run` of front-end `i` (the last one started, if it has not
     /// exited), for signals: SIGHUP to reload, SIGKILL to crash it.
     pub fn frontend_daemon(&mut self, i: usize) -> Option<&mut crate::Daemon> {
-        let name = format!("robustifier on {}", self.lab.frontends[i].name);
-        self.lab
-            .daemons()
-            .iter_mut()
-            .rev()
-            .find(|d| d.name == name)
-            .filter(|d| d.running())
+        self.lab.frontend_daemon(i)
     }
 
     /// The operator's state file of back-end `i`'s agent (`drain=1`, `weight=N`).

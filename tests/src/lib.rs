@@ -7,9 +7,12 @@
 //! Addresses come from 198.18.0.0/15 and 2001:db8::/32 only; nothing is routed off the
 //! machine (no namespace has a route to the host or beyond).
 
+pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod frontend_config;
 pub mod mail;
+pub mod maps;
 pub mod netns;
 pub mod privileged;
 pub mod process;

@@ -63,6 +63,25 @@ impl Netns {
         ip(&full)
     }
 
+    /// Adds `addr` to `dev` as a host address (/32, or /128 without duplicate address
+    /// detection, so that it is usable at once): how the lab puts a virtual address up.
+    pub fn add_address(&self, dev: &str, addr: std::net::IpAddr) -> anyhow::Result<()> {
+        match addr {
+            std::net::IpAddr::V4(a) => self.ip(&["addr", "add", &format!("{a}/32"), "dev", dev])?,
+            std::net::IpAddr::V6(a) => {
+                self.ip(&["addr", "add", &format!("{a}/128"), "dev", dev, "nodad"])?
+            }
+        };
+        Ok(())
+    }
+
+    /// Removes the host address `addr` from `dev` (the reverse of [`Netns::add_address`]).
+    pub fn del_address(&self, dev: &str, addr: std::net::IpAddr) -> anyhow::Result<()> {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        self.ip(&["addr", "del", &format!("{addr}/{len}"), "dev", dev])?;
+        Ok(())
+    }
+
     /// A command that will run `program` inside this namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");

@@ -23,7 +23,35 @@ pub fn check(test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let why = missing.join("; ");
+    unmet(test, &missing.join("; "))
+}
+
+/// [`check`], and the given programs are installed (keepalived, tshark, ...).
+pub fn check_tools(test: &str, tools: &[&str]) -> bool {
+    if !check(test) {
+        return false;
+    }
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| which(t).is_none())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    unmet(
+        test,
+        &format!(
+            "{} not installed (run `cargo xtask setup`)",
+            missing.join(", ")
+        ),
+    )
+}
+
+/// A precondition of privileged test `test` is not met, for reason `why`: panics under
+/// `ROBUSTIFIER_REQUIRE_PRIVILEGED=1`, says loudly that the test skips otherwise. Returns
+/// false (the test may not go on).
+pub fn unmet(test: &str, why: &str) -> bool {
     if std::env::var_os("ROBUSTIFIER_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
         panic!("privileged test {test} cannot run: {why}");
     }

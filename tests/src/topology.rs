@@ -49,6 +49,13 @@ pub struct Plan {
 }
 
 impl Plan {
+    pub const fn new(frontends: usize, backends: usize) -> Plan {
+        Plan {
+            frontends,
+            backends,
+        }
+    }
+
     pub const FULL: Plan = Plan {
         frontends: 2,
         backends: 4,
@@ -255,6 +262,17 @@ impl Lab {
         let log = self.log_dir.join(format!("{name}.log"));
         self.daemons.push(Daemon::spawn(name, cmd, log)?);
         Ok(self.daemons.last_mut().expect("just pushed"))
+    }
+
+    /// The running `robustifier run` of front-end `i` (the last one started, if it has not
+    /// exited), for signals: SIGHUP to reload, SIGKILL to crash it.
+    pub fn frontend_daemon(&mut self, i: usize) -> Option<&mut Daemon> {
+        let name = format!("robustifier on {}", self.frontends[i].name);
+        self.daemons
+            .iter_mut()
+            .rev()
+            .find(|d| d.name == name)
+            .filter(|d| d.running())
     }
 
     pub fn daemons(&mut self) -> &mut Vec<Daemon> {

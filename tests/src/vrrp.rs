@@ -14,6 +14,7 @@ use anyhow::Context as _;
 
 use crate::{
     Lab, Netns,
+    frontend_config::{FrontendConfig, Service},
     topology::{VIP_POP, VIP_SMTP, VIP_SMTP_V6},
 };
 
@@ -57,41 +58,43 @@ pub fn control_socket(lab: &Lab, i: usize) -> PathBuf {
 /// A front-end config: SMTP on the SMTP VIP, POP3 on the POP VIP, the given routers on
 /// `pub0`, the control socket in the lab's log directory.
 pub fn frontend_config(lab: &Lab, i: usize, routers: &[Vr], ha_extra: &str) -> String {
-    let fe = &lab.frontends[i];
-    let mut s = format!(
-        r#"
-[frontend]
-name = "{name}"
-interface = "pub0"
-pin_dir = "{pin}"
+    config_builder(lab, i, routers, ha_extra).build()
+}
 
-[ha]
-control_socket = "{sock}"
-{ha_extra}
-
-[[service]]
-name = "smtp"
-protocol = "smtp"
-port = 25
-vips = ["{VIP_SMTP}", "{VIP_SMTP_V6}"]
-
-[[service]]
-name = "pop3"
-protocol = "pop3"
-port = 110
-vips = ["{VIP_POP}"]
-"#,
-        name = fe.name,
-        pin = lab.pin_dir(i).display(),
-        sock = control_socket(lab, i).display(),
-    );
+/// [`frontend_config`] as a builder, for a test that adds to it.
+pub fn config_builder(lab: &Lab, i: usize, routers: &[Vr], ha_extra: &str) -> FrontendConfig {
+    let mut cfg = FrontendConfig::new(&lab.frontends[i].name, &lab.pin_dir(i))
+        .toml(&format!(
+            "[ha]\ncontrol_socket = \"{}\"\n{ha_extra}",
+            control_socket(lab, i).display()
+        ))
+        .service(Service::new("smtp", "smtp", 25).vips(&[VIP_SMTP.into(), VIP_SMTP_V6.into()]))
+        .service(Service::new("pop3", "pop3", 110).vips(&[VIP_POP.into()]));
     for r in routers {
-        s.push_str(&format!(
-            "\n[[vrrp]]\nvrid = {}\npriority = {}\nadvert_interval_cs = {}\nvips = [\"{}\"]\ngarp_interval_ms = 200\n{}",
+        cfg = cfg.toml(&format!(
+            "[[vrrp]]\nvrid = {}\npriority = {}\nadvert_interval_cs = {}\nvips = [\"{}\"]\ngarp_interval_ms = 200\n{}",
             r.vrid, r.priority, r.interval_cs, r.vip, r.extra
         ));
     }
-    s
+    cfg
+}
+
+/// Two virtual routers with opposite primaries, as front-end `i` of a pair configures
+/// them: front-end 0 is master of VRID 51 (the SMTP VIP) and backup of 52 (the POP VIP),
+/// front-end 1 the reverse.
+pub fn opposite_primaries(i: usize) -> Vec<Vr> {
+    let (smtp, pop) = if i == 0 { (150, 100) } else { (100, 150) };
+    vec![
+        Vr::new(51, smtp, VIP_SMTP, 20),
+        Vr::new(52, pop, VIP_POP, 20),
+    ]
+}
+
+/// Starts front-ends 0 and 1 with `cfg_a` and `cfg_b`; returns their namespaces.
+pub fn start_pair(lab: &mut Lab, cfg_a: &str, cfg_b: &str) -> anyhow::Result<(Netns, Netns)> {
+    lab.start_frontend(0, cfg_a)?;
+    lab.start_frontend(1, cfg_b)?;
+    Ok((lab.frontends[0].ns.clone(), lab.frontends[1].ns.clone()))
 }
 
 /// Whether `addr` is on `dev` in `ns`.

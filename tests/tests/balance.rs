@@ -14,71 +14,50 @@ use std::{
 
 use robustifier::datapath::{Snapshot, Tables};
 use robustifier_lab::{
-    Lab, Plan, client,
+    Lab, Plan, cli,
+    client::{self, accepted as delivered},
+    frontend_config::{Backend, FrontendConfig, Pool, Service},
+    maps,
     sink::Sink,
     topology::{VIP_SMTP, internal_v4},
 };
 
 fn lab(tag: &str, backends: usize) -> Option<Lab> {
-    robustifier_lab::privileged_lab(
-        tag,
-        Plan {
-            frontends: 1,
-            backends,
-        },
-    )
+    robustifier_lab::privileged_lab(tag, Plan::new(1, backends))
 }
 
-/// A front-end routing everything to pool "mx" over back-ends be1..=n.
-fn config(lab: &Lab, n: usize, pool_extra: &str, top: &str) -> String {
-    let backends: Vec<String> = (0..n)
-        .map(|j| {
-            let agent = format!(", agent = \"{}:7025\"", internal_v4(11 + j as u8));
-            format!(
-                "{{ name = \"be{}\", address = \"{}:25\"{agent} }}",
-                j + 1,
-                internal_v4(11 + j as u8)
-            )
-        })
-        .collect();
-    format!(
-        r#"{top}
-[frontend]
-name = "fea"
-interface = "pub0"
-pin_dir = "{pin}"
-
-[[service]]
-name = "smtp"
-protocol = "smtp"
-port = 25
-vips = ["{VIP_SMTP}"]
-pool = "mx"
-
-[[pool]]
-name = "mx"
-identity = "none"
-agent_key_file = "{key}"
-backend = [{list}]
-{pool_extra}
-[pool.health]
-interval_ms = 200
-timeout_ms = 3000
-rise = 2
-fall = 2
-agent_interval_ms = 200
-"#,
-        pin = lab.pin_dir(0).display(),
-        list = backends.join(", "),
-        key = robustifier_lab::agent_key_file(&lab.log_dir).display()
-    )
+/// Back-end `j` (be1, be2, ...) with its agent.
+fn backend(j: usize) -> Backend {
+    let at = internal_v4(11 + j as u8);
+    Backend::new(&format!("be{}", j + 1), format!("{at}:25")).agent(format!("{at}:7025"))
 }
 
-fn start(lab: &mut Lab, n: usize, pool_extra: &str, top: &str) {
-    let cfg = config(lab, n, pool_extra, top);
+/// A front-end routing everything to pool "mx" over back-ends be1..=n, with `groups`.
+fn config(lab: &Lab, n: usize, pool_extra: &str, groups: &str) -> String {
+    let key = robustifier_lab::agent_key_file(&lab.log_dir);
+    FrontendConfig::new("fea", &lab.pin_dir(0))
+        .service(
+            Service::new("smtp", "smtp", 25)
+                .vips(&[VIP_SMTP.into()])
+                .line("pool = \"mx\""),
+        )
+        .pool(
+            Pool::new("mx", "none")
+                .line(&format!("agent_key_file = \"{}\"", key.display()))
+                .backends((0..n).map(backend))
+                .table(pool_extra)
+                .health("interval_ms = 200\ntimeout_ms = 3000\nrise = 2\nfall = 2\nagent_interval_ms = 200"),
+        )
+        .toml(groups)
+        .build()
+}
+
+fn start(lab: &mut Lab, n: usize, pool_extra: &str, groups: &str) {
+    let cfg = config(lab, n, pool_extra, groups);
     lab.start_frontend(0, &cfg).unwrap();
-    let fe = &lab.frontend(0).ns;
-    fe.ip(&["addr", "add", &format!("{VIP_SMTP}/32"), "dev", "pub0"])
+    lab.frontend(0)
+        .ns
+        .add_address("pub0", VIP_SMTP.into())
         .unwrap();
 }
 
@@ -100,29 +79,18 @@ fn eventually(lab: &Lab, what: &str, f: impl Fn(&Snapshot) -> bool) {
 }
 
 fn send(lab: &Lab, rcpt: &str) -> Vec<String> {
-    let to = SocketAddr::new(VIP_SMTP.into(), 25);
-    let rcpt = rcpt.to_owned();
-    lab.client
-        .ns
-        .enter(move || {
-            client::send_mail(
-                to,
-                None,
-                "sender@client.example",
-                &[&rcpt],
-                "Subject: t\n\nhello\n",
-            )
-        })
-        .unwrap()
-        .unwrap()
+    client::send_mail_in(
+        &lab.client.ns,
+        SocketAddr::new(VIP_SMTP.into(), 25),
+        "sender@client.example",
+        &[rcpt],
+        "Subject: t\n\nhello\n",
+    )
 }
 
-/// The reply to the end of data was 250: the back-end has the message.
-fn delivered(r: &[String]) -> bool {
-    r.iter()
-        .position(|l| l.starts_with("354"))
-        .and_then(|i| r.get(i + 1))
-        .is_some_and(|l| l.starts_with("250"))
+/// The pid of the front-end's `robustifier run`, for SIGHUP.
+fn frontend_pid(lab: &mut Lab) -> nix::unistd::Pid {
+    lab.frontend_daemon(0).expect("the front-end runs").pid()
 }
 
 #[test]
@@ -177,24 +145,8 @@ fn agent_mail_queue_over_threshold_takes_the_backend_out_of_routing() {
     for i in 0..2 {
         let spool = lab.log_dir.join(format!("spool{i}"));
         std::fs::create_dir_all(&spool).unwrap();
-        let listen = format!("{}:7025", internal_v4(11 + i as u8));
-        let ns = lab.backends[i].ns.clone();
-        let bin = robustifier_lab::robustifier_bin();
-        let key = robustifier_lab::agent_key_file(&lab.log_dir);
-        let args = [
-            "agent",
-            "--listen",
-            listen.as_str(),
-            "--key-file",
-            key.to_str().unwrap(),
-            "--mta",
-            "spool",
-            "--spool",
-            spool.to_str().unwrap(),
-        ];
-        let mut argv = vec![bin.to_str().unwrap()];
-        argv.extend(args);
-        lab.spawn(&ns, &format!("agent{i}"), &argv).unwrap();
+        let args = ["--mta", "spool", "--spool", spool.to_str().unwrap()];
+        cli::start_agent(&mut lab, i, &format!("agent{i}"), &args).unwrap();
         spools.push(spool);
     }
     start(&mut lab, 2, "[pool.thresholds]\nmail_queue = 5", "");
@@ -414,18 +366,8 @@ fn agent_measures_a_real_postfix_deferred_queue() {
     let Some(mut lab) = lab("pq", 1) else { return };
     let users = Users::new().with("alice@example.test", "alice-pw");
     let host = MailHost::start(&mut lab, 0, Make::Postfix, &users).unwrap();
-    let listen = format!("{}:7025", internal_v4(11));
-    let bin = robustifier_lab::robustifier_bin();
     let conf = postfix::config_dir(&host.layout);
-    let ns = lab.backends[0].ns.clone();
-    let key = robustifier_lab::agent_key_file(&lab.log_dir);
-    let argv = [
-        bin.to_str().unwrap(),
-        "agent",
-        "--listen",
-        &listen,
-        "--key-file",
-        key.to_str().unwrap(),
+    let args = [
         "--mta",
         "postfix",
         "--mta-config",
@@ -433,8 +375,7 @@ fn agent_measures_a_real_postfix_deferred_queue() {
         "--spool",
         host.layout.dir.to_str().unwrap(),
     ];
-    lab.spawn(&ns, "agent-postfix", &argv).unwrap();
-    robustifier_lab::wait_port(&ns, listen.parse().unwrap()).unwrap();
+    cli::start_agent(&mut lab, 0, "agent-postfix", &args).unwrap();
     start(&mut lab, 1, "[pool.thresholds]\nmail_queue = 1", "");
     eventually(&lab, "agent reports an empty queue", |s| {
         s.backends[0].updated_ns > 0 && s.backends[0].mail_queue == 0 && s.backends[0].weight > 0
@@ -489,19 +430,10 @@ fn backend_removed_from_the_config_drains_on_reload() {
     let full = config(&lab, 2, "", "");
     let path = lab.log_dir.join("fea.toml");
     // The same configuration without be2.
-    let be2 = format!(
-        ", {{ name = \"be2\", address = \"{}:25\", agent = \"{}:7025\" }}",
-        internal_v4(12),
-        internal_v4(12)
-    );
+    let be2 = format!(", {}", backend(1).render());
     assert!(full.contains(&be2));
     std::fs::write(&path, full.replace(&be2, "")).unwrap();
-    let pid = lab
-        .daemons()
-        .iter()
-        .find(|d| d.name.starts_with("robustifier"))
-        .unwrap()
-        .pid();
+    let pid = frontend_pid(&mut lab);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     eventually(&lab, "be2 draining", |s| s.backends[1].state == "draining");
     let before = s2.count();
@@ -521,13 +453,7 @@ fn backend_removed_from_the_config_drains_on_reload() {
 
 /// Reads one SMTP reply and returns its last line.
 fn reply(r: &mut impl std::io::BufRead) -> String {
-    loop {
-        let mut line = String::new();
-        assert!(r.read_line(&mut line).unwrap() > 0, "connection closed");
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return line.trim_end().to_owned();
-        }
-    }
+    client::smtp_reply(r).unwrap()
 }
 
 /// SIGHUP with a back-end added to the configuration: it gets the next id in the load map
@@ -570,12 +496,7 @@ fn backend_added_to_the_config_takes_sessions_on_reload() {
 
     let path = lab.log_dir.join("fea.toml");
     std::fs::write(&path, config(&lab, 2, "", "")).unwrap();
-    let pid = lab
-        .daemons()
-        .iter()
-        .find(|d| d.name.starts_with("robustifier"))
-        .unwrap()
-        .pid();
+    let pid = frontend_pid(&mut lab);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     let be2 = format!("{}:25", internal_v4(12));
     eventually(&lab, "be2 up with the next id", |s| {
@@ -583,17 +504,7 @@ fn backend_added_to_the_config_takes_sessions_on_reload() {
             .iter()
             .any(|b| b.id == 1 && b.address == be2 && b.state == "up")
     });
-    let out = std::process::Command::new(robustifier_lab::robustifier_bin())
-        .args(["maps", "--json", "--pin-dir"])
-        .arg(lab.pin_dir(0))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let maps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let maps = maps::json(&lab.pin_dir(0));
     let rows = maps["backends"].as_array().unwrap();
     assert!(
         rows.iter()

@@ -1,9 +1,10 @@
 //! Every example configuration parses, and `robustifier check-config` refuses a bad one
 //! with the file, the key and the reason.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use robustifier::config::Config;
+use robustifier_lab::cli;
 
 fn examples() -> Vec<std::path::PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
@@ -36,16 +37,7 @@ fn check_config_names_file_key_and_reason() {
         );
     }
     let good = &examples()[0];
-    let out = Command::new(&bin)
-        .arg("check-config")
-        .arg(good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli::ok(["check-config".as_ref(), good.as_os_str()]);
 
     let dir = std::env::temp_dir().join(robustifier_lab::unique_prefix("cfg"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -57,11 +49,7 @@ fn check_config_names_file_key_and_reason() {
         .unwrap()
         .replace("port = 110", "port = 0");
     std::fs::write(&bad, text).unwrap();
-    let out = Command::new(&bin)
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = cli::run(["check-config".as_ref(), bad.as_os_str()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

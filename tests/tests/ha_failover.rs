@@ -12,9 +12,9 @@ use std::{
 
 use nix::sys::signal::Signal;
 use robustifier_lab::{
-    Lab, Plan, client,
+    Lab, Plan, cli, client,
     topology::{VIP_POP, VIP_SMTP},
-    vrrp::{Vr, control_socket, eventually, frontend_config, owns},
+    vrrp::{Vr, eventually, frontend_config, opposite_primaries, owns, start_pair},
 };
 
 const FEA: usize = 0;
@@ -23,55 +23,20 @@ const FEB: usize = 1;
 const GENEROUS: Duration = Duration::from_secs(20);
 
 fn lab(tag: &str) -> Option<Lab> {
-    robustifier_lab::privileged_lab(
-        tag,
-        Plan {
-            frontends: 2,
-            backends: 0,
-        },
-    )
-}
-
-/// fea: master of VRID 51 (SMTP VIP), backup of 52 (POP VIP); feb the reverse.
-fn routers(i: usize) -> Vec<Vr> {
-    let (smtp, pop) = if i == FEA { (150, 100) } else { (100, 150) };
-    vec![
-        Vr::new(51, smtp, VIP_SMTP, 20),
-        Vr::new(52, pop, VIP_POP, 20),
-    ]
+    robustifier_lab::privileged_lab(tag, Plan::new(2, 0))
 }
 
 fn greeting(lab: &Lab, vip: impl Into<IpAddr>, port: u16) -> String {
-    let to = SocketAddr::new(vip.into(), port);
-    lab.client
-        .ns
-        .enter(move || client::dialogue(to, None, &["QUIT"]))
-        .unwrap()
-        .map(|lines| lines.first().cloned().unwrap_or_default())
-        .unwrap_or_else(|e| format!("connect failed: {e}"))
-}
-
-fn robustifier(args: &[&str]) -> String {
-    let out = std::process::Command::new(robustifier_lab::robustifier_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "robustifier {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    client::greeting(&lab.client.ns, SocketAddr::new(vip.into(), port))
 }
 
 #[test]
 fn sigkill_moves_the_address_and_restart_takes_it_back() {
     let Some(mut lab) = lab("haf") else { return };
-    let cfg_a = frontend_config(&lab, FEA, &routers(FEA), "");
-    let cfg_b = frontend_config(&lab, FEB, &routers(FEB), "");
-    lab.start_frontend(FEA, &cfg_a).unwrap();
-    lab.start_frontend(FEB, &cfg_b).unwrap();
-    let (a, b) = (lab.frontend(FEA).ns.clone(), lab.frontend(FEB).ns.clone());
+    // fea: master of VRID 51 (SMTP VIP), backup of 52 (POP VIP); feb the reverse.
+    let cfg_a = frontend_config(&lab, FEA, &opposite_primaries(FEA), "");
+    let cfg_b = frontend_config(&lab, FEB, &opposite_primaries(FEB), "");
+    let (a, b) = start_pair(&mut lab, &cfg_a, &cfg_b).unwrap();
 
     // Each owns its own VIP, and only that one.
     eventually("fea owns the SMTP VIP", GENEROUS, || {
@@ -94,8 +59,7 @@ fn sigkill_moves_the_address_and_restart_takes_it_back() {
         "+OK feb POP3 Robustifier ready"
     );
 
-    let sock_a = control_socket(&lab, FEA);
-    let status = robustifier(&["ha", "--socket", sock_a.to_str().unwrap(), "status"]);
+    let status = cli::ha_ok(&lab, FEA, &["status"]);
     let row = |vrid: &str| {
         status
             .lines()
@@ -111,13 +75,7 @@ fn sigkill_moves_the_address_and_restart_takes_it_back() {
         row("52").contains("Backup") && row("52").contains("198.18.0.2"),
         "{status}"
     );
-    let json = robustifier(&[
-        "ha",
-        "--socket",
-        sock_a.to_str().unwrap(),
-        "status",
-        "--json",
-    ]);
+    let json = cli::ha_ok(&lab, FEA, &["status", "--json"]);
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(report["frontend"], "fea");
     assert_eq!(report["routers"][0]["last_transition"]["to"], "Master");
@@ -185,9 +143,7 @@ fn unicast_peers_fail_over_without_multicast() {
     let b_routers = [Vr::new(51, 100, VIP_SMTP, 20).with(&peer(FEB))];
     let cfg_a = frontend_config(&lab, FEA, &a_routers, "");
     let cfg_b = frontend_config(&lab, FEB, &b_routers, "");
-    lab.start_frontend(FEA, &cfg_a).unwrap();
-    lab.start_frontend(FEB, &cfg_b).unwrap();
-    let (a, b) = (lab.frontend(FEA).ns.clone(), lab.frontend(FEB).ns.clone());
+    let (a, b) = start_pair(&mut lab, &cfg_a, &cfg_b).unwrap();
     eventually("fea owns the SMTP VIP", GENEROUS, || {
         owns(&a, "pub0", VIP_SMTP.into())
     })

@@ -14,7 +14,6 @@ use nix::{
 use robustifier::vrrp;
 use robustifier_lab::{
     Lab, Plan, client, privileged,
-    privileged::which,
     topology::{VIP_POP, VIP_SMTP, VIP_SMTP_V6},
     unique_prefix,
     vrrp::{
@@ -28,43 +27,14 @@ const FEB: usize = 1;
 const GENEROUS: Duration = Duration::from_secs(20);
 
 fn lab(tag: &str) -> Option<Lab> {
-    if !privileged::check(tag) {
+    if !privileged::check_tools(tag, &["keepalived", "tshark"]) {
         return None;
     }
-    let missing: Vec<&str> = ["keepalived", "tshark"]
-        .into_iter()
-        .filter(|t| which(t).is_none())
-        .collect();
-    if !missing.is_empty() {
-        let why = format!(
-            "{} not installed (run `cargo xtask setup`)",
-            missing.join(", ")
-        );
-        if std::env::var_os("ROBUSTIFIER_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
-            panic!("privileged test {tag} cannot run: {why}");
-        }
-        eprintln!("SKIPPED privileged test {tag}: {why}");
-        return None;
-    }
-    Some(
-        Lab::up(
-            &unique_prefix(tag),
-            Plan {
-                frontends: 2,
-                backends: 0,
-            },
-        )
-        .expect("lab up"),
-    )
+    Some(Lab::up(&unique_prefix(tag), Plan::new(2, 0)).expect("lab up"))
 }
 
 fn greeting(lab: &Lab, to: SocketAddr) -> String {
-    lab.client
-        .ns
-        .enter(move || client::dialogue(to, None, &["QUIT"]))
-        .unwrap()
-        .map(|lines| lines.first().cloned().unwrap_or_default())
-        .unwrap_or_else(|e| format!("connect failed: {e}"))
+    client::greeting(&lab.client.ns, to)
 }
 
 /// Stops the capture (SIGINT lets tshark finish the file) and returns the capture's
@@ -73,17 +43,27 @@ fn tshark_verdicts(lab: &mut Lab, capture: usize, file: &Path, src: &str) -> Vec
     lab.daemons()[capture]
         .stop_with(Signal::SIGINT, Duration::from_secs(10))
         .unwrap();
-    let filter = src_filter(src);
-    let out = Command::new("tshark")
-        .args(["-r", file.to_str().unwrap(), "-Y", &filter, "-T", "fields"])
-        .args(["-e", "vrrp.version", "-e", "vrrp.checksum.status"])
-        .output()
-        .unwrap();
+    let out = tshark_fields(file, src);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    verdicts_of(&out)
+}
+
+/// tshark's version and checksum status fields of the adverts from `src` in `file`.
+fn tshark_fields(file: &Path, src: &str) -> std::process::Output {
+    Command::new("tshark")
+        .args(["-r", file.to_str().unwrap(), "-Y", &src_filter(src)])
+        .args(["-T", "fields"])
+        .args(["-e", "vrrp.version", "-e", "vrrp.checksum.status"])
+        .output()
+        .unwrap()
+}
+
+/// (version, checksum status) per line of [`tshark_fields`].
+fn verdicts_of(out: &std::process::Output) -> Vec<(String, String)> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
@@ -404,26 +384,5 @@ fn link_local(ns: &robustifier_lab::Netns) -> String {
 
 /// Like [`tshark_verdicts`] on a capture that has already been stopped.
 fn tshark_verdicts_again(file: &Path, src: &str) -> Vec<(String, String)> {
-    let out = Command::new("tshark")
-        .args(["-r", file.to_str().unwrap(), "-Y", &src_filter(src)])
-        .args([
-            "-T",
-            "fields",
-            "-e",
-            "vrrp.version",
-            "-e",
-            "vrrp.checksum.status",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let mut f = l.split('\t');
-            (
-                f.next().unwrap_or_default().to_owned(),
-                f.next().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
+    verdicts_of(&tshark_fields(file, src))
 }

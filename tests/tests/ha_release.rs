@@ -6,59 +6,33 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::SocketAddr,
-    process::{Command, Output},
     time::{Duration, Instant},
 };
 
 use robustifier_lab::{
-    Lab, Plan, client,
+    Lab, Plan,
+    cli::ha,
+    client,
+    mail::clients::text,
     topology::VIP_SMTP,
-    vrrp::{Vr, control_socket, eventually, frontend_config, owns},
+    vrrp::{Vr, eventually, frontend_config, owns, start_pair},
 };
 
 const FEA: usize = 0;
 const FEB: usize = 1;
 const GENEROUS: Duration = Duration::from_secs(20);
 
-fn ha(lab: &Lab, i: usize, args: &[&str]) -> Output {
-    Command::new(robustifier_lab::robustifier_bin())
-        .args(["ha", "--socket"])
-        .arg(control_socket(lab, i))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn smtp() -> SocketAddr {
     SocketAddr::new(VIP_SMTP.into(), 25)
 }
 
 fn greeting(lab: &Lab) -> String {
-    lab.client
-        .ns
-        .enter(|| client::dialogue(smtp(), None, &["QUIT"]))
-        .unwrap()
-        .map(|l| l.first().cloned().unwrap_or_default())
-        .unwrap_or_else(|e| format!("connect failed: {e}"))
+    client::greeting(&lab.client.ns, smtp())
 }
 
 #[test]
 fn release_drains_then_hands_over_and_resume_takes_back() {
-    let Some(mut lab) = robustifier_lab::privileged_lab(
-        "har",
-        Plan {
-            frontends: 2,
-            backends: 0,
-        },
-    ) else {
+    let Some(mut lab) = robustifier_lab::privileged_lab("har", Plan::new(2, 0)) else {
         return;
     };
     let cfg_a = frontend_config(
@@ -68,9 +42,7 @@ fn release_drains_then_hands_over_and_resume_takes_back() {
         "drain_deadline_s = 3",
     );
     let cfg_b = frontend_config(&lab, FEB, &[Vr::new(51, 120, VIP_SMTP, 20)], "");
-    lab.start_frontend(FEA, &cfg_a).unwrap();
-    lab.start_frontend(FEB, &cfg_b).unwrap();
-    let (a, b) = (lab.frontend(FEA).ns.clone(), lab.frontend(FEB).ns.clone());
+    let (a, b) = start_pair(&mut lab, &cfg_a, &cfg_b).unwrap();
     eventually("fea owns the SMTP VIP", GENEROUS, || {
         owns(&a, "pub0", VIP_SMTP.into())
     })

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use robustifier_lab::{
-    Lab, Plan,
+    Lab, Plan, cli,
     topology::VIP_SMTP,
-    vrrp::{Vr, control_socket, eventually, frontend_config, owns},
+    vrrp::{Vr, eventually, frontend_config, owns, start_pair},
 };
 
 const FEA: usize = 0;
@@ -16,29 +16,12 @@ const FEB: usize = 1;
 const GENEROUS: Duration = Duration::from_secs(20);
 
 fn status(lab: &Lab, i: usize) -> String {
-    let out = std::process::Command::new(robustifier_lab::robustifier_bin())
-        .args(["ha", "--socket"])
-        .arg(control_socket(lab, i))
-        .arg("status")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cli::ha_ok(lab, i, &["status"])
 }
 
 #[test]
 fn tracked_interface_down_moves_the_address_and_back() {
-    let Some(mut lab) = robustifier_lab::privileged_lab(
-        "hat",
-        Plan {
-            frontends: 2,
-            backends: 0,
-        },
-    ) else {
+    let Some(mut lab) = robustifier_lab::privileged_lab("hat", Plan::new(2, 0)) else {
         return;
     };
     // fea: 150, minus 60 while int0 (its back-end side) is down = 90 < feb's 120.
@@ -46,9 +29,7 @@ fn tracked_interface_down_moves_the_address_and_back() {
         .with("track = { interfaces = { int0 = 60 }, listeners = 50, datapath = 50 }")];
     let cfg_a = frontend_config(&lab, FEA, &a_routers, "");
     let cfg_b = frontend_config(&lab, FEB, &[Vr::new(51, 120, VIP_SMTP, 20)], "");
-    lab.start_frontend(FEA, &cfg_a).unwrap();
-    lab.start_frontend(FEB, &cfg_b).unwrap();
-    let (a, b) = (lab.frontend(FEA).ns.clone(), lab.frontend(FEB).ns.clone());
+    let (a, b) = start_pair(&mut lab, &cfg_a, &cfg_b).unwrap();
     eventually("fea owns the SMTP VIP", GENEROUS, || {
         owns(&a, "pub0", VIP_SMTP.into())
     })
@@ -92,21 +73,13 @@ fn tracked_interface_down_moves_the_address_and_back() {
 /// to serve: its priority drops by the `listeners` weight and the peer takes the address.
 #[test]
 fn dead_listeners_move_the_address() {
-    let Some(mut lab) = robustifier_lab::privileged_lab(
-        "hal",
-        Plan {
-            frontends: 2,
-            backends: 0,
-        },
-    ) else {
+    let Some(mut lab) = robustifier_lab::privileged_lab("hal", Plan::new(2, 0)) else {
         return;
     };
     let a_routers = [Vr::new(51, 150, VIP_SMTP, 20).with("track = { listeners = 60 }")];
     let cfg_a = frontend_config(&lab, FEA, &a_routers, "");
     let cfg_b = frontend_config(&lab, FEB, &[Vr::new(51, 120, VIP_SMTP, 20)], "");
-    lab.start_frontend(FEA, &cfg_a).unwrap();
-    lab.start_frontend(FEB, &cfg_b).unwrap();
-    let (a, b) = (lab.frontend(FEA).ns.clone(), lab.frontend(FEB).ns.clone());
+    let (a, b) = start_pair(&mut lab, &cfg_a, &cfg_b).unwrap();
     eventually("fea owns the SMTP VIP", GENEROUS, || {
         owns(&a, "pub0", VIP_SMTP.into())
     })

@@ -9,33 +9,13 @@ use robustifier_lab::{
     client,
     cluster::Cluster,
     mail::clients::{delivered, message, python, text},
+    maps,
     topology::{VIP_POP, VIP_SMTP},
 };
 
 /// Every back-end's state in the front-end's load map (`robustifier maps --json`).
 fn states(c: &Cluster) -> Vec<(String, String)> {
-    let out = std::process::Command::new(robustifier_lab::robustifier_bin())
-        .args(["maps", "--json", "--pin-dir"])
-        .arg(c.lab.pin_dir(0))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let maps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    maps["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            (
-                b["address"].as_str().unwrap_or_default().to_owned(),
-                b["state"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
+    maps::backend_states(&c.lab.pin_dir(0))
 }
 
 /// The lab's test message `tag` to `to` as DATA text: dot-stuffed (RFC 5321 4.5.2), with
@@ -246,50 +226,40 @@ fn garbage_instead_of_tls_ends_the_connection_only() {
     let Some(c) = Cluster::one_frontend("hrdl") else {
         return;
     };
-    let read_all = |mut s: std::net::TcpStream| -> Vec<u8> {
-        s.set_read_timeout(Some(Duration::from_secs(70))).unwrap();
-        let mut got = Vec::new();
-        let _ = s.read_to_end(&mut got);
-        got
+    // Writes each of `writes` to `port` of the SMTP VIP, half a second apart, then reads
+    // everything until the front-end closes.
+    let exchange = |port: u16, writes: &[&[u8]]| -> Vec<u8> {
+        c.lab
+            .client
+            .ns
+            .enter(|| {
+                let to = SocketAddr::new(VIP_SMTP.into(), port);
+                let mut s = client::connect(to, None, Duration::from_secs(5)).unwrap();
+                for (i, w) in writes.iter().enumerate() {
+                    if i > 0 {
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    s.write_all(w).unwrap();
+                }
+                s.set_read_timeout(Some(Duration::from_secs(70))).unwrap();
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got);
+                got
+            })
+            .unwrap()
     };
-    let got = c
-        .lab
-        .client
-        .ns
-        .enter(|| {
-            let mut s = client::connect(
-                SocketAddr::new(VIP_SMTP.into(), 465),
-                None,
-                Duration::from_secs(5),
-            )
-            .unwrap();
-            s.write_all(b"EHLO plain.example\r\nMAIL FROM:<a@b.example>\r\n")
-                .unwrap();
-            read_all(s)
-        })
-        .unwrap();
+    let got = exchange(465, &[b"EHLO plain.example\r\nMAIL FROM:<a@b.example>\r\n"]);
     assert!(
         !String::from_utf8_lossy(&got).contains("250"),
         "no SMTP without the handshake: {got:?}"
     );
-    let got = c
-        .lab
-        .client
-        .ns
-        .enter(|| {
-            let mut s = client::connect(
-                SocketAddr::new(VIP_SMTP.into(), 25),
-                None,
-                Duration::from_secs(5),
-            )
-            .unwrap();
-            s.write_all(b"EHLO c.example\r\nSTARTTLS\r\n").unwrap();
-            std::thread::sleep(Duration::from_millis(500));
-            s.write_all(b"\x16\x03\x01\x00\x05hello, not a ClientHello\r\nMAIL FROM:<a@b>\r\n")
-                .unwrap();
-            read_all(s)
-        })
-        .unwrap();
+    let got = exchange(
+        25,
+        &[
+            b"EHLO c.example\r\nSTARTTLS\r\n",
+            b"\x16\x03\x01\x00\x05hello, not a ClientHello\r\nMAIL FROM:<a@b>\r\n",
+        ],
+    );
     let text = String::from_utf8_lossy(&got);
     assert!(text.contains("220 2.0.0 Ready to start TLS"), "{text}");
     assert!(

@@ -21,13 +21,7 @@ use robustifier_lab::{
 };
 
 fn lab(tag: &str, backends: usize) -> Option<Lab> {
-    robustifier_lab::privileged_lab(
-        tag,
-        Plan {
-            frontends: 1,
-            backends,
-        },
-    )
+    robustifier_lab::privileged_lab(tag, Plan::new(1, backends))
 }
 
 /// The front-end's address on the back-end segment (198.18.1.1), where the proxy's
@@ -45,30 +39,11 @@ fn swaks(lab: &Lab, args: &[&str]) -> Output {
     clients::swaks(&lab.frontend(0).ns, "fea.robustifier.test", args)
 }
 
-fn data_file(lab: &Lab, tag: &str, msg: &str) -> String {
-    clients::data_file(&lab.log_dir, tag, msg)
-}
-
 /// Delivers `tag` to `to` on `server` with swaks and `extra` options; returns the swaks
 /// transcript, asserting success.
 fn deliver(lab: &Lab, server: SocketAddr, to: &str, tag: &str, extra: &[&str]) -> String {
-    let msg = message(tag, to);
-    let data = data_file(lab, tag, &msg);
-    let server = server.to_string();
-    let mut args = vec![
-        "--server",
-        &server,
-        "--from",
-        "sender@client.example.org",
-        "--to",
-        to,
-        "--data",
-        &data,
-    ];
-    args.extend_from_slice(extra);
-    let out = swaks(lab, &args);
-    let t = text(&out);
-    assert!(out.status.success(), "swaks {args:?} failed:\n{t}");
+    let (ns, dir) = (&lab.frontend(0).ns, &lab.log_dir);
+    let t = clients::swaks_deliver(ns, "fea.robustifier.test", dir, server, to, tag, extra);
     assert!(
         t.contains("<-  250 2.0.0 ") || t.contains("<-  250 "),
         "{t}"

@@ -14,9 +14,9 @@ use std::{
 use nix::{sys::signal::Signal, unistd::Pid};
 use robustifier::privs::ThreadCreds;
 use robustifier_lab::{
-    Lab, Plan, client,
+    Lab, Plan, cli, client, privileged,
     topology::{VIP_POP, VIP_SMTP},
-    vrrp::{Vr, control_socket, eventually, frontend_config, owns},
+    vrrp::{config_builder, eventually, opposite_primaries, owns, start_pair},
 };
 
 const FEA: usize = 0;
@@ -34,44 +34,15 @@ const FAILURES: [&str; 6] = [
     "configuration refused",
 ];
 
-fn routers(i: usize) -> Vec<Vr> {
-    let (smtp, pop) = if i == FEA { (150, 100) } else { (100, 150) };
-    vec![
-        Vr::new(51, smtp, VIP_SMTP, 20),
-        Vr::new(52, pop, VIP_POP, 20),
-    ]
-}
-
 /// The lab's front-end config, naming the user so that a missing one fails the start.
 fn config(lab: &Lab, i: usize) -> String {
-    frontend_config(lab, i, &routers(i), "").replacen(
-        "[frontend]\n",
-        "[frontend]\nuser = \"robustifier\"\n",
-        1,
-    )
+    config_builder(lab, i, &opposite_primaries(i), "")
+        .frontend_line("user = \"robustifier\"")
+        .build()
 }
 
 fn greeting(lab: &Lab, vip: impl Into<IpAddr>, port: u16) -> String {
-    let to = SocketAddr::new(vip.into(), port);
-    lab.client
-        .ns
-        .enter(move || client::dialogue(to, None, &["QUIT"]))
-        .unwrap()
-        .map(|lines| lines.first().cloned().unwrap_or_default())
-        .unwrap_or_else(|e| format!("connect failed: {e}"))
-}
-
-fn robustifier(args: &[&str]) -> String {
-    let out = std::process::Command::new(robustifier_lab::robustifier_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "robustifier {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    client::greeting(&lab.client.ns, SocketAddr::new(vip.into(), port))
 }
 
 /// Each thread of `pid` with its credentials.
@@ -129,11 +100,7 @@ fn assert_no_failure(log: &str, who: &str) {
 fn daemon_user() -> Option<nix::unistd::User> {
     let user = nix::unistd::User::from_name("robustifier").unwrap();
     if user.is_none() {
-        let why = "no user robustifier (run `cargo xtask setup`)";
-        if std::env::var_os("ROBUSTIFIER_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
-            panic!("privileged test prv cannot run: {why}");
-        }
-        eprintln!("SKIPPED privileged test prv: {why}");
+        privileged::unmet("prv", "no user robustifier (run `cargo xtask setup`)");
     }
     user
 }
@@ -141,20 +108,13 @@ fn daemon_user() -> Option<nix::unistd::User> {
 #[test]
 fn frontend_drops_to_its_user_and_keeps_working() {
     let Some(user) = daemon_user() else { return };
-    let Some(mut lab) = robustifier_lab::privileged_lab(
-        "prv",
-        Plan {
-            frontends: 2,
-            backends: 0,
-        },
-    ) else {
+    let Some(mut lab) = robustifier_lab::privileged_lab("prv", Plan::new(2, 0)) else {
         return;
     };
     let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
     let (cfg_a, cfg_b) = (config(&lab, FEA), config(&lab, FEB));
-    let pid_a = lab.start_frontend(FEA, &cfg_a).unwrap().pid();
-    let pid_b = lab.start_frontend(FEB, &cfg_b).unwrap().pid();
-    let (a, b) = (lab.frontend(FEA).ns.clone(), lab.frontend(FEB).ns.clone());
+    let (a, b) = start_pair(&mut lab, &cfg_a, &cfg_b).unwrap();
+    let (pid_a, pid_b) = (lab.daemons()[FEA].pid(), lab.daemons()[FEB].pid());
     eventually("fea owns the SMTP VIP", GENEROUS, || {
         owns(&a, "pub0", VIP_SMTP.into())
     })
@@ -169,9 +129,7 @@ fn frontend_drops_to_its_user_and_keeps_working() {
 
     // The control socket, created after the switch, answers root's `ha` commands, and the
     // status carries the supervised tasks (the load writer reopened the handed-over pins).
-    let sock_b = control_socket(&lab, FEB);
-    let sock_b = sock_b.to_str().unwrap();
-    let json = robustifier(&["ha", "--socket", sock_b, "status", "--json"]);
+    let json = cli::ha_ok(&lab, FEB, &["status", "--json"]);
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(report["ready"], true, "{json}");
     let tasks = report["tasks"].as_array().unwrap();
@@ -202,12 +160,12 @@ fn frontend_drops_to_its_user_and_keeps_working() {
     .unwrap();
 
     // Release removes the address, resume adds it back.
-    robustifier(&["ha", "--socket", sock_b, "release", "51"]);
+    cli::ha_ok(&lab, FEB, &["release", "51"]);
     eventually("feb gave the SMTP VIP up", GENEROUS, || {
         !owns(&b, "pub0", VIP_SMTP.into())
     })
     .unwrap();
-    robustifier(&["ha", "--socket", sock_b, "resume", "51"]);
+    cli::ha_ok(&lab, FEB, &["resume", "51"]);
     eventually("feb owns the SMTP VIP after resume", GENEROUS, || {
         owns(&b, "pub0", VIP_SMTP.into())
     })
@@ -220,7 +178,11 @@ fn frontend_drops_to_its_user_and_keeps_working() {
         .unwrap();
 
     // The maps are still root's to read.
-    let maps = robustifier(&["maps", "--pin-dir", lab.pin_dir(FEB).to_str().unwrap()]);
+    let maps = cli::ok([
+        "maps".as_ref(),
+        "--pin-dir".as_ref(),
+        lab.pin_dir(FEB).as_os_str(),
+    ]);
     assert!(!maps.is_empty());
 
     assert_dropped(pid_b, uid, gid);

@@ -24,24 +24,8 @@ fn swaks(lab: &Lab, args: &[&str]) -> Output {
 
 /// Sends `tag` to `to` through `server` with swaks and `extra`; asserts a 250 at the end.
 fn deliver(c: &Cluster, server: SocketAddr, to: &str, tag: &str, extra: &[&str]) -> String {
-    let msg = message(tag, to);
-    let data = clients::data_file(&c.lab.log_dir, tag, &msg);
-    let server = server.to_string();
-    let mut args = vec![
-        "--server",
-        &server,
-        "--from",
-        "sender@client.example.org",
-        "--to",
-        to,
-        "--data",
-        &data,
-    ];
-    args.extend_from_slice(extra);
-    let out = swaks(&c.lab, &args);
-    let t = text(&out);
-    assert!(out.status.success(), "swaks {args:?} failed:\n{t}");
-    t
+    let (ns, dir) = (&c.lab.client.ns, &c.lab.log_dir);
+    clients::swaks_deliver(ns, "client.robustifier.test", dir, server, to, tag, extra)
 }
 
 fn vip(port: u16) -> SocketAddr {

@@ -10,63 +10,45 @@ use std::{
 };
 
 use robustifier_lab::{
-    Lab, Plan, client,
+    Lab, Plan,
+    client::{self, end_of_data},
+    frontend_config::{Backend, FrontendConfig, Pool, Service},
     sink::Sink,
     topology::{VIP_SMTP, internal_v4},
 };
 
 fn lab(tag: &str, backends: usize) -> Option<Lab> {
-    robustifier_lab::privileged_lab(
-        tag,
-        Plan {
-            frontends: 1,
-            backends,
-        },
-    )
+    robustifier_lab::privileged_lab(tag, Plan::new(1, backends))
 }
 
 /// Back-ends in the pool's order (mailbox-owned: tried first to last), no health probes
 /// to speak of, so the sessions themselves meet the faults.
 fn start(lab: &mut Lab, n: usize, service_extra: &str) {
-    let list: Vec<String> = (0..n)
-        .map(|j| {
-            format!(
-                "{{ name = \"be{}\", address = \"{}:25\" }}",
-                j + 1,
-                internal_v4(11 + j as u8)
-            )
-        })
-        .collect();
-    let cfg = format!(
-        r#"[frontend]
-name = "fea"
-interface = "pub0"
-pin_dir = "{pin}"
-
-[[service]]
-name = "smtp"
-protocol = "smtp"
-port = 25
-vips = ["{VIP_SMTP}"]
-pool = "mx"
-{service_extra}
-
-[[pool]]
-name = "mx"
-identity = "none"
-shared_store = false
-connect_timeout_ms = 1500
-backend = [{list}]
-[pool.health]
-interval_ms = 600000
-"#,
-        pin = lab.pin_dir(0).display(),
-        list = list.join(", ")
-    );
+    let backends = (0..n).map(|j| {
+        Backend::new(
+            &format!("be{}", j + 1),
+            format!("{}:25", internal_v4(11 + j as u8)),
+        )
+    });
+    let cfg = FrontendConfig::new("fea", &lab.pin_dir(0))
+        .service(
+            Service::new("smtp", "smtp", 25)
+                .vips(&[VIP_SMTP.into()])
+                .line("pool = \"mx\"")
+                .line(service_extra),
+        )
+        .pool(
+            Pool::new("mx", "none")
+                .line("shared_store = false")
+                .line("connect_timeout_ms = 1500")
+                .backends(backends)
+                .health("interval_ms = 600000"),
+        )
+        .build();
     lab.start_frontend(0, &cfg).unwrap();
     lab.frontend(0)
         .ns
-        .ip(&["addr", "add", &format!("{VIP_SMTP}/32"), "dev", "pub0"])
+        .add_address("pub0", VIP_SMTP.into())
         .unwrap();
 }
 
@@ -75,25 +57,13 @@ fn vip() -> SocketAddr {
 }
 
 fn send(lab: &Lab) -> Vec<String> {
-    lab.client
-        .ns
-        .enter(|| {
-            client::send_mail(
-                vip(),
-                None,
-                "s@client.example",
-                &["u@example.org"],
-                "Subject: t\n\nbody\n",
-            )
-        })
-        .unwrap()
-        .unwrap()
-}
-
-/// The reply to the end of data.
-fn end_of_data(r: &[String]) -> Option<&str> {
-    let i = r.iter().position(|l| l.starts_with("354"))?;
-    r.get(i + 1).map(String::as_str)
+    client::send_mail_in(
+        &lab.client.ns,
+        vip(),
+        "s@client.example",
+        &["u@example.org"],
+        "Subject: t\n\nbody\n",
+    )
 }
 
 #[test]

@@ -13,65 +13,29 @@ use std::{
 use robustifier::datapath::{Snapshot, Tables};
 use robustifier_common::{CAPACITY_EXHAUSTED, CAPACITY_PRIORITY_ONLY, ServiceState};
 use robustifier_lab::{
-    Lab, Plan, client,
+    Lab, Plan, cli, client,
+    frontend_config::{Backend, FrontendConfig, Pool, Service},
     topology::{VIP_POP, VIP_SMTP, VIP_SMTP_V6, public_v4},
 };
 
 fn config(lab: &Lab, extra: &str) -> String {
-    format!(
-        r#"
-[frontend]
-name = "fea"
-interface = "pub0"
-pin_dir = "{pin}"
-{extra}
-
-[[service]]
-name = "smtp"
-protocol = "smtp"
-port = 25
-vips = ["{VIP_SMTP}", "{VIP_SMTP_V6}"]
-
-[[service]]
-name = "pop3"
-protocol = "pop3"
-port = 110
-vips = ["{VIP_POP}"]
-
-[[pool]]
-name = "store"
-identity = "none"
-backend = [{{ name = "be1", address = "198.18.1.11:25" }}]
-"#,
-        pin = lab.pin_dir(0).display()
-    )
+    FrontendConfig::new("fea", &lab.pin_dir(0))
+        .toml(extra)
+        .service(Service::new("smtp", "smtp", 25).vips(&[VIP_SMTP.into(), VIP_SMTP_V6.into()]))
+        .service(Service::new("pop3", "pop3", 110).vips(&[VIP_POP.into()]))
+        .pool(Pool::new("store", "none").backend(Backend::new("be1", "198.18.1.11:25")))
+        .build()
 }
 
 fn lab(tag: &str) -> Option<Lab> {
-    robustifier_lab::privileged_lab(
-        tag,
-        Plan {
-            frontends: 1,
-            backends: 0,
-        },
-    )
+    robustifier_lab::privileged_lab(tag, Plan::new(1, 0))
 }
 
 fn add_vips(lab: &Lab) {
     let fe = &lab.frontend(0).ns;
-    fe.ip(&["addr", "add", &format!("{VIP_SMTP}/32"), "dev", "pub0"])
-        .unwrap();
-    fe.ip(&["addr", "add", &format!("{VIP_POP}/32"), "dev", "pub0"])
-        .unwrap();
-    fe.ip(&[
-        "addr",
-        "add",
-        &format!("{VIP_SMTP_V6}/128"),
-        "dev",
-        "pub0",
-        "nodad",
-    ])
-    .unwrap();
+    for vip in [VIP_SMTP.into(), VIP_POP.into(), VIP_SMTP_V6.into()] {
+        fe.add_address("pub0", vip).unwrap();
+    }
 }
 
 /// Talks to `to` from the client namespace (from `src` if given).
@@ -132,14 +96,12 @@ fn connections_to_vips_reach_the_proxy_through_xdp_and_steering() {
 
     // An address that goes away stops being served; when it comes back it is served again.
     let fe = &lab.frontend(0).ns;
-    fe.ip(&["addr", "del", &format!("{VIP_SMTP}/32"), "dev", "pub0"])
-        .unwrap();
+    fe.del_address("pub0", VIP_SMTP.into()).unwrap();
     assert!(
         talk(&lab, smtp(25), None, &["QUIT"]).is_err(),
         "VIP removed"
     );
-    fe.ip(&["addr", "add", &format!("{VIP_SMTP}/32"), "dev", "pub0"])
-        .unwrap();
+    fe.add_address("pub0", VIP_SMTP.into()).unwrap();
     let got = talk(&lab, smtp(25), None, &["QUIT"]).unwrap();
     assert_eq!(got[0], "220 fea ESMTP Robustifier");
 }
@@ -315,11 +277,11 @@ fn restart_reuses_pinned_maps_and_stop_detaches() {
     assert_eq!(snapshot(&lab).services[0].steered_normal, 2);
     lab.daemons().last_mut().unwrap().stop().unwrap();
 
-    let out = Command::new(robustifier_lab::robustifier_bin())
-        .args(["unload", "--pin-dir"])
-        .arg(lab.pin_dir(0))
-        .output()
-        .unwrap();
+    let out = cli::run([
+        "unload".as_ref(),
+        "--pin-dir".as_ref(),
+        lab.pin_dir(0).as_os_str(),
+    ]);
     assert!(out.status.success());
     assert!(
         !backends.exists() && !lab.pin_dir(0).exists(),

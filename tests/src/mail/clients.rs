@@ -54,6 +54,38 @@ pub fn data_file(dir: &Path, tag: &str, msg: &str) -> String {
     format!("@{}", path.display())
 }
 
+/// Sends the lab's message `tag` (see [`message`]) to `to` through `server` with swaks in
+/// `ns` (HELO `helo`, the data file under `dir`) and `extra` options; asserts that swaks
+/// succeeded and returns its transcript.
+pub fn swaks_deliver(
+    ns: &Netns,
+    helo: &str,
+    dir: &Path,
+    server: std::net::SocketAddr,
+    to: &str,
+    tag: &str,
+    extra: &[&str],
+) -> String {
+    let msg = message(tag, to);
+    let data = data_file(dir, tag, &msg);
+    let server = server.to_string();
+    let mut args = vec![
+        "--server",
+        &server,
+        "--from",
+        "sender@client.example.org",
+        "--to",
+        to,
+        "--data",
+        &data,
+    ];
+    args.extend_from_slice(extra);
+    let out = swaks(ns, helo, &args);
+    let t = text(&out);
+    assert!(out.status.success(), "swaks {args:?} failed:\n{t}");
+    t
+}
+
 /// Checks that `delivered` is `sent` (CRLF turned into the Maildir's LF) below trace headers
 /// the MTA added, and returns those headers.
 pub fn check_delivered(delivered: &[u8], sent: &str) -> String {

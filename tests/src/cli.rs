@@ -1,0 +1,94 @@
+//! Running the `robustifier` command line from a test (`maps`, `ha`, `agent`, `unload`,
+//! `check-config`): one runner, so that every test reports a failed command the same way,
+//! with the arguments and what the command wrote on stderr.
+
+use std::{
+    ffi::{OsStr, OsString},
+    process::{Command, Output},
+};
+
+use crate::Lab;
+
+/// `robustifier <args>`, run to its end.
+pub fn run<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new(crate::robustifier_bin())
+        .args(args)
+        .output()
+        .expect("run the robustifier binary")
+}
+
+/// `robustifier <args>`, which must succeed: its stdout as text. A failure fails the test
+/// with the arguments and the command's stderr.
+pub fn ok<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = run(&args);
+    assert!(
+        out.status.success(),
+        "robustifier {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `robustifier ha --socket <front-end i's control socket> <args>`, run to its end.
+pub fn ha(lab: &Lab, i: usize, args: &[&str]) -> Output {
+    run(ha_args(lab, i, args))
+}
+
+/// [`ha`], which must succeed: its stdout as text.
+pub fn ha_ok(lab: &Lab, i: usize, args: &[&str]) -> String {
+    ok(ha_args(lab, i, args))
+}
+
+fn ha_args(lab: &Lab, i: usize, args: &[&str]) -> Vec<OsString> {
+    let mut all: Vec<OsString> = vec![
+        "ha".into(),
+        "--socket".into(),
+        crate::vrrp::control_socket(lab, i).into(),
+    ];
+    all.extend(args.iter().map(OsString::from));
+    all
+}
+
+/// Starts `robustifier agent` on back-end `i` (named `name` among the lab's processes),
+/// listening on the back-end's address at [`crate::cluster::AGENT_PORT`] with the lab's
+/// agent key, with `args` added (`--mta`, `--spool`, ...); returns once it listens.
+pub fn start_agent(
+    lab: &mut Lab,
+    i: usize,
+    name: &str,
+    args: &[&str],
+) -> anyhow::Result<std::net::SocketAddr> {
+    let listen = std::net::SocketAddr::new(
+        crate::topology::internal_v4(11 + i as u8).into(),
+        crate::cluster::AGENT_PORT,
+    );
+    let bin = crate::robustifier_bin();
+    let key = crate::agent_key_file(&lab.log_dir);
+    let (listen_text, bin_text, key_text) = (
+        listen.to_string(),
+        bin.display().to_string(),
+        key.display().to_string(),
+    );
+    let mut argv = vec![
+        bin_text.as_str(),
+        "agent",
+        "--listen",
+        &listen_text,
+        "--key-file",
+        &key_text,
+    ];
+    argv.extend_from_slice(args);
+    let ns = lab.backends[i].ns.clone();
+    lab.spawn(&ns, name, &argv)?;
+    crate::wait_port(&ns, listen)?;
+    Ok(listen)
+}

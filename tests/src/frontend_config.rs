@@ -1,0 +1,232 @@
+//! Front-end configuration text for lab tests, built from typed parts: the `[frontend]`
+//! table, services, pools of back-ends and any further TOML (groups, `[ha]`, `[[vrrp]]`,
+//! `[flood]`, ...). Each test states only what it is about; the rest is written the same
+//! way everywhere.
+//!
+//! ```ignore
+//! let cfg = FrontendConfig::new("fea", &lab.pin_dir(0))
+//!     .service(Service::new("smtp", "smtp", 25).vips(&[VIP_SMTP.into()]).line("pool = \"mx\""))
+//!     .pool(Pool::new("mx", "none").backend(Backend::new("be1", addr)))
+//!     .build();
+//! ```
+
+use std::{fmt::Write as _, net::IpAddr, path::Path};
+
+/// A whole front-end configuration.
+#[derive(Clone, Debug)]
+pub struct FrontendConfig {
+    frontend: String,
+    rest: String,
+}
+
+impl FrontendConfig {
+    /// `[frontend]` with `name`, the lab's public interface `pub0` and `pin_dir`.
+    pub fn new(name: &str, pin_dir: &Path) -> FrontendConfig {
+        FrontendConfig {
+            frontend: format!(
+                "[frontend]\nname = \"{name}\"\ninterface = \"pub0\"\npin_dir = \"{}\"\n",
+                pin_dir.display()
+            ),
+            rest: String::new(),
+        }
+    }
+
+    /// A further key of the `[frontend]` table (`user = "robustifier"`, ...).
+    pub fn frontend_line(mut self, line: &str) -> FrontendConfig {
+        self.frontend.push_str(line);
+        self.frontend.push('\n');
+        self
+    }
+
+    /// Any TOML after what is there already (tables such as `[ha]`, `[flood]`,
+    /// `[[group]]`, `[[vrrp]]`); empty text adds nothing.
+    pub fn toml(mut self, text: &str) -> FrontendConfig {
+        if !text.is_empty() {
+            self.rest.push('\n');
+            self.rest.push_str(text);
+            if !text.ends_with('\n') {
+                self.rest.push('\n');
+            }
+        }
+        self
+    }
+
+    pub fn service(self, s: Service) -> FrontendConfig {
+        let text = s.render();
+        self.toml(&text)
+    }
+
+    pub fn pool(self, p: Pool) -> FrontendConfig {
+        let text = p.render();
+        self.toml(&text)
+    }
+
+    pub fn build(&self) -> String {
+        format!("{}{}", self.frontend, self.rest)
+    }
+}
+
+/// One `[[service]]`.
+#[derive(Clone, Debug)]
+pub struct Service {
+    name: String,
+    protocol: String,
+    port: u16,
+    vips: Vec<IpAddr>,
+    lines: Vec<String>,
+}
+
+impl Service {
+    pub fn new(name: &str, protocol: &str, port: u16) -> Service {
+        Service {
+            name: name.to_owned(),
+            protocol: protocol.to_owned(),
+            port,
+            vips: Vec::new(),
+            lines: Vec::new(),
+        }
+    }
+
+    pub fn vips(mut self, vips: &[IpAddr]) -> Service {
+        self.vips.extend_from_slice(vips);
+        self
+    }
+
+    /// A further key (`pool = "mx"`, `tls = "starttls"`, ...); empty text adds nothing.
+    pub fn line(mut self, line: &str) -> Service {
+        if !line.is_empty() {
+            self.lines.push(line.to_owned());
+        }
+        self
+    }
+
+    fn render(&self) -> String {
+        let mut s = format!(
+            "[[service]]\nname = \"{}\"\nprotocol = \"{}\"\nport = {}\n",
+            self.name, self.protocol, self.port
+        );
+        if !self.vips.is_empty() {
+            let vips: Vec<String> = self.vips.iter().map(|v| format!("\"{v}\"")).collect();
+            let _ = writeln!(s, "vips = [{}]", vips.join(", "));
+        }
+        for l in &self.lines {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// One back-end of a pool, with its agent's address if it has one.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    pub name: String,
+    pub address: String,
+    pub agent: Option<String>,
+}
+
+impl Backend {
+    pub fn new(name: &str, address: impl std::fmt::Display) -> Backend {
+        Backend {
+            name: name.to_owned(),
+            address: address.to_string(),
+            agent: None,
+        }
+    }
+
+    pub fn agent(mut self, address: impl std::fmt::Display) -> Backend {
+        self.agent = Some(address.to_string());
+        self
+    }
+
+    /// The inline table as it stands in the pool's `backend = [...]` list.
+    pub fn render(&self) -> String {
+        let agent = self
+            .agent
+            .as_ref()
+            .map(|a| format!(", agent = \"{a}\""))
+            .unwrap_or_default();
+        format!(
+            "{{ name = \"{}\", address = \"{}\"{agent} }}",
+            self.name, self.address
+        )
+    }
+}
+
+/// One `[[pool]]`: its keys, its back-ends, then its sub-tables (`[pool.health]`,
+/// `[pool.thresholds]`).
+#[derive(Clone, Debug)]
+pub struct Pool {
+    name: String,
+    identity: String,
+    lines: Vec<String>,
+    backends: Vec<Backend>,
+    tables: Vec<String>,
+}
+
+impl Pool {
+    /// A pool passing the client's identity by `identity` (`none`, `xclient`, `proxy`).
+    pub fn new(name: &str, identity: &str) -> Pool {
+        Pool {
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+            lines: Vec::new(),
+            backends: Vec::new(),
+            tables: Vec::new(),
+        }
+    }
+
+    /// A further key (`agent_key_file = "..."`, `tls = "starttls"`, ...).
+    pub fn line(mut self, line: &str) -> Pool {
+        if !line.is_empty() {
+            self.lines.push(line.to_owned());
+        }
+        self
+    }
+
+    pub fn backend(mut self, b: Backend) -> Pool {
+        self.backends.push(b);
+        self
+    }
+
+    pub fn backends(mut self, bs: impl IntoIterator<Item = Backend>) -> Pool {
+        self.backends.extend(bs);
+        self
+    }
+
+    /// `[pool.health]` with `body` (one key a line).
+    pub fn health(self, body: &str) -> Pool {
+        self.table(&format!("[pool.health]\n{body}"))
+    }
+
+    /// `[pool.thresholds]` with `body` (one key a line).
+    pub fn thresholds(self, body: &str) -> Pool {
+        self.table(&format!("[pool.thresholds]\n{body}"))
+    }
+
+    /// Any sub-table text; empty text adds nothing.
+    pub fn table(mut self, text: &str) -> Pool {
+        if !text.is_empty() {
+            self.tables.push(text.trim_end().to_owned());
+        }
+        self
+    }
+
+    fn render(&self) -> String {
+        let mut s = format!(
+            "[[pool]]\nname = \"{}\"\nidentity = \"{}\"\n",
+            self.name, self.identity
+        );
+        for l in &self.lines {
+            s.push_str(l);
+            s.push('\n');
+        }
+        let list: Vec<String> = self.backends.iter().map(Backend::render).collect();
+        let _ = writeln!(s, "backend = [{}]", list.join(", "));
+        for t in &self.tables {
+            s.push_str(t);
+            s.push('\n');
+        }
+        s
+    }
+}
