@@ -59,9 +59,9 @@ impl LoadTables for Tables {
 
 /// Starts the probe and agent loops for every back-end, and the load writer.
 pub fn spawn(
-    pools: &crate::backend::PoolSet,
+    pools: &Arc<arc_swap::ArcSwap<crate::backend::PoolSet>>,
     board: &Arc<Board>,
-    envs: Vec<Arc<ServiceContext>>,
+    envs: Services,
     maps: Arc<dyn LoadMaps>,
     ha_health: crate::ha::Health,
     stop: &CancellationToken,
@@ -75,7 +75,7 @@ pub fn spawn(
         let (maps, b, envs, ha_health, stop) = (
             Arc::clone(&maps),
             Arc::clone(&b),
-            envs.clone(),
+            Arc::clone(&envs),
             ha_health.clone(),
             stop.clone(),
         );
@@ -92,10 +92,13 @@ pub(crate) fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// The services in force, which a reload replaces.
+pub type Services = Arc<arc_swap::ArcSwap<Vec<Arc<ServiceContext>>>>;
+
 pub async fn run(
     maps: &dyn LoadMaps,
     board: Arc<Board>,
-    envs: Vec<Arc<ServiceContext>>,
+    envs: Services,
     ha_health: crate::ha::Health,
     stop: CancellationToken,
 ) {
@@ -103,7 +106,7 @@ pub async fn run(
         Ok(t) => t,
         Err(e) => return error!(error = %e, "load writer cannot open the load maps"),
     };
-    let mut capacity: Vec<u32> = vec![CAPACITY_OK; envs.len()];
+    let mut capacity: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -113,16 +116,16 @@ pub async fn run(
         // A back-end's load may have dropped: sessions waiting for a slot look again.
         board.nudge();
         let mut exhausted = false;
-        for (i, env) in envs.iter().enumerate() {
+        for env in envs.load().iter() {
             let c = service_capacity(env, &board, |id| tables.backend(id));
             exhausted |= c == CAPACITY_EXHAUSTED;
-            if c != capacity[i] {
+            let was = capacity.insert(env.service.id, c).unwrap_or(CAPACITY_OK);
+            if c != was {
                 let name = ["ok", "priority-only", "exhausted"]
                     .get(c as usize)
                     .copied()
                     .unwrap_or("?");
                 warn!(service = %env.service.name, capacity = name, "service capacity changed");
-                capacity[i] = c;
             }
             if let Err(e) = tables.set_service(
                 env.service.id,
@@ -149,13 +152,14 @@ fn write_records(tables: &mut dyn LoadTables, board: &Board) {
 /// Writes one back-end's record as of `now`, with the overloaded mark and its hysteresis
 /// applied: the writer's round, and a reload for the back-ends it changed.
 pub fn publish(tables: &mut dyn LoadTables, board: &Board, slot: &Slot, now: u64) {
-    let id = slot.backend.id;
+    let id = slot.id;
     let Some(mut record) = board.record_for(id, now) else {
         return;
     };
     // Hysteresis on the raw figures: over at the threshold, clear under 90 % of it.
     let overloaded = slot.overloaded.load(std::sync::atomic::Ordering::Relaxed);
-    let t = &slot.thresholds;
+    let settings = slot.settings();
+    let t = &settings.thresholds;
     let now_over = if overloaded {
         !select::clear(&record, t)
     } else {
@@ -165,10 +169,10 @@ pub fn publish(tables: &mut dyn LoadTables, board: &Board, slot: &Slot, now: u64
         slot.overloaded
             .store(now_over, std::sync::atomic::Ordering::Relaxed);
         if now_over {
-            warn!(backend = %slot.backend.name, mail_queue = record.mail_queue, disk_permille = record.disk_permille,
+            warn!(backend = %slot.name, mail_queue = record.mail_queue, disk_permille = record.disk_permille,
                 run_queue_milli = record.run_queue_milli, response_us = record.response_us, "back-end over a threshold: no new sessions");
         } else {
-            info!(backend = %slot.backend.name, "back-end under its thresholds again");
+            info!(backend = %slot.name, "back-end under its thresholds again");
         }
     }
     if !now_over && overloaded {
@@ -179,7 +183,7 @@ pub fn publish(tables: &mut dyn LoadTables, board: &Board, slot: &Slot, now: u64
         record.weight = 0;
     }
     if let Err(e) = tables.set_backend(id, record) {
-        error!(error = %e, backend = %slot.backend.name, "writing load record");
+        error!(error = %e, backend = %slot.name, "writing load record");
     }
 }
 
@@ -199,12 +203,12 @@ fn service_capacity(
             if !pools.contains(&s.pool_name) {
                 return false;
             }
-            let Some(load) = load(s.backend.id) else {
+            let Some(load) = load(s.id) else {
                 return false;
             };
             let active = s.active.load(std::sync::atomic::Ordering::Acquire);
             let over = s.overloaded.load(std::sync::atomic::Ordering::Relaxed);
-            select::eligible(&load, &s.thresholds, share, active, over)
+            select::eligible(&load, &s.settings().thresholds, share, active, over)
         })
     };
     if pools.is_empty() || can_serve(env.groups.default_share) {

@@ -540,7 +540,9 @@ mod tests {
         )
         .unwrap();
         let board = crate::health::board::Board::new(&cfg);
-        let pools = crate::backend::PoolSet::new(&cfg, Arc::clone(&board), board.clone()).unwrap();
+        let pools = Arc::new(arc_swap::ArcSwap::from_pointee(
+            crate::backend::PoolSet::new(&cfg, Arc::clone(&board), board.clone()).unwrap(),
+        ));
         let (stop, tasks) = (
             tokio_util::sync::CancellationToken::new(),
             tokio_util::task::TaskTracker::new(),

@@ -14,7 +14,7 @@ use robustifier_common::BackendLoad;
 use super::{admission::Admission, select};
 use crate::{
     config::{Backend, BackendTls, Config, Pool},
-    health::board::{Board, SessionGuard},
+    health::board::{Board, SessionGuard, Settings},
 };
 
 /// How long a back-end that refused or dropped a connection is tried last.
@@ -135,11 +135,10 @@ impl PoolSet {
                 continue;
             };
             let t = &rt.pool.thresholds;
-            let mut scored: Vec<(f64, &Backend)> = Vec::new();
+            let mut scored: Vec<(f64, Arc<Settings>)> = Vec::new();
             // The board's slots, not the pool's configured list: a reload may add some.
             for slot in slots.iter().filter(|s| s.pool_id == rt.pool.id) {
-                let b = &slot.backend;
-                let Some(load) = self.view.load(b.id) else {
+                let Some(load) = self.view.load(slot.id) else {
                     continue;
                 };
                 let active = slot.active.load(std::sync::atomic::Ordering::Acquire);
@@ -147,7 +146,7 @@ impl PoolSet {
                 if load.state != robustifier_common::BACKEND_UP {
                     excluded.down += 1;
                 } else if select::eligible(&load, t, share, active, overloaded) {
-                    scored.push((select::score(&load, t, active), b));
+                    scored.push((select::score(&load, t, active), slot.settings()));
                 } else {
                     excluded.busy += 1;
                 }
@@ -156,7 +155,8 @@ impl PoolSet {
                 power_of_two(&mut scored);
             }
             let failed = crate::sync::lock(&rt.failed).clone();
-            for (_, b) in scored {
+            for (_, settings) in scored {
+                let b = &settings.backend;
                 let c = Candidate {
                     pool: Arc::clone(rt),
                     backend: b.clone(),
@@ -228,7 +228,7 @@ impl PoolSet {
 /// Orders `scored` by the power of two choices (Mitzenmacher): of two random candidates
 /// the better goes first, which spreads load without herding onto one "best" back-end;
 /// the rest follow by score, for failover.
-fn power_of_two(scored: &mut Vec<(f64, &Backend)>) {
+fn power_of_two<T>(scored: &mut Vec<(f64, T)>) {
     if scored.len() < 2 {
         return;
     }
@@ -308,7 +308,7 @@ mod tests {
         )
         .unwrap();
         let r = s.board.reconcile(&cfg);
-        assert_eq!(r.added[0].backend.id, 3);
+        assert_eq!(r.added[0].id, 3);
         let (c, ex) = s.candidates(&["p".into()], 1.0);
         assert_eq!(names(&c), ["a", "c", "d"]);
         assert_eq!(ex, Excluded { busy: 0, down: 1 }, "b drains");

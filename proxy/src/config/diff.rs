@@ -101,6 +101,20 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
     out
 }
 
+/// The changes between two configurations, by name (being replaced by a classified list).
+pub fn changes(running: &Config, new: &Config) -> Vec<String> {
+    restart_needed(running, new)
+}
+
+/// One line for the changes.
+pub fn summary(changes: &[String]) -> String {
+    if changes.is_empty() {
+        "no change".to_owned()
+    } else {
+        changes.join("; ")
+    }
+}
+
 /// A pool's settings, without its position and back-ends (those a reload applies).
 fn settings(p: &Pool) -> String {
     format!(

@@ -24,6 +24,8 @@ use raw::{RawBackend, RawConfig, RawPool, RawService};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: PathBuf,
+    /// A hash of the file's content: the same text, the same version.
+    pub version: String,
     pub frontend: Frontend,
     pub tls: Option<TlsFiles>,
     pub flood: Flood,
@@ -167,7 +169,7 @@ pub struct Pool {
     pub backends: Vec<Backend>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Backend {
     /// Index into the kernel's load map; unique across pools.
     pub id: u32,
@@ -223,7 +225,9 @@ impl Config {
                 .to_owned();
             err(if key == "." { String::new() } else { key }, reason)
         })?;
-        Config::from_raw(file, raw).map_err(|(key, reason)| err(key, reason))
+        let mut cfg = Config::from_raw(file, raw).map_err(|(key, reason)| err(key, reason))?;
+        cfg.version = version_of(text);
+        Ok(cfg)
     }
 
     fn from_raw(file: &Path, raw: RawConfig) -> Result<Config, (String, String)> {
@@ -377,6 +381,7 @@ impl Config {
             ha,
             vrrp,
             file: file.to_owned(),
+            version: String::new(),
             frontend,
             tls,
             groups,
@@ -724,3 +729,12 @@ fn prefixes(key: &str, list: &[String]) -> Result<Vec<IpNet>, (String, String)> 
 
 #[cfg(test)]
 mod tests;
+
+/// The first 12 hex digits of the SHA-256 of a configuration's text.
+fn version_of(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

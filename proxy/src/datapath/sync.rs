@@ -45,8 +45,21 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataPathError 
 }
 
 impl Tables {
+    /// Everything from `cfg`, at the start: every service starts with capacity for every
+    /// class, back-ends get their configured ids.
     pub fn apply(&mut self, cfg: &Config) -> Result<(), DataPathError> {
-        self.apply_services(cfg)?;
+        let all: HashSet<u32> = cfg.services.iter().map(|s| s.id).collect();
+        self.apply_live(cfg, &all)?;
+        self.apply_backends(cfg)
+    }
+
+    /// What a reload changes in place: the services (`fresh` are the ids a reload brings
+    /// in, which start with capacity for every class; the others keep what the load
+    /// writer derived), the flood settings, the block list and the client classes. The
+    /// back-ends' records are the board's (see `load_writer::publish`). Each map is
+    /// updated entry by entry, so no lookup meanwhile finds it empty.
+    pub fn apply_live(&mut self, cfg: &Config, fresh: &HashSet<u32>) -> Result<(), DataPathError> {
+        self.apply_services(cfg, fresh)?;
         self.config
             .set(
                 0,
@@ -92,11 +105,10 @@ impl Tables {
             &classes,
             |class| ClientClass { class },
             (MAP_CLASS_V4, MAP_CLASS_V6),
-        )?;
-        self.apply_backends(cfg)
+        )
     }
 
-    fn apply_services(&mut self, cfg: &Config) -> Result<(), DataPathError> {
+    fn apply_services(&mut self, cfg: &Config, fresh: &HashSet<u32>) -> Result<(), DataPathError> {
         let mut wanted = Vec::new();
         for s in &cfg.services {
             let value = ServiceValue {
@@ -112,7 +124,11 @@ impl Tables {
             for vip in &s.vips {
                 wanted.push((service_key(Some(*vip), s.port), value));
             }
-            // A fresh start serves every class; the health writer tightens this from back-end load.
+            if !fresh.contains(&s.id) {
+                continue;
+            }
+            // A fresh service serves every class; the load writer tightens this from
+            // back-end load.
             self.svc_state
                 .set(
                     s.id,

@@ -36,6 +36,8 @@ pub enum Role {
     Shed,
 }
 
+/// What a service's new connections get; a reload swaps in a new one (see [`Current`]),
+/// and each session keeps the one it was accepted with.
 #[derive(Clone)]
 pub struct Context {
     pub env: Arc<ServiceContext>,
@@ -43,7 +45,6 @@ pub struct Context {
     /// The priority class's reserve beyond `limit`.
     pub reserve: Arc<Semaphore>,
     pub per_client: Arc<PerClient>,
-    pub stop: CancellationToken,
     pub abort: Abort,
     /// Asks every session to end politely at its next boundary (the stop has begun).
     pub closing: CancellationToken,
@@ -77,40 +78,50 @@ pub fn session_id() -> String {
     format!("{start:x}.{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Accepts until `ctx.stop` fires. The loop counts as running for HA tracking from the
-/// moment it is created, not first polled, so the count is right as soon as it is spawned.
-pub fn run(listener: TcpListener, role: Role, ctx: Context) -> impl Future<Output = ()> {
-    let alive = ctx.ha.health.listener_alive();
+/// A service's context in force: read at each accept.
+pub type Current = Arc<arc_swap::ArcSwap<Context>>;
+
+/// Accepts until `stop` fires (the front-end stops, or a reload retires the listener).
+/// The loop counts as running for HA tracking from the moment it is created, not first
+/// polled, so the count is right as soon as it is spawned.
+pub fn run(
+    listener: TcpListener,
+    role: Role,
+    current: Current,
+    stop: CancellationToken,
+) -> impl Future<Output = ()> {
+    let alive = current.load().ha.health.listener_alive();
     async move {
         let _alive = alive;
-        accept_loop(listener, role, ctx).await;
+        accept_loop(listener, role, current, stop).await;
     }
 }
 
-async fn accept_loop(listener: TcpListener, role: Role, ctx: Context) {
+async fn accept_loop(listener: TcpListener, role: Role, current: Current, stop: CancellationToken) {
     loop {
         let (stream, peer) = tokio::select! {
-            _ = ctx.stop.cancelled() => return,
+            _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => match accept_error(&e) {
                     AcceptError::OneConnection => continue,
                     AcceptError::Exhausted => {
-                        warn!(service = %ctx.env.service.name, error = %e, "accept failed, out of resources; pausing");
+                        warn!(service = %current.load().env.service.name, error = %e, "accept failed, out of resources; pausing");
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         continue;
                     }
                     AcceptError::ListenerDead => {
                         // The loop ends, so VRRP tracking sees a listener gone and the
                         // front-end hands its addresses to a peer that can serve them.
-                        tracing::error!(service = %ctx.env.service.name, error = %e, "listener failed; it takes no more connections");
+                        tracing::error!(service = %current.load().env.service.name, error = %e, "listener failed; it takes no more connections");
                         return;
                     }
                 },
             },
         };
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        ctx.sessions.spawn(serve(stream, peer, role, ctx.clone()));
+        let ctx = current.load_full();
+        ctx.sessions.clone().spawn(serve(stream, peer, role, ctx));
     }
 }
 
@@ -158,7 +169,7 @@ fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     role: Role,
-    ctx: Context,
+    ctx: Arc<Context>,
 ) -> impl Future<Output = ()> {
     async move {
         let svc = Arc::clone(&ctx.env.service);

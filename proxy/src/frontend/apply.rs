@@ -1,64 +1,309 @@
-//! A reload: the configuration file read again and what can change while running applied.
+//! A reload: the configuration file read again and applied while the front-end runs.
+//!
+//! Everything that can fail is done first, into a plan that nothing uses yet: the file is
+//! validated, ids are kept stable, pools (with their TLS connectors), the certificate,
+//! every service's context (with its routing map) and the listeners of new services are
+//! built. A failure there drops the plan and changes nothing. Then the plan is put in
+//! force: the kernel's tables updated in place, the board reconciled, pools and contexts
+//! swapped, new listeners accepting, retired ones closed. Sessions keep the context they
+//! started with; new connections get the new one.
 
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
-
-use crate::{
-    backend::PoolSet,
-    config::{self, Config, ConfigError},
-    health,
-    load_writer::{self, LoadMaps},
-    supervise::Supervisor,
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
 };
 
-/// Re-reads the configuration. Back-ends removed from it drain gracefully (no new
-/// sessions, running ones finish) and come back if restored; back-ends it adds to a
-/// running pool get the next load map ids, their probes and agent polls, and take new
-/// sessions at once; routing maps and certificates reload on their own when their files
-/// change. Other changes (new pools, services, settings) take a restart and are logged by
-/// name; a bad file changes nothing.
-pub(super) fn reload(
-    running: &Config,
-    pools: &PoolSet,
-    maps: &dyn LoadMaps,
-    stop: &CancellationToken,
-    background: &Supervisor,
-) -> Result<(), ConfigError> {
-    let new = Config::load(&running.file).inspect_err(|e| {
-        error!(error = %e, "reload: configuration refused; nothing changed");
-    })?;
-    let board = &pools.board;
-    let done = board.reconcile(&new);
-    // The records of added, removed and restored back-ends now, so routing (which reads
-    // the map) need not wait for the writer's next round to see the change.
-    if !done.added.is_empty() || !done.changed.is_empty() {
-        let now = load_writer::monotonic_ns();
-        match maps.tables() {
-            Ok(mut tables) => {
-                for slot in done.added.iter().chain(&done.changed) {
-                    load_writer::publish(tables.as_mut(), board, slot, now);
+use robustifier_common::MAX_SERVICES;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use super::{Frontend, KernelError, OpenError, ServiceRun, reserve_for, service_contexts};
+use crate::{
+    backend::PoolSet,
+    config::{self, Config, ConfigError, Service},
+    front::accept::{Context, Role},
+    health, load_writer,
+    supervise::Supervisor,
+    tls::ServerTls,
+};
+
+/// What a reload applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The configuration version now in force.
+    pub version: String,
+    /// One line naming what changed.
+    pub summary: String,
+    /// Changes this process applies only at its next start.
+    pub restart_needed: Vec<String>,
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Ids(String),
+    #[error(transparent)]
+    Build(#[from] OpenError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+}
+
+/// Gives `new`'s services and pools the ids of the running ones of the same name; new
+/// ones get ids no running one holds, so a kernel entry of one service never serves
+/// another. Back-end ids are the board's (see `Board::reconcile`).
+fn keep_ids(running: &Config, new: &mut Config) -> Result<(), ReloadError> {
+    let ids: HashMap<&str, u32> = running
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.id))
+        .collect();
+    let mut taken: HashSet<u32> = running.services.iter().map(|s| s.id).collect();
+    for s in new.services.iter_mut() {
+        if let Some(id) = ids.get(s.name.as_str()) {
+            s.id = *id;
+        } else {
+            let id = (0..MAX_SERVICES)
+                .find(|i| !taken.contains(i))
+                .ok_or_else(|| {
+                    ReloadError::Ids(format!(
+                        "service {}: all {MAX_SERVICES} service ids are taken",
+                        s.name
+                    ))
+                })?;
+            taken.insert(id);
+            s.id = id;
+        }
+    }
+    let pool_ids: HashMap<&str, u32> = running
+        .pools
+        .iter()
+        .map(|p| (p.name.as_str(), p.id))
+        .collect();
+    let mut next = running.pools.iter().map(|p| p.id + 1).max().unwrap_or(0);
+    for p in new.pools.iter_mut() {
+        if let Some(id) = pool_ids.get(p.name.as_str()) {
+            p.id = *id;
+        } else {
+            p.id = next;
+            next += 1;
+        }
+    }
+    Ok(())
+}
+
+/// A service of the new configuration, ready to be put in force.
+struct Planned {
+    service: Service,
+    env: Arc<crate::service::ServiceContext>,
+    /// Listeners opened for it (a new service, or one whose listeners no longer fit).
+    opened: Option<Vec<(std::net::TcpListener, Role)>>,
+}
+
+impl Frontend {
+    /// Re-reads the configuration file and applies it whole, or not at all.
+    pub(super) fn reload(
+        &mut self,
+        accepting: &TaskTracker,
+        background: &Supervisor,
+    ) -> Result<Reloaded, ReloadError> {
+        let outcome = self.try_reload(accepting, background);
+        match &outcome {
+            Ok(r) => {
+                info!(version = %r.version, changes = %r.summary, "reload: configuration applied");
+                for what in &r.restart_needed {
+                    warn!(change = %what, "reload: takes a restart");
                 }
             }
-            Err(e) => error!(error = %e, "reload: cannot open the load maps"),
+            Err(e) => error!(error = %e, "reload: refused; nothing changed"),
         }
+        outcome
     }
-    if !done.added.is_empty() {
-        for slot in &done.added {
-            health::spawn_checks(pools, board, slot, stop, background);
+
+    fn try_reload(
+        &mut self,
+        accepting: &TaskTracker,
+        background: &Supervisor,
+    ) -> Result<Reloaded, ReloadError> {
+        let mut new = Config::load(&self.cfg.file)?;
+        keep_ids(&self.cfg, &mut new)?;
+        let summary = config::diff::summary(&config::diff::changes(&self.cfg, &new));
+        let restart_needed = config::diff::restart_needed(&self.cfg, &new);
+
+        // The plan: everything that can fail, before anything changes.
+        let pools = Arc::new(
+            PoolSet::new(&new, Arc::clone(&self.board), Arc::clone(&self.view))
+                .map_err(OpenError::Pools)?,
+        );
+        let tls = match (&new.tls, &self.cfg.tls) {
+            // The same files: the running store, which follows their changes itself.
+            (Some(files), Some(old)) if files == old => self.tls.clone(),
+            (Some(files), _) => Some(Arc::new(ServerTls::new(files).map_err(OpenError::Tls)?)),
+            (None, _) => None,
+        };
+        let envs = service_contexts(&new, &pools, &tls)?;
+        let mut planned = Vec::new();
+        for (service, env) in new.services.iter().zip(&envs) {
+            let fits = self
+                .services
+                .iter()
+                .find(|r| r.service.name == service.name)
+                .is_some_and(|r| self.kernel.listeners_fit(&r.service, service));
+            let opened = if fits {
+                None
+            } else {
+                Some(self.kernel.listen(service)?)
+            };
+            planned.push(Planned {
+                service: service.clone(),
+                env: Arc::clone(env),
+                opened,
+            });
         }
-        let added: Vec<String> = done
-            .added
+        let fresh: HashSet<u32> = new
+            .services
             .iter()
-            .map(|s| format!("{} (id {})", s.backend.name, s.backend.id))
+            .filter(|s| !self.cfg.services.iter().any(|r| r.name == s.name))
+            .map(|s| s.id)
             .collect();
-        info!(backends = ?added, "reload: back-ends added");
+        if let Err(e) = self.kernel.apply_live(&new, &fresh) {
+            // Put back what the running configuration wrote; the kernel may have taken
+            // part of the new one.
+            if let Err(again) = self.kernel.apply_live(&self.cfg, &HashSet::new()) {
+                error!(error = %again, "reload: restoring the kernel's tables failed too");
+            }
+            return Err(e.into());
+        }
+
+        // In force from here; nothing below fails.
+        let done = self.board.reconcile(&new);
+        let now = load_writer::monotonic_ns();
+        match self.maps.tables() {
+            Ok(mut tables) => {
+                for slot in done.added.iter().chain(&done.changed).chain(&done.updated) {
+                    load_writer::publish(tables.as_mut(), &self.board, slot, now);
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "reload: cannot open the load maps; the writer's next round publishes the records")
+            }
+        }
+        self.pools.store(Arc::clone(&pools));
+        for slot in &done.added {
+            health::spawn_checks(
+                &self.pools,
+                &self.board,
+                slot,
+                &self.shared.stop,
+                background,
+            );
+        }
+        if !done.overflow.is_empty() {
+            warn!(backends = ?done.overflow, "reload: the load map is full ({} ids; removed back-ends keep theirs): these back-ends take a restart to be used", robustifier_common::MAX_BACKENDS);
+        }
+        let mut running: Vec<ServiceRun> = std::mem::take(&mut self.services);
+        let mut next = Vec::new();
+        for plan in planned {
+            let old = running
+                .iter()
+                .position(|r| r.service.name == plan.service.name)
+                .map(|i| running.swap_remove(i));
+            let mut run = match old {
+                Some(mut run) => {
+                    let ctx = self.resized(&run.current.load(), plan.env);
+                    run.current.store(Arc::new(ctx));
+                    run.service = plan.service;
+                    run
+                }
+                None => {
+                    info!(service = %plan.service.name, port = plan.service.port, "reload: service added");
+                    ServiceRun {
+                        current: Arc::new(arc_swap::ArcSwap::from_pointee(
+                            self.shared.context(&new, plan.env),
+                        )),
+                        service: plan.service,
+                        listening: self.shared.stop.child_token(),
+                        opened: Vec::new(),
+                    }
+                }
+            };
+            if let Some(opened) = plan.opened {
+                // New listeners first, then the old ones retire: no moment without one.
+                let retiring =
+                    std::mem::replace(&mut run.listening, self.shared.stop.child_token());
+                run.opened = opened;
+                if let Err(e) = run.start_accepting(accepting) {
+                    error!(service = %run.service.name, error = %e, "reload: listener not taken up by the runtime");
+                }
+                retiring.cancel();
+            }
+            next.push(run);
+        }
+        for gone in running {
+            info!(service = %gone.service.name, "reload: service removed; its sessions finish");
+            gone.listening.cancel();
+        }
+        self.services = next;
+        self.envs.store(Arc::new(envs));
+        self.tls = tls;
+        self.cfg = new;
+        Ok(Reloaded {
+            version: self.cfg.version.clone(),
+            summary,
+            restart_needed,
+        })
     }
-    if !done.overflow.is_empty() {
-        warn!(backends = ?done.overflow, "reload: the load map is full ({} ids; removed back-ends keep theirs): these back-ends take a restart to be used", robustifier_common::MAX_BACKENDS);
+
+    /// The context for a running service's new connections: the new settings, the same
+    /// limit semaphores and per-client table, resized to the new connection limit.
+    fn resized(&self, old: &Context, env: Arc<crate::service::ServiceContext>) -> Context {
+        let (was, now) = (
+            old.env.service.max_connections as usize,
+            env.service.max_connections as usize,
+        );
+        resize(&old.limit, was, now, &self.shared);
+        resize(
+            &old.reserve,
+            reserve_for(was),
+            reserve_for(now),
+            &self.shared,
+        );
+        Context {
+            env,
+            serve_loopback: self.cfg.frontend.serve_loopback_clients,
+            ..old.clone()
+        }
     }
-    for what in config::diff::restart_needed(running, &new) {
-        warn!(change = %what, "reload: takes a restart");
+}
+
+/// Moves a semaphore's size from `was` to `now` permits. Growing is immediate; shrinking
+/// takes the free permits now and the rest as sessions end (a task holds them for good).
+fn resize(sem: &Arc<Semaphore>, was: usize, now: usize, shared: &super::Shared) {
+    if now >= was {
+        sem.add_permits(now - was);
+        return;
     }
-    info!("reload: configuration applied");
-    Ok(())
+    let cut = was - now;
+    let taken = sem.forget_permits(cut);
+    let rest = cut - taken;
+    if rest == 0 {
+        return;
+    }
+    let (sem, stop) = (Arc::clone(sem), shared.stop.clone());
+    let Ok(rest) = u32::try_from(rest) else {
+        return;
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            permits = sem.acquire_many_owned(rest) => {
+                if let Ok(p) = permits {
+                    p.forget();
+                }
+            }
+        }
+    });
 }

@@ -4,7 +4,7 @@
 //! class (served, priority, shed), and the load maps are pinned for the kernel, routing
 //! and `bpftool` alike.
 
-use std::{net::TcpListener, path::PathBuf, sync::Arc};
+use std::{collections::HashSet, net::TcpListener, path::PathBuf, sync::Arc};
 
 use robustifier_common::{
     MAP_BACKENDS, PINNED_MAPS, PROG_STEER, PROG_XDP, SLOT_NORMAL, SLOT_PRIORITY, SLOT_SHED,
@@ -25,6 +25,11 @@ use crate::{
 pub trait KernelSide: Send {
     /// Writes the configuration into the kernel's tables (services, classes, flood limits).
     fn apply(&mut self, cfg: &Config) -> Result<(), KernelError>;
+    /// A reload's changes to those tables, in place; `fresh` are the services it adds.
+    fn apply_live(&mut self, cfg: &Config, fresh: &HashSet<u32>) -> Result<(), KernelError>;
+    /// Whether the listeners opened for `old` still serve `new` (same service id): with
+    /// steering they do whatever the addresses and port; plain sockets are bound to them.
+    fn listeners_fit(&self, old: &Service, new: &Service) -> bool;
     /// Opens one service's listening sockets (non-blocking, listening), each with the
     /// answer its connections get.
     fn listen(&mut self, service: &Service) -> Result<Vec<(TcpListener, Role)>, KernelError>;
@@ -71,6 +76,16 @@ impl KernelSide for Kernel {
         self.dp.tables.apply(cfg)?;
         info!(pin_dir = %self.pin_dir.display(), "maps pinned and filled from {}", cfg.file.display());
         Ok(())
+    }
+
+    fn apply_live(&mut self, cfg: &Config, fresh: &HashSet<u32>) -> Result<(), KernelError> {
+        Ok(self.dp.tables.apply_live(cfg, fresh)?)
+    }
+
+    /// Listeners are found by service id and class, not by address: the service map
+    /// (address and port to id) is what a reload changes.
+    fn listeners_fit(&self, _old: &Service, _new: &Service) -> bool {
+        true
     }
 
     /// A socket per class and address family, bound to loopback ephemeral ports and

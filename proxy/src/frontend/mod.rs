@@ -15,20 +15,22 @@ mod user_space;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use arc_swap::ArcSwap;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
+pub use apply::{ReloadError, Reloaded};
 pub use kernel::{Kernel, KernelError, KernelSide};
 pub use user_space::UserSpace;
 
 use crate::{
-    backend::{PoolSet, groups::Groups},
-    config::{Config, ConfigError},
-    front::accept::{self, Context, Role},
+    backend::{LoadView, PoolSet, groups::Groups},
+    config::{Config, Service},
+    front::accept::{self, Context, Current, Role},
     ha,
     health::board::Board,
-    load_writer::{self, LoadMaps},
+    load_writer::{self, LoadMaps, Services},
     service::ServiceContext,
     supervise::Supervisor,
     tls::ServerTls,
@@ -43,7 +45,7 @@ pub enum Command {
     /// Re-read the configuration file and apply what can change while running; the
     /// outcome goes to `done` when one is given.
     Reload {
-        done: Option<oneshot::Sender<Result<(), ConfigError>>>,
+        done: Option<oneshot::Sender<Result<Reloaded, ReloadError>>>,
     },
     /// Stop in order: hand addresses over, stop accepting, drain, end the rest.
     Stop,
@@ -70,16 +72,75 @@ pub struct Frontend {
     cfg: Config,
     kernel: Box<dyn KernelSide>,
     maps: Arc<dyn LoadMaps>,
-    pools: Arc<PoolSet>,
+    view: Arc<dyn LoadView>,
+    pools: Arc<ArcSwap<PoolSet>>,
     board: Arc<Board>,
-    envs: Vec<Arc<ServiceContext>>,
-    hooks: ha::Hooks,
-    listeners: Vec<(std::net::TcpListener, Role, Context)>,
+    tls: Option<Arc<ServerTls>>,
+    services: Vec<ServiceRun>,
+    envs: Services,
+    shared: Shared,
     attached: Vec<String>,
+}
+
+/// What every service's contexts share for the front-end's life.
+#[derive(Clone)]
+struct Shared {
     stop: CancellationToken,
     abort: accept::Abort,
     closing: CancellationToken,
     sessions: TaskTracker,
+    hooks: ha::Hooks,
+}
+
+/// One service as it runs: its settings, the context its new connections get, and its
+/// listeners (opened, then accepting until `listening` is cancelled).
+struct ServiceRun {
+    service: Service,
+    current: Current,
+    listening: CancellationToken,
+    opened: Vec<(std::net::TcpListener, Role)>,
+}
+
+impl Shared {
+    fn context(&self, cfg: &Config, env: Arc<ServiceContext>) -> Context {
+        let max = env.service.max_connections as usize;
+        Context {
+            env,
+            limit: Arc::new(Semaphore::new(max)),
+            reserve: Arc::new(Semaphore::new(reserve_for(max))),
+            per_client: Arc::default(),
+            abort: self.abort.clone(),
+            closing: self.closing.clone(),
+            sessions: self.sessions.clone(),
+            ha: self.hooks.clone(),
+            serve_loopback: cfg.frontend.serve_loopback_clients,
+        }
+    }
+}
+
+/// The priority class's reserve beyond a service's connection limit: a tenth of it.
+fn reserve_for(max_connections: usize) -> usize {
+    (max_connections / 10).max(1)
+}
+
+/// Each service's context, built against `pools`: its routing map is read and resolved now.
+fn service_contexts(
+    cfg: &Config,
+    pools: &Arc<PoolSet>,
+    tls: &Option<Arc<ServerTls>>,
+) -> Result<Vec<Arc<ServiceContext>>, OpenError> {
+    let groups = Arc::new(Groups::new(cfg.groups.clone()));
+    cfg.services
+        .iter()
+        .map(|service| {
+            ServiceContext::new(service, Arc::clone(pools), tls.clone(), Arc::clone(&groups))
+                .map(Arc::new)
+                .map_err(|source| OpenError::Service {
+                    service: service.name.clone(),
+                    source,
+                })
+        })
+        .collect()
 }
 
 impl Frontend {
@@ -89,54 +150,32 @@ impl Frontend {
     pub fn open(cfg: Config, mut kernel: Box<dyn KernelSide>) -> Result<Frontend, OpenError> {
         kernel.apply(&cfg)?;
         let maps = kernel.loads();
-        let stop = CancellationToken::new();
-        let abort = accept::Abort::default();
-        let closing = CancellationToken::new();
-        let sessions = TaskTracker::new();
-        let hooks = ha::Hooks::default();
+        let shared = Shared {
+            stop: CancellationToken::new(),
+            abort: accept::Abort::default(),
+            closing: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            hooks: ha::Hooks::default(),
+        };
         let board = Board::new(&cfg);
         let view = maps.view().map_err(KernelError::from)?;
-        let pools =
-            Arc::new(PoolSet::new(&cfg, Arc::clone(&board), view).map_err(OpenError::Pools)?);
-        let groups = Arc::new(Groups::new(cfg.groups.clone()));
+        let pools = Arc::new(
+            PoolSet::new(&cfg, Arc::clone(&board), Arc::clone(&view)).map_err(OpenError::Pools)?,
+        );
         // Read now: the key may be readable by root only.
         let tls = match &cfg.tls {
             Some(files) => Some(Arc::new(ServerTls::new(files).map_err(OpenError::Tls)?)),
             None => None,
         };
-        let mut envs = Vec::new();
-        let mut listeners = Vec::new();
-        for service in &cfg.services {
-            let env = Arc::new(
-                ServiceContext::new(
-                    service,
-                    Arc::clone(&pools),
-                    tls.clone(),
-                    Arc::clone(&groups),
-                )
-                .map_err(|source| OpenError::Service {
-                    service: service.name.clone(),
-                    source,
-                })?,
-            );
-            envs.push(Arc::clone(&env));
-            let ctx = Context {
-                env,
-                limit: Arc::new(Semaphore::new(service.max_connections as usize)),
-                reserve: Arc::new(Semaphore::new(
-                    (service.max_connections as usize / 10).max(1),
-                )),
-                per_client: Arc::default(),
-                stop: stop.clone(),
-                abort: abort.clone(),
-                closing: closing.clone(),
-                sessions: sessions.clone(),
-                ha: hooks.clone(),
-                serve_loopback: cfg.frontend.serve_loopback_clients,
-            };
-            for (socket, role) in kernel.listen(service)? {
-                listeners.push((socket, role, ctx.clone()));
-            }
+        let envs = service_contexts(&cfg, &pools, &tls)?;
+        let mut services = Vec::new();
+        for (service, env) in cfg.services.iter().zip(&envs) {
+            services.push(ServiceRun {
+                service: service.clone(),
+                current: Arc::new(ArcSwap::from_pointee(shared.context(&cfg, Arc::clone(env)))),
+                listening: shared.stop.child_token(),
+                opened: kernel.listen(service)?,
+            });
         }
         // The board's first records, where the kernel side has none yet (the maps keep
         // records across restarts; memory starts empty): routing need not wait for the
@@ -144,11 +183,8 @@ impl Frontend {
         let mut tables = maps.tables().map_err(KernelError::from)?;
         let now = load_writer::monotonic_ns();
         for slot in board.slots() {
-            let id = slot.backend.id;
-            if tables.backend(id).is_none()
-                && let Some(record) = board.record_for(id, now)
-            {
-                tables.set_backend(id, record).map_err(KernelError::from)?;
+            if tables.backend(slot.id).is_none() {
+                load_writer::publish(tables.as_mut(), &board, &slot, now);
             }
         }
         let attached = kernel.attach(&cfg)?;
@@ -156,16 +192,14 @@ impl Frontend {
             cfg,
             kernel,
             maps,
-            pools,
+            view,
+            pools: Arc::new(ArcSwap::new(pools)),
             board,
-            envs,
-            hooks,
-            listeners,
+            tls,
+            services,
+            envs: Arc::new(ArcSwap::from_pointee(envs)),
+            shared,
             attached,
-            stop,
-            abort,
-            closing,
-            sessions,
         })
     }
 
@@ -173,72 +207,67 @@ impl Frontend {
     /// these are the loopback sockets connections are steered to, not the addresses
     /// clients dial.
     pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
-        self.listeners
+        self.services
             .iter()
-            .filter(|(_, role, _)| *role == Role::Serve)
-            .filter_map(|(l, _, ctx)| Some((ctx.env.service.name.clone(), l.local_addr().ok()?)))
+            .flat_map(|s| {
+                s.opened
+                    .iter()
+                    .filter(|(_, role)| *role == Role::Serve)
+                    .filter_map(|(l, _)| Some((s.service.name.clone(), l.local_addr().ok()?)))
+            })
             .collect()
     }
 
     /// Serves until a [`Command::Stop`] arrives or the sender is dropped, then stops in
     /// order: the virtual addresses are handed over, the kernel side detached (no new
     /// connections), idle sessions told goodbye, the rest drained up to the deadlines.
-    pub async fn serve(self, mut commands: mpsc::Receiver<Command>) -> anyhow::Result<()> {
-        let Frontend {
-            cfg,
-            mut kernel,
-            maps,
-            pools,
-            board,
-            envs,
-            hooks,
-            listeners,
-            attached,
-            stop,
-            abort,
-            closing,
-            sessions,
-        } = self;
-        warn_unreadable(&cfg);
+    pub async fn serve(mut self, mut commands: mpsc::Receiver<Command>) -> anyhow::Result<()> {
+        warn_unreadable(&self.cfg);
         let accepting = TaskTracker::new();
-        for (socket, role, ctx) in listeners {
-            let socket = tokio::net::TcpListener::from_std(socket)?;
-            accepting.spawn(accept::run(socket, role, ctx));
+        for run in &mut self.services {
+            run.start_accepting(&accepting)?;
         }
-        for service in &cfg.services {
+        for service in &self.cfg.services {
             info!(service = %service.name, protocol = service.protocol.as_str(), port = service.port, "listening");
         }
-        hooks.health.set_datapath_attached(true);
+        let shared = self.shared.clone();
+        shared.hooks.health.set_datapath_attached(true);
         // Health checks, agents and the load writer run until the stop, restarted if they
         // die; sessions stop last.
         let background = TaskTracker::new();
-        let supervisor = Supervisor::new(background.clone(), stop.clone(), hooks.tasks.clone());
+        let supervisor = Supervisor::new(
+            background.clone(),
+            shared.stop.clone(),
+            shared.hooks.tasks.clone(),
+        );
         load_writer::spawn(
-            &pools,
-            &board,
-            envs,
-            Arc::clone(&maps),
-            hooks.health.clone(),
-            &stop,
+            &self.pools,
+            &self.board,
+            Arc::clone(&self.envs),
+            Arc::clone(&self.maps),
+            shared.hooks.health.clone(),
+            &shared.stop,
             &supervisor,
         );
         // A summary for the operator on stdout; logs go to stderr.
-        let services: Vec<String> = cfg
+        let services: Vec<String> = self
+            .cfg
             .services
             .iter()
             .map(|s| format!("{} ({} port {})", s.name, s.protocol.as_str(), s.port))
             .collect();
-        for line in &attached {
+        for line in &self.attached {
             println!("{line}");
         }
         println!("serving: {}", services.join(", "));
+        println!("configuration version {}", self.cfg.version);
         // Virtual routers last: a front-end claims addresses only once it can serve them.
-        let ha = ha::spawn(&cfg, hooks.clone()).await?;
-        info!(frontend = %cfg.frontend.name, "robustifier ready");
+        let ha = ha::spawn(&self.cfg, shared.hooks.clone()).await?;
+        info!(frontend = %self.cfg.frontend.name, version = %self.cfg.version, "robustifier ready");
 
         // A stop, or the sender gone, ends the loop.
         while let Some(Command::Reload { done }) = commands.recv().await {
-            let outcome = apply::reload(&cfg, &pools, maps.as_ref(), &stop, &supervisor);
+            let outcome = self.reload(&accepting, &supervisor);
             if let Some(done) = done {
                 let _ = done.send(outcome);
             }
@@ -246,14 +275,15 @@ impl Frontend {
         // Hand the virtual addresses over first (drain, then priority 0), while the data
         // path still serves the sessions finishing on them.
         ha.shutdown().await;
-        kernel.detach();
-        stop.cancel();
+        self.kernel.detach();
+        shared.stop.cancel();
         // Idle sessions say goodbye now (421 / -ERR); busy ones at their next boundary.
-        closing.cancel();
+        shared.closing.cancel();
         accepting.close();
         accepting.wait().await;
         background.close();
         background.wait().await;
+        let sessions = &shared.sessions;
         sessions.close();
         if tokio::time::timeout(DRAIN_DEADLINE, sessions.wait())
             .await
@@ -263,10 +293,11 @@ impl Frontend {
                 left = sessions.len(),
                 "drain deadline passed; ending remaining sessions"
             );
-            abort.sessions.cancel();
+            shared.abort.sessions.cancel();
             // Sessions waiting for a back-end's reply to an end of data get until the
             // configured drain deadline (at most RFC 5321's 10 minutes for that reply).
-            let commits = cfg
+            let commits = self
+                .cfg
                 .ha
                 .drain_deadline
                 .min(crate::backend::smtp::DATA_END_TIMEOUT)
@@ -279,11 +310,27 @@ impl Frontend {
                     left = sessions.len(),
                     "ending sessions still waiting for a reply to their end of data"
                 );
-                abort.commits.cancel();
+                shared.abort.commits.cancel();
                 sessions.wait().await;
             }
         }
         info!("stopped");
+        Ok(())
+    }
+}
+
+impl ServiceRun {
+    /// Spawns the accept loops of the listeners opened and not yet accepting.
+    fn start_accepting(&mut self, accepting: &TaskTracker) -> std::io::Result<()> {
+        for (socket, role) in self.opened.drain(..) {
+            let socket = tokio::net::TcpListener::from_std(socket)?;
+            accepting.spawn(accept::run(
+                socket,
+                role,
+                Arc::clone(&self.current),
+                self.listening.clone(),
+            ));
+        }
         Ok(())
     }
 }

@@ -8,7 +8,7 @@
 //! class), no counters for `robustifier maps`.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
     sync::{Arc, Mutex},
 };
@@ -53,6 +53,15 @@ impl UserSpace {
 impl KernelSide for UserSpace {
     fn apply(&mut self, _cfg: &Config) -> Result<(), KernelError> {
         Ok(())
+    }
+
+    fn apply_live(&mut self, _cfg: &Config, _fresh: &HashSet<u32>) -> Result<(), KernelError> {
+        Ok(())
+    }
+
+    /// Sockets handed in ready-made stay; bound ones fit while the addresses and port do.
+    fn listeners_fit(&self, old: &Service, new: &Service) -> bool {
+        (old.port, &old.vips) == (new.port, &new.vips)
     }
 
     fn listen(&mut self, service: &Service) -> Result<Vec<(TcpListener, Role)>, KernelError> {

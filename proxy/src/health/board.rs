@@ -29,11 +29,15 @@ pub fn wake(freed: &tokio::sync::watch::Sender<u64>) {
 }
 
 pub struct Slot {
-    pub backend: Backend,
+    /// Who the back-end is: its id, pool, name and address never change (a back-end that
+    /// moves is a removal and an addition).
+    pub id: u32,
     pub pool_id: u32,
     pub pool_name: String,
-    pub health: Health,
-    pub thresholds: Thresholds,
+    pub name: String,
+    pub address: std::net::SocketAddr,
+    /// Its settings, which a reload may change: read anew by each check and each session.
+    settings: ArcSwap<Settings>,
     state: AtomicU8,
     /// Consecutive good (positive) or failed (negative) checks.
     streak: Mutex<i32>,
@@ -48,6 +52,14 @@ pub struct Slot {
     pub removed: AtomicBool,
     /// Consecutive 4xx/5xx replies to MAIL, RCPT and the end of data, across sessions.
     errors_in_a_row: AtomicU32,
+}
+
+/// A back-end's settings and its pool's health and threshold settings, as configured now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub backend: Backend,
+    pub health: Health,
+    pub thresholds: Thresholds,
 }
 
 /// A session's hold on a back-end: counted in `active` until dropped.
@@ -71,8 +83,8 @@ pub struct Board {
     /// without locking; a reload swaps in a longer one.
     slots: ArcSwap<Vec<Arc<Slot>>>,
     /// The running pools (without their back-ends): a back-end a reload adds takes its
-    /// pool's settings from here, like routing does; changed pools take a restart.
-    pools: Vec<Pool>,
+    /// pool's settings from here. Replaced by each reload.
+    pools: Mutex<Vec<Pool>>,
     /// Serialises reloads, the only writers of `slots`.
     reloading: Mutex<()>,
     /// Bumped whenever capacity may have been freed: a session slot released, the load
@@ -108,8 +120,9 @@ pub struct Reconciled {
     /// Back-ends the configuration removed (now draining) or restored (readmitted):
     /// their records change, which routing should see at once.
     pub changed: Vec<Arc<Slot>>,
-    /// Back-ends of pools this process does not run (pools take a restart), by name.
-    pub new_pool: Vec<String>,
+    /// Back-ends whose own or whose pool's settings changed (weight, identity, agent,
+    /// health checks, thresholds): in force for their next check and next session.
+    pub updated: Vec<Arc<Slot>>,
     /// Back-ends refused because every id of the load map is taken, by name.
     pub overflow: Vec<String>,
 }
@@ -117,11 +130,12 @@ pub struct Reconciled {
 impl Slot {
     fn new(backend: Backend, pool: &Pool) -> Slot {
         Slot {
-            backend,
+            id: backend.id,
             pool_id: pool.id,
             pool_name: pool.name.clone(),
-            health: pool.health.clone(),
-            thresholds: pool.thresholds.clone(),
+            name: backend.name.clone(),
+            address: backend.address,
+            settings: ArcSwap::from_pointee(Settings::of(backend, pool)),
             // Up until proven otherwise: a fresh front-end (or back-end) must serve at once;
             // probes and passive checks take it down if it cannot.
             state: AtomicU8::new(BACKEND_UP),
@@ -137,7 +151,22 @@ impl Slot {
     }
 
     fn is(&self, pool: &str, b: &Backend) -> bool {
-        self.pool_name == pool && self.backend.name == b.name && self.backend.address == b.address
+        self.pool_name == pool && self.name == b.name && self.address == b.address
+    }
+
+    /// The settings in force now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+}
+
+impl Settings {
+    fn of(backend: Backend, pool: &Pool) -> Settings {
+        Settings {
+            backend,
+            health: pool.health.clone(),
+            thresholds: pool.thresholds.clone(),
+        }
     }
 }
 
@@ -165,7 +194,7 @@ impl Board {
             .collect();
         Arc::new(Board {
             slots: ArcSwap::from_pointee(slots),
-            pools,
+            pools: Mutex::new(pools),
             reloading: Mutex::new(()),
             freed: Arc::new(tokio::sync::watch::channel(0).0),
         })
@@ -181,21 +210,46 @@ impl Board {
     }
 
     /// A configuration reload: back-ends no longer in `cfg` (same pool, name and address)
-    /// drain, those back again are readmitted, and those it adds to a running pool get the
-    /// next free ids. A changed address is a removal and an addition. Back-ends of a new
-    /// pool and those past the load map's [`MAX_BACKENDS`] ids are named, not added.
+    /// drain, those back again are readmitted, those whose settings changed take the new
+    /// ones, and those it adds get the next free ids. A changed address is a removal and an
+    /// addition. `cfg`'s pool ids must be the running ones for running pools (see
+    /// `frontend`'s renumbering); back-ends past the load map's [`MAX_BACKENDS`] ids are
+    /// named, not added.
     pub fn reconcile(&self, cfg: &Config) -> Reconciled {
         let _one = crate::sync::lock(&self.reloading);
+        *crate::sync::lock(&self.pools) = cfg
+            .pools
+            .iter()
+            .map(|p| Pool {
+                backends: Vec::new(),
+                ..p.clone()
+            })
+            .collect();
         let current = self.slots.load_full();
         let mut out = Reconciled::default();
         for s in current.iter() {
-            let keep = cfg.backends().any(|(p, b)| s.is(&p.name, b));
+            let found = cfg.backends().find(|(p, b)| s.is(&p.name, b));
+            let keep = found.is_some();
             if s.removed.swap(!keep, Ordering::Relaxed) == keep {
                 out.changed.push(Arc::clone(s));
                 if keep {
-                    info!(backend = %s.backend.name, id = s.backend.id, "back in the configuration: readmitted");
+                    info!(backend = %s.name, id = s.id, "back in the configuration: readmitted");
                 } else {
-                    info!(backend = %s.backend.name, id = s.backend.id, "removed from the configuration: draining (running sessions finish)");
+                    info!(backend = %s.name, id = s.id, "removed from the configuration: draining (running sessions finish)");
+                }
+            }
+            if let Some((p, b)) = found {
+                let new = Settings::of(
+                    Backend {
+                        id: s.id,
+                        ..b.clone()
+                    },
+                    p,
+                );
+                if *s.settings.load_full() != new {
+                    info!(backend = %s.name, id = s.id, "settings changed");
+                    s.settings.store(Arc::new(new));
+                    out.updated.push(Arc::clone(s));
                 }
             }
         }
@@ -204,17 +258,13 @@ impl Board {
             if slots.iter().any(|s| s.is(&p.name, b)) {
                 continue;
             }
-            let Some(pool) = self.pools.iter().find(|q| q.name == p.name) else {
-                out.new_pool.push(b.name.clone());
-                continue;
-            };
             if slots.len() >= MAX_BACKENDS as usize {
                 warn!(backend = %b.name, pool = %p.name, "not added: all {MAX_BACKENDS} load map ids are taken (removed back-ends keep theirs until a restart)");
                 out.overflow.push(b.name.clone());
                 continue;
             }
             let id = slots.len() as u32;
-            let slot = Arc::new(Slot::new(Backend { id, ..b.clone() }, pool));
+            let slot = Arc::new(Slot::new(Backend { id, ..b.clone() }, p));
             info!(backend = %b.name, pool = %p.name, id, address = %b.address, "added by the configuration");
             slots.push(Arc::clone(&slot));
             out.added.push(slot);
@@ -278,7 +328,8 @@ impl Board {
         }
         if slot.errors_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= ERROR_STORM {
             slot.errors_in_a_row.store(0, Ordering::Relaxed);
-            let (rise, fall) = (slot.health.rise, slot.health.fall);
+            let health = &slot.settings().health;
+            let (rise, fall) = (health.rise, health.fall);
             self.record(
                 id,
                 false,
@@ -333,10 +384,10 @@ impl Board {
         let state = slot.state.load(Ordering::Acquire);
         if state == BACKEND_DOWN && *streak >= rise as i32 {
             slot.state.store(BACKEND_UP, Ordering::Release);
-            info!(backend = %slot.backend.name, "back-end up ({rise} good checks)");
+            info!(backend = %slot.name, "back-end up ({rise} good checks)");
         } else if state == BACKEND_UP && *streak <= -(fall as i32) {
             slot.state.store(BACKEND_DOWN, Ordering::Release);
-            warn!(backend = %slot.backend.name, reason = why, "back-end down ({fall} failures)");
+            warn!(backend = %slot.name, reason = why, "back-end down ({fall} failures)");
         }
     }
 
@@ -347,7 +398,7 @@ impl Board {
             let was_draining = a.is_some_and(|r| r.drain);
             let draining = report.is_some_and(|r| r.drain);
             if was_draining != draining {
-                info!(backend = %slot.backend.name, draining, "operator drain request changed");
+                info!(backend = %slot.name, draining, "operator drain request changed");
             }
             *a = report;
         }
@@ -360,7 +411,9 @@ impl Board {
             return 0;
         };
         let agent = (*crate::sync::lock(&slot.agent)).filter(|a| a.at.elapsed() < AGENT_STALE);
-        agent.and_then(|a| a.weight).unwrap_or(slot.backend.weight)
+        agent
+            .and_then(|a| a.weight)
+            .unwrap_or(slot.settings().backend.weight)
     }
 
     /// The load record for the map.
@@ -374,8 +427,10 @@ impl Board {
         {
             state = BACKEND_DRAINING;
         }
-        let (addr_be, port_be) = crate::datapath::backend_address(slot.backend.address);
-        let weight = agent.and_then(|a| a.weight).unwrap_or(slot.backend.weight);
+        let (addr_be, port_be) = crate::datapath::backend_address(slot.address);
+        let weight = agent
+            .and_then(|a| a.weight)
+            .unwrap_or(slot.settings().backend.weight);
         Some(BackendLoad {
             addr_be,
             port_be,
@@ -471,13 +526,7 @@ mod tests {
     fn names(b: &Board) -> Vec<(u32, String, bool)> {
         b.slots()
             .iter()
-            .map(|s| {
-                (
-                    s.backend.id,
-                    s.backend.name.clone(),
-                    s.removed.load(Ordering::Relaxed),
-                )
-            })
+            .map(|s| (s.id, s.name.clone(), s.removed.load(Ordering::Relaxed)))
             .collect()
     }
 
@@ -501,14 +550,11 @@ mod tests {
             "{name='n',address='198.18.1.12:25',weight=7,agent='198.18.1.12:7025',agent_insecure=true},{name='a',address='198.18.1.11:25'}",
         ));
         assert_eq!(r.added.len(), 1);
-        assert!(r.new_pool.is_empty() && r.overflow.is_empty());
+        assert!(r.overflow.is_empty());
         let s = &r.added[0];
+        assert_eq!((s.id, s.name.as_str(), s.pool_id), (1, "n", 0));
         assert_eq!(
-            (s.backend.id, s.backend.name.as_str(), s.pool_id),
-            (1, "n", 0)
-        );
-        assert_eq!(
-            s.backend.agent.map(|a| a.address),
+            s.settings().backend.agent.map(|a| a.address),
             Some("198.18.1.12:7025".parse().unwrap())
         );
         assert!(Arc::ptr_eq(s, &b.slot(1).unwrap()));
@@ -559,7 +605,7 @@ mod tests {
     }
 
     #[test]
-    fn backends_of_a_new_pool_are_named_not_added() {
+    fn backends_of_a_new_pool_are_added_with_its_settings() {
         let b = board();
         let two = Config::parse(
             std::path::Path::new("t.toml"),
@@ -567,9 +613,42 @@ mod tests {
         )
         .unwrap();
         let r = b.reconcile(&two);
-        assert!(r.added.is_empty());
-        assert_eq!(r.new_pool, ["q1"]);
-        assert_eq!(b.slots().len(), 1);
+        assert_eq!(r.added.len(), 1);
+        assert_eq!((r.added[0].name.as_str(), r.added[0].pool_id), ("q1", 1));
+        assert_eq!(b.slots().len(), 2);
+    }
+
+    #[test]
+    fn changed_settings_are_in_force_for_the_same_slot() {
+        let b = board();
+        let before = b.slot(0).unwrap();
+        let r = b.reconcile(&Config::parse(
+            std::path::Path::new("t.toml"),
+            "[frontend]\nname='f'\n[[pool]]\nname='p'\nidentity='none'\n[pool.thresholds]\nmail_queue=7\n[pool.health]\nrise=5\n\
+             [[pool.backend]]\nname='a'\naddress='198.18.1.11:25'\nweight=9\n",
+        )
+        .unwrap());
+        assert!(r.added.is_empty() && r.changed.is_empty());
+        assert_eq!(r.updated.len(), 1);
+        let after = b.slot(0).unwrap();
+        assert!(
+            Arc::ptr_eq(&before, &after),
+            "the same back-end, its state kept"
+        );
+        let s = after.settings();
+        assert_eq!(
+            (s.backend.weight, s.thresholds.mail_queue, s.health.rise),
+            (9, 7, 5)
+        );
+        assert_eq!(b.weight_of(0), 9);
+        assert_eq!(b.record_for(0, 0).unwrap().weight, 9);
+        // The same again changes nothing.
+        assert!(b.reconcile(&Config::parse(
+            std::path::Path::new("t.toml"),
+            "[frontend]\nname='f'\n[[pool]]\nname='p'\nidentity='none'\n[pool.thresholds]\nmail_queue=7\n[pool.health]\nrise=5\n\
+             [[pool.backend]]\nname='a'\naddress='198.18.1.11:25'\nweight=9\n",
+        )
+        .unwrap()).updated.is_empty());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::supervise::Supervisor;
 /// Starts the probe loop of one back-end, and its agent polls if it has an agent: for
 /// every back-end at startup, and for those a reload adds.
 pub fn spawn_checks(
-    pools: &crate::backend::PoolSet,
+    pools: &Arc<arc_swap::ArcSwap<crate::backend::PoolSet>>,
     board: &Arc<Board>,
     slot: &Arc<board::Slot>,
     stop: &CancellationToken,
@@ -31,55 +31,65 @@ pub fn spawn_checks(
 ) {
     let (b, stop2) = (Arc::clone(board), stop.clone());
     let probe_slot = Arc::clone(slot);
-    // Probes use TLS where the pool's legs do, verifying the certificate the same way.
-    let tls: Option<probe::ProbeTls> = pools.pool(&slot.pool_name).and_then(|p| p.tls.clone());
-    tasks.spawn(format!("probe {}", slot.backend.name), move || {
-        let (b, stop2, slot, tls) = (Arc::clone(&b), stop2.clone(), Arc::clone(&probe_slot), tls.clone());
+    let pools = Arc::clone(pools);
+    tasks.spawn(format!("probe {}", slot.name), move || {
+        let (b, stop2, slot, pools) = (Arc::clone(&b), stop2.clone(), Arc::clone(&probe_slot), Arc::clone(&pools));
         async move {
-        let h = slot.health.clone();
         loop {
+            // Read each round: a reload may change them. Probes use TLS where the pool's
+            // legs do, verifying the certificate the same way.
+            let settings = slot.settings();
+            let tls: Option<probe::ProbeTls> =
+                pools.load().pool(&slot.pool_name).and_then(|p| p.tls.clone());
+            let h = &settings.health;
             tokio::select! {
                 _ = stop2.cancelled() => return,
                 _ = tokio::time::sleep(h.interval) => {}
             }
-            let r = probe::probe(slot.backend.address, slot.backend.identity, tls.as_ref(), h.timeout).await;
+            let r = probe::probe(slot.address, settings.backend.identity, tls.as_ref(), h.timeout).await;
             match &r {
                 Ok(p) => {
-                    debug!(backend = %slot.backend.name, latency_us = p.latency.as_micros() as u64, "probe ok");
+                    debug!(backend = %slot.name, latency_us = p.latency.as_micros() as u64, "probe ok");
                     slot.chunking.store(p.chunking, std::sync::atomic::Ordering::Relaxed);
                 }
-                Err(e) => debug!(backend = %slot.backend.name, error = %e, "probe failed"),
+                Err(e) => debug!(backend = %slot.name, error = %e, "probe failed"),
             }
             let why = r.as_ref().err().map(ToString::to_string).unwrap_or_default();
-            b.record(slot.backend.id, r.is_ok(), r.ok().map(|p| p.latency), h.rise, h.fall, &why);
+            b.record(slot.id, r.is_ok(), r.ok().map(|p| p.latency), h.rise, h.fall, &why);
         }
         }
     });
-    if let Some(agent) = slot.backend.agent {
+    // Polls run for every back-end: a reload may give one an agent, or take it away.
+    {
         let (b, stop2, slot) = (Arc::clone(board), stop.clone(), Arc::clone(slot));
-        tasks.spawn(format!("agent poll {}", slot.backend.name), move || {
+        tasks.spawn(format!("agent poll {}", slot.name), move || {
             let (b, stop2, slot) = (Arc::clone(&b), stop2.clone(), Arc::clone(&slot));
             async move {
             let mut reachable = true;
             loop {
+                let settings = slot.settings();
                 tokio::select! {
                     _ = stop2.cancelled() => return,
-                    _ = tokio::time::sleep(slot.health.agent_interval) => {}
+                    _ = tokio::time::sleep(settings.health.agent_interval) => {}
                 }
-                match agent_client::poll(agent, slot.health.timeout).await {
+                let Some(agent) = settings.backend.agent else {
+                    b.set_agent(slot.id, None);
+                    continue;
+                };
+                match agent_client::poll(agent, settings.health.timeout).await {
                     Ok(r) => {
                         if !reachable {
-                            info!(backend = %slot.backend.name, "agent reachable again");
+                            info!(backend = %slot.name, "agent reachable again");
                         }
                         reachable = true;
-                        b.set_agent(slot.backend.id, Some(r));
+                        b.set_agent(slot.id, Some(r));
                     }
                     Err(e) => {
                         if reachable {
-                            info!(backend = %slot.backend.name, error = %e, "agent unreachable; using probe figures only");
+                            info!(backend = %slot.name, error = %e, "agent unreachable; using probe figures only");
                         }
                         reachable = false;
-                        b.set_agent(slot.backend.id, None);
+                        b.set_agent(slot.id, None);
                     }
                 }
             }

@@ -16,7 +16,7 @@ use std::{
 
 use robustifier::{
     config::Config,
-    frontend::{Command, Frontend, UserSpace},
+    frontend::{Command, Frontend, Reloaded, UserSpace},
 };
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -240,7 +240,7 @@ impl Running {
     }
 
     /// Rewrites the configuration file and reloads; returns the reload's outcome.
-    pub async fn reload(&self, config: &str) -> Result<(), String> {
+    pub async fn reload(&self, config: &str) -> Result<Reloaded, String> {
         std::fs::write(&self.file, config).unwrap();
         let (done, outcome) = oneshot::channel();
         self.commands
