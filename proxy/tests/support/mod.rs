@@ -117,7 +117,10 @@ async fn smtp_conversation(
         seen.lock().unwrap().commands.push(cmd.clone());
         let upper = cmd.to_ascii_uppercase();
         let reply: &[u8] = if upper.starts_with("EHLO") {
-            b"250-backend.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+            b"250-backend.test\r\n250-PIPELINING\r\n250-XCLIENT ADDR NAME HELO PROTO\r\n250 8BITMIME\r\n"
+        } else if upper.starts_with("XCLIENT") {
+            // As Postfix: the session starts again with a greeting.
+            b"220 backend.test ESMTP\r\n"
         } else if upper == "DATA" {
             if wr.write_all(b"354 go ahead\r\n").await.is_err() {
                 return;
@@ -211,10 +214,18 @@ impl Running {
     /// Writes `config` to `dir/robustifier.toml` and starts a front-end on it; each
     /// service listens on a port of 127.0.0.1 the system picks.
     pub fn start(dir: &Path, config: &str) -> Running {
+        Running::start_with(dir, config, Vec::new())
+    }
+
+    /// [`Running::start`], with sockets for services a later reload adds, by name.
+    pub fn start_with(dir: &Path, config: &str, later: Vec<(&str, StdListener)>) -> Running {
         let file = dir.join("robustifier.toml");
         std::fs::write(&file, config).unwrap();
         let cfg = Config::load(&file).unwrap();
         let mut kernel = UserSpace::new();
+        for (name, l) in later {
+            kernel = kernel.with_listener(name, l);
+        }
         for service in &cfg.services {
             let l = StdListener::bind("127.0.0.1:0").unwrap();
             kernel = kernel.with_listener(&service.name, l);
