@@ -24,7 +24,9 @@ use raw::{RawBackend, RawConfig, RawPool, RawService};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: PathBuf,
-    /// A hash of the file's content: the same text, the same version.
+    /// The first 12 hex digits of the SHA-256 of the file's bytes as loaded: names the
+    /// configuration a front-end runs (logs, the reload command) and tells two loads of
+    /// the same bytes from a changed file.
     pub version: String,
     pub frontend: Frontend,
     pub tls: Option<TlsFiles>,
@@ -166,6 +168,11 @@ pub struct Pool {
     pub connect_timeout: std::time::Duration,
     pub health: balance::Health,
     pub thresholds: balance::Thresholds,
+    /// The pool's `agent_key_file` (resolved against the file's folder) and
+    /// `agent_insecure`, kept so that a reload can name a change of them; the key each
+    /// back-end's agent is polled with is in its `agent`.
+    pub agent_key_file: Option<PathBuf>,
+    pub agent_insecure: bool,
     pub backends: Vec<Backend>,
 }
 
@@ -225,9 +232,9 @@ impl Config {
                 .to_owned();
             err(if key == "." { String::new() } else { key }, reason)
         })?;
-        let mut cfg = Config::from_raw(file, raw).map_err(|(key, reason)| err(key, reason))?;
-        cfg.version = version_of(text);
-        Ok(cfg)
+        let mut config = Config::from_raw(file, raw).map_err(|(key, reason)| err(key, reason))?;
+        config.version = version(text.as_bytes());
+        Ok(config)
     }
 
     fn from_raw(file: &Path, raw: RawConfig) -> Result<Config, (String, String)> {
@@ -510,6 +517,18 @@ fn service(
     })
 }
 
+/// The configuration's version: 12 hex digits (48 bits) of the SHA-256 of its bytes, short
+/// enough for a log line, long enough that the versions of one file do not collide.
+fn version(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest
+        .as_ref()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A back-end's identity when it names none: its pool's. There is no implicit default:
 /// with none, a back-end sees the front-end's address for every client, and one that
 /// trusts the front-end's network would trust every client; the operator says so
@@ -698,6 +717,8 @@ fn pool(
         },
         health: balance::health(&format!("pool[{i}].health"), p.health)?,
         thresholds: balance::thresholds(&format!("pool[{i}].thresholds"), p.thresholds)?,
+        agent_key_file: pool_key_file.map(|(_, path)| path),
+        agent_insecure: pool_insecure,
         backends,
     })
 }
@@ -729,12 +750,3 @@ fn prefixes(key: &str, list: &[String]) -> Result<Vec<IpNet>, (String, String)> 
 
 #[cfg(test)]
 mod tests;
-
-/// The first 12 hex digits of the SHA-256 of a configuration's text.
-fn version_of(text: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    digest.as_ref()[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}

@@ -1,0 +1,319 @@
+//! The comparison, one function per configuration struct. Each destructures the running
+//! value without `..`, so that a new field is a compile error here until it is compared
+//! (or said, with `_` and a reason, not to be a change of its own).
+
+use super::{Change, ChangeKind, show::Show};
+use crate::config::{
+    Config, Flood, Frontend, Service, TlsFiles,
+    balance::Group,
+    vrrp::{Ha, Track, VirtualRouter},
+};
+
+use ChangeKind::{Balance, Kernel, Pools, Services, Tls, Vrrp};
+use pools::{backends, pool};
+
+/// [`Out::value`] for fields of the same name in the running struct (destructured into
+/// bindings) and in `$new`; the field's name, after an optional prefix, names the value.
+macro_rules! fields {
+    ($out:ident, $kind:expr, $s:expr, $prefix:literal, $new:expr; $($f:ident),+ $(,)?) => {
+        $( $out.value($kind, $s, concat!($prefix, stringify!($f)), $f, &$new.$f); )+
+    };
+    ($out:ident, $kind:expr, $s:expr, $new:expr; $($f:ident),+ $(,)?) => {
+        $( $out.value($kind, $s, stringify!($f), $f, &$new.$f); )+
+    };
+}
+
+mod pools;
+
+#[derive(Default)]
+struct Out(Vec<Change>);
+
+impl Out {
+    fn push(&mut self, kind: ChangeKind, what: String) {
+        self.0.push(Change { kind, what });
+    }
+
+    /// `subject: name old -> new` when they differ.
+    fn value<T: PartialEq + Show + ?Sized>(
+        &mut self,
+        kind: ChangeKind,
+        subject: &str,
+        name: &str,
+        old: &T,
+        new: &T,
+    ) {
+        if old != new {
+            self.push(
+                kind,
+                format!("{subject}: {name} {} -> {}", old.show(), new.show()),
+            );
+        }
+    }
+
+    /// A list of values: each member added or removed; the whole list when only the
+    /// order or the count of repeats changed.
+    fn list<T: PartialEq + Show>(
+        &mut self,
+        kind: ChangeKind,
+        subject: &str,
+        name: &str,
+        old: &[T],
+        new: &[T],
+    ) {
+        let before = self.0.len();
+        for n in new.iter().filter(|n| !old.contains(n)) {
+            self.push(kind, format!("{subject}: {name} {} added", n.show()));
+        }
+        for o in old.iter().filter(|o| !new.contains(o)) {
+            self.push(kind, format!("{subject}: {name} {} removed", o.show()));
+        }
+        if self.0.len() == before {
+            self.value(kind, subject, name, old, new);
+        }
+    }
+
+    /// Sections matched by name: each added or removed one, and `each` for the ones in
+    /// both (with the subject `noun name`).
+    fn members<T>(
+        &mut self,
+        kind: ChangeKind,
+        noun: &str,
+        (old, new): (&[T], &[T]),
+        name: impl Fn(&T) -> String,
+        mut each: impl FnMut(&mut Out, &str, &T, &T),
+    ) {
+        for n in new {
+            match old.iter().find(|o| name(o) == name(n)) {
+                None => self.push(kind, format!("{noun} {} added", name(n))),
+                Some(o) => each(self, &format!("{noun} {}", name(n)), o, n),
+            }
+        }
+        for o in old
+            .iter()
+            .filter(|o| !new.iter().any(|n| name(n) == name(o)))
+        {
+            self.push(kind, format!("{noun} {} removed", name(o)));
+        }
+    }
+
+    /// The order of the members in both lists, where order means something (back-ends of
+    /// a pool without a shared store are tried in it; groups match in it).
+    fn order(&mut self, kind: ChangeKind, subject: &str, noun: &str, old: &[&str], new: &[&str]) {
+        let old: Vec<&str> = old.iter().copied().filter(|o| new.contains(o)).collect();
+        let new: Vec<&str> = new.iter().copied().filter(|n| old.contains(n)).collect();
+        if old != new {
+            self.push(
+                kind,
+                format!(
+                    "{subject}: {noun} order {} -> {}",
+                    old.join(", "),
+                    new.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+pub fn config(running: &Config, new: &Config) -> Vec<Change> {
+    let Config {
+        // Where the file was read from and the hash of its bytes: a comment or a moved
+        // file is no change of what runs.
+        file: _,
+        version: _,
+        frontend,
+        tls,
+        flood,
+        priority_prefixes,
+        services,
+        pools,
+        groups,
+        ha,
+        vrrp,
+    } = running;
+    let mut out = Out::default();
+    self::frontend(&mut out, frontend, &new.frontend);
+    self::tls(&mut out, tls.as_ref(), new.tls.as_ref());
+    self::flood(&mut out, flood, &new.flood);
+    out.list(
+        Kernel,
+        "classes",
+        "priority",
+        priority_prefixes,
+        &new.priority_prefixes,
+    );
+    out.members(
+        Services,
+        "service",
+        (services, &new.services),
+        |s| s.name.clone(),
+        service,
+    );
+    out.members(Pools, "pool", (pools, &new.pools), |p| p.name.clone(), pool);
+    backends(&mut out, pools, &new.pools);
+    out.members(
+        Balance,
+        "group",
+        (groups, &new.groups),
+        |g| g.name.clone(),
+        group,
+    );
+    out.order(
+        Balance,
+        "groups",
+        "group",
+        &names(groups, |g| &g.name),
+        &names(&new.groups, |g| &g.name),
+    );
+    self::ha(&mut out, ha, &new.ha);
+    out.members(
+        Vrrp,
+        "vrrp",
+        (vrrp, &new.vrrp),
+        |r| format!("{} {} on {}", r.vrid, r.family(), r.interface),
+        router,
+    );
+    out.0
+}
+
+fn names<T>(list: &[T], name: impl Fn(&T) -> &String) -> Vec<&str> {
+    list.iter().map(|t| name(t).as_str()).collect()
+}
+
+fn frontend(out: &mut Out, old: &Frontend, new: &Frontend) {
+    let Frontend {
+        name,
+        interface,
+        xdp_mode,
+        pin_dir,
+        user,
+        serve_loopback_clients,
+    } = old;
+    let (k, s) = (ChangeKind::Frontend, "frontend");
+    fields!(out, k, s, new; name, interface, xdp_mode, pin_dir, user, serve_loopback_clients);
+}
+
+fn tls(out: &mut Out, old: Option<&TlsFiles>, new: Option<&TlsFiles>) {
+    match (old, new) {
+        (None, None) => {}
+        (Some(_), None) => out.push(Tls, "tls removed".into()),
+        (None, Some(TlsFiles { certificate, key })) => out.push(
+            Tls,
+            format!(
+                "tls added: certificate {}, key {}",
+                certificate.show(),
+                key.show()
+            ),
+        ),
+        (Some(TlsFiles { certificate, key }), Some(new)) => {
+            fields!(out, Tls, "tls", new; certificate, key);
+        }
+    }
+}
+
+fn flood(out: &mut Out, old: &Flood, new: &Flood) {
+    let Flood {
+        syn_rate_per_sec,
+        syn_burst,
+        block,
+        client_prefix_v6,
+    } = old;
+    let s = "flood";
+    fields!(out, Kernel, s, new; syn_rate_per_sec, syn_burst);
+    out.list(Kernel, s, "block", block, &new.block);
+    fields!(out, Kernel, s, new; client_prefix_v6);
+}
+
+fn service(out: &mut Out, s: &str, old: &Service, new: &Service) {
+    let Service {
+        // The position in the file; the name is the match.
+        id: _,
+        name: _,
+        protocol,
+        port,
+        vips,
+        hostname,
+        max_connections,
+        max_per_client,
+        tls,
+        auth,
+        plaintext_auth,
+        // Copied from `flood.client_prefix_v6`, reported there.
+        client_prefix_v6: _,
+        routes,
+        pool,
+        max_message_size,
+        idle_timeout,
+        wait,
+    } = old;
+    let k = Services;
+    fields!(out, k, s, new; protocol, port);
+    out.list(k, s, "vips", vips, &new.vips);
+    fields!(out, k, s, new;
+        hostname, max_connections, max_per_client, tls, auth, plaintext_auth, routes, pool,
+        max_message_size, idle_timeout);
+    fields!(out, Balance, s, new; wait);
+}
+
+fn group(out: &mut Out, s: &str, old: &Group, new: &Group) {
+    let Group {
+        name: _,
+        share,
+        domains,
+        recipients,
+        clients,
+        wait,
+    } = old;
+    fields!(out, Balance, s, new; share);
+    out.list(Balance, s, "domains", domains, &new.domains);
+    out.list(Balance, s, "recipients", recipients, &new.recipients);
+    out.list(Balance, s, "clients", clients, &new.clients);
+    fields!(out, Balance, s, new; wait);
+}
+
+fn ha(out: &mut Out, old: &Ha, new: &Ha) {
+    let Ha {
+        control_socket,
+        drain_deadline,
+    } = old;
+    let (k, s) = (ChangeKind::Ha, "ha");
+    fields!(out, k, s, new; control_socket, drain_deadline);
+}
+
+fn router(out: &mut Out, s: &str, old: &VirtualRouter, new: &VirtualRouter) {
+    let VirtualRouter {
+        // With the family, the match.
+        vrid: _,
+        interface: _,
+        priority,
+        advert_interval,
+        max_advert_interval,
+        preempt,
+        preempt_delay,
+        vips,
+        // The same addresses as `vips`, without prefix lengths.
+        virtual_addresses: _,
+        unicast_peers,
+        garp_count,
+        garp_interval,
+        track,
+    } = old;
+    fields!(out, Vrrp, s, new;
+        priority, advert_interval, max_advert_interval, preempt, preempt_delay);
+    out.list(Vrrp, s, "vips", vips, &new.vips);
+    out.list(Vrrp, s, "unicast_peers", unicast_peers, &new.unicast_peers);
+    fields!(out, Vrrp, s, new; garp_count, garp_interval);
+    let Track {
+        listeners,
+        datapath,
+        backends,
+        interfaces,
+    } = track;
+    fields!(out, Vrrp, s, "track.", new.track; listeners, datapath, backends);
+    out.list(
+        Vrrp,
+        s,
+        "track.interfaces",
+        interfaces,
+        &new.track.interfaces,
+    );
+}
