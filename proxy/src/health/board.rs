@@ -82,9 +82,6 @@ pub struct Board {
     /// restored) and one a reload adds gets the next free id. Readers load the list
     /// without locking; a reload swaps in a longer one.
     slots: ArcSwap<Vec<Arc<Slot>>>,
-    /// The running pools (without their back-ends): a back-end a reload adds takes its
-    /// pool's settings from here. Replaced by each reload.
-    pools: Mutex<Vec<Pool>>,
     /// Serialises reloads, the only writers of `slots`.
     reloading: Mutex<()>,
     /// Bumped whenever capacity may have been freed: a session slot released, the load
@@ -184,17 +181,8 @@ impl Board {
             .backends()
             .map(|(p, b)| Arc::new(Slot::new(b.clone(), p)))
             .collect();
-        let pools = cfg
-            .pools
-            .iter()
-            .map(|p| Pool {
-                backends: Vec::new(),
-                ..p.clone()
-            })
-            .collect();
         Arc::new(Board {
             slots: ArcSwap::from_pointee(slots),
-            pools: Mutex::new(pools),
             reloading: Mutex::new(()),
             freed: Arc::new(tokio::sync::watch::channel(0).0),
         })
@@ -217,14 +205,6 @@ impl Board {
     /// named, not added.
     pub fn reconcile(&self, cfg: &Config) -> Reconciled {
         let _one = crate::sync::lock(&self.reloading);
-        *crate::sync::lock(&self.pools) = cfg
-            .pools
-            .iter()
-            .map(|p| Pool {
-                backends: Vec::new(),
-                ..p.clone()
-            })
-            .collect();
         let current = self.slots.load_full();
         let mut out = Reconciled::default();
         for s in current.iter() {
