@@ -23,20 +23,29 @@ pub(crate) fn try_lock<T: ?Sized>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
     }
 }
 
+/// Poisons `m` the way a task that panics while holding it would (for the tests of the
+/// modules that rely on [`lock`]).
+#[cfg(test)]
+pub(crate) fn poison<T: Send>(m: &Mutex<T>) {
+    std::thread::scope(|s| {
+        let _ = s
+            .spawn(|| {
+                let _g = m.lock().unwrap();
+                panic!("poisoning the lock on purpose");
+            })
+            .join();
+    });
+    assert!(m.is_poisoned());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn poisoned() -> Mutex<u32> {
-        let m = std::sync::Arc::new(Mutex::new(7));
-        let m2 = std::sync::Arc::clone(&m);
-        let _ = std::thread::spawn(move || {
-            let _g = m2.lock().unwrap();
-            panic!("poisoning the lock on purpose");
-        })
-        .join();
-        assert!(m.is_poisoned());
-        std::sync::Arc::into_inner(m).unwrap()
+        let m = Mutex::new(7);
+        poison(&m);
+        m
     }
 
     #[test]

@@ -243,24 +243,11 @@ mod tests {
         );
     }
 
-    /// Poisons `m` the way a task that panics while holding it would.
-    fn poison<T: Send>(m: &Mutex<T>) {
-        std::thread::scope(|s| {
-            let _ = s
-                .spawn(|| {
-                    let _g = m.lock().unwrap();
-                    panic!("poisoning the lock on purpose");
-                })
-                .join();
-        });
-        assert!(m.is_poisoned());
-    }
-
     #[test]
     fn a_poisoned_slot_table_still_admits_counts_and_releases() {
         let t = Arc::new(PerClient::default());
         let a: IpAddr = "198.18.0.100".parse().unwrap();
-        poison(&t.counts);
+        crate::sync::poison(&t.counts);
         let s = t
             .acquire(a, 64, 1)
             .expect("a panic elsewhere must not refuse every client");
@@ -273,7 +260,7 @@ mod tests {
     fn a_poisoned_strike_table_still_counts() {
         let f = Strikes::new(1, Duration::from_secs(60), 100);
         let a: IpAddr = "198.18.0.100".parse().unwrap();
-        poison(&f.table);
+        crate::sync::poison(&f.table);
         let t0 = Instant::now();
         f.failed_at(a, t0);
         assert!(f.refused_at(a, t0));

@@ -271,11 +271,7 @@ impl Frontend {
             reserve_for(now),
             &self.shared,
         );
-        Context {
-            env,
-            serve_loopback: self.cfg.frontend.serve_loopback_clients,
-            ..old.clone()
-        }
+        Context { env, ..old.clone() }
     }
 }
 
