@@ -1,7 +1,12 @@
 //! `robustifier run`: one front-end as a process. Builds the front-end (see
 //! [`crate::frontend`]) on the eBPF data path, or without a kernel side when asked, during
 //! a privileged start; switches to its unprivileged user (see [`crate::privs`]); then
-//! serves, turning SIGHUP into a reload and SIGTERM/SIGINT into the orderly stop.
+//! serves, turning SIGHUP into a reload, SIGTERM/SIGINT into the orderly stop, and the
+//! control socket's requests ([`crate::control`]) into commands.
+//!
+//! With `take_over`, the process succeeds the one serving the same configuration (a binary
+//! upgrade, see [`crate::control::handover`]): it takes that process's listening sockets
+//! and XDP link before its own start, and serves once the predecessor has handed over.
 //!
 //! The privileged start runs before the tokio runtime exists, so that the switch of user
 //! and capabilities covers every thread the daemon will ever run: credentials are per
@@ -19,7 +24,8 @@ use tracing::{info, warn};
 
 use crate::{
     config::{self, Config},
-    frontend::{Command, Frontend, Kernel, KernelSide, UserSpace},
+    control,
+    frontend::{Command, Frontend, HandedOver, Kernel, KernelSide, UserSpace},
     privs,
 };
 
@@ -34,7 +40,7 @@ pub enum Mode {
 
 /// Runs a front-end to its end: the privileged start on this thread, the switch to the
 /// daemon's user, then the runtime. Call before any other thread needing privilege exists.
-pub fn main(cfg: Config, mode: Mode) -> anyhow::Result<()> {
+pub fn main(mut cfg: Config, mode: Mode, take_over: bool) -> anyhow::Result<()> {
     let root = nix::unistd::geteuid().is_root();
     let account = if root {
         privs::account(cfg.frontend.user.as_deref())?
@@ -50,11 +56,37 @@ pub fn main(cfg: Config, mode: Mode) -> anyhow::Result<()> {
         ),
         (None, false) => {}
     }
-    let kernel: Box<dyn KernelSide> = match mode {
+    let taken = if take_over {
+        let taken = control::handover::take_over(&cfg.ha.control_socket)
+            .context("taking over from the running front-end")?;
+        info!(from_pid = taken.offer.pid, version = %taken.offer.version, listeners = taken.listeners.len(), "upgrade: taking over");
+        Some(taken)
+    } else {
+        None
+    };
+    let mut kernel: Box<dyn KernelSide> = match mode {
         Mode::Kernel => Box::new(Kernel::load(&cfg)?),
         Mode::UserSpace => Box::new(UserSpace::new()),
     };
-    let frontend = Frontend::open(cfg.clone(), kernel)?;
+    let mut taken = taken;
+    if let Some(t) = &mut taken {
+        for (passed, listener) in t.listeners.drain(..) {
+            kernel.inherit(&passed.service, passed.role, listener);
+        }
+        kernel.take_on(t.offer.xdp.clone());
+        t.offer.ids.give(&mut cfg)?;
+    }
+    let mut frontend = Frontend::open(cfg.clone(), kernel)?;
+    // Serving (our steering attached, the XDP link ours): the predecessor may stop. If it
+    // cannot say how its routers stood, ours start as after any restart.
+    if let Some(t) = taken {
+        let handed = t.release().unwrap_or_else(|e| {
+            warn!(error = %e, "upgrade: the predecessor did not confirm the hand-over; virtual routers start as backups");
+            HandedOver::default()
+        });
+        info!(routers = ?handed.routers, "upgrade: the predecessor handed over");
+        frontend = frontend.succeeding(handed.routers);
+    }
     if let Some(account) = &account {
         if mode == Mode::Kernel {
             hand_over_pins(&cfg, account)?;
@@ -62,27 +94,55 @@ pub fn main(cfg: Config, mode: Mode) -> anyhow::Result<()> {
         hand_over_control(&cfg, account)?;
         privs::switch(account)?;
     }
-    tokio::runtime::Runtime::new()?.block_on(serve(frontend))
+    tokio::runtime::Runtime::new()?.block_on(serve(frontend, &cfg, root))
 }
 
-async fn serve(frontend: Frontend) -> anyhow::Result<()> {
+async fn serve(frontend: Frontend, cfg: &Config, root: bool) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let (tx, rx) = mpsc::channel(4);
+    let signals = tx.clone();
     tokio::spawn(async move {
         loop {
             let command = tokio::select! {
                 _ = sigterm.recv() => { info!("SIGTERM: stopping"); Command::Stop }
                 _ = sigint.recv() => { info!("SIGINT: stopping"); Command::Stop }
-                _ = sighup.recv() => { info!("SIGHUP: reloading"); Command::Reload { done: None } }
+                _ = sighup.recv() => { info!("SIGHUP: reloading"); Command::Reload { file: None, done: None } }
             };
-            if tx.send(command).await.is_err() {
+            if signals.send(command).await.is_err() {
                 return;
             }
         }
     });
-    frontend.serve(rx).await
+    let path = &cfg.ha.control_socket;
+    let stop_control = tokio_util::sync::CancellationToken::new();
+    let control_tasks = tokio_util::task::TaskTracker::new();
+    match control::bind(path) {
+        Ok(listener) => {
+            control_tasks.spawn(control::serve(
+                listener,
+                path.clone(),
+                tx,
+                stop_control.clone(),
+                control_tasks.clone(),
+            ));
+            info!(socket = %path.display(), "control socket ready");
+        }
+        // Trying a configuration without root (`--without-kernel`) should not need a
+        // directory under /run: without one named in the configuration, go without.
+        Err(e) if !root && *path == config::vrrp::default_control_socket(&cfg.frontend.name) => {
+            warn!(error = %e, "no control socket (set ha.control_socket to a writable place): `robustifier reload`, `ha` and `upgrade` cannot reach this front-end");
+            drop(tx);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let served = frontend.serve(rx).await;
+    stop_control.cancel();
+    control_tasks.close();
+    // Control connections in flight get a moment.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), control_tasks.wait()).await;
+    served
 }
 
 /// What the daemon reopens or creates after the switch becomes its user's: the pinned maps
@@ -113,9 +173,6 @@ fn hand_over_pins(cfg: &Config, account: &privs::Account) -> anyhow::Result<()> 
 }
 
 fn hand_over_control(cfg: &Config, account: &privs::Account) -> anyhow::Result<()> {
-    if cfg.vrrp.is_empty() {
-        return Ok(());
-    }
     let Some(dir) = cfg.ha.control_socket.parent() else {
         return Ok(());
     };

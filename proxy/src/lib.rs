@@ -38,6 +38,7 @@ pub mod agent_wire;
 mod architecture;
 pub mod backend;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod front;

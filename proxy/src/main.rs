@@ -1,12 +1,18 @@
 //! The `robustifier` command: front-end daemon, map inspection, configuration check, HA
-//! control.
+//! control, reloads and binary upgrades of a running front-end.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use robustifier::{
     config::Config,
+    control,
     datapath::{Snapshot, Tables, remove_pins},
+    frontend::{StatusReport, render},
 };
 use robustifier_common::PIN_DIR;
 
@@ -38,6 +44,39 @@ enum Command {
         /// load records in memory; no XDP, no steering, no root needed.
         #[arg(long, conflicts_with = "iface")]
         without_kernel: bool,
+        /// Succeed the front-end running this configuration (a binary upgrade): take its
+        /// listening sockets and XDP link over its control socket, then let it drain.
+        /// `robustifier upgrade` starts a process this way.
+        #[arg(long)]
+        take_over: bool,
+    },
+    /// Apply a configuration to a running front-end, live: its own file read again, or the
+    /// file given. Prints what changed; exits non-zero (changing nothing) on refusal.
+    Reload {
+        /// The configuration to apply (it becomes the front-end's file); its
+        /// `ha.control_socket` names the front-end.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Control socket, if not the configuration's.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Replace a running front-end's process by a new one (a new binary) without refusing
+    /// a connection: starts `BINARY run --take-over`, waits until it serves, and returns;
+    /// the old process drains and exits on its own.
+    Upgrade {
+        /// The running front-end's configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The new binary; default: this one.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// The front-end runs without a kernel side (`run --without-kernel`).
+        #[arg(long)]
+        without_kernel: bool,
+        /// Append the new process's output to this file (default: this command's own).
+        #[arg(long)]
+        log: Option<PathBuf>,
     },
     /// Validate a configuration file; exits non-zero with file, key and reason.
     CheckConfig { file: PathBuf },
@@ -45,6 +84,10 @@ enum Command {
     Maps {
         #[command(flatten)]
         pins: PinArgs,
+        /// Also show the configuration version of the front-end using the maps (asked over
+        /// its control socket; default: the one of `--config`, if given).
+        #[arg(long)]
+        socket: Option<PathBuf>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -146,6 +189,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             config,
             iface,
             without_kernel,
+            take_over,
         } => {
             let mut cfg = Config::load(&config)?;
             if iface.is_some() {
@@ -156,8 +200,15 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             } else {
                 robustifier::daemon::Mode::Kernel
             };
-            robustifier::daemon::main(cfg, mode)
+            robustifier::daemon::main(cfg, mode, take_over)
         }
+        Command::Reload { config, socket } => reload(config, socket),
+        Command::Upgrade {
+            config,
+            binary,
+            without_kernel,
+            log,
+        } => upgrade(&config, binary, without_kernel, log),
         Command::CheckConfig { file } => {
             let cfg = Config::load(&file)?;
             println!(
@@ -169,12 +220,31 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Maps { pins, json } => {
+        Command::Maps { pins, json, socket } => {
+            let socket = match (socket, &pins.config) {
+                (Some(s), _) => Some(s),
+                (None, Some(cfg)) => Some(Config::load(cfg)?.ha.control_socket),
+                (None, None) => None,
+            };
             let dir = pins.resolve()?;
             let snapshot = Snapshot::read(&Tables::from_pins(&dir)?)?;
+            // The version is the daemon's to say; the maps do not record it.
+            let status = socket.map(|s| status(&s));
             if json {
-                println!("{}", serde_json::to_string_pretty(&snapshot)?);
+                let mut value = serde_json::to_value(&snapshot)?;
+                if let (Some(Ok(st)), Some(map)) = (&status, value.as_object_mut()) {
+                    map.insert("version".into(), st.version.clone().into());
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
+                match &status {
+                    Some(Ok(st)) => println!(
+                        "front-end {} (pid {}), configuration version {}",
+                        st.frontend, st.pid, st.version
+                    ),
+                    Some(Err(e)) => println!("configuration version unknown: {e:#}"),
+                    None => {}
+                }
                 print!("{}", snapshot.render());
             }
             Ok(())
@@ -220,11 +290,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn ha(command: HaCommand, socket: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {
-    use robustifier::ha;
-    let path = match (socket, config) {
+/// The control socket: the one given, the configuration's, or the only one here.
+fn control_path(socket: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    Ok(match (socket, config) {
         (Some(p), _) => p,
-        (None, Some(cfg)) => Config::load(&cfg)?.ha.control_socket,
+        (None, Some(cfg)) => Config::load(cfg)?.ha.control_socket,
         (None, None) => {
             let found: Vec<PathBuf> = std::fs::read_dir(robustifier::config::vrrp::CONTROL_DIR)
                 .map(|d| {
@@ -243,22 +313,114 @@ fn ha(command: HaCommand, socket: Option<PathBuf>, config: Option<PathBuf>) -> a
                 _ => anyhow::bail!("several front-ends run here; pass --socket or --config"),
             }
         }
+    })
+}
+
+fn status(path: &Path) -> anyhow::Result<StatusReport> {
+    let text = control::request(path, "status", Duration::from_secs(5))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn reload(config: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = control_path(socket, config.as_deref())?;
+    let line = match &config {
+        Some(file) => {
+            let file = std::fs::canonicalize(file)?;
+            let text = file
+                .to_str()
+                .filter(|t| !t.contains('\n'))
+                .ok_or_else(|| anyhow::anyhow!("{}: not a usable path", file.display()))?;
+            format!("reload {text}")
+        }
+        None => "reload".to_owned(),
     };
+    // A reload builds everything before it applies anything; a slow certificate or map
+    // file read is part of it.
+    let text = control::request(&path, &line, Duration::from_secs(120))?;
+    let r: robustifier::frontend::Reloaded = serde_json::from_str(&text)?;
+    println!("applied: version {} ({})", r.version, r.summary);
+    for what in &r.restart_needed {
+        println!("takes a restart: {what}");
+    }
+    Ok(())
+}
+
+fn upgrade(
+    config: &Path,
+    binary: Option<PathBuf>,
+    without_kernel: bool,
+    log: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let path = Config::load(config)?.ha.control_socket;
+    let before =
+        status(&path).map_err(|e| anyhow::anyhow!("no running front-end to upgrade: {e:#}"))?;
+    let binary = match binary {
+        Some(b) => b,
+        None => std::env::current_exe()?,
+    };
+    let mut cmd = std::process::Command::new(&binary);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--take-over");
+    if without_kernel {
+        cmd.arg("--without-kernel");
+    }
+    // Its own process group: a signal to this command's terminal is not for the daemon.
+    cmd.stdin(std::process::Stdio::null()).process_group(0);
+    if let Some(log) = &log {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        cmd.stdout(file.try_clone()?).stderr(file);
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(exit) = child.try_wait()? {
+            anyhow::bail!(
+                "the new process (pid {pid}) ended before it served: {exit}; the front-end (pid {}) serves on",
+                before.pid
+            );
+        }
+        if let Ok(now) = status(&path)
+            && now.pid == pid
+        {
+            println!(
+                "upgraded: pid {} -> pid {pid} ({}), configuration version {}; pid {} drains and exits",
+                before.pid,
+                binary.display(),
+                now.version,
+                before.pid
+            );
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the new process (pid {pid}) did not serve within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ha(command: HaCommand, socket: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = control_path(socket, config.as_deref())?;
     match command {
         HaCommand::Status { json } => {
-            let text = ha::request(&path, "status", Duration::from_secs(5))?;
-            let report: ha::StatusReport = serde_json::from_str(&text)?;
+            let report = status(&path)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", ha::render(&report));
+                print!("{}", render(&report));
             }
         }
         // A release waits for the drain, which the configuration bounds by a day.
         HaCommand::Release { vrid } => {
             println!(
                 "{}",
-                ha::request(
+                control::request(
                     &path,
                     &format!("release {vrid}"),
                     Duration::from_secs(86_460)
@@ -268,7 +430,7 @@ fn ha(command: HaCommand, socket: Option<PathBuf>, config: Option<PathBuf>) -> a
         HaCommand::Resume { vrid } => {
             println!(
                 "{}",
-                ha::request(&path, &format!("resume {vrid}"), Duration::from_secs(30))?
+                control::request(&path, &format!("resume {vrid}"), Duration::from_secs(30))?
             );
         }
     }

@@ -230,6 +230,15 @@ impl Lab {
     pub fn start_frontend(&mut self, i: usize, config: &str) -> anyhow::Result<&mut Daemon> {
         let fe = &self.frontends[i];
         let path = self.log_dir.join(format!("{}.toml", fe.name));
+        // Every front-end has a control socket; the default path is per front-end name,
+        // which labs running side by side share, so each lab's goes in its own directory.
+        let mut config = config.to_owned();
+        if !config.contains("control_socket") {
+            config.push_str(&format!(
+                "\n[ha]\ncontrol_socket = \"{}\"\n",
+                crate::vrrp::control_socket(self, i).display()
+            ));
+        }
         std::fs::write(&path, config)?;
         let mut cmd = fe.ns.command(crate::robustifier_bin());
         cmd.arg("run")

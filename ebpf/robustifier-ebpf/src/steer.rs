@@ -9,7 +9,9 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    bindings::sk_action::SK_PASS, btf_maps::lpm_trie::Key, macros::sk_lookup,
+    bindings::{BPF_SK_LOOKUP_F_REPLACE, sk_action::SK_PASS},
+    btf_maps::lpm_trie::Key,
+    macros::sk_lookup,
     programs::SkLookupContext,
 };
 use aya_log_ebpf::warn;
@@ -95,10 +97,17 @@ pub fn rb_steer(ctx: SkLookupContext) -> u32 {
     SK_PASS
 }
 
+/// During a binary upgrade two steering programs run on the namespace, the old process's
+/// and the new one's, in the order attached; with `REPLACE` the newest's choice stands
+/// (without it the later program's assignment fails once the earlier one chose).
 #[inline(always)]
 fn assign(ctx: &SkLookupContext, service_id: u32, slot: u32, family: u32) -> bool {
     LISTENERS
-        .redirect_sk_lookup(ctx, listener_slot(service_id, slot, family), 0)
+        .redirect_sk_lookup(
+            ctx,
+            listener_slot(service_id, slot, family),
+            BPF_SK_LOOKUP_F_REPLACE as u64,
+        )
         .is_ok()
 }
 

@@ -53,6 +53,11 @@ use crate::vrrp::{
 /// Where the control socket lives unless `ha.control_socket` says otherwise.
 pub const CONTROL_DIR: &str = "/run/robustifier";
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The control socket of front-end `name` unless `ha.control_socket` says otherwise.
+pub fn default_control_socket(name: &str) -> PathBuf {
+    PathBuf::from(CONTROL_DIR).join(name).join("control.sock")
+}
 /// keepalived's habit: a burst of announcements spread over a few seconds, so a switch or
 /// host that missed the first still learns the new master.
 pub const DEFAULT_GARP_COUNT: u32 = 5;
@@ -217,9 +222,7 @@ pub fn validate(
                     ),
                 ));
             }
-            PathBuf::from(CONTROL_DIR)
-                .join(frontend_name)
-                .join("control.sock")
+            default_control_socket(frontend_name)
         }
     };
     let drain_deadline = match ha.drain_deadline_s {

@@ -40,4 +40,6 @@ pub enum DataPathError {
     },
     #[error("cannot open this process's network namespace: {0}")]
     Netns(std::io::Error),
+    #[error("passing the XDP attachment between processes ({link}): {reason}")]
+    Succession { link: PathBuf, reason: String },
 }

@@ -4,11 +4,14 @@
 //!
 //! Invariant: programs are attached through bpf links owned by [`DataPath`], so they are
 //! detached when it is dropped (graceful stop) or when the process dies; the pinned maps,
-//! and with them counters and load records, outlive both until `robustifier unload`.
+//! and with them counters and load records, outlive both until `robustifier unload`. The
+//! one exception is a binary upgrade's brief hand-over of the XDP link (see
+//! [`succession`]), pinned until the successor holds it.
 
 mod bpffs;
 mod error;
 mod snapshot;
+mod succession;
 mod sync;
 mod tables;
 
@@ -25,6 +28,7 @@ use tracing::{info, warn};
 pub use bpffs::{ensure_bpffs, remove_pins};
 pub use error::DataPathError;
 pub use snapshot::{BackendRow, ServiceRow, Snapshot};
+pub use succession::{XDP_LINK_PIN, clear_stale_pin};
 pub use sync::backend_address;
 pub use tables::{MapView, Tables};
 
@@ -38,6 +42,8 @@ pub struct DataPath {
     pub tables: Tables,
     listeners: SockMap<MapData>,
     xdp_link: Option<(String, XdpLinkId)>,
+    /// The XDP link pinned for a successor process, until it takes it or gives up.
+    xdp_passed: Option<(String, aya::programs::links::PinnedLink)>,
     steer_link: Option<SkLookupLinkId>,
     _logger: Option<std::thread::JoinHandle<()>>,
 }
@@ -96,6 +102,7 @@ impl DataPath {
             tables,
             listeners,
             xdp_link: None,
+            xdp_passed: None,
             steer_link: None,
             _logger: logger,
         })

@@ -27,7 +27,8 @@ use crate::{
 };
 
 /// Which answer a listener gives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     Serve,
     /// The kernel's priority class: served like `Serve`, and when the service's connection

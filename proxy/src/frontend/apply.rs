@@ -8,17 +8,17 @@
 //! swapped, new listeners accepting, retired ones closed. Sessions keep the context they
 //! started with; new connections get the new one.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::HashSet, path::PathBuf, sync::Arc};
 
-use robustifier_common::MAX_SERVICES;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use super::{Frontend, KernelError, OpenError, ServiceRun, reserve_for, service_contexts};
+use super::{
+    Frontend, KernelError, OpenError, ServiceRun, hold, reserve_for, service_contexts,
+    succession::Ids,
+};
 use crate::{
     backend::PoolSet,
     config::{self, Config, ConfigError, Service},
@@ -29,7 +29,7 @@ use crate::{
 };
 
 /// What a reload applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reloaded {
     /// The configuration version now in force.
     pub version: String,
@@ -52,49 +52,6 @@ pub enum ReloadError {
     Kernel(#[from] KernelError),
 }
 
-/// Gives `new`'s services and pools the ids of the running ones of the same name; new
-/// ones get ids no running one holds, so a kernel entry of one service never serves
-/// another. Back-end ids are the board's (see `Board::reconcile`).
-fn keep_ids(running: &Config, new: &mut Config) -> Result<(), ReloadError> {
-    let ids: HashMap<&str, u32> = running
-        .services
-        .iter()
-        .map(|s| (s.name.as_str(), s.id))
-        .collect();
-    let mut taken: HashSet<u32> = running.services.iter().map(|s| s.id).collect();
-    for s in new.services.iter_mut() {
-        if let Some(id) = ids.get(s.name.as_str()) {
-            s.id = *id;
-        } else {
-            let id = (0..MAX_SERVICES)
-                .find(|i| !taken.contains(i))
-                .ok_or_else(|| {
-                    ReloadError::Ids(format!(
-                        "service {}: all {MAX_SERVICES} service ids are taken",
-                        s.name
-                    ))
-                })?;
-            taken.insert(id);
-            s.id = id;
-        }
-    }
-    let pool_ids: HashMap<&str, u32> = running
-        .pools
-        .iter()
-        .map(|p| (p.name.as_str(), p.id))
-        .collect();
-    let mut next = running.pools.iter().map(|p| p.id + 1).max().unwrap_or(0);
-    for p in new.pools.iter_mut() {
-        if let Some(id) = pool_ids.get(p.name.as_str()) {
-            p.id = *id;
-        } else {
-            p.id = next;
-            next += 1;
-        }
-    }
-    Ok(())
-}
-
 /// A service of the new configuration, ready to be put in force.
 struct Planned {
     service: Service,
@@ -104,13 +61,15 @@ struct Planned {
 }
 
 impl Frontend {
-    /// Re-reads the configuration file and applies it whole, or not at all.
+    /// Re-reads the configuration file (or reads `file`, which becomes the configuration
+    /// file from then on) and applies it whole, or not at all.
     pub(super) fn reload(
         &mut self,
+        file: Option<PathBuf>,
         accepting: &TaskTracker,
         background: &Supervisor,
     ) -> Result<Reloaded, ReloadError> {
-        let outcome = self.try_reload(accepting, background);
+        let outcome = self.try_reload(file, accepting, background);
         match &outcome {
             Ok(r) => {
                 info!(version = %r.version, changes = %r.summary, "reload: configuration applied");
@@ -125,11 +84,12 @@ impl Frontend {
 
     fn try_reload(
         &mut self,
+        file: Option<PathBuf>,
         accepting: &TaskTracker,
         background: &Supervisor,
     ) -> Result<Reloaded, ReloadError> {
-        let mut new = Config::load(&self.cfg.file)?;
-        keep_ids(&self.cfg, &mut new)?;
+        let mut new = Config::load(file.as_ref().unwrap_or(&self.cfg.file))?;
+        Ids::of(&self.cfg).give(&mut new)?;
         let summary = config::diff::summary(&config::diff::changes(&self.cfg, &new));
         let restart_needed = config::diff::restart_needed(&self.cfg, &new);
 
@@ -227,6 +187,7 @@ impl Frontend {
                         service: plan.service,
                         listening: self.shared.stop.child_token(),
                         opened: Vec::new(),
+                        held: Vec::new(),
                     }
                 }
             };
@@ -234,6 +195,7 @@ impl Frontend {
                 // New listeners first, then the old ones retire: no moment without one.
                 let retiring =
                     std::mem::replace(&mut run.listening, self.shared.stop.child_token());
+                run.held = hold(&opened);
                 run.opened = opened;
                 if let Err(e) = run.start_accepting(accepting) {
                     error!(service = %run.service.name, error = %e, "reload: listener not taken up by the runtime");

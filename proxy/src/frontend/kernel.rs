@@ -4,17 +4,23 @@
 //! class (served, priority, shed), and the load maps are pinned for the kernel, routing
 //! and `bpftool` alike.
 
-use std::{collections::HashSet, net::TcpListener, path::PathBuf, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    net::TcpListener,
+    path::PathBuf,
+    sync::Arc,
+};
 
 use robustifier_common::{
     MAP_BACKENDS, PINNED_MAPS, PROG_STEER, PROG_XDP, SLOT_NORMAL, SLOT_PRIORITY, SLOT_SHED,
 };
 use tracing::info;
 
+use super::succession::XdpPassed;
 use crate::{
     backend::LoadView,
     config::{Config, Service},
-    datapath::{DataPath, DataPathError, MapView, Tables},
+    datapath::{DataPath, DataPathError, MapView, Tables, XDP_LINK_PIN, clear_stale_pin},
     front::{accept::Role, listeners::StdSlotSockets},
     load_writer::{LoadMaps, LoadTables},
 };
@@ -40,6 +46,20 @@ pub trait KernelSide: Send {
     fn detach(&mut self);
     /// Where the back-ends' load records are kept.
     fn loads(&self) -> Arc<dyn LoadMaps>;
+
+    // A binary upgrade: the running process passes its attachments on to a successor.
+
+    /// A listening socket the predecessor passed on: [`listen`](Self::listen) uses it for
+    /// `service`'s `role` instead of opening one, where it fits.
+    fn inherit(&mut self, service: &str, role: Role, listener: TcpListener);
+    /// Makes the XDP attachment takeable by a successor (see [`XdpPassed`]).
+    fn pass_on(&mut self) -> Result<Option<XdpPassed>, KernelError>;
+    /// The successor gave up: what [`pass_on`](Self::pass_on) offered stays here.
+    fn keep(&mut self);
+    /// The successor took over: what was passed on is its alone.
+    fn passed(&mut self);
+    /// Take the predecessor's XDP attachment at [`attach`](Self::attach).
+    fn take_on(&mut self, xdp: Option<XdpPassed>);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +78,10 @@ pub enum KernelError {
 pub struct Kernel {
     dp: DataPath,
     pin_dir: PathBuf,
+    /// Listening sockets of the predecessor, by service name, class and IPv6-ness.
+    inherited: HashMap<(String, Role, bool), TcpListener>,
+    /// The predecessor's XDP link, to take at attach.
+    xdp_from: Option<XdpPassed>,
 }
 
 impl Kernel {
@@ -67,6 +91,8 @@ impl Kernel {
         Ok(Kernel {
             dp: DataPath::load(&pin_dir)?,
             pin_dir,
+            inherited: HashMap::new(),
+            xdp_from: None,
         })
     }
 }
@@ -97,10 +123,17 @@ impl KernelSide for Kernel {
             (SLOT_PRIORITY, Role::Priority),
             (SLOT_SHED, Role::Shed),
         ] {
-            let sockets = StdSlotSockets::bind().map_err(|source| KernelError::Listen {
-                service: service.name.clone(),
-                source,
-            })?;
+            let passed = (
+                self.inherited.remove(&(service.name.clone(), role, false)),
+                self.inherited.remove(&(service.name.clone(), role, true)),
+            );
+            let sockets = match passed {
+                (Some(v4), Some(v6)) => StdSlotSockets { v4, v6 },
+                _ => StdSlotSockets::bind().map_err(|source| KernelError::Listen {
+                    service: service.name.clone(),
+                    source,
+                })?,
+            };
             for (family, socket) in sockets.by_family() {
                 self.dp
                     .register_listener(service.id, slot, family, socket)?;
@@ -111,12 +144,18 @@ impl KernelSide for Kernel {
     }
 
     fn attach(&mut self, cfg: &Config) -> Result<Vec<String>, KernelError> {
-        let xdp = match &cfg.frontend.interface {
-            Some(iface) => {
+        let passed = self.xdp_from.take();
+        let xdp = match (&cfg.frontend.interface, passed) {
+            (Some(iface), Some(p)) if p.interface == *iface => {
+                self.dp.take_xdp(iface, &p.pin)?;
+                format!("{PROG_XDP} on {iface} (the predecessor's link, now running this program)")
+            }
+            (Some(iface), _) => {
+                clear_stale_pin(&self.pin_dir.join(XDP_LINK_PIN));
                 let mode = self.dp.attach_xdp(iface, cfg.frontend.xdp_mode)?;
                 format!("{PROG_XDP} on {iface} ({mode} mode)")
             }
-            None => format!("{PROG_XDP} not attached (no frontend.interface)"),
+            (None, _) => format!("{PROG_XDP} not attached (no frontend.interface)"),
         };
         self.dp.attach_steering()?;
         let dir = self.pin_dir.display();
@@ -138,6 +177,34 @@ impl KernelSide for Kernel {
         Arc::new(Pinned {
             dir: self.pin_dir.clone(),
         })
+    }
+
+    fn inherit(&mut self, service: &str, role: Role, listener: TcpListener) {
+        let v6 = listener.local_addr().is_ok_and(|a| a.is_ipv6());
+        self.inherited
+            .insert((service.to_owned(), role, v6), listener);
+    }
+
+    fn pass_on(&mut self) -> Result<Option<XdpPassed>, KernelError> {
+        let pin = self.pin_dir.join(XDP_LINK_PIN);
+        Ok(self
+            .dp
+            .pass_xdp(&pin)?
+            .map(|interface| XdpPassed { interface, pin }))
+    }
+
+    fn keep(&mut self) {
+        if let Err(e) = self.dp.keep_xdp() {
+            tracing::error!(error = %e, "taking the XDP link back failed");
+        }
+    }
+
+    fn passed(&mut self) {
+        self.dp.xdp_taken();
+    }
+
+    fn take_on(&mut self, xdp: Option<XdpPassed>) {
+        self.xdp_from = xdp;
     }
 }
 

@@ -11,9 +11,11 @@
 
 mod apply;
 mod kernel;
+mod status;
+mod succession;
 mod user_space;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -22,6 +24,8 @@ use tracing::{info, warn};
 
 pub use apply::{ReloadError, Reloaded};
 pub use kernel::{Kernel, KernelError, KernelSide};
+pub use status::{StatusReport, render};
+pub use succession::{HandedOver, Ids, Offer, Offered, PassedListener, XdpPassed};
 pub use user_space::UserSpace;
 
 use crate::{
@@ -40,13 +44,31 @@ use crate::{
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What a running front-end can be told.
-#[derive(Debug)]
 pub enum Command {
-    /// Re-read the configuration file and apply what can change while running; the
-    /// outcome goes to `done` when one is given.
+    /// Re-read the configuration file (or read `file`, which becomes the configuration file)
+    /// and apply it; the outcome goes to `done` when one is given.
     Reload {
+        file: Option<PathBuf>,
         done: Option<oneshot::Sender<Result<Reloaded, ReloadError>>>,
     },
+    /// Report the front-end's state.
+    Status { done: oneshot::Sender<StatusReport> },
+    /// Release virtual router `vrid` after draining (`release`), or resume it; answers
+    /// when done, without holding other commands up meanwhile.
+    Handoff {
+        vrid: u8,
+        release: bool,
+        done: oneshot::Sender<Result<String, String>>,
+    },
+    /// A binary upgrade's first step: offer the listeners and the XDP link to a successor.
+    Offer {
+        done: oneshot::Sender<Result<Offered, KernelError>>,
+    },
+    /// The successor gave up: keep what was offered.
+    Withdraw,
+    /// The successor runs: stop every router silently (saying what each was), stop
+    /// accepting, let the sessions finish, and end.
+    HandOver { done: oneshot::Sender<HandedOver> },
     /// Stop in order: hand addresses over, stop accepting, drain, end the rest.
     Stop,
 }
@@ -80,6 +102,8 @@ pub struct Frontend {
     envs: Services,
     shared: Shared,
     attached: Vec<String>,
+    /// The roles of the process this one succeeds (binary upgrade).
+    succeeded: Vec<ha::Succeeded>,
 }
 
 /// What every service's contexts share for the front-end's life.
@@ -99,6 +123,22 @@ struct ServiceRun {
     current: Current,
     listening: CancellationToken,
     opened: Vec<(std::net::TcpListener, Role)>,
+    /// Duplicates of the listeners, to pass on to a successor process.
+    held: Vec<(std::net::TcpListener, Role)>,
+}
+
+/// Duplicates of `opened` (the same sockets under a second descriptor each).
+fn hold(opened: &[(std::net::TcpListener, Role)]) -> Vec<(std::net::TcpListener, Role)> {
+    opened
+        .iter()
+        .filter_map(|(l, role)| match l.try_clone() {
+            Ok(dup) => Some((dup, *role)),
+            Err(e) => {
+                warn!(error = %e, "cannot keep a listener for an upgrade");
+                None
+            }
+        })
+        .collect()
 }
 
 impl Shared {
@@ -170,11 +210,13 @@ impl Frontend {
         let envs = service_contexts(&cfg, &pools, &tls)?;
         let mut services = Vec::new();
         for (service, env) in cfg.services.iter().zip(&envs) {
+            let opened = kernel.listen(service)?;
             services.push(ServiceRun {
                 service: service.clone(),
                 current: Arc::new(ArcSwap::from_pointee(shared.context(&cfg, Arc::clone(env)))),
                 listening: shared.stop.child_token(),
-                opened: kernel.listen(service)?,
+                held: hold(&opened),
+                opened,
             });
         }
         // The board's first records, where the kernel side has none yet (the maps keep
@@ -200,7 +242,26 @@ impl Frontend {
             envs: Arc::new(ArcSwap::from_pointee(envs)),
             shared,
             attached,
+            succeeded: Vec::new(),
         })
+    }
+
+    /// Starts the virtual routers in the roles `routers` had in the process this one
+    /// succeeds, instead of as backups (see `ha::Ha::hand_over`).
+    pub fn succeeding(mut self, routers: Vec<ha::Succeeded>) -> Frontend {
+        self.succeeded = routers;
+        self
+    }
+
+    fn status(&self, ha: &ha::Ha) -> StatusReport {
+        StatusReport {
+            frontend: self.cfg.frontend.name.clone(),
+            pid: std::process::id(),
+            version: self.cfg.version.clone(),
+            routers: ha.status(),
+            ready: self.shared.hooks.tasks.ready(),
+            tasks: self.shared.hooks.tasks.snapshot(),
+        }
     }
 
     /// Where each service's sessions are accepted, by service name. With the kernel side
@@ -262,29 +323,88 @@ impl Frontend {
         println!("serving: {}", services.join(", "));
         println!("configuration version {}", self.cfg.version);
         // Virtual routers last: a front-end claims addresses only once it can serve them.
-        let ha = ha::spawn(&self.cfg, shared.hooks.clone()).await?;
+        let succeeded = std::mem::take(&mut self.succeeded);
+        let ha = ha::spawn(&self.cfg, shared.hooks.clone(), &succeeded).await?;
         info!(frontend = %self.cfg.frontend.name, version = %self.cfg.version, "robustifier ready");
 
-        // A stop, or the sender gone, ends the loop.
-        while let Some(Command::Reload { done }) = commands.recv().await {
-            let outcome = self.reload(&accepting, &supervisor);
-            if let Some(done) = done {
-                let _ = done.send(outcome);
+        // A stop, a hand-over, or the sender gone, ends the loop.
+        let mut successor = None;
+        while let Some(command) = commands.recv().await {
+            match command {
+                Command::Reload { file, done } => {
+                    let outcome = self.reload(file, &accepting, &supervisor);
+                    if let Some(done) = done {
+                        let _ = done.send(outcome);
+                    }
+                }
+                Command::Status { done } => {
+                    let _ = done.send(self.status(&ha));
+                }
+                Command::Handoff {
+                    vrid,
+                    release,
+                    done,
+                } => {
+                    let answer = ha.handoff(vrid, release);
+                    tokio::spawn(async move {
+                        let outcome = answer
+                            .await
+                            .unwrap_or_else(|_| Err("the front-end is stopping".to_owned()));
+                        let _ = done.send(outcome);
+                    });
+                }
+                Command::Offer { done } => {
+                    let offered = self.offer();
+                    match &offered {
+                        Ok(o) => {
+                            info!(listeners = o.offer.listeners.len(), xdp = ?o.offer.xdp, "upgrade: offered to a successor")
+                        }
+                        Err(e) => warn!(error = %e, "upgrade: cannot offer to a successor"),
+                    }
+                    let _ = done.send(offered);
+                }
+                Command::Withdraw => {
+                    info!("upgrade: the successor gave up; serving on");
+                    self.kernel.keep();
+                }
+                Command::HandOver { done } => {
+                    successor = Some(done);
+                    break;
+                }
+                Command::Stop => break,
             }
         }
-        // Hand the virtual addresses over first (drain, then priority 0), while the data
-        // path still serves the sessions finishing on them.
-        ha.shutdown().await;
-        self.kernel.detach();
+        let handed_over = successor.is_some();
+        if let Some(done) = successor {
+            // The successor serves already: it continues every router's role, so these
+            // stop without a word, and the steering of this process goes.
+            let routers = ha.hand_over().await;
+            self.kernel.detach();
+            self.kernel.passed();
+            info!(?routers, "upgrade: handed over to the successor; draining");
+            let _ = done.send(HandedOver { routers });
+        } else {
+            // Hand the virtual addresses over first (drain, then priority 0), while the
+            // data path still serves the sessions finishing on them.
+            ha.shutdown().await;
+            self.kernel.detach();
+        }
         shared.stop.cancel();
-        // Idle sessions say goodbye now (421 / -ERR); busy ones at their next boundary.
-        shared.closing.cancel();
         accepting.close();
         accepting.wait().await;
+        // Health checks and the load writer end with the stop token: after a hand-over the
+        // successor's writer alone keeps the load records.
         background.close();
         background.wait().await;
         let sessions = &shared.sessions;
         sessions.close();
+        if handed_over {
+            // Nothing is stopping but this process: its clients' sessions run to their own
+            // end for as long as a planned handoff allows, and only then are told to go.
+            let _ = tokio::time::timeout(self.cfg.ha.drain_deadline, sessions.wait()).await;
+        }
+        // Idle sessions say goodbye now (421 / -ERR); busy ones at their next boundary.
+        shared.closing.cancel();
         if tokio::time::timeout(DRAIN_DEADLINE, sessions.wait())
             .await
             .is_err()

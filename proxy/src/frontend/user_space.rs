@@ -16,7 +16,10 @@ use std::{
 use robustifier_common::{BackendLoad, ServiceState};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::kernel::{KernelError, KernelSide};
+use super::{
+    kernel::{KernelError, KernelSide},
+    succession::XdpPassed,
+};
 use crate::{
     backend::LoadView,
     config::{Config, Service},
@@ -32,6 +35,9 @@ pub struct UserSpace {
     loads: Arc<Memory>,
     /// Sockets handed in ready-made, by service name, instead of binding its addresses.
     given: HashMap<String, Vec<TcpListener>>,
+    /// Sockets a predecessor process passed on, by service name: used while they are bound
+    /// to the service's addresses and port.
+    inherited: HashMap<String, Vec<TcpListener>>,
 }
 
 impl UserSpace {
@@ -82,9 +88,19 @@ impl KernelSide for UserSpace {
                 } else {
                     service.vips.clone()
                 };
+                let mut passed = self.inherited.remove(&service.name).unwrap_or_default();
                 addrs
                     .into_iter()
-                    .map(|a| bind(SocketAddr::new(a, service.port)))
+                    .map(|a| {
+                        let want = SocketAddr::new(a, service.port);
+                        match passed
+                            .iter()
+                            .position(|l| l.local_addr().is_ok_and(|at| at == want))
+                        {
+                            Some(i) => Ok(passed.swap_remove(i)),
+                            None => bind(want),
+                        }
+                    })
                     .collect::<Result<_, _>>()
                     .map_err(err)?
             }
@@ -105,6 +121,24 @@ impl KernelSide for UserSpace {
     fn loads(&self) -> Arc<dyn LoadMaps> {
         Arc::clone(&self.loads) as Arc<dyn LoadMaps>
     }
+
+    fn inherit(&mut self, service: &str, _role: Role, listener: TcpListener) {
+        self.inherited
+            .entry(service.to_owned())
+            .or_default()
+            .push(listener);
+    }
+
+    /// Nothing but the listeners to pass on.
+    fn pass_on(&mut self) -> Result<Option<XdpPassed>, KernelError> {
+        Ok(None)
+    }
+
+    fn keep(&mut self) {}
+
+    fn passed(&mut self) {}
+
+    fn take_on(&mut self, _xdp: Option<XdpPassed>) {}
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

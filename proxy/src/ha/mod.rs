@@ -4,9 +4,11 @@
 //! [`spawn`] starts one task per configured virtual router ([`router`]): raw protocol-112
 //! sockets bound to the interface ([`socket`]), addresses added and removed over netlink
 //! ([`link`]), gratuitous ARP and unsolicited NA after a takeover ([`announce`]), tracking
-//! of the front-end's own health ([`health`]), drain-aware handoff ([`gate`]) and the
-//! control socket for `robustifier ha` ([`control`]). [`Ha::shutdown`] resigns every
-//! router with priority 0 after draining, so backups take over after Skew_Time.
+//! of the front-end's own health ([`health`]) and drain-aware handoff ([`gate`]), asked
+//! for over the front-end's control socket (`robustifier ha`). [`Ha::shutdown`] resigns
+//! every router with priority 0 after draining, so backups take over after Skew_Time;
+//! [`Ha::hand_over`] stops every router silently for a successor process that continues
+//! each role (a binary upgrade).
 //!
 //! The data path needs no change on a takeover: the service table already lists the VIPs
 //! and the steering program serves whatever local address a VIP is; adding the address to
@@ -16,7 +18,6 @@
 //! timers run on the monotonic clock (a wall-clock jump never causes a failover).
 
 pub(crate) mod announce;
-pub mod control;
 pub(crate) mod gate;
 pub(crate) mod health;
 pub(crate) mod hooks;
@@ -24,13 +25,13 @@ pub(crate) mod link;
 pub mod router;
 pub(crate) mod socket;
 
-use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use control::{StatusReport, render, request};
 pub use gate::{Admitted, Gate};
 pub use health::Health;
 pub use hooks::Hooks;
@@ -58,30 +59,32 @@ pub enum HaError {
     },
     #[error(transparent)]
     Link(#[from] link::LinkError),
-    #[error(transparent)]
-    Control(#[from] control::ControlError),
+}
+
+/// A router's role passed from a process to its successor (binary upgrade).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Succeeded {
+    pub vrid: u8,
+    pub ipv6: bool,
+    pub master: bool,
 }
 
 /// The running HA side of a front-end.
 pub struct Ha {
     routers: Vec<RouterHandle>,
     tasks: TaskTracker,
-    stop_control: CancellationToken,
-    control_socket: Option<PathBuf>,
 }
 
-/// Starts a task per `[[vrrp]]` router of `cfg` and the control socket. With no routers
-/// configured nothing starts. Call after the listeners run and the data path is attached:
-/// tracking takes the listeners running now as the healthy number.
-pub async fn spawn(cfg: &Config, hooks: Hooks) -> Result<Ha, HaError> {
+/// Starts a task per `[[vrrp]]` router of `cfg`. With no routers configured nothing
+/// starts. Call after the listeners run and the data path is attached: tracking takes the
+/// listeners running now as the healthy number. Routers that `succeeded` names as master
+/// start as master (see [`Ha::hand_over`]); the others as usual.
+pub async fn spawn(cfg: &Config, hooks: Hooks, succeeded: &[Succeeded]) -> Result<Ha, HaError> {
     let tasks = TaskTracker::new();
-    let stop_control = CancellationToken::new();
     if cfg.vrrp.is_empty() {
         return Ok(Ha {
             routers: Vec::new(),
             tasks,
-            stop_control,
-            control_socket: None,
         });
     }
     hooks.health.arm();
@@ -119,9 +122,6 @@ pub async fn spawn(cfg: &Config, hooks: Hooks) -> Result<Ha, HaError> {
             })?;
         prepared.push((r.clone(), info.index, primary, router, socket));
     }
-    // The socket comes last so that a configuration error above leaves nothing behind.
-    let listener = control::bind(&cfg.ha.control_socket)?;
-
     let mut routers = Vec::new();
     for (r, ifindex, primary, router, socket) in prepared {
         let status = Arc::new(std::sync::Mutex::new(RouterStatus {
@@ -157,6 +157,7 @@ pub async fn spawn(cfg: &Config, hooks: Hooks) -> Result<Ha, HaError> {
         // A router owns its socket and command channel, so it is not restarted; a panic
         // shows in the status (`ready`, `tasks`) instead of passing unnoticed.
         let name = format!("vrrp router {} {}", r.vrid, r.family());
+        let (vrid_of, ipv6_of) = (r.vrid.get(), r.ipv6());
         tasks.spawn(
             hooks.tasks.watch(
                 name,
@@ -174,26 +175,15 @@ pub async fn spawn(cfg: &Config, hooks: Hooks) -> Result<Ha, HaError> {
                     garp: None,
                     last_error: None,
                     discard_logs: Default::default(),
+                    take_over: succeeded
+                        .iter()
+                        .any(|s| s.master && (s.vrid, s.ipv6) == (vrid_of, ipv6_of)),
                 }
                 .run(),
             ),
         );
     }
-    tasks.spawn(control::serve(
-        listener,
-        cfg.frontend.name.clone(),
-        routers.clone(),
-        hooks.tasks.clone(),
-        stop_control.clone(),
-        tasks.clone(),
-    ));
-    info!(socket = %cfg.ha.control_socket.display(), "HA control socket ready");
-    Ok(Ha {
-        routers,
-        tasks,
-        stop_control,
-        control_socket: Some(cfg.ha.control_socket.clone()),
-    })
+    Ok(Ha { routers, tasks })
 }
 
 /// Opens the router's socket. A link-local address that is still tentative (duplicate
@@ -238,12 +228,79 @@ impl Ha {
                 Err(_) => warn!("a VRRP router task ended before it could resign"),
             }
         }
-        self.stop_control.cancel();
         self.tasks.close();
-        // Control connections in flight get a moment; router tasks have returned.
+        // Router tasks have returned.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
-        if let Some(path) = self.control_socket {
-            let _ = std::fs::remove_file(path);
-        }
     }
+
+    /// Stops every router without a word on the link, masters keeping their addresses, and
+    /// says what each was: the successor process starts the masters as master, so the
+    /// peers see adverts continue (from the same address) and no transition.
+    pub async fn hand_over(self) -> Vec<Succeeded> {
+        let mut out = Vec::new();
+        for r in &self.routers {
+            let (tx, rx) = oneshot::channel();
+            let master =
+                r.commands.send(Command::HandOver(tx)).await.is_ok() && rx.await.unwrap_or(false);
+            out.push(Succeeded {
+                vrid: r.vrid,
+                ipv6: r.ipv6,
+                master,
+            });
+        }
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+        out
+    }
+
+    /// The routers' status, for the control socket.
+    pub fn status(&self) -> Vec<RouterStatus> {
+        self.routers.iter().map(RouterHandle::status).collect()
+    }
+
+    /// A drain-aware release of VRID `vrid` (both families), or its undoing: the answer
+    /// for the operator once every router of that number is done. Returns at once; the
+    /// work runs on its own task, so a long drain holds nothing else up.
+    pub fn handoff(&self, vrid: u8, release: bool) -> oneshot::Receiver<Result<String, String>> {
+        let (done, answer) = oneshot::channel();
+        let targets: Vec<RouterHandle> = self
+            .routers
+            .iter()
+            .filter(|r| r.vrid == vrid)
+            .cloned()
+            .collect();
+        tokio::spawn(async move {
+            let _ = done.send(handoff(targets, vrid, release).await);
+        });
+        answer
+    }
+}
+
+async fn handoff(targets: Vec<RouterHandle>, vrid: u8, release: bool) -> Result<String, String> {
+    if targets.is_empty() {
+        return Err(format!("no virtual router with VRID {vrid} here"));
+    }
+    let verb = if release { "release" } else { "resume" };
+    info!(vrid, verb, "control request");
+    // Both families at once: their drains overlap instead of adding up.
+    let mut waits = Vec::new();
+    for r in targets {
+        let (tx, rx) = oneshot::channel();
+        let cmd = if release {
+            Command::Release(tx)
+        } else {
+            Command::Resume(tx)
+        };
+        if r.commands.send(cmd).await.is_err() {
+            return Err(format!("VRID {vrid}: the router task has stopped"));
+        }
+        waits.push(rx);
+    }
+    let mut notes = Vec::new();
+    for rx in waits {
+        notes.push(rx.await.map_err(|_| {
+            format!("VRID {vrid}: the router task stopped while handling the request")
+        })?);
+    }
+    Ok(notes.join("; "))
 }

@@ -91,6 +91,10 @@ pub enum Command {
     Resume(oneshot::Sender<String>),
     /// Drain, resign, stop the task.
     Shutdown(oneshot::Sender<String>),
+    /// Stop the task at once without a word on the link, keeping the addresses: a
+    /// successor process (binary upgrade) continues the role. The answer says whether this
+    /// router was master.
+    HandOver(oneshot::Sender<bool>),
 }
 
 /// The control side's view of a running router.
@@ -130,6 +134,8 @@ pub struct Task {
     pub last_error: Option<String>,
     /// Rate limits for the warnings about discarded adverts: (not a peer, other addresses).
     pub discard_logs: [Throttle; 2],
+    /// Start as master: the process this one succeeds was master of this router.
+    pub take_over: bool,
 }
 
 /// Lets one log line through per period and counts what it held back, so a flood of the
@@ -169,8 +175,9 @@ impl Task {
         let epoch = Instant::now();
         let vips = self.cfg.addresses();
         // A previous run killed without a chance to resign leaves its addresses on the
-        // interface; we are not master yet, so they must go (invariant above).
-        for &vip in &vips {
+        // interface; we are not master yet, so they must go (invariant above). A successor
+        // of a master keeps them: it is master from its first step.
+        for &vip in vips.iter().filter(|_| !self.take_over) {
             match self.net.remove(self.ifindex, vip).await {
                 Ok(true) => {
                     info!(vrid = %self.cfg.vrid, %vip, "removed a virtual address left by an earlier run")
@@ -183,7 +190,12 @@ impl Task {
         }
         let mut released = false;
         let mut failing: Vec<String> = Vec::new();
-        self.step(Event::Startup, epoch.elapsed()).await;
+        let start = if self.take_over {
+            Event::TakeOver
+        } else {
+            Event::Startup
+        };
+        self.step(start, epoch.elapsed()).await;
 
         let mut track = tokio::time::interval(TRACK_PERIOD);
         track.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -252,6 +264,12 @@ impl Task {
                         } else {
                             let _ = reply.send(format!("VRID {} ({}): was not released", self.cfg.vrid, self.cfg.family()));
                         }
+                    }
+                    Some(Command::HandOver(reply)) => {
+                        let master = self.router.state() == State::Master;
+                        info!(vrid = %self.cfg.vrid, family = self.cfg.family(), master, "handed over to the successor process; this router says nothing more");
+                        let _ = reply.send(master);
+                        return;
                     }
                     Some(Command::Shutdown(reply)) => {
                         if self.router.state() == State::Master {

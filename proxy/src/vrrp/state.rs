@@ -124,6 +124,10 @@ pub enum Event {
     Startup,
     /// The virtual router is disabled; a master resigns with a priority 0 advert.
     Shutdown,
+    /// Enabled in a process that succeeds a master of this router on the same host (a
+    /// binary upgrade): master at once, with the addresses it already holds, advertising
+    /// now, so that no backup's Master_Down_Timer runs out in between.
+    TakeOver,
     /// A valid advert for this VRID (decoded and TTL-checked by [`super::packet`]).
     Advert {
         /// Source address of the advert's IP header: the sender's primary address.
@@ -165,6 +169,8 @@ pub enum Reason {
         priority: u8,
     },
     Shutdown,
+    /// A successor process continues this host's mastership (see [`Event::TakeOver`]).
+    TakenOver,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,6 +346,7 @@ impl Router {
     pub fn handle(&mut self, event: Event, now: Duration) -> Vec<Action> {
         match event {
             Event::Startup => self.startup(now),
+            Event::TakeOver => self.take_over(now),
             Event::Shutdown => self.shutdown(),
             Event::Advert {
                 src,
@@ -374,6 +381,24 @@ impl Router {
         self.master = None;
         self.arm_master_down(now, self.master_down_interval(), false);
         vec![self.enter(State::Backup, Reason::Startup)]
+    }
+
+    /// [`Event::TakeOver`]: the predecessor's mastership continues. No gratuitous ARP: the
+    /// addresses stay on the same interface and answer from the same link-layer address.
+    fn take_over(&mut self, now: Duration) -> Vec<Action> {
+        if self.state != State::Initialize {
+            return Vec::new();
+        }
+        self.preempt_after = now;
+        self.timer = Some(Timer::Adver(self.advert_due(now)));
+        self.master = Some(self.config.primary);
+        vec![
+            self.enter(State::Master, Reason::TakenOver),
+            Action::AddAddresses,
+            Action::SendAdvert {
+                priority: self.priority.get(),
+            },
+        ]
     }
 
     /// Sections 6.4.2 and 6.4.3, Shutdown.

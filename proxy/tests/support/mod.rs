@@ -255,7 +255,10 @@ impl Running {
         std::fs::write(&self.file, config).unwrap();
         let (done, outcome) = oneshot::channel();
         self.commands
-            .send(Command::Reload { done: Some(done) })
+            .send(Command::Reload {
+                file: None,
+                done: Some(done),
+            })
             .await
             .unwrap();
         outcome.await.unwrap().map_err(|e| e.to_string())

@@ -1,0 +1,105 @@
+//! The requests of the control socket's line protocol, parsed once.
+
+use std::path::PathBuf;
+
+/// One request line, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Status,
+    /// Apply the configuration file again, or this one (which then becomes the file).
+    Reload {
+        file: Option<PathBuf>,
+    },
+    Release(u8),
+    Resume(u8),
+    /// A successor process asks to take over (binary upgrade).
+    HandOver,
+}
+
+impl Request {
+    /// The request in `line` (without its newline), or the reason it is refused.
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let line = line.trim();
+        let (verb, rest) = match line.split_once(|c: char| c.is_ascii_whitespace()) {
+            Some((verb, rest)) => (verb, rest.trim()),
+            None => (line, ""),
+        };
+        let vrid = |rest: &str| -> Result<u8, String> {
+            if rest.is_empty() {
+                return Err(format!("{verb} needs a VRID"));
+            }
+            if rest.split_ascii_whitespace().count() > 1 {
+                return Err("too many arguments".to_owned());
+            }
+            match rest.parse::<u8>() {
+                Ok(v) if v > 0 => Ok(v),
+                _ => Err(format!("{rest:?} is not a VRID (1..=255)")),
+            }
+        };
+        match verb {
+            "status" | "handover" if !rest.is_empty() => Err(format!("{verb} takes no argument")),
+            "status" => Ok(Request::Status),
+            "handover" => Ok(Request::HandOver),
+            "reload" if rest.is_empty() => Ok(Request::Reload { file: None }),
+            "reload" => {
+                // The daemon runs elsewhere (another working directory, another user):
+                // a relative path would name another file there.
+                let file = PathBuf::from(rest);
+                if !file.is_absolute() || rest.chars().any(char::is_control) {
+                    return Err(format!("reload takes an absolute path, not {rest:?}"));
+                }
+                Ok(Request::Reload { file: Some(file) })
+            }
+            "release" => vrid(rest).map(Request::Release),
+            "resume" => vrid(rest).map(Request::Resume),
+            _ => Err(format!(
+                "unknown request {verb:?} (status, reload [FILE], release VRID, resume VRID, handover)"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_their_refusals() {
+        let ok: &[(&str, Request)] = &[
+            ("status", Request::Status),
+            ("  status  ", Request::Status),
+            ("handover", Request::HandOver),
+            ("reload", Request::Reload { file: None }),
+            (
+                "reload /etc/robustifier/new config.toml",
+                Request::Reload {
+                    file: Some("/etc/robustifier/new config.toml".into()),
+                },
+            ),
+            ("release 51", Request::Release(51)),
+            ("resume 255", Request::Resume(255)),
+        ];
+        for (line, want) in ok {
+            assert_eq!(Request::parse(line).as_ref(), Ok(want), "{line:?}");
+        }
+        let refused: &[(&str, &str)] = &[
+            ("", "unknown request \"\""),
+            ("reboot", "unknown request \"reboot\""),
+            ("status now", "status takes no argument"),
+            ("handover 1", "handover takes no argument"),
+            ("release", "release needs a VRID"),
+            ("resume", "resume needs a VRID"),
+            ("release 0x33", "\"0x33\" is not a VRID"),
+            ("release 300", "\"300\" is not a VRID"),
+            ("release 0", "\"0\" is not a VRID"),
+            ("release -1", "\"-1\" is not a VRID"),
+            ("release 51 52", "too many arguments"),
+            ("reload etc/x.toml", "reload takes an absolute path"),
+            ("reload /etc/x\u{7}.toml", "reload takes an absolute path"),
+        ];
+        for (line, want) in refused {
+            let got = Request::parse(line).unwrap_err();
+            assert!(got.starts_with(want), "{line:?}: {got}");
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! What `robustifier ha status` (and the control socket's `status`) reports about a
+//! running front-end, and its rendering for an operator.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ha::RouterStatus, supervise::TaskStatus};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusReport {
+    pub frontend: String,
+    /// The process serving (it changes with a binary upgrade).
+    #[serde(default)]
+    pub pid: u32,
+    /// The configuration version in force (a content hash; see `Config::version`).
+    #[serde(default)]
+    pub version: String,
+    pub routers: Vec<RouterStatus>,
+    /// Every supervised background task is running (none waits for a restart).
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// The status as a table for an operator.
+pub fn render(report: &StatusReport) -> String {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut out = format!(
+        "front-end {} (pid {}), configuration version {}\n",
+        report.frontend, report.pid, report.version
+    );
+    out.push_str(&format!(
+        "{:<5} {:<6} {:<10} {:<11} {:>4}/{:<4} {:<26} {:<28} {}\n",
+        "VRID", "FAMILY", "INTERFACE", "STATE", "PRIO", "CONF", "MASTER", "VIPS", "LAST TRANSITION"
+    ));
+    for r in &report.routers {
+        let mut state = r.state.clone();
+        if r.draining {
+            state.push_str(" drain");
+        } else if r.released {
+            state.push_str(" rel");
+        }
+        let master = r.master.map_or("-".to_owned(), |m| {
+            if m == r.primary {
+                format!("{m} (self)")
+            } else {
+                m.to_string()
+            }
+        });
+        let vips: Vec<String> = r.vips.iter().map(ToString::to_string).collect();
+        let last = r.last_transition.as_ref().map_or("-".to_owned(), |t| {
+            let ago = now_ms.saturating_sub(t.at_unix_ms) as f64 / 1000.0;
+            format!("{} -> {} ({}) {ago:.1} s ago", t.from, t.to, t.reason)
+        });
+        out.push_str(&format!(
+            "{:<5} {:<6} {:<10} {:<11} {:>4}/{:<4} {:<26} {:<28} {}\n",
+            r.vrid,
+            r.family,
+            r.interface,
+            state,
+            r.priority,
+            r.configured_priority,
+            master,
+            vips.join(","),
+            last
+        ));
+        if !r.failing.is_empty() {
+            out.push_str(&format!(
+                "      tracking failing: {}\n",
+                r.failing.join(", ")
+            ));
+        }
+    }
+    let restarted: Vec<String> = report
+        .tasks
+        .iter()
+        .filter(|t| t.restarts > 0 || !t.running)
+        .map(|t| {
+            let state = if t.running { "running" } else { "restarting" };
+            let why = t.last_failure.as_deref().unwrap_or("-");
+            format!("{} ({state}, {} restarts, last: {why})", t.name, t.restarts)
+        })
+        .collect();
+    out.push_str(&format!(
+        "tasks: {} supervised, {}{}\n",
+        report.tasks.len(),
+        if report.ready {
+            "all running"
+        } else {
+            "NOT all running"
+        },
+        if restarted.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", restarted.join("; "))
+        }
+    ));
+    out
+}

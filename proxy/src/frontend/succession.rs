@@ -1,0 +1,152 @@
+//! A binary upgrade, seen from the front-end: what a running process passes on to its
+//! successor, and how the successor starts from it.
+//!
+//! The running process offers ([`Frontend::offer`]) its listening sockets (duplicates of
+//! them: it keeps accepting meanwhile), the ids its services and pools have in the kernel's
+//! tables, and its XDP link pinned for taking. The successor builds itself on these (the
+//! same sockets registered for its own steering program, the same ids, the link switched to
+//! its program) and attaches; then the running process hands over: its routers stop without
+//! a word (the successor continues each role, see `ha::Ha::hand_over`), its steering
+//! detaches, its accept loops end, and its sessions finish as at a stop. The sockets'
+//! queues are shared, so a connection waiting in one is accepted by whichever process is
+//! accepting: none is refused. How the offer travels is the control socket's business.
+
+use std::{collections::HashMap, net::SocketAddr, os::fd::OwnedFd, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Frontend, KernelError, apply::ReloadError};
+use crate::{config::Config, front::accept::Role, ha::Succeeded};
+
+/// What a running front-end offers its successor; the sockets travel beside it, in the
+/// order of `listeners`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Offer {
+    pub pid: u32,
+    /// The configuration version in force.
+    pub version: String,
+    pub ids: Ids,
+    pub listeners: Vec<PassedListener>,
+    pub xdp: Option<XdpPassed>,
+}
+
+/// One listening socket passed on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PassedListener {
+    pub service: String,
+    pub role: Role,
+    /// Where it is bound (for the log, and for a kernel side that serves by address).
+    pub address: SocketAddr,
+}
+
+/// The XDP link pinned for the successor to take.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct XdpPassed {
+    pub interface: String,
+    pub pin: PathBuf,
+}
+
+/// What the successor learns once the running process has handed over.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HandedOver {
+    pub routers: Vec<Succeeded>,
+}
+
+/// Ids of services and pools by name: the keys of the kernel's tables, which a reload and
+/// an upgrade keep for every service and pool that stays.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ids {
+    pub services: HashMap<String, u32>,
+    pub pools: HashMap<String, u32>,
+}
+
+impl Ids {
+    pub fn of(cfg: &Config) -> Ids {
+        Ids {
+            services: cfg
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), s.id))
+                .collect(),
+            pools: cfg.pools.iter().map(|p| (p.name.clone(), p.id)).collect(),
+        }
+    }
+
+    /// Gives `new`'s services and pools the ids these name; new ones get ids none of these
+    /// holds, so a kernel entry of one service never serves another. Back-end ids are the
+    /// board's (see `Board::reconcile`).
+    pub fn give(&self, new: &mut Config) -> Result<(), ReloadError> {
+        use robustifier_common::MAX_SERVICES;
+        let mut taken: std::collections::HashSet<u32> = self.services.values().copied().collect();
+        for s in new.services.iter_mut() {
+            if let Some(id) = self.services.get(&s.name) {
+                s.id = *id;
+            } else {
+                let id = (0..MAX_SERVICES)
+                    .find(|i| !taken.contains(i))
+                    .ok_or_else(|| {
+                        ReloadError::Ids(format!(
+                            "service {}: all {MAX_SERVICES} service ids are taken",
+                            s.name
+                        ))
+                    })?;
+                taken.insert(id);
+                s.id = id;
+            }
+        }
+        let mut next = self.pools.values().map(|id| id + 1).max().unwrap_or(0);
+        for p in new.pools.iter_mut() {
+            if let Some(id) = self.pools.get(&p.name) {
+                p.id = *id;
+            } else {
+                p.id = next;
+                next += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An offer with its sockets.
+pub struct Offered {
+    pub offer: Offer,
+    pub sockets: Vec<OwnedFd>,
+}
+
+impl Frontend {
+    /// Prepares the hand-over to a successor: duplicates of every listening socket and the
+    /// XDP link made takeable. Nothing changes for this process's sessions and listeners.
+    pub(super) fn offer(&mut self) -> Result<Offered, KernelError> {
+        let mut listeners = Vec::new();
+        let mut sockets = Vec::new();
+        for run in &self.services {
+            for (socket, role) in &run.held {
+                let dup = socket.try_clone().map_err(|source| KernelError::Listen {
+                    service: run.service.name.clone(),
+                    source,
+                })?;
+                let address = dup.local_addr().map_err(|source| KernelError::Listen {
+                    service: run.service.name.clone(),
+                    source,
+                })?;
+                listeners.push(PassedListener {
+                    service: run.service.name.clone(),
+                    role: *role,
+                    address,
+                });
+                sockets.push(OwnedFd::from(dup));
+            }
+        }
+        let xdp = self.kernel.pass_on()?;
+        Ok(Offered {
+            offer: Offer {
+                pid: std::process::id(),
+                version: self.cfg.version.clone(),
+                ids: Ids::of(&self.cfg),
+                listeners,
+                xdp,
+            },
+            sockets,
+        })
+    }
+}
