@@ -235,7 +235,7 @@ fn robustifier_processes(config: &Path, old: i32) -> Vec<i32> {
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            args.first().is_some_and(|a| a.ends_with("robustifier"))
+            !args.iter().any(|a| a == "upgrade")
                 && args.iter().any(|a| a == "run")
                 && args.iter().any(|a| *a == config)
         })
@@ -273,25 +273,38 @@ impl System {
                     self.skipped += 1;
                     return Ok(());
                 }
-                let out = lab
+                // Its output goes to a file, not a pipe: the new daemon may inherit the
+                // command's descriptors and would hold a pipe open for as long as it runs.
+                let log_path = lab.log_dir.join("robustifier-upgrade.log");
+                let log_start = std::fs::metadata(&log_path).map_or(0, |m| m.len());
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log_path)?;
+                let status = lab
                     .frontend(0)
                     .ns
-                    .command("timeout")
+                    .command("taskset")
+                    .args(["-c", &SUT_CPU.to_string(), "timeout"])
                     .arg(CONFIRM.as_secs().to_string())
                     .arg(robustifier_lab::robustifier_bin())
                     .args(["upgrade", "--config"])
                     .arg(&*config)
                     .env("RUST_LOG", "info")
                     .env("NO_COLOR", "1")
-                    .output()
+                    .stdin(std::process::Stdio::null())
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .status()
                     .context("robustifier upgrade")?;
-                anyhow::ensure!(
-                    out.status.success(),
-                    "robustifier upgrade failed ({}): {}{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stdout).trim(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
+                if !status.success() {
+                    let text = std::fs::read(&log_path).unwrap_or_default();
+                    let from = (log_start as usize).min(text.len());
+                    anyhow::bail!(
+                        "robustifier upgrade failed ({status}): {}",
+                        String::from_utf8_lossy(&text[from..]).trim()
+                    );
+                }
                 let old = *pid;
                 let new = robustifier_processes(config, old);
                 let Some(&new) = new.iter().max() else {
