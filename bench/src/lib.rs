@@ -46,6 +46,11 @@ pub struct Sizes {
     pub bulk_messages: usize,
     pub bulk_pop3_messages: usize,
     pub overload_reps: usize,
+    /// Length of each steady and reload window, in seconds.
+    pub reload_secs: f64,
+    pub reload_reloads: usize,
+    pub reload_upgrades: usize,
+    pub reload_reps: usize,
 }
 
 impl Mode {
@@ -66,6 +71,10 @@ impl Mode {
                 bulk_messages: 2,
                 bulk_pop3_messages: 1,
                 overload_reps: 1,
+                reload_secs: 3.0,
+                reload_reloads: 2,
+                reload_upgrades: 1,
+                reload_reps: 1,
             },
             Mode::Quick => Sizes {
                 reps: 3,
@@ -82,6 +91,10 @@ impl Mode {
                 bulk_messages: 8,
                 bulk_pop3_messages: 12,
                 overload_reps: 2,
+                reload_secs: 15.0,
+                reload_reloads: 20,
+                reload_upgrades: 3,
+                reload_reps: 1,
             },
             Mode::Full => Sizes {
                 reps: 7,
@@ -98,6 +111,10 @@ impl Mode {
                 bulk_messages: 12,
                 bulk_pop3_messages: 12,
                 overload_reps: 3,
+                reload_secs: 20.0,
+                reload_reloads: 20,
+                reload_upgrades: 3,
+                reload_reps: 2,
             },
         }
     }
@@ -133,7 +150,7 @@ impl Ctx {
 
 /// A scenario by name, in the order they run.
 pub const SCENARIOS: &[&str] = &[
-    "cost", "slow", "drop", "memory", "failover", "bulk", "overload",
+    "cost", "slow", "drop", "memory", "failover", "bulk", "overload", "reload",
 ];
 
 /// Runs the scenarios named in `only` (all when empty) and returns the report; a failing
@@ -177,6 +194,7 @@ pub fn run(mode: Mode, only: &[String], command: &str) -> anyhow::Result<Report>
             "failover" => scenarios::failover::run(&mut ctx),
             "bulk" => scenarios::bulk::run(&mut ctx),
             "overload" => scenarios::overload::run(&mut ctx),
+            "reload" => scenarios::reload::run(&mut ctx),
             _ => unreachable!(),
         };
         println!(

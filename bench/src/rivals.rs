@@ -277,6 +277,26 @@ pub fn start_nginx_mail(
     auth_http: &str,
     upstream: SocketAddr,
 ) -> anyhow::Result<Vec<i32>> {
+    nginx_mail(lab, name, protocol, port, auth_http, upstream, false)
+}
+
+/// [`start_nginx`] with nginx daemonising itself, as its binary upgrade needs: a master
+/// whose parent never changes takes itself for the new binary of an upgrade still under
+/// way and ignores USR2 (so it never upgrades under `daemon off`). The lab does not own
+/// that master: the caller ends it by the pid in `DIR/nginx.pid` (the first pid returned).
+pub fn start_nginx_daemon(lab: &mut Lab, upstream: SocketAddr) -> anyhow::Result<Vec<i32>> {
+    nginx_mail(lab, "nginx", "smtp", NGINX_PORT, AUTH_HTTP, upstream, true)
+}
+
+fn nginx_mail(
+    lab: &mut Lab,
+    name: &str,
+    protocol: &str,
+    port: u16,
+    auth_http: &str,
+    upstream: SocketAddr,
+    daemon: bool,
+) -> anyhow::Result<Vec<i32>> {
     let dir = lab.log_dir.join(name);
     std::fs::create_dir_all(&dir)?;
     let ns = lab.frontend(0).ns.clone();
@@ -301,7 +321,7 @@ pub fn start_nginx_mail(
     wait_started(lab, &ns, auth_http.parse()?, &responder_name)?;
     let conf = format!(
         "load_module /usr/lib/nginx/modules/ngx_mail_module.so;\n\
-         user nobody nogroup;\nworker_processes 1;\ndaemon off;\nmaster_process on;\n\
+         user nobody nogroup;\nworker_processes 1;\ndaemon {daemon};\nmaster_process on;\n\
          pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_rlimit_nofile 19000;\n\
          events {{ worker_connections 18000; }}\n\
          mail {{\n  server_name mx.bench.invalid;\n  auth_http {auth_http}/auth;\n\
@@ -309,20 +329,33 @@ pub fn start_nginx_mail(
          server {{ listen {listen}; protocol {protocol}; }}\n}}\n",
         d = dir.display(),
         listen = fe_addr(port),
+        daemon = if daemon { "on" } else { "off" },
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
     let d = dir.to_string_lossy().into_owned();
     let p = path.to_string_lossy().into_owned();
     let e = format!("{d}/startup.log");
+    // By its full path: a binary upgrade executes argv[0] as it stands.
+    let nginx = robustifier_lab::privileged::which("nginx")
+        .map_or_else(|| "nginx".to_owned(), |p| p.to_string_lossy().into_owned());
     let master = spawn_pinned(
         lab,
         &ns,
         name,
         SUT_CPU,
-        &["nginx", "-e", &e, "-p", &d, "-c", &p],
+        &[&nginx, "-e", &e, "-p", &d, "-c", &p],
     )?;
     wait_started(lab, &ns, fe_addr(port), name)?;
+    let master = if daemon {
+        let pid_file = dir.join("nginx.pid");
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no pid in {}", pid_file.display()))?
+    } else {
+        master
+    };
     let mut pids = procs::tree(master);
     pids.push(responder);
     Ok(pids)
@@ -435,4 +468,71 @@ pub fn greeter(lab: &mut Lab, i: usize) -> anyhow::Result<SocketAddr> {
     )?;
     wait_port(&ns, addr)?;
     Ok(addr)
+}
+
+/// HAProxy in master-worker mode for reloads: roundrobin on [`HAPROXY_PORT`] of front-end 0
+/// over `backends`, a master CLI socket for `reload`. The master stays in the foreground
+/// (its pid is the lab's process) and re-executes itself on each reload.
+pub struct HaproxyMaster {
+    pub pid: i32,
+    pub config: std::path::PathBuf,
+    pub master_socket: std::path::PathBuf,
+}
+
+/// The configuration of [`start_haproxy_master`]; `last_weight` is the weight of the last
+/// server (a reload that changes it applies something real).
+pub fn haproxy_master_config(backends: usize, last_weight: u32) -> String {
+    let servers: String = (0..backends)
+        .map(|j| {
+            let weight = if j + 1 == backends { last_weight } else { 100 };
+            format!(
+                "  server be{} {}:25 weight {weight}\n",
+                j + 1,
+                internal_v4(11 + j as u8)
+            )
+        })
+        .collect();
+    format!(
+        "global\n  maxconn 9200\n  nbthread 1\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         frontend rr\n  bind {rr}\n  default_backend rr\n\
+         backend rr\n  balance roundrobin\n{servers}",
+        rr = fe_addr(HAPROXY_PORT),
+    )
+}
+
+/// Starts [`HaproxyMaster`] with [`haproxy_master_config`] (last server's weight 100).
+pub fn start_haproxy_master(lab: &mut Lab, backends: usize) -> anyhow::Result<HaproxyMaster> {
+    let dir = lab.log_dir.clone();
+    let name = "haproxy-master";
+    let config = dir.join(format!("{name}.cfg"));
+    let master_socket = dir.join(format!("{name}.sock"));
+    std::fs::write(&config, haproxy_master_config(backends, 100))?;
+    let ns = lab.frontend(0).ns.clone();
+    let c = config.to_string_lossy().into_owned();
+    let s = master_socket.to_string_lossy().into_owned();
+    let pid = spawn_pinned(
+        lab,
+        &ns,
+        name,
+        SUT_CPU,
+        &["haproxy", "-W", "-db", "-S", &s, "-f", &c],
+    )?;
+    wait_started(lab, &ns, fe_addr(HAPROXY_PORT), name)?;
+    Ok(HaproxyMaster {
+        pid,
+        config,
+        master_socket,
+    })
+}
+
+/// Sends `command` to HAProxy's master CLI socket; its answer.
+pub fn haproxy_master_command(socket: &std::path::Path, command: &str) -> anyhow::Result<String> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("{command}\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
 }

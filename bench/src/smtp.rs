@@ -59,15 +59,21 @@ pub enum Outcome {
     Deferred(u16),
     /// A 5xx reply.
     Rejected(u16),
-    /// No reply: refused, reset, closed or timed out.
+    /// The connection could not be opened (refused, unreachable, or no answer to the SYN
+    /// within the connect timeout): no session began.
+    Refused(std::io::Error),
+    /// The session began and ended without a reply: reset, closed or timed out.
     Failed(std::io::Error),
 }
 
 /// One session delivering `msg` (from [`message`]) to `rcpt`.
 pub fn session_to(to: SocketAddr, rcpt: &str, msg: &[u8], t: Timeouts) -> Outcome {
     let start = Instant::now();
+    let stream = match TcpStream::connect_timeout(&to, t.connect) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Refused(e),
+    };
     let run = || -> std::io::Result<Result<(), u16>> {
-        let stream = TcpStream::connect_timeout(&to, t.connect)?;
         stream.set_read_timeout(Some(t.io))?;
         stream.set_write_timeout(Some(t.io))?;
         stream.set_nodelay(true)?;

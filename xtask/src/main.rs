@@ -78,7 +78,7 @@ enum Command {
         /// Each scenario once at tiny size: proves the harness works, figures mean nothing.
         #[arg(long)]
         smoke: bool,
-        /// Only these scenarios (cost, slow, drop, memory, failover, bulk, overload),
+        /// Only these scenarios (cost, slow, drop, memory, failover, bulk, overload, reload),
         /// comma-separated.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,

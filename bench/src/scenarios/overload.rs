@@ -136,7 +136,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             };
             let delivered = |o: &Outcome| matches!(o, Outcome::Delivered(_));
             let deferred = |o: &Outcome| matches!(o, Outcome::Deferred(_));
-            let failed = |o: &Outcome| matches!(o, Outcome::Failed(_));
+            let failed = |o: &Outcome| matches!(o, Outcome::Failed(_) | Outcome::Refused(_));
             ctx.add(
                 SCENARIO,
                 &case,
