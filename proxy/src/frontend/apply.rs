@@ -2,11 +2,13 @@
 //!
 //! Everything that can fail is done first, into a plan that nothing uses yet: the file is
 //! validated, ids are kept stable, pools (with their TLS connectors), the certificate,
-//! every service's context (with its routing map) and the listeners of new services are
-//! built. A failure there drops the plan and changes nothing. Then the plan is put in
-//! force: the kernel's tables updated in place, the board reconciled, pools and contexts
-//! swapped, new listeners accepting, retired ones closed. Sessions keep the context they
-//! started with; new connections get the new one.
+//! every service's context (with its routing map), the listeners of new services and the
+//! virtual routers' plan ([`Ha::plan`]) are built. A failure there drops the plan and
+//! changes nothing. Then the plan is put in force: the kernel's tables updated in place,
+//! the board reconciled, pools and contexts swapped, new listeners accepting, retired ones
+//! closed, and the virtual routers changed in place, added or resigned
+//! ([`Ha::reconfigure`]). Sessions keep the context they started with; new connections get
+//! the new one.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -23,6 +25,7 @@ use crate::{
     backend::PoolSet,
     config::{self, Config, ConfigError, Service},
     front::accept::{Context, Role},
+    ha::{self, Ha},
     health, load_writer,
     supervise::Supervisor,
     tls::ServerTls,
@@ -50,6 +53,8 @@ pub enum ReloadError {
     Build(#[from] OpenError),
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Ha(#[from] ha::HaError),
 }
 
 /// Gives `new`'s services and pools the ids of the running ones of the same name; new
@@ -105,12 +110,13 @@ struct Planned {
 
 impl Frontend {
     /// Re-reads the configuration file and applies it whole, or not at all.
-    pub(super) fn reload(
+    pub(super) async fn reload(
         &mut self,
         accepting: &TaskTracker,
         background: &Supervisor,
+        ha: &mut Ha,
     ) -> Result<Reloaded, ReloadError> {
-        let outcome = self.try_reload(accepting, background);
+        let outcome = self.try_reload(accepting, background, ha).await;
         match &outcome {
             Ok(r) => {
                 info!(version = %r.version, changes = %r.summary, "reload: configuration applied");
@@ -123,10 +129,11 @@ impl Frontend {
         outcome
     }
 
-    fn try_reload(
+    async fn try_reload(
         &mut self,
         accepting: &TaskTracker,
         background: &Supervisor,
+        ha: &mut Ha,
     ) -> Result<Reloaded, ReloadError> {
         let mut new = Config::load(&self.cfg.file)?;
         keep_ids(&self.cfg, &mut new)?;
@@ -163,6 +170,9 @@ impl Frontend {
                 opened,
             });
         }
+        // The virtual routers' plan (raw sockets, interfaces, a new control socket) before
+        // the kernel's tables change: a refused router leaves them as they are.
+        let ha_plan = ha.plan(&new).await?;
         let fresh: HashSet<u32> = new
             .services
             .iter()
@@ -249,6 +259,9 @@ impl Frontend {
         self.services = next;
         self.envs.store(Arc::new(envs));
         self.tls = tls;
+        // Virtual routers last, as at the start: an added router claims its addresses
+        // only once the services above serve them.
+        ha.reconfigure(ha_plan);
         self.cfg = new;
         Ok(Reloaded {
             version: self.cfg.version.clone(),

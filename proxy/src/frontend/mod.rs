@@ -262,12 +262,12 @@ impl Frontend {
         println!("serving: {}", services.join(", "));
         println!("configuration version {}", self.cfg.version);
         // Virtual routers last: a front-end claims addresses only once it can serve them.
-        let ha = ha::spawn(&self.cfg, shared.hooks.clone()).await?;
+        let mut ha = ha::spawn(&self.cfg, shared.hooks.clone()).await?;
         info!(frontend = %self.cfg.frontend.name, version = %self.cfg.version, "robustifier ready");
 
         // A stop, or the sender gone, ends the loop.
         while let Some(Command::Reload { done }) = commands.recv().await {
-            let outcome = self.reload(&accepting, &supervisor);
+            let outcome = self.reload(&accepting, &supervisor, &mut ha).await;
             if let Some(done) = done {
                 let _ = done.send(outcome);
             }

@@ -56,13 +56,11 @@ impl ChangeKind {
     ];
 
     /// Whether a running front-end applies this kind without a restart. The front-end
-    /// section names the maps, interface and user set up before privileges are dropped;
-    /// the HA and VRRP tasks are started once.
+    /// section names the maps, interface and user set up before privileges are dropped.
+    /// `[ha]` and `[[vrrp]]` changes reach the running virtual routers in place (see
+    /// `Ha::reconfigure`).
     pub fn live(self) -> bool {
-        !matches!(
-            self,
-            ChangeKind::Frontend | ChangeKind::Ha | ChangeKind::Vrrp
-        )
+        !matches!(self, ChangeKind::Frontend)
     }
 
     pub fn as_str(self) -> &'static str {
