@@ -18,8 +18,8 @@ use robustifier_lab::{
     topology::VIP_POP,
     unique_prefix,
     vrrp::{
-        KeepalivedInstance, Vr, adverts_logged, eventually, frontend_config, keepalived_config,
-        notify_lines, owns, start_advert_log, start_keepalived, with_notify_log,
+        KeepalivedInstance, Vr, adverts_logged, control_socket, eventually, frontend_config,
+        keepalived_config, notify_lines, owns, start_advert_log, start_keepalived, with_notify_log,
     },
 };
 
@@ -245,5 +245,28 @@ fn routers_added_and_removed_by_reloads_and_a_bad_one_refused() {
     assert!(owns(&a, "pub0", robustifier_lab::topology::VIP_SMTP.into()));
     let log = fea_log(&mut lab);
     assert!(log.contains("VRRP router removed by a reload"), "{log}");
+
+    // The control socket moves (in its directory, which the daemon's user owns): the new
+    // path answers, the old one is gone.
+    let old = control_socket(&lab, FEA);
+    let new = old.with_file_name("moved.sock");
+    let moved = only_smtp.replace(
+        &format!("control_socket = \"{}\"", old.display()),
+        &format!(
+            "control_socket = \"{}\"\ndrain_deadline_s = 5",
+            new.display()
+        ),
+    );
+    assert_ne!(moved, only_smtp);
+    reload(&mut lab, &moved, 3, true);
+    let st = cli::ok([
+        "ha".as_ref(),
+        "--socket".as_ref(),
+        new.as_os_str(),
+        "status".as_ref(),
+    ]);
+    assert!(has_router(&st, 51), "{st}");
+    assert!(!old.exists(), "the old control socket is still there");
+    let log = fea_log(&mut lab);
     assert!(!log.contains("takes a restart"), "{log}");
 }
