@@ -22,7 +22,7 @@
 //!   sessions share (errors, TLS upgrade, command reading, error budget), the sessions,
 //!   the front's listeners and accept loops.
 //! - control: VRRP at run time, the load writer, the agent daemon, the front-end tied
-//!   together on its kernel side, the daemon itself.
+//!   together on its kernel side, its control socket, the daemon itself.
 #![cfg(test)]
 
 use std::{
@@ -75,7 +75,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "control",
-        &["ha", "load_writer", "agent", "frontend", "daemon"],
+        &[
+            "ha",
+            "load_writer",
+            "agent",
+            "frontend",
+            "control",
+            "daemon",
+        ],
     ),
 ];
 

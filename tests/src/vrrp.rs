@@ -257,3 +257,63 @@ pub fn pcap_ip_packets(file: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     }
     Ok(out)
 }
+
+/// `config` (from [`keepalived_config`]) with a notify script on every instance that
+/// appends "INSTANCE <name> <state> <priority>" to `log` at each of keepalived's state
+/// changes (its first BACKUP included): a record of transitions that needs no timing.
+/// Returns the configuration; the script is written beside `log`.
+pub fn with_notify_log(config: &str, log: &Path) -> anyhow::Result<String> {
+    let script = log.with_extension("sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display()),
+    )
+    .with_context(|| format!("writing {}", script.display()))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    Ok(config
+        .replace("global_defs {\n", "global_defs {\n  script_user root\n")
+        .replace(
+            "  state BACKUP\n",
+            &format!("  state BACKUP\n  notify {}\n", script.display()),
+        ))
+}
+
+/// The lines of a notify log (see [`with_notify_log`]); none while it does not exist.
+pub fn notify_lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Starts tshark on `pub0` of `ns` printing "source<TAB>priority" per VRRP advert, line
+/// by line, into its daemon log: what a peer in `ns` has been sent, to count adverts as
+/// they arrive. Returns its daemon index.
+pub fn start_advert_log(lab: &mut Lab, ns: &Netns) -> anyhow::Result<usize> {
+    let name = format!("tshark-adverts-{}", ns.name);
+    let args = [
+        "tshark",
+        "-i",
+        "pub0",
+        "-l",
+        "-n",
+        "-f",
+        "ip proto 112",
+        "-T",
+        "fields",
+        "-e",
+        "ip.src",
+        "-e",
+        "vrrp.prio",
+    ];
+    lab.spawn(ns, &name, &args)?;
+    Ok(lab.daemons().len() - 1)
+}
+
+/// How many adverts from `src` at `priority` an advert log ([`start_advert_log`]) holds.
+pub fn adverts_logged(log_text: &str, src: &str, priority: u8) -> usize {
+    let line = format!("{src}\t{priority}");
+    log_text.lines().filter(|l| l.trim_end() == line).count()
+}

@@ -2,11 +2,13 @@
 //!
 //! Everything that can fail is done first, into a plan that nothing uses yet: the file is
 //! validated, ids are kept stable, pools (with their TLS connectors), the certificate,
-//! every service's context (with its routing map) and the listeners of new services are
-//! built. A failure there drops the plan and changes nothing. Then the plan is put in
-//! force: the kernel's tables updated in place, the board reconciled, pools and contexts
-//! swapped, new listeners accepting, retired ones closed. Sessions keep the context they
-//! started with; new connections get the new one.
+//! every service's context (with its routing map), the listeners of new services and the
+//! virtual routers' plan ([`Ha::plan`]) are built. A failure there drops the plan and
+//! changes nothing. Then the plan is put in force: the kernel's tables updated in place,
+//! the board reconciled, pools and contexts swapped, new listeners accepting, retired ones
+//! closed, and the virtual routers changed in place, added or resigned
+//! ([`Ha::reconfigure`]). Sessions keep the context they started with; new connections get
+//! the new one.
 
 use std::{collections::HashSet, path::PathBuf, sync::Arc};
 
@@ -16,13 +18,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::{
-    Frontend, KernelError, OpenError, ServiceRun, hold, reserve_for, service_contexts,
-    succession::Ids,
+    Frontend, Ids, KernelError, OpenError, ServiceRun, hold, reserve_for, service_contexts,
 };
 use crate::{
     backend::PoolSet,
     config::{self, Config, ConfigError, Service},
     front::accept::{Context, Role},
+    ha::{self, Ha},
     health, load_writer,
     supervise::Supervisor,
     tls::ServerTls,
@@ -44,12 +46,14 @@ pub struct Reloaded {
 pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0}")]
-    Ids(String),
+    #[error(transparent)]
+    Ids(#[from] super::IdsTaken),
     #[error(transparent)]
     Build(#[from] OpenError),
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Ha(#[from] ha::HaError),
 }
 
 /// A service of the new configuration, ready to be put in force.
@@ -63,13 +67,14 @@ struct Planned {
 impl Frontend {
     /// Re-reads the configuration file (or reads `file`, which becomes the configuration
     /// file from then on) and applies it whole, or not at all.
-    pub(super) fn reload(
+    pub(super) async fn reload(
         &mut self,
         file: Option<PathBuf>,
         accepting: &TaskTracker,
         background: &Supervisor,
+        ha: &mut Ha,
     ) -> Result<Reloaded, ReloadError> {
-        let outcome = self.try_reload(file, accepting, background);
+        let outcome = self.try_reload(file, accepting, background, ha).await;
         match &outcome {
             Ok(r) => {
                 info!(version = %r.version, changes = %r.summary, "reload: configuration applied");
@@ -82,11 +87,12 @@ impl Frontend {
         outcome
     }
 
-    fn try_reload(
+    async fn try_reload(
         &mut self,
         file: Option<PathBuf>,
         accepting: &TaskTracker,
         background: &Supervisor,
+        ha: &mut Ha,
     ) -> Result<Reloaded, ReloadError> {
         let mut new = Config::load(file.as_ref().unwrap_or(&self.cfg.file))?;
         Ids::of(&self.cfg).give(&mut new)?;
@@ -123,6 +129,9 @@ impl Frontend {
                 opened,
             });
         }
+        // The virtual routers' plan (raw sockets, interfaces, a new control socket) before
+        // the kernel's tables change: a refused router leaves them as they are.
+        let ha_plan = ha.plan(&new).await?;
         let fresh: HashSet<u32> = new
             .services
             .iter()
@@ -211,6 +220,9 @@ impl Frontend {
         self.services = next;
         self.envs.store(Arc::new(envs));
         self.tls = tls;
+        // Virtual routers last, as at the start: an added router claims its addresses
+        // only once the services above serve them.
+        ha.reconfigure(ha_plan);
         self.cfg = new;
         Ok(Reloaded {
             version: self.cfg.version.clone(),

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 pub use apply::{ReloadError, Reloaded};
 pub use kernel::{Kernel, KernelError, KernelSide};
 pub use status::{StatusReport, render};
-pub use succession::{HandedOver, Ids, Offer, Offered, PassedListener, XdpPassed};
+pub use succession::{HandedOver, Ids, IdsTaken, Offer, Offered, PassedListener, XdpPassed};
 pub use user_space::UserSpace;
 
 use crate::{
@@ -324,7 +324,7 @@ impl Frontend {
         println!("configuration version {}", self.cfg.version);
         // Virtual routers last: a front-end claims addresses only once it can serve them.
         let succeeded = std::mem::take(&mut self.succeeded);
-        let ha = ha::spawn(&self.cfg, shared.hooks.clone(), &succeeded).await?;
+        let mut ha = ha::spawn(&self.cfg, shared.hooks.clone(), &succeeded).await?;
         info!(frontend = %self.cfg.frontend.name, version = %self.cfg.version, "robustifier ready");
 
         // A stop, a hand-over, or the sender gone, ends the loop.
@@ -332,7 +332,7 @@ impl Frontend {
         while let Some(command) = commands.recv().await {
             match command {
                 Command::Reload { file, done } => {
-                    let outcome = self.reload(file, &accepting, &supervisor);
+                    let outcome = self.reload(file, &accepting, &supervisor, &mut ha).await;
                     if let Some(done) = done {
                         let _ = done.send(outcome);
                     }
@@ -373,6 +373,10 @@ impl Frontend {
                 }
                 Command::Stop => break,
             }
+        }
+        // The listeners close with the accept loops (a successor holds its own descriptors).
+        for run in &mut self.services {
+            run.held.clear();
         }
         let handed_over = successor.is_some();
         if let Some(done) = successor {

@@ -15,7 +15,7 @@ use std::{collections::HashMap, net::SocketAddr, os::fd::OwnedFd, path::PathBuf}
 
 use serde::{Deserialize, Serialize};
 
-use super::{Frontend, KernelError, apply::ReloadError};
+use super::{Frontend, KernelError};
 use crate::{config::Config, front::accept::Role, ha::Succeeded};
 
 /// What a running front-end offers its successor; the sockets travel beside it, in the
@@ -75,7 +75,7 @@ impl Ids {
     /// Gives `new`'s services and pools the ids these name; new ones get ids none of these
     /// holds, so a kernel entry of one service never serves another. Back-end ids are the
     /// board's (see `Board::reconcile`).
-    pub fn give(&self, new: &mut Config) -> Result<(), ReloadError> {
+    pub fn give(&self, new: &mut Config) -> Result<(), IdsTaken> {
         use robustifier_common::MAX_SERVICES;
         let mut taken: std::collections::HashSet<u32> = self.services.values().copied().collect();
         for s in new.services.iter_mut() {
@@ -84,12 +84,7 @@ impl Ids {
             } else {
                 let id = (0..MAX_SERVICES)
                     .find(|i| !taken.contains(i))
-                    .ok_or_else(|| {
-                        ReloadError::Ids(format!(
-                            "service {}: all {MAX_SERVICES} service ids are taken",
-                            s.name
-                        ))
-                    })?;
+                    .ok_or_else(|| IdsTaken(s.name.clone()))?;
                 taken.insert(id);
                 s.id = id;
             }
@@ -106,6 +101,11 @@ impl Ids {
         Ok(())
     }
 }
+
+/// A configuration with more services than the kernel's tables have ids for.
+#[derive(Debug, thiserror::Error)]
+#[error("service {0}: all {max} service ids are taken", max = robustifier_common::MAX_SERVICES)]
+pub struct IdsTaken(pub String);
 
 /// An offer with its sockets.
 pub struct Offered {

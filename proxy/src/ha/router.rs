@@ -20,6 +20,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tokio::{
     sync::{mpsc, oneshot},
@@ -97,6 +98,16 @@ pub enum Command {
     HandOver(oneshot::Sender<bool>),
 }
 
+/// A reload's new settings for a running router (same VRID, family and interface),
+/// applied in place without a restart of the router (see [`vrrp::Router::reconfigure`]).
+pub struct Reconfig {
+    pub cfg: VirtualRouter,
+    pub drain_deadline: Duration,
+    /// A socket opened for the new settings, when the old one no longer fits them (the
+    /// router moved between multicast and unicast peers).
+    pub socket: Option<VrrpSocket>,
+}
+
 /// The control side's view of a running router.
 #[derive(Clone)]
 pub struct RouterHandle {
@@ -128,8 +139,12 @@ pub struct Task {
     pub drain_deadline: Duration,
     pub status: Arc<Mutex<RouterStatus>>,
     pub commands: mpsc::Receiver<Command>,
-    /// Gratuitous announcements still to send: (when the next is due, how many are left).
-    pub garp: Option<(Instant, u32)>,
+    /// New settings from reloads, in order. Unbounded: a reload must never wait for a
+    /// router that is draining.
+    pub reconfigs: mpsc::UnboundedReceiver<Reconfig>,
+    /// Gratuitous announcements still to send: (when the next is due, how many are left,
+    /// for which addresses).
+    pub garp: Option<(Instant, u32, Vec<IpAddr>)>,
     /// The last socket error logged, so a link that stays down logs once, not per advert.
     pub last_error: Option<String>,
     /// Rate limits for the warnings about discarded adverts: (not a peer, other addresses).
@@ -173,7 +188,7 @@ enum Pending {
 impl Task {
     pub async fn run(mut self) {
         let epoch = Instant::now();
-        let vips = self.cfg.addresses();
+        let mut vips = self.cfg.addresses();
         // A previous run killed without a chance to resign leaves its addresses on the
         // interface; we are not master yet, so they must go (invariant above). A successor
         // of a master keeps them: it is master from its first step.
@@ -201,9 +216,10 @@ impl Task {
         track.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut drain: Option<(Drain, Pending)> = None;
         let mut commands_open = true;
+        let mut reconfigs_open = true;
         loop {
             let deadline = self.router.next_deadline().map(|d| epoch + d);
-            let garp_at = self.garp.map(|(at, _)| at);
+            let garp_at = self.garp.as_ref().map(|(at, _, _)| *at);
             tokio::select! {
                 heard = self.socket.recv() => match heard {
                     Ok(Ok(rx)) => self.heard(rx, epoch.elapsed()).await,
@@ -218,9 +234,9 @@ impl Task {
                     self.execute(actions).await;
                 }
                 () = sleep_until(garp_at) => {
-                    if let Some((_, left)) = self.garp {
-                        self.announce();
-                        self.garp = (left > 1).then(|| (Instant::now() + self.cfg.garp_interval, left - 1));
+                    if let Some((_, left, addrs)) = self.garp.take() {
+                        self.announce(&addrs);
+                        self.garp = (left > 1).then(|| (Instant::now() + self.cfg.garp_interval, left - 1, addrs));
                     }
                 }
                 _ = track.tick() => {
@@ -240,6 +256,14 @@ impl Task {
                         }
                     }
                 }
+                // Held while a drain runs: the drain's addresses are the ones it started with.
+                re = self.reconfigs.recv(), if reconfigs_open && drain.is_none() => match re {
+                    None => reconfigs_open = false,
+                    Some(re) => {
+                        self.reconfigure(re, released, epoch.elapsed()).await;
+                        vips = self.cfg.addresses();
+                    }
+                },
                 cmd = self.commands.recv(), if commands_open && drain.is_none() => match cmd {
                     None => {
                         // Every handle is gone: nobody can ask for a graceful stop any more.
@@ -309,6 +333,73 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// Applies a reload's settings in place. A master first changes the addresses on the
+    /// link (removed ones go, added ones come and are announced), then advertises what
+    /// changed; the role changes only through the protocol afterwards.
+    async fn reconfigure(&mut self, re: Reconfig, released: bool, now: Duration) {
+        let Reconfig {
+            cfg,
+            drain_deadline,
+            socket,
+        } = re;
+        self.drain_deadline = drain_deadline;
+        let new_socket = socket.is_some();
+        if let Some(socket) = socket {
+            self.socket = socket;
+            self.last_error = None;
+        }
+        if cfg == self.cfg && !new_socket {
+            return;
+        }
+        let old = std::mem::replace(&mut self.cfg, cfg);
+        info!(vrid = %self.cfg.vrid, family = self.cfg.family(), interface = %self.cfg.interface, priority = self.cfg.priority.get(), interval_cs = self.cfg.advert_interval.cs(), max_master_interval_cs = self.cfg.max_advert_interval.cs(), preempt = self.cfg.preempt, vips = ?self.cfg.addresses(), unicast_peers = ?self.cfg.unicast_peers, new_socket, "VRRP router reconfigured by a reload");
+        let mut state_cfg = self.cfg.state_config(self.primary);
+        // A released router stays released, as `restarted_at` keeps it.
+        let priority = if released {
+            state_cfg.priority = RELEASED_PRIORITY;
+            RELEASED_PRIORITY.get()
+        } else {
+            self.tracked().await.0
+        };
+        if self.router.state() == State::Master {
+            let (gone, added) = address_changes(&old.vips, &self.cfg.vips);
+            // Removed before added: an address whose prefix length changed is both.
+            for vip in gone {
+                if let Err(e) = self.net.remove(self.ifindex, vip.addr()).await {
+                    error!(vrid = %self.cfg.vrid, %vip, error = %e, "cannot remove virtual address");
+                }
+            }
+            for vip in &added {
+                if let Err(e) = self.net.add(self.ifindex, *vip).await {
+                    error!(vrid = %self.cfg.vrid, %vip, error = %e, "cannot add virtual address");
+                }
+            }
+            if !added.is_empty() {
+                let addrs: Vec<IpAddr> = added.iter().map(IpNet::addr).collect();
+                self.hooks.gate.reopen(&addrs);
+                self.start_announcing(addrs);
+            }
+        }
+        let actions = self.router.reconfigure(state_cfg, priority, now);
+        self.execute(actions).await;
+        let mut st = lock(&self.status);
+        st.configured_priority = self.cfg.priority.get();
+        st.vips = self.cfg.addresses();
+        st.advert_interval_cs = self.cfg.advert_interval.cs();
+    }
+
+    /// Announces `addrs` now, and again `garp_count - 1` times `garp_interval` apart.
+    fn start_announcing(&mut self, addrs: Vec<IpAddr>) {
+        self.announce(&addrs);
+        self.garp = (self.cfg.garp_count > 1).then(|| {
+            (
+                Instant::now() + self.cfg.garp_interval,
+                self.cfg.garp_count - 1,
+                addrs,
+            )
+        });
     }
 
     fn start_drain(&self, vips: &[IpAddr]) -> Drain {
@@ -429,13 +520,7 @@ impl Task {
                 Action::SendGratuitous => {
                     // The first at once, the rest spread out (keepalived's repeats), so a
                     // cache or switch that missed one still learns the new master.
-                    self.announce();
-                    self.garp = (self.cfg.garp_count > 1).then(|| {
-                        (
-                            Instant::now() + self.cfg.garp_interval,
-                            self.cfg.garp_count - 1,
-                        )
-                    });
+                    self.start_announcing(self.cfg.addresses());
                 }
             }
         }
@@ -499,8 +584,8 @@ impl Task {
         }
     }
 
-    fn announce(&self) {
-        match announce::announce(&self.cfg.interface, self.ifindex, &self.cfg.addresses()) {
+    fn announce(&self, addrs: &[IpAddr]) {
+        match announce::announce(&self.cfg.interface, self.ifindex, addrs) {
             Ok(n) => debug!(
                 vrid = %self.cfg.vrid,
                 sent = n,
@@ -509,6 +594,14 @@ impl Task {
             Err(e) => warn!(vrid = %self.cfg.vrid, error = %e, "cannot announce virtual addresses"),
         }
     }
+}
+
+/// What moves from `old` to `new` on the link: (to remove, to add). An address whose
+/// prefix length changed is in both.
+fn address_changes(old: &[IpNet], new: &[IpNet]) -> (Vec<IpNet>, Vec<IpNet>) {
+    let gone = old.iter().filter(|v| !new.contains(v)).copied().collect();
+    let added = new.iter().filter(|v| !old.contains(v)).copied().collect();
+    (gone, added)
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -535,5 +628,20 @@ mod tests {
         assert_eq!(t.admit(s(109), period), None);
         assert_eq!(t.admit(s(110), period), Some(1_001));
         assert_eq!(t.admit(s(125), period), Some(0));
+    }
+
+    #[test]
+    fn address_changes_name_what_goes_and_what_comes() {
+        let nets = |l: &[&str]| -> Vec<IpNet> { l.iter().map(|s| s.parse().unwrap()).collect() };
+        let old = nets(&["198.18.0.25/32", "198.18.0.26/32", "198.18.0.27/32"]);
+        let new = nets(&["198.18.0.25/32", "198.18.0.26/24", "198.18.0.28/32"]);
+        assert_eq!(
+            address_changes(&old, &new),
+            (
+                nets(&["198.18.0.26/32", "198.18.0.27/32"]),
+                nets(&["198.18.0.26/24", "198.18.0.28/32"])
+            )
+        );
+        assert_eq!(address_changes(&old, &old), (Vec::new(), Vec::new()));
     }
 }

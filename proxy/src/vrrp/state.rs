@@ -368,6 +368,60 @@ impl Router {
         }
     }
 
+    /// A reload's new configuration for this running router, which keeps its state: no
+    /// transition happens here, so a change that should not move the master moves nothing.
+    /// `priority` is the one to run at now (the configured one after tracking, or a
+    /// release's); the address owner runs at 255 whatever it says. The primary address is
+    /// the router's own and stays.
+    ///
+    /// A master sends an advert at once when what it advertises changed (priority,
+    /// interval, addresses) and starts its Adver_Timer over at the new interval: a peer
+    /// that now outranks it and preempts learns of it without waiting, and takes over
+    /// through its own Master_Down_Timer (the one transition a lower priority asks for).
+    /// A backup whose priority now exceeds the master's takes over the same way when it
+    /// preempts: it discards the master's next adverts. A backup caps the interval it
+    /// learned by the new bound at once. `preempt_delay` holds off preemption after a
+    /// start, so a new value counts from the router's next start.
+    ///
+    /// The caller adds and removes the addresses that changed while in Master: only it
+    /// knows their prefixes and the link.
+    pub fn reconfigure(&mut self, config: Config, priority: u8, now: Duration) -> Vec<Action> {
+        let old = std::mem::replace(&mut self.config, config);
+        self.config.primary = old.primary;
+        let priority = if self.config.priority.is_owner() {
+            Priority::OWNER
+        } else {
+            Priority::backup_clamped(priority)
+        };
+        let priority_changed = priority != self.priority;
+        self.priority = priority;
+        match self.state {
+            State::Initialize => {
+                self.master_adver_interval = self.config.advert_interval;
+                Vec::new()
+            }
+            State::Backup => {
+                self.master_adver_interval = self
+                    .master_adver_interval
+                    .min(self.config.max_master_interval);
+                Vec::new()
+            }
+            State::Master => {
+                self.master_adver_interval = self.config.advert_interval;
+                let advertised_changed = priority_changed
+                    || old.advert_interval != self.config.advert_interval
+                    || old.addresses != self.config.addresses;
+                if !advertised_changed {
+                    return Vec::new();
+                }
+                self.timer = Some(Timer::Adver(self.advert_due(now)));
+                vec![Action::SendAdvert {
+                    priority: self.priority.get(),
+                }]
+            }
+        }
+    }
+
     /// Section 6.4.1.
     fn startup(&mut self, now: Duration) -> Vec<Action> {
         if self.state != State::Initialize {

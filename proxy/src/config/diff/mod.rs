@@ -20,7 +20,8 @@ use super::Config;
 /// What a change touches, and so what applying it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChangeKind {
-    /// `[frontend]`: name, interface, xdp_mode, pin_dir, user, serve_loopback_clients.
+    /// `[frontend]`: name, interface, xdp_mode, pin_dir, user, serve_loopback_clients; and
+    /// `ha.control_socket`, the daemon's own socket, bound at its start.
     Frontend,
     /// `[[service]]` added, removed, or any of its fields changed.
     Services,
@@ -56,13 +57,11 @@ impl ChangeKind {
     ];
 
     /// Whether a running front-end applies this kind without a restart. The front-end
-    /// section names the maps, interface and user set up before privileges are dropped;
-    /// the HA and VRRP tasks are started once.
+    /// section names the maps, interface and user set up before privileges are dropped.
+    /// `[ha]` and `[[vrrp]]` changes reach the running virtual routers in place (see
+    /// `Ha::reconfigure`).
     pub fn live(self) -> bool {
-        !matches!(
-            self,
-            ChangeKind::Frontend | ChangeKind::Ha | ChangeKind::Vrrp
-        )
+        !matches!(self, ChangeKind::Frontend)
     }
 
     pub fn as_str(self) -> &'static str {

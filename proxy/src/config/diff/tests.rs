@@ -201,7 +201,7 @@ const EDITS: &[(&str, &str, &str, ChangeKind, bool)] = &[
     ("group.recipients", "boss@", "chief@", Balance, true),
     ("group.clients", "198.18.8.0/24", "198.18.9.0/24", Balance, true),
     ("group.wait_ms", "wait_ms = 1000", "wait_ms = 2000", Balance, true),
-    ("ha.control_socket", "control.sock", "ha.sock", Ha, true),
+    ("ha.control_socket", "control.sock", "ha.sock", Frontend, false),
     ("ha.drain_deadline_s", "deadline_s = 30", "deadline_s = 60", Ha, true),
     ("vrrp.priority", "priority = 150", "priority = 100", Vrrp, true),
     ("vrrp.advert_interval_cs", "\nadvert_interval_cs = 100", "\nadvert_interval_cs = 200", Vrrp, true),
@@ -427,11 +427,11 @@ fn summary_counts_and_joins() {
 }
 
 #[test]
-fn only_frontend_ha_and_vrrp_take_a_restart() {
+fn only_the_frontend_section_takes_a_restart() {
     let live: Vec<ChangeKind> = ChangeKind::ALL.into_iter().filter(|k| k.live()).collect();
     assert_eq!(
         live,
-        [Services, Pools, Backends, Balance, Kernel, Tls],
+        [Services, Pools, Backends, Balance, Kernel, Tls, Ha, Vrrp],
         "{:?}",
         ChangeKind::ALL.map(ChangeKind::as_str)
     );
@@ -444,11 +444,7 @@ fn only_frontend_ha_and_vrrp_take_a_restart() {
         .replacen("\"native\"", "\"generic\"", 1);
     assert_eq!(
         restart_needed(&base, &dir.parse(&new)),
-        [
-            "frontend: xdp_mode native -> generic",
-            "ha: drain_deadline 30s -> 60s",
-            "vrrp 51 ipv4 on int0: priority 150 -> 100",
-        ]
+        ["frontend: xdp_mode native -> generic"]
     );
 }
 

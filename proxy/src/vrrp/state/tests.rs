@@ -1048,3 +1048,202 @@ fn restart_keeps_the_discard_counts() {
     assert_eq!(released.discards().not_a_peer, 1);
     assert_eq!(released.config().peers, vec![ip("198.18.0.3")]);
 }
+
+// ---------------------------------------------------------------------------------------
+// Reconfiguration of a running router (a reload)
+
+impl Lan {
+    /// Runs to `t`, then gives router `i` a new configuration at `priority`; its adverts
+    /// reach the others like any other.
+    fn reconfigure(&mut self, t: Duration, i: usize, config: Config, priority: u8) -> Vec<Action> {
+        self.run_until(t);
+        let actions = self.nodes[i].reconfigure(config, priority, self.now);
+        for action in &actions {
+            match *action {
+                Action::Transition(tr) => self.transitions.push((self.now, i, tr)),
+                Action::SendAdvert { priority } => {
+                    self.adverts.push((self.now, i, priority));
+                    let cfg = self.nodes[i].config();
+                    let heard = Event::Advert {
+                        src: cfg.primary,
+                        priority,
+                        max_adver_int_cs: cfg.advert_interval.cs(),
+                    };
+                    for peer in (0..self.nodes.len()).filter(|&p| p != i) {
+                        self.send(peer, heard);
+                    }
+                }
+                _ => {}
+            }
+        }
+        actions
+    }
+
+    /// Transitions of router `i` after `since`.
+    fn transitions_of(&self, i: usize, since: Duration) -> Vec<Transition> {
+        self.transitions
+            .iter()
+            .filter(|(at, r, _)| *r == i && *at > since)
+            .map(|(_, _, t)| *t)
+            .collect()
+    }
+}
+
+/// A (priority 150) master and B (priority 100, preempting) its backup, settled at 20 s.
+fn settled_pair(cs: u16) -> (Lan, Duration) {
+    let mut lan = Lan::new(vec![
+        router("198.18.0.1", 150, cs),
+        router("198.18.0.2", 100, cs),
+    ]);
+    lan.send(A, Event::Startup);
+    lan.send(B, Event::Startup);
+    let settled = ms(20_000) + ms(u64::from(cs));
+    lan.run_until(settled);
+    assert_eq!((lan.state(A), lan.state(B)), (State::Master, State::Backup));
+    (lan, settled)
+}
+
+#[test]
+fn reconfigure_with_nothing_advertised_changed_sends_nothing_and_moves_nothing() {
+    let (mut lan, t) = settled_pair(100);
+    let mut c = config("198.18.0.1", 150, 100);
+    c.preempt = false;
+    c.max_master_interval = Interval::from_cs(2_000).unwrap();
+    c.peers = vec![ip("198.18.0.2")];
+    let deadline = lan.nodes[A].next_deadline();
+    assert_eq!(lan.reconfigure(t, A, c.clone(), 150), Vec::new());
+    // The Adver_Timer runs on as it was.
+    assert_eq!(lan.nodes[A].next_deadline(), deadline);
+    assert_eq!(lan.nodes[A].config(), &c);
+    lan.run_until(t + ms(60_000));
+    assert_eq!(lan.transitions_of(A, t), Vec::new());
+    assert_eq!(lan.transitions_of(B, t), Vec::new());
+}
+
+#[test]
+fn master_priority_lowered_but_still_above_the_peer_moves_nothing() {
+    let (mut lan, t) = settled_pair(100);
+    let actions = lan.reconfigure(t, A, config("198.18.0.1", 120, 100), 120);
+    assert_eq!(actions, vec![Action::SendAdvert { priority: 120 }]);
+    assert_eq!(lan.nodes[A].priority().get(), 120);
+    lan.run_until(t + ms(60_000));
+    assert_eq!(lan.transitions_of(A, t), Vec::new());
+    assert_eq!(lan.transitions_of(B, t), Vec::new());
+    assert_eq!(
+        lan.last_advert_from(A, t + ms(60_000)).map(|a| a.1),
+        Some(120)
+    );
+}
+
+#[test]
+fn master_priority_lowered_below_a_preempting_peer_moves_the_master_once() {
+    for cs in [100u16, 20] {
+        let (mut lan, t) = settled_pair(cs);
+        let actions = lan.reconfigure(t, A, config("198.18.0.1", 50, cs), 50);
+        assert_eq!(actions, vec![Action::SendAdvert { priority: 50 }]);
+        lan.run_until(t + ms(60_000));
+        let a = lan.transitions_of(A, t);
+        let b = lan.transitions_of(B, t);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!((a[0].from, a[0].to), (State::Master, State::Backup));
+        assert_eq!(b.len(), 1, "{b:?}");
+        assert_eq!((b[0].from, b[0].to), (State::Backup, State::Master));
+        assert_eq!(b[0].reason, Reason::MasterDown);
+        assert_eq!(lan.masters(), 1);
+        // B discarded the lower advert: its Master_Down_Timer from A's last advert at the
+        // old priority ran out.
+        let (last_150, _) = lan
+            .adverts
+            .iter()
+            .rev()
+            .find(|(_, r, p)| *r == A && *p == 150)
+            .map(|(at, _, p)| (*at, *p))
+            .unwrap();
+        assert_eq!(
+            lan.last_entered(B, State::Master),
+            Some(last_150 + master_down_interval(100, cs))
+        );
+    }
+}
+
+#[test]
+fn master_priority_lowered_below_a_peer_that_does_not_preempt_moves_nothing() {
+    let mut cb = config("198.18.0.2", 100, 100);
+    cb.preempt = false;
+    let mut lan = Lan::new(vec![router("198.18.0.1", 150, 100), Router::new(cb)]);
+    lan.send(A, Event::Startup);
+    lan.send(B, Event::Startup);
+    let t = ms(20_000);
+    lan.run_until(t);
+    lan.reconfigure(t, A, config("198.18.0.1", 50, 100), 50);
+    lan.run_until(t + ms(60_000));
+    assert_eq!(lan.transitions_of(A, t), Vec::new());
+    assert_eq!(lan.transitions_of(B, t), Vec::new());
+}
+
+#[test]
+fn backup_priority_raised_above_the_master_moves_it_once_only_with_preempt() {
+    for preempt in [true, false] {
+        let (mut lan, t) = settled_pair(100);
+        let mut c = config("198.18.0.2", 200, 100);
+        c.preempt = preempt;
+        // A backup announces nothing on a reload.
+        assert_eq!(lan.reconfigure(t, B, c, 200), Vec::new());
+        lan.run_until(t + ms(60_000));
+        let (a, b) = (lan.transitions_of(A, t), lan.transitions_of(B, t));
+        if preempt {
+            assert_eq!(b.len(), 1, "{b:?}");
+            assert_eq!((b[0].from, b[0].to), (State::Backup, State::Master));
+            assert_eq!(a.len(), 1, "{a:?}");
+            assert_eq!((a[0].from, a[0].to), (State::Master, State::Backup));
+        } else {
+            assert_eq!((a, b), (Vec::new(), Vec::new()));
+        }
+        assert_eq!(lan.masters(), 1);
+    }
+}
+
+#[test]
+fn master_interval_change_advertises_at_once_and_rearms_at_the_new_interval() {
+    let (mut lan, t) = settled_pair(100);
+    let actions = lan.reconfigure(t, A, config("198.18.0.1", 150, 50), 150);
+    assert_eq!(actions, vec![Action::SendAdvert { priority: 150 }]);
+    assert_eq!(lan.nodes[A].next_deadline(), Some(t + ms(500)));
+    // B follows the new interval from that advert on.
+    assert_eq!(lan.nodes[B].master_adver_interval_cs(), 50);
+    lan.run_until(t + ms(60_000));
+    assert_eq!(lan.transitions_of(B, t), Vec::new());
+}
+
+#[test]
+fn master_address_change_advertises_the_new_list() {
+    let (mut lan, t) = settled_pair(100);
+    let mut c = config("198.18.0.1", 150, 100);
+    c.addresses = VirtualAddresses::new(vec![ip("198.18.0.25"), ip("198.18.0.26")]).unwrap();
+    let actions = lan.nodes[A].reconfigure(c, 150, t);
+    assert_eq!(actions, vec![Action::SendAdvert { priority: 150 }]);
+    assert_eq!(
+        lan.nodes[A].advertisement(150).addresses,
+        vec![ip("198.18.0.25"), ip("198.18.0.26")]
+    );
+}
+
+#[test]
+fn backup_caps_the_learned_interval_at_once_and_owner_keeps_255() {
+    let (mut lan, t) = settled_pair(300);
+    assert_eq!(lan.nodes[B].master_adver_interval_cs(), 300);
+    let mut c = config("198.18.0.2", 100, 100);
+    c.max_master_interval = Interval::from_cs(200).unwrap();
+    lan.reconfigure(t, B, c, 100);
+    assert_eq!(lan.nodes[B].master_adver_interval_cs(), 200);
+
+    // An owner runs at 255 whatever priority tracking would give it; the primary stays.
+    let mut owner = router("198.18.0.1", 255, 100);
+    owner.handle(Event::Startup, Duration::ZERO);
+    let mut c = config("198.18.0.9", 255, 100);
+    c.preempt = false;
+    assert_eq!(owner.reconfigure(c, 90, ms(5)), Vec::new());
+    assert_eq!(owner.priority(), Priority::OWNER);
+    assert_eq!(owner.config().primary, ip("198.18.0.1"));
+    assert_eq!(owner.state(), State::Master);
+}

@@ -275,8 +275,12 @@ fn ha(out: &mut Out, old: &Ha, new: &Ha) {
         control_socket,
         drain_deadline,
     } = old;
-    let (k, s) = (ChangeKind::Ha, "ha");
-    fields!(out, k, s, new; control_socket, drain_deadline);
+    let s = "ha";
+    // The control socket is the daemon's, bound at its start (it is how a reload arrives).
+    let k = ChangeKind::Frontend;
+    fields!(out, k, s, new; control_socket);
+    let k = ChangeKind::Ha;
+    fields!(out, k, s, new; drain_deadline);
 }
 
 fn router(out: &mut Out, s: &str, old: &VirtualRouter, new: &VirtualRouter) {
