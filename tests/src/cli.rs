@@ -92,3 +92,65 @@ pub fn start_agent(
     crate::wait_port(&ns, listen)?;
     Ok(listen)
 }
+
+/// A front-end process started by `robustifier upgrade`: not the lab's child, so the lab
+/// cannot end it; this ends it (SIGTERM, by pid) when the test is done with it, passed or
+/// failed.
+pub struct Successor {
+    pub pid: nix::unistd::Pid,
+}
+
+impl Successor {
+    /// Whether the process has ended (a zombie nobody reaps counts as ended).
+    pub fn gone(&self) -> bool {
+        nix::sys::signal::kill(self.pid, None).is_err()
+            || std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+                .is_ok_and(|s| s.contains(") Z "))
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !self.gone() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if !self.gone() {
+            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// `robustifier upgrade` of front-end `i` (its configuration file in the lab's log
+/// directory), run in its namespace: returns the new process once it serves, as the
+/// control socket says. Its output goes to `<name>-successor.log` in the log directory.
+pub fn upgrade(lab: &Lab, i: usize) -> Successor {
+    let fe = &lab.frontends[i];
+    let config = lab.log_dir.join(format!("{}.toml", fe.name));
+    let log = lab.log_dir.join(format!("{}-successor.log", fe.name));
+    let out = fe
+        .ns
+        .command(crate::robustifier_bin())
+        .arg("upgrade")
+        .arg("--config")
+        .arg(&config)
+        .arg("--log")
+        .arg(&log)
+        .output()
+        .expect("run robustifier upgrade");
+    let status: serde_json::Value =
+        serde_json::from_str(&ha_ok(lab, i, &["status", "--json"])).expect("status as JSON");
+    let pid = status["pid"].as_u64().expect("a pid in the status") as i32;
+    let successor = Successor {
+        pid: nix::unistd::Pid::from_raw(pid),
+    };
+    assert!(
+        out.status.success(),
+        "robustifier upgrade: {}\n{}\nsuccessor's log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    successor
+}

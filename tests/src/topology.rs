@@ -225,13 +225,10 @@ impl Lab {
         ))
     }
 
-    /// Starts `robustifier run` in front-end `i` with `config` (TOML) and waits until it is
-    /// ready. Its pin directory is removed when the lab goes down.
-    pub fn start_frontend(&mut self, i: usize, config: &str) -> anyhow::Result<&mut Daemon> {
-        let fe = &self.frontends[i];
-        let path = self.log_dir.join(format!("{}.toml", fe.name));
-        // Every front-end has a control socket; the default path is per front-end name,
-        // which labs running side by side share, so each lab's goes in its own directory.
+    /// `config` with front-end `i`'s control socket in this lab, unless it names one: every
+    /// front-end has a control socket, and the default path is per front-end name, which
+    /// labs running side by side share.
+    pub fn with_control_socket(&self, i: usize, config: &str) -> String {
         let mut config = config.to_owned();
         if !config.contains("control_socket") {
             config.push_str(&format!(
@@ -239,6 +236,15 @@ impl Lab {
                 crate::vrrp::control_socket(self, i).display()
             ));
         }
+        config
+    }
+
+    /// Starts `robustifier run` in front-end `i` with `config` (TOML) and waits until it is
+    /// ready. Its pin directory is removed when the lab goes down.
+    pub fn start_frontend(&mut self, i: usize, config: &str) -> anyhow::Result<&mut Daemon> {
+        let config = self.with_control_socket(i, config);
+        let fe = &self.frontends[i];
+        let path = self.log_dir.join(format!("{}.toml", fe.name));
         std::fs::write(&path, config)?;
         let mut cmd = fe.ns.command(crate::robustifier_bin());
         cmd.arg("run")

@@ -3,8 +3,9 @@
 //! with the interval unchanged, a priority lowered but still above keepalived's, other
 //! settings with the address list unchanged) leave keepalived's notify record without a
 //! transition; a reload lowering our priority below keepalived's (which preempts) moves
-//! the master exactly once. A reload naming a router the machine cannot run is refused
-//! whole. Privileged; needs keepalived and tshark (`cargo xtask setup` installs them).
+//! the master exactly once; so does a binary upgrade while master (`robustifier upgrade`:
+//! the new process continues the mastership). A reload naming a router the machine cannot
+//! run is refused whole. Privileged; needs keepalived and tshark (`cargo xtask setup` installs them).
 //!
 //! "Nothing moved" is judged after keepalived has been sent a number of our adverts at the
 //! new settings worth several of its Master_Down_Intervals (counted by a capture in its
@@ -162,9 +163,37 @@ fn reloads_move_the_master_only_when_the_priorities_ask_for_it() {
     assert!(!log.contains("takes a restart"), "{log}");
     assert!(owns(&a, "pub0", VIP_POP.into()) && !owns(&b, "pub0", VIP_POP.into()));
 
-    // Below keepalived's priority: it preempts, once.
-    let text = cfg(&lab, router(50, &more));
-    reload(&mut lab, &text, 4, true);
+    // A binary upgrade while master: the new process continues the mastership (its one
+    // transition is that continuation), keepalived hears the adverts go on and changes
+    // nothing, the address stays where it is.
+    let n = logged(&mut lab, capture, FEA_PUB, 120);
+    let successor = cli::upgrade(&lab, FEA);
+    settle(&mut lab, capture, FEA_PUB, 120, n, SETTLE_ADVERTS);
+    assert_eq!(
+        notify_lines(&notify),
+        ["INSTANCE VI_52 BACKUP 100"],
+        "keepalived changed state on the upgrade"
+    );
+    assert!(owns(&a, "pub0", VIP_POP.into()) && !owns(&b, "pub0", VIP_POP.into()));
+    let successor_file = lab.log_dir.join("fea-successor.log");
+    let successor_log = || std::fs::read_to_string(&successor_file).unwrap_or_default();
+    let log = successor_log();
+    assert_eq!(transitions(&log), 1, "{log}");
+    assert!(log.contains("reason=TakenOver"), "{log}");
+
+    // Below keepalived's priority, applied to the new process over its control socket:
+    // keepalived preempts, once.
+    let file = lab.log_dir.join("fea-50.toml");
+    std::fs::write(&file, cfg(&lab, router(50, &more))).unwrap();
+    let socket = robustifier_lab::vrrp::control_socket(&lab, FEA);
+    let said = cli::ok([
+        "reload".as_ref(),
+        "--socket".as_ref(),
+        socket.as_os_str(),
+        "--config".as_ref(),
+        file.as_os_str(),
+    ]);
+    assert!(said.contains("priority 120 -> 50"), "{said}");
     eventually("keepalived takes the POP VIP over", GENEROUS, || {
         owns(&b, "pub0", VIP_POP.into()) && !owns(&a, "pub0", VIP_POP.into())
     })
@@ -180,11 +209,12 @@ fn reloads_move_the_master_only_when_the_priorities_ask_for_it() {
         ["INSTANCE VI_52 BACKUP 100", "INSTANCE VI_52 MASTER 100"],
         "keepalived must take over exactly once"
     );
-    let log = fea_log(&mut lab);
-    assert_eq!(transitions(&log), settled + 1, "{log}");
+    let log = successor_log();
+    assert_eq!(transitions(&log), 2, "{log}");
     assert!(log.contains("from=Master to=Backup"), "{log}");
     let st = cli::ha_ok(&lab, FEA, &["status"]);
     assert!(st.contains("Backup") && st.contains(" 50/50 "), "{st}");
+    drop(successor);
 }
 
 /// A reload adding a router on an interface that does not exist is refused whole: the
@@ -246,8 +276,8 @@ fn routers_added_and_removed_by_reloads_and_a_bad_one_refused() {
     let log = fea_log(&mut lab);
     assert!(log.contains("VRRP router removed by a reload"), "{log}");
 
-    // The control socket moves (in its directory, which the daemon's user owns): the new
-    // path answers, the old one is gone.
+    // The drain deadline changes live; the control socket is the daemon's, bound at its
+    // start: a new path is named as taking a restart, and the socket stays where it is.
     let old = control_socket(&lab, FEA);
     let new = old.with_file_name("moved.sock");
     let moved = only_smtp.replace(
@@ -259,14 +289,12 @@ fn routers_added_and_removed_by_reloads_and_a_bad_one_refused() {
     );
     assert_ne!(moved, only_smtp);
     reload(&mut lab, &moved, 3, true);
-    let st = cli::ok([
-        "ha".as_ref(),
-        "--socket".as_ref(),
-        new.as_os_str(),
-        "status".as_ref(),
-    ]);
+    let st = cli::ha_ok(&lab, FEA, &["status"]);
     assert!(has_router(&st, 51), "{st}");
-    assert!(!old.exists(), "the old control socket is still there");
+    assert!(!new.exists(), "a control socket at the new path");
     let log = fea_log(&mut lab);
-    assert!(!log.contains("takes a restart"), "{log}");
+    assert!(
+        log.contains("takes a restart") && log.contains("control_socket"),
+        "{log}"
+    );
 }

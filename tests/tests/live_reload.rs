@@ -1,8 +1,10 @@
 //! Reloads on the kernel path, under traffic: a client sends a message every 50 ms through
 //! the VIP while the front-end takes a service added (a new port answers through
 //! steering), a back-end added and another removed, a block list, a new session threshold,
-//! a refused file, and the service removed again. No connection is refused or reset and
-//! every acknowledged message is at a back-end. Privileged.
+//! a refused file, and the service removed again; then a binary upgrade (`robustifier
+//! upgrade`: a new process takes the listeners and the XDP link) and a reload of the new
+//! process over its control socket (`robustifier reload`). No connection is refused or
+//! reset and every acknowledged message is at a back-end. Privileged.
 
 use std::{
     net::SocketAddr,
@@ -75,7 +77,11 @@ struct Seen {
 
 /// Writes `text` as the configuration, sends SIGHUP and waits for the `n`th reload line.
 fn reload(lab: &mut Lab, text: &str, n: usize, applied: bool) {
-    std::fs::write(lab.log_dir.join("fea.toml"), text).unwrap();
+    std::fs::write(
+        lab.log_dir.join("fea.toml"),
+        lab.with_control_socket(0, text),
+    )
+    .unwrap();
     let daemon = lab.frontend_daemon(0).expect("the front-end runs");
     nix::sys::signal::kill(daemon.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
     let needle = if applied {
@@ -207,6 +213,53 @@ fn reloads_of_every_kind_under_traffic_refuse_no_connection_and_lose_no_message(
     let gone = in_ns(&lab, submission);
     assert!(gone.is_err(), "port 587 still answers: {gone:?}");
     settle();
+    // 8. A binary upgrade: a new process serves, the old one drains and exits (status 0),
+    // the interface keeps its XDP program (the link now runs the new process's).
+    let old_pid = lab.frontend_daemon(0).expect("the front-end runs").pid();
+    let successor = robustifier_lab::cli::upgrade(&lab, 0);
+    assert_ne!(successor.pid, old_pid);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let old = lab
+        .daemons()
+        .iter_mut()
+        .find(|d| d.pid() == old_pid)
+        .expect("the old process is the lab's");
+    let exit = loop {
+        if let Some(exit) = old.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(exit.success(), "the old process ends cleanly: {exit}");
+    let link = lab
+        .frontend(0)
+        .ns
+        .command("ip")
+        .args(["link", "show", "pub0"])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(
+        link.contains("xdp"),
+        "XDP is attached after the upgrade: {link}"
+    );
+    // 9. The new process reloads over its control socket: a threshold changed.
+    let file = lab.log_dir.join("fea-2.toml");
+    let text = config(&pin, false, &[1], "[pool.thresholds]\nsessions = 60\n", "");
+    std::fs::write(&file, lab.with_control_socket(0, &text)).unwrap();
+    let said = robustifier_lab::cli::ok([
+        "reload".as_ref(),
+        "--socket".as_ref(),
+        robustifier_lab::vrrp::control_socket(&lab, 0).as_os_str(),
+        "--config".as_ref(),
+        file.as_os_str(),
+    ]);
+    assert!(
+        said.contains("sessions 50 -> 60") && !said.contains("restart"),
+        "{said}"
+    );
+    settle();
 
     stop.store(true, Ordering::Relaxed);
     let seen = sender.join().unwrap();
@@ -242,4 +295,5 @@ fn reloads_of_every_kind_under_traffic_refuse_no_connection_and_lose_no_message(
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(be1.count() + be2.count(), seen.accepted + 1);
+    drop(successor);
 }

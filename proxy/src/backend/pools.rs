@@ -136,8 +136,12 @@ impl PoolSet {
             };
             let t = &rt.pool.thresholds;
             let mut scored: Vec<(f64, Arc<Settings>)> = Vec::new();
-            // The board's slots, not the pool's configured list: a reload may add some.
-            for slot in slots.iter().filter(|s| s.pool_id == rt.pool.id) {
+            // The board's slots, not the pool's configured list: a reload may add some. A
+            // removed one drains for good whatever its record says (after a binary upgrade
+            // the successor's records may give its id to another back-end).
+            for slot in slots.iter().filter(|s| {
+                s.pool_id == rt.pool.id && !s.removed.load(std::sync::atomic::Ordering::Relaxed)
+            }) {
                 let Some(load) = self.view.load(slot.id) else {
                     continue;
                 };
