@@ -35,12 +35,9 @@ use crate::{lab, setup, util::cargo};
 const ADVERT_CS: u16 = 50;
 
 pub(crate) fn vrrp(cluster: &Cluster, i: usize, smtp_prio: u8, pop_prio: u8) -> String {
-    // A directory of its own: the daemon hands it to its unprivileged user.
-    let sock = cluster
-        .lab
-        .log_dir
-        .join(format!("fe{i}.control"))
-        .join("control.sock");
+    // A directory of its own (the daemon hands it to its unprivileged user), where the
+    // lab's commands look for it.
+    let sock = robustifier_lab::vrrp::control_socket(&cluster.lab, i);
     let mut s = format!("[ha]\ncontrol_socket = \"{}\"\n", sock.display());
     for (vrid, prio, vip) in [
         (51, smtp_prio, IpAddr::V4(VIP_SMTP)),
@@ -254,7 +251,7 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     step("failover: fe-a killed (SIGKILL) while a client sends a message every 200 ms");
-    let flow = MailFlow::start(&c);
+    let flow = MailFlow::start(&c, "flow");
     std::thread::sleep(Duration::from_secs(2));
     let killed = Instant::now();
     if let Some(d) = c
@@ -291,32 +288,33 @@ pub fn run() -> anyhow::Result<()> {
     );
     std::thread::sleep(Duration::from_secs(2));
     let (acked, failed) = flow.stop();
-    let host = c.host_of("bob@example.test");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut missing;
-    loop {
-        let stored: Vec<String> = host
-            .messages("bob@example.test")
-            .iter()
-            .map(|m| String::from_utf8_lossy(m).into_owned())
-            .collect();
-        missing = acked
-            .iter()
-            .filter(|t| {
-                !stored
-                    .iter()
-                    .any(|m| m.contains(&format!("Message-ID: <{t}@")))
-            })
-            .count();
-        if missing == 0 || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let missing = missing_at_bob(&c, &acked);
     println!(
         "   during the failover: {} messages acknowledged with 250, {} refused or cut (the client retries those), {missing} acknowledged but missing",
         acked.len(),
         failed
+    );
+
+    step(
+        "upgrade: fe-a's process replaced (robustifier upgrade) while a client sends a message every 200 ms",
+    );
+    let flow = MailFlow::start(&c, "upgrade");
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    let successor = robustifier_lab::cli::upgrade(&c.lab, 0);
+    println!(
+        "   fe-a serves from pid {} {:.2?} after `robustifier upgrade` started; the old process drains and exits",
+        successor.pid,
+        started.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let owns_still = owns(&a, "pub0", VIP_SMTP.into());
+    let (acked_up, failed_up) = flow.stop();
+    let missing_up = missing_at_bob(&c, &acked_up);
+    println!(
+        "   during the upgrade: {} messages acknowledged, {failed_up} refused or cut, {missing_up} acknowledged but missing; fe-a {} the SMTP VIP",
+        acked_up.len(),
+        if owns_still { "still holds" } else { "LOST" }
     );
 
     step("where the messages are");
@@ -328,9 +326,14 @@ pub fn run() -> anyhow::Result<()> {
             .collect();
         println!("   be{} ({:?}): {}", i + 1, h.make, users.join(", "));
     }
+    drop(successor);
     c.lab.down()?;
     step(&format!("lab {prefix} removed"));
     anyhow::ensure!(missing == 0, "{missing} acknowledged messages are missing");
+    anyhow::ensure!(
+        missing_up == 0 && failed_up == 0 && owns_still,
+        "the upgrade step: {failed_up} sessions failed, {missing_up} acknowledged messages missing, VIP kept: {owns_still}"
+    );
     if let Some(why) = burst_failure {
         anyhow::bail!("the burst step failed: {why}");
     }
@@ -440,6 +443,31 @@ fn burst(c: &Cluster) -> Vec<(String, Vec<String>)> {
         .unwrap_or_default()
 }
 
+/// How many of the `acked` tags are not (yet, after a minute) in bob's Maildir.
+fn missing_at_bob(c: &Cluster, acked: &[String]) -> usize {
+    let host = c.host_of("bob@example.test");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored: Vec<String> = host
+            .messages("bob@example.test")
+            .iter()
+            .map(|m| String::from_utf8_lossy(m).into_owned())
+            .collect();
+        let missing = acked
+            .iter()
+            .filter(|t| {
+                !stored
+                    .iter()
+                    .any(|m| m.contains(&format!("Message-ID: <{t}@")))
+            })
+            .count();
+        if missing == 0 || Instant::now() > deadline {
+            return missing;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A client sending to bob every 200 ms, recording what was acknowledged.
 struct MailFlow {
     stop: Arc<AtomicBool>,
@@ -447,7 +475,8 @@ struct MailFlow {
 }
 
 impl MailFlow {
-    fn start(c: &Cluster) -> MailFlow {
+    /// Messages tagged `<name>-<n>`, unique per flow.
+    fn start(c: &Cluster, name: &'static str) -> MailFlow {
         let stop = Arc::new(AtomicBool::new(false));
         let ns = c.lab.client.ns.clone();
         let s2 = Arc::clone(&stop);
@@ -457,7 +486,7 @@ impl MailFlow {
                 let mut n = 0;
                 while !s2.load(Ordering::Relaxed) && n < 500 {
                     n += 1;
-                    let tag = format!("flow-{n}");
+                    let tag = format!("{name}-{n}");
                     let body = message(&tag, "bob@example.test");
                     let r = client::send_mail(
                         SocketAddr::new(VIP_SMTP.into(), 25),

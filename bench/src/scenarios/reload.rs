@@ -254,7 +254,10 @@ impl System {
                 Op::Reload,
             ) => {
                 let weight = if flip { 50 } else { 100 };
-                std::fs::write(&*config, robustifier_variant(base, weight))?;
+                std::fs::write(
+                    &*config,
+                    lab.with_control_socket(0, &robustifier_variant(base, weight)),
+                )?;
                 signal(*pid, Signal::SIGHUP)?;
                 wait_until("Robustifier's reload (weight in the load map)", || {
                     Ok(robustifier_weight(lab)? == Some(u64::from(weight)))
