@@ -139,12 +139,14 @@ impl PoolSet {
             // The board's slots, not the pool's configured list: a reload may add some. A
             // removed one drains for good whatever its record says (after a binary upgrade
             // the successor's records may give its id to another back-end).
-            for slot in slots.iter().filter(|s| {
-                s.pool_id == rt.pool.id && !s.removed.load(std::sync::atomic::Ordering::Relaxed)
-            }) {
+            for slot in slots.iter().filter(|s| s.pool_id == rt.pool.id) {
                 let Some(load) = self.view.load(slot.id) else {
                     continue;
                 };
+                if slot.removed.load(std::sync::atomic::Ordering::Relaxed) {
+                    excluded.down += 1;
+                    continue;
+                }
                 let active = slot.active.load(std::sync::atomic::Ordering::Acquire);
                 let overloaded = slot.overloaded.load(std::sync::atomic::Ordering::Relaxed);
                 if load.state != robustifier_common::BACKEND_UP {

@@ -95,7 +95,15 @@ impl Frontend {
         ha: &mut Ha,
     ) -> Result<Reloaded, ReloadError> {
         let mut new = Config::load(file.as_ref().unwrap_or(&self.cfg.file))?;
-        Ids::of(&self.cfg).give(&mut new)?;
+        let mut ids = Ids::of(&self.cfg);
+        ids.retired_pools = self
+            .board
+            .slots()
+            .iter()
+            .filter(|s| !ids.pools.values().any(|id| *id == s.pool_id))
+            .map(|s| s.pool_id)
+            .collect();
+        ids.give(&mut new)?;
         let summary = config::diff::summary(&config::diff::changes(&self.cfg, &new));
         let restart_needed = config::diff::restart_needed(&self.cfg, &new);
 

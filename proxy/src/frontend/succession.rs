@@ -58,6 +58,10 @@ pub struct HandedOver {
 pub struct Ids {
     pub services: HashMap<String, u32>,
     pub pools: HashMap<String, u32>,
+    /// Pool ids no pool of the configuration has but back-ends still draining hold (their
+    /// pool was removed by a reload): a new pool must not take one.
+    #[serde(default)]
+    pub retired_pools: Vec<u32>,
 }
 
 impl Ids {
@@ -69,6 +73,7 @@ impl Ids {
                 .map(|s| (s.name.clone(), s.id))
                 .collect(),
             pools: cfg.pools.iter().map(|p| (p.name.clone(), p.id)).collect(),
+            retired_pools: Vec::new(),
         }
     }
 
@@ -89,7 +94,13 @@ impl Ids {
                 s.id = id;
             }
         }
-        let mut next = self.pools.values().map(|id| id + 1).max().unwrap_or(0);
+        let mut next = self
+            .pools
+            .values()
+            .chain(&self.retired_pools)
+            .map(|id| id + 1)
+            .max()
+            .unwrap_or(0);
         for p in new.pools.iter_mut() {
             if let Some(id) = self.pools.get(&p.name) {
                 p.id = *id;
@@ -148,5 +159,37 @@ impl Frontend {
             },
             sockets,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        Config::parse(std::path::Path::new("t.toml"), text).unwrap()
+    }
+
+    const ONE: &str = "[frontend]\nname='f'\n[[service]]\nname='smtp'\nprotocol='smtp'\nport=25\npool='p'\n[[pool]]\nname='p'\nidentity='none'\nbackend=[{name='a',address='198.18.1.11:25'}]\n";
+
+    #[test]
+    fn a_new_pool_never_takes_the_id_of_a_pool_still_draining() {
+        let running = parse(ONE);
+        let mut ids = Ids::of(&running);
+        assert_eq!(ids.pools["p"], 0);
+        // Pool p removed earlier: its back-ends still drain under pool id 0.
+        ids.pools.clear();
+        ids.retired_pools = vec![0];
+        let mut new = parse(&ONE.replace("'p'", "'q'"));
+        ids.give(&mut new).unwrap();
+        assert_eq!(
+            new.pools[0].id, 1,
+            "pool q must not reuse the draining pool's id"
+        );
+        // Without draining back-ends the id is free again.
+        ids.retired_pools.clear();
+        let mut new = parse(&ONE.replace("'p'", "'q'"));
+        ids.give(&mut new).unwrap();
+        assert_eq!(new.pools[0].id, 0);
     }
 }
