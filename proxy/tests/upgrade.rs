@@ -44,6 +44,24 @@ fn status(socket: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The front-end processes this test started: killed if the test fails half-way, so that
+/// none outlives it.
+#[derive(Default)]
+struct Started(Vec<u32>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for pid in &self.0 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 /// A stderr line reader with a wait for a line containing some text.
 struct Log(std::sync::mpsc::Receiver<String>);
 
@@ -109,6 +127,8 @@ async fn an_upgrade_refuses_no_connection_and_loses_no_message() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut started = Started::default();
+    started.0.push(old.id());
     let log = Log::follow(old.stderr.take().unwrap());
     log.wait("robustifier ready");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -208,6 +228,7 @@ async fn an_upgrade_refuses_no_connection_and_loses_no_message() {
     out.await.unwrap();
     let after = status(&socket);
     let new_pid = after["pid"].as_u64().unwrap() as u32;
+    started.0.push(new_pid);
     assert_ne!(
         new_pid,
         old.id(),
