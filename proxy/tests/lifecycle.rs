@@ -3,9 +3,9 @@
 
 mod support;
 
-use std::{io::BufRead as _, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
-use support::{Client, PATIENCE, Running, SmtpBackend, config, tempdir};
+use support::{Client, Log, PATIENCE, Running, SmtpBackend, config, tempdir};
 
 fn smtp(backends: &[(&str, &SmtpBackend)]) -> String {
     let list: Vec<String> = backends
@@ -136,30 +136,8 @@ async fn the_daemon_reloads_on_sighup_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let (lines, log) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let wait_log = |what: &str| {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match log.recv_timeout(left) {
-                Ok(line) if line.contains(what) => return,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        panic!("no log line with {what:?}");
-    };
-    wait_log("robustifier ready");
+    let log = Log::follow(child.stderr.take().unwrap());
+    log.wait("robustifier ready");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut c = Client::connect(addr).await;
     assert!(
@@ -171,7 +149,7 @@ async fn the_daemon_reloads_on_sighup_and_stops_on_sigterm() {
 
     std::fs::write(&file, service(&[("second", &second)])).unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    wait_log("reload: configuration applied");
+    log.wait("reload: configuration applied");
     let mut c2 = Client::connect(addr).await;
     assert!(
         c2.send_message("b@example.test", "two")

@@ -10,7 +10,6 @@
 mod support;
 
 use std::{
-    io::BufRead as _,
     path::Path,
     process::{Command, Stdio},
     sync::{
@@ -20,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use support::{Client, PATIENCE, SmtpBackend, config, tempdir};
+use support::{Client, Log, PATIENCE, SmtpBackend, config, tempdir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
 
@@ -59,38 +58,6 @@ impl Drop for Started {
                 );
             }
         }
-    }
-}
-
-/// A stderr line reader with a wait for a line containing some text.
-struct Log(std::sync::mpsc::Receiver<String>);
-
-impl Log {
-    fn follow(stderr: std::process::ChildStderr) -> Log {
-        let (lines, log) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if lines.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Log(log)
-    }
-
-    fn wait(&self, what: &str) {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match self.0.recv_timeout(left) {
-                Ok(line) if line.contains(what) => return,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        panic!("no log line with {what:?}");
     }
 }
 

@@ -154,3 +154,26 @@ pub fn upgrade(lab: &Lab, i: usize) -> Successor {
     );
     successor
 }
+
+/// Writes `text` (with the lab's control socket) as front-end `i`'s configuration, sends
+/// SIGHUP and waits for its `n`th reload line, applied or refused as `applied` says.
+pub fn reload_by_signal(lab: &mut Lab, i: usize, text: &str, n: usize, applied: bool) {
+    let file = lab.log_dir.join(format!("{}.toml", lab.frontends[i].name));
+    std::fs::write(file, lab.with_control_socket(i, text)).expect("write the configuration");
+    let daemon = lab.frontend_daemon(i).expect("the front-end runs");
+    nix::sys::signal::kill(daemon.pid(), nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    let needle = if applied {
+        "reload: configuration applied"
+    } else {
+        "reload: refused"
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while daemon.log_text().matches(needle).count() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload line {n} ({needle}):\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -12,7 +12,7 @@
 //! namespace), not after a pause: had keepalived been going to take over, its timer would
 //! have run out within them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use robustifier_lab::{
     Lab, Plan, cli, privileged,
@@ -41,26 +41,8 @@ fn lab(tag: &str) -> Option<Lab> {
     Some(Lab::up(&unique_prefix(tag), Plan::new(2, 0)).expect("lab up"))
 }
 
-/// Writes `text` as fea's configuration, sends SIGHUP and waits for the `n`th reload
-/// line, applied or refused as `applied` says.
 fn reload(lab: &mut Lab, text: &str, n: usize, applied: bool) {
-    std::fs::write(lab.log_dir.join("fea.toml"), text).unwrap();
-    let daemon = lab.frontend_daemon(FEA).expect("the front-end runs");
-    nix::sys::signal::kill(daemon.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
-    let needle = if applied {
-        "reload: configuration applied"
-    } else {
-        "reload: refused"
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while daemon.log_text().matches(needle).count() < n {
-        assert!(
-            Instant::now() < deadline,
-            "no reload line {n} ({needle}):\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    robustifier_lab::cli::reload_by_signal(lab, FEA, text, n, applied);
 }
 
 fn fea_log(lab: &mut Lab) -> String {

@@ -75,29 +75,8 @@ struct Seen {
     failed: Vec<String>,
 }
 
-/// Writes `text` as the configuration, sends SIGHUP and waits for the `n`th reload line.
 fn reload(lab: &mut Lab, text: &str, n: usize, applied: bool) {
-    std::fs::write(
-        lab.log_dir.join("fea.toml"),
-        lab.with_control_socket(0, text),
-    )
-    .unwrap();
-    let daemon = lab.frontend_daemon(0).expect("the front-end runs");
-    nix::sys::signal::kill(daemon.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
-    let needle = if applied {
-        "reload: configuration applied"
-    } else {
-        "reload: refused"
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while daemon.log_text().matches(needle).count() < n {
-        assert!(
-            Instant::now() < deadline,
-            "no reload line {n} ({needle}):\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    robustifier_lab::cli::reload_by_signal(lab, 0, text, n, applied);
 }
 
 #[test]

@@ -377,3 +377,34 @@ impl Client {
         self.reply().await
     }
 }
+
+/// A stderr line reader with a wait for a line containing some text.
+pub struct Log(std::sync::mpsc::Receiver<String>);
+
+impl Log {
+    pub fn follow(stderr: std::process::ChildStderr) -> Log {
+        let (lines, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in
+                std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok)
+            {
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Log(log)
+    }
+
+    pub fn wait(&self, what: &str) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.0.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("no log line with {what:?}");
+    }
+}
