@@ -3,8 +3,9 @@
 //! with the interval unchanged, a priority lowered but still above keepalived's, other
 //! settings with the address list unchanged) leave keepalived's notify record without a
 //! transition; a reload lowering our priority below keepalived's (which preempts) moves
-//! the master exactly once; so does a binary upgrade while master (`robustifier upgrade`:
-//! the new process continues the mastership). A reload naming a router the machine cannot
+//! the master exactly once; a binary upgrade while master (`robustifier upgrade`: the new
+//! process continues the mastership) moves nothing either, with keepalived and with a second
+//! Robustifier as the peer. A reload naming a router the machine cannot
 //! run is refused whole. Privileged; needs keepalived and tshark (`cargo xtask setup` installs them).
 //!
 //! "Nothing moved" is judged after keepalived has been sent a number of our adverts at the
@@ -279,4 +280,55 @@ fn routers_added_and_removed_by_reloads_and_a_bad_one_refused() {
         log.contains("takes a restart") && log.contains("control_socket"),
         "{log}"
     );
+}
+
+/// A binary upgrade while master, with a second Robustifier as the backup: the backup hears
+/// the adverts go on from the same address and never leaves Backup; the new process's one
+/// transition is continuing the mastership, and the address stays where it is.
+#[test]
+fn an_upgrade_while_master_is_no_transition_for_a_robustifier_peer() {
+    let Some(mut lab) = lab("hup") else { return };
+    let b = lab.frontend(FEB).ns.clone();
+    let a = lab.frontend(FEA).ns.clone();
+    let capture = start_advert_log(&mut lab, &b).unwrap();
+    eventually("tshark captures on feb's pub0", GENEROUS, || {
+        lab.daemons()[capture].log_text().contains("Capturing on")
+    })
+    .unwrap();
+    let text = frontend_config(&lab, FEA, &[Vr::new(52, 150, VIP_POP, 20)], "");
+    lab.start_frontend(FEA, &text).unwrap();
+    eventually("fea owns the POP VIP", GENEROUS, || {
+        owns(&a, "pub0", VIP_POP.into())
+    })
+    .unwrap();
+    let text = frontend_config(&lab, FEB, &[Vr::new(52, 100, VIP_POP, 20)], "");
+    lab.start_frontend(FEB, &text).unwrap();
+    eventually("feb is a backup", GENEROUS, || {
+        cli::ha_ok(&lab, FEB, &["status"]).contains("Backup")
+    })
+    .unwrap();
+    let feb_log = |lab: &mut Lab| lab.frontend_daemon(FEB).expect("feb runs").log_text();
+    let before = transitions(&feb_log(&mut lab));
+    assert_eq!(before, 1, "feb's start: Initialize -> Backup");
+
+    let n = logged(&mut lab, capture, FEA_PUB, 150);
+    let successor = cli::upgrade(&lab, FEA);
+    settle(&mut lab, capture, FEA_PUB, 150, n, SETTLE_ADVERTS);
+    let log = feb_log(&mut lab);
+    assert_eq!(
+        transitions(&log),
+        before,
+        "feb moved on fea's upgrade:\n{log}"
+    );
+    let st = cli::ha_ok(&lab, FEB, &["status"]);
+    assert!(st.contains("Backup"), "{st}");
+    assert!(owns(&a, "pub0", VIP_POP.into()) && !owns(&b, "pub0", VIP_POP.into()));
+    let successor_log =
+        std::fs::read_to_string(lab.log_dir.join("fea-successor.log")).unwrap_or_default();
+    assert_eq!(transitions(&successor_log), 1, "{successor_log}");
+    assert!(
+        successor_log.contains("reason=TakenOver"),
+        "{successor_log}"
+    );
+    drop(successor);
 }
