@@ -74,10 +74,13 @@ impl Frontend {
         background: &Supervisor,
         ha: &mut Ha,
     ) -> Result<Reloaded, ReloadError> {
+        let started = std::time::Instant::now();
         let outcome = self.try_reload(file, accepting, background, ha).await;
+        // How long the runtime thread was busy with it: sessions on that thread wait meanwhile.
+        let took_us = started.elapsed().as_micros();
         match &outcome {
             Ok(r) => {
-                info!(version = %r.version, changes = %r.summary, "reload: configuration applied");
+                info!(version = %r.version, changes = %r.summary, took_us, "reload: configuration applied");
                 for what in &r.restart_needed {
                     warn!(change = %what, "reload: takes a restart");
                 }
