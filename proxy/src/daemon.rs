@@ -69,14 +69,16 @@ pub fn main(mut cfg: Config, mode: Mode, take_over: bool) -> anyhow::Result<()> 
         Mode::UserSpace => Box::new(UserSpace::new()),
     };
     let mut taken = taken;
+    let mut retired = Vec::new();
     if let Some(t) = &mut taken {
         for (passed, listener) in t.listeners.drain(..) {
             kernel.inherit(&passed.service, passed.role, listener);
         }
         kernel.take_on(t.offer.xdp.clone());
         t.offer.ids.give(&mut cfg)?;
+        retired = crate::frontend::give_backend_ids(&mut cfg, &t.offer.backends);
     }
-    let mut frontend = Frontend::open(cfg.clone(), kernel)?;
+    let mut frontend = Frontend::open_with(cfg.clone(), kernel, &retired)?;
     // Serving (our steering attached, the XDP link ours): the predecessor may stop. If it
     // cannot say how its routers stood, ours start as after any restart.
     if let Some(t) = taken {

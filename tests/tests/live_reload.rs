@@ -195,6 +195,15 @@ fn reloads_of_every_kind_under_traffic_refuse_no_connection_and_lose_no_message(
     // 8. A binary upgrade: a new process serves, the old one drains and exits (status 0),
     // the interface keeps its XDP program (the link now runs the new process's).
     let old_pid = lab.frontend_daemon(0).expect("the front-end runs").pid();
+    // Each back-end's id (its load record) is the same in both processes.
+    let ids = |lab: &Lab| -> Vec<(u32, String, String)> {
+        snapshot(lab)
+            .backends
+            .iter()
+            .map(|b| (b.id, b.address.clone(), b.state.clone()))
+            .collect()
+    };
+    let before = ids(&lab);
     let successor = robustifier_lab::cli::upgrade(&lab, 0);
     assert_ne!(successor.pid, old_pid);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -211,6 +220,8 @@ fn reloads_of_every_kind_under_traffic_refuse_no_connection_and_lose_no_message(
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(exit.success(), "the old process ends cleanly: {exit}");
+    let after = ids(&lab);
+    assert_eq!(after, before, "back-end ids and states across the upgrade");
     let link = lab
         .frontend(0)
         .ns

@@ -25,7 +25,9 @@ use tracing::{info, warn};
 pub use apply::{ReloadError, Reloaded};
 pub use kernel::{Kernel, KernelError, KernelSide};
 pub use status::{StatusReport, render};
-pub use succession::{HandedOver, Ids, IdsTaken, Offer, Offered, PassedListener, XdpPassed};
+pub use succession::{
+    HandedOver, Ids, IdsTaken, Offer, Offered, PassedListener, XdpPassed, give_backend_ids,
+};
 pub use user_space::UserSpace;
 
 use crate::{
@@ -187,7 +189,17 @@ impl Frontend {
     /// Fills the kernel's tables, reads the certificate, builds every service and opens its
     /// listeners, and attaches the kernel side. Call before the runtime starts when the
     /// process will drop privileges after this.
-    pub fn open(cfg: Config, mut kernel: Box<dyn KernelSide>) -> Result<Frontend, OpenError> {
+    pub fn open(cfg: Config, kernel: Box<dyn KernelSide>) -> Result<Frontend, OpenError> {
+        Frontend::open_with(cfg, kernel, &[])
+    }
+
+    /// [`Frontend::open`] for a successor (binary upgrade): the back-ends the predecessor
+    /// still drains keep their ids taken (see [`give_backend_ids`]).
+    pub fn open_with(
+        cfg: Config,
+        mut kernel: Box<dyn KernelSide>,
+        retired: &[crate::health::board::Entry],
+    ) -> Result<Frontend, OpenError> {
         kernel.apply(&cfg)?;
         let maps = kernel.loads();
         let shared = Shared {
@@ -197,7 +209,7 @@ impl Frontend {
             sessions: TaskTracker::new(),
             hooks: ha::Hooks::default(),
         };
-        let board = Board::new(&cfg);
+        let board = Board::with_retired(&cfg, retired);
         let view = maps.view().map_err(KernelError::from)?;
         let pools = Arc::new(
             PoolSet::new(&cfg, Arc::clone(&board), Arc::clone(&view)).map_err(OpenError::Pools)?,
@@ -225,7 +237,10 @@ impl Frontend {
         let mut tables = maps.tables().map_err(KernelError::from)?;
         let now = load_writer::monotonic_ns();
         for slot in board.slots() {
-            if tables.backend(slot.id).is_none() {
+            // Back-ends a predecessor still drains: the tables were just filled from the
+            // configuration, which no longer has them; their records say "draining" again.
+            let retired = slot.removed.load(std::sync::atomic::Ordering::Relaxed);
+            if retired || tables.backend(slot.id).is_none() {
                 load_writer::publish(tables.as_mut(), &board, &slot, now);
             }
         }

@@ -16,7 +16,7 @@ use std::{collections::HashMap, net::SocketAddr, os::fd::OwnedFd, path::PathBuf}
 use serde::{Deserialize, Serialize};
 
 use super::{Frontend, KernelError};
-use crate::{config::Config, front::accept::Role, ha::Succeeded};
+use crate::{config::Config, front::accept::Role, ha::Succeeded, health::board::Entry};
 
 /// What a running front-end offers its successor; the sockets travel beside it, in the
 /// order of `listeners`.
@@ -26,6 +26,9 @@ pub struct Offer {
     /// The configuration version in force.
     pub version: String,
     pub ids: Ids,
+    /// Every back-end of its board, removed ones (still draining) included.
+    #[serde(default)]
+    pub backends: Vec<Entry>,
     pub listeners: Vec<PassedListener>,
     pub xdp: Option<XdpPassed>,
 }
@@ -113,6 +116,54 @@ impl Ids {
     }
 }
 
+/// Gives `cfg`'s back-ends the ids the predecessor's board has for them (same pool, name and
+/// address) and the others the ids after its last, so that the two processes, which share
+/// the load map while the predecessor drains, mean the same back-end by each id. Returns
+/// the predecessor's back-ends `cfg` no longer has: the successor keeps their ids taken
+/// (see `Board::with_retired`). When that would need more ids than the load map holds,
+/// `cfg` keeps its own ids and none is returned.
+pub fn give_backend_ids(cfg: &mut Config, predecessor: &[Entry]) -> Vec<Entry> {
+    let mut next = predecessor.iter().map(|e| e.id + 1).max().unwrap_or(0);
+    let mut taken = std::collections::HashSet::new();
+    let mut ids = Vec::new();
+    for (pool, b) in cfg.backends() {
+        let id = predecessor
+            .iter()
+            .find(|e| {
+                e.pool == pool.name
+                    && e.name == b.name
+                    && e.address == b.address
+                    && !taken.contains(&e.id)
+            })
+            .map_or_else(
+                || {
+                    next += 1;
+                    next - 1
+                },
+                |e| e.id,
+            );
+        taken.insert(id);
+        ids.push(id);
+    }
+    if next > robustifier_common::MAX_BACKENDS {
+        tracing::warn!(
+            "upgrade: the back-ends of both processes need more ids than the load map holds; ids follow the configuration"
+        );
+        return Vec::new();
+    }
+    let mut ids = ids.into_iter();
+    for b in cfg.pools.iter_mut().flat_map(|p| p.backends.iter_mut()) {
+        if let Some(id) = ids.next() {
+            b.id = id;
+        }
+    }
+    predecessor
+        .iter()
+        .filter(|e| !taken.contains(&e.id))
+        .cloned()
+        .collect()
+}
+
 /// A configuration with more services than the kernel's tables have ids for.
 #[derive(Debug, thiserror::Error)]
 #[error("service {0}: all {max} service ids are taken", max = robustifier_common::MAX_SERVICES)]
@@ -154,6 +205,7 @@ impl Frontend {
                 pid: std::process::id(),
                 version: self.cfg.version.clone(),
                 ids: Ids::of(&self.cfg),
+                backends: self.board.entries(),
                 listeners,
                 xdp,
             },
@@ -165,6 +217,61 @@ impl Frontend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::board::Board;
+
+    #[test]
+    fn a_successor_gives_each_backend_the_predecessors_id() {
+        let two = ONE.replace(
+            "backend=[{name='a',address='198.18.1.11:25'}]",
+            "backend=[{name='b',address='198.18.1.12:25'},{name='c',address='198.18.1.13:25'}]",
+        );
+        // The predecessor had a (removed by a reload, draining) at 0 and b at 1.
+        let entry = |id: u32, name: &str, last: u8| Entry {
+            id,
+            pool: "p".into(),
+            pool_id: 0,
+            name: name.into(),
+            address: format!("198.18.1.{last}:25").parse().unwrap(),
+        };
+        let predecessor = [entry(0, "a", 11), entry(1, "b", 12)];
+        let mut cfg = parse(&two);
+        let positional: Vec<u32> = cfg.backends().map(|(_, b)| b.id).collect();
+        assert_eq!(positional, [0, 1]);
+        let retired = give_backend_ids(&mut cfg, &predecessor);
+        let ids: Vec<(String, u32)> = cfg
+            .backends()
+            .map(|(_, b)| (b.name.clone(), b.id))
+            .collect();
+        assert_eq!(ids, [("b".to_owned(), 1), ("c".to_owned(), 2)]);
+        assert_eq!(retired, [entry(0, "a", 11)]);
+        let board = Board::with_retired(&cfg, &retired);
+        let names: Vec<(u32, String, bool)> = board
+            .slots()
+            .iter()
+            .map(|s| {
+                (
+                    s.id,
+                    s.name.clone(),
+                    s.removed.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (0, "a".into(), true),
+                (1, "b".into(), false),
+                (2, "c".into(), false)
+            ]
+        );
+        for (i, s) in board.slots().iter().enumerate() {
+            assert_eq!(
+                board.slot(s.id).map(|x| x.name.clone()),
+                Some(s.name.clone()),
+                "slot {i}"
+            );
+        }
+    }
 
     fn parse(text: &str) -> Config {
         Config::parse(std::path::Path::new("t.toml"), text).unwrap()

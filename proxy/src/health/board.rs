@@ -175,17 +175,76 @@ const EWMA_NEW: f64 = 0.3;
 /// An agent report older than this no longer counts (the agent is gone).
 pub const AGENT_STALE: Duration = Duration::from_secs(30);
 
+/// Who a slot's back-end is: what a process passes to its successor (binary upgrade) so that
+/// both give each back-end the same id, and so the same load record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Entry {
+    pub id: u32,
+    pub pool: String,
+    pub pool_id: u32,
+    pub name: String,
+    pub address: std::net::SocketAddr,
+}
+
 impl Board {
+    /// The back-ends of `cfg`, whose ids are their positions.
     pub fn new(cfg: &Config) -> Arc<Board> {
-        let slots = cfg
+        Board::with_retired(cfg, &[])
+    }
+
+    /// A successor's board: `cfg`'s back-ends at the ids they were given, and in the ids
+    /// between them the back-ends `retired` names, which the predecessor still drained:
+    /// removed here for good, so that no id means another back-end to the two processes.
+    /// Together they must number the ids from 0 without a gap.
+    pub fn with_retired(cfg: &Config, retired: &[Entry]) -> Arc<Board> {
+        let mut by_id: std::collections::BTreeMap<u32, Arc<Slot>> = cfg
             .backends()
-            .map(|(p, b)| Arc::new(Slot::new(b.clone(), p)))
+            .map(|(p, b)| (b.id, Arc::new(Slot::new(b.clone(), p))))
             .collect();
+        // A retired back-end's settings are never used (it takes no session): any
+        // configured back-end's serve as a template.
+        if let Some((pool, backend)) = cfg.backends().next() {
+            for r in retired {
+                if by_id.contains_key(&r.id) {
+                    continue;
+                }
+                let pool = Pool {
+                    id: r.pool_id,
+                    name: r.pool.clone(),
+                    ..pool.clone()
+                };
+                let backend = Backend {
+                    id: r.id,
+                    name: r.name.clone(),
+                    address: r.address,
+                    ..backend.clone()
+                };
+                let slot = Slot::new(backend, &pool);
+                slot.removed.store(true, Ordering::Relaxed);
+                by_id.insert(r.id, Arc::new(slot));
+            }
+        }
+        let slots: Vec<Arc<Slot>> = by_id.into_values().collect();
         Arc::new(Board {
             slots: ArcSwap::from_pointee(slots),
             reloading: Mutex::new(()),
             freed: Arc::new(tokio::sync::watch::channel(0).0),
         })
+    }
+
+    /// Every slot's identity, by id.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.slots
+            .load()
+            .iter()
+            .map(|s| Entry {
+                id: s.id,
+                pool: s.pool_name.clone(),
+                pool_id: s.pool_id,
+                name: s.name.clone(),
+                address: s.address,
+            })
+            .collect()
     }
 
     /// A handle on back-end `id`'s slot (methods taking an id read in place instead).
