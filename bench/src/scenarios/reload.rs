@@ -4,9 +4,10 @@
 //! system is reloaded (each reload applies a real configuration change) and upgraded.
 //!
 //! - Robustifier: the configuration is rewritten (the second back-end's weight alternates
-//!   between 100 and 50) and the daemon gets SIGHUP; the reload counts once the load map
-//!   shows the new weight. Upgrade: `robustifier upgrade --config CFG`, which exits 0 once
-//!   the new process serves.
+//!   between 100 and 50) and `robustifier reload` asks the daemon over its control socket
+//!   (on the system's CPU, as the rivals' commands run there); it answers once the reload is
+//!   in force, and counts when its answer names the weight change. Upgrade: `robustifier
+//!   upgrade --config CFG`, which exits 0 once the new process serves.
 //! - HAProxy (master-worker, `-W -S`): the configuration is rewritten (the second server's
 //!   weight alternates) and the master CLI gets `reload`; it counts once a new worker runs.
 //!   Upgrade: the same re-execution of the binary from disk (the same binary here).
@@ -190,12 +191,6 @@ fn robustifier_variant(base: &str, weight: u32) -> String {
     )
 }
 
-/// The weight of the last back-end in Robustifier's load map.
-fn robustifier_weight(lab: &Lab) -> anyhow::Result<Option<u64>> {
-    let m = rivals::maps(lab)?;
-    Ok(m["backends"][BACKENDS - 1]["weight"].as_u64())
-}
-
 /// Whether `robustifier upgrade` exists in the binary under test (`Err` says why not).
 fn upgrade_available() -> Result<(), String> {
     let out = std::process::Command::new(robustifier_lab::robustifier_bin())
@@ -247,21 +242,29 @@ impl System {
     fn apply(&mut self, lab: &Lab, op: Op, strays: &mut Strays) -> anyhow::Result<()> {
         let flip = self.flips.is_multiple_of(2);
         match (&mut self.kind, op) {
-            (
-                Kind::Robustifier {
-                    config, base, pid, ..
-                },
-                Op::Reload,
-            ) => {
+            (Kind::Robustifier { config, base, .. }, Op::Reload) => {
                 let weight = if flip { 50 } else { 100 };
                 std::fs::write(
                     &*config,
                     lab.with_control_socket(0, &robustifier_variant(base, weight)),
                 )?;
-                signal(*pid, Signal::SIGHUP)?;
-                wait_until("Robustifier's reload (weight in the load map)", || {
-                    Ok(robustifier_weight(lab)? == Some(u64::from(weight)))
-                })?;
+                // One command that returns once the reload is in force: polling the maps
+                // with a process per look would cost the load generator's CPU.
+                let out = std::process::Command::new("taskset")
+                    .args(["-c", &SUT_CPU.to_string()])
+                    .arg(robustifier_lab::robustifier_bin())
+                    .arg("reload")
+                    .arg("--socket")
+                    .arg(robustifier_lab::vrrp::control_socket(lab, 0))
+                    .output()
+                    .context("robustifier reload")?;
+                let said = String::from_utf8_lossy(&out.stdout);
+                anyhow::ensure!(
+                    out.status.success()
+                        && said.contains(&format!("weight {} -> {weight}", 150 - weight)),
+                    "robustifier reload: {said} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             (
                 Kind::Robustifier {
