@@ -62,6 +62,10 @@ pub struct Cluster {
     pub cert: tls::HostCert,
     /// Extra TOML per front-end (VRRP sections, ...), added to the generated config.
     extra: Vec<String>,
+    /// Per SMTP pool (be1, be2, be3): back-ends after the pool's own, and threshold keys
+    /// after the lab's, for tests that reshape a pool.
+    pool_backends: [Vec<Backend>; 3],
+    pool_thresholds: [String; 3],
 }
 
 impl Cluster {
@@ -120,6 +124,8 @@ impl Cluster {
             hosts,
             cert,
             extra: vec![String::new(); frontends],
+            pool_backends: Default::default(),
+            pool_thresholds: Default::default(),
         })
     }
 
@@ -130,6 +136,30 @@ impl Cluster {
     /// Adds TOML (e.g. `[[vrrp]]` sections) to front-end `i`'s configuration.
     pub fn set_extra(&mut self, i: usize, toml: &str) {
         self.extra[i] = toml.to_owned();
+    }
+
+    /// The SMTP pool of back-end `j` (be1, be2, be3) in every front-end's configuration:
+    /// `backends` after its own back-end, `thresholds` (one key a line, none of the keys
+    /// the lab sets: `sessions` only for be1 and be3) after the lab's thresholds.
+    pub fn set_pool_extra(&mut self, j: usize, backends: Vec<Backend>, thresholds: &str) {
+        self.pool_backends[j] = backends;
+        self.pool_thresholds[j] = thresholds.to_owned();
+    }
+
+    /// Issues a new certificate for the front-ends (same lab CA) under the file names
+    /// `host`.pem and `host`.key, for `dns_name` and the VIPs, and puts it in the
+    /// configuration [`Cluster::frontend_config`] writes from now on.
+    pub fn new_certificate(&mut self, host: &str, dns_name: &str) -> anyhow::Result<()> {
+        let vips = [
+            VIP_SMTP.into(),
+            VIP_POP.into(),
+            VIP_SMTP_V6.into(),
+            VIP_POP_V6.into(),
+        ];
+        let cert = tls::host_cert(&self.lab.log_dir, host, dns_name, &vips)?;
+        readable_by_daemon(&cert.key)?;
+        self.cert = cert;
+        Ok(())
     }
 
     /// Front-end `i`'s configuration.
@@ -162,8 +192,17 @@ impl Cluster {
                 .backend(
                     Backend::new(&name, format!("{be}:{port}")).agent(format!("{be}:{AGENT_PORT}")),
                 )
+                .backends(self.pool_backends[usize::from(j)].iter().cloned())
                 .line(&agent_key)
                 .health("interval_ms = 1000\nagent_interval_ms = 500")
+        };
+        let thresholds = |j: usize, lab: &str| {
+            let extra = &self.pool_thresholds[j];
+            if extra.is_empty() {
+                lab.to_owned()
+            } else {
+                format!("{lab}\n{}", extra.trim_end())
+            }
         };
         let plain_pool = |pool: &str, identity: &str, backend: &str, j: u8, port: u16| {
             Pool::new(pool, identity).backend(Backend::new(
@@ -191,14 +230,14 @@ impl Cluster {
                     .line("tls = \"starttls\"")
                     .line(&format!("ca = \"{}\"", self.cert.ca.display()))
                     .line("server_name = \"be1.robustifier.test\"")
-                    .thresholds(LAB_THRESHOLDS),
+                    .thresholds(&thresholds(0, LAB_THRESHOLDS)),
             )
             // A small back-end: four sessions at once from this front-end.
             .pool(
                 smtp_pool(1, "xclient", PORT_SMTP)
-                    .thresholds(&format!("sessions = 4\n{LAB_THRESHOLDS}")),
+                    .thresholds(&thresholds(1, &format!("sessions = 4\n{LAB_THRESHOLDS}"))),
             )
-            .pool(smtp_pool(2, "proxy", PORT_SMTP_PROXY).thresholds(LAB_THRESHOLDS))
+            .pool(smtp_pool(2, "proxy", PORT_SMTP_PROXY).thresholds(&thresholds(2, LAB_THRESHOLDS)))
             .pool(plain_pool("sub-be1", "none", "be1-submission", 0, PORT_SUBMISSION))
             .pool(plain_pool("sub-be2", "none", "be2-submission", 1, PORT_SUBMISSION))
             .pool(plain_pool("pop-be1", "proxy", "be1-pop3", 0, PORT_POP3_PROXY))

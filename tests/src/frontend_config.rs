@@ -123,6 +123,8 @@ pub struct Backend {
     pub name: String,
     pub address: String,
     pub agent: Option<String>,
+    /// `weight`; absent: the front-end's default.
+    pub weight: Option<u32>,
 }
 
 impl Backend {
@@ -131,7 +133,13 @@ impl Backend {
             name: name.to_owned(),
             address: address.to_string(),
             agent: None,
+            weight: None,
         }
+    }
+
+    pub fn weight(mut self, weight: u32) -> Backend {
+        self.weight = Some(weight);
+        self
     }
 
     pub fn agent(mut self, address: impl std::fmt::Display) -> Backend {
@@ -146,8 +154,12 @@ impl Backend {
             .as_ref()
             .map(|a| format!(", agent = \"{a}\""))
             .unwrap_or_default();
+        let weight = self
+            .weight
+            .map(|w| format!(", weight = {w}"))
+            .unwrap_or_default();
         format!(
-            "{{ name = \"{}\", address = \"{}\"{agent} }}",
+            "{{ name = \"{}\", address = \"{}\"{agent}{weight} }}",
             self.name, self.address
         )
     }
