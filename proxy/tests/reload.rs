@@ -241,3 +241,48 @@ async fn a_reload_that_cannot_be_applied_changes_nothing() {
     assert_eq!(again.version, running.version);
     fe.stop().await;
 }
+
+/// A back-end a reload removed takes no new session, so it is no longer probed (each probe
+/// costs it an SMTP session); restored, it is probed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_backend_is_not_probed_until_it_comes_back() {
+    let (a, b) = (SmtpBackend::start().await, SmtpBackend::start().await);
+    let dir = tempdir("probes");
+    let health = "[pool.health]\ninterval_ms = 100\n";
+    let text = |backends: &[(&str, &SmtpBackend)]| {
+        config(&format!(
+            "{}{}",
+            service("smtp", 25, "mx", ""),
+            pool("mx", health, backends)
+        ))
+    };
+    let probes = |b: &SmtpBackend| {
+        b.seen
+            .lock()
+            .unwrap()
+            .commands
+            .iter()
+            .filter(|c| c.starts_with("EHLO robustifier-probe"))
+            .count()
+    };
+    let fe = Running::start(&dir, &text(&[("a", &a), ("b", &b)]));
+    until("b probed twice", || probes(&b) >= 2).await;
+    fe.reload(&text(&[("a", &a)])).await.unwrap();
+    // A probe already under way may finish; after it, none.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (b_then, a_then) = (probes(&b), probes(&a));
+    until("five more rounds at a", || probes(&a) >= a_then + 5).await;
+    assert_eq!(probes(&b), b_then, "the removed back-end was probed");
+    fe.reload(&text(&[("a", &a), ("b", &b)])).await.unwrap();
+    until("b probed again once restored", || probes(&b) > b_then).await;
+    fe.stop().await;
+}
+
+/// Waits (bounded by the support's patience) until `f` holds.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + support::PATIENCE;
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

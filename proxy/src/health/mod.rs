@@ -46,6 +46,11 @@ pub fn spawn_checks(
                 _ = stop2.cancelled() => return,
                 _ = tokio::time::sleep(h.interval) => {}
             }
+            // A back-end a reload removed takes no new session whatever its state: probing
+            // it would only cost it an SMTP session a round. Probes resume if it comes back.
+            if slot.removed.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
             let r = probe::probe(slot.address, settings.backend.identity, tls.as_ref(), h.timeout).await;
             match &r {
                 Ok(p) => {
