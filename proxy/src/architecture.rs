@@ -22,7 +22,8 @@
 //!   sessions share (errors, TLS upgrade, command reading, error budget), the sessions,
 //!   the front's listeners and accept loops.
 //! - control: VRRP at run time, the load writer, the agent daemon, the front-end tied
-//!   together on its kernel side, its control socket, the daemon itself.
+//!   together on its kernel side, its control socket, the daemon itself, the cluster
+//!   manager's configuration journal.
 #![cfg(test)]
 
 use std::{
@@ -82,6 +83,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "frontend",
             "control",
             "daemon",
+            "manager",
         ],
     ),
 ];

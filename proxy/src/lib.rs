@@ -27,6 +27,7 @@
 //! - [`ha`]: VRRPv3 at run time: raw sockets, virtual addresses, tracking, handoff.
 //! - [`vrrp`]: VRRPv3 packets and state machine as pure functions, for virtual IP failover.
 //! - [`logging`]: log lines on stderr, as text or JSON.
+//! - [`manager`]: the cluster manager's journal of configuration versions.
 #![forbid(unsafe_code)]
 #![allow(
     rustdoc::private_intra_doc_links,
@@ -48,6 +49,7 @@ pub mod health;
 pub mod lines;
 pub(crate) mod load_writer;
 pub mod logging;
+pub mod manager;
 pub mod pop3;
 pub mod privs;
 pub(crate) mod reload;

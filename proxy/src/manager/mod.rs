@@ -1,0 +1,6 @@
+//! `robustifier manager`: the cluster's configuration kept in one place, versioned.
+//!
+//! - [`journal`]: the durable, append-only journal of configuration versions, with
+//!   optimistic concurrency, rollback as a forward version and confirmed commits.
+
+pub mod journal;
