@@ -56,7 +56,7 @@ pub fn main(mut cfg: Config, mode: Mode, take_over: bool) -> anyhow::Result<()> 
         ),
         (None, false) => {}
     }
-    let taken = if take_over {
+    let mut taken = if take_over {
         let taken = control::handover::take_over(&cfg.ha.control_socket)
             .context("taking over from the running front-end")?;
         info!(from_pid = taken.offer.pid, version = %taken.offer.version, listeners = taken.listeners.len(), "upgrade: taking over");
@@ -68,16 +68,13 @@ pub fn main(mut cfg: Config, mode: Mode, take_over: bool) -> anyhow::Result<()> 
         Mode::Kernel => Box::new(Kernel::load(&cfg)?),
         Mode::UserSpace => Box::new(UserSpace::new()),
     };
-    let mut taken = taken;
-    let mut retired = Vec::new();
-    if let Some(t) = &mut taken {
-        for (passed, listener) in t.listeners.drain(..) {
-            kernel.inherit(&passed.service, passed.role, listener);
+    let retired = match &mut taken {
+        Some(t) => {
+            let listeners = std::mem::take(&mut t.listeners);
+            crate::frontend::adopt(&t.offer, listeners, kernel.as_mut(), &mut cfg)?
         }
-        kernel.take_on(t.offer.xdp.clone());
-        t.offer.ids.give(&mut cfg)?;
-        retired = crate::frontend::give_backend_ids(&mut cfg, &t.offer.backends);
-    }
+        None => Vec::new(),
+    };
     let mut frontend = Frontend::open_with(cfg.clone(), kernel, &retired)?;
     // Serving (our steering attached, the XDP link ours): the predecessor may stop. If it
     // cannot say how its routers stood, ours start as after any restart.

@@ -3,9 +3,11 @@
 
 mod support;
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
-use support::{Client, Log, PATIENCE, Running, SmtpBackend, config, tempdir};
+use support::{
+    Client, PATIENCE, Running, SmtpBackend, config, free_port, run_without_kernel, tempdir,
+};
 
 fn smtp(backends: &[(&str, &SmtpBackend)]) -> String {
     let list: Vec<String> = backends
@@ -116,10 +118,7 @@ async fn the_daemon_reloads_on_sighup_and_stops_on_sigterm() {
     let first = SmtpBackend::start().await;
     let second = SmtpBackend::start().await;
     let dir = tempdir("daemon");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let service = |backends: &[(&str, &SmtpBackend)]| {
         config(&smtp(backends)).replace(
             "port = 25\n",
@@ -128,16 +127,8 @@ async fn the_daemon_reloads_on_sighup_and_stops_on_sigterm() {
     };
     let file = dir.join("robustifier.toml");
     std::fs::write(&file, service(&[("first", &first)])).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_robustifier"))
-        .args(["run", "--without-kernel", "--config"])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, log) = run_without_kernel(&file);
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let log = Log::follow(child.stderr.take().unwrap());
-    log.wait("robustifier ready");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut c = Client::connect(addr).await;
     assert!(

@@ -11,7 +11,7 @@ mod support;
 
 use std::{
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use support::{Client, Log, PATIENCE, SmtpBackend, config, tempdir};
+use support::{Client, PATIENCE, SmtpBackend, config, free_port, run_without_kernel, tempdir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
 
@@ -68,10 +68,7 @@ async fn an_upgrade_refuses_no_connection_and_loses_no_message() {
     let dir = tempdir("upgrade");
     // A directory the daemon makes (and gives its user, when it starts as root).
     let socket = dir.join("control").join("control.sock");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let text = |backends: &[(&str, &SmtpBackend)]| {
         let list: Vec<String> = backends
             .iter()
@@ -87,17 +84,9 @@ async fn an_upgrade_refuses_no_connection_and_loses_no_message() {
     };
     let file = dir.join("robustifier.toml");
     std::fs::write(&file, text(&[("first", &first)])).unwrap();
-    let mut old = Command::new(BIN)
-        .args(["run", "--without-kernel", "--config"])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut old, log) = run_without_kernel(&file);
     let mut started = Started::default();
     started.0.push(old.id());
-    let log = Log::follow(old.stderr.take().unwrap());
-    log.wait("robustifier ready");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let before = status(&socket);
     assert_eq!(before["pid"], old.id());
@@ -178,7 +167,6 @@ async fn an_upgrade_refuses_no_connection_and_loses_no_message() {
 
     let upgrade_log = dir.join("successor.log");
     let out = tokio::task::spawn_blocking({
-        let file = file.clone();
         let upgrade_log = upgrade_log.clone();
         move || {
             robustifier(&[
@@ -189,7 +177,6 @@ async fn an_upgrade_refuses_no_connection_and_loses_no_message() {
                 "--log",
                 upgrade_log.to_str().unwrap(),
             ]);
-            let _ = file;
         }
     });
     out.await.unwrap();

@@ -71,6 +71,18 @@ fn settle(lab: &mut Lab, capture: usize, src: &str, priority: u8, from: usize, m
     .unwrap();
 }
 
+/// Starts the capture of adverts in feb's namespace; returns its index among the lab's
+/// processes once it captures.
+fn capture_on_feb(lab: &mut Lab) -> usize {
+    let b = lab.frontend(FEB).ns.clone();
+    let capture = start_advert_log(lab, &b).unwrap();
+    eventually("tshark captures on feb's pub0", GENEROUS, || {
+        lab.daemons()[capture].log_text().contains("Capturing on")
+    })
+    .unwrap();
+    capture
+}
+
 fn logged(lab: &mut Lab, capture: usize, src: &str, priority: u8) -> usize {
     adverts_logged(&lab.daemons()[capture].log_text(), src, priority)
 }
@@ -78,13 +90,8 @@ fn logged(lab: &mut Lab, capture: usize, src: &str, priority: u8) -> usize {
 #[test]
 fn reloads_move_the_master_only_when_the_priorities_ask_for_it() {
     let Some(mut lab) = lab("hkr") else { return };
-    let b = lab.frontend(FEB).ns.clone();
-    let a = lab.frontend(FEA).ns.clone();
-    let capture = start_advert_log(&mut lab, &b).unwrap();
-    eventually("tshark captures on feb's pub0", GENEROUS, || {
-        lab.daemons()[capture].log_text().contains("Capturing on")
-    })
-    .unwrap();
+    let (a, b) = (lab.frontend(FEA).ns.clone(), lab.frontend(FEB).ns.clone());
+    let capture = capture_on_feb(&mut lab);
 
     let router = |priority: u8, extra: &str| Vr::new(52, priority, VIP_POP, 20).with(extra);
     let cfg = |lab: &Lab, r: Vr| frontend_config(lab, FEA, &[r], "");
@@ -288,13 +295,8 @@ fn routers_added_and_removed_by_reloads_and_a_bad_one_refused() {
 #[test]
 fn an_upgrade_while_master_is_no_transition_for_a_robustifier_peer() {
     let Some(mut lab) = lab("hup") else { return };
-    let b = lab.frontend(FEB).ns.clone();
-    let a = lab.frontend(FEA).ns.clone();
-    let capture = start_advert_log(&mut lab, &b).unwrap();
-    eventually("tshark captures on feb's pub0", GENEROUS, || {
-        lab.daemons()[capture].log_text().contains("Capturing on")
-    })
-    .unwrap();
+    let (a, b) = (lab.frontend(FEA).ns.clone(), lab.frontend(FEB).ns.clone());
+    let capture = capture_on_feb(&mut lab);
     let text = frontend_config(&lab, FEA, &[Vr::new(52, 150, VIP_POP, 20)], "");
     lab.start_frontend(FEA, &text).unwrap();
     eventually("fea owns the POP VIP", GENEROUS, || {

@@ -272,21 +272,13 @@ fn reloads_and_an_upgrade_under_smtp_and_pop3_traffic_lose_nothing() {
     // 1. A service added on port 2525: it answers, and its message is delivered.
     c.set_extra(0, &extra(&[&alt_service]));
     reload(&mut c);
-    let r = c
-        .lab
-        .client
-        .ns
-        .enter(move || {
-            client::send_mail(
-                alt,
-                None,
-                "sender@client.example.org",
-                &["alice@example.test"],
-                &message("lrm-alt", "alice@example.test"),
-            )
-        })
-        .unwrap()
-        .expect("port 2525 answers");
+    let r = client::send_mail_in(
+        &c.lab.client.ns,
+        alt,
+        "sender@client.example.org",
+        &["alice@example.test"],
+        &message("lrm-alt", "alice@example.test"),
+    );
     assert!(accepted(&r), "{r:?}");
 
     // 2. A back-end added to pool be2 (be2's Postfix over IPv6): it takes mail. The pool

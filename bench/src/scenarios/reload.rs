@@ -243,7 +243,7 @@ impl System {
         let flip = self.flips.is_multiple_of(2);
         match (&mut self.kind, op) {
             (Kind::Robustifier { config, base, .. }, Op::Reload) => {
-                let weight = if flip { 50 } else { 100 };
+                let (was, weight) = if flip { (100, 50) } else { (50, 100) };
                 std::fs::write(
                     &*config,
                     lab.with_control_socket(0, &robustifier_variant(base, weight)),
@@ -260,8 +260,7 @@ impl System {
                     .context("robustifier reload")?;
                 let said = String::from_utf8_lossy(&out.stdout);
                 anyhow::ensure!(
-                    out.status.success()
-                        && said.contains(&format!("weight {} -> {weight}", 150 - weight)),
+                    out.status.success() && said.contains(&format!("weight {was} -> {weight}")),
                     "robustifier reload: {said} {}",
                     String::from_utf8_lossy(&out.stderr)
                 );

@@ -26,7 +26,7 @@ pub use apply::{ReloadError, Reloaded};
 pub use kernel::{Kernel, KernelError, KernelSide};
 pub use status::{StatusReport, render};
 pub use succession::{
-    HandedOver, Ids, IdsTaken, Offer, Offered, PassedListener, XdpPassed, give_backend_ids,
+    HandedOver, Ids, IdsTaken, Offer, Offered, PassedListener, XdpPassed, adopt, give_backend_ids,
 };
 pub use user_space::UserSpace;
 

@@ -116,6 +116,24 @@ impl Ids {
     }
 }
 
+/// What a successor takes from `offer` before it opens: the predecessor's `listeners` for
+/// its kernel side to use, the XDP attachment, and the ids of services, pools and
+/// back-ends written into `cfg`. Returns the back-ends the predecessor still drains, for
+/// [`Frontend::open_with`].
+pub fn adopt(
+    offer: &Offer,
+    listeners: Vec<(PassedListener, std::net::TcpListener)>,
+    kernel: &mut dyn super::KernelSide,
+    cfg: &mut Config,
+) -> Result<Vec<Entry>, IdsTaken> {
+    for (passed, listener) in listeners {
+        kernel.inherit(&passed.service, passed.role, listener);
+    }
+    kernel.take_on(offer.xdp.clone());
+    offer.ids.give(cfg)?;
+    Ok(give_backend_ids(cfg, &offer.backends))
+}
+
 /// Gives `cfg`'s back-ends the ids the predecessor's board has for them (same pool, name and
 /// address) and the others the ids after its last, so that the two processes, which share
 /// the load map while the predecessor drains, mean the same back-end by each id. Returns

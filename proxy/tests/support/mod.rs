@@ -408,3 +408,24 @@ impl Log {
         panic!("no log line with {what:?}");
     }
 }
+
+/// A loopback port free now (bound, then released), for a process that binds it itself.
+pub fn free_port() -> u16 {
+    let l = StdListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// `robustifier run --without-kernel --config FILE` as a process, once it says it is ready,
+/// with its log followed.
+pub fn run_without_kernel(file: &Path) -> (std::process::Child, Log) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_robustifier"))
+        .args(["run", "--without-kernel", "--config"])
+        .arg(file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Log::follow(child.stderr.take().unwrap());
+    log.wait("robustifier ready");
+    (child, log)
+}
