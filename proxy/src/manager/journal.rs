@@ -21,6 +21,7 @@ use std::{
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::render::{self, RenderError};
 use crate::config::{Config, ConfigError, diff};
 
 /// Version number -> [`VersionInfo`] as JSON. Kept apart from the texts so that the log
@@ -84,6 +85,8 @@ pub struct Confirmation {
 pub enum JournalError {
     #[error("configuration refused: {0}")]
     Invalid(#[from] ConfigError),
+    #[error("configuration refused: {0}")]
+    Refused(#[from] RenderError),
     #[error(
         "commit based on version {base}, but the head is version {head}: merge the changes since and commit on version {head}"
     )]
@@ -121,18 +124,36 @@ storage_errors!(
     redb::CommitError
 );
 
+/// What a journal's texts are, and so how they are validated and compared.
+#[derive(Debug, Clone)]
+pub enum Texts {
+    /// One front-end's configuration, validated as if it were this file: relative paths in
+    /// it (certificates, keys, routing maps) resolve against its folder, and errors name it.
+    Single(PathBuf),
+    /// A cluster configuration ([`render`]): every member's rendering is validated as the
+    /// file `NAME.toml` in this folder.
+    Cluster(PathBuf),
+}
+
 /// The journal, open on its file.
 pub struct Journal {
     db: Database,
-    /// The path texts are validated as: relative paths in them (certificates, keys,
-    /// routing maps) resolve against its folder, and errors name it.
-    config_file: PathBuf,
+    texts: Texts,
 }
 
 impl Journal {
     /// Opens the journal at `path`, creating it if absent. Texts are validated as if they
     /// were the file `config_file`.
     pub fn open(path: &Path, config_file: &Path) -> Result<Journal, JournalError> {
+        Journal::open_with(path, Texts::Single(config_file.to_owned()))
+    }
+
+    /// Opens the journal of a cluster's configurations at `path`, creating it if absent.
+    pub fn open_cluster(path: &Path, dir: &Path) -> Result<Journal, JournalError> {
+        Journal::open_with(path, Texts::Cluster(dir.to_owned()))
+    }
+
+    fn open_with(path: &Path, texts: Texts) -> Result<Journal, JournalError> {
         let db = Database::create(path)?;
         // Every table exists from the start, so that readers never meet a missing one.
         let txn = db.begin_write()?;
@@ -141,9 +162,17 @@ impl Journal {
         txn.open_table(CONFIRMATIONS)?;
         txn.open_table(STATE)?;
         txn.commit()?;
-        Ok(Journal {
-            db,
-            config_file: config_file.to_owned(),
+        Ok(Journal { db, texts })
+    }
+
+    /// Validates `text`: each member's configuration (one, unnamed, for a single front-end).
+    pub fn validate(&self, text: &str) -> Result<Vec<(String, Config)>, JournalError> {
+        Ok(match &self.texts {
+            Texts::Single(file) => vec![(String::new(), Config::parse(file, text)?)],
+            Texts::Cluster(dir) => render::check(text, dir)?
+                .into_iter()
+                .map(|r| (r.member, r.config))
+                .collect(),
         })
     }
 
@@ -266,12 +295,9 @@ impl Journal {
 
     /// What changes from version `a` to version `b`, one line each.
     pub fn diff(&self, a: u64, b: u64) -> Result<Vec<String>, JournalError> {
-        let old = Config::parse(&self.config_file, &self.get(a)?.text)?;
-        let new = Config::parse(&self.config_file, &self.get(b)?.text)?;
-        Ok(diff::changes(&old, &new)
-            .into_iter()
-            .map(|c| c.what)
-            .collect())
+        let old = self.validate(&self.get(a)?.text)?;
+        let new = self.validate(&self.get(b)?.text)?;
+        Ok(member_changes(&old, &new))
     }
 
     /// Appends a version inside `txn`, after the checks; the caller commits.
@@ -295,14 +321,14 @@ impl Journal {
         if base != head {
             return Err(JournalError::Stale { base, head });
         }
-        let new = Config::parse(&self.config_file, text)?;
+        let new = self.validate(text)?;
         let summary = if head == 0 {
             "first version".to_owned()
         } else {
             // A parent that no longer validates (a file it names has gone) must not block
             // the commit that repairs it; the summary says why it has no diff.
-            match Config::parse(&self.config_file, &text_of(&texts, head)?) {
-                Ok(old) => diff::summary(&diff::changes(&old, &new)),
+            match self.validate(&text_of(&texts, head)?) {
+                Ok(old) => summary(&member_changes(&old, &new)),
                 Err(e) => format!("version {head} no longer validates ({e})"),
             }
         };
@@ -334,6 +360,54 @@ impl Journal {
         versions.insert(number, encode(&info, "version")?.as_slice())?;
         texts.insert(number, text)?;
         Ok(info)
+    }
+}
+
+/// The changes from `old` to `new`, one line each: those every member sees first, then
+/// each member's own prefixed with its name, then members added and removed.
+fn member_changes(old: &[(String, Config)], new: &[(String, Config)]) -> Vec<String> {
+    let mut each: Vec<(&str, Vec<String>)> = Vec::new();
+    let mut added = Vec::new();
+    for (member, n) in new {
+        match old.iter().find(|(m, _)| m == member) {
+            Some((_, o)) => each.push((
+                member,
+                diff::changes(o, n).into_iter().map(|c| c.what).collect(),
+            )),
+            None => added.push(format!("member {member} added")),
+        }
+    }
+    let common: Vec<String> = each.first().map_or_else(Vec::new, |(_, first)| {
+        first
+            .iter()
+            .filter(|line| each.iter().all(|(_, lines)| lines.contains(line)))
+            .cloned()
+            .collect()
+    });
+    let mut out = common.clone();
+    for (member, lines) in &each {
+        out.extend(
+            lines
+                .iter()
+                .filter(|l| !common.contains(l))
+                .map(|l| format!("{member}: {l}")),
+        );
+    }
+    out.extend(added);
+    out.extend(
+        old.iter()
+            .filter(|(m, _)| !new.iter().any(|(n, _)| n == m))
+            .map(|(m, _)| format!("member {m} removed")),
+    );
+    out
+}
+
+/// One line: "no change" or "N changes: a; b".
+fn summary(lines: &[String]) -> String {
+    match lines.len() {
+        0 => "no change".to_owned(),
+        1 => format!("1 change: {}", lines[0]),
+        n => format!("{n} changes: {}", lines.join("; ")),
     }
 }
 

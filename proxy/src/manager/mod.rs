@@ -2,5 +2,8 @@
 //!
 //! - [`journal`]: the durable, append-only journal of configuration versions, with
 //!   optimistic concurrency, rollback as a forward version and confirmed commits.
+//! - [`render`]: one cluster configuration rendered into each member's own, and validated
+//!   with each member's rules.
 
 pub mod journal;
+pub mod render;
