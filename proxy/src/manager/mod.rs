@@ -2,5 +2,8 @@
 //!
 //! - [`journal`]: the durable, append-only journal of configuration versions, with
 //!   optimistic concurrency, rollback as a forward version and confirmed commits.
+//! - [`audit`]: the append-only, hash-chained audit trail of what operators, members and
+//!   the manager did.
 
+pub mod audit;
 pub mod journal;
