@@ -29,9 +29,9 @@
 //!
 //! What the chain cannot find: someone with write access who rewrites the whole file
 //! consistently (every hash after the change recomputed, the head too). The remedy is to
-//! keep the head hash somewhere else: [`Audit::verify`] returns it (`robustifier manager`
-//! prints it), and a head exported earlier must still be found in the trail later, with
-//! the same seq.
+//! keep the head hash somewhere else: [`Audit::verify`] returns it for the manager to
+//! print, and a head exported earlier must still be found in the trail later, with the
+//! same seq.
 
 use std::{
     path::Path,
