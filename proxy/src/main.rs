@@ -134,6 +134,27 @@ enum Command {
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
+    /// Operator drain of a back-end on a running front-end: no new session goes to it,
+    /// running ones finish. Kept across reloads, not across a restart.
+    Backend {
+        #[command(subcommand)]
+        command: BackendCommand,
+        /// Control socket; defaults to the config's `ha.control_socket`, else the only
+        /// socket under /run/robustifier/.
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+        /// Take the control socket from this configuration.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendCommand {
+    /// Take no new session on back-end NAME (its configured name, in every pool).
+    Drain { name: String },
+    /// Undo a drain: back-end NAME takes new sessions again.
+    Undrain { name: String },
 }
 
 #[derive(Subcommand)]
@@ -277,6 +298,22 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             socket,
             config,
         } => ha(command, socket, config),
+        Command::Backend {
+            command,
+            socket,
+            config,
+        } => {
+            let path = control_path(socket, config.as_deref())?;
+            let line = match command {
+                BackendCommand::Drain { name } => format!("drain {name}"),
+                BackendCommand::Undrain { name } => format!("undrain {name}"),
+            };
+            println!(
+                "{}",
+                control::request(&path, &line, Duration::from_secs(30))?
+            );
+            Ok(())
+        }
         Command::Unload { pins } => {
             let dir = pins.resolve()?;
             let removed = remove_pins(&dir)?;

@@ -9,11 +9,17 @@
 //! reload [ABSOLUTE-PATH]              ok {"version":..,"summary":..}  |  error <why nothing changed>
 //! release VRID                        ok <what happened>  |  error <why>
 //! resume VRID                         ok <what happened>  |  error <why>
+//! drain BACKEND                       ok {"backend":..,"draining":true}  |  error <why>
+//! undrain BACKEND                     ok {"backend":..,"draining":false}  |  error <why>
 //! handover                            see [`handover`]: a successor process takes over
 //! ```
 //!
 //! `release` answers when the handoff is done, which may take the whole drain deadline.
 //! A VRID names both the IPv4 and the IPv6 router of that number, if both exist.
+//! `drain` takes a back-end's configured name and acts in every pool that has it: no new
+//! session goes there, running ones finish, its load record says draining (as an agent's
+//! `drain=1`). The flag is the running process's: it survives a reload, not a restart or
+//! a binary upgrade.
 //!
 //! Invariant: a malformed or oversized request gets an `error` line and the connection is
 //! closed; nothing a client sends can stop the server.

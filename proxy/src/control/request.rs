@@ -14,6 +14,12 @@ pub enum Request {
     Resume(u8),
     /// A successor process asks to take over (binary upgrade).
     HandOver,
+    /// The operator drains (`drain: true`) or undrains back-end `backend`, by its
+    /// configured name, in every pool that has it.
+    Drain {
+        backend: String,
+        drain: bool,
+    },
 }
 
 impl Request {
@@ -50,10 +56,27 @@ impl Request {
                 }
                 Ok(Request::Reload { file: Some(file) })
             }
+            "drain" | "undrain" => {
+                if rest.is_empty() {
+                    return Err(format!("{verb} needs a back-end name"));
+                }
+                if rest.split_ascii_whitespace().count() > 1 {
+                    return Err("too many arguments".to_owned());
+                }
+                // Names come from the configuration; anything with a control character
+                // could not be one, and would garble the log line that names it.
+                if rest.chars().any(char::is_control) {
+                    return Err(format!("{rest:?} is not a back-end name"));
+                }
+                Ok(Request::Drain {
+                    backend: rest.to_owned(),
+                    drain: verb == "drain",
+                })
+            }
             "release" => vrid(rest).map(Request::Release),
             "resume" => vrid(rest).map(Request::Resume),
             _ => Err(format!(
-                "unknown request {verb:?} (status, reload [FILE], release VRID, resume VRID, handover)"
+                "unknown request {verb:?} (status, reload [FILE], release VRID, resume VRID, drain BACKEND, undrain BACKEND, handover)"
             )),
         }
     }
@@ -78,6 +101,20 @@ mod tests {
             ),
             ("release 51", Request::Release(51)),
             ("resume 255", Request::Resume(255)),
+            (
+                "drain mx1",
+                Request::Drain {
+                    backend: "mx1".into(),
+                    drain: true,
+                },
+            ),
+            (
+                " undrain  store-2.example ",
+                Request::Drain {
+                    backend: "store-2.example".into(),
+                    drain: false,
+                },
+            ),
         ];
         for (line, want) in ok {
             assert_eq!(Request::parse(line).as_ref(), Ok(want), "{line:?}");
@@ -94,6 +131,11 @@ mod tests {
             ("release 0", "\"0\" is not a VRID"),
             ("release -1", "\"-1\" is not a VRID"),
             ("release 51 52", "too many arguments"),
+            ("drain", "drain needs a back-end name"),
+            ("undrain   ", "undrain needs a back-end name"),
+            ("drain mx1 mx2", "too many arguments"),
+            ("drain mx\u{7}1", r#""mx\u{7}1" is not a back-end name"#),
+            ("Drain mx1", "unknown request \"Drain\""),
             ("reload etc/x.toml", "reload takes an absolute path"),
             ("reload /etc/x\u{7}.toml", "reload takes an absolute path"),
         ];

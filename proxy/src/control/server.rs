@@ -125,6 +125,19 @@ async fn answer(request: Request, commands: &mpsc::Sender<Command>) -> Result<St
                 .map_err(|_| gone())?;
             answer.await.map_err(|_| gone())?
         }
+        Request::Drain { backend, drain } => {
+            let (done, answer) = oneshot::channel();
+            commands
+                .send(Command::Drain {
+                    backend,
+                    drain,
+                    done,
+                })
+                .await
+                .map_err(|_| gone())?;
+            let drained = answer.await.map_err(|_| gone())??;
+            serde_json::to_string(&drained).map_err(|e| e.to_string())
+        }
         Request::HandOver => Err("handover is a dialogue of its own".to_owned()),
     }
 }
@@ -156,6 +169,7 @@ mod tests {
                         routers: Vec::new(),
                         ready: true,
                         tasks: Vec::new(),
+                        drained: Vec::new(),
                     });
                 }
             }

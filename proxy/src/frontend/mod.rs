@@ -62,6 +62,13 @@ pub enum Command {
         release: bool,
         done: oneshot::Sender<Result<String, String>>,
     },
+    /// The operator's drain (`drain: true`) or undrain of back-end `backend`, in every
+    /// pool that has it; refused for a name the configuration does not have.
+    Drain {
+        backend: String,
+        drain: bool,
+        done: oneshot::Sender<Result<Drained, String>>,
+    },
     /// A binary upgrade's first step: offer the listeners and the XDP link to a successor.
     Offer {
         done: oneshot::Sender<Result<Offered, KernelError>>,
@@ -73,6 +80,13 @@ pub enum Command {
     HandOver { done: oneshot::Sender<HandedOver> },
     /// Stop in order: hand addresses over, stop accepting, drain, end the rest.
     Stop,
+}
+
+/// The control socket's reply to `drain` and `undrain`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Drained {
+    pub backend: String,
+    pub draining: bool,
 }
 
 /// Why a front-end could not be built.
@@ -276,7 +290,36 @@ impl Frontend {
             routers: ha.status(),
             ready: self.shared.hooks.tasks.ready(),
             tasks: self.shared.hooks.tasks.snapshot(),
+            drained: self.board.drained(),
         }
+    }
+
+    /// Drains or undrains back-end `name` and publishes its records at once, so that
+    /// routing stops (or starts) picking it before the load writer's next round.
+    fn drain(&self, name: &str, drain: bool) -> Result<Drained, String> {
+        let changed = self
+            .board
+            .set_drained(name, drain)
+            .ok_or_else(|| format!("no back-end {name:?} in the configuration"))?;
+        let now = load_writer::monotonic_ns();
+        match self.maps.tables() {
+            Ok(mut tables) => {
+                for slot in &changed {
+                    load_writer::publish(tables.as_mut(), &self.board, slot, now);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "drain: cannot open the load maps; the writer's next round publishes the records")
+            }
+        }
+        if !drain {
+            // Sessions waiting for capacity may now have it.
+            self.board.nudge();
+        }
+        Ok(Drained {
+            backend: name.to_owned(),
+            draining: drain,
+        })
     }
 
     /// Where each service's sessions are accepted, by service name. With the kernel side
@@ -354,6 +397,13 @@ impl Frontend {
                 }
                 Command::Status { done } => {
                     let _ = done.send(self.status(&ha));
+                }
+                Command::Drain {
+                    backend,
+                    drain,
+                    done,
+                } => {
+                    let _ = done.send(self.drain(&backend, drain));
                 }
                 Command::Handoff {
                     vrid,

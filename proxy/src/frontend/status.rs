@@ -22,6 +22,9 @@ pub struct StatusReport {
     pub ready: bool,
     #[serde(default)]
     pub tasks: Vec<TaskStatus>,
+    /// The back-ends the operator drained over the control socket (`drain`), by name.
+    #[serde(default)]
+    pub drained: Vec<String>,
 }
 
 /// The status as a table for an operator.
@@ -99,5 +102,11 @@ pub fn render(report: &StatusReport) -> String {
             format!("; {}", restarted.join("; "))
         }
     ));
+    if !report.drained.is_empty() {
+        out.push_str(&format!(
+            "back-ends drained by the operator: {}\n",
+            report.drained.join(", ")
+        ));
+    }
     out
 }

@@ -50,6 +50,8 @@ pub struct Slot {
     pub chunking: AtomicBool,
     /// Removed from the configuration by a reload: draining for good.
     pub removed: AtomicBool,
+    /// Drained by the operator over the control socket: no new session until undrained.
+    pub drained: AtomicBool,
     /// Consecutive 4xx/5xx replies to MAIL, RCPT and the end of data, across sessions.
     errors_in_a_row: AtomicU32,
 }
@@ -84,6 +86,10 @@ pub struct Board {
     slots: ArcSwap<Vec<Arc<Slot>>>,
     /// Serialises reloads, the only writers of `slots`.
     reloading: Mutex<()>,
+    /// The back-end names the operator drained: by name, so that a slot a reload adds
+    /// under a drained name (its address changed) is drained too. Runtime state only: a
+    /// restart or a binary upgrade starts with none.
+    drained: Mutex<std::collections::BTreeSet<String>>,
     /// Bumped whenever capacity may have been freed: a session slot released, the load
     /// records rewritten. Admission waiters watch it.
     pub freed: Arc<tokio::sync::watch::Sender<u64>>,
@@ -143,6 +149,7 @@ impl Slot {
             overloaded: AtomicBool::new(false),
             chunking: AtomicBool::new(false),
             removed: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
             errors_in_a_row: AtomicU32::new(0),
         }
     }
@@ -228,6 +235,7 @@ impl Board {
         Arc::new(Board {
             slots: ArcSwap::from_pointee(slots),
             reloading: Mutex::new(()),
+            drained: Mutex::default(),
             freed: Arc::new(tokio::sync::watch::channel(0).0),
         })
     }
@@ -304,6 +312,9 @@ impl Board {
             }
             let id = slots.len() as u32;
             let slot = Arc::new(Slot::new(Backend { id, ..b.clone() }, p));
+            if crate::sync::lock(&self.drained).contains(&b.name) {
+                slot.drained.store(true, Ordering::Relaxed);
+            }
             info!(backend = %b.name, pool = %p.name, id, address = %b.address, "added by the configuration");
             slots.push(Arc::clone(&slot));
             out.added.push(slot);
@@ -312,6 +323,42 @@ impl Board {
             self.slots.store(Arc::new(slots));
         }
         out
+    }
+
+    /// The operator's drain (`on`) or undrain of back-end `name`, in every pool that has
+    /// it; returns the slots whose record changes, or `None` when no back-end of the
+    /// configuration has that name. The caller publishes the records.
+    pub fn set_drained(&self, name: &str, on: bool) -> Option<Vec<Arc<Slot>>> {
+        // One at a time with reloads, so that a slot added meanwhile sees the name.
+        let _one = crate::sync::lock(&self.reloading);
+        let slots = self.slots.load();
+        if !slots
+            .iter()
+            .any(|s| s.name == name && !s.removed.load(Ordering::Relaxed))
+        {
+            return None;
+        }
+        {
+            let mut names = crate::sync::lock(&self.drained);
+            if on {
+                names.insert(name.to_owned());
+            } else {
+                names.remove(name);
+            }
+        }
+        let mut changed = Vec::new();
+        for s in slots.iter().filter(|s| s.name == name) {
+            if s.drained.swap(on, Ordering::Relaxed) != on {
+                changed.push(Arc::clone(s));
+            }
+        }
+        info!(backend = %name, draining = on, "operator drain changed");
+        Some(changed)
+    }
+
+    /// The back-end names the operator drained, sorted.
+    pub fn drained(&self) -> Vec<String> {
+        crate::sync::lock(&self.drained).iter().cloned().collect()
     }
 
     /// Whether every back-end of `pools` has offered CHUNKING in its last EHLO.
@@ -462,7 +509,9 @@ impl Board {
         let agent = (*crate::sync::lock(&slot.agent)).filter(|a| a.at.elapsed() < AGENT_STALE);
         let mut state = slot.state.load(Ordering::Acquire);
         if state == BACKEND_UP
-            && (agent.is_some_and(|a| a.drain) || slot.removed.load(Ordering::Relaxed))
+            && (agent.is_some_and(|a| a.drain)
+                || slot.removed.load(Ordering::Relaxed)
+                || slot.drained.load(Ordering::Relaxed))
         {
             state = BACKEND_DRAINING;
         }
@@ -722,6 +771,69 @@ mod tests {
         assert_eq!(b.record_for(0, 0).unwrap().active_sessions, 2);
         drop(g1);
         assert!(b.acquire(0, 2).is_some());
+    }
+
+    #[test]
+    fn operator_drain_excludes_from_selection_until_undrained_and_survives_a_reload() {
+        use crate::backend::select::eligible;
+        let two = |a: &str| {
+            Config::parse(
+                std::path::Path::new("t.toml"),
+                &format!(
+                    "[frontend]\nname='f'\n[[pool]]\nname='p'\nidentity='none'\nbackend=[{{name='a',address='{a}'}},{{name='b',address='198.18.1.12:25'}}]\n\
+                     [[pool]]\nname='q'\nidentity='none'\nbackend=[{{name='c',address='198.18.2.11:25'}}]\n"
+                ),
+            )
+            .unwrap()
+        };
+        let cfg = two("198.18.1.11:25");
+        let b = Board::new(&cfg);
+        let t = Thresholds::default();
+        let selectable = |id: u32| eligible(&b.record_for(id, 0).unwrap(), &t, 1.0, 0, false);
+        assert!((0..3).all(selectable));
+
+        assert!(b.set_drained("nobody", true).is_none(), "unknown name");
+        let changed = b.set_drained("a", true).unwrap();
+        let ids: Vec<u32> = changed.iter().map(|s| s.id).collect();
+        assert_eq!(ids, [0]);
+        assert_eq!(b.record_for(0, 0).unwrap().state, BACKEND_DRAINING);
+        assert!(!selectable(0));
+        assert!(
+            selectable(1) && selectable(2),
+            "the others take the sessions"
+        );
+        assert_eq!(b.drained(), ["a"]);
+        assert!(
+            b.set_drained("a", true).unwrap().is_empty(),
+            "draining again changes nothing"
+        );
+
+        // A reload of the same back-ends keeps the drain; one that moves `a` gives it a
+        // new slot, drained as well.
+        b.reconcile(&cfg);
+        assert!(!selectable(0) && selectable(2));
+        let moved = b.reconcile(&two("198.18.1.21:25"));
+        assert_eq!(moved.added.len(), 1);
+        let new_id = moved.added[0].id;
+        assert!(!selectable(new_id), "a back-end added under a drained name");
+        assert!(selectable(1));
+
+        let changed = b.set_drained("a", false).unwrap();
+        assert_eq!(changed.len(), 2, "the removed slot and the new one");
+        assert!(selectable(new_id));
+        assert_eq!(
+            b.record_for(0, 0).unwrap().state,
+            BACKEND_DRAINING,
+            "removed by the reload"
+        );
+        assert!(b.drained().is_empty());
+        // A name only a removed slot has is unknown to the configuration.
+        b.reconcile(&Config::parse(
+            std::path::Path::new("t.toml"),
+            "[frontend]\nname='f'\n[[pool]]\nname='p'\nidentity='none'\nbackend=[{name='b',address='198.18.1.12:25'}]\n",
+        )
+        .unwrap());
+        assert!(b.set_drained("a", true).is_none());
     }
 
     #[test]
