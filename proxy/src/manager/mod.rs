@@ -2,5 +2,10 @@
 //!
 //! - [`journal`]: the durable, append-only journal of configuration versions, with
 //!   optimistic concurrency, rollback as a forward version and confirmed commits.
+//! - [`pki`]: the cluster's certificate authority: the CA, the manager's, members' and
+//!   operators' certificates, and the identity (role, name, cluster) a certificate carries.
+//! - [`tls`]: mutual TLS between the manager and members or operators, on that CA alone.
 
 pub mod journal;
+pub mod pki;
+pub mod tls;
