@@ -11,7 +11,9 @@
 //!   routing map syntax), no I/O beyond reading lines or a map file.
 //! - configuration: placed above the codecs, which is the honest order: validating the
 //!   TOML produces the codecs' types (VRRP parameters, agent keys) and checks routing
-//!   maps against the pools; the certificate store is built from it.
+//!   maps against the pools; the certificate store is built from it. The cluster's
+//!   certificate authority and the manager's mutual TLS belong here too: files and TLS
+//!   configurations, below everything that runs the manager or a front-end.
 //! - kernel side: the eBPF programs and their pinned maps.
 //! - shared state: what the sessions and the control tasks both hold: the health board
 //!   (back-end state and the "capacity freed" signal admission waits on), the HA drain
@@ -56,7 +58,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "route",
         ],
     ),
-    ("configuration", &["config", "tls"]),
+    (
+        "configuration",
+        &["config", "tls", "manager::pki", "manager::tls"],
+    ),
     ("kernel side", &["datapath"]),
     (
         "shared state",

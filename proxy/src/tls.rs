@@ -41,16 +41,16 @@ pub enum TlsError {
     Provider(rustls::Error),
 }
 
-fn pem(path: &Path) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsError {
+pub(crate) fn pem(path: &Path) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsError {
     let path = path.to_owned();
     move |source| TlsError::Pem { path, source }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(pem(path))?
         .collect::<Result<_, _>>()

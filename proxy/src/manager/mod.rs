@@ -6,7 +6,12 @@
 //!   with each member's rules.
 //! - [`audit`]: the append-only, hash-chained audit trail of what operators, members and
 //!   the manager did.
+//! - [`pki`]: the cluster's certificate authority: the CA, the manager's, members' and
+//!   operators' certificates, and the identity (role, name, cluster) a certificate carries.
+//! - [`tls`]: mutual TLS between the manager and members or operators, on that CA alone.
 
 pub mod audit;
 pub mod journal;
+pub mod pki;
 pub mod render;
+pub mod tls;
