@@ -1,5 +1,6 @@
 //! The `robustifier` command: front-end daemon, map inspection, configuration check, HA
-//! control, reloads and binary upgrades of a running front-end.
+//! control, reloads and binary upgrades of a running front-end, the cluster manager, a
+//! member's link to it, and the operator's cluster commands.
 
 use std::{
     path::{Path, PathBuf},
@@ -116,6 +117,57 @@ enum Command {
         /// Operator file with `weight=N` and `drain=1` lines.
         #[arg(long)]
         state_file: Option<PathBuf>,
+    },
+    /// Run the cluster manager: the cluster's configuration journal, served to members and
+    /// operators over mutual TLS.
+    Manager {
+        /// Address to listen on (members and operators connect here).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Holds the journal and the audit trail.
+        #[arg(long, default_value = "/var/lib/robustifier/manager")]
+        state_dir: PathBuf,
+        /// The cluster's CA certificate, and the manager's certificate and key
+        /// (`cluster init` wrote them).
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Members' configurations are checked as files in this folder.
+        #[arg(long, default_value = "/etc/robustifier")]
+        render_dir: PathBuf,
+    },
+    /// Link a front-end to its cluster's manager: apply each new version live, report.
+    /// The front-end runs (and starts from) STATE_DIR/config.toml.
+    Member {
+        /// The manager, `host:port`.
+        #[arg(long)]
+        manager: String,
+        #[arg(long)]
+        ca: PathBuf,
+        /// This member's certificate; its name is the member's name.
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = "/var/lib/robustifier/member")]
+        state_dir: PathBuf,
+        /// The front-end's control socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The longest wait between two attempts to reach the manager, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        max_retry_ms: u64,
+    },
+    /// Operate the cluster through its manager: commit, log, show, diff, rollback,
+    /// confirm, status, audit, actions; and create its certificates.
+    Cluster {
+        #[command(subcommand)]
+        command: robustifier::manager::cli::ClusterCommand,
+        #[command(flatten)]
+        connection: robustifier::manager::cli::Connection,
     },
     /// Remove the pinned maps (programs detach when their daemon stops).
     Unload {
@@ -314,6 +366,56 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Manager {
+            listen,
+            state_dir,
+            ca,
+            cert,
+            key,
+            render_dir,
+        } => {
+            let o = robustifier::manager::server::Options {
+                listen,
+                state_dir,
+                ca,
+                cert,
+                key,
+                render_dir,
+            };
+            until_signal(|stop| async move {
+                robustifier::manager::server::serve(o, stop, None)
+                    .await
+                    .map_err(Into::into)
+            })
+        }
+        Command::Member {
+            manager,
+            ca,
+            cert,
+            key,
+            state_dir,
+            socket,
+            max_retry_ms,
+        } => {
+            let o = robustifier::manager::member::Options {
+                manager,
+                ca,
+                cert,
+                key,
+                state_dir,
+                control_socket: socket,
+                max_retry: Duration::from_millis(max_retry_ms.max(100)),
+            };
+            until_signal(|stop| async move {
+                robustifier::manager::member::run(o, stop)
+                    .await
+                    .map_err(Into::into)
+            })
+        }
+        Command::Cluster {
+            command,
+            connection,
+        } => robustifier::manager::cli::run(command, connection),
         Command::Unload { pins } => {
             let dir = pins.resolve()?;
             let removed = remove_pins(&dir)?;
@@ -325,6 +427,29 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Runs `serve` on a runtime until it ends or SIGTERM/SIGINT cancels its token.
+fn until_signal<F, Fut>(serve: F) -> anyhow::Result<()>
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    tokio::runtime::Runtime::new()?.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let token = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            token.cancel();
+        });
+        serve(stop).await
+    })
 }
 
 /// The control socket: the one given, the configuration's, or the only one here.

@@ -97,7 +97,7 @@ struct Head {
 }
 
 /// A trail that checked out.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Verified {
     /// How many entries it holds.
     pub entries: u64,

@@ -1,4 +1,5 @@
-//! `robustifier manager`: the cluster's configuration kept in one place, versioned.
+//! `robustifier manager` and its members: the cluster's configuration kept in one place,
+//! versioned, audited and propagated to every front-end.
 //!
 //! - [`journal`]: the durable, append-only journal of configuration versions, with
 //!   optimistic concurrency, rollback as a forward version and confirmed commits.
@@ -9,9 +10,20 @@
 //! - [`pki`]: the cluster's certificate authority: the CA, the manager's, members' and
 //!   operators' certificates, and the identity (role, name, cluster) a certificate carries.
 //! - [`tls`]: mutual TLS between the manager and members or operators, on that CA alone.
+//! - [`wire`]: the messages between them, one JSON object per line.
+//! - [`core`]: the manager's state and its answers to operators.
+//! - [`server`]: the manager on the network: operators' requests and members' sessions.
+//! - [`member`]: `robustifier member`, a front-end's link to the manager.
+//! - [`client`] and [`cli`]: the operator's side, `robustifier cluster ...`.
 
 pub mod audit;
+pub mod cli;
+pub mod client;
+pub mod core;
 pub mod journal;
+pub mod member;
 pub mod pki;
 pub mod render;
+pub mod server;
 pub mod tls;
+pub mod wire;

@@ -1,0 +1,571 @@
+//! `robustifier cluster ...`: the operator's commands, and their output.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use super::{
+    audit::Entry,
+    client::Client,
+    core::{ClusterStatus, MemberRow, now_ms},
+    journal::VersionInfo,
+    pki,
+    wire::{Action, Request},
+};
+
+/// The first line of `cluster show`: an edited copy committed without `--base` is based on
+/// the version it was shown as.
+const VERSION_HEADER: &str = "# robustifier cluster configuration, version ";
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How an operator reaches the manager (or the environment variables).
+#[derive(clap::Args, Debug)]
+pub struct Connection {
+    /// The manager, `host:port`.
+    #[arg(long, env = "ROBUSTIFIER_MANAGER", global = true)]
+    manager: Option<String>,
+    /// The cluster's CA certificate.
+    #[arg(long, env = "ROBUSTIFIER_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// The operator's certificate (its name is the author of commits).
+    #[arg(long, env = "ROBUSTIFIER_CERT", global = true)]
+    cert: Option<PathBuf>,
+    #[arg(long, env = "ROBUSTIFIER_KEY", global = true)]
+    key: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Create a cluster: its CA and the certificates of the manager, members and operators.
+    Init {
+        /// Folder to create (the CA key stays here; copy each certificate to its host).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// A DNS name or address the manager is reached at (repeatable).
+        #[arg(long = "manager-name")]
+        manager_names: Vec<String>,
+        /// A member (front-end) name (repeatable).
+        #[arg(long = "member")]
+        members: Vec<String>,
+        /// An operator name (repeatable).
+        #[arg(long = "operator")]
+        operators: Vec<String>,
+    },
+    /// Issue one more member or operator certificate from the cluster's CA.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(
+            long,
+            conflicts_with = "operator",
+            required_unless_present = "operator"
+        )]
+        member: Option<String>,
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// Commit a cluster configuration as the next version.
+    Commit {
+        file: PathBuf,
+        /// The version this file was based on (default: the header `cluster show` wrote).
+        #[arg(long)]
+        base: Option<u64>,
+        #[arg(long, short, default_value = "")]
+        comment: String,
+        /// Revert to the previous configuration unless `cluster confirm` follows in time.
+        #[arg(long, value_name = "MINUTES", conflicts_with = "confirm_secs")]
+        confirm: Option<u64>,
+        /// As `--confirm`, in seconds.
+        #[arg(long, hide = true)]
+        confirm_secs: Option<u64>,
+        /// Wait up to this many seconds for every member to run the new version.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+    },
+    /// The versions, newest first.
+    Log {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A version's text (default: the head), or one member's rendering of it.
+    Show {
+        version: Option<u64>,
+        #[arg(long)]
+        member: Option<String>,
+    },
+    /// What changes from version A to version B.
+    Diff { a: u64, b: u64 },
+    /// Commit version V's configuration again, as a new version.
+    Rollback { version: u64 },
+    /// Confirm the commit awaiting confirmation.
+    Confirm,
+    /// Every member: reachability, desired and applied version, last error, release, VRRP roles.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit trail; `--verify` checks its hash chain.
+    Audit {
+        #[arg(long)]
+        verify: bool,
+        #[arg(long, default_value_t = 1)]
+        since: u64,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand a member's virtual router over (drain-aware), as `ha release` on it.
+    Release { member: String, vrid: u8 },
+    /// Undo a release.
+    Resume { member: String, vrid: u8 },
+    /// Stop sending new sessions to a back-end, on every connected member (or one).
+    Drain {
+        backend: String,
+        #[arg(long)]
+        member: Option<String>,
+    },
+    /// Undo a drain.
+    Undrain {
+        backend: String,
+        #[arg(long)]
+        member: Option<String>,
+    },
+}
+
+/// Runs one `cluster` command.
+pub fn run(command: ClusterCommand, conn: Connection) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Init {
+            dir,
+            name,
+            manager_names,
+            members,
+            operators,
+        } => {
+            let files = pki::init(&dir, &name, &manager_names, &members, &operators)?;
+            println!("cluster {name} created in {}:", dir.display());
+            for f in files {
+                println!("  {}", f.display());
+            }
+            Ok(())
+        }
+        ClusterCommand::Issue {
+            dir,
+            member,
+            operator,
+        } => {
+            let (role, name) = match (member, operator) {
+                (Some(m), _) => (pki::Role::Member, m),
+                (None, Some(o)) => (pki::Role::Operator, o),
+                (None, None) => bail!("--member or --operator"),
+            };
+            let (cert, key) = pki::issue(&dir, role, &name, &[])?;
+            println!("{} {}", cert.display(), key.display());
+            Ok(())
+        }
+        other => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(remote(other, conn)),
+    }
+}
+
+async fn remote(command: ClusterCommand, conn: Connection) -> anyhow::Result<()> {
+    let missing = |what: &str, env: &str| format!("--{what} (or {env}) is required");
+    let addr = conn
+        .manager
+        .with_context(|| missing("manager", "ROBUSTIFIER_MANAGER"))?;
+    let ca = conn.ca.with_context(|| missing("ca", "ROBUSTIFIER_CA"))?;
+    let cert = conn
+        .cert
+        .with_context(|| missing("cert", "ROBUSTIFIER_CERT"))?;
+    let key = conn
+        .key
+        .with_context(|| missing("key", "ROBUSTIFIER_KEY"))?;
+    let mut c = Client::connect(&addr, &ca, &cert, &key).await?;
+    match command {
+        ClusterCommand::Commit {
+            file,
+            base,
+            comment,
+            confirm,
+            confirm_secs,
+            wait,
+        } => {
+            commit(
+                &mut c,
+                &file,
+                base,
+                comment,
+                confirm_secs.or(confirm.map(|m| m * 60)),
+                wait,
+            )
+            .await
+        }
+        ClusterCommand::Log { limit, json } => {
+            let v = c.call(&Request::Log { limit }, TIMEOUT).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let log: Vec<VersionInfo> = serde_json::from_value(v)?;
+                print!("{}", render_log(&log));
+            }
+            Ok(())
+        }
+        ClusterCommand::Show { version, member } => {
+            let v = c
+                .call(
+                    &Request::Show {
+                        version,
+                        member: member.clone(),
+                    },
+                    TIMEOUT,
+                )
+                .await?;
+            let text = v["text"].as_str().unwrap_or_default();
+            match member {
+                None => {
+                    let n = v["info"]["number"].as_u64().unwrap_or_default();
+                    println!("{VERSION_HEADER}{n}");
+                    print!("{text}");
+                }
+                Some(m) => {
+                    println!("# member {m}, version {}", v["version"]);
+                    print!("{text}");
+                }
+            }
+            Ok(())
+        }
+        ClusterCommand::Diff { a, b } => {
+            let v = c.call(&Request::Diff { a, b }, TIMEOUT).await?;
+            let lines: Vec<String> = serde_json::from_value(v)?;
+            if lines.is_empty() {
+                println!("no change from version {a} to version {b}");
+            }
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(())
+        }
+        ClusterCommand::Rollback { version } => {
+            let v = c.call(&Request::Rollback { to: version }, TIMEOUT).await?;
+            let info: VersionInfo = serde_json::from_value(v)?;
+            println!(
+                "version {}: {} ({})",
+                info.number, info.comment, info.summary
+            );
+            Ok(())
+        }
+        ClusterCommand::Confirm => {
+            let v = c.call(&Request::Confirm, TIMEOUT).await?;
+            println!("version {v} confirmed");
+            Ok(())
+        }
+        ClusterCommand::Status { json } => {
+            let v = c.call(&Request::Status, TIMEOUT).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let s: ClusterStatus = serde_json::from_value(v)?;
+                print!("{}", render_status(&s));
+            }
+            Ok(())
+        }
+        ClusterCommand::Audit {
+            verify,
+            since,
+            limit,
+            json,
+        } => {
+            let v = c
+                .call(
+                    &Request::Audit {
+                        verify,
+                        since,
+                        limit,
+                    },
+                    TIMEOUT,
+                )
+                .await?;
+            if json || verify {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let entries: Vec<Entry> = serde_json::from_value(v)?;
+                for e in entries {
+                    println!(
+                        "{:>5} {} {:<20} {:<16} {} -> {}",
+                        e.seq,
+                        time(e.time),
+                        e.who,
+                        e.action,
+                        e.what,
+                        e.result
+                    );
+                }
+            }
+            Ok(())
+        }
+        ClusterCommand::Release { member, vrid } => {
+            act(&mut c, &[member], Action::Release { vrid }).await
+        }
+        ClusterCommand::Resume { member, vrid } => {
+            act(&mut c, &[member], Action::Resume { vrid }).await
+        }
+        ClusterCommand::Drain { backend, member } => {
+            let members = targets(&mut c, member).await?;
+            act(&mut c, &members, Action::Drain { backend }).await
+        }
+        ClusterCommand::Undrain { backend, member } => {
+            let members = targets(&mut c, member).await?;
+            act(&mut c, &members, Action::Undrain { backend }).await
+        }
+        ClusterCommand::Init { .. } | ClusterCommand::Issue { .. } => {
+            bail!("init and issue run without a manager")
+        }
+    }
+}
+
+async fn commit(
+    c: &mut Client,
+    file: &Path,
+    base: Option<u64>,
+    comment: String,
+    confirm_secs: Option<u64>,
+    wait: Option<u64>,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+    let base = match base {
+        Some(b) => b,
+        None => base_of(&text).with_context(|| {
+            format!(
+                "{}: name the version it is based on with --base (`cluster log` shows the head)",
+                file.display()
+            )
+        })?,
+    };
+    let request = Request::Commit {
+        base,
+        text,
+        comment,
+        confirm_secs,
+    };
+    let v = c.call(&request, TIMEOUT).await?;
+    let info: VersionInfo = serde_json::from_value(v)?;
+    println!("committed version {}: {}", info.number, info.summary);
+    if let Some(by) = info.confirm_by {
+        println!(
+            "confirm by {} with `robustifier cluster confirm`, or version {base} comes back",
+            time(by)
+        );
+    }
+    let Some(secs) = wait else {
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s: ClusterStatus = serde_json::from_value(c.call(&Request::Status, TIMEOUT).await?)?;
+        let behind: Vec<&MemberRow> = s
+            .members
+            .iter()
+            .filter(|m| m.configured && m.applied < info.number)
+            .collect();
+        if behind.is_empty() {
+            let slowest = s.members.iter().map(|m| m.applied_ms).max().unwrap_or(0);
+            println!(
+                "every member runs version {} ({} ms after the commit)",
+                info.number,
+                slowest.saturating_sub(s.head_ms)
+            );
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            for m in behind {
+                println!(
+                    "{}: runs version {}{}",
+                    m.name,
+                    m.applied,
+                    m.last_error
+                        .as_ref()
+                        .map_or(String::new(), |e| format!(" ({e})"))
+                );
+            }
+            bail!(
+                "not every member runs version {} after {secs} s",
+                info.number
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The version a `cluster show` output was shown as.
+fn base_of(text: &str) -> Option<u64> {
+    text.lines()
+        .next()?
+        .strip_prefix(VERSION_HEADER)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+async fn targets(c: &mut Client, member: Option<String>) -> anyhow::Result<Vec<String>> {
+    if let Some(m) = member {
+        return Ok(vec![m]);
+    }
+    let s: ClusterStatus = serde_json::from_value(c.call(&Request::Status, TIMEOUT).await?)?;
+    let all: Vec<String> = s
+        .members
+        .into_iter()
+        .filter(|m| m.configured && m.connected)
+        .map(|m| m.name)
+        .collect();
+    if all.is_empty() {
+        bail!("no member is connected");
+    }
+    Ok(all)
+}
+
+async fn act(c: &mut Client, members: &[String], action: Action) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for member in members {
+        let request = Request::Action {
+            member: member.clone(),
+            action: action.clone(),
+        };
+        match c.call(&request, super::core::ACTION_TIMEOUT).await {
+            Ok(v) => println!(
+                "{member}: {}",
+                v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("{member}: failed: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{action} failed on {failed} of {} members", members.len());
+    }
+    Ok(())
+}
+
+fn render_log(log: &[VersionInfo]) -> String {
+    let mut out = String::new();
+    for v in log {
+        out.push_str(&format!(
+            "version {:<4} {}  {:<12} on {:<4} {}{}\n    {}\n",
+            v.number,
+            time(v.time),
+            v.author,
+            v.based_on,
+            if v.comment.is_empty() {
+                String::new()
+            } else {
+                format!("\"{}\"", v.comment)
+            },
+            v.confirm_by
+                .map_or(String::new(), |d| format!(" (confirm by {})", time(d))),
+            v.summary
+        ));
+    }
+    out
+}
+
+fn render_status(s: &ClusterStatus) -> String {
+    let mut out = format!("head: version {}", s.head);
+    if let Some(p) = &s.pending {
+        out.push_str(&format!(
+            " (awaiting confirmation until {}, else version {} again)",
+            time(p.deadline),
+            p.revert_to
+        ));
+    }
+    out.push('\n');
+    out.push_str(&format!(
+        "{:<16} {:<12} {:>7} {:>7} {:<10} {:<24} {}\n",
+        "MEMBER", "REACHABLE", "DESIRED", "APPLIED", "RELEASE", "VRRP", "LAST ERROR"
+    ));
+    let now = now_ms() / 1000;
+    for m in &s.members {
+        let reach = if m.connected {
+            "yes".to_owned()
+        } else if m.last_seen == 0 {
+            "never".to_owned()
+        } else {
+            format!("no ({} s)", now.saturating_sub(m.last_seen))
+        };
+        let vrrp = m.frontend.as_ref().map_or("-".to_owned(), |f| {
+            let roles: Vec<String> = f
+                .routers
+                .iter()
+                .map(|r| format!("{}/{}:{}", r.vrid, r.family, r.state))
+                .collect();
+            if roles.is_empty() {
+                "none".to_owned()
+            } else {
+                roles.join(" ")
+            }
+        });
+        let drift = if m.configured && m.applied != m.desired {
+            " *"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "{:<16} {:<12} {:>7} {:>7}{drift:<2} {:<8} {:<24} {}\n",
+            if m.configured {
+                m.name.clone()
+            } else {
+                format!("{} (not configured)", m.name)
+            },
+            reach,
+            m.desired,
+            m.applied,
+            m.release,
+            vrrp,
+            m.last_error.as_deref().unwrap_or("-")
+        ));
+    }
+    out
+}
+
+/// Unix seconds as UTC time, for people.
+fn time(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_output_names_its_base() {
+        assert_eq!(
+            base_of(&format!("{VERSION_HEADER}7\n[frontend]\n")),
+            Some(7)
+        );
+        assert_eq!(base_of("[frontend]\n"), None);
+    }
+
+    #[test]
+    fn times_are_utc() {
+        assert_eq!(time(0), "1970-01-01 00:00:00Z");
+    }
+}

@@ -1,0 +1,371 @@
+//! `robustifier member`: a front-end's link to its cluster's manager.
+//!
+//! It holds a connection to the manager (mutual TLS: the manager must show a manager
+//! certificate of this cluster), receives the member's configuration of each new version,
+//! applies it live over the front-end's control socket and reports the version it runs,
+//! the result, and the front-end's status.
+//!
+//! The last applied configuration is the file the front-end starts from
+//! (`STATE/config.toml`), so a front-end whose manager is unreachable starts and serves as
+//! it last did: mail never waits for the manager. A version is written next to it and
+//! renamed over it (atomic), applied, and put back to the previous text if the front-end
+//! refuses it. Versions are applied one at a time and never an older one than the one
+//! running.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{io::BufReader, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{
+    tls,
+    wire::{self, Action, Request, ToMember},
+};
+use crate::{
+    config::Config,
+    control::{self, ControlError},
+    frontend::StatusReport,
+};
+
+/// How often the front-end's status is read and, when it changed, reported.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// A report goes out at least this often, changed or not (the manager's "last seen").
+const REPORT_AT_LEAST: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A reload builds everything before it applies anything (certificates, maps).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct Options {
+    /// `host:port` of the manager.
+    pub manager: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Holds `config.toml` (what the front-end runs and starts from) and `applied.json`.
+    pub state_dir: PathBuf,
+    /// The front-end's control socket.
+    pub control_socket: PathBuf,
+    /// The longest wait between two connection attempts.
+    pub max_retry: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+/// What `applied.json` records.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+struct Applied {
+    version: u64,
+}
+
+/// The member's state on disk.
+struct State {
+    dir: PathBuf,
+    applied: u64,
+    /// The last version tried, and why it failed.
+    tried: u64,
+    error: Option<String>,
+}
+
+impl State {
+    fn open(dir: &Path) -> Result<State, MemberError> {
+        std::fs::create_dir_all(dir).map_err(|e| MemberError::Io(dir.to_owned(), e))?;
+        // The front-end is told the file by its absolute path (it may run elsewhere).
+        let dir = &std::fs::canonicalize(dir).map_err(|e| MemberError::Io(dir.to_owned(), e))?;
+        let applied = std::fs::read(dir.join("applied.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Applied>(&b).ok())
+            .unwrap_or_default()
+            .version;
+        Ok(State {
+            dir: dir.to_owned(),
+            applied,
+            tried: applied,
+            error: None,
+        })
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    fn record_applied(&mut self, version: u64) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(&Applied { version }).map_err(std::io::Error::other)?;
+        write_atomic(&self.dir.join("applied.json"), &bytes)?;
+        self.applied = version;
+        Ok(())
+    }
+}
+
+/// Runs until `stop`, reconnecting to the manager whenever the connection ends.
+pub async fn run(o: Options, stop: CancellationToken) -> Result<(), MemberError> {
+    let client = tls::client_config(&o.ca, &o.cert, &o.key)?;
+    let o = Arc::new(o);
+    let mut state = State::open(&o.state_dir)?;
+    info!(manager = %o.manager, applied = state.applied, "member starting");
+    let mut wait = Duration::from_millis(200);
+    loop {
+        let connected = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            r = tls::connect(&o.manager, client.clone(), CONNECT_TIMEOUT) => r,
+        };
+        match connected {
+            Ok(stream) => {
+                wait = Duration::from_millis(200);
+                let why = session(&o, &mut state, stream, &stop).await;
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+                warn!(reason = %why, "connection to the manager ended");
+            }
+            Err(e) => warn!(error = %e, "manager unreachable; the front-end runs on"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(o.max_retry);
+    }
+}
+
+async fn session<S>(
+    o: &Arc<Options>,
+    state: &mut State,
+    stream: S,
+    stop: &CancellationToken,
+) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (r, mut w) = tokio::io::split(stream);
+    let hello = Request::Hello {
+        applied: state.applied,
+        release: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    if let Err(e) = wire::write(&mut w, &hello).await {
+        return e.to_string();
+    }
+    let (in_tx, mut incoming) = mpsc::channel(4);
+    let reader = tokio::spawn(async move {
+        let mut r = BufReader::new(r);
+        loop {
+            let m = wire::read::<ToMember, _>(&mut r).await;
+            let end = m.is_err();
+            if in_tx.send(m).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    let (done_tx, mut done) = mpsc::channel::<Request>(16);
+    let mut tick = tokio::time::interval(STATUS_EVERY);
+    let mut last: Option<StatusReport> = None;
+    let mut last_sent = tokio::time::Instant::now();
+    let why = loop {
+        let report = tokio::select! {
+            () = stop.cancelled() => break "stopping".to_owned(),
+            _ = tick.tick() => {
+                let status = frontend_status(o).await;
+                if let Some(s) = &status {
+                    reconcile(state, s);
+                }
+                if status == last && last_sent.elapsed() < REPORT_AT_LEAST {
+                    continue;
+                }
+                last = status.clone();
+                report(state, status)
+            }
+            m = incoming.recv() => match m {
+                Some(Ok(ToMember::Apply { version, text })) => {
+                    apply(o, state, version, text).await;
+                    let status = frontend_status(o).await;
+                    last = status.clone();
+                    report(state, status)
+                }
+                Some(Ok(ToMember::Act { id, action })) => {
+                    // An action may take long (a release drains first); applies go on.
+                    let (o, done_tx) = (o.clone(), done_tx.clone());
+                    tokio::spawn(async move {
+                        let (ok, message) = act(&o, &action).await;
+                        let _ = done_tx.send(Request::Acted { id, ok, message }).await;
+                    });
+                    continue;
+                }
+                Some(Ok(ToMember::Refused { error })) => break format!("refused by the manager: {error}"),
+                Some(Err(e)) => break e.to_string(),
+                None => break "closed".to_owned(),
+            },
+            Some(acted) = done.recv() => acted,
+        };
+        if let Err(e) = wire::write(&mut w, &report).await {
+            break e.to_string();
+        }
+        last_sent = tokio::time::Instant::now();
+    };
+    reader.abort();
+    why
+}
+
+fn report(state: &State, status: Option<StatusReport>) -> Request {
+    Request::Report {
+        applied: state.applied,
+        tried: state.tried,
+        error: state.error.clone(),
+        status,
+    }
+}
+
+/// Applies `version` unless it is not newer than the one running.
+async fn apply(o: &Options, state: &mut State, version: u64, text: String) {
+    if version <= state.applied {
+        info!(
+            version,
+            applied = state.applied,
+            "not applying a version that is not newer"
+        );
+        return;
+    }
+    state.tried = version;
+    let file = state.config();
+    let socket = o.control_socket.clone();
+    let result = tokio::task::spawn_blocking(move || apply_file(&file, &socket, &text)).await;
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => Outcome::Failed(format!("apply task failed: {e}")),
+    };
+    match outcome {
+        Outcome::Applied(summary) => {
+            info!(version, %summary, "version applied");
+            state.error = None;
+        }
+        Outcome::Written(note) => {
+            info!(version, %note, "version written");
+            state.error = Some(note);
+        }
+        Outcome::Failed(e) => {
+            warn!(version, error = %e, "version not applied");
+            state.error = Some(e);
+            return;
+        }
+    }
+    if let Err(e) = state.record_applied(version) {
+        state.error = Some(format!("applied, but not recorded: {e}"));
+    }
+}
+
+enum Outcome {
+    /// The front-end runs it.
+    Applied(String),
+    /// The front-end does not run: it starts from it.
+    Written(String),
+    Failed(String),
+}
+
+fn apply_file(file: &Path, socket: &Path, text: &str) -> Outcome {
+    // The member's own rules first: a file it names may be missing on this host.
+    if let Err(e) = Config::parse(file, text) {
+        return Outcome::Failed(format!("refused here: {e}"));
+    }
+    let previous = std::fs::read(file).ok();
+    if let Err(e) = write_atomic(file, text.as_bytes()) {
+        return Outcome::Failed(format!("{}: {e}", file.display()));
+    }
+    let line = format!("reload {}", file.display());
+    match control::request(socket, &line, RELOAD_TIMEOUT) {
+        Ok(reply) => Outcome::Applied(
+            serde_json::from_str::<crate::frontend::Reloaded>(&reply).map_or(reply, |r| r.summary),
+        ),
+        Err(ControlError::Io { source, .. })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Outcome::Written(format!(
+                "the front-end is not running; it starts from this version ({})",
+                file.display()
+            ))
+        }
+        Err(e) => {
+            // Put the text the front-end runs back, so that its next start is the same.
+            let restored = match &previous {
+                Some(p) => write_atomic(file, p),
+                None => std::fs::remove_file(file),
+            };
+            let mut why = format!("the front-end refused it: {e}");
+            if let Err(r) = restored {
+                why.push_str(&format!("; and the previous file was not restored: {r}"));
+            }
+            Outcome::Failed(why)
+        }
+    }
+}
+
+/// A version whose apply timed out may have been applied after all: the front-end's
+/// version is the hash of the text.
+fn reconcile(state: &mut State, status: &StatusReport) {
+    if state.tried > state.applied
+        && state.error.is_some()
+        && let Ok(text) = std::fs::read_to_string(state.config())
+        && let Ok(cfg) = Config::parse(&state.config(), &text)
+        && cfg.version == status.version
+    {
+        let tried = state.tried;
+        state.error = None;
+        if let Err(e) = state.record_applied(tried) {
+            state.error = Some(format!("applied, but not recorded: {e}"));
+        }
+    }
+}
+
+async fn frontend_status(o: &Options) -> Option<StatusReport> {
+    let socket = o.control_socket.clone();
+    tokio::task::spawn_blocking(move || {
+        control::request(&socket, "status", Duration::from_secs(5))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+async fn act(o: &Options, action: &Action) -> (bool, String) {
+    let socket = o.control_socket.clone();
+    let line = action.control_line();
+    info!(action = %line, "operator action from the manager");
+    let r = tokio::task::spawn_blocking(move || {
+        control::request(&socket, &line, Duration::from_secs(86_460))
+    })
+    .await;
+    match r {
+        Ok(Ok(reply)) => (true, reply),
+        Ok(Err(e)) => (false, e.to_string()),
+        Err(e) => (false, format!("action task failed: {e}")),
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old or the new content, never a
+/// mix: a file beside it, synced, renamed over it, and the folder synced.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}

@@ -1,0 +1,281 @@
+//! `robustifier manager` on the network: mutual TLS, then an operator's requests or a
+//! member's session.
+//!
+//! A member's session sends it the head version whenever it runs an older one, one at a
+//! time: the next only after the member has reported on the last, so a member never
+//! applies two versions at once, and one that was away gets the newest straight away,
+//! never the ones in between. A member that is slow or gone holds up only its own session.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, BufReader},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{info, warn};
+
+use super::{
+    core::Manager,
+    pki::Role,
+    tls,
+    wire::{self, Reply, Request, ToMember, WireError},
+};
+
+/// A client has this long to finish the handshake and an operator this long between
+/// requests; a member's session has no idle limit (it reports every few seconds).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const OPERATOR_IDLE: Duration = Duration::from_secs(300);
+/// Bound on connections at once: members plus operators, with room to spare.
+const MAX_CONNECTIONS: usize = 4096;
+
+pub struct Options {
+    pub listen: SocketAddr,
+    /// The journal and the audit trail.
+    pub state_dir: PathBuf,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Members' configurations are validated as files in this folder (relative paths in
+    /// them resolve against it).
+    pub render_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Manager(#[from] super::core::ManagerError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+/// Binds, then serves until `stop`. `ready` receives the bound address.
+pub async fn serve(
+    o: Options,
+    stop: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<(), ServeError> {
+    let manager = Arc::new(Manager::open(&o.state_dir, &o.render_dir)?);
+    let acceptor = TlsAcceptor::from(tls::server_config(&o.ca, &o.cert, &o.key)?);
+    let listener = TcpListener::bind(o.listen)
+        .await
+        .map_err(|e| ServeError::Listen(o.listen, e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| ServeError::Listen(o.listen, e))?;
+    info!(address = %bound, head = *manager.watch_head().borrow(), "manager listening");
+    if let Some(tx) = ready {
+        let _ = tx.send(bound);
+    }
+    let tasks = TaskTracker::new();
+    {
+        let (manager, stop) = (manager.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => manager.expire(),
+                }
+            }
+        });
+    }
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "manager accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(%peer, "too many manager connections; closing this one");
+            continue;
+        };
+        let (manager, acceptor, stop) = (manager.clone(), acceptor.clone(), stop.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            connection(manager, acceptor, tcp, peer, stop).await;
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+async fn connection(
+    manager: Arc<Manager>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            // No certificate, or one of another cluster: the handshake fails here. Not in
+            // the audit trail: anyone can cause this, and the trail is for who acted.
+            warn!(%peer, error = %e, "manager: TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            warn!(%peer, "manager: TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = match tls::peer_identity(stream.get_ref().1) {
+        Ok(id) => id,
+        Err(e) => {
+            warn!(%peer, error = %e, "manager: client certificate refused");
+            manager.audit_refusal(&format!("{peer}"), "connection", &e.to_string());
+            return;
+        }
+    };
+    match identity.role {
+        Role::Operator => operator(&manager, &identity.name, stream, stop).await,
+        Role::Member => member(manager, identity.name, stream, stop).await,
+        Role::Manager => {
+            warn!(%peer, "manager: a manager certificate is not a client");
+        }
+    }
+}
+
+async fn operator<S: AsyncRead + AsyncWrite + Unpin>(
+    manager: &Manager,
+    name: &str,
+    stream: S,
+    stop: CancellationToken,
+) {
+    let (r, mut w) = tokio::io::split(stream);
+    let mut r = BufReader::new(r);
+    loop {
+        let read = tokio::select! {
+            () = stop.cancelled() => return,
+            r = tokio::time::timeout(OPERATOR_IDLE, wire::read::<Request, _>(&mut r)) => r,
+        };
+        let reply = match read {
+            Err(_) | Ok(Err(WireError::Closed | WireError::Io(_))) => return,
+            // A bad request gets a clear error and changes nothing; the connection stays
+            // usable (the reader skipped the whole line).
+            Ok(Err(e)) => Reply::error(e.to_string()),
+            Ok(Ok(request)) => manager.operator(name, request).await,
+        };
+        if wire::write(&mut w, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn member<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    manager: Arc<Manager>,
+    name: String,
+    stream: S,
+    stop: CancellationToken,
+) {
+    let (r, mut w) = tokio::io::split(stream);
+    let mut r = BufReader::new(r);
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, wire::read::<Request, _>(&mut r)).await;
+    let (applied, release) = match hello {
+        Ok(Ok(Request::Hello { applied, release })) => (applied, release),
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+            let _ = wire::write(
+                &mut w,
+                &ToMember::Refused {
+                    error: "a member starts with hello".into(),
+                },
+            )
+            .await;
+            return;
+        }
+    };
+    // Messages are read by a task of their own: a read cut off halfway by the select
+    // below would lose the part of the line it had taken.
+    let (in_tx, mut incoming) = mpsc::channel(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let m = wire::read::<Request, _>(&mut r).await;
+            let end = m.is_err();
+            if in_tx.send(m).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    let (act_tx, mut actions) = mpsc::channel(16);
+    let id = manager.connected(&name, applied, &release, act_tx);
+    let mut head = manager.watch_head();
+    let mut applied = applied;
+    let mut in_flight: Option<u64> = None;
+    let mut failed = 0;
+    let why = loop {
+        if in_flight.is_none() {
+            let version = *head.borrow_and_update();
+            if version > applied && version > failed {
+                match manager.rendering(version, &name) {
+                    Ok(Some(text)) => {
+                        if let Err(e) =
+                            wire::write(&mut w, &ToMember::Apply { version, text }).await
+                        {
+                            break e.to_string();
+                        }
+                        in_flight = Some(version);
+                    }
+                    Ok(None) => manager.note(
+                        &name,
+                        Some(format!("version {version} does not name this member")),
+                    ),
+                    Err(e) => manager.note(&name, Some(e)),
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => break "manager stopping".to_owned(),
+            r = head.changed() => if r.is_err() { break "manager stopping".to_owned() },
+            a = actions.recv() => match a {
+                Some((id, action)) => {
+                    if let Err(e) = wire::write(&mut w, &ToMember::Act { id, action }).await {
+                        break e.to_string();
+                    }
+                }
+                None => break "replaced by a newer connection".to_owned(),
+            },
+            m = incoming.recv() => match m {
+                Some(Ok(Request::Report { applied: now, tried, error, status })) => {
+                    applied = now;
+                    // Answered, or overtaken: the member already runs it or a newer one.
+                    if in_flight.is_some_and(|v| v == tried || v <= now) {
+                        in_flight = None;
+                        if error.is_some() {
+                            // Not sent again; the next version is.
+                            failed = tried;
+                        }
+                    }
+                    manager.report(&name, now, error, status);
+                }
+                Some(Ok(Request::Acted { id, ok, message })) => manager.acted(&name, id, ok, message),
+                Some(Ok(_)) => {
+                    let error = "an operator's request on a member's connection".to_owned();
+                    let _ = wire::write(&mut w, &ToMember::Refused { error: error.clone() }).await;
+                    break error;
+                }
+                Some(Err(e)) => {
+                    if !matches!(e, WireError::Closed) {
+                        let _ = wire::write(&mut w, &ToMember::Refused { error: e.to_string() }).await;
+                    }
+                    break e.to_string();
+                }
+                None => break "closed".to_owned(),
+            },
+        }
+    };
+    reader.abort();
+    manager.disconnected(&name, id, &why);
+}
