@@ -253,7 +253,12 @@ impl Manager {
     /// Reverts an unconfirmed commit whose deadline has passed (the daemon calls this
     /// every second).
     pub fn expire(&self) {
-        match self.journal.expire(now()) {
+        // A read first: the write transaction is only for a deadline that has passed.
+        let now = now();
+        if !matches!(self.journal.pending(), Ok(Some(p)) if now >= p.deadline) {
+            return;
+        }
+        match self.journal.expire(now) {
             Ok(Some(v)) => {
                 self.record(
                     "manager",

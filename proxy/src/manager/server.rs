@@ -279,3 +279,6 @@ async fn member<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     reader.abort();
     manager.disconnected(&name, id, &why);
 }
+
+#[cfg(test)]
+mod tests;

@@ -325,3 +325,71 @@ fn killed_mid_commit_leaves_a_consistent_journal() {
     }
     assert!(acknowledged >= 8);
 }
+
+/// Two members of one cluster; fe2's SMTP limit is `max`, its interface `iface`.
+fn cluster_text(max: u64, iface: &str) -> String {
+    format!(
+        r#"
+[frontend]
+name = "x"
+
+[[service]]
+name = "smtp"
+protocol = "smtp"
+port = 25
+vips = ["198.18.0.25"]
+max_connections = {max}
+
+[[pool]]
+name = "store"
+identity = "none"
+backend = [{{ name = "x", address = "198.19.0.11:25" }}]
+
+[members.fe1]
+frontend = {{ interface = "eth1" }}
+
+[members.fe2]
+frontend = {{ interface = "{iface}" }}
+"#
+    )
+}
+
+#[test]
+fn cluster_texts_are_checked_per_member_and_diffed_with_their_names() {
+    let dir = Dir::new("cluster");
+    let j = Journal::open_cluster(&dir.db(), &dir.0).unwrap();
+    j.commit(0, &cluster_text(10, "eth2"), "alice", "", None)
+        .unwrap();
+    // fe2's interface name is too long for it: refused for all, naming fe2.
+    let err = j
+        .commit(
+            1,
+            &cluster_text(10, "an-interface-name-too-long"),
+            "alice",
+            "",
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("member fe2 refuses it")
+            && err.to_string().contains("frontend.interface"),
+        "{err}"
+    );
+    assert_eq!(j.head().unwrap().unwrap().number, 1, "nothing committed");
+
+    let v2 = j
+        .commit(1, &cluster_text(20, "eth3"), "alice", "", None)
+        .unwrap();
+    assert_eq!(
+        j.diff(1, 2).unwrap(),
+        [
+            "service smtp: max_connections 10 -> 20".to_owned(),
+            "fe2: frontend: interface eth2 -> eth3".to_owned()
+        ],
+        "a change every member sees once, a member's own with its name"
+    );
+    assert!(v2.summary.starts_with("2 changes: "), "{}", v2.summary);
+    // A plain front-end configuration is no cluster configuration.
+    let err = j.commit(2, &text(5), "alice", "", None).unwrap_err();
+    assert!(err.to_string().contains("members"), "{err}");
+}

@@ -1,0 +1,312 @@
+//! The member's side of a session over an in-memory stream, with a fake front-end on a
+//! control socket that records what it is asked.
+
+use std::sync::Mutex;
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, DuplexStream, ReadHalf, WriteHalf},
+    net::UnixListener,
+};
+
+use super::*;
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(test: &str) -> Dir {
+        let dir =
+            std::env::temp_dir().join(format!("robustifier-member-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn text(max: u32) -> String {
+    format!(
+        r#"
+[frontend]
+name = "fe1"
+
+[[service]]
+name = "smtp"
+protocol = "smtp"
+port = 25
+vips = ["198.18.0.25"]
+max_connections = {max}
+
+[[pool]]
+name = "store"
+identity = "none"
+backend = [{{ name = "x", address = "198.19.0.11:25" }}]
+"#
+    )
+}
+
+/// A front-end on a control socket: answers status, and reloads unless told to refuse;
+/// keeps every request line.
+#[derive(Clone)]
+struct FakeFrontend {
+    requests: Arc<Mutex<Vec<String>>>,
+    refuse: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeFrontend {
+    fn serve(path: &Path) -> FakeFrontend {
+        let listener = UnixListener::bind(path).unwrap();
+        let fe = FakeFrontend {
+            requests: Arc::default(),
+            refuse: Arc::default(),
+        };
+        let me = fe.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = tokio::io::split(s);
+                    let mut line = String::new();
+                    BufReader::new(r).read_line(&mut line).await.unwrap();
+                    let line = line.trim().to_owned();
+                    me.requests.lock().unwrap().push(line.clone());
+                    let reply = if line == "status" {
+                        "ok {\"frontend\":\"fe1\",\"routers\":[]}".to_owned()
+                    } else if me.refuse.load(std::sync::atomic::Ordering::Relaxed) {
+                        "error service smtp: port 25 is taken".to_owned()
+                    } else {
+                        "ok {\"version\":\"v\",\"summary\":\"1 change\",\"restart_needed\":[]}"
+                            .to_owned()
+                    };
+                    w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+                });
+            }
+        });
+        fe
+    }
+
+    fn reloads(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("reload"))
+            .cloned()
+            .collect()
+    }
+}
+
+/// The manager's end of the session.
+struct FakeManager {
+    r: BufReader<ReadHalf<DuplexStream>>,
+    w: WriteHalf<DuplexStream>,
+}
+
+impl FakeManager {
+    async fn next(&mut self) -> Request {
+        tokio::time::timeout(Duration::from_secs(10), wire::read(&mut self.r))
+            .await
+            .expect("a message from the member")
+            .unwrap()
+    }
+
+    /// The next report (skipping the status reports the member sends on its own).
+    async fn report_on(&mut self, tried: u64) -> (u64, Option<String>) {
+        loop {
+            if let Request::Report {
+                applied,
+                tried: t,
+                error,
+                ..
+            } = self.next().await
+                && t == tried
+            {
+                return (applied, error);
+            }
+        }
+    }
+
+    async fn send(&mut self, m: &ToMember) {
+        wire::write(&mut self.w, m).await.unwrap();
+    }
+}
+
+fn options(dir: &Path) -> Arc<Options> {
+    Arc::new(Options {
+        manager: "unused".into(),
+        ca: PathBuf::new(),
+        cert: PathBuf::new(),
+        key: PathBuf::new(),
+        state_dir: dir.join("state"),
+        control_socket: dir.join("control.sock"),
+        max_retry: Duration::from_secs(1),
+    })
+}
+
+async fn start(o: &Arc<Options>, stop: &CancellationToken) -> FakeManager {
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    let (o, stop) = (o.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut state = State::open(&o.state_dir).unwrap();
+        session(&o, &mut state, theirs, &stop).await
+    });
+    let (r, w) = tokio::io::split(ours);
+    FakeManager {
+        r: BufReader::new(r),
+        w,
+    }
+}
+
+#[tokio::test]
+async fn applies_live_keeps_the_file_and_never_goes_back() {
+    let dir = Dir::new("apply");
+    let o = options(&dir.0);
+    let fe = FakeFrontend::serve(&o.control_socket);
+    let stop = CancellationToken::new();
+    let mut mgr = start(&o, &stop).await;
+    assert!(matches!(
+        mgr.next().await,
+        Request::Hello { applied: 0, .. }
+    ));
+
+    mgr.send(&ToMember::Apply {
+        version: 4,
+        text: text(10),
+    })
+    .await;
+    assert_eq!(mgr.report_on(4).await, (4, None));
+    let config = std::fs::canonicalize(dir.0.join("state/config.toml")).unwrap();
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), text(10));
+    assert_eq!(fe.reloads(), [format!("reload {}", config.display())]);
+
+    // An older version is not applied.
+    mgr.send(&ToMember::Apply {
+        version: 3,
+        text: text(99),
+    })
+    .await;
+    mgr.send(&ToMember::Apply {
+        version: 5,
+        text: text(20),
+    })
+    .await;
+    assert_eq!(mgr.report_on(5).await, (5, None));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), text(20));
+    assert_eq!(
+        fe.reloads().len(),
+        2,
+        "version 3 never reached the front-end"
+    );
+
+    // The version survives a restart of the member.
+    stop.cancel();
+    let stop = CancellationToken::new();
+    let mut mgr = start(&o, &stop).await;
+    assert!(matches!(
+        mgr.next().await,
+        Request::Hello { applied: 5, .. }
+    ));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_refused_version_leaves_the_running_file_in_place() {
+    let dir = Dir::new("refused");
+    let o = options(&dir.0);
+    let fe = FakeFrontend::serve(&o.control_socket);
+    let stop = CancellationToken::new();
+    let mut mgr = start(&o, &stop).await;
+    mgr.next().await;
+    mgr.send(&ToMember::Apply {
+        version: 1,
+        text: text(10),
+    })
+    .await;
+    assert_eq!(mgr.report_on(1).await, (1, None));
+
+    fe.refuse.store(true, std::sync::atomic::Ordering::Relaxed);
+    mgr.send(&ToMember::Apply {
+        version: 2,
+        text: text(20),
+    })
+    .await;
+    let (applied, error) = mgr.report_on(2).await;
+    assert_eq!(applied, 1);
+    assert!(error.unwrap().contains("port 25 is taken"));
+    let config = dir.0.join("state/config.toml");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        text(10),
+        "put back"
+    );
+
+    // A text this member's own rules refuse never reaches the front-end.
+    let reloads = fe.reloads().len();
+    mgr.send(&ToMember::Apply {
+        version: 3,
+        text: "[frontend]\n".into(),
+    })
+    .await;
+    let (applied, error) = mgr.report_on(3).await;
+    assert_eq!(applied, 1);
+    assert!(error.unwrap().starts_with("refused here"));
+    assert_eq!(fe.reloads().len(), reloads);
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), text(10));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn without_a_running_front_end_the_version_is_what_it_starts_from() {
+    let dir = Dir::new("stopped");
+    let o = options(&dir.0);
+    let stop = CancellationToken::new();
+    let mut mgr = start(&o, &stop).await;
+    mgr.next().await;
+    mgr.send(&ToMember::Apply {
+        version: 7,
+        text: text(10),
+    })
+    .await;
+    let (applied, error) = mgr.report_on(7).await;
+    assert_eq!(applied, 7);
+    assert!(error.unwrap().contains("not running"));
+    assert_eq!(
+        std::fs::read_to_string(dir.0.join("state/config.toml")).unwrap(),
+        text(10)
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn actions_go_to_the_front_end_and_come_back() {
+    let dir = Dir::new("act");
+    let o = options(&dir.0);
+    let fe = FakeFrontend::serve(&o.control_socket);
+    let stop = CancellationToken::new();
+    let mut mgr = start(&o, &stop).await;
+    mgr.next().await;
+    let action = Action::Undrain {
+        backend: "mx1".into(),
+    };
+    mgr.send(&ToMember::Act { id: 9, action }).await;
+    loop {
+        if let Request::Acted { id, ok, .. } = mgr.next().await {
+            assert_eq!((id, ok), (9, true));
+            break;
+        }
+    }
+    assert!(
+        fe.requests
+            .lock()
+            .unwrap()
+            .contains(&"undrain mx1".to_owned())
+    );
+    stop.cancel();
+}

@@ -1,0 +1,338 @@
+//! A member's session against the manager, over an in-memory stream (the TLS around it is
+//! `tls`'s to test).
+
+use std::path::PathBuf;
+
+use tokio::io::{BufReader, DuplexStream, ReadHalf, WriteHalf};
+
+use super::*;
+use crate::manager::wire::Action;
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(test: &str) -> Dir {
+        let dir =
+            std::env::temp_dir().join(format!("robustifier-server-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A cluster of fe1 and fe2 whose SMTP service admits `max` connections.
+fn text(max: u32) -> String {
+    format!(
+        r#"
+[frontend]
+name = "x"
+
+[[service]]
+name = "smtp"
+protocol = "smtp"
+port = 25
+vips = ["198.18.0.25"]
+max_connections = {max}
+
+[[pool]]
+name = "store"
+identity = "none"
+backend = [{{ name = "x", address = "198.19.0.11:25" }}]
+
+[members.fe1]
+frontend = {{ interface = "eth1" }}
+
+[members.fe2]
+frontend = {{ interface = "eth2" }}
+"#
+    )
+}
+
+async fn commit(m: &Manager, base: u64, max: u32) -> u64 {
+    let r = m
+        .operator(
+            "alice",
+            Request::Commit {
+                base,
+                text: text(max),
+                comment: String::new(),
+                confirm_secs: None,
+            },
+        )
+        .await;
+    assert!(r.ok, "{}", r.error);
+    r.value["number"].as_u64().unwrap()
+}
+
+/// The member's end of a session.
+struct FakeMember {
+    r: BufReader<ReadHalf<DuplexStream>>,
+    w: WriteHalf<DuplexStream>,
+}
+
+impl FakeMember {
+    async fn start(m: &Arc<Manager>, name: &str, applied: u64, stop: &CancellationToken) -> Self {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        tokio::spawn(member(m.clone(), name.to_owned(), theirs, stop.clone()));
+        let (r, mut w) = tokio::io::split(ours);
+        let hello = Request::Hello {
+            applied,
+            release: "test".into(),
+        };
+        wire::write(&mut w, &hello).await.unwrap();
+        FakeMember {
+            r: BufReader::new(r),
+            w,
+        }
+    }
+
+    async fn next(&mut self) -> ToMember {
+        tokio::time::timeout(Duration::from_secs(10), wire::read(&mut self.r))
+            .await
+            .expect("a message from the manager")
+            .unwrap()
+    }
+
+    /// Nothing arrives for a while (a short wait: it only has to see nothing was queued).
+    async fn quiet(&mut self) {
+        let got = tokio::time::timeout(
+            Duration::from_millis(300),
+            wire::read::<ToMember, _>(&mut self.r),
+        )
+        .await;
+        assert!(got.is_err(), "unexpected message: {got:?}");
+    }
+
+    async fn report(&mut self, applied: u64, tried: u64, error: Option<&str>) {
+        let r = Request::Report {
+            applied,
+            tried,
+            error: error.map(str::to_owned),
+            status: None,
+        };
+        wire::write(&mut self.w, &r).await.unwrap();
+    }
+}
+
+fn applied(m: &Manager, name: &str) -> u64 {
+    m.status()
+        .members
+        .iter()
+        .find(|r| r.name == name)
+        .map_or(0, |r| r.applied)
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} never happened");
+}
+
+#[tokio::test]
+async fn a_member_gets_the_newest_version_one_at_a_time() {
+    let dir = Dir::new("newest");
+    let m = Arc::new(Manager::open(&dir.0.join("state"), &dir.0).unwrap());
+    let stop = CancellationToken::new();
+    for (base, max) in [(0, 10), (1, 20), (2, 30)] {
+        commit(&m, base, max).await;
+    }
+    // Away during three commits: it gets version 3 only, rendered for it.
+    let mut fe1 = FakeMember::start(&m, "fe1", 0, &stop).await;
+    let ToMember::Apply { version, text } = fe1.next().await else {
+        panic!("not an apply");
+    };
+    assert_eq!(version, 3);
+    assert!(text.contains("name = \"fe1\""), "{text}");
+    assert!(text.contains("max_connections = 30"), "{text}");
+    assert!(!text.contains("members"), "{text}");
+
+    // While it applies, two more commits: nothing more is sent until it reports, and then
+    // only the newest.
+    commit(&m, 3, 40).await;
+    commit(&m, 4, 50).await;
+    fe1.quiet().await;
+    fe1.report(3, 3, None).await;
+    let ToMember::Apply { version, text } = fe1.next().await else {
+        panic!("not an apply");
+    };
+    assert_eq!(version, 5);
+    assert!(text.contains("max_connections = 50"), "{text}");
+    fe1.report(5, 5, None).await;
+    until("fe1 on version 5", || applied(&m, "fe1") == 5).await;
+
+    let status = m.status();
+    assert_eq!(status.head, 5);
+    let row = |n: &str| status.members.iter().find(|r| r.name == n).unwrap().clone();
+    assert!(row("fe1").connected && row("fe1").configured);
+    assert_eq!((row("fe1").desired, row("fe1").applied), (5, 5));
+    assert!(!row("fe2").connected, "never connected, but configured");
+    assert_eq!((row("fe2").desired, row("fe2").applied), (5, 0));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_refused_version_is_not_sent_again_but_the_next_is() {
+    let dir = Dir::new("refused");
+    let m = Arc::new(Manager::open(&dir.0.join("state"), &dir.0).unwrap());
+    let stop = CancellationToken::new();
+    commit(&m, 0, 10).await;
+    let mut fe2 = FakeMember::start(&m, "fe2", 0, &stop).await;
+    assert!(matches!(
+        fe2.next().await,
+        ToMember::Apply { version: 1, .. }
+    ));
+    fe2.report(0, 1, Some("the front-end refused it")).await;
+    fe2.quiet().await;
+    until("the error shown", || {
+        m.status()
+            .members
+            .iter()
+            .any(|r| r.name == "fe2" && r.last_error.is_some())
+    })
+    .await;
+    commit(&m, 1, 20).await;
+    assert!(matches!(
+        fe2.next().await,
+        ToMember::Apply { version: 2, .. }
+    ));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_member_already_on_the_head_gets_nothing_and_actions_reach_it() {
+    let dir = Dir::new("actions");
+    let m = Arc::new(Manager::open(&dir.0.join("state"), &dir.0).unwrap());
+    let stop = CancellationToken::new();
+    commit(&m, 0, 10).await;
+    let mut fe1 = FakeMember::start(&m, "fe1", 1, &stop).await;
+    fe1.quiet().await;
+
+    let asked = {
+        let m = m.clone();
+        tokio::spawn(async move {
+            m.operator(
+                "bob",
+                Request::Action {
+                    member: "fe1".into(),
+                    action: Action::Drain {
+                        backend: "mx1".into(),
+                    },
+                },
+            )
+            .await
+        })
+    };
+    let ToMember::Act { id, action } = fe1.next().await else {
+        panic!("not an action");
+    };
+    assert_eq!(
+        action,
+        Action::Drain {
+            backend: "mx1".into()
+        }
+    );
+    let acted = Request::Acted {
+        id,
+        ok: true,
+        message: "{\"backend\":\"mx1\",\"draining\":true}".into(),
+    };
+    wire::write(&mut fe1.w, &acted).await.unwrap();
+    let reply = asked.await.unwrap();
+    assert!(reply.ok, "{}", reply.error);
+
+    // Not connected: refused at once, and audited either way.
+    let reply = m
+        .operator(
+            "bob",
+            Request::Action {
+                member: "fe2".into(),
+                action: Action::Release { vrid: 51 },
+            },
+        )
+        .await;
+    assert!(
+        !reply.ok && reply.error.contains("not connected"),
+        "{reply:?}"
+    );
+    let trail = m
+        .operator(
+            "bob",
+            Request::Audit {
+                verify: false,
+                since: 1,
+                limit: 100,
+            },
+        )
+        .await;
+    let entries: Vec<super::super::audit::Entry> = serde_json::from_value(trail.value).unwrap();
+    let actions: Vec<(&str, &str)> = entries
+        .iter()
+        .filter(|e| e.action == "action")
+        .map(|e| (e.what.as_str(), e.result.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("drain mx1 on fe1", "ok"),
+            ("release 51 on fe2", "member fe2 is not connected")
+        ]
+    );
+    assert!(entries.iter().all(|e| e.who.starts_with("operator ")));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_member_not_in_the_configuration_gets_nothing() {
+    let dir = Dir::new("stranger");
+    let m = Arc::new(Manager::open(&dir.0.join("state"), &dir.0).unwrap());
+    let stop = CancellationToken::new();
+    commit(&m, 0, 10).await;
+    let mut fe9 = FakeMember::start(&m, "fe9", 0, &stop).await;
+    fe9.quiet().await;
+    let status = m.status();
+    let row = status.members.iter().find(|r| r.name == "fe9").unwrap();
+    assert!(!row.configured);
+    assert!(
+        row.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("does not name")
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn an_operator_message_on_a_member_connection_ends_it() {
+    let dir = Dir::new("confused");
+    let m = Arc::new(Manager::open(&dir.0.join("state"), &dir.0).unwrap());
+    let stop = CancellationToken::new();
+    commit(&m, 0, 10).await;
+    let mut fe1 = FakeMember::start(&m, "fe1", 1, &stop).await;
+    until("fe1 connected", || {
+        m.status()
+            .members
+            .iter()
+            .any(|r| r.name == "fe1" && r.connected)
+    })
+    .await;
+    wire::write(&mut fe1.w, &Request::Confirm).await.unwrap();
+    assert!(matches!(fe1.next().await, ToMember::Refused { .. }));
+    until("fe1 disconnected", || {
+        m.status()
+            .members
+            .iter()
+            .any(|r| r.name == "fe1" && !r.connected)
+    })
+    .await;
+    stop.cancel();
+}
