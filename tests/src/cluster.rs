@@ -83,6 +83,17 @@ impl Cluster {
 
     /// Builds the lab and starts the mail servers; front-ends start with [`Cluster::start_frontend`].
     pub fn up(prefix: &str, frontends: usize) -> anyhow::Result<Cluster> {
+        Cluster::up_with_mailboxes(prefix, frontends, &[])
+    }
+
+    /// [`Cluster::up`], with further mailboxes `(back-end, address, password)`: the same
+    /// address on two back-ends lets a test move a recipient from one to the other and see
+    /// where its mail lands. The routing maps do not name their domains.
+    pub fn up_with_mailboxes(
+        prefix: &str,
+        frontends: usize,
+        extra: &[(usize, &str, &str)],
+    ) -> anyhow::Result<Cluster> {
         let mut lab = Lab::up(
             prefix,
             Plan {
@@ -92,7 +103,11 @@ impl Cluster {
         )?;
         let mut hosts = Vec::new();
         for (i, (make, users)) in BACKENDS.iter().enumerate() {
-            let users = users.iter().fold(Users::new(), |u, (a, p)| u.with(a, p));
+            let users = users
+                .iter()
+                .copied()
+                .chain(extra.iter().filter(|e| e.0 == i).map(|e| (e.1, e.2)))
+                .fold(Users::new(), |u, (a, p)| u.with(a, p));
             hosts.push(
                 MailHost::start(&mut lab, i, *make, &users)
                     .with_context(|| format!("mail host be{}", i + 1))?,

@@ -12,6 +12,7 @@ pub mod client;
 pub mod cluster;
 pub mod frontend_config;
 pub mod mail;
+pub mod manager;
 pub mod maps;
 pub mod netns;
 pub mod privileged;

@@ -243,13 +243,25 @@ impl Lab {
     /// ready. Its pin directory is removed when the lab goes down.
     pub fn start_frontend(&mut self, i: usize, config: &str) -> anyhow::Result<&mut Daemon> {
         let config = self.with_control_socket(i, config);
-        let fe = &self.frontends[i];
-        let path = self.log_dir.join(format!("{}.toml", fe.name));
+        let path = self
+            .log_dir
+            .join(format!("{}.toml", self.frontends[i].name));
         std::fs::write(&path, config)?;
+        self.start_frontend_file(i, &path)
+    }
+
+    /// Starts `robustifier run` in front-end `i` from the configuration file `path` as it
+    /// is (a cluster member's file, say), and waits until it is ready.
+    pub fn start_frontend_file(
+        &mut self,
+        i: usize,
+        path: &std::path::Path,
+    ) -> anyhow::Result<&mut Daemon> {
+        let fe = &self.frontends[i];
         let mut cmd = fe.ns.command(crate::robustifier_bin());
         cmd.arg("run")
             .arg("--config")
-            .arg(&path)
+            .arg(path)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         let log = self.log_dir.join(format!("{}.log", fe.name));

@@ -10,6 +10,8 @@
 //! 5. A burst on a small back-end: premium mail keeps flowing, regular mail is deflected.
 //! 6. Front-end A killed while mail flows: B takes the SMTP address; A comes back and takes
 //!    it back; every message acknowledged is in a mailbox.
+//! 7. The cluster manager: both front-ends take a commit live; B stops during two more
+//!    commits while mail flows through A; B restarts from its member's file and catches up.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -317,6 +319,11 @@ pub fn run() -> anyhow::Result<()> {
         if owns_still { "still holds" } else { "LOST" }
     );
 
+    step(
+        "cluster manager: a commit to both front-ends, fe-b stopped, two more commits, fe-b back and catching up",
+    );
+    let manager_failure = manager_step(&mut c)?;
+
     step("where the messages are");
     for (i, h) in c.hosts.iter().enumerate() {
         let users: Vec<String> = h
@@ -334,6 +341,9 @@ pub fn run() -> anyhow::Result<()> {
         missing_up == 0 && failed_up == 0 && owns_still,
         "the upgrade step: {failed_up} sessions failed, {missing_up} acknowledged messages missing, VIP kept: {owns_still}"
     );
+    if let Some(why) = manager_failure {
+        anyhow::bail!("the cluster manager step failed: {why}");
+    }
     if let Some(why) = burst_failure {
         anyhow::bail!("the burst step failed: {why}");
     }
@@ -441,6 +451,80 @@ fn burst(c: &Cluster) -> Vec<(String, Vec<String>)> {
             handles.into_iter().filter_map(|h| h.join().ok()).collect()
         })
         .unwrap_or_default()
+}
+
+/// The manager on the back-end segment, a member beside each front-end: the members
+/// apply version 1 (the front-ends' configuration as one cluster text) live; fe-b and its
+/// member stop while two commits (be3's session limit) are made and mail flows through
+/// fe-a; fe-b restarts from the file its member last wrote, and its member catches up.
+/// The failure, if any, for the end of the demo.
+fn manager_step(c: &mut Cluster) -> anyhow::Result<Option<String>> {
+    use robustifier_lab::manager::{
+        ClusterManager, Traffic, check_delivered, cluster_config, member_priorities, runs_head,
+    };
+    let m = ClusterManager::up(&mut c.lab)?;
+    for i in [0, 1] {
+        m.start_member(&mut c.lab, i)?;
+    }
+    let own = [member_priorities(0), member_priorities(1)];
+    let (v, said) = m.commit_wait(&cluster_config(c, &own), "the demo's cluster", 60)?;
+    println!("   version {v} committed: {said}");
+    let flow = Traffic::start(
+        &c.lab,
+        VIP_SMTP.into(),
+        "manager",
+        &["bob@example.test"],
+        Duration::from_millis(100),
+        2000,
+    )?;
+    if let Some(d) = c.frontend_daemon(1) {
+        d.stop()?;
+    }
+    m.stop_member(&mut c.lab, 1, robustifier_lab::process::Signal::SIGTERM)?;
+    println!("   fe-b and its member stopped");
+    for sessions in [30, 40] {
+        c.set_pool_extra(2, vec![], &format!("sessions = {sessions}"));
+        let v = m.commit(&cluster_config(c, &own), "be3's session limit")?;
+        println!("   version {v} committed (be3: {sessions} sessions) while fe-b is away");
+    }
+    eventually("fe-a runs the head", Duration::from_secs(60), || {
+        m.status().is_ok_and(|s| runs_head(&s, "fea"))
+    })?;
+    let head = m.head()?;
+    m.start_frontend(&mut c.lab, 1)?;
+    let restarted = Instant::now();
+    m.start_member(&mut c.lab, 1)?;
+    eventually("fe-b runs the head", Duration::from_secs(60), || {
+        m.status().is_ok_and(|s| runs_head(&s, "feb"))
+    })?;
+    let caught_up = restarted.elapsed();
+    println!(
+        "   fe-b restarted from the file of version {v}; its member applied version {head} {caught_up:.2?} after its restart"
+    );
+    indent(&m.cli_ok(&["status"])?);
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = flow.finish();
+    let expected: Vec<(String, usize, String)> = sent
+        .accepted
+        .iter()
+        .map(|(t, to)| (t.clone(), 0, to.clone()))
+        .collect();
+    let delivered = check_delivered(c, &expected, Duration::from_secs(60));
+    println!(
+        "   meanwhile: {} messages acknowledged through fe-a, {} refused or cut, {}",
+        sent.accepted.len(),
+        sent.refused.len(),
+        match &delivered {
+            Ok(()) => "every acknowledged one delivered once".to_owned(),
+            Err(e) => e.to_string(),
+        }
+    );
+    let failure = match delivered {
+        Err(e) => Some(e.to_string()),
+        Ok(()) if !sent.refused.is_empty() => Some(format!("refused: {:?}", sent.refused)),
+        Ok(()) => None,
+    };
+    Ok(failure)
 }
 
 /// How many of the `acked` tags are not (yet, after a minute) in bob's Maildir.
