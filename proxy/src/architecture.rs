@@ -4,8 +4,8 @@
 //!
 //! The order, lowest first (a module may import its own layer and those below):
 //!
-//! - foundation: locking, logging, privileges, re-read files, supervised tasks, the
-//!   connection type; they import nothing of the crate.
+//! - foundation: locking, logging, events and alarms, privileges, re-read files,
+//!   supervised tasks, the connection type; they import nothing of the crate.
 //! - codecs: pure parsing and formatting (the line reader, SMTP and POP3 commands and
 //!   replies, SASL, PROXY v2, VRRP packets and state machine, the agent wire format, the
 //!   routing map syntax), no I/O beyond reading lines or a map file.
@@ -38,7 +38,15 @@ use std::{
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "foundation",
-        &["sync", "logging", "privs", "reload", "supervise", "stream"],
+        &[
+            "sync",
+            "logging",
+            "events",
+            "privs",
+            "reload",
+            "supervise",
+            "stream",
+        ],
     ),
     (
         "codecs",

@@ -91,6 +91,7 @@ pub fn main(mut cfg: Config, mode: Mode, take_over: bool) -> anyhow::Result<()> 
             hand_over_pins(&cfg, account)?;
         }
         hand_over_control(&cfg, account)?;
+        hand_over_event_log(&cfg, account)?;
         privs::switch(account)?;
     }
     tokio::runtime::Runtime::new()?.block_on(serve(frontend, &cfg, root))
@@ -165,6 +166,30 @@ fn hand_over_pins(cfg: &Config, account: &privs::Account) -> anyhow::Result<()> 
     for map in PINNED_MAPS {
         let path = pin_dir.join(map);
         if path.exists() {
+            privs::hand_over(&path, account)?;
+        }
+    }
+    Ok(())
+}
+
+/// The event log's folder and files become the daemon user's: it rotates them after
+/// the switch (renames and creates files there).
+fn hand_over_event_log(cfg: &Config, account: &privs::Account) -> anyhow::Result<()> {
+    let Some(dir) = &cfg.monitor.event_log else {
+        return Ok(());
+    };
+    if !dir.is_dir() {
+        // Not opened (said at open): events stay in memory.
+        return Ok(());
+    }
+    privs::hand_over(dir, account)?;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("event log {}", dir.display()))? {
+        let path = entry?.path();
+        let ours = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("events.jsonl"));
+        if ours {
             privs::hand_over(&path, account)?;
         }
     }

@@ -27,6 +27,8 @@
 //! - [`ha`]: VRRPv3 at run time: raw sockets, virtual addresses, tracking, handoff.
 //! - [`vrrp`]: VRRPv3 packets and state machine as pure functions, for virtual IP failover.
 //! - [`logging`]: log lines on stderr, as text or JSON.
+//! - [`events`]: events and alarms (back-ends, pools, VRRP, reloads), kept, logged as JSON
+//!   lines and reported by `robustifier alarms`.
 //! - [`manager`]: the cluster manager's journal of configuration versions.
 #![forbid(unsafe_code)]
 #![allow(
@@ -42,6 +44,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod events;
 pub mod front;
 pub mod frontend;
 pub mod ha;

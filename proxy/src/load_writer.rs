@@ -174,6 +174,7 @@ pub fn publish(tables: &mut dyn LoadTables, board: &Board, slot: &Slot, now: u64
         } else {
             info!(backend = %slot.name, "back-end under its thresholds again");
         }
+        board.overload_changed(slot, now_over);
     }
     if !now_over && overloaded {
         // The record was built while still marked: give the weight back.

@@ -118,6 +118,18 @@ enum Command {
         #[arg(long)]
         state_file: Option<PathBuf>,
     },
+    /// A running front-end's active alarms (back-ends down or overloaded, pools without a
+    /// back-end, agents unreachable, a refused reload) and its recent events.
+    Alarms {
+        /// Control socket; defaults to the config's `ha.control_socket`.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the cluster manager: the cluster's configuration journal, served to members and
     /// operators over mutual TLS.
     Manager {
@@ -364,6 +376,21 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 "{}",
                 control::request(&path, &line, Duration::from_secs(30))?
             );
+            Ok(())
+        }
+        Command::Alarms {
+            socket,
+            config,
+            json,
+        } => {
+            let path = control_path(socket, config.as_deref())?;
+            let text = control::request(&path, "alarms", Duration::from_secs(5))?;
+            let report: robustifier::events::Report = serde_json::from_str(&text)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", robustifier::events::render(&report));
+            }
             Ok(())
         }
         Command::Manager {

@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use robustifier_common::{MAX_BACKENDS, MAX_SERVICES, PIN_DIR};
 
 pub use error::ConfigError;
-use raw::{RawBackend, RawConfig, RawPool, RawService};
+use raw::{RawBackend, RawConfig, RawMonitor, RawPool, RawService};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -39,7 +39,20 @@ pub struct Config {
     pub groups: Vec<balance::Group>,
     pub ha: vrrp::Ha,
     pub vrrp: Vec<vrrp::VirtualRouter>,
+    pub monitor: Monitor,
 }
+
+/// `[monitor]`: the event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Monitor {
+    /// Folder of `events.jsonl`; none: events in memory only.
+    pub event_log: Option<PathBuf>,
+    pub event_log_max_bytes: u64,
+    pub event_log_files: u32,
+}
+
+const DEFAULT_EVENT_LOG_BYTES: u64 = 10_000_000;
+const DEFAULT_EVENT_LOG_FILES: u32 = 5;
 
 #[derive(Debug, Clone)]
 pub struct Frontend {
@@ -384,9 +397,11 @@ impl Config {
             raw.ha,
             raw.vrrp,
         )?;
+        let monitor = monitor(base, raw.monitor)?;
         Ok(Config {
             ha,
             vrrp,
+            monitor,
             file: file.to_owned(),
             version: String::new(),
             frontend,
@@ -514,6 +529,28 @@ fn service(
         max_message_size,
         idle_timeout: std::time::Duration::from_secs(idle),
         wait,
+    })
+}
+
+fn monitor(base: &Path, raw: RawMonitor) -> Result<Monitor, (String, String)> {
+    let event_log_max_bytes = raw.event_log_max_bytes.unwrap_or(DEFAULT_EVENT_LOG_BYTES);
+    if event_log_max_bytes < crate::events::log::MIN_BYTES {
+        return Err((
+            "monitor.event_log_max_bytes".into(),
+            format!("must be at least {}", crate::events::log::MIN_BYTES),
+        ));
+    }
+    let event_log_files = raw.event_log_files.unwrap_or(DEFAULT_EVENT_LOG_FILES);
+    if !(1..=100).contains(&event_log_files) {
+        return Err((
+            "monitor.event_log_files".into(),
+            "must be between 1 and 100".into(),
+        ));
+    }
+    Ok(Monitor {
+        event_log: raw.event_log.map(|d| base.join(d)),
+        event_log_max_bytes,
+        event_log_files,
     })
 }
 

@@ -24,6 +24,20 @@ pub struct RawConfig {
     pub ha: super::vrrp::RawHa,
     #[serde(default)]
     pub vrrp: Vec<super::vrrp::RawVrrp>,
+    #[serde(default)]
+    pub monitor: RawMonitor,
+}
+
+/// Events and alarms: where the JSON-lines event log goes and how much of it is kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitor {
+    /// Folder of `events.jsonl` (and its rotated files); none: events are kept in memory only.
+    pub event_log: Option<String>,
+    /// Size at which the file is rotated (default 10 MB).
+    pub event_log_max_bytes: Option<u64>,
+    /// Files kept, the current one included (default 5).
+    pub event_log_files: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Status,
+    /// The active alarms and the recent events.
+    Alarms,
     /// Apply the configuration file again, or this one (which then becomes the file).
     Reload {
         file: Option<PathBuf>,
@@ -43,8 +45,11 @@ impl Request {
             }
         };
         match verb {
-            "status" | "handover" if !rest.is_empty() => Err(format!("{verb} takes no argument")),
+            "status" | "handover" | "alarms" if !rest.is_empty() => {
+                Err(format!("{verb} takes no argument"))
+            }
             "status" => Ok(Request::Status),
+            "alarms" => Ok(Request::Alarms),
             "handover" => Ok(Request::HandOver),
             "reload" if rest.is_empty() => Ok(Request::Reload { file: None }),
             "reload" => {
@@ -76,7 +81,7 @@ impl Request {
             "release" => vrid(rest).map(Request::Release),
             "resume" => vrid(rest).map(Request::Resume),
             _ => Err(format!(
-                "unknown request {verb:?} (status, reload [FILE], release VRID, resume VRID, drain BACKEND, undrain BACKEND, handover)"
+                "unknown request {verb:?} (status, alarms, reload [FILE], release VRID, resume VRID, drain BACKEND, undrain BACKEND, handover)"
             )),
         }
     }
@@ -90,6 +95,7 @@ mod tests {
     fn requests_and_their_refusals() {
         let ok: &[(&str, Request)] = &[
             ("status", Request::Status),
+            ("alarms", Request::Alarms),
             ("  status  ", Request::Status),
             ("handover", Request::HandOver),
             ("reload", Request::Reload { file: None }),
@@ -123,6 +129,7 @@ mod tests {
             ("", "unknown request \"\""),
             ("reboot", "unknown request \"reboot\""),
             ("status now", "status takes no argument"),
+            ("alarms all", "alarms takes no argument"),
             ("handover 1", "handover takes no argument"),
             ("release", "release needs a VRID"),
             ("resume", "resume needs a VRID"),

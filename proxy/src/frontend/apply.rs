@@ -23,6 +23,7 @@ use super::{
 use crate::{
     backend::PoolSet,
     config::{self, Config, ConfigError, Service},
+    events::Kind,
     front::accept::{Context, Role},
     ha::{self, Ha},
     health, load_writer,
@@ -84,8 +85,17 @@ impl Frontend {
                 for what in &r.restart_needed {
                     warn!(change = %what, "reload: takes a restart");
                 }
+                self.shared.hooks.events.emit(Kind::ReloadApplied {
+                    version: r.version.clone(),
+                    summary: r.summary.clone(),
+                });
             }
-            Err(e) => error!(error = %e, "reload: refused; nothing changed"),
+            Err(e) => {
+                error!(error = %e, "reload: refused; nothing changed");
+                self.shared.hooks.events.emit(Kind::ReloadRefused {
+                    error: e.to_string(),
+                });
+            }
         }
         outcome
     }

@@ -33,6 +33,7 @@ pub use user_space::UserSpace;
 use crate::{
     backend::{LoadView, PoolSet, groups::Groups},
     config::{Config, Service},
+    events::{Events, log::JsonLog},
     front::accept::{self, Context, Current, Role},
     ha,
     health::board::Board,
@@ -41,6 +42,9 @@ use crate::{
     supervise::Supervisor,
     tls::ServerTls,
 };
+
+/// Events `alarms` reports besides the active alarms.
+const RECENT_EVENTS: usize = 50;
 
 /// How long sessions may run on after a stop was asked for.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -55,6 +59,10 @@ pub enum Command {
     },
     /// Report the front-end's state.
     Status { done: oneshot::Sender<StatusReport> },
+    /// Report the active alarms and the recent events.
+    Alarms {
+        done: oneshot::Sender<crate::events::Report>,
+    },
     /// Release virtual router `vrid` after draining (`release`), or resume it; answers
     /// when done, without holding other commands up meanwhile.
     Handoff {
@@ -174,6 +182,25 @@ impl Shared {
     }
 }
 
+/// The front-end's events, logged where `[monitor]` says; a log that cannot be opened is
+/// said once and events stay in memory (`robustifier alarms` still has them).
+fn open_events(cfg: &Config) -> Events {
+    let m = &cfg.monitor;
+    let log = m.event_log.as_ref().and_then(|dir| {
+        match JsonLog::open(dir, m.event_log_max_bytes, m.event_log_files) {
+            Ok(log) => {
+                info!(file = %log.path().display(), "event log");
+                Some(log)
+            }
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "event log not opened: events are kept in memory only");
+                None
+            }
+        }
+    });
+    Events::new(&cfg.frontend.name, log)
+}
+
 /// The priority class's reserve beyond a service's connection limit: a tenth of it.
 fn reserve_for(max_connections: usize) -> usize {
     (max_connections / 10).max(1)
@@ -216,14 +243,19 @@ impl Frontend {
     ) -> Result<Frontend, OpenError> {
         kernel.apply(&cfg)?;
         let maps = kernel.loads();
+        let events = open_events(&cfg);
         let shared = Shared {
             stop: CancellationToken::new(),
             abort: accept::Abort::default(),
             closing: CancellationToken::new(),
             sessions: TaskTracker::new(),
-            hooks: ha::Hooks::default(),
+            hooks: ha::Hooks {
+                events: events.clone(),
+                ..ha::Hooks::default()
+            },
         };
         let board = Board::with_retired(&cfg, retired);
+        board.set_events(events);
         let view = maps.view().map_err(KernelError::from)?;
         let pools = Arc::new(
             PoolSet::new(&cfg, Arc::clone(&board), Arc::clone(&view)).map_err(OpenError::Pools)?,
@@ -397,6 +429,9 @@ impl Frontend {
                 }
                 Command::Status { done } => {
                     let _ = done.send(self.status(&ha));
+                }
+                Command::Alarms { done } => {
+                    let _ = done.send(self.shared.hooks.events.report(RECENT_EVENTS));
                 }
                 Command::Drain {
                     backend,

@@ -11,4 +11,6 @@ pub struct Hooks {
     pub health: Health,
     /// The daemon's supervised background tasks, reported by `status`.
     pub tasks: crate::supervise::Registry,
+    /// Where VRRP transitions are recorded as events.
+    pub events: crate::events::Events,
 }

@@ -545,6 +545,13 @@ impl Task {
         let at_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        self.hooks.events.emit(crate::events::Kind::VrrpTransition {
+            vrid: self.cfg.vrid.get(),
+            family: self.cfg.family().to_owned(),
+            from: t.from.to_string(),
+            to: t.to.to_string(),
+            reason: format!("{:?}", t.reason),
+        });
         lock(&self.status).last_transition = Some(TransitionRecord {
             from: t.from.to_string(),
             to: t.to.to_string(),

@@ -20,6 +20,7 @@ use crate::config::{
     Backend, Config, Pool,
     balance::{Health, Thresholds},
 };
+use crate::events::{Events, Kind};
 
 /// Bumps the board's "capacity may have been freed" counter that every waiter watches.
 /// The board owns this signal (it sees sessions end and records change); admission only
@@ -90,6 +91,10 @@ pub struct Board {
     /// under a drained name (its address changed) is drained too. Runtime state only: a
     /// restart or a binary upgrade starts with none.
     drained: Mutex<std::collections::BTreeSet<String>>,
+    /// Where state changes are recorded as events (set once by the front-end).
+    events: std::sync::OnceLock<Events>,
+    /// The pools none of whose back-ends takes new sessions, as last reported.
+    pools_out: Mutex<std::collections::BTreeSet<String>>,
     /// Bumped whenever capacity may have been freed: a session slot released, the load
     /// records rewritten. Admission waiters watch it.
     pub freed: Arc<tokio::sync::watch::Sender<u64>>,
@@ -237,6 +242,8 @@ impl Board {
             reloading: Mutex::new(()),
             drained: Mutex::default(),
             freed: Arc::new(tokio::sync::watch::channel(0).0),
+            events: std::sync::OnceLock::new(),
+            pools_out: Mutex::default(),
         })
     }
 
@@ -353,7 +360,67 @@ impl Board {
             }
         }
         info!(backend = %name, draining = on, "operator drain changed");
+        if !changed.is_empty() {
+            self.emit(Kind::BackendDraining {
+                backend: name.to_owned(),
+                draining: on,
+                by: "operator".into(),
+            });
+        }
         Some(changed)
+    }
+
+    /// Records state changes in `events` from now on (the first call counts).
+    pub fn set_events(&self, events: Events) {
+        let _ = self.events.set(events);
+    }
+
+    /// Records an event, when the board has somewhere to record it.
+    pub fn emit(&self, kind: Kind) {
+        if let Some(e) = self.events.get() {
+            e.emit(kind);
+        }
+    }
+
+    /// `slot`'s overload mark changed (the load writer's hysteresis): its event, and its
+    /// pool's when the pool as a whole changed.
+    pub fn overload_changed(&self, slot: &Slot, overloaded: bool) {
+        self.emit(Kind::BackendOverloaded {
+            backend: slot.name.clone(),
+            pool: slot.pool_name.clone(),
+            overloaded,
+        });
+        self.check_pool(slot);
+    }
+
+    /// Whether `slot`'s pool still has a back-end taking new sessions (up, not over a
+    /// threshold); an event when that changed.
+    fn check_pool(&self, slot: &Slot) {
+        let slots = self.slots.load();
+        let mut members = slots
+            .iter()
+            .filter(|s| s.pool_id == slot.pool_id && !s.removed.load(Ordering::Relaxed))
+            .peekable();
+        let any = members.peek().is_some();
+        let out = any
+            && members.all(|s| {
+                s.overloaded.load(Ordering::Relaxed)
+                    || s.state.load(Ordering::Acquire) == BACKEND_DOWN
+            });
+        let mut pools = crate::sync::lock(&self.pools_out);
+        let was = pools.contains(&slot.pool_name);
+        if out != was {
+            if out {
+                pools.insert(slot.pool_name.clone());
+            } else {
+                pools.remove(&slot.pool_name);
+            }
+            drop(pools);
+            self.emit(Kind::PoolOverloaded {
+                pool: slot.pool_name.clone(),
+                overloaded: out,
+            });
+        }
     }
 
     /// The back-end names the operator drained, sorted.
@@ -470,10 +537,23 @@ impl Board {
         let state = slot.state.load(Ordering::Acquire);
         if state == BACKEND_DOWN && *streak >= rise as i32 {
             slot.state.store(BACKEND_UP, Ordering::Release);
+            drop(streak);
             info!(backend = %slot.name, "back-end up ({rise} good checks)");
+            self.emit(Kind::BackendUp {
+                backend: slot.name.clone(),
+                pool: slot.pool_name.clone(),
+            });
+            self.check_pool(slot);
         } else if state == BACKEND_UP && *streak <= -(fall as i32) {
             slot.state.store(BACKEND_DOWN, Ordering::Release);
+            drop(streak);
             warn!(backend = %slot.name, reason = why, "back-end down ({fall} failures)");
+            self.emit(Kind::BackendDown {
+                backend: slot.name.clone(),
+                pool: slot.pool_name.clone(),
+                reason: why.to_owned(),
+            });
+            self.check_pool(slot);
         }
     }
 
@@ -483,10 +563,16 @@ impl Board {
             let mut a = crate::sync::lock(&slot.agent);
             let was_draining = a.is_some_and(|r| r.drain);
             let draining = report.is_some_and(|r| r.drain);
+            *a = report;
+            drop(a);
             if was_draining != draining {
                 info!(backend = %slot.name, draining, "operator drain request changed");
+                self.emit(Kind::BackendDraining {
+                    backend: slot.name.clone(),
+                    draining,
+                    by: "agent".into(),
+                });
             }
-            *a = report;
         }
     }
 
@@ -609,6 +695,51 @@ mod tests {
             ),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn transitions_are_events_and_a_pool_without_a_backend_is_an_alarm() {
+        let b = Board::new(&cfg(
+            "{name='a',address='198.19.0.1:25'},{name='b',address='198.19.0.2:25'}",
+        ));
+        let ev = Events::new("f", None);
+        b.set_events(ev.clone());
+        let keys = || -> Vec<String> { ev.alarms().into_iter().map(|a| a.key).collect() };
+        b.record(0, false, None, 2, 1, "refused");
+        assert_eq!(keys(), ["backend_down:a"], "b still serves the pool");
+        b.record(0, false, None, 2, 1, "refused");
+        assert_eq!(ev.recent(10).len(), 1, "no new event while it stays down");
+        b.record(1, false, None, 2, 1, "timeout");
+        assert_eq!(
+            keys(),
+            ["backend_down:a", "backend_down:b", "pool_overloaded:p"]
+        );
+        // One good check of two: not up yet.
+        b.record(1, true, None, 2, 1, "");
+        assert_eq!(keys().len(), 3);
+        b.record(1, true, None, 2, 1, "");
+        assert_eq!(keys(), ["backend_down:a"]);
+        // An overloaded back-end counts as out for its pool too.
+        b.slots()[1].overloaded.store(true, Ordering::Relaxed);
+        b.overload_changed(&b.slots()[1], true);
+        assert_eq!(
+            keys(),
+            [
+                "backend_down:a",
+                "backend_overloaded:b",
+                "pool_overloaded:p"
+            ]
+        );
+        b.set_drained("a", true).unwrap();
+        let last = ev.recent(1).pop().unwrap();
+        assert_eq!(
+            last.kind,
+            Kind::BackendDraining {
+                backend: "a".into(),
+                draining: true,
+                by: "operator".into()
+            }
+        );
     }
 
     fn names(b: &Board) -> Vec<(u32, String, bool)> {

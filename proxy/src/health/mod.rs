@@ -18,7 +18,7 @@ use tracing::{debug, info};
 
 use board::Board;
 
-use crate::supervise::Supervisor;
+use crate::{events::Kind, supervise::Supervisor};
 
 /// Starts the probe loop of one back-end, and its agent polls if it has an agent: for
 /// every back-end at startup, and for those a reload adds.
@@ -85,6 +85,7 @@ pub fn spawn_checks(
                     Ok(r) => {
                         if !reachable {
                             info!(backend = %slot.name, "agent reachable again");
+                            b.emit(Kind::AgentReachable { backend: slot.name.clone() });
                         }
                         reachable = true;
                         b.set_agent(slot.id, Some(r));
@@ -92,6 +93,10 @@ pub fn spawn_checks(
                     Err(e) => {
                         if reachable {
                             info!(backend = %slot.name, error = %e, "agent unreachable; using probe figures only");
+                            b.emit(Kind::AgentUnreachable {
+                                backend: slot.name.clone(),
+                                error: e.to_string(),
+                            });
                         }
                         reachable = false;
                         b.set_agent(slot.id, None);

@@ -20,8 +20,9 @@ use super::Config;
 /// What a change touches, and so what applying it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChangeKind {
-    /// `[frontend]`: name, interface, xdp_mode, pin_dir, user, serve_loopback_clients; and
-    /// `ha.control_socket`, the daemon's own socket, bound at its start.
+    /// `[frontend]`: name, interface, xdp_mode, pin_dir, user, serve_loopback_clients;
+    /// `ha.control_socket`, the daemon's own socket, bound at its start; and `[monitor]`,
+    /// the event log opened at start.
     Frontend,
     /// `[[service]]` added, removed, or any of its fields changed.
     Services,

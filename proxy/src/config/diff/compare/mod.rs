@@ -4,7 +4,7 @@
 
 use super::{Change, ChangeKind, show::Show};
 use crate::config::{
-    Config, Flood, Frontend, Service, TlsFiles,
+    Config, Flood, Frontend, Monitor, Service, TlsFiles,
     balance::Group,
     vrrp::{Ha, Track, VirtualRouter},
 };
@@ -129,6 +129,7 @@ pub fn config(running: &Config, new: &Config) -> Vec<Change> {
         groups,
         ha,
         vrrp,
+        monitor,
     } = running;
     let mut out = Out::default();
     self::frontend(&mut out, frontend, &new.frontend);
@@ -165,6 +166,7 @@ pub fn config(running: &Config, new: &Config) -> Vec<Change> {
         &names(&new.groups, |g| &g.name),
     );
     self::ha(&mut out, ha, &new.ha);
+    self::monitor(&mut out, monitor, &new.monitor);
     out.members(
         Vrrp,
         "vrrp",
@@ -190,6 +192,17 @@ fn frontend(out: &mut Out, old: &Frontend, new: &Frontend) {
     } = old;
     let (k, s) = (ChangeKind::Frontend, "frontend");
     fields!(out, k, s, new; name, interface, xdp_mode, pin_dir, user, serve_loopback_clients);
+}
+
+/// The event log is opened at start: a change takes a restart.
+fn monitor(out: &mut Out, old: &Monitor, new: &Monitor) {
+    let Monitor {
+        event_log,
+        event_log_max_bytes,
+        event_log_files,
+    } = old;
+    let (k, s) = (ChangeKind::Frontend, "monitor");
+    fields!(out, k, s, new; event_log, event_log_max_bytes, event_log_files);
 }
 
 fn tls(out: &mut Out, old: Option<&TlsFiles>, new: Option<&TlsFiles>) {

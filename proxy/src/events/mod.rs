@@ -1,0 +1,404 @@
+//! Events and alarms: one typed record of what happened on this front-end.
+//!
+//! Every part that notices a change (the health board, the load writer, the VRRP routers,
+//! reloads) emits an [`Event`]. Each has a sequence number, a time and a severity; some
+//! raise or clear an [`Alarm`], which stays active until the event that ends its condition
+//! (a back-end down until it is up again). Events go to a bounded in-memory history (the
+//! control socket's `alarms` request), to the JSON-lines log when one is configured
+//! ([`log`]), and to subscribers.
+//!
+//! The handle is cheap to clone; the default one keeps history and alarms but writes no
+//! file (tests, and front-ends without `[monitor]`).
+
+pub mod log;
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    fmt,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::sync::lock;
+
+/// Events kept in memory for `robustifier alarms --events`.
+const HISTORY: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Major,
+    Critical,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Major => "major",
+            Severity::Critical => "critical",
+        })
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Kind {
+    BackendDown {
+        backend: String,
+        pool: String,
+        reason: String,
+    },
+    BackendUp {
+        backend: String,
+        pool: String,
+    },
+    /// Drained or undrained, by its agent (`drain=1`) or the operator.
+    BackendDraining {
+        backend: String,
+        draining: bool,
+        by: String,
+    },
+    /// Over a threshold (no new sessions), or under it again.
+    BackendOverloaded {
+        backend: String,
+        pool: String,
+        overloaded: bool,
+    },
+    /// Every back-end of the pool is over a threshold or down: its mail is deflected.
+    PoolOverloaded {
+        pool: String,
+        overloaded: bool,
+    },
+    AgentUnreachable {
+        backend: String,
+        error: String,
+    },
+    AgentReachable {
+        backend: String,
+    },
+    VrrpTransition {
+        vrid: u8,
+        family: String,
+        from: String,
+        to: String,
+        reason: String,
+    },
+    ReloadApplied {
+        version: String,
+        summary: String,
+    },
+    ReloadRefused {
+        error: String,
+    },
+}
+
+/// An alarm's identity: its condition and what it is about.
+type AlarmKey = String;
+
+/// What an event does to the alarms: raise one, clear one, or nothing.
+enum Effect {
+    Raise(AlarmKey, Severity),
+    Clear(AlarmKey),
+    None,
+}
+
+impl Kind {
+    pub fn severity(&self) -> Severity {
+        match self {
+            Kind::BackendDown { .. }
+            | Kind::PoolOverloaded {
+                overloaded: true, ..
+            } => Severity::Major,
+            Kind::BackendOverloaded {
+                overloaded: true, ..
+            }
+            | Kind::AgentUnreachable { .. }
+            | Kind::ReloadRefused { .. } => Severity::Warning,
+            _ => Severity::Info,
+        }
+    }
+
+    fn effect(&self) -> Effect {
+        let raise = |key: String| Effect::Raise(key, self.severity());
+        match self {
+            Kind::BackendDown { backend, .. } => raise(format!("backend_down:{backend}")),
+            Kind::BackendUp { backend, .. } => Effect::Clear(format!("backend_down:{backend}")),
+            Kind::BackendOverloaded {
+                backend,
+                overloaded,
+                ..
+            } => toggle(format!("backend_overloaded:{backend}"), *overloaded, self),
+            Kind::PoolOverloaded { pool, overloaded } => {
+                toggle(format!("pool_overloaded:{pool}"), *overloaded, self)
+            }
+            Kind::AgentUnreachable { backend, .. } => raise(format!("agent_unreachable:{backend}")),
+            Kind::AgentReachable { backend } => {
+                Effect::Clear(format!("agent_unreachable:{backend}"))
+            }
+            Kind::ReloadRefused { .. } => raise("reload_refused".into()),
+            Kind::ReloadApplied { .. } => Effect::Clear("reload_refused".into()),
+            Kind::BackendDraining { .. } | Kind::VrrpTransition { .. } => Effect::None,
+        }
+    }
+}
+
+fn toggle(key: String, on: bool, kind: &Kind) -> Effect {
+    if on {
+        Effect::Raise(key, kind.severity())
+    } else {
+        Effect::Clear(key)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kind::BackendDown {
+                backend,
+                pool,
+                reason,
+            } => write!(f, "back-end {backend} (pool {pool}) down: {reason}"),
+            Kind::BackendUp { backend, pool } => write!(f, "back-end {backend} (pool {pool}) up"),
+            Kind::BackendDraining {
+                backend,
+                draining,
+                by,
+            } => {
+                let what = if *draining {
+                    "draining"
+                } else {
+                    "no longer draining"
+                };
+                write!(f, "back-end {backend} {what} (by the {by})")
+            }
+            Kind::BackendOverloaded {
+                backend,
+                pool,
+                overloaded,
+            } => {
+                let what = if *overloaded {
+                    "over a threshold: no new sessions"
+                } else {
+                    "under its thresholds again"
+                };
+                write!(f, "back-end {backend} (pool {pool}) {what}")
+            }
+            Kind::PoolOverloaded { pool, overloaded } => {
+                let what = if *overloaded {
+                    "has no back-end under its thresholds: its mail is deflected"
+                } else {
+                    "has a back-end under its thresholds again"
+                };
+                write!(f, "pool {pool} {what}")
+            }
+            Kind::AgentUnreachable { backend, error } => {
+                write!(f, "agent of back-end {backend} unreachable: {error}")
+            }
+            Kind::AgentReachable { backend } => {
+                write!(f, "agent of back-end {backend} reachable again")
+            }
+            Kind::VrrpTransition {
+                vrid,
+                family,
+                from,
+                to,
+                reason,
+            } => write!(f, "VRRP {vrid}/{family}: {from} -> {to} ({reason})"),
+            Kind::ReloadApplied { version, summary } => {
+                write!(f, "configuration {version} applied: {summary}")
+            }
+            Kind::ReloadRefused { error } => write!(f, "configuration refused: {error}"),
+        }
+    }
+}
+
+/// One event as logged and reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub time_ms: u64,
+    pub frontend: String,
+    pub severity: Severity,
+    pub message: String,
+    /// `raised` or `cleared` when the event did that to an alarm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<String>,
+    #[serde(flatten)]
+    pub kind: Kind,
+}
+
+/// A condition that holds now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alarm {
+    pub key: String,
+    pub severity: Severity,
+    /// When it was raised (unix milliseconds) and by which event.
+    pub since_ms: u64,
+    pub seq: u64,
+    pub message: String,
+}
+
+/// What `alarms` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub frontend: String,
+    pub alarms: Vec<Alarm>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Clone)]
+pub struct Events(Arc<Inner>);
+
+struct Inner {
+    frontend: String,
+    seq: AtomicU64,
+    alarms: Mutex<BTreeMap<AlarmKey, Alarm>>,
+    history: Mutex<VecDeque<Event>>,
+    log: Option<Mutex<log::JsonLog>>,
+    tx: broadcast::Sender<Event>,
+}
+
+impl Default for Events {
+    fn default() -> Events {
+        Events::new("", None)
+    }
+}
+
+impl Events {
+    /// Events of front-end `frontend`, also written to `log` when given.
+    pub fn new(frontend: &str, log: Option<log::JsonLog>) -> Events {
+        let (tx, _) = broadcast::channel(256);
+        Events(Arc::new(Inner {
+            frontend: frontend.to_owned(),
+            seq: AtomicU64::new(0),
+            alarms: Mutex::default(),
+            history: Mutex::default(),
+            log: log.map(Mutex::new),
+            tx,
+        }))
+    }
+
+    /// Records `kind`: numbered, applied to the alarms, kept, logged and sent on.
+    pub fn emit(&self, kind: Kind) -> Event {
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let message = kind.to_string();
+        // The number is taken under the alarms' lock, so events and alarm changes are
+        // numbered in the order they took effect.
+        let mut alarms = lock(&self.0.alarms);
+        let seq = self.0.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let alarm = match kind.effect() {
+            Effect::Raise(key, severity) => {
+                let fresh = !alarms.contains_key(&key);
+                alarms.entry(key.clone()).or_insert(Alarm {
+                    key,
+                    severity,
+                    since_ms: time_ms,
+                    seq,
+                    message: message.clone(),
+                });
+                fresh.then(|| "raised".to_owned())
+            }
+            Effect::Clear(key) => alarms.remove(&key).map(|_| "cleared".to_owned()),
+            Effect::None => None,
+        };
+        let event = Event {
+            seq,
+            time_ms,
+            frontend: self.0.frontend.clone(),
+            severity: kind.severity(),
+            message,
+            alarm,
+            kind,
+        };
+        {
+            let mut history = lock(&self.0.history);
+            if history.len() == HISTORY {
+                history.pop_front();
+            }
+            history.push_back(event.clone());
+        }
+        drop(alarms);
+        if let Some(log) = &self.0.log {
+            lock(log).write(&event);
+        }
+        let _ = self.0.tx.send(event.clone());
+        event
+    }
+
+    /// The alarms active now, oldest first.
+    pub fn alarms(&self) -> Vec<Alarm> {
+        let mut all: Vec<Alarm> = lock(&self.0.alarms).values().cloned().collect();
+        all.sort_by_key(|a| a.seq);
+        all
+    }
+
+    /// The newest `limit` events kept in memory, oldest first.
+    pub fn recent(&self, limit: usize) -> Vec<Event> {
+        let history = lock(&self.0.history);
+        history
+            .iter()
+            .skip(history.len().saturating_sub(limit))
+            .cloned()
+            .collect()
+    }
+
+    pub fn report(&self, events: usize) -> Report {
+        Report {
+            frontend: self.0.frontend.clone(),
+            alarms: self.alarms(),
+            events: self.recent(events),
+        }
+    }
+
+    /// Every event from now on (a subscriber too slow loses the oldest, and is told so).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.0.tx.subscribe()
+    }
+}
+
+/// `alarms` as a table for an operator.
+pub fn render(report: &Report) -> String {
+    let mut out = format!(
+        "front-end {}: {} active alarm{}\n",
+        report.frontend,
+        report.alarms.len(),
+        if report.alarms.len() == 1 { "" } else { "s" }
+    );
+    for a in &report.alarms {
+        out.push_str(&format!(
+            "  {:<8} {:<36} {}\n",
+            a.severity, a.key, a.message
+        ));
+    }
+    if !report.events.is_empty() {
+        out.push_str("recent events:\n");
+        for e in &report.events {
+            let mark = e
+                .alarm
+                .as_deref()
+                .map_or(String::new(), |a| format!(" [{a}]"));
+            out.push_str(&format!(
+                "  #{:<6} {:<8} {}{mark}\n",
+                e.seq, e.severity, e.message
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+//! Events and alarms of a running front-end, without root: `robustifier run
+//! --without-kernel` with one back-end that is down at first, then comes up, and a reload
+//! that is refused, then one that is applied; `robustifier alarms` and the event log show
+//! each alarm raised and cleared.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a step that fails fails the test"
+)]
+
+mod support;
+
+use std::{path::Path, process::Command, time::Duration};
+
+use support::{config, free_port, run_without_kernel, tempdir};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
+
+fn alarms(socket: &Path) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["alarms", "--json", "--socket", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn keys(report: &serde_json::Value) -> Vec<String> {
+    report["alarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Polls `alarms` until `ok` holds (the health checks run every 100 ms).
+async fn until(
+    socket: &Path,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for _ in 0..300 {
+        let r = alarms(socket);
+        if ok(&r) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: never; last report {}", alarms(socket));
+}
+
+/// An SMTP server that greets and says yes to everything: enough for the health probes.
+async fn greeter(port: u16) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = BufReader::new(r);
+                let _ = w.write_all(b"220 mx.test ESMTP\r\n").await;
+                let mut line = String::new();
+                while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    let quit = line.to_ascii_uppercase().starts_with("QUIT");
+                    let reply: &[u8] = if quit { b"221 bye\r\n" } else { b"250 ok\r\n" };
+                    if w.write_all(reply).await.is_err() || quit {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_down_then_up_and_a_refused_reload_raise_and_clear_alarms() {
+    let dir = tempdir("alarms");
+    let socket = dir.join("control").join("control.sock");
+    let events = dir.join("events");
+    let (port, mx_port) = (free_port(), free_port());
+    let file = dir.join("robustifier.toml");
+    let text = config(&format!(
+        "[[service]]\nname = \"smtp\"\nprotocol = \"smtp\"\nport = {port}\nvips = [\"127.0.0.1\"]\npool = \"mx\"\n\
+         [[pool]]\nname = \"mx\"\nidentity = \"none\"\n\
+         backend = [{{ name = \"mx1\", address = \"127.0.0.1:{mx_port}\" }}]\n\
+         [pool.health]\ninterval_ms = 100\ntimeout_ms = 500\nrise = 1\nfall = 1\n\
+         [ha]\ncontrol_socket = \"{}\"\n\
+         [monitor]\nevent_log = \"{}\"\nevent_log_max_bytes = 65536\nevent_log_files = 2\n",
+        socket.display(),
+        events.display()
+    ));
+    std::fs::write(&file, &text).unwrap();
+    let (mut daemon, _log) = run_without_kernel(&file);
+
+    // Nothing listens on mx1's port: down, and its pool has no back-end.
+    let r = until(&socket, "mx1 down", |r| {
+        keys(r).contains(&"backend_down:mx1".to_owned())
+    })
+    .await;
+    assert!(keys(&r).contains(&"pool_overloaded:mx".to_owned()), "{r}");
+    let down = &r["alarms"][0];
+    assert_eq!(down["severity"], "major");
+
+    // It comes up: both alarms clear.
+    let up = greeter(mx_port).await;
+    until(&socket, "mx1 up", |r| keys(r).is_empty()).await;
+
+    // A reload that is refused raises an alarm; an applied one clears it.
+    std::fs::write(&file, text.replace("pool = \"mx\"", "pool = \"nowhere\"")).unwrap();
+    let out = Command::new(BIN)
+        .args(["reload", "--socket", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    until(&socket, "reload refused", |r| keys(r) == ["reload_refused"]).await;
+    std::fs::write(&file, &text).unwrap();
+    let out = Command::new(BIN)
+        .args(["reload", "--socket", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = until(&socket, "reload applied", |r| keys(r).is_empty()).await;
+
+    // The events in order, each alarm raised once and cleared once.
+    let seen: Vec<(String, String)> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["kind"].as_str()?.to_owned(),
+                e["alarm"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("backend_down", "raised"),
+        ("pool_overloaded", "raised"),
+        ("backend_up", "cleared"),
+        ("pool_overloaded", "cleared"),
+        ("reload_refused", "raised"),
+        ("reload_applied", "cleared"),
+    ]
+    .iter()
+    .map(|(k, a)| ((*k).to_owned(), (*a).to_owned()))
+    .collect();
+    assert_eq!(seen, want);
+
+    // The same events in the log file, as JSON lines.
+    let logged = std::fs::read_to_string(events.join("events.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = logged
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), r["events"].as_array().unwrap().len());
+    assert_eq!(lines.last().unwrap()["kind"], "reload_applied");
+    assert_eq!(lines[0]["frontend"], "fe-test");
+
+    up.abort();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exit = tokio::task::spawn_blocking(move || daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+    let _ = std::fs::remove_dir_all(dir);
+}
