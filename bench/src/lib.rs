@@ -51,6 +51,9 @@ pub struct Sizes {
     pub reload_reloads: usize,
     pub reload_upgrades: usize,
     pub reload_reps: usize,
+    /// Commits measured per repetition of `propagation`, and its repetitions.
+    pub propagation_commits: usize,
+    pub propagation_reps: usize,
 }
 
 impl Mode {
@@ -75,6 +78,8 @@ impl Mode {
                 reload_reloads: 2,
                 reload_upgrades: 1,
                 reload_reps: 1,
+                propagation_commits: 5,
+                propagation_reps: 1,
             },
             Mode::Quick => Sizes {
                 reps: 3,
@@ -95,6 +100,8 @@ impl Mode {
                 reload_reloads: 20,
                 reload_upgrades: 3,
                 reload_reps: 1,
+                propagation_commits: 20,
+                propagation_reps: 1,
             },
             Mode::Full => Sizes {
                 reps: 7,
@@ -115,6 +122,8 @@ impl Mode {
                 reload_reloads: 20,
                 reload_upgrades: 3,
                 reload_reps: 2,
+                propagation_commits: 40,
+                propagation_reps: 3,
             },
         }
     }
@@ -150,7 +159,15 @@ impl Ctx {
 
 /// A scenario by name, in the order they run.
 pub const SCENARIOS: &[&str] = &[
-    "cost", "slow", "drop", "memory", "failover", "bulk", "overload", "reload",
+    "cost",
+    "slow",
+    "drop",
+    "memory",
+    "failover",
+    "bulk",
+    "overload",
+    "reload",
+    "propagation",
 ];
 
 /// Runs the scenarios named in `only` (all when empty) and returns the report; a failing
@@ -195,6 +212,7 @@ pub fn run(mode: Mode, only: &[String], command: &str) -> anyhow::Result<Report>
             "bulk" => scenarios::bulk::run(&mut ctx),
             "overload" => scenarios::overload::run(&mut ctx),
             "reload" => scenarios::reload::run(&mut ctx),
+            "propagation" => scenarios::propagation::run(&mut ctx),
             _ => unreachable!(),
         };
         println!(

@@ -78,8 +78,8 @@ enum Command {
         /// Each scenario once at tiny size: proves the harness works, figures mean nothing.
         #[arg(long)]
         smoke: bool,
-        /// Only these scenarios (cost, slow, drop, memory, failover, bulk, overload, reload),
-        /// comma-separated.
+        /// Only these scenarios (cost, slow, drop, memory, failover, bulk, overload, reload,
+        /// propagation), comma-separated.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Skip setup and the release build (use the existing target/release/robustifier).

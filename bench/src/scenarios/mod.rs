@@ -7,6 +7,7 @@ pub mod drop_path;
 pub mod failover;
 pub mod memory;
 pub mod overload;
+pub mod propagation;
 pub mod reload;
 pub mod slow;
 
