@@ -76,6 +76,8 @@ pub fn main(mut cfg: Config, mode: Mode, take_over: bool) -> anyhow::Result<()> 
         None => Vec::new(),
     };
     let mut frontend = Frontend::open_with(cfg.clone(), kernel, &retired)?;
+    // Bound and read now: the port may be privileged, the token file root's.
+    let endpoint = open_endpoint(&cfg)?;
     // Serving (our steering attached, the XDP link ours): the predecessor may stop. If it
     // cannot say how its routers stood, ours start as after any restart.
     if let Some(t) = taken {
@@ -94,10 +96,48 @@ pub fn main(mut cfg: Config, mode: Mode, take_over: bool) -> anyhow::Result<()> 
         hand_over_event_log(&cfg, account)?;
         privs::switch(account)?;
     }
-    tokio::runtime::Runtime::new()?.block_on(serve(frontend, &cfg, root))
+    tokio::runtime::Runtime::new()?.block_on(serve(frontend, &cfg, root, endpoint))
 }
 
-async fn serve(frontend: Frontend, cfg: &Config, root: bool) -> anyhow::Result<()> {
+/// The metrics endpoint's listener (SO_REUSEPORT: during a binary upgrade both processes
+/// hold the port) and its token.
+fn open_endpoint(
+    cfg: &Config,
+) -> anyhow::Result<Option<(std::net::TcpListener, Option<control::http::Token>)>> {
+    let Some(m) = &cfg.monitor.metrics else {
+        return Ok(None);
+    };
+    let token = match &m.token_file {
+        Some(f) => Some(
+            control::http::Token::from_file(f)
+                .with_context(|| format!("monitor.metrics_token_file {}", f.display()))?,
+        ),
+        None => {
+            warn!(address = %m.listen, "metrics endpoint without authentication (metrics_insecure_no_auth)");
+            None
+        }
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(m.listen),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket
+        .bind(&m.listen.into())
+        .with_context(|| format!("monitor.metrics_listen {}", m.listen))?;
+    socket.listen(64)?;
+    info!(address = %m.listen, "metrics endpoint: /metrics, /ready");
+    Ok(Some((socket.into(), token)))
+}
+
+async fn serve(
+    frontend: Frontend,
+    cfg: &Config,
+    root: bool,
+    endpoint: Option<(std::net::TcpListener, Option<control::http::Token>)>,
+) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -118,6 +158,14 @@ async fn serve(frontend: Frontend, cfg: &Config, root: bool) -> anyhow::Result<(
     let path = &cfg.ha.control_socket;
     let stop_control = tokio_util::sync::CancellationToken::new();
     let control_tasks = tokio_util::task::TaskTracker::new();
+    if let Some((listener, token)) = endpoint {
+        control_tasks.spawn(control::http::serve(
+            listener,
+            token,
+            tx.clone(),
+            stop_control.clone(),
+        ));
+    }
     match control::bind(path) {
         Ok(listener) => {
             control_tasks.spawn(control::serve(

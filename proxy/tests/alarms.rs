@@ -54,6 +54,63 @@ async fn until(
     panic!("{what}: never; last report {}", alarms(socket));
 }
 
+const TOKEN: &str = "0123456789abcdef0123";
+
+/// `GET path` on loopback `port`, with a bearer token: the status code and the body.
+fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let code = reply[9..12].parse().unwrap();
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // A chunked body (axum's default for a streamed one) is read whole by the checks
+    // below: they look for lines, which chunk sizes do not break.
+    (code, body.to_owned())
+}
+
+/// `promtool check metrics` on `text`. Required under `cargo xtask test` (setup installs
+/// it); elsewhere a missing promtool is said, not hidden.
+fn promtool_accepts(text: &str) {
+    use std::io::Write as _;
+    let spawned = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("ROBUSTIFIER_REQUIRE_PRIVILEGED").is_none(),
+                "promtool not runnable ({e}): `cargo xtask setup` installs it (Debian's prometheus)"
+            );
+            eprintln!("NOT CHECKED: promtool not runnable ({e}); install Debian's prometheus");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool refuses the metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// An SMTP server that greets and says yes to everything: enough for the health probes.
 async fn greeter(port: u16) -> tokio::task::JoinHandle<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
@@ -87,7 +144,9 @@ async fn a_backend_down_then_up_and_a_refused_reload_raise_and_clear_alarms() {
     let dir = tempdir("alarms");
     let socket = dir.join("control").join("control.sock");
     let events = dir.join("events");
-    let (port, mx_port) = (free_port(), free_port());
+    let (port, mx_port, metrics_port) = (free_port(), free_port(), free_port());
+    let token_file = dir.join("metrics.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let file = dir.join("robustifier.toml");
     let text = config(&format!(
         "[[service]]\nname = \"smtp\"\nprotocol = \"smtp\"\nport = {port}\nvips = [\"127.0.0.1\"]\npool = \"mx\"\n\
@@ -95,9 +154,11 @@ async fn a_backend_down_then_up_and_a_refused_reload_raise_and_clear_alarms() {
          backend = [{{ name = \"mx1\", address = \"127.0.0.1:{mx_port}\" }}]\n\
          [pool.health]\ninterval_ms = 100\ntimeout_ms = 500\nrise = 1\nfall = 1\n\
          [ha]\ncontrol_socket = \"{}\"\n\
-         [monitor]\nevent_log = \"{}\"\nevent_log_max_bytes = 65536\nevent_log_files = 2\n",
+         [monitor]\nevent_log = \"{}\"\nevent_log_max_bytes = 65536\nevent_log_files = 2\n\
+         metrics_listen = \"127.0.0.1:{metrics_port}\"\nmetrics_token_file = \"{}\"\n",
         socket.display(),
-        events.display()
+        events.display(),
+        token_file.display()
     ));
     std::fs::write(&file, &text).unwrap();
     let (mut daemon, _log) = run_without_kernel(&file);
@@ -110,6 +171,30 @@ async fn a_backend_down_then_up_and_a_refused_reload_raise_and_clear_alarms() {
     assert!(keys(&r).contains(&"pool_overloaded:mx".to_owned()), "{r}");
     let down = &r["alarms"][0];
     assert_eq!(down["severity"], "major");
+
+    // The metrics endpoint: nothing without the token; with it, the back-end down and the
+    // alarms, in a form promtool accepts.
+    let (code, _) = get(metrics_port, "/metrics", None);
+    assert_eq!(code, 401);
+    let (code, _) = get(metrics_port, "/metrics", Some("0123456789abcdeX"));
+    assert_eq!(code, 401);
+    let (code, metrics) = get(metrics_port, "/metrics", Some(TOKEN));
+    assert_eq!(code, 200, "{metrics}");
+    assert!(
+        metrics.contains("robustifier_backend_up{pool=\"mx\",backend=\"mx1\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("robustifier_alarms_active{severity=\"major\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("robustifier_events_total{kind=\"backend_down\"} 1"),
+        "{metrics}"
+    );
+    promtool_accepts(&metrics);
+    let (code, ready) = get(metrics_port, "/ready", Some(TOKEN));
+    assert_eq!((code, ready.starts_with("ready")), (200, true), "{ready}");
 
     // It comes up: both alarms clear.
     let up = greeter(mx_port).await;

@@ -54,6 +54,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libcrypt1", "library of the unpacked OpenSMTPD and Exim"),
     ("zlib1g", "library of the unpacked OpenSMTPD"),
     ("keepalived", "VRRP interoperability peer in the HA tests"),
+    (
+        "prometheus",
+        "promtool checks the front-end's /metrics output in the tests",
+    ),
     ("tshark", "decodes our VRRP adverts in the HA tests"),
     ("haproxy", "TCP-mode rival in cargo xtask bench"),
     ("nginx", "mail-proxy rival in cargo xtask bench"),

@@ -49,6 +49,16 @@ pub struct Monitor {
     pub event_log: Option<PathBuf>,
     pub event_log_max_bytes: u64,
     pub event_log_files: u32,
+    /// The HTTP endpoint (`/metrics`, `/ready`), and how it authenticates.
+    pub metrics: Option<MetricsEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsEndpoint {
+    pub listen: std::net::SocketAddr,
+    /// The bearer token's file; `None` only when the operator said so
+    /// (`metrics_insecure_no_auth`).
+    pub token_file: Option<PathBuf>,
 }
 
 const DEFAULT_EVENT_LOG_BYTES: u64 = 10_000_000;
@@ -547,10 +557,49 @@ fn monitor(base: &Path, raw: RawMonitor) -> Result<Monitor, (String, String)> {
             "must be between 1 and 100".into(),
         ));
     }
+    let metrics = match raw.metrics_listen {
+        None => {
+            if raw.metrics_token_file.is_some() || raw.metrics_insecure_no_auth.is_some() {
+                return Err((
+                    "monitor.metrics_listen".into(),
+                    "missing: the token settings are for the metrics endpoint".into(),
+                ));
+            }
+            None
+        }
+        Some(listen) => {
+            let listen = listen.parse().map_err(|_| {
+                (
+                    "monitor.metrics_listen".into(),
+                    format!("{listen:?} is not an address:port"),
+                )
+            })?;
+            let token_file = match (raw.metrics_token_file, raw.metrics_insecure_no_auth) {
+                (Some(f), None | Some(false)) => {
+                    Some(readable(base, "monitor.metrics_token_file", &f)?)
+                }
+                (None, Some(true)) => None,
+                (Some(_), Some(true)) => {
+                    return Err((
+                        "monitor.metrics_insecure_no_auth".into(),
+                        "conflicts with metrics_token_file".into(),
+                    ));
+                }
+                (None, None | Some(false)) => {
+                    return Err((
+                        "monitor.metrics_token_file".into(),
+                        "missing: the metrics endpoint needs a bearer token file (or metrics_insecure_no_auth = true)".into(),
+                    ));
+                }
+            };
+            Some(MetricsEndpoint { listen, token_file })
+        }
+    };
     Ok(Monitor {
         event_log: raw.event_log.map(|d| base.join(d)),
         event_log_max_bytes,
         event_log_files,
+        metrics,
     })
 }
 

@@ -38,6 +38,12 @@ pub struct RawMonitor {
     pub event_log_max_bytes: Option<u64>,
     /// Files kept, the current one included (default 5).
     pub event_log_files: Option<u32>,
+    /// Address of the HTTP endpoint with `/metrics` (Prometheus) and `/ready`.
+    pub metrics_listen: Option<String>,
+    /// File holding the bearer token every request must carry.
+    pub metrics_token_file: Option<String>,
+    /// Serve the endpoint to anyone who connects, without a token.
+    pub metrics_insecure_no_auth: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -390,3 +390,33 @@ fn pool_server_name_is_parsed_once_and_a_bad_one_refused() {
     assert_eq!(key, "pool[0].server_name");
     assert!(reason.contains("\"not a host name\""), "{reason}");
 }
+
+#[test]
+fn the_metrics_endpoint_needs_a_token_unless_told_otherwise() {
+    let with = |monitor: &str| format!("{GOOD}\n[monitor]\n{monitor}\n");
+    let (key, reason) = error(&with("metrics_listen = \"127.0.0.1:9190\""));
+    assert_eq!(key, "monitor.metrics_token_file");
+    assert!(reason.contains("bearer token"), "{reason}");
+    let (key, _) = error(&with(
+        "metrics_listen = \"127.0.0.1:9190\"\nmetrics_token_file = \"/nonexistent/token\"",
+    ));
+    assert_eq!(key, "monitor.metrics_token_file");
+    let (key, _) = error(&with(
+        "metrics_listen = \"localhost\"\nmetrics_insecure_no_auth = true",
+    ));
+    assert_eq!(key, "monitor.metrics_listen");
+    let (key, _) = error(&with("metrics_insecure_no_auth = true"));
+    assert_eq!(key, "monitor.metrics_listen");
+    let open = parse(&with(
+        "metrics_listen = \"127.0.0.1:9190\"\nmetrics_insecure_no_auth = true",
+    ))
+    .unwrap();
+    let m = open.monitor.metrics.unwrap();
+    assert_eq!((m.listen.port(), m.token_file), (9190, None));
+    let (key, _) = error(&with("event_log_max_bytes = 100"));
+    assert_eq!(key, "monitor.event_log_max_bytes");
+    let (key, _) = error(&with("event_log_files = 0"));
+    assert_eq!(key, "monitor.event_log_files");
+    let none = parse(GOOD).unwrap();
+    assert_eq!((none.monitor.event_log, none.monitor.metrics), (None, None));
+}

@@ -6,6 +6,7 @@
 //! ```text
 //! request (one line, at most 4 KiB)   reply (one line)
 //! status                              ok {"frontend":..,"version":..,"routers":[..]}  (JSON)
+//! alarms                              ok {"frontend":..,"alarms":[..],"events":[..]}  (JSON)
 //! reload [ABSOLUTE-PATH]              ok {"version":..,"summary":..}  |  error <why nothing changed>
 //! release VRID                        ok <what happened>  |  error <why>
 //! resume VRID                         ok <what happened>  |  error <why>
@@ -23,8 +24,11 @@
 //!
 //! Invariant: a malformed or oversized request gets an `error` line and the connection is
 //! closed; nothing a client sends can stop the server.
+//!
+//! [`http`] serves `/metrics` and `/ready` the same way, over HTTP with a bearer token.
 
 pub mod handover;
+pub mod http;
 mod request;
 mod server;
 mod socket;

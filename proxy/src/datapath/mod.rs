@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 pub use bpffs::{ensure_bpffs, remove_pins};
 pub use error::DataPathError;
-pub use snapshot::{BackendRow, ServiceRow, Snapshot};
+pub use snapshot::{BackendRow, ServiceRow, Snapshot, XdpCounters};
 pub use succession::{XDP_LINK_PIN, clear_stale_pin};
 pub use sync::backend_address;
 pub use tables::{MapView, Tables};

@@ -114,6 +114,22 @@ enum Effect {
 }
 
 impl Kind {
+    /// The kind's name, as in the JSON `kind` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::BackendDown { .. } => "backend_down",
+            Kind::BackendUp { .. } => "backend_up",
+            Kind::BackendDraining { .. } => "backend_draining",
+            Kind::BackendOverloaded { .. } => "backend_overloaded",
+            Kind::PoolOverloaded { .. } => "pool_overloaded",
+            Kind::AgentUnreachable { .. } => "agent_unreachable",
+            Kind::AgentReachable { .. } => "agent_reachable",
+            Kind::VrrpTransition { .. } => "vrrp_transition",
+            Kind::ReloadApplied { .. } => "reload_applied",
+            Kind::ReloadRefused { .. } => "reload_refused",
+        }
+    }
+
     pub fn severity(&self) -> Severity {
         match self {
             Kind::BackendDown { .. }
@@ -266,6 +282,8 @@ struct Inner {
     seq: AtomicU64,
     alarms: Mutex<BTreeMap<AlarmKey, Alarm>>,
     history: Mutex<VecDeque<Event>>,
+    /// Events so far, by kind.
+    counts: Mutex<BTreeMap<&'static str, u64>>,
     log: Option<Mutex<log::JsonLog>>,
     tx: broadcast::Sender<Event>,
 }
@@ -285,6 +303,7 @@ impl Events {
             seq: AtomicU64::new(0),
             alarms: Mutex::default(),
             history: Mutex::default(),
+            counts: Mutex::default(),
             log: log.map(Mutex::new),
             tx,
         }))
@@ -300,6 +319,7 @@ impl Events {
         // numbered in the order they took effect.
         let mut alarms = lock(&self.0.alarms);
         let seq = self.0.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        *lock(&self.0.counts).entry(kind.name()).or_default() += 1;
         let alarm = match kind.effect() {
             Effect::Raise(key, severity) => {
                 let fresh = !alarms.contains_key(&key);
@@ -344,6 +364,11 @@ impl Events {
         let mut all: Vec<Alarm> = lock(&self.0.alarms).values().cloned().collect();
         all.sort_by_key(|a| a.seq);
         all
+    }
+
+    /// How many events of each kind there were, by kind name.
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.0.counts).clone()
     }
 
     /// The newest `limit` events kept in memory, oldest first.

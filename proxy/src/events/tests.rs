@@ -81,6 +81,25 @@ fn subscribers_see_every_event_in_order() {
 }
 
 #[test]
+fn kind_names_are_the_json_tags() {
+    let ev = Events::default();
+    for kind in [
+        down("a"),
+        up("a"),
+        Kind::AgentUnreachable {
+            backend: "a".into(),
+            error: "x".into(),
+        },
+        Kind::ReloadRefused { error: "x".into() },
+    ] {
+        let name = kind.name();
+        let e = ev.emit(kind);
+        assert_eq!(serde_json::to_value(&e).unwrap()["kind"], name);
+    }
+    assert_eq!(ev.counts()["backend_down"], 1);
+}
+
+#[test]
 fn events_are_json_lines_with_their_kind() {
     let ev = Events::new("fe-a", None);
     let e = ev.emit(down("mx1"));

@@ -60,6 +60,10 @@ pub trait KernelSide: Send {
     fn passed(&mut self);
     /// Take the predecessor's XDP attachment at [`attach`](Self::attach).
     fn take_on(&mut self, xdp: Option<XdpPassed>);
+    /// The XDP program's counters, when there is one.
+    fn xdp_counters(&self) -> Option<crate::datapath::XdpCounters> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +205,13 @@ impl KernelSide for Kernel {
 
     fn passed(&mut self) {
         self.dp.xdp_taken();
+    }
+
+    fn xdp_counters(&self) -> Option<crate::datapath::XdpCounters> {
+        crate::datapath::Tables::from_pins(&self.pin_dir)
+            .and_then(|t| crate::datapath::Snapshot::read(&t))
+            .map(|s| s.xdp)
+            .ok()
     }
 
     fn take_on(&mut self, xdp: Option<XdpPassed>) {

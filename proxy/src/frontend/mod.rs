@@ -11,6 +11,7 @@
 
 mod apply;
 mod kernel;
+mod metrics;
 mod status;
 mod succession;
 mod user_space;
@@ -63,6 +64,8 @@ pub enum Command {
     Alarms {
         done: oneshot::Sender<crate::events::Report>,
     },
+    /// The front-end's metrics, in Prometheus's text format.
+    Metrics { done: oneshot::Sender<String> },
     /// Release virtual router `vrid` after draining (`release`), or resume it; answers
     /// when done, without holding other commands up meanwhile.
     Handoff {
@@ -432,6 +435,9 @@ impl Frontend {
                 }
                 Command::Alarms { done } => {
                     let _ = done.send(self.shared.hooks.events.report(RECENT_EVENTS));
+                }
+                Command::Metrics { done } => {
+                    let _ = done.send(metrics::render(&self, &ha));
                 }
                 Command::Drain {
                     backend,

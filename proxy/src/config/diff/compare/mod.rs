@@ -200,9 +200,24 @@ fn monitor(out: &mut Out, old: &Monitor, new: &Monitor) {
         event_log,
         event_log_max_bytes,
         event_log_files,
+        metrics,
     } = old;
     let (k, s) = (ChangeKind::Frontend, "monitor");
     fields!(out, k, s, new; event_log, event_log_max_bytes, event_log_files);
+    if metrics != &new.metrics {
+        let show = |m: &Option<crate::config::MetricsEndpoint>| {
+            m.as_ref()
+                .map_or("none".to_owned(), |m| m.listen.to_string())
+        };
+        out.push(
+            k,
+            format!(
+                "monitor: metrics endpoint {} -> {}",
+                show(metrics),
+                show(&new.metrics)
+            ),
+        );
+    }
 }
 
 fn tls(out: &mut Out, old: Option<&TlsFiles>, new: Option<&TlsFiles>) {
