@@ -11,7 +11,7 @@ mod support;
 
 use std::{path::Path, process::Command, time::Duration};
 
-use support::{config, free_port, run_without_kernel, tempdir};
+use support::{config, free_port, run_without_kernel, stop_daemon, tempdir};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
@@ -161,7 +161,7 @@ async fn a_backend_down_then_up_and_a_refused_reload_raise_and_clear_alarms() {
         token_file.display()
     ));
     std::fs::write(&file, &text).unwrap();
-    let (mut daemon, _log) = run_without_kernel(&file);
+    let (daemon, _log) = run_without_kernel(&file);
 
     // Nothing listens on mx1's port: down, and its pool has no back-end.
     let r = until(&socket, "mx1 down", |r| {
@@ -256,15 +256,6 @@ async fn a_backend_down_then_up_and_a_refused_reload_raise_and_clear_alarms() {
     assert_eq!(lines[0]["frontend"], "fe-test");
 
     up.abort();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let exit = tokio::task::spawn_blocking(move || daemon.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(exit.success(), "{exit}");
+    stop_daemon(daemon).await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -8,15 +8,12 @@
 
 mod support;
 
-use std::{net::SocketAddr, path::Path, process::Command};
+use std::{net::SocketAddr, path::Path};
 
-use support::{Client, SmtpBackend, config, free_port, run_without_kernel, tempdir};
-
-const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
-
-fn robustifier(args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
+use support::{
+    Client, SmtpBackend, config, free_port, ha_status, robustifier, run_without_kernel,
+    stop_daemon, tempdir,
+};
 
 /// `robustifier backend VERB NAME --socket S`: its stdout, or its stderr as the error.
 fn backend(socket: &Path, verb: &str, name: &str) -> Result<String, String> {
@@ -26,22 +23,6 @@ fn backend(socket: &Path, verb: &str, name: &str) -> Result<String, String> {
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
-}
-
-fn status(socket: &Path) -> serde_json::Value {
-    let out = robustifier(&[
-        "ha",
-        "status",
-        "--json",
-        "--socket",
-        socket.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// `n` sessions open at once, each up to DATA's 354 (so each holds its back-end), then
@@ -83,14 +64,14 @@ async fn a_drained_backend_takes_no_new_session_until_undrained() {
         )),
     )
     .unwrap();
-    let (mut daemon, _log) = run_without_kernel(&file);
+    let (daemon, _log) = run_without_kernel(&file);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let counts = || (first.messages().len(), second.messages().len());
 
     // Both serve: two sessions at once go one to each.
     concurrent_messages(addr, 2).await;
     assert_eq!(counts(), (1, 1), "both back-ends serve before the drain");
-    assert_eq!(status(&socket)["drained"], serde_json::json!([]));
+    assert_eq!(ha_status(&socket)["drained"], serde_json::json!([]));
 
     // An unknown name is refused and changes nothing.
     let refused = backend(&socket, "drain", "nobody").unwrap_err();
@@ -102,7 +83,7 @@ async fn a_drained_backend_takes_no_new_session_until_undrained() {
         reply,
         serde_json::json!({"backend": "first", "draining": true})
     );
-    assert_eq!(status(&socket)["drained"], serde_json::json!(["first"]));
+    assert_eq!(ha_status(&socket)["drained"], serde_json::json!(["first"]));
     // A reload of the same file keeps the drain.
     let out = robustifier(&[
         "reload",
@@ -120,7 +101,7 @@ async fn a_drained_backend_takes_no_new_session_until_undrained() {
     // Drained: even four sessions at once all go to the other.
     concurrent_messages(addr, 4).await;
     assert_eq!(counts(), (1, 5), "no new session on the drained back-end");
-    assert_eq!(status(&socket)["drained"], serde_json::json!(["first"]));
+    assert_eq!(ha_status(&socket)["drained"], serde_json::json!(["first"]));
 
     let said = backend(&socket, "undrain", "first").unwrap();
     let reply: serde_json::Value = serde_json::from_str(&said).unwrap();
@@ -128,19 +109,10 @@ async fn a_drained_backend_takes_no_new_session_until_undrained() {
         reply,
         serde_json::json!({"backend": "first", "draining": false})
     );
-    assert_eq!(status(&socket)["drained"], serde_json::json!([]));
+    assert_eq!(ha_status(&socket)["drained"], serde_json::json!([]));
     concurrent_messages(addr, 2).await;
     assert_eq!(counts(), (2, 6), "the undrained back-end is used again");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let exit = tokio::task::spawn_blocking(move || daemon.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(exit.success(), "{exit}");
+    stop_daemon(daemon).await;
     let _ = std::fs::remove_dir_all(dir);
 }

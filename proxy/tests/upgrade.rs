@@ -10,8 +10,6 @@
 mod support;
 
 use std::{
-    path::Path,
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -19,29 +17,10 @@ use std::{
     time::Duration,
 };
 
-use support::{Client, PATIENCE, SmtpBackend, config, free_port, run_without_kernel, tempdir};
-
-const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
-
-fn robustifier(args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-fn status(socket: &Path) -> serde_json::Value {
-    let out = robustifier(&[
-        "ha",
-        "status",
-        "--json",
-        "--socket",
-        socket.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use support::{
+    Client, PATIENCE, SmtpBackend, config, free_port, ha_status, robustifier, run_without_kernel,
+    tempdir,
+};
 
 /// The front-end processes this test started: killed if the test fails half-way, so that
 /// none outlives it.
@@ -88,7 +67,7 @@ async fn an_upgrade_refuses_no_connection_and_loses_no_message() {
     let mut started = Started::default();
     started.0.push(old.id());
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let before = status(&socket);
+    let before = ha_status(&socket);
     assert_eq!(before["pid"], old.id());
     let first_version = before["version"].as_str().unwrap().to_owned();
 
@@ -107,7 +86,7 @@ async fn an_upgrade_refuses_no_connection_and_loses_no_message() {
         said.contains("back-end second added"),
         "the summary names the change: {said}"
     );
-    let version = status(&socket)["version"].as_str().unwrap().to_owned();
+    let version = ha_status(&socket)["version"].as_str().unwrap().to_owned();
     assert_ne!(version, first_version);
     assert!(said.contains(&version), "{said}");
     // A bad file: refused, nothing changed, non-zero exit with the key.
@@ -127,7 +106,7 @@ async fn an_upgrade_refuses_no_connection_and_loses_no_message() {
     assert!(!out.status.success());
     let why = String::from_utf8_lossy(&out.stderr);
     assert!(why.contains("identity"), "{why}");
-    assert_eq!(status(&socket)["version"].as_str().unwrap(), version);
+    assert_eq!(ha_status(&socket)["version"].as_str().unwrap(), version);
 
     // A session open before the upgrade, mid-transaction during it.
     let mut held = Client::connect(addr).await;
@@ -180,7 +159,7 @@ async fn an_upgrade_refuses_no_connection_and_loses_no_message() {
         }
     });
     out.await.unwrap();
-    let after = status(&socket);
+    let after = ha_status(&socket);
     let new_pid = after["pid"].as_u64().unwrap() as u32;
     started.0.push(new_pid);
     assert_ne!(

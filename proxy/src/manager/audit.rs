@@ -33,13 +33,12 @@
 //! print, and a head exported earlier must still be found in the trail later, with the
 //! same seq.
 
-use std::{
-    path::Path,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+
+use super::store::{StoreError, decode, encode, from_redb, now};
 
 /// Seq -> [`Entry`] as JSON.
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
@@ -111,32 +110,11 @@ pub enum AuditError {
     /// The first problem [`Audit::verify`] found.
     #[error("audit trail broken: {reason}")]
     Broken { seq: u64, reason: String },
-    #[error("audit storage: {0}")]
-    Storage(#[from] redb::Error),
-    #[error("audit record {what} unreadable: {source}")]
-    Record {
-        what: String,
-        source: serde_json::Error,
-    },
+    #[error("audit {0}")]
+    Store(#[from] StoreError),
 }
 
-/// redb's per-operation errors all convert into `redb::Error`.
-macro_rules! storage_errors {
-    ($($t:ty),*) => {$(
-        impl From<$t> for AuditError {
-            fn from(e: $t) -> Self {
-                AuditError::Storage(e.into())
-            }
-        }
-    )*};
-}
-storage_errors!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+from_redb!(AuditError);
 
 /// The audit trail, open on its file.
 pub struct Audit {
@@ -327,27 +305,6 @@ fn broken(seq: u64, reason: String) -> AuditError {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, AuditError> {
-    serde_json::to_vec(value).map_err(|source| AuditError::Record {
-        what: what.to_owned(),
-        source,
-    })
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8], what: &str) -> Result<T, AuditError> {
-    serde_json::from_slice(raw).map_err(|source| AuditError::Record {
-        what: what.to_owned(),
-        source,
-    })
-}
-
-/// Unix seconds; a clock before 1970 counts as 0 rather than failing an append.
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use super::{
     audit::Audit,
     journal::{Journal, JournalError, Pending, VersionInfo},
     render::ClusterConfig,
+    store::now,
     wire::{Action, Reply, Request},
 };
 use crate::{frontend::StatusReport, sync::lock};
@@ -446,13 +447,6 @@ fn reply<T: Serialize, E: ToString>(r: Result<T, E>) -> Reply {
         Ok(v) => Reply::ok(v),
         Err(e) => Reply::error(e.to_string()),
     }
-}
-
-/// Unix seconds.
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Unix milliseconds.

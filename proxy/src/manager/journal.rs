@@ -13,15 +13,15 @@
 //! (called by the daemon's timer) puts the version before it back once the deadline has
 //! passed, so a change that cut the operator off undoes itself.
 
-use std::{
-    path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::render::{self, RenderError};
+use super::{
+    render::{self, RenderError},
+    store::{StoreError, decode, encode, from_redb, now},
+};
 use crate::config::{Config, ConfigError, diff};
 
 /// Version number -> [`VersionInfo`] as JSON. Kept apart from the texts so that the log
@@ -97,32 +97,11 @@ pub enum JournalError {
     NothingPending,
     #[error("the first version cannot be a confirmed commit: there is no version to go back to")]
     NothingToRevertTo,
-    #[error("journal record {what} unreadable: {source}")]
-    Record {
-        what: String,
-        source: serde_json::Error,
-    },
-    #[error("journal storage: {0}")]
-    Storage(#[from] redb::Error),
+    #[error("journal {0}")]
+    Store(#[from] StoreError),
 }
 
-/// redb's per-operation errors all convert into `redb::Error`.
-macro_rules! storage_errors {
-    ($($t:ty),*) => {$(
-        impl From<$t> for JournalError {
-            fn from(e: $t) -> Self {
-                JournalError::Storage(e.into())
-            }
-        }
-    )*};
-}
-storage_errors!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+from_redb!(JournalError);
 
 /// What a journal's texts are, and so how they are validated and compared.
 #[derive(Debug, Clone)]
@@ -248,7 +227,7 @@ impl Journal {
         let Some(raw) = state.get(PENDING_KEY)? else {
             return Ok(None);
         };
-        decode(raw.value(), "pending").map(Some)
+        Ok(Some(decode(raw.value(), "pending")?))
     }
 
     /// Who confirmed version `n`, if it was a confirmed commit and was confirmed.
@@ -258,7 +237,7 @@ impl Journal {
         let Some(raw) = table.get(n)? else {
             return Ok(None);
         };
-        decode(raw.value(), &format!("confirmation {n}")).map(Some)
+        Ok(Some(decode(raw.value(), &format!("confirmation {n}"))?))
     }
 
     /// The newest version, without its text; `None` on an empty journal.
@@ -266,7 +245,7 @@ impl Journal {
         let txn = self.db.begin_read()?;
         let versions = txn.open_table(VERSIONS)?;
         match versions.last()? {
-            Some((k, v)) => decode(v.value(), &format!("version {}", k.value())).map(Some),
+            Some((k, v)) => Ok(Some(decode(v.value(), &format!("version {}", k.value()))?)),
             None => Ok(None),
         }
     }
@@ -426,28 +405,7 @@ fn take_pending(txn: &WriteTransaction) -> Result<Option<Pending>, JournalError>
     let Some(raw) = state.remove(PENDING_KEY)? else {
         return Ok(None);
     };
-    decode(raw.value(), "pending").map(Some)
-}
-
-fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, JournalError> {
-    serde_json::to_vec(value).map_err(|source| JournalError::Record {
-        what: what.to_owned(),
-        source,
-    })
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8], what: &str) -> Result<T, JournalError> {
-    serde_json::from_slice(raw).map_err(|source| JournalError::Record {
-        what: what.to_owned(),
-        source,
-    })
-}
-
-/// Unix seconds; a clock before 1970 counts as 0 rather than failing a commit.
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    Ok(Some(decode(raw.value(), "pending")?))
 }
 
 #[cfg(test)]

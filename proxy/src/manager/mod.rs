@@ -7,6 +7,7 @@
 //!   with each member's rules.
 //! - [`audit`]: the append-only, hash-chained audit trail of what operators, members and
 //!   the manager did.
+//! - [`store`]: what both redb files share (JSON records, their errors, the clock).
 //! - [`pki`]: the cluster's certificate authority: the CA, the manager's, members' and
 //!   operators' certificates, and the identity (role, name, cluster) a certificate carries.
 //! - [`tls`]: mutual TLS between the manager and members or operators, on that CA alone.
@@ -25,5 +26,8 @@ pub mod member;
 pub mod pki;
 pub mod render;
 pub mod server;
+pub mod store;
+#[cfg(test)]
+mod test_dir;
 pub mod tls;
 pub mod wire;

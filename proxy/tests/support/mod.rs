@@ -429,3 +429,42 @@ pub fn run_without_kernel(file: &Path) -> (std::process::Child, Log) {
     log.wait("robustifier ready");
     (child, log)
 }
+
+/// `robustifier ARGS` (the binary under test), run to its end.
+pub fn robustifier(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_robustifier"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `robustifier ha status --json` of the front-end on `socket`, which must answer.
+pub fn ha_status(socket: &Path) -> serde_json::Value {
+    let out = robustifier(&[
+        "ha",
+        "status",
+        "--json",
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// SIGTERM to a daemon this test started; it must exit 0.
+pub async fn stop_daemon(mut daemon: std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exit = tokio::task::spawn_blocking(move || daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+}

@@ -1,17 +1,14 @@
 use std::path::PathBuf;
 
 use super::*;
+use crate::manager::test_dir::TestDir;
 
 /// A folder for one test's trail, removed when dropped.
-struct Dir(PathBuf);
+struct Dir(TestDir);
 
 impl Dir {
     fn new(test: &str) -> Dir {
-        let dir =
-            std::env::temp_dir().join(format!("robustifier-audit-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
+        Dir(TestDir::new(&format!("audit-{test}")))
     }
 
     fn db(&self) -> PathBuf {
@@ -20,12 +17,6 @@ impl Dir {
 
     fn open(&self) -> Audit {
         Audit::open(&self.db()).unwrap()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -5,17 +5,14 @@ use std::{
 };
 
 use super::*;
+use crate::manager::test_dir::TestDir;
 
 /// A folder for one test's journal, removed when dropped.
-struct Dir(PathBuf);
+struct Dir(TestDir);
 
 impl Dir {
     fn new(test: &str) -> Dir {
-        let dir =
-            std::env::temp_dir().join(format!("robustifier-journal-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
+        Dir(TestDir::new(&format!("journal-{test}")))
     }
 
     fn db(&self) -> PathBuf {
@@ -28,12 +25,6 @@ impl Dir {
 
     fn open(&self) -> Journal {
         Journal::open(&self.db(), &self.config_file()).unwrap()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -357,7 +348,7 @@ frontend = {{ interface = "{iface}" }}
 #[test]
 fn cluster_texts_are_checked_per_member_and_diffed_with_their_names() {
     let dir = Dir::new("cluster");
-    let j = Journal::open_cluster(&dir.db(), &dir.0).unwrap();
+    let j = Journal::open_cluster(&dir.db(), dir.0.path()).unwrap();
     j.commit(0, &cluster_text(10, "eth2"), "alice", "", None)
         .unwrap();
     // fe2's interface name is too long for it: refused for all, naming fe2.

@@ -9,24 +9,7 @@ use tokio::{
 };
 
 use super::*;
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(test: &str) -> Dir {
-        let dir =
-            std::env::temp_dir().join(format!("robustifier-member-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::manager::test_dir::TestDir;
 
 fn text(max: u32) -> String {
     format!(
@@ -166,8 +149,8 @@ async fn start(o: &Arc<Options>, stop: &CancellationToken) -> FakeManager {
 
 #[tokio::test]
 async fn applies_live_keeps_the_file_and_never_goes_back() {
-    let dir = Dir::new("apply");
-    let o = options(&dir.0);
+    let dir = TestDir::new("member-apply");
+    let o = options(dir.path());
     let fe = FakeFrontend::serve(&o.control_socket);
     let stop = CancellationToken::new();
     let mut mgr = start(&o, &stop).await;
@@ -182,7 +165,7 @@ async fn applies_live_keeps_the_file_and_never_goes_back() {
     })
     .await;
     assert_eq!(mgr.report_on(4).await, (4, None));
-    let config = std::fs::canonicalize(dir.0.join("state/config.toml")).unwrap();
+    let config = std::fs::canonicalize(dir.join("state/config.toml")).unwrap();
     assert_eq!(std::fs::read_to_string(&config).unwrap(), text(10));
     assert_eq!(fe.reloads(), [format!("reload {}", config.display())]);
 
@@ -218,8 +201,8 @@ async fn applies_live_keeps_the_file_and_never_goes_back() {
 
 #[tokio::test]
 async fn a_refused_version_leaves_the_running_file_in_place() {
-    let dir = Dir::new("refused");
-    let o = options(&dir.0);
+    let dir = TestDir::new("member-refused");
+    let o = options(dir.path());
     let fe = FakeFrontend::serve(&o.control_socket);
     let stop = CancellationToken::new();
     let mut mgr = start(&o, &stop).await;
@@ -240,7 +223,7 @@ async fn a_refused_version_leaves_the_running_file_in_place() {
     let (applied, error) = mgr.report_on(2).await;
     assert_eq!(applied, 1);
     assert!(error.unwrap().contains("port 25 is taken"));
-    let config = dir.0.join("state/config.toml");
+    let config = dir.join("state/config.toml");
     assert_eq!(
         std::fs::read_to_string(&config).unwrap(),
         text(10),
@@ -264,8 +247,8 @@ async fn a_refused_version_leaves_the_running_file_in_place() {
 
 #[tokio::test]
 async fn without_a_running_front_end_the_version_is_what_it_starts_from() {
-    let dir = Dir::new("stopped");
-    let o = options(&dir.0);
+    let dir = TestDir::new("member-stopped");
+    let o = options(dir.path());
     let stop = CancellationToken::new();
     let mut mgr = start(&o, &stop).await;
     mgr.next().await;
@@ -278,7 +261,7 @@ async fn without_a_running_front_end_the_version_is_what_it_starts_from() {
     assert_eq!(applied, 7);
     assert!(error.unwrap().contains("not running"));
     assert_eq!(
-        std::fs::read_to_string(dir.0.join("state/config.toml")).unwrap(),
+        std::fs::read_to_string(dir.join("state/config.toml")).unwrap(),
         text(10)
     );
     stop.cancel();
@@ -286,8 +269,8 @@ async fn without_a_running_front_end_the_version_is_what_it_starts_from() {
 
 #[tokio::test]
 async fn actions_go_to_the_front_end_and_come_back() {
-    let dir = Dir::new("act");
-    let o = options(&dir.0);
+    let dir = TestDir::new("member-act");
+    let o = options(dir.path());
     let fe = FakeFrontend::serve(&o.control_socket);
     let stop = CancellationToken::new();
     let mut mgr = start(&o, &stop).await;

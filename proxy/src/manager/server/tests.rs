@@ -1,30 +1,11 @@
 //! A member's session against the manager, over an in-memory stream (the TLS around it is
 //! `tls`'s to test).
 
-use std::path::PathBuf;
-
 use tokio::io::{BufReader, DuplexStream, ReadHalf, WriteHalf};
 
 use super::*;
+use crate::manager::test_dir::TestDir;
 use crate::manager::wire::Action;
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(test: &str) -> Dir {
-        let dir =
-            std::env::temp_dir().join(format!("robustifier-server-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A cluster of fe1 and fe2 whose SMTP service admits `max` connections.
 fn text(max: u32) -> String {
@@ -140,8 +121,8 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn a_member_gets_the_newest_version_one_at_a_time() {
-    let dir = Dir::new("newest");
-    let m = Arc::new(Manager::open(&dir.0.join("state"), &dir.0).unwrap());
+    let dir = TestDir::new("server-newest");
+    let m = Arc::new(Manager::open(&dir.join("state"), dir.path()).unwrap());
     let stop = CancellationToken::new();
     for (base, max) in [(0, 10), (1, 20), (2, 30)] {
         commit(&m, base, max).await;
@@ -182,8 +163,8 @@ async fn a_member_gets_the_newest_version_one_at_a_time() {
 
 #[tokio::test]
 async fn a_refused_version_is_not_sent_again_but_the_next_is() {
-    let dir = Dir::new("refused");
-    let m = Arc::new(Manager::open(&dir.0.join("state"), &dir.0).unwrap());
+    let dir = TestDir::new("server-refused");
+    let m = Arc::new(Manager::open(&dir.join("state"), dir.path()).unwrap());
     let stop = CancellationToken::new();
     commit(&m, 0, 10).await;
     let mut fe2 = FakeMember::start(&m, "fe2", 0, &stop).await;
@@ -210,8 +191,8 @@ async fn a_refused_version_is_not_sent_again_but_the_next_is() {
 
 #[tokio::test]
 async fn a_member_already_on_the_head_gets_nothing_and_actions_reach_it() {
-    let dir = Dir::new("actions");
-    let m = Arc::new(Manager::open(&dir.0.join("state"), &dir.0).unwrap());
+    let dir = TestDir::new("server-actions");
+    let m = Arc::new(Manager::open(&dir.join("state"), dir.path()).unwrap());
     let stop = CancellationToken::new();
     commit(&m, 0, 10).await;
     let mut fe1 = FakeMember::start(&m, "fe1", 1, &stop).await;
@@ -293,8 +274,8 @@ async fn a_member_already_on_the_head_gets_nothing_and_actions_reach_it() {
 
 #[tokio::test]
 async fn a_member_not_in_the_configuration_gets_nothing() {
-    let dir = Dir::new("stranger");
-    let m = Arc::new(Manager::open(&dir.0.join("state"), &dir.0).unwrap());
+    let dir = TestDir::new("server-stranger");
+    let m = Arc::new(Manager::open(&dir.join("state"), dir.path()).unwrap());
     let stop = CancellationToken::new();
     commit(&m, 0, 10).await;
     let mut fe9 = FakeMember::start(&m, "fe9", 0, &stop).await;
@@ -313,8 +294,8 @@ async fn a_member_not_in_the_configuration_gets_nothing() {
 
 #[tokio::test]
 async fn an_operator_message_on_a_member_connection_ends_it() {
-    let dir = Dir::new("confused");
-    let m = Arc::new(Manager::open(&dir.0.join("state"), &dir.0).unwrap());
+    let dir = TestDir::new("server-confused");
+    let m = Arc::new(Manager::open(&dir.join("state"), dir.path()).unwrap());
     let stop = CancellationToken::new();
     commit(&m, 0, 10).await;
     let mut fe1 = FakeMember::start(&m, "fe1", 1, &stop).await;
