@@ -28,6 +28,6 @@ pub mod render;
 pub mod server;
 pub mod store;
 #[cfg(test)]
-mod test_dir;
+mod testing;
 pub mod tls;
 pub mod wire;

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::manager::test_dir::TestDir;
+use crate::manager::testing::TestDir;
 
 /// A folder for one test's trail, removed when dropped.
 struct Dir(TestDir);

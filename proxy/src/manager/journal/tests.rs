@@ -5,7 +5,7 @@ use std::{
 };
 
 use super::*;
-use crate::manager::test_dir::TestDir;
+use crate::manager::testing::{TestDir, cluster as cluster_text, single as text};
 
 /// A folder for one test's journal, removed when dropped.
 struct Dir(TestDir);
@@ -26,30 +26,6 @@ impl Dir {
     fn open(&self) -> Journal {
         Journal::open(&self.db(), &self.config_file()).unwrap()
     }
-}
-
-/// A valid configuration whose SMTP service admits `max` connections: versions that
-/// differ by one key.
-fn text(max: u64) -> String {
-    format!(
-        r#"
-[frontend]
-name = "fe-a"
-interface = "eth0"
-
-[[service]]
-name = "smtp"
-protocol = "smtp"
-port = 25
-vips = ["198.18.0.25"]
-max_connections = {max}
-
-[[pool]]
-name = "store"
-identity = "none"
-backend = [{{ name = "x", address = "198.19.0.11:25" }}]
-"#
-    )
 }
 
 #[test]
@@ -315,34 +291,6 @@ fn killed_mid_commit_leaves_a_consistent_journal() {
         acknowledged = head.number;
     }
     assert!(acknowledged >= 8);
-}
-
-/// Two members of one cluster; fe2's SMTP limit is `max`, its interface `iface`.
-fn cluster_text(max: u64, iface: &str) -> String {
-    format!(
-        r#"
-[frontend]
-name = "x"
-
-[[service]]
-name = "smtp"
-protocol = "smtp"
-port = 25
-vips = ["198.18.0.25"]
-max_connections = {max}
-
-[[pool]]
-name = "store"
-identity = "none"
-backend = [{{ name = "x", address = "198.19.0.11:25" }}]
-
-[members.fe1]
-frontend = {{ interface = "eth1" }}
-
-[members.fe2]
-frontend = {{ interface = "{iface}" }}
-"#
-    )
 }
 
 #[test]

@@ -9,27 +9,10 @@ use tokio::{
 };
 
 use super::*;
-use crate::manager::test_dir::TestDir;
+use crate::manager::testing::{TestDir, single};
 
 fn text(max: u32) -> String {
-    format!(
-        r#"
-[frontend]
-name = "fe1"
-
-[[service]]
-name = "smtp"
-protocol = "smtp"
-port = 25
-vips = ["198.18.0.25"]
-max_connections = {max}
-
-[[pool]]
-name = "store"
-identity = "none"
-backend = [{{ name = "x", address = "198.19.0.11:25" }}]
-"#
-    )
+    single(u64::from(max))
 }
 
 /// A front-end on a control socket: answers status, and reloads unless told to refuse;

@@ -4,35 +4,12 @@
 use tokio::io::{BufReader, DuplexStream, ReadHalf, WriteHalf};
 
 use super::*;
-use crate::manager::test_dir::TestDir;
+use crate::manager::testing::{TestDir, cluster};
 use crate::manager::wire::Action;
 
-/// A cluster of fe1 and fe2 whose SMTP service admits `max` connections.
+/// The cluster of fe1 and fe2 whose SMTP service admits `max` connections.
 fn text(max: u32) -> String {
-    format!(
-        r#"
-[frontend]
-name = "x"
-
-[[service]]
-name = "smtp"
-protocol = "smtp"
-port = 25
-vips = ["198.18.0.25"]
-max_connections = {max}
-
-[[pool]]
-name = "store"
-identity = "none"
-backend = [{{ name = "x", address = "198.19.0.11:25" }}]
-
-[members.fe1]
-frontend = {{ interface = "eth1" }}
-
-[members.fe2]
-frontend = {{ interface = "eth2" }}
-"#
-    )
+    cluster(u64::from(max), "eth2")
 }
 
 async fn commit(m: &Manager, base: u64, max: u32) -> u64 {
