@@ -97,13 +97,16 @@ struct Seen {
 struct Fake {
     socket: PathBuf,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Its events, as a front-end's (`events SEQ` answers from them).
+    events: robustifier::events::Events,
 }
 
 impl Fake {
     fn start(socket: PathBuf, name: &str) -> Fake {
         let listener = UnixListener::bind(&socket).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (s, name) = (seen.clone(), name.to_owned());
+        let events = robustifier::events::Events::new(name, None);
+        let (s, name, ev) = (seen.clone(), name.to_owned(), events.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { return };
@@ -124,6 +127,10 @@ impl Fake {
                             .to_owned()
                     }
                     "drain" => format!("ok {{\"backend\":\"{arg}\",\"draining\":true}}"),
+                    "events" => format!(
+                        "ok {}",
+                        serde_json::to_string(&ev.since(arg.parse().unwrap(), 200)).unwrap()
+                    ),
                     _ => "error not a fake front-end request".to_owned(),
                 };
                 s.lock().unwrap().push(Seen {
@@ -133,7 +140,21 @@ impl Fake {
                 let _ = conn.write_all(format!("{reply}\n").as_bytes());
             }
         });
-        Fake { socket, seen }
+        Fake {
+            socket,
+            seen,
+            events,
+        }
+    }
+
+    /// An event on this front-end (a back-end of its going down or up).
+    fn emit(&self, i: u32) {
+        let backend = format!("mx{i}");
+        self.events.emit(robustifier::events::Kind::BackendDown {
+            backend,
+            pool: "mx".into(),
+            reason: "test".into(),
+        });
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -740,4 +761,64 @@ fn a_drain_reaches_every_front_end_and_is_audited() {
             "{audit}"
         );
     }
+}
+
+/// `cluster logs --json`: each entry's member and sequence number, in the order printed.
+fn merged(c: &Cluster) -> Vec<(String, u64)> {
+    let out = c.cli(&["logs", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                e["member"].as_str().unwrap().to_owned(),
+                e["event"]["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn events_reach_the_merged_log_once_across_a_manager_and_a_member_away() {
+    let mut c = Cluster::new("logs", &["fe1", "fe2"]);
+    c.start_member("fe1");
+    c.start_member("fe2");
+    c.commit_ok(&c.config(1, "", ""), 0, &[]);
+    c.wait_applied(1);
+    for i in 0..3 {
+        c.fakes["fe1"].emit(i);
+    }
+    c.fakes["fe2"].emit(0);
+    wait_until("4 events merged", || merged(&c).len() == 4);
+
+    // The manager away while events happen on both front-ends.
+    c.stop_manager(nix::sys::signal::Signal::SIGKILL);
+    for i in 3..8 {
+        c.fakes["fe1"].emit(i);
+    }
+    c.fakes["fe2"].emit(1);
+    c.start_manager();
+    wait_until("10 events merged", || merged(&c).len() == 10);
+
+    // A member away (its front-end keeps the events meanwhile).
+    c.stop_member("fe2");
+    c.fakes["fe2"].emit(2);
+    c.fakes["fe2"].emit(3);
+    c.start_member("fe2");
+    wait_until("12 events merged", || merged(&c).len() == 12);
+    std::thread::sleep(Duration::from_secs(2));
+    let all = merged(&c);
+    let of = |m: &str| -> Vec<u64> {
+        all.iter()
+            .filter(|(member, _)| member == m)
+            .map(|(_, s)| *s)
+            .collect()
+    };
+    assert_eq!(
+        of("fe1"),
+        (1..=8).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert_eq!(of("fe2"), [1, 2, 3, 4]);
 }

@@ -7,6 +7,7 @@
 //! request (one line, at most 4 KiB)   reply (one line)
 //! status                              ok {"frontend":..,"version":..,"routers":[..]}  (JSON)
 //! alarms                              ok {"frontend":..,"alarms":[..],"events":[..]}  (JSON)
+//! events SEQ                          ok {"boot":..,"oldest":..,"events":[..]}  (after SEQ)
 //! reload [ABSOLUTE-PATH]              ok {"version":..,"summary":..}  |  error <why nothing changed>
 //! release VRID                        ok <what happened>  |  error <why>
 //! resume VRID                         ok <what happened>  |  error <why>

@@ -8,6 +8,8 @@ pub enum Request {
     Status,
     /// The active alarms and the recent events.
     Alarms,
+    /// The kept events after a sequence number (a member ships them to the manager).
+    Events(u64),
     /// Apply the configuration file again, or this one (which then becomes the file).
     Reload {
         file: Option<PathBuf>,
@@ -50,6 +52,10 @@ impl Request {
             }
             "status" => Ok(Request::Status),
             "alarms" => Ok(Request::Alarms),
+            "events" => rest
+                .parse::<u64>()
+                .map(Request::Events)
+                .map_err(|_| format!("events takes a sequence number, not {rest:?}")),
             "handover" => Ok(Request::HandOver),
             "reload" if rest.is_empty() => Ok(Request::Reload { file: None }),
             "reload" => {
@@ -81,7 +87,7 @@ impl Request {
             "release" => vrid(rest).map(Request::Release),
             "resume" => vrid(rest).map(Request::Resume),
             _ => Err(format!(
-                "unknown request {verb:?} (status, alarms, reload [FILE], release VRID, resume VRID, drain BACKEND, undrain BACKEND, handover)"
+                "unknown request {verb:?} (status, alarms, events SEQ, reload [FILE], release VRID, resume VRID, drain BACKEND, undrain BACKEND, handover)"
             )),
         }
     }
@@ -96,6 +102,8 @@ mod tests {
         let ok: &[(&str, Request)] = &[
             ("status", Request::Status),
             ("alarms", Request::Alarms),
+            ("events 0", Request::Events(0)),
+            ("events 42", Request::Events(42)),
             ("  status  ", Request::Status),
             ("handover", Request::HandOver),
             ("reload", Request::Reload { file: None }),
@@ -130,6 +138,8 @@ mod tests {
             ("reboot", "unknown request \"reboot\""),
             ("status now", "status takes no argument"),
             ("alarms all", "alarms takes no argument"),
+            ("events", "events takes a sequence number"),
+            ("events -1", "events takes a sequence number"),
             ("handover 1", "handover takes no argument"),
             ("release", "release needs a VRID"),
             ("resume", "resume needs a VRID"),

@@ -106,6 +106,15 @@ async fn answer(request: Request, commands: &mpsc::Sender<Command>) -> Result<St
             let report = answer.await.map_err(|_| gone())?;
             serde_json::to_string(&report).map_err(|e| e.to_string())
         }
+        Request::Events(since) => {
+            let (done, answer) = oneshot::channel();
+            commands
+                .send(Command::Events { since, done })
+                .await
+                .map_err(|_| gone())?;
+            let report = answer.await.map_err(|_| gone())?;
+            serde_json::to_string(&report).map_err(|e| e.to_string())
+        }
         Request::Reload { file } => {
             let (done, answer) = oneshot::channel();
             commands

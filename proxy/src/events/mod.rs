@@ -266,6 +266,16 @@ pub struct Alarm {
     pub message: String,
 }
 
+/// What `events SINCE` reports: the events after a sequence number that are still kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Since {
+    /// This process's run: sequence numbers start again at 1 in every run.
+    pub boot: String,
+    /// The oldest sequence number still kept (events before it are gone from memory).
+    pub oldest: u64,
+    pub events: Vec<Event>,
+}
+
 /// What `alarms` reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
@@ -279,6 +289,7 @@ pub struct Events(Arc<Inner>);
 
 struct Inner {
     frontend: String,
+    boot: String,
     seq: AtomicU64,
     alarms: Mutex<BTreeMap<AlarmKey, Alarm>>,
     history: Mutex<VecDeque<Event>>,
@@ -298,8 +309,12 @@ impl Events {
     /// Events of front-end `frontend`, also written to `log` when given.
     pub fn new(frontend: &str, log: Option<log::JsonLog>) -> Events {
         let (tx, _) = broadcast::channel(256);
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
         Events(Arc::new(Inner {
             frontend: frontend.to_owned(),
+            boot: format!("{}-{started}", std::process::id()),
             seq: AtomicU64::new(0),
             alarms: Mutex::default(),
             history: Mutex::default(),
@@ -379,6 +394,23 @@ impl Events {
             .skip(history.len().saturating_sub(limit))
             .cloned()
             .collect()
+    }
+
+    /// Up to `limit` kept events after `seq`, oldest first.
+    pub fn since(&self, seq: u64, limit: usize) -> Since {
+        let history = lock(&self.0.history);
+        Since {
+            boot: self.0.boot.clone(),
+            oldest: history
+                .front()
+                .map_or(self.0.seq.load(Ordering::Relaxed) + 1, |e| e.seq),
+            events: history
+                .iter()
+                .filter(|e| e.seq > seq)
+                .take(limit)
+                .cloned()
+                .collect(),
+        }
     }
 
     pub fn report(&self, events: usize) -> Report {

@@ -46,6 +46,9 @@ use crate::{
 
 /// Events `alarms` reports besides the active alarms.
 const RECENT_EVENTS: usize = 50;
+/// Events one `events` request returns: one reply line stays well under its reader's
+/// bound, and a member asks again for the rest.
+pub const EVENTS_PER_REQUEST: usize = 200;
 
 /// How long sessions may run on after a stop was asked for.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -63,6 +66,11 @@ pub enum Command {
     /// Report the active alarms and the recent events.
     Alarms {
         done: oneshot::Sender<crate::events::Report>,
+    },
+    /// The kept events after sequence number `since` (at most [`EVENTS_PER_REQUEST`]).
+    Events {
+        since: u64,
+        done: oneshot::Sender<crate::events::Since>,
     },
     /// The front-end's metrics, in Prometheus's text format.
     Metrics { done: oneshot::Sender<String> },
@@ -435,6 +443,9 @@ impl Frontend {
                 }
                 Command::Alarms { done } => {
                     let _ = done.send(self.shared.hooks.events.report(RECENT_EVENTS));
+                }
+                Command::Events { since, done } => {
+                    let _ = done.send(self.shared.hooks.events.since(since, EVENTS_PER_REQUEST));
                 }
                 Command::Metrics { done } => {
                     let _ = done.send(metrics::render(&self, &ha));

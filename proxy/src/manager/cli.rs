@@ -12,6 +12,7 @@ use super::{
     client::Client,
     core::{ClusterStatus, MemberRow, now_ms},
     journal::VersionInfo,
+    logs::Entry as LogEntry,
     pki,
     wire::{Action, Request},
 };
@@ -117,6 +118,21 @@ pub enum ClusterCommand {
         verify: bool,
         #[arg(long, default_value_t = 1)]
         since: u64,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The members' events merged, in time order.
+    Logs {
+        #[arg(long)]
+        member: Option<String>,
+        /// Only events of the last SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        since: Option<u64>,
+        /// Keep printing events as they arrive.
+        #[arg(long, short)]
+        follow: bool,
         #[arg(long, default_value_t = 1000)]
         limit: usize,
         #[arg(long)]
@@ -313,6 +329,13 @@ async fn remote(command: ClusterCommand, conn: Connection) -> anyhow::Result<()>
             }
             Ok(())
         }
+        ClusterCommand::Logs {
+            member,
+            since,
+            follow,
+            limit,
+            json,
+        } => logs(&mut c, member, since, follow, limit, json).await,
         ClusterCommand::Release { member, vrid } => {
             act(&mut c, &[member], Action::Release { vrid }).await
         }
@@ -403,6 +426,61 @@ async fn commit(
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn logs(
+    c: &mut Client,
+    member: Option<String>,
+    since: Option<u64>,
+    follow: bool,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let since_ms = since.map_or(0, |s| now_ms().saturating_sub(s * 1000));
+    let mut after = 0;
+    loop {
+        let request = Request::Logs {
+            after,
+            member: member.clone(),
+            since_ms,
+            limit,
+        };
+        let v = c.call(&request, TIMEOUT).await?;
+        let entries: Vec<LogEntry> = serde_json::from_value(v["entries"].clone())?;
+        after = v["last"].as_u64().unwrap_or(after);
+        for e in &entries {
+            if json {
+                println!("{}", serde_json::to_string(e)?);
+            } else {
+                println!("{}", render_entry(e));
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn render_entry(e: &LogEntry) -> String {
+    match (&e.event, e.gap) {
+        (Some(ev), _) => format!(
+            "{} {:<12} #{:<6} {:<8} {}{}",
+            time_ms(ev.time_ms),
+            e.member,
+            ev.seq,
+            ev.severity,
+            ev.message,
+            ev.alarm
+                .as_deref()
+                .map_or(String::new(), |a| format!(" [alarm {a}]"))
+        ),
+        (None, Some((a, b))) => format!(
+            "{:<24} {:<12} events {a} to {b} lost: the front-end no longer had them",
+            "", e.member
+        ),
+        (None, None) => format!("{:<24} {:<12} (empty entry)", "", e.member),
     }
 }
 
@@ -537,6 +615,19 @@ fn render_status(s: &ClusterStatus) -> String {
     out
 }
 
+/// Unix milliseconds as UTC time with milliseconds, for people.
+fn time_ms(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// Unix seconds as UTC time, for people.
 fn time(secs: u64) -> String {
     i64::try_from(secs)
@@ -567,5 +658,6 @@ mod tests {
     #[test]
     fn times_are_utc() {
         assert_eq!(time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(time_ms(1_500), "1970-01-01 00:00:01.500Z");
     }
 }

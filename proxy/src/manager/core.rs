@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{
     audit::Audit,
     journal::{Journal, JournalError, Pending, VersionInfo},
+    logs::{Logs, LogsError, Mark},
     render::ClusterConfig,
     store::now,
     wire::{Action, Reply, Request},
@@ -85,6 +86,7 @@ type Waiting = (String, oneshot::Sender<(bool, String)>);
 pub struct Manager {
     journal: Journal,
     audit: Audit,
+    logs: Logs,
     head: watch::Sender<u64>,
     head_ms: AtomicU64,
     members: Mutex<BTreeMap<String, MemberState>>,
@@ -99,6 +101,8 @@ pub enum ManagerError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Audit(#[from] super::audit::AuditError),
+    #[error(transparent)]
+    Logs(#[from] LogsError),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
 }
@@ -110,11 +114,13 @@ impl Manager {
             .map_err(|e| ManagerError::Io(state_dir.display().to_string(), e))?;
         let journal = Journal::open_cluster(&state_dir.join("journal.redb"), render_dir)?;
         let audit = Audit::open(&state_dir.join("audit.redb"))?;
+        let logs = Logs::open(&state_dir.join("logs.redb"))?;
         let head = journal.head()?;
         let (tx, _) = watch::channel(head.as_ref().map_or(0, |h| h.number));
         Ok(Manager {
             journal,
             audit,
+            logs,
             head: tx,
             head_ms: AtomicU64::new(head.map_or(0, |h| h.time * 1000)),
             members: Mutex::new(BTreeMap::new()),
@@ -207,8 +213,25 @@ impl Manager {
                     reply(self.audit.list(since, limit.min(MAX_LOG)))
                 }
             }
+            Request::Logs {
+                after,
+                member,
+                since_ms,
+                limit,
+            } => match self
+                .logs
+                .query(after, member.as_deref(), since_ms, limit.min(MAX_LOG))
+            {
+                Ok((entries, last)) => {
+                    Reply::ok(serde_json::json!({ "entries": entries, "last": last }))
+                }
+                Err(e) => Reply::error(e.to_string()),
+            },
             Request::Action { member, action } => self.act(&by, &member, action).await,
-            Request::Hello { .. } | Request::Report { .. } | Request::Acted { .. } => {
+            Request::Hello { .. }
+            | Request::Report { .. }
+            | Request::Events { .. }
+            | Request::Acted { .. } => {
                 Reply::error("a member's message; this certificate is an operator's")
             }
         }
@@ -391,6 +414,24 @@ impl Manager {
         let mut members = lock(&self.members);
         if let Some(m) = members.get_mut(name) {
             m.row.last_error = error;
+        }
+    }
+
+    /// Where `member`'s events stand (a member resumes shipping after it).
+    pub fn log_mark(&self, member: &str) -> Result<Mark, String> {
+        self.logs.mark(member).map_err(|e| e.to_string())
+    }
+
+    /// A batch of `member`'s events.
+    pub fn store_events(
+        &self,
+        member: &str,
+        boot: &str,
+        oldest: u64,
+        events: &[crate::events::Event],
+    ) {
+        if let Err(e) = self.logs.store(member, boot, oldest, events) {
+            tracing::error!(member, error = %e, "events not stored");
         }
     }
 

@@ -34,6 +34,8 @@ use crate::{
     frontend::StatusReport,
 };
 
+/// How often the front-end's new events are read and shipped.
+const EVENTS_EVERY: Duration = Duration::from_secs(1);
 /// How often the front-end's status is read and, when it changed, reported.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
 /// A report goes out at least this often, changed or not (the manager's "last seen").
@@ -172,9 +174,18 @@ where
     let mut tick = tokio::time::interval(STATUS_EVERY);
     let mut last: Option<StatusReport> = None;
     let mut last_sent = tokio::time::Instant::now();
+    // Where the manager's copy of the front-end's events ends; none until it says.
+    let mut cursor: Option<(String, u64)> = None;
+    let mut events_tick = tokio::time::interval(EVENTS_EVERY);
     let why = loop {
         let report = tokio::select! {
             () = stop.cancelled() => break "stopping".to_owned(),
+            _ = events_tick.tick(), if cursor.is_some() => {
+                match next_events(o, &mut cursor).await {
+                    Some(batch) => batch,
+                    None => continue,
+                }
+            }
             _ = tick.tick() => {
                 let status = frontend_status(o).await;
                 if let Some(s) = &status {
@@ -202,6 +213,10 @@ where
                     });
                     continue;
                 }
+                Some(Ok(ToMember::Resume { boot, seq })) => {
+                    cursor = Some((boot, seq));
+                    continue;
+                }
                 Some(Ok(ToMember::Refused { error })) => break format!("refused by the manager: {error}"),
                 Some(Err(e)) => break e.to_string(),
                 None => break "closed".to_owned(),
@@ -215,6 +230,40 @@ where
     };
     reader.abort();
     why
+}
+
+/// The front-end's events after `cursor`, as a message for the manager, moving the cursor
+/// past them; `None` when there are none (or the front-end does not answer). A front-end
+/// that restarted numbers from 1 again: its new run is read from the start.
+async fn next_events(o: &Options, cursor: &mut Option<(String, u64)>) -> Option<Request> {
+    let (boot, seq) = cursor.clone()?;
+    let mut got = frontend_events(o, seq).await?;
+    if got.boot != boot {
+        got = frontend_events(o, 0).await?;
+    }
+    let new_run = got.boot != boot;
+    let last = got.events.last().map(|e| e.seq);
+    if last.is_none() && !new_run {
+        return None;
+    }
+    *cursor = Some((got.boot.clone(), last.unwrap_or(0)));
+    Some(Request::Events {
+        boot: got.boot,
+        oldest: got.oldest,
+        events: got.events,
+    })
+}
+
+async fn frontend_events(o: &Options, since: u64) -> Option<crate::events::Since> {
+    let socket = o.control_socket.clone();
+    tokio::task::spawn_blocking(move || {
+        control::request(&socket, &format!("events {since}"), Duration::from_secs(5))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 fn report(state: &State, status: Option<StatusReport>) -> Request {

@@ -7,7 +7,8 @@
 //!   with each member's rules.
 //! - [`audit`]: the append-only, hash-chained audit trail of what operators, members and
 //!   the manager did.
-//! - [`store`]: what both redb files share (JSON records, their errors, the clock).
+//! - [`logs`]: the members' events merged at the manager, each stored once.
+//! - [`store`]: what the redb files share (JSON records, their errors, the clock).
 //! - [`pki`]: the cluster's certificate authority: the CA, the manager's, members' and
 //!   operators' certificates, and the identity (role, name, cluster) a certificate carries.
 //! - [`tls`]: mutual TLS between the manager and members or operators, on that CA alone.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod client;
 pub mod core;
 pub mod journal;
+pub mod logs;
 pub mod member;
 pub mod pki;
 pub mod render;

@@ -211,6 +211,21 @@ async fn member<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     });
     let (act_tx, mut actions) = mpsc::channel(16);
     let id = manager.connected(&name, applied, &release, act_tx);
+    // Where its events resume: after the last one stored, so none is lost or doubled.
+    match manager.log_mark(&name) {
+        Ok(mark) => {
+            let resume = ToMember::Resume {
+                boot: mark.boot,
+                seq: mark.seq,
+            };
+            if let Err(e) = wire::write(&mut w, &resume).await {
+                manager.disconnected(&name, id, &e.to_string());
+                reader.abort();
+                return;
+            }
+        }
+        Err(e) => warn!(member = %name, error = %e, "event log unreadable: events not asked for"),
+    }
     let mut head = manager.watch_head();
     let mut applied = applied;
     let mut in_flight: Option<u64> = None;
@@ -261,6 +276,9 @@ async fn member<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     manager.report(&name, now, error, status);
                 }
                 Some(Ok(Request::Acted { id, ok, message })) => manager.acted(&name, id, ok, message),
+                Some(Ok(Request::Events { boot, oldest, events })) => {
+                    manager.store_events(&name, &boot, oldest, &events);
+                }
                 Some(Ok(_)) => {
                     let error = "an operator's request on a member's connection".to_owned();
                     let _ = wire::write(&mut w, &ToMember::Refused { error: error.clone() }).await;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt as _};
 
 use crate::{
+    events::Event,
     frontend::StatusReport,
     lines::{Line, read_line},
 };
@@ -53,6 +54,15 @@ pub enum Request {
         since: u64,
         limit: usize,
     },
+    /// The members' events merged: those that arrived after `after`, of one member or all,
+    /// from `since_ms` on, at most `limit`, in time order.
+    Logs {
+        after: u64,
+        #[serde(default)]
+        member: Option<String>,
+        since_ms: u64,
+        limit: usize,
+    },
     /// An operator action carried out on one member's front-end.
     Action {
         member: String,
@@ -72,6 +82,13 @@ pub enum Request {
         error: Option<String>,
         #[serde(default)]
         status: Option<StatusReport>,
+    },
+    /// A member's front-end's events, in order, from its run `boot`; `oldest` is the oldest
+    /// sequence number the front-end still kept.
+    Events {
+        boot: String,
+        oldest: u64,
+        events: Vec<Event>,
     },
     /// The result of an action the manager asked for.
     Acted {
@@ -115,6 +132,8 @@ impl std::fmt::Display for Action {
 pub enum ToMember {
     /// Apply this version: the member's own configuration text.
     Apply { version: u64, text: String },
+    /// Ship the front-end's events after this point (the last one the manager stored).
+    Resume { boot: String, seq: u64 },
     /// Carry out an action and answer with [`Request::Acted`] and this id.
     Act { id: u64, action: Action },
     /// The manager refuses the member (not in the configuration, a bad message); it

@@ -20,6 +20,7 @@ fn text(max: u32) -> String {
 #[derive(Clone)]
 struct FakeFrontend {
     requests: Arc<Mutex<Vec<String>>>,
+    events: crate::events::Events,
     refuse: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -28,6 +29,7 @@ impl FakeFrontend {
         let listener = UnixListener::bind(path).unwrap();
         let fe = FakeFrontend {
             requests: Arc::default(),
+            events: crate::events::Events::new("fe1", None),
             refuse: Arc::default(),
         };
         let me = fe.clone();
@@ -45,6 +47,10 @@ impl FakeFrontend {
                     me.requests.lock().unwrap().push(line.clone());
                     let reply = if line == "status" {
                         "ok {\"frontend\":\"fe1\",\"routers\":[]}".to_owned()
+                    } else if let Some(since) = line.strip_prefix("events ") {
+                        let since: u64 = since.parse().unwrap();
+                        let kept = me.events.since(since, 200);
+                        format!("ok {}", serde_json::to_string(&kept).unwrap())
                     } else if me.refuse.load(std::sync::atomic::Ordering::Relaxed) {
                         "error service smtp: port 25 is taken".to_owned()
                     } else {
@@ -274,5 +280,50 @@ async fn actions_go_to_the_front_end_and_come_back() {
             .unwrap()
             .contains(&"undrain mx1".to_owned())
     );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn events_are_shipped_after_the_point_the_manager_names() {
+    let dir = TestDir::new("member-events");
+    let o = options(dir.path());
+    let fe = FakeFrontend::serve(&o.control_socket);
+    let emit = |i: u32| {
+        fe.events.emit(crate::events::Kind::ReloadApplied {
+            version: format!("v{i}"),
+            summary: String::new(),
+        })
+    };
+    for i in 0..5 {
+        emit(i);
+    }
+    let boot = fe.events.since(0, 1).boot;
+    let stop = CancellationToken::new();
+    let mut mgr = start(&o, &stop).await;
+    mgr.next().await;
+    // The manager has up to 3 of this run.
+    mgr.send(&ToMember::Resume {
+        boot: boot.clone(),
+        seq: 3,
+    })
+    .await;
+    let shipped = loop {
+        if let Request::Events {
+            events, boot: b, ..
+        } = mgr.next().await
+        {
+            assert_eq!(b, boot);
+            break events;
+        }
+    };
+    let seqs: Vec<u64> = shipped.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [4, 5]);
+    emit(5);
+    let next = loop {
+        if let Request::Events { events, .. } = mgr.next().await {
+            break events;
+        }
+    };
+    assert_eq!(next.iter().map(|e| e.seq).collect::<Vec<_>>(), [6]);
     stop.cancel();
 }

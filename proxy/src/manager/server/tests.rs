@@ -44,10 +44,13 @@ impl FakeMember {
             release: "test".into(),
         };
         wire::write(&mut w, &hello).await.unwrap();
-        FakeMember {
+        let mut me = FakeMember {
             r: BufReader::new(r),
             w,
-        }
+        };
+        // First, where its events resume.
+        assert!(matches!(me.next().await, ToMember::Resume { .. }));
+        me
     }
 
     async fn next(&mut self) -> ToMember {
@@ -292,5 +295,95 @@ async fn an_operator_message_on_a_member_connection_ends_it() {
             .any(|r| r.name == "fe1" && !r.connected)
     })
     .await;
+    stop.cancel();
+}
+
+/// Waits until the manager holds `n` log entries (and never more).
+async fn until_stored(m: &Manager, n: usize) {
+    for _ in 0..500 {
+        let r = m
+            .operator(
+                "alice",
+                Request::Logs {
+                    after: 0,
+                    member: None,
+                    since_ms: 0,
+                    limit: 100,
+                },
+            )
+            .await;
+        let stored = r.value["entries"].as_array().unwrap().len();
+        assert!(stored <= n, "{stored} entries stored, expected {n}");
+        if stored == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never {n} entries");
+}
+
+#[tokio::test]
+async fn events_are_stored_once_and_a_reconnecting_member_resumes_after_them() {
+    let dir = TestDir::new("server-events");
+    let m = Arc::new(Manager::open(&dir.join("state"), dir.path()).unwrap());
+    let stop = CancellationToken::new();
+    commit(&m, 0, 10).await;
+    let ev = crate::events::Events::new("fe1", None);
+    let all: Vec<_> = (0..6)
+        .map(|i| {
+            ev.emit(crate::events::Kind::ReloadApplied {
+                version: format!("v{i}"),
+                summary: String::new(),
+            })
+        })
+        .collect();
+    let ship = |events: &[crate::events::Event]| Request::Events {
+        boot: "run1".into(),
+        oldest: 1,
+        events: events.to_vec(),
+    };
+    let mut fe1 = FakeMember::start(&m, "fe1", 1, &stop).await;
+    wire::write(&mut fe1.w, &ship(&all[..4])).await.unwrap();
+    until_stored(&m, 4).await;
+    drop(fe1);
+
+    // Back: told to resume after 4; it sends 3..6 again (it could not know), 5 and 6 count.
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    tokio::spawn(member(m.clone(), "fe1".to_owned(), theirs, stop.clone()));
+    let (r, mut w) = tokio::io::split(ours);
+    let hello = Request::Hello {
+        applied: 1,
+        release: "test".into(),
+    };
+    wire::write(&mut w, &hello).await.unwrap();
+    let mut r = BufReader::new(r);
+    let resume: ToMember = wire::read(&mut r).await.unwrap();
+    assert_eq!(
+        resume,
+        ToMember::Resume {
+            boot: "run1".into(),
+            seq: 4
+        }
+    );
+    wire::write(&mut w, &ship(&all[2..])).await.unwrap();
+    until_stored(&m, 6).await;
+    let r = m
+        .operator(
+            "alice",
+            Request::Logs {
+                after: 0,
+                member: Some("fe1".into()),
+                since_ms: 0,
+                limit: 100,
+            },
+        )
+        .await;
+    let seqs: Vec<u64> = r.value["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
     stop.cancel();
 }
