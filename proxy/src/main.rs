@@ -172,6 +172,10 @@ enum Command {
         /// The longest wait between two attempts to reach the manager, in milliseconds.
         #[arg(long, default_value_t = 2000)]
         max_retry_ms: u64,
+        /// Raise the front-end's "manager unreachable" alarm once the manager has been out
+        /// of reach this long, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        alarm_after_ms: u64,
     },
     /// Operate the cluster through its manager: commit, log, show, diff, rollback,
     /// confirm, status, audit, actions; and create its certificates.
@@ -423,6 +427,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             state_dir,
             socket,
             max_retry_ms,
+            alarm_after_ms,
         } => {
             let o = robustifier::manager::member::Options {
                 manager,
@@ -432,6 +437,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 state_dir,
                 control_socket: socket,
                 max_retry: Duration::from_millis(max_retry_ms.max(100)),
+                alarm_after: Duration::from_millis(alarm_after_ms),
             };
             until_signal(|stop| async move {
                 robustifier::manager::member::run(o, stop)

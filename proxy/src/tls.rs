@@ -39,6 +39,25 @@ pub enum TlsError {
     /// The crypto provider refused the default protocol versions.
     #[error(transparent)]
     Provider(rustls::Error),
+    #[error("{}: not an X.509 certificate: {reason}", path.display())]
+    X509 { path: PathBuf, reason: String },
+}
+
+/// When the first certificate in `path` ends (unix seconds).
+pub fn not_after(path: &Path) -> Result<i64, TlsError> {
+    use x509_parser::prelude::FromDer as _;
+    let certs = certs(path)?;
+    let first = certs.first().ok_or_else(|| TlsError::NoCertificate {
+        path: path.to_owned(),
+    })?;
+    let (_, cert) =
+        x509_parser::certificate::X509Certificate::from_der(first.as_ref()).map_err(|e| {
+            TlsError::X509 {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
+    Ok(cert.validity().not_after.timestamp())
 }
 
 pub(crate) fn pem(path: &Path) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsError {

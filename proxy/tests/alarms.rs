@@ -11,7 +11,7 @@ mod support;
 
 use std::{path::Path, process::Command, time::Duration};
 
-use support::{config, free_port, run_without_kernel, stop_daemon, tempdir};
+use support::{Daemon, config, free_port, run_without_kernel, stop_daemon, tempdir};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
@@ -55,6 +55,16 @@ async fn until(
 }
 
 const TOKEN: &str = "0123456789abcdef0123";
+
+/// One request on the front-end's control socket, which must be answered `ok`.
+fn control(socket: &Path, line: &str) {
+    use std::io::{BufRead as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    writeln!(s, "{line}").unwrap();
+    let mut reply = String::new();
+    std::io::BufReader::new(s).read_line(&mut reply).unwrap();
+    assert!(reply.starts_with("ok"), "{line}: {reply}");
+}
 
 /// `GET path` on loopback `port`, with a bearer token: the status code and the body.
 fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
@@ -162,6 +172,7 @@ async fn a_backend_down_then_up_and_a_refused_reload_raise_and_clear_alarms() {
     ));
     std::fs::write(&file, &text).unwrap();
     let (daemon, _log) = run_without_kernel(&file);
+    let daemon = Daemon::new(daemon);
 
     // Nothing listens on mx1's port: down, and its pool has no back-end.
     let r = until(&socket, "mx1 down", |r| {
@@ -200,6 +211,15 @@ async fn a_backend_down_then_up_and_a_refused_reload_raise_and_clear_alarms() {
     let up = greeter(mx_port).await;
     until(&socket, "mx1 up", |r| keys(r).is_empty()).await;
 
+    // The member says the manager is out of reach, then back.
+    control(&socket, "manager down connection refused");
+    until(&socket, "manager unreachable", |r| {
+        keys(r) == ["manager_unreachable"]
+    })
+    .await;
+    control(&socket, "manager up");
+    until(&socket, "manager back", |r| keys(r).is_empty()).await;
+
     // A reload that is refused raises an alarm; an applied one clears it.
     std::fs::write(&file, text.replace("pool = \"mx\"", "pool = \"nowhere\"")).unwrap();
     let out = Command::new(BIN)
@@ -237,6 +257,8 @@ async fn a_backend_down_then_up_and_a_refused_reload_raise_and_clear_alarms() {
         ("pool_overloaded", "raised"),
         ("backend_up", "cleared"),
         ("pool_overloaded", "cleared"),
+        ("manager_unreachable", "raised"),
+        ("manager_reachable", "cleared"),
         ("reload_refused", "raised"),
         ("reload_applied", "cleared"),
     ]

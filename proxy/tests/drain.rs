@@ -11,7 +11,7 @@ mod support;
 use std::{net::SocketAddr, path::Path};
 
 use support::{
-    Client, SmtpBackend, config, free_port, ha_status, robustifier, run_without_kernel,
+    Client, Daemon, SmtpBackend, config, free_port, ha_status, robustifier, run_without_kernel,
     stop_daemon, tempdir,
 };
 
@@ -65,6 +65,7 @@ async fn a_drained_backend_takes_no_new_session_until_undrained() {
     )
     .unwrap();
     let (daemon, _log) = run_without_kernel(&file);
+    let daemon = Daemon::new(daemon);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let counts = || (first.messages().len(), second.messages().len());
 

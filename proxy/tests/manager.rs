@@ -127,6 +127,7 @@ impl Fake {
                             .to_owned()
                     }
                     "drain" => format!("ok {{\"backend\":\"{arg}\",\"draining\":true}}"),
+                    "manager" => "ok noted".to_owned(),
                     "events" => format!(
                         "ok {}",
                         serde_json::to_string(&ev.since(arg.parse().unwrap(), 200)).unwrap()
@@ -263,7 +264,7 @@ impl Cluster {
                 .arg(self.dir.join(format!("member-{name}")))
                 .arg("--socket")
                 .arg(&self.fakes[name].socket)
-                .args(["--max-retry-ms", "200"]),
+                .args(["--max-retry-ms", "200", "--alarm-after-ms", "1000"]),
         );
         self.members.insert(name.to_owned(), p);
     }
@@ -821,4 +822,32 @@ fn events_reach_the_merged_log_once_across_a_manager_and_a_member_away() {
         "every event once, in order"
     );
     assert_eq!(of("fe2"), [1, 2, 3, 4]);
+}
+
+#[test]
+fn a_front_end_hears_when_its_manager_is_out_of_reach_and_back() {
+    let mut c = Cluster::new("reach", &["fe1"]);
+    c.start_member("fe1");
+    c.commit_ok(&c.config(1, "", ""), 0, &[]);
+    c.wait_applied(1);
+    let said = |c: &Cluster| -> Vec<String> {
+        c.fakes["fe1"]
+            .seen()
+            .into_iter()
+            .map(|s| s.line)
+            .filter(|l| l.starts_with("manager "))
+            .collect()
+    };
+    assert!(
+        said(&c).is_empty(),
+        "reachable from the start: nothing to say"
+    );
+    c.stop_manager(nix::sys::signal::Signal::SIGKILL);
+    wait_until("the front-end told", || !said(&c).is_empty());
+    let lines = said(&c);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("manager down "), "{lines:?}");
+    c.start_manager();
+    wait_until("the front-end told it is back", || said(&c).len() == 2);
+    assert_eq!(said(&c)[1], "manager up");
 }

@@ -8,6 +8,7 @@
 //! status                              ok {"frontend":..,"version":..,"routers":[..]}  (JSON)
 //! alarms                              ok {"frontend":..,"alarms":[..],"events":[..]}  (JSON)
 //! events SEQ                          ok {"boot":..,"oldest":..,"events":[..]}  (after SEQ)
+//! manager up | manager down REASON    ok noted  (the member on the cluster manager)
 //! reload [ABSOLUTE-PATH]              ok {"version":..,"summary":..}  |  error <why nothing changed>
 //! release VRID                        ok <what happened>  |  error <why>
 //! resume VRID                         ok <what happened>  |  error <why>

@@ -10,6 +10,8 @@ pub enum Request {
     Alarms,
     /// The kept events after a sequence number (a member ships them to the manager).
     Events(u64),
+    /// The front-end's member reached (`None`) or lost (the reason) the cluster manager.
+    Manager(Option<String>),
     /// Apply the configuration file again, or this one (which then becomes the file).
     Reload {
         file: Option<PathBuf>,
@@ -52,6 +54,13 @@ impl Request {
             }
             "status" => Ok(Request::Status),
             "alarms" => Ok(Request::Alarms),
+            "manager" => match rest.split_once(' ').unwrap_or((rest, "")) {
+                ("up", "") => Ok(Request::Manager(None)),
+                ("down", why) if !why.is_empty() && why.len() <= 500 => {
+                    Ok(Request::Manager(Some(why.to_owned())))
+                }
+                _ => Err("manager takes `up` or `down REASON` (at most 500 characters)".to_owned()),
+            },
             "events" => rest
                 .parse::<u64>()
                 .map(Request::Events)
@@ -103,6 +112,11 @@ mod tests {
             ("status", Request::Status),
             ("alarms", Request::Alarms),
             ("events 0", Request::Events(0)),
+            ("manager up", Request::Manager(None)),
+            (
+                "manager down connection refused",
+                Request::Manager(Some("connection refused".into())),
+            ),
             ("events 42", Request::Events(42)),
             ("  status  ", Request::Status),
             ("handover", Request::HandOver),
@@ -139,6 +153,9 @@ mod tests {
             ("status now", "status takes no argument"),
             ("alarms all", "alarms takes no argument"),
             ("events", "events takes a sequence number"),
+            ("manager", "manager takes `up` or `down REASON`"),
+            ("manager down", "manager takes `up` or `down REASON`"),
+            ("manager up now", "manager takes `up` or `down REASON`"),
             ("events -1", "events takes a sequence number"),
             ("handover 1", "handover takes no argument"),
             ("release", "release needs a VRID"),

@@ -106,6 +106,13 @@ async fn answer(request: Request, commands: &mpsc::Sender<Command>) -> Result<St
             let report = answer.await.map_err(|_| gone())?;
             serde_json::to_string(&report).map_err(|e| e.to_string())
         }
+        Request::Manager(down) => {
+            commands
+                .send(Command::ManagerReachable { down })
+                .await
+                .map_err(|_| gone())?;
+            Ok("noted".to_owned())
+        }
         Request::Events(since) => {
             let (done, answer) = oneshot::channel();
             commands

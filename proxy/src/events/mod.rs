@@ -101,7 +101,24 @@ pub enum Kind {
     ReloadRefused {
         error: String,
     },
+    /// The server certificate ends within [`CERTIFICATE_WARNING_DAYS`] (or has ended).
+    CertificateExpiring {
+        file: String,
+        days_left: i64,
+    },
+    /// The server certificate is valid for longer again (a new one was installed).
+    CertificateValid {
+        file: String,
+    },
+    /// The front-end's member cannot reach the cluster manager (it says so here).
+    ManagerUnreachable {
+        error: String,
+    },
+    ManagerReachable,
 }
+
+/// A certificate ending within this many days raises an alarm; within a week it is major.
+pub const CERTIFICATE_WARNING_DAYS: i64 = 30;
 
 /// An alarm's identity: its condition and what it is about.
 type AlarmKey = String;
@@ -127,6 +144,10 @@ impl Kind {
             Kind::VrrpTransition { .. } => "vrrp_transition",
             Kind::ReloadApplied { .. } => "reload_applied",
             Kind::ReloadRefused { .. } => "reload_refused",
+            Kind::CertificateExpiring { .. } => "certificate_expiring",
+            Kind::CertificateValid { .. } => "certificate_valid",
+            Kind::ManagerUnreachable { .. } => "manager_unreachable",
+            Kind::ManagerReachable => "manager_reachable",
         }
     }
 
@@ -136,6 +157,8 @@ impl Kind {
             | Kind::PoolOverloaded {
                 overloaded: true, ..
             } => Severity::Major,
+            Kind::CertificateExpiring { days_left, .. } if *days_left <= 7 => Severity::Major,
+            Kind::CertificateExpiring { .. } | Kind::ManagerUnreachable { .. } => Severity::Warning,
             Kind::BackendOverloaded {
                 overloaded: true, ..
             }
@@ -164,6 +187,12 @@ impl Kind {
             }
             Kind::ReloadRefused { .. } => raise("reload_refused".into()),
             Kind::ReloadApplied { .. } => Effect::Clear("reload_refused".into()),
+            Kind::CertificateExpiring { file, .. } => raise(format!("certificate_expiring:{file}")),
+            Kind::CertificateValid { file } => {
+                Effect::Clear(format!("certificate_expiring:{file}"))
+            }
+            Kind::ManagerUnreachable { .. } => raise("manager_unreachable".into()),
+            Kind::ManagerReachable => Effect::Clear("manager_unreachable".into()),
             Kind::BackendDraining { .. } | Kind::VrrpTransition { .. } => Effect::None,
         }
     }
@@ -235,6 +264,22 @@ impl fmt::Display for Kind {
                 write!(f, "configuration {version} applied: {summary}")
             }
             Kind::ReloadRefused { error } => write!(f, "configuration refused: {error}"),
+            Kind::CertificateExpiring { file, days_left } if *days_left < 0 => {
+                write!(f, "certificate {file} expired {} days ago", -days_left)
+            }
+            Kind::CertificateExpiring { file, days_left } => {
+                write!(f, "certificate {file} expires in {days_left} days")
+            }
+            Kind::CertificateValid { file } => {
+                write!(
+                    f,
+                    "certificate {file} valid for more than {CERTIFICATE_WARNING_DAYS} days"
+                )
+            }
+            Kind::ManagerUnreachable { error } => {
+                write!(f, "cluster manager unreachable: {error}")
+            }
+            Kind::ManagerReachable => f.write_str("cluster manager reachable again"),
         }
     }
 }

@@ -89,6 +89,8 @@ impl Frontend {
                     version: r.version.clone(),
                     summary: r.summary.clone(),
                 });
+                self.certificates
+                    .set(self.cfg.tls.as_ref().map(|t| t.certificate.clone()));
             }
             Err(e) => {
                 error!(error = %e, "reload: refused; nothing changed");

@@ -10,6 +10,7 @@
 //! told to stop, taking [`Command`]s (the daemon turns signals into them).
 
 mod apply;
+mod certificates;
 mod kernel;
 mod metrics;
 mod status;
@@ -72,6 +73,8 @@ pub enum Command {
         since: u64,
         done: oneshot::Sender<crate::events::Since>,
     },
+    /// The member says whether it reaches the cluster manager (`down`: why not).
+    ManagerReachable { down: Option<String> },
     /// The front-end's metrics, in Prometheus's text format.
     Metrics { done: oneshot::Sender<String> },
     /// Release virtual router `vrid` after draining (`release`), or resume it; answers
@@ -137,6 +140,8 @@ pub struct Frontend {
     envs: Services,
     shared: Shared,
     attached: Vec<String>,
+    /// The server certificate's end, watched for an alarm.
+    certificates: certificates::Watch,
     /// The roles of the process this one succeeds (binary upgrade).
     succeeded: Vec<ha::Succeeded>,
 }
@@ -266,7 +271,9 @@ impl Frontend {
             },
         };
         let board = Board::with_retired(&cfg, retired);
-        board.set_events(events);
+        board.set_events(events.clone());
+        let certificates =
+            certificates::Watch::new(cfg.tls.as_ref().map(|t| t.certificate.clone()), events);
         let view = maps.view().map_err(KernelError::from)?;
         let pools = Arc::new(
             PoolSet::new(&cfg, Arc::clone(&board), Arc::clone(&view)).map_err(OpenError::Pools)?,
@@ -314,6 +321,7 @@ impl Frontend {
             envs: Arc::new(ArcSwap::from_pointee(envs)),
             shared,
             attached,
+            certificates,
             succeeded: Vec::new(),
         })
     }
@@ -411,6 +419,7 @@ impl Frontend {
             &shared.stop,
             &supervisor,
         );
+        self.certificates.spawn(&supervisor, &shared.stop);
         // A summary for the operator on stdout; logs go to stderr.
         let services: Vec<String> = self
             .cfg
@@ -446,6 +455,22 @@ impl Frontend {
                 }
                 Command::Events { since, done } => {
                     let _ = done.send(self.shared.hooks.events.since(since, EVENTS_PER_REQUEST));
+                }
+                Command::ManagerReachable { down } => {
+                    let events = &self.shared.hooks.events;
+                    let raised = events
+                        .alarms()
+                        .iter()
+                        .any(|a| a.key == "manager_unreachable");
+                    match down {
+                        Some(error) if !raised => {
+                            events.emit(crate::events::Kind::ManagerUnreachable { error });
+                        }
+                        None if raised => {
+                            events.emit(crate::events::Kind::ManagerReachable);
+                        }
+                        _ => {}
+                    }
                 }
                 Command::Metrics { done } => {
                     let _ = done.send(metrics::render(&self, &ha));

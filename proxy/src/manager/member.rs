@@ -56,6 +56,9 @@ pub struct Options {
     pub control_socket: PathBuf,
     /// The longest wait between two connection attempts.
     pub max_retry: Duration,
+    /// How long the manager may be out of reach before the front-end raises an alarm (a
+    /// manager restarting is none).
+    pub alarm_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,21 +121,39 @@ pub async fn run(o: Options, stop: CancellationToken) -> Result<(), MemberError>
     let mut state = State::open(&o.state_dir)?;
     info!(manager = %o.manager, applied = state.applied, "member starting");
     let mut wait = Duration::from_millis(200);
+    // Whether the front-end was last told the manager is reachable (none: not told yet),
+    // and since when it has not been.
+    let mut told: Option<bool> = None;
+    let mut down_since: Option<tokio::time::Instant> = None;
     loop {
         let connected = tokio::select! {
             () = stop.cancelled() => return Ok(()),
             r = tls::connect(&o.manager, client.clone(), CONNECT_TIMEOUT) => r,
         };
-        match connected {
+        let why = match connected {
             Ok(stream) => {
                 wait = Duration::from_millis(200);
+                down_since = None;
+                if told == Some(false) {
+                    told = tell(&o, None).await.then_some(true).or(told);
+                }
                 let why = session(&o, &mut state, stream, &stop).await;
                 if stop.is_cancelled() {
                     return Ok(());
                 }
                 warn!(reason = %why, "connection to the manager ended");
+                why
             }
-            Err(e) => warn!(error = %e, "manager unreachable; the front-end runs on"),
+            Err(e) => {
+                warn!(error = %e, "manager unreachable; the front-end runs on");
+                e.to_string()
+            }
+        };
+        // An alarm on the front-end (and so in its traps and metrics) once it has lasted
+        // `alarm_after`.
+        let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+        if told != Some(false) && since.elapsed() >= o.alarm_after && tell(&o, Some(why)).await {
+            told = Some(false);
         }
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -376,6 +397,27 @@ fn reconcile(state: &mut State, status: &StatusReport) {
             state.error = Some(format!("applied, but not recorded: {e}"));
         }
     }
+}
+
+/// Tells the front-end whether the manager is reachable; whether it heard.
+async fn tell(o: &Options, down: Option<String>) -> bool {
+    let socket = o.control_socket.clone();
+    let line = match down {
+        None => "manager up".to_owned(),
+        Some(why) => {
+            let why: String = why
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(400)
+                .collect();
+            format!("manager down {why}")
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        control::request(&socket, &line, Duration::from_secs(5)).is_ok()
+    })
+    .await
+    .unwrap_or(false)
 }
 
 async fn frontend_status(o: &Options) -> Option<StatusReport> {

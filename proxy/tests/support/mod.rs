@@ -455,16 +455,49 @@ pub fn ha_status(socket: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// SIGTERM to a daemon this test started; it must exit 0.
-pub async fn stop_daemon(mut daemon: std::process::Child) {
+/// A daemon this test started: killed (SIGKILL) if the test ends before [`stop_daemon`],
+/// so that a failing test leaves no process behind.
+pub struct Daemon(Option<std::process::Child>);
+
+impl Daemon {
+    pub fn new(child: std::process::Child) -> Daemon {
+        Daemon(Some(child))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// SIGTERM to a daemon this test started; it must exit 0 (within [`PATIENCE`]).
+pub async fn stop_daemon(mut daemon: Daemon) {
+    let mut child = daemon.0.take().unwrap();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let exit = tokio::task::spawn_blocking(move || daemon.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let exit = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(exit) = child.try_wait().unwrap() {
+                return Some(exit);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    let exit = exit.expect("the daemon did not stop on SIGTERM");
     assert!(exit.success(), "{exit}");
 }

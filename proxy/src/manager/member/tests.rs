@@ -119,6 +119,7 @@ fn options(dir: &Path) -> Arc<Options> {
         state_dir: dir.join("state"),
         control_socket: dir.join("control.sock"),
         max_retry: Duration::from_secs(1),
+        alarm_after: Duration::from_secs(10),
     })
 }
 
