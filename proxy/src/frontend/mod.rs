@@ -394,6 +394,13 @@ impl Frontend {
             shared.stop.clone(),
             shared.hooks.tasks.clone(),
         );
+        // Before the health checks, so that the alarms they raise first are sent too.
+        crate::snmp::spawn(
+            &self.cfg.frontend.name,
+            &self.cfg.monitor.snmp,
+            &shared.hooks.events,
+            &supervisor,
+        );
         load_writer::spawn(
             &self.pools,
             &self.board,
