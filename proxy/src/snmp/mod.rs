@@ -136,6 +136,9 @@ pub enum SnmpError {
     Keys(String),
     #[error("snmpEngineBoots in {}: {reason}", path.display())]
     Boots { path: PathBuf, reason: String },
+    /// What [`prepare`] found wrong, said again at each restart of the sender.
+    #[error("{0}")]
+    Unusable(String),
     #[error("SNMP: {0}")]
     Snmp(#[from] Box<async_snmp::Error>),
 }
@@ -159,39 +162,66 @@ pub struct Stats {
     pub failed: AtomicU64,
 }
 
+/// A destination with what it takes to reach it, made at start while the front-end still
+/// runs as root: the secret files and the boots file may be for root's eyes only.
+pub struct Prepared {
+    dest: Destination,
+    ready: Result<Ready, String>,
+}
+
+#[derive(Clone)]
+struct Ready {
+    auth: SnmpAuth,
+    /// v3 traps: this front-end as the authoritative engine.
+    engine: Option<AuthoritativeEngine>,
+}
+
+/// Reads the secrets and, for v3 traps, takes the next snmpEngineBoots. A destination that
+/// fails is said here, and its sender reports the same reason each time it is restarted.
+pub fn prepare(frontend: &str, destinations: &[Destination]) -> Vec<Prepared> {
+    destinations
+        .iter()
+        .map(|dest| {
+            let ready = Ready::new(dest, frontend).map_err(|e| {
+                warn!(destination = %dest, error = %e, "SNMP destination not usable");
+                e.to_string()
+            });
+            Prepared {
+                dest: dest.clone(),
+                ready,
+            }
+        })
+        .collect()
+}
+
 /// Starts the relay and one sender per destination under `supervisor`. The subscription
 /// is taken here, before the health checks start, so an alarm raised at start is sent.
-pub fn spawn(
-    frontend: &str,
-    destinations: &[Destination],
-    events: &Events,
-    supervisor: &Supervisor,
-) -> Arc<Stats> {
+pub fn spawn(prepared: &[Prepared], events: &Events, supervisor: &Supervisor) -> Arc<Stats> {
     let stats = Arc::new(Stats::default());
-    if destinations.is_empty() {
+    if prepared.is_empty() {
         return stats;
     }
     let started = Instant::now();
     let mut queues = Vec::new();
-    for dest in destinations {
+    for p in prepared {
         let (tx, rx) = mpsc::channel(QUEUE);
-        queues.push((dest.to_string(), tx));
+        queues.push((p.dest.to_string(), tx));
         let rx = Arc::new(Mutex::new(rx));
-        let (dest, frontend, stats, stop) = (
-            dest.clone(),
-            frontend.to_owned(),
+        let (dest, ready, stats, stop) = (
+            p.dest.clone(),
+            p.ready.clone(),
             Arc::clone(&stats),
             supervisor.stop().clone(),
         );
         supervisor.spawn(format!("snmp {}", dest.target), move || {
-            let (dest, frontend, stats, rx, stop) = (
+            let (dest, ready, stats, rx, stop) = (
                 dest.clone(),
-                frontend.clone(),
+                ready.clone(),
                 Arc::clone(&stats),
                 Arc::clone(&rx),
                 stop.clone(),
             );
-            async move { send(dest, frontend, started, rx, stats, stop).await }
+            async move { send(dest, ready, started, rx, stats, stop).await }
         });
     }
     let first = Arc::new(std::sync::Mutex::new(Some(events.subscribe())));
@@ -254,18 +284,13 @@ async fn relay(
     }
 }
 
-/// How a destination is reached, made once per sender run.
-struct Sender {
-    client: Client,
-    inform: bool,
-}
-
-impl Sender {
-    async fn open(dest: &Destination, frontend: &str) -> Result<Sender, SnmpError> {
-        let builder = match &dest.security {
-            Security::V2c { community_file } => {
-                Client::builder(dest.target, SnmpAuth::v2c(secret(community_file)?))
-            }
+impl Ready {
+    fn new(dest: &Destination, frontend: &str) -> Result<Ready, SnmpError> {
+        Ok(match &dest.security {
+            Security::V2c { community_file } => Ready {
+                auth: SnmpAuth::v2c(secret(community_file)?),
+                engine: None,
+            },
             Security::V3(v3) => {
                 let auth = match v3.auth {
                     cfg::Auth::Sha1 => AuthProtocol::Sha1,
@@ -283,21 +308,39 @@ impl Sender {
                     }
                 }
                 .map_err(|e| SnmpError::Keys(e.to_string()))?;
-                let builder = Client::builder(dest.target, usm);
-                match &v3.engine_boots_file {
-                    // Traps: this front-end is the authoritative engine.
+                // Traps: this front-end is the authoritative engine. Informs: the manager
+                // is, and is discovered.
+                let engine = match &v3.engine_boots_file {
                     Some(boots) => {
                         let id = v3
                             .engine_id
                             .clone()
                             .unwrap_or_else(|| default_engine_id(frontend));
-                        builder.local_authoritative_engine(engine(id, boots)?)
+                        Some(engine(id, boots)?)
                     }
-                    // Informs: the manager is, and is discovered.
-                    None => builder,
+                    None => None,
+                };
+                Ready {
+                    auth: usm.into(),
+                    engine,
                 }
             }
-        };
+        })
+    }
+}
+
+/// How a destination is reached, made once per sender run.
+struct Sender {
+    client: Client,
+    inform: bool,
+}
+
+impl Sender {
+    async fn open(dest: &Destination, ready: Ready) -> Result<Sender, SnmpError> {
+        let mut builder = Client::builder(dest.target, ready.auth);
+        if let Some(engine) = ready.engine {
+            builder = builder.local_authoritative_engine(engine);
+        }
         Ok(Sender {
             client: builder.connect().await?,
             inform: dest.inform,
@@ -361,13 +404,13 @@ fn write_boots(path: &Path, boots: u32) -> std::io::Result<()> {
 /// One destination's sender: its queue, one notification at a time, until the stop.
 async fn send(
     dest: Destination,
-    frontend: String,
+    ready: Result<Ready, String>,
     started: Instant,
     rx: Arc<Mutex<mpsc::Receiver<Notification>>>,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) -> Result<(), SnmpError> {
-    let sender = Sender::open(&dest, &frontend).await?;
+    let sender = Sender::open(&dest, ready.map_err(SnmpError::Unusable)?).await?;
     info!(destination = %dest, "SNMP notifications");
     let mut rx = rx.lock().await;
     loop {

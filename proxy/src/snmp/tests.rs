@@ -183,7 +183,8 @@ async fn v2c_and_v3_notifications_decode_to_what_was_sent() {
             inform,
             security,
         };
-        let sender = Sender::open(&dest, "fe1").await.unwrap();
+        let ready = Ready::new(&dest, "fe1").unwrap();
+        let sender = Sender::open(&dest, ready).await.unwrap();
         let (sent, got) = tokio::join!(sender.send(n.clone(), 4321), rx.recv());
         sent.unwrap();
         let got = got.unwrap().notification;
