@@ -1,8 +1,9 @@
 //! SNMP notifications of alarms against net-snmp, on loopback: `robustifier run
 //! --without-kernel` with one back-end down at first, then up, sends its traps to two
 //! `snmptrapd`s, one that accepts only SNMPv2c with the community, one that accepts only
-//! SNMPv3 with authentication and privacy for the user; each, with ROBUSTIFIER-MIB loaded,
-//! logs the alarm raised and cleared by name. The MIB itself must load in `snmptranslate`
+//! SNMPv3 with authentication and privacy for the user, and to a third as SNMPv3 informs
+//! (authPriv, its engine discovered); each, with ROBUSTIFIER-MIB loaded, logs the alarm
+//! raised and cleared by name. The MIB itself must load in `snmptranslate`
 //! and pass `smilint` at its strictest level.
 //!
 //! `cargo xtask setup` installs the tools (Debian's snmptrapd, snmp, smitools) and the IETF
@@ -235,7 +236,7 @@ async fn snmptrapd_logs_the_alarm_raised_and_cleared_by_name_over_v2c_and_v3_aut
         return;
     };
     let dir = tempdir("snmp");
-    let (v2c_port, v3_port) = (free_port(), free_port());
+    let (v2c_port, v3_port, inform_port) = (free_port(), free_port(), free_port());
     // Each manager takes one kind only: a trap it logs came the way the test says.
     let (mut v2c, v2c_log) = snmptrapd(
         &t,
@@ -254,7 +255,20 @@ async fn snmptrapd_logs_the_alarm_raised_and_cleared_by_name_over_v2c_and_v3_aut
              authUser log {USER} priv\n"
         ),
     );
-    for log in [&v2c_log, &v3_log] {
+    // Informs: this manager is the authoritative engine, with its own engine ID, which
+    // the front-end discovers.
+    let (mut inform, inform_log) = snmptrapd(
+        &t,
+        &dir,
+        "inform",
+        inform_port,
+        &format!(
+            "createUser {USER} SHA {AUTH_KEY} AES {PRIV_KEY}\n\
+             authUser log {USER} priv\n"
+        ),
+    );
+    let logs = [&v2c_log, &v3_log, &inform_log];
+    for log in logs {
         until(log, "snmptrapd started", |l| l.contains("NET-SNMP version")).await;
     }
 
@@ -283,7 +297,10 @@ async fn snmptrapd_logs_the_alarm_raised_and_cleared_by_name_over_v2c_and_v3_aut
              [[monitor.snmp]]\ntarget = \"127.0.0.1:{v2c_port}\"\nversion = \"2c\"\ncommunity_file = \"{community}\"\n\
              [[monitor.snmp]]\ntarget = \"127.0.0.1:{v3_port}\"\nversion = \"3\"\nuser = \"{USER}\"\n\
              auth = \"sha\"\nauth_key_file = \"{auth_key}\"\npriv = \"aes\"\npriv_key_file = \"{priv_key}\"\n\
-             engine_boots_file = \"{}\"\n",
+             engine_boots_file = \"{}\"\n\
+             [[monitor.snmp]]\ntarget = \"127.0.0.1:{inform_port}\"\nversion = \"3\"\nuser = \"{USER}\"\n\
+             auth = \"sha\"\nauth_key_file = \"{auth_key}\"\npriv = \"aes\"\npriv_key_file = \"{priv_key}\"\n\
+             inform = true\n",
             socket.display(),
             boots.display()
         )),
@@ -297,7 +314,7 @@ async fn snmptrapd_logs_the_alarm_raised_and_cleared_by_name_over_v2c_and_v3_aut
             .iter()
             .any(|n| about(n, "backend_down:mx1"))
     };
-    for log in [&v2c_log, &v3_log] {
+    for log in logs {
         until(log, "backend_down:mx1 raised", raised).await;
     }
     let up = greeter(mx_port).await;
@@ -306,10 +323,10 @@ async fn snmptrapd_logs_the_alarm_raised_and_cleared_by_name_over_v2c_and_v3_aut
             .iter()
             .any(|n| about(n, "backend_down:mx1"))
     };
-    for log in [&v2c_log, &v3_log] {
+    for log in logs {
         until(log, "backend_down:mx1 cleared", cleared).await;
     }
-    for log in [&v2c_log, &v3_log] {
+    for log in logs {
         let text = read(log);
         let raised = notifications(&text, "robustifierAlarmRaised");
         let down: Vec<_> = raised
@@ -343,7 +360,7 @@ async fn snmptrapd_logs_the_alarm_raised_and_cleared_by_name_over_v2c_and_v3_aut
 
     up.abort();
     stop_daemon(daemon).await;
-    for trapd in [&mut v2c, &mut v3] {
+    for trapd in [&mut v2c, &mut v3, &mut inform] {
         trapd.kill().unwrap();
         trapd.wait().unwrap();
     }
