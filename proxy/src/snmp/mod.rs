@@ -422,7 +422,12 @@ async fn send(
         // sysUpTime: hundredths of a second since the front-end started, wrapping as
         // TimeTicks do.
         let uptime = (started.elapsed().as_millis() / 10) as u32;
-        if let Err(e) = sender.send(n, uptime).await {
+        // An inform being retried does not hold up the stop.
+        let sent = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            sent = sender.send(n, uptime) => sent,
+        };
+        if let Err(e) = sent {
             let total = stats.failed.fetch_add(1, Ordering::Relaxed) + 1;
             warn!(destination = %dest, error = %e, failed = total, "SNMP notification not sent");
         }
