@@ -23,9 +23,9 @@
 //! - sessions: per-client limits, the per-service context, the core the SMTP and POP3
 //!   sessions share (errors, TLS upgrade, command reading, error budget), the sessions,
 //!   the front's listeners and accept loops.
-//! - control: VRRP at run time, the load writer, the agent daemon, the front-end tied
-//!   together on its kernel side, its control socket, the daemon itself, the cluster
-//!   manager's configuration journal.
+//! - control: VRRP at run time, the load writer, the SNMP notifications of alarms, the
+//!   agent daemon, the front-end tied together on its kernel side, its control socket, the
+//!   daemon itself, the cluster manager's configuration journal.
 #![cfg(test)]
 
 use std::{
@@ -92,6 +92,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "ha",
             "load_writer",
+            "snmp",
             "agent",
             "frontend",
             "control",

@@ -61,6 +61,7 @@ pub mod sasl;
 pub mod service;
 pub mod session_core;
 pub mod smtp;
+pub mod snmp;
 pub mod stream;
 pub(crate) mod supervise;
 mod sync;

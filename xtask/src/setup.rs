@@ -58,6 +58,16 @@ const PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool checks the front-end's /metrics output in the tests",
     ),
+    (
+        "snmptrapd",
+        "net-snmp's trap receiver: the SNMP notification tests send to it",
+    ),
+    ("snmp", "snmptranslate loads ROBUSTIFIER-MIB in the tests"),
+    ("smitools", "smilint checks ROBUSTIFIER-MIB in the tests"),
+    (
+        "erlang-snmp",
+        "the IETF base MIB modules (SNMPv2-SMI, -TC, -CONF) ROBUSTIFIER-MIB imports: Debian ships them only there",
+    ),
     ("tshark", "decodes our VRRP adverts in the HA tests"),
     ("haproxy", "TCP-mode rival in cargo xtask bench"),
     ("nginx", "mail-proxy rival in cargo xtask bench"),

@@ -7,6 +7,7 @@ pub mod diff;
 mod error;
 mod raw;
 pub mod routes;
+pub mod snmp;
 pub mod vrrp;
 
 use std::{
@@ -51,6 +52,8 @@ pub struct Monitor {
     pub event_log_files: u32,
     /// The HTTP endpoint (`/metrics`, `/ready`), and how it authenticates.
     pub metrics: Option<MetricsEndpoint>,
+    /// Where SNMP notifications of alarms go.
+    pub snmp: Vec<snmp::Destination>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -595,7 +598,14 @@ fn monitor(base: &Path, raw: RawMonitor) -> Result<Monitor, (String, String)> {
             Some(MetricsEndpoint { listen, token_file })
         }
     };
+    let snmp = raw
+        .snmp
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| snmp::destination(base, i, d))
+        .collect::<Result<_, _>>()?;
     Ok(Monitor {
+        snmp,
         event_log: raw.event_log.map(|d| base.join(d)),
         event_log_max_bytes,
         event_log_files,
@@ -658,7 +668,7 @@ fn syntax_reason(text: &str, e: &toml::de::Error) -> String {
 }
 
 /// `value` relative to `base`, checked to be a readable file.
-fn readable(base: &Path, key: &str, value: &str) -> Result<PathBuf, (String, String)> {
+pub(crate) fn readable(base: &Path, key: &str, value: &str) -> Result<PathBuf, (String, String)> {
     let path = base.join(value);
     std::fs::File::open(&path)
         .map(|_| path.clone())

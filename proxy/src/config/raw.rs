@@ -44,6 +44,9 @@ pub struct RawMonitor {
     pub metrics_token_file: Option<String>,
     /// Serve the endpoint to anyone who connects, without a token.
     pub metrics_insecure_no_auth: Option<bool>,
+    /// SNMP managers that get a notification for every alarm raised and cleared.
+    #[serde(default)]
+    pub snmp: Vec<super::snmp::RawSnmp>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -420,3 +420,107 @@ fn the_metrics_endpoint_needs_a_token_unless_told_otherwise() {
     let none = parse(GOOD).unwrap();
     assert_eq!((none.monitor.event_log, none.monitor.metrics), (None, None));
 }
+
+/// A fresh folder for secret files.
+fn secrets_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "robustifier-config-{tag}-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn snmp_destinations_take_secrets_from_files_checked_at_load() {
+    let dir = secrets_dir("snmp");
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let community = file("community", "public\n");
+    let key = file("auth.key", "authpass123\n");
+    let short = file("short.key", "short\n");
+    let privkey = file("priv.key", "privpass123\n");
+    let boots = dir.join("engine.boots").display().to_string();
+    let with = |snmp: &str| format!("{GOOD}\n[[monitor.snmp]]\n{snmp}\n");
+
+    let c = parse(&with(&format!(
+        "target = \"198.18.0.9:162\"\nversion = \"2c\"\ncommunity_file = \"{community}\""
+    )))
+    .unwrap();
+    assert_eq!(
+        c.monitor.snmp,
+        [snmp::Destination {
+            target: "198.18.0.9:162".parse().unwrap(),
+            inform: false,
+            security: snmp::Security::V2c {
+                community_file: community.clone().into()
+            },
+        }]
+    );
+    let v3 = format!(
+        "target = \"[2001:db8::9]:162\"\nversion = \"3\"\nuser = \"robustifier\"\nauth = \"sha\"\n\
+         auth_key_file = \"{key}\"\npriv = \"aes\"\npriv_key_file = \"{privkey}\"\n\
+         engine_id = \"0x8001869f04666531\"\nengine_boots_file = \"{boots}\""
+    );
+    let c = parse(&with(&v3)).unwrap();
+    let snmp::Security::V3(s) = &c.monitor.snmp[0].security else {
+        panic!("v3 expected");
+    };
+    assert_eq!(s.auth, snmp::Auth::Sha1);
+    assert_eq!(
+        s.engine_id.as_deref(),
+        Some(&[0x80, 0x01, 0x86, 0x9f, 0x04, 0x66, 0x65, 0x31][..])
+    );
+    assert!(matches!(s.privacy, Some(snmp::Privacy::Aes128 { .. })));
+
+    // A community inline is no key of ours; a missing or empty file is refused.
+    let (_, reason) = error(&with(
+        "target = \"198.18.0.9:162\"\nversion = \"2c\"\ncommunity = \"public\"",
+    ));
+    assert!(reason.contains("unknown field `community`"), "{reason}");
+    let (k, reason) = error(&with(
+        "target = \"198.18.0.9:162\"\nversion = \"2c\"\ncommunity_file = \"/nonexistent/c\"",
+    ));
+    assert_eq!(k, "monitor.snmp[0].community_file");
+    assert!(reason.contains("cannot read"), "{reason}");
+    let empty = file("empty", "\n");
+    let (k, reason) = error(&with(&format!(
+        "target = \"198.18.0.9:162\"\nversion = \"2c\"\ncommunity_file = \"{empty}\""
+    )));
+    assert_eq!(k, "monitor.snmp[0].community_file");
+    assert!(reason.contains("0 bytes"), "{reason}");
+    // v3 keys shorter than 8 bytes, a trap without its boots file, a bad engine ID.
+    let (k, reason) = error(&with(&v3.replace(&key, &short)));
+    assert_eq!(k, "monitor.snmp[0].auth_key_file");
+    assert!(reason.contains("must be 8 to"), "{reason}");
+    let (k, _) = error(&with(&v3.replace(&privkey, &short)));
+    assert_eq!(k, "monitor.snmp[0].priv_key_file");
+    let no_boots = v3.replace(&format!("engine_boots_file = \"{boots}\""), "");
+    let (k, reason) = error(&with(&no_boots));
+    assert_eq!(k, "monitor.snmp[0].engine_boots_file");
+    assert!(reason.contains("snmpEngineBoots"), "{reason}");
+    // Informs discover the manager's engine: no boots file needed, none allowed.
+    assert!(
+        parse(&with(
+            &format!("{no_boots}\ninform = true").replace("engine_id = \"0x8001869f04666531\"", "")
+        ))
+        .is_ok()
+    );
+    let (k, _) = error(&with(&format!("{v3}\ninform = true")));
+    assert_eq!(k, "monitor.snmp[0].engine_boots_file");
+    let (k, _) = error(&with(&v3.replace("0x8001869f04666531", "0x80")));
+    assert_eq!(k, "monitor.snmp[0].engine_id");
+    let (k, _) = error(&with(&v3.replace("\"sha\"", "\"md5\"")));
+    assert_eq!(k, "monitor.snmp[0].auth");
+    let (k, _) = error(&with(&v3.replace("\"aes\"", "\"des\"")));
+    assert_eq!(k, "monitor.snmp[0].priv");
+    let (k, _) = error(&with(&format!("{v3}\ncommunity_file = \"{community}\"")));
+    assert_eq!(k, "monitor.snmp[0].community_file");
+    let (k, _) = error(&with(&v3.replace("version = \"3\"", "version = \"1\"")));
+    assert_eq!(k, "monitor.snmp[0].version");
+    let _ = std::fs::remove_dir_all(dir);
+}

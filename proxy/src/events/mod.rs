@@ -168,6 +168,14 @@ impl Kind {
         }
     }
 
+    /// The key of the alarm this kind raises or clears, if it does either.
+    pub fn alarm_key(&self) -> Option<String> {
+        match self.effect() {
+            Effect::Raise(key, _) | Effect::Clear(key) => Some(key),
+            Effect::None => None,
+        }
+    }
+
     fn effect(&self) -> Effect {
         let raise = |key: String| Effect::Raise(key, self.severity());
         match self {

@@ -144,6 +144,8 @@ pub struct Frontend {
     certificates: certificates::Watch,
     /// The roles of the process this one succeeds (binary upgrade).
     succeeded: Vec<ha::Succeeded>,
+    /// SNMP destinations with their secrets, read while still root.
+    snmp: Vec<crate::snmp::Prepared>,
 }
 
 /// What every service's contexts share for the front-end's life.
@@ -283,6 +285,8 @@ impl Frontend {
             Some(files) => Some(Arc::new(ServerTls::new(files).map_err(OpenError::Tls)?)),
             None => None,
         };
+        // Read now too: the secrets and the boots file may be root's only.
+        let snmp = crate::snmp::prepare(&cfg.frontend.name, &cfg.monitor.snmp);
         let envs = service_contexts(&cfg, &pools, &tls)?;
         let mut services = Vec::new();
         for (service, env) in cfg.services.iter().zip(&envs) {
@@ -323,6 +327,7 @@ impl Frontend {
             attached,
             certificates,
             succeeded: Vec::new(),
+            snmp,
         })
     }
 
@@ -410,6 +415,8 @@ impl Frontend {
             shared.stop.clone(),
             shared.hooks.tasks.clone(),
         );
+        // Before the health checks, so that the alarms they raise first are sent too.
+        crate::snmp::spawn(&self.snmp, &shared.hooks.events, &supervisor);
         load_writer::spawn(
             &self.pools,
             &self.board,

@@ -499,3 +499,24 @@ fn pools_services_and_settings_are_named() {
         "{back:?}"
     );
 }
+
+#[test]
+fn an_snmp_destination_changed_takes_a_restart() {
+    let dir = Dir::new("snmp");
+    std::fs::write(dir.0.join("snmp.community"), "public\n").unwrap();
+    let with = |target: &str| {
+        format!(
+            "{BASE}[[monitor.snmp]]\ntarget='{target}'\nversion='2c'\ncommunity_file='snmp.community'\n"
+        )
+    };
+    let old = dir.parse(&with("198.18.0.9:162"));
+    assert!(restart_needed(&old, &dir.parse(&with("198.18.0.9:162"))).is_empty());
+    assert_eq!(
+        restart_needed(&old, &dir.parse(&with("198.18.0.10:162"))),
+        ["monitor: snmp destinations 198.18.0.9:162 (v2c, traps) -> 198.18.0.10:162 (v2c, traps)"]
+    );
+    assert_eq!(
+        restart_needed(&dir.parse(BASE), &old),
+        ["monitor: snmp destinations none -> 198.18.0.9:162 (v2c, traps)"]
+    );
+}

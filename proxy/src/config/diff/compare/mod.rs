@@ -194,13 +194,15 @@ fn frontend(out: &mut Out, old: &Frontend, new: &Frontend) {
     fields!(out, k, s, new; name, interface, xdp_mode, pin_dir, user, serve_loopback_clients);
 }
 
-/// The event log is opened at start: a change takes a restart.
+/// The event log, the metrics endpoint and the SNMP senders are set up at start: a change
+/// takes a restart.
 fn monitor(out: &mut Out, old: &Monitor, new: &Monitor) {
     let Monitor {
         event_log,
         event_log_max_bytes,
         event_log_files,
         metrics,
+        snmp,
     } = old;
     let (k, s) = (ChangeKind::Frontend, "monitor");
     fields!(out, k, s, new; event_log, event_log_max_bytes, event_log_files);
@@ -215,6 +217,25 @@ fn monitor(out: &mut Out, old: &Monitor, new: &Monitor) {
                 "monitor: metrics endpoint {} -> {}",
                 show(metrics),
                 show(&new.metrics)
+            ),
+        );
+    }
+    if snmp != &new.snmp {
+        let show = |d: &[crate::config::snmp::Destination]| {
+            if d.is_empty() {
+                return "none".to_owned();
+            }
+            d.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push(
+            k,
+            format!(
+                "monitor: snmp destinations {} -> {}",
+                show(snmp),
+                show(&new.snmp)
             ),
         );
     }
