@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use support::{config, free_port, run_without_kernel, stop_daemon, tempdir};
+use support::{Daemon, config, free_port, run_without_kernel, stop_daemon, tempdir};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 const COMMUNITY: &str = "robustifier-test";
@@ -307,6 +307,7 @@ async fn snmptrapd_logs_the_alarm_raised_and_cleared_by_name_over_v2c_and_v3_aut
     )
     .unwrap();
     let (daemon, _log) = run_without_kernel(&cfg);
+    let daemon = Daemon::new(daemon);
 
     // Nothing listens on mx1's port: down, raised; then it comes up, cleared.
     let raised = |l: &str| {
