@@ -63,6 +63,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "backend::proxy_v2",
             "vrrp",
             "agent_wire",
+            "prometheus",
             "route",
         ],
     ),

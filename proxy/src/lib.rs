@@ -27,6 +27,7 @@
 //! - [`ha`]: VRRPv3 at run time: raw sockets, virtual addresses, tracking, handoff.
 //! - [`vrrp`]: VRRPv3 packets and state machine as pure functions, for virtual IP failover.
 //! - [`logging`]: log lines on stderr, as text or JSON.
+//! - [`prometheus`]: metrics in Prometheus's text format.
 //! - [`events`]: events and alarms (back-ends, pools, VRRP, reloads), kept, logged as JSON
 //!   lines and reported by `robustifier alarms`.
 //! - [`manager`]: the cluster manager's journal of configuration versions.
@@ -55,6 +56,7 @@ pub mod logging;
 pub mod manager;
 pub mod pop3;
 pub mod privs;
+pub mod prometheus;
 pub(crate) mod reload;
 pub mod route;
 pub mod sasl;

@@ -150,6 +150,19 @@ enum Command {
         /// Members' configurations are checked as files in this folder.
         #[arg(long, default_value = "/etc/robustifier")]
         render_dir: PathBuf,
+        /// Serve `/metrics` (Prometheus) at this address.
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// The bearer token every scrape must carry (one line, at least 16 characters).
+        #[arg(
+            long,
+            requires = "metrics_listen",
+            conflicts_with = "metrics_insecure_no_auth"
+        )]
+        metrics_token_file: Option<PathBuf>,
+        /// Serve `/metrics` to anyone who connects, without a token.
+        #[arg(long, requires = "metrics_listen")]
+        metrics_insecure_no_auth: bool,
     },
     /// Link a front-end to its cluster's manager: apply each new version live, report.
     /// The front-end runs (and starts from) STATE_DIR/config.toml.
@@ -404,7 +417,20 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             cert,
             key,
             render_dir,
+            metrics_listen,
+            metrics_token_file,
+            metrics_insecure_no_auth,
         } => {
+            let metrics = match (metrics_listen, metrics_token_file, metrics_insecure_no_auth) {
+                (None, _, _) => None,
+                (Some(a), Some(f), _) => {
+                    Some((a, Some(robustifier::control::http::Token::from_file(&f)?)))
+                }
+                (Some(a), None, true) => Some((a, None)),
+                (Some(_), None, false) => anyhow::bail!(
+                    "--metrics-listen needs --metrics-token-file (or --metrics-insecure-no-auth)"
+                ),
+            };
             let o = robustifier::manager::server::Options {
                 listen,
                 state_dir,
@@ -412,6 +438,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 cert,
                 key,
                 render_dir,
+                metrics,
             };
             until_signal(|stop| async move {
                 robustifier::manager::server::serve(o, stop, None)

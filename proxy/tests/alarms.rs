@@ -203,6 +203,10 @@ async fn a_backend_down_then_up_and_a_refused_reload_raise_and_clear_alarms() {
         metrics.contains("robustifier_events_total{kind=\"backend_down\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("robustifier_snmp_notifications_lost_total{outcome=\"dropped\"} 0"),
+        "{metrics}"
+    );
     promtool_accepts(&metrics);
     let (code, ready) = get(metrics_port, "/ready", Some(TOKEN));
     assert_eq!((code, ready.starts_with("ready")), (200, true), "{ready}");

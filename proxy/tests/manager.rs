@@ -26,6 +26,7 @@ use std::{
 const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
 /// A bound on every wait, so that a broken test fails instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(30);
+const METRICS_TOKEN: &str = "manager-metrics-token-0123";
 
 fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("rb-mgr-{}-{tag}", std::process::id()));
@@ -174,6 +175,8 @@ impl Fake {
 struct Cluster {
     dir: PathBuf,
     port: u16,
+    /// The manager's `/metrics` (bearer token [`METRICS_TOKEN`]).
+    metrics_port: u16,
     manager: Option<Proc>,
     members: BTreeMap<String, Proc>,
     fakes: BTreeMap<String, Fake>,
@@ -204,6 +207,7 @@ impl Cluster {
         let mut c = Cluster {
             dir,
             port: free_port(),
+            metrics_port: free_port(),
             manager: None,
             members: BTreeMap::new(),
             fakes,
@@ -225,6 +229,8 @@ impl Cluster {
     fn start_manager(&mut self) {
         let render = self.dir.join("render");
         std::fs::create_dir_all(&render).unwrap();
+        let token = self.dir.join("metrics.token");
+        std::fs::write(&token, METRICS_TOKEN).unwrap();
         self.manager = Some(Proc::spawn(
             Command::new(BIN)
                 .arg("manager")
@@ -238,7 +244,13 @@ impl Cluster {
                 .arg("--key")
                 .arg(self.pki("manager.key"))
                 .arg("--render-dir")
-                .arg(render),
+                .arg(render)
+                .args([
+                    "--metrics-listen",
+                    &format!("127.0.0.1:{}", self.metrics_port),
+                ])
+                .arg("--metrics-token-file")
+                .arg(token),
         ));
         wait_until("the manager answers", || {
             self.cli(&["log", "--json"]).status.success()
@@ -850,4 +862,50 @@ fn a_front_end_hears_when_its_manager_is_out_of_reach_and_back() {
     c.start_manager();
     wait_until("the front-end told it is back", || said(&c).len() == 2);
     assert_eq!(said(&c)[1], "manager up");
+}
+
+/// `GET /metrics` of the manager: the status code and the body.
+fn manager_metrics(c: &Cluster, token: Option<&str>) -> (u16, String) {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", c.metrics_port)).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let code = reply[9..12].parse().unwrap();
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (code, body)
+}
+
+#[test]
+fn the_manager_metrics_show_a_member_behind() {
+    let mut c = Cluster::new("metrics", &["fe1", "fe2"]);
+    c.start_member("fe1");
+    c.commit_ok(&c.config(1, "", ""), 0, &[]);
+    wait_until("fe1 on version 1", || {
+        c.status()["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "fe1" && m["applied"] == 1)
+    });
+    assert_eq!(manager_metrics(&c, None).0, 401);
+    assert_eq!(manager_metrics(&c, Some("wrong-token-0123456789")).0, 401);
+    let (code, body) = manager_metrics(&c, Some(METRICS_TOKEN));
+    assert_eq!(code, 200, "{body}");
+    for line in [
+        "robustifier_manager_head_version 1",
+        "robustifier_manager_member_drift{member=\"fe1\"} 0",
+        "robustifier_manager_member_drift{member=\"fe2\"} 1",
+        "robustifier_manager_member_connected{member=\"fe2\"} 0",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line}\n{body}");
+    }
 }

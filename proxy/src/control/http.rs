@@ -18,6 +18,9 @@ use tracing::warn;
 
 use crate::frontend::Command;
 
+/// The content type of Prometheus's text format.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// How long a scrape waits for the front-end's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,7 +45,7 @@ impl Token {
     }
 
     /// Whether `headers` carry this token, compared in constant time.
-    fn admits(&self, headers: &HeaderMap) -> bool {
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
         let Some(given) = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -91,7 +94,8 @@ pub async fn serve(
     }
 }
 
-fn unauthorized() -> Response {
+/// 401 with the challenge for a bearer token.
+pub fn unauthorized() -> Response {
     let mut r = (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response();
     r.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -117,14 +121,7 @@ async fn metrics(State(e): State<Endpoint>, headers: HeaderMap) -> Response {
         return unauthorized();
     }
     match ask(&e, |done| Command::Metrics { done }).await {
-        Some(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
+        Some(text) => ([(header::CONTENT_TYPE, TEXT_FORMAT)], text).into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "the front-end is stopping\n",

@@ -3,7 +3,7 @@
 //! and event counts, and the kernel side's XDP counters.
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -41,6 +41,11 @@ struct KindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SeverityLabels {
     severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -168,6 +173,22 @@ pub fn render(fe: &Frontend, ha: &Ha) -> String {
             .inc_by(n);
     }
 
+    let snmp = Family::<OutcomeLabels, Counter>::default();
+    reg.register(
+        "snmp_notifications_lost",
+        "Alarm notifications that did not reach an SNMP manager",
+        snmp.clone(),
+    );
+    for (outcome, n) in [
+        ("dropped", &fe.snmp_stats.dropped),
+        ("failed", &fe.snmp_stats.failed),
+    ] {
+        snmp.get_or_create(&OutcomeLabels {
+            outcome: outcome.to_owned(),
+        })
+        .inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
     if let Some(x) = fe.kernel.xdp_counters() {
         let packets = Family::<VerdictLabels, Counter>::default();
         reg.register(
@@ -192,47 +213,5 @@ pub fn render(fe: &Frontend, ha: &Ha) -> String {
         }
     }
 
-    let mut out = String::new();
-    if let Err(e) = encode(&mut out, &reg) {
-        tracing::warn!(error = %e, "metrics not encoded");
-    }
-    text_format(&out)
-}
-
-/// prometheus-client writes OpenMetrics, where a counter family `x` has samples `x_total`
-/// and the text ends with `# EOF`; Prometheus's text format (what `promtool check metrics`
-/// and older scrapers read) names the family `x_total` too and has no end marker.
-fn text_format(open_metrics: &str) -> String {
-    let counters: Vec<&str> = open_metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(open_metrics.len());
-    for line in open_metrics.lines() {
-        if line == "# EOF" {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(&name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn counters_are_named_as_their_samples() {
-        let om = "# HELP x_events Events.\n# TYPE x_events counter\nx_events_total{kind=\"a\"} 1\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n# EOF\n";
-        assert_eq!(
-            super::text_format(om),
-            "# HELP x_events_total Events.\n# TYPE x_events_total counter\nx_events_total{kind=\"a\"} 1\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n"
-        );
-    }
+    crate::prometheus::text(&reg)
 }

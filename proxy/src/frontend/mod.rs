@@ -146,6 +146,8 @@ pub struct Frontend {
     succeeded: Vec<ha::Succeeded>,
     /// SNMP destinations with their secrets, read while still root.
     snmp: Vec<crate::snmp::Prepared>,
+    /// What did not reach the SNMP managers (from the serve's start).
+    snmp_stats: Arc<crate::snmp::Stats>,
 }
 
 /// What every service's contexts share for the front-end's life.
@@ -328,6 +330,7 @@ impl Frontend {
             certificates,
             succeeded: Vec::new(),
             snmp,
+            snmp_stats: Arc::default(),
         })
     }
 
@@ -416,7 +419,7 @@ impl Frontend {
             shared.hooks.tasks.clone(),
         );
         // Before the health checks, so that the alarms they raise first are sent too.
-        crate::snmp::spawn(&self.snmp, &shared.hooks.events, &supervisor);
+        self.snmp_stats = crate::snmp::spawn(&self.snmp, &shared.hooks.events, &supervisor);
         load_writer::spawn(
             &self.pools,
             &self.board,

@@ -16,6 +16,7 @@
 //! - [`core`]: the manager's state and its answers to operators.
 //! - [`server`]: the manager on the network: operators' requests and members' sessions.
 //! - [`member`]: `robustifier member`, a front-end's link to the manager.
+//! - [`metrics`]: the manager's own metrics (head version, members' reach and drift).
 //! - [`client`] and [`cli`]: the operator's side, `robustifier cluster ...`.
 
 pub mod audit;
@@ -25,6 +26,7 @@ pub mod core;
 pub mod journal;
 pub mod logs;
 pub mod member;
+pub mod metrics;
 pub mod pki;
 pub mod render;
 pub mod server;

@@ -17,6 +17,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
+use crate::control::http::Token;
+
 use super::{
     core::Manager,
     pki::Role,
@@ -41,6 +43,9 @@ pub struct Options {
     /// Members' configurations are validated as files in this folder (relative paths in
     /// them resolve against it).
     pub render_dir: PathBuf,
+    /// `/metrics` over HTTP at this address, with this bearer token (`None`: the operator
+    /// said to serve it without one).
+    pub metrics: Option<(SocketAddr, Option<Token>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +77,13 @@ pub async fn serve(
         let _ = tx.send(bound);
     }
     let tasks = TaskTracker::new();
+    if let Some((address, token)) = o.metrics {
+        let metrics = TcpListener::bind(address)
+            .await
+            .map_err(|e| ServeError::Listen(address, e))?;
+        info!(%address, "manager metrics endpoint: /metrics");
+        tasks.spawn(serve_metrics(metrics, token, manager.clone(), stop.clone()));
+    }
     {
         let (manager, stop) = (manager.clone(), stop.clone());
         tasks.spawn(async move {
@@ -110,6 +122,42 @@ pub async fn serve(
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+async fn serve_metrics(
+    listener: TcpListener,
+    token: Option<Token>,
+    manager: Arc<Manager>,
+    stop: CancellationToken,
+) {
+    use axum::{extract::State, http::HeaderMap, response::IntoResponse as _};
+    type Shared = (Arc<Manager>, Option<Token>);
+    async fn metrics(
+        State((m, token)): State<Shared>,
+        headers: HeaderMap,
+    ) -> axum::response::Response {
+        if token.as_ref().is_some_and(|t| !t.admits(&headers)) {
+            return crate::control::http::unauthorized();
+        }
+        let text = super::metrics::render(&m.status(), super::store::now());
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                crate::control::http::TEXT_FORMAT,
+            )],
+            text,
+        )
+            .into_response()
+    }
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .with_state((manager, token));
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        warn!(error = %e, "manager metrics endpoint failed");
+    }
 }
 
 async fn connection(
