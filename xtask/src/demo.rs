@@ -631,6 +631,7 @@ fn monitoring_step(
         2000,
     )?;
     std::thread::sleep(Duration::from_secs(1));
+    let began = Instant::now();
     c.hosts[0].stop_smtp(&mut c.lab);
     println!(
         "   be1's Postfix stopped (Dovecot still runs); mail for dave (be2) and erin (be3) keeps flowing through {VIP_SMTP}"
@@ -657,7 +658,7 @@ fn monitoring_step(
     if !show_traps(&station, "robustifierAlarmRaised", KEY) {
         failures.push(format!("no robustifierAlarmRaised trap for {KEY} from fea"));
     }
-    let mut logged = show_merged_log(m, 0);
+    let logged = show_merged_log(m, began, "[alarm raised]", 0);
     show_metric(&station, fea, UP, BE1, " 0", &mut failures);
 
     c.hosts[0].restart_smtp(&mut c.lab)?;
@@ -674,7 +675,10 @@ fn monitoring_step(
     let report = monitor::alarms(lab, 0)?;
     let cleared = report["events"].as_array().and_then(|e| {
         e.iter().rev().find(|e| {
-            e["alarm"] == "cleared" && e["message"].as_str().is_some_and(|m| m.contains("be1 "))
+            e["alarm"] == "cleared"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("back-end be1 "))
         })
     });
     println!(
@@ -691,10 +695,7 @@ fn monitoring_step(
             "no robustifierAlarmCleared trap for {KEY} from fea"
         ));
     }
-    logged = show_merged_log(m, logged);
-    if logged == 0 {
-        println!("   (the merged log never showed be1's events)");
-    }
+    show_merged_log(m, began, "[alarm cleared]", logged);
     show_metric(&station, fea, UP, BE1, " 1", &mut failures);
 
     std::thread::sleep(Duration::from_secs(1));
@@ -756,30 +757,36 @@ fn show_traps(station: &robustifier_lab::monitor::Station, trap: &str, key: &str
     !from_a.is_empty()
 }
 
-/// Prints the merged log's lines about back-end be1 after the first `seen` (waiting up
-/// to 30 s for a new one); how many there are.
-fn show_merged_log(m: &ClusterManager, seen: usize) -> usize {
+/// Prints the merged log's lines about back-end be1 since `since` after the first
+/// `printed`, once fe-a's line holding `want` is there (waiting up to 30 s); how many
+/// lines there are.
+fn show_merged_log(m: &ClusterManager, since: Instant, want: &str, printed: usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let secs = (since.elapsed().as_secs() + 2).to_string();
     let lines = loop {
         let lines: Vec<String> = m
-            .cli_ok(&["logs", "--since", "600"])
+            .cli_ok(&["logs", "--since", &secs])
             .unwrap_or_default()
             .lines()
             .filter(|l| l.contains("back-end be1 "))
             .map(str::to_owned)
             .collect();
-        if lines.len() > seen || Instant::now() > deadline {
+        let there = lines
+            .iter()
+            .any(|l| l.split_whitespace().nth(2) == Some("fea") && l.contains(want));
+        if there || Instant::now() > deadline {
             break lines;
         }
         std::thread::sleep(Duration::from_millis(300));
     };
-    if lines.len() > seen {
-        println!("   robustifier cluster logs --since 600 (the members still run; be1's lines):");
-        for l in &lines[seen..] {
-            println!("       {l}");
-        }
-    } else {
-        println!("   robustifier cluster logs: no new line about be1 within 30 s");
+    println!(
+        "   robustifier cluster logs --since {secs} (the manager and both members still run; be1's lines):"
+    );
+    for l in lines.iter().skip(printed) {
+        println!("       {l}");
+    }
+    if !lines.iter().any(|l| l.contains(want)) {
+        println!("   (no line with {want:?} from fea within 30 s)");
     }
     lines.len()
 }
