@@ -682,8 +682,14 @@ fn monitoring_step(
         })
     });
     println!(
-        "   robustifier alarms --json on fe-a, {took:.1?} after the start: {KEY} no longer active; {} active alarm(s){}",
-        report["alarms"].as_array().map_or(0, Vec::len),
+        "   robustifier alarms --json on fe-a, {took:.1?} after the start: {KEY} no longer active (active: {:?}){}",
+        report["alarms"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|a| a["key"].as_str())
+                .collect::<Vec<_>>())
+            .unwrap_or_default(),
         cleared.map_or(String::new(), |e| format!(
             "; event #{}: \"{}\" (alarm cleared)",
             e["seq"],
