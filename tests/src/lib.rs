@@ -14,6 +14,7 @@ pub mod frontend_config;
 pub mod mail;
 pub mod manager;
 pub mod maps;
+pub mod monitor;
 pub mod netns;
 pub mod privileged;
 pub mod process;

@@ -12,6 +12,9 @@
 //!    it back; every message acknowledged is in a mailbox.
 //! 7. The cluster manager: both front-ends take a commit live; B stops during two more
 //!    commits while mail flows through A; B restarts from its member's file and catches up.
+//! 8. Monitoring: a commit gives both front-ends a metrics endpoint and SNMP traps to a
+//!    station running snmptrapd; be1's Postfix stops and starts while mail flows to the
+//!    other back-ends: the alarm, the traps, the manager's merged log and the metrics.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -24,9 +27,11 @@ use std::{
 };
 
 use robustifier_lab::{
+    cli::Successor,
     client,
     cluster::Cluster,
     mail::clients::{self, message},
+    manager::ClusterManager,
     topology::{VIP_POP, VIP_POP_V6, VIP_SMTP, VIP_SMTP_V6},
     vrrp::{eventually, owns},
 };
@@ -322,7 +327,12 @@ pub fn run() -> anyhow::Result<()> {
     step(
         "cluster manager: a commit to both front-ends, fe-b stopped, two more commits, fe-b back and catching up",
     );
-    let manager_failure = manager_step(&mut c)?;
+    let (manager, manager_failure) = manager_step(&mut c)?;
+
+    step(
+        "monitoring: be1 stopped and started; the alarm, the SNMP trap, the merged log and the metrics",
+    );
+    let monitoring_failure = monitoring_step(&mut c, &manager, successor)?;
 
     step("where the messages are");
     for (i, h) in c.hosts.iter().enumerate() {
@@ -333,7 +343,6 @@ pub fn run() -> anyhow::Result<()> {
             .collect();
         println!("   be{} ({:?}): {}", i + 1, h.make, users.join(", "));
     }
-    drop(successor);
     c.lab.down()?;
     step(&format!("lab {prefix} removed"));
     anyhow::ensure!(missing == 0, "{missing} acknowledged messages are missing");
@@ -343,6 +352,9 @@ pub fn run() -> anyhow::Result<()> {
     );
     if let Some(why) = manager_failure {
         anyhow::bail!("the cluster manager step failed: {why}");
+    }
+    if let Some(why) = monitoring_failure {
+        anyhow::bail!("the monitoring step failed: {why}");
     }
     if let Some(why) = burst_failure {
         anyhow::bail!("the burst step failed: {why}");
@@ -457,10 +469,11 @@ fn burst(c: &Cluster) -> Vec<(String, Vec<String>)> {
 /// apply version 1 (the front-ends' configuration as one cluster text) live; fe-b and its
 /// member stop while two commits (be3's session limit) are made and mail flows through
 /// fe-a; fe-b restarts from the file its member last wrote, and its member catches up.
-/// The failure, if any, for the end of the demo.
-fn manager_step(c: &mut Cluster) -> anyhow::Result<Option<String>> {
+/// The manager, still running with both members, and the failure, if any, for the end
+/// of the demo.
+fn manager_step(c: &mut Cluster) -> anyhow::Result<(ClusterManager, Option<String>)> {
     use robustifier_lab::manager::{
-        ClusterManager, Traffic, check_delivered, cluster_config, member_priorities, runs_head,
+        Traffic, check_delivered, cluster_config, member_priorities, runs_head,
     };
     let m = ClusterManager::up(&mut c.lab)?;
     for i in [0, 1] {
@@ -524,7 +537,291 @@ fn manager_step(c: &mut Cluster) -> anyhow::Result<Option<String>> {
         Ok(()) if !sent.refused.is_empty() => Some(format!("refused: {:?}", sent.refused)),
         Ok(()) => None,
     };
-    Ok(failure)
+    Ok((m, failure))
+}
+
+/// A monitoring station (snmptrapd with ROBUSTIFIER-MIB, a Prometheus scraper) on the
+/// back-end bridge. The front-ends are their members' at this point, so `[monitor]` (the
+/// metrics endpoint, SNMPv2c traps to the station) comes as a manager commit; it takes a
+/// restart, so each front-end then restarts from its member's file, fe-b first, so that
+/// the SMTP address moves only for fe-a's restart. Then, while mail flows to be2 and be3
+/// through the SMTP address, be1's Postfix stops and starts: fe-a's alarm, the station's
+/// traps, the manager's merged log and the metrics, down and up again.
+/// The failure, if any, for the end of the demo.
+fn monitoring_step(
+    c: &mut Cluster,
+    m: &ClusterManager,
+    successor: Successor,
+) -> anyhow::Result<Option<String>> {
+    use anyhow::Context as _;
+    use robustifier_lab::{
+        manager::{Traffic, check_delivered, cluster_config, member_priorities},
+        monitor::{self, METRICS_PORT, Station},
+    };
+    const KEY: &str = "backend_down:be1";
+    const BE1: &str = "backend=\"be1\"";
+    const UP: &str = "robustifier_backend_up";
+    let mut failures = Vec::new();
+    let station = Station::start(&c.lab)?;
+    println!(
+        "   station in the switch namespace: snmptrapd (net-snmp, ROBUSTIFIER-MIB, v2c community from a file) on {}, logging to {}",
+        station.target,
+        station.trap_log.display()
+    );
+    let own = [member_priorities(0), member_priorities(1)];
+    let text = format!("{}\n{}", cluster_config(c, &own), station.monitor_toml());
+    let (v, said) = m.commit_wait(&text, "monitoring: metrics and SNMP traps", 60)?;
+    println!(
+        "   version {v} committed: [monitor] metrics_listen 0.0.0.0:{METRICS_PORT} with a token file, [[monitor.snmp]] v2c to {}; {said}",
+        station.target
+    );
+    let fea_log = std::fs::read_to_string(c.lab.log_dir.join("fea-successor.log"))?;
+    let feb_log = c
+        .frontend_daemon(1)
+        .map(|d| d.log_text())
+        .unwrap_or_default();
+    for (fe, log) in [("fe-a", &fea_log), ("fe-b", &feb_log)] {
+        let n = log
+            .lines()
+            .filter(|l| l.contains("takes a restart"))
+            .count();
+        println!(
+            "   {fe} applied it live and logged {n} change(s) that take a restart ([monitor])"
+        );
+    }
+    if let Some(d) = c.frontend_daemon(1) {
+        d.stop()?;
+    }
+    m.start_frontend(&mut c.lab, 1)?;
+    let b = c.lab.frontends[1].ns.clone();
+    eventually(
+        "fe-b owns the POP3 VIP again",
+        Duration::from_secs(30),
+        || owns(&b, "pub0", VIP_POP.into()),
+    )?;
+    drop(successor);
+    m.start_frontend(&mut c.lab, 0)?;
+    let a = c.lab.frontends[0].ns.clone();
+    eventually(
+        "fe-a owns the SMTP VIP again",
+        Duration::from_secs(30),
+        || owns(&a, "pub0", VIP_SMTP.into()),
+    )?;
+    let fea = SocketAddr::new(
+        c.lab.frontends[0]
+            .internal_v4
+            .context("fe-a has no back-end address")?
+            .into(),
+        METRICS_PORT,
+    );
+    eventually("fe-a's metrics endpoint", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(200));
+        station.metrics(fea).is_ok()
+    })?;
+    println!(
+        "   fe-b, then fe-a restarted from their members' files; fe-a holds {VIP_SMTP} again and serves http://{fea}/metrics"
+    );
+
+    let flow = Traffic::start(
+        &c.lab,
+        VIP_SMTP.into(),
+        "monitoring",
+        &["dave@example.net", "erin@example.org"],
+        Duration::from_millis(200),
+        2000,
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    let began = Instant::now();
+    c.hosts[0].stop_smtp(&mut c.lab);
+    println!(
+        "   be1's Postfix stopped (Dovecot still runs); mail for dave (be2) and erin (be3) keeps flowing through {VIP_SMTP}"
+    );
+    let lab = &c.lab;
+    let took = eventually(
+        &format!("{KEY} in fe-a's alarms"),
+        Duration::from_secs(60),
+        || {
+            std::thread::sleep(Duration::from_millis(200));
+            monitor::alarms(lab, 0).is_ok_and(|r| monitor::active(&r, KEY).is_some())
+        },
+    )?;
+    let report = monitor::alarms(lab, 0)?;
+    if let Some(a) = monitor::active(&report, KEY) {
+        println!(
+            "   robustifier alarms --json on fe-a, {took:.1?} after the stop: {} {} \"{}\" (event #{})",
+            a["key"].as_str().unwrap_or("?"),
+            a["severity"].as_str().unwrap_or("?"),
+            a["message"].as_str().unwrap_or("?"),
+            a["seq"]
+        );
+    }
+    if !show_traps(&station, "robustifierAlarmRaised", KEY) {
+        failures.push(format!("no robustifierAlarmRaised trap for {KEY} from fea"));
+    }
+    let logged = show_merged_log(m, began, "[alarm raised]", 0);
+    show_metric(&station, fea, UP, BE1, " 0", &mut failures);
+
+    c.hosts[0].restart_smtp(&mut c.lab)?;
+    println!("   be1's Postfix started again");
+    let lab = &c.lab;
+    let took = eventually(
+        &format!("{KEY} cleared in fe-a's alarms"),
+        Duration::from_secs(60),
+        || {
+            std::thread::sleep(Duration::from_millis(200));
+            monitor::alarms(lab, 0).is_ok_and(|r| monitor::active(&r, KEY).is_none())
+        },
+    )?;
+    let report = monitor::alarms(lab, 0)?;
+    let cleared = report["events"].as_array().and_then(|e| {
+        e.iter().rev().find(|e| {
+            e["alarm"] == "cleared"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("back-end be1 "))
+        })
+    });
+    println!(
+        "   robustifier alarms --json on fe-a, {took:.1?} after the start: {KEY} no longer active (active: {:?}){}",
+        report["alarms"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|a| a["key"].as_str())
+                .collect::<Vec<_>>())
+            .unwrap_or_default(),
+        cleared.map_or(String::new(), |e| format!(
+            "; event #{}: \"{}\" (alarm cleared)",
+            e["seq"],
+            e["message"].as_str().unwrap_or("?")
+        ))
+    );
+    if !show_traps(&station, "robustifierAlarmCleared", KEY) {
+        failures.push(format!(
+            "no robustifierAlarmCleared trap for {KEY} from fea"
+        ));
+    }
+    show_merged_log(m, began, "[alarm cleared]", logged);
+    show_metric(&station, fea, UP, BE1, " 1", &mut failures);
+
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = flow.finish();
+    let expected: Vec<(String, usize, String)> = sent
+        .accepted
+        .iter()
+        .filter_map(|(t, to)| {
+            let j = c.hosts.iter().position(|h| h.users.get(to).is_some())?;
+            Some((t.clone(), j, to.clone()))
+        })
+        .collect();
+    let delivered = check_delivered(c, &expected, Duration::from_secs(60));
+    println!(
+        "   meanwhile: {} messages acknowledged through {VIP_SMTP}, {} refused or cut, {}",
+        sent.accepted.len(),
+        sent.refused.len(),
+        match &delivered {
+            Ok(()) => "every acknowledged one delivered once".to_owned(),
+            Err(e) => e.to_string(),
+        }
+    );
+    if let Err(e) = delivered {
+        failures.push(e.to_string());
+    }
+    if !sent.refused.is_empty() {
+        failures.push(format!("refused: {:?}", sent.refused));
+    }
+    let (pid, dir) = (station.pid(), station.dir.clone());
+    drop(station);
+    println!(
+        "   snmptrapd (pid {}) stopped, {} removed",
+        pid.map_or("?".into(), |p| p.to_string()),
+        dir.display()
+    );
+    Ok((!failures.is_empty()).then(|| failures.join("; ")))
+}
+
+/// Prints fe-a's notifications `trap` about `key` from the station's log, object by
+/// object, and how many fe-b sent; whether fe-a sent one (within 30 s).
+fn show_traps(station: &robustifier_lab::monitor::Station, trap: &str, key: &str) -> bool {
+    let from_a = station.wait_notification(trap, key, "fea", Duration::from_secs(30));
+    for line in &from_a {
+        let mut parts = line.split('\t').filter(|p| !p.trim().is_empty());
+        println!("   snmptrapd: {}", parts.next().unwrap_or_default().trim());
+        for object in parts {
+            println!("       {}", object.trim());
+        }
+    }
+    let from_b = station
+        .notifications(trap, key)
+        .iter()
+        .filter(|n| robustifier_lab::monitor::from_frontend(n, "feb"))
+        .count();
+    if from_a.is_empty() {
+        println!("   !! snmptrapd logged no {trap} about {key} from fea");
+    }
+    println!("   (and {from_b} {trap} about {key} from feb, which probes be1 too)");
+    !from_a.is_empty()
+}
+
+/// Prints the merged log's lines about back-end be1 since `since` after the first
+/// `printed`, once fe-a's line holding `want` is there (waiting up to 30 s); how many
+/// lines there are.
+fn show_merged_log(m: &ClusterManager, since: Instant, want: &str, printed: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let secs = (since.elapsed().as_secs() + 2).to_string();
+    let lines = loop {
+        let lines: Vec<String> = m
+            .cli_ok(&["logs", "--since", &secs])
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("back-end be1 "))
+            .map(str::to_owned)
+            .collect();
+        let there = lines
+            .iter()
+            .any(|l| l.split_whitespace().nth(2) == Some("fea") && l.contains(want));
+        if there || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    println!(
+        "   robustifier cluster logs --since {secs} (the manager and both members still run; be1's lines):"
+    );
+    for l in lines.iter().skip(printed) {
+        println!("       {l}");
+    }
+    if !lines.iter().any(|l| l.contains(want)) {
+        println!("   (no line with {want:?} from fea within 30 s)");
+    }
+    lines.len()
+}
+
+/// Prints the `/metrics` sample of `metric` with `label` once it ends with `value`
+/// (waiting up to 30 s); a failure otherwise.
+fn show_metric(
+    station: &robustifier_lab::monitor::Station,
+    at: SocketAddr,
+    metric: &str,
+    label: &str,
+    value: &str,
+    failures: &mut Vec<String>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = station.metrics(at).unwrap_or_default();
+        let found = robustifier_lab::monitor::samples(&text, metric, label);
+        if let Some(line) = found.iter().find(|l| l.ends_with(value)) {
+            println!("   curl -H 'Authorization: Bearer <token>' http://{at}/metrics: {line}");
+            return;
+        }
+        if Instant::now() > deadline {
+            println!("   !! /metrics at {at}: {found:?}, not{value}");
+            failures.push(format!("{metric}{{{label}}} never{value}"));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 /// How many of the `acked` tags are not (yet, after a minute) in bob's Maildir.
