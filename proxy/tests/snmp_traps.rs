@@ -23,8 +23,7 @@ use std::{
     time::Duration,
 };
 
-use support::{Daemon, config, free_port, run_without_kernel, stop_daemon, tempdir};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use support::{Daemon, config, free_port, greeter, run_without_kernel, stop_daemon, tempdir};
 
 const COMMUNITY: &str = "robustifier-test";
 const USER: &str = "robustifier";
@@ -199,34 +198,6 @@ fn about(line: &str, key: &str) -> bool {
     line.contains(&format!(
         "ROBUSTIFIER-MIB::robustifierAlarmKey.0 = STRING: {key}\t"
     ))
-}
-
-/// An SMTP server that greets and says yes to everything: enough for the health probes.
-async fn greeter(port: u16) -> tokio::task::JoinHandle<()> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                let _ = w.write_all(b"220 mx.test ESMTP\r\n").await;
-                let mut line = String::new();
-                while r.read_line(&mut line).await.unwrap_or(0) > 0 {
-                    let quit = line.to_ascii_uppercase().starts_with("QUIT");
-                    let reply: &[u8] = if quit { b"221 bye\r\n" } else { b"250 ok\r\n" };
-                    if w.write_all(reply).await.is_err() || quit {
-                        return;
-                    }
-                    line.clear();
-                }
-            });
-        }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

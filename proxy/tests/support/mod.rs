@@ -501,3 +501,30 @@ pub async fn stop_daemon(mut daemon: Daemon) {
     let exit = exit.expect("the daemon did not stop on SIGTERM");
     assert!(exit.success(), "{exit}");
 }
+
+/// An SMTP server on `port` that greets and says yes to everything: enough for the health
+/// probes (a back-end that comes up on a port chosen before).
+pub async fn greeter(port: u16) -> JoinHandle<()> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = BufReader::new(r);
+                let _ = w.write_all(b"220 mx.test ESMTP\r\n").await;
+                let mut line = String::new();
+                while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    let quit = line.to_ascii_uppercase().starts_with("QUIT");
+                    let reply: &[u8] = if quit { b"221 bye\r\n" } else { b"250 ok\r\n" };
+                    if w.write_all(reply).await.is_err() || quit {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    })
+}
