@@ -409,7 +409,8 @@ impl Manager {
         m.row.frontend = status;
     }
 
-    /// Something the manager itself notes against a member (it names no such member...).
+    /// Notes (or clears) a problem the manager sees with a member, such as a version that
+    /// does not name it; shown as its last error.
     pub fn note(&self, name: &str, error: Option<String>) {
         let mut members = lock(&self.members);
         if let Some(m) = members.get_mut(name) {

@@ -276,15 +276,19 @@ async fn next_events(o: &Options, cursor: &mut Option<(String, u64)>) -> Option<
 }
 
 async fn frontend_events(o: &Options, since: u64) -> Option<crate::events::Since> {
+    let reply = ask(o, format!("events {since}"), Duration::from_secs(5)).await;
+    serde_json::from_str(&reply.ok()?).ok()
+}
+
+/// One request to the front-end's control socket, off the runtime's threads (the socket
+/// client blocks): the reply after `ok`, or why there is none.
+async fn ask(o: &Options, line: String, timeout: Duration) -> Result<String, String> {
     let socket = o.control_socket.clone();
     tokio::task::spawn_blocking(move || {
-        control::request(&socket, &format!("events {since}"), Duration::from_secs(5))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
+        control::request(&socket, &line, timeout).map_err(|e| e.to_string())
     })
     .await
-    .ok()
-    .flatten()
+    .unwrap_or_else(|e| Err(format!("control request task failed: {e}")))
 }
 
 fn report(state: &State, status: Option<StatusReport>) -> Request {
@@ -401,7 +405,6 @@ fn reconcile(state: &mut State, status: &StatusReport) {
 
 /// Tells the front-end whether the manager is reachable; whether it heard.
 async fn tell(o: &Options, down: Option<String>) -> bool {
-    let socket = o.control_socket.clone();
     let line = match down {
         None => "manager up".to_owned(),
         Some(why) => {
@@ -413,37 +416,21 @@ async fn tell(o: &Options, down: Option<String>) -> bool {
             format!("manager down {why}")
         }
     };
-    tokio::task::spawn_blocking(move || {
-        control::request(&socket, &line, Duration::from_secs(5)).is_ok()
-    })
-    .await
-    .unwrap_or(false)
+    ask(o, line, Duration::from_secs(5)).await.is_ok()
 }
 
 async fn frontend_status(o: &Options) -> Option<StatusReport> {
-    let socket = o.control_socket.clone();
-    tokio::task::spawn_blocking(move || {
-        control::request(&socket, "status", Duration::from_secs(5))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-    })
-    .await
-    .ok()
-    .flatten()
+    let reply = ask(o, "status".to_owned(), Duration::from_secs(5)).await;
+    serde_json::from_str(&reply.ok()?).ok()
 }
 
 async fn act(o: &Options, action: &Action) -> (bool, String) {
-    let socket = o.control_socket.clone();
     let line = action.control_line();
     info!(action = %line, "operator action from the manager");
-    let r = tokio::task::spawn_blocking(move || {
-        control::request(&socket, &line, Duration::from_secs(86_460))
-    })
-    .await;
-    match r {
-        Ok(Ok(reply)) => (true, reply),
-        Ok(Err(e)) => (false, e.to_string()),
-        Err(e) => (false, format!("action task failed: {e}")),
+    // A release waits for the drain, which the configuration bounds by a day.
+    match ask(o, line, Duration::from_secs(86_460)).await {
+        Ok(reply) => (true, reply),
+        Err(e) => (false, e),
     }
 }
 
