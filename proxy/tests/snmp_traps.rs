@@ -338,3 +338,238 @@ async fn snmptrapd_logs_the_alarm_raised_and_cleared_by_name_over_v2c_and_v3_aut
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `robustifier cluster ARGS` as operator alice of the cluster in `dir`.
+fn cluster_cli(dir: &Path, manager: u16, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_robustifier"))
+        .arg("cluster")
+        .args(args)
+        .env("ROBUSTIFIER_MANAGER", format!("127.0.0.1:{manager}"))
+        .env("ROBUSTIFIER_CA", dir.join("pki/ca.pem"))
+        .env("ROBUSTIFIER_CERT", dir.join("pki/operators/alice.pem"))
+        .env("ROBUSTIFIER_KEY", dir.join("pki/operators/alice.key"))
+        .output()
+        .unwrap()
+}
+
+fn start_manager(dir: &Path, port: u16) -> Daemon {
+    let render = dir.join("render");
+    std::fs::create_dir_all(&render).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_robustifier"))
+        .arg("manager")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--state-dir")
+        .arg(dir.join("manager"))
+        .arg("--ca")
+        .arg(dir.join("pki/ca.pem"))
+        .arg("--cert")
+        .arg(dir.join("pki/manager.pem"))
+        .arg("--key")
+        .arg(dir.join("pki/manager.key"))
+        .arg("--render-dir")
+        .arg(render)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon::new(child);
+    for _ in 0..300 {
+        if cluster_cli(dir, port, &["log", "--json"]).status.success() {
+            return daemon;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the manager never answered");
+}
+
+/// The merged log's events of front-end fe1 about back-end mx1's alarm, as (alarm,
+/// notified) pairs, oldest first.
+fn merged_mx1(dir: &Path, manager: u16) -> Vec<(String, bool)> {
+    let out = cluster_cli(dir, manager, &["logs", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            let e = &e["event"];
+            (e["backend"] == "mx1" && e["alarm"].is_string()).then(|| {
+                (
+                    e["alarm"].as_str().unwrap().to_owned(),
+                    e["notified"].as_bool().unwrap_or(false),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Waits until the merged log holds `n` of mx1's alarm events.
+async fn until_merged(dir: &Path, manager: u16, n: usize) -> Vec<(String, bool)> {
+    for _ in 0..300 {
+        let got = merged_mx1(dir, manager);
+        if got.len() >= n {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the merged log never held {n} of mx1's alarm events");
+}
+
+/// How many notifications of `trap` about alarm `key` the log holds.
+fn count(log: &Path, trap: &str, key: &str) -> usize {
+    let text = read(log);
+    notifications(&text, trap)
+        .iter()
+        .filter(|n| about(n, key))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manager_notifies_while_reachable_and_the_front_end_while_not_each_alarm_once() {
+    let test = "the_manager_notifies_while_reachable_and_the_front_end_while_not_each_alarm_once";
+    let Some(t) = tools(test) else {
+        return;
+    };
+    let dir = tempdir("snmp-mgr");
+    let trap_port = free_port();
+    let (mut trapd, log) = snmptrapd(
+        &t,
+        &dir,
+        "v2c",
+        trap_port,
+        &format!("authCommunity log {COMMUNITY}\n"),
+    );
+    until(&log, "snmptrapd started", |l| {
+        l.contains("NET-SNMP version")
+    })
+    .await;
+    let community = dir.join("community");
+    std::fs::write(&community, format!("{COMMUNITY}\n")).unwrap();
+
+    let init = Command::new(env!("CARGO_BIN_EXE_robustifier"))
+        .args(["cluster", "init", "--dir"])
+        .arg(dir.join("pki"))
+        .args(["--name", "test", "--manager-name", "127.0.0.1"])
+        .args(["--member", "fe1", "--operator", "alice"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let manager_port = free_port();
+    let mut manager = Some(start_manager(&dir, manager_port));
+
+    let (port, mx_port) = (free_port(), free_port());
+    let socket = dir.join("control").join("control.sock");
+    let cluster = dir.join("cluster.toml");
+    std::fs::write(
+        &cluster,
+        format!(
+            "[frontend]\nname = \"template\"\nserve_loopback_clients = true\n\
+             [[service]]\nname = \"smtp\"\nprotocol = \"smtp\"\nport = {port}\nvips = [\"127.0.0.1\"]\npool = \"mx\"\n\
+             [[pool]]\nname = \"mx\"\nidentity = \"none\"\n\
+             backend = [{{ name = \"mx1\", address = \"127.0.0.1:{mx_port}\" }}]\n\
+             [pool.health]\ninterval_ms = 100\ntimeout_ms = 500\nrise = 1\nfall = 1\n\
+             [ha]\ncontrol_socket = \"{}\"\n\
+             [[monitor.snmp]]\ntarget = \"127.0.0.1:{trap_port}\"\nversion = \"2c\"\ncommunity_file = \"{}\"\n\
+             [members.fe1]\n",
+            socket.display(),
+            community.display()
+        ),
+    )
+    .unwrap();
+    let out = cluster_cli(
+        &dir,
+        manager_port,
+        &["commit", cluster.to_str().unwrap(), "--base", "0"],
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    let state = dir.join("member");
+    let member = Daemon::new(
+        Command::new(env!("CARGO_BIN_EXE_robustifier"))
+            .arg("member")
+            .args(["--manager", &format!("127.0.0.1:{manager_port}")])
+            .arg("--ca")
+            .arg(dir.join("pki/ca.pem"))
+            .arg("--cert")
+            .arg(dir.join("pki/members/fe1.pem"))
+            .arg("--key")
+            .arg(dir.join("pki/members/fe1.key"))
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--max-retry-ms", "200", "--alarm-after-ms", "1000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let file = state.join("config.toml");
+    for _ in 0..300 {
+        if file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (daemon, _log) = run_without_kernel(&file);
+    let daemon = Daemon::new(daemon);
+    let key = "backend_down:mx1";
+    let (raised, cleared) = ("robustifierAlarmRaised", "robustifierAlarmCleared");
+
+    // mx1 is down from the start. Once its raise is in the merged log, the member has told
+    // the front-end that the manager is reachable (it does so before shipping a new run's
+    // events): the clear that follows is the manager's to send.
+    until_merged(&dir, manager_port, 1).await;
+    let up = greeter(mx_port).await;
+    let merged = until_merged(&dir, manager_port, 2).await;
+    assert_eq!(merged[1], ("cleared".to_owned(), false), "{merged:?}");
+    until(&log, "the clear sent by the manager", |_| {
+        count(&log, cleared, key) == 1
+    })
+    .await;
+    assert_eq!(count(&log, raised, key), 1);
+
+    // The manager gone: the front-end hears it (an alarm it sends itself), and sends the
+    // next raise itself too.
+    drop(manager.take());
+    until(&log, "manager_unreachable raised by the front-end", |_| {
+        count(&log, raised, "manager_unreachable") == 1
+    })
+    .await;
+    up.abort();
+    until(&log, "the second raise, sent by the front-end", |_| {
+        count(&log, raised, key) == 2
+    })
+    .await;
+
+    // The manager back: the front-end clears its alarm; the events it sent meanwhile
+    // reach the merged log marked as notified, and the manager does not send them again.
+    manager = Some(start_manager(&dir, manager_port));
+    let merged = until_merged(&dir, manager_port, 3).await;
+    assert_eq!(merged[2], ("raised".to_owned(), true), "{merged:?}");
+    until(&log, "manager_unreachable cleared", |_| {
+        count(&log, cleared, "manager_unreachable") == 1
+    })
+    .await;
+    let up = greeter(mx_port).await;
+    let merged = until_merged(&dir, manager_port, 4).await;
+    assert_eq!(merged[3], ("cleared".to_owned(), false), "{merged:?}");
+    until(&log, "the second clear, sent by the manager", |_| {
+        count(&log, cleared, key) == 2
+    })
+    .await;
+
+    // A while for a doubled notification to show up: none does.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count(&log, raised, key), 2, "{}", read(&log));
+    assert_eq!(count(&log, cleared, key), 2, "{}", read(&log));
+    assert_eq!(count(&log, raised, "manager_unreachable"), 1);
+    assert_eq!(count(&log, cleared, "manager_unreachable"), 1);
+
+    up.abort();
+    stop_daemon(daemon).await;
+    drop(member);
+    drop(manager);
+    trapd.kill().unwrap();
+    trapd.wait().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

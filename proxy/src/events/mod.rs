@@ -17,7 +17,7 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -304,6 +304,11 @@ pub struct Event {
     /// `raised` or `cleared` when the event did that to an alarm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alarm: Option<String>,
+    /// The front-end sends this alarm's SNMP notification itself: it has destinations and
+    /// no cluster manager was reachable to send it. The manager sends the others once the
+    /// event reaches it, so each is sent once, by one of the two.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notified: bool,
     #[serde(flatten)]
     pub kind: Kind,
 }
@@ -350,6 +355,10 @@ struct Inner {
     counts: Mutex<BTreeMap<&'static str, u64>>,
     log: Option<Mutex<log::JsonLog>>,
     tx: broadcast::Sender<Event>,
+    /// This front-end has SNMP destinations (its notification sender runs).
+    notifies: AtomicBool,
+    /// Its member said the cluster manager is reachable: the manager notifies.
+    manager_notifies: AtomicBool,
 }
 
 impl Default for Events {
@@ -374,7 +383,19 @@ impl Events {
             counts: Mutex::default(),
             log: log.map(Mutex::new),
             tx,
+            notifies: AtomicBool::new(false),
+            manager_notifies: AtomicBool::new(false),
         }))
+    }
+
+    /// Whether this front-end sends SNMP notifications (it has destinations).
+    pub fn set_notifies(&self, on: bool) {
+        self.0.notifies.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether the cluster manager is reachable, and so sends the alarms' notifications.
+    pub fn set_manager_reachable(&self, reachable: bool) {
+        self.0.manager_notifies.store(reachable, Ordering::SeqCst);
     }
 
     /// Records `kind`: numbered, applied to the alarms, kept, logged and sent on.
@@ -403,6 +424,9 @@ impl Events {
             Effect::Clear(key) => alarms.remove(&key).map(|_| "cleared".to_owned()),
             Effect::None => None,
         };
+        let notified = alarm.is_some()
+            && self.0.notifies.load(Ordering::SeqCst)
+            && !self.0.manager_notifies.load(Ordering::SeqCst);
         let event = Event {
             seq,
             time_ms,
@@ -410,6 +434,7 @@ impl Events {
             severity: kind.severity(),
             message,
             alarm,
+            notified,
             kind,
         };
         {

@@ -149,3 +149,33 @@ fn the_log_stays_within_its_bound_under_a_flood() {
     assert_eq!(older_last.seq + 1, first.seq);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_alarm_is_notified_here_only_with_destinations_and_no_manager_in_reach() {
+    let ev = Events::new("fe-a", None);
+    assert!(
+        !ev.emit(down("mx1")).notified,
+        "no destination: nobody here sends"
+    );
+    ev.set_notifies(true);
+    assert!(
+        ev.emit(up("mx1")).notified,
+        "no manager: this front-end sends"
+    );
+    let drain = Kind::BackendDraining {
+        backend: "mx1".into(),
+        draining: true,
+        by: "operator".into(),
+    };
+    assert!(!ev.emit(drain).notified, "not an alarm: nothing to send");
+    ev.set_manager_reachable(true);
+    assert!(!ev.emit(down("mx1")).notified, "the manager sends");
+    ev.set_manager_reachable(false);
+    assert!(ev.emit(up("mx1")).notified);
+    // Old records without the field read as not notified.
+    let e: Event = serde_json::from_str(
+        r#"{"seq":1,"time_ms":1,"frontend":"fe","severity":"info","message":"m","alarm":"cleared","kind":"backend_up","backend":"mx1","pool":"mx"}"#,
+    )
+    .unwrap();
+    assert!(!e.notified);
+}

@@ -472,14 +472,24 @@ impl Frontend {
                         .alarms()
                         .iter()
                         .any(|a| a.key == "manager_unreachable");
-                    match down {
+                    // While the manager is out of reach this front-end sends its alarms'
+                    // notifications itself, this one's raise and clear included.
+                    if down.is_some() {
+                        events.set_manager_reachable(false);
+                    }
+                    match &down {
                         Some(error) if !raised => {
-                            events.emit(crate::events::Kind::ManagerUnreachable { error });
+                            events.emit(crate::events::Kind::ManagerUnreachable {
+                                error: error.clone(),
+                            });
                         }
                         None if raised => {
                             events.emit(crate::events::Kind::ManagerReachable);
                         }
                         _ => {}
+                    }
+                    if down.is_none() {
+                        events.set_manager_reachable(true);
                     }
                 }
                 Command::Metrics { done } => {

@@ -15,7 +15,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{
     audit::Audit,
@@ -93,6 +93,8 @@ pub struct Manager {
     /// Actions sent and not answered, by id.
     actions: Mutex<HashMap<u64, Waiting>>,
     next_id: AtomicU64,
+    /// See [`Manager::subscribe_alarms`].
+    alarms: broadcast::Sender<crate::events::Event>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +128,7 @@ impl Manager {
             members: Mutex::new(BTreeMap::new()),
             actions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            alarms: broadcast::channel(1024).0,
         })
     }
 
@@ -431,9 +434,56 @@ impl Manager {
         oldest: u64,
         events: &[crate::events::Event],
     ) {
+        // What the log had of this run: the events after it are new, and only those
+        // are notified (a batch sent again after a reconnect is not notified twice).
+        let from = match self.logs.mark(member) {
+            Ok(m) if m.boot == boot => m.seq,
+            Ok(_) => 0,
+            Err(e) => {
+                tracing::error!(member, error = %e, "events not stored");
+                return;
+            }
+        };
         if let Err(e) = self.logs.store(member, boot, oldest, events) {
             tracing::error!(member, error = %e, "events not stored");
+            return;
         }
+        for e in events.iter().filter(|e| e.seq > from) {
+            if e.alarm.is_some() && !e.notified {
+                // No receiver (no SNMP destination) is not an error.
+                let _ = self.alarms.send(e.clone());
+            }
+        }
+    }
+
+    /// The members' alarm events that their front-ends did not notify themselves, as they
+    /// are stored (the SNMP notifier sends them).
+    pub fn subscribe_alarms(&self) -> broadcast::Receiver<crate::events::Event> {
+        self.alarms.subscribe()
+    }
+
+    /// The SNMP destinations of the head version (the same for every member), and the
+    /// head's number; none before the first commit.
+    pub fn snmp_destinations(
+        &self,
+    ) -> Result<(u64, Vec<crate::config::snmp::Destination>), String> {
+        let Some(head) = self.journal.head().map_err(|e| e.to_string())? else {
+            return Ok((0, Vec::new()));
+        };
+        let text = self
+            .journal
+            .get(head.number)
+            .map_err(|e| e.to_string())?
+            .text;
+        let configs = self.journal.validate(&text).map_err(|e| e.to_string())?;
+        Ok((
+            head.number,
+            configs
+                .into_iter()
+                .next()
+                .map(|(_, c)| c.monitor.snmp)
+                .unwrap_or_default(),
+        ))
     }
 
     /// An action's result, from the member it was sent to.

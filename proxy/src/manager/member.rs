@@ -134,9 +134,10 @@ pub async fn run(o: Options, stop: CancellationToken) -> Result<(), MemberError>
             Ok(stream) => {
                 wait = Duration::from_millis(200);
                 down_since = None;
-                if told == Some(false) {
-                    told = tell(&o, None).await.then_some(true).or(told);
-                }
+                // Told at every connection, not only after a down: while it hears the
+                // manager is reachable, the front-end leaves its alarms' SNMP
+                // notifications to the manager.
+                told = tell(&o, None).await.then_some(true).or(told);
                 let why = session(&o, &mut state, stream, &stop).await;
                 if stop.is_cancelled() {
                     return Ok(());
@@ -263,6 +264,10 @@ async fn next_events(o: &Options, cursor: &mut Option<(String, u64)>) -> Option<
         got = frontend_events(o, 0).await?;
     }
     let new_run = got.boot != boot;
+    if new_run {
+        // A front-end that restarted has forgotten that the manager is reachable.
+        tell(o, None).await;
+    }
     let last = got.events.last().map(|e| e.seq);
     if last.is_none() && !new_run {
         return None;

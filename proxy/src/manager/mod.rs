@@ -17,6 +17,7 @@
 //! - [`server`]: the manager on the network: operators' requests and members' sessions.
 //! - [`member`]: `robustifier member`, a front-end's link to the manager.
 //! - [`metrics`]: the manager's own metrics (head version, members' reach and drift).
+//! - [`notify`]: SNMP notifications for the members' alarms their front-ends leave to it.
 //! - [`client`] and [`cli`]: the operator's side, `robustifier cluster ...`.
 
 pub mod audit;
@@ -27,6 +28,7 @@ pub mod journal;
 pub mod logs;
 pub mod member;
 pub mod metrics;
+pub mod notify;
 pub mod pki;
 pub mod render;
 pub mod server;

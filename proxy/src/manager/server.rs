@@ -77,6 +77,18 @@ pub async fn serve(
         let _ = tx.send(bound);
     }
     let tasks = TaskTracker::new();
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let name = tls::own_name(&o.cert)?;
+        tasks.spawn(super::notify::run(
+            manager.clone(),
+            name,
+            o.state_dir.clone(),
+            stop.clone(),
+            tx,
+        ));
+        let _ = rx.await;
+    }
     if let Some((address, token)) = o.metrics {
         let metrics = TcpListener::bind(address)
             .await

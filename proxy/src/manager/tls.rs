@@ -132,6 +132,19 @@ fn roots(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
 
 /// The chain and key of `cert`/`key`, and the identity of the certificate, which must be
 /// one of `roles`.
+/// The name in the certificate `cert` (its first, the leaf).
+pub fn own_name(cert: &Path) -> Result<String, TlsError> {
+    let chain = crate::tls::certs(cert)?;
+    let first = chain.first().ok_or(crate::tls::TlsError::NoCertificate {
+        path: cert.to_owned(),
+    })?;
+    let id = pki::identity(first).map_err(|source| TlsError::OwnCertificate {
+        path: cert.to_owned(),
+        source,
+    })?;
+    Ok(id.name)
+}
+
 fn own(
     cert: &Path,
     key: &Path,

@@ -194,9 +194,31 @@ pub fn prepare(frontend: &str, destinations: &[Destination]) -> Vec<Prepared> {
         .collect()
 }
 
-/// Starts the relay and one sender per destination under `supervisor`. The subscription
-/// is taken here, before the health checks start, so an alarm raised at start is sent.
+/// Starts the front-end's relay and one sender per destination under `supervisor`: for
+/// the alarms the front-end notifies itself ([`Event::notified`]). The subscription is
+/// taken here, before the health checks start, so an alarm raised at start is sent.
 pub fn spawn(prepared: &[Prepared], events: &Events, supervisor: &Supervisor) -> Arc<Stats> {
+    events.set_notifies(!prepared.is_empty());
+    let source = events.clone();
+    start(
+        prepared,
+        move || source.subscribe(),
+        |e: &Event| e.notified,
+        supervisor,
+    )
+}
+
+/// Starts the relay of the events `subscribe` gives that `ours` accepts, and one sender
+/// per destination, under `supervisor`. The first subscription is taken here.
+pub fn start<S>(
+    prepared: &[Prepared],
+    subscribe: S,
+    ours: fn(&Event) -> bool,
+    supervisor: &Supervisor,
+) -> Arc<Stats>
+where
+    S: Fn() -> broadcast::Receiver<Event> + Send + Sync + 'static,
+{
     let stats = Arc::new(Stats::default());
     if prepared.is_empty() {
         return stats;
@@ -224,20 +246,15 @@ pub fn spawn(prepared: &[Prepared], events: &Events, supervisor: &Supervisor) ->
             async move { send(dest, ready, started, rx, stats, stop).await }
         });
     }
-    let first = Arc::new(std::sync::Mutex::new(Some(events.subscribe())));
-    let (events, relay_stats, stop) = (
-        events.clone(),
-        Arc::clone(&stats),
-        supervisor.stop().clone(),
-    );
+    let first = Arc::new(std::sync::Mutex::new(Some(subscribe())));
+    let (relay_stats, stop) = (Arc::clone(&stats), supervisor.stop().clone());
     let queues = Arc::new(queues);
     supervisor.spawn("snmp relay", move || {
         // After a restart the relay subscribes anew: what passed meanwhile is lost.
-        let rx = crate::sync::lock(&first)
-            .take()
-            .unwrap_or_else(|| events.subscribe());
+        let rx = crate::sync::lock(&first).take().unwrap_or_else(&subscribe);
         relay(
             rx,
+            ours,
             Arc::clone(&queues),
             Arc::clone(&relay_stats),
             stop.clone(),
@@ -250,6 +267,7 @@ type Queues = Arc<Vec<(String, mpsc::Sender<Notification>)>>;
 
 async fn relay(
     mut rx: broadcast::Receiver<Event>,
+    ours: fn(&Event) -> bool,
     queues: Queues,
     stats: Arc<Stats>,
     stop: CancellationToken,
@@ -272,6 +290,9 @@ async fn relay(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
+        if !ours(&event) {
+            continue;
+        }
         let Some(n) = notification(&event) else {
             continue;
         };

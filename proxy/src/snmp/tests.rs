@@ -211,6 +211,7 @@ async fn a_full_queue_drops_and_counts() {
     let stop = CancellationToken::new();
     let relay = tokio::spawn(relay(
         events.subscribe(),
+        |e| e.alarm.is_some(),
         Arc::new(vec![("test".into(), tx)]),
         Arc::clone(&stats),
         stop.clone(),

@@ -387,3 +387,42 @@ async fn events_are_stored_once_and_a_reconnecting_member_resumes_after_them() {
     assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
     stop.cancel();
 }
+
+#[tokio::test]
+async fn the_manager_notifies_new_alarm_events_its_front_end_did_not_once() {
+    let dir = TestDir::new("server-notify");
+    let m = Arc::new(Manager::open(&dir.join("state"), dir.path()).unwrap());
+    let mut alarms = m.subscribe_alarms();
+    let ev = crate::events::Events::new("fe1", None);
+    let down = |b: &str| crate::events::Kind::BackendDown {
+        backend: b.into(),
+        pool: "mx".into(),
+        reason: "test".into(),
+    };
+    let mut all = vec![ev.emit(down("mx1"))];
+    all.push(ev.emit(crate::events::Kind::BackendDraining {
+        backend: "mx1".into(),
+        draining: true,
+        by: "operator".into(),
+    }));
+    ev.set_notifies(true);
+    all.push(ev.emit(down("mx2")));
+    assert!(all[2].notified);
+    all.push(ev.emit(down("mx3")));
+    m.store_events("fe1", "run1", 1, &all[..2]);
+    // Sent again with more after a reconnect: only what is new counts.
+    m.store_events("fe1", "run1", 1, &all);
+    let mut got = Vec::new();
+    while let Ok(e) = alarms.try_recv() {
+        got.push(e.seq);
+    }
+    assert_eq!(
+        got,
+        [1],
+        "mx1's raise once; not the drain, nor what fe1 sent itself"
+    );
+    // A new run of the front-end numbers from 1 again: its events are new.
+    let ev = crate::events::Events::new("fe1", None);
+    m.store_events("fe1", "run2", 1, &[ev.emit(down("mx1"))]);
+    assert_eq!(alarms.try_recv().unwrap().seq, 1);
+}
