@@ -18,6 +18,7 @@
 //! - [`member`]: `robustifier member`, a front-end's link to the manager.
 //! - [`metrics`]: the manager's own metrics (head version, members' reach and drift).
 //! - [`client`] and [`cli`]: the operator's side, `robustifier cluster ...`.
+//! - [`web`]: the web interface (`--web-listen`), its login links and its JSON API.
 
 pub mod audit;
 pub mod cli;
@@ -34,4 +35,5 @@ pub mod store;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+pub mod web;
 pub mod wire;
