@@ -833,7 +833,7 @@ fn an_operator_works_the_cluster_from_chromium() {
         .unwrap();
     eval(
         &tab,
-        "document.querySelector(\"#versions tr[data-version='2'] button:nth-of-type(2)\").click(); 'ok'",
+        "document.querySelector(\"#versions tr[data-version='2'] button.diff\").click(); 'ok'",
     );
     tab.wait_for_element("#journal-view span.change").unwrap();
     let diff = eval(&tab, "document.getElementById('journal-view').textContent");
@@ -845,6 +845,72 @@ fn an_operator_works_the_cluster_from_chromium() {
     );
     assert!(diff.contains("mx1"), "{diff}");
     shoot(&tab, "journal");
+
+    // A rollback to version 1 happens only once confirmed in the page.
+    eval(
+        &tab,
+        "document.querySelector(\"#versions tr[data-version='1'] button.rollback\").click(); 'ok'",
+    );
+    tab.wait_for_element("#versions tr[data-version='1'] button.confirm-rollback")
+        .unwrap();
+    assert_eq!(c.head(), 2, "no rollback before it is confirmed");
+    eval(
+        &tab,
+        "document.querySelector(\"#versions tr[data-version='1'] button.confirm-rollback\").click(); 'ok'",
+    );
+    tab.wait_for_element("#versions tr[data-version='3']")
+        .unwrap();
+    c.wait_applied(3);
+    assert_eq!(c.log()[2]["author"], "alice (web)");
+    for (name, fake) in &c.fakes {
+        let last = fake.reloads().last().cloned().unwrap();
+        assert!(
+            last.file.as_deref().unwrap_or("").contains("weight = 1"),
+            "{name} applied: {last:?}"
+        );
+    }
+
+    // A commit to confirm: the overview offers the confirmation, which keeps it.
+    open(&tab, "editor");
+    eval(&tab, "document.getElementById('editor-load').click(); 'ok'");
+    wait_until("the editor is on version 3", || {
+        eval(&tab, "document.getElementById('editor-base').textContent") == "3"
+    });
+    let confirm_text = serde_json::to_string(&c.config(9, "", "")).unwrap();
+    eval(
+        &tab,
+        &format!(
+            "document.getElementById('editor-result').className = ''; \
+             document.getElementById('editor-text').value = {confirm_text}; \
+             document.getElementById('editor-confirm').checked = true; \
+             document.getElementById('editor-minutes').value = '10'; \
+             document.getElementById('editor-commit').click(); 'ok'"
+        ),
+    );
+    tab.wait_for_element("#editor-result.good").unwrap();
+    assert!(
+        !c.status()["pending"].is_null(),
+        "version 4 awaits confirmation"
+    );
+    open(&tab, "overview");
+    tab.wait_for_element("#pending:not([hidden]) #pending-confirm")
+        .unwrap();
+    shoot(&tab, "overview-pending");
+    eval(
+        &tab,
+        "document.getElementById('pending-confirm').click(); 'ok'",
+    );
+    wait_until("version 4 confirmed", || c.status()["pending"].is_null());
+    assert_eq!(c.head(), 4);
+    let audit = text(&c.cli(&["audit"]));
+    for action in ["rollback", "confirm"] {
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains("operator alice (web)") && l.contains(action)),
+            "{action}: {audit}"
+        );
+    }
 
     // The pages for requests still to come say so.
     open(&tab, "trace");

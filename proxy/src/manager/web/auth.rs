@@ -26,8 +26,9 @@ pub const SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
 const MAX_LOGINS: usize = 1024;
 const MAX_SESSIONS: usize = 1024;
 
-/// The session cookie's name.
-pub const COOKIE: &str = "robustifier_session";
+/// The session cookie's name: with `__Host-`, browsers take it only from this host over
+/// HTTPS, for the whole site, never for a parent domain.
+pub const COOKIE: &str = "__Host-robustifier_session";
 /// The header every POST must carry with the session's CSRF token: a form of another site
 /// cannot set it, and a script of another site may not send it without a CORS preflight
 /// that this server never grants.
@@ -319,10 +320,10 @@ mod tests {
     #[test]
     fn cookies_are_found_by_name() {
         assert_eq!(
-            cookie("a=1; robustifier_session=xyz; b=2", COOKIE),
+            cookie("a=1; __Host-robustifier_session=xyz; b=2", COOKIE),
             Some("xyz")
         );
-        assert_eq!(cookie("a=1", COOKIE), None);
+        assert_eq!(cookie("a=1; robustifier_session=xyz", COOKIE), None);
         let set = set_cookie("v");
         for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
             assert!(set.contains(attr), "{set}");

@@ -218,25 +218,25 @@ async function journal() {
       v.comment, v.summary + (v.confirm_by ? ` (confirm by ${time(v.confirm_by * 1000)})` : "")],
       { "data-version": String(v.number) });
     const td = document.createElement("td");
-    const button = (text, f) => {
+    const button = (text, cls, f) => {
       const b = document.createElement("button");
       b.type = "button";
+      b.className = cls;
       b.textContent = text;
       b.addEventListener("click", () => f(b).catch((e) => say(e.message)));
       td.appendChild(b);
       return b;
     };
-    button("show", () => showVersion(v.number));
-    if (v.number > 1) button("diff", () => showDiff(v.number - 1, v.number));
+    button("show", "show", () => showVersion(v.number));
+    if (v.number > 1) button("diff", "diff", () => showDiff(v.number - 1, v.number));
     // A rollback asks once more, in the page, before it commits.
-    button("roll back to this", async (b) => {
+    button("roll back to this", "rollback", async (b) => {
       b.hidden = true;
-      const sure = button(`really roll back to version ${v.number}?`, async () => {
+      button(`really roll back to version ${v.number}?`, "confirm-rollback", async () => {
         const r = await api("/api/rollback", { to: v.number });
-        say(`Rolled back: version ${r.number}.`);
         await journal();
+        say(`Rolled back: version ${r.number}.`);
       });
-      sure.className = "confirm-rollback";
     });
     tr.appendChild(td);
     return tr;
