@@ -110,7 +110,8 @@ impl Fake {
                 let mut file = None;
                 let reply = match verb {
                     "status" => format!(
-                        "ok {{\"frontend\":\"{name}\",\"pid\":1,\"version\":\"fake\",\"routers\":[],\"ready\":true}}"
+                        "ok {{\"frontend\":\"{name}\",\"pid\":1,\"version\":\"fake\",\"routers\":[{}],\"ready\":true}}",
+                        router(&name)
                     ),
                     "reload" => {
                         file = std::fs::read_to_string(arg).ok();
@@ -159,6 +160,23 @@ impl Fake {
             .filter(|s| s.line.starts_with("reload "))
             .collect()
     }
+}
+
+/// One virtual router of a fake front-end: fe1 (198.18.0.1) is the master of
+/// 198.18.0.10, the others back it up.
+fn router(name: &str) -> String {
+    let (me, state) = match name {
+        "fe1" => ("198.18.0.1", "master"),
+        _ => ("198.18.0.2", "backup"),
+    };
+    serde_json::json!({
+        "vrid": 51, "family": "ipv4", "interface": "eth0", "state": state,
+        "priority": 100, "configured_priority": 100, "primary": me,
+        "master": "198.18.0.1", "vips": ["198.18.0.10"],
+        "advert_interval_cs": 100, "master_adver_interval_cs": 100,
+        "released": false, "draining": false, "failing": [], "last_transition": null,
+    })
+    .to_string()
 }
 
 /// A cluster on loopback: its certificates, the manager, and members with fake front-ends.
@@ -769,6 +787,15 @@ fn an_operator_works_the_cluster_from_chromium() {
     // The back-end fe1 reported down, and the events chart.
     tab.wait_for_element("#backends tbody td.bad").unwrap();
     tab.wait_for_element("#events-chart svg rect.bar").unwrap();
+    // Each member's virtual router, and who is master of the address.
+    wait_until("the virtual routers shown", || {
+        let vips = eval(
+            &tab,
+            "[...document.querySelectorAll('#vips tbody tr')].map(tr => [...tr.cells].map(td => td.textContent).join(' ')).join('|')",
+        );
+        vips == "fe1 51 ipv4 master 100/100 198.18.0.1 (this member) 198.18.0.10|\
+                 fe2 51 ipv4 backup 100/100 198.18.0.1 198.18.0.10"
+    });
     shoot(&tab, "overview");
 
     // The alarm on the alarms page.
@@ -779,19 +806,27 @@ fn an_operator_works_the_cluster_from_chromium() {
 
     // The merged log, filtered by kind.
     open(&tab, "logs");
+    let rows = |tab: &headless_chrome::Tab| {
+        eval(
+            tab,
+            "[...document.querySelectorAll('#log-entries tbody tr')].map(tr => tr.textContent).join('|')",
+        )
+    };
+    assert!(rows(&tab).contains("mx1"), "{}", rows(&tab));
+    // Filtered by kind and text, and following: fe1's mx1 goes, fe2's mx2 comes.
     eval(
         &tab,
         "document.getElementById('logs-kind').value = 'backend_down'; \
-         document.getElementById('page-logs').removeAttribute('data-loaded'); \
+         document.getElementById('logs-text').value = 'MX2'; \
+         document.getElementById('logs-follow').checked = true; \
          document.getElementById('logs-apply').click(); 'ok'",
     );
-    wait_until("the filtered log shows fe1's event", || {
-        eval(
-            &tab,
-            "[...document.querySelectorAll('#log-entries tbody tr')].map(tr => tr.textContent).join('|')",
-        )
-        .contains("backend_down")
+    wait_until("the filter leaves nothing yet", || rows(&tab).is_empty());
+    c.fakes["fe2"].emit(2);
+    wait_until("the followed log shows fe2's event", || {
+        rows(&tab).contains("mx2")
     });
+    assert!(!rows(&tab).contains("mx1"), "{}", rows(&tab));
     shoot(&tab, "logs");
 
     // A commit from the editor, with a comment.

@@ -93,9 +93,10 @@ function barChart(container, points, title) {
     const tip = document.createElementNS(ns, "title");
     tip.textContent = `${p.label}: ${p.value}`;
     bar.appendChild(tip);
-    if (i === 0 || i === points.length - 1 || i === Math.floor(points.length / 2)) {
-      el("text", { x: left + i * step, y: h - 6 }, p.label);
-    }
+    // Labels under the first, middle and last bars, kept inside the picture.
+    if (i === 0) el("text", { x: left, y: h - 6 }, p.label);
+    else if (i === points.length - 1) el("text", { x: w - 2, y: h - 6, "text-anchor": "end" }, p.label);
+    else if (i === Math.floor(points.length / 2)) el("text", { x: left + (i + 0.5) * step, y: h - 6, "text-anchor": "middle" }, p.label);
   });
   container.replaceChildren(svg);
   return svg;
