@@ -129,6 +129,13 @@ async fn security_headers(req: HttpRequest, next: Next) -> Response {
     ] {
         h.insert(name, HeaderValue::from_static(value));
     }
+    // Other sites may neither embed these answers nor keep a handle on the window.
+    for (name, value) in [
+        ("cross-origin-resource-policy", "same-origin"),
+        ("cross-origin-opener-policy", "same-origin"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
     res
 }
 

@@ -184,3 +184,50 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.local)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::{testing::TestDir, wire::Request};
+
+    #[tokio::test]
+    async fn operators_get_login_links_only_when_the_interface_serves() {
+        let dir = TestDir::new("web-links");
+        let manager = Manager::open(&dir.join("state"), dir.path()).unwrap();
+        let off = manager.operator("alice", Request::WebLogin).await;
+        assert!(!off.ok && off.error.contains("--web-listen"), "{off:?}");
+
+        let links = Links {
+            auth: Arc::new(auth::Auth::new()),
+            base: "https://198.18.0.1:8443".into(),
+        };
+        let auth = links.auth.clone();
+        manager.enable_web(Box::new(move |who| {
+            links.login_link(who).map_err(|e| e.to_string())
+        }));
+        let on = manager.operator("alice", Request::WebLogin).await;
+        assert!(on.ok, "{on:?}");
+        let link = on.value.as_str().unwrap();
+        let token = link
+            .strip_prefix("https://198.18.0.1:8443/login#")
+            .unwrap_or_else(|| panic!("{link}"));
+        let session = auth.exchange(token, std::time::Instant::now()).unwrap();
+        assert_eq!(session.operator.name, "alice", "the link is alice's");
+
+        let audit = manager
+            .operator(
+                "alice",
+                Request::Audit {
+                    verify: false,
+                    since: 1,
+                    limit: 10,
+                },
+            )
+            .await;
+        let entries = audit.value.to_string();
+        assert!(
+            entries.contains("operator alice") && entries.contains("web login"),
+            "{entries}"
+        );
+    }
+}
