@@ -163,6 +163,10 @@ enum Command {
         /// Serve `/metrics` to anyone who connects, without a token.
         #[arg(long, requires = "metrics_listen")]
         metrics_insecure_no_auth: bool,
+        /// Serve the web interface (HTTPS, the manager's certificate) at this address;
+        /// operators log in with a link from `robustifier cluster web`.
+        #[arg(long)]
+        web_listen: Option<std::net::SocketAddr>,
     },
     /// Link a front-end to its cluster's manager: apply each new version live, report.
     /// The front-end runs (and starts from) STATE_DIR/config.toml.
@@ -420,6 +424,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             metrics_listen,
             metrics_token_file,
             metrics_insecure_no_auth,
+            web_listen,
         } => {
             let metrics = match (metrics_listen, metrics_token_file, metrics_insecure_no_auth) {
                 (None, _, _) => None,
@@ -439,6 +444,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 key,
                 render_dir,
                 metrics,
+                web: web_listen,
             };
             until_signal(|stop| async move {
                 robustifier::manager::server::serve(o, stop, None)

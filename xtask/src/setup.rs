@@ -63,6 +63,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "net-snmp's trap receiver: the SNMP notification tests send to it",
     ),
     ("snmp", "snmptranslate loads ROBUSTIFIER-MIB in the tests"),
+    (
+        "chromium",
+        "the headless browser that drives the manager's web interface in proxy/tests/web.rs",
+    ),
     ("smitools", "smilint checks ROBUSTIFIER-MIB in the tests"),
     (
         "erlang-snmp",

@@ -154,6 +154,8 @@ pub enum ClusterCommand {
         #[arg(long)]
         member: Option<String>,
     },
+    /// A one-time link (valid a minute) that logs you into the manager's web interface.
+    Web,
 }
 
 /// Runs one `cluster` command.
@@ -349,6 +351,11 @@ async fn remote(command: ClusterCommand, conn: Connection) -> anyhow::Result<()>
         ClusterCommand::Undrain { backend, member } => {
             let members = targets(&mut c, member).await?;
             act(&mut c, &members, Action::Undrain { backend }).await
+        }
+        ClusterCommand::Web => {
+            let v = c.call(&Request::WebLogin, TIMEOUT).await?;
+            println!("{}", v.as_str().unwrap_or_default());
+            Ok(())
         }
         ClusterCommand::Init { .. } | ClusterCommand::Issue { .. } => {
             bail!("init and issue run without a manager")

@@ -95,6 +95,8 @@ pub struct Manager {
     next_id: AtomicU64,
     /// See [`Manager::subscribe_alarms`].
     alarms: broadcast::Sender<crate::events::Event>,
+    /// The web interface's login links, once it serves.
+    web: std::sync::OnceLock<LinkIssuer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +131,7 @@ impl Manager {
             actions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             alarms: broadcast::channel(1024).0,
+            web: std::sync::OnceLock::new(),
         })
     }
 
@@ -231,6 +234,7 @@ impl Manager {
                 Err(e) => Reply::error(e.to_string()),
             },
             Request::Action { member, action } => self.act(&by, &member, action).await,
+            Request::WebLogin => self.web_login(&by, who),
             Request::Hello { .. }
             | Request::Report { .. }
             | Request::Events { .. }
@@ -531,6 +535,29 @@ impl Manager {
     /// Notes a member's connection in the audit trail (who was refused, mostly).
     pub fn audit_refusal(&self, who: &str, what: &str, reason: &str) {
         self.record(who, "refused", what, Some(&reason));
+    }
+}
+
+/// Issues a one-time web login link for an operator. A function, so that the core needs
+/// nothing of the web interface (which is built on the core).
+pub type LinkIssuer = Box<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
+impl Manager {
+    /// Hands out login links from now on (the web interface serves).
+    pub fn enable_web(&self, issuer: LinkIssuer) {
+        let _ = self.web.set(issuer);
+    }
+
+    /// `cluster web`: a one-time login link for the operator, audited.
+    fn web_login(&self, by: &str, who: &str) -> Reply {
+        let Some(issue) = self.web.get() else {
+            return Reply::error(
+                "the web interface is off (start the manager with --web-listen ADDR)",
+            );
+        };
+        let r = issue(who);
+        self.record(by, "web login", "one-time link issued", r.as_ref().err());
+        reply(r)
     }
 }
 

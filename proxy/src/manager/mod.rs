@@ -19,6 +19,7 @@
 //! - [`metrics`]: the manager's own metrics (head version, members' reach and drift).
 //! - [`notify`]: SNMP notifications for the members' alarms their front-ends leave to it.
 //! - [`client`] and [`cli`]: the operator's side, `robustifier cluster ...`.
+//! - [`web`]: the web interface (`--web-listen`), its login links and its JSON API.
 
 pub mod audit;
 pub mod cli;
@@ -36,4 +37,5 @@ pub mod store;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+pub mod web;
 pub mod wire;

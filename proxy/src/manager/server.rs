@@ -46,6 +46,8 @@ pub struct Options {
     /// `/metrics` over HTTP at this address, with this bearer token (`None`: the operator
     /// said to serve it without one).
     pub metrics: Option<(SocketAddr, Option<Token>)>,
+    /// The web interface (HTTPS with the manager's certificate) at this address.
+    pub web: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,8 @@ pub enum ServeError {
     Tls(#[from] tls::TlsError),
     #[error("listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error("web interface: {0}")]
+    Web(#[from] super::web::WebError),
 }
 
 /// Binds, then serves until `stop`. `ready` receives the bound address.
@@ -95,6 +99,21 @@ pub async fn serve(
             .map_err(|e| ServeError::Listen(address, e))?;
         info!(%address, "manager metrics endpoint: /metrics");
         tasks.spawn(serve_metrics(metrics, token, manager.clone(), stop.clone()));
+    }
+    if let Some(address) = o.web {
+        let tls = super::web::tls_config(&o.cert, &o.key)?;
+        let (listener, links) = super::web::bind(address).await?;
+        let auth = links.auth.clone();
+        manager.enable_web(Box::new(move |who| {
+            links.login_link(who).map_err(|e| e.to_string())
+        }));
+        tasks.spawn(super::web::serve(
+            listener,
+            tls,
+            manager.clone(),
+            auth,
+            stop.clone(),
+        ));
     }
     {
         let (manager, stop) = (manager.clone(), stop.clone());

@@ -96,6 +96,8 @@ pub enum Request {
         ok: bool,
         message: String,
     },
+    /// A one-time link that logs the operator into the web interface.
+    WebLogin,
 }
 
 /// An operator action on a front-end: its virtual routers, or one of its back-ends.

@@ -1,0 +1,966 @@
+//! The manager's web interface: a plain HTTPS client for what the API refuses, and
+//! Debian's chromium, headless over the DevTools protocol, for what an operator sees and
+//! does. The manager, members and fake front-ends are those of `manager.rs`: processes of
+//! the built binary on loopback, each member before a control socket this test answers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a step that fails fails the test"
+)]
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::TcpListener,
+    os::unix::net::UnixListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
+/// A bound on every wait, so that a broken test fails instead of hanging.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rb-web-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Polls `ready` every 50 ms until it holds; fails after [`PATIENCE`].
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A process this test started: killed (by its pid) and reaped when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        Proc(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One request a fake front-end got, with the text of the file a `reload` named.
+#[derive(Clone, Debug)]
+struct Seen {
+    line: String,
+    file: Option<String>,
+}
+
+/// A front-end's control socket answering as a running front-end would.
+struct Fake {
+    socket: PathBuf,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// Its events, as a front-end's (`events SEQ` answers from them).
+    events: robustifier::events::Events,
+}
+
+impl Fake {
+    fn start(socket: PathBuf, name: &str) -> Fake {
+        let listener = UnixListener::bind(&socket).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let events = robustifier::events::Events::new(name, None);
+        let (s, name, ev) = (seen.clone(), name.to_owned(), events.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut line = String::new();
+                if BufReader::new(&conn).read_line(&mut line).is_err() {
+                    continue;
+                }
+                let line = line.trim_end().to_owned();
+                let (verb, arg) = line.split_once(' ').unwrap_or((&line, ""));
+                let mut file = None;
+                let reply = match verb {
+                    "status" => format!(
+                        "ok {{\"frontend\":\"{name}\",\"pid\":1,\"version\":\"fake\",\"routers\":[{}],\"ready\":true}}",
+                        router(&name)
+                    ),
+                    "reload" => {
+                        file = std::fs::read_to_string(arg).ok();
+                        "ok {\"version\":\"fake\",\"summary\":\"fake reload\",\"restart_needed\":[]}"
+                            .to_owned()
+                    }
+                    "drain" => format!("ok {{\"backend\":\"{arg}\",\"draining\":true}}"),
+                    "manager" => "ok noted".to_owned(),
+                    "events" => format!(
+                        "ok {}",
+                        serde_json::to_string(&ev.since(arg.parse().unwrap(), 200)).unwrap()
+                    ),
+                    _ => "error not a fake front-end request".to_owned(),
+                };
+                s.lock().unwrap().push(Seen {
+                    line: line.clone(),
+                    file,
+                });
+                let _ = conn.write_all(format!("{reply}\n").as_bytes());
+            }
+        });
+        Fake {
+            socket,
+            seen,
+            events,
+        }
+    }
+
+    /// An event on this front-end (a back-end of its going down or up).
+    fn emit(&self, i: u32) {
+        let backend = format!("mx{i}");
+        self.events.emit(robustifier::events::Kind::BackendDown {
+            backend,
+            pool: "mx".into(),
+            reason: "test".into(),
+        });
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn reloads(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.line.starts_with("reload "))
+            .collect()
+    }
+}
+
+/// One virtual router of a fake front-end: fe1 (198.18.0.1) is the master of
+/// 198.18.0.10, the others back it up.
+fn router(name: &str) -> String {
+    let (me, state) = match name {
+        "fe1" => ("198.18.0.1", "master"),
+        _ => ("198.18.0.2", "backup"),
+    };
+    serde_json::json!({
+        "vrid": 51, "family": "ipv4", "interface": "eth0", "state": state,
+        "priority": 100, "configured_priority": 100, "primary": me,
+        "master": "198.18.0.1", "vips": ["198.18.0.10"],
+        "advert_interval_cs": 100, "master_adver_interval_cs": 100,
+        "released": false, "draining": false, "failing": [], "last_transition": null,
+    })
+    .to_string()
+}
+
+/// A cluster on loopback: its certificates, the manager, and members with fake front-ends.
+struct Cluster {
+    dir: PathBuf,
+    port: u16,
+    /// The manager's web interface.
+    web_port: u16,
+    manager: Option<Proc>,
+    members: BTreeMap<String, Proc>,
+    fakes: BTreeMap<String, Fake>,
+}
+
+impl Cluster {
+    /// The certificates, the manager running, and `members` each with its fake front-end
+    /// (not started).
+    fn new(tag: &str, members: &[&str]) -> Cluster {
+        let dir = tempdir(tag);
+        let mut init = Command::new(BIN);
+        init.args(["cluster", "init", "--dir"])
+            .arg(dir.join("pki"))
+            .args(["--name", "test", "--manager-name", "127.0.0.1"])
+            .args(["--operator", "alice"]);
+        for m in members {
+            init.args(["--member", m]);
+        }
+        let out = init.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let fakes = members
+            .iter()
+            .map(|m| {
+                let fake = Fake::start(dir.join(format!("{m}.sock")), m);
+                ((*m).to_owned(), fake)
+            })
+            .collect();
+        let mut c = Cluster {
+            dir,
+            port: free_port(),
+            web_port: free_port(),
+            manager: None,
+            members: BTreeMap::new(),
+            fakes,
+        };
+        c.start_manager();
+        c
+    }
+
+    fn pki(&self, file: &str) -> PathBuf {
+        self.dir.join("pki").join(file)
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.join("manager")
+    }
+
+    /// Starts the manager (on the same port and state every time) and waits until it
+    /// answers an operator.
+    fn start_manager(&mut self) {
+        let render = self.dir.join("render");
+        std::fs::create_dir_all(&render).unwrap();
+        self.manager = Some(Proc::spawn(
+            Command::new(BIN)
+                .arg("manager")
+                .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+                .arg("--state-dir")
+                .arg(self.state())
+                .arg("--ca")
+                .arg(self.pki("ca.pem"))
+                .arg("--cert")
+                .arg(self.pki("manager.pem"))
+                .arg("--key")
+                .arg(self.pki("manager.key"))
+                .arg("--render-dir")
+                .arg(render)
+                .args(["--web-listen", &format!("127.0.0.1:{}", self.web_port)]),
+        ));
+        wait_until("the manager answers", || {
+            self.cli(&["log", "--json"]).status.success()
+        });
+    }
+
+    fn start_member(&mut self, name: &str) {
+        let p = Proc::spawn(
+            Command::new(BIN)
+                .arg("member")
+                .args(["--manager", &format!("127.0.0.1:{}", self.port)])
+                .arg("--ca")
+                .arg(self.pki("ca.pem"))
+                .arg("--cert")
+                .arg(self.pki(&format!("members/{name}.pem")))
+                .arg("--key")
+                .arg(self.pki(&format!("members/{name}.key")))
+                .arg("--state-dir")
+                .arg(self.dir.join(format!("member-{name}")))
+                .arg("--socket")
+                .arg(&self.fakes[name].socket)
+                .args(["--max-retry-ms", "200", "--alarm-after-ms", "1000"]),
+        );
+        self.members.insert(name.to_owned(), p);
+    }
+
+    /// `robustifier cluster ARGS` as operator alice.
+    fn cli(&self, args: &[&str]) -> Output {
+        self.cli_as(
+            args,
+            &self.pki("operators/alice.pem"),
+            &self.pki("operators/alice.key"),
+        )
+    }
+
+    fn cli_as(&self, args: &[&str], cert: &Path, key: &Path) -> Output {
+        self.cli_command(args, cert, key).output().unwrap()
+    }
+
+    fn cli_command(&self, args: &[&str], cert: &Path, key: &Path) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("cluster")
+            .args(args)
+            .env("ROBUSTIFIER_MANAGER", format!("127.0.0.1:{}", self.port))
+            .env("ROBUSTIFIER_CA", self.pki("ca.pem"))
+            .env("ROBUSTIFIER_CERT", cert)
+            .env("ROBUSTIFIER_KEY", key);
+        cmd
+    }
+
+    /// The cluster configuration with back-end mx1 at `weight`, and `extra` lines for
+    /// member `extra_for`.
+    fn config(&self, weight: u32, extra_for: &str, extra: &str) -> String {
+        let mut t = format!(
+            "[frontend]\nname = \"template\"\nserve_loopback_clients = true\n\n\
+             [[service]]\nname = \"smtp\"\nprotocol = \"smtp\"\nport = 2525\nvips = [\"127.0.0.1\"]\npool = \"mx\"\n\n\
+             [[pool]]\nname = \"mx\"\nidentity = \"none\"\n\
+             backend = [{{ name = \"mx1\", address = \"127.0.0.1:1\", weight = {weight} }}]\n"
+        );
+        for (name, fake) in &self.fakes {
+            t.push_str(&format!(
+                "\n[members.{name}]\nha = {{ control_socket = \"{}\" }}\n",
+                fake.socket.display()
+            ));
+            if name == extra_for {
+                t.push_str(extra);
+                t.push('\n');
+            }
+        }
+        t
+    }
+
+    /// Writes `config` to a file and commits it on `base`.
+    fn commit(&self, config: &str, base: u64, more: &[&str]) -> Output {
+        let file = self.write(&format!("commit-{}.toml", fastrand_name()), config);
+        let mut args = vec!["commit", file.to_str().unwrap(), "--base"];
+        let base = base.to_string();
+        args.push(&base);
+        args.extend_from_slice(more);
+        self.cli(&args)
+    }
+
+    fn commit_ok(&self, config: &str, base: u64, more: &[&str]) {
+        let out = self.commit(config, base, more);
+        assert!(out.status.success(), "commit on {base}: {}", text(&out));
+    }
+
+    fn write(&self, name: &str, content: &str) -> PathBuf {
+        let f = self.dir.join(name);
+        std::fs::write(&f, content).unwrap();
+        f
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn head(&self) -> u64 {
+        self.status()["head"].as_u64().unwrap()
+    }
+
+    /// The log, oldest first.
+    fn log(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["log", "--json", "--limit", "10000"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let mut log: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        log.sort_by_key(|v| v["number"].as_u64().unwrap());
+        log
+    }
+
+    /// Waits until every configured member reports `version` applied.
+    fn wait_applied(&self, version: u64) {
+        wait_until(&format!("every member applies version {version}"), || {
+            let s = self.status();
+            s["head"] == version
+                && s["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| m["configured"] == true)
+                    .all(|m| m["applied"] == version)
+        });
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.members.clear();
+        self.manager = None;
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A name no other file of this process has.
+fn fastrand_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+// --- HTTPS without a browser ---
+
+/// One HTTP/1.1 answer: the status, the headers (names in lower case) and the body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+impl Cluster {
+    /// A request to the web interface over TLS that trusts only the cluster's CA, as the
+    /// manager's certificate names itself.
+    fn https(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+        use std::io::Read as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in
+            <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_file_iter(
+                self.pki("ca.pem"),
+            )
+            .unwrap()
+        {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(
+            robustifier::manager::pki::MANAGER_NAME.to_owned(),
+        )
+        .unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", self.web_port)).unwrap();
+        tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        tls.write_all(request.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        // The server closes after the answer; a close without close_notify still leaves
+        // the whole answer read.
+        let _ = tls.read_to_end(&mut raw);
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
+            .collect();
+        let body = if head.to_lowercase().contains("transfer-encoding: chunked") {
+            unchunk(body)
+        } else {
+            body.to_owned()
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// `cluster web`: a login link.
+    fn login_link(&self) -> String {
+        let out = self.cli(&["web"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let link = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        assert!(
+            link.starts_with(&format!("https://127.0.0.1:{}/login#", self.web_port)),
+            "{link}"
+        );
+        link
+    }
+}
+
+fn unchunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn token_of(link: &str) -> String {
+    link.split_once('#').unwrap().1.to_owned()
+}
+
+#[test]
+fn the_api_needs_a_session_its_csrf_header_and_a_fresh_token() {
+    let c = Cluster::new("api", &["fe1"]);
+    c.commit_ok(&c.config(1, "", ""), 0, &[]);
+
+    // Nothing but the login page without a session.
+    for path in [
+        "/api/status",
+        "/api/alarms",
+        "/api/logs",
+        "/api/journal",
+        "/app.js",
+    ] {
+        let a = c.https("GET", path, &[], "");
+        assert_eq!(a.status, 401, "{path}: {}", a.body);
+    }
+    let a = c.https("GET", "/", &[], "");
+    assert_eq!((a.status, a.header("location")), (303, Some("/login")));
+    assert_eq!(c.https("GET", "/login", &[], "").status, 200);
+    let a = c.https("POST", "/api/confirm", &[], "");
+    assert_eq!(a.status, 401, "{}", a.body);
+
+    // A made-up token, then a good one once.
+    let json = [("Content-Type", "application/json")];
+    let a = c.https("POST", "/api/login", &json, r#"{"token":"made-up"}"#);
+    assert_eq!(a.status, 401, "{}", a.body);
+    let token = token_of(&c.login_link());
+    let body = format!(r#"{{"token":"{token}"}}"#);
+    let a = c.https("POST", "/api/login", &json, &body);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let set = a.header("set-cookie").unwrap().to_owned();
+    for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let csrf = a.json()["csrf"].as_str().unwrap().to_owned();
+    assert_eq!(a.json()["name"], "alice");
+    let again = c.https("POST", "/api/login", &json, &body);
+    assert_eq!(again.status, 401, "a used token: {}", again.body);
+
+    // With the session: answers, with the security headers.
+    let a = c.https("GET", "/api/status", &[("Cookie", &cookie)], "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["head"], 1);
+    assert_eq!(a.header("x-frame-options"), Some("DENY"));
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    let csp = a.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+
+    // A POST without the CSRF header, or with another value, changes nothing.
+    let commit = serde_json::json!({ "base": 1, "text": c.config(2, "", ""), "comment": "csrf" })
+        .to_string();
+    for headers in [
+        vec![
+            ("Cookie", cookie.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        vec![
+            ("Cookie", cookie.as_str()),
+            ("Content-Type", "application/json"),
+            ("X-Robustifier-Csrf", "guessed"),
+        ],
+    ] {
+        let a = c.https("POST", "/api/commit", &headers, &commit);
+        assert_eq!(a.status, 403, "{}", a.body);
+    }
+    assert_eq!(c.head(), 1, "a refused POST committed nothing");
+    let with = [
+        ("Cookie", cookie.as_str()),
+        ("Content-Type", "application/json"),
+        ("X-Robustifier-Csrf", csrf.as_str()),
+    ];
+    let a = c.https("POST", "/api/commit", &with, &commit);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(c.head(), 2);
+    let log = c.log();
+    assert_eq!(log[1]["author"], "alice (web)", "{log:?}");
+
+    // Requests the manager does not know yet are "not available", not errors.
+    let a = c.https("GET", "/api/trace?id=x", &[("Cookie", &cookie)], "");
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    // Logged out, the cookie is worth nothing.
+    assert_eq!(c.https("POST", "/api/logout", &with, "{}").status, 200);
+    let a = c.https("GET", "/api/status", &[("Cookie", &cookie)], "");
+    assert_eq!(a.status, 401, "{}", a.body);
+}
+
+// --- in chromium ---
+
+fn screenshots() -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/web-screenshots");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn shoot(tab: &headless_chrome::Tab, name: &str) {
+    use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
+    let png = tab
+        .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
+        .unwrap();
+    std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
+}
+
+/// Evaluates `js` in the page and returns its value as a string.
+fn eval(tab: &headless_chrome::Tab, js: &str) -> String {
+    let v = tab.evaluate(js, true).unwrap();
+    match v.value {
+        Some(serde_json::Value::String(s)) => s,
+        other => format!("{other:?}"),
+    }
+}
+
+/// Opens one of the interface's pages and waits until it has drawn its data.
+fn open(tab: &headless_chrome::Tab, page: &str) {
+    eval(
+        tab,
+        &format!(
+            "document.getElementById('page-{page}').removeAttribute('data-loaded'); \
+             location.hash = '#{page}'; 'ok'"
+        ),
+    );
+    tab.wait_for_element(&format!("#page-{page}[data-loaded]"))
+        .unwrap_or_else(|e| panic!("page {page}: {e}"));
+}
+
+#[test]
+fn an_operator_works_the_cluster_from_chromium() {
+    use headless_chrome::{Browser, LaunchOptions, protocol::cdp::types::Event};
+
+    let mut c = Cluster::new("chromium", &["fe1", "fe2"]);
+    c.start_member("fe1");
+    c.start_member("fe2");
+    c.commit_ok(&c.config(1, "", ""), 0, &["--comment", "first"]);
+    c.wait_applied(1);
+    // fe1's back-end goes down: an alarm raised on fe1, merged at the manager.
+    c.fakes["fe1"].emit(1);
+    wait_until("fe1's event merged", || {
+        let out = c.cli(&["logs", "--json"]);
+        String::from_utf8_lossy(&out.stdout).contains("backend_down")
+    });
+
+    let profile = c.dir.join("chromium-profile");
+    let browser = Browser::new(LaunchOptions {
+        headless: true,
+        // Root in a container has no user namespaces for chromium's sandbox.
+        sandbox: false,
+        path: Some(PathBuf::from("/usr/bin/chromium")),
+        // The cluster's own CA, which this throw-away profile does not trust.
+        ignore_certificate_errors: true,
+        window_size: Some((1400, 1000)),
+        user_data_dir: Some(profile),
+        idle_browser_timeout: PATIENCE * 4,
+        ..LaunchOptions::default()
+    })
+    .unwrap();
+    let tab = browser.new_tab().unwrap();
+    tab.set_default_timeout(PATIENCE);
+
+    // Everything the page reports as wrong: console errors, exceptions, failed loads and
+    // answers of 400 and above.
+    let problems = Arc::new(Mutex::new(Vec::<String>::new()));
+    tab.enable_log().unwrap();
+    tab.enable_runtime().unwrap();
+    let p = problems.clone();
+    tab.add_event_listener(Arc::new(move |event: &Event| {
+        let problem = match event {
+            Event::LogEntryAdded(e) => {
+                let level = format!("{:?}", e.params.entry.level);
+                (level == "Error" || level == "Warning").then(|| {
+                    format!(
+                        "log {level}: {} {:?}",
+                        e.params.entry.text, e.params.entry.url
+                    )
+                })
+            }
+            Event::RuntimeExceptionThrown(e) => {
+                Some(format!("exception: {:?}", e.params.exception_details.text))
+            }
+            Event::RuntimeConsoleAPICalled(e) => {
+                let kind = format!("{:?}", e.params.Type);
+                (kind == "Error" || kind == "Warning")
+                    .then(|| format!("console {kind}: {:?}", e.params.args))
+            }
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            p.lock().unwrap().push(problem);
+        }
+    }))
+    .unwrap();
+    let p = problems.clone();
+    tab.register_response_handling(
+        "status",
+        Box::new(move |r, _| {
+            if r.response.status >= 400 {
+                p.lock()
+                    .unwrap()
+                    .push(format!("{} answered {}", r.response.url, r.response.status));
+            }
+        }),
+    )
+    .unwrap();
+    let p = problems.clone();
+    tab.register_loading_failed_handling(
+        "failed",
+        Box::new(move |r, f| {
+            p.lock()
+                .unwrap()
+                .push(format!("{} failed: {}", r.response.url, f.error_text));
+        }),
+    )
+    .unwrap();
+
+    // The link logs in and opens the overview.
+    let link = c.login_link();
+    tab.navigate_to(&link).unwrap();
+    tab.wait_for_element("#page-overview[data-loaded]").unwrap();
+    assert_eq!(
+        eval(&tab, "document.getElementById('who').textContent"),
+        "alice"
+    );
+    let href = eval(&tab, "location.href");
+    assert!(
+        !href.contains(&token_of(&link)),
+        "the token stayed in {href}"
+    );
+    // The watch on the page sees problems: a console error and a 404, then forgotten.
+    assert!(
+        problems.lock().unwrap().is_empty(),
+        "{:#?}",
+        problems.lock().unwrap()
+    );
+    eval(&tab, "console.error('probe'); fetch('/no-such-page'); 'ok'");
+    wait_until("the probes seen", || {
+        let p = problems.lock().unwrap();
+        p.iter().any(|l| l.contains("probe")) && p.iter().any(|l| l.contains("/no-such-page"))
+    });
+    problems.lock().unwrap().clear();
+
+    // The members and their versions are those of `cluster status --json`.
+    let shown: Vec<Vec<String>> = serde_json::from_str(&eval(
+        &tab,
+        "JSON.stringify([...document.querySelectorAll('#members tbody tr')].map(tr => \
+         [tr.dataset.member, tr.cells[2].textContent, tr.cells[3].textContent, tr.cells[4].textContent]))",
+    ))
+    .unwrap();
+    let status = c.status();
+    let expected: Vec<Vec<String>> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            vec![
+                m["name"].as_str().unwrap().to_owned(),
+                m["desired"].to_string(),
+                m["applied"].to_string(),
+                m["release"].as_str().unwrap().to_owned(),
+            ]
+        })
+        .collect();
+    assert_eq!(shown, expected);
+    assert_eq!(shown.len(), 2);
+    // The back-end fe1 reported down, and the events chart.
+    tab.wait_for_element("#backends tbody td.bad").unwrap();
+    tab.wait_for_element("#events-chart svg rect.bar").unwrap();
+    // Each member's virtual router, and who is master of the address.
+    wait_until("the virtual routers shown", || {
+        let vips = eval(
+            &tab,
+            "[...document.querySelectorAll('#vips tbody tr')].map(tr => [...tr.cells].map(td => td.textContent).join(' ')).join('|')",
+        );
+        vips == "fe1 51 ipv4 master 100/100 198.18.0.1 (this member) 198.18.0.10|\
+                 fe2 51 ipv4 backup 100/100 198.18.0.1 198.18.0.10"
+    });
+    shoot(&tab, "overview");
+
+    // The alarm on the alarms page.
+    open(&tab, "alarms");
+    tab.wait_for_element("#alarms tr[data-alarm='fe1 backend_down:mx1']")
+        .unwrap();
+    shoot(&tab, "alarms");
+
+    // The merged log, filtered by kind.
+    open(&tab, "logs");
+    let rows = |tab: &headless_chrome::Tab| {
+        eval(
+            tab,
+            "[...document.querySelectorAll('#log-entries tbody tr')].map(tr => tr.textContent).join('|')",
+        )
+    };
+    assert!(rows(&tab).contains("mx1"), "{}", rows(&tab));
+    // Filtered by kind and text, and following: fe1's mx1 goes, fe2's mx2 comes.
+    eval(
+        &tab,
+        "document.getElementById('logs-kind').value = 'backend_down'; \
+         document.getElementById('logs-text').value = 'MX2'; \
+         document.getElementById('logs-follow').checked = true; \
+         document.getElementById('logs-apply').click(); 'ok'",
+    );
+    wait_until("the filter leaves nothing yet", || rows(&tab).is_empty());
+    c.fakes["fe2"].emit(2);
+    wait_until("the followed log shows fe2's event", || {
+        rows(&tab).contains("mx2")
+    });
+    assert!(!rows(&tab).contains("mx1"), "{}", rows(&tab));
+    shoot(&tab, "logs");
+
+    // A commit from the editor, with a comment.
+    open(&tab, "editor");
+    let new_text = serde_json::to_string(&c.config(7, "", "")).unwrap();
+    eval(
+        &tab,
+        &format!(
+            "document.getElementById('editor-text').value = {new_text}; \
+             document.getElementById('editor-comment').value = 'weight 7 from the web'; \
+             document.getElementById('editor-commit').click(); 'ok'"
+        ),
+    );
+    tab.wait_for_element("#editor-result.good").unwrap();
+    shoot(&tab, "editor");
+    c.wait_applied(2);
+    let log = c.log();
+    assert_eq!(log[1]["author"], "alice (web)");
+    assert_eq!(log[1]["comment"], "weight 7 from the web");
+    for (name, fake) in &c.fakes {
+        let last = fake.reloads().last().cloned().unwrap();
+        assert!(
+            last.file.as_deref().unwrap_or("").contains("weight = 7"),
+            "{name} applied: {last:?}"
+        );
+    }
+    let out = c.cli(&["audit"]);
+    let audit = text(&out);
+    assert!(
+        audit.lines().any(|l| l.contains("operator alice (web)")
+            && l.contains("commit")
+            && l.contains("version 2")),
+        "{audit}"
+    );
+
+    // The journal shows it, and its diff.
+    open(&tab, "journal");
+    tab.wait_for_element("#versions tr[data-version='2']")
+        .unwrap();
+    eval(
+        &tab,
+        "document.querySelector(\"#versions tr[data-version='2'] button.diff\").click(); 'ok'",
+    );
+    tab.wait_for_element("#journal-view span.change").unwrap();
+    let diff = eval(&tab, "document.getElementById('journal-view').textContent");
+    let cli = c.cli(&["diff", "1", "2"]);
+    assert_eq!(
+        diff,
+        String::from_utf8_lossy(&cli.stdout),
+        "the journal's diff is the CLI's"
+    );
+    assert!(diff.contains("mx1"), "{diff}");
+    shoot(&tab, "journal");
+
+    // A rollback to version 1 happens only once confirmed in the page.
+    eval(
+        &tab,
+        "document.querySelector(\"#versions tr[data-version='1'] button.rollback\").click(); 'ok'",
+    );
+    tab.wait_for_element("#versions tr[data-version='1'] button.confirm-rollback")
+        .unwrap();
+    assert_eq!(c.head(), 2, "no rollback before it is confirmed");
+    eval(
+        &tab,
+        "document.querySelector(\"#versions tr[data-version='1'] button.confirm-rollback\").click(); 'ok'",
+    );
+    tab.wait_for_element("#versions tr[data-version='3']")
+        .unwrap();
+    c.wait_applied(3);
+    assert_eq!(c.log()[2]["author"], "alice (web)");
+    for (name, fake) in &c.fakes {
+        let last = fake.reloads().last().cloned().unwrap();
+        assert!(
+            last.file.as_deref().unwrap_or("").contains("weight = 1"),
+            "{name} applied: {last:?}"
+        );
+    }
+
+    // A commit to confirm: the overview offers the confirmation, which keeps it.
+    open(&tab, "editor");
+    eval(&tab, "document.getElementById('editor-load').click(); 'ok'");
+    wait_until("the editor is on version 3", || {
+        eval(&tab, "document.getElementById('editor-base').textContent") == "3"
+    });
+    let confirm_text = serde_json::to_string(&c.config(9, "", "")).unwrap();
+    eval(
+        &tab,
+        &format!(
+            "document.getElementById('editor-result').className = ''; \
+             document.getElementById('editor-text').value = {confirm_text}; \
+             document.getElementById('editor-confirm').checked = true; \
+             document.getElementById('editor-minutes').value = '10'; \
+             document.getElementById('editor-commit').click(); 'ok'"
+        ),
+    );
+    tab.wait_for_element("#editor-result.good").unwrap();
+    assert!(
+        !c.status()["pending"].is_null(),
+        "version 4 awaits confirmation"
+    );
+    open(&tab, "overview");
+    tab.wait_for_element("#pending:not([hidden]) #pending-confirm")
+        .unwrap();
+    shoot(&tab, "overview-pending");
+    eval(
+        &tab,
+        "document.getElementById('pending-confirm').click(); 'ok'",
+    );
+    wait_until("version 4 confirmed", || c.status()["pending"].is_null());
+    assert_eq!(c.head(), 4);
+    let audit = text(&c.cli(&["audit"]));
+    for action in ["rollback", "confirm"] {
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains("operator alice (web)") && l.contains(action)),
+            "{action}: {audit}"
+        );
+    }
+
+    // The pages for requests still to come say so.
+    open(&tab, "trace");
+    eval(
+        &tab,
+        "document.getElementById('trace-id').value = 'some-message-id'; \
+         document.getElementById('trace-show').click(); 'ok'",
+    );
+    tab.wait_for_element("#trace-result .unavailable, #trace-result pre")
+        .unwrap();
+    open(&tab, "stats");
+    tab.wait_for_element("#stats-result .unavailable, #stats-result pre")
+        .unwrap();
+    shoot(&tab, "stats");
+
+    let problems = problems.lock().unwrap().clone();
+    assert!(problems.is_empty(), "{problems:#?}");
+}
