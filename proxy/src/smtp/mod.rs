@@ -13,6 +13,7 @@ pub mod command;
 pub mod data;
 pub mod reply;
 pub(crate) mod session;
+pub mod trace;
 
 pub use command::{Address, Command, CommandError, MailFrom, RcptTo};
 pub use data::{Bare, DataScanner, DataStep, Outcome};

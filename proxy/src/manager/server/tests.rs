@@ -309,6 +309,7 @@ async fn until_stored(m: &Manager, n: usize) {
                     member: None,
                     since_ms: 0,
                     limit: 100,
+                    session: None,
                 },
             )
             .await;
@@ -375,6 +376,7 @@ async fn events_are_stored_once_and_a_reconnecting_member_resumes_after_them() {
                 member: Some("fe1".into()),
                 since_ms: 0,
                 limit: 100,
+                session: None,
             },
         )
         .await;
