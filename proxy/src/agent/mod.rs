@@ -18,6 +18,8 @@
 //! a front-end without the shared key gets nothing. The agent refuses to start without a
 //! key unless told `--insecure-no-key`, and binds only the address it is given.
 
+pub mod maillog;
+
 use std::{
     future::Future,
     net::SocketAddr,

@@ -606,9 +606,7 @@ fn monitor(base: &Path, raw: RawMonitor) -> Result<Monitor, (String, String)> {
         .enumerate()
         .map(|(i, d)| snmp::destination(base, i, d))
         .collect::<Result<_, _>>()?;
-    let event_history = raw
-        .event_history
-        .unwrap_or(crate::events::DEFAULT_HISTORY);
+    let event_history = raw.event_history.unwrap_or(crate::events::DEFAULT_HISTORY);
     if !(100..=10_000_000).contains(&event_history) {
         return Err((
             "monitor.event_history".into(),

@@ -361,7 +361,10 @@ impl fmt::Display for Kind {
                 client,
                 service,
                 reason,
-            } => write!(f, "session {session} from {client} ({service}) refused: {reason}"),
+            } => write!(
+                f,
+                "session {session} from {client} ({service}) refused: {reason}"
+            ),
         }
     }
 }

@@ -277,8 +277,10 @@ impl Frontend {
         };
         let board = Board::with_retired(&cfg, retired);
         board.set_events(events.clone());
-        let certificates =
-            certificates::Watch::new(cfg.tls.as_ref().map(|t| t.certificate.clone()), events.clone());
+        let certificates = certificates::Watch::new(
+            cfg.tls.as_ref().map(|t| t.certificate.clone()),
+            events.clone(),
+        );
         let view = maps.view().map_err(KernelError::from)?;
         let pools = Arc::new(
             PoolSet::new(&cfg, Arc::clone(&board), Arc::clone(&view)).map_err(OpenError::Pools)?,

@@ -180,14 +180,8 @@ pub fn run(command: ClusterCommand, conn: Connection) -> anyhow::Result<()> {
             operators,
             agents,
         } => {
-            let files = pki::init_with_agents(
-                &dir,
-                &name,
-                &manager_names,
-                &members,
-                &operators,
-                &agents,
-            )?;
+            let files =
+                pki::init_with_agents(&dir, &name, &manager_names, &members, &operators, &agents)?;
             println!("cluster {name} created in {}:", dir.display());
             for f in files {
                 println!("  {}", f.display());

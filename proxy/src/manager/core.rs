@@ -573,7 +573,10 @@ impl Manager {
                 |e| {
                     e.event.as_ref().is_some_and(|ev| {
                         !matches!(ev.kind, Kind::MessageRelayed(_))
-                            && ev.kind.session().is_some_and(|s| sessions.iter().any(|x| x == s))
+                            && ev
+                                .kind
+                                .session()
+                                .is_some_and(|s| sessions.iter().any(|x| x == s))
                     })
                 },
                 MAX_LOG,

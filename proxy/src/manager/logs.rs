@@ -341,11 +341,21 @@ mod session_tests {
         ];
         logs.store("fe1", "b1", 1, &all).unwrap();
         let (got, _) = logs.query_session(0, None, 0, 100, Some("s1")).unwrap();
-        let seqs: Vec<u64> = got.iter().filter_map(|e| e.event.as_ref()).map(|e| e.seq).collect();
+        let seqs: Vec<u64> = got
+            .iter()
+            .filter_map(|e| e.event.as_ref())
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(seqs, [1, 4]);
-        assert_eq!(logs.query_session(0, None, 0, 100, None).unwrap().0.len(), 4);
+        assert_eq!(
+            logs.query_session(0, None, 0, 100, None).unwrap().0.len(),
+            4
+        );
         let found = logs
-            .scan(|e| e.event.as_ref().and_then(|ev| ev.kind.session()) == Some("s2"), 10)
+            .scan(
+                |e| e.event.as_ref().and_then(|ev| ev.kind.session()) == Some("s2"),
+                10,
+            )
             .unwrap();
         assert_eq!(found.len(), 1);
     }

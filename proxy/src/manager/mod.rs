@@ -35,6 +35,6 @@ pub mod render;
 pub mod server;
 pub mod store;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod tls;
 pub mod wire;

@@ -241,9 +241,16 @@ mod tests {
             ["a ABC: one", "c ABC: two"]
         );
         assert!(log.lines("mx2", "ABC").unwrap().is_empty());
-        assert_eq!(log.find("DEF").unwrap(), [("mx1".into(), vec!["b DEF: x".into()])]);
+        assert_eq!(
+            log.find("DEF").unwrap(),
+            [("mx1".into(), vec!["b DEF: x".into()])]
+        );
         // A new file (rotated) starts from its beginning.
-        assert_eq!(log.store("mx1", (1, 3), &[line("ABC", 5, "d ABC: three")]).unwrap(), 1);
+        assert_eq!(
+            log.store("mx1", (1, 3), &[line("ABC", 5, "d ABC: three")])
+                .unwrap(),
+            1
+        );
         assert_eq!(log.lines("mx1", "ABC").unwrap().len(), 3);
     }
 
@@ -253,17 +260,24 @@ mod tests {
         let path = dir.join("mta.redb");
         {
             let log = MtaLog::open(&path).unwrap();
-            log.store("mx1", (7, 8), &[line("Q1", 42, "Q1: x")]).unwrap();
+            log.store("mx1", (7, 8), &[line("Q1", 42, "Q1: x")])
+                .unwrap();
         }
         let log = MtaLog::open(&path).unwrap();
         assert_eq!(log.mark("mx1").unwrap().offset, 42);
-        assert_eq!(log.store("mx1", (7, 8), &[line("Q1", 42, "Q1: x")]).unwrap(), 0);
+        assert_eq!(
+            log.store("mx1", (7, 8), &[line("Q1", 42, "Q1: x")])
+                .unwrap(),
+            0
+        );
         let long = "x".repeat(MAX_LINE + 1);
         assert!(matches!(
             log.store("mx1", (7, 8), &[line("Q1", 99, &long)]),
             Err(MtaLogError::Line(_))
         ));
-        let many: Vec<MtaLine> = (0..=MAX_BATCH as u64).map(|i| line("Q", i + 100, "Q: y")).collect();
+        let many: Vec<MtaLine> = (0..=MAX_BATCH as u64)
+            .map(|i| line("Q", i + 100, "Q: y"))
+            .collect();
         assert!(matches!(
             log.store("mx1", (7, 8), &many),
             Err(MtaLogError::Batch(_))

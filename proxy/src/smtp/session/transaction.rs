@@ -181,7 +181,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         let needs_leg = self.leg.as_ref().is_none_or(|l| l.route != route);
         if needs_leg && self.env.offender(self.client.peer.ip()) {
             info!(session = %self.client.session_id, "client's sessions made back-ends refuse their input too often: refused");
-            self.refused("the client's sessions made back-ends refuse their input too often".into());
+            self.refused(
+                "the client's sessions made back-ends refuse their input too often".into(),
+            );
             self.say(421, (4, 7, 0), "Too many refused sessions, try again later");
             return (false, false);
         }
