@@ -149,3 +149,26 @@ fn the_log_stays_within_its_bound_under_a_flood() {
     assert_eq!(older_last.seq + 1, first.seq);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_history_keeps_as_many_events_as_configured_and_sessions_are_named() {
+    let ev = Events::with_history("fe1", None, 3);
+    for i in 0..5 {
+        ev.emit(Kind::SessionRefused {
+            session: format!("s{i}"),
+            client: "198.18.0.1:1000".into(),
+            service: "smtp".into(),
+            reason: "deflected".into(),
+        });
+    }
+    let kept = ev.recent(100);
+    let sessions: Vec<&str> = kept.iter().filter_map(|e| e.kind.session()).collect();
+    assert_eq!(sessions, ["s2", "s3", "s4"]);
+    assert_eq!(ev.since(0, 100).oldest, 3);
+    assert_eq!(kept[0].severity, Severity::Info);
+    assert!(kept[0].alarm.is_none());
+    let json = serde_json::to_value(&kept[0]).unwrap();
+    assert_eq!(json["kind"], "session_refused");
+    assert_eq!(json["session"], "s2");
+    assert_eq!(Kind::ManagerReachable.session(), None);
+}

@@ -115,12 +115,11 @@ impl MtaLog {
             if table.len()? + lines.len() as u64 > KEEP {
                 return Err(MtaLogError::Full);
             }
-            let mut next = next_number(&table)?;
-            let mut stored = 0;
+            let first = next_number(&table)?;
             let from = mark.offset;
-            for l in lines.iter().filter(|l| l.end > from) {
-                table.insert((host, l.queue_id.as_str(), next), l.line.as_str())?;
-                next += 1;
+            let mut stored = 0;
+            for (n, l) in (first..).zip(lines.iter().filter(|l| l.end > from)) {
+                table.insert((host, l.queue_id.as_str(), n), l.line.as_str())?;
                 mark.offset = l.end;
                 stored += 1;
             }
