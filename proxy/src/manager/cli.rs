@@ -60,16 +60,17 @@ pub enum ClusterCommand {
         #[arg(long = "agent")]
         agents: Vec<String>,
     },
-    /// Issue one more member or operator certificate from the cluster's CA.
+    /// Issue one more member, operator or agent certificate from the cluster's CA.
+    #[command(group(clap::ArgGroup::new("holder").required(true).args(["member", "operator", "agent"])))]
     Issue {
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long, group = "holder", required = true)]
+        #[arg(long)]
         member: Option<String>,
-        #[arg(long, group = "holder")]
+        #[arg(long)]
         operator: Option<String>,
         /// A back-end host's agent (the back-end's name in the configuration).
-        #[arg(long, group = "holder")]
+        #[arg(long)]
         agent: Option<String>,
     },
     /// Commit a cluster configuration as the next version.
