@@ -508,7 +508,12 @@ impl Events {
         if let Some(log) = &self.0.log {
             lock(log).write(&event);
         }
-        let _ = self.0.tx.send(event.clone());
+        // Subscribers (the SNMP notifier) want alarms; a record per message would only
+        // crowd the channel, and a subscriber busy with an inform would lag behind and lose
+        // the alarm events among them.
+        if event.kind.session().is_none() {
+            let _ = self.0.tx.send(event.clone());
+        }
         event
     }
 
@@ -559,7 +564,8 @@ impl Events {
         }
     }
 
-    /// Every event from now on (a subscriber too slow loses the oldest, and is told so).
+    /// Every event from now on but the mail sessions' records (a subscriber too slow loses
+    /// the oldest, and is told so).
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.0.tx.subscribe()
     }

@@ -172,3 +172,22 @@ fn the_history_keeps_as_many_events_as_configured_and_sessions_are_named() {
     assert_eq!(json["session"], "s2");
     assert_eq!(Kind::ManagerReachable.session(), None);
 }
+
+#[tokio::test]
+async fn subscribers_get_no_mail_session_records() {
+    let ev = Events::new("fe1", None);
+    let mut rx = ev.subscribe();
+    ev.emit(Kind::SessionRefused {
+        session: "s1".into(),
+        client: "198.18.0.1:1000".into(),
+        service: "smtp".into(),
+        reason: "deflected".into(),
+    });
+    ev.emit(down("mx1"));
+    assert!(matches!(
+        rx.recv().await.unwrap().kind,
+        Kind::BackendDown { .. }
+    ));
+    assert!(rx.try_recv().is_err());
+    assert_eq!(ev.recent(10).len(), 2, "both kept in the history");
+}
