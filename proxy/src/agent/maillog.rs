@@ -203,7 +203,8 @@ fn open(path: &Path) -> io::Result<Option<(File, (u64, u64))>> {
 /// The queue id a log line of `mta` is about, if any: Postfix
 /// `postfix/smtp[123]: 4XyZ1k2Lmnz: to=<...>, status=sent`, Exim
 /// `2026-11-30 08:00:00 1tAbCd-000Xyz-9Q <= a@b ...`, OpenSMTPD `... msgid=3f1a2b3c ...` or
-/// `... evpid=0x3f1a2b3c00112233 ...` (the message id is the envelope id's first half).
+/// `... evpid=3f1a2b3c00112233 ...` (the message id is the envelope id's first half; some
+/// versions write it with `0x`).
 pub fn queue_id(line: &str, mta: Mta) -> Option<String> {
     match mta {
         Mta::Postfix => postfix_queue_id(line),
@@ -254,8 +255,9 @@ fn opensmtpd_queue_id(line: &str) -> Option<String> {
         let id = hex(&line[i + 6..]);
         return (id.len() == 8).then_some(id);
     }
-    if let Some(i) = line.find("evpid=0x") {
-        let id = hex(&line[i + 8..]);
+    if let Some(i) = line.find("evpid=") {
+        let rest = &line[i + 6..];
+        let id = hex(rest.strip_prefix("0x").unwrap_or(rest));
         return (id.len() == 16).then(|| id[..8].to_owned());
     }
     None

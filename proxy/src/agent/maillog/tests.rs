@@ -61,13 +61,23 @@ fn exim_and_opensmtpd_lines_with_a_queue_id_are_kept() {
         .as_deref(),
         Some("3f1a2b3c")
     );
+    // As `smtpd -d` writes them, and with a syslog prefix and `0x`.
+    for line in [
+        "94f6d548671421b5 mda delivery evpid=3f1a2b3c8701c50d from=<a@b> to=<c@d> rcpt=<c@d> user=mail delay=0s result=Ok stat=Delivered",
+        "Nov 30 08:00:01 mx1 smtpd[1]: 3c1d mda delivery evpid=0x3f1a2b3c00112233 from=<a@b> result=Ok",
+    ] {
+        assert_eq!(
+            queue_id(line, Mta::Opensmtpd).as_deref(),
+            Some("3f1a2b3c"),
+            "{line}"
+        );
+    }
     assert_eq!(
         queue_id(
-            "Nov 30 08:00:01 mx1 smtpd[1]: 3c1d mda delivery evpid=0x3f1a2b3c00112233 from=<a@b> result=Ok",
+            "94f6d5c9ac684b39 smtp connected address=198.18.1.1 host=<unknown>",
             Mta::Opensmtpd
-        )
-        .as_deref(),
-        Some("3f1a2b3c")
+        ),
+        None
     );
 }
 
