@@ -8,6 +8,8 @@
 //!   CR/LF, so the proxy and the back-end can never disagree about where a message ends.
 //! - [`session`]: the client-facing session that does the I/O: greeting, EHLO, STARTTLS,
 //!   AUTH, and transactions routed to back-end legs.
+//! - [`trace`]: what a relayed message's record takes from the stream: its Message-ID, read
+//!   as the message passes, and the queue id of the back-end's reply.
 
 pub mod command;
 pub mod data;
