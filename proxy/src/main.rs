@@ -117,6 +117,22 @@ enum Command {
         /// Operator file with `weight=N` and `drain=1` lines.
         #[arg(long)]
         state_file: Option<PathBuf>,
+        /// The MTA's log file: its lines with a queue id are shipped to the cluster manager
+        /// (for `cluster trace`), with the agent's certificate (`cluster issue --agent`).
+        #[arg(long, requires_all = ["manager", "ca", "cert", "key"])]
+        maillog: Option<PathBuf>,
+        /// The cluster manager, `host:port`.
+        #[arg(long, requires = "maillog")]
+        manager: Option<String>,
+        /// The cluster's CA certificate.
+        #[arg(long, requires = "maillog")]
+        ca: Option<PathBuf>,
+        /// The agent's certificate; its name must be the back-end's name in the
+        /// configuration.
+        #[arg(long, requires = "maillog")]
+        cert: Option<PathBuf>,
+        #[arg(long, requires = "maillog")]
+        key: Option<PathBuf>,
     },
     /// A running front-end's active alarms (back-ends down or overloaded, pools without a
     /// back-end, agents unreachable, a refused reload) and its recent events.
@@ -363,6 +379,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             state_file,
             key_file,
             insecure_no_key: _,
+            maillog,
+            manager,
+            ca,
+            cert,
+            key: cert_key,
         } => {
             // clap guarantees a key file unless --insecure-no-key was given.
             let key = key_file
@@ -375,7 +396,29 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 state_file,
                 key,
             };
-            tokio::runtime::Runtime::new()?.block_on(robustifier::agent::serve(listen, o))?;
+            // clap guarantees the manager's connection with --maillog.
+            let ship = match (maillog, manager, ca, cert, cert_key) {
+                (Some(maillog), Some(manager), Some(ca), Some(cert), Some(key)) => {
+                    Some(robustifier::agent::maillog::ShipOptions {
+                        manager,
+                        ca,
+                        cert,
+                        key,
+                        maillog,
+                        mta,
+                    })
+                }
+                _ => None,
+            };
+            tokio::runtime::Runtime::new()?.block_on(async move {
+                let stop = tokio_util::sync::CancellationToken::new();
+                if let Some(ship) = ship {
+                    tokio::spawn(robustifier::agent::maillog::ship(ship, stop.clone()));
+                }
+                let served = robustifier::agent::serve(listen, o).await;
+                stop.cancel();
+                served
+            })?;
             Ok(())
         }
         Command::Ha {

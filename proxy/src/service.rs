@@ -22,6 +22,8 @@ pub struct ServiceContext {
     pub auth_failures: Arc<crate::front::limits::Strikes>,
     /// Sessions whose own input a back-end refused, per client.
     pub offences: Arc<crate::front::limits::Strikes>,
+    /// The front-end's events: relayed messages and refused sessions are recorded there.
+    pub events: crate::events::Events,
 }
 
 impl ServiceContext {
@@ -55,7 +57,14 @@ impl ServiceContext {
             groups,
             auth_failures: Arc::new(crate::front::limits::Strikes::default()),
             offences: Arc::new(crate::front::limits::Strikes::default()),
+            events: crate::events::Events::default(),
         })
+    }
+
+    /// The context recording its sessions' messages in `events`.
+    pub fn with_events(mut self, events: crate::events::Events) -> ServiceContext {
+        self.events = events;
+        self
     }
 
     /// Whether a client at `peer` may send a password over a connection that is (`tls`) or

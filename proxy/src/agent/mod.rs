@@ -14,9 +14,14 @@
 //!
 //! Figures are gathered at most once a second, whatever the number of front-ends asking.
 //!
+//! With `--maillog`, the agent also ships its MTA's log lines to the cluster manager
+//! ([`maillog`]), for `cluster trace`.
+//!
 //! Before the report comes the challenge and response of `crate::agent_wire`:
 //! a front-end without the shared key gets nothing. The agent refuses to start without a
 //! key unless told `--insecure-no-key`, and binds only the address it is given.
+
+pub mod maillog;
 
 use std::{
     future::Future,

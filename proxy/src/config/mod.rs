@@ -54,6 +54,8 @@ pub struct Monitor {
     pub metrics: Option<MetricsEndpoint>,
     /// Where SNMP notifications of alarms go.
     pub snmp: Vec<snmp::Destination>,
+    /// Events kept in memory (every relayed message is one).
+    pub event_history: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -604,7 +606,15 @@ fn monitor(base: &Path, raw: RawMonitor) -> Result<Monitor, (String, String)> {
         .enumerate()
         .map(|(i, d)| snmp::destination(base, i, d))
         .collect::<Result<_, _>>()?;
+    let event_history = raw.event_history.unwrap_or(crate::events::DEFAULT_HISTORY);
+    if !(100..=10_000_000).contains(&event_history) {
+        return Err((
+            "monitor.event_history".into(),
+            "must be between 100 and 10000000".into(),
+        ));
+    }
     Ok(Monitor {
+        event_history,
         snmp,
         event_log: raw.event_log.map(|d| base.join(d)),
         event_log_max_bytes,

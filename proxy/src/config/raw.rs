@@ -47,6 +47,8 @@ pub struct RawMonitor {
     /// SNMP managers that get a notification for every alarm raised and cleared.
     #[serde(default)]
     pub snmp: Vec<super::snmp::RawSnmp>,
+    /// Events kept in memory for `alarms` and for the cluster member (default 10000).
+    pub event_history: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

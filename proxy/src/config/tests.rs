@@ -524,3 +524,21 @@ fn snmp_destinations_take_secrets_from_files_checked_at_load() {
     assert_eq!(k, "monitor.snmp[0].version");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn the_event_history_is_configurable_within_bounds() {
+    let with = |monitor: &str| format!("{GOOD}\n[monitor]\n{monitor}\n");
+    assert_eq!(
+        parse(GOOD).unwrap().monitor.event_history,
+        crate::events::DEFAULT_HISTORY
+    );
+    assert_eq!(
+        parse(&with("event_history = 500"))
+            .unwrap()
+            .monitor
+            .event_history,
+        500
+    );
+    let (key, _) = error(&with("event_history = 10"));
+    assert_eq!(key, "monitor.event_history");
+}

@@ -27,8 +27,11 @@ use tokio::sync::broadcast;
 
 use crate::sync::lock;
 
-/// Events kept in memory for `robustifier alarms --events`.
-const HISTORY: usize = 1000;
+/// Events kept in memory for `robustifier alarms --events` and for the member to ship,
+/// unless `[monitor] event_history` says otherwise.
+pub const DEFAULT_HISTORY: usize = 10_000;
+/// Recipients named in a [`Kind::MessageRelayed`]; the count has them all.
+pub const MAX_RCPTS_LISTED: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,6 +118,43 @@ pub enum Kind {
         error: String,
     },
     ManagerReachable,
+    /// A back-end took a message (its 250 to the end of data): one record per message.
+    MessageRelayed(Box<Relayed>),
+    /// The proxy refused or deflected a session's mail (busy back-ends, a client whose
+    /// sessions offended too often, a back-end that refused the client's input).
+    SessionRefused {
+        session: String,
+        client: String,
+        service: String,
+        reason: String,
+    },
+}
+
+/// What a relayed message's record says. Boxed in [`Kind`], which stays small for the
+/// other kinds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relayed {
+    pub session: String,
+    /// The client's address and port.
+    pub client: String,
+    pub service: String,
+    #[serde(default)]
+    pub helo: Option<String>,
+    pub mail_from: String,
+    pub rcpt_count: usize,
+    /// The first [`MAX_RCPTS_LISTED`] recipients.
+    pub rcpts: Vec<String>,
+    pub pool: String,
+    pub backend: String,
+    /// How the back-end was chosen: where the route came from, the session's group, and
+    /// the pick among the route's back-ends.
+    pub route_reason: String,
+    pub size: u64,
+    #[serde(default)]
+    pub message_id: Option<String>,
+    /// The back-end's queue id, from its reply to the end of data.
+    #[serde(default)]
+    pub queue_id: Option<String>,
 }
 
 /// A certificate ending within this many days raises an alarm; within a week it is major.
@@ -148,6 +188,17 @@ impl Kind {
             Kind::CertificateValid { .. } => "certificate_valid",
             Kind::ManagerUnreachable { .. } => "manager_unreachable",
             Kind::ManagerReachable => "manager_reachable",
+            Kind::MessageRelayed(_) => "message_relayed",
+            Kind::SessionRefused { .. } => "session_refused",
+        }
+    }
+
+    /// The mail session the event is about, for kinds that are about one.
+    pub fn session(&self) -> Option<&str> {
+        match self {
+            Kind::MessageRelayed(r) => Some(&r.session),
+            Kind::SessionRefused { session, .. } => Some(session),
+            _ => None,
         }
     }
 
@@ -201,7 +252,10 @@ impl Kind {
             }
             Kind::ManagerUnreachable { .. } => raise("manager_unreachable".into()),
             Kind::ManagerReachable => Effect::Clear("manager_unreachable".into()),
-            Kind::BackendDraining { .. } | Kind::VrrpTransition { .. } => Effect::None,
+            Kind::BackendDraining { .. }
+            | Kind::VrrpTransition { .. }
+            | Kind::MessageRelayed(_)
+            | Kind::SessionRefused { .. } => Effect::None,
         }
     }
 }
@@ -288,6 +342,29 @@ impl fmt::Display for Kind {
                 write!(f, "cluster manager unreachable: {error}")
             }
             Kind::ManagerReachable => f.write_str("cluster manager reachable again"),
+            Kind::MessageRelayed(r) => write!(
+                f,
+                "session {} from {}: message {} from <{}> to {} recipient(s) relayed to {} (pool {}, {}), {} octets, queue id {}",
+                r.session,
+                r.client,
+                r.message_id.as_deref().unwrap_or("(no Message-ID)"),
+                r.mail_from,
+                r.rcpt_count,
+                r.backend,
+                r.pool,
+                r.route_reason,
+                r.size,
+                r.queue_id.as_deref().unwrap_or("unknown"),
+            ),
+            Kind::SessionRefused {
+                session,
+                client,
+                service,
+                reason,
+            } => write!(
+                f,
+                "session {session} from {client} ({service}) refused: {reason}"
+            ),
         }
     }
 }
@@ -359,6 +436,8 @@ struct Inner {
     notifies: AtomicBool,
     /// Its member said the cluster manager is reachable: the manager notifies.
     manager_notifies: AtomicBool,
+    /// Events kept in `history`.
+    keep: usize,
 }
 
 impl Default for Events {
@@ -370,6 +449,11 @@ impl Default for Events {
 impl Events {
     /// Events of front-end `frontend`, also written to `log` when given.
     pub fn new(frontend: &str, log: Option<log::JsonLog>) -> Events {
+        Events::with_history(frontend, log, DEFAULT_HISTORY)
+    }
+
+    /// [`Events::new`], keeping the newest `keep` events in memory (at least one).
+    pub fn with_history(frontend: &str, log: Option<log::JsonLog>, keep: usize) -> Events {
         let (tx, _) = broadcast::channel(256);
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -385,6 +469,7 @@ impl Events {
             tx,
             notifies: AtomicBool::new(false),
             manager_notifies: AtomicBool::new(false),
+            keep: keep.max(1),
         }))
     }
 
@@ -439,7 +524,7 @@ impl Events {
         };
         {
             let mut history = lock(&self.0.history);
-            if history.len() == HISTORY {
+            while history.len() >= self.0.keep {
                 history.pop_front();
             }
             history.push_back(event.clone());
@@ -448,7 +533,12 @@ impl Events {
         if let Some(log) = &self.0.log {
             lock(log).write(&event);
         }
-        let _ = self.0.tx.send(event.clone());
+        // Subscribers (the SNMP notifier) want alarms; a record per message would only
+        // crowd the channel, and a subscriber busy with an inform would lag behind and lose
+        // the alarm events among them.
+        if event.kind.session().is_none() {
+            let _ = self.0.tx.send(event.clone());
+        }
         event
     }
 
@@ -499,7 +589,8 @@ impl Events {
         }
     }
 
-    /// Every event from now on (a subscriber too slow loses the oldest, and is told so).
+    /// Every event from now on but the mail sessions' records (a subscriber too slow loses
+    /// the oldest, and is told so).
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.0.tx.subscribe()
     }

@@ -179,3 +179,45 @@ fn an_alarm_is_notified_here_only_with_destinations_and_no_manager_in_reach() {
     .unwrap();
     assert!(!e.notified);
 }
+
+#[test]
+fn the_history_keeps_as_many_events_as_configured_and_sessions_are_named() {
+    let ev = Events::with_history("fe1", None, 3);
+    for i in 0..5 {
+        ev.emit(Kind::SessionRefused {
+            session: format!("s{i}"),
+            client: "198.18.0.1:1000".into(),
+            service: "smtp".into(),
+            reason: "deflected".into(),
+        });
+    }
+    let kept = ev.recent(100);
+    let sessions: Vec<&str> = kept.iter().filter_map(|e| e.kind.session()).collect();
+    assert_eq!(sessions, ["s2", "s3", "s4"]);
+    assert_eq!(ev.since(0, 100).oldest, 3);
+    assert_eq!(kept[0].severity, Severity::Info);
+    assert!(kept[0].alarm.is_none());
+    let json = serde_json::to_value(&kept[0]).unwrap();
+    assert_eq!(json["kind"], "session_refused");
+    assert_eq!(json["session"], "s2");
+    assert_eq!(Kind::ManagerReachable.session(), None);
+}
+
+#[tokio::test]
+async fn subscribers_get_no_mail_session_records() {
+    let ev = Events::new("fe1", None);
+    let mut rx = ev.subscribe();
+    ev.emit(Kind::SessionRefused {
+        session: "s1".into(),
+        client: "198.18.0.1:1000".into(),
+        service: "smtp".into(),
+        reason: "deflected".into(),
+    });
+    ev.emit(down("mx1"));
+    assert!(matches!(
+        rx.recv().await.unwrap().kind,
+        Kind::BackendDown { .. }
+    ));
+    assert!(rx.try_recv().is_err());
+    assert_eq!(ev.recent(10).len(), 2, "both kept in the history");
+}

@@ -218,7 +218,7 @@ fn open_events(cfg: &Config) -> Events {
             }
         }
     });
-    Events::new(&cfg.frontend.name, log)
+    Events::with_history(&cfg.frontend.name, log, m.event_history)
 }
 
 /// The priority class's reserve beyond a service's connection limit: a tenth of it.
@@ -231,13 +231,14 @@ fn service_contexts(
     cfg: &Config,
     pools: &Arc<PoolSet>,
     tls: &Option<Arc<ServerTls>>,
+    events: &Events,
 ) -> Result<Vec<Arc<ServiceContext>>, OpenError> {
     let groups = Arc::new(Groups::new(cfg.groups.clone()));
     cfg.services
         .iter()
         .map(|service| {
             ServiceContext::new(service, Arc::clone(pools), tls.clone(), Arc::clone(&groups))
-                .map(Arc::new)
+                .map(|env| Arc::new(env.with_events(events.clone())))
                 .map_err(|source| OpenError::Service {
                     service: service.name.clone(),
                     source,
@@ -276,8 +277,10 @@ impl Frontend {
         };
         let board = Board::with_retired(&cfg, retired);
         board.set_events(events.clone());
-        let certificates =
-            certificates::Watch::new(cfg.tls.as_ref().map(|t| t.certificate.clone()), events);
+        let certificates = certificates::Watch::new(
+            cfg.tls.as_ref().map(|t| t.certificate.clone()),
+            events.clone(),
+        );
         let view = maps.view().map_err(KernelError::from)?;
         let pools = Arc::new(
             PoolSet::new(&cfg, Arc::clone(&board), Arc::clone(&view)).map_err(OpenError::Pools)?,
@@ -289,7 +292,7 @@ impl Frontend {
         };
         // Read now too: the secrets and the boots file may be root's only.
         let snmp = crate::snmp::prepare(&cfg.frontend.name, &cfg.monitor.snmp);
-        let envs = service_contexts(&cfg, &pools, &tls)?;
+        let envs = service_contexts(&cfg, &pools, &tls, &events)?;
         let mut services = Vec::new();
         for (service, env) in cfg.services.iter().zip(&envs) {
             let opened = kernel.listen(service)?;

@@ -56,19 +56,22 @@ pub enum ClusterCommand {
         /// An operator name (repeatable).
         #[arg(long = "operator")]
         operators: Vec<String>,
+        /// A back-end host's agent, named as the back-end in the configuration (repeatable).
+        #[arg(long = "agent")]
+        agents: Vec<String>,
     },
-    /// Issue one more member or operator certificate from the cluster's CA.
+    /// Issue one more member, operator or agent certificate from the cluster's CA.
+    #[command(group(clap::ArgGroup::new("holder").required(true).args(["member", "operator", "agent"])))]
     Issue {
         #[arg(long)]
         dir: PathBuf,
-        #[arg(
-            long,
-            conflicts_with = "operator",
-            required_unless_present = "operator"
-        )]
+        #[arg(long)]
         member: Option<String>,
         #[arg(long)]
         operator: Option<String>,
+        /// A back-end host's agent (the back-end's name in the configuration).
+        #[arg(long)]
+        agent: Option<String>,
     },
     /// Commit a cluster configuration as the next version.
     Commit {
@@ -137,6 +140,17 @@ pub enum ClusterCommand {
         limit: usize,
         #[arg(long)]
         json: bool,
+        /// Only the events of this mail session (its id, as in the front-end's log).
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// A message's way through the cluster: ID is a session id, a Message-ID or a queue id.
+    /// Shows the client, front-end, session, routing decision, back-end and queue id, and
+    /// the back-end MTA's own log lines of that queue id (shipped by its agent).
+    Trace {
+        id: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Hand a member's virtual router over (drain-aware), as `ha release` on it.
     Release { member: String, vrid: u8 },
@@ -167,8 +181,10 @@ pub fn run(command: ClusterCommand, conn: Connection) -> anyhow::Result<()> {
             manager_names,
             members,
             operators,
+            agents,
         } => {
-            let files = pki::init(&dir, &name, &manager_names, &members, &operators)?;
+            let files =
+                pki::init_with_agents(&dir, &name, &manager_names, &members, &operators, &agents)?;
             println!("cluster {name} created in {}:", dir.display());
             for f in files {
                 println!("  {}", f.display());
@@ -179,11 +195,13 @@ pub fn run(command: ClusterCommand, conn: Connection) -> anyhow::Result<()> {
             dir,
             member,
             operator,
+            agent,
         } => {
-            let (role, name) = match (member, operator) {
-                (Some(m), _) => (pki::Role::Member, m),
-                (None, Some(o)) => (pki::Role::Operator, o),
-                (None, None) => bail!("--member or --operator"),
+            let (role, name) = match (member, operator, agent) {
+                (Some(m), _, _) => (pki::Role::Member, m),
+                (None, Some(o), _) => (pki::Role::Operator, o),
+                (None, None, Some(a)) => (pki::Role::Agent, a),
+                (None, None, None) => bail!("--member, --operator or --agent"),
             };
             let (cert, key) = pki::issue(&dir, role, &name, &[])?;
             println!("{} {}", cert.display(), key.display());
@@ -337,7 +355,18 @@ async fn remote(command: ClusterCommand, conn: Connection) -> anyhow::Result<()>
             follow,
             limit,
             json,
-        } => logs(&mut c, member, since, follow, limit, json).await,
+            session,
+        } => logs(&mut c, (member, session), since, follow, limit, json).await,
+        ClusterCommand::Trace { id, json } => {
+            let v = c.call(&Request::Trace { id }, TIMEOUT).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let t: super::mta_log::Trace = serde_json::from_value(v)?;
+                print!("{}", render_trace(&t));
+            }
+            Ok(())
+        }
         ClusterCommand::Release { member, vrid } => {
             act(&mut c, &[member], Action::Release { vrid }).await
         }
@@ -438,7 +467,7 @@ async fn commit(
 
 async fn logs(
     c: &mut Client,
-    member: Option<String>,
+    (member, session): (Option<String>, Option<String>),
     since: Option<u64>,
     follow: bool,
     limit: usize,
@@ -452,6 +481,7 @@ async fn logs(
             member: member.clone(),
             since_ms,
             limit,
+            session: session.clone(),
         };
         let v = c.call(&request, TIMEOUT).await?;
         let entries: Vec<LogEntry> = serde_json::from_value(v["entries"].clone())?;
@@ -489,6 +519,61 @@ fn render_entry(e: &LogEntry) -> String {
         ),
         (None, None) => format!("{:<24} {:<12} (empty entry)", "", e.member),
     }
+}
+
+fn render_trace(t: &super::mta_log::Trace) -> String {
+    let mut out = String::new();
+    if t.messages.is_empty() && t.session_events.is_empty() && t.mta_only.is_empty() {
+        return format!("nothing known of {}\n", t.id);
+    }
+    for m in &t.messages {
+        let r = &m.record;
+        out.push_str(&format!(
+            "message {}\n  {} client {} (helo {}) to front-end {}, service {}, session {}\n",
+            r.message_id.as_deref().unwrap_or("(no Message-ID)"),
+            time_ms(m.time_ms),
+            r.client,
+            r.helo.as_deref().unwrap_or("-"),
+            m.member,
+            r.service,
+            r.session
+        ));
+        out.push_str(&format!(
+            "  from <{}> to {} recipient(s): {}\n",
+            r.mail_from,
+            r.rcpt_count,
+            r.rcpts.join(", ")
+        ));
+        out.push_str(&format!(
+            "  routed to pool {}, back-end {} ({})\n  {} octets, queue id {}\n",
+            r.pool,
+            r.backend,
+            r.route_reason,
+            r.size,
+            r.queue_id.as_deref().unwrap_or("unknown")
+        ));
+        if m.mta.is_empty() {
+            out.push_str(&format!("  no MTA lines from {}'s agent\n", r.backend));
+        } else {
+            out.push_str(&format!("  MTA log of {}:\n", r.backend));
+            for l in &m.mta {
+                out.push_str(&format!("    {l}\n"));
+            }
+        }
+    }
+    if !t.session_events.is_empty() {
+        out.push_str("session events:\n");
+        for e in &t.session_events {
+            out.push_str(&format!("  {}\n", render_entry(e)));
+        }
+    }
+    for h in &t.mta_only {
+        out.push_str(&format!("MTA log of {} (queue id {}):\n", h.host, t.id));
+        for l in &h.lines {
+            out.push_str(&format!("    {l}\n"));
+        }
+    }
+    out
 }
 
 /// The version a `cluster show` output was shown as.

@@ -87,6 +87,7 @@ pub struct Manager {
     journal: Journal,
     audit: Audit,
     logs: Logs,
+    mta: super::mta_log::MtaLog,
     head: watch::Sender<u64>,
     head_ms: AtomicU64,
     members: Mutex<BTreeMap<String, MemberState>>,
@@ -107,6 +108,8 @@ pub enum ManagerError {
     Audit(#[from] super::audit::AuditError),
     #[error(transparent)]
     Logs(#[from] LogsError),
+    #[error(transparent)]
+    MtaLog(#[from] super::mta_log::MtaLogError),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
 }
@@ -119,12 +122,14 @@ impl Manager {
         let journal = Journal::open_cluster(&state_dir.join("journal.redb"), render_dir)?;
         let audit = Audit::open(&state_dir.join("audit.redb"))?;
         let logs = Logs::open(&state_dir.join("logs.redb"))?;
+        let mta = super::mta_log::MtaLog::open(&state_dir.join("mta_log.redb"))?;
         let head = journal.head()?;
         let (tx, _) = watch::channel(head.as_ref().map_or(0, |h| h.number));
         Ok(Manager {
             journal,
             audit,
             logs,
+            mta,
             head: tx,
             head_ms: AtomicU64::new(head.map_or(0, |h| h.time * 1000)),
             members: Mutex::new(BTreeMap::new()),
@@ -224,10 +229,14 @@ impl Manager {
                 member,
                 since_ms,
                 limit,
-            } => match self
-                .logs
-                .query(after, member.as_deref(), since_ms, limit.min(MAX_LOG))
-            {
+                session,
+            } => match self.logs.query_session(
+                after,
+                member.as_deref(),
+                since_ms,
+                limit.min(MAX_LOG),
+                session.as_deref(),
+            ) {
                 Ok((entries, last)) => {
                     Reply::ok(serde_json::json!({ "entries": entries, "last": last }))
                 }
@@ -235,11 +244,15 @@ impl Manager {
             },
             Request::Action { member, action } => self.act(&by, &member, action).await,
             Request::WebLogin => self.web_login(&by, who),
+            Request::Trace { id } => reply(self.trace(&id)),
             Request::Hello { .. }
             | Request::Report { .. }
             | Request::Events { .. }
             | Request::Acted { .. } => {
                 Reply::error("a member's message; this certificate is an operator's")
+            }
+            Request::MtaMark | Request::MtaLines { .. } => {
+                Reply::error("an agent's message; this certificate is an operator's")
             }
         }
     }
@@ -573,4 +586,94 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Records and MTA lines of `cluster trace`, at most this many messages.
+const MAX_TRACED: usize = 100;
+
+impl Manager {
+    /// An agent's request: where its lines resume, or a batch of them. `host` is the
+    /// agent's certificate name, the back-end's name.
+    pub fn agent(&self, host: &str, request: Request) -> Reply {
+        match request {
+            Request::MtaMark => reply(self.mta.mark(host)),
+            Request::MtaLines { dev, ino, lines } => {
+                reply(self.mta.store(host, (dev, ino), &lines))
+            }
+            _ => Reply::error("an agent sends its MTA's log lines only"),
+        }
+    }
+
+    /// `cluster trace ID`: see [`super::mta_log::Trace`].
+    pub fn trace(&self, id: &str) -> Result<super::mta_log::Trace, String> {
+        use crate::events::Kind;
+        let id = id.trim();
+        let bracketed = format!("<{}>", id.trim_start_matches('<').trim_end_matches('>'));
+        let relayed = self
+            .logs
+            .scan(
+                |e| match e.event.as_ref().map(|ev| &ev.kind) {
+                    Some(Kind::MessageRelayed(r)) => {
+                        r.session == id
+                            || r.queue_id.as_deref() == Some(id)
+                            || r.message_id.as_deref() == Some(bracketed.as_str())
+                    }
+                    _ => false,
+                },
+                MAX_TRACED,
+            )
+            .map_err(|e| e.to_string())?;
+        let mut sessions: Vec<String> = vec![id.to_owned()];
+        let mut messages = Vec::new();
+        for e in relayed {
+            let Some(ev) = e.event else { continue };
+            let Kind::MessageRelayed(r) = ev.kind else {
+                continue;
+            };
+            if !sessions.contains(&r.session) {
+                sessions.push(r.session.clone());
+            }
+            let mta = match &r.queue_id {
+                Some(q) => self.mta.lines(&r.backend, q).map_err(|e| e.to_string())?,
+                None => Vec::new(),
+            };
+            messages.push(super::mta_log::TracedMessage {
+                member: e.member,
+                time_ms: ev.time_ms,
+                record: *r,
+                mta,
+            });
+        }
+        let session_events = self
+            .logs
+            .scan(
+                |e| {
+                    e.event.as_ref().is_some_and(|ev| {
+                        !matches!(ev.kind, Kind::MessageRelayed(_))
+                            && ev
+                                .kind
+                                .session()
+                                .is_some_and(|s| sessions.iter().any(|x| x == s))
+                    })
+                },
+                MAX_LOG,
+            )
+            .map_err(|e| e.to_string())?;
+        let mta_only = if messages.is_empty() {
+            self.mta
+                .find(id)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|(host, lines)| super::mta_log::HostLines { host, lines })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(super::mta_log::Trace {
+            id: id.to_owned(),
+            messages,
+            session_events,
+            mta_only,
+        })
+    }
 }

@@ -152,6 +152,18 @@ impl Logs {
         since_ms: u64,
         limit: usize,
     ) -> Result<(Vec<Entry>, u64), LogsError> {
+        self.query_session(after, member, since_ms, limit, None)
+    }
+
+    /// [`Logs::query`], of one mail session's events only when `session` is given.
+    pub fn query_session(
+        &self,
+        after: u64,
+        member: Option<&str>,
+        since_ms: u64,
+        limit: usize,
+        session: Option<&str>,
+    ) -> Result<(Vec<Entry>, u64), LogsError> {
         let txn = self.db.begin_read()?;
         let entries = txn.open_table(ENTRIES)?;
         let mut out = Vec::new();
@@ -162,6 +174,9 @@ impl Logs {
             let e: Entry = decode(v.value(), "entry")?;
             let time = e.event.as_ref().map_or(u64::MAX, |ev| ev.time_ms);
             if member.is_some_and(|m| m != e.member) || (time != u64::MAX && time < since_ms) {
+                continue;
+            }
+            if session.is_some() && e.event.as_ref().and_then(|ev| ev.kind.session()) != session {
                 continue;
             }
             out.push(e);
@@ -180,6 +195,31 @@ impl Logs {
             out.drain(..out.len() - limit);
         }
         Ok((out, last))
+    }
+}
+
+impl Logs {
+    /// Every stored entry `keep` accepts, oldest first, at most `limit` (the newest).
+    /// A scan of the whole file: for `cluster trace`, an operator's occasional question.
+    pub fn scan(
+        &self,
+        keep: impl Fn(&Entry) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>, LogsError> {
+        let txn = self.db.begin_read()?;
+        let entries = txn.open_table(ENTRIES)?;
+        let mut out = std::collections::VecDeque::new();
+        for row in entries.iter()? {
+            let (_, v) = row?;
+            let e: Entry = decode(v.value(), "entry")?;
+            if keep(&e) {
+                if out.len() == limit {
+                    out.pop_front();
+                }
+                out.push_back(e);
+            }
+        }
+        Ok(out.into())
     }
 }
 
@@ -261,8 +301,62 @@ mod tests {
         assert_eq!(fe2.len(), 1);
         let (none, _) = logs.query(0, None, u64::MAX - 1, 100).unwrap();
         assert!(
+            logs.query_session(0, None, 0, 100, Some("s1"))
+                .unwrap()
+                .0
+                .is_empty(),
+            "no event of a session"
+        );
+        assert!(
             none.iter().all(|e| e.event.is_none()),
             "only the gap has no time"
         );
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+    use crate::{
+        events::{Events, Kind},
+        manager::testing::TestDir,
+    };
+
+    #[test]
+    fn a_session_filter_keeps_that_sessions_events_only() {
+        let dir = TestDir::new("logs-session");
+        let logs = Logs::open(&dir.join("logs.redb")).unwrap();
+        let ev = Events::new("fe1", None);
+        let refused = |s: &str| Kind::SessionRefused {
+            session: s.into(),
+            client: "198.18.0.9:1000".into(),
+            service: "smtp".into(),
+            reason: "deflected".into(),
+        };
+        let all = vec![
+            ev.emit(refused("s1")),
+            ev.emit(Kind::ManagerReachable),
+            ev.emit(refused("s2")),
+            ev.emit(refused("s1")),
+        ];
+        logs.store("fe1", "b1", 1, &all).unwrap();
+        let (got, _) = logs.query_session(0, None, 0, 100, Some("s1")).unwrap();
+        let seqs: Vec<u64> = got
+            .iter()
+            .filter_map(|e| e.event.as_ref())
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 4]);
+        assert_eq!(
+            logs.query_session(0, None, 0, 100, None).unwrap().0.len(),
+            4
+        );
+        let found = logs
+            .scan(
+                |e| e.event.as_ref().and_then(|ev| ev.kind.session()) == Some("s2"),
+                10,
+            )
+            .unwrap();
+        assert_eq!(found.len(), 1);
     }
 }

@@ -204,7 +204,16 @@ where
             () = stop.cancelled() => break "stopping".to_owned(),
             _ = events_tick.tick(), if cursor.is_some() => {
                 match next_events(o, &mut cursor).await {
-                    Some(batch) => batch,
+                    Some(batch) => {
+                        // A full batch: more are waiting (every relayed message is an
+                        // event), so the next is read at once rather than in a second.
+                        if matches!(&batch, Request::Events { events, .. }
+                            if events.len() >= crate::frontend::EVENTS_PER_REQUEST)
+                        {
+                            events_tick.reset_immediately();
+                        }
+                        batch
+                    }
                     None => continue,
                 }
             }

@@ -8,6 +8,8 @@
 //! - [`audit`]: the append-only, hash-chained audit trail of what operators, members and
 //!   the manager did.
 //! - [`logs`]: the members' events merged at the manager, each stored once.
+//! - [`mta_log`]: the back-end MTAs' log lines, shipped by their agents, by queue id, and
+//!   the answer of `cluster trace`.
 //! - [`store`]: what the redb files share (JSON records, their errors, the clock).
 //! - [`pki`]: the cluster's certificate authority: the CA, the manager's, members' and
 //!   operators' certificates, and the identity (role, name, cluster) a certificate carries.
@@ -30,12 +32,13 @@ pub mod logs;
 pub mod member;
 pub mod metrics;
 pub mod notify;
+pub mod mta_log;
 pub mod pki;
 pub mod render;
 pub mod server;
 pub mod store;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod tls;
 pub mod web;
 pub mod wire;

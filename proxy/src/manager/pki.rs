@@ -9,6 +9,8 @@
 //! DIR/manager.pem, DIR/manager.key            the manager (2 years)
 //! DIR/members/NAME.pem, DIR/members/NAME.key  each member (2 years)
 //! DIR/operators/NAME.pem, DIR/operators/NAME.key
+//! DIR/agents/NAME.pem, DIR/agents/NAME.key    each back-end host's agent (NAME: the
+//!                                             back-end's name in the configuration)
 //! ```
 //!
 //! A certificate's subject says who holds it: CN the name, O the cluster, OU the role
@@ -52,6 +54,8 @@ pub enum Role {
     Manager,
     Member,
     Operator,
+    /// A back-end host's agent: it may only ship its MTA's log lines.
+    Agent,
 }
 
 impl Role {
@@ -61,6 +65,7 @@ impl Role {
             Role::Manager => "manager",
             Role::Member => "member",
             Role::Operator => "operator",
+            Role::Agent => "agent",
         }
     }
 
@@ -69,6 +74,7 @@ impl Role {
             "manager" => Some(Role::Manager),
             "member" => Some(Role::Member),
             "operator" => Some(Role::Operator),
+            "agent" => Some(Role::Agent),
             _ => None,
         }
     }
@@ -111,7 +117,7 @@ pub enum PkiError {
     Parse(#[from] x509_parser::nom::Err<x509_parser::error::X509Error>),
     #[error("the certificate's subject has no single {0}")]
     Subject(&'static str),
-    #[error("the certificate's role (OU) {0:?} is none of manager, member, operator")]
+    #[error("the certificate's role (OU) {0:?} is none of manager, member, operator, agent")]
     Role(String),
 }
 
@@ -142,6 +148,7 @@ pub fn paths(dir: &Path, role: Role, name: &str) -> (PathBuf, PathBuf) {
         Role::Manager => dir.join("manager"),
         Role::Member => dir.join("members").join(name),
         Role::Operator => dir.join("operators").join(name),
+        Role::Agent => dir.join("agents").join(name),
     };
     (base.with_extension("pem"), base.with_extension("key"))
 }
@@ -243,7 +250,7 @@ fn leaf_params(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![match role {
         Role::Manager => ExtendedKeyUsagePurpose::ServerAuth,
-        Role::Member | Role::Operator => ExtendedKeyUsagePurpose::ClientAuth,
+        Role::Member | Role::Operator | Role::Agent => ExtendedKeyUsagePurpose::ClientAuth,
     }];
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, LEAF_DAYS);
@@ -288,11 +295,24 @@ pub fn init(
     members: &[String],
     operators: &[String],
 ) -> Result<Vec<PathBuf>, PkiError> {
+    init_with_agents(dir, cluster, manager_names, members, operators, &[])
+}
+
+/// [`init`], with the certificates of back-end hosts' agents too.
+pub fn init_with_agents(
+    dir: &Path,
+    cluster: &str,
+    manager_names: &[String],
+    members: &[String],
+    operators: &[String],
+    agents: &[String],
+) -> Result<Vec<PathBuf>, PkiError> {
     check_name("cluster name", cluster)?;
     let mut planned = vec![paths(dir, Role::Manager, DEFAULT_MANAGER)];
     for (role, what, names) in [
         (Role::Member, "member name", members),
         (Role::Operator, "operator name", operators),
+        (Role::Agent, "agent name", agents),
     ] {
         for (i, name) in names.iter().enumerate() {
             check_name(what, name)?;
@@ -333,10 +353,16 @@ pub fn init(
     for o in operators {
         signed.push(sign_leaf(&issuer, Role::Operator, o, cluster, &[])?);
     }
+    for a in agents {
+        signed.push(sign_leaf(&issuer, Role::Agent, a, cluster, &[])?);
+    }
 
     make_dir(dir)?;
     make_dir(&dir.join("members"))?;
     make_dir(&dir.join("operators"))?;
+    if !agents.is_empty() {
+        make_dir(&dir.join("agents"))?;
+    }
     let mut written = Vec::with_capacity(2 + 2 * planned.len());
     // The CA key first, created exclusively: of two concurrent inits only one gets past it.
     write_new(&ca_key_path, &ca_key_pem, 0o600)?;

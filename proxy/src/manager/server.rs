@@ -222,6 +222,7 @@ async fn connection(
     match identity.role {
         Role::Operator => operator(&manager, &identity.name, stream, stop).await,
         Role::Member => member(manager, identity.name, stream, stop).await,
+        Role::Agent => agent(&manager, &identity.name, stream, stop).await,
         Role::Manager => {
             warn!(%peer, "manager: a manager certificate is not a client");
         }
@@ -375,6 +376,32 @@ async fn member<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     };
     reader.abort();
     manager.disconnected(&name, id, &why);
+}
+
+/// A back-end host's agent: it asks where its MTA log lines resume and ships them, one
+/// batch a request; nothing else is taken from it. Its certificate name is the host.
+async fn agent<S: AsyncRead + AsyncWrite + Unpin>(
+    manager: &Manager,
+    name: &str,
+    stream: S,
+    stop: CancellationToken,
+) {
+    let (r, mut w) = tokio::io::split(stream);
+    let mut r = BufReader::new(r);
+    loop {
+        let read = tokio::select! {
+            () = stop.cancelled() => return,
+            r = tokio::time::timeout(OPERATOR_IDLE, wire::read::<Request, _>(&mut r)) => r,
+        };
+        let reply = match read {
+            Err(_) | Ok(Err(WireError::Closed | WireError::Io(_))) => return,
+            Ok(Err(e)) => Reply::error(e.to_string()),
+            Ok(Ok(request)) => manager.agent(name, request),
+        };
+        if wire::write(&mut w, &reply).await.is_err() {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

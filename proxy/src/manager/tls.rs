@@ -83,8 +83,8 @@ pub enum TlsError {
 }
 
 /// Who may connect to the manager.
-const CLIENT_ROLES: &[Role] = &[Role::Member, Role::Operator];
-const CLIENT_ROLES_TEXT: &str = "member or operator";
+const CLIENT_ROLES: &[Role] = &[Role::Member, Role::Operator, Role::Agent];
+const CLIENT_ROLES_TEXT: &str = "member, operator or agent";
 
 /// Checks a verified peer certificate's identity: one of `roles`, of `cluster`.
 fn check_peer(

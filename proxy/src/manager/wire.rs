@@ -62,6 +62,9 @@ pub enum Request {
         member: Option<String>,
         since_ms: u64,
         limit: usize,
+        /// Only the events of this mail session.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
     },
     /// An operator action carried out on one member's front-end.
     Action {
@@ -98,6 +101,20 @@ pub enum Request {
     },
     /// A one-time link that logs the operator into the web interface.
     WebLogin,
+    /// An operator's (or the web interface's) trace of a message: `id` is a session id, a
+    /// Message-ID or a queue id. The answer is a [`super::mta_log::Trace`].
+    Trace {
+        id: String,
+    },
+    /// An agent asks where its MTA log lines resume: the answer is a
+    /// [`super::mta_log::FileMark`].
+    MtaMark,
+    /// An agent's MTA log lines, in file order, of the file with this device and inode.
+    MtaLines {
+        dev: u64,
+        ino: u64,
+        lines: Vec<super::mta_log::MtaLine>,
+    },
 }
 
 /// An operator action on a front-end: its virtual routers, or one of its back-ends.

@@ -8,11 +8,14 @@
 //!   CR/LF, so the proxy and the back-end can never disagree about where a message ends.
 //! - [`session`]: the client-facing session that does the I/O: greeting, EHLO, STARTTLS,
 //!   AUTH, and transactions routed to back-end legs.
+//! - [`trace`]: what a relayed message's record takes from the stream: its Message-ID, read
+//!   as the message passes, and the queue id of the back-end's reply.
 
 pub mod command;
 pub mod data;
 pub mod reply;
 pub(crate) mod session;
+pub mod trace;
 
 pub use command::{Address, Command, CommandError, MailFrom, RcptTo};
 pub use data::{Bare, DataScanner, DataStep, Outcome};

@@ -74,6 +74,10 @@ struct Transaction {
     /// Whether MAIL went to the current leg.
     mail_sent: bool,
     phase: Phase,
+    /// How the route was chosen, said when its first recipient was accepted.
+    route_reason: Option<String>,
+    /// The message's Message-ID, read as it is relayed.
+    message_id: super::trace::MessageIdScanner,
 }
 
 /// How far a transaction has come; each phase holds only what exists in it, so no
@@ -108,6 +112,8 @@ impl Transaction {
             mail_line,
             mail_sent: false,
             phase: Phase::Mail { route: None },
+            route_reason: None,
+            message_id: super::trace::MessageIdScanner::new(),
         }
     }
 

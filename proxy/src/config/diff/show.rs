@@ -30,7 +30,8 @@ macro_rules! by_display {
 }
 
 by_display!(
-    u8, u16, u32, u64, f64, bool, String, IpAddr, SocketAddr, IpNet, Vrid, Priority, Interval,
+    u8, u16, u32, u64, usize, f64, bool, String, IpAddr, SocketAddr, IpNet, Vrid, Priority,
+    Interval,
 );
 
 impl Show for PathBuf {

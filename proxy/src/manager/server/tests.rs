@@ -309,6 +309,7 @@ async fn until_stored(m: &Manager, n: usize) {
                     member: None,
                     since_ms: 0,
                     limit: 100,
+                    session: None,
                 },
             )
             .await;
@@ -375,6 +376,7 @@ async fn events_are_stored_once_and_a_reconnecting_member_resumes_after_them() {
                 member: Some("fe1".into()),
                 since_ms: 0,
                 limit: 100,
+                session: None,
             },
         )
         .await;
@@ -425,4 +427,40 @@ async fn the_manager_notifies_new_alarm_events_its_front_end_did_not_once() {
     let ev = crate::events::Events::new("fe1", None);
     m.store_events("fe1", "run2", 1, &[ev.emit(down("mx1"))]);
     assert_eq!(alarms.try_recv().unwrap().seq, 1);
+}
+
+#[tokio::test]
+async fn an_agent_may_only_ship_lines_and_an_operator_may_not() {
+    use crate::manager::mta_log::MtaLine;
+    let dir = TestDir::new("server-agent-only");
+    let m = Manager::open(&dir.join("state"), dir.path()).unwrap();
+    let refused = m.agent("mx1", Request::Status);
+    assert!(!refused.ok, "{refused:?}");
+    let lines = Request::MtaLines {
+        dev: 1,
+        ino: 2,
+        lines: vec![MtaLine {
+            queue_id: "ABC123".into(),
+            end: 40,
+            line: "x postfix/smtp[1]: ABC123: status=sent".into(),
+        }],
+    };
+    let stored = m.agent("mx1", lines.clone());
+    assert!(stored.ok && stored.value == 1, "{stored:?}");
+    let mark = m.agent("mx1", Request::MtaMark);
+    assert_eq!(mark.value["offset"], 40);
+    // An operator cannot write an agent's lines.
+    let by_operator = m.operator("alice", lines).await;
+    assert!(!by_operator.ok, "{by_operator:?}");
+    let trace = m
+        .operator(
+            "alice",
+            Request::Trace {
+                id: "ABC123".into(),
+            },
+        )
+        .await;
+    assert!(trace.ok, "{trace:?}");
+    assert_eq!(trace.value["messages"], serde_json::json!([]));
+    assert_eq!(trace.value["mta_only"][0]["host"], "mx1");
 }

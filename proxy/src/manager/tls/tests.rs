@@ -397,3 +397,24 @@ async fn connect_gives_up_on_a_server_that_never_answers() {
     }
     drop(listener);
 }
+
+#[tokio::test]
+async fn an_agent_issued_later_connects_and_is_identified_as_one() {
+    let d = Dir::cluster("agent", "mail-east");
+    let (c, _) = crate::manager::pki::issue(&d.0, Role::Agent, "mx1", &[]).unwrap();
+    assert_eq!(c, d.0.join("agents/mx1.pem"));
+    let (addr, server) = serve_once(d.server()).await;
+    let stream = connect(&addr, d.client(Role::Agent, "mx1"), WAIT)
+        .await
+        .unwrap();
+    read_hello(stream).await.unwrap();
+    let peer = server.await.unwrap().unwrap();
+    assert_eq!(
+        peer,
+        Identity {
+            role: Role::Agent,
+            name: "mx1".into(),
+            cluster: "mail-east".into()
+        }
+    );
+}

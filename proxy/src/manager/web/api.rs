@@ -225,6 +225,8 @@ struct LogsQuery {
     kind: Option<String>,
     /// Only events whose message holds this text (any case).
     text: Option<String>,
+    /// Only the events of this mail session.
+    session: Option<String>,
     limit: Option<usize>,
 }
 
@@ -254,6 +256,7 @@ async fn logs(
             .since
             .map_or(0, |s| now_ms().saturating_sub(s.saturating_mul(1000))),
         limit: q.limit.unwrap_or(1000).min(MAX_EVENTS),
+        session: nonempty(q.session),
     };
     let reply = web.ask(&op, request).await;
     if !reply.ok {
@@ -352,6 +355,7 @@ async fn alarms(State(web): State<Shared>, Extension(op): Extension<Operator>) -
             member: None,
             since_ms: 0,
             limit: MAX_EVENTS,
+            session: None,
         };
         let reply = web.ask(&op, request).await;
         if !reply.ok {

@@ -1273,3 +1273,83 @@ async fn a_leg_lost_between_recipients_is_replaced_with_the_recipients_replayed(
     );
     assert_eq!(rec.messages.len(), 1);
 }
+
+/// The `message_relayed` and `session_refused` events of `env`'s sessions so far.
+fn records(env: &ServiceContext) -> Vec<crate::events::Kind> {
+    env.events
+        .recent(100)
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|k| {
+            matches!(
+                k,
+                crate::events::Kind::MessageRelayed(_) | crate::events::Kind::SessionRefused { .. }
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn each_relayed_message_is_one_record_with_its_message_id_and_queue_id() {
+    let (a, _rec) = backend(Fault::None).await;
+    let dir = tempdir("records");
+    let env = env(&dir, &[a], &[], "");
+    for slot in env.pools.board.slots() {
+        slot.chunking
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    // One message by DATA, one by BDAT with its Message-ID cut between two chunks, and a
+    // transaction reset before its end (no record).
+    let mut input = b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nRCPT TO:<v@a.example>\r\nDATA\r\nSubject: one\r\nMessage-ID: <one@x>\r\n\r\nbody\r\n.\r\n".to_vec();
+    input.extend_from_slice(
+        b"MAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nBDAT 15\r\nMessage-ID: <twBDAT 11 LAST\r\no@x>\r\n\r\nb\r\n",
+    );
+    input.extend_from_slice(b"MAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nRSET\r\nQUIT\r\n");
+    let out = converse(&env, &input).await;
+    assert_eq!(out.matches("queued as FAKE").count(), 2, "{out}");
+    let got = records(&env);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let relayed: Vec<&crate::events::Relayed> = got
+        .iter()
+        .filter_map(|k| match k {
+            crate::events::Kind::MessageRelayed(r) => Some(&**r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(relayed[0].message_id.as_deref(), Some("<one@x>"));
+    assert_eq!(relayed[1].message_id.as_deref(), Some("<two@x>"));
+    for r in &relayed {
+        assert_eq!(r.session, "t1");
+        assert_eq!(r.queue_id.as_deref(), Some("FAKE"));
+        assert_eq!(r.client, "198.18.0.100:40000");
+        assert_eq!(r.helo.as_deref(), Some("c"));
+        assert_eq!(r.mail_from, "s@x");
+        assert_eq!(r.pool, "a");
+        assert!(r.route_reason.contains("route map"), "{}", r.route_reason);
+    }
+    assert_eq!(relayed[0].rcpt_count, 2);
+    assert_eq!(relayed[0].rcpts, ["u@a.example", "v@a.example"]);
+}
+
+#[tokio::test]
+async fn a_deflected_session_is_recorded_with_its_id() {
+    let (a, _rec) = backend(Fault::None).await;
+    let dir = tempdir("deflected-record");
+    let env = env(&dir, &[a], &[], "");
+    let _held = fill(&env, 0);
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(out.contains("451 4.3.2 "), "{out}");
+    let got = records(&env);
+    assert!(
+        matches!(
+            got.as_slice(),
+            [crate::events::Kind::SessionRefused { session, reason, .. }]
+                if session == "t1" && reason.contains("deflected")
+        ),
+        "{got:?}"
+    );
+}

@@ -181,6 +181,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         let needs_leg = self.leg.as_ref().is_none_or(|l| l.route != route);
         if needs_leg && self.env.offender(self.client.peer.ip()) {
             info!(session = %self.client.session_id, "client's sessions made back-ends refuse their input too often: refused");
+            self.refused(
+                "the client's sessions made back-ends refuse their input too often".into(),
+            );
             self.say(421, (4, 7, 0), "Too many refused sessions, try again later");
             return (false, false);
         }
@@ -190,10 +193,15 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             Ok(r) => r,
             Err(LeaseError::Busy) => {
                 info!(session = %self.client.session_id, %group, route = ?route, "deflected: every back-end over its thresholds for this group");
+                self.refused(format!(
+                    "deflected: every back-end of {} over its thresholds for group {group}",
+                    route.join(",")
+                ));
                 busy()
             }
             Err(LeaseError::Client(e)) => {
                 warn!(session = %self.client.session_id, error = %e, "the back-end refused this client's own input; closing the session");
+                self.refused(format!("the back-end refused the client's input: {e}"));
                 self.env.offended(self.client.peer.ip());
                 self.say(
                     421,
@@ -208,6 +216,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             }
         };
         if reply.is_positive() {
+            if tx.route_reason.is_none() {
+                tx.route_reason = Some(self.route_reason(&to, &group));
+            }
             tx.accept(route, line);
         }
         self.send(&reply);
@@ -423,6 +434,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 }
             };
             let step = scanner.feed(chunk);
+            if let Some(tx) = self.tx.as_mut() {
+                tx.message_id.feed(step.replay);
+                tx.message_id.feed(&chunk[..step.forward]);
+            }
             if leg_failed.is_none()
                 && (step.forward > 0 || !step.replay.is_empty())
                 && let Some(l) = self.leg.as_mut()
@@ -439,7 +454,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 break o;
             }
         };
-        self.tx = None;
+        let mut done = self.tx.take();
         let reply = match (outcome, leg_failed, self.leg.as_mut()) {
             (Outcome::Complete { size }, None, Some(leg)) => {
                 let commit = Commit::begin(&self.committing);
@@ -449,6 +464,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     Ok(reply) => {
                         info!(session = %self.client.session_id, backend = %leg.lease.backend(), size,
                             from = %from, rcpts, code = reply.code, "message relayed");
+                        if reply.is_positive()
+                            && let Some(tx) = done.as_deref_mut()
+                        {
+                            self.relayed(tx, size, &reply);
+                        }
                         reply
                     }
                     Err(e) => {
@@ -557,9 +577,16 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     tx.add_bdat(size);
                 }
                 if last {
-                    let tx = self.tx.take();
-                    let (total, rcpts) = tx.map_or((0, 0), |t| (t.bdat_size(), t.rcpts().len()));
+                    let mut tx = self.tx.take();
+                    let (total, rcpts) = tx
+                        .as_ref()
+                        .map_or((0, 0), |t| (t.bdat_size(), t.rcpts().len()));
                     info!(session = %self.client.session_id, size = total, rcpts, code = r.code, "message relayed (BDAT)");
+                    if r.is_positive()
+                        && let Some(tx) = tx.as_deref_mut()
+                    {
+                        self.relayed(tx, total, &r);
+                    }
                 } else if !r.is_positive() {
                     // RFC 3030 2: the transaction failed; the back-end may hold part of
                     // the message, so the leg is closed rather than trusted to reset.
@@ -588,6 +615,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 _ => return Ok(false),
             };
             let take = chunk.len().min(left.min(usize::MAX as u64) as usize);
+            if forward && let Some(tx) = self.tx.as_mut() {
+                tx.message_id.feed(&chunk[..take]);
+            }
             if forward
                 && let Some(l) = self.leg.as_mut()
                 && l.lease.data(&chunk[..take]).await.is_err()
@@ -603,5 +633,79 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             self.leg = None;
         }
         Ok(true)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, S> {
+    /// How a route was chosen, for the message's record: where the route came from, the
+    /// session's group, and that the leg's back-end was the least loaded one with room.
+    fn route_reason(&self, to: &Address, group: &str) -> String {
+        let source = if self.client.login.is_some() {
+            "the authenticated user's back-end".to_owned()
+        } else if self
+            .env
+            .routes
+            .as_ref()
+            .is_some_and(|t| t.get().lookup(to).is_some())
+        {
+            "route map".to_owned()
+        } else {
+            "the service's pool".to_owned()
+        };
+        format!("{source}, group {group}, least loaded back-end with room")
+    }
+
+    /// Records a message a back-end took: one event per message, built from what the
+    /// transaction holds.
+    fn relayed(&self, tx: &mut Transaction, size: u64, reply: &Reply) {
+        let Some(leg) = self.leg.as_ref() else {
+            return;
+        };
+        let rcpts = tx.rcpts();
+        let record = crate::events::Relayed {
+            session: self.client.session_id.clone(),
+            client: self.client.peer.to_string(),
+            service: self.svc().name.clone(),
+            helo: self.client.helo.clone(),
+            mail_from: tx
+                .mail
+                .reverse_path
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            rcpt_count: rcpts.len(),
+            rcpts: rcpts
+                .iter()
+                .take(crate::events::MAX_RCPTS_LISTED)
+                .map(|l| rcpt_address(l))
+                .collect(),
+            pool: leg.lease.candidate.pool.pool.name.clone(),
+            backend: leg.lease.backend().to_owned(),
+            route_reason: tx.route_reason.clone().unwrap_or_default(),
+            size,
+            message_id: tx.message_id.message_id(),
+            queue_id: crate::smtp::trace::queue_id(&reply.lines.join(" ")),
+        };
+        self.env
+            .events
+            .emit(crate::events::Kind::MessageRelayed(Box::new(record)));
+    }
+
+    /// Records a session whose mail the proxy refused or deflected.
+    fn refused(&self, reason: String) {
+        self.env.events.emit(crate::events::Kind::SessionRefused {
+            session: self.client.session_id.clone(),
+            client: self.client.peer.to_string(),
+            service: self.svc().name.clone(),
+            reason,
+        });
+    }
+}
+
+/// The address of a kept RCPT line (`RCPT TO:<a@b> PARAMS`), or the line if it has none.
+fn rcpt_address(line: &str) -> String {
+    match (line.find('<'), line.find('>')) {
+        (Some(a), Some(b)) if a < b => line[a + 1..b].to_owned(),
+        _ => line.trim().to_owned(),
     }
 }

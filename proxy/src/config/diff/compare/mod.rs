@@ -203,9 +203,10 @@ fn monitor(out: &mut Out, old: &Monitor, new: &Monitor) {
         event_log_files,
         metrics,
         snmp,
+        event_history,
     } = old;
     let (k, s) = (ChangeKind::Frontend, "monitor");
-    fields!(out, k, s, new; event_log, event_log_max_bytes, event_log_files);
+    fields!(out, k, s, new; event_log, event_log_max_bytes, event_log_files, event_history);
     if metrics != &new.metrics {
         let show = |m: &Option<crate::config::MetricsEndpoint>| {
             m.as_ref()

@@ -179,7 +179,7 @@ async function alarms() {
 
 function logQuery(after) {
   const p = new URLSearchParams({ limit: "1000", after: String(after) });
-  for (const [id, k] of [["logs-member", "member"], ["logs-since", "since"], ["logs-kind", "kind"], ["logs-text", "text"]]) {
+  for (const [id, k] of [["logs-member", "member"], ["logs-since", "since"], ["logs-kind", "kind"], ["logs-text", "text"], ["logs-session", "session"]]) {
     const v = $(id).value.trim();
     if (v) p.set(k, v);
   }
