@@ -531,6 +531,7 @@ mod tests {
                 severity: kind.severity(),
                 message: format!("event {n}"),
                 alarm: alarm.map(str::to_owned),
+                notified: false,
                 kind,
             }),
         }
