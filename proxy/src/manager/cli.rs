@@ -138,6 +138,17 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The members' statistics per minute, as stored at the manager.
+    Stats {
+        #[arg(long)]
+        member: Option<String>,
+        /// Only the minutes after this unix minute (unix seconds / 60).
+        #[arg(long, value_name = "MIN")]
+        since: Option<u64>,
+        /// One JSON record per minute and line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hand a member's virtual router over (drain-aware), as `ha release` on it.
     Release { member: String, vrid: u8 },
     /// Undo a release.
@@ -336,6 +347,33 @@ async fn remote(command: ClusterCommand, conn: Connection) -> anyhow::Result<()>
             limit,
             json,
         } => logs(&mut c, member, since, follow, limit, json).await,
+        ClusterCommand::Stats {
+            member,
+            since,
+            json,
+        } => {
+            let v = c.call(&Request::StatsOf { member, since }, TIMEOUT).await?;
+            let minutes: Vec<crate::stats::Minute> = serde_json::from_value(v)?;
+            if json {
+                for m in &minutes {
+                    println!("{}", serde_json::to_string(m)?);
+                }
+            } else {
+                let mut members: Vec<&str> = minutes.iter().map(|m| m.member.as_str()).collect();
+                members.sort_unstable();
+                members.dedup();
+                for name in members {
+                    let own: Vec<crate::stats::Minute> = minutes
+                        .iter()
+                        .filter(|m| m.member == name)
+                        .cloned()
+                        .collect();
+                    println!("member {name}:");
+                    print!("{}", crate::stats::render(&own));
+                }
+            }
+            Ok(())
+        }
         ClusterCommand::Release { member, vrid } => {
             act(&mut c, &[member], Action::Release { vrid }).await
         }

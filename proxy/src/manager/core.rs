@@ -87,6 +87,9 @@ pub struct Manager {
     journal: Journal,
     audit: Audit,
     logs: Logs,
+    stats: super::stats::StatsStore,
+    /// Days of statistics kept.
+    stats_days: AtomicU64,
     head: watch::Sender<u64>,
     head_ms: AtomicU64,
     members: Mutex<BTreeMap<String, MemberState>>,
@@ -103,6 +106,8 @@ pub enum ManagerError {
     Audit(#[from] super::audit::AuditError),
     #[error(transparent)]
     Logs(#[from] LogsError),
+    #[error(transparent)]
+    Stats(#[from] super::stats::StatsError),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
 }
@@ -115,12 +120,15 @@ impl Manager {
         let journal = Journal::open_cluster(&state_dir.join("journal.redb"), render_dir)?;
         let audit = Audit::open(&state_dir.join("audit.redb"))?;
         let logs = Logs::open(&state_dir.join("logs.redb"))?;
+        let stats = super::stats::StatsStore::open(&state_dir.join("stats.redb"))?;
         let head = journal.head()?;
         let (tx, _) = watch::channel(head.as_ref().map_or(0, |h| h.number));
         Ok(Manager {
             journal,
             audit,
             logs,
+            stats,
+            stats_days: AtomicU64::new(super::stats::DEFAULT_DAYS),
             head: tx,
             head_ms: AtomicU64::new(head.map_or(0, |h| h.time * 1000)),
             members: Mutex::new(BTreeMap::new()),
@@ -228,9 +236,11 @@ impl Manager {
                 Err(e) => Reply::error(e.to_string()),
             },
             Request::Action { member, action } => self.act(&by, &member, action).await,
+            Request::StatsOf { member, since } => reply(self.stats.query(member.as_deref(), since)),
             Request::Hello { .. }
             | Request::Report { .. }
             | Request::Events { .. }
+            | Request::Stats { .. }
             | Request::Acted { .. } => {
                 Reply::error("a member's message; this certificate is an operator's")
             }
@@ -433,6 +443,25 @@ impl Manager {
     ) {
         if let Err(e) = self.logs.store(member, boot, oldest, events) {
             tracing::error!(member, error = %e, "events not stored");
+        }
+    }
+
+    /// Keeps the members' statistics `days` days (at least one).
+    pub fn keep_stats_days(&self, days: u64) {
+        self.stats_days.store(days.max(1), Ordering::Relaxed);
+    }
+
+    /// The last minute of `member`'s statistics stored (it resumes after it).
+    pub fn stats_mark(&self, member: &str) -> Result<u64, String> {
+        self.stats.mark(member).map_err(|e| e.to_string())
+    }
+
+    /// A batch of `member`'s minutes of statistics.
+    pub fn store_stats(&self, member: &str, minutes: &[crate::stats::Minute]) {
+        let days = self.stats_days.load(Ordering::Relaxed);
+        let keep_from = (now() / 60).saturating_sub(days.saturating_mul(1440));
+        if let Err(e) = self.stats.store(member, minutes, keep_from) {
+            tracing::error!(member, error = %e, "statistics not stored");
         }
     }
 

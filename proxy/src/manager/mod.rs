@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod pki;
 pub mod render;
 pub mod server;
+pub mod stats;
 pub mod store;
 #[cfg(test)]
 mod testing;

@@ -447,6 +447,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 drop(commit);
                 match reply {
                     Ok(reply) => {
+                        if reply.is_positive() {
+                            leg.lease.tally.message(rcpts as u64);
+                        }
                         info!(session = %self.client.session_id, backend = %leg.lease.backend(), size,
                             from = %from, rcpts, code = reply.code, "message relayed");
                         reply
@@ -559,6 +562,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 if last {
                     let tx = self.tx.take();
                     let (total, rcpts) = tx.map_or((0, 0), |t| (t.bdat_size(), t.rcpts().len()));
+                    if r.is_positive()
+                        && let Some(l) = &self.leg
+                    {
+                        l.lease.tally.message(rcpts as u64);
+                    }
                     info!(session = %self.client.session_id, size = total, rcpts, code = r.code, "message relayed (BDAT)");
                 } else if !r.is_positive() {
                     // RFC 3030 2: the transaction failed; the back-end may hold part of
