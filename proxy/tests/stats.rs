@@ -18,7 +18,7 @@ use std::{
 
 use robustifier::stats::Minute;
 use support::{
-    Client, Daemon, PATIENCE, SmtpBackend, config, free_port, get, promtool_accepts,
+    Client, Daemon, PATIENCE, SmtpBackend, config, free_port, get, pop3_backend, promtool_accepts,
     run_without_kernel, stop_daemon, tempdir,
 };
 
@@ -146,7 +146,9 @@ async fn sessions_show_up_in_the_frontends_minutes_and_at_the_manager() {
     let dir = tempdir("stats");
     let socket = dir.join("control").join("control.sock");
     let backend = SmtpBackend::start().await;
-    let (port, metrics_port, manager_port) = (free_port(), free_port(), free_port());
+    let (store, _) = pop3_backend().await;
+    let (port, pop3_port, metrics_port, manager_port) =
+        (free_port(), free_port(), free_port(), free_port());
     let file = dir.join("robustifier.toml");
     std::fs::write(
         &file,
@@ -154,6 +156,9 @@ async fn sessions_show_up_in_the_frontends_minutes_and_at_the_manager() {
             "[[service]]\nname = \"smtp\"\nprotocol = \"smtp\"\nport = {port}\nvips = [\"127.0.0.1\"]\npool = \"mx\"\n\
              [[pool]]\nname = \"mx\"\nidentity = \"none\"\n\
              backend = [{{ name = \"mx1\", address = \"{}\" }}]\n\
+             [[service]]\nname = \"pop3\"\nprotocol = \"pop3\"\nport = {pop3_port}\nvips = [\"127.0.0.1\"]\npool = \"store\"\n\
+             [[pool]]\nname = \"store\"\nidentity = \"none\"\n\
+             backend = [{{ name = \"s0\", address = \"{store}\" }}]\n\
              [ha]\ncontrol_socket = \"{}\"\n\
              [monitor]\nstats_log = \"{}\"\nstats_period_ms = 200\n\
              metrics_listen = \"127.0.0.1:{metrics_port}\"\nmetrics_insecure_no_auth = true\n",
@@ -208,6 +213,18 @@ async fn sessions_show_up_in_the_frontends_minutes_and_at_the_manager() {
     assert!(b.reply().await.starts_with("250"));
     assert!(b.ask("QUIT").await.starts_with("221"));
     assert_eq!(backend.messages().len(), 3);
+    // And a POP3 session, relayed after its login.
+    let mut p = Client::connect(format!("127.0.0.1:{pop3_port}").parse().unwrap()).await;
+    assert!(p.line().await.starts_with("+OK"));
+    p.send("USER carol").await;
+    assert!(p.line().await.starts_with("+OK"));
+    p.send("PASS secret").await;
+    assert!(p.line().await.starts_with("+OK"));
+    p.send("STAT").await;
+    assert_eq!(p.line().await, "+OK 1 42");
+    p.send("QUIT").await;
+    assert!(p.line().await.starts_with("+OK"));
+    assert_eq!(p.line().await, "", "closed after QUIT");
 
     // Once every message is in a minute, two more minutes pass: nothing is counted twice.
     let seen = until(
@@ -238,6 +255,18 @@ async fn sessions_show_up_in_the_frontends_minutes_and_at_the_manager() {
         .map(|t| t.bytes_to_backend)
         .sum();
     assert!(bytes > 0, "message octets went to the back-end");
+    let pop3 = until(
+        "the POP3 session in the minutes",
+        || frontend_minutes(&socket),
+        |m| m.iter().any(|m| m.services.contains_key("pop3")),
+    )
+    .await;
+    let pop3: Vec<_> = pop3.iter().filter_map(|m| m.services.get("pop3")).collect();
+    assert_eq!(pop3.iter().map(|t| t.sessions).sum::<u64>(), 1);
+    // At least what was relayed after the login: STAT and QUIT, and their answers.
+    let to_backend: u64 = pop3.iter().map(|t| t.bytes_to_backend).sum();
+    let to_client: u64 = pop3.iter().map(|t| t.bytes_to_client).sum();
+    assert!(to_backend >= 12 && to_client >= 19, "{pop3:?}");
     // `--since` gives only the later minutes; the table names the keys.
     let later = minutes(
         &Command::new(BIN)

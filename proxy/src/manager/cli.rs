@@ -352,8 +352,22 @@ async fn remote(command: ClusterCommand, conn: Connection) -> anyhow::Result<()>
             since,
             json,
         } => {
-            let v = c.call(&Request::StatsOf { member, since }, TIMEOUT).await?;
-            let minutes: Vec<crate::stats::Minute> = serde_json::from_value(v)?;
+            // The manager answers a bounded batch of whole minutes: ask on after the last.
+            let mut minutes: Vec<crate::stats::Minute> = Vec::new();
+            let mut since = since;
+            loop {
+                let request = Request::StatsOf {
+                    member: member.clone(),
+                    since,
+                };
+                let batch: Vec<crate::stats::Minute> =
+                    serde_json::from_value(c.call(&request, TIMEOUT).await?)?;
+                let Some(last) = batch.last().map(|m| m.minute) else {
+                    break;
+                };
+                since = Some(last);
+                minutes.extend(batch);
+            }
             if json {
                 for m in &minutes {
                     println!("{}", serde_json::to_string(m)?);

@@ -17,8 +17,9 @@ const MINUTES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("minut
 
 /// Days kept unless the manager is told otherwise.
 pub const DEFAULT_DAYS: u64 = 7;
-/// Minutes one operator request returns at most: its reply stays well under a line's bound.
-pub const MAX_REPLY: usize = 5000;
+/// The JSON of the minutes one operator request returns at most: its reply stays well under
+/// the protocol's line bound, and the operator asks again after the last minute for more.
+pub const MAX_REPLY_BYTES: usize = 2 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatsError {
@@ -85,7 +86,8 @@ impl StatsStore {
     }
 
     /// The minutes after `since` (all when `None`) of `member` (all when `None`), in time
-    /// order then by member, at most [`MAX_REPLY`] (the oldest).
+    /// order then by member: the oldest, up to [`MAX_REPLY_BYTES`] of them and only whole
+    /// minutes (every member's), so that asking again after the last one misses nothing.
     pub fn query(
         &self,
         member: Option<&str>,
@@ -94,7 +96,7 @@ impl StatsStore {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(MINUTES)?;
         let from = since.map_or(0, |s| s.saturating_add(1));
-        let mut out = Vec::new();
+        let mut all: Vec<(Minute, usize)> = Vec::new();
         let rows: Box<dyn Iterator<Item = _>> = match member {
             Some(m) => Box::new(t.range((m, from)..=(m, u64::MAX))?),
             None => Box::new(t.iter()?),
@@ -104,11 +106,29 @@ impl StatsStore {
             if k.value().1 < from {
                 continue;
             }
-            out.push(decode::<Minute>(v.value(), "minute")?);
+            let raw = v.value();
+            all.push((decode::<Minute>(raw, "minute")?, raw.len()));
         }
-        out.sort_by(|a, b| (a.minute, &a.member).cmp(&(b.minute, &b.member)));
-        out.truncate(MAX_REPLY);
-        Ok(out)
+        all.sort_by(|a, b| (a.0.minute, &a.0.member).cmp(&(b.0.minute, &b.0.member)));
+        let mut size = 0;
+        let mut cut = all.len();
+        for (i, (m, len)) in all.iter().enumerate() {
+            size += len;
+            if size > MAX_REPLY_BYTES {
+                // Back to the start of this minute, unless it is the first one.
+                let first = all[0].0.minute;
+                cut = if m.minute == first {
+                    i.max(1)
+                } else {
+                    all.iter()
+                        .position(|(x, _)| x.minute == m.minute)
+                        .unwrap_or(i)
+                };
+                break;
+            }
+        }
+        all.truncate(cut);
+        Ok(all.into_iter().map(|(m, _)| m).collect())
     }
 }
 

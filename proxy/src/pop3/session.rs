@@ -476,13 +476,14 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         // Not tokio's copy_bidirectional, which holds two 8 KiB buffers for as long as the
         // user stays logged in; this holds only what is in flight.
         // The store's close ends the session (after QUIT, or its autologout timer).
-        match crate::stream::relay_idle_until_b_closes(&mut client, &mut backend, idle).await {
-            Ok((to_backend, to_client)) => hold.tally.bytes(
-                to_backend + pipelined.len() as u64,
-                to_client + early.len() as u64,
-            ),
-            Err(e) => info!(session = %self.client.session_id, error = %e, "relay ended"),
+        if let Err(e) =
+            crate::stream::relay_idle_until_b_closes(&mut client, &mut backend, idle).await
+        {
+            info!(session = %self.client.session_id, error = %e, "relay ended");
         }
+        // Counted on the back-end's side, which also knows a relay that ended in an error.
+        let (to_backend, to_client) = backend.moved();
+        hold.tally.bytes(to_backend, to_client + early.len() as u64);
         if let Some(source) = backend.take_error() {
             hold.health.failure(&LegError::Io {
                 stage: "relay",

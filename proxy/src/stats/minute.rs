@@ -142,15 +142,11 @@ impl Roller {
             }
             for key in self.deflecting.difference(&over) {
                 if let Some((scope, name)) = key.split_once(':') {
+                    let during = if scope == "pool" { &m.pools } else { &m.groups };
                     events.emit(Kind::Deflecting {
                         scope: scope.to_owned(),
                         name: name.to_owned(),
-                        per_minute: m
-                            .pools
-                            .get(name)
-                            .filter(|_| scope == "pool")
-                            .or_else(|| m.groups.get(name).filter(|_| scope == "group"))
-                            .map_or(0, Totals::deflections),
+                        per_minute: during.get(name).map_or(0, Totals::deflections),
                         over: false,
                     });
                 }
