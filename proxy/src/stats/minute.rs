@@ -41,20 +41,20 @@ pub struct Roller {
 }
 
 impl Roller {
-    /// Starts from the counters as they are now.
+    /// Starts from zero, as the counters do: sessions counted before the roll-up starts
+    /// (the listeners accept first) fall in the first minute.
     pub fn new(
         frontend: &str,
         stats: Arc<Stats>,
         log: Option<JsonLog>,
         thresholds: Thresholds,
     ) -> Roller {
-        let previous = stats.totals();
         Roller {
             frontend: frontend.to_owned(),
             stats,
             log,
             thresholds,
-            previous,
+            previous: BTreeMap::new(),
             previous_xdp: None,
             last: None,
             deflecting: BTreeSet::new(),

@@ -25,9 +25,9 @@ fn tmp(tag: &str) -> std::path::PathBuf {
 fn a_minute_holds_what_each_key_added_during_it() {
     let (stats, t) = setup(10);
     let events = Events::default();
-    let mut r = Roller::new("fe", Arc::clone(&stats), None, Thresholds::default());
-    // Before the first minute: counted into the first.
+    // Counted before the roll-up starts: in the first minute.
     t.service(0).unwrap().session();
+    let mut r = Roller::new("fe", Arc::clone(&stats), None, Thresholds::default());
     let a = tally(&t, 0, 0);
     a.session(Some(Duration::from_millis(7)));
     a.message(3);
