@@ -46,6 +46,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "reload",
             "supervise",
             "stream",
+            "stats",
         ],
     ),
     (

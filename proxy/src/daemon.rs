@@ -94,6 +94,9 @@ pub fn main(mut cfg: Config, mode: Mode, take_over: bool) -> anyhow::Result<()> 
         }
         hand_over_control(&cfg, account)?;
         hand_over_event_log(&cfg, account)?;
+        if let Some(dir) = &cfg.monitor.stats.log {
+            hand_over_log(dir, "stats.jsonl", account)?;
+        }
         privs::switch(account)?;
     }
     tokio::runtime::Runtime::new()?.block_on(serve(frontend, &cfg, root, endpoint))
@@ -226,17 +229,23 @@ fn hand_over_event_log(cfg: &Config, account: &privs::Account) -> anyhow::Result
     let Some(dir) = &cfg.monitor.event_log else {
         return Ok(());
     };
+    hand_over_log(dir, "events.jsonl", account)
+}
+
+/// A JSON-lines log's folder and its files named `name` (and rotated from it) become the
+/// daemon user's.
+fn hand_over_log(dir: &Path, name: &str, account: &privs::Account) -> anyhow::Result<()> {
     if !dir.is_dir() {
-        // Not opened (said at open): events stay in memory.
+        // Not opened (said at open): the records stay in memory.
         return Ok(());
     }
     privs::hand_over(dir, account)?;
-    for entry in std::fs::read_dir(dir).with_context(|| format!("event log {}", dir.display()))? {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("log {}", dir.display()))? {
         let path = entry?.path();
         let ours = path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("events.jsonl"));
+            .is_some_and(|n| n.starts_with(name));
         if ours {
             privs::hand_over(&path, account)?;
         }

@@ -64,6 +64,7 @@ pub mod service;
 pub mod session_core;
 pub mod smtp;
 pub mod snmp;
+pub mod stats;
 pub mod stream;
 pub(crate) mod supervise;
 mod sync;

@@ -146,6 +146,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A running front-end's statistics per minute (sessions, messages, recipients, bytes,
+    /// deflections; per service, back-end, pool and user group).
+    Stats {
+        /// Control socket; defaults to the config's `ha.control_socket`.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only the minutes after this unix minute (unix seconds / 60).
+        #[arg(long, value_name = "MIN")]
+        since: Option<u64>,
+        /// One JSON record per minute and line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the cluster manager: the cluster's configuration journal, served to members and
     /// operators over mutual TLS.
     Manager {
@@ -183,6 +198,9 @@ enum Command {
         /// operators log in with a link from `robustifier cluster web`.
         #[arg(long)]
         web_listen: Option<std::net::SocketAddr>,
+        /// Days of the members' per-minute statistics kept.
+        #[arg(long, default_value_t = robustifier::manager::stats::DEFAULT_DAYS)]
+        stats_days: u64,
     },
     /// Link a front-end to its cluster's manager: apply each new version live, report.
     /// The front-end runs (and starts from) STATE_DIR/config.toml.
@@ -457,6 +475,36 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Stats {
+            socket,
+            config,
+            since,
+            json,
+        } => {
+            let path = control_path(socket, config.as_deref())?;
+            let mut since = since;
+            let mut minutes: Vec<robustifier::stats::Minute> = Vec::new();
+            // The front-end answers a bounded batch: ask on until it has no more.
+            loop {
+                let line = since.map_or("stats".to_owned(), |m| format!("stats {m}"));
+                let text = control::request(&path, &line, Duration::from_secs(5))?;
+                let batch: Vec<robustifier::stats::Minute> = serde_json::from_str(&text)?;
+                let full = batch.len() >= robustifier::stats::MINUTES_PER_REQUEST;
+                since = batch.last().map(|m| m.minute).or(since);
+                minutes.extend(batch);
+                if !full {
+                    break;
+                }
+            }
+            if json {
+                for m in &minutes {
+                    println!("{}", serde_json::to_string(m)?);
+                }
+            } else {
+                print!("{}", robustifier::stats::render(&minutes));
+            }
+            Ok(())
+        }
         Command::Manager {
             listen,
             state_dir,
@@ -468,6 +516,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             metrics_token_file,
             metrics_insecure_no_auth,
             web_listen,
+            stats_days,
         } => {
             let metrics = match (metrics_listen, metrics_token_file, metrics_insecure_no_auth) {
                 (None, _, _) => None,
@@ -488,6 +537,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 render_dir,
                 metrics,
                 web: web_listen,
+                stats_days,
             };
             until_signal(|stop| async move {
                 robustifier::manager::server::serve(o, stop, None)

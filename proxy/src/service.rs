@@ -24,6 +24,10 @@ pub struct ServiceContext {
     pub offences: Arc<crate::front::limits::Strikes>,
     /// The front-end's events: relayed messages and refused sessions are recorded there.
     pub events: crate::events::Events,
+    /// The statistics' counters of the configuration in force, and this service's index
+    /// in them.
+    pub stats: Arc<crate::stats::Table>,
+    pub stats_index: usize,
 }
 
 impl ServiceContext {
@@ -58,6 +62,8 @@ impl ServiceContext {
             auth_failures: Arc::new(crate::front::limits::Strikes::default()),
             offences: Arc::new(crate::front::limits::Strikes::default()),
             events: crate::events::Events::default(),
+            stats: Arc::default(),
+            stats_index: 0,
         })
     }
 
@@ -65,6 +71,18 @@ impl ServiceContext {
     pub fn with_events(mut self, events: crate::events::Events) -> ServiceContext {
         self.events = events;
         self
+    }
+
+    /// Counts into `table`, as its service number `index`.
+    pub fn counting(mut self, table: Arc<crate::stats::Table>, index: usize) -> ServiceContext {
+        self.stats = table;
+        self.stats_index = index;
+        self
+    }
+
+    /// This service's own counters (client sessions, limits).
+    pub fn counters(&self) -> Option<&Arc<crate::stats::Counters>> {
+        self.stats.service(self.stats_index)
     }
 
     /// Whether a client at `peer` may send a password over a connection that is (`tls`) or
@@ -79,9 +97,14 @@ impl ServiceContext {
         crate::front::limits::client_key(peer, self.service.client_prefix_v6)
     }
 
-    /// Whether `peer` has failed to log in too often lately.
+    /// Whether `peer` has failed to log in too often lately (a refusal counts in the
+    /// statistics as a limit).
     pub fn login_refused(&self, peer: std::net::IpAddr) -> bool {
-        self.auth_failures.refused(self.client_key(peer))
+        let refused = self.auth_failures.refused(self.client_key(peer));
+        if refused && let Some(c) = self.counters() {
+            c.deflected(crate::stats::Reason::Limit);
+        }
+        refused
     }
 
     /// Counts a failed login of `peer`.
@@ -142,7 +165,8 @@ impl ServiceContext {
         F: FnMut(crate::backend::Candidate) -> Fut,
         Fut: Future<Output = Result<(L, std::time::Duration), E>>,
     {
-        use crate::backend::lease::{self, Ask, Waiting};
+        use crate::backend::lease::{self, Ask, LeaseError, Waiting};
+        use crate::stats::{Reason, Tally};
         let ask = Ask {
             route,
             share,
@@ -155,7 +179,38 @@ impl ServiceContext {
             quiet,
             closing,
         };
-        lease::lease(&self.pools, &ask, waiting, open).await
+        let outcome = lease::lease(&self.pools, &ask, waiting, open).await;
+        let group_counters = self.stats.group(self.groups.position(group));
+        match outcome {
+            Ok(mut l) => {
+                let tally = Tally::new(
+                    self.stats.backend(l.candidate.backend.id),
+                    self.stats.pool(l.candidate.pool.pool.id),
+                    self.counters(),
+                    group_counters,
+                );
+                tally.session(Some(l.greeting));
+                l.tally = tally;
+                Ok(l)
+            }
+            Err(e) => {
+                let why = match &e {
+                    LeaseError::Busy => Some(Reason::Overload),
+                    LeaseError::Unavailable(_) | LeaseError::Empty => Some(Reason::NoBackend),
+                    LeaseError::Client(_) => None,
+                };
+                if let Some(why) = why {
+                    // The route's pools by name: only on this path, not on every session's.
+                    for pool in route.iter().filter_map(|p| self.pools.pool(p)) {
+                        if let Some(c) = self.stats.pool(pool.pool.id) {
+                            c.deflected(why);
+                        }
+                    }
+                    Tally::new(None, None, self.counters(), group_counters).deflected(why);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// CHUNKING can be offered when every back-end the service may use offers it.

@@ -266,15 +266,29 @@ where
 }
 
 /// A stream that remembers the first I/O error on it, so that after a [`relay`] (which
-/// reports one error for both sides) the caller can tell whether this side broke.
+/// reports one error for both sides) the caller can tell whether this side broke; and
+/// counts the octets written to it and read from it, which a relay that ends in an error
+/// does not report.
 pub struct Watched<S> {
     inner: S,
     error: Option<io::Error>,
+    written: u64,
+    read: u64,
 }
 
 impl<S> Watched<S> {
     pub fn new(inner: S) -> Self {
-        Watched { inner, error: None }
+        Watched {
+            inner,
+            error: None,
+            written: 0,
+            read: 0,
+        }
+    }
+
+    /// The octets written to this side and read from it so far.
+    pub fn moved(&self) -> (u64, u64) {
+        (self.written, self.read)
     }
 
     /// The first error seen on this side, if any.
@@ -299,7 +313,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.read += (buf.filled().len() - before) as u64;
         this.note(r)
     }
 }
@@ -308,6 +324,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, b);
+        if let Poll::Ready(Ok(n)) = &r {
+            this.written += *n as u64;
+        }
         this.note(r)
     }
 

@@ -11,7 +11,10 @@ mod support;
 
 use std::{path::Path, process::Command, time::Duration};
 
-use support::{Daemon, config, free_port, greeter, run_without_kernel, stop_daemon, tempdir};
+use support::{
+    Daemon, config, free_port, get, greeter, promtool_accepts, run_without_kernel, stop_daemon,
+    tempdir,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
 
@@ -63,61 +66,6 @@ fn control(socket: &Path, line: &str) {
     let mut reply = String::new();
     std::io::BufReader::new(s).read_line(&mut reply).unwrap();
     assert!(reply.starts_with("ok"), "{line}: {reply}");
-}
-
-/// `GET path` on loopback `port`, with a bearer token: the status code and the body.
-fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    let code = reply[9..12].parse().unwrap();
-    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    // A chunked body (axum's default for a streamed one) is read whole by the checks
-    // below: they look for lines, which chunk sizes do not break.
-    (code, body.to_owned())
-}
-
-/// `promtool check metrics` on `text`. Required under `cargo xtask test` (setup installs
-/// it); elsewhere a missing promtool is said, not hidden.
-fn promtool_accepts(text: &str) {
-    use std::io::Write as _;
-    let spawned = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var_os("ROBUSTIFIER_REQUIRE_PRIVILEGED").is_none(),
-                "promtool not runnable ({e}): `cargo xtask setup` installs it (Debian's prometheus)"
-            );
-            eprintln!("NOT CHECKED: promtool not runnable ({e}); install Debian's prometheus");
-            return;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool refuses the metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,6 +124,11 @@ async fn a_backend_down_then_up_and_a_refused_reload_raise_and_clear_alarms() {
     );
     assert!(
         metrics.contains("robustifier_snmp_notifications_lost_total{outcome=\"dropped\"} 0"),
+        "{metrics}"
+    );
+    // The statistics' counters, there from the start for every configured key.
+    assert!(
+        metrics.contains("robustifier_sessions_total{scope=\"service\",name=\"smtp\"} 0"),
         "{metrics}"
     );
     promtool_accepts(&metrics);

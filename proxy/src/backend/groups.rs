@@ -52,6 +52,17 @@ impl Groups {
         })
     }
 
+    /// The position of a group named by [`Groups::classify`] (the configured groups in
+    /// order, then the sessions that match none): by the name's address first, as the name
+    /// came from here, so counting a session compares no strings.
+    pub fn position(&self, group: &str) -> usize {
+        self.groups
+            .iter()
+            .position(|g| std::ptr::eq(g.name.as_str(), group))
+            .or_else(|| self.groups.iter().position(|g| g.name == group))
+            .unwrap_or(self.groups.len())
+    }
+
     /// Whether shedding normal-class clients at connect can be right: only when no group
     /// above the default is defined by recipient or domain (such a recipient may arrive
     /// from any client, and must not be turned away before it is named).

@@ -88,6 +88,10 @@ pub struct Lease<L> {
     pub health: Passive,
     /// When the leg was last used: a failure after a long idle is [`Fault::Stale`].
     pub last_used: Instant,
+    /// How long the back-end took to connect and greet.
+    pub greeting: Duration,
+    /// The statistics the leg's exchanges count into (set by the session's service).
+    pub tally: crate::stats::Tally,
     _slot: SessionGuard,
 }
 
@@ -108,6 +112,7 @@ impl<L> Lease<L> {
             self.leg,
             Hold {
                 health: self.health,
+                tally: self.tally,
                 _slot: self._slot,
             },
         )
@@ -117,6 +122,7 @@ impl<L> Lease<L> {
 /// What stays of a lease while its leg is relayed: the slot and passive health.
 pub struct Hold {
     pub health: Passive,
+    pub tally: crate::stats::Tally,
     _slot: SessionGuard,
 }
 
@@ -271,6 +277,8 @@ where
                     candidate: c,
                     health,
                     last_used: Instant::now(),
+                    greeting,
+                    tally: crate::stats::Tally::default(),
                     _slot: slot,
                 });
             }

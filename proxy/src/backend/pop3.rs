@@ -142,6 +142,12 @@ impl super::lease::Lease<Pop3Leg> {
         let sent = std::time::Instant::now();
         let r = self.leg.command(line, stage).await;
         self.last_used = std::time::Instant::now();
+        // Only the login's few exchanges come here: rendering the answer to count it is cheap.
+        self.tally.bytes(
+            line.len() as u64 + 2,
+            r.as_ref()
+                .map_or(0, |resp| resp.to_string().len() as u64 + 2),
+        );
         match &r {
             Err(e) => self.health.failure(e),
             Ok(resp) => {

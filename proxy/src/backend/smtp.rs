@@ -250,6 +250,8 @@ impl super::lease::Lease<SmtpLeg> {
         let sent = std::time::Instant::now();
         let r = self.leg.command(line, stage).await;
         self.last_used = std::time::Instant::now();
+        self.tally
+            .bytes(line.len() as u64 + 2, r.as_ref().map_or(0, Reply::wire_len));
         let r = self.judge(r, idle, stage);
         if r.is_ok() && matches!(stage, "MAIL" | "RCPT") {
             // MAIL and RCPT answers are how fast the back-end is for sessions right now.
@@ -262,6 +264,7 @@ impl super::lease::Lease<SmtpLeg> {
         let idle = self.idle();
         let r = self.leg.reply(stage, wait).await;
         self.last_used = std::time::Instant::now();
+        self.tally.bytes(0, r.as_ref().map_or(0, Reply::wire_len));
         self.judge(r, idle, stage)
     }
 
@@ -269,6 +272,9 @@ impl super::lease::Lease<SmtpLeg> {
     pub async fn data(&mut self, bytes: &[u8]) -> Result<(), LegError> {
         let r = self.leg.data(bytes).await;
         self.last_used = std::time::Instant::now();
+        if r.is_ok() {
+            self.tally.bytes(bytes.len() as u64, 0);
+        }
         if let Err(e) = &r {
             self.health.failure(e);
         }

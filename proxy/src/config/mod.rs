@@ -56,6 +56,23 @@ pub struct Monitor {
     pub snmp: Vec<snmp::Destination>,
     /// Events kept in memory (every relayed message is one).
     pub event_history: usize,
+    /// The per-minute statistics: where they are logged and kept, and their alarms.
+    pub stats: StatsSettings,
+}
+
+/// `[monitor] stats_*` and the statistics' alarm thresholds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsSettings {
+    /// Folder of `stats.jsonl`; none: in memory only.
+    pub log: Option<PathBuf>,
+    pub log_max_bytes: u64,
+    pub log_files: u32,
+    /// Minutes kept in memory.
+    pub minutes: u32,
+    pub deflection_alarm_per_minute: Option<u64>,
+    pub flood_drop_alarm_per_minute: Option<u64>,
+    /// The roll-up's period (a minute, but in tests).
+    pub period: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +85,7 @@ pub struct MetricsEndpoint {
 
 const DEFAULT_EVENT_LOG_BYTES: u64 = 10_000_000;
 const DEFAULT_EVENT_LOG_FILES: u32 = 5;
+const DEFAULT_STATS_MINUTES: u32 = 1440;
 
 #[derive(Debug, Clone)]
 pub struct Frontend {
@@ -548,6 +566,7 @@ fn service(
 }
 
 fn monitor(base: &Path, raw: RawMonitor) -> Result<Monitor, (String, String)> {
+    let stats = stats_settings(base, &raw)?;
     let event_log_max_bytes = raw.event_log_max_bytes.unwrap_or(DEFAULT_EVENT_LOG_BYTES);
     if event_log_max_bytes < crate::events::log::MIN_BYTES {
         return Err((
@@ -615,11 +634,52 @@ fn monitor(base: &Path, raw: RawMonitor) -> Result<Monitor, (String, String)> {
     }
     Ok(Monitor {
         event_history,
+        stats,
         snmp,
         event_log: raw.event_log.map(|d| base.join(d)),
         event_log_max_bytes,
         event_log_files,
         metrics,
+    })
+}
+
+fn stats_settings(base: &Path, raw: &RawMonitor) -> Result<StatsSettings, (String, String)> {
+    let log_max_bytes = raw.stats_log_max_bytes.unwrap_or(DEFAULT_EVENT_LOG_BYTES);
+    if log_max_bytes < crate::events::log::MIN_BYTES {
+        return Err((
+            "monitor.stats_log_max_bytes".into(),
+            format!("must be at least {}", crate::events::log::MIN_BYTES),
+        ));
+    }
+    let log_files = raw.stats_log_files.unwrap_or(DEFAULT_EVENT_LOG_FILES);
+    if !(1..=100).contains(&log_files) {
+        return Err((
+            "monitor.stats_log_files".into(),
+            "must be between 1 and 100".into(),
+        ));
+    }
+    let minutes = raw.stats_minutes.unwrap_or(DEFAULT_STATS_MINUTES);
+    if !(1..=10_080).contains(&minutes) {
+        return Err((
+            "monitor.stats_minutes".into(),
+            "must be between 1 and 10080 (a week)".into(),
+        ));
+    }
+    let period_ms = raw.stats_period_ms.unwrap_or(60_000);
+    if !(10..=60_000).contains(&period_ms) {
+        return Err((
+            "monitor.stats_period_ms".into(),
+            "must be between 10 and 60000".into(),
+        ));
+    }
+    Ok(StatsSettings {
+        log: raw.stats_log.as_ref().map(|d| base.join(d)),
+        log_max_bytes,
+        log_files,
+        minutes,
+        deflection_alarm_per_minute: raw.deflection_alarm_per_minute,
+        flood_drop_alarm_per_minute: raw.flood_drop_alarm_per_minute,
+        period: std::time::Duration::from_millis(period_ms),
     })
 }
 

@@ -49,6 +49,22 @@ pub struct RawMonitor {
     pub snmp: Vec<super::snmp::RawSnmp>,
     /// Events kept in memory for `alarms` and for the cluster member (default 10000).
     pub event_history: Option<usize>,
+    /// Folder of `stats.jsonl`, one line per minute (and its rotated files); none: the
+    /// minutes are kept in memory only.
+    pub stats_log: Option<String>,
+    /// Size at which `stats.jsonl` is rotated (default 10 MB).
+    pub stats_log_max_bytes: Option<u64>,
+    /// `stats.jsonl` files kept, the current one included (default 5).
+    pub stats_log_files: Option<u32>,
+    /// Minutes kept in memory for `robustifier stats` and the member (default 1440).
+    pub stats_minutes: Option<u32>,
+    /// Raise an alarm when a pool or group deflects more sessions than this in a minute.
+    pub deflection_alarm_per_minute: Option<u64>,
+    /// Raise an alarm when XDP drops more flood packets than this in a minute.
+    pub flood_drop_alarm_per_minute: Option<u64>,
+    /// The roll-up's period in milliseconds, for tests only: any other value than the
+    /// default 60000 numbers its records as consecutive minutes from the current one.
+    pub stats_period_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

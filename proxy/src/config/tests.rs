@@ -542,3 +542,40 @@ fn the_event_history_is_configurable_within_bounds() {
     let (key, _) = error(&with("event_history = 10"));
     assert_eq!(key, "monitor.event_history");
 }
+
+#[test]
+fn statistics_settings_have_defaults_and_bounds() {
+    let with = |monitor: &str| format!("{GOOD}\n[monitor]\n{monitor}\n");
+    let none = parse(GOOD).unwrap().monitor.stats;
+    assert_eq!(
+        (none.log, none.minutes, none.deflection_alarm_per_minute),
+        (None, 1440, None)
+    );
+    assert_eq!(none.period, std::time::Duration::from_secs(60));
+    let set = parse(&with(
+        "stats_log = \"stats\"\nstats_minutes = 60\ndeflection_alarm_per_minute = 5\nflood_drop_alarm_per_minute = 7\nstats_period_ms = 100",
+    ))
+    .unwrap()
+    .monitor
+    .stats;
+    assert!(set.log.unwrap().ends_with("stats"));
+    assert_eq!(
+        (
+            set.minutes,
+            set.deflection_alarm_per_minute,
+            set.flood_drop_alarm_per_minute
+        ),
+        (60, Some(5), Some(7))
+    );
+    assert_eq!(set.period, std::time::Duration::from_millis(100));
+    for (line, key) in [
+        ("stats_minutes = 0", "monitor.stats_minutes"),
+        ("stats_minutes = 20000", "monitor.stats_minutes"),
+        ("stats_log_max_bytes = 10", "monitor.stats_log_max_bytes"),
+        ("stats_log_files = 0", "monitor.stats_log_files"),
+        ("stats_period_ms = 0", "monitor.stats_period_ms"),
+        ("stats_period_ms = 120000", "monitor.stats_period_ms"),
+    ] {
+        assert_eq!(error(&with(line)).0, key, "{line}");
+    }
+}

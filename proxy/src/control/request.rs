@@ -10,6 +10,8 @@ pub enum Request {
     Alarms,
     /// The kept events after a sequence number (a member ships them to the manager).
     Events(u64),
+    /// The kept minutes of statistics after a unix minute (none: from the oldest).
+    Stats(Option<u64>),
     /// The front-end's member reached (`None`) or lost (the reason) the cluster manager.
     Manager(Option<String>),
     /// Apply the configuration file again, or this one (which then becomes the file).
@@ -65,6 +67,11 @@ impl Request {
                 .parse::<u64>()
                 .map(Request::Events)
                 .map_err(|_| format!("events takes a sequence number, not {rest:?}")),
+            "stats" if rest.is_empty() => Ok(Request::Stats(None)),
+            "stats" => rest
+                .parse::<u64>()
+                .map(|m| Request::Stats(Some(m)))
+                .map_err(|_| format!("stats takes a unix minute, not {rest:?}")),
             "handover" => Ok(Request::HandOver),
             "reload" if rest.is_empty() => Ok(Request::Reload { file: None }),
             "reload" => {
@@ -96,7 +103,7 @@ impl Request {
             "release" => vrid(rest).map(Request::Release),
             "resume" => vrid(rest).map(Request::Resume),
             _ => Err(format!(
-                "unknown request {verb:?} (status, alarms, events SEQ, reload [FILE], release VRID, resume VRID, drain BACKEND, undrain BACKEND, handover)"
+                "unknown request {verb:?} (status, alarms, events SEQ, stats [MINUTE], reload [FILE], release VRID, resume VRID, drain BACKEND, undrain BACKEND, handover)"
             )),
         }
     }
@@ -118,6 +125,8 @@ mod tests {
                 Request::Manager(Some("connection refused".into())),
             ),
             ("events 42", Request::Events(42)),
+            ("stats", Request::Stats(None)),
+            ("stats 29410560", Request::Stats(Some(29_410_560))),
             ("  status  ", Request::Status),
             ("handover", Request::HandOver),
             ("reload", Request::Reload { file: None }),
@@ -157,6 +166,8 @@ mod tests {
             ("manager down", "manager takes `up` or `down REASON`"),
             ("manager up now", "manager takes `up` or `down REASON`"),
             ("events -1", "events takes a sequence number"),
+            ("stats now", "stats takes a unix minute"),
+            ("stats 1 2", "stats takes a unix minute"),
             ("handover 1", "handover takes no argument"),
             ("release", "release needs a VRID"),
             ("resume", "resume needs a VRID"),

@@ -113,6 +113,15 @@ async fn answer(request: Request, commands: &mpsc::Sender<Command>) -> Result<St
                 .map_err(|_| gone())?;
             Ok("noted".to_owned())
         }
+        Request::Stats(since) => {
+            let (done, answer) = oneshot::channel();
+            commands
+                .send(Command::Stats { since, done })
+                .await
+                .map_err(|_| gone())?;
+            let minutes = answer.await.map_err(|_| gone())?;
+            serde_json::to_string(&minutes).map_err(|e| e.to_string())
+        }
         Request::Events(since) => {
             let (done, answer) = oneshot::channel();
             commands

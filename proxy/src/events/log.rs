@@ -1,6 +1,7 @@
-//! The events as JSON lines in a file, rotated by size: `events.jsonl`, then
-//! `events.jsonl.1` (the previous one) up to `events.jsonl.N-1`, so the log never takes
-//! more than `files` times `max_bytes` however many events come.
+//! Records as JSON lines in a file, rotated by size: `events.jsonl` (or another name, such
+//! as the statistics' `stats.jsonl`), then `events.jsonl.1` (the previous one) up to
+//! `events.jsonl.N-1`, so the log never takes more than `files` times `max_bytes` however
+//! many records come.
 
 use std::{
     fs::{File, OpenOptions},
@@ -10,7 +11,7 @@ use std::{
 
 use tracing::warn;
 
-use super::Event;
+use serde::Serialize;
 
 /// The smallest file worth rotating: one event with long names fits many times.
 pub const MIN_BYTES: u64 = 4096;
@@ -29,8 +30,18 @@ impl JsonLog {
     /// Appends to `dir/events.jsonl` (created if absent); at most `files` files (at least
     /// 1) of at most `max_bytes` each (at least [`MIN_BYTES`]).
     pub fn open(dir: &Path, max_bytes: u64, files: u32) -> std::io::Result<JsonLog> {
+        JsonLog::open_named(dir, "events.jsonl", max_bytes, files)
+    }
+
+    /// [`JsonLog::open`] for the file `name` in `dir`.
+    pub fn open_named(
+        dir: &Path,
+        name: &str,
+        max_bytes: u64,
+        files: u32,
+    ) -> std::io::Result<JsonLog> {
         std::fs::create_dir_all(dir)?;
-        let path = dir.join("events.jsonl");
+        let path = dir.join(name);
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
         Ok(JsonLog {
@@ -47,8 +58,8 @@ impl JsonLog {
         &self.path
     }
 
-    /// Appends one event; a failure is logged (once) and the event stays in memory only.
-    pub fn write(&mut self, event: &Event) {
+    /// Appends one record; a failure is logged (once) and the record stays in memory only.
+    pub fn write(&mut self, event: &impl Serialize) {
         let mut line = match serde_json::to_vec(event) {
             Ok(l) => l,
             Err(e) => return self.failed(format!("encoding: {e}")),
@@ -101,7 +112,7 @@ impl JsonLog {
 
     fn failed(&mut self, why: String) {
         if self.failing.as_ref() != Some(&why) {
-            warn!(file = %self.path.display(), error = %why, "event log not written");
+            warn!(file = %self.path.display(), error = %why, "log file not written");
             self.failing = Some(why);
         }
     }

@@ -118,6 +118,21 @@ pub enum Kind {
         error: String,
     },
     ManagerReachable,
+    /// A pool's or a user group's deflections in the last minute went over
+    /// `[monitor] deflection_alarm_per_minute`, or (`over: false`) under it again.
+    Deflecting {
+        /// `pool` or `group`.
+        scope: String,
+        name: String,
+        per_minute: u64,
+        over: bool,
+    },
+    /// The XDP program's flood drops in the last minute went over
+    /// `[monitor] flood_drop_alarm_per_minute`, or under it again.
+    FloodDrops {
+        per_minute: u64,
+        over: bool,
+    },
     /// A back-end took a message (its 250 to the end of data): one record per message.
     MessageRelayed(Box<Relayed>),
     /// The proxy refused or deflected a session's mail (busy back-ends, a client whose
@@ -188,6 +203,8 @@ impl Kind {
             Kind::CertificateValid { .. } => "certificate_valid",
             Kind::ManagerUnreachable { .. } => "manager_unreachable",
             Kind::ManagerReachable => "manager_reachable",
+            Kind::Deflecting { .. } => "deflecting",
+            Kind::FloodDrops { .. } => "flood_drops",
             Kind::MessageRelayed(_) => "message_relayed",
             Kind::SessionRefused { .. } => "session_refused",
         }
@@ -214,7 +231,9 @@ impl Kind {
                 overloaded: true, ..
             }
             | Kind::AgentUnreachable { .. }
-            | Kind::ReloadRefused { .. } => Severity::Warning,
+            | Kind::ReloadRefused { .. }
+            | Kind::Deflecting { over: true, .. }
+            | Kind::FloodDrops { over: true, .. } => Severity::Warning,
             _ => Severity::Info,
         }
     }
@@ -252,6 +271,10 @@ impl Kind {
             }
             Kind::ManagerUnreachable { .. } => raise("manager_unreachable".into()),
             Kind::ManagerReachable => Effect::Clear("manager_unreachable".into()),
+            Kind::Deflecting {
+                scope, name, over, ..
+            } => toggle(format!("deflecting:{scope}:{name}"), *over, self),
+            Kind::FloodDrops { over, .. } => toggle("flood_drops".into(), *over, self),
             Kind::BackendDraining { .. }
             | Kind::VrrpTransition { .. }
             | Kind::MessageRelayed(_)
@@ -365,6 +388,25 @@ impl fmt::Display for Kind {
                 f,
                 "session {session} from {client} ({service}) refused: {reason}"
             ),
+            Kind::Deflecting {
+                scope,
+                name,
+                per_minute,
+                over,
+            } => {
+                let what = if *over { "over" } else { "under" };
+                write!(
+                    f,
+                    "{scope} {name}: {per_minute} sessions deflected in the last minute, {what} the alarm threshold"
+                )
+            }
+            Kind::FloodDrops { per_minute, over } => {
+                let what = if *over { "over" } else { "under" };
+                write!(
+                    f,
+                    "XDP dropped {per_minute} flood packets in the last minute, {what} the alarm threshold"
+                )
+            }
         }
     }
 }

@@ -201,7 +201,11 @@ fn serve(
                 Role::Priority => ctx.reserve.clone().try_acquire_owned(),
                 _ => Err(e),
             });
+        let counters = ctx.env.counters();
         let Ok(_permit) = permit else {
+            if let Some(c) = counters {
+                c.deflected(crate::stats::Reason::Limit);
+            }
             info!(service = %svc.name, %peer, "connection limit reached; shedding");
             return shed::answer(stream, svc.protocol, &svc.hostname).await;
         };
@@ -209,9 +213,15 @@ fn serve(
             ctx.per_client
                 .acquire(peer.ip(), svc.client_prefix_v6, svc.max_per_client)
         else {
+            if let Some(c) = counters {
+                c.deflected(crate::stats::Reason::Limit);
+            }
             info!(service = %svc.name, %peer, "per-client limit reached; shedding");
             return shed::answer(stream, svc.protocol, &svc.hostname).await;
         };
+        if let Some(c) = counters {
+            c.session();
+        }
         // The session ends politely at its next boundary when the front-end stops or the
         // address starts draining for a handoff; it is cut at the deadlines after that.
         let closing = ctx.closing.child_token();

@@ -53,6 +53,47 @@ struct VerdictLabels {
     verdict: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    scope: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    scope: String,
+    name: String,
+    reason: String,
+}
+
+/// A histogram's sum, count, and buckets as upper bound and count (not cumulative).
+type Buckets = (f64, u64, Vec<(f64, u64)>);
+
+/// A histogram whose buckets were counted elsewhere (the statistics' atomics), set once
+/// per scrape.
+#[derive(Debug, Default)]
+struct Counted(std::sync::OnceLock<Buckets>);
+
+impl prometheus_client::metrics::TypedMetric for Counted {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for Counted {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = self.0.get().cloned().unwrap_or_default();
+        encoder
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        <Self as prometheus_client::metrics::TypedMetric>::TYPE
+    }
+}
+
 type Gauges<L> = Family<L, Gauge>;
 
 fn gauges<L>(reg: &mut Registry, name: &str, help: &str) -> Gauges<L>
@@ -196,15 +237,7 @@ pub fn render(fe: &Frontend, ha: &Ha) -> String {
             "Packets the XDP program saw, by what it did with them",
             packets.clone(),
         );
-        for (verdict, n) in [
-            ("non_ip", x.non_ip),
-            ("malformed", x.malformed),
-            ("non_tcp", x.non_tcp),
-            ("no_service", x.no_service),
-            ("service", x.service),
-            ("dropped_blocklist", x.dropped_blocklist),
-            ("dropped_syn_budget", x.dropped_syn_budget),
-        ] {
+        for (verdict, n) in super::xdp_verdicts(&x) {
             packets
                 .get_or_create(&VerdictLabels {
                     verdict: verdict.to_owned(),
@@ -213,5 +246,77 @@ pub fn render(fe: &Frontend, ha: &Ha) -> String {
         }
     }
 
+    statistics(&mut reg, &fe.stats.totals());
     crate::prometheus::text(&reg)
+}
+
+/// The statistics' counters since the start, per service, back-end, pool and group.
+fn statistics(
+    reg: &mut Registry,
+    totals: &std::collections::BTreeMap<(crate::stats::Scope, String), crate::stats::Totals>,
+) {
+    use crate::stats::{Scope, counters::LATENCY_BOUNDS_MS};
+    let counters = |reg: &mut Registry, name: &str, help: &str| {
+        let f = Family::<KeyLabels, Counter>::default();
+        reg.register(name, help, f.clone());
+        f
+    };
+    let sessions = counters(
+        reg,
+        "sessions",
+        "Client sessions (service) or sessions given a back-end (back-end, pool, group)",
+    );
+    let messages = counters(reg, "messages", "Messages a back-end acknowledged");
+    let recipients = counters(reg, "recipients", "Recipients of the messages acknowledged");
+    let to_backend = counters(reg, "bytes_to_backend", "Octets from clients to back-ends");
+    let to_client = counters(reg, "bytes_to_client", "Octets from back-ends to clients");
+    let deflections = Family::<ReasonLabels, Counter>::default();
+    reg.register(
+        "deflections",
+        "Sessions deflected: overload, no_backend or limit",
+        deflections.clone(),
+    );
+    let greeting = Family::<KeyLabels, Counted>::default();
+    reg.register(
+        "backend_greeting_seconds",
+        "Back-ends' connect and greeting time for sessions",
+        greeting.clone(),
+    );
+    for ((scope, name), t) in totals {
+        let scope = match scope {
+            Scope::Service => "service",
+            Scope::Backend => "backend",
+            Scope::Pool => "pool",
+            Scope::Group => "group",
+        };
+        let l = KeyLabels {
+            scope: scope.to_owned(),
+            name: name.clone(),
+        };
+        sessions.get_or_create(&l).inc_by(t.sessions);
+        messages.get_or_create(&l).inc_by(t.messages);
+        recipients.get_or_create(&l).inc_by(t.recipients);
+        to_backend.get_or_create(&l).inc_by(t.bytes_to_backend);
+        to_client.get_or_create(&l).inc_by(t.bytes_to_client);
+        for (reason, n) in &t.deflected {
+            deflections
+                .get_or_create(&ReasonLabels {
+                    scope: scope.to_owned(),
+                    name: name.clone(),
+                    reason: reason.clone(),
+                })
+                .inc_by(*n);
+        }
+        if let Some(lat) = &t.latency {
+            let bounds = LATENCY_BOUNDS_MS
+                .iter()
+                .map(|ms| *ms as f64 / 1000.0)
+                .chain([f64::MAX]);
+            let buckets = bounds.zip(lat.buckets.iter().copied()).collect();
+            let _ = greeting
+                .get_or_create(&l)
+                .0
+                .set((lat.sum_us as f64 / 1e6, lat.count, buckets));
+        }
+    }
 }

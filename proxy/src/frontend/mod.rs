@@ -41,6 +41,7 @@ use crate::{
     health::board::Board,
     load_writer::{self, LoadMaps, Services},
     service::ServiceContext,
+    stats::Stats,
     supervise::Supervisor,
     tls::ServerTls,
 };
@@ -72,6 +73,12 @@ pub enum Command {
     Events {
         since: u64,
         done: oneshot::Sender<crate::events::Since>,
+    },
+    /// The kept minutes of statistics after unix minute `since` (none: from the oldest), at
+    /// most [`crate::stats::MINUTES_PER_REQUEST`].
+    Stats {
+        since: Option<u64>,
+        done: oneshot::Sender<Vec<crate::stats::Minute>>,
     },
     /// The member says whether it reaches the cluster manager (`down`: why not).
     ManagerReachable { down: Option<String> },
@@ -148,6 +155,10 @@ pub struct Frontend {
     snmp: Vec<crate::snmp::Prepared>,
     /// What did not reach the SNMP managers (from the serve's start).
     snmp_stats: Arc<crate::snmp::Stats>,
+    /// The sessions' counters and the minutes rolled up from them.
+    stats: Arc<Stats>,
+    /// `stats.jsonl`, opened while still root; the roll-up takes it at the serve's start.
+    stats_log: Option<JsonLog>,
 }
 
 /// What every service's contexts share for the front-end's life.
@@ -221,6 +232,36 @@ fn open_events(cfg: &Config) -> Events {
     Events::with_history(&cfg.frontend.name, log, m.event_history)
 }
 
+/// `stats.jsonl` where `[monitor] stats_log` says; one that cannot be opened is said once
+/// and the minutes stay in memory (`robustifier stats` still has them).
+fn open_stats_log(cfg: &Config) -> Option<JsonLog> {
+    let s = &cfg.monitor.stats;
+    let dir = s.log.as_ref()?;
+    match JsonLog::open_named(dir, "stats.jsonl", s.log_max_bytes, s.log_files) {
+        Ok(log) => {
+            info!(file = %log.path().display(), "statistics log");
+            Some(log)
+        }
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "statistics log not opened: minutes are kept in memory only");
+            None
+        }
+    }
+}
+
+/// The XDP program's counters by verdict name (as in `/metrics`).
+fn xdp_verdicts(x: &crate::datapath::XdpCounters) -> Vec<(&'static str, u64)> {
+    vec![
+        ("non_ip", x.non_ip),
+        ("malformed", x.malformed),
+        ("non_tcp", x.non_tcp),
+        ("no_service", x.no_service),
+        ("service", x.service),
+        ("dropped_blocklist", x.dropped_blocklist),
+        ("dropped_syn_budget", x.dropped_syn_budget),
+    ]
+}
+
 /// The priority class's reserve beyond a service's connection limit: a tenth of it.
 fn reserve_for(max_connections: usize) -> usize {
     (max_connections / 10).max(1)
@@ -232,13 +273,28 @@ fn service_contexts(
     pools: &Arc<PoolSet>,
     tls: &Option<Arc<ServerTls>>,
     events: &Events,
+    stats: &Stats,
 ) -> Result<Vec<Arc<ServiceContext>>, OpenError> {
     let groups = Arc::new(Groups::new(cfg.groups.clone()));
+    let table = stats.table(
+        cfg.services.iter().map(|s| s.name.as_str()),
+        cfg.pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(|b| (b.id, b.name.as_str()))),
+        cfg.pools.iter().map(|p| (p.id, p.name.as_str())),
+        cfg.groups.iter().map(|g| g.name.as_str()),
+    );
     cfg.services
         .iter()
-        .map(|service| {
+        .enumerate()
+        .map(|(index, service)| {
             ServiceContext::new(service, Arc::clone(pools), tls.clone(), Arc::clone(&groups))
-                .map(|env| Arc::new(env.with_events(events.clone())))
+                .map(|env| {
+                    Arc::new(
+                        env.with_events(events.clone())
+                            .counting(Arc::clone(&table), index),
+                    )
+                })
                 .map_err(|source| OpenError::Service {
                     service: service.name.clone(),
                     source,
@@ -292,7 +348,9 @@ impl Frontend {
         };
         // Read now too: the secrets and the boots file may be root's only.
         let snmp = crate::snmp::prepare(&cfg.frontend.name, &cfg.monitor.snmp);
-        let envs = service_contexts(&cfg, &pools, &tls, &events)?;
+        let stats = Arc::new(Stats::new(cfg.monitor.stats.minutes as usize));
+        let envs = service_contexts(&cfg, &pools, &tls, &events, &stats)?;
+        let stats_log = open_stats_log(&cfg);
         let mut services = Vec::new();
         for (service, env) in cfg.services.iter().zip(&envs) {
             let opened = kernel.listen(service)?;
@@ -334,6 +392,8 @@ impl Frontend {
             succeeded: Vec::new(),
             snmp,
             snmp_stats: Arc::default(),
+            stats_log,
+            stats,
         })
     }
 
@@ -450,9 +510,40 @@ impl Frontend {
         let mut ha = ha::spawn(&self.cfg, shared.hooks.clone(), &succeeded).await?;
         info!(frontend = %self.cfg.frontend.name, version = %self.cfg.version, "robustifier ready");
 
+        // The minutes roll up on this loop, which holds the kernel side's XDP counters.
+        let st = &self.cfg.monitor.stats;
+        let mut roller = crate::stats::Roller::new(
+            &self.cfg.frontend.name,
+            Arc::clone(&self.stats),
+            self.stats_log.take(),
+            crate::stats::Thresholds {
+                deflections: st.deflection_alarm_per_minute,
+                flood_drops: st.flood_drop_alarm_per_minute,
+            },
+        );
+        let period = st.period;
+        let mut due = next_roll(period);
+
         // A stop, a hand-over, or the sender gone, ends the loop.
         let mut successor = None;
-        while let Some(command) = commands.recv().await {
+        loop {
+            let command = tokio::select! {
+                c = commands.recv() => match c {
+                    Some(c) => c,
+                    None => break,
+                },
+                () = tokio::time::sleep_until(due.0) => {
+                    let xdp = self.kernel.xdp_counters().map(|x| {
+                        xdp_verdicts(&x)
+                            .into_iter()
+                            .map(|(k, n)| (k.to_owned(), n))
+                            .collect()
+                    });
+                    roller.roll(due.1, xdp, &self.shared.hooks.events);
+                    due = next_roll(period);
+                    continue;
+                }
+            };
             match command {
                 Command::Reload { file, done } => {
                     let outcome = self.reload(file, &accepting, &supervisor, &mut ha).await;
@@ -465,6 +556,9 @@ impl Frontend {
                 }
                 Command::Alarms { done } => {
                     let _ = done.send(self.shared.hooks.events.report(RECENT_EVENTS));
+                }
+                Command::Stats { since, done } => {
+                    let _ = done.send(self.stats.since(since, crate::stats::MINUTES_PER_REQUEST));
                 }
                 Command::Events { since, done } => {
                     let _ = done.send(self.shared.hooks.events.since(since, EVENTS_PER_REQUEST));
@@ -606,6 +700,15 @@ impl Frontend {
         info!("stopped");
         Ok(())
     }
+}
+
+/// When the next roll-up is due (on the runtime's clock) and the unix minute it covers.
+fn next_roll(period: Duration) -> (tokio::time::Instant, u64) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let (wait, minute) = crate::stats::minute::next(now_ms, period);
+    (tokio::time::Instant::now() + wait, minute)
 }
 
 impl ServiceRun {

@@ -152,6 +152,17 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The members' statistics per minute, as stored at the manager.
+    Stats {
+        #[arg(long)]
+        member: Option<String>,
+        /// Only the minutes after this unix minute (unix seconds / 60).
+        #[arg(long, value_name = "MIN")]
+        since: Option<u64>,
+        /// One JSON record per minute and line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hand a member's virtual router over (drain-aware), as `ha release` on it.
     Release { member: String, vrid: u8 },
     /// Undo a release.
@@ -364,6 +375,47 @@ async fn remote(command: ClusterCommand, conn: Connection) -> anyhow::Result<()>
             } else {
                 let t: super::mta_log::Trace = serde_json::from_value(v)?;
                 print!("{}", render_trace(&t));
+            }
+            Ok(())
+        }
+        ClusterCommand::Stats {
+            member,
+            since,
+            json,
+        } => {
+            // The manager answers a bounded batch of whole minutes: ask on after the last.
+            let mut minutes: Vec<crate::stats::Minute> = Vec::new();
+            let mut since = since;
+            loop {
+                let request = Request::StatsOf {
+                    member: member.clone(),
+                    since,
+                };
+                let batch: Vec<crate::stats::Minute> =
+                    serde_json::from_value(c.call(&request, TIMEOUT).await?)?;
+                let Some(last) = batch.last().map(|m| m.minute) else {
+                    break;
+                };
+                since = Some(last);
+                minutes.extend(batch);
+            }
+            if json {
+                for m in &minutes {
+                    println!("{}", serde_json::to_string(m)?);
+                }
+            } else {
+                let mut members: Vec<&str> = minutes.iter().map(|m| m.member.as_str()).collect();
+                members.sort_unstable();
+                members.dedup();
+                for name in members {
+                    let own: Vec<crate::stats::Minute> = minutes
+                        .iter()
+                        .filter(|m| m.member == name)
+                        .cloned()
+                        .collect();
+                    println!("member {name}:");
+                    print!("{}", crate::stats::render(&own));
+                }
             }
             Ok(())
         }

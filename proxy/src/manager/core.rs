@@ -88,6 +88,9 @@ pub struct Manager {
     audit: Audit,
     logs: Logs,
     mta: super::mta_log::MtaLog,
+    stats: super::stats::StatsStore,
+    /// Days of statistics kept.
+    stats_days: AtomicU64,
     head: watch::Sender<u64>,
     head_ms: AtomicU64,
     members: Mutex<BTreeMap<String, MemberState>>,
@@ -110,6 +113,8 @@ pub enum ManagerError {
     Logs(#[from] LogsError),
     #[error(transparent)]
     MtaLog(#[from] super::mta_log::MtaLogError),
+    #[error(transparent)]
+    Stats(#[from] super::stats::StatsError),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
 }
@@ -123,6 +128,7 @@ impl Manager {
         let audit = Audit::open(&state_dir.join("audit.redb"))?;
         let logs = Logs::open(&state_dir.join("logs.redb"))?;
         let mta = super::mta_log::MtaLog::open(&state_dir.join("mta_log.redb"))?;
+        let stats = super::stats::StatsStore::open(&state_dir.join("stats.redb"))?;
         let head = journal.head()?;
         let (tx, _) = watch::channel(head.as_ref().map_or(0, |h| h.number));
         Ok(Manager {
@@ -130,6 +136,8 @@ impl Manager {
             audit,
             logs,
             mta,
+            stats,
+            stats_days: AtomicU64::new(super::stats::DEFAULT_DAYS),
             head: tx,
             head_ms: AtomicU64::new(head.map_or(0, |h| h.time * 1000)),
             members: Mutex::new(BTreeMap::new()),
@@ -245,9 +253,11 @@ impl Manager {
             Request::Action { member, action } => self.act(&by, &member, action).await,
             Request::WebLogin => self.web_login(&by, who),
             Request::Trace { id } => reply(self.trace(&id)),
+            Request::StatsOf { member, since } => reply(self.stats.query(member.as_deref(), since)),
             Request::Hello { .. }
             | Request::Report { .. }
             | Request::Events { .. }
+            | Request::Stats { .. }
             | Request::Acted { .. } => {
                 Reply::error("a member's message; this certificate is an operator's")
             }
@@ -501,6 +511,25 @@ impl Manager {
                 .map(|(_, c)| c.monitor.snmp)
                 .unwrap_or_default(),
         ))
+    }
+
+    /// Keeps the members' statistics `days` days (at least one).
+    pub fn keep_stats_days(&self, days: u64) {
+        self.stats_days.store(days.max(1), Ordering::Relaxed);
+    }
+
+    /// The last minute of `member`'s statistics stored (it resumes after it).
+    pub fn stats_mark(&self, member: &str) -> Result<u64, String> {
+        self.stats.mark(member).map_err(|e| e.to_string())
+    }
+
+    /// A batch of `member`'s minutes of statistics.
+    pub fn store_stats(&self, member: &str, minutes: &[crate::stats::Minute]) {
+        let days = self.stats_days.load(Ordering::Relaxed);
+        let keep_from = (now() / 60).saturating_sub(days.saturating_mul(1440));
+        if let Err(e) = self.stats.store(member, minutes, keep_from) {
+            tracing::error!(member, error = %e, "statistics not stored");
+        }
     }
 
     /// An action's result, from the member it was sent to.

@@ -36,6 +36,9 @@ use crate::{
 
 /// How often the front-end's new events are read and shipped.
 const EVENTS_EVERY: Duration = Duration::from_secs(1);
+/// How often the front-end's new minutes of statistics are read and shipped (cheap when
+/// there are none; a minute reaches the manager within this of its end).
+const STATS_EVERY: Duration = Duration::from_secs(2);
 /// How often the front-end's status is read and, when it changed, reported.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
 /// A report goes out at least this often, changed or not (the manager's "last seen").
@@ -199,6 +202,9 @@ where
     // Where the manager's copy of the front-end's events ends; none until it says.
     let mut cursor: Option<(String, u64)> = None;
     let mut events_tick = tokio::time::interval(EVENTS_EVERY);
+    // The last minute of statistics the manager has; none until it says.
+    let mut stats_cursor: Option<u64> = None;
+    let mut stats_tick = tokio::time::interval(STATS_EVERY);
     let why = loop {
         let report = tokio::select! {
             () = stop.cancelled() => break "stopping".to_owned(),
@@ -214,6 +220,12 @@ where
                         }
                         batch
                     }
+                    None => continue,
+                }
+            }
+            _ = stats_tick.tick(), if stats_cursor.is_some() => {
+                match next_stats(o, &mut stats_cursor).await {
+                    Some(batch) => batch,
                     None => continue,
                 }
             }
@@ -246,6 +258,10 @@ where
                 }
                 Some(Ok(ToMember::Resume { boot, seq })) => {
                     cursor = Some((boot, seq));
+                    continue;
+                }
+                Some(Ok(ToMember::ResumeStats { minute })) => {
+                    stats_cursor = Some(minute);
                     continue;
                 }
                 Some(Ok(ToMember::Refused { error })) => break format!("refused by the manager: {error}"),
@@ -287,6 +303,16 @@ async fn next_events(o: &Options, cursor: &mut Option<(String, u64)>) -> Option<
         oldest: got.oldest,
         events: got.events,
     })
+}
+
+/// The front-end's minutes after `cursor`, as a message for the manager, moving the
+/// cursor past them; `None` when there are none (or the front-end does not answer).
+async fn next_stats(o: &Options, cursor: &mut Option<u64>) -> Option<Request> {
+    let since = (*cursor)?;
+    let reply = ask(o, format!("stats {since}"), Duration::from_secs(5)).await;
+    let minutes: Vec<crate::stats::Minute> = serde_json::from_str(&reply.ok()?).ok()?;
+    *cursor = Some(minutes.last()?.minute);
+    Some(Request::Stats { minutes })
 }
 
 async fn frontend_events(o: &Options, since: u64) -> Option<crate::events::Since> {

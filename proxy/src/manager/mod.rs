@@ -31,11 +31,12 @@ pub mod journal;
 pub mod logs;
 pub mod member;
 pub mod metrics;
-pub mod notify;
 pub mod mta_log;
+pub mod notify;
 pub mod pki;
 pub mod render;
 pub mod server;
+pub mod stats;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -48,6 +48,8 @@ pub struct Options {
     pub metrics: Option<(SocketAddr, Option<Token>)>,
     /// The web interface (HTTPS with the manager's certificate) at this address.
     pub web: Option<SocketAddr>,
+    /// Days of the members' statistics kept.
+    pub stats_days: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,7 @@ pub async fn serve(
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), ServeError> {
     let manager = Arc::new(Manager::open(&o.state_dir, &o.render_dir)?);
+    manager.keep_stats_days(o.stats_days);
     let acceptor = TlsAcceptor::from(tls::server_config(&o.ca, &o.cert, &o.key)?);
     let listener = TcpListener::bind(o.listen)
         .await
@@ -306,6 +309,16 @@ async fn member<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
         Err(e) => warn!(member = %name, error = %e, "event log unreadable: events not asked for"),
     }
+    match manager.stats_mark(&name) {
+        Ok(minute) => {
+            if let Err(e) = wire::write(&mut w, &ToMember::ResumeStats { minute }).await {
+                manager.disconnected(&name, id, &e.to_string());
+                reader.abort();
+                return;
+            }
+        }
+        Err(e) => warn!(member = %name, error = %e, "statistics unreadable: not asked for"),
+    }
     let mut head = manager.watch_head();
     let mut applied = applied;
     let mut in_flight: Option<u64> = None;
@@ -359,6 +372,7 @@ async fn member<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 Some(Ok(Request::Events { boot, oldest, events })) => {
                     manager.store_events(&name, &boot, oldest, &events);
                 }
+                Some(Ok(Request::Stats { minutes })) => manager.store_stats(&name, &minutes),
                 Some(Ok(_)) => {
                     let error = "an operator's request on a member's connection".to_owned();
                     let _ = wire::write(&mut w, &ToMember::Refused { error: error.clone() }).await;

@@ -115,6 +115,18 @@ pub enum Request {
         ino: u64,
         lines: Vec<super::mta_log::MtaLine>,
     },
+    /// A member's front-end's minutes of statistics, oldest first.
+    Stats {
+        minutes: Vec<crate::stats::Minute>,
+    },
+    /// The operator's question: the stored minutes after unix minute `since` (all when
+    /// none) of one member (all when none).
+    StatsOf {
+        #[serde(default)]
+        member: Option<String>,
+        #[serde(default)]
+        since: Option<u64>,
+    },
 }
 
 /// An operator action on a front-end: its virtual routers, or one of its back-ends.
@@ -155,6 +167,9 @@ pub enum ToMember {
     Resume { boot: String, seq: u64 },
     /// Carry out an action and answer with [`Request::Acted`] and this id.
     Act { id: u64, action: Action },
+    /// Ship the front-end's minutes of statistics after this unix minute (the last one
+    /// the manager stored; 0: none).
+    ResumeStats { minute: u64 },
     /// The manager refuses the member (not in the configuration, a bad message); it
     /// closes the connection after this.
     Refused { error: String },

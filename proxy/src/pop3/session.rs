@@ -481,6 +481,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         {
             info!(session = %self.client.session_id, error = %e, "relay ended");
         }
+        // Counted on the back-end's side, which also knows a relay that ended in an error.
+        let (to_backend, to_client) = backend.moved();
+        hold.tally.bytes(to_backend, to_client + early.len() as u64);
         if let Some(source) = backend.take_error() {
             hold.health.failure(&LegError::Io {
                 stage: "relay",

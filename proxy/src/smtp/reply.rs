@@ -33,6 +33,14 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// About the octets the reply takes on the wire (the enhanced code counted as up to
+    /// 10), without writing it out: for the statistics.
+    pub fn wire_len(&self) -> u64 {
+        let per_line = 4 + 2 + if self.enhanced.is_some() { 10 } else { 0 };
+        let lines = self.lines.len().max(1);
+        (lines * per_line + self.lines.iter().map(String::len).sum::<usize>()) as u64
+    }
+
     /// A single-line reply.
     pub fn new(code: u16, enhanced: Option<Enhanced>, text: impl Into<String>) -> Self {
         Self {

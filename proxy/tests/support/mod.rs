@@ -528,3 +528,58 @@ pub async fn greeter(port: u16) -> JoinHandle<()> {
         }
     })
 }
+
+/// `GET path` on loopback `port`, with a bearer token: the status code and the body.
+pub fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let code = reply[9..12].parse().unwrap();
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // A chunked body (axum's default for a streamed one) is read whole: the callers look
+    // for lines, which chunk sizes do not break.
+    (code, body.to_owned())
+}
+
+/// `promtool check metrics` on `text`. Required under `cargo xtask test` (setup installs
+/// it); elsewhere a missing promtool is said, not hidden.
+pub fn promtool_accepts(text: &str) {
+    use std::io::Write as _;
+    let spawned = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("ROBUSTIFIER_REQUIRE_PRIVILEGED").is_none(),
+                "promtool not runnable ({e}): `cargo xtask setup` installs it (Debian's prometheus)"
+            );
+            eprintln!("NOT CHECKED: promtool not runnable ({e}); install Debian's prometheus");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool refuses the metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -50,6 +50,8 @@ impl FakeMember {
         };
         // First, where its events resume.
         assert!(matches!(me.next().await, ToMember::Resume { .. }));
+        // And where its statistics do.
+        assert!(matches!(me.next().await, ToMember::ResumeStats { .. }));
         me
     }
 
@@ -463,4 +465,78 @@ async fn an_agent_may_only_ship_lines_and_an_operator_may_not() {
     assert!(trace.ok, "{trace:?}");
     assert_eq!(trace.value["messages"], serde_json::json!([]));
     assert_eq!(trace.value["mta_only"][0]["host"], "mx1");
+}
+
+/// The minutes of statistics the manager answers an operator with, as (member, minute).
+async fn stored_minutes(m: &Manager, member: Option<&str>) -> Vec<(String, u64)> {
+    let r = m
+        .operator(
+            "alice",
+            Request::StatsOf {
+                member: member.map(str::to_owned),
+                since: None,
+            },
+        )
+        .await;
+    assert!(r.ok, "{}", r.error);
+    let minutes: Vec<crate::stats::Minute> = serde_json::from_value(r.value).unwrap();
+    minutes.into_iter().map(|m| (m.member, m.minute)).collect()
+}
+
+#[tokio::test]
+async fn statistics_are_stored_per_member_and_a_reconnecting_member_resumes_after_them() {
+    let dir = TestDir::new("server-stats");
+    let m = Arc::new(Manager::open(&dir.join("state"), dir.path()).unwrap());
+    let stop = CancellationToken::new();
+    commit(&m, 0, 10).await;
+    let now = crate::manager::store::now() / 60;
+    let minutes = |from: u64, to: u64| Request::Stats {
+        minutes: (from..to)
+            .map(|n| crate::stats::Minute {
+                // Whatever the front-end calls itself, the certificate's name counts.
+                member: "fe-a".into(),
+                minute: now - 10 + n,
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let mut fe1 = FakeMember::start(&m, "fe1", 1, &stop).await;
+    wire::write(&mut fe1.w, &minutes(0, 3)).await.unwrap();
+    let want: Vec<(String, u64)> = (0..3).map(|n| ("fe1".to_owned(), now - 10 + n)).collect();
+    for _ in 0..500 {
+        if stored_minutes(&m, None).await.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stored_minutes(&m, None).await, want);
+    drop(fe1);
+
+    // Back: told the last minute stored; minutes sent again are not stored twice.
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    tokio::spawn(member(m.clone(), "fe1".to_owned(), theirs, stop.clone()));
+    let (r, mut w) = tokio::io::split(ours);
+    let hello = Request::Hello {
+        applied: 1,
+        release: "test".into(),
+    };
+    wire::write(&mut w, &hello).await.unwrap();
+    let mut r = BufReader::new(r);
+    let _events: ToMember = wire::read(&mut r).await.unwrap();
+    let resume: ToMember = wire::read(&mut r).await.unwrap();
+    assert_eq!(resume, ToMember::ResumeStats { minute: now - 8 });
+    wire::write(&mut w, &minutes(1, 5)).await.unwrap();
+    for _ in 0..500 {
+        if stored_minutes(&m, None).await.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = stored_minutes(&m, Some("fe1")).await;
+    assert_eq!(
+        got.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        (0..5).map(|n| now - 10 + n).collect::<Vec<_>>()
+    );
+    assert!(stored_minutes(&m, Some("fe2")).await.is_empty());
+    stop.cancel();
 }

@@ -1353,3 +1353,102 @@ async fn a_deflected_session_is_recorded_with_its_id() {
         "{got:?}"
     );
 }
+
+/// `env` counting into fresh statistics, as a front-end's services do.
+fn counting(env: ServiceContext) -> (ServiceContext, Arc<crate::stats::Stats>) {
+    let stats = Arc::new(crate::stats::Stats::new(10));
+    let pools: Vec<crate::config::Pool> = ["a", "b"]
+        .iter()
+        .filter_map(|n| env.pools.pool(n))
+        .map(|p| p.pool.clone())
+        .collect();
+    let table = stats.table(
+        ["smtp"],
+        pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(|b| (b.id, b.name.as_str()))),
+        pools.iter().map(|p| (p.id, p.name.as_str())),
+        [],
+    );
+    (env.counting(table, 0), stats)
+}
+
+fn totals(
+    stats: &crate::stats::Stats,
+    scope: crate::stats::Scope,
+    name: &str,
+) -> crate::stats::Totals {
+    stats
+        .totals()
+        .remove(&(scope, name.to_owned()))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn relayed_messages_and_their_recipients_are_counted() {
+    use crate::stats::Scope;
+    let (a, _rec) = backend(Fault::None).await;
+    let dir = tempdir("counted");
+    let (env, stats) = counting(env(&dir, &[a], &[], ""));
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nRCPT TO:<v@a.example>\r\nDATA\r\nhello\r\n.\r\n\
+          MAIL FROM:<s@x>\r\nRCPT TO:<w@a.example>\r\nDATA\r\nagain\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(out.matches("queued").count(), 2, "{out}");
+    for (scope, name) in [
+        (Scope::Backend, "a0"),
+        (Scope::Pool, "a"),
+        (Scope::Group, "default"),
+    ] {
+        let t = totals(&stats, scope, name);
+        assert_eq!((t.sessions, t.messages, t.recipients), (1, 2, 3), "{name}");
+        // Only the back-end and its pool time the back-end's greeting.
+        let timed = scope != Scope::Group;
+        assert_eq!(t.latency.map(|l| l.count), timed.then_some(1), "{name}");
+        assert!(t.bytes_to_backend > 0 && t.bytes_to_client > 0, "{name}");
+    }
+    let smtp = totals(&stats, Scope::Service, "smtp");
+    assert_eq!((smtp.messages, smtp.recipients), (2, 3));
+    assert!(smtp.deflected.is_empty());
+}
+
+#[tokio::test]
+async fn deflections_are_counted_with_their_reason() {
+    use crate::stats::Scope;
+    let (a, _rec) = backend(Fault::None).await;
+    let dir = tempdir("deflected");
+    let (busy, stats) = counting(env(&dir, &[a], &[], ""));
+    let _held = fill(&busy, 0);
+    let out = converse(
+        &busy,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(out.contains("451 4.3.2 "), "{out}");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempdir("deflected-none");
+    let (down, down_stats) = counting(env(&dir, &[dead], &[], ""));
+    let out = converse(
+        &down,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(out.contains("451 4.4.1 "), "{out}");
+    for (stats, reason) in [(&stats, "overload"), (&down_stats, "no_backend")] {
+        for (scope, name) in [
+            (Scope::Pool, "a"),
+            (Scope::Service, "smtp"),
+            (Scope::Group, "default"),
+        ] {
+            let t = totals(stats, scope, name);
+            assert_eq!(t.deflected.get(reason), Some(&1), "{reason} {name}: {t:?}");
+            assert_eq!(t.deflections(), 1, "{reason} {name}");
+            assert_eq!(t.messages, 0);
+        }
+    }
+}

@@ -462,6 +462,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 drop(commit);
                 match reply {
                     Ok(reply) => {
+                        if reply.is_positive() {
+                            leg.lease.tally.message(rcpts as u64);
+                        }
                         info!(session = %self.client.session_id, backend = %leg.lease.backend(), size,
                             from = %from, rcpts, code = reply.code, "message relayed");
                         if reply.is_positive()
@@ -581,6 +584,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     let (total, rcpts) = tx
                         .as_ref()
                         .map_or((0, 0), |t| (t.bdat_size(), t.rcpts().len()));
+                    if r.is_positive()
+                        && let Some(l) = &self.leg
+                    {
+                        l.lease.tally.message(rcpts as u64);
+                    }
                     info!(session = %self.client.session_id, size = total, rcpts, code = r.code, "message relayed (BDAT)");
                     if r.is_positive()
                         && let Some(tx) = tx.as_deref_mut()

@@ -204,8 +204,12 @@ fn monitor(out: &mut Out, old: &Monitor, new: &Monitor) {
         metrics,
         snmp,
         event_history,
+        stats,
     } = old;
     let (k, s) = (ChangeKind::Frontend, "monitor");
+    if stats != &new.stats {
+        out.push(k, "monitor: statistics settings changed".to_owned());
+    }
     fields!(out, k, s, new; event_log, event_log_max_bytes, event_log_files, event_history);
     if metrics != &new.metrics {
         let show = |m: &Option<crate::config::MetricsEndpoint>| {
