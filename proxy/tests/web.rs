@@ -98,6 +98,7 @@ impl Fake {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let events = robustifier::events::Events::new(name, None);
         let (s, name, ev) = (seen.clone(), name.to_owned(), events.clone());
+        let started = this_minute();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { return };
@@ -124,6 +125,7 @@ impl Fake {
                         "ok {}",
                         serde_json::to_string(&ev.since(arg.parse().unwrap(), 200)).unwrap()
                     ),
+                    "stats" => format!("ok {}", fake_minutes(started, arg.parse().unwrap_or(0))),
                     _ => "error not a fake front-end request".to_owned(),
                 };
                 s.lock().unwrap().push(Seen {
@@ -160,6 +162,32 @@ impl Fake {
             .filter(|s| s.line.starts_with("reload "))
             .collect()
     }
+}
+
+/// The current unix minute.
+fn this_minute() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60
+}
+
+/// A fake front-end's statistics: the three minutes before `now` (its start), service
+/// smtp with 2, 4 and 6 sessions (12 in all), those after `since`.
+fn fake_minutes(now: u64, since: u64) -> String {
+    let minutes: Vec<serde_json::Value> = (1..=3u64)
+        .map(|i| (now - 4 + i, 2 * i))
+        .filter(|(m, _)| *m > since)
+        .map(|(m, n)| {
+            serde_json::json!({
+                "minute": m,
+                "services": { "smtp": { "sessions": n, "messages": n, "recipients": n } },
+                "pools": { "mx": { "sessions": n, "messages": n, "recipients": n } },
+            })
+        })
+        .collect();
+    serde_json::to_string(&minutes).unwrap()
 }
 
 /// One virtual router of a fake front-end: fe1 (198.18.0.1) is the master of
@@ -599,9 +627,10 @@ fn the_api_needs_a_session_its_csrf_header_and_a_fresh_token() {
     let log = c.log();
     assert_eq!(log[1]["author"], "alice (web)", "{log:?}");
 
-    // Requests the manager does not know yet are "not available", not errors.
+    // A trace of what nothing names is an empty answer, not an error.
     let a = c.https("GET", "/api/trace?id=x", &[("Cookie", &cookie)], "");
     assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["messages"], serde_json::json!([]), "{}", a.body);
 
     // Logged out, the cookie is worth nothing.
     assert_eq!(c.https("POST", "/api/logout", &with, "{}").status, 200);
@@ -947,18 +976,66 @@ fn an_operator_works_the_cluster_from_chromium() {
         );
     }
 
-    // The pages for requests still to come say so.
+    // A message fe1 relayed, traced by its Message-ID: the front-end's record.
+    c.fakes["fe1"]
+        .events
+        .emit(robustifier::events::Kind::MessageRelayed(Box::new(
+            robustifier::events::Relayed {
+                session: "s-web-1".into(),
+                client: "198.18.2.7:40000".into(),
+                service: "smtp".into(),
+                helo: Some("client.example".into()),
+                mail_from: "a@client.example".into(),
+                rcpt_count: 1,
+                rcpts: vec!["bob@example.test".into()],
+                pool: "mx".into(),
+                backend: "mx1".into(),
+                route_reason: "default pool".into(),
+                size: 1234,
+                message_id: Some("<web-trace@client.example>".into()),
+                queue_id: Some("4WEBQ1".into()),
+            },
+        )));
+    wait_until("the record merged", || {
+        text(&c.cli(&["trace", "<web-trace@client.example>", "--json"])).contains("4WEBQ1")
+    });
     open(&tab, "trace");
     eval(
         &tab,
-        "document.getElementById('trace-id').value = 'some-message-id'; \
+        "document.getElementById('trace-id').value = '<web-trace@client.example>'; \
          document.getElementById('trace-show').click(); 'ok'",
     );
-    tab.wait_for_element("#trace-result .unavailable, #trace-result pre")
+    tab.wait_for_element("#trace-result section.traced")
         .unwrap();
+    let traced = eval(&tab, "document.getElementById('trace-result').innerText");
+    for want in [
+        "4WEBQ1",
+        "s-web-1",
+        "198.18.2.7:40000",
+        "back-end mx1",
+        "fe1",
+    ] {
+        assert!(traced.contains(want), "{want} in {traced}");
+    }
+    shoot(&tab, "trace");
+
+    // The members' statistics, charted: fe1 and fe2 each shipped 12 sessions.
+    wait_until("both members' minutes stored", || {
+        text(&c.cli(&["stats", "--json"])).lines().count() == 6
+    });
     open(&tab, "stats");
-    tab.wait_for_element("#stats-result .unavailable, #stats-result pre")
-        .unwrap();
+    eval(&tab, "document.getElementById('stats-show').click(); 'ok'");
+    tab.wait_for_element("#stats-table tbody tr").unwrap();
+    let rows = eval(
+        &tab,
+        "Array.from(document.querySelectorAll('#stats-table tbody tr')).map(r => r.innerText.split('\\t').slice(0, 3).join(' ')).sort().join(';')",
+    );
+    assert_eq!(rows, "fe1 smtp 12;fe2 smtp 12", "{rows}");
+    let bars = eval(
+        &tab,
+        "String(document.querySelectorAll('#stats-chart rect.bar').length)",
+    );
+    assert_eq!(bars, "3", "three minutes, three bars");
     shoot(&tab, "stats");
 
     let problems = problems.lock().unwrap().clone();

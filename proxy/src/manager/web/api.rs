@@ -82,8 +82,6 @@ pub fn router(web: Shared) -> Router {
         .route("/api/commit", post(commit))
         .route("/api/confirm", post(confirm))
         .route("/api/rollback", post(rollback))
-        // Requests other engineers' work adds to the manager: answered "not available"
-        // until the manager knows them.
         .route("/api/trace", get(trace))
         .route("/api/stats", get(stats))
         .route_layer(middleware::from_fn_with_state(web.clone(), require_session));
@@ -468,17 +466,6 @@ async fn rollback(
     answer(web.ask(&op, Request::Rollback { to: b.to }).await)
 }
 
-/// A request the manager may not know yet (one the message tracing or the statistics
-/// add): built from its JSON so that this page works as soon as the manager learns it.
-/// Until then the answer says it is not available (200: the page shows that, it is not
-/// a failure).
-async fn optional(web: &Web, op: &Operator, request: serde_json::Value) -> Response {
-    match serde_json::from_value::<Request>(request) {
-        Ok(r) => answer(web.ask(op, r).await),
-        Err(_) => Json(json!({ "unavailable": true })).into_response(),
-    }
-}
-
 #[derive(Deserialize)]
 struct TraceQuery {
     id: String,
@@ -490,27 +477,63 @@ async fn trace(
     Extension(op): Extension<Operator>,
     Query(q): Query<TraceQuery>,
 ) -> Response {
-    optional(&web, &op, json!({ "op": "trace", "id": q.id })).await
+    let id = q.id.trim().to_owned();
+    if id.is_empty() || id.len() > 998 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a trace needs a session id, a Message-ID or a queue id".to_owned(),
+        );
+    }
+    answer(web.ask(&op, Request::Trace { id }).await)
 }
 
 #[derive(Deserialize)]
 struct StatsQuery {
     member: Option<String>,
+    /// Seconds back from now (default an hour, at most the manager's whole store).
     since: Option<u64>,
 }
 
-/// `Request::Stats { member, since }`: per-minute statistics.
+/// Batches of minutes asked for at most: the manager answers a bounded batch each time.
+const MAX_STATS_BATCHES: usize = 16;
+
+/// `Request::StatsOf`: the members' per-minute statistics of the last `since` seconds, in
+/// one array, oldest first.
 async fn stats(
     State(web): State<Shared>,
     Extension(op): Extension<Operator>,
     Query(q): Query<StatsQuery>,
 ) -> Response {
-    optional(
-        &web,
-        &op,
-        json!({ "op": "stats", "member": nonempty(q.member), "since": q.since.unwrap_or(0) }),
-    )
-    .await
+    let back = q.since.unwrap_or(3600);
+    let mut since = Some((now_ms() / 1000).saturating_sub(back) / 60);
+    let member = nonempty(q.member);
+    let mut minutes: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..MAX_STATS_BATCHES {
+        let reply = web
+            .ask(
+                &op,
+                Request::StatsOf {
+                    member: member.clone(),
+                    since,
+                },
+            )
+            .await;
+        if !reply.ok {
+            return answer(reply);
+        }
+        let serde_json::Value::Array(batch) = reply.value else {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "statistics: not a list of minutes".to_owned(),
+            );
+        };
+        let Some(last) = batch.last().and_then(|m| m["minute"].as_u64()) else {
+            break;
+        };
+        since = Some(last);
+        minutes.extend(batch);
+    }
+    Json(serde_json::Value::Array(minutes)).into_response()
 }
 
 #[cfg(test)]

@@ -306,31 +306,132 @@ async function commit() {
   }
 }
 
-// --- pages other parts of the manager will fill ---
+// --- message trace ---
 
-function unavailable(el, what) {
-  const p = document.createElement("p");
-  p.className = "unavailable";
-  p.textContent = `Not available: this manager does not answer ${what} requests yet.`;
-  el.replaceChildren(p);
+function node(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined) e.textContent = text;
+  if (cls) e.className = cls;
+  return e;
+}
+
+// A definition list of [term, value] pairs, values as text.
+function facts(pairs) {
+  const dl = node("dl", undefined, "facts");
+  for (const [k, v] of pairs) {
+    dl.appendChild(node("dt", k));
+    dl.appendChild(node("dd", v === null || v === undefined || v === "" ? "-" : String(v)));
+  }
+  return dl;
+}
+
+function lines(list, none) {
+  return list && list.length ? node("pre", list.join("\n"), "mta") : node("p", none, "muted");
 }
 
 async function trace() {
   const id = $("trace-id").value.trim();
+  const out = $("trace-result");
   if (!id) return;
-  const v = await api("/api/trace?id=" + encodeURIComponent(id));
-  if (v.unavailable) return unavailable($("trace-result"), "trace");
-  const pre = document.createElement("pre");
-  pre.textContent = JSON.stringify(v, null, 2);
-  $("trace-result").replaceChildren(pre);
+  let v;
+  try {
+    v = await api("/api/trace?id=" + encodeURIComponent(id));
+  } catch (e) {
+    out.replaceChildren(node("p", "Refused: " + e.message, "error"));
+    return;
+  }
+  const parts = [];
+  for (const m of v.messages || []) {
+    const r = m.record;
+    const section = node("section", undefined, "traced");
+    section.appendChild(node("h3", `${r.message_id || "(no Message-ID)"} via ${m.member}`));
+    section.appendChild(facts([
+      ["time", time(m.time_ms)],
+      ["client", `${r.client}${r.helo ? " (HELO " + r.helo + ")" : ""}`],
+      ["front-end session", `${m.member} / ${r.session} (service ${r.service})`],
+      ["envelope", `<${r.mail_from}> to ${r.rcpt_count} recipient(s): ${(r.rcpts || []).join(", ")}`],
+      ["routing", `pool ${r.pool}, back-end ${r.backend}: ${r.route_reason}`],
+      ["size", `${r.size} octets`],
+      ["back-end queue id", r.queue_id],
+    ]));
+    section.appendChild(node("h4", `${r.backend}'s own log lines`));
+    section.appendChild(lines(m.mta, "Its agent has shipped no line of this queue id (yet)."));
+    parts.push(section);
+  }
+  if ((v.session_events || []).length) {
+    parts.push(node("h3", "The session's other events"));
+    const t = node("table");
+    t.appendChild(node("tbody"));
+    for (const e of v.session_events) t.tBodies[0].appendChild(logRow(e));
+    parts.push(t);
+  }
+  for (const h of v.mta_only || []) {
+    parts.push(node("h3", `${h.host}: log lines of queue id ${v.id}`));
+    parts.push(lines(h.lines, ""));
+  }
+  if (!parts.length) parts.push(node("p", `Nothing in the merged log or the MTA logs names ${v.id}.`, "muted"));
+  out.replaceChildren(...parts);
 }
 
+// --- statistics ---
+
+const STAT_FIGURES = {
+  sessions: (t) => t.sessions || 0,
+  messages: (t) => t.messages || 0,
+  recipients: (t) => t.recipients || 0,
+  "bytes to back-ends": (t) => t.bytes_to_backend || 0,
+  deflections: (t) => Object.values(t.deflected || {}).reduce((a, b) => a + b, 0),
+};
+
 async function stats() {
-  const v = await api("/api/stats?since=3600");
-  if (v.unavailable) return unavailable($("stats-result"), "statistics");
-  const pre = document.createElement("pre");
-  pre.textContent = JSON.stringify(v, null, 2);
-  $("stats-result").replaceChildren(pre);
+  const out = $("stats-result");
+  const params = new URLSearchParams({ since: $("stats-range").value });
+  const member = $("stats-member").value.trim();
+  if (member) params.set("member", member);
+  const minutes = await api("/api/stats?" + params);
+  const scope = $("stats-scope").value;
+  const figure = $("stats-figure").value;
+  const value = STAT_FIGURES[figure];
+  // Per minute, the figure summed over the scope's keys and the members.
+  const byMinute = new Map();
+  const byKey = new Map();
+  for (const m of minutes) {
+    for (const [key, t] of Object.entries(m[scope] || {})) {
+      const v = value(t);
+      byMinute.set(m.minute, (byMinute.get(m.minute) || 0) + v);
+      const k = `${m.member} ${key}`;
+      const sum = byKey.get(k) || { member: m.member, key, sessions: 0, messages: 0, recipients: 0, deflections: 0 };
+      sum.sessions += STAT_FIGURES.sessions(t);
+      sum.messages += STAT_FIGURES.messages(t);
+      sum.recipients += STAT_FIGURES.recipients(t);
+      sum.deflections += STAT_FIGURES.deflections(t);
+      byKey.set(k, sum);
+    }
+  }
+  if (!minutes.length) {
+    out.replaceChildren(node("p", "No minute of statistics stored for this range yet.", "muted"));
+    return;
+  }
+  const first = Math.min(...minutes.map((m) => m.minute));
+  const last = Math.max(...minutes.map((m) => m.minute));
+  const points = [];
+  for (let n = first; n <= last; n++) {
+    points.push({ label: time(n * 60000).slice(11, 16), value: byMinute.get(n) || 0 });
+  }
+  const chart = node("div", undefined, "chart");
+  chart.id = "stats-chart";
+  barChart(chart, points, `${figure} per minute, ${scope}`);
+  const table = node("table");
+  table.id = "stats-table";
+  const head = node("thead");
+  head.appendChild(row(["member", scope.replace(/s$/, ""), "sessions", "messages", "recipients", "deflections"]));
+  table.appendChild(head);
+  const body = node("tbody");
+  for (const s of [...byKey.values()].sort((a, b) => b.sessions - a.sessions)) {
+    body.appendChild(row([s.member, s.key, String(s.sessions), String(s.messages), String(s.recipients), String(s.deflections)]));
+  }
+  table.appendChild(body);
+  out.replaceChildren(node("h3", `${figure} per minute (${scope}), ${time(first * 60000)} to ${time(last * 60000)}`), chart, table);
 }
 
 // --- navigation ---
@@ -376,6 +477,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   on("editor-load", loadHead);
   on("editor-commit", commit);
   on("trace-show", trace);
+  on("stats-show", stats);
   window.addEventListener("hashchange", () => show(location.hash.slice(1)));
   setInterval(() => {
     if (current === "overview" || current === "alarms") pages[current]().catch((e) => say(e.message));
