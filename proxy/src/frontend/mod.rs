@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 pub use apply::{ReloadError, Reloaded};
 pub use kernel::{Kernel, KernelError, KernelSide};
-pub use status::{StatusReport, render};
+pub use status::{BackendState, StatusReport, render};
 pub use succession::{
     HandedOver, Ids, IdsTaken, Offer, Offered, PassedListener, XdpPassed, adopt, give_backend_ids,
 };
@@ -413,7 +413,38 @@ impl Frontend {
             ready: self.shared.hooks.tasks.ready(),
             tasks: self.shared.hooks.tasks.snapshot(),
             drained: self.board.drained(),
+            backends: self.backend_states(),
         }
+    }
+
+    /// The board's load records, by pool and back-end.
+    fn backend_states(&self) -> Vec<status::BackendState> {
+        let now = load_writer::monotonic_ns();
+        self.board
+            .slots()
+            .iter()
+            .filter_map(|slot| {
+                let r = self.board.record_for(slot.id, now)?;
+                let state = match r.state {
+                    robustifier_common::BACKEND_UP => "up",
+                    robustifier_common::BACKEND_DRAINING => "draining",
+                    _ => "down",
+                };
+                Some(status::BackendState {
+                    pool: slot.pool_name.clone(),
+                    name: slot.name.clone(),
+                    state: state.to_owned(),
+                    overloaded: slot.overloaded.load(std::sync::atomic::Ordering::Relaxed)
+                        && r.state != robustifier_common::BACKEND_DOWN,
+                    weight: r.weight,
+                    active_sessions: r.active_sessions,
+                    response_us: r.response_us,
+                    run_queue_milli: r.run_queue_milli,
+                    mail_queue: r.mail_queue,
+                    disk_permille: r.disk_permille,
+                })
+            })
+            .collect()
     }
 
     /// Drains or undrains back-end `name` and publishes its records at once, so that

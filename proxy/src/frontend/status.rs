@@ -25,6 +25,27 @@ pub struct StatusReport {
     /// The back-ends the operator drained over the control socket (`drain`), by name.
     #[serde(default)]
     pub drained: Vec<String>,
+    /// Every back-end's load record as this front-end holds it now.
+    #[serde(default)]
+    pub backends: Vec<BackendState>,
+}
+
+/// One back-end's load record, for operators (the manager's overview).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackendState {
+    pub pool: String,
+    pub name: String,
+    /// `up`, `down` or `draining`.
+    pub state: String,
+    /// Over one of its thresholds: no new sessions.
+    pub overloaded: bool,
+    pub weight: u32,
+    pub active_sessions: u32,
+    pub response_us: u32,
+    /// Its agent's figures (zero without an agent).
+    pub run_queue_milli: u32,
+    pub mail_queue: u32,
+    pub disk_permille: u32,
 }
 
 /// The status as a table for an operator.

@@ -105,10 +105,10 @@ function barChart(container, points, title) {
 // --- overview ---
 
 async function overview() {
-  const [s, alarms, logs] = await Promise.all([
+  const [s, alarms, minutes] = await Promise.all([
     api("/api/status"),
     api("/api/alarms"),
-    api("/api/logs?since=3600&limit=10000"),
+    api("/api/stats?since=3600"),
   ]);
   $("head").textContent = `Head: version ${s.head}, committed ${time(s.head_ms)}`;
   $("pending").hidden = !s.pending;
@@ -140,29 +140,42 @@ async function overview() {
     }
   }
   fill("vips", vips.length ? vips : [row(["-", "no virtual router reported", "", "", "", "", ""])]);
+  // Each member's load records; a member that reports none (an older release) shows its
+  // down (alarms) and drained back-ends.
   const backends = [];
-  for (const a of alarms) {
-    if (a.key.startsWith("backend_down:")) {
-      backends.push(row([a.member, a.key.slice(13), ["down", "bad"], time(a.since_ms)]));
-    }
-  }
   for (const m of s.members) {
-    for (const b of (m.frontend && m.frontend.drained) || []) {
-      backends.push(row([m.name, b, "drained by the operator", "-"]));
+    const f = m.frontend;
+    if (f && f.backends && f.backends.length) {
+      for (const b of f.backends) {
+        const state = b.overloaded && b.state === "up" ? "over a threshold" : b.state;
+        backends.push(row([m.name, b.pool, b.name, [state, b.state === "up" && !b.overloaded ? "good" : "bad"],
+          String(b.weight), String(b.active_sessions), (b.response_us / 1000).toFixed(1),
+          (b.run_queue_milli / 1000).toFixed(2), String(b.mail_queue), (b.disk_permille / 10).toFixed(1)],
+          { "data-member": m.name, "data-backend": b.name }));
+      }
+      continue;
+    }
+    for (const a of alarms) {
+      if (a.member === m.name && a.key.startsWith("backend_down:")) {
+        backends.push(row([m.name, "-", a.key.slice(13), ["down", "bad"], "", "", "", "", "", ""]));
+      }
+    }
+    for (const b of (f && f.drained) || []) {
+      backends.push(row([m.name, "-", b, "drained by the operator", "", "", "", "", "", ""]));
     }
   }
-  fill("backends", backends.length ? backends : [row(["-", "every back-end up, none drained", "", ""])]);
-  // Events per minute over the last hour, from the merged log.
+  fill("backends", backends.length ? backends : [row(["-", "", "no back-end reported", "", "", "", "", "", "", ""])]);
+  // Messages per minute over the last hour, every member's services together.
   const minute = 60000, end = Math.floor(Date.now() / minute) * minute;
   const counts = new Array(60).fill(0);
-  for (const e of logs.entries) {
-    if (!e.event) continue;
-    const i = 59 - Math.floor((end - Math.floor(e.event.time_ms / minute) * minute) / minute);
-    if (i >= 0 && i < 60) counts[i] += 1;
+  for (const m of minutes) {
+    const i = 59 - Math.floor((end - m.minute * minute) / minute);
+    if (i < 0 || i >= 60) continue;
+    for (const t of Object.values(m.services || {})) counts[i] += t.messages || 0;
   }
-  barChart($("events-chart"), counts.map((value, i) => ({
+  barChart($("traffic-chart"), counts.map((value, i) => ({
     label: new Date(end - (59 - i) * minute).toISOString().slice(11, 16), value,
-  })), "events per minute");
+  })), "messages per minute");
 }
 
 // --- alarms ---
