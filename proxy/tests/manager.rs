@@ -12,413 +12,39 @@
     reason = "test helpers: a step that fails fails the test"
 )]
 
+mod support;
+
 use std::{
-    collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
-    net::TcpListener,
-    os::unix::net::UnixListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    io::Write as _,
+    path::Path,
+    process::{Child, Output, Stdio},
+    sync::Arc,
+    time::Duration,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
-/// A bound on every wait, so that a broken test fails instead of hanging.
-const PATIENCE: Duration = Duration::from_secs(30);
+use support::{
+    PATIENCE,
+    cluster::{Answers, Cluster, init_pki, text, wait_until},
+};
+
 const METRICS_TOKEN: &str = "manager-metrics-token-0123";
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rb-mgr-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+/// The certificates, the manager running (with its `/metrics`, bearer token
+/// [`METRICS_TOKEN`]), and `members` each with its fake front-end (not started).
+fn cluster(tag: &str, members: &[&str]) -> Cluster {
+    Cluster::init(
+        support::tempdir(tag),
+        members,
+        &[],
+        Some(Answers::default()),
     )
-}
-
-/// Polls `ready` every 50 ms until it holds; fails after [`PATIENCE`].
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !ready() {
-        assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A process this test started: killed (by its pid) and reaped when dropped.
-struct Proc(Child);
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        Proc(
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    }
-
-    fn signal(&mut self, s: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), s);
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// One request a fake front-end got, with the text of the file a `reload` named.
-#[derive(Clone, Debug)]
-struct Seen {
-    line: String,
-    file: Option<String>,
-}
-
-/// A front-end's control socket answering as a running front-end would.
-struct Fake {
-    socket: PathBuf,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    /// Its events, as a front-end's (`events SEQ` answers from them).
-    events: robustifier::events::Events,
-}
-
-impl Fake {
-    fn start(socket: PathBuf, name: &str) -> Fake {
-        let listener = UnixListener::bind(&socket).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let events = robustifier::events::Events::new(name, None);
-        let (s, name, ev) = (seen.clone(), name.to_owned(), events.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                let mut line = String::new();
-                if BufReader::new(&conn).read_line(&mut line).is_err() {
-                    continue;
-                }
-                let line = line.trim_end().to_owned();
-                let (verb, arg) = line.split_once(' ').unwrap_or((&line, ""));
-                let mut file = None;
-                let reply = match verb {
-                    "status" => format!(
-                        "ok {{\"frontend\":\"{name}\",\"pid\":1,\"version\":\"fake\",\"routers\":[],\"ready\":true}}"
-                    ),
-                    "reload" => {
-                        file = std::fs::read_to_string(arg).ok();
-                        "ok {\"version\":\"fake\",\"summary\":\"fake reload\",\"restart_needed\":[]}"
-                            .to_owned()
-                    }
-                    "drain" => format!("ok {{\"backend\":\"{arg}\",\"draining\":true}}"),
-                    "manager" => "ok noted".to_owned(),
-                    "events" => format!(
-                        "ok {}",
-                        serde_json::to_string(&ev.since(arg.parse().unwrap(), 200)).unwrap()
-                    ),
-                    _ => "error not a fake front-end request".to_owned(),
-                };
-                s.lock().unwrap().push(Seen {
-                    line: line.clone(),
-                    file,
-                });
-                let _ = conn.write_all(format!("{reply}\n").as_bytes());
-            }
-        });
-        Fake {
-            socket,
-            seen,
-            events,
-        }
-    }
-
-    /// An event on this front-end (a back-end of its going down or up).
-    fn emit(&self, i: u32) {
-        let backend = format!("mx{i}");
-        self.events.emit(robustifier::events::Kind::BackendDown {
-            backend,
-            pool: "mx".into(),
-            reason: "test".into(),
-        });
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    fn reloads(&self) -> Vec<Seen> {
-        self.seen()
-            .into_iter()
-            .filter(|s| s.line.starts_with("reload "))
-            .collect()
-    }
-}
-
-/// A cluster on loopback: its certificates, the manager, and members with fake front-ends.
-struct Cluster {
-    dir: PathBuf,
-    port: u16,
-    /// The manager's `/metrics` (bearer token [`METRICS_TOKEN`]).
-    metrics_port: u16,
-    manager: Option<Proc>,
-    members: BTreeMap<String, Proc>,
-    fakes: BTreeMap<String, Fake>,
-}
-
-impl Cluster {
-    /// The certificates, the manager running, and `members` each with its fake front-end
-    /// (not started).
-    fn new(tag: &str, members: &[&str]) -> Cluster {
-        let dir = tempdir(tag);
-        let mut init = Command::new(BIN);
-        init.args(["cluster", "init", "--dir"])
-            .arg(dir.join("pki"))
-            .args(["--name", "test", "--manager-name", "127.0.0.1"])
-            .args(["--operator", "alice"]);
-        for m in members {
-            init.args(["--member", m]);
-        }
-        let out = init.output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-        let fakes = members
-            .iter()
-            .map(|m| {
-                let fake = Fake::start(dir.join(format!("{m}.sock")), m);
-                ((*m).to_owned(), fake)
-            })
-            .collect();
-        let mut c = Cluster {
-            dir,
-            port: free_port(),
-            metrics_port: free_port(),
-            manager: None,
-            members: BTreeMap::new(),
-            fakes,
-        };
-        c.start_manager();
-        c
-    }
-
-    fn pki(&self, file: &str) -> PathBuf {
-        self.dir.join("pki").join(file)
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.join("manager")
-    }
-
-    /// Starts the manager (on the same port and state every time) and waits until it
-    /// answers an operator.
-    fn start_manager(&mut self) {
-        let render = self.dir.join("render");
-        std::fs::create_dir_all(&render).unwrap();
-        let token = self.dir.join("metrics.token");
-        std::fs::write(&token, METRICS_TOKEN).unwrap();
-        self.manager = Some(Proc::spawn(
-            Command::new(BIN)
-                .arg("manager")
-                .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-                .arg("--state-dir")
-                .arg(self.state())
-                .arg("--ca")
-                .arg(self.pki("ca.pem"))
-                .arg("--cert")
-                .arg(self.pki("manager.pem"))
-                .arg("--key")
-                .arg(self.pki("manager.key"))
-                .arg("--render-dir")
-                .arg(render)
-                .args([
-                    "--metrics-listen",
-                    &format!("127.0.0.1:{}", self.metrics_port),
-                ])
-                .arg("--metrics-token-file")
-                .arg(token),
-        ));
-        wait_until("the manager answers", || {
-            self.cli(&["log", "--json"]).status.success()
-        });
-    }
-
-    fn stop_manager(&mut self, s: nix::sys::signal::Signal) {
-        self.manager.take().unwrap().signal(s);
-    }
-
-    fn start_member(&mut self, name: &str) {
-        let p = Proc::spawn(
-            Command::new(BIN)
-                .arg("member")
-                .args(["--manager", &format!("127.0.0.1:{}", self.port)])
-                .arg("--ca")
-                .arg(self.pki("ca.pem"))
-                .arg("--cert")
-                .arg(self.pki(&format!("members/{name}.pem")))
-                .arg("--key")
-                .arg(self.pki(&format!("members/{name}.key")))
-                .arg("--state-dir")
-                .arg(self.dir.join(format!("member-{name}")))
-                .arg("--socket")
-                .arg(&self.fakes[name].socket)
-                .args(["--max-retry-ms", "200", "--alarm-after-ms", "1000"]),
-        );
-        self.members.insert(name.to_owned(), p);
-    }
-
-    fn stop_member(&mut self, name: &str) {
-        self.members
-            .remove(name)
-            .unwrap()
-            .signal(nix::sys::signal::Signal::SIGTERM);
-    }
-
-    /// `robustifier cluster ARGS` as operator alice.
-    fn cli(&self, args: &[&str]) -> Output {
-        self.cli_as(
-            args,
-            &self.pki("operators/alice.pem"),
-            &self.pki("operators/alice.key"),
-        )
-    }
-
-    fn cli_as(&self, args: &[&str], cert: &Path, key: &Path) -> Output {
-        self.cli_command(args, cert, key).output().unwrap()
-    }
-
-    fn cli_command(&self, args: &[&str], cert: &Path, key: &Path) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("cluster")
-            .args(args)
-            .env("ROBUSTIFIER_MANAGER", format!("127.0.0.1:{}", self.port))
-            .env("ROBUSTIFIER_CA", self.pki("ca.pem"))
-            .env("ROBUSTIFIER_CERT", cert)
-            .env("ROBUSTIFIER_KEY", key);
-        cmd
-    }
-
-    /// The cluster configuration with back-end mx1 at `weight`, and `extra` lines for
-    /// member `extra_for`.
-    fn config(&self, weight: u32, extra_for: &str, extra: &str) -> String {
-        let mut t = format!(
-            "[frontend]\nname = \"template\"\nserve_loopback_clients = true\n\n\
-             [[service]]\nname = \"smtp\"\nprotocol = \"smtp\"\nport = 2525\nvips = [\"127.0.0.1\"]\npool = \"mx\"\n\n\
-             [[pool]]\nname = \"mx\"\nidentity = \"none\"\n\
-             backend = [{{ name = \"mx1\", address = \"127.0.0.1:1\", weight = {weight} }}]\n"
-        );
-        for (name, fake) in &self.fakes {
-            t.push_str(&format!(
-                "\n[members.{name}]\nha = {{ control_socket = \"{}\" }}\n",
-                fake.socket.display()
-            ));
-            if name == extra_for {
-                t.push_str(extra);
-                t.push('\n');
-            }
-        }
-        t
-    }
-
-    /// Writes `config` to a file and commits it on `base`.
-    fn commit(&self, config: &str, base: u64, more: &[&str]) -> Output {
-        let file = self.write(&format!("commit-{}.toml", fastrand_name()), config);
-        let mut args = vec!["commit", file.to_str().unwrap(), "--base"];
-        let base = base.to_string();
-        args.push(&base);
-        args.extend_from_slice(more);
-        self.cli(&args)
-    }
-
-    fn commit_ok(&self, config: &str, base: u64, more: &[&str]) {
-        let out = self.commit(config, base, more);
-        assert!(out.status.success(), "commit on {base}: {}", text(&out));
-    }
-
-    fn write(&self, name: &str, content: &str) -> PathBuf {
-        let f = self.dir.join(name);
-        std::fs::write(&f, content).unwrap();
-        f
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let out = self.cli(&["status", "--json"]);
-        assert!(out.status.success(), "{}", text(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn head(&self) -> u64 {
-        self.status()["head"].as_u64().unwrap()
-    }
-
-    /// The log, oldest first.
-    fn log(&self) -> Vec<serde_json::Value> {
-        let out = self.cli(&["log", "--json", "--limit", "10000"]);
-        assert!(out.status.success(), "{}", text(&out));
-        let mut log: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-        log.sort_by_key(|v| v["number"].as_u64().unwrap());
-        log
-    }
-
-    /// A version's text as `cluster show` prints it, without its first (header) line.
-    fn show(&self, args: &[&str]) -> String {
-        let mut all = vec!["show"];
-        all.extend_from_slice(args);
-        let out = self.cli(&all);
-        assert!(out.status.success(), "{}", text(&out));
-        let s = String::from_utf8(out.stdout).unwrap();
-        s.split_once('\n').unwrap().1.to_owned()
-    }
-
-    /// Waits until every configured member reports `version` applied.
-    fn wait_applied(&self, version: u64) {
-        wait_until(&format!("every member applies version {version}"), || {
-            let s = self.status();
-            s["head"] == version
-                && s["members"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|m| m["configured"] == true)
-                    .all(|m| m["applied"] == version)
-        });
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.members.clear();
-        self.manager = None;
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// A name no other file of this process has.
-fn fastrand_name() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed).to_string()
+    .with_metrics(METRICS_TOKEN)
+    .started()
 }
 
 #[test]
 fn of_two_concurrent_commits_on_one_base_exactly_one_wins() {
-    let c = Cluster::new("race", &["fe1"]);
+    let c = cluster("race", &["fe1"]);
     c.commit_ok(&c.config(1, "", ""), 0, &[]);
     let a = c.write("a.toml", &c.config(2, "", ""));
     let b = c.write("b.toml", &c.config(3, "", ""));
@@ -461,7 +87,7 @@ fn of_two_concurrent_commits_on_one_base_exactly_one_wins() {
 
 #[test]
 fn an_unconfirmed_commit_comes_back_and_a_confirmed_one_stays() {
-    let mut c = Cluster::new("confirm", &["fe1", "fe2"]);
+    let mut c = cluster("confirm", &["fe1", "fe2"]);
     c.start_member("fe1");
     c.start_member("fe2");
     c.commit_ok(&c.config(1, "", ""), 0, &[]);
@@ -497,7 +123,7 @@ fn an_unconfirmed_commit_comes_back_and_a_confirmed_one_stays() {
 
 #[test]
 fn a_text_one_member_refuses_is_refused_naming_it() {
-    let c = Cluster::new("refuse", &["fe1", "fe2"]);
+    let c = cluster("refuse", &["fe1", "fe2"]);
     c.commit_ok(&c.config(1, "", ""), 0, &[]);
     let missing = c.dir.join("no-such-dir");
     let tls = format!(
@@ -519,7 +145,7 @@ fn a_text_one_member_refuses_is_refused_naming_it() {
 #[test]
 fn a_manager_killed_during_commits_keeps_a_consistent_journal_and_trail() {
     use robustifier::manager::{client::Client, wire::Request};
-    let mut c = Cluster::new("sigkill", &["fe1"]);
+    let mut c = cluster("sigkill", &["fe1"]);
     c.start_member("fe1");
     c.commit_ok(&c.config(1, "", ""), 0, &[]);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -604,7 +230,7 @@ fn a_manager_killed_during_commits_keeps_a_consistent_journal_and_trail() {
 
 #[test]
 fn an_audit_entry_edited_while_the_manager_is_stopped_is_found() {
-    let mut c = Cluster::new("tamper", &["fe1"]);
+    let mut c = cluster("tamper", &["fe1"]);
     c.commit_ok(&c.config(1, "", ""), 0, &[]);
     c.commit_ok(&c.config(2, "", ""), 1, &[]);
     c.commit_ok(&c.config(3, "", ""), 2, &[]);
@@ -638,17 +264,10 @@ fn an_audit_entry_edited_while_the_manager_is_stopped_is_found() {
 
 #[test]
 fn foreign_and_missing_client_certificates_are_refused() {
-    let c = Cluster::new("foreign", &["fe1"]);
+    let c = cluster("foreign", &["fe1"]);
     c.commit_ok(&c.config(1, "", ""), 0, &[]);
     let other = c.dir.join("other");
-    let out = Command::new(BIN)
-        .args(["cluster", "init", "--dir"])
-        .arg(&other)
-        .args(["--name", "other", "--manager-name", "127.0.0.1"])
-        .args(["--operator", "alice"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    init_pki(&other, "other", &[], &[]);
     let file = c.write("foreign.toml", &c.config(7, "", ""));
     let out = c.cli_as(
         &["commit", file.to_str().unwrap(), "--base", "1"],
@@ -719,7 +338,7 @@ async fn without_certificate(port: u16, ca: &Path, file: &Path) -> String {
 
 #[test]
 fn a_member_back_from_down_applies_only_the_newest() {
-    let mut c = Cluster::new("catchup", &["fe1", "fe2"]);
+    let mut c = cluster("catchup", &["fe1", "fe2"]);
     c.start_member("fe1");
     c.start_member("fe2");
     c.commit_ok(&c.config(1, "", ""), 0, &[]);
@@ -749,7 +368,7 @@ fn a_member_back_from_down_applies_only_the_newest() {
 
 #[test]
 fn a_drain_reaches_every_front_end_and_is_audited() {
-    let mut c = Cluster::new("drain", &["fe1", "fe2"]);
+    let mut c = cluster("drain", &["fe1", "fe2"]);
     c.start_member("fe1");
     c.start_member("fe2");
     c.commit_ok(&c.config(1, "", ""), 0, &[]);
@@ -794,7 +413,7 @@ fn merged(c: &Cluster) -> Vec<(String, u64)> {
 
 #[test]
 fn events_reach_the_merged_log_once_across_a_manager_and_a_member_away() {
-    let mut c = Cluster::new("logs", &["fe1", "fe2"]);
+    let mut c = cluster("logs", &["fe1", "fe2"]);
     c.start_member("fe1");
     c.start_member("fe2");
     c.commit_ok(&c.config(1, "", ""), 0, &[]);
@@ -838,7 +457,7 @@ fn events_reach_the_merged_log_once_across_a_manager_and_a_member_away() {
 
 #[test]
 fn a_front_end_hears_when_its_manager_is_out_of_reach_and_back() {
-    let mut c = Cluster::new("reach", &["fe1"]);
+    let mut c = cluster("reach", &["fe1"]);
     c.start_member("fe1");
     c.commit_ok(&c.config(1, "", ""), 0, &[]);
     c.wait_applied(1);
@@ -870,7 +489,7 @@ fn a_front_end_hears_when_its_manager_is_out_of_reach_and_back() {
 /// `GET /metrics` of the manager: the status code and the body.
 fn manager_metrics(c: &Cluster, token: Option<&str>) -> (u16, String) {
     use std::io::Read as _;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", c.metrics_port)).unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", c.metrics_port())).unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
@@ -889,7 +508,7 @@ fn manager_metrics(c: &Cluster, token: Option<&str>) -> (u16, String) {
 
 #[test]
 fn the_manager_metrics_show_a_member_behind() {
-    let mut c = Cluster::new("metrics", &["fe1", "fe2"]);
+    let mut c = cluster("metrics", &["fe1", "fe2"]);
     c.start_member("fe1");
     c.commit_ok(&c.config(1, "", ""), 0, &[]);
     wait_until("fe1 on version 1", || {

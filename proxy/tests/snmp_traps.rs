@@ -23,7 +23,11 @@ use std::{
     time::Duration,
 };
 
-use support::{Daemon, config, free_port, greeter, run_without_kernel, stop_daemon, tempdir};
+use support::{
+    Daemon,
+    cluster::{Cluster, wait_for},
+    config, free_port, greeter, run_without_kernel, stop_daemon, tempdir,
+};
 
 const COMMUNITY: &str = "robustifier-test";
 const USER: &str = "robustifier";
@@ -339,53 +343,10 @@ async fn snmptrapd_logs_the_alarm_raised_and_cleared_by_name_over_v2c_and_v3_aut
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// `robustifier cluster ARGS` as operator alice of the cluster in `dir`.
-fn cluster_cli(dir: &Path, manager: u16, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_robustifier"))
-        .arg("cluster")
-        .args(args)
-        .env("ROBUSTIFIER_MANAGER", format!("127.0.0.1:{manager}"))
-        .env("ROBUSTIFIER_CA", dir.join("pki/ca.pem"))
-        .env("ROBUSTIFIER_CERT", dir.join("pki/operators/alice.pem"))
-        .env("ROBUSTIFIER_KEY", dir.join("pki/operators/alice.key"))
-        .output()
-        .unwrap()
-}
-
-fn start_manager(dir: &Path, port: u16) -> Daemon {
-    let render = dir.join("render");
-    std::fs::create_dir_all(&render).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_robustifier"))
-        .arg("manager")
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--state-dir")
-        .arg(dir.join("manager"))
-        .arg("--ca")
-        .arg(dir.join("pki/ca.pem"))
-        .arg("--cert")
-        .arg(dir.join("pki/manager.pem"))
-        .arg("--key")
-        .arg(dir.join("pki/manager.key"))
-        .arg("--render-dir")
-        .arg(render)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let daemon = Daemon::new(child);
-    for _ in 0..300 {
-        if cluster_cli(dir, port, &["log", "--json"]).status.success() {
-            return daemon;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("the manager never answered");
-}
-
 /// The merged log's events of front-end fe1 about back-end mx1's alarm, as (alarm,
 /// notified) pairs, oldest first.
-fn merged_mx1(dir: &Path, manager: u16) -> Vec<(String, bool)> {
-    let out = cluster_cli(dir, manager, &["logs", "--json"]);
+fn merged_mx1(c: &Cluster) -> Vec<(String, bool)> {
+    let out = c.cli(&["logs", "--json"]);
     assert!(out.status.success(), "{out:?}");
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -403,15 +364,15 @@ fn merged_mx1(dir: &Path, manager: u16) -> Vec<(String, bool)> {
 }
 
 /// Waits until the merged log holds `n` of mx1's alarm events.
-async fn until_merged(dir: &Path, manager: u16, n: usize) -> Vec<(String, bool)> {
-    for _ in 0..300 {
-        let got = merged_mx1(dir, manager);
-        if got.len() >= n {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the merged log never held {n} of mx1's alarm events");
+async fn until_merged(c: &Cluster, n: usize) -> Vec<(String, bool)> {
+    wait_for(
+        &format!("the merged log holding {n} of mx1's alarm events"),
+        || {
+            let got = merged_mx1(c);
+            (got.len() >= n).then_some(got)
+        },
+    )
+    .await
 }
 
 /// How many notifications of `trap` about alarm `key` the log holds.
@@ -445,16 +406,7 @@ async fn the_manager_notifies_while_reachable_and_the_front_end_while_not_each_a
     let community = dir.join("community");
     std::fs::write(&community, format!("{COMMUNITY}\n")).unwrap();
 
-    let init = Command::new(env!("CARGO_BIN_EXE_robustifier"))
-        .args(["cluster", "init", "--dir"])
-        .arg(dir.join("pki"))
-        .args(["--name", "test", "--manager-name", "127.0.0.1"])
-        .args(["--member", "fe1", "--operator", "alice"])
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{init:?}");
-    let manager_port = free_port();
-    let mut manager = Some(start_manager(&dir, manager_port));
+    let mut c = Cluster::init(dir.join("cluster"), &["fe1"], &[], None).started();
 
     let (port, mx_port) = (free_port(), free_port());
     let socket = dir.join("control").join("control.sock");
@@ -475,41 +427,12 @@ async fn the_manager_notifies_while_reachable_and_the_front_end_while_not_each_a
         ),
     )
     .unwrap();
-    let out = cluster_cli(
-        &dir,
-        manager_port,
-        &["commit", cluster.to_str().unwrap(), "--base", "0"],
-    );
+    let out = c.cli(&["commit", cluster.to_str().unwrap(), "--base", "0"]);
     assert!(out.status.success(), "{out:?}");
 
-    let state = dir.join("member");
-    let member = Daemon::new(
-        Command::new(env!("CARGO_BIN_EXE_robustifier"))
-            .arg("member")
-            .args(["--manager", &format!("127.0.0.1:{manager_port}")])
-            .arg("--ca")
-            .arg(dir.join("pki/ca.pem"))
-            .arg("--cert")
-            .arg(dir.join("pki/members/fe1.pem"))
-            .arg("--key")
-            .arg(dir.join("pki/members/fe1.key"))
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--max-retry-ms", "200", "--alarm-after-ms", "1000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let file = state.join("config.toml");
-    for _ in 0..300 {
-        if file.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.start_member_on("fe1", &socket, &["--alarm-after-ms", "1000"]);
+    let file = c.member_state("fe1").join("config.toml");
+    wait_for("the member's configuration", || file.exists().then_some(())).await;
     let (daemon, _log) = run_without_kernel(&file);
     let daemon = Daemon::new(daemon);
     let key = "backend_down:mx1";
@@ -518,9 +441,9 @@ async fn the_manager_notifies_while_reachable_and_the_front_end_while_not_each_a
     // mx1 is down from the start. Once its raise is in the merged log, the member has told
     // the front-end that the manager is reachable (it does so before shipping a new run's
     // events): the clear that follows is the manager's to send.
-    until_merged(&dir, manager_port, 1).await;
+    until_merged(&c, 1).await;
     let up = greeter(mx_port).await;
-    let merged = until_merged(&dir, manager_port, 2).await;
+    let merged = until_merged(&c, 2).await;
     assert_eq!(merged[1], ("cleared".to_owned(), false), "{merged:?}");
     until(&log, "the clear sent by the manager", |_| {
         count(&log, cleared, key) == 1
@@ -530,7 +453,7 @@ async fn the_manager_notifies_while_reachable_and_the_front_end_while_not_each_a
 
     // The manager gone: the front-end hears it (an alarm it sends itself), and sends the
     // next raise itself too.
-    drop(manager.take());
+    c.stop_manager(nix::sys::signal::Signal::SIGKILL);
     until(&log, "manager_unreachable raised by the front-end", |_| {
         count(&log, raised, "manager_unreachable") == 1
     })
@@ -543,15 +466,15 @@ async fn the_manager_notifies_while_reachable_and_the_front_end_while_not_each_a
 
     // The manager back: the front-end clears its alarm; the events it sent meanwhile
     // reach the merged log marked as notified, and the manager does not send them again.
-    manager = Some(start_manager(&dir, manager_port));
-    let merged = until_merged(&dir, manager_port, 3).await;
+    c.start_manager();
+    let merged = until_merged(&c, 3).await;
     assert_eq!(merged[2], ("raised".to_owned(), true), "{merged:?}");
     until(&log, "manager_unreachable cleared", |_| {
         count(&log, cleared, "manager_unreachable") == 1
     })
     .await;
     let up = greeter(mx_port).await;
-    let merged = until_merged(&dir, manager_port, 4).await;
+    let merged = until_merged(&c, 4).await;
     assert_eq!(merged[3], ("cleared".to_owned(), false), "{merged:?}");
     until(&log, "the second clear, sent by the manager", |_| {
         count(&log, cleared, key) == 2
@@ -567,8 +490,7 @@ async fn the_manager_notifies_while_reachable_and_the_front_end_while_not_each_a
 
     up.abort();
     stop_daemon(daemon).await;
-    drop(member);
-    drop(manager);
+    drop(c);
     trapd.kill().unwrap();
     trapd.wait().unwrap();
     let _ = std::fs::remove_dir_all(dir);

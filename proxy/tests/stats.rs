@@ -11,26 +11,18 @@
 mod support;
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    path::Path,
+    process::{Command, Output},
     time::Duration,
 };
 
 use robustifier::stats::Minute;
 use support::{
-    Client, Daemon, PATIENCE, SmtpBackend, config, free_port, get, pop3_backend, promtool_accepts,
-    run_without_kernel, stop_daemon, tempdir,
+    Client, Daemon, PATIENCE, SmtpBackend,
+    cluster::{BIN, Cluster, text},
+    config, free_port, get, pop3_backend, promtool_accepts, run_without_kernel, stop_daemon,
+    tempdir,
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn minutes(o: &Output) -> Vec<Minute> {
     assert!(o.status.success(), "{}", text(o));
@@ -85,60 +77,11 @@ async fn until<T: std::fmt::Debug>(what: &str, get: impl Fn() -> T, ok: impl Fn(
     }
 }
 
-/// A process started here: killed and reaped when dropped.
-fn spawn(cmd: &mut Command) -> Daemon {
-    Daemon::new(
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-/// The cluster's certificates (member fe1, operator alice) and its manager.
-fn manager(dir: &Path, port: u16) -> (PathBuf, Daemon) {
-    let pki = dir.join("pki");
-    let out = Command::new(BIN)
-        .args(["cluster", "init", "--dir"])
-        .arg(&pki)
-        .args(["--name", "test", "--manager-name", "127.0.0.1"])
-        .args(["--operator", "alice", "--member", "fe1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let render = dir.join("render");
-    std::fs::create_dir_all(&render).unwrap();
-    let m = spawn(
-        Command::new(BIN)
-            .arg("manager")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--state-dir")
-            .arg(dir.join("manager"))
-            .arg("--ca")
-            .arg(pki.join("ca.pem"))
-            .arg("--cert")
-            .arg(pki.join("manager.pem"))
-            .arg("--key")
-            .arg(pki.join("manager.key"))
-            .arg("--render-dir")
-            .arg(render)
-            .args(["--stats-days", "2"]),
-    );
-    (pki, m)
-}
-
 /// `robustifier cluster stats ARGS --json` as operator alice.
-fn cluster_stats(pki: &Path, port: u16, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(["cluster", "stats", "--json"])
-        .args(args)
-        .env("ROBUSTIFIER_MANAGER", format!("127.0.0.1:{port}"))
-        .env("ROBUSTIFIER_CA", pki.join("ca.pem"))
-        .env("ROBUSTIFIER_CERT", pki.join("operators/alice.pem"))
-        .env("ROBUSTIFIER_KEY", pki.join("operators/alice.key"))
-        .output()
-        .unwrap()
+fn cluster_stats(c: &Cluster, args: &[&str]) -> Output {
+    let mut all = vec!["stats", "--json"];
+    all.extend_from_slice(args);
+    c.cli(&all)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,8 +90,7 @@ async fn sessions_show_up_in_the_frontends_minutes_and_at_the_manager() {
     let socket = dir.join("control").join("control.sock");
     let backend = SmtpBackend::start().await;
     let (store, _) = pop3_backend().await;
-    let (port, pop3_port, metrics_port, manager_port) =
-        (free_port(), free_port(), free_port(), free_port());
+    let (port, pop3_port, metrics_port) = (free_port(), free_port(), free_port());
     let file = dir.join("robustifier.toml");
     std::fs::write(
         &file,
@@ -170,23 +112,11 @@ async fn sessions_show_up_in_the_frontends_minutes_and_at_the_manager() {
     .unwrap();
     let (daemon, _log) = run_without_kernel(&file);
     let daemon = Daemon::new(daemon);
-    let (pki, _manager) = manager(&dir, manager_port);
-    let _member = spawn(
-        Command::new(BIN)
-            .arg("member")
-            .args(["--manager", &format!("127.0.0.1:{manager_port}")])
-            .arg("--ca")
-            .arg(pki.join("ca.pem"))
-            .arg("--cert")
-            .arg(pki.join("members/fe1.pem"))
-            .arg("--key")
-            .arg(pki.join("members/fe1.key"))
-            .arg("--state-dir")
-            .arg(dir.join("member"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--max-retry-ms", "200"]),
-    );
+    // The cluster's certificates (member fe1, operator alice) and its manager.
+    let mut cluster = Cluster::init(dir.join("cluster"), &["fe1"], &[], None)
+        .with_manager_args(&["--stats-days", "2"])
+        .started();
+    cluster.start_member_on("fe1", &socket, &[]);
 
     // Two sessions: two messages of one recipient each, then one of two recipients.
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -306,12 +236,12 @@ async fn sessions_show_up_in_the_frontends_minutes_and_at_the_manager() {
     // At the manager, under the member's name, the same counts.
     let at_manager = until(
         "the minutes at the manager",
-        || minutes(&cluster_stats(&pki, manager_port, &["--member", "fe1"])),
+        || minutes(&cluster_stats(&cluster, &["--member", "fe1"])),
         |m| m.last().is_some_and(|m| m.minute >= last + 2),
     )
     .await;
     assert_eq!(service_sums(&at_manager, "smtp"), (2, 3, 4));
     assert!(at_manager.iter().all(|m| m.member == "fe1"));
-    assert!(minutes(&cluster_stats(&pki, manager_port, &["--member", "fe2"])).is_empty());
+    assert!(minutes(&cluster_stats(&cluster, &["--member", "fe2"])).is_empty());
     stop_daemon(daemon).await;
 }

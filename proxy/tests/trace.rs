@@ -11,63 +11,19 @@
 
 mod support;
 
-use std::{
-    io::Write as _,
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
-};
+use std::{io::Write as _, path::Path};
 
-use support::{Client, PATIENCE, config, free_port, run_without_kernel, tempdir};
+use support::{
+    Client, Daemon,
+    cluster::{Cluster, text, wait_for},
+    config, free_port, run_without_kernel, tempdir,
+};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::TcpListener,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
 const MESSAGE_ID: &str = "<trace-1.42@client.test>";
-
-/// A process this test started: killed (by its pid) and reaped when dropped.
-struct Proc(Child);
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        Proc(
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Polls `ready` until it gives a value; fails after [`PATIENCE`].
-async fn wait_for<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = ready() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// An SMTP back-end that takes everything and names queue id ABC123 for every message.
 async fn queueing_backend() -> std::net::SocketAddr {
@@ -115,52 +71,31 @@ async fn queueing_backend() -> std::net::SocketAddr {
     addr
 }
 
-struct Setup {
-    dir: PathBuf,
-    port: u16,
+/// `cluster trace ID --json`.
+fn trace_of(c: &Cluster, id: &str) -> serde_json::Value {
+    let out = c.cli(&["trace", id, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
-impl Setup {
-    fn pki(&self, f: &str) -> PathBuf {
-        self.dir.join("pki").join(f)
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("cluster")
-            .args(args)
-            .env("ROBUSTIFIER_MANAGER", format!("127.0.0.1:{}", self.port))
-            .env("ROBUSTIFIER_CA", self.pki("ca.pem"))
-            .env("ROBUSTIFIER_CERT", self.pki("operators/alice.pem"))
-            .env("ROBUSTIFIER_KEY", self.pki("operators/alice.key"))
-            .output()
-            .unwrap()
-    }
-
-    fn trace(&self, id: &str) -> serde_json::Value {
-        let out = self.cli(&["trace", id, "--json"]);
-        assert!(out.status.success(), "{}", text(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn agent(&self, maillog: &Path) -> Proc {
-        Proc::spawn(
-            Command::new(BIN)
-                .arg("agent")
-                .args(["--listen", "127.0.0.1:0", "--insecure-no-key"])
-                .args(["--mta", "postfix", "--spool"])
-                .arg(&self.dir)
-                .arg("--maillog")
-                .arg(maillog)
-                .args(["--manager", &format!("127.0.0.1:{}", self.port)])
-                .arg("--ca")
-                .arg(self.pki("ca.pem"))
-                .arg("--cert")
-                .arg(self.pki("agents/mx1.pem"))
-                .arg("--key")
-                .arg(self.pki("agents/mx1.key")),
-        )
-    }
+/// The agent of back-end mx1, shipping the lines of `maillog`.
+fn start_agent(c: &Cluster, maillog: &Path) -> Daemon {
+    Daemon::spawn(
+        std::process::Command::new(support::cluster::BIN)
+            .arg("agent")
+            .args(["--listen", "127.0.0.1:0", "--insecure-no-key"])
+            .args(["--mta", "postfix", "--spool"])
+            .arg(&c.dir)
+            .arg("--maillog")
+            .arg(maillog)
+            .args(["--manager", &format!("127.0.0.1:{}", c.port)])
+            .arg("--ca")
+            .arg(c.pki("ca.pem"))
+            .arg("--cert")
+            .arg(c.pki("agents/mx1.pem"))
+            .arg("--key")
+            .arg(c.pki("agents/mx1.key")),
+    )
 }
 
 fn append(path: &Path, text: &str) {
@@ -182,39 +117,8 @@ fn mta_lines(trace: &serde_json::Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_traced_by_queue_id_and_message_id_with_its_mta_lines_once() {
-    let dir = tempdir("trace");
-    let s = Setup {
-        dir: dir.clone(),
-        port: free_port(),
-    };
-    let init = Command::new(BIN)
-        .args(["cluster", "init", "--dir"])
-        .arg(s.pki(""))
-        .args(["--name", "test", "--manager-name", "127.0.0.1"])
-        .args(["--operator", "alice", "--member", "fe1", "--agent", "mx1"])
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", text(&init));
-    std::fs::create_dir_all(dir.join("render")).unwrap();
-    let _manager = Proc::spawn(
-        Command::new(BIN)
-            .arg("manager")
-            .args(["--listen", &format!("127.0.0.1:{}", s.port)])
-            .arg("--state-dir")
-            .arg(dir.join("manager"))
-            .arg("--ca")
-            .arg(s.pki("ca.pem"))
-            .arg("--cert")
-            .arg(s.pki("manager.pem"))
-            .arg("--key")
-            .arg(s.pki("manager.key"))
-            .arg("--render-dir")
-            .arg(dir.join("render")),
-    );
-    wait_for("the manager answers", || {
-        s.cli(&["log", "--json"]).status.success().then_some(())
-    })
-    .await;
+    let mut s = Cluster::init(tempdir("trace"), &["fe1"], &["mx1"], None).started();
+    let dir = s.dir.clone();
 
     let mx = queueing_backend().await;
     let port = free_port();
@@ -233,23 +137,8 @@ async fn a_message_is_traced_by_queue_id_and_message_id_with_its_mta_lines_once(
     )
     .unwrap();
     let (frontend, _log) = run_without_kernel(&file);
-    let _frontend = Proc(frontend);
-    let _member = Proc::spawn(
-        Command::new(BIN)
-            .arg("member")
-            .args(["--manager", &format!("127.0.0.1:{}", s.port)])
-            .arg("--ca")
-            .arg(s.pki("ca.pem"))
-            .arg("--cert")
-            .arg(s.pki("members/fe1.pem"))
-            .arg("--key")
-            .arg(s.pki("members/fe1.key"))
-            .arg("--state-dir")
-            .arg(dir.join("member"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--max-retry-ms", "200"]),
-    );
+    let _frontend = Daemon::new(frontend);
+    s.start_member_on("fe1", &socket, &[]);
 
     // One message through the front-end.
     let mut c = Client::connect(format!("127.0.0.1:{port}").parse().unwrap()).await;
@@ -272,14 +161,14 @@ async fn a_message_is_traced_by_queue_id_and_message_id_with_its_mta_lines_once(
          2026-11-30T08:00:00.000004+00:00 mx1 postfix/smtpd[100]: DEF456: client=other[127.0.0.1]\n\
          2026-11-30T08:00:00.000005+00:00 mx1 postfix/qmgr[102]: ABC123: from=<sender@client.test>, size=300, nrcpt=1 (queue active)\n",
     );
-    let agent = s.agent(&maillog);
+    let agent = start_agent(&s, &maillog);
     append(
         &maillog,
         "2026-11-30T08:00:01.000000+00:00 mx1 postfix/local[103]: ABC123: to=<rcpt@example.org>, relay=local, delay=0.1, dsn=2.0.0, status=sent (delivered to mailbox)\n",
     );
 
     let trace = wait_for("the trace by queue id has the delivery line", || {
-        let t = s.trace("ABC123");
+        let t = trace_of(&s, "ABC123");
         mta_lines(&t)
             .iter()
             .any(|l| l.contains("status=sent"))
@@ -318,7 +207,7 @@ async fn a_message_is_traced_by_queue_id_and_message_id_with_its_mta_lines_once(
         MESSAGE_ID.trim_matches(|c| c == '<' || c == '>'),
         &session,
     ] {
-        let t = s.trace(id);
+        let t = trace_of(&s, id);
         assert_eq!(
             t["messages"][0]["record"]["queue_id"], "ABC123",
             "{id}: {t}"
@@ -354,9 +243,9 @@ async fn a_message_is_traced_by_queue_id_and_message_id_with_its_mta_lines_once(
         &maillog,
         "2026-11-30T08:00:02.000000+00:00 mx1 postfix/qmgr[102]: ABC123: removed\n",
     );
-    let _agent = s.agent(&maillog);
+    let _agent = start_agent(&s, &maillog);
     let lines = wait_for("the line written while the agent was away", || {
-        let l = mta_lines(&s.trace("ABC123"));
+        let l = mta_lines(&trace_of(&s, "ABC123"));
         l.iter()
             .any(|l| l.ends_with("ABC123: removed"))
             .then_some(l)
@@ -368,5 +257,4 @@ async fn a_message_is_traced_by_queue_id_and_message_id_with_its_mta_lines_once(
     let mut unique = lines.clone();
     unique.dedup();
     assert_eq!(unique, lines);
-    let _ = std::fs::remove_dir_all(&dir);
 }

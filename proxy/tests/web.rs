@@ -1,6 +1,6 @@
 //! The manager's web interface: a plain HTTPS client for what the API refuses, and
 //! Debian's chromium, headless over the DevTools protocol, for what an operator sees and
-//! does. The manager, members and fake front-ends are those of `manager.rs`: processes of
+//! does. The manager, members and fake front-ends are `support::cluster`'s: processes of
 //! the built binary on loopback, each member before a control socket this test answers.
 #![allow(
     clippy::unwrap_used,
@@ -8,161 +8,31 @@
     reason = "test helpers: a step that fails fails the test"
 )]
 
+mod support;
+
 use std::{
-    collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
-    net::TcpListener,
-    os::unix::net::UnixListener,
+    io::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
-/// A bound on every wait, so that a broken test fails instead of hanging.
-const PATIENCE: Duration = Duration::from_secs(30);
+use support::{
+    PATIENCE,
+    cluster::{Answers, Cluster, text, wait_until},
+};
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rb-web-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Polls `ready` every 50 ms until it holds; fails after [`PATIENCE`].
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !ready() {
-        assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A process this test started: killed (by its pid) and reaped when dropped.
-struct Proc(Child);
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        Proc(
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// One request a fake front-end got, with the text of the file a `reload` named.
-#[derive(Clone, Debug)]
-struct Seen {
-    line: String,
-    file: Option<String>,
-}
-
-/// A front-end's control socket answering as a running front-end would.
-struct Fake {
-    socket: PathBuf,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    /// Its events, as a front-end's (`events SEQ` answers from them).
-    events: robustifier::events::Events,
-}
-
-impl Fake {
-    fn start(socket: PathBuf, name: &str) -> Fake {
-        let listener = UnixListener::bind(&socket).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let events = robustifier::events::Events::new(name, None);
-        let (s, name, ev) = (seen.clone(), name.to_owned(), events.clone());
-        let started = this_minute();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                let mut line = String::new();
-                if BufReader::new(&conn).read_line(&mut line).is_err() {
-                    continue;
-                }
-                let line = line.trim_end().to_owned();
-                let (verb, arg) = line.split_once(' ').unwrap_or((&line, ""));
-                let mut file = None;
-                let reply = match verb {
-                    "status" => format!(
-                        "ok {{\"frontend\":\"{name}\",\"pid\":1,\"version\":\"fake\",\"routers\":[{}],\"ready\":true,\"backends\":[{}]}}",
-                        router(&name),
-                        load_record(&name)
-                    ),
-                    "reload" => {
-                        file = std::fs::read_to_string(arg).ok();
-                        "ok {\"version\":\"fake\",\"summary\":\"fake reload\",\"restart_needed\":[]}"
-                            .to_owned()
-                    }
-                    "drain" => format!("ok {{\"backend\":\"{arg}\",\"draining\":true}}"),
-                    "manager" => "ok noted".to_owned(),
-                    "events" => format!(
-                        "ok {}",
-                        serde_json::to_string(&ev.since(arg.parse().unwrap(), 200)).unwrap()
-                    ),
-                    "stats" => format!("ok {}", fake_minutes(started, arg.parse().unwrap_or(0))),
-                    _ => "error not a fake front-end request".to_owned(),
-                };
-                s.lock().unwrap().push(Seen {
-                    line: line.clone(),
-                    file,
-                });
-                let _ = conn.write_all(format!("{reply}\n").as_bytes());
-            }
-        });
-        Fake {
-            socket,
-            seen,
-            events,
-        }
-    }
-
-    /// An event on this front-end (a back-end of its going down or up).
-    fn emit(&self, i: u32) {
-        let backend = format!("mx{i}");
-        self.events.emit(robustifier::events::Kind::BackendDown {
-            backend,
-            pool: "mx".into(),
-            reason: "test".into(),
-        });
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    fn reloads(&self) -> Vec<Seen> {
-        self.seen()
-            .into_iter()
-            .filter(|s| s.line.starts_with("reload "))
-            .collect()
-    }
+/// The certificates, the manager running with its web interface, and `members` each with
+/// its fake front-end (not started), which reports virtual routers, fe2 a back-end's load
+/// record, and statistics.
+fn cluster(tag: &str, members: &[&str]) -> Cluster {
+    let answers = Answers {
+        router: Some(router),
+        backends: Some(load_record),
+        stats: Some(fake_minutes),
+    };
+    Cluster::init(support::tempdir(tag), members, &[], Some(answers))
+        .with_web()
+        .started()
 }
 
 /// fe2's load record of its back-end mx1 (fe1 reports none, as an older release would).
@@ -171,15 +41,6 @@ fn load_record(name: &str) -> &'static str {
         return "";
     }
     r#"{"pool":"mx","name":"mx1","state":"up","overloaded":false,"weight":100,"active_sessions":3,"response_us":1500,"run_queue_milli":520,"mail_queue":7,"disk_permille":431}"#
-}
-
-/// The current unix minute.
-fn this_minute() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 60
 }
 
 /// A fake front-end's statistics: the three minutes before `now` (its start), service
@@ -214,223 +75,6 @@ fn router(name: &str) -> String {
         "released": false, "draining": false, "failing": [], "last_transition": null,
     })
     .to_string()
-}
-
-/// A cluster on loopback: its certificates, the manager, and members with fake front-ends.
-struct Cluster {
-    dir: PathBuf,
-    port: u16,
-    /// The manager's web interface.
-    web_port: u16,
-    manager: Option<Proc>,
-    members: BTreeMap<String, Proc>,
-    fakes: BTreeMap<String, Fake>,
-}
-
-impl Cluster {
-    /// The certificates, the manager running, and `members` each with its fake front-end
-    /// (not started).
-    fn new(tag: &str, members: &[&str]) -> Cluster {
-        let dir = tempdir(tag);
-        let mut init = Command::new(BIN);
-        init.args(["cluster", "init", "--dir"])
-            .arg(dir.join("pki"))
-            .args(["--name", "test", "--manager-name", "127.0.0.1"])
-            .args(["--operator", "alice"]);
-        for m in members {
-            init.args(["--member", m]);
-        }
-        let out = init.output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-        let fakes = members
-            .iter()
-            .map(|m| {
-                let fake = Fake::start(dir.join(format!("{m}.sock")), m);
-                ((*m).to_owned(), fake)
-            })
-            .collect();
-        let mut c = Cluster {
-            dir,
-            port: free_port(),
-            web_port: free_port(),
-            manager: None,
-            members: BTreeMap::new(),
-            fakes,
-        };
-        c.start_manager();
-        c
-    }
-
-    fn pki(&self, file: &str) -> PathBuf {
-        self.dir.join("pki").join(file)
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.join("manager")
-    }
-
-    /// Starts the manager (on the same port and state every time) and waits until it
-    /// answers an operator.
-    fn start_manager(&mut self) {
-        let render = self.dir.join("render");
-        std::fs::create_dir_all(&render).unwrap();
-        self.manager = Some(Proc::spawn(
-            Command::new(BIN)
-                .arg("manager")
-                .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-                .arg("--state-dir")
-                .arg(self.state())
-                .arg("--ca")
-                .arg(self.pki("ca.pem"))
-                .arg("--cert")
-                .arg(self.pki("manager.pem"))
-                .arg("--key")
-                .arg(self.pki("manager.key"))
-                .arg("--render-dir")
-                .arg(render)
-                .args(["--web-listen", &format!("127.0.0.1:{}", self.web_port)]),
-        ));
-        wait_until("the manager answers", || {
-            self.cli(&["log", "--json"]).status.success()
-        });
-    }
-
-    fn start_member(&mut self, name: &str) {
-        let p = Proc::spawn(
-            Command::new(BIN)
-                .arg("member")
-                .args(["--manager", &format!("127.0.0.1:{}", self.port)])
-                .arg("--ca")
-                .arg(self.pki("ca.pem"))
-                .arg("--cert")
-                .arg(self.pki(&format!("members/{name}.pem")))
-                .arg("--key")
-                .arg(self.pki(&format!("members/{name}.key")))
-                .arg("--state-dir")
-                .arg(self.dir.join(format!("member-{name}")))
-                .arg("--socket")
-                .arg(&self.fakes[name].socket)
-                .args(["--max-retry-ms", "200", "--alarm-after-ms", "1000"]),
-        );
-        self.members.insert(name.to_owned(), p);
-    }
-
-    /// `robustifier cluster ARGS` as operator alice.
-    fn cli(&self, args: &[&str]) -> Output {
-        self.cli_as(
-            args,
-            &self.pki("operators/alice.pem"),
-            &self.pki("operators/alice.key"),
-        )
-    }
-
-    fn cli_as(&self, args: &[&str], cert: &Path, key: &Path) -> Output {
-        self.cli_command(args, cert, key).output().unwrap()
-    }
-
-    fn cli_command(&self, args: &[&str], cert: &Path, key: &Path) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("cluster")
-            .args(args)
-            .env("ROBUSTIFIER_MANAGER", format!("127.0.0.1:{}", self.port))
-            .env("ROBUSTIFIER_CA", self.pki("ca.pem"))
-            .env("ROBUSTIFIER_CERT", cert)
-            .env("ROBUSTIFIER_KEY", key);
-        cmd
-    }
-
-    /// The cluster configuration with back-end mx1 at `weight`, and `extra` lines for
-    /// member `extra_for`.
-    fn config(&self, weight: u32, extra_for: &str, extra: &str) -> String {
-        let mut t = format!(
-            "[frontend]\nname = \"template\"\nserve_loopback_clients = true\n\n\
-             [[service]]\nname = \"smtp\"\nprotocol = \"smtp\"\nport = 2525\nvips = [\"127.0.0.1\"]\npool = \"mx\"\n\n\
-             [[pool]]\nname = \"mx\"\nidentity = \"none\"\n\
-             backend = [{{ name = \"mx1\", address = \"127.0.0.1:1\", weight = {weight} }}]\n"
-        );
-        for (name, fake) in &self.fakes {
-            t.push_str(&format!(
-                "\n[members.{name}]\nha = {{ control_socket = \"{}\" }}\n",
-                fake.socket.display()
-            ));
-            if name == extra_for {
-                t.push_str(extra);
-                t.push('\n');
-            }
-        }
-        t
-    }
-
-    /// Writes `config` to a file and commits it on `base`.
-    fn commit(&self, config: &str, base: u64, more: &[&str]) -> Output {
-        let file = self.write(&format!("commit-{}.toml", fastrand_name()), config);
-        let mut args = vec!["commit", file.to_str().unwrap(), "--base"];
-        let base = base.to_string();
-        args.push(&base);
-        args.extend_from_slice(more);
-        self.cli(&args)
-    }
-
-    fn commit_ok(&self, config: &str, base: u64, more: &[&str]) {
-        let out = self.commit(config, base, more);
-        assert!(out.status.success(), "commit on {base}: {}", text(&out));
-    }
-
-    fn write(&self, name: &str, content: &str) -> PathBuf {
-        let f = self.dir.join(name);
-        std::fs::write(&f, content).unwrap();
-        f
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let out = self.cli(&["status", "--json"]);
-        assert!(out.status.success(), "{}", text(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn head(&self) -> u64 {
-        self.status()["head"].as_u64().unwrap()
-    }
-
-    /// The log, oldest first.
-    fn log(&self) -> Vec<serde_json::Value> {
-        let out = self.cli(&["log", "--json", "--limit", "10000"]);
-        assert!(out.status.success(), "{}", text(&out));
-        let mut log: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-        log.sort_by_key(|v| v["number"].as_u64().unwrap());
-        log
-    }
-
-    /// Waits until every configured member reports `version` applied.
-    fn wait_applied(&self, version: u64) {
-        wait_until(&format!("every member applies version {version}"), || {
-            let s = self.status();
-            s["head"] == version
-                && s["members"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|m| m["configured"] == true)
-                    .all(|m| m["applied"] == version)
-        });
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.members.clear();
-        self.manager = None;
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// A name no other file of this process has.
-fn fastrand_name() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed).to_string()
 }
 
 // --- HTTPS without a browser ---
@@ -481,7 +125,7 @@ impl Cluster {
         )
         .unwrap();
         let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-        let tcp = std::net::TcpStream::connect(("127.0.0.1", self.web_port)).unwrap();
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", self.web_port())).unwrap();
         tcp.set_read_timeout(Some(PATIENCE)).unwrap();
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         let mut request = format!(
@@ -531,7 +175,7 @@ impl Cluster {
         assert!(out.status.success(), "{}", text(&out));
         let link = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         assert!(
-            link.starts_with(&format!("https://127.0.0.1:{}/login#", self.web_port)),
+            link.starts_with(&format!("https://127.0.0.1:{}/login#", self.web_port())),
             "{link}"
         );
         link
@@ -557,7 +201,7 @@ fn token_of(link: &str) -> String {
 
 #[test]
 fn the_api_needs_a_session_its_csrf_header_and_a_fresh_token() {
-    let c = Cluster::new("api", &["fe1"]);
+    let c = cluster("api", &["fe1"]);
     c.commit_ok(&c.config(1, "", ""), 0, &[]);
 
     // Nothing but the login page without a session.
@@ -689,7 +333,7 @@ fn open(tab: &headless_chrome::Tab, page: &str) {
 fn an_operator_works_the_cluster_from_chromium() {
     use headless_chrome::{Browser, LaunchOptions, protocol::cdp::types::Event};
 
-    let mut c = Cluster::new("chromium", &["fe1", "fe2"]);
+    let mut c = cluster("chromium", &["fe1", "fe2"]);
     c.start_member("fe1");
     c.start_member("fe2");
     c.commit_ok(&c.config(1, "", ""), 0, &["--comment", "first"]);
