@@ -15,7 +15,6 @@
 mod support;
 
 use std::{
-    io::Write as _,
     path::Path,
     process::{Child, Output, Stdio},
     sync::Arc,
@@ -281,7 +280,7 @@ fn foreign_and_missing_client_certificates_are_refused() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(without_certificate(c.port, &c.pki("ca.pem"), &file));
+        .block_on(without_certificate(&c, &file));
     // The connection fails (a TLS alert): no reply at all, let alone a commit.
     assert!(
         ["handshake:", "read:", "write:"]
@@ -297,22 +296,11 @@ fn foreign_and_missing_client_certificates_are_refused() {
 
 /// Sends a commit without a client certificate; returns what came back (an error text
 /// when the connection failed).
-async fn without_certificate(port: u16, ca: &Path, file: &Path) -> String {
-    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+async fn without_certificate(c: &Cluster, file: &Path) -> String {
+    use rustls::pki_types::ServerName;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(ca).unwrap())
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let connector = tokio_rustls::TlsConnector::from(c.tls_without_certificate());
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.port))
         .await
         .unwrap();
     let name = ServerName::try_from("127.0.0.1").unwrap();
@@ -488,22 +476,7 @@ fn a_front_end_hears_when_its_manager_is_out_of_reach_and_back() {
 
 /// `GET /metrics` of the manager: the status code and the body.
 fn manager_metrics(c: &Cluster, token: Option<&str>) -> (u16, String) {
-    use std::io::Read as _;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", c.metrics_port())).unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    let code = reply[9..12].parse().unwrap();
-    let body = reply
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (code, body)
+    support::get(c.metrics_port(), "/metrics", token)
 }
 
 #[test]

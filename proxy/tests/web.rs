@@ -104,27 +104,11 @@ impl Cluster {
     /// manager's certificate names itself.
     fn https(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
         use std::io::Read as _;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in
-            <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_file_iter(
-                self.pki("ca.pem"),
-            )
-            .unwrap()
-        {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from(
             robustifier::manager::pki::MANAGER_NAME.to_owned(),
         )
         .unwrap();
-        let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let conn = rustls::ClientConnection::new(self.tls_without_certificate(), name).unwrap();
         let tcp = std::net::TcpStream::connect(("127.0.0.1", self.web_port())).unwrap();
         tcp.set_read_timeout(Some(PATIENCE)).unwrap();
         let mut tls = rustls::StreamOwned::new(conn, tcp);

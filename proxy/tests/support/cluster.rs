@@ -298,6 +298,24 @@ impl Cluster {
         self.web_port.expect("a manager with its web interface")
     }
 
+    /// A TLS client configuration that trusts only the cluster's CA and shows no
+    /// certificate of its own: what a browser or a stranger brings.
+    pub fn tls_without_certificate(&self) -> Arc<rustls::ClientConfig> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(self.pki("ca.pem")).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Arc::new(config)
+    }
+
     pub fn pki(&self, file: &str) -> PathBuf {
         self.dir.join("pki").join(file)
     }
