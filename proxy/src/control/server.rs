@@ -204,6 +204,7 @@ mod tests {
                         ready: true,
                         tasks: Vec::new(),
                         drained: Vec::new(),
+                        domain_queues: Vec::new(),
                     });
                 }
             }
