@@ -155,7 +155,8 @@ impl ServiceContext {
         self.offences.failed(self.client_key(peer));
     }
 
-    /// Every pool the service can route to: its default pool and those of its map.
+    /// Every pool the service can route to: its default pool, its dedicated queues' and
+    /// those of its map.
     pub fn pool_names(&self) -> Vec<String> {
         let mut pools: Vec<String> = self.service.pool.iter().cloned().collect();
         pools.extend(self.domain_queues.pools().into_iter().map(str::to_owned));
