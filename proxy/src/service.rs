@@ -7,7 +7,7 @@ use crate::{
     backend::PoolSet,
     config::Service,
     reload::Watched,
-    route::{Route, RouteTable},
+    route::{DomainPattern, DomainQueues, Route, RouteTable},
     tls::ServerTls,
 };
 
@@ -28,6 +28,29 @@ pub struct ServiceContext {
     /// in them.
     pub stats: Arc<crate::stats::Table>,
     pub stats_index: usize,
+    /// Recipient domains with a dedicated queue (SMTP services only; empty otherwise).
+    pub domain_queues: Arc<DomainQueues>,
+}
+
+/// Where a recipient's route came from, in the order they are consulted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteSource {
+    /// A `[[domain_queue]]` pattern (as the configuration normalised it).
+    DomainQueue(DomainPattern),
+    /// The service's routing map.
+    RouteMap,
+    /// The service's `pool`.
+    ServicePool,
+}
+
+impl std::fmt::Display for RouteSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteSource::DomainQueue(p) => write!(f, "domain_queue {p}"),
+            RouteSource::RouteMap => f.write_str("route map"),
+            RouteSource::ServicePool => f.write_str("the service's pool"),
+        }
+    }
 }
 
 impl ServiceContext {
@@ -64,7 +87,17 @@ impl ServiceContext {
             events: crate::events::Events::default(),
             stats: Arc::default(),
             stats_index: 0,
+            domain_queues: Arc::default(),
         })
+    }
+
+    /// The context sending recipients of `queues`' domains to their dedicated pools. Only
+    /// SMTP routes recipients; a POP3 service keeps none.
+    pub fn with_domain_queues(mut self, queues: Arc<DomainQueues>) -> ServiceContext {
+        if self.service.protocol == crate::config::Protocol::Smtp {
+            self.domain_queues = queues;
+        }
+        self
     }
 
     /// The context recording its sessions' messages in `events`.
@@ -122,9 +155,11 @@ impl ServiceContext {
         self.offences.failed(self.client_key(peer));
     }
 
-    /// Every pool the service can route to: its default pool and those of its map.
+    /// Every pool the service can route to: its default pool, its dedicated queues' and
+    /// those of its map.
     pub fn pool_names(&self) -> Vec<String> {
         let mut pools: Vec<String> = self.service.pool.iter().cloned().collect();
+        pools.extend(self.domain_queues.pools().into_iter().map(str::to_owned));
         if let Some(r) = &self.routes {
             pools.extend(r.get().pools().into_iter().map(str::to_owned));
         }
@@ -225,6 +260,36 @@ impl ServiceContext {
             Some(addr) => self.route(|t| t.lookup(&addr).cloned()),
             None => self.route(|t| t.lookup_user(user).cloned()),
         }
+    }
+
+    /// The pools serving SMTP recipient `to`, and where that came from: its domain's
+    /// dedicated queue first, then the routing map, then the service's default pool.
+    /// `None`: nothing routes it (relay denied); `Some(Route::Reject)`: unknown recipient.
+    pub fn route_recipient(
+        &self,
+        to: &crate::smtp::command::Address,
+    ) -> Option<(Route, RouteSource)> {
+        if let Some(dedicated) = to
+            .domain
+            .as_deref()
+            .and_then(|d| self.domain_queues.lookup(d))
+        {
+            return Some((
+                Route::Pools(vec![dedicated.pool.to_owned()]),
+                RouteSource::DomainQueue(dedicated.pattern),
+            ));
+        }
+        if let Some(r) = self
+            .routes
+            .as_ref()
+            .and_then(|t| t.get().lookup(to).cloned())
+        {
+            return Some((r, RouteSource::RouteMap));
+        }
+        self.service
+            .pool
+            .clone()
+            .map(|p| (Route::Pools(vec![p]), RouteSource::ServicePool))
     }
 
     /// The pools serving `key`: the routing map first, then the service's default pool.
@@ -332,6 +397,94 @@ mod tests {
             env.route_user("bob"),
             None,
             "the refused map is not in force"
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    fn queues(entries: &[(&str, &str)]) -> Arc<DomainQueues> {
+        let parsed: Vec<(DomainPattern, &str)> = entries
+            .iter()
+            .map(|(d, p)| (DomainPattern::parse(d).unwrap(), *p))
+            .collect();
+        Arc::new(DomainQueues::new(parsed.iter().map(|(d, p)| (d, *p))))
+    }
+
+    fn recipient(env: &ServiceContext, address: &str) -> Option<(String, String)> {
+        let (local, domain) = address.split_once('@').unwrap();
+        let to = Address {
+            local: local.into(),
+            domain: Some(domain.into()),
+        };
+        env.route_recipient(&to)
+            .map(|(r, source)| (r.to_string(), source.to_string()))
+    }
+
+    #[test]
+    fn a_dedicated_queue_comes_before_the_route_map_and_the_default_pool() {
+        let d = dir("dedicated");
+        let env = env(
+            &d,
+            "smtp",
+            "slow.example b\nboss@slow.example reject\n* b\n",
+        )
+        .with_domain_queues(queues(&[("slow.example", "a"), (".slow.example", "a")]));
+        let got = |a| recipient(&env, a);
+        assert_eq!(
+            got("x@slow.example"),
+            Some(("a".into(), "domain_queue slow.example".into()))
+        );
+        // Dedicated before the map, even over the map's exact address.
+        assert_eq!(
+            got("boss@slow.example"),
+            Some(("a".into(), "domain_queue slow.example".into()))
+        );
+        assert_eq!(
+            got("x@mx.slow.example"),
+            Some(("a".into(), "domain_queue .slow.example".into()))
+        );
+        assert_eq!(
+            got("x@notslow.example"),
+            Some(("b".into(), "route map".into()))
+        );
+        assert_eq!(env.pool_names(), ["a", "b"]);
+        // A login name is routed by the map alone: AUTH and POP3 users are not recipients.
+        assert_eq!(
+            env.route_user("x@slow.example"),
+            Some(Route::Pools(vec!["b".into()]))
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn without_a_map_the_default_pool_follows_the_dedicated_queue() {
+        let d = dir("dedicated-pool");
+        let mut env = env(&d, "smtp", "");
+        let mut service = (*env.service).clone();
+        service.routes = None;
+        service.pool = Some("b".into());
+        env.service = Arc::new(service);
+        env.routes = None;
+        let env = env.with_domain_queues(queues(&[("slow.example", "a")]));
+        assert_eq!(
+            recipient(&env, "x@slow.example"),
+            Some(("a".into(), "domain_queue slow.example".into()))
+        );
+        assert_eq!(
+            recipient(&env, "x@fast.example"),
+            Some(("b".into(), "the service's pool".into()))
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_pop3_service_keeps_no_dedicated_queue() {
+        let d = dir("dedicated-pop");
+        let env = env(&d, "pop3", "alice@slow.example b\n")
+            .with_domain_queues(queues(&[("slow.example", "a")]));
+        assert!(env.domain_queues.is_empty());
+        assert_eq!(
+            env.route_user("alice@slow.example"),
+            Some(Route::Pools(vec!["b".into()]))
         );
         std::fs::remove_dir_all(d).unwrap();
     }

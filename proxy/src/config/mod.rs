@@ -41,6 +41,9 @@ pub struct Config {
     pub ha: vrrp::Ha,
     pub vrrp: Vec<vrrp::VirtualRouter>,
     pub monitor: Monitor,
+    /// `[[domain_queue]]`s: recipient domains routed to a pool of their own, before the
+    /// routing maps.
+    pub domain_queues: Vec<DomainQueue>,
 }
 
 /// `[monitor]`: the event log.
@@ -431,7 +434,9 @@ impl Config {
             raw.vrrp,
         )?;
         let monitor = monitor(base, raw.monitor)?;
+        let domain_queues = domain_queues(raw.domain_queues, &pools[..])?;
         Ok(Config {
+            domain_queues,
             ha,
             vrrp,
             monitor,
@@ -912,6 +917,90 @@ fn prefixes(key: &str, list: &[String]) -> Result<Vec<IpNet>, (String, String)> 
             Ok(net)
         })
         .collect()
+}
+
+/// One `[[domain_queue]]`: recipient domains that SMTP services send to `pool`, before
+/// their routing map and default pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainQueue {
+    /// Distinct patterns, in the file's order; none of them is in another block.
+    pub domains: Vec<crate::route::DomainPattern>,
+    /// Exists and serves SMTP.
+    pub pool: String,
+    /// The thresholds of automatic isolation: validated and kept for it, not acted on yet.
+    pub deferred_alarm: Option<u64>,
+    pub oldest_alarm_secs: Option<u64>,
+    pub auto: bool,
+    pub recover_secs: Option<u64>,
+}
+
+impl Config {
+    /// The dedicated queues' lookup over every block.
+    pub fn domain_queue_table(&self) -> crate::route::DomainQueues {
+        crate::route::DomainQueues::new(
+            self.domain_queues
+                .iter()
+                .flat_map(|q| q.domains.iter().map(|d| (d, q.pool.as_str()))),
+        )
+    }
+}
+
+fn domain_queues(
+    raw: Vec<raw::RawDomainQueue>,
+    pools: &[Pool],
+) -> Result<Vec<DomainQueue>, (String, String)> {
+    let mut seen: std::collections::HashMap<crate::route::DomainPattern, usize> =
+        std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for (i, q) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("domain_queue[{i}].{k}");
+        if q.domains.is_empty() {
+            return Err((key("domains"), "name at least one domain".into()));
+        }
+        let mut domains = Vec::new();
+        for (j, d) in q.domains.iter().enumerate() {
+            let pattern = crate::route::DomainPattern::parse(d)
+                .map_err(|e| (format!("domain_queue[{i}].domains[{j}]"), e.to_string()))?;
+            if let Some(first) = seen.insert(pattern.clone(), i) {
+                let where_ = if first == i {
+                    "twice in this block".to_owned()
+                } else {
+                    format!("already in domain_queue[{first}]")
+                };
+                return Err((
+                    format!("domain_queue[{i}].domains[{j}]"),
+                    format!("{pattern} is {where_}: a domain belongs to one block"),
+                ));
+            }
+            domains.push(pattern);
+        }
+        routes::usable(pools, &q.pool, Protocol::Smtp).map_err(|e| (key("pool"), e.to_string()))?;
+        for (name, value) in [
+            ("deferred_alarm", q.deferred_alarm),
+            ("oldest_alarm_secs", q.oldest_alarm_secs),
+            ("recover_secs", q.recover_secs),
+        ] {
+            if value == Some(0) {
+                return Err((key(name), "must be at least 1".into()));
+            }
+        }
+        let auto = q.auto.unwrap_or(false);
+        if auto && q.deferred_alarm.is_none() && q.oldest_alarm_secs.is_none() {
+            return Err((
+                key("auto"),
+                "auto = true needs deferred_alarm or oldest_alarm_secs".into(),
+            ));
+        }
+        out.push(DomainQueue {
+            domains,
+            pool: q.pool,
+            deferred_alarm: q.deferred_alarm,
+            oldest_alarm_secs: q.oldest_alarm_secs,
+            auto,
+            recover_secs: q.recover_secs,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub struct RawConfig {
     pub vrrp: Vec<super::vrrp::RawVrrp>,
     #[serde(default)]
     pub monitor: RawMonitor,
+    #[serde(default, rename = "domain_queue")]
+    pub domain_queues: Vec<RawDomainQueue>,
 }
 
 /// Events and alarms: where the JSON-lines event log goes and how much of it is kept.
@@ -193,4 +195,23 @@ pub struct RawBackend {
     pub agent_key_file: Option<String>,
     /// Overrides the pool's `agent_insecure` for this back-end.
     pub agent_insecure: Option<bool>,
+}
+
+/// `[[domain_queue]]`: recipient domains sent to a pool of their own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDomainQueue {
+    /// `slow.example` (that domain) or `.slow.example` (every subdomain).
+    pub domains: Vec<String>,
+    /// The SMTP pool that queues them.
+    pub pool: String,
+    /// Deferred messages for these domains on a back-end that call for isolation
+    /// (validated and kept; nothing acts on it yet).
+    pub deferred_alarm: Option<u64>,
+    /// Age in seconds of the oldest deferred message that calls for isolation (likewise).
+    pub oldest_alarm_secs: Option<u64>,
+    /// Isolate these domains automatically when a threshold is crossed (likewise).
+    pub auto: Option<bool>,
+    /// Seconds under the thresholds before an automatic isolation ends (likewise).
+    pub recover_secs: Option<u64>,
 }

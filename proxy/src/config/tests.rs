@@ -579,3 +579,117 @@ fn statistics_settings_have_defaults_and_bounds() {
         assert_eq!(error(&with(line)).0, key, "{line}");
     }
 }
+
+/// GOOD with a pool for dedicated queues (XCLIENT: fine for SMTP, which is all a
+/// dedicated queue serves) and `blocks` appended.
+fn with_domain_queues(blocks: &str) -> String {
+    format!(
+        "{GOOD}\n[[pool]]\nname = \"slowq\"\nidentity = \"xclient\"\nbackend = [{{ name = \"q\", address = \"198.19.0.21:25\" }}]\n{blocks}"
+    )
+}
+
+#[test]
+fn domain_queues_are_normalised_and_kept() {
+    let cfg = parse(&with_domain_queues(
+        "[[domain_queue]]\ndomains = [\"Slow.Example.\", \".slow.example\"]\npool = \"slowq\"\n\
+         deferred_alarm = 500\noldest_alarm_secs = 3600\nauto = true\nrecover_secs = 900\n\
+         [[domain_queue]]\ndomains = [\"other.example\"]\npool = \"store\"\n",
+    ))
+    .unwrap();
+    let q = &cfg.domain_queues;
+    assert_eq!(q.len(), 2);
+    let shown: Vec<String> = q[0].domains.iter().map(ToString::to_string).collect();
+    assert_eq!(shown, ["slow.example", ".slow.example"]);
+    assert_eq!(q[0].pool, "slowq");
+    assert_eq!(
+        (
+            q[0].deferred_alarm,
+            q[0].oldest_alarm_secs,
+            q[0].auto,
+            q[0].recover_secs
+        ),
+        (Some(500), Some(3600), true, Some(900))
+    );
+    assert_eq!(
+        (q[1].deferred_alarm, q[1].auto, q[1].recover_secs),
+        (None, false, None)
+    );
+    let table = cfg.domain_queue_table();
+    assert_eq!(table.lookup("SLOW.example").map(|d| d.pool), Some("slowq"));
+    assert_eq!(
+        table.lookup("mx.slow.example").map(|d| d.pool),
+        Some("slowq")
+    );
+    assert_eq!(table.lookup("other.example").map(|d| d.pool), Some("store"));
+    assert!(table.lookup("notslow.example").is_none());
+    assert!(parse(GOOD).unwrap().domain_queues.is_empty());
+}
+
+#[test]
+fn domain_queues_are_validated() {
+    let block = |body: &str| with_domain_queues(&format!("[[domain_queue]]\n{body}\n"));
+    for (body, key, reason) in [
+        (
+            "domains = []\npool = \"slowq\"",
+            "domain_queue[0].domains",
+            "at least one",
+        ),
+        (
+            "domains = [\"a..b\"]\npool = \"slowq\"",
+            "domain_queue[0].domains[0]",
+            "not a domain",
+        ),
+        (
+            "domains = [\"x.example\", \"a b\"]\npool = \"slowq\"",
+            "domain_queue[0].domains[1]",
+            "not a domain",
+        ),
+        (
+            "domains = [\"x.example\", \"X.example.\"]\npool = \"slowq\"",
+            "domain_queue[0].domains[1]",
+            "twice",
+        ),
+        (
+            "domains = [\"x.example\"]\npool = \"nowhere\"",
+            "domain_queue[0].pool",
+            "not configured",
+        ),
+        ("domains = [\"x.example\"]", "domain_queue[0]", "pool"),
+        (
+            "domains = [\"x.example\"]\npool = \"slowq\"\ndeferred_alarm = 0",
+            "domain_queue[0].deferred_alarm",
+            "at least 1",
+        ),
+        (
+            "domains = [\"x.example\"]\npool = \"slowq\"\noldest_alarm_secs = 0",
+            "domain_queue[0].oldest_alarm_secs",
+            "at least 1",
+        ),
+        (
+            "domains = [\"x.example\"]\npool = \"slowq\"\nrecover_secs = 0",
+            "domain_queue[0].recover_secs",
+            "at least 1",
+        ),
+        (
+            "domains = [\"x.example\"]\npool = \"slowq\"\nauto = true",
+            "domain_queue[0].auto",
+            "needs deferred_alarm",
+        ),
+        (
+            "domains = [\"x.example\"]\npool = \"slowq\"\nqueue = 1",
+            "domain_queue[0].queue",
+            "unknown field",
+        ),
+    ] {
+        let (k, r) = error(&block(body));
+        assert_eq!(k, key, "{body}: {r}");
+        assert!(r.contains(reason), "{body}: {r}");
+    }
+    // A domain belongs to one block; a domain and its subdomains are two patterns.
+    let (k, r) = error(&with_domain_queues(
+        "[[domain_queue]]\ndomains = [\"slow.example\"]\npool = \"slowq\"\n\
+         [[domain_queue]]\ndomains = [\".slow.example\", \"SLOW.example\"]\npool = \"store\"\n",
+    ));
+    assert_eq!(k, "domain_queue[1].domains[1]");
+    assert!(r.contains("already in domain_queue[0]"), "{r}");
+}

@@ -205,6 +205,7 @@ mod tests {
                         tasks: Vec::new(),
                         drained: Vec::new(),
                         backends: Vec::new(),
+                        domain_queues: Vec::new(),
                     });
                 }
             }

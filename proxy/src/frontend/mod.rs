@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 pub use apply::{ReloadError, Reloaded};
 pub use kernel::{Kernel, KernelError, KernelSide};
-pub use status::{BackendState, StatusReport, render};
+pub use status::{BackendState, DomainQueueStatus, StatusReport, render};
 pub use succession::{
     HandedOver, Ids, IdsTaken, Offer, Offered, PassedListener, XdpPassed, adopt, give_backend_ids,
 };
@@ -276,6 +276,7 @@ fn service_contexts(
     stats: &Stats,
 ) -> Result<Vec<Arc<ServiceContext>>, OpenError> {
     let groups = Arc::new(Groups::new(cfg.groups.clone()));
+    let domain_queues = Arc::new(cfg.domain_queue_table());
     let table = stats.table(
         cfg.services.iter().map(|s| s.name.as_str()),
         cfg.pools
@@ -292,7 +293,8 @@ fn service_contexts(
                 .map(|env| {
                     Arc::new(
                         env.with_events(events.clone())
-                            .counting(Arc::clone(&table), index),
+                            .counting(Arc::clone(&table), index)
+                            .with_domain_queues(Arc::clone(&domain_queues)),
                     )
                 })
                 .map_err(|source| OpenError::Service {
@@ -414,6 +416,7 @@ impl Frontend {
             tasks: self.shared.hooks.tasks.snapshot(),
             drained: self.board.drained(),
             backends: self.backend_states(),
+            domain_queues: status::DomainQueueStatus::of(&self.cfg),
         }
     }
 

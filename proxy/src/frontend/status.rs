@@ -28,6 +28,9 @@ pub struct StatusReport {
     /// Every back-end's load record as this front-end holds it now.
     #[serde(default)]
     pub backends: Vec<BackendState>,
+    /// The dedicated queues in force (`[[domain_queue]]`), in the file's order.
+    #[serde(default)]
+    pub domain_queues: Vec<DomainQueueStatus>,
 }
 
 /// One back-end's load record, for operators (the manager's overview).
@@ -46,6 +49,27 @@ pub struct BackendState {
     pub run_queue_milli: u32,
     pub mail_queue: u32,
     pub disk_permille: u32,
+}
+
+/// One `[[domain_queue]]` as the front-end routes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DomainQueueStatus {
+    /// Normalised patterns: `slow.example`, `.slow.example` (every subdomain).
+    pub domains: Vec<String>,
+    pub pool: String,
+}
+
+impl DomainQueueStatus {
+    /// The blocks of `cfg`.
+    pub fn of(cfg: &crate::config::Config) -> Vec<DomainQueueStatus> {
+        cfg.domain_queues
+            .iter()
+            .map(|q| DomainQueueStatus {
+                domains: q.domains.iter().map(ToString::to_string).collect(),
+                pool: q.pool.clone(),
+            })
+            .collect()
+    }
 }
 
 /// The status as a table for an operator.
@@ -129,5 +153,56 @@ pub fn render(report: &StatusReport) -> String {
             report.drained.join(", ")
         ));
     }
+    for q in &report.domain_queues {
+        out.push_str(&format!(
+            "dedicated queue: {} -> pool {}\n",
+            q.domains.join(", "),
+            q.pool
+        ));
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedicated_queues_are_listed_in_json_and_text() {
+        let cfg = crate::config::Config::parse(
+            std::path::Path::new("t.toml"),
+            "[frontend]\nname = \"fe\"\n\
+             [[service]]\nname = \"smtp\"\nprotocol = \"smtp\"\nport = 25\npool = \"mx\"\n\
+             [[pool]]\nname = \"mx\"\nidentity = \"none\"\nbackend = [{ name = \"m\", address = \"198.18.1.1:25\" }]\n\
+             [[pool]]\nname = \"slowq\"\nidentity = \"none\"\nbackend = [{ name = \"s\", address = \"198.18.1.2:25\" }]\n\
+             [[domain_queue]]\ndomains = [\"Slow.Example.\", \".slow.example\"]\npool = \"slowq\"\n",
+        )
+        .unwrap();
+        let report = StatusReport {
+            frontend: "fe".into(),
+            pid: 1,
+            version: "v".into(),
+            routers: Vec::new(),
+            ready: true,
+            tasks: Vec::new(),
+            drained: Vec::new(),
+            domain_queues: DomainQueueStatus::of(&cfg),
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["domain_queues"],
+            serde_json::json!([{ "domains": ["slow.example", ".slow.example"], "pool": "slowq" }])
+        );
+        assert!(
+            render(&report)
+                .contains("dedicated queue: slow.example, .slow.example -> pool slowq\n"),
+            "{}",
+            render(&report)
+        );
+        // A report from a front-end that predates the field still reads.
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("domain_queues");
+        let back: StatusReport = serde_json::from_value(old).unwrap();
+        assert!(back.domain_queues.is_empty());
+    }
 }

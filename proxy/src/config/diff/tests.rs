@@ -132,6 +132,15 @@ unicast_peers = ["198.18.0.2"]
 garp_count = 5
 garp_interval_ms = 1000
 track = { listeners = 50, datapath = 40, backends = 30, interfaces = { int1 = 60 } }
+
+[[domain_queue]]
+domains = ["slow.example", ".slow.example"]
+# A literal string, so that the service's pool line stays the only one of its form.
+pool = 'store'
+deferred_alarm = 500
+oldest_alarm_secs = 3600
+auto = false
+recover_secs = 1800
 "#;
 
 use ChangeKind::*;
@@ -214,6 +223,12 @@ const EDITS: &[(&str, &str, &str, ChangeKind, bool)] = &[
     ("vrrp.garp_interval_ms", "garp_interval_ms = 1000", "garp_interval_ms = 500", Vrrp, true),
     ("vrrp.track", "listeners = 50", "listeners = 10", Vrrp, true),
     ("vrrp.track.interfaces", "int1 = 60", "int1 = 70", Vrrp, true),
+    ("domain_queue.domains", "\"slow.example\", \".slow", "\"slow2.example\", \".slow", Services, true),
+    ("domain_queue.pool", "pool = 'store'", "pool = 'spare'", Services, true),
+    ("domain_queue.deferred_alarm", "deferred_alarm = 500", "deferred_alarm = 600", Services, true),
+    ("domain_queue.oldest_alarm_secs", "oldest_alarm_secs = 3600", "oldest_alarm_secs = 7200", Services, true),
+    ("domain_queue.auto", "auto = false", "auto = true", Services, true),
+    ("domain_queue.recover_secs", "recover_secs = 1800", "recover_secs = 2400", Services, true),
 ];
 
 fn edited(key: &str, from: &str, to: &str) -> String {
@@ -303,6 +318,12 @@ fn each_key_of_the_compared_structs_has_an_edit() {
         "backend.agent",
         "backend.agent_key_file",
         "backend.agent_insecure",
+        "domain_queue.domains",
+        "domain_queue.pool",
+        "domain_queue.deferred_alarm",
+        "domain_queue.oldest_alarm_secs",
+        "domain_queue.auto",
+        "domain_queue.recover_secs",
     ] {
         assert!(keys.contains(&key), "{key} has no edit");
     }
@@ -519,4 +540,38 @@ fn an_snmp_destination_changed_takes_a_restart() {
         restart_needed(&dir.parse(BASE), &old),
         ["monitor: snmp destinations none -> 198.18.0.9:162 (v2c, traps)"]
     );
+}
+
+#[test]
+fn dedicated_queues_added_moved_and_removed_are_named_and_live() {
+    let dir = Dir::new("domain-queues");
+    let base = dir.parse(FULL);
+    let without = FULL.split("[[domain_queue]]").next().unwrap();
+    let none = dir.parse(without);
+    let added = changes(&none, &base);
+    let whats: Vec<&str> = added.iter().map(|c| c.what.as_str()).collect();
+    assert_eq!(
+        whats,
+        [
+            "domain_queue slow.example added",
+            "domain_queue .slow.example added"
+        ]
+    );
+    assert!(added.iter().all(|c| c.kind == Services && c.kind.live()));
+    let removed = changes(&base, &none);
+    assert_eq!(removed.len(), 2);
+    assert!(removed[0].what.ends_with("removed"), "{removed:?}");
+    let moved = changes(
+        &base,
+        &dir.parse(&edited("pool", "pool = 'store'", "pool = 'spare'")),
+    );
+    let whats: Vec<&str> = moved.iter().map(|c| c.what.as_str()).collect();
+    assert_eq!(
+        whats,
+        [
+            "domain_queue slow.example: pool store -> spare",
+            "domain_queue .slow.example: pool store -> spare"
+        ]
+    );
+    assert!(restart_needed(&base, &none).is_empty());
 }

@@ -152,19 +152,20 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             return (true, true);
         }
         let line = String::from_utf8_lossy(line).into_owned();
-        let route = match tx.route() {
-            // Submission: the authenticated user's back-end takes every recipient.
-            Some(r) if self.client.login.is_some() => r.to_vec(),
-            _ => match self.env.route(|t| t.lookup(&to).cloned()) {
+        // Submission: the authenticated user's back-end takes every recipient (`None`);
+        // otherwise the recipient's dedicated queue, route map or the service's pool.
+        let (route, source) = match tx.route() {
+            Some(r) if self.client.login.is_some() => (r.to_vec(), None),
+            _ => match self.env.route_recipient(&to) {
                 None => {
                     self.say(554, (5, 7, 1), "Relay access denied");
                     return (!self.error(), true);
                 }
-                Some(Route::Reject) => {
+                Some((Route::Reject, _)) => {
                     self.send(&Route::smtp_reject_reply());
                     return (!self.error(), true);
                 }
-                Some(Route::Pools(p)) => p,
+                Some((Route::Pools(p), source)) => (p, Some(source)),
             },
         };
         if let Some(fixed) = tx.route()
@@ -217,7 +218,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         };
         if reply.is_positive() {
             if tx.route_reason.is_none() {
-                tx.route_reason = Some(self.route_reason(&to, &group));
+                tx.route_reason = Some(self.route_reason(source.as_ref(), &group));
             }
             tx.accept(route, line);
         }
@@ -647,18 +648,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, S> {
     /// How a route was chosen, for the message's record: where the route came from, the
     /// session's group, and that the leg's back-end was the least loaded one with room.
-    fn route_reason(&self, to: &Address, group: &str) -> String {
-        let source = if self.client.login.is_some() {
-            "the authenticated user's back-end".to_owned()
-        } else if self
-            .env
-            .routes
-            .as_ref()
-            .is_some_and(|t| t.get().lookup(to).is_some())
-        {
-            "route map".to_owned()
-        } else {
-            "the service's pool".to_owned()
+    fn route_reason(&self, source: Option<&crate::service::RouteSource>, group: &str) -> String {
+        let source = match source {
+            Some(s) if self.client.login.is_none() => s.to_string(),
+            _ => "the authenticated user's back-end".to_owned(),
         };
         format!("{source}, group {group}, least loaded back-end with room")
     }

@@ -4,7 +4,7 @@
 
 use super::{Change, ChangeKind, show::Show};
 use crate::config::{
-    Config, Flood, Frontend, Monitor, Service, TlsFiles,
+    Config, DomainQueue, Flood, Frontend, Monitor, Service, TlsFiles,
     balance::Group,
     vrrp::{Ha, Track, VirtualRouter},
 };
@@ -130,6 +130,7 @@ pub fn config(running: &Config, new: &Config) -> Vec<Change> {
         ha,
         vrrp,
         monitor,
+        domain_queues,
     } = running;
     let mut out = Out::default();
     self::frontend(&mut out, frontend, &new.frontend);
@@ -174,7 +175,38 @@ pub fn config(running: &Config, new: &Config) -> Vec<Change> {
         |r| format!("{} {} on {}", r.vrid, r.family(), r.interface),
         router,
     );
+    self::domain_queues(&mut out, domain_queues, &new.domain_queues);
     out.0
+}
+
+/// Dedicated queues, matched by domain pattern: each pattern added or removed, or its
+/// block's pool and thresholds changed. They are part of each service's routing, rebuilt
+/// with the services' contexts at every reload, so live like the services.
+fn domain_queues(out: &mut Out, old: &[DomainQueue], new: &[DomainQueue]) {
+    let flat = |queues: &[DomainQueue]| -> Vec<(String, DomainQueue)> {
+        queues
+            .iter()
+            .flat_map(|q| q.domains.iter().map(|d| (d.to_string(), q.clone())))
+            .collect()
+    };
+    out.members(
+        Services,
+        "domain_queue",
+        (&flat(old), &flat(new)),
+        |(d, _)| d.clone(),
+        |out, s, (_, old), (_, new)| {
+            let DomainQueue {
+                // The match is by domain; the block's other domains are compared on their own.
+                domains: _,
+                pool,
+                deferred_alarm,
+                oldest_alarm_secs,
+                auto,
+                recover_secs,
+            } = old;
+            fields!(out, Services, s, new; pool, deferred_alarm, oldest_alarm_secs, auto, recover_secs);
+        },
+    );
 }
 
 fn names<T>(list: &[T], name: impl Fn(&T) -> &String) -> Vec<&str> {
