@@ -103,32 +103,49 @@ async fn run(cmd: &mut Command) -> Result<(String, bool), QueueError> {
             stderr: "no pipes".to_owned(),
         });
     };
+    // Stderr's first 4 KiB are kept for the error; the rest is read and dropped, so that a
+    // chatty command never blocks on a full pipe. On a task of its own: a command cut off
+    // below may leave children holding stderr open.
+    let stderr = tokio::spawn(async move {
+        let (mut stderr, mut err, mut chunk) = (stderr, Vec::new(), [0u8; 4096]);
+        while let Ok(n) = stderr.read(&mut chunk).await
+            && n > 0
+        {
+            let room = 4096usize.saturating_sub(err.len()).min(n);
+            err.extend_from_slice(&chunk[..room]);
+        }
+        err
+    });
     let work = async {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let (mut stdout, mut stderr) = (stdout.take(MAX_OUTPUT + 1), stderr.take(4096));
-        let (o, e) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
         let spawn = |source| QueueError::Spawn {
             command: command.clone(),
             source,
         };
-        o.map_err(spawn)?;
-        e.map_err(spawn)?;
+        let mut out = Vec::new();
+        let mut stdout = stdout.take(MAX_OUTPUT + 1);
+        stdout.read_to_end(&mut out).await.map_err(spawn)?;
         let cut = out.len() as u64 > MAX_OUTPUT;
         if cut {
-            // The rest is not read: the command may still be writing; it is killed.
+            // The rest is not read: closing the pipe ends whatever still writes to it, and
+            // the command is killed.
+            drop(stdout);
+            stderr.abort();
             let _ = child.start_kill();
             let end = out.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             out.truncate(end);
+            child.wait().await.map_err(spawn)?;
+            return Ok((String::from_utf8_lossy(&out).into_owned(), true));
         }
         let status = child.wait().await.map_err(spawn)?;
-        if !cut && !status.success() {
+        if !status.success() {
+            let err = stderr.await.unwrap_or_default();
             return Err(QueueError::Failed {
                 command: command.clone(),
                 stderr: String::from_utf8_lossy(&err).trim().to_owned(),
             });
         }
-        Ok((String::from_utf8_lossy(&out).into_owned(), cut))
+        stderr.abort();
+        Ok((String::from_utf8_lossy(&out).into_owned(), false))
     };
     tokio::time::timeout(COMMAND_TIMEOUT, work)
         .await
@@ -504,5 +521,33 @@ mod tests {
         let d = find(&r, "same.example");
         assert_eq!((d.queued, d.deferred, d.oldest_secs), (2, Some(1), 100));
         assert_eq!(d.reason, "421 a|b");
+    }
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    /// The command's output is cut after its last whole line at the bound, its failure
+    /// comes with what it said on stderr, and a flood on stderr does not block it.
+    #[tokio::test]
+    async fn the_command_is_bounded() {
+        let (text, cut) = run(&mut sh("yes 'a line' | head -c 70000000"))
+            .await
+            .unwrap();
+        assert!(cut);
+        assert!(text.len() as u64 <= MAX_OUTPUT && text.ends_with("a line\n"));
+        let e = run(&mut sh("echo 'no queue here' >&2; exit 3"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, QueueError::Failed { stderr, .. } if stderr == "no queue here"),
+            "{e}"
+        );
+        let (text, cut) = run(&mut sh("head -c 1000000 /dev/zero >&2; echo done"))
+            .await
+            .unwrap();
+        assert_eq!((text.as_str(), cut), ("done\n", false));
     }
 }
