@@ -2,7 +2,8 @@
 //! back-ends' agents (the real binary, with the pool's key) for their mail queue per
 //! domain. One agent reads a stand-in `postqueue` on its PATH that prints a listing
 //! captured from the lab's Postfix; the other back-end's agent is not running and is
-//! listed with its error.
+//! listed with its error. Then an operator asks the same through the cluster manager
+//! (`cluster queue`), which asks the member's front-end.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -161,5 +162,108 @@ fn the_front_end_lists_each_agents_queue_per_domain() {
     assert!(
         lines[3].contains("mx2") && lines[3].contains("error: connect"),
         "{table}"
+    );
+
+    // The same through the cluster manager: an operator asks, the member's front-end
+    // answers.
+    let pki = dir.join("pki");
+    let init = Command::new(BIN)
+        .args(["cluster", "init", "--dir"])
+        .arg(&pki)
+        .args(["--name", "test", "--manager-name", "127.0.0.1"])
+        .args(["--operator", "alice", "--member", "fe1"])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    std::fs::create_dir_all(dir.join("render")).unwrap();
+    let port = free_port();
+    let quiet = |c: &mut Command| -> Proc {
+        Proc(
+            c.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _manager = quiet(
+        Command::new(BIN)
+            .arg("manager")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(dir.join("manager"))
+            .arg("--ca")
+            .arg(pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(pki.join("manager.pem"))
+            .arg("--key")
+            .arg(pki.join("manager.key"))
+            .arg("--render-dir")
+            .arg(dir.join("render")),
+    );
+    let _member = quiet(
+        Command::new(BIN)
+            .arg("member")
+            .args(["--manager", &format!("127.0.0.1:{port}")])
+            .arg("--ca")
+            .arg(pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(pki.join("members/fe1.pem"))
+            .arg("--key")
+            .arg(pki.join("members/fe1.key"))
+            .arg("--state-dir")
+            .arg(dir.join("member"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--max-retry-ms", "200"]),
+    );
+    let cluster_queue = || {
+        Command::new(BIN)
+            .args([
+                "cluster",
+                "queue",
+                "--member",
+                "fe1",
+                "--domain",
+                "nowhere.invalid",
+                "--json",
+            ])
+            .env("ROBUSTIFIER_MANAGER", format!("127.0.0.1:{port}"))
+            .env("ROBUSTIFIER_CA", pki.join("ca.pem"))
+            .env("ROBUSTIFIER_CERT", pki.join("operators/alice.pem"))
+            .env("ROBUSTIFIER_KEY", pki.join("operators/alice.key"))
+            .output()
+            .unwrap()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    let out = loop {
+        // Until the manager runs and the member is connected.
+        let out = cluster_queue();
+        if out.status.success() {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster queue: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let by_member: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fe1 = &by_member["fe1"];
+    assert_eq!(
+        fe1["backends"][0]["domains"][0]["deferred"], 2,
+        "{by_member:#}"
+    );
+    assert!(
+        fe1["backends"][1]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("connect"),
+        "{by_member:#}"
     );
 }
