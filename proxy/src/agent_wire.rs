@@ -12,13 +12,24 @@
 //!                      challenge, nonce, the line before " mac=")>
 //! ```
 //!
+//! Instead of `poll`, the front-end may send a command; the reply is one JSON line of at
+//! most [`MAX_REPLY`] octets, bound to the exchange and the command the same way:
+//!
+//! ```text
+//! front-end -> agent   command nonce=<32 random octets> op=queue mac=<HMAC(key, "command",
+//!                      challenge, nonce, op)>
+//! agent -> front-end   {"ok":{..}} mac=<HMAC(key, "reply", challenge, nonce, op, the JSON)>
+//! ```
+//!
 //! A wrong or missing MAC ends the connection without a report; the front-end likewise
 //! refuses a report whose MAC does not match its nonce (a forged or replayed report). The
 //! key is SHA-256 of a key file's content (surrounding whitespace trimmed, at least 16
 //! octets), read by the agent (`--key-file`) and by the front-end (`agent_key_file`).
 //!
 //! Without a key (`agent --insecure-no-key`, `agent_insecure = true`) the agent writes
-//! the report line at once and closes. A front-end with a key refuses such a report.
+//! the report line at once, then reads one line for a moment: `command op=queue` gets the
+//! JSON reply; anything else, or nothing, and it closes. A front-end with a key refuses
+//! such a report.
 
 use std::{net::SocketAddr, path::Path, time::Instant};
 
@@ -49,6 +60,8 @@ pub const CHALLENGE_MAGIC: &str = "robustifier-agent/2";
 pub const NONCE_LEN: usize = 32;
 /// Longest protocol line either side reads.
 pub const MAX_LINE: usize = 1024;
+/// Longest reply to a command (one JSON line); an agent keeps its replies under it.
+pub const MAX_REPLY: usize = 4 << 20;
 const MIN_KEY_LEN: usize = 16;
 
 /// The shared secret of an agent and its front-ends. Never printed.
@@ -163,6 +176,156 @@ impl AgentKey {
     }
 }
 
+impl AgentKey {
+    fn command_message(challenge: &[u8], nonce: &[u8], op: Op) -> Vec<u8> {
+        [
+            b"command\0".as_slice(),
+            challenge,
+            nonce,
+            op.as_str().as_bytes(),
+        ]
+        .concat()
+    }
+
+    /// Binds a reply to the exchange and to the command it answers, so that neither a
+    /// report nor another command's reply passes for it.
+    fn reply_message(challenge: &[u8], nonce: &[u8], op: Op, json: &str) -> Vec<u8> {
+        [
+            b"reply\0".as_slice(),
+            challenge,
+            nonce,
+            op.as_str().as_bytes(),
+            b"\0",
+            json.as_bytes(),
+        ]
+        .concat()
+    }
+
+    /// The front-end's command line in answer to `challenge`, with its own fresh `nonce`.
+    pub fn command(&self, challenge: &[u8], nonce: &[u8], op: Op) -> String {
+        let tag = hmac::sign(&self.hmac(), &Self::command_message(challenge, nonce, op));
+        format!(
+            "command nonce={} op={} mac={}\n",
+            B64.encode(nonce),
+            op.as_str(),
+            B64.encode(tag)
+        )
+    }
+
+    /// The agent's check of a command line; the front-end's nonce and the operation if
+    /// its MAC is right for this challenge.
+    pub fn check_command(&self, challenge: &[u8], line: &str) -> Option<(Vec<u8>, Op)> {
+        let mut w = line.split_ascii_whitespace();
+        let (Some("command"), Some(n), Some(o), Some(m), None) =
+            (w.next(), w.next(), w.next(), w.next(), w.next())
+        else {
+            return None;
+        };
+        let nonce = B64.decode(n.strip_prefix("nonce=")?).ok()?;
+        let op = Op::parse(o.strip_prefix("op=")?)?;
+        let mac = B64.decode(m.strip_prefix("mac=")?).ok()?;
+        if nonce.len() != NONCE_LEN {
+            return None;
+        }
+        hmac::verify(
+            &self.hmac(),
+            &Self::command_message(challenge, &nonce, op),
+            &mac,
+        )
+        .ok()?;
+        Some((nonce, op))
+    }
+
+    /// `json` (one line) with its MAC appended.
+    pub fn seal_reply(&self, challenge: &[u8], nonce: &[u8], op: Op, json: &str) -> String {
+        let tag = hmac::sign(
+            &self.hmac(),
+            &Self::reply_message(challenge, nonce, op, json),
+        );
+        format!("{json} mac={}\n", B64.encode(tag))
+    }
+
+    /// The JSON of a sealed reply, if its MAC is right for this exchange and command.
+    pub fn open_reply<'a>(
+        &self,
+        challenge: &[u8],
+        nonce: &[u8],
+        op: Op,
+        sealed: &'a str,
+    ) -> Option<&'a str> {
+        let (json, mac) = sealed.rsplit_once(" mac=")?;
+        let mac = B64.decode(mac.trim()).ok()?;
+        hmac::verify(
+            &self.hmac(),
+            &Self::reply_message(challenge, nonce, op, json),
+            &mac,
+        )
+        .ok()?;
+        Some(json)
+    }
+}
+
+/// What a front-end may ask an agent besides its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// The mail queue per destination domain ([`QueueReply`]).
+    Queue,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Queue => "queue",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Op> {
+        match s {
+            "queue" => Some(Op::Queue),
+            _ => None,
+        }
+    }
+}
+
+/// One destination domain's mail in a back-end's queue. A message counts once per domain
+/// among its undelivered recipients.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DomainQueue {
+    /// Lowercased; an internationalised name stays as the MTA wrote it.
+    pub domain: String,
+    pub queued: u32,
+    /// Of them, deferred at least once; `None` where the MTA's listing does not say
+    /// (Exim's `exim -bp`).
+    pub deferred: Option<u32>,
+    /// Age of the domain's oldest queued message.
+    pub oldest_secs: u64,
+    /// The MTA's reason for the domain's latest deferral (control characters removed,
+    /// truncated); empty when it gave none or does not say.
+    pub reason: String,
+}
+
+/// An agent's queue figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueReport {
+    /// `postfix`, `exim`, `opensmtpd` or `spool`.
+    pub mta: String,
+    /// Messages read from the MTA's listing.
+    pub messages: u32,
+    /// The listing went past the agent's bounds (messages, domains or octets): the figures
+    /// cover only its first part.
+    pub truncated: bool,
+    pub domains: Vec<DomainQueue>,
+}
+
+/// An agent's reply to [`Op::Queue`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueReply {
+    Ok(QueueReport),
+    /// The agent could not read its MTA's queue.
+    Error(String),
+}
+
 /// Fresh random octets for a challenge or a nonce.
 pub fn random_nonce() -> Result<[u8; NONCE_LEN], PollError> {
     let mut n = [0u8; NONCE_LEN];
@@ -204,6 +367,10 @@ pub enum PollError {
     NoAnswer,
     #[error("no random numbers")]
     Random,
+    #[error("the reply's MAC does not match (wrong key, or not our exchange)")]
+    BadReplyMac,
+    #[error("the reply is not one: {0}")]
+    BadReply(String),
     #[error(transparent)]
     Report(#[from] ReportError),
 }
@@ -218,7 +385,11 @@ pub enum ReportError {
 }
 
 async fn line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<String, PollError> {
-    match read_line(r, MAX_LINE).await? {
+    line_of(r, MAX_LINE).await
+}
+
+async fn line_of<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> Result<String, PollError> {
+    match read_line(r, max).await? {
         Line::Complete(l) => Ok(String::from_utf8_lossy(&l).into_owned()),
         Line::TooLong => Err(PollError::TooLong),
         Line::Eof => Err(PollError::NoReport),
@@ -237,15 +408,7 @@ where
         }
         return parse(&first).map_err(PollError::Report);
     };
-    let challenge = match first.split_once(' ') {
-        Some((CHALLENGE_MAGIC, rest)) => rest
-            .trim()
-            .strip_prefix("challenge=")
-            .and_then(|c| B64.decode(c).ok())
-            .filter(|c| c.len() == NONCE_LEN),
-        _ => None,
-    }
-    .ok_or(PollError::NoChallenge(first.chars().take(64).collect()))?;
+    let challenge = challenge_of(&first)?;
     let nonce = random_nonce()?;
     s.write_all(key.answer(&challenge, &nonce).as_bytes())
         .await?;
@@ -255,6 +418,46 @@ where
         .open(&challenge, &nonce, &sealed)
         .ok_or(PollError::BadMac)?;
     parse(report).map_err(PollError::Report)
+}
+
+fn challenge_of(first: &str) -> Result<Vec<u8>, PollError> {
+    match first.split_once(' ') {
+        Some((CHALLENGE_MAGIC, rest)) => rest
+            .trim()
+            .strip_prefix("challenge=")
+            .and_then(|c| B64.decode(c).ok())
+            .filter(|c| c.len() == NONCE_LEN),
+        _ => None,
+    }
+    .ok_or(PollError::NoChallenge(first.chars().take(64).collect()))
+}
+
+/// One command over an open connection: its reply's JSON, checked. Without a key the agent
+/// writes its report first (old-style polls read only that), then reads the command.
+pub async fn command<S>(mut s: S, key: Option<AgentKey>, op: Op) -> Result<String, PollError>
+where
+    S: AsyncBufRead + AsyncWrite + Unpin,
+{
+    let first = line(&mut s).await?;
+    let Some(key) = key else {
+        if first.starts_with(CHALLENGE_MAGIC) {
+            return Err(PollError::KeyExpected);
+        }
+        parse(&first).map_err(PollError::Report)?;
+        s.write_all(format!("command op={}\n", op.as_str()).as_bytes())
+            .await?;
+        s.flush().await?;
+        return line_of(&mut s, MAX_REPLY).await;
+    };
+    let challenge = challenge_of(&first)?;
+    let nonce = random_nonce()?;
+    s.write_all(key.command(&challenge, &nonce, op).as_bytes())
+        .await?;
+    s.flush().await?;
+    let sealed = line_of(&mut s, MAX_REPLY).await?;
+    key.open_reply(&challenge, &nonce, op, &sealed)
+        .map(str::to_owned)
+        .ok_or(PollError::BadReplyMac)
 }
 
 /// Parses a report line; unknown fields are ignored (newer agents may add some).
@@ -341,5 +544,53 @@ mod tests {
         let forged = sealed.replace("mailq=3", "mailq=0");
         assert_eq!(k.open(&c, &n, forged.trim_end()), None);
         assert_eq!(format!("{k:?}"), "AgentKey(..)");
+    }
+
+    #[test]
+    fn commands_and_replies_are_bound_to_key_exchange_and_op() {
+        let k = AgentKey::from_secret(b"0123456789abcdef").unwrap();
+        let other = AgentKey::from_secret(b"0123456789abcdeX").unwrap();
+        let (c, n) = ([1u8; NONCE_LEN], [2u8; NONCE_LEN]);
+        let cmd = k.command(&c, &n, Op::Queue);
+        assert!(cmd.starts_with("command nonce=") && cmd.contains(" op=queue mac="));
+        assert_eq!(k.check_command(&c, &cmd), Some((n.to_vec(), Op::Queue)));
+        assert_eq!(other.check_command(&c, &cmd), None, "wrong key");
+        assert_eq!(k.check_command(&[3u8; NONCE_LEN], &cmd), None, "replayed");
+        let (head, _) = cmd.rsplit_once(" mac=").unwrap();
+        assert_eq!(k.check_command(&c, head), None, "no MAC");
+        assert_eq!(
+            k.check_command(&c, &cmd.replace("op=queue", "op=drain")),
+            None,
+            "unknown op"
+        );
+        // A poll's answer is not a command, nor a command a poll's answer.
+        assert_eq!(k.check_command(&c, &k.answer(&c, &n)), None);
+        assert_eq!(k.check_answer(&c, &cmd), None);
+
+        let json = r#"{"ok":{"mta":"postfix","messages":1,"truncated":false,"domains":[]}}"#;
+        let sealed = k.seal_reply(&c, &n, Op::Queue, json);
+        let sealed = sealed.trim_end();
+        assert_eq!(k.open_reply(&c, &n, Op::Queue, sealed), Some(json));
+        assert_eq!(other.open_reply(&c, &n, Op::Queue, sealed), None, "forged");
+        assert_eq!(
+            k.open_reply(&[3u8; NONCE_LEN], &n, Op::Queue, sealed),
+            None,
+            "replayed into another exchange"
+        );
+        assert_eq!(k.open_reply(&c, &[9u8; NONCE_LEN], Op::Queue, sealed), None);
+        assert_eq!(
+            k.open_reply(
+                &c,
+                &n,
+                Op::Queue,
+                &sealed.replace("\"messages\":1", "\"messages\":0")
+            ),
+            None,
+            "altered"
+        );
+        assert_eq!(k.open_reply(&c, &n, Op::Queue, json), None, "missing MAC");
+        // A report sealed for the same exchange does not pass for a reply.
+        let report = k.seal(&c, &n, json);
+        assert_eq!(k.open_reply(&c, &n, Op::Queue, report.trim_end()), None);
     }
 }

@@ -266,6 +266,33 @@ enum Command {
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
+    /// The back-ends' mail queues per destination domain, asked of their agents by a
+    /// running front-end.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+        /// Control socket; defaults to the config's `ha.control_socket`, else the only
+        /// socket under /run/robustifier/.
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+        /// Take the control socket from this configuration.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Each back-end's mail queue per destination domain, from its agent, the most
+    /// deferred mail first; a back-end whose agent did not answer is listed with why.
+    Status {
+        /// Only this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -458,6 +485,23 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 "{}",
                 control::request(&path, &line, Duration::from_secs(30))?
             );
+            Ok(())
+        }
+        Command::Queue {
+            command: QueueCommand::Status { domain, json },
+            socket,
+            config,
+        } => {
+            let path = control_path(socket, config.as_deref())?;
+            let line = domain.map_or("queue".to_owned(), |d| format!("queue {d}"));
+            // The front-end waits for its agents up to its own bound.
+            let text = control::request(&path, &line, Duration::from_secs(40))?;
+            let status: robustifier::frontend::queue::QueueStatus = serde_json::from_str(&text)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", robustifier::frontend::queue::render(&status));
+            }
             Ok(())
         }
         Command::Alarms {

@@ -14,6 +14,10 @@
 //!
 //! Figures are gathered at most once a second, whatever the number of front-ends asking.
 //!
+//! A front-end may instead send a command: `queue` gets the mail queue per destination
+//! domain ([`queue`]) as one JSON line, gathered at most once every
+//! [`QUEUE_CACHE`] seconds.
+//!
 //! With `--maillog`, the agent also ships its MTA's log lines to the cluster manager
 //! ([`maillog`]), for `cluster trace`.
 //!
@@ -22,6 +26,7 @@
 //! key unless told `--insecure-no-key`, and binds only the address it is given.
 
 pub mod maillog;
+pub mod queue;
 
 use std::{
     future::Future,
@@ -40,12 +45,16 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    agent_wire::{AgentKey, CHALLENGE_MAGIC, MAGIC, MAX_LINE, PollError, random_nonce},
+    agent_wire::{
+        AgentKey, CHALLENGE_MAGIC, MAGIC, MAX_LINE, Op, PollError, QueueReply, random_nonce,
+    },
     lines::{Line, read_line},
 };
 
 /// How long a front-end has to answer the challenge.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one reading of the queue per domain serves commands.
+const QUEUE_CACHE: Duration = Duration::from_secs(2);
 /// Pause after a failed accept (out of descriptors, say) before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -278,6 +287,7 @@ pub async fn serve(listen: SocketAddr, o: Options) -> Result<(), AgentError> {
 pub struct Reports {
     o: Arc<Options>,
     cache: Arc<Mutex<Option<(Instant, Figures)>>>,
+    queue: Arc<Mutex<Option<(Instant, String)>>>,
 }
 
 impl Reports {
@@ -285,6 +295,33 @@ impl Reports {
         Reports {
             o: Arc::new(o),
             cache: Arc::default(),
+            queue: Arc::default(),
+        }
+    }
+
+    /// The reply to `op`, as one JSON line without its newline.
+    async fn reply(&self, op: Op) -> String {
+        match op {
+            Op::Queue => {
+                let mut c = self.queue.lock().await;
+                if let Some((at, json)) = &*c
+                    && at.elapsed() < QUEUE_CACHE
+                {
+                    return json.clone();
+                }
+                let reply = match queue::report(&self.o).await {
+                    Ok(r) => QueueReply::Ok(r),
+                    Err(e) => {
+                        warn!(error = %e, "cannot read the mail queue per domain");
+                        QueueReply::Error(e.to_string())
+                    }
+                };
+                // Bounded by the parsers' limits, well under the reply bound.
+                let json = serde_json::to_string(&reply)
+                    .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
+                *c = Some((Instant::now(), json.clone()));
+                json
+            }
         }
     }
 
@@ -338,6 +375,22 @@ where
     let Some(key) = reports.o.key else {
         let line = reports.figures().await.line();
         s.write_all(line.as_bytes()).await?;
+        s.flush().await?;
+        // An old-style poll reads the report and goes; a command follows it.
+        if let Ok(Ok(Line::Complete(l))) =
+            tokio::time::timeout(ANSWER_TIMEOUT, read_line(&mut s, MAX_LINE)).await
+        {
+            let asked = String::from_utf8_lossy(&l);
+            let mut w = asked.split_ascii_whitespace();
+            if let (Some("command"), Some(Some(op)), None) = (
+                w.next(),
+                w.next().map(|o| o.strip_prefix("op=").and_then(Op::parse)),
+                w.next(),
+            ) {
+                let json = reports.reply(op).await;
+                s.write_all(format!("{json}\n").as_bytes()).await?;
+            }
+        }
         return Ok(s.shutdown().await?);
     };
     let challenge = random_nonce()?;
@@ -357,6 +410,15 @@ where
         Ok(Ok(Line::Eof)) => return Err(PollError::NoAnswer),
         Ok(Err(e)) => return Err(e.into()),
     };
+    if answer.starts_with("command ") {
+        let (nonce, op) = key
+            .check_command(&challenge, &answer)
+            .ok_or(PollError::BadAnswer)?;
+        let json = reports.reply(op).await;
+        let sealed = key.seal_reply(&challenge, &nonce, op, &json);
+        s.write_all(sealed.as_bytes()).await?;
+        return Ok(s.shutdown().await?);
+    }
     let nonce = key
         .check_answer(&challenge, &answer)
         .ok_or(PollError::BadAnswer)?;
@@ -453,6 +515,66 @@ mod tests {
             key: Some(key("the shared agent key\n")),
         };
         let r = poll(ep, LIMIT).await.unwrap();
+        assert_eq!(r.mail_queue, 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The queue command end to end: with the key the agent's own reply comes through (a
+    /// spool agent says it knows no domains), with another key or none nothing does, and
+    /// a command replayed from another exchange gets nothing either.
+    #[tokio::test]
+    async fn the_queue_command_needs_the_key() {
+        use crate::health::agent_client::queue;
+        let (o, dir) = spool_options("command", Some(key("the shared agent key")));
+        let (address, _) = agent(o, false).await;
+        let right = Endpoint {
+            address,
+            key: Some(key("the shared agent key")),
+        };
+        let e = queue(right, LIMIT).await.unwrap_err();
+        assert!(
+            matches!(&e, PollError::BadReply(why) if why.contains("knows no destinations")),
+            "{e}"
+        );
+        let wrong = Endpoint {
+            address,
+            key: Some(key("another agent key!")),
+        };
+        let e = queue(wrong, LIMIT).await.unwrap_err();
+        assert!(matches!(e, PollError::NoReport), "{e}");
+        let e = queue(Endpoint { address, key: None }, LIMIT)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PollError::KeyExpected), "{e}");
+
+        let replay = key("the shared agent key").command(&[7u8; 32], &[8u8; 32], Op::Queue);
+        let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let mut r = BufReader::new(&mut tcp);
+        let mut first = String::new();
+        r.read_line(&mut first).await.unwrap();
+        assert!(first.starts_with(CHALLENGE_MAGIC), "{first:?}");
+        tcp.write_all(replay.as_bytes()).await.unwrap();
+        tcp.shutdown().await.unwrap();
+        let mut rest = String::new();
+        tcp.read_to_string(&mut rest).await.unwrap();
+        assert_eq!(rest, "", "a replayed command got {rest:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_insecure_agent_answers_the_command_after_its_report() {
+        use crate::health::agent_client::queue;
+        let (o, dir) = spool_options("insecure-command", None);
+        let (address, _) = agent(o, false).await;
+        let e = queue(Endpoint { address, key: None }, LIMIT)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, PollError::BadReply(why) if why.contains("knows no destinations")),
+            "{e}"
+        );
+        // The old-style poll still gets its report.
+        let r = poll(Endpoint { address, key: None }, LIMIT).await.unwrap();
         assert_eq!(r.mail_queue, 2);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -14,6 +14,7 @@
 //! resume VRID                         ok <what happened>  |  error <why>
 //! drain BACKEND                       ok {"backend":..,"draining":true}  |  error <why>
 //! undrain BACKEND                     ok {"backend":..,"draining":false}  |  error <why>
+//! queue [DOMAIN]                      ok {"backends":[{"backend":..,"error":..,"domains":[..]}]}
 //! handover                            see [`handover`]: a successor process takes over
 //! ```
 //!

@@ -28,6 +28,9 @@ pub enum Request {
         backend: String,
         drain: bool,
     },
+    /// The mail queue per destination domain from every back-end's agent, for one domain
+    /// (lowercased) or all.
+    Queue(Option<String>),
 }
 
 impl Request {
@@ -100,10 +103,22 @@ impl Request {
                     drain: verb == "drain",
                 })
             }
+            "queue" => {
+                if rest.split_ascii_whitespace().count() > 1 {
+                    return Err("too many arguments".to_owned());
+                }
+                // A domain is printable and short; anything else would garble the reply.
+                if rest.len() > 255 || rest.chars().any(|c| c.is_control() || c == '@') {
+                    return Err(format!("{rest:?} is not a domain"));
+                }
+                Ok(Request::Queue(
+                    (!rest.is_empty()).then(|| rest.trim_end_matches('.').to_lowercase()),
+                ))
+            }
             "release" => vrid(rest).map(Request::Release),
             "resume" => vrid(rest).map(Request::Resume),
             _ => Err(format!(
-                "unknown request {verb:?} (status, alarms, events SEQ, stats [MINUTE], reload [FILE], release VRID, resume VRID, drain BACKEND, undrain BACKEND, handover)"
+                "unknown request {verb:?} (status, alarms, events SEQ, stats [MINUTE], reload [FILE], release VRID, resume VRID, drain BACKEND, undrain BACKEND, queue [DOMAIN], handover)"
             )),
         }
     }
@@ -152,6 +167,11 @@ mod tests {
                     drain: false,
                 },
             ),
+            ("queue", Request::Queue(None)),
+            (
+                "queue Nowhere.Example.",
+                Request::Queue(Some("nowhere.example".into())),
+            ),
         ];
         for (line, want) in ok {
             assert_eq!(Request::parse(line).as_ref(), Ok(want), "{line:?}");
@@ -182,6 +202,12 @@ mod tests {
             ("drain mx\u{7}1", r#""mx\u{7}1" is not a back-end name"#),
             ("Drain mx1", "unknown request \"Drain\""),
             ("reload etc/x.toml", "reload takes an absolute path"),
+            ("queue a.example b.example", "too many arguments"),
+            ("queue bob@a.example", "\"bob@a.example\" is not a domain"),
+            (
+                "queue a\u{7}.example",
+                r#""a\u{7}.example" is not a domain"#,
+            ),
             ("reload /etc/x\u{7}.toml", "reload takes an absolute path"),
         ];
         for (line, want) in refused {

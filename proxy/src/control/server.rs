@@ -172,6 +172,15 @@ async fn answer(request: Request, commands: &mpsc::Sender<Command>) -> Result<St
             let drained = answer.await.map_err(|_| gone())??;
             serde_json::to_string(&drained).map_err(|e| e.to_string())
         }
+        Request::Queue(domain) => {
+            let (done, answer) = oneshot::channel();
+            commands
+                .send(Command::Queue { domain, done })
+                .await
+                .map_err(|_| gone())?;
+            let table = answer.await.map_err(|_| gone())?;
+            serde_json::to_string(&table).map_err(|e| e.to_string())
+        }
         Request::HandOver => Err("handover is a dialogue of its own".to_owned()),
     }
 }

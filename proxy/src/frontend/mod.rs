@@ -13,6 +13,7 @@ mod apply;
 mod certificates;
 mod kernel;
 mod metrics;
+pub mod queue;
 mod status;
 mod succession;
 mod user_space;
@@ -97,6 +98,13 @@ pub enum Command {
         backend: String,
         drain: bool,
         done: oneshot::Sender<Result<Drained, String>>,
+    },
+    /// The mail queue per destination domain from every back-end's agent (one domain's, or
+    /// all); answers when the agents did or the time ran out, without holding other
+    /// commands up meanwhile.
+    Queue {
+        domain: Option<String>,
+        done: oneshot::Sender<queue::QueueStatus>,
     },
     /// A binary upgrade's first step: offer the listeners and the XDP link to a successor.
     Offer {
@@ -632,6 +640,12 @@ impl Frontend {
                     done,
                 } => {
                     let _ = done.send(self.drain(&backend, drain));
+                }
+                Command::Queue { domain, done } => {
+                    let asked = queue::ask(&self.board, domain);
+                    tokio::spawn(async move {
+                        let _ = done.send(asked.await);
+                    });
                 }
                 Command::Handoff {
                     vrid,

@@ -18,3 +18,24 @@ pub async fn poll(agent: Endpoint, limit: Duration) -> Result<AgentReport, PollE
     .await
     .map_err(|_| PollError::Timeout)?
 }
+
+/// Asks the agent for its mail queue per destination domain, all within `limit`.
+pub async fn queue(
+    agent: Endpoint,
+    limit: Duration,
+) -> Result<crate::agent_wire::QueueReport, PollError> {
+    use crate::agent_wire::{Op, QueueReply, command};
+    let json = timeout(limit, async {
+        let tcp = TcpStream::connect(agent.address)
+            .await
+            .map_err(PollError::Connect)?;
+        command(BufReader::new(tcp), agent.key, Op::Queue).await
+    })
+    .await
+    .map_err(|_| PollError::Timeout)??;
+    match serde_json::from_str::<QueueReply>(&json) {
+        Ok(QueueReply::Ok(r)) => Ok(r),
+        Ok(QueueReply::Error(e)) => Err(PollError::BadReply(format!("the agent says: {e}"))),
+        Err(e) => Err(PollError::BadReply(e.to_string())),
+    }
+}

@@ -179,6 +179,18 @@ pub enum ClusterCommand {
         #[arg(long)]
         member: Option<String>,
     },
+    /// The back-ends' mail queues per destination domain, from their agents, as every
+    /// connected member's front-end (or one's) sees them.
+    Queue {
+        /// Only this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long)]
+        member: Option<String>,
+        /// Machine-readable output: member name -> the front-end's reply.
+        #[arg(long)]
+        json: bool,
+    },
     /// A one-time link (valid a minute) that logs you into the manager's web interface.
     Web,
 }
@@ -433,6 +445,14 @@ async fn remote(command: ClusterCommand, conn: Connection) -> anyhow::Result<()>
             let members = targets(&mut c, member).await?;
             act(&mut c, &members, Action::Undrain { backend }).await
         }
+        ClusterCommand::Queue {
+            domain,
+            member,
+            json,
+        } => {
+            let members = targets(&mut c, member).await?;
+            queue(&mut c, &members, domain, json).await
+        }
         ClusterCommand::Web => {
             let v = c.call(&Request::WebLogin, TIMEOUT).await?;
             println!("{}", v.as_str().unwrap_or_default());
@@ -675,6 +695,56 @@ async fn act(c: &mut Client, members: &[String], action: Action) -> anyhow::Resu
     }
     if failed > 0 {
         bail!("{action} failed on {failed} of {} members", members.len());
+    }
+    Ok(())
+}
+
+/// Each member's front-end asked for its back-ends' queues per domain; a member that
+/// could not answer is named with why.
+async fn queue(
+    c: &mut Client,
+    members: &[String],
+    domain: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use crate::frontend::queue::{QueueStatus, render};
+    let mut all = serde_json::Map::new();
+    let mut failed = 0;
+    for member in members {
+        let request = Request::Action {
+            member: member.clone(),
+            action: Action::Queue {
+                domain: domain.clone(),
+            },
+        };
+        let answer = c
+            .call(&request, super::core::ACTION_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                serde_json::from_str::<QueueStatus>(v.as_str().unwrap_or_default())
+                    .map_err(|e| format!("not a queue status: {e}"))
+            });
+        match answer {
+            Ok(status) if json => {
+                all.insert(member.clone(), serde_json::to_value(status)?);
+            }
+            Ok(status) => print!("member {member}:\n{}", render(&status)),
+            Err(e) => {
+                failed += 1;
+                if json {
+                    all.insert(member.clone(), serde_json::json!({ "error": e }));
+                } else {
+                    println!("member {member}: failed: {e}");
+                }
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    }
+    if failed > 0 {
+        bail!("queue failed on {failed} of {} members", members.len());
     }
     Ok(())
 }

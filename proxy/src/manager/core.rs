@@ -344,6 +344,18 @@ impl Manager {
         {
             return Reply::error(format!("{backend:?} is not a back-end name"));
         }
+        // The front-end checks it too; refused here, it never reaches a member.
+        if let Action::Queue {
+            domain: Some(domain),
+        } = &action
+            && (domain.is_empty()
+                || domain.len() > 255
+                || domain
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '@'))
+        {
+            return Reply::error(format!("{domain:?} is not a domain"));
+        }
         let what = format!("{action} on {member}");
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();

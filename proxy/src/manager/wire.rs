@@ -133,10 +133,24 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
-    Release { vrid: u8 },
-    Resume { vrid: u8 },
-    Drain { backend: String },
-    Undrain { backend: String },
+    Release {
+        vrid: u8,
+    },
+    Resume {
+        vrid: u8,
+    },
+    Drain {
+        backend: String,
+    },
+    Undrain {
+        backend: String,
+    },
+    /// The back-ends' mail queues per destination domain, as the front-end's agents say
+    /// (one domain's, or all); the reply is the front-end's `queue` reply.
+    Queue {
+        #[serde(default)]
+        domain: Option<String>,
+    },
 }
 
 impl Action {
@@ -147,6 +161,10 @@ impl Action {
             Action::Resume { vrid } => format!("resume {vrid}"),
             Action::Drain { backend } => format!("drain {backend}"),
             Action::Undrain { backend } => format!("undrain {backend}"),
+            Action::Queue { domain: None } => "queue".to_owned(),
+            Action::Queue {
+                domain: Some(domain),
+            } => format!("queue {domain}"),
         }
     }
 }
@@ -323,5 +341,11 @@ mod tests {
             .control_line(),
             "undrain mx1"
         );
+        assert_eq!(Action::Queue { domain: None }.control_line(), "queue");
+        let q: Action =
+            serde_json::from_str(r#"{"kind":"queue","domain":"nowhere.example"}"#).unwrap();
+        assert_eq!(q.control_line(), "queue nowhere.example");
+        let all: Action = serde_json::from_str(r#"{"kind":"queue"}"#).unwrap();
+        assert_eq!(all, Action::Queue { domain: None });
     }
 }

@@ -89,11 +89,11 @@ acl_check_rcpt:
           message = authentication required
   accept  domains = +local_domains
           verify = recipient
-  deny    message = relaying denied
+@RELAY_ACL@  deny    message = relaying denied
 
 begin routers
 
-mailboxes:
+@RELAY_ROUTER@mailboxes:
   driver = accept
   domains = +local_domains
   address_data = ${lookup{$local_part@$domain}lsearch{@BASE@/mailboxes}{$value}fail}
@@ -101,7 +101,7 @@ mailboxes:
 
 begin transports
 
-maildir:
+@RELAY_TRANSPORT@maildir:
   driver = appendfile
   directory = @ROOT@/$address_data/Maildir
   maildir_format
@@ -137,6 +137,7 @@ login:
 
 fn conf(layout: &Layout, users: &Users) -> String {
     let base = base_dir(layout);
+    let relay = relay_parts(users);
     CONF.replace("@HOST@", &layout.host)
         .replace("@EXIM@", &exim().display().to_string())
         .replace("@FQDN@", &layout.fqdn)
@@ -149,6 +150,28 @@ fn conf(layout: &Layout, users: &Users) -> String {
         .replace("@ROOT@", &layout.mail_root.display().to_string())
         .replace("@UID@", &layout.mail_uid.to_string())
         .replace("@GID@", &layout.mail_gid.to_string())
+        .replace("@RELAY_ACL@", &relay.0)
+        .replace("@RELAY_ROUTER@", &relay.1)
+        .replace("@RELAY_TRANSPORT@", &relay.2)
+}
+
+/// The ACL line, router and transport of [`Users::relaying`] (all empty without it). The
+/// target may be this host's own address: `self = send` lets the router use it anyway.
+fn relay_parts(users: &Users) -> (String, String, String) {
+    let Some((domain, to)) = users.relay() else {
+        return Default::default();
+    };
+    (
+        format!("  accept  domains = {domain}\n"),
+        format!(
+            "relay_out:\n  driver = manualroute\n  domains = {domain}\n  route_list = * {}\n  self = send\n  transport = relay_smtp\n\n",
+            to.ip()
+        ),
+        format!(
+            "relay_smtp:\n  driver = smtp\n  port = {}\n  hosts_try_fastopen =\n\n",
+            to.port()
+        ),
+    )
 }
 
 /// Writes the configuration, its lookup files and the directories Exim writes as its user
@@ -249,4 +272,20 @@ pub fn queue_listing(layout: &Layout) -> anyhow::Result<String> {
             .arg(exim()),
         "exim -bp",
     )
+}
+
+/// Writes `dir/exim`, a stand-in for the `exim` command that runs this instance's binary in
+/// a private mount namespace with its configuration bound over /etc/exim4, as the instance
+/// itself runs: with `dir` first on its PATH, `robustifier agent --mta exim` asks this
+/// instance.
+pub fn command_wrapper(layout: &Layout, dir: &std::path::Path) -> anyhow::Result<()> {
+    let script = format!(
+        "#!/bin/sh\nexec unshare --mount --propagation private -- /bin/sh -c 'mount --bind \"$0\" {CONFIG_MOUNT} && exec \"$@\"' '{}' '{}' \"$@\"\n",
+        base_dir(layout).join("etc").display(),
+        exim().display()
+    );
+    let path = dir.join("exim");
+    write_file(&path, &script)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
 }

@@ -170,6 +170,8 @@ impl User {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Users {
     list: Vec<User>,
+    /// Off by default; see [`Users::relaying`].
+    relay: Option<(String, SocketAddr)>,
 }
 
 impl Users {
@@ -184,6 +186,20 @@ impl Users {
             password: password.to_owned(),
         });
         self
+    }
+
+    /// Exim and OpenSMTPD also accept mail for `domain` (lower case), from any client, and
+    /// relay it to `to` only: with nothing listening there they defer it, so it piles up in
+    /// their queues. (Postfix relays what an authenticated client submits anyway, to
+    /// whatever DNS says; in the lab nothing resolves, so it defers it too.)
+    pub fn relaying(mut self, domain: &str, to: SocketAddr) -> Users {
+        self.relay = Some((domain.to_owned(), to));
+        self
+    }
+
+    /// The domain relayed and where to, if [`Users::relaying`] set one.
+    pub fn relay(&self) -> Option<(&str, SocketAddr)> {
+        self.relay.as_ref().map(|(d, a)| (d.as_str(), *a))
     }
 
     /// alice and bob at example.test, carol at example.net.
