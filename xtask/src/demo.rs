@@ -903,23 +903,12 @@ fn stats_step(m: &ClusterManager) -> anyhow::Result<Option<String>> {
         / 60;
     // The minutes after this one: the last three, the current one once it closes.
     let since = (now_minute - 3).to_string();
-    let with_mail = |text: &str| {
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|m| {
-                m["services"].as_object().is_some_and(|s| {
-                    s.values()
-                        .any(|t| t["messages"].as_u64().is_some_and(|n| n > 0))
-                })
-            })
-            .count()
-    };
     let started = Instant::now();
     let found = loop {
         let text = m
             .cli_ok(&["stats", "--member", fea, "--since", &since, "--json"])
             .unwrap_or_default();
-        let n = with_mail(&text);
+        let n = minutes_with_messages(&text);
         if n > 0 || started.elapsed() > Duration::from_secs(75) {
             break n;
         }
@@ -941,6 +930,20 @@ fn stats_step(m: &ClusterManager) -> anyhow::Result<Option<String>> {
         )));
     }
     Ok(None)
+}
+
+/// How many of the minutes in `cluster stats --json`'s output (one a line) count a
+/// message in some service.
+fn minutes_with_messages(text: &str) -> usize {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| {
+            m["services"].as_object().is_some_and(|s| {
+                s.values()
+                    .any(|t| t["messages"].as_u64().is_some_and(|n| n > 0))
+            })
+        })
+        .count()
 }
 
 /// Prints fe-a's notifications `trap` about `key` from the station's log, object by
@@ -1111,6 +1114,19 @@ mod tests {
             out.extend((0..no).map(|_| (who.to_owned(), deflected())));
         }
         out
+    }
+
+    #[test]
+    fn only_minutes_with_messages_count() {
+        let idle = r#"{"member":"fea","minute":1,"services":{"smtp":{"sessions":2}}}"#;
+        let empty = r#"{"member":"fea","minute":2}"#;
+        let mail = r#"{"member":"fea","minute":3,"services":{"pop3":{"sessions":1},"smtp":{"sessions":2,"messages":2}}}"#;
+        assert_eq!(minutes_with_messages(""), 0);
+        assert_eq!(minutes_with_messages(&format!("{idle}\n{empty}\n")), 0);
+        assert_eq!(
+            minutes_with_messages(&format!("{idle}\n{mail}\n{empty}")),
+            1
+        );
     }
 
     #[test]
