@@ -21,6 +21,7 @@ pub mod process;
 pub mod sink;
 pub mod topology;
 pub mod vrrp;
+pub mod web;
 
 pub use netns::Netns;
 pub use process::Daemon;

@@ -33,6 +33,9 @@ use crate::{
 /// The manager's address, on the back-end bridge in the switch namespace.
 pub const MANAGER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 250);
 pub const MANAGER_PORT: u16 = 7443;
+/// The manager's web interface, on the manager's address: it is always on in the lab, so
+/// that a lab (the demo's) can be looked at in a browser.
+pub const WEB_PORT: u16 = 8443;
 /// The operator whose certificate the lab's CLI calls use.
 pub const OPERATOR: &str = "lab-operator";
 
@@ -48,6 +51,8 @@ pub struct ClusterManager {
     pub state_dir: PathBuf,
     pub render_dir: PathBuf,
     pub addr: SocketAddr,
+    /// The web interface (`--web-listen`), inside the switch namespace.
+    pub web: SocketAddr,
     /// Member names, by front-end index.
     pub members: Vec<String>,
 }
@@ -95,6 +100,7 @@ impl ClusterManager {
             state_dir: lab.log_dir.join("manager-state"),
             render_dir: lab.log_dir.join("manager-render"),
             addr: SocketAddr::new(MANAGER_V4.into(), MANAGER_PORT),
+            web: SocketAddr::new(MANAGER_V4.into(), WEB_PORT),
             members,
         };
         std::fs::create_dir_all(&m.render_dir)?;
@@ -106,8 +112,9 @@ impl ClusterManager {
     /// listens.
     pub fn start(&self, lab: &mut Lab) -> anyhow::Result<()> {
         let p = |f: &str| self.pki.join(f).display().to_string();
-        let (listen, state, render) = (
+        let (listen, web, state, render) = (
             self.addr.to_string(),
+            self.web.to_string(),
             self.state_dir.display().to_string(),
             self.render_dir.display().to_string(),
         );
@@ -130,10 +137,13 @@ impl ClusterManager {
             &p("manager.key"),
             "--render-dir",
             &render,
+            "--web-listen",
+            &web,
         ];
         let ns = lab.switch.clone();
         lab.spawn(&ns, MANAGER_PROCESS, &argv)?;
-        crate::wait_port(&ns, self.addr)
+        crate::wait_port(&ns, self.addr)?;
+        crate::wait_port(&ns, self.web)
     }
 
     /// Ends the running manager with `signal` (SIGKILL: a crash).
@@ -557,5 +567,93 @@ pub fn check_delivered(
             "acknowledged but not delivered: {missing:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+impl ClusterManager {
+    /// `cluster web`: a fresh login link to the web interface (it works once, within a
+    /// minute).
+    pub fn login_link(&self) -> anyhow::Result<String> {
+        let link = self.cli_ok(&["web"])?.trim().to_owned();
+        let page = format!("https://{}/login#", self.web);
+        anyhow::ensure!(
+            link.starts_with(&page),
+            "cluster web answered {link:?}, not a link to {page}"
+        );
+        Ok(link)
+    }
+
+    /// `cluster issue --agent NAME`: an agent certificate in the cluster's PKI, NAME being
+    /// the back-end's name in the configuration.
+    pub fn issue_agent(&self, name: &str) -> anyhow::Result<()> {
+        let out = crate::cli::run(&[
+            "cluster".to_owned(),
+            "issue".into(),
+            "--dir".into(),
+            self.pki.display().to_string(),
+            "--agent".into(),
+            name.into(),
+        ]);
+        anyhow::ensure!(
+            out.status.success(),
+            "cluster issue --agent {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Restarts back-end `i`'s agent (one [`Cluster::start_agents`] started) with the same
+    /// reports and, in addition, its MTA's log shipped to this manager under an agent
+    /// certificate named as the back-end (`be1`, ...), which this issues. The front-ends
+    /// use probe figures only for the moment the agent is away.
+    pub fn ship_maillog(&self, c: &mut Cluster, i: usize) -> anyhow::Result<()> {
+        use crate::mail::{Make, opensmtpd, postfix};
+        let name = format!("be{}", i + 1);
+        self.issue_agent(&name)?;
+        let process = format!("agent-{name}");
+        if let Some(d) = running(&mut c.lab, &process) {
+            d.stop()?;
+        }
+        let host = &c.hosts[i];
+        // The same reports as the cluster's own agents: Postfix is asked for its queue,
+        // OpenSMTPD's queue is counted as files.
+        let (spool, mut args, maillog) = if host.make == Make::Postfix {
+            (
+                host.layout.dir.clone(),
+                vec![
+                    "postfix".to_owned(),
+                    "--mta-config".into(),
+                    postfix::config_dir(&host.layout).display().to_string(),
+                ],
+                postfix::maillog(&host.layout),
+            )
+        } else {
+            (
+                host.layout.dir.join("opensmtpd/spool/queue"),
+                vec!["spool".to_owned()],
+                opensmtpd::log(&host.layout),
+            )
+        };
+        let p = |f: String| self.pki.join(f).display().to_string();
+        args.extend([
+            "--state-file".to_owned(),
+            c.agent_state(i).display().to_string(),
+            "--spool".into(),
+            spool.display().to_string(),
+            "--maillog".into(),
+            maillog.display().to_string(),
+            "--manager".into(),
+            self.addr.to_string(),
+            "--ca".into(),
+            p("ca.pem".into()),
+            "--cert".into(),
+            p(format!("agents/{name}.pem")),
+            "--key".into(),
+            p(format!("agents/{name}.key")),
+        ]);
+        let mut argv: Vec<&str> = vec!["--mta"];
+        argv.extend(args.iter().map(String::as_str));
+        crate::cli::start_agent(&mut c.lab, i, &process, &argv)?;
+        Ok(())
     }
 }

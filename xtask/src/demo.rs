@@ -15,6 +15,11 @@
 //! 8. Monitoring: a commit gives both front-ends a metrics endpoint and SNMP traps to a
 //!    station running snmptrapd; be1's Postfix stops and starts while mail flows to the
 //!    other back-ends: the alarm, the traps, the manager's merged log and the metrics.
+//! 9. Message trace: be1's agent ships Postfix's log to the manager; a message through the
+//!    SMTP address traced by its Message-ID to Postfix's `status=sent`, and its session.
+//! 10. The manager's web interface: its address in the switch namespace, a login link, and
+//!     a screenshot of the overview from a headless chromium (`target/demo/`).
+//! 11. Statistics: fe-a's last minutes as its member shipped them to the manager.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -334,6 +339,15 @@ pub fn run() -> anyhow::Result<()> {
     );
     let monitoring_failure = monitoring_step(&mut c, &manager, successor)?;
 
+    step("message trace: be1's agent ships Postfix's log; a message traced by its Message-ID");
+    let trace_failure = trace_step(&mut c, &manager)?;
+
+    step("web interface: the manager's overview in a headless chromium");
+    let web_failure = web_step(&manager)?;
+
+    step("statistics per minute, as the members shipped them to the manager");
+    let stats_failure = stats_step(&manager)?;
+
     step("where the messages are");
     for (i, h) in c.hosts.iter().enumerate() {
         let users: Vec<String> = h
@@ -355,6 +369,15 @@ pub fn run() -> anyhow::Result<()> {
     }
     if let Some(why) = monitoring_failure {
         anyhow::bail!("the monitoring step failed: {why}");
+    }
+    if let Some(why) = trace_failure {
+        anyhow::bail!("the message trace step failed: {why}");
+    }
+    if let Some(why) = web_failure {
+        anyhow::bail!("the web interface step failed: {why}");
+    }
+    if let Some(why) = stats_failure {
+        anyhow::bail!("the statistics step failed: {why}");
     }
     if let Some(why) = burst_failure {
         anyhow::bail!("the burst step failed: {why}");
@@ -740,6 +763,189 @@ fn monitoring_step(
     Ok((!failures.is_empty()).then(|| failures.join("; ")))
 }
 
+/// The message trace: be1's agent (restarted with an agent certificate named `be1`) ships
+/// Postfix's log to the manager; a message for alice (be1) with a known Message-ID goes
+/// through the SMTP address, and `cluster trace` shows it once Postfix's `status=sent`
+/// line is in it (at most a minute), then `cluster logs --session` its session. The
+/// failure, if any, for the end of the demo.
+fn trace_step(c: &mut Cluster, m: &ClusterManager) -> anyhow::Result<Option<String>> {
+    const TO: &str = "alice@example.test";
+    m.ship_maillog(c, 0)?;
+    println!(
+        "   cluster issue --dir {} --agent be1; be1's agent restarted with --maillog {} --manager {}",
+        m.pki.display(),
+        robustifier_lab::mail::postfix::maillog(&c.hosts[0].layout).display(),
+        m.addr
+    );
+    let tag = format!("demo-trace-{}", std::process::id());
+    let id = format!("<{tag}@client.example.org>");
+    let r = send(c, TO, &tag);
+    println!(
+        "   message {id} for {TO} through {VIP_SMTP}: {}",
+        end_of_data(&r)
+    );
+    if !end_of_data(&r).starts_with("250") {
+        return Ok(Some(format!("{id} was not accepted: {}", r.join(" | "))));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut trace = serde_json::Value::Null;
+    let sent = loop {
+        if let Ok(out) = m.cli_ok(&["trace", &id, "--json"]) {
+            trace = serde_json::from_str(&out).unwrap_or_default();
+        }
+        let sent = trace["messages"][0]["mta"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|l| l.as_str().is_some_and(|l| l.contains("status=sent")))
+        });
+        if sent || Instant::now() > deadline {
+            break sent;
+        }
+        // The member and the agent ship every few hundred milliseconds.
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    if !sent {
+        println!("   !! no status=sent line in the trace of {id} within 60 s: {trace:#}");
+        return Ok(Some(format!(
+            "the trace of {id} has no status=sent line from be1's Postfix"
+        )));
+    }
+    println!("   robustifier cluster trace '{id}':");
+    for l in m.cli_ok(&["trace", &id])?.lines() {
+        println!("       {l}");
+    }
+    let Some(session) = trace["messages"][0]["record"]["session"].as_str() else {
+        return Ok(Some(format!(
+            "the trace of {id} names no session: {trace:#}"
+        )));
+    };
+    let logs = m.cli_ok(&["logs", "--session", session])?;
+    println!("   robustifier cluster logs --session {session}:");
+    for l in logs.lines() {
+        println!("       {l}");
+    }
+    if !logs.contains(session) {
+        return Ok(Some(format!(
+            "cluster logs --session {session} shows nothing of it"
+        )));
+    }
+    Ok(None)
+}
+
+/// The web interface: where it is, a login link for a person, and a headless chromium in
+/// the switch namespace that logs in with another link and takes the overview. The
+/// failure, if any, for the end of the demo.
+fn web_step(m: &ClusterManager) -> anyhow::Result<Option<String>> {
+    use robustifier_lab::manager::{OPERATOR, member_row};
+    let ns = &m.ns.name;
+    println!(
+        "   robustifier manager ... --web-listen {}: https://{}/ in the lab's switch namespace {ns}",
+        m.web, m.web
+    );
+    println!("   robustifier cluster web: {}", m.login_link()?);
+    println!(
+        "   (one use, within a minute; while the demo runs, open it with `sudo ip netns exec {ns} chromium --no-sandbox --ignore-certificate-errors --user-data-dir=/tmp/rb-web LINK`, or forward a port: `sudo socat TCP-LISTEN:8443,bind=127.0.0.1,fork,reuseaddr EXEC:'ip netns exec {ns} socat STDIO TCP:{}'` and `ssh -L 8443:127.0.0.1:8443 THIS-HOST`)",
+        m.web
+    );
+    let png = crate::util::root().join("target/demo/web-overview.png");
+    let link = m.login_link()?;
+    let shown = match robustifier_lab::web::screenshot_overview(
+        &m.ns,
+        &link,
+        &png,
+        Duration::from_secs(30),
+    ) {
+        Ok(shown) => shown,
+        Err(e) => {
+            println!("   !! headless chromium in {ns}: {e:#}");
+            return Ok(Some(format!("the web interface's overview: {e:#}")));
+        }
+    };
+    let status = m.status()?;
+    println!(
+        "   headless chromium in {ns} opened a fresh link: logged in as {}, the overview shows {}; screenshot {}",
+        shown.who,
+        shown
+            .members
+            .iter()
+            .map(|(name, applied)| format!("{name} runs version {applied}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        png.display()
+    );
+    if shown.who != OPERATOR {
+        return Ok(Some(format!(
+            "the web interface logged in as {:?}, not {OPERATOR}",
+            shown.who
+        )));
+    }
+    // The page shows what `cluster status` says (no commit happens meanwhile).
+    for name in &m.members {
+        let applied = member_row(&status, name).map(|r| r["applied"].to_string());
+        let row = shown.members.iter().find(|(n, _)| n == name);
+        if applied.is_none() || row.map(|(_, a)| a) != applied.as_ref() {
+            return Ok(Some(format!(
+                "the overview's row of {name} is {row:?}; cluster status says version {applied:?}"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// The statistics: the members ship their front-ends' minutes to the manager; once a
+/// minute of fe-a's with messages is there (it is, mail has flowed for minutes; at most
+/// 75 s for one to close otherwise), `cluster stats` for fe-a's last minutes. The failure,
+/// if any, for the end of the demo.
+fn stats_step(m: &ClusterManager) -> anyhow::Result<Option<String>> {
+    let fea = m.members[0].as_str();
+    let now_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        / 60;
+    // The minutes after this one: the last three, the current one once it closes.
+    let since = (now_minute - 3).to_string();
+    let started = Instant::now();
+    let found = loop {
+        let text = m
+            .cli_ok(&["stats", "--member", fea, "--since", &since, "--json"])
+            .unwrap_or_default();
+        let n = minutes_with_messages(&text);
+        if n > 0 || started.elapsed() > Duration::from_secs(75) {
+            break n;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    println!(
+        "   robustifier cluster stats --member {fea} --since {since} (minutes fe-a's member shipped to the manager; {found} with messages):"
+    );
+    for l in m
+        .cli_ok(&["stats", "--member", fea, "--since", &since])?
+        .lines()
+    {
+        println!("       {l}");
+    }
+    if found == 0 {
+        return Ok(Some(format!(
+            "no minute of {fea}'s with messages at the manager after {:.0?}",
+            started.elapsed()
+        )));
+    }
+    Ok(None)
+}
+
+/// How many of the minutes in `cluster stats --json`'s output (one a line) count a
+/// message in some service.
+fn minutes_with_messages(text: &str) -> usize {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| {
+            m["services"].as_object().is_some_and(|s| {
+                s.values()
+                    .any(|t| t["messages"].as_u64().is_some_and(|n| n > 0))
+            })
+        })
+        .count()
+}
+
 /// Prints fe-a's notifications `trap` about `key` from the station's log, object by
 /// object, and how many fe-b sent; whether fe-a sent one (within 30 s).
 fn show_traps(station: &robustifier_lab::monitor::Station, trap: &str, key: &str) -> bool {
@@ -908,6 +1114,19 @@ mod tests {
             out.extend((0..no).map(|_| (who.to_owned(), deflected())));
         }
         out
+    }
+
+    #[test]
+    fn only_minutes_with_messages_count() {
+        let idle = r#"{"member":"fea","minute":1,"services":{"smtp":{"sessions":2}}}"#;
+        let empty = r#"{"member":"fea","minute":2}"#;
+        let mail = r#"{"member":"fea","minute":3,"services":{"pop3":{"sessions":1},"smtp":{"sessions":2,"messages":2}}}"#;
+        assert_eq!(minutes_with_messages(""), 0);
+        assert_eq!(minutes_with_messages(&format!("{idle}\n{empty}\n")), 0);
+        assert_eq!(
+            minutes_with_messages(&format!("{idle}\n{mail}\n{empty}")),
+            1
+        );
     }
 
     #[test]
