@@ -13,6 +13,8 @@ pub struct Overview {
     pub who: String,
     /// The members' rows: name and the version it runs.
     pub members: Vec<(String, String)>,
+    /// The back-ends' rows, their cells joined by spaces (`fea be1 be1 down ...`).
+    pub backends: Vec<String>,
 }
 
 /// Opens `link` (a `cluster web` login link) in a headless chromium running in `ns`, waits
@@ -69,6 +71,13 @@ fn shoot(link: &str, png: &Path, patience: Duration) -> anyhow::Result<Overview>
         )?;
         let members: Vec<(String, String)> =
             serde_json::from_str(&rows).with_context(|| format!("the members' rows: {rows}"))?;
+        let rows = eval(
+            &tab,
+            "JSON.stringify([...document.querySelectorAll('#backends tbody tr')].map(tr => \
+             [...tr.cells].map(td => td.textContent).join(' ')))",
+        )?;
+        let backends: Vec<String> =
+            serde_json::from_str(&rows).with_context(|| format!("the back-ends' rows: {rows}"))?;
         let shot = tab
             .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
             .map_err(|e| anyhow::anyhow!("screenshot: {e}"))?;
@@ -76,7 +85,11 @@ fn shoot(link: &str, png: &Path, patience: Duration) -> anyhow::Result<Overview>
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(png, shot).with_context(|| format!("write {}", png.display()))?;
-        Ok(Overview { who, members })
+        Ok(Overview {
+            who,
+            members,
+            backends,
+        })
     })();
     drop(browser);
     let _ = std::fs::remove_dir_all(&profile);

@@ -186,6 +186,7 @@ mod tests {
             ready: true,
             tasks: Vec::new(),
             drained: Vec::new(),
+            backends: Vec::new(),
             domain_queues: DomainQueueStatus::of(&cfg),
         };
         let json = serde_json::to_value(&report).unwrap();

@@ -85,6 +85,9 @@ struct State {
     /// The last version tried, and why it failed.
     tried: u64,
     error: Option<String>,
+    /// The error is only that the front-end was not running when the version was written:
+    /// it goes once the front-end runs that version.
+    until_started: bool,
 }
 
 impl State {
@@ -102,6 +105,7 @@ impl State {
             applied,
             tried: applied,
             error: None,
+            until_started: false,
         })
     }
 
@@ -362,14 +366,17 @@ async fn apply(o: &Options, state: &mut State, version: u64, text: String) {
         Outcome::Applied(summary) => {
             info!(version, %summary, "version applied");
             state.error = None;
+            state.until_started = false;
         }
         Outcome::Written(note) => {
             info!(version, %note, "version written");
             state.error = Some(note);
+            state.until_started = true;
         }
         Outcome::Failed(e) => {
             warn!(version, error = %e, "version not applied");
             state.error = Some(e);
+            state.until_started = false;
             return;
         }
     }
@@ -429,6 +436,18 @@ fn apply_file(file: &Path, socket: &Path, text: &str) -> Outcome {
 /// A version whose apply timed out may have been applied after all: the front-end's
 /// version is the hash of the text.
 fn reconcile(state: &mut State, status: &StatusReport) {
+    let runs_the_file = || {
+        std::fs::read_to_string(state.config())
+            .ok()
+            .and_then(|text| Config::parse(&state.config(), &text).ok())
+            .is_some_and(|cfg| cfg.version == status.version)
+    };
+    // Written while the front-end was down, and the front-end has started from it.
+    if state.until_started && state.tried == state.applied && runs_the_file() {
+        state.error = None;
+        state.until_started = false;
+        return;
+    }
     if state.tried > state.applied
         && state.error.is_some()
         && let Ok(text) = std::fs::read_to_string(state.config())
