@@ -238,6 +238,17 @@ async fn operator<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     stop: CancellationToken,
 ) {
+    requests(stream, stop, |request| manager.operator(name, request)).await;
+}
+
+/// Answers requests on `stream` one at a time with `answer` until the client goes, stays
+/// idle for [`OPERATOR_IDLE`], or `stop`.
+async fn requests<S, F, Fut>(stream: S, stop: CancellationToken, mut answer: F)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(Request) -> Fut,
+    Fut: std::future::Future<Output = Reply>,
+{
     let (r, mut w) = tokio::io::split(stream);
     let mut r = BufReader::new(r);
     loop {
@@ -250,7 +261,7 @@ async fn operator<S: AsyncRead + AsyncWrite + Unpin>(
             // A bad request gets a clear error and changes nothing; the connection stays
             // usable (the reader skipped the whole line).
             Ok(Err(e)) => Reply::error(e.to_string()),
-            Ok(Ok(request)) => manager.operator(name, request).await,
+            Ok(Ok(request)) => answer(request).await,
         };
         if wire::write(&mut w, &reply).await.is_err() {
             return;
@@ -400,22 +411,10 @@ async fn agent<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     stop: CancellationToken,
 ) {
-    let (r, mut w) = tokio::io::split(stream);
-    let mut r = BufReader::new(r);
-    loop {
-        let read = tokio::select! {
-            () = stop.cancelled() => return,
-            r = tokio::time::timeout(OPERATOR_IDLE, wire::read::<Request, _>(&mut r)) => r,
-        };
-        let reply = match read {
-            Err(_) | Ok(Err(WireError::Closed | WireError::Io(_))) => return,
-            Ok(Err(e)) => Reply::error(e.to_string()),
-            Ok(Ok(request)) => manager.agent(name, request),
-        };
-        if wire::write(&mut w, &reply).await.is_err() {
-            return;
-        }
-    }
+    requests(stream, stop, |request| {
+        std::future::ready(manager.agent(name, request))
+    })
+    .await;
 }
 
 #[cfg(test)]
