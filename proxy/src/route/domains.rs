@@ -51,14 +51,7 @@ impl DomainPattern {
         if domain.len() > MAX_DOMAIN {
             return Err(PatternError::TooLong);
         }
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-        };
-        if !domain.split('.').all(label_ok) {
+        if !super::table::domain_labels_ok(&domain) {
             return Err(PatternError::NotADomain(text.to_owned()));
         }
         Ok(if subdomains {

@@ -360,6 +360,18 @@ fn parse_key(key: &str) -> Result<Key, KeyError> {
     })
 }
 
+/// Whether every dot-separated label of `d` is 1 to 63 letters, digits or hyphens, not
+/// starting or ending with a hyphen (routing maps and dedicated queues name domains so).
+pub(crate) fn domain_labels_ok(d: &str) -> bool {
+    d.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+    })
+}
+
 /// A domain or address literal, lower-cased; the same shape the SMTP parser produces.
 fn parse_domain(d: &str) -> Result<String, KeyError> {
     if d.starts_with('[') && d.ends_with(']') && d.len() > 2 {
@@ -368,14 +380,7 @@ fn parse_domain(d: &str) -> Result<String, KeyError> {
     if d.len() > MAX_DOMAIN {
         return Err(KeyError::DomainTooLong);
     }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-    };
-    if d.split('.').all(label_ok) {
+    if domain_labels_ok(d) {
         Ok(d.to_lowercase())
     } else {
         Err(KeyError::NotADomain {
