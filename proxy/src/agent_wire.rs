@@ -16,8 +16,8 @@
 //! most [`MAX_REPLY`] octets, bound to the exchange and the command the same way:
 //!
 //! ```text
-//! front-end -> agent   command nonce=<32 random octets> op=queue mac=<HMAC(key, "command",
-//!                      challenge, nonce, op)>
+//! front-end -> agent   command nonce=<32 random octets> op=queue [arg=<base64 JSON>]
+//!                      mac=<HMAC(key, "command", challenge, nonce, op, arg)>
 //! agent -> front-end   {"ok":{..}} mac=<HMAC(key, "reply", challenge, nonce, op, the JSON)>
 //! ```
 //!
@@ -29,7 +29,8 @@
 //! Without a key (`agent --insecure-no-key`, `agent_insecure = true`) the agent writes
 //! the report line at once, then reads one line for a moment: `command op=queue` gets the
 //! JSON reply; anything else, or nothing, and it closes. A front-end with a key refuses
-//! such a report.
+//! such a report. Commands that change the MTA's queue ([`Op::Move`]) need a key: an agent
+//! without one refuses them.
 
 use std::{net::SocketAddr, path::Path, time::Instant};
 
@@ -62,6 +63,8 @@ pub const NONCE_LEN: usize = 32;
 pub const MAX_LINE: usize = 1024;
 /// Longest reply to a command (one JSON line); an agent keeps its replies under it.
 pub const MAX_REPLY: usize = 4 << 20;
+/// Longest command line (its argument included) an agent reads.
+pub const MAX_COMMAND: usize = 16 << 10;
 const MIN_KEY_LEN: usize = 16;
 
 /// The shared secret of an agent and its front-ends. Never printed.
@@ -177,14 +180,20 @@ impl AgentKey {
 }
 
 impl AgentKey {
-    fn command_message(challenge: &[u8], nonce: &[u8], op: Op) -> Vec<u8> {
-        [
+    /// An empty `arg` signs as the commands without one always did.
+    fn command_message(challenge: &[u8], nonce: &[u8], op: Op, arg: &[u8]) -> Vec<u8> {
+        let mut m = [
             b"command\0".as_slice(),
             challenge,
             nonce,
             op.as_str().as_bytes(),
         ]
-        .concat()
+        .concat();
+        if !arg.is_empty() {
+            m.push(0);
+            m.extend_from_slice(arg);
+        }
+        m
     }
 
     /// Binds a reply to the exchange and to the command it answers, so that neither a
@@ -201,26 +210,40 @@ impl AgentKey {
         .concat()
     }
 
-    /// The front-end's command line in answer to `challenge`, with its own fresh `nonce`.
-    pub fn command(&self, challenge: &[u8], nonce: &[u8], op: Op) -> String {
-        let tag = hmac::sign(&self.hmac(), &Self::command_message(challenge, nonce, op));
+    /// The front-end's command line in answer to `challenge`, with its own fresh `nonce`;
+    /// `arg` (JSON, or empty) travels base64-encoded under the MAC.
+    pub fn command(&self, challenge: &[u8], nonce: &[u8], op: Op, arg: &str) -> String {
+        let tag = hmac::sign(
+            &self.hmac(),
+            &Self::command_message(challenge, nonce, op, arg.as_bytes()),
+        );
+        let arg = if arg.is_empty() {
+            String::new()
+        } else {
+            format!(" arg={}", B64.encode(arg))
+        };
         format!(
-            "command nonce={} op={} mac={}\n",
+            "command nonce={} op={}{arg} mac={}\n",
             B64.encode(nonce),
             op.as_str(),
             B64.encode(tag)
         )
     }
 
-    /// The agent's check of a command line; the front-end's nonce and the operation if
-    /// its MAC is right for this challenge.
-    pub fn check_command(&self, challenge: &[u8], line: &str) -> Option<(Vec<u8>, Op)> {
+    /// The agent's check of a command line: the front-end's nonce, the operation and its
+    /// argument (empty if none) if its MAC is right for this challenge.
+    pub fn check_command(&self, challenge: &[u8], line: &str) -> Option<Command> {
         let mut w = line.split_ascii_whitespace();
-        let (Some("command"), Some(n), Some(o), Some(m), None) =
-            (w.next(), w.next(), w.next(), w.next(), w.next())
-        else {
+        let (Some("command"), Some(n), Some(o)) = (w.next(), w.next(), w.next()) else {
             return None;
         };
+        let (arg, m) = match (w.next()?, w.next()) {
+            (a, Some(m)) => (B64.decode(a.strip_prefix("arg=")?).ok()?, m),
+            (m, None) => (Vec::new(), m),
+        };
+        if w.next().is_some() {
+            return None;
+        }
         let nonce = B64.decode(n.strip_prefix("nonce=")?).ok()?;
         let op = Op::parse(o.strip_prefix("op=")?)?;
         let mac = B64.decode(m.strip_prefix("mac=")?).ok()?;
@@ -229,11 +252,15 @@ impl AgentKey {
         }
         hmac::verify(
             &self.hmac(),
-            &Self::command_message(challenge, &nonce, op),
+            &Self::command_message(challenge, &nonce, op, &arg),
             &mac,
         )
         .ok()?;
-        Some((nonce, op))
+        Some(Command {
+            nonce,
+            op,
+            arg: String::from_utf8(arg).ok()?,
+        })
     }
 
     /// `json` (one line) with its MAC appended.
@@ -265,26 +292,114 @@ impl AgentKey {
     }
 }
 
+/// A checked command: the front-end's nonce, what it asks and the argument (JSON or empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub nonce: Vec<u8>,
+    pub op: Op,
+    pub arg: String,
+}
+
 /// What a front-end may ask an agent besides its report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// The mail queue per destination domain ([`QueueReply`]).
     Queue,
+    /// Start (or report) moving a domain's queued mail to another pool: the argument is a
+    /// [`MoveRequest`], the reply a [`MoveReply`]. Needs a key.
+    Move,
 }
 
 impl Op {
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Queue => "queue",
+            Op::Move => "move",
         }
     }
 
     pub fn parse(s: &str) -> Option<Op> {
         match s {
             "queue" => Some(Op::Queue),
+            "move" => Some(Op::Move),
             _ => None,
         }
     }
+}
+
+/// Asks an agent to hand its queued mail for a domain over to a pool: each message with
+/// recipients there is held in the MTA, re-submitted over SMTP with its original envelope
+/// (those recipients only) to one of `targets`, and removed from the source only after the
+/// target's 250. The same request again reports the move's progress; one with other
+/// targets re-aims a move still running.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MoveRequest {
+    /// A domain pattern as `[[domain_queue]]` writes it: `slow.example` (that domain) or
+    /// `.slow.example` (its subdomains).
+    pub domain: String,
+    /// The pool taking the mail (named in logs and the status).
+    pub pool: String,
+    /// The pool's back-ends' SMTP addresses, tried in turn.
+    pub targets: Vec<SocketAddr>,
+    /// Report the domain's move (if any) without starting one.
+    #[serde(default)]
+    pub status_only: bool,
+}
+
+/// Where a move stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MoveState {
+    /// Messages are still being handed over (or retried after a target failed).
+    Running,
+    /// A pass found nothing more to move (refused messages stay held at the source).
+    Done,
+    /// `status_only` asked about a domain this agent has no move for.
+    None,
+}
+
+/// A message the target refused permanently: it stays held at the source.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RefusedMessage {
+    pub queue_id: String,
+    /// The target's reply.
+    pub reply: String,
+}
+
+/// One agent's move of one domain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MoveStatus {
+    pub domain: String,
+    pub pool: String,
+    pub state: MoveState,
+    /// Messages found with recipients in the domain, over all passes.
+    pub found: u32,
+    /// Of them, taken by a target and removed (or their recipients removed) at the source.
+    pub moved: u32,
+    /// Recipients handed over.
+    pub recipients_moved: u32,
+    /// Recipients of other domains in moved messages, left queued at the source.
+    pub recipients_kept: u32,
+    /// Messages re-submitted after an interruption whose target already had them (the
+    /// duplicate check), so not sent again.
+    pub already_there: u32,
+    /// Refused permanently by the target (at most the first 100).
+    pub refused: Vec<RefusedMessage>,
+    /// The last failure (a target down, an MTA command that failed), while retrying.
+    pub last_error: Option<String>,
+    /// Unix seconds.
+    pub started: i64,
+    pub finished: Option<i64>,
+}
+
+/// An agent's reply to [`Op::Move`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MoveReply {
+    Ok(MoveStatus),
+    /// Refused or impossible (no key, no state directory, a bad request, an MTA without
+    /// per-message commands).
+    Error(String),
 }
 
 /// One destination domain's mail in a back-end's queue. A message counts once per domain
@@ -359,6 +474,8 @@ pub enum PollError {
     NoChallenge(String),
     #[error("the agent expects a key; set agent_key_file")]
     KeyExpected,
+    #[error("this command needs an agent with a key (agent_key_file)")]
+    KeyNeeded,
     #[error("the report's MAC does not match (wrong key, or not our exchange)")]
     BadMac,
     #[error("the front-end's answer is wrong (no key, or another key)")]
@@ -434,7 +551,12 @@ fn challenge_of(first: &str) -> Result<Vec<u8>, PollError> {
 
 /// One command over an open connection: its reply's JSON, checked. Without a key the agent
 /// writes its report first (old-style polls read only that), then reads the command.
-pub async fn command<S>(mut s: S, key: Option<AgentKey>, op: Op) -> Result<String, PollError>
+pub async fn command<S>(
+    mut s: S,
+    key: Option<AgentKey>,
+    op: Op,
+    arg: &str,
+) -> Result<String, PollError>
 where
     S: AsyncBufRead + AsyncWrite + Unpin,
 {
@@ -444,6 +566,9 @@ where
             return Err(PollError::KeyExpected);
         }
         parse(&first).map_err(PollError::Report)?;
+        if !arg.is_empty() {
+            return Err(PollError::KeyNeeded);
+        }
         s.write_all(format!("command op={}\n", op.as_str()).as_bytes())
             .await?;
         s.flush().await?;
@@ -451,7 +576,7 @@ where
     };
     let challenge = challenge_of(&first)?;
     let nonce = random_nonce()?;
-    s.write_all(key.command(&challenge, &nonce, op).as_bytes())
+    s.write_all(key.command(&challenge, &nonce, op, arg).as_bytes())
         .await?;
     s.flush().await?;
     let sealed = line_of(&mut s, MAX_REPLY).await?;
@@ -551,9 +676,14 @@ mod tests {
         let k = AgentKey::from_secret(b"0123456789abcdef").unwrap();
         let other = AgentKey::from_secret(b"0123456789abcdeX").unwrap();
         let (c, n) = ([1u8; NONCE_LEN], [2u8; NONCE_LEN]);
-        let cmd = k.command(&c, &n, Op::Queue);
+        let cmd = k.command(&c, &n, Op::Queue, "");
         assert!(cmd.starts_with("command nonce=") && cmd.contains(" op=queue mac="));
-        assert_eq!(k.check_command(&c, &cmd), Some((n.to_vec(), Op::Queue)));
+        let queue = Command {
+            nonce: n.to_vec(),
+            op: Op::Queue,
+            arg: String::new(),
+        };
+        assert_eq!(k.check_command(&c, &cmd), Some(queue));
         assert_eq!(other.check_command(&c, &cmd), None, "wrong key");
         assert_eq!(k.check_command(&[3u8; NONCE_LEN], &cmd), None, "replayed");
         let (head, _) = cmd.rsplit_once(" mac=").unwrap();
@@ -562,6 +692,30 @@ mod tests {
             k.check_command(&c, &cmd.replace("op=queue", "op=drain")),
             None,
             "unknown op"
+        );
+        // An argument travels under the MAC: altered, dropped or moved to another op, it
+        // fails.
+        let arg = r#"{"domain":"slow.example","pool":"slowq","targets":["198.18.0.1:25"]}"#;
+        let mv = k.command(&c, &n, Op::Move, arg);
+        assert_eq!(
+            k.check_command(&c, &mv),
+            Some(Command {
+                nonce: n.to_vec(),
+                op: Op::Move,
+                arg: arg.to_owned()
+            })
+        );
+        let (head, mac) = mv.rsplit_once(" mac=").unwrap();
+        let (start, _) = head.rsplit_once(" arg=").unwrap();
+        let other_arg = B64.encode(arg.replace("198.18.0.1", "203.0.113.1"));
+        assert_eq!(
+            k.check_command(&c, &format!("{start} arg={other_arg} mac={mac}")),
+            None
+        );
+        assert_eq!(k.check_command(&c, &format!("{start} mac={mac}")), None);
+        assert_eq!(
+            k.check_command(&c, &mv.replace("op=move", "op=queue")),
+            None
         );
         // A poll's answer is not a command, nor a command a poll's answer.
         assert_eq!(k.check_command(&c, &k.answer(&c, &n)), None);

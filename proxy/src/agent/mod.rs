@@ -26,6 +26,7 @@
 //! key unless told `--insecure-no-key`, and binds only the address it is given.
 
 pub mod maillog;
+pub mod moves;
 pub mod queue;
 
 use std::{
@@ -46,7 +47,8 @@ use tracing::{debug, info, warn};
 
 use crate::{
     agent_wire::{
-        AgentKey, CHALLENGE_MAGIC, MAGIC, MAX_LINE, Op, PollError, QueueReply, random_nonce,
+        AgentKey, CHALLENGE_MAGIC, MAGIC, MAX_COMMAND, MAX_LINE, MoveReply, Op, PollError,
+        QueueReply, random_nonce,
     },
     lines::{Line, read_line},
 };
@@ -299,9 +301,19 @@ impl Reports {
         }
     }
 
-    /// The reply to `op`, as one JSON line without its newline.
-    async fn reply(&self, op: Op) -> String {
+    /// The reply to `op` with its argument, as one JSON line without its newline.
+    /// `authenticated`: the command came with the key's MAC.
+    async fn reply(&self, op: Op, arg: &str, authenticated: bool) -> String {
         match op {
+            Op::Move => {
+                let reply = if authenticated {
+                    moves::command(&self.o, arg).await
+                } else {
+                    MoveReply::Error("moving mail needs an agent with a key (--key-file)".into())
+                };
+                serde_json::to_string(&reply)
+                    .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
+            }
             Op::Queue => {
                 let mut c = self.queue.lock().await;
                 if let Some((at, json)) = &*c
@@ -387,7 +399,7 @@ where
                 w.next().map(|o| o.strip_prefix("op=").and_then(Op::parse)),
                 w.next(),
             ) {
-                let json = reports.reply(op).await;
+                let json = reports.reply(op, "", false).await;
                 s.write_all(format!("{json}\n").as_bytes()).await?;
             }
         }
@@ -403,7 +415,7 @@ where
     )
     .await?;
     s.flush().await?;
-    let answer = match tokio::time::timeout(ANSWER_TIMEOUT, read_line(&mut s, MAX_LINE)).await {
+    let answer = match tokio::time::timeout(ANSWER_TIMEOUT, read_line(&mut s, MAX_COMMAND)).await {
         Err(_) => return Err(PollError::Timeout),
         Ok(Ok(Line::Complete(l))) => String::from_utf8_lossy(&l).into_owned(),
         Ok(Ok(Line::TooLong)) => return Err(PollError::TooLong),
@@ -411,11 +423,11 @@ where
         Ok(Err(e)) => return Err(e.into()),
     };
     if answer.starts_with("command ") {
-        let (nonce, op) = key
+        let c = key
             .check_command(&challenge, &answer)
             .ok_or(PollError::BadAnswer)?;
-        let json = reports.reply(op).await;
-        let sealed = key.seal_reply(&challenge, &nonce, op, &json);
+        let json = reports.reply(c.op, &c.arg, true).await;
+        let sealed = key.seal_reply(&challenge, &c.nonce, c.op, &json);
         s.write_all(sealed.as_bytes()).await?;
         return Ok(s.shutdown().await?);
     }
@@ -547,7 +559,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, PollError::KeyExpected), "{e}");
 
-        let replay = key("the shared agent key").command(&[7u8; 32], &[8u8; 32], Op::Queue);
+        let replay = key("the shared agent key").command(&[7u8; 32], &[8u8; 32], Op::Queue, "");
         let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
         let mut r = BufReader::new(&mut tcp);
         let mut first = String::new();

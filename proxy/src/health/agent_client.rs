@@ -29,13 +29,37 @@ pub async fn queue(
         let tcp = TcpStream::connect(agent.address)
             .await
             .map_err(PollError::Connect)?;
-        command(BufReader::new(tcp), agent.key, Op::Queue).await
+        command(BufReader::new(tcp), agent.key, Op::Queue, "").await
     })
     .await
     .map_err(|_| PollError::Timeout)??;
     match serde_json::from_str::<QueueReply>(&json) {
         Ok(QueueReply::Ok(r)) => Ok(r),
         Ok(QueueReply::Error(e)) => Err(PollError::BadReply(format!("the agent says: {e}"))),
+        Err(e) => Err(PollError::BadReply(e.to_string())),
+    }
+}
+
+/// Asks the agent to start moving (or to report its move of) a domain's queued mail, all
+/// within `limit`.
+pub async fn move_domain(
+    agent: Endpoint,
+    request: &crate::agent_wire::MoveRequest,
+    limit: Duration,
+) -> Result<crate::agent_wire::MoveStatus, PollError> {
+    use crate::agent_wire::{MoveReply, Op, command};
+    let arg = serde_json::to_string(request).map_err(|e| PollError::BadReply(e.to_string()))?;
+    let json = timeout(limit, async {
+        let tcp = TcpStream::connect(agent.address)
+            .await
+            .map_err(PollError::Connect)?;
+        command(BufReader::new(tcp), agent.key, Op::Move, &arg).await
+    })
+    .await
+    .map_err(|_| PollError::Timeout)??;
+    match serde_json::from_str::<MoveReply>(&json) {
+        Ok(MoveReply::Ok(r)) => Ok(r),
+        Ok(MoveReply::Error(e)) => Err(PollError::BadReply(format!("the agent says: {e}"))),
         Err(e) => Err(PollError::BadReply(e.to_string())),
     }
 }
