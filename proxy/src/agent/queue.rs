@@ -87,7 +87,7 @@ pub async fn report(o: &Options) -> Result<QueueReport, QueueError> {
 
 /// The command's standard output, bounded in size (`true`: cut at the bound, after its
 /// last whole line) and in time (the command is killed past it).
-async fn run(cmd: &mut Command) -> Result<(String, bool), QueueError> {
+pub async fn run(cmd: &mut Command) -> Result<(String, bool), QueueError> {
     let command = format!("{:?}", cmd.as_std());
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())

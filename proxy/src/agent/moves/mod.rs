@@ -1,4 +1,13 @@
 //! Moving a domain's queued mail to another pool ([`crate::agent_wire::Op::Move`]).
+//!
+//! Each make's per-message commands are in a file of their own ([`postfix`], [`exim`],
+//! [`opensmtpd`]) behind the same five steps, which [`mta`] dispatches: list the queue,
+//! hold a message, read its content, release it, and remove the moved recipients.
+
+pub mod exim;
+pub mod mta;
+pub mod opensmtpd;
+pub mod postfix;
 
 use super::Options;
 use crate::agent_wire::{MoveReply, MoveRequest};
