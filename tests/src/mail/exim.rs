@@ -33,6 +33,9 @@ pub const USER: &str = "Debian-exim";
 /// host, each instance binds its own over it.
 pub const CONFIG_MOUNT: &str = "/etc/exim4";
 
+/// A message with this header is frozen on arrival (see the configuration's DATA ACL).
+pub const FREEZE_HEADER: &str = "X-Lab-Freeze";
+
 pub fn exim() -> PathBuf {
     PathBuf::from(PRIVATE_ROOT).join(EXIM)
 }
@@ -80,6 +83,7 @@ tls_privatekey = @BASE@/tls/key.pem
 # AUTH on the submission port only; plain-text logins are allowed on the back-end segment.
 auth_advertise_hosts = ${if eq{$received_port}{@SUBMISSION@}{*}{}}
 acl_smtp_rcpt = acl_check_rcpt
+acl_smtp_data = acl_check_data
 
 begin acl
 
@@ -90,6 +94,13 @@ acl_check_rcpt:
   accept  domains = +local_domains
           verify = recipient
 @RELAY_ACL@  deny    message = relaying denied
+
+# A message carrying the header FREEZE_HEADER is queued frozen: not one of its recipients
+# is tried until it is thawed (a test's way to find it all still queued).
+acl_check_data:
+  warn    condition = ${if def:h_@FREEZE_HEADER@:}
+          control = freeze/no_tell
+  accept
 
 begin routers
 
@@ -153,6 +164,7 @@ fn conf(layout: &Layout, users: &Users) -> String {
         .replace("@RELAY_ACL@", &relay.0)
         .replace("@RELAY_ROUTER@", &relay.1)
         .replace("@RELAY_TRANSPORT@", &relay.2)
+        .replace("@FREEZE_HEADER@", FREEZE_HEADER)
 }
 
 /// The ACL line, router and transport of [`Users::relaying`] (all empty without it). The

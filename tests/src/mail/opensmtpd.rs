@@ -125,6 +125,7 @@ pub fn start(lab: &mut Lab, layout: &Layout, users: &Users) -> anyhow::Result<Pi
         );
     }
     configure(layout, users)?;
+    wait_addresses(layout)?;
     let base = base_dir(layout);
     let conf = base.join("smtpd.conf");
     // Parse the configuration first (`-n`), for an error that names the line.
@@ -153,6 +154,30 @@ pub fn start(lab: &mut Lab, layout: &Layout, users: &Users) -> anyhow::Result<Pi
         cmd,
         log(layout),
     )
+}
+
+/// Waits until eth0's addresses can be bound: `listen on eth0` binds every one of them,
+/// the IPv6 link-local one too, which stays tentative (duplicate address detection) for a
+/// moment after the interface comes up, and smtpd exits on the failed bind.
+fn wait_addresses(layout: &Layout) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = layout
+            .ns
+            .command("ip")
+            .args(["-6", "addr", "show", "dev", "eth0", "tentative"])
+            .output()?;
+        if out.status.success() && out.stdout.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{}: eth0 keeps tentative addresses: {}",
+            layout.host,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Writes `dir/smtpctl`, a stand-in for `smtpctl` that runs the private binary in a mount
