@@ -184,6 +184,17 @@ fn exercise(lab: &Lab, rt: &tokio::runtime::Runtime, bin_dir: &Path, host: &Mail
     let sent = submit(lab, host, &[&slow], &tag, "");
     let m = wait_listed(rt, &o, host, |m| m.recipients.len() == 1);
     assert!(!m.held, "{m:?}");
+    if make == Make::Exim {
+        // Exim refuses to freeze a message while it is being delivered: wait for the first
+        // attempt's end (the next is a queue run a minute later).
+        let log = exim::main_log(&host.layout);
+        let needle = format!("{} == {slow}", m.id);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains(&needle)) {
+            assert!(Instant::now() < deadline, "{needle:?} never logged");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     let moved = m.recipients.clone();
     rt.block_on(mta::hold(&o, &m, &moved)).unwrap();
     let content = rt.block_on(mta::content(&o, &m)).unwrap();
