@@ -421,6 +421,14 @@ async fn the_command_line_waits_for_the_move_and_names_who_is_not_done() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("slow1") && table.contains("done"), "{table}");
     assert!(slow1.moves()[before..].iter().all(|m| m.status_only));
+
+    // The same through the cluster manager: an operator asks, the member's front-end
+    // starts the move, and the manager's audit trail has it.
+    let (d, s2) = (dir.clone(), sock.clone());
+    tokio::task::spawn_blocking(move || cluster_move(&d, &s2))
+        .await
+        .unwrap();
+    assert!(mx1.moves().iter().filter(|m| !m.status_only).count() >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -600,4 +608,139 @@ async fn a_reload_adding_a_domain_queue_moves_its_mail_there() {
     assert!(asked.iter().all(|m| m.domain != "auto.example"));
     assert!(slow1.moves().is_empty());
     fe.stop().await;
+}
+
+/// A process this test started: killed (by its pid) and reaped when dropped.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A manager and the member of the front-end on `socket`; `cluster queue move --wait`
+/// through them, then the audit trail.
+fn cluster_move(dir: &std::path::Path, socket: &str) {
+    use std::process::{Command as Cmd, Stdio};
+    const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
+    let pki = dir.join("pki");
+    let init = Cmd::new(BIN)
+        .args(["cluster", "init", "--dir"])
+        .arg(&pki)
+        .args(["--name", "test", "--manager-name", "127.0.0.1"])
+        .args(["--operator", "alice", "--member", "fe1"])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    std::fs::create_dir_all(dir.join("render")).unwrap();
+    let port = support::free_port();
+    let quiet = |c: &mut Cmd| -> Proc {
+        Proc(
+            c.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _manager = quiet(
+        Cmd::new(BIN)
+            .arg("manager")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(dir.join("manager"))
+            .arg("--ca")
+            .arg(pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(pki.join("manager.pem"))
+            .arg("--key")
+            .arg(pki.join("manager.key"))
+            .arg("--render-dir")
+            .arg(dir.join("render")),
+    );
+    let _member = quiet(
+        Cmd::new(BIN)
+            .arg("member")
+            .args(["--manager", &format!("127.0.0.1:{port}")])
+            .arg("--ca")
+            .arg(pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(pki.join("members/fe1.pem"))
+            .arg("--key")
+            .arg(pki.join("members/fe1.key"))
+            .arg("--state-dir")
+            .arg(dir.join("member"))
+            .arg("--socket")
+            .arg(socket)
+            .args(["--max-retry-ms", "200"]),
+    );
+    let cluster = |args: &[&str]| {
+        Cmd::new(BIN)
+            .arg("cluster")
+            .args(args)
+            .env("ROBUSTIFIER_MANAGER", format!("127.0.0.1:{port}"))
+            .env("ROBUSTIFIER_CA", pki.join("ca.pem"))
+            .env("ROBUSTIFIER_CERT", pki.join("operators/alice.pem"))
+            .env("ROBUSTIFIER_KEY", pki.join("operators/alice.key"))
+            .output()
+            .unwrap()
+    };
+    let move_args = [
+        "queue",
+        "move",
+        "--member",
+        "fe1",
+        "--domain",
+        "slow.example",
+        "--to",
+        "other",
+        "--wait",
+        "30",
+        "--json",
+    ];
+    let deadline = Instant::now() + PATIENCE;
+    let out = loop {
+        // Until the manager runs and the member is connected.
+        let out = cluster(&move_args);
+        if out.status.success() {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster queue move: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let by_member: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fe1 = &by_member["fe1"];
+    assert_eq!(fe1["pool"], "other", "{by_member:#}");
+    assert_eq!(fe1["backends"][0]["backend"], "mx1");
+    assert_eq!(
+        fe1["backends"][0]["status"]["state"], "done",
+        "{by_member:#}"
+    );
+    // A bad pattern is refused by the manager before any member is asked.
+    let out = cluster(&[
+        "queue", "move", "--member", "fe1", "--domain", "a..b", "--to", "other",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is not a domain pattern"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let audit = cluster(&["audit", "--json"]);
+    assert!(audit.status.success());
+    let trail = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        trail.contains("queue move slow.example other on fe1"),
+        "{trail}"
+    );
 }
