@@ -498,6 +498,15 @@ async fn an_auto_block_is_isolated_while_a_back_end_holds_its_mail_and_returns()
             .await
             .contains(&"domain_isolated:slow.example".to_owned())
     );
+    let isolated_now = |fe: &Running| {
+        let commands = fe.commands.clone();
+        async move {
+            let (done, report) = oneshot::channel();
+            commands.send(Command::Status { done }).await.unwrap();
+            report.await.unwrap().domain_queues[0].isolated
+        }
+    };
+    assert_eq!(isolated_now(&fe).await, Some(true));
     send("b@slow.example", "isolated").await;
     assert!(got(&slowq, "isolated") && !got(&mx, "isolated"));
     send("c@fast.example", "others").await;
@@ -539,6 +548,7 @@ async fn an_auto_block_is_isolated_while_a_back_end_holds_its_mail_and_returns()
             .await
             .contains(&"domain_isolated:slow.example".to_owned())
     );
+    assert_eq!(isolated_now(&fe).await, Some(false));
     send("d@slow.example", "after").await;
     assert!(got(&mx, "after") && !got(&slowq, "after"));
     fe.stop().await;

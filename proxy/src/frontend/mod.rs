@@ -444,7 +444,26 @@ impl Frontend {
             tasks: self.shared.hooks.tasks.snapshot(),
             drained: self.board.drained(),
             backends: self.backend_states(),
-            domain_queues: status::DomainQueueStatus::of(&self.cfg),
+            domain_queues: {
+                let isolated = self.isolated.load();
+                let mut blocks = status::DomainQueueStatus::of(&self.cfg);
+                for b in &mut blocks {
+                    if b.isolated.is_some() {
+                        // A block is isolated as a whole: its first pattern says (a
+                        // subdomain pattern looked up with a name under it).
+                        let first = b.domains.first().map(String::as_str).unwrap_or_default();
+                        let domain = first
+                            .strip_prefix('.')
+                            .map_or(first.to_owned(), |parent| format!("x.{parent}"));
+                        b.isolated = Some(
+                            isolated
+                                .lookup(&domain)
+                                .is_some_and(|d| d.pattern.to_string() == first),
+                        );
+                    }
+                }
+                blocks
+            },
         }
     }
 
