@@ -49,8 +49,8 @@ pub struct Block {
 
 impl Block {
     /// The block's identity across reloads: its pool and patterns.
-    fn key(&self) -> String {
-        format!("{}:{}", self.queue.pool, self.domains())
+    fn key(&self) -> (String, String) {
+        (self.queue.pool.clone(), self.domains())
     }
 
     /// The block's patterns, comma-separated (the alarm's subject).
@@ -178,7 +178,7 @@ pub fn decide(
 }
 
 /// The routing table of the isolated blocks.
-fn table(blocks: &[Block], states: &BTreeMap<String, BlockState>) -> DomainQueues {
+fn table(blocks: &[Block], states: &BTreeMap<(String, String), BlockState>) -> DomainQueues {
     DomainQueues::new(
         blocks
             .iter()
@@ -217,22 +217,22 @@ pub async fn run(
     moves: mpsc::Sender<MoveWanted>,
     stop: CancellationToken,
 ) {
-    let mut states: BTreeMap<String, BlockState> = BTreeMap::new();
+    let mut states: BTreeMap<(String, String), BlockState> = BTreeMap::new();
     loop {
         let blocks = config.borrow_and_update().clone();
         // Blocks a reload removed or changed end their isolation with them.
-        let keys: BTreeSet<String> = blocks.iter().map(Block::key).collect();
-        let gone: Vec<String> = states
+        let keys: BTreeSet<(String, String)> = blocks.iter().map(Block::key).collect();
+        let gone: Vec<(String, String)> = states
             .keys()
             .filter(|k| !keys.contains(*k))
             .cloned()
             .collect();
         for key in gone {
             if states.remove(&key).is_some_and(|s| s.isolated) {
-                let (pool, domains) = key.split_once(':').unwrap_or(("", &key));
+                let (pool, domains) = key;
                 events.emit(Kind::DomainIsolated {
-                    domains: domains.to_owned(),
-                    pool: pool.to_owned(),
+                    domains,
+                    pool,
                     isolated: false,
                     reason: "the block changed in the configuration".to_owned(),
                 });
