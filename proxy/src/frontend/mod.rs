@@ -472,8 +472,7 @@ impl Frontend {
     /// when it runs none. A pair of front-ends applies the same configuration and sees
     /// the same queues; only the one holding the addresses asks the agents.
     fn starts_moves(ha: &ha::Ha) -> bool {
-        let routers = ha.status();
-        routers.is_empty() || routers.iter().any(|r| r.state == "Master")
+        starts_moves(ha.status().iter().map(|r| r.state.as_str()))
     }
 
     /// Starts (and follows, on a task of its own) the move of `domain`'s queued mail to
@@ -871,6 +870,18 @@ impl Frontend {
     }
 }
 
+/// The rule of [`Frontend::starts_moves`] over the virtual routers' states.
+fn starts_moves<'a>(states: impl IntoIterator<Item = &'a str>) -> bool {
+    let mut none = true;
+    for state in states {
+        if state == "Master" {
+            return true;
+        }
+        none = false;
+    }
+    none
+}
+
 /// When the next roll-up is due (on the runtime's clock) and the unix minute it covers.
 fn next_roll(period: Duration) -> (tokio::time::Instant, u64) {
     let now_ms = std::time::SystemTime::now()
@@ -909,5 +920,16 @@ fn warn_unreadable(cfg: &Config) {
         if let Err(e) = std::fs::File::open(&file) {
             warn!(file = %file.display(), error = %e, "not readable by the front-end's user: reloads that need it will fail (give its group read access)");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn moves_are_started_by_a_master_or_a_front_end_without_routers() {
+        assert!(super::starts_moves([]));
+        assert!(!super::starts_moves(["Backup"]));
+        assert!(!super::starts_moves(["Initialize", "Backup"]));
+        assert!(super::starts_moves(["Backup", "Master"]));
     }
 }
