@@ -293,6 +293,36 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Hand a domain's queued mail over to a pool: every back-end's agent outside the pool
+    /// re-submits the domain's messages to the pool's back-ends and removes them once
+    /// taken. Asking again reports the progress.
+    Move {
+        /// A domain (`slow.example`) or its subdomains (`.slow.example`).
+        #[arg(long)]
+        domain: String,
+        /// The pool taking the mail.
+        #[arg(long)]
+        to: String,
+        /// Ask for the progress every second until every back-end is done, for at most
+        /// SECS seconds; fails, naming them, if some are not done by then.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The progress of a domain's move (started by `queue move`, a reload or an
+    /// isolation), without starting one.
+    Moves {
+        #[arg(long)]
+        domain: String,
+        /// The pool the mail goes to (default: the domain's `[[domain_queue]]` pool).
+        #[arg(long)]
+        to: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -503,6 +533,31 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 print!("{}", robustifier::frontend::queue::render(&status));
             }
             Ok(())
+        }
+        Command::Queue {
+            command:
+                QueueCommand::Move {
+                    domain,
+                    to,
+                    wait,
+                    json,
+                },
+            socket,
+            config,
+        } => {
+            let path = control_path(socket, config.as_deref())?;
+            queue_move(&path, &domain, &to, wait, json)
+        }
+        Command::Queue {
+            command: QueueCommand::Moves { domain, to, json },
+            socket,
+            config,
+        } => {
+            let path = control_path(socket, config.as_deref())?;
+            let line = format!("queue moves {domain} {}", to.unwrap_or_default());
+            // The front-end waits for its agents up to its own bound.
+            let text = control::request(&path, line.trim_end(), Duration::from_secs(40))?;
+            print_move(&serde_json::from_str(&text)?, json)
         }
         Command::Alarms {
             socket,
@@ -798,6 +853,56 @@ fn ha(command: HaCommand, socket: Option<PathBuf>, config: Option<PathBuf>) -> a
                 control::request(&path, &format!("resume {vrid}"), Duration::from_secs(30))?
             );
         }
+    }
+    Ok(())
+}
+
+/// `robustifier queue move`: starts the move, then with `wait` asks for its progress every
+/// second until every source is done or the time is up.
+fn queue_move(
+    path: &std::path::Path,
+    domain: &str,
+    pool: &str,
+    wait: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use robustifier::frontend::queue_move::MoveReport;
+    // The front-end waits for its agents up to its own bound.
+    let ask = |status: bool| -> anyhow::Result<MoveReport> {
+        let line = format!(
+            "queue move {domain} {pool}{}",
+            if status { " status" } else { "" }
+        );
+        let text = control::request(path, &line, Duration::from_secs(40))?;
+        Ok(serde_json::from_str(&text)?)
+    };
+    let mut report = ask(false)?;
+    if let Some(secs) = wait {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while !report.settled() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_secs(1));
+            report = ask(true)?;
+        }
+    }
+    print_move(&report, json)?;
+    let not_done = report.not_done();
+    if wait.is_some() && !not_done.is_empty() {
+        anyhow::bail!(
+            "the move of {domain} is not done on: {}",
+            not_done.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn print_move(
+    report: &robustifier::frontend::queue_move::MoveReport,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", robustifier::frontend::queue_move::render(report));
     }
     Ok(())
 }

@@ -30,6 +30,9 @@ pub struct ServiceContext {
     pub stats_index: usize,
     /// Recipient domains with a dedicated queue (SMTP services only; empty otherwise).
     pub domain_queues: Arc<DomainQueues>,
+    /// The `auto = true` blocks isolated now, set by the front-end's isolation monitor
+    /// and read by every recipient without a lock (SMTP services only).
+    pub isolated: Arc<arc_swap::ArcSwap<DomainQueues>>,
 }
 
 /// Where a recipient's route came from, in the order they are consulted.
@@ -37,6 +40,8 @@ pub struct ServiceContext {
 pub enum RouteSource {
     /// A `[[domain_queue]]` pattern (as the configuration normalised it).
     DomainQueue(DomainPattern),
+    /// A pattern of an `auto = true` block, while the block is isolated.
+    Isolated(DomainPattern),
     /// The service's routing map.
     RouteMap,
     /// The service's `pool`.
@@ -47,6 +52,7 @@ impl std::fmt::Display for RouteSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RouteSource::DomainQueue(p) => write!(f, "domain_queue {p}"),
+            RouteSource::Isolated(p) => write!(f, "domain_queue {p} (isolated)"),
             RouteSource::RouteMap => f.write_str("route map"),
             RouteSource::ServicePool => f.write_str("the service's pool"),
         }
@@ -88,7 +94,20 @@ impl ServiceContext {
             stats: Arc::default(),
             stats_index: 0,
             domain_queues: Arc::default(),
+            isolated: Arc::default(),
         })
+    }
+
+    /// The context routing the domains of isolated blocks as `isolated` says at each
+    /// recipient. Only SMTP routes recipients.
+    pub fn with_isolated(
+        mut self,
+        isolated: Arc<arc_swap::ArcSwap<DomainQueues>>,
+    ) -> ServiceContext {
+        if self.service.protocol == crate::config::Protocol::Smtp {
+            self.isolated = isolated;
+        }
+        self
     }
 
     /// The context sending recipients of `queues`' domains to their dedicated pools. Only
@@ -160,6 +179,7 @@ impl ServiceContext {
     pub fn pool_names(&self) -> Vec<String> {
         let mut pools: Vec<String> = self.service.pool.iter().cloned().collect();
         pools.extend(self.domain_queues.pools().into_iter().map(str::to_owned));
+        pools.extend(self.isolated.load().pools().into_iter().map(str::to_owned));
         if let Some(r) = &self.routes {
             pools.extend(r.get().pools().into_iter().map(str::to_owned));
         }
@@ -278,6 +298,15 @@ impl ServiceContext {
                 Route::Pools(vec![dedicated.pool.to_owned()]),
                 RouteSource::DomainQueue(dedicated.pattern),
             ));
+        }
+        if let Some(domain) = to.domain.as_deref() {
+            let isolated = self.isolated.load();
+            if let Some(dedicated) = isolated.lookup(domain) {
+                return Some((
+                    Route::Pools(vec![dedicated.pool.to_owned()]),
+                    RouteSource::Isolated(dedicated.pattern),
+                ));
+            }
         }
         if let Some(r) = self
             .routes
@@ -472,6 +501,29 @@ mod tests {
         assert_eq!(
             recipient(&env, "x@fast.example"),
             Some(("b".into(), "the service's pool".into()))
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn an_isolated_block_routes_only_while_isolated() {
+        let d = dir("isolated");
+        let isolated = Arc::new(arc_swap::ArcSwap::from_pointee(DomainQueues::default()));
+        let env = env(&d, "smtp", "* b\n").with_isolated(Arc::clone(&isolated));
+        assert_eq!(
+            recipient(&env, "x@slow.example"),
+            Some(("b".into(), "route map".into()))
+        );
+        isolated.store(queues(&[(".slow.example", "a")]));
+        assert_eq!(
+            recipient(&env, "x@mx.slow.example"),
+            Some(("a".into(), "domain_queue .slow.example (isolated)".into()))
+        );
+        assert_eq!(env.pool_names(), ["a", "b"]);
+        isolated.store(Arc::default());
+        assert_eq!(
+            recipient(&env, "x@mx.slow.example"),
+            Some(("b".into(), "route map".into()))
         );
         std::fs::remove_dir_all(d).unwrap();
     }

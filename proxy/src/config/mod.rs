@@ -927,19 +927,24 @@ pub struct DomainQueue {
     pub domains: Vec<crate::route::DomainPattern>,
     /// Exists and serves SMTP.
     pub pool: String,
-    /// The thresholds of automatic isolation: validated and kept for it, not acted on yet.
+    /// The thresholds of automatic isolation (`auto`): a block with it is routed to its
+    /// pool only while isolated (see `frontend::isolation`).
     pub deferred_alarm: Option<u64>,
     pub oldest_alarm_secs: Option<u64>,
     pub auto: bool,
     pub recover_secs: Option<u64>,
+    /// How often an `auto` block's figures are asked for; none: the default.
+    pub isolation_interval_secs: Option<u64>,
 }
 
 impl Config {
-    /// The dedicated queues' lookup over every block.
+    /// The dedicated queues' lookup over every block routed always: an `auto = true`
+    /// block's domains go to its pool only while isolated.
     pub fn domain_queue_table(&self) -> crate::route::DomainQueues {
         crate::route::DomainQueues::new(
             self.domain_queues
                 .iter()
+                .filter(|q| !q.auto)
                 .flat_map(|q| q.domains.iter().map(|d| (d, q.pool.as_str()))),
         )
     }
@@ -979,6 +984,7 @@ fn domain_queues(
             ("deferred_alarm", q.deferred_alarm),
             ("oldest_alarm_secs", q.oldest_alarm_secs),
             ("recover_secs", q.recover_secs),
+            ("isolation_interval_secs", q.isolation_interval_secs),
         ] {
             if value == Some(0) {
                 return Err((key(name), "must be at least 1".into()));
@@ -998,6 +1004,7 @@ fn domain_queues(
             oldest_alarm_secs: q.oldest_alarm_secs,
             auto,
             recover_secs: q.recover_secs,
+            isolation_interval_secs: q.isolation_interval_secs,
         });
     }
     Ok(out)

@@ -205,13 +205,19 @@ pub struct RawDomainQueue {
     pub domains: Vec<String>,
     /// The SMTP pool that queues them.
     pub pool: String,
-    /// Deferred messages for these domains on a back-end that call for isolation
-    /// (validated and kept; nothing acts on it yet).
+    /// Deferred messages for these domains on one back-end outside the pool that call for
+    /// isolation (`auto = true`; Exim's agent gives no deferred count: its queued count
+    /// stands in).
     pub deferred_alarm: Option<u64>,
-    /// Age in seconds of the oldest deferred message that calls for isolation (likewise).
+    /// Age in seconds of the domains' oldest queued message on one back-end outside the
+    /// pool that calls for isolation.
     pub oldest_alarm_secs: Option<u64>,
-    /// Isolate these domains automatically when a threshold is crossed (likewise).
+    /// Route these domains to the pool only while isolated: when a threshold is crossed,
+    /// until the figures stay under them for `recover_secs`.
     pub auto: Option<bool>,
-    /// Seconds under the thresholds before an automatic isolation ends (likewise).
+    /// Seconds under the thresholds before an automatic isolation ends (default 600).
     pub recover_secs: Option<u64>,
+    /// Seconds between two looks at the agents' queues of an `auto = true` block
+    /// (default 60).
+    pub isolation_interval_secs: Option<u64>,
 }

@@ -615,12 +615,19 @@ fn domain_queues_are_normalised_and_kept() {
         (None, false, None)
     );
     let table = cfg.domain_queue_table();
+    // An `auto = true` block is routed only while isolated: not in the table of blocks
+    // routed always.
+    assert!(table.lookup("SLOW.example").is_none());
+    assert!(table.lookup("mx.slow.example").is_none());
+    assert_eq!(table.lookup("other.example").map(|d| d.pool), Some("store"));
+    let mut always = cfg.clone();
+    always.domain_queues[0].auto = false;
+    let table = always.domain_queue_table();
     assert_eq!(table.lookup("SLOW.example").map(|d| d.pool), Some("slowq"));
     assert_eq!(
         table.lookup("mx.slow.example").map(|d| d.pool),
         Some("slowq")
     );
-    assert_eq!(table.lookup("other.example").map(|d| d.pool), Some("store"));
     assert!(table.lookup("notslow.example").is_none());
     assert!(parse(GOOD).unwrap().domain_queues.is_empty());
 }

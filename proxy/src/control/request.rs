@@ -31,6 +31,15 @@ pub enum Request {
     /// The mail queue per destination domain from every back-end's agent, for one domain
     /// (lowercased) or all.
     Queue(Option<String>),
+    /// Hand a domain pattern's queued mail over to a pool (`status_only`: report the move
+    /// without starting one): `queue move DOMAIN POOL [status]`; `queue moves DOMAIN
+    /// [POOL]` is the status only, and an empty `pool` there means the pattern's
+    /// `[[domain_queue]]` pool.
+    QueueMove {
+        domain: String,
+        pool: String,
+        status_only: bool,
+    },
 }
 
 impl Request {
@@ -103,6 +112,46 @@ impl Request {
                     drain: verb == "drain",
                 })
             }
+            "queue" if rest == "move" || rest.starts_with("move ") => {
+                let words: Vec<&str> = rest.split_ascii_whitespace().skip(1).collect();
+                let (domain, pool, status_only) = match words[..] {
+                    [d, p] => (d, p, false),
+                    [d, p, "status"] => (d, p, true),
+                    _ => return Err("queue move takes DOMAIN POOL [status]".to_owned()),
+                };
+                // The front-end checks the pattern and the pool against its configuration;
+                // here only what would garble the reply or the log.
+                if domain.len() > 256 || domain.chars().any(|c| c.is_control() || c == '@') {
+                    return Err(format!("{domain:?} is not a domain"));
+                }
+                if pool.chars().any(char::is_control) {
+                    return Err(format!("{pool:?} is not a pool name"));
+                }
+                Ok(Request::QueueMove {
+                    domain: domain.to_owned(),
+                    pool: pool.to_owned(),
+                    status_only,
+                })
+            }
+            "queue" if rest == "moves" || rest.starts_with("moves ") => {
+                let words: Vec<&str> = rest.split_ascii_whitespace().skip(1).collect();
+                let (domain, pool) = match words[..] {
+                    [d] => (d, ""),
+                    [d, p] => (d, p),
+                    _ => return Err("queue moves takes DOMAIN [POOL]".to_owned()),
+                };
+                if domain.len() > 256 || domain.chars().any(|c| c.is_control() || c == '@') {
+                    return Err(format!("{domain:?} is not a domain"));
+                }
+                if pool.chars().any(char::is_control) {
+                    return Err(format!("{pool:?} is not a pool name"));
+                }
+                Ok(Request::QueueMove {
+                    domain: domain.to_owned(),
+                    pool: pool.to_owned(),
+                    status_only: true,
+                })
+            }
             "queue" => {
                 if rest.split_ascii_whitespace().count() > 1 {
                     return Err("too many arguments".to_owned());
@@ -118,7 +167,7 @@ impl Request {
             "release" => vrid(rest).map(Request::Release),
             "resume" => vrid(rest).map(Request::Resume),
             _ => Err(format!(
-                "unknown request {verb:?} (status, alarms, events SEQ, stats [MINUTE], reload [FILE], release VRID, resume VRID, drain BACKEND, undrain BACKEND, queue [DOMAIN], handover)"
+                "unknown request {verb:?} (status, alarms, events SEQ, stats [MINUTE], reload [FILE], release VRID, resume VRID, drain BACKEND, undrain BACKEND, queue [DOMAIN], queue move DOMAIN POOL [status], queue moves DOMAIN [POOL], handover)"
             )),
         }
     }
@@ -172,6 +221,30 @@ mod tests {
                 "queue Nowhere.Example.",
                 Request::Queue(Some("nowhere.example".into())),
             ),
+            (
+                "queue move .Slow.Example slowq",
+                Request::QueueMove {
+                    domain: ".Slow.Example".into(),
+                    pool: "slowq".into(),
+                    status_only: false,
+                },
+            ),
+            (
+                "queue moves slow.example",
+                Request::QueueMove {
+                    domain: "slow.example".into(),
+                    pool: String::new(),
+                    status_only: true,
+                },
+            ),
+            (
+                "queue  move slow.example slowq status ",
+                Request::QueueMove {
+                    domain: "slow.example".into(),
+                    pool: "slowq".into(),
+                    status_only: true,
+                },
+            ),
         ];
         for (line, want) in ok {
             assert_eq!(Request::parse(line).as_ref(), Ok(want), "{line:?}");
@@ -209,6 +282,24 @@ mod tests {
                 r#""a\u{7}.example" is not a domain"#,
             ),
             ("reload /etc/x\u{7}.toml", "reload takes an absolute path"),
+            ("queue move", "queue move takes DOMAIN POOL [status]"),
+            ("queue moves a b c", "queue moves takes DOMAIN [POOL]"),
+            (
+                "queue move slow.example",
+                "queue move takes DOMAIN POOL [status]",
+            ),
+            (
+                "queue move slow.example slowq now",
+                "queue move takes DOMAIN POOL [status]",
+            ),
+            (
+                "queue move a b status more",
+                "queue move takes DOMAIN POOL [status]",
+            ),
+            (
+                "queue move bob@slow.example slowq",
+                "\"bob@slow.example\" is not a domain",
+            ),
         ];
         for (line, want) in refused {
             let got = Request::parse(line).unwrap_err();

@@ -181,6 +181,24 @@ async fn answer(request: Request, commands: &mpsc::Sender<Command>) -> Result<St
             let table = answer.await.map_err(|_| gone())?;
             serde_json::to_string(&table).map_err(|e| e.to_string())
         }
+        Request::QueueMove {
+            domain,
+            pool,
+            status_only,
+        } => {
+            let (done, answer) = oneshot::channel();
+            commands
+                .send(Command::QueueMove {
+                    domain,
+                    pool,
+                    status_only,
+                    done,
+                })
+                .await
+                .map_err(|_| gone())?;
+            let report = answer.await.map_err(|_| gone())??;
+            serde_json::to_string(&report).map_err(|e| e.to_string())
+        }
         Request::HandOver => Err("handover is a dialogue of its own".to_owned()),
     }
 }

@@ -143,6 +143,36 @@ pub enum Kind {
         service: String,
         reason: String,
     },
+    /// The front-end asked the back-ends' agents to hand a domain pattern's queued mail
+    /// over to a pool (a reload or an isolation did; an operator's move is audited by the
+    /// manager instead).
+    QueueMoveStarted {
+        domain: String,
+        pool: String,
+        /// `reload` or `isolation`.
+        by: String,
+    },
+    /// Every source of the move said it was done (or could not be asked).
+    QueueMoveFinished {
+        domain: String,
+        pool: String,
+        moved: u32,
+        recipients_moved: u32,
+        refused: u32,
+        /// Back-ends that could not be asked or did not finish, with why.
+        #[serde(default)]
+        failed: Vec<String>,
+    },
+    /// A `[[domain_queue]]` with `auto = true`: a back-end outside its pool held its
+    /// domains' mail over a threshold, so they go to the pool (`isolated: true`), or the
+    /// figures stayed under the thresholds for `recover_secs` and they go back.
+    DomainIsolated {
+        /// The block's patterns, comma-separated.
+        domains: String,
+        pool: String,
+        isolated: bool,
+        reason: String,
+    },
 }
 
 /// What a relayed message's record says. Boxed in [`Kind`], which stays small for the
@@ -207,6 +237,9 @@ impl Kind {
             Kind::FloodDrops { .. } => "flood_drops",
             Kind::MessageRelayed(_) => "message_relayed",
             Kind::SessionRefused { .. } => "session_refused",
+            Kind::QueueMoveStarted { .. } => "queue_move_started",
+            Kind::QueueMoveFinished { .. } => "queue_move_finished",
+            Kind::DomainIsolated { .. } => "domain_isolated",
         }
     }
 
@@ -233,7 +266,8 @@ impl Kind {
             | Kind::AgentUnreachable { .. }
             | Kind::ReloadRefused { .. }
             | Kind::Deflecting { over: true, .. }
-            | Kind::FloodDrops { over: true, .. } => Severity::Warning,
+            | Kind::FloodDrops { over: true, .. }
+            | Kind::DomainIsolated { isolated: true, .. } => Severity::Warning,
             _ => Severity::Info,
         }
     }
@@ -275,6 +309,10 @@ impl Kind {
                 scope, name, over, ..
             } => toggle(format!("deflecting:{scope}:{name}"), *over, self),
             Kind::FloodDrops { over, .. } => toggle("flood_drops".into(), *over, self),
+            Kind::DomainIsolated {
+                domains, isolated, ..
+            } => toggle(format!("domain_isolated:{domains}"), *isolated, self),
+            Kind::QueueMoveStarted { .. } | Kind::QueueMoveFinished { .. } => Effect::None,
             Kind::BackendDraining { .. }
             | Kind::VrrpTransition { .. }
             | Kind::MessageRelayed(_)
@@ -407,6 +445,41 @@ impl fmt::Display for Kind {
                     "XDP dropped {per_minute} flood packets in the last minute, {what} the alarm threshold"
                 )
             }
+            Kind::QueueMoveStarted { domain, pool, by } => {
+                write!(
+                    f,
+                    "queued mail for {domain} moving to pool {pool} (by the {by})"
+                )
+            }
+            Kind::QueueMoveFinished {
+                domain,
+                pool,
+                moved,
+                recipients_moved,
+                refused,
+                failed,
+            } => {
+                write!(
+                    f,
+                    "queued mail for {domain} moved to pool {pool}: {moved} message(s), {recipients_moved} recipient(s), {refused} refused"
+                )?;
+                if !failed.is_empty() {
+                    write!(f, "; not moved from {}", failed.join(", "))?;
+                }
+                Ok(())
+            }
+            Kind::DomainIsolated {
+                domains,
+                pool,
+                isolated: true,
+                reason,
+            } => write!(f, "{domains} isolated to pool {pool}: {reason}"),
+            Kind::DomainIsolated {
+                domains,
+                pool,
+                reason,
+                ..
+            } => write!(f, "{domains} no longer isolated to pool {pool}: {reason}"),
         }
     }
 }

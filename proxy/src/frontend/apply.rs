@@ -133,7 +133,14 @@ impl Frontend {
             (Some(files), _) => Some(Arc::new(ServerTls::new(files).map_err(OpenError::Tls)?)),
             (None, _) => None,
         };
-        let envs = service_contexts(&new, &pools, &tls, &self.shared.hooks.events, &self.stats)?;
+        let envs = service_contexts(
+            &new,
+            &pools,
+            &tls,
+            &self.shared.hooks.events,
+            &self.stats,
+            &self.isolated,
+        )?;
         let mut planned = Vec::new();
         for (service, env) in new.services.iter().zip(&envs) {
             let fits = self

@@ -11,9 +11,11 @@
 
 mod apply;
 mod certificates;
+pub mod isolation;
 mod kernel;
 mod metrics;
 pub mod queue;
+pub mod queue_move;
 mod status;
 mod succession;
 mod user_space;
@@ -106,6 +108,14 @@ pub enum Command {
         domain: Option<String>,
         done: oneshot::Sender<queue::QueueStatus>,
     },
+    /// Start (or, `status_only`, report) moving a domain pattern's queued mail from every
+    /// back-end outside `pool` to `pool`; answers when the agents did or the time ran out.
+    QueueMove {
+        domain: String,
+        pool: String,
+        status_only: bool,
+        done: oneshot::Sender<Result<queue_move::MoveReport, String>>,
+    },
     /// A binary upgrade's first step: offer the listeners and the XDP link to a successor.
     Offer {
         done: oneshot::Sender<Result<Offered, KernelError>>,
@@ -167,6 +177,10 @@ pub struct Frontend {
     stats: Arc<Stats>,
     /// `stats.jsonl`, opened while still root; the roll-up takes it at the serve's start.
     stats_log: Option<JsonLog>,
+    /// The `auto = true` blocks isolated now, read by every SMTP service's context.
+    isolated: isolation::Isolated,
+    /// The `auto = true` blocks of the configuration in force, for the isolation monitor.
+    blocks: tokio::sync::watch::Sender<Vec<isolation::Block>>,
 }
 
 /// What every service's contexts share for the front-end's life.
@@ -282,6 +296,7 @@ fn service_contexts(
     tls: &Option<Arc<ServerTls>>,
     events: &Events,
     stats: &Stats,
+    isolated: &isolation::Isolated,
 ) -> Result<Vec<Arc<ServiceContext>>, OpenError> {
     let groups = Arc::new(Groups::new(cfg.groups.clone()));
     let domain_queues = Arc::new(cfg.domain_queue_table());
@@ -302,7 +317,8 @@ fn service_contexts(
                     Arc::new(
                         env.with_events(events.clone())
                             .counting(Arc::clone(&table), index)
-                            .with_domain_queues(Arc::clone(&domain_queues)),
+                            .with_domain_queues(Arc::clone(&domain_queues))
+                            .with_isolated(Arc::clone(isolated)),
                     )
                 })
                 .map_err(|source| OpenError::Service {
@@ -359,7 +375,8 @@ impl Frontend {
         // Read now too: the secrets and the boots file may be root's only.
         let snmp = crate::snmp::prepare(&cfg.frontend.name, &cfg.monitor.snmp);
         let stats = Arc::new(Stats::new(cfg.monitor.stats.minutes as usize));
-        let envs = service_contexts(&cfg, &pools, &tls, &events, &stats)?;
+        let isolated = isolation::Isolated::default();
+        let envs = service_contexts(&cfg, &pools, &tls, &events, &stats, &isolated)?;
         let stats_log = open_stats_log(&cfg);
         let mut services = Vec::new();
         for (service, env) in cfg.services.iter().zip(&envs) {
@@ -386,7 +403,10 @@ impl Frontend {
             }
         }
         let attached = kernel.attach(&cfg)?;
+        let (blocks, _) = tokio::sync::watch::channel(isolation::blocks(&cfg));
         Ok(Frontend {
+            isolated,
+            blocks,
             cfg,
             kernel,
             maps,
@@ -424,7 +444,55 @@ impl Frontend {
             tasks: self.shared.hooks.tasks.snapshot(),
             drained: self.board.drained(),
             backends: self.backend_states(),
-            domain_queues: status::DomainQueueStatus::of(&self.cfg),
+            domain_queues: {
+                let isolated = self.isolated.load();
+                let mut blocks = status::DomainQueueStatus::of(&self.cfg);
+                for b in &mut blocks {
+                    if b.isolated.is_some() {
+                        // A block is isolated as a whole: its first pattern says (a
+                        // subdomain pattern looked up with a name under it).
+                        let first = b.domains.first().map(String::as_str).unwrap_or_default();
+                        let domain = first
+                            .strip_prefix('.')
+                            .map_or(first.to_owned(), |parent| format!("x.{parent}"));
+                        b.isolated = Some(
+                            isolated
+                                .lookup(&domain)
+                                .is_some_and(|d| d.pattern.to_string() == first),
+                        );
+                    }
+                }
+                blocks
+            },
+        }
+    }
+
+    /// Whether this front-end starts the moves a reload or an isolation calls for: the
+    /// master of a virtual router (any of its routers in Master), or the front-end alone
+    /// when it runs none. A pair of front-ends applies the same configuration and sees
+    /// the same queues; only the one holding the addresses asks the agents.
+    fn starts_moves(ha: &ha::Ha) -> bool {
+        starts_moves(ha.status().iter().map(|r| r.state.as_str()))
+    }
+
+    /// Starts (and follows, on a task of its own) the move of `domain`'s queued mail to
+    /// `pool` that a reload or an isolation calls for, if this front-end is the one to.
+    fn start_move(&self, ha: &ha::Ha, domain: &str, pool: &str, by: &'static str) {
+        if !Self::starts_moves(ha) {
+            info!(domain, pool, by, "queue move left to the master front-end");
+            return;
+        }
+        match queue_move::plan(&self.cfg, domain, pool, false) {
+            Ok(plan) => {
+                let events = self.shared.hooks.events.clone();
+                tokio::spawn(queue_move::follow(
+                    plan,
+                    by,
+                    events,
+                    queue_move::FOLLOW_EVERY,
+                ));
+            }
+            Err(e) => warn!(domain, pool, by, error = %e, "queue move not started"),
         }
     }
 
@@ -535,6 +603,28 @@ impl Frontend {
             &supervisor,
         );
         self.certificates.spawn(&supervisor, &shared.stop);
+        // The isolation monitor asks for moves here, where it is known whether this
+        // front-end is the one to start them.
+        let (wanted_tx, mut wanted) = mpsc::channel::<isolation::MoveWanted>(64);
+        {
+            let (board, isolated, events, stop) = (
+                Arc::clone(&self.board),
+                Arc::clone(&self.isolated),
+                shared.hooks.events.clone(),
+                shared.stop.clone(),
+            );
+            let blocks = self.blocks.subscribe();
+            supervisor.spawn("isolation monitor", move || {
+                isolation::run(
+                    Arc::clone(&board),
+                    blocks.clone(),
+                    Arc::clone(&isolated),
+                    events.clone(),
+                    wanted_tx.clone(),
+                    stop.clone(),
+                )
+            });
+        }
         // A summary for the operator on stdout; logs go to stderr.
         let services: Vec<String> = self
             .cfg
@@ -574,6 +664,10 @@ impl Frontend {
                     Some(c) => c,
                     None => break,
                 },
+                Some(w) = wanted.recv() => {
+                    self.start_move(&ha, &w.domain, &w.pool, w.by);
+                    continue;
+                }
                 () = tokio::time::sleep_until(due.0) => {
                     let xdp = self.kernel.xdp_counters().map(|x| {
                         xdp_verdicts(&x)
@@ -588,7 +682,14 @@ impl Frontend {
             };
             match command {
                 Command::Reload { file, done } => {
+                    let before = self.cfg.clone();
                     let outcome = self.reload(file, &accepting, &supervisor, &mut ha).await;
+                    if outcome.is_ok() {
+                        self.blocks.send_replace(isolation::blocks(&self.cfg));
+                        for (domain, pool) in queue_move::moves_for_reload(&before, &self.cfg) {
+                            self.start_move(&ha, &domain, &pool, "reload");
+                        }
+                    }
                     if let Some(done) = done {
                         let _ = done.send(outcome);
                     }
@@ -647,6 +748,25 @@ impl Frontend {
                         let _ = done.send(asked.await);
                     });
                 }
+                Command::QueueMove {
+                    domain,
+                    pool,
+                    status_only,
+                    done,
+                } => match queue_move::plan(&self.cfg, &domain, &pool, status_only) {
+                    Ok(plan) => {
+                        if !status_only {
+                            info!(domain = %plan.request.domain, pool = %pool, "queue move asked for");
+                        }
+                        let asked = queue_move::ask(plan, queue_move::ASK_TIMEOUT);
+                        tokio::spawn(async move {
+                            let _ = done.send(Ok(asked.await));
+                        });
+                    }
+                    Err(e) => {
+                        let _ = done.send(Err(e.to_string()));
+                    }
+                },
                 Command::Handoff {
                     vrid,
                     release,
@@ -750,6 +870,18 @@ impl Frontend {
     }
 }
 
+/// The rule of [`Frontend::starts_moves`] over the virtual routers' states.
+fn starts_moves<'a>(states: impl IntoIterator<Item = &'a str>) -> bool {
+    let mut none = true;
+    for state in states {
+        if state == "Master" {
+            return true;
+        }
+        none = false;
+    }
+    none
+}
+
 /// When the next roll-up is due (on the runtime's clock) and the unix minute it covers.
 fn next_roll(period: Duration) -> (tokio::time::Instant, u64) {
     let now_ms = std::time::SystemTime::now()
@@ -788,5 +920,16 @@ fn warn_unreadable(cfg: &Config) {
         if let Err(e) = std::fs::File::open(&file) {
             warn!(file = %file.display(), error = %e, "not readable by the front-end's user: reloads that need it will fail (give its group read access)");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn moves_are_started_by_a_master_or_a_front_end_without_routers() {
+        assert!(super::starts_moves([]));
+        assert!(!super::starts_moves(["Backup"]));
+        assert!(!super::starts_moves(["Initialize", "Backup"]));
+        assert!(super::starts_moves(["Backup", "Master"]));
     }
 }

@@ -57,6 +57,9 @@ pub struct DomainQueueStatus {
     /// Normalised patterns: `slow.example`, `.slow.example` (every subdomain).
     pub domains: Vec<String>,
     pub pool: String,
+    /// For an `auto = true` block only: whether it is isolated now (routed to its pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolated: Option<bool>,
 }
 
 impl DomainQueueStatus {
@@ -67,6 +70,7 @@ impl DomainQueueStatus {
             .map(|q| DomainQueueStatus {
                 domains: q.domains.iter().map(ToString::to_string).collect(),
                 pool: q.pool.clone(),
+                isolated: q.auto.then_some(false),
             })
             .collect()
     }
@@ -154,8 +158,13 @@ pub fn render(report: &StatusReport) -> String {
         ));
     }
     for q in &report.domain_queues {
+        let auto = match q.isolated {
+            None => "",
+            Some(true) => " (auto: isolated)",
+            Some(false) => " (auto: not isolated)",
+        };
         out.push_str(&format!(
-            "dedicated queue: {} -> pool {}\n",
+            "dedicated queue: {} -> pool {}{auto}\n",
             q.domains.join(", "),
             q.pool
         ));

@@ -182,6 +182,9 @@ pub enum ClusterCommand {
     /// The back-ends' mail queues per destination domain, from their agents, as every
     /// connected member's front-end (or one's) sees them.
     Queue {
+        /// Move a domain's queued mail, or report the moves, instead of listing queues.
+        #[command(subcommand)]
+        command: Option<ClusterQueueCommand>,
         /// Only this domain.
         #[arg(long)]
         domain: Option<String>,
@@ -193,6 +196,42 @@ pub enum ClusterCommand {
     },
     /// A one-time link (valid a minute) that logs you into the manager's web interface.
     Web,
+}
+
+/// `cluster queue move` and `cluster queue moves`: as `robustifier queue move`, through
+/// every connected member's front-end (or one's).
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterQueueCommand {
+    /// Hand a domain's queued mail over to a pool (a change of the back-ends' queues,
+    /// audited as an action).
+    Move {
+        /// A domain (`slow.example`) or its subdomains (`.slow.example`).
+        #[arg(long)]
+        domain: String,
+        /// The pool taking the mail.
+        #[arg(long)]
+        to: String,
+        /// Ask for the progress every second until every back-end is done, for at most
+        /// SECS seconds; fails, naming them, if some are not done by then.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+        #[arg(long)]
+        member: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A domain's move's progress, without starting one.
+    Moves {
+        #[arg(long)]
+        domain: String,
+        /// The pool (default: the domain's `[[domain_queue]]` pool).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        member: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs one `cluster` command.
@@ -446,6 +485,35 @@ async fn remote(command: ClusterCommand, conn: Connection) -> anyhow::Result<()>
             act(&mut c, &members, Action::Undrain { backend }).await
         }
         ClusterCommand::Queue {
+            command:
+                Some(ClusterQueueCommand::Move {
+                    domain,
+                    to,
+                    wait,
+                    member,
+                    json,
+                }),
+            ..
+        } => {
+            let members = targets(&mut c, member).await?;
+            queue_move(&mut c, &members, &domain, &to, false, wait, json).await
+        }
+        ClusterCommand::Queue {
+            command:
+                Some(ClusterQueueCommand::Moves {
+                    domain,
+                    to,
+                    member,
+                    json,
+                }),
+            ..
+        } => {
+            let members = targets(&mut c, member).await?;
+            let to = to.unwrap_or_default();
+            queue_move(&mut c, &members, &domain, &to, true, None, json).await
+        }
+        ClusterCommand::Queue {
+            command: None,
             domain,
             member,
             json,
@@ -745,6 +813,85 @@ async fn queue(
     }
     if failed > 0 {
         bail!("queue failed on {failed} of {} members", members.len());
+    }
+    Ok(())
+}
+
+/// Each member's front-end asked to start (or report) a move; with `wait`, asked again for
+/// the progress every second until every member's sources are done or the time is up.
+async fn queue_move(
+    c: &mut Client,
+    members: &[String],
+    domain: &str,
+    pool: &str,
+    status_only: bool,
+    wait: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use crate::frontend::queue_move::{MoveReport, render};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.unwrap_or(0));
+    let mut answers: Vec<(String, Result<MoveReport, String>)> = Vec::new();
+    for member in members {
+        let mut status_only = status_only;
+        let answer = loop {
+            let request = Request::Action {
+                member: member.clone(),
+                action: Action::QueueMove {
+                    domain: domain.to_owned(),
+                    pool: pool.to_owned(),
+                    status_only,
+                },
+            };
+            let answer = c
+                .call(&request, super::core::ACTION_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    serde_json::from_str::<MoveReport>(v.as_str().unwrap_or_default())
+                        .map_err(|e| format!("not a move report: {e}"))
+                });
+            match &answer {
+                Ok(r)
+                    if wait.is_some() && !r.settled() && tokio::time::Instant::now() < deadline =>
+                {
+                    status_only = true;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                _ => break answer,
+            }
+        };
+        answers.push((member.clone(), answer));
+    }
+    let mut all = serde_json::Map::new();
+    let mut failed = Vec::new();
+    for (member, answer) in answers {
+        match answer {
+            Ok(r) => {
+                let not_done = r.not_done();
+                if wait.is_some() && !not_done.is_empty() {
+                    failed.push(format!("{member} ({})", not_done.join(", ")));
+                }
+                if json {
+                    all.insert(member, serde_json::to_value(&r)?);
+                } else {
+                    print!("member {member}:\n{}", render(&r));
+                }
+            }
+            Err(e) => {
+                failed.push(format!("{member} ({e})"));
+                if json {
+                    all.insert(member, serde_json::json!({ "error": e }));
+                } else {
+                    println!("member {member}: failed: {e}");
+                }
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    }
+    if !failed.is_empty() {
+        bail!("the move of {domain} is not done on: {}", failed.join("; "));
     }
     Ok(())
 }

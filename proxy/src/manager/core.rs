@@ -356,6 +356,22 @@ impl Manager {
         {
             return Reply::error(format!("{domain:?} is not a domain"));
         }
+        if let Action::QueueMove {
+            domain,
+            pool,
+            status_only,
+        } = &action
+        {
+            if let Err(e) = crate::route::DomainPattern::parse(domain) {
+                return Reply::error(format!("{domain:?} is not a domain pattern: {e}"));
+            }
+            if (pool.is_empty() && !status_only)
+                || pool.len() > 200
+                || pool.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Reply::error(format!("{pool:?} is not a pool name"));
+            }
+        }
         let what = format!("{action} on {member}");
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();

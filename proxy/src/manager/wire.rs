@@ -151,6 +151,16 @@ pub enum Action {
         #[serde(default)]
         domain: Option<String>,
     },
+    /// Hand a domain pattern's queued mail over to a pool, or (`status_only`) report the
+    /// move; the reply is the front-end's `queue move` reply. An empty `pool` with
+    /// `status_only` is the pattern's `[[domain_queue]]` pool.
+    QueueMove {
+        domain: String,
+        #[serde(default)]
+        pool: String,
+        #[serde(default)]
+        status_only: bool,
+    },
 }
 
 impl Action {
@@ -165,6 +175,19 @@ impl Action {
             Action::Queue {
                 domain: Some(domain),
             } => format!("queue {domain}"),
+            Action::QueueMove {
+                domain,
+                pool,
+                status_only: true,
+            } if pool.is_empty() => format!("queue moves {domain}"),
+            Action::QueueMove {
+                domain,
+                pool,
+                status_only,
+            } => format!(
+                "queue move {domain} {pool}{}",
+                if *status_only { " status" } else { "" }
+            ),
         }
     }
 }
@@ -347,5 +370,21 @@ mod tests {
         assert_eq!(q.control_line(), "queue nowhere.example");
         let all: Action = serde_json::from_str(r#"{"kind":"queue"}"#).unwrap();
         assert_eq!(all, Action::Queue { domain: None });
+        let m: Action = serde_json::from_str(
+            r#"{"kind":"queue_move","domain":".slow.example","pool":"slowq"}"#,
+        )
+        .unwrap();
+        assert_eq!(m.control_line(), "queue move .slow.example slowq");
+        let s: Action = serde_json::from_str(
+            r#"{"kind":"queue_move","domain":"a.example","status_only":true}"#,
+        )
+        .unwrap();
+        assert_eq!(s.control_line(), "queue moves a.example");
+        let s = Action::QueueMove {
+            domain: "a.example".into(),
+            pool: "slowq".into(),
+            status_only: true,
+        };
+        assert_eq!(s.control_line(), "queue move a.example slowq status");
     }
 }

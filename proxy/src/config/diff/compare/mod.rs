@@ -203,8 +203,9 @@ fn domain_queues(out: &mut Out, old: &[DomainQueue], new: &[DomainQueue]) {
                 oldest_alarm_secs,
                 auto,
                 recover_secs,
+                isolation_interval_secs,
             } = old;
-            fields!(out, Services, s, new; pool, deferred_alarm, oldest_alarm_secs, auto, recover_secs);
+            fields!(out, Services, s, new; pool, deferred_alarm, oldest_alarm_secs, auto, recover_secs, isolation_interval_secs);
         },
     );
 }
