@@ -18,6 +18,7 @@ pub mod monitor;
 pub mod netns;
 pub mod privileged;
 pub mod process;
+pub mod relay_lab;
 pub mod sink;
 pub mod topology;
 pub mod vrrp;

@@ -4,7 +4,7 @@
 //! ```text
 //!   client ──┐  public 198.18.0.0/24, 2001:db8:0:1::/64  ┌── fe-a (pub0 .1)   VIPs .25 SMTP, .110 POP3
 //!            └──────────────── br0 ────────────────────────┴── fe-b (pub0 .2)
-//!   fe-a (int0 .1), fe-b (int0 .2) ── br1 ── be1 .11, be2 .12, be3 .13, be4 .14
+//!   fe-a (int0 .1), fe-b (int0 .2) ── br1 ── be1 .11, be2 .12, be3 .13, be4 .14 (be5 .15, be6 .16)
 //!                             back-end 198.18.1.0/24, 2001:db8:0:2::/64
 //! ```
 //!
@@ -90,8 +90,8 @@ impl Lab {
     /// Builds the topology under `prefix`. On error, whatever was built is removed.
     pub fn up(prefix: &str, plan: Plan) -> anyhow::Result<Lab> {
         anyhow::ensure!(
-            plan.frontends <= 2 && plan.backends <= 4,
-            "the lab has at most 2 front-ends and 4 back-ends"
+            plan.frontends <= 2 && plan.backends <= 6,
+            "the lab has at most 2 front-ends and 6 back-ends"
         );
         let log_dir = std::env::temp_dir().join("robustifier-lab").join(prefix);
         std::fs::create_dir_all(&log_dir)?;

@@ -20,6 +20,8 @@
 //! 10. The manager's web interface: its address in the switch namespace, a login link, and
 //!     a screenshot of the overview from a headless chromium (`target/demo/`).
 //! 11. Statistics: fe-a's last minutes as its member shipped them to the manager.
+//! 12. A slow domain piles up: in a relay lab of its own, mail for a destination answering
+//!     451 stays deferred on the relays (`queue status`) until the destination recovers.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -359,6 +361,11 @@ pub fn run() -> anyhow::Result<()> {
     }
     c.lab.down()?;
     step(&format!("lab {prefix} removed"));
+
+    step(
+        "a slow domain piles up: an outbound relay cluster whose destination slow.example answers 451",
+    );
+    let slow_failure = slow_domain_step(&format!("{prefix}r"))?;
     anyhow::ensure!(missing == 0, "{missing} acknowledged messages are missing");
     anyhow::ensure!(
         missing_up == 0 && failed_up == 0 && owns_still,
@@ -379,10 +386,85 @@ pub fn run() -> anyhow::Result<()> {
     if let Some(why) = stats_failure {
         anyhow::bail!("the statistics step failed: {why}");
     }
+    if let Some(why) = slow_failure {
+        anyhow::bail!("the slow domain step failed: {why}");
+    }
     if let Some(why) = burst_failure {
         anyhow::bail!("the burst step failed: {why}");
     }
     Ok(())
+}
+
+/// A relay cluster of its own (`robustifier_lab::relay_lab`): two Postfix relays in pool
+/// "mx", an idle one in "slowq", destinations fast.example (accepting) and slow.example
+/// (451 4.7.1). Mail for both through the SMTP VIP; slow.example's stays deferred on the
+/// relays, as `queue status` shows; once it recovers, every message arrives once.
+fn slow_domain_step(prefix: &str) -> anyhow::Result<Option<String>> {
+    use robustifier_lab::{
+        Lab,
+        mail::Make,
+        relay_lab::{RelayLab, SLOW},
+    };
+    let lab = Lab::up(prefix, RelayLab::plan(2))?;
+    let mut r = RelayLab::start(lab, &[Make::Postfix, Make::Postfix])?;
+    println!(
+        "   lab {prefix}: be1, be2 (Postfix relays, pool mx), be3 (Postfix, pool slowq, idle), be4 fast.example, be5 slow.example"
+    );
+    let (fast, slow) = (r.fast.rcpt(), r.slow.rcpt());
+    let mut to_slow = Vec::new();
+    for _ in 0..6 {
+        r.send(&[&fast], 1)?;
+        to_slow.extend(r.send(&[&slow], 1)?);
+    }
+    println!("   6 messages to {fast} and 6 to {slow} through {VIP_SMTP}:25");
+    let within = Duration::from_secs(120);
+    if let Err(e) = r.fast.wait_for_ids(6, within) {
+        return Ok(Some(format!("fast.example did not get its mail: {e}")));
+    }
+    println!("   {fast}: {} delivered", r.fast.message_ids().len());
+    let piled = RelayLab::eventually("slow.example's mail deferred", within, || {
+        let status = r.queue_status(SLOW)?;
+        let deferred: u64 = status["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|b| b["domains"].as_array().into_iter().flatten())
+            .map(|d| d["deferred"].as_u64().unwrap_or(0))
+            .sum();
+        Ok(if deferred == to_slow.len() as u64 {
+            Ok(())
+        } else {
+            Err(status)
+        })
+    });
+    println!("   robustifier queue status:");
+    indent(&r.queue_table()?);
+    if let Err(e) = piled {
+        return Ok(Some(e.to_string()));
+    }
+
+    // MOVE STEP: `robustifier queue move` of slow.example's deferred mail from the "mx"
+    // relays to pool "slowq" goes here, before the destination recovers.
+
+    r.slow.recover()?;
+    r.flush()?;
+    let got = match r.slow.wait_for_ids(to_slow.len(), within) {
+        Ok(got) => got,
+        Err(e) => return Ok(Some(format!("after recovery: {e}"))),
+    };
+    let mut distinct = got.clone();
+    distinct.dedup();
+    println!(
+        "   {slow} recovered (postfix reload), relays flushed: {} delivered, {} distinct",
+        got.len(),
+        distinct.len()
+    );
+    r.lab.down()?;
+    step(&format!("lab {prefix} removed"));
+    if distinct.len() != got.len() {
+        return Ok(Some(format!("{SLOW} got duplicates: {got:?}")));
+    }
+    Ok(None)
 }
 
 /// What the burst showed, per group.

@@ -167,23 +167,23 @@ fn conf(layout: &Layout, users: &Users) -> String {
         .replace("@FREEZE_HEADER@", FREEZE_HEADER)
 }
 
-/// The ACL line, router and transport of [`Users::relaying`] (all empty without it). The
-/// target may be this host's own address: `self = send` lets the router use it anyway.
+/// The ACL lines, routers and transports of [`Users::relaying`], one of each per domain (all
+/// empty without it). A target may be this host's own address: `self = send` lets the
+/// router use it anyway.
 fn relay_parts(users: &Users) -> (String, String, String) {
-    let Some((domain, to)) = users.relay() else {
-        return Default::default();
-    };
-    (
-        format!("  accept  domains = {domain}\n"),
-        format!(
-            "relay_out:\n  driver = manualroute\n  domains = {domain}\n  route_list = * {}\n  self = send\n  transport = relay_smtp\n\n",
+    let mut parts = (String::new(), String::new(), String::new());
+    for (n, (domain, to)) in users.relays().enumerate() {
+        parts.0.push_str(&format!("  accept  domains = {domain}\n"));
+        parts.1.push_str(&format!(
+            "relay_out_{n}:\n  driver = manualroute\n  domains = {domain}\n  route_list = * {}\n  self = send\n  transport = relay_smtp_{n}\n\n",
             to.ip()
-        ),
-        format!(
-            "relay_smtp:\n  driver = smtp\n  port = {}\n  hosts_try_fastopen =\n\n",
+        ));
+        parts.2.push_str(&format!(
+            "relay_smtp_{n}:\n  driver = smtp\n  port = {}\n  hosts_try_fastopen =\n\n",
             to.port()
-        ),
-    )
+        ));
+    }
+    parts
 }
 
 /// Writes the configuration, its lookup files and the directories Exim writes as its user

@@ -45,6 +45,7 @@
 //! ```
 
 pub mod clients;
+pub mod destinations;
 pub mod dovecot;
 pub mod exim;
 pub mod opensmtpd;
@@ -171,7 +172,9 @@ impl User {
 pub struct Users {
     list: Vec<User>,
     /// Off by default; see [`Users::relaying`].
-    relay: Option<(String, SocketAddr)>,
+    relay: Vec<(String, SocketAddr)>,
+    /// Off by default; see [`Users::tempfailing`].
+    tempfail: Vec<String>,
 }
 
 impl Users {
@@ -188,18 +191,45 @@ impl Users {
         self
     }
 
-    /// Exim and OpenSMTPD also accept mail for `domain` (lower case), from any client, and
-    /// relay it to `to` only: with nothing listening there they defer it, so it piles up in
-    /// their queues. (Postfix relays what an authenticated client submits anyway, to
-    /// whatever DNS says; in the lab nothing resolves, so it defers it too.)
+    /// The MTA also accepts mail for `domain` (lower case), from any client, and relays it
+    /// to `to` only (Postfix: `relay_domains` and a transport map; Exim: a `manualroute`
+    /// router; OpenSMTPD: a `relay` action): with nothing listening there it defers it, so
+    /// it piles up in the queue. Called once per relayed domain.
     pub fn relaying(mut self, domain: &str, to: SocketAddr) -> Users {
-        self.relay = Some((domain.to_owned(), to));
+        self.relay.retain(|(d, _)| d != domain);
+        self.relay.push((domain.to_owned(), to));
         self
     }
 
-    /// The domain relayed and where to, if [`Users::relaying`] set one.
+    /// The first domain relayed and where to, if [`Users::relaying`] set one.
     pub fn relay(&self) -> Option<(&str, SocketAddr)> {
-        self.relay.as_ref().map(|(d, a)| (d.as_str(), *a))
+        self.relays().next()
+    }
+
+    /// Every domain relayed and where to, in the order [`Users::relaying`] added them.
+    pub fn relays(&self) -> impl Iterator<Item = (&str, SocketAddr)> {
+        self.relay.iter().map(|(d, a)| (d.as_str(), *a))
+    }
+
+    /// Postfix answers `451 4.7.1` to every RCPT for `domain` (an access map), so that its
+    /// senders defer that mail with a reason; [`Users::without_tempfail`] undoes it. The
+    /// other makes ignore it.
+    pub fn tempfailing(mut self, domain: &str) -> Users {
+        if !self.tempfail.iter().any(|d| d == domain) {
+            self.tempfail.push(domain.to_owned());
+        }
+        self
+    }
+
+    /// These users with no domain tempfailed.
+    pub fn without_tempfail(mut self) -> Users {
+        self.tempfail.clear();
+        self
+    }
+
+    /// The domains [`Users::tempfailing`] named.
+    pub fn tempfails(&self) -> &[String] {
+        &self.tempfail
     }
 
     /// alice and bob at example.test, carol at example.net.
@@ -555,20 +585,57 @@ impl MailHost {
             .with_context(|| format!("{} did not come back", self.layout.host))
     }
 
-    /// Asks the MTA to retry its deferred mail now (Postfix `postqueue -f`); the other
-    /// makes retry on their own schedule, so this is a no-op for them.
+    /// Asks the MTA to retry its deferred mail now, ignoring retry times: Postfix
+    /// `postqueue -f`, Exim `exim -qff`, OpenSMTPD `smtpctl schedule all` (the last two
+    /// through the stand-ins that reach the private instance).
     pub fn flush_queue(&self) -> anyhow::Result<()> {
-        if self.make == Make::Postfix {
-            run_checked(
-                self.layout
-                    .ns
-                    .command("postqueue")
-                    .arg("-c")
-                    .arg(postfix::config_dir(&self.layout))
-                    .arg("-f"),
-                "postqueue -f",
-            )?;
+        let bin = self.layout.dir.join("bin");
+        match self.make {
+            Make::Postfix => {
+                run_checked(
+                    self.layout
+                        .ns
+                        .command("postqueue")
+                        .arg("-c")
+                        .arg(postfix::config_dir(&self.layout))
+                        .arg("-f"),
+                    "postqueue -f",
+                )?;
+            }
+            Make::Exim => {
+                std::fs::create_dir_all(&bin)?;
+                exim::command_wrapper(&self.layout, &bin)?;
+                run_checked(
+                    self.layout.ns.command(bin.join("exim")).arg("-qff"),
+                    "exim -qff",
+                )?;
+            }
+            Make::OpenSmtpd => {
+                std::fs::create_dir_all(&bin)?;
+                opensmtpd::command_wrapper(&self.layout, &bin)?;
+                run_checked(
+                    self.layout
+                        .ns
+                        .command(bin.join("smtpctl"))
+                        .args(["schedule", "all"]),
+                    "smtpctl schedule all",
+                )?;
+            }
         }
+        Ok(())
+    }
+
+    /// Rewrites the MTA's configuration for `users` and has it read it again, without a
+    /// restart (Postfix only: `postfix reload`); the host's users become `users`.
+    pub fn reconfigure(&mut self, users: &Users) -> anyhow::Result<()> {
+        users.validate()?;
+        anyhow::ensure!(
+            self.make == Make::Postfix,
+            "{}: only Postfix is reconfigured live",
+            self.layout.host
+        );
+        postfix::reload(&self.layout, users)?;
+        self.users = users.clone();
         Ok(())
     }
 

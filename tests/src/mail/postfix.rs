@@ -69,6 +69,12 @@ smtpd_banner = $myhostname ESMTP Postfix (robustifier lab {host})
 smtpd_peername_lookup = no
 smtpd_client_port_logging = yes
 
+# Users::relaying: accepted from anyone, sent to one address only, not where DNS says.
+relay_domains = {relay_domains}
+transport_maps = texthash:{etc}/transport
+# Users::tempfailing: 451 4.7.1 to every RCPT for those domains.
+smtpd_recipient_restrictions = check_recipient_access texthash:{etc}/rcpt_access
+
 virtual_mailbox_domains = {domains}
 virtual_mailbox_base = {root}
 virtual_mailbox_maps = texthash:{etc}/vmailbox
@@ -100,6 +106,11 @@ smtpd_sasl_auth_enable = no
         etc = config_dir(layout).display(),
         v4 = layout.v4,
         domains = users.domains().join(", "),
+        relay_domains = users
+            .relays()
+            .map(|(d, _)| d)
+            .collect::<Vec<_>>()
+            .join(", "),
         root = layout.mail_root.display(),
         uid = layout.mail_uid,
         gid = layout.mail_gid,
@@ -156,12 +167,34 @@ fn vmailbox(users: &Users) -> String {
         .collect()
 }
 
+/// The transport map of [`Users::relaying`]: each domain to its one address.
+fn transport(users: &Users) -> String {
+    users
+        .relays()
+        .map(|(domain, to)| match to.ip() {
+            std::net::IpAddr::V4(ip) => format!("{domain} smtp:[{ip}]:{}\n", to.port()),
+            std::net::IpAddr::V6(ip) => format!("{domain} smtp:[ipv6:{ip}]:{}\n", to.port()),
+        })
+        .collect()
+}
+
+/// The recipient access map of [`Users::tempfailing`].
+fn rcpt_access(users: &Users) -> String {
+    users
+        .tempfails()
+        .iter()
+        .map(|d| format!("{d} 451 4.7.1 {d} is not accepting mail now, try again later\n"))
+        .collect()
+}
+
 /// Writes the instance's files and creates its directories (idempotent).
 pub fn configure(layout: &Layout, users: &Users) -> anyhow::Result<()> {
     let etc = config_dir(layout);
     write_file(&etc.join("main.cf"), &main_cf(layout, users))?;
     write_file(&etc.join("master.cf"), MASTER_CF)?;
     write_file(&etc.join("vmailbox"), &vmailbox(users))?;
+    write_file(&etc.join("transport"), &transport(users))?;
+    write_file(&etc.join("rcpt_access"), &rcpt_access(users))?;
     std::fs::create_dir_all(queue_dir(layout))?;
     let data = layout.dir.join("postfix").join("data");
     std::fs::create_dir_all(&data)?;
@@ -221,4 +254,20 @@ pub fn queue_listing(layout: &Layout) -> anyhow::Result<String> {
             .arg("-p"),
         "postqueue",
     )
+}
+
+/// Rewrites the instance's files for `users` and has the running master read them again
+/// (`postfix reload`): new SMTP sessions see the new tables.
+pub fn reload(layout: &Layout, users: &Users) -> anyhow::Result<()> {
+    configure(layout, users)?;
+    run_checked(
+        layout
+            .ns
+            .command("postfix")
+            .arg("-c")
+            .arg(config_dir(layout))
+            .arg("reload"),
+        &format!("postfix reload for {}", layout.host),
+    )?;
+    Ok(())
 }
