@@ -344,6 +344,10 @@ pub struct MoveRequest {
     /// Report the domain's move (if any) without starting one.
     #[serde(default)]
     pub status_only: bool,
+    /// The agents of the target back-ends (same key), asked whether they already have a
+    /// message whose sending was interrupted (the duplicate check); empty: not asked.
+    #[serde(default)]
+    pub target_agents: Vec<SocketAddr>,
 }
 
 /// Where a move stands.

@@ -89,6 +89,8 @@ pub struct Options {
     pub state_file: Option<PathBuf>,
     /// `None` only when the operator asked for `--insecure-no-key`.
     pub key: Option<AgentKey>,
+    /// Where moves keep their journals (`--state-dir`); without it moves are refused.
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -279,6 +281,7 @@ pub async fn serve(listen: SocketAddr, o: Options) -> Result<(), AgentError> {
     if o.key.is_none() {
         warn!("no key: any host that reaches this port reads the report (--insecure-no-key)");
     }
+    moves::resume(&o);
     let reports = Reports::new(o);
     accept_loop(|| listener.accept(), reports).await;
     Ok(())
@@ -460,6 +463,7 @@ mod tests {
             spool: dir.clone(),
             state_file: Some(state.clone()),
             key: None,
+            state_dir: None,
         };
         let f = gather(&o).await;
         assert_eq!(f.mail_queue, 4, "three messages and the state file");
@@ -486,6 +490,7 @@ mod tests {
             spool: dir.clone(),
             state_file: None,
             key,
+            state_dir: None,
         };
         (o, dir)
     }
