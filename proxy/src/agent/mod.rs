@@ -317,6 +317,17 @@ impl Reports {
                 serde_json::to_string(&reply)
                     .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
             }
+            Op::Find => {
+                let reply = if authenticated {
+                    moves::find::answer(&self.o, arg).await
+                } else {
+                    crate::agent_wire::FindReply::Unknown(
+                        "finding moved mail needs an agent with a key (--key-file)".into(),
+                    )
+                };
+                serde_json::to_string(&reply)
+                    .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
+            }
             Op::Queue => {
                 let mut c = self.queue.lock().await;
                 if let Some((at, json)) = &*c
