@@ -305,12 +305,32 @@ fn resume_one(o: &Options, path: &Path) -> Result<bool, String> {
     };
     status.finished = r.finished;
     let running = r.finished.is_none();
+    // Rewritten at once: a last line cut short by the stop must not have the next record
+    // appended to it.
+    let mut records = vec![
+        Record::Start {
+            domain: r.domain.clone(),
+            aim: r.aim.clone(),
+        },
+        Record::Status {
+            status: status.clone(),
+            seen: r.seen.clone(),
+        },
+    ];
+    records.extend(r.refused.iter().map(|(id, reply)| Record::Refused {
+        id: id.clone(),
+        reply: reply.clone(),
+    }));
+    for (id, p) in &r.pending {
+        records.extend(journal::pending_records(id, p));
+    }
+    records.extend(r.finished.map(|at| Record::Finished { at }));
+    let journal = Journal::create(path, &records).map_err(|e| e.to_string())?;
     let st = runner::RunState {
         pending: r.pending,
         seen: r.seen,
         refused: r.refused,
     };
-    let journal = Journal::open(path).map_err(|e| e.to_string())?;
     let job = spawn(o, pattern, status, r.aim, journal, st);
     jobs().insert(path.to_owned(), job);
     Ok(running)

@@ -183,8 +183,13 @@ pub async fn pass<H: Host>(host: &H, job: &Job, st: &mut RunState) -> Result<usi
     let mut work = 0;
     for (id, p) in st.pending.clone() {
         let Some(m) = by_id.get(id.as_str()) else {
-            job.append(&Record::Gone { id: id.clone() })?;
-            st.pending.remove(&id);
+            if let Pending::Sent(s) = p {
+                // Removed before `done` was on disk: it is done.
+                finish(host, job, st, *s).await?;
+            } else {
+                job.append(&Record::Gone { id: id.clone() })?;
+                st.pending.remove(&id);
+            }
             continue;
         };
         match p {

@@ -533,3 +533,63 @@ async fn requests_are_checked_before_anything_starts() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A finished move read back at start answers status requests, and its journal, cut in
+/// its last line by the stop, is whole again before anything is appended to it.
+#[tokio::test]
+async fn a_finished_move_resumes_as_done_with_a_whole_journal() {
+    let dir = state_dir("resume-done");
+    let path = journal::path_for(&dir, "slow.example");
+    let aim = Aim {
+        pool: "slowq".into(),
+        targets: vec!["127.0.0.1:25".parse().unwrap()],
+        target_agents: vec![],
+    };
+    let m = queued("A1", &["a@slow.example"]);
+    Journal::create(
+        &path,
+        &[
+            Record::Start {
+                domain: "slow.example".into(),
+                aim: aim.clone(),
+            },
+            Record::Holding { id: "A1".into() },
+            sending(&m, aim.targets[0]),
+            Record::Sent {
+                id: "A1".into(),
+                reply: "250".into(),
+                already_there: true,
+            },
+            Record::Done { id: "A1".into() },
+            Record::Refused {
+                id: "R9".into(),
+                reply: "550 no".into(),
+            },
+            Record::Finished { at: 7 },
+        ],
+    )
+    .unwrap();
+    let mut text = std::fs::read(&path).unwrap();
+    text.extend_from_slice(br#"{"t":"aim","ai"#);
+    std::fs::write(&path, text).unwrap();
+
+    let o = options(Some(dir.clone()));
+    resume(&o);
+    let req = r#"{"domain":"slow.example","pool":"slowq","targets":[],"status_only":true}"#;
+    let s = match command(&o, req).await {
+        MoveReply::Ok(s) => s,
+        e => panic!("{e:?}"),
+    };
+    assert_eq!(s.state, MoveState::Done);
+    assert_eq!(
+        (s.found, s.moved, s.already_there, s.finished),
+        (1, 1, 1, Some(7))
+    );
+    assert_eq!(s.refused.len(), 1);
+    // Whole lines only, and the figures kept.
+    let r = journal::replay(&path).unwrap();
+    assert!(std::fs::read(&path).unwrap().ends_with(b"\n"));
+    assert_eq!(r.status.unwrap().moved, 1);
+    assert_eq!(r.finished, Some(7));
+    std::fs::remove_dir_all(dir).unwrap();
+}
