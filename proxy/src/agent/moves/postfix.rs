@@ -21,7 +21,7 @@ use tokio::{io::AsyncWriteExt as _, process::Command};
 use super::mta::{MtaError, Queued, Recipient};
 use crate::agent::{
     Options,
-    queue::{COMMAND_TIMEOUT, QueueError, run},
+    queue::{QueueError, run},
 };
 
 /// Time for `sendmail` to take a re-injected message.
@@ -92,17 +92,14 @@ fn checked_id(m: &Queued) -> Result<&str, MtaError> {
     }
 }
 
-/// Runs `postsuper FLAG ID`; a message that is no longer queued is [`MtaError::Gone`].
+/// Runs `postsuper FLAG ID`. An id no longer queued is no failure for postsuper; the
+/// next listing no longer has it.
 async fn postsuper(o: &Options, flag: &str, m: &Queued) -> Result<(), MtaError> {
     let id = checked_id(m)?;
     let mut cmd = command(o, "postsuper");
     cmd.arg(flag).arg(id);
-    match run(&mut cmd).await {
-        Ok(_) => Ok(()),
-        // postsuper says "postsuper: ID: no such file" (or nothing) and exits 0 for an
-        // unknown id; a failure is the command's own.
-        Err(e) => Err(e.into()),
-    }
+    run(&mut cmd).await?;
+    Ok(())
 }
 
 pub async fn hold(o: &Options, m: &Queued) -> Result<(), MtaError> {
@@ -169,16 +166,14 @@ pub async fn remove(
     moved: &[Recipient],
     kept: &[Recipient],
 ) -> Result<(), MtaError> {
+    // Everything not kept goes with the message: `moved` needs no command of its own.
     let _ = moved;
-    let id = checked_id(m)?;
+    checked_id(m)?;
     if !kept.is_empty() {
         let body = content(o, m).await?;
         reinject(o, &m.sender, kept, &body).await?;
     }
-    let mut cmd = command(o, "postsuper");
-    cmd.arg("-d").arg(id);
-    run(&mut cmd).await?;
-    Ok(())
+    postsuper(o, "-d", m).await
 }
 
 /// `sendmail -G -i -f SENDER -- KEPT..` with `body` on standard input, bounded in time.
@@ -229,7 +224,7 @@ async fn reinject(
             Err(failed(err.chars().take(4096).collect::<String>()))
         }
     };
-    tokio::time::timeout(SENDMAIL_TIMEOUT.max(COMMAND_TIMEOUT), work)
+    tokio::time::timeout(SENDMAIL_TIMEOUT, work)
         .await
         .map_err(|_| MtaError::Command(QueueError::Timeout { command }))?
 }
