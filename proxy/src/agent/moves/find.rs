@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::process::Command;
 use tracing::warn;
 
-use super::{journal::Aim, postfix, runner::TOKEN_HEADER};
+use super::{journal::Aim, postfix, submit::TOKEN_HEADER};
 use crate::{
     agent::{Mta, Options, queue::run},
     agent_wire::{Endpoint, FindReply, FindRequest},

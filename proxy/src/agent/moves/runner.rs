@@ -22,7 +22,7 @@ use super::{
     Job,
     journal::{self, Aim, Pending, Record, Sending},
     mta::{self, MtaError, Queued, Recipient},
-    submit::{self, Outcome, SubmitError},
+    submit::{self, Outcome, SubmitError, TOKEN_HEADER},
 };
 use crate::{
     agent::Options,
@@ -33,8 +33,6 @@ pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Refused messages listed in the status.
 pub const MAX_REFUSED_LISTED: usize = 100;
-/// The header added to each re-submitted copy: `<agent host>/<source queue id>`.
-pub const TOKEN_HEADER: &str = "X-Robustifier-Move";
 
 /// What a move asks of the host it runs on: its MTA's five steps, and whether a target's
 /// agent already has a message (the duplicate check).

@@ -13,6 +13,9 @@ use tokio::{
 
 use crate::lines::{Line, read_line};
 
+/// The header added to each re-submitted copy, its value the move token: `<agent
+/// host>/<source queue id>`.
+pub const TOKEN_HEADER: &str = "X-Robustifier-Move";
 /// Time to connect to a target.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time for each reply (the final one after DATA included: it follows a queue write).
