@@ -308,6 +308,10 @@ pub enum Op {
     /// Start (or report) moving a domain's queued mail to another pool: the argument is a
     /// [`MoveRequest`], the reply a [`MoveReply`]. Needs a key.
     Move,
+    /// Whether this agent's MTA queues a message a move handed over (the duplicate check
+    /// of an interrupted move): the argument is a [`FindRequest`], the reply a
+    /// [`FindReply`]. Needs a key.
+    Find,
 }
 
 impl Op {
@@ -315,6 +319,7 @@ impl Op {
         match self {
             Op::Queue => "queue",
             Op::Move => "move",
+            Op::Find => "find",
         }
     }
 
@@ -322,6 +327,7 @@ impl Op {
         match s {
             "queue" => Some(Op::Queue),
             "move" => Some(Op::Move),
+            "find" => Some(Op::Find),
             _ => None,
         }
     }
@@ -344,6 +350,10 @@ pub struct MoveRequest {
     /// Report the domain's move (if any) without starting one.
     #[serde(default)]
     pub status_only: bool,
+    /// The agents of the target back-ends (same key), asked whether they already have a
+    /// message whose sending was interrupted (the duplicate check); empty: not asked.
+    #[serde(default)]
+    pub target_agents: Vec<SocketAddr>,
 }
 
 /// Where a move stands.
@@ -400,6 +410,27 @@ pub enum MoveReply {
     /// Refused or impossible (no key, no state directory, a bad request, an MTA without
     /// per-message commands).
     Error(String),
+}
+
+/// Asks a target's agent for a message a move handed over: queued, from `sender`, with
+/// `X-Robustifier-Move: <token>` in its header.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FindRequest {
+    pub token: String,
+    /// The envelope sender; empty for a bounce.
+    pub sender: String,
+}
+
+/// An agent's reply to [`Op::Find`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FindReply {
+    /// Queued here, under this queue id.
+    Found(String),
+    /// Not in this MTA's queue.
+    Missing,
+    /// The agent cannot tell (its MTA's make, a failed command, no key).
+    Unknown(String),
 }
 
 /// One destination domain's mail in a back-end's queue. A message counts once per domain

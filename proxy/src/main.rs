@@ -133,6 +133,10 @@ enum Command {
         cert: Option<PathBuf>,
         #[arg(long, requires = "maillog")]
         key: Option<PathBuf>,
+        /// Directory where moves of queued mail keep their journals (`queue move`);
+        /// without it the agent refuses moves. Unfinished moves resume at start.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// A running front-end's active alarms (back-ends down or overloaded, pools without a
     /// back-end, agents unreachable, a refused reload) and its recent events.
@@ -459,6 +463,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             ca,
             cert,
             key: cert_key,
+            state_dir,
         } => {
             // clap guarantees a key file unless --insecure-no-key was given.
             let key = key_file
@@ -470,6 +475,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 spool,
                 state_file,
                 key,
+                state_dir,
             };
             // clap guarantees the manager's connection with --maillog.
             let ship = match (maillog, manager, ca, cert, cert_key) {

@@ -114,6 +114,8 @@ impl FakeAgent {
                 }))
                 .unwrap()
             }
+            // The duplicate check is the move engine's, not the front-end's.
+            Op::Find => panic!("a front-end never asks find"),
         }
     }
 
@@ -273,6 +275,7 @@ async fn a_move_asks_every_other_back_end_once_and_lists_those_it_cannot() {
             pool: "slowq".into(),
             targets: vec!["127.0.0.1:2525".parse().unwrap()],
             status_only: false,
+            target_agents: vec![slow1.addr],
         }]
     );
     assert!(slow1.moves().is_empty());

@@ -32,6 +32,7 @@ fn options(make: Make, host: &MailHost) -> Options {
         spool: host.layout.dir.clone(),
         state_file: None,
         key: None,
+        state_dir: None,
     }
 }
 

@@ -89,6 +89,8 @@ pub struct Options {
     pub state_file: Option<PathBuf>,
     /// `None` only when the operator asked for `--insecure-no-key`.
     pub key: Option<AgentKey>,
+    /// Where moves keep their journals (`--state-dir`); without it moves are refused.
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -279,6 +281,7 @@ pub async fn serve(listen: SocketAddr, o: Options) -> Result<(), AgentError> {
     if o.key.is_none() {
         warn!("no key: any host that reaches this port reads the report (--insecure-no-key)");
     }
+    moves::resume(&o);
     let reports = Reports::new(o);
     accept_loop(|| listener.accept(), reports).await;
     Ok(())
@@ -310,6 +313,17 @@ impl Reports {
                     moves::command(&self.o, arg).await
                 } else {
                     MoveReply::Error("moving mail needs an agent with a key (--key-file)".into())
+                };
+                serde_json::to_string(&reply)
+                    .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
+            }
+            Op::Find => {
+                let reply = if authenticated {
+                    moves::find::answer(&self.o, arg).await
+                } else {
+                    crate::agent_wire::FindReply::Unknown(
+                        "finding moved mail needs an agent with a key (--key-file)".into(),
+                    )
                 };
                 serde_json::to_string(&reply)
                     .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
@@ -460,6 +474,7 @@ mod tests {
             spool: dir.clone(),
             state_file: Some(state.clone()),
             key: None,
+            state_dir: None,
         };
         let f = gather(&o).await;
         assert_eq!(f.mail_queue, 4, "three messages and the state file");
@@ -486,6 +501,7 @@ mod tests {
             spool: dir.clone(),
             state_file: None,
             key,
+            state_dir: None,
         };
         (o, dir)
     }

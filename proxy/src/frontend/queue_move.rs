@@ -123,6 +123,12 @@ pub fn plan(cfg: &Config, domain: &str, pool: &str, status_only: bool) -> Result
         return Err(MoveError::NoBackends(pool.to_owned()));
     }
     let targets: Vec<SocketAddr> = target.backends.iter().map(|b| b.address).collect();
+    // The targets' agents answer the sources' duplicate check after an interrupted move.
+    let target_agents: Vec<SocketAddr> = target
+        .backends
+        .iter()
+        .filter_map(|b| b.agent.map(|a| a.address))
+        .collect();
     let inside: BTreeSet<&str> = target.backends.iter().map(|b| b.name.as_str()).collect();
     let mut seen = BTreeSet::new();
     let sources = cfg
@@ -140,6 +146,7 @@ pub fn plan(cfg: &Config, domain: &str, pool: &str, status_only: bool) -> Result
             pool: pool.to_owned(),
             targets,
             status_only,
+            target_agents,
         },
         sources,
     })

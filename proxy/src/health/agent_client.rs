@@ -63,3 +63,23 @@ pub async fn move_domain(
         Err(e) => Err(PollError::BadReply(e.to_string())),
     }
 }
+
+/// Asks a target's agent whether its MTA queues a message a move handed over, all within
+/// `limit`.
+pub async fn find_moved(
+    agent: Endpoint,
+    request: &crate::agent_wire::FindRequest,
+    limit: Duration,
+) -> Result<crate::agent_wire::FindReply, PollError> {
+    use crate::agent_wire::{FindReply, Op, command};
+    let arg = serde_json::to_string(request).map_err(|e| PollError::BadReply(e.to_string()))?;
+    let json = timeout(limit, async {
+        let tcp = TcpStream::connect(agent.address)
+            .await
+            .map_err(PollError::Connect)?;
+        command(BufReader::new(tcp), agent.key, Op::Find, &arg).await
+    })
+    .await
+    .map_err(|_| PollError::Timeout)??;
+    serde_json::from_str::<FindReply>(&json).map_err(|e| PollError::BadReply(e.to_string()))
+}

@@ -271,3 +271,35 @@ pub fn reload(layout: &Layout, users: &Users) -> anyhow::Result<()> {
     )?;
     Ok(())
 }
+
+/// Makes the running instance accept mail for `domain` from any client and relay it to
+/// `to` only (`relay_domains` and a transport map), then reloads it: with nothing
+/// listening at `to` the mail stays in its deferred queue. Undone by the next start,
+/// which rewrites main.cf.
+pub fn relay_domain(layout: &Layout, domain: &str, to: std::net::SocketAddr) -> anyhow::Result<()> {
+    let etc = config_dir(layout);
+    let transport = etc.join("transport");
+    let next = match to {
+        std::net::SocketAddr::V4(a) => format!("smtp:[{}]:{}", a.ip(), a.port()),
+        std::net::SocketAddr::V6(a) => format!("smtp:[ipv6:{}]:{}", a.ip(), a.port()),
+    };
+    write_file(&transport, &format!("{domain} {next}\n"))?;
+    run_checked(
+        layout.ns.command("postconf").arg("-c").arg(&etc).args([
+            "-e",
+            &format!("relay_domains = {domain}"),
+            &format!("transport_maps = texthash:{}", transport.display()),
+        ]),
+        "postconf -e",
+    )?;
+    run_checked(
+        layout
+            .ns
+            .command("postfix")
+            .arg("-c")
+            .arg(&etc)
+            .arg("reload"),
+        "postfix reload",
+    )?;
+    Ok(())
+}

@@ -16,7 +16,7 @@ use std::{process::Stdio, time::Duration};
 
 use tokio::{io::AsyncReadExt as _, process::Command};
 
-use super::mta::{MtaError, Queued, Recipient};
+use super::queued::{MtaError, Queued, Recipient};
 use crate::agent::{
     Options,
     queue::{COMMAND_TIMEOUT, MAX_MESSAGES, MAX_OUTPUT, QueueError, run},

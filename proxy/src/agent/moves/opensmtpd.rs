@@ -23,7 +23,7 @@ use tokio::process::Command;
 
 use super::{
     exim::{MAX_CONTENT, execute},
-    mta::{MtaError, Queued, Recipient},
+    queued::{MtaError, Queued, Recipient},
 };
 use crate::agent::{
     Options,
