@@ -623,87 +623,12 @@ async fn a_reload_adding_a_domain_queue_moves_its_mail_there() {
     fe.stop().await;
 }
 
-/// A process this test started: killed (by its pid) and reaped when dropped.
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A manager and the member of the front-end on `socket`; `cluster queue move --wait`
 /// through them, then the audit trail.
 fn cluster_move(dir: &std::path::Path, socket: &str) {
-    use std::process::{Command as Cmd, Stdio};
-    const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
-    let pki = dir.join("pki");
-    let init = Cmd::new(BIN)
-        .args(["cluster", "init", "--dir"])
-        .arg(&pki)
-        .args(["--name", "test", "--manager-name", "127.0.0.1"])
-        .args(["--operator", "alice", "--member", "fe1"])
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    std::fs::create_dir_all(dir.join("render")).unwrap();
-    let port = support::free_port();
-    let quiet = |c: &mut Cmd| -> Proc {
-        Proc(
-            c.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let _manager = quiet(
-        Cmd::new(BIN)
-            .arg("manager")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--state-dir")
-            .arg(dir.join("manager"))
-            .arg("--ca")
-            .arg(pki.join("ca.pem"))
-            .arg("--cert")
-            .arg(pki.join("manager.pem"))
-            .arg("--key")
-            .arg(pki.join("manager.key"))
-            .arg("--render-dir")
-            .arg(dir.join("render")),
-    );
-    let _member = quiet(
-        Cmd::new(BIN)
-            .arg("member")
-            .args(["--manager", &format!("127.0.0.1:{port}")])
-            .arg("--ca")
-            .arg(pki.join("ca.pem"))
-            .arg("--cert")
-            .arg(pki.join("members/fe1.pem"))
-            .arg("--key")
-            .arg(pki.join("members/fe1.key"))
-            .arg("--state-dir")
-            .arg(dir.join("member"))
-            .arg("--socket")
-            .arg(socket)
-            .args(["--max-retry-ms", "200"]),
-    );
-    let cluster = |args: &[&str]| {
-        Cmd::new(BIN)
-            .arg("cluster")
-            .args(args)
-            .env("ROBUSTIFIER_MANAGER", format!("127.0.0.1:{port}"))
-            .env("ROBUSTIFIER_CA", pki.join("ca.pem"))
-            .env("ROBUSTIFIER_CERT", pki.join("operators/alice.pem"))
-            .env("ROBUSTIFIER_KEY", pki.join("operators/alice.key"))
-            .output()
-            .unwrap()
-    };
+    let mut c = support::cluster::Cluster::init(dir.join("cluster"), &["fe1"], &[], None).started();
+    c.start_member_on("fe1", std::path::Path::new(socket), &[]);
+    let cluster = |args: &[&str]| c.cli(args);
     let move_args = [
         "queue",
         "move",

@@ -14,23 +14,15 @@ mod support;
 
 use std::{
     os::unix::fs::PermissionsExt as _,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use support::{PATIENCE, config, free_port, robustifier, run_without_kernel, tempdir};
+use support::{
+    Daemon, PATIENCE, cluster::Cluster, config, free_port, robustifier, run_without_kernel, tempdir,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
-
-/// A process this test started: killed (by its pid) and reaped when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn the_front_end_lists_each_agents_queue_per_domain() {
@@ -57,7 +49,7 @@ fn the_front_end_lists_each_agents_queue_per_domain() {
 
     let agent_port = free_port();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let _agent = Proc(
+    let _agent = Daemon::spawn(
         Command::new(BIN)
             .arg("agent")
             .args(["--listen", &format!("127.0.0.1:{agent_port}")])
@@ -67,12 +59,7 @@ fn the_front_end_lists_each_agents_queue_per_domain() {
             .arg(&conf)
             .arg("--spool")
             .arg(&dir)
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .env("PATH", path),
     );
     let deadline = Instant::now() + PATIENCE;
     while std::net::TcpStream::connect(("127.0.0.1", agent_port)).is_err() {
@@ -98,7 +85,7 @@ fn the_front_end_lists_each_agents_queue_per_domain() {
     )
     .unwrap();
     let (frontend, _log) = run_without_kernel(&file);
-    let _frontend = Proc(frontend);
+    let _frontend = Daemon::new(frontend);
 
     let sock = socket.to_str().unwrap();
     let out = robustifier(&[
@@ -166,78 +153,17 @@ fn the_front_end_lists_each_agents_queue_per_domain() {
 
     // The same through the cluster manager: an operator asks, the member's front-end
     // answers.
-    let pki = dir.join("pki");
-    let init = Command::new(BIN)
-        .args(["cluster", "init", "--dir"])
-        .arg(&pki)
-        .args(["--name", "test", "--manager-name", "127.0.0.1"])
-        .args(["--operator", "alice", "--member", "fe1"])
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    std::fs::create_dir_all(dir.join("render")).unwrap();
-    let port = free_port();
-    let quiet = |c: &mut Command| -> Proc {
-        Proc(
-            c.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let _manager = quiet(
-        Command::new(BIN)
-            .arg("manager")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--state-dir")
-            .arg(dir.join("manager"))
-            .arg("--ca")
-            .arg(pki.join("ca.pem"))
-            .arg("--cert")
-            .arg(pki.join("manager.pem"))
-            .arg("--key")
-            .arg(pki.join("manager.key"))
-            .arg("--render-dir")
-            .arg(dir.join("render")),
-    );
-    let _member = quiet(
-        Command::new(BIN)
-            .arg("member")
-            .args(["--manager", &format!("127.0.0.1:{port}")])
-            .arg("--ca")
-            .arg(pki.join("ca.pem"))
-            .arg("--cert")
-            .arg(pki.join("members/fe1.pem"))
-            .arg("--key")
-            .arg(pki.join("members/fe1.key"))
-            .arg("--state-dir")
-            .arg(dir.join("member"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--max-retry-ms", "200"]),
-    );
+    let mut c = Cluster::init(dir.join("cluster"), &["fe1"], &[], None).started();
+    c.start_member_on("fe1", &socket, &[]);
     let cluster_queue = || {
-        Command::new(BIN)
-            .args([
-                "cluster",
-                "queue",
-                "--member",
-                "fe1",
-                "--domain",
-                "nowhere.invalid",
-                "--json",
-            ])
-            .env("ROBUSTIFIER_MANAGER", format!("127.0.0.1:{port}"))
-            .env("ROBUSTIFIER_CA", pki.join("ca.pem"))
-            .env("ROBUSTIFIER_CERT", pki.join("operators/alice.pem"))
-            .env("ROBUSTIFIER_KEY", pki.join("operators/alice.key"))
-            .output()
-            .unwrap()
+        c.cli(&[
+            "queue",
+            "--member",
+            "fe1",
+            "--domain",
+            "nowhere.invalid",
+            "--json",
+        ])
     };
     let deadline = Instant::now() + PATIENCE;
     let out = loop {
