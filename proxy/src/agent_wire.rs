@@ -519,6 +519,10 @@ pub enum PollError {
     BadReplyMac,
     #[error("the reply is not one: {0}")]
     BadReply(String),
+    /// A well-formed reply in which the agent declines the command, with its reason: the
+    /// reason is the operator's to read, not a sign of a broken exchange.
+    #[error("the agent says: {0}")]
+    Refused(String),
     #[error(transparent)]
     Report(#[from] ReportError),
 }

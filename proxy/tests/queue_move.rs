@@ -682,3 +682,133 @@ fn cluster_move(dir: &std::path::Path, socket: &str) {
         "{trail}"
     );
 }
+
+/// Bad input through the command line: a pool without back-ends is refused before any
+/// agent is asked, and a real agent started without `--state-dir` answers a move with a
+/// clear error and touches nothing (its MTA's commands are stand-ins that note any call
+/// but the listing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_to_an_empty_pool_or_through_an_agent_without_a_state_dir_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    const BIN: &str = env!("CARGO_BIN_EXE_robustifier");
+    let dir = tempdir("queue-move-bad");
+    let key_file = dir.join("agent.key");
+    std::fs::write(&key_file, SECRET).unwrap();
+    // The agent's Postfix: `postqueue` lists a captured queue (two deferred messages for
+    // nowhere.invalid); `postsuper`, `postcat` and `sendmail` (what a move runs) only note
+    // that they were called.
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent/fixtures/postqueue-j.txt");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = dir.join("calls");
+    let stand_in = |name: &str, body: String| {
+        let script = bin.join(name);
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    stand_in("postqueue", format!("exec cat '{}'", fixture.display()));
+    for name in ["postsuper", "postcat", "sendmail"] {
+        stand_in(name, format!("echo \"{name} $*\" >> '{}'", calls.display()));
+    }
+    let agent_port = support::free_port();
+    let _agent = Proc(
+        std::process::Command::new(BIN)
+            .arg("agent")
+            .args(["--listen", &format!("127.0.0.1:{agent_port}")])
+            .arg("--key-file")
+            .arg(&key_file)
+            .args(["--mta", "postfix", "--mta-config"])
+            .arg(dir.join("postfix-etc"))
+            .arg("--spool")
+            .arg(&dir)
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while std::net::TcpStream::connect(("127.0.0.1", agent_port)).is_err() {
+        assert!(Instant::now() < deadline, "the agent never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let slowq = SmtpBackend::start().await;
+    let socket = dir.join("control").join("fe.sock");
+    let file = dir.join("robustifier.toml");
+    std::fs::write(
+        &file,
+        config(&format!(
+            "[[service]]\nname = \"relay\"\nprotocol = \"smtp\"\nport = {}\nvips = [\"127.0.0.1\"]\npool = \"mx\"\n\
+             [[pool]]\nname = \"mx\"\nidentity = \"none\"\nagent_key_file = \"{k}\"\n\
+             backend = [{{ name = \"mx1\", address = \"127.0.0.1:9\", agent = \"127.0.0.1:{agent_port}\" }}]\n\
+             [[pool]]\nname = \"empty\"\nidentity = \"none\"\nbackend = []\n\
+             [[pool]]\nname = \"slowq\"\nidentity = \"none\"\n\
+             backend = [{{ name = \"slow1\", address = \"{}\" }}]\n\
+             [ha]\ncontrol_socket = \"{}\"\n",
+            support::free_port(),
+            slowq.addr,
+            socket.display(),
+            k = key_file.display(),
+        )),
+    )
+    .unwrap();
+    let (frontend, _log) = run_without_kernel(&file);
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _frontend = Kill(frontend);
+    let sock = socket.to_str().unwrap().to_owned();
+    let run = |to: &'static str| {
+        let sock = sock.clone();
+        tokio::task::spawn_blocking(move || {
+            robustifier(&[
+                "queue",
+                "move",
+                "--domain",
+                "nowhere.invalid",
+                "--to",
+                to,
+                "--json",
+                "--socket",
+                &sock,
+            ])
+        })
+    };
+
+    let out = run("empty").await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pool empty has no back-ends"), "{stderr}");
+
+    let out = run("slowq").await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: MoveReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.backends.len(), 1, "{report:?}");
+    assert_eq!(report.backends[0].backend, "mx1");
+    assert_eq!(
+        report.backends[0].error.as_deref(),
+        Some("the agent says: moves need --state-dir"),
+        "{report:?}"
+    );
+    assert!(report.backends[0].status.is_none());
+    // Nothing moved: no queue change, no submission, nothing at the target.
+    assert!(
+        !calls.exists(),
+        "the agent ran: {}",
+        std::fs::read_to_string(&calls).unwrap_or_default()
+    );
+    assert!(slowq.messages().is_empty());
+}

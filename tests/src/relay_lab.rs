@@ -315,6 +315,9 @@ pub fn start_agent(lab: &mut Lab, i: usize, host: &MailHost) -> anyhow::Result<(
             args.extend(["--mta".into(), "opensmtpd".into()]);
         }
     }
+    let state = lab.log_dir.join(format!("agent-state-{i}"));
+    std::fs::create_dir_all(&state)?;
+    args.extend(["--state-dir".into(), state.display().to_string()]);
     let listen = SocketAddr::new(host.v4().into(), AGENT_PORT);
     let bin = crate::robustifier_bin().display().to_string();
     let key = crate::agent_key_file(&lab.log_dir).display().to_string();
@@ -334,4 +337,96 @@ pub fn start_agent(lab: &mut Lab, i: usize, host: &MailHost) -> anyhow::Result<(
     let ns = host.layout.ns.clone();
     lab.spawn(&ns, &format!("agent-{}", host.name()), &argv)?;
     crate::wait_port(&ns, listen)
+}
+
+/// The moves of queued mail, driven as the operator does: a reload, `queue move`,
+/// `queue moves`, the alarms and events, and each relay's own queue listing. Replies are
+/// JSON for the test to read with the proxy's types.
+impl RelayLab {
+    /// Rewrites the front-end's configuration with `extra` TOML at its end (see
+    /// [`RelayLab::frontend_config`]) and applies it with `robustifier reload`; returns what
+    /// the command printed. Fails when the front-end refuses it.
+    pub fn reload(&self, extra: &str) -> anyhow::Result<String> {
+        std::fs::write(self.config_path(), self.frontend_config(extra))?;
+        let socket = self.control_socket();
+        let out = crate::cli::run(["reload".as_ref(), "--socket".as_ref(), socket.as_os_str()]);
+        ensure!(
+            out.status.success(),
+            "reload: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `robustifier queue move --domain <domain> --to <pool> --wait <wait_secs> --json`;
+    /// fails when the command does (a refusal, or back-ends not done in time).
+    pub fn queue_move(
+        &self,
+        domain: &str,
+        pool: &str,
+        wait_secs: u64,
+    ) -> anyhow::Result<serde_json::Value> {
+        let wait = wait_secs.to_string();
+        self.json_command(&[
+            "queue", "move", "--domain", domain, "--to", pool, "--wait", &wait,
+        ])
+    }
+
+    /// `robustifier queue moves --domain <domain> --json` (the pool of the domain's
+    /// `[[domain_queue]]`): the progress, without starting anything.
+    pub fn queue_moves(&self, domain: &str) -> anyhow::Result<serde_json::Value> {
+        self.json_command(&["queue", "moves", "--domain", domain])
+    }
+
+    /// `robustifier alarms --json` of the front-end: its active alarms and recent events.
+    pub fn alarms(&self) -> anyhow::Result<serde_json::Value> {
+        self.json_command(&["alarms"])
+    }
+
+    /// `robustifier <args> --json --socket <the front-end's>`, parsed.
+    fn json_command(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let socket = self.control_socket();
+        let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        all.extend(["--json".as_ref(), "--socket".as_ref(), socket.as_os_str()]);
+        let out = crate::cli::run(&all);
+        ensure!(
+            out.status.success(),
+            "robustifier {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).with_context(|| format!("{args:?} --json"))
+    }
+
+    /// Relay `i`'s queue listing as its MTA prints it, run here rather than asked of the
+    /// agent: `postqueue -j` (Postfix), `exim -bp`, `smtpctl show queue` (OpenSMTPD).
+    pub fn queue_listing(&self, i: usize) -> anyhow::Result<String> {
+        let host = &self.relays[i];
+        let bin_dir = self.lab.log_dir.join(format!("agent-bin-{i}"));
+        let mut cmd = match host.make {
+            Make::Postfix => {
+                let mut c = host.layout.ns.command("postqueue");
+                c.arg("-c").arg(postfix::config_dir(&host.layout)).arg("-j");
+                c
+            }
+            Make::Exim => {
+                let mut c = host.layout.ns.command(bin_dir.join("exim"));
+                c.arg("-bp");
+                c
+            }
+            Make::OpenSmtpd => {
+                let mut c = host.layout.ns.command(bin_dir.join("smtpctl"));
+                c.args(["show", "queue"]);
+                c
+            }
+        };
+        let out = cmd.output()?;
+        ensure!(
+            out.status.success(),
+            "listing {}'s queue: {}",
+            host.name(),
+            clients::text(&out)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
 }

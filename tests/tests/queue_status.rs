@@ -9,7 +9,8 @@ use robustifier::frontend::queue::QueueStatus;
 use robustifier_lab::{
     Lab, Plan, cli,
     frontend_config::{Backend, FrontendConfig, Pool, Service},
-    mail::{MailHost, Make, Users, clients, exim, opensmtpd, postfix},
+    mail::{MailHost, Make, Users, clients, postfix},
+    relay_lab,
     topology::{VIP_SMTP, internal_v4},
     vrrp,
 };
@@ -86,53 +87,6 @@ fn submit(lab: &Lab, host: &MailHost, to: &str) {
     assert!(out.status.success(), "{}", clients::text(&out));
 }
 
-/// Starts `robustifier agent` on back-end `i` for `make`, with the lab's key; Exim's and
-/// OpenSMTPD's commands reach their private instances through the lab's stand-ins on PATH.
-fn start_agent(lab: &mut Lab, i: usize, host: &MailHost) {
-    let bin_dir = lab.log_dir.join(format!("agent-bin-{i}"));
-    std::fs::create_dir_all(&bin_dir).unwrap();
-    let mut args = vec!["--spool".to_owned(), host.layout.dir.display().to_string()];
-    match host.make {
-        Make::Postfix => args.extend([
-            "--mta".into(),
-            "postfix".into(),
-            "--mta-config".into(),
-            postfix::config_dir(&host.layout).display().to_string(),
-        ]),
-        Make::Exim => {
-            exim::command_wrapper(&host.layout, &bin_dir).unwrap();
-            args.extend(["--mta".into(), "exim".into()]);
-        }
-        Make::OpenSmtpd => {
-            opensmtpd::command_wrapper(&host.layout, &bin_dir).unwrap();
-            args.extend(["--mta".into(), "opensmtpd".into()]);
-        }
-    }
-    let listen = format!("{}:7025", internal_v4(11 + i as u8));
-    let (bin, key) = (
-        robustifier_lab::robustifier_bin().display().to_string(),
-        robustifier_lab::agent_key_file(&lab.log_dir)
-            .display()
-            .to_string(),
-    );
-    let path = format!("PATH={}:/usr/sbin:/usr/bin:/sbin:/bin", bin_dir.display());
-    let mut argv = vec![
-        "env",
-        &path,
-        &bin,
-        "agent",
-        "--listen",
-        &listen,
-        "--key-file",
-        &key,
-    ];
-    argv.extend(args.iter().map(String::as_str));
-    let ns = lab.backends[i].ns.clone();
-    lab.spawn(&ns, &format!("agent-be{}", i + 1), &argv)
-        .unwrap();
-    robustifier_lab::wait_port(&ns, listen.parse().unwrap()).unwrap();
-}
-
 /// The raw listing of `host`'s MTA, as its agent reads it, kept with the lab's logs (the
 /// parsers' fixtures were taken this way).
 fn keep_listing(lab: &Lab, i: usize, host: &MailHost) {
@@ -168,7 +122,7 @@ fn deferred_mail_shows_per_domain_and_backend_with_the_mta_reason() {
             .with("alice@example.test", "alice-pw")
             .relaying(NOWHERE, dead_end);
         let host = MailHost::start(&mut lab, i, make, &users).unwrap();
-        start_agent(&mut lab, i, &host);
+        relay_lab::start_agent(&mut lab, i, &host).unwrap();
         hosts.push(host);
     }
     // be4 is configured with an agent, but none runs there.

@@ -561,7 +561,7 @@ mod tests {
         };
         let e = queue(right, LIMIT).await.unwrap_err();
         assert!(
-            matches!(&e, PollError::BadReply(why) if why.contains("knows no destinations")),
+            matches!(&e, PollError::Refused(why) if why.contains("knows no destinations")),
             "{e}"
         );
         let wrong = Endpoint {
@@ -598,7 +598,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(&e, PollError::BadReply(why) if why.contains("knows no destinations")),
+            matches!(&e, PollError::Refused(why) if why.contains("knows no destinations")),
             "{e}"
         );
         // The old-style poll still gets its report.

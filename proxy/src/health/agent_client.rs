@@ -35,7 +35,7 @@ pub async fn queue(
     .map_err(|_| PollError::Timeout)??;
     match serde_json::from_str::<QueueReply>(&json) {
         Ok(QueueReply::Ok(r)) => Ok(r),
-        Ok(QueueReply::Error(e)) => Err(PollError::BadReply(format!("the agent says: {e}"))),
+        Ok(QueueReply::Error(e)) => Err(PollError::Refused(e)),
         Err(e) => Err(PollError::BadReply(e.to_string())),
     }
 }
@@ -59,7 +59,7 @@ pub async fn move_domain(
     .map_err(|_| PollError::Timeout)??;
     match serde_json::from_str::<MoveReply>(&json) {
         Ok(MoveReply::Ok(r)) => Ok(r),
-        Ok(MoveReply::Error(e)) => Err(PollError::BadReply(format!("the agent says: {e}"))),
+        Ok(MoveReply::Error(e)) => Err(PollError::Refused(e)),
         Err(e) => Err(PollError::BadReply(e.to_string())),
     }
 }
