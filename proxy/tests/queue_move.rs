@@ -534,7 +534,23 @@ async fn an_auto_block_is_isolated_while_a_back_end_holds_its_mail_and_returns()
     assert_eq!(mx_agent.moves()[0].targets, vec![slowq.addr]);
     assert!(slow_agent.moves().is_empty());
 
-    // Under the threshold again (and staying so for recover_secs): back to normal.
+    // The sources emptied by the move: the domain's mail now waits in its pool, so it
+    // stays isolated.
+    mx_agent.set_queue(vec![slow(0)]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !events(&fe).await.iter().any(|k| matches!(
+            k,
+            Kind::DomainIsolated {
+                isolated: false,
+                ..
+            }
+        )),
+        "released while the pool still holds the domain's mail"
+    );
+    // The destination took it, everywhere under the threshold (and staying so for
+    // recover_secs): back to normal.
+    slow_agent.set_queue(vec![slow(2)]);
     mx_agent.set_queue(vec![slow(4)]);
     wait_for_event(&fe, "domain_isolated cleared", |k| {
         matches!(
@@ -712,7 +728,7 @@ async fn a_move_to_an_empty_pool_or_through_an_agent_without_a_state_dir_is_refu
         stand_in(name, format!("echo \"{name} $*\" >> '{}'", calls.display()));
     }
     let agent_port = support::free_port();
-    let _agent = Proc(
+    let _agent = support::Daemon::spawn(
         std::process::Command::new(BIN)
             .arg("agent")
             .args(["--listen", &format!("127.0.0.1:{agent_port}")])
@@ -725,12 +741,7 @@ async fn a_move_to_an_empty_pool_or_through_an_agent_without_a_state_dir_is_refu
             .env(
                 "PATH",
                 format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-            )
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+            ),
     );
     let deadline = Instant::now() + PATIENCE;
     while std::net::TcpStream::connect(("127.0.0.1", agent_port)).is_err() {

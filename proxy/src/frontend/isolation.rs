@@ -7,7 +7,10 @@
 //! `domain_isolated` alarm, routes the block's domains to its pool (the shared table every
 //! SMTP session reads without a lock) and asks for their queued mail to be moved there.
 //! When the figures have stayed under the thresholds on every back-end for
-//! `recover_secs`, the domains go back to their usual routes and the alarm clears.
+//! `recover_secs`, the domains go back to their usual routes and the alarm clears. While
+//! isolated, the pool's own back-ends count too: the domain's mail waits there now, so an
+//! emptied source says nothing of the destination; the domain has recovered only when its
+//! mail no longer piles up anywhere.
 //!
 //! Exim's agent gives no deferred count (its listing does not say): its queued count
 //! stands in for it. A back-end whose agent gives no figures counts neither way.
@@ -100,13 +103,14 @@ pub enum Decision {
     Stay,
 }
 
-/// The first figure over one of `block`'s thresholds, on a back-end outside its pool.
-fn over(block: &Block, status: &QueueStatus) -> Option<String> {
+/// The first figure over one of `block`'s thresholds, on a back-end outside its pool (on
+/// any back-end with `with_pool`).
+fn over(block: &Block, status: &QueueStatus, with_pool: bool) -> Option<String> {
     let q = &block.queue;
     status
         .backends
         .iter()
-        .filter(|b| b.error.is_none() && !block.pool_backends.contains(&b.backend))
+        .filter(|b| b.error.is_none() && (with_pool || !block.pool_backends.contains(&b.backend)))
         .flat_map(|b| b.domains.iter().map(move |d| (b, d)))
         .filter(|(_, d)| q.domains.iter().any(|p| p.matches(&d.domain)))
         .find_map(|(b, d)| {
@@ -140,7 +144,7 @@ pub fn decide(
     status: &QueueStatus,
     now: u64,
 ) -> (Decision, BlockState) {
-    match (over(block, status), state.isolated) {
+    match (over(block, status, state.isolated), state.isolated) {
         (Some(reason), false) => (
             Decision::Isolate(reason),
             BlockState {
@@ -424,6 +428,26 @@ mod tests {
         let (d, s) = decide(&b, s, &calm, 1160);
         assert!(matches!(d, Decision::Release(_)), "{d:?}");
         assert_eq!(s, BlockState::default());
+    }
+
+    #[test]
+    fn an_isolated_domain_stays_while_its_mail_piles_up_in_the_pool() {
+        let b = block(Some(10), None);
+        let hot = status(&[("mx1", "slow.example", 20, Some(20), 5)]);
+        let (_, s) = decide(&b, BlockState::default(), &hot, 1000);
+        // Moved: the sources are empty, but the pool's own back-end now holds the mail.
+        let moved = status(&[
+            ("mx1", "slow.example", 0, Some(0), 0),
+            ("slow1", "slow.example", 20, Some(20), 5),
+        ]);
+        let (d, s) = decide(&b, s, &moved, 1010);
+        assert_eq!((d, s.isolated, s.below_since), (Decision::Stay, true, None));
+        let (d, s) = decide(&b, s, &moved, 99_999);
+        assert_eq!((d, s.isolated), (Decision::Stay, true));
+        // The destination took it: the pool drains, and the count towards recovery starts.
+        let drained = status(&[("slow1", "slow.example", 1, Some(1), 5)]);
+        let (d, s) = decide(&b, s, &drained, 100_000);
+        assert_eq!((d, s.below_since), (Decision::Stay, Some(100_000)));
     }
 
     #[test]
