@@ -315,6 +315,9 @@ pub fn start_agent(lab: &mut Lab, i: usize, host: &MailHost) -> anyhow::Result<(
             args.extend(["--mta".into(), "opensmtpd".into()]);
         }
     }
+    let state = lab.log_dir.join(format!("agent-state-{i}"));
+    std::fs::create_dir_all(&state)?;
+    args.extend(["--state-dir".into(), state.display().to_string()]);
     let listen = SocketAddr::new(host.v4().into(), AGENT_PORT);
     let bin = crate::robustifier_bin().display().to_string();
     let key = crate::agent_key_file(&lab.log_dir).display().to_string();
