@@ -550,7 +550,7 @@ fn slow_domain_story(
     };
     let settled = on_slowq_only(to_slow.len() as u64);
     println!(
-        "   the mx relays handed {SLOW}'s mail to {slowq} (pool slowq) by themselves, robustifier queue status:"
+        "   the move the reload started took {SLOW}'s mail from the mx relays to {slowq} (pool slowq), robustifier queue status:"
     );
     indent(&r.queue_table()?);
     if let Err(e) = settled {
