@@ -21,7 +21,10 @@
 //!     a screenshot of the overview from a headless chromium (`target/demo/`).
 //! 11. Statistics: fe-a's last minutes as its member shipped them to the manager.
 //! 12. A slow domain piles up: in a relay lab of its own, mail for a destination answering
-//!     451 stays deferred on the relays (`queue status`) until the destination recovers.
+//!     451 stays deferred on the relays (`queue status`); the operator gives the domain a
+//!     queue of its own and reloads, the front-end moves that mail there (`queue moves`),
+//!     new mail follows, and once the destination recovers every message arrives once.
+//!     `cargo xtask demo --only slow-domain` runs this step alone.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -76,12 +79,20 @@ fn indent(text: &str) {
     }
 }
 
-pub fn run() -> anyhow::Result<()> {
+/// The whole demo, or with `only` (`slow-domain`) that step alone.
+pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     setup::run()?;
     cargo(&["build", "-p", "robustifier"])?;
     // A demo interrupted earlier may have left its lab behind.
     lab::down("rbdemo");
     let prefix = format!("rbdemo{}", std::process::id());
+    if only == Some("slow-domain") {
+        step(SLOW_DOMAIN_TITLE);
+        return match slow_domain_step(&format!("{prefix}r"))? {
+            Some(why) => anyhow::bail!("the slow domain step failed: {why}"),
+            None => Ok(()),
+        };
+    }
 
     step(&format!(
         "lab {prefix}: client, fe-a, fe-b, be1 (Postfix), be2 (Postfix), be3 (OpenSMTPD); Dovecot on each back-end"
@@ -362,9 +373,7 @@ pub fn run() -> anyhow::Result<()> {
     c.lab.down()?;
     step(&format!("lab {prefix} removed"));
 
-    step(
-        "a slow domain piles up: an outbound relay cluster whose destination slow.example answers 451",
-    );
+    step(SLOW_DOMAIN_TITLE);
     let slow_failure = slow_domain_step(&format!("{prefix}r"))?;
     anyhow::ensure!(missing == 0, "{missing} acknowledged messages are missing");
     anyhow::ensure!(
@@ -395,77 +404,307 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The slow domain step's title, for the whole demo and for `--only slow-domain`.
+const SLOW_DOMAIN_TITLE: &str = "a slow domain piles up: an outbound relay cluster whose destination slow.example answers 451; the operator gives it a queue of its own";
+
 /// A relay cluster of its own (`robustifier_lab::relay_lab`): two Postfix relays in pool
 /// "mx", an idle one in "slowq", destinations fast.example (accepting) and slow.example
-/// (451 4.7.1). Mail for both through the SMTP VIP; slow.example's stays deferred on the
-/// relays, as `queue status` shows; once it recovers, every message arrives once.
+/// (451 4.7.1). The lab goes down whatever the story shows; the failure, if any, for the
+/// end of the demo.
 fn slow_domain_step(prefix: &str) -> anyhow::Result<Option<String>> {
-    use robustifier_lab::{
-        Lab,
-        mail::Make,
-        relay_lab::{RelayLab, SLOW},
-    };
+    use robustifier_lab::{Lab, mail::Make, relay_lab::RelayLab};
     let lab = Lab::up(prefix, RelayLab::plan(2))?;
     let mut r = RelayLab::start(lab, &[Make::Postfix, Make::Postfix])?;
     println!(
         "   lab {prefix}: be1, be2 (Postfix relays, pool mx), be3 (Postfix, pool slowq, idle), be4 fast.example, be5 slow.example"
     );
+    let failure = slow_domain_story(&mut r);
+    r.lab.down()?;
+    step(&format!("lab {prefix} removed"));
+    failure
+}
+
+/// What an operator sees: slow.example's mail deferred on the "mx" relays (`queue
+/// status`); a `[[domain_queue]]` for it added and reloaded, and the front-end moving that
+/// mail to "slowq" by itself (`queue moves`) until it is there only; new mail for it
+/// queued there too; the destination recovered, "slowq" flushed, and every message
+/// delivered exactly once, counted by Message-ID.
+fn slow_domain_story(
+    r: &mut robustifier_lab::relay_lab::RelayLab,
+) -> anyhow::Result<Option<String>> {
+    use robustifier_lab::relay_lab::{RelayLab, SLOW};
     let (fast, slow) = (r.fast.rcpt(), r.slow.rcpt());
+    let slowq = r.relay_name(r.mx);
+    let mx: Vec<String> = (0..r.mx).map(|i| r.relay_name(i)).collect();
+    let within = Duration::from_secs(120);
+    let mut shed = 0;
     let mut to_slow = Vec::new();
     for _ in 0..6 {
-        r.send(&[&fast], 1)?;
-        to_slow.extend(r.send(&[&slow], 1)?);
+        send_retrying(r, &fast, &mut shed)?;
+        to_slow.extend(send_retrying(r, &slow, &mut shed)?);
     }
     println!("   6 messages to {fast} and 6 to {slow} through {VIP_SMTP}:25");
-    let within = Duration::from_secs(120);
     if let Err(e) = r.fast.wait_for_ids(6, within) {
         return Ok(Some(format!("fast.example did not get its mail: {e}")));
     }
     println!("   {fast}: {} delivered", r.fast.message_ids().len());
     let piled = RelayLab::eventually("slow.example's mail deferred", within, || {
         let status = r.queue_status(SLOW)?;
-        let deferred: u64 = status["backends"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|b| b["domains"].as_array().into_iter().flatten())
-            .map(|d| d["deferred"].as_u64().unwrap_or(0))
-            .sum();
+        let deferred: u64 = slow_queued(&status).values().map(|q| q.deferred).sum();
         Ok(if deferred == to_slow.len() as u64 {
             Ok(())
         } else {
             Err(status)
         })
     });
-    println!("   robustifier queue status:");
+    println!(
+        "   {SLOW}'s mail deferred on the mx relays ({}), robustifier queue status:",
+        mx.join(", ")
+    );
     indent(&r.queue_table()?);
     if let Err(e) = piled {
         return Ok(Some(e.to_string()));
     }
 
-    // MOVE STEP: `robustifier queue move` of slow.example's deferred mail from the "mx"
-    // relays to pool "slowq" goes here, before the destination recovers.
+    // The operator's change: a queue of its own for the domain, and a reload. The
+    // front-end starts the move itself; nobody types `queue move`.
+    let block = format!("[[domain_queue]]\ndomains = [\"{SLOW}\"]\npool = \"slowq\"\n");
+    let config = r.config_path();
+    std::fs::write(&config, r.frontend_config(&block))?;
+    let reload = robustifier_lab::cli::run(["reload".as_ref(), "-c".as_ref(), config.as_os_str()]);
+    if !reload.status.success() {
+        return Ok(Some(format!(
+            "the reload adding the domain queue was refused: {}",
+            String::from_utf8_lossy(&reload.stderr)
+        )));
+    }
+    println!(
+        "   the operator adds `[[domain_queue]] domains = [\"{SLOW}\"] pool = \"slowq\"` to {} and runs robustifier reload: {}",
+        config.display(),
+        String::from_utf8_lossy(&reload.stdout).trim()
+    );
+    let moves = || -> anyhow::Result<(String, serde_json::Value)> {
+        let socket = r.control_socket();
+        let ask = |json: bool| {
+            let mut args = vec!["queue".as_ref(), "moves".as_ref(), "--domain".as_ref()];
+            args.extend([SLOW.as_ref(), "--socket".as_ref(), socket.as_os_str()]);
+            if json {
+                args.push("--json".as_ref());
+            }
+            robustifier_lab::cli::run(args)
+        };
+        let (text, json) = (ask(false), ask(true));
+        anyhow::ensure!(
+            json.status.success(),
+            "queue moves: {}",
+            String::from_utf8_lossy(&json.stderr)
+        );
+        Ok((
+            String::from_utf8_lossy(&text.stdout).into_owned(),
+            serde_json::from_slice(&json.stdout)?,
+        ))
+    };
+    let deadline = Instant::now() + within;
+    let mut shown = String::new();
+    let moved = loop {
+        let (text, report) = moves()?;
+        if text != shown {
+            println!("   robustifier queue moves --domain {SLOW}:");
+            indent(&text);
+            shown = text;
+        }
+        if move_done(&report, &mx) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    if !moved {
+        return Ok(Some(format!(
+            "the move the reload started was not done on {} within {within:?}",
+            mx.join(", ")
+        )));
+    }
+    let log = r
+        .lab
+        .frontend_daemon(0)
+        .map(|d| d.log_text())
+        .unwrap_or_default();
+    if let Some(line) = log.lines().find(|l| l.contains("queue move started")) {
+        println!("   fea's log: {}", line.trim());
+    }
+    let on_slowq_only = |want: u64| {
+        RelayLab::eventually(
+            &format!("{SLOW}'s {want} messages on {slowq} only"),
+            within,
+            || {
+                let status = r.queue_status(SLOW)?;
+                let q = slow_queued(&status);
+                let there = q.get(&slowq).is_some_and(|q| q.queued == want)
+                    && mx.iter().all(|b| q.get(b).is_some_and(|q| q.queued == 0));
+                Ok(if there { Ok(()) } else { Err(status) })
+            },
+        )
+    };
+    let settled = on_slowq_only(to_slow.len() as u64);
+    println!(
+        "   the move the reload started took {SLOW}'s mail from the mx relays to {slowq} (pool slowq), robustifier queue status:"
+    );
+    indent(&r.queue_table()?);
+    if let Err(e) = settled {
+        return Ok(Some(e.to_string()));
+    }
+
+    to_slow.extend(send_retrying(r, &slow, &mut shed)?);
+    if let Err(e) = on_slowq_only(to_slow.len() as u64) {
+        return Ok(Some(format!("new mail for {SLOW}: {e}")));
+    }
+    println!(
+        "   a new message to {slow} through {VIP_SMTP}:25 is queued on {slowq} (pool slowq): {} there, none on the mx relays",
+        to_slow.len()
+    );
 
     r.slow.recover()?;
     r.flush()?;
-    let got = match r.slow.wait_for_ids(to_slow.len(), within) {
-        Ok(got) => got,
-        Err(e) => return Ok(Some(format!("after recovery: {e}"))),
-    };
-    let mut distinct = got.clone();
-    distinct.dedup();
-    println!(
-        "   {slow} recovered (postfix reload), relays flushed: {} delivered, {} distinct",
-        got.len(),
-        distinct.len()
-    );
-    r.lab.down()?;
-    step(&format!("lab {prefix} removed"));
-    if distinct.len() != got.len() {
-        return Ok(Some(format!("{SLOW} got duplicates: {got:?}")));
+    if let Err(e) = r.slow.wait_for_ids(to_slow.len(), within) {
+        return Ok(Some(format!("after recovery: {e}")));
     }
-    Ok(None)
+    // A late copy could still be on its way while some relay holds mail for the domain:
+    // count only once every queue is empty of it.
+    let drained = RelayLab::eventually(&format!("no relay holds {SLOW}'s mail"), within, || {
+        let status = r.queue_status(SLOW)?;
+        let q = slow_queued(&status);
+        let empty = q.len() == r.relays.len() && q.values().all(|q| q.queued == 0);
+        Ok(if empty { Ok(()) } else { Err(status) })
+    });
+    if let Err(e) = drained {
+        return Ok(Some(e.to_string()));
+    }
+    let got = r.slow.message_ids();
+    let failure = exactly_once(&to_slow, &got);
+    println!(
+        "   {SLOW} recovered (postfix reload), relays flushed: {} delivered to {slow} for {} sent, {} distinct Message-IDs: {}",
+        got.len(),
+        to_slow.len(),
+        distinct(&got),
+        if failure.is_none() {
+            "every message exactly once"
+        } else {
+            "NOT every message exactly once"
+        }
+    );
+    if shed > 0 {
+        println!(
+            "   ({shed} sessions were shed with 421 4.3.2 while the machine's load put the relays over their run-queue threshold, and sent again)"
+        );
+    }
+    Ok(failure)
 }
+
+/// Whether a failed send's transcript is the front-end's shed reply at the greeting.
+fn is_shed(transcript: &str) -> bool {
+    transcript
+        .lines()
+        .any(|l| l.starts_with("<** 421 4.3.2") && l.contains("Service temporarily overloaded"))
+}
+
+/// Sends one message to `to` through the SMTP VIP, sending it again (at most a minute) when
+/// the front-end sheds the session with `421 4.3.2`, as a mail client would: the relays'
+/// run-queue figure is the machine's load, which other work on it can push over the
+/// threshold for a few seconds. A shed session took no message, so nothing is sent twice.
+fn send_retrying(
+    r: &robustifier_lab::relay_lab::RelayLab,
+    to: &str,
+    shed: &mut usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut tries = 0;
+    loop {
+        match r.send(&[to], 1) {
+            Err(e) if tries < 60 && is_shed(&e.to_string()) => {
+                tries += 1;
+                *shed += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// One relay's figures for the domain asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Queued {
+    queued: u64,
+    deferred: u64,
+}
+
+/// `queue status --domain D --json`'s figures per back-end (zero where the domain is not
+/// queued); a back-end whose agent did not answer is left out, so that nothing is taken
+/// for empty that was not seen.
+fn slow_queued(status: &serde_json::Value) -> std::collections::BTreeMap<String, Queued> {
+    status["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["error"].is_null())
+        .filter_map(|b| {
+            let name = b["backend"].as_str()?.to_owned();
+            let q =
+                b["domains"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .fold(Queued::default(), |q, d| Queued {
+                        queued: q.queued + d["queued"].as_u64().unwrap_or(0),
+                        deferred: q.deferred + d["deferred"].as_u64().unwrap_or(0),
+                    });
+            Some((name, q))
+        })
+        .collect()
+}
+
+/// Whether `queue moves --json` says every one of `sources` has finished its move.
+fn move_done(report: &serde_json::Value, sources: &[String]) -> bool {
+    sources.iter().all(|name| {
+        report["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|b| b["backend"].as_str() == Some(name.as_str()) && b["status"]["state"] == "done")
+    })
+}
+
+fn distinct(ids: &[String]) -> usize {
+    ids.iter().collect::<std::collections::BTreeSet<_>>().len()
+}
+
+/// Why the delivered Message-IDs `got` are not each of `sent` exactly once.
+fn exactly_once(sent: &[String], got: &[String]) -> Option<String> {
+    let mut count = std::collections::BTreeMap::<&str, usize>::new();
+    for id in got {
+        *count.entry(id.as_str()).or_default() += 1;
+    }
+    let missing: Vec<&String> = sent
+        .iter()
+        .filter(|id| !count.contains_key(id.as_str()))
+        .collect();
+    let twice: Vec<(&&str, &usize)> = count.iter().filter(|(_, n)| **n > 1).collect();
+    let unknown: Vec<&&str> = count
+        .keys()
+        .filter(|id| !sent.iter().any(|s| s == **id))
+        .collect();
+    if missing.is_empty() && twice.is_empty() && unknown.is_empty() {
+        None
+    } else {
+        Some(format!(
+            "{SLOW_DOMAIN}: missing {missing:?}, delivered more than once {twice:?}, not sent {unknown:?}"
+        ))
+    }
+}
+
+/// The relay lab's tempfailing destination, in the failure's words.
+const SLOW_DOMAIN: &str = robustifier_lab::relay_lab::SLOW;
 
 /// What the burst showed, per group.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -1196,6 +1435,67 @@ mod tests {
             out.extend((0..no).map(|_| (who.to_owned(), deflected())));
         }
         out
+    }
+
+    #[test]
+    fn only_the_shed_greeting_is_sent_again() {
+        let shed = "=== Connected to 198.18.0.25.\n<** 421 4.3.2 fea Service temporarily overloaded, try again later\n -> QUIT";
+        assert!(is_shed(shed));
+        // Refused later in the transaction: the message may have been taken, or is refused.
+        assert!(!is_shed(
+            "<-  250 ok\n<** 451 4.3.2 try again later\n -> QUIT"
+        ));
+        assert!(!is_shed("<** 421 4.4.2 fea idle too long"));
+    }
+
+    #[test]
+    fn each_message_must_arrive_exactly_once() {
+        let ids = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let sent = ids(&["a@x", "b@x", "c@x"]);
+        assert_eq!(exactly_once(&sent, &ids(&["a@x", "b@x", "c@x"])), None);
+        // The same count of deliveries as sent, but one twice and one never.
+        let why = exactly_once(&sent, &ids(&["a@x", "a@x", "c@x"])).unwrap();
+        assert!(why.contains(r#"missing ["b@x"]"#), "{why}");
+        assert!(why.contains(r#"more than once [("a@x", 2)]"#), "{why}");
+        let why = exactly_once(&sent, &ids(&["a@x", "b@x", "c@x", "d@x"])).unwrap();
+        assert!(why.contains(r#"not sent ["d@x"]"#), "{why}");
+        assert_eq!(distinct(&ids(&["a@x", "b@x", "a@x"])), 2);
+    }
+
+    #[test]
+    fn queue_figures_per_relay_leave_out_relays_without_an_answer() {
+        let status = serde_json::json!({"domain": "slow.example", "backends": [
+            {"backend": "be1", "agent": "a", "error": null, "domains": [
+                {"domain": "slow.example", "queued": 4, "deferred": 3, "oldest_secs": 9, "reason": "451"}]},
+            {"backend": "be2", "agent": "a", "error": null, "domains": []},
+            {"backend": "be3", "agent": "a", "error": "connect: refused", "domains": []}]});
+        let q = slow_queued(&status);
+        assert_eq!(q.len(), 2, "{q:?}");
+        assert_eq!(
+            q["be1"],
+            Queued {
+                queued: 4,
+                deferred: 3
+            }
+        );
+        assert_eq!(q["be2"], Queued::default());
+    }
+
+    #[test]
+    fn a_move_is_done_only_when_every_source_says_so() {
+        let report = |s1: &str, s2: &str| {
+            serde_json::json!({"domain": "slow.example", "pool": "slowq", "backends": [
+                {"backend": "be1", "agent": "a", "error": null, "status": {"state": s1}},
+                {"backend": "be2", "agent": "a", "error": null, "status": {"state": s2}}]})
+        };
+        let mx = ["be1".to_owned(), "be2".to_owned()];
+        assert!(move_done(&report("done", "done"), &mx));
+        assert!(!move_done(&report("done", "running"), &mx));
+        // Before the front-end's request reaches an agent, it has no move.
+        assert!(!move_done(&report("none", "done"), &mx));
+        let unanswered = serde_json::json!({"backends": [
+            {"backend": "be1", "error": "timed out", "status": null}]});
+        assert!(!move_done(&unanswered, &mx[..1]));
     }
 
     #[test]

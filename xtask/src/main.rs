@@ -40,7 +40,11 @@ enum Command {
         action: lab::Action,
     },
     /// Bring up a lab, run a front-end, send traffic through it, show the counters.
-    Demo,
+    Demo {
+        /// Only this step, in a lab of its own (the relay lab's slow domain and its move).
+        #[arg(long, value_parser = ["slow-domain"])]
+        only: Option<String>,
+    },
     /// The demo's cluster under steady mail and random chaos (crashes, failovers, cable
     /// pulls, reloads, attacks); fails when a message acknowledged with 250 is not in its
     /// Maildirs. Writes target/soak/*.json.
@@ -117,7 +121,7 @@ fn main() -> std::process::ExitCode {
         Command::Setup => setup::run(),
         Command::BuildAndLoad { iface, config } => build_and_load(&iface, &config),
         Command::Lab { action } => lab::run(action),
-        Command::Demo => demo::run(),
+        Command::Demo { only } => demo::run(only.as_deref()),
         Command::Soak {
             minutes,
             clients,
