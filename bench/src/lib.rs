@@ -142,7 +142,7 @@ impl Mode {
                 queues_slow: 2000,
                 queues_fast: 300,
                 queues_move: 500,
-                queues_reps: 2,
+                queues_reps: 1,
             },
         }
     }
