@@ -10,8 +10,9 @@
 //!    move is done, M more fast.example messages are timed. System "robustifier" is the
 //!    isolated cluster and "not isolated" the same cluster before, so the ratio is
 //!    after / before. The reload's move is timed too (reload to every source done).
-//! 2. Move rate per make: K deferred slow.example messages on one relay (Postfix, Exim,
-//!    OpenSMTPD, in random order), `robustifier queue move --domain slow.example --to slowq
+//! 2. Move rate per make: K slow.example messages queued on one relay (Postfix, Exim,
+//!    OpenSMTPD, in random order; Postfix's all deferred, OpenSMTPD's behind a route that
+//!    tempfailed), `robustifier queue move --domain slow.example --to slowq
 //!    --wait` timed (it polls every second, so a figure may be up to a second long).
 //!
 //! The whole mail system (proxy, MTAs, agents) runs on both CPUs here: the load is light
@@ -82,7 +83,7 @@ fn isolation(ctx: &mut Ctx) -> anyhow::Result<()> {
     let mut r = RelayLab::start(lab, &[Make::Postfix, Make::Postfix])?;
     let case = format!("{n} deferred for {SLOW}");
     fill(&r, &(0..r.mx).collect::<Vec<_>>(), n, "slow")?;
-    wait_queued(&r, &(0..r.mx).collect::<Vec<_>>(), n, true)?;
+    wait_queued(&r, &(0..r.mx).collect::<Vec<_>>(), n, n)?;
     println!("bench: queues: {n} messages for {SLOW} deferred on the mx relays");
     // Not timed: the first messages of a run open the relays' connections to
     // fast.example and would count against "before" only.
@@ -127,8 +128,16 @@ fn move_rates(ctx: &mut Ctx) -> anyhow::Result<()> {
         for i in super::shuffled(&[0, 1, 2]) {
             let make = makes[i];
             fill(&r, &[i], k, &format!("m{rep}-{i}"))?;
-            // Exim's listing does not say whether a message was deferred: queued it is.
-            wait_queued(&r, &[i], k, make != Make::Exim)?;
+            // Postfix tries each message once. OpenSMTPD, once the route to slow.example
+            // has tempfailed, keeps the rest queued behind the route's delay (minutes):
+            // one deferral is the state to move from. Exim's listing does not say whether
+            // a message was deferred: queued it is.
+            let deferred = match make {
+                Make::Postfix => k,
+                Make::OpenSmtpd => 1,
+                Make::Exim => 0,
+            };
+            wait_queued(&r, &[i], k, deferred)?;
             let t = Instant::now();
             let report = control(
                 &r,
@@ -321,9 +330,9 @@ fn slow_queue(status: &Value, backend: &str) -> (u64, u64) {
         })
 }
 
-/// Waits until the relays `relays` hold `n` slow.example messages between them (all
-/// deferred, when `deferred`: tried once and refused).
-fn wait_queued(r: &RelayLab, relays: &[usize], n: usize, deferred: bool) -> anyhow::Result<()> {
+/// Waits until the relays `relays` hold `n` slow.example messages between them, at least
+/// `deferred` of them deferred (tried and refused).
+fn wait_queued(r: &RelayLab, relays: &[usize], n: usize, deferred: usize) -> anyhow::Result<()> {
     let names: Vec<String> = relays.iter().map(|&i| r.relay_name(i)).collect();
     RelayLab::eventually(
         &format!("{n} messages for {SLOW} queued on {names:?}"),
@@ -334,8 +343,7 @@ fn wait_queued(r: &RelayLab, relays: &[usize], n: usize, deferred: bool) -> anyh
                 let (bq, bd) = slow_queue(&s, b);
                 (q + bq, d + bd)
             });
-            let want = n as u64;
-            Ok(if q == want && (!deferred || d == want) {
+            Ok(if q == n as u64 && d >= deferred as u64 {
                 Ok(())
             } else {
                 Err((q, d))
