@@ -54,6 +54,13 @@ pub struct Sizes {
     /// Commits measured per repetition of `propagation`, and its repetitions.
     pub propagation_commits: usize,
     pub propagation_reps: usize,
+    /// `queues`: slow.example messages deferred on the relays, fast.example messages timed
+    /// before and after isolating it, messages per move of the per-make move rate, and the
+    /// repetitions of the latter.
+    pub queues_slow: usize,
+    pub queues_fast: usize,
+    pub queues_move: usize,
+    pub queues_reps: usize,
 }
 
 impl Mode {
@@ -80,6 +87,10 @@ impl Mode {
                 reload_reps: 1,
                 propagation_commits: 5,
                 propagation_reps: 1,
+                queues_slow: 5,
+                queues_fast: 5,
+                queues_move: 3,
+                queues_reps: 1,
             },
             Mode::Quick => Sizes {
                 reps: 3,
@@ -102,6 +113,10 @@ impl Mode {
                 reload_reps: 1,
                 propagation_commits: 20,
                 propagation_reps: 1,
+                queues_slow: 300,
+                queues_fast: 100,
+                queues_move: 100,
+                queues_reps: 1,
             },
             Mode::Full => Sizes {
                 reps: 7,
@@ -124,6 +139,10 @@ impl Mode {
                 reload_reps: 2,
                 propagation_commits: 40,
                 propagation_reps: 3,
+                queues_slow: 2000,
+                queues_fast: 300,
+                queues_move: 500,
+                queues_reps: 1,
             },
         }
     }
@@ -168,6 +187,7 @@ pub const SCENARIOS: &[&str] = &[
     "overload",
     "reload",
     "propagation",
+    "queues",
 ];
 
 /// Runs the scenarios named in `only` (all when empty) and returns the report; a failing
@@ -213,6 +233,7 @@ pub fn run(mode: Mode, only: &[String], command: &str) -> anyhow::Result<Report>
             "overload" => scenarios::overload::run(&mut ctx),
             "reload" => scenarios::reload::run(&mut ctx),
             "propagation" => scenarios::propagation::run(&mut ctx),
+            "queues" => scenarios::queues::run(&mut ctx),
             _ => unreachable!(),
         };
         println!(

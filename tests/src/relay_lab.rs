@@ -298,7 +298,14 @@ impl RelayLab {
 pub fn start_agent(lab: &mut Lab, i: usize, host: &MailHost) -> anyhow::Result<()> {
     let bin_dir = lab.log_dir.join(format!("agent-bin-{i}"));
     std::fs::create_dir_all(&bin_dir)?;
-    let mut args = vec!["--spool".to_owned(), host.layout.dir.display().to_string()];
+    let state_dir = lab.log_dir.join(format!("agent-state-{i}"));
+    std::fs::create_dir_all(&state_dir)?;
+    let mut args = vec![
+        "--spool".to_owned(),
+        host.layout.dir.display().to_string(),
+        "--state-dir".to_owned(),
+        state_dir.display().to_string(),
+    ];
     match host.make {
         Make::Postfix => args.extend([
             "--mta".into(),

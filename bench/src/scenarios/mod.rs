@@ -8,6 +8,7 @@ pub mod failover;
 pub mod memory;
 pub mod overload;
 pub mod propagation;
+pub mod queues;
 pub mod reload;
 pub mod slow;
 
