@@ -340,14 +340,7 @@ async fn the_command_line_waits_for_the_move_and_names_who_is_not_done() {
     )
     .unwrap();
     let (frontend, _log) = run_without_kernel(&file);
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _frontend = Kill(frontend);
+    let _frontend = support::Daemon::new(frontend);
     let sock = socket.to_str().unwrap().to_owned();
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
@@ -769,14 +762,7 @@ async fn a_move_to_an_empty_pool_or_through_an_agent_without_a_state_dir_is_refu
     )
     .unwrap();
     let (frontend, _log) = run_without_kernel(&file);
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _frontend = Kill(frontend);
+    let _frontend = support::Daemon::new(frontend);
     let sock = socket.to_str().unwrap().to_owned();
     let run = |to: &'static str| {
         let sock = sock.clone();

@@ -322,9 +322,6 @@ pub fn start_agent(lab: &mut Lab, i: usize, host: &MailHost) -> anyhow::Result<(
             args.extend(["--mta".into(), "opensmtpd".into()]);
         }
     }
-    let state = lab.log_dir.join(format!("agent-state-{i}"));
-    std::fs::create_dir_all(&state)?;
-    args.extend(["--state-dir".into(), state.display().to_string()]);
     let listen = SocketAddr::new(host.v4().into(), AGENT_PORT);
     let bin = crate::robustifier_bin().display().to_string();
     let key = crate::agent_key_file(&lab.log_dir).display().to_string();
@@ -436,4 +433,18 @@ impl RelayLab {
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// Panics unless `delivered` (the Message-IDs read at a destination, sorted) holds each of
+/// `sent` exactly once and nothing else; `what` names the destination in the failure.
+pub fn exactly_once(what: &str, delivered: &[String], sent: &[String]) {
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for id in delivered {
+        *seen.entry(id.as_str()).or_default() += 1;
+    }
+    let dup: Vec<_> = seen.into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(dup.is_empty(), "{what}: delivered more than once: {dup:?}");
+    let mut want = sent.to_vec();
+    want.sort();
+    assert_eq!(delivered, want.as_slice(), "{what}: delivered vs sent");
 }

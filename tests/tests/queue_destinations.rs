@@ -4,39 +4,18 @@
 //! destination recovers and the relays are flushed, every message arrives exactly once.
 //! Postfix relays behind the proxy, then Exim and OpenSMTPD relays. Privileged.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use robustifier::frontend::queue::QueueStatus;
 use robustifier_lab::{
     mail::Make,
-    relay_lab::{FAST, RelayLab, SLOW},
+    relay_lab::{FAST, RelayLab, SLOW, exactly_once},
 };
 
 const WITHIN: Duration = Duration::from_secs(180);
 
 fn status(r: &RelayLab, domain: &str) -> QueueStatus {
     serde_json::from_value(r.queue_status(domain).unwrap()).unwrap()
-}
-
-/// How many times each Message-ID occurs.
-fn counts(ids: &[String]) -> BTreeMap<&str, usize> {
-    let mut m = BTreeMap::new();
-    for id in ids {
-        *m.entry(id.as_str()).or_default() += 1;
-    }
-    m
-}
-
-/// `ids` were each delivered exactly once, and nothing else was.
-fn exactly_once(delivered: &[String], sent: &[String]) {
-    let mut want = sent.to_vec();
-    want.sort();
-    let dup: Vec<_> = counts(delivered)
-        .into_iter()
-        .filter(|(_, n)| *n > 1)
-        .collect();
-    assert!(dup.is_empty(), "delivered more than once: {dup:?}");
-    assert_eq!(delivered, want.as_slice(), "delivered vs sent");
 }
 
 #[test]
@@ -58,7 +37,7 @@ fn slow_domain_is_deferred_on_the_relays_and_delivered_once_when_it_recovers() {
     to_slow.extend(both.iter().cloned());
 
     let got = r.fast.wait_for_ids(to_fast.len(), WITHIN).unwrap();
-    exactly_once(&got, &to_fast);
+    exactly_once("fast.example", &got, &to_fast);
     assert_eq!(
         r.slow.message_ids(),
         Vec::<String>::new(),
@@ -132,9 +111,9 @@ fn slow_domain_is_deferred_on_the_relays_and_delivered_once_when_it_recovers() {
         })
     })
     .unwrap();
-    exactly_once(&got, &to_slow);
-    exactly_once(&r.slow.message_ids(), &to_slow);
-    exactly_once(&r.fast.message_ids(), &to_fast);
+    exactly_once("slow.example", &got, &to_slow);
+    exactly_once("slow.example", &r.slow.message_ids(), &to_slow);
+    exactly_once("fast.example", &r.fast.message_ids(), &to_fast);
     r.lab.down().unwrap();
 }
 
@@ -154,7 +133,7 @@ fn exim_and_opensmtpd_relays_defer_the_slow_domain_and_deliver_it_once_it_recove
     to_slow.extend(r.send(&[&slow], 2).unwrap());
 
     let got = r.fast.wait_for_ids(to_fast.len(), WITHIN).unwrap();
-    exactly_once(&got, &to_fast);
+    exactly_once("fast.example", &got, &to_fast);
 
     let s = RelayLab::eventually(
         "the slow domain's mail queued on both relays",
@@ -222,7 +201,7 @@ fn exim_and_opensmtpd_relays_defer_the_slow_domain_and_deliver_it_once_it_recove
         })
     })
     .unwrap();
-    exactly_once(&got, &to_slow);
-    exactly_once(&r.slow.message_ids(), &to_slow);
+    exactly_once("slow.example", &got, &to_slow);
+    exactly_once("slow.example", &r.slow.message_ids(), &to_slow);
     r.lab.down().unwrap();
 }

@@ -19,7 +19,7 @@ use robustifier::{
 };
 use robustifier_lab::{
     mail::Make,
-    relay_lab::{RelayLab, SLOW},
+    relay_lab::{RelayLab, SLOW, exactly_once},
 };
 
 const WITHIN: Duration = Duration::from_secs(240);
@@ -61,27 +61,6 @@ fn queued_in(r: &RelayLab, i: usize, domain: &str) -> ByMessage {
             (!rcpts.is_empty()).then_some((m.id, rcpts))
         })
         .collect()
-}
-
-/// How many times each Message-ID occurs.
-fn counts(ids: &[String]) -> BTreeMap<&str, usize> {
-    let mut m = BTreeMap::new();
-    for id in ids {
-        *m.entry(id.as_str()).or_default() += 1;
-    }
-    m
-}
-
-/// `delivered` holds each of `sent` exactly once, and nothing else.
-fn exactly_once(what: &str, delivered: &[String], sent: &[String]) {
-    let mut want = sent.to_vec();
-    want.sort();
-    let dup: Vec<_> = counts(delivered)
-        .into_iter()
-        .filter(|(_, n)| *n > 1)
-        .collect();
-    assert!(dup.is_empty(), "{what}: delivered more than once: {dup:?}");
-    assert_eq!(delivered, want.as_slice(), "{what}: delivered vs sent");
 }
 
 /// The front-end's events seen so far, by sequence number: `alarms --json` carries only
