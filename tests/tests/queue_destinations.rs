@@ -18,6 +18,25 @@ fn status(r: &RelayLab, domain: &str) -> QueueStatus {
     serde_json::from_value(r.queue_status(domain).unwrap()).unwrap()
 }
 
+/// slow.example recovers and the relays are flushed: each of `to_slow` arrives there
+/// exactly once, the relays' queues empty, and nothing more arrives.
+fn recovered_exactly_once(r: &mut RelayLab, to_slow: &[String]) {
+    r.slow.recover().unwrap();
+    r.flush().unwrap();
+    let got = r.slow.wait_for_ids(to_slow.len(), WITHIN).unwrap();
+    RelayLab::eventually("the relays' queues empty", WITHIN, || {
+        let s = status(r, SLOW);
+        Ok(if s.backends.iter().all(|b| b.domains.is_empty()) {
+            Ok(())
+        } else {
+            Err(s)
+        })
+    })
+    .unwrap();
+    exactly_once("slow.example", &got, to_slow);
+    exactly_once("slow.example", &r.slow.message_ids(), to_slow);
+}
+
 #[test]
 fn slow_domain_is_deferred_on_the_relays_and_delivered_once_when_it_recovers() {
     let Some(mut r) = RelayLab::privileged("qd", &[Make::Postfix, Make::Postfix]) else {
@@ -98,21 +117,7 @@ fn slow_domain_is_deferred_on_the_relays_and_delivered_once_when_it_recovers() {
     })
     .unwrap();
 
-    r.slow.recover().unwrap();
-    r.flush().unwrap();
-    let got = r.slow.wait_for_ids(to_slow.len(), WITHIN).unwrap();
-    // The relays' queues empty, and then nothing more arrives.
-    RelayLab::eventually("the relays' queues empty", WITHIN, || {
-        let s = status(&r, SLOW);
-        Ok(if s.backends.iter().all(|b| b.domains.is_empty()) {
-            Ok(())
-        } else {
-            Err(s)
-        })
-    })
-    .unwrap();
-    exactly_once("slow.example", &got, &to_slow);
-    exactly_once("slow.example", &r.slow.message_ids(), &to_slow);
+    recovered_exactly_once(&mut r, &to_slow);
     exactly_once("fast.example", &r.fast.message_ids(), &to_fast);
     r.lab.down().unwrap();
 }
@@ -189,19 +194,6 @@ fn exim_and_opensmtpd_relays_defer_the_slow_domain_and_deliver_it_once_it_recove
         "slow.example refuses"
     );
 
-    r.slow.recover().unwrap();
-    r.flush().unwrap();
-    let got = r.slow.wait_for_ids(to_slow.len(), WITHIN).unwrap();
-    RelayLab::eventually("the relays' queues empty", WITHIN, || {
-        let s = status(&r, SLOW);
-        Ok(if s.backends.iter().all(|b| b.domains.is_empty()) {
-            Ok(())
-        } else {
-            Err(s)
-        })
-    })
-    .unwrap();
-    exactly_once("slow.example", &got, &to_slow);
-    exactly_once("slow.example", &r.slow.message_ids(), &to_slow);
+    recovered_exactly_once(&mut r, &to_slow);
     r.lab.down().unwrap();
 }
