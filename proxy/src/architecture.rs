@@ -77,7 +77,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "shared state",
         &["health::board", "ha::hooks", "ha::gate", "ha::health"],
     ),
-    ("back-end side", &["backend", "health"]),
+    ("back-end side", &["backend", "health", "directory"]),
     (
         "sessions",
         &[

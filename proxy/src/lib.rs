@@ -45,6 +45,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod directory;
 pub mod events;
 pub mod front;
 pub mod frontend;

@@ -15,6 +15,9 @@ use crate::{
 pub struct ServiceContext {
     pub service: Arc<Service>,
     pub routes: Option<Arc<Watched<RouteTable>>>,
+    /// The service's `[[directory]]`, consulted after the routing map. The front-end owns
+    /// it across reloads (its cache and counters survive a reload that keeps it).
+    pub directory: Option<Arc<crate::directory::resolver::Resolver>>,
     pub pools: Arc<PoolSet>,
     pub tls: Option<Arc<ServerTls>>,
     pub groups: Arc<crate::backend::groups::Groups>,
@@ -85,6 +88,7 @@ impl ServiceContext {
         Ok(ServiceContext {
             service: Arc::new(service.clone()),
             routes,
+            directory: None,
             pools,
             tls,
             groups,

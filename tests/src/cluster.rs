@@ -66,6 +66,19 @@ pub struct Cluster {
     /// after the lab's, for tests that reshape a pool.
     pool_backends: [Vec<Backend>; 3],
     pool_thresholds: [String; 3],
+    /// Set by [`Cluster::use_directories`]: `[[directory]]` sections, and the directory
+    /// each kind of service routes by instead of its text map.
+    directories: Option<Directories>,
+}
+
+/// `[[directory]]` TOML and the directory names the services use: SMTP recipients (the
+/// services on 25 and 465), submission users (587), POP3 users (110 and 995).
+#[derive(Debug, Clone)]
+pub struct Directories {
+    pub toml: String,
+    pub smtp: String,
+    pub submission: String,
+    pub pop: String,
 }
 
 impl Cluster {
@@ -141,6 +154,7 @@ impl Cluster {
             extra: vec![String::new(); frontends],
             pool_backends: Default::default(),
             pool_thresholds: Default::default(),
+            directories: None,
         })
     }
 
@@ -159,6 +173,14 @@ impl Cluster {
     pub fn set_pool_extra(&mut self, j: usize, backends: Vec<Backend>, thresholds: &str) {
         self.pool_backends[j] = backends;
         self.pool_thresholds[j] = thresholds.to_owned();
+    }
+
+    /// Routes every service by a directory instead of its text map (in the configuration
+    /// [`Cluster::frontend_config`] writes from now on). The pools keep their names: be1,
+    /// be2, be3 (SMTP), sub-be1, sub-be2 (submission), pop-be1, pop-be2, pop-be3 (POP3);
+    /// back-end names: be1, be2, be3, be1-submission, be2-submission, be1-pop3, ...
+    pub fn use_directories(&mut self, d: Directories) {
+        self.directories = Some(d);
     }
 
     /// Issues a new certificate for the front-ends (same lab CA) under the file names
@@ -193,7 +215,17 @@ impl Cluster {
                 })
                 .line(&format!("hostname = \"{host}-{name}.robustifier.test\""))
                 .line(&format!("tls = \"{tls}\""))
-                .line(&format!("routes = \"{dir}/{map}\""))
+                .line(&match &self.directories {
+                    None => format!("routes = \"{dir}/{map}\""),
+                    Some(d) => {
+                        let name = match map {
+                            "submission.map" => &d.submission,
+                            "pop.map" => &d.pop,
+                            _ => &d.smtp,
+                        };
+                        format!("directory = \"{name}\"")
+                    }
+                })
         };
         let agent_key = format!(
             "agent_key_file = \"{}\"",
@@ -267,6 +299,7 @@ impl Cluster {
                 "[[group]]\nname = \"premium\"\nshare = 1.0\nrecipients = [\"carol@example.net\"]\nwait_ms = 20000\n\n[[group]]\nname = \"regular\"\nshare = 0.75",
             )
             .toml(&self.extra[i])
+            .toml(self.directories.as_ref().map_or("", |d| d.toml.as_str()))
             .build()
     }
 

@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod directory;
 pub mod frontend_config;
 pub mod mail;
 pub mod manager;

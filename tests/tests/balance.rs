@@ -140,14 +140,15 @@ fn agent_mail_queue_over_threshold_takes_the_backend_out_of_routing() {
     let Some(mut lab) = lab("ag", 2) else { return };
     let s1 = Sink::start(&mut lab, 0, &[]).unwrap();
     let s2 = Sink::start(&mut lab, 1, &[]).unwrap();
-    // Agents count files in a spool directory standing in for the MTA's queue.
-    let mut spools = Vec::new();
-    for i in 0..2 {
-        let spool = lab.log_dir.join(format!("spool{i}"));
-        std::fs::create_dir_all(&spool).unwrap();
+    // Agents count files in a spool directory standing in for the MTA's queue. The
+    // directories live on the shared-memory file system: the agents also report their
+    // spool's disk use, and the build machine's disk (however full) must not keep be1 out
+    // once its queue is back under the threshold.
+    let shm = ShmDirs::new("balance-ag", 2);
+    let spools = shm.0.clone();
+    for (i, spool) in spools.iter().enumerate() {
         let args = ["--mta", "spool", "--spool", spool.to_str().unwrap()];
         cli::start_agent(&mut lab, i, &format!("agent{i}"), &args).unwrap();
-        spools.push(spool);
     }
     start(&mut lab, 2, "[pool.thresholds]\nmail_queue = 5", "");
     eventually(&lab, "agents report", |s| {
@@ -174,6 +175,33 @@ fn agent_mail_queue_over_threshold_takes_the_backend_out_of_routing() {
         std::fs::remove_file(spools[0].join(format!("q{n}"))).unwrap();
     }
     eventually(&lab, "be1 readmitted", |s| s.backends[0].weight > 0);
+}
+
+/// Directories under `/dev/shm`, unique to this run, removed when dropped.
+struct ShmDirs(Vec<std::path::PathBuf>);
+
+impl ShmDirs {
+    fn new(tag: &str, n: usize) -> Self {
+        let dirs: Vec<_> = (0..n)
+            .map(|i| {
+                let d = std::path::PathBuf::from(format!(
+                    "/dev/shm/robustifier-{tag}-{}-{i}",
+                    std::process::id()
+                ));
+                std::fs::create_dir_all(&d).unwrap();
+                d
+            })
+            .collect();
+        ShmDirs(dirs)
+    }
+}
+
+impl Drop for ShmDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 /// 24 sessions at once from the client, every other one to a premium domain
@@ -376,7 +404,13 @@ fn agent_measures_a_real_postfix_deferred_queue() {
         host.layout.dir.to_str().unwrap(),
     ];
     cli::start_agent(&mut lab, 0, "agent-postfix", &args).unwrap();
-    start(&mut lab, 1, "[pool.thresholds]\nmail_queue = 1", "");
+    // The agent measures the disk of the back-end's directory, on the build machine's disk.
+    start(
+        &mut lab,
+        1,
+        "[pool.thresholds]\nmail_queue = 1\ndisk_percent = 100",
+        "",
+    );
     eventually(&lab, "agent reports an empty queue", |s| {
         s.backends[0].updated_ns > 0 && s.backends[0].mail_queue == 0 && s.backends[0].weight > 0
     });

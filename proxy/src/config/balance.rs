@@ -122,7 +122,7 @@ pub fn wait(key: String, raw: Option<u64>) -> Result<Option<Duration>, Invalid> 
     }
 }
 
-type Invalid = (String, String);
+pub type Invalid = (String, String);
 
 pub fn health(key: &str, raw: Option<RawHealth>) -> Result<Health, Invalid> {
     let d = Health::default();

@@ -4,6 +4,7 @@
 
 pub mod balance;
 pub mod diff;
+pub mod directory;
 mod error;
 mod raw;
 pub mod routes;
@@ -44,6 +45,8 @@ pub struct Config {
     /// `[[domain_queue]]`s: recipient domains routed to a pool of their own, before the
     /// routing maps.
     pub domain_queues: Vec<DomainQueue>,
+    /// `[[directory]]` routing sources, by name.
+    pub directories: Vec<directory::Directory>,
 }
 
 /// `[monitor]`: the event log.
@@ -166,6 +169,8 @@ pub struct Service {
     /// for the per-client session limit and the AUTH failure limit.
     pub client_prefix_v6: u8,
     pub routes: Option<PathBuf>,
+    /// The `[[directory]]` consulted after `routes`, before `pool`.
+    pub directory: Option<String>,
     pub pool: Option<String>,
     pub max_message_size: u64,
     pub idle_timeout: std::time::Duration,
@@ -435,8 +440,20 @@ impl Config {
         )?;
         let monitor = monitor(base, raw.monitor)?;
         let domain_queues = domain_queues(raw.domain_queues, &pools[..])?;
+        let directories = directory::directories(raw.directories, base)?;
+        for (i, s) in services.iter().enumerate() {
+            if let Some(d) = &s.directory
+                && !directories.iter().any(|x| &x.name == d)
+            {
+                return Err((
+                    format!("service[{i}].directory"),
+                    format!("no [[directory]] is called {d:?}"),
+                ));
+            }
+        }
         Ok(Config {
             domain_queues,
+            directories,
             ha,
             vrrp,
             monitor,
@@ -563,6 +580,7 @@ fn service(
         plaintext_auth,
         client_prefix_v6: DEFAULT_CLIENT_PREFIX_V6,
         routes,
+        directory: s.directory,
         pool: s.pool,
         max_message_size,
         idle_timeout: std::time::Duration::from_secs(idle),

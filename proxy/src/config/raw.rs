@@ -28,6 +28,8 @@ pub struct RawConfig {
     pub monitor: RawMonitor,
     #[serde(default, rename = "domain_queue")]
     pub domain_queues: Vec<RawDomainQueue>,
+    #[serde(default, rename = "directory")]
+    pub directories: Vec<super::directory::RawDirectory>,
 }
 
 /// Events and alarms: where the JSON-lines event log goes and how much of it is kept.
@@ -142,6 +144,8 @@ pub struct RawService {
     pub plaintext_auth: Option<bool>,
     /// Routing map file (relative to the config file's folder).
     pub routes: Option<String>,
+    /// `[[directory]]` whose answers route the keys the routing map does not match.
+    pub directory: Option<String>,
     /// Pool for keys the routing map does not match (or for every session, without a map).
     pub pool: Option<String>,
     /// Largest message accepted, octets (SMTP SIZE).

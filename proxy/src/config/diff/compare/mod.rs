@@ -131,6 +131,7 @@ pub fn config(running: &Config, new: &Config) -> Vec<Change> {
         vrrp,
         monitor,
         domain_queues,
+        directories,
     } = running;
     let mut out = Out::default();
     self::frontend(&mut out, frontend, &new.frontend);
@@ -176,6 +177,17 @@ pub fn config(running: &Config, new: &Config) -> Vec<Change> {
         router,
     );
     self::domain_queues(&mut out, domain_queues, &new.domain_queues);
+    out.members(
+        Services,
+        "directory",
+        (directories, &new.directories),
+        |d| d.name.clone(),
+        |out, s, old, new| {
+            if old != new {
+                out.push(Services, format!("{s}: changed"));
+            }
+        },
+    );
     out.0
 }
 
@@ -327,6 +339,7 @@ fn service(out: &mut Out, s: &str, old: &Service, new: &Service) {
         // Copied from `flood.client_prefix_v6`, reported there.
         client_prefix_v6: _,
         routes,
+        directory,
         pool,
         max_message_size,
         idle_timeout,
@@ -336,7 +349,7 @@ fn service(out: &mut Out, s: &str, old: &Service, new: &Service) {
     fields!(out, k, s, new; protocol, port);
     out.list(k, s, "vips", vips, &new.vips);
     fields!(out, k, s, new;
-        hostname, max_connections, max_per_client, tls, auth, plaintext_auth, routes, pool,
+        hostname, max_connections, max_per_client, tls, auth, plaintext_auth, routes, directory, pool,
         max_message_size, idle_timeout);
     fields!(out, Balance, s, new; wait);
 }

@@ -1,0 +1,1 @@
+//! The positive and negative cache of one directory.
