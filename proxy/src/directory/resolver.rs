@@ -61,11 +61,12 @@ pub struct Counters {
     pub lookups: u64,
     /// Answered from the cache within its TTL (found or not found).
     pub hits: u64,
-    /// Asked of the source.
+    /// Requests to the source (concurrent lookups of one key share one).
     pub misses: u64,
     /// Answered stale while the source failed.
     pub stale: u64,
-    /// The source failed (timeouts included) and no stale answer could stand in.
+    /// The source failed (timeouts included) and no stale answer could stand in, or its
+    /// answer named no usable pool or back-end.
     pub errors: u64,
     pub timeouts: u64,
     /// Sum of the source's answer times, microseconds, and the largest.
