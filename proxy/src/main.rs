@@ -283,6 +283,53 @@ enum Command {
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
+    /// How a running front-end routes a recipient or a user, and its directories'
+    /// caches and counters.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+        /// Control socket; defaults to the config's `ha.control_socket`, else the only
+        /// socket under /run/robustifier/.
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+        /// Take the control socket from this configuration.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// How SERVICE routes KEY now, as its sessions would: the dedicated queues, the
+    /// routing map, the directory (its own answer shown too) and the service's pool.
+    Lookup {
+        /// A recipient address, or with --user a login name.
+        key: String,
+        /// The service (as named in the configuration).
+        #[arg(long)]
+        service: String,
+        /// KEY is a login name (POP3, SMTP AUTH), not a recipient.
+        #[arg(long)]
+        user: bool,
+        /// Ask the directory even when its cache holds the key (the answer is cached).
+        #[arg(long)]
+        fresh: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Empty the directories' caches (or one directory's): the next lookups ask the source.
+    Flush {
+        /// Only this directory.
+        #[arg(long)]
+        directory: Option<String>,
+    },
+    /// Each directory's lookups, cache hits, misses, stale answers, errors and timeouts.
+    Directories {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -564,6 +611,14 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             // The front-end waits for its agents up to its own bound.
             let text = control::request(&path, line.trim_end(), Duration::from_secs(40))?;
             print_move(&serde_json::from_str(&text)?, json)
+        }
+        Command::Route {
+            command,
+            socket,
+            config,
+        } => {
+            let path = control_path(socket, config.as_deref())?;
+            route(&path, command)
         }
         Command::Alarms {
             socket,
@@ -865,6 +920,52 @@ fn ha(command: HaCommand, socket: Option<PathBuf>, config: Option<PathBuf>) -> a
 
 /// `robustifier queue move`: starts the move, then with `wait` asks for its progress every
 /// second until every source is done or the time is up.
+/// `robustifier route ...` over the control socket.
+fn route(path: &Path, command: RouteCommand) -> anyhow::Result<()> {
+    use robustifier::frontend::route_lookup;
+    match command {
+        RouteCommand::Lookup {
+            key,
+            service,
+            user,
+            fresh,
+            json,
+        } => {
+            let mut line = format!("route lookup {service} {key}");
+            if user {
+                line.push_str(" user");
+            }
+            if fresh {
+                line.push_str(" fresh");
+            }
+            // The front-end bounds the lookup by the directory's own timeout.
+            let text = control::request(path, &line, Duration::from_secs(40))?;
+            let answer: route_lookup::RouteAnswer = serde_json::from_str(&text)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                print!("{}", route_lookup::render(&answer));
+            }
+        }
+        RouteCommand::Flush { directory } => {
+            let line = directory.map_or("route flush".to_owned(), |d| format!("route flush {d}"));
+            let text = control::request(path, &line, Duration::from_secs(5))?;
+            let flushed: Vec<String> = serde_json::from_str(&text)?;
+            println!("flushed: {}", flushed.join(", "));
+        }
+        RouteCommand::Directories { json } => {
+            let text = control::request(path, "route directories", Duration::from_secs(5))?;
+            let stats: Vec<route_lookup::DirectoryStats> = serde_json::from_str(&text)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print!("{}", route_lookup::render_stats(&stats));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn queue_move(
     path: &std::path::Path,
     domain: &str,

@@ -40,7 +40,23 @@ pub enum Request {
         pool: String,
         status_only: bool,
     },
+    /// How a service routes `key` now, as its sessions would (`user`: a login name, else
+    /// an SMTP recipient), with the directory's own answer; `fresh` asks the directory
+    /// even when its cache holds the key.
+    RouteLookup {
+        service: String,
+        key: String,
+        user: bool,
+        fresh: bool,
+    },
+    /// Empty the cache of one directory, or of every one.
+    RouteFlush(Option<String>),
+    /// Each directory's counters.
+    Directories,
 }
+
+/// The longest key `route lookup` takes: an SMTP path's longest address (RFC 5321 4.5.3.1).
+const MAX_ROUTE_KEY: usize = 320;
 
 impl Request {
     /// The request in `line` (without its newline), or the reason it is refused.
@@ -164,11 +180,63 @@ impl Request {
                     (!rest.is_empty()).then(|| rest.trim_end_matches('.').to_lowercase()),
                 ))
             }
+            "route" => Self::route(rest),
             "release" => vrid(rest).map(Request::Release),
             "resume" => vrid(rest).map(Request::Resume),
             _ => Err(format!(
-                "unknown request {verb:?} (status, alarms, events SEQ, stats [MINUTE], reload [FILE], release VRID, resume VRID, drain BACKEND, undrain BACKEND, queue [DOMAIN], queue move DOMAIN POOL [status], queue moves DOMAIN [POOL], handover)"
+                "unknown request {verb:?} (status, alarms, events SEQ, stats [MINUTE], reload [FILE], release VRID, resume VRID, drain BACKEND, undrain BACKEND, queue [DOMAIN], queue move DOMAIN POOL [status], queue moves DOMAIN [POOL], route lookup SERVICE KEY [user] [fresh], route flush [DIRECTORY], route directories, handover)"
             )),
+        }
+    }
+}
+
+impl Request {
+    /// `route lookup SERVICE KEY [user] [fresh]`, `route flush [DIRECTORY]`,
+    /// `route directories`.
+    fn route(rest: &str) -> Result<Request, String> {
+        let words: Vec<&str> = rest.split_ascii_whitespace().collect();
+        // Names and keys are printable and short; anything else would garble the reply
+        // or the log line, and no configuration or mailbox can have it.
+        let printable = |w: &str, max: usize| w.len() <= max && !w.chars().any(char::is_control);
+        match words.split_first() {
+            Some((&"lookup", args)) => {
+                let usage = || "route lookup takes SERVICE KEY [user] [fresh]".to_owned();
+                let [service, key, flags @ ..] = args else {
+                    return Err(usage());
+                };
+                let (mut user, mut fresh) = (false, false);
+                for f in flags {
+                    match *f {
+                        "user" if !user => user = true,
+                        "fresh" if !fresh => fresh = true,
+                        _ => return Err(usage()),
+                    }
+                }
+                if !printable(service, 64) {
+                    return Err(format!("{service:?} is not a service name"));
+                }
+                if !printable(key, MAX_ROUTE_KEY) {
+                    return Err(format!(
+                        "{key:?} is not a key (at most {MAX_ROUTE_KEY} printable octets)"
+                    ));
+                }
+                Ok(Request::RouteLookup {
+                    service: (*service).to_owned(),
+                    key: (*key).to_owned(),
+                    user,
+                    fresh,
+                })
+            }
+            Some((&"flush", [])) => Ok(Request::RouteFlush(None)),
+            Some((&"flush", [name])) if printable(name, 64) => {
+                Ok(Request::RouteFlush(Some((*name).to_owned())))
+            }
+            Some((&"flush", _)) => Err("route flush takes [DIRECTORY]".to_owned()),
+            Some((&"directories", [])) => Ok(Request::Directories),
+            _ => Err(
+                "route takes lookup SERVICE KEY [user] [fresh], flush [DIRECTORY] or directories"
+                    .to_owned(),
+            ),
         }
     }
 }
@@ -245,6 +313,30 @@ mod tests {
                     status_only: true,
                 },
             ),
+            (
+                "route lookup smtp Alice@Example.TEST",
+                Request::RouteLookup {
+                    service: "smtp".into(),
+                    key: "Alice@Example.TEST".into(),
+                    user: false,
+                    fresh: false,
+                },
+            ),
+            (
+                "route lookup pop3 alice fresh user",
+                Request::RouteLookup {
+                    service: "pop3".into(),
+                    key: "alice".into(),
+                    user: true,
+                    fresh: true,
+                },
+            ),
+            ("route flush", Request::RouteFlush(None)),
+            (
+                "route flush users",
+                Request::RouteFlush(Some("users".into())),
+            ),
+            ("route directories", Request::Directories),
         ];
         for (line, want) in ok {
             assert_eq!(Request::parse(line).as_ref(), Ok(want), "{line:?}");
@@ -300,6 +392,19 @@ mod tests {
                 "queue move bob@slow.example slowq",
                 "\"bob@slow.example\" is not a domain",
             ),
+            ("route", "route takes lookup"),
+            ("route lookup smtp", "route lookup takes SERVICE KEY"),
+            (
+                "route lookup smtp a@b fresh fresh",
+                "route lookup takes SERVICE KEY",
+            ),
+            (
+                "route lookup smtp a@b now",
+                "route lookup takes SERVICE KEY",
+            ),
+            ("route lookup smtp a\u{7}@b", "\"a\\u{7}@b\" is not a key"),
+            ("route flush a b", "route flush takes [DIRECTORY]"),
+            ("route directories x", "route takes lookup"),
         ];
         for (line, want) in refused {
             let got = Request::parse(line).unwrap_err();

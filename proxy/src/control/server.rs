@@ -199,6 +199,44 @@ async fn answer(request: Request, commands: &mpsc::Sender<Command>) -> Result<St
             let report = answer.await.map_err(|_| gone())??;
             serde_json::to_string(&report).map_err(|e| e.to_string())
         }
+        Request::RouteLookup {
+            service,
+            key,
+            user,
+            fresh,
+        } => {
+            let (done, answer) = oneshot::channel();
+            commands
+                .send(Command::RouteLookup {
+                    service,
+                    key,
+                    user,
+                    fresh,
+                    done,
+                })
+                .await
+                .map_err(|_| gone())?;
+            let report = answer.await.map_err(|_| gone())??;
+            serde_json::to_string(&report).map_err(|e| e.to_string())
+        }
+        Request::RouteFlush(directory) => {
+            let (done, answer) = oneshot::channel();
+            commands
+                .send(Command::RouteFlush { directory, done })
+                .await
+                .map_err(|_| gone())?;
+            let flushed = answer.await.map_err(|_| gone())??;
+            serde_json::to_string(&flushed).map_err(|e| e.to_string())
+        }
+        Request::Directories => {
+            let (done, answer) = oneshot::channel();
+            commands
+                .send(Command::Directories { done })
+                .await
+                .map_err(|_| gone())?;
+            let stats = answer.await.map_err(|_| gone())?;
+            serde_json::to_string(&stats).map_err(|e| e.to_string())
+        }
         Request::HandOver => Err("handover is a dialogue of its own".to_owned()),
     }
 }

@@ -246,8 +246,81 @@ pub fn render(fe: &Frontend, ha: &Ha) -> String {
         }
     }
 
+    directories(&mut reg, &super::route_lookup::stats(&fe.envs.load()));
     statistics(&mut reg, &fe.stats.totals());
     crate::prometheus::text(&reg)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectoryLabels {
+    directory: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectoryOutcomeLabels {
+    directory: String,
+    kind: String,
+    outcome: String,
+}
+
+/// Each directory's lookups by outcome, the source's answer time, and its cache's size.
+fn directories(reg: &mut Registry, stats: &[super::route_lookup::DirectoryStats]) {
+    let lookups = Family::<DirectoryLabels, Counter>::default();
+    reg.register(
+        "directory_lookups",
+        "Routing lookups asked of a directory (cache included)",
+        lookups.clone(),
+    );
+    let outcomes = Family::<DirectoryOutcomeLabels, Counter>::default();
+    reg.register(
+        "directory_outcomes",
+        "Directory lookups by outcome: hit (cache), miss (asked the source), stale (an expired answer served while the source failed), error (no answer; timeouts included), timeout",
+        outcomes.clone(),
+    );
+    let seconds = Family::<DirectoryLabels, Counter<f64, AtomicU64>>::default();
+    reg.register(
+        "directory_source_seconds",
+        "Time the source took over all its answers (divide by the misses for the mean)",
+        seconds.clone(),
+    );
+    let slowest = Family::<DirectoryLabels, Gauge<f64, AtomicU64>>::default();
+    reg.register(
+        "directory_source_max_seconds",
+        "The source's slowest answer",
+        slowest.clone(),
+    );
+    let cached = gauges::<DirectoryLabels>(reg, "directory_cached_keys", "Keys in the cache");
+    for d in stats {
+        let c = &d.counters;
+        let l = DirectoryLabels {
+            directory: d.name.clone(),
+            kind: d.kind.clone(),
+        };
+        lookups.get_or_create(&l).inc_by(c.lookups);
+        for (outcome, n) in [
+            ("hit", c.hits),
+            ("miss", c.misses),
+            ("stale", c.stale),
+            ("error", c.errors),
+            ("timeout", c.timeouts),
+        ] {
+            outcomes
+                .get_or_create(&DirectoryOutcomeLabels {
+                    directory: d.name.clone(),
+                    kind: d.kind.clone(),
+                    outcome: outcome.to_owned(),
+                })
+                .inc_by(n);
+        }
+        seconds
+            .get_or_create(&l)
+            .inc_by(c.source_us_total as f64 / 1e6);
+        slowest.get_or_create(&l).set(c.source_us_max as f64 / 1e6);
+        cached
+            .get_or_create(&l)
+            .set(i64::try_from(c.cached).unwrap_or(i64::MAX));
+    }
 }
 
 /// The statistics' counters since the start, per service, back-end, pool and group.

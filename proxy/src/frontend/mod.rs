@@ -17,6 +17,7 @@ mod kernel;
 mod metrics;
 pub mod queue;
 pub mod queue_move;
+pub mod route_lookup;
 mod status;
 mod succession;
 mod user_space;
@@ -116,6 +117,24 @@ pub enum Command {
         pool: String,
         status_only: bool,
         done: oneshot::Sender<Result<queue_move::MoveReport, String>>,
+    },
+    /// How service `service` routes `key` now (`user`: a login name), the directory
+    /// asked afresh when `fresh`; answers without holding other commands up meanwhile.
+    RouteLookup {
+        service: String,
+        key: String,
+        user: bool,
+        fresh: bool,
+        done: oneshot::Sender<Result<route_lookup::RouteAnswer, String>>,
+    },
+    /// Empty the cache of directory `directory` (or of every one): the names flushed.
+    RouteFlush {
+        directory: Option<String>,
+        done: oneshot::Sender<Result<Vec<String>, String>>,
+    },
+    /// Each directory's counters.
+    Directories {
+        done: oneshot::Sender<Vec<route_lookup::DirectoryStats>>,
     },
     /// A binary upgrade's first step: offer the listeners and the XDP link to a successor.
     Offer {
@@ -783,6 +802,26 @@ impl Frontend {
                         let _ = done.send(Err(e.to_string()));
                     }
                 },
+                Command::RouteLookup {
+                    service,
+                    key,
+                    user,
+                    fresh,
+                    done,
+                } => {
+                    let envs = self.envs.load_full();
+                    tokio::spawn(async move {
+                        let answer = route_lookup::lookup(&envs, &service, &key, user, fresh);
+                        let _ = done.send(answer.await);
+                    });
+                }
+                Command::RouteFlush { directory, done } => {
+                    let envs = self.envs.load();
+                    let _ = done.send(route_lookup::flush(&envs, directory.as_deref()));
+                }
+                Command::Directories { done } => {
+                    let _ = done.send(route_lookup::stats(&self.envs.load()));
+                }
                 Command::Handoff {
                     vrid,
                     release,
