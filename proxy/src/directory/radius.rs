@@ -5,8 +5,8 @@
 //! - User-Name: the `user_name` template filled with the key's parts as plain text
 //!   (RADIUS has no query syntax to escape; a server's user list matches it as a
 //!   literal). A name RADIUS cannot carry (empty, over 253 octets, holding a NUL, which
-//!   servers read as its end) is no user of the directory: [`Found::NotFound`] without a
-//!   request, so that `alice@example.test\0x` can never be answered as alice.
+//!   servers read as its end: FreeRADIUS 3.2 accepts `alice@example.test\0x` as alice)
+//!   is no user of the directory: [`Found::NotFound`] without a request.
 //! - User-Password: the configured lookup password or an empty one, always hidden with
 //!   the secret (RFC 2865 section 5.2). RFC 2865 wants every Access-Request to carry a
 //!   password (or CHAP-Password or State); the server is expected to accept known names
