@@ -83,6 +83,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "nftables",
         "the nftables drop rule the bench compares XDP against",
     ),
+    (
+        "slapd",
+        "OpenLDAP server: the lab's LDAP directory in the directory routing tests",
+    ),
+    ("ldap-utils", "ldapadd: loads the lab slapd's entries"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
