@@ -92,6 +92,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "freeradius-utils",
         "radclient, to ask the lab's FreeRADIUS by hand when a directory test fails",
     ),
+    (
+        "slapd",
+        "OpenLDAP server: the lab's LDAP directory in the directory routing tests",
+    ),
+    ("ldap-utils", "ldapadd: loads the lab slapd's entries"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
