@@ -83,6 +83,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "nftables",
         "the nftables drop rule the bench compares XDP against",
     ),
+    (
+        "postgresql",
+        "PostgreSQL server of the SQL directory tests (run as a lab process, never the host's service)",
+    ),
+    (
+        "mariadb-server",
+        "MariaDB server of the SQL directory tests (run as a lab process, never the host's service)",
+    ),
 ];
 
 pub fn run() -> anyhow::Result<()> {
