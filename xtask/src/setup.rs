@@ -91,6 +91,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "mariadb-server",
         "MariaDB server of the SQL directory tests (run as a lab process, never the host's service)",
     ),
+    (
+        "sqlite3",
+        "writes the SQLite files of the SQL directory tests",
+    ),
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -10,7 +10,11 @@
 //! each SQLite connection on a thread of its own, so its blocking I/O never blocks the
 //! runtime.
 
-use std::{str::FromStr as _, sync::Arc, time::Duration};
+use std::{
+    str::FromStr as _,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use futures_util::TryStreamExt as _;
 use sqlx::{
@@ -30,10 +34,33 @@ use crate::config::directory::sql::{Engine, Sql};
 /// than one key's entry (a missing condition), not a route.
 pub const MAX_ROWS: usize = 16;
 
+/// One server: its connection options, and its pool once a lookup needed it. Pools are
+/// made on first use, inside the runtime (sqlx starts a pool's upkeep task there), so a
+/// source may be built anywhere, a configuration check included.
+struct Server<O, P> {
+    url: String,
+    options: O,
+    pool: OnceLock<P>,
+}
+
+impl<O: Clone, P> Server<O, P> {
+    fn new(url: &str, options: O) -> Self {
+        Server {
+            url: url.to_owned(),
+            options,
+            pool: OnceLock::new(),
+        }
+    }
+
+    fn pool(&self, make: impl FnOnce(O) -> P) -> &P {
+        self.pool.get_or_init(|| make(self.options.clone()))
+    }
+}
+
 enum Pools {
-    Postgres(Vec<(String, PgPool)>),
-    Mysql(Vec<(String, MySqlPool)>),
-    Sqlite(String, SqlitePool),
+    Postgres(Vec<Server<PgConnectOptions, PgPool>>),
+    Mysql(Vec<Server<MySqlConnectOptions, MySqlPool>>),
+    Sqlite(Server<SqliteConnectOptions, SqlitePool>),
 }
 
 struct SqlSource {
@@ -45,6 +72,7 @@ struct SqlSource {
     binds: Vec<Part>,
     /// Time each server gets for one lookup (connecting included).
     per_server: Duration,
+    pool_size: u32,
 }
 
 /// Builds the source of `config`; no connection is made here. `timeout` is the
@@ -75,11 +103,7 @@ pub fn open(config: &Sql, timeout: Duration) -> Result<Arc<dyn Source>, SourceEr
                 if let Some(ca) = &config.ca_file {
                     o = o.ssl_root_cert(ca);
                 }
-                let pool = PgPoolOptions::new()
-                    .max_connections(config.pool_size)
-                    .acquire_timeout(per_server)
-                    .connect_lazy_with(o.application_name("robustifier"));
-                pools.push((url.clone(), pool));
+                pools.push(Server::new(url, o.application_name("robustifier")));
             }
             Pools::Postgres(pools)
         }
@@ -98,11 +122,7 @@ pub fn open(config: &Sql, timeout: Duration) -> Result<Arc<dyn Source>, SourceEr
                 if let Some(ca) = &config.ca_file {
                     o = o.ssl_ca(ca);
                 }
-                let pool = MySqlPoolOptions::new()
-                    .max_connections(config.pool_size)
-                    .acquire_timeout(per_server)
-                    .connect_lazy_with(o);
-                pools.push((url.clone(), pool));
+                pools.push(Server::new(url, o));
             }
             Pools::Mysql(pools)
         }
@@ -114,11 +134,7 @@ pub fn open(config: &Sql, timeout: Duration) -> Result<Arc<dyn Source>, SourceEr
                 .filename(path)
                 .read_only(true)
                 .create_if_missing(false);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(config.pool_size)
-                .acquire_timeout(per_server)
-                .connect_lazy_with(o);
-            Pools::Sqlite(path.clone(), pool)
+            Pools::Sqlite(Server::new(path, o))
         }
     };
     Ok(Arc::new(SqlSource {
@@ -127,6 +143,7 @@ pub fn open(config: &Sql, timeout: Duration) -> Result<Arc<dyn Source>, SourceEr
         sql,
         binds,
         per_server,
+        pool_size: config.pool_size,
     }))
 }
 
@@ -182,14 +199,21 @@ macro_rules! ask {
                         )));
                     }
                     // NULL is a row without a value (a mailbox without this service).
-                    match row.try_get::<Option<String>, _>(0) {
+                    // Text with a binary collation (MariaDB's `utf8mb4_bin`) comes as
+                    // bytes: taken when they are UTF-8.
+                    let value = row.try_get::<Option<String>, _>(0).or_else(|e| {
+                        match row.try_get::<Option<Vec<u8>>, _>(0) {
+                            Ok(b) => b
+                                .map(String::from_utf8)
+                                .transpose()
+                                .map_err(|_| "the first column is not UTF-8 text".to_owned()),
+                            Err(_) => Err(format!("the first column is not text: {e}")),
+                        }
+                    });
+                    match value {
                         Ok(Some(v)) => values.push(v),
                         Ok(None) => {}
-                        Err(e) => {
-                            break Err(Failure::Invalid(format!(
-                                "the first column is not text: {e}"
-                            )));
-                        }
+                        Err(why) => break Err(Failure::Invalid(why)),
                     }
                 }
                 Ok(None) if values.is_empty() => break Ok(Found::NotFound),
@@ -230,27 +254,45 @@ impl SqlSource {
                 None
             }
         };
-        let t = self.per_server;
+        let (t, n) = (self.per_server, self.pool_size);
         match &self.pools {
-            Pools::Postgres(pools) => {
-                for (url, pool) in pools {
+            Pools::Postgres(servers) => {
+                for server in servers {
+                    let pool = server.pool(|o| {
+                        PgPoolOptions::new()
+                            .max_connections(n)
+                            .acquire_timeout(t)
+                            .connect_lazy_with(o)
+                    });
                     let r = tokio::time::timeout(t, async { ask!(pool, &self.sql, &values) });
-                    if let Some(done) = attempt(url, r.await.ok()) {
+                    if let Some(done) = attempt(&server.url, r.await.ok()) {
                         return done;
                     }
                 }
             }
-            Pools::Mysql(pools) => {
-                for (url, pool) in pools {
+            Pools::Mysql(servers) => {
+                for server in servers {
+                    let pool = server.pool(|o| {
+                        MySqlPoolOptions::new()
+                            .max_connections(n)
+                            .acquire_timeout(t)
+                            .connect_lazy_with(o)
+                    });
                     let r = tokio::time::timeout(t, async { ask!(pool, &self.sql, &values) });
-                    if let Some(done) = attempt(url, r.await.ok()) {
+                    if let Some(done) = attempt(&server.url, r.await.ok()) {
                         return done;
                     }
                 }
             }
-            Pools::Sqlite(path, pool) => {
+            Pools::Sqlite(server) => {
+                let pool = server.pool(|o| {
+                    SqlitePoolOptions::new()
+                        .max_connections(n)
+                        .acquire_timeout(t)
+                        .connect_lazy_with(o)
+                });
                 let r = tokio::time::timeout(t, async { ask!(pool, &self.sql, &values) });
-                if let Some(done) = attempt(path, r.await.ok()) {
+                if let Some(done) = attempt(&server.url, r.await.ok()) {
                     return done;
                 }
             }
@@ -391,6 +433,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bytes_are_text_when_they_are_utf8() {
+        let (s, p) = sqlite_source(&[], BY_ADDRESS).await;
+        let pool = SqlitePoolOptions::new()
+            .connect_with(SqliteConnectOptions::new().filename(&p))
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO mailbox VALUES ('b@example.test', X'626531'), ('x@example.test', X'ff00')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            s.lookup(&Key::recipient("b@example.test")).await,
+            Ok(Found::Values(vec!["be1".into()]))
+        );
+        assert!(matches!(
+            s.lookup(&Key::recipient("x@example.test")).await,
+            Err(SourceError::Invalid(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn more_than_sixteen_rows_is_invalid() {
         let rows: Vec<(&str, &str)> = (0..=MAX_ROWS)
             .map(|_| ("many@example.test", "be1"))
@@ -461,6 +526,26 @@ mod tests {
         assert!(
             matches!(r, Err(SourceError::Unavailable(ref why)) if why.contains("readonly")),
             "{r:?}"
+        );
+    }
+
+    /// The front-end may build sources outside its runtime (a configuration check, a
+    /// reload on a blocking thread): nothing is started until a lookup.
+    #[test]
+    fn a_source_is_built_outside_a_runtime() {
+        let config = Sql {
+            engine: Engine::Mysql,
+            urls: vec!["mysql://rb@127.0.0.1:1/mail".into()],
+            password_file: None,
+            query: BY_ADDRESS.into(),
+            tls: true,
+            ca_file: None,
+            pool_size: 1,
+            plaintext_password: false,
+        };
+        assert_eq!(
+            open(&config, Duration::from_secs(1)).unwrap().kind(),
+            "mysql"
         );
     }
 
