@@ -60,7 +60,7 @@ impl<O: Clone, P> Server<O, P> {
 enum Pools {
     Postgres(Vec<Server<PgConnectOptions, PgPool>>),
     Mysql(Vec<Server<MySqlConnectOptions, MySqlPool>>),
-    Sqlite(Server<SqliteConnectOptions, SqlitePool>),
+    Sqlite(Box<Server<SqliteConnectOptions, SqlitePool>>),
 }
 
 struct SqlSource {
@@ -134,7 +134,7 @@ pub fn open(config: &Sql, timeout: Duration) -> Result<Arc<dyn Source>, SourceEr
                 .filename(path)
                 .read_only(true)
                 .create_if_missing(false);
-            Pools::Sqlite(Server::new(path, o))
+            Pools::Sqlite(Box::new(Server::new(path, o)))
         }
     };
     Ok(Arc::new(SqlSource {
