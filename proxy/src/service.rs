@@ -47,8 +47,25 @@ pub enum RouteSource {
     Isolated(DomainPattern),
     /// The service's routing map.
     RouteMap,
+    /// The service's `[[directory]]`, and where its answer came from.
+    Directory {
+        name: String,
+        origin: crate::directory::resolver::Origin,
+    },
     /// The service's `pool`.
     ServicePool,
+}
+
+/// Where a recipient or a user goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routed {
+    /// The route (`Route::Reject`: refused), and where it came from.
+    Route(Route, RouteSource),
+    /// Nothing routes it (relay denied for a recipient, an unknown user).
+    Unrouted,
+    /// The directory failed and no stale answer could stand in: a temporary reply, never
+    /// a refusal for good. The text says why, for the session's log.
+    Unavailable(String),
 }
 
 impl std::fmt::Display for RouteSource {
@@ -57,6 +74,7 @@ impl std::fmt::Display for RouteSource {
             RouteSource::DomainQueue(p) => write!(f, "domain_queue {p}"),
             RouteSource::Isolated(p) => write!(f, "domain_queue {p} (isolated)"),
             RouteSource::RouteMap => f.write_str("route map"),
+            RouteSource::Directory { name, origin } => write!(f, "directory {name} ({origin})"),
             RouteSource::ServicePool => f.write_str("the service's pool"),
         }
     }
@@ -123,6 +141,16 @@ impl ServiceContext {
         self
     }
 
+    /// The context consulting `directory` after its routing map (the front-end builds one
+    /// resolver per `[[directory]]` and shares it between the services naming it).
+    pub fn with_directory(
+        mut self,
+        directory: Option<Arc<crate::directory::resolver::Resolver>>,
+    ) -> ServiceContext {
+        self.directory = directory;
+        self
+    }
+
     /// The context recording its sessions' messages in `events`.
     pub fn with_events(mut self, events: crate::events::Events) -> ServiceContext {
         self.events = events;
@@ -186,6 +214,16 @@ impl ServiceContext {
         pools.extend(self.isolated.load().pools().into_iter().map(str::to_owned));
         if let Some(r) = &self.routes {
             pools.extend(r.get().pools().into_iter().map(str::to_owned));
+        }
+        // A directory may name any pool that serves the protocol.
+        if self.directory.is_some() {
+            let protocol = self.service.protocol;
+            pools.extend(
+                self.pools
+                    .names()
+                    .filter(|n| crate::config::routes::usable(&*self.pools, n, protocol).is_ok())
+                    .map(str::to_owned),
+            );
         }
         pools.sort();
         pools.dedup();
@@ -260,7 +298,7 @@ impl ServiceContext {
                 };
                 if let Some(why) = why {
                     // The route's pools by name: only on this path, not on every session's.
-                    for pool in route.iter().filter_map(|p| self.pools.pool(p)) {
+                    for pool in route.iter().filter_map(|p| self.pools.entry_pool(p)) {
                         if let Some(c) = self.stats.pool(pool.pool.id) {
                             c.deflected(why);
                         }
@@ -277,58 +315,105 @@ impl ServiceContext {
         self.pools.board.chunking(&self.pool_names())
     }
 
-    /// The route of a login name: as an address (`user@domain`) when it has one, else as a
-    /// bare user name.
-    pub fn route_user(&self, user: &str) -> Option<Route> {
-        match crate::smtp::command::Address::parse_user(user) {
-            Some(addr) => self.route(|t| t.lookup(&addr).cloned()),
-            None => self.route(|t| t.lookup_user(user).cloned()),
+    /// The route of a login name (POP3, SMTP AUTH): the routing map (as an address,
+    /// `user@domain`, when it has one, else as a bare user name), then the directory, then
+    /// the service's pool.
+    pub async fn route_user(&self, user: &str) -> Routed {
+        let mapped = match crate::smtp::command::Address::parse_user(user) {
+            Some(addr) => self.mapped(|t| t.lookup(&addr).cloned()),
+            None => self.mapped(|t| t.lookup_user(user).cloned()),
+        };
+        if let Some(r) = mapped {
+            return Routed::Route(r, RouteSource::RouteMap);
         }
+        self.directory_then_pool(crate::directory::Key::user(user))
+            .await
     }
 
     /// The pools serving SMTP recipient `to`, and where that came from: its domain's
-    /// dedicated queue first, then the routing map, then the service's default pool.
-    /// `None`: nothing routes it (relay denied); `Some(Route::Reject)`: unknown recipient.
-    pub fn route_recipient(
-        &self,
-        to: &crate::smtp::command::Address,
-    ) -> Option<(Route, RouteSource)> {
+    /// dedicated queue first, then an isolated block's, the routing map, the directory,
+    /// and the service's default pool.
+    pub async fn route_recipient(&self, to: &crate::smtp::command::Address) -> Routed {
         if let Some(dedicated) = to
             .domain
             .as_deref()
             .and_then(|d| self.domain_queues.lookup(d))
         {
-            return Some((
+            return Routed::Route(
                 Route::Pools(vec![dedicated.pool.to_owned()]),
                 RouteSource::DomainQueue(dedicated.pattern),
-            ));
+            );
         }
         if let Some(domain) = to.domain.as_deref() {
             let isolated = self.isolated.load();
             if let Some(dedicated) = isolated.lookup(domain) {
-                return Some((
+                return Routed::Route(
                     Route::Pools(vec![dedicated.pool.to_owned()]),
                     RouteSource::Isolated(dedicated.pattern),
-                ));
+                );
             }
         }
-        if let Some(r) = self
-            .routes
-            .as_ref()
-            .and_then(|t| t.get().lookup(to).cloned())
-        {
-            return Some((r, RouteSource::RouteMap));
+        if let Some(r) = self.mapped(|t| t.lookup(to).cloned()) {
+            return Routed::Route(r, RouteSource::RouteMap);
         }
-        self.service
-            .pool
-            .clone()
-            .map(|p| (Route::Pools(vec![p]), RouteSource::ServicePool))
+        let text = match &to.domain {
+            Some(d) => format!("{}@{}", to.local, d.to_ascii_lowercase()),
+            None => to.local.clone(),
+        };
+        self.directory_then_pool(crate::directory::Key::recipient(text))
+            .await
     }
 
-    /// The pools serving `key`: the routing map first, then the service's default pool.
-    /// `None`: nothing routes it (relay denied); `Some(Route::Reject)`: unknown recipient.
+    /// `key` in the service's directory, if it has one; else, or when the directory does
+    /// not know the key and `not_found = "pool"`, the service's pool.
+    async fn directory_then_pool(&self, key: crate::directory::Key) -> Routed {
+        use crate::{config::directory::NotFound, directory::Found};
+        if let Some(dir) = &self.directory {
+            let lookup = dir.lookup(&key, false).await;
+            let source = || RouteSource::Directory {
+                name: dir.name().to_owned(),
+                origin: lookup.origin,
+            };
+            match &lookup.answer {
+                Ok(Found::Values(values)) => {
+                    let protocol = self.service.protocol;
+                    return match crate::directory::answer::route(values, &*self.pools, protocol) {
+                        Ok(route) => Routed::Route(route, source()),
+                        Err(e) => {
+                            dir.count_error();
+                            Routed::Unavailable(format!(
+                                "directory {}: the entry of {:?}: {e}",
+                                dir.name(),
+                                key.text
+                            ))
+                        }
+                    };
+                }
+                Ok(Found::NotFound) => {
+                    if dir.directory().not_found == NotFound::Reject {
+                        return Routed::Route(Route::Reject, source());
+                    }
+                }
+                Err(e) => {
+                    return Routed::Unavailable(format!("directory {}: {e}", dir.name()));
+                }
+            }
+        }
+        match self.service.pool.clone() {
+            Some(p) => Routed::Route(Route::Pools(vec![p]), RouteSource::ServicePool),
+            None => Routed::Unrouted,
+        }
+    }
+
+    /// The service's routing map's route for a key, if the map has one.
+    fn mapped(&self, lookup: impl Fn(&RouteTable) -> Option<Route>) -> Option<Route> {
+        self.routes.as_ref().and_then(|t| lookup(&t.get()))
+    }
+
+    /// The pools serving `key` by the routing map and the service's default pool alone
+    /// (no directory): `None`: nothing routes it; `Some(Route::Reject)`: refused.
     pub fn route(&self, lookup: impl Fn(&RouteTable) -> Option<Route>) -> Option<Route> {
-        if let Some(r) = self.routes.as_ref().and_then(|t| lookup(&t.get())) {
+        if let Some(r) = self.mapped(lookup) {
             return Some(r);
         }
         self.service.pool.clone().map(|p| Route::Pools(vec![p]))
@@ -422,15 +507,8 @@ mod tests {
             )),
             "{e}"
         );
-        assert_eq!(
-            env.route_user("alice"),
-            Some(Route::Pools(vec!["b".into()]))
-        );
-        assert_eq!(
-            env.route_user("bob"),
-            None,
-            "the refused map is not in force"
-        );
+        assert_eq!(user(&env, "alice"), Some(Route::Pools(vec!["b".into()])));
+        assert_eq!(user(&env, "bob"), None, "the refused map is not in force");
         std::fs::remove_dir_all(d).unwrap();
     }
 
@@ -448,8 +526,24 @@ mod tests {
             local: local.into(),
             domain: Some(domain.into()),
         };
-        env.route_recipient(&to)
-            .map(|(r, source)| (r.to_string(), source.to_string()))
+        match ready(env.route_recipient(&to)) {
+            Routed::Route(r, source) => Some((r.to_string(), source.to_string())),
+            Routed::Unrouted => None,
+            Routed::Unavailable(e) => panic!("no directory, yet unavailable: {e}"),
+        }
+    }
+
+    /// A routing future without a directory: it has nothing to wait for.
+    fn ready<T>(f: impl Future<Output = T>) -> T {
+        futures_util::FutureExt::now_or_never(f).expect("routing without a directory waits")
+    }
+
+    fn user(env: &ServiceContext, user: &str) -> Option<Route> {
+        match ready(env.route_user(user)) {
+            Routed::Route(r, _) => Some(r),
+            Routed::Unrouted => None,
+            Routed::Unavailable(e) => panic!("no directory, yet unavailable: {e}"),
+        }
     }
 
     #[test]
@@ -482,7 +576,7 @@ mod tests {
         assert_eq!(env.pool_names(), ["a", "b"]);
         // A login name is routed by the map alone: AUTH and POP3 users are not recipients.
         assert_eq!(
-            env.route_user("x@slow.example"),
+            user(&env, "x@slow.example"),
             Some(Route::Pools(vec!["b".into()]))
         );
         std::fs::remove_dir_all(d).unwrap();
@@ -539,7 +633,7 @@ mod tests {
             .with_domain_queues(queues(&[("slow.example", "a")]));
         assert!(env.domain_queues.is_empty());
         assert_eq!(
-            env.route_user("alice@slow.example"),
+            user(&env, "alice@slow.example"),
             Some(Route::Pools(vec!["b".into()]))
         );
         std::fs::remove_dir_all(d).unwrap();

@@ -20,6 +20,15 @@ use crate::{
 /// How long a back-end that refused or dropped a connection is tried last.
 pub const PENALTY: Duration = Duration::from_secs(10);
 
+/// A route entry split into its pool and, for `pool/backend` (a directory pinning one
+/// back-end), that back-end: the pool limited to it.
+pub fn split_entry(entry: &str) -> (&str, Option<&str>) {
+    match entry.split_once('/') {
+        Some((pool, backend)) => (pool, Some(backend)),
+        None => (entry, None),
+    }
+}
+
 /// Where routing reads back-end load records: the pinned BPF map in the daemon, the
 /// board itself in tests.
 pub trait LoadView: Send + Sync {
@@ -31,6 +40,16 @@ pub trait LoadView: Send + Sync {
 impl crate::config::routes::Pools for PoolSet {
     fn pool(&self, name: &str) -> Option<&Pool> {
         PoolSet::pool(self, name).map(|rt| &rt.pool)
+    }
+
+    /// The board's slots, not the pools' lists at startup: a reload may have added the
+    /// back-end (a removed one is draining and takes no pinned route).
+    fn backend_pool(&self, name: &str) -> Option<&Pool> {
+        let slots = self.board.slots();
+        let slot = slots
+            .iter()
+            .find(|s| s.name == name && !s.removed.load(std::sync::atomic::Ordering::Relaxed))?;
+        PoolSet::pool(self, &slot.pool_name).map(|rt| &rt.pool)
     }
 }
 
@@ -123,14 +142,28 @@ impl PoolSet {
         self.pools.get(name)
     }
 
+    /// The pool of a route entry (`pool` or `pool/backend`).
+    pub fn entry_pool(&self, entry: &str) -> Option<&Arc<PoolRuntime>> {
+        self.pools.get(split_entry(entry).0)
+    }
+
+    /// Every pool's name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.pools.keys().map(String::as_str)
+    }
+
     /// The back-ends to try for a route and a group's `share`, best first: for each pool
-    /// of the route (primary, then alternates), its eligible back-ends.
+    /// of the route (primary, then alternates), its eligible back-ends; an entry
+    /// `pool/backend` stands for that back-end alone. A back-end named twice (its pool
+    /// and itself) is tried once.
     pub fn candidates(&self, route: &[String], share: f64) -> (Vec<Candidate>, Excluded) {
         let mut fresh = Vec::new();
         let mut penalised = Vec::new();
         let mut excluded = Excluded::default();
+        let mut seen: Vec<u32> = Vec::new();
         let slots = self.board.slots();
-        for name in route {
+        for entry in route {
+            let (name, pinned) = split_entry(entry);
             let Some(rt) = self.pools.get(name) else {
                 continue;
             };
@@ -139,7 +172,14 @@ impl PoolSet {
             // The board's slots, not the pool's configured list: a reload may add some. A
             // removed one drains for good whatever its record says (after a binary upgrade
             // the successor's records may give its id to another back-end).
-            for slot in slots.iter().filter(|s| s.pool_id == rt.pool.id) {
+            let members = slots
+                .iter()
+                .filter(|s| s.pool_id == rt.pool.id && pinned.is_none_or(|b| s.name == b));
+            for slot in members {
+                if seen.contains(&slot.id) {
+                    continue;
+                }
+                seen.push(slot.id);
                 let Some(load) = self.view.load(slot.id) else {
                     continue;
                 };
@@ -178,18 +218,21 @@ impl PoolSet {
     }
 
     /// How many sessions may wait for a slot on `route`: a small multiple of the sessions
-    /// its back-ends can hold, so a flood cannot pile up waiting sessions.
+    /// its back-ends can hold, so a flood cannot pile up waiting sessions. A pinned entry
+    /// (`pool/backend`) counts that back-end alone.
     pub fn wait_bound(&self, route: &[String]) -> usize {
         // The board's back-ends (a reload may have added some), less those draining out.
         let slots = self.board.slots();
         let capacity: usize = route
             .iter()
-            .filter_map(|n| self.pools.get(n))
-            .map(|rt| {
+            .map(|e| split_entry(e))
+            .filter_map(|(n, pinned)| self.pools.get(n).map(|rt| (rt, pinned)))
+            .map(|(rt, pinned)| {
                 let live = slots
                     .iter()
                     .filter(|s| {
                         s.pool_id == rt.pool.id
+                            && pinned.is_none_or(|b| s.name == b)
                             && !s.removed.load(std::sync::atomic::Ordering::Relaxed)
                     })
                     .count();
@@ -303,6 +346,34 @@ mod tests {
             assert_eq!(c.len(), 3);
         }
         drop(guards);
+    }
+
+    #[test]
+    fn a_pinned_entry_is_its_backend_alone() {
+        let s = set("shared_store = false\n[pool.thresholds]\nsessions = 2");
+        let (c, ex) = s.candidates(&["p/b".into()], 1.0);
+        assert_eq!(names(&c), ["b"]);
+        assert_eq!(ex, Excluded::default());
+        // The pinned back-end first, then the rest of its pool, each once.
+        let (c, _) = s.candidates(&["p/c".into(), "p".into()], 1.0);
+        assert_eq!(names(&c), ["c", "a", "b"]);
+        // Down: nothing else of the pool stands in for it.
+        for _ in 0..3 {
+            s.board.record(1, false, None, 2, 3, "test");
+        }
+        let (c, ex) = s.candidates(&["p/b".into()], 1.0);
+        assert!(c.is_empty());
+        assert_eq!(ex, Excluded { busy: 0, down: 1 });
+        assert!(s.candidates(&["p/nope".into()], 1.0).0.is_empty());
+        // Room for waiters: one back-end's sessions, not the pool's.
+        assert_eq!(
+            s.wait_bound(&["p/a".into()]) * 3,
+            s.wait_bound(&["p".into()])
+        );
+        assert_eq!(s.entry_pool("p/a").map(|p| p.pool.name.as_str()), Some("p"));
+        use crate::config::routes::Pools as _;
+        assert_eq!(s.backend_pool("c").map(|p| p.name.as_str()), Some("p"));
+        assert!(s.backend_pool("p").is_none());
     }
 
     #[test]

@@ -13,11 +13,19 @@ use crate::route::{PoolError, RouteError, RouteTable};
 /// pool set (which a reload cannot add pools to) afterwards.
 pub trait Pools {
     fn pool(&self, name: &str) -> Option<&Pool>;
+    /// The pool holding back-end `name` (back-end names are unique across pools), for
+    /// directory answers that pin a single back-end.
+    fn backend_pool(&self, name: &str) -> Option<&Pool>;
 }
 
 impl Pools for [Pool] {
     fn pool(&self, name: &str) -> Option<&Pool> {
         self.iter().find(|p| p.name == name)
+    }
+
+    fn backend_pool(&self, name: &str) -> Option<&Pool> {
+        self.iter()
+            .find(|p| p.backends.iter().any(|b| b.name == name))
     }
 }
 

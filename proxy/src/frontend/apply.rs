@@ -133,6 +133,7 @@ impl Frontend {
             (Some(files), _) => Some(Arc::new(ServerTls::new(files).map_err(OpenError::Tls)?)),
             (None, _) => None,
         };
+        let resolvers = super::directories::resolvers(&new, &self.directories)?;
         let envs = service_contexts(
             &new,
             &pools,
@@ -140,6 +141,7 @@ impl Frontend {
             &self.shared.hooks.events,
             &self.stats,
             &self.isolated,
+            &resolvers,
         )?;
         let mut planned = Vec::new();
         for (service, env) in new.services.iter().zip(&envs) {
@@ -191,6 +193,7 @@ impl Frontend {
             }
         }
         self.pools.store(Arc::clone(&pools));
+        self.directories = resolvers;
         for slot in &done.added {
             health::spawn_checks(
                 &self.pools,

@@ -11,6 +11,7 @@
 
 mod apply;
 mod certificates;
+mod directories;
 pub mod isolation;
 mod kernel;
 mod metrics;
@@ -150,6 +151,11 @@ pub enum OpenError {
         service: String,
         source: crate::route::RouteError,
     },
+    #[error("directory {name}: {source}")]
+    Directory {
+        name: String,
+        source: crate::directory::SourceError,
+    },
 }
 
 /// A front-end opened and ready to serve.
@@ -181,6 +187,8 @@ pub struct Frontend {
     isolated: isolation::Isolated,
     /// The `auto = true` blocks of the configuration in force, for the isolation monitor.
     blocks: tokio::sync::watch::Sender<Vec<isolation::Block>>,
+    /// One resolver per `[[directory]]` in force (see [`directories`]).
+    directories: Vec<Arc<crate::directory::resolver::Resolver>>,
 }
 
 /// What every service's contexts share for the front-end's life.
@@ -297,6 +305,7 @@ fn service_contexts(
     events: &Events,
     stats: &Stats,
     isolated: &isolation::Isolated,
+    resolvers: &[Arc<crate::directory::resolver::Resolver>],
 ) -> Result<Vec<Arc<ServiceContext>>, OpenError> {
     let groups = Arc::new(Groups::new(cfg.groups.clone()));
     let domain_queues = Arc::new(cfg.domain_queue_table());
@@ -318,7 +327,11 @@ fn service_contexts(
                         env.with_events(events.clone())
                             .counting(Arc::clone(&table), index)
                             .with_domain_queues(Arc::clone(&domain_queues))
-                            .with_isolated(Arc::clone(isolated)),
+                            .with_isolated(Arc::clone(isolated))
+                            .with_directory(directories::named(
+                                resolvers,
+                                service.directory.as_deref(),
+                            )),
                     )
                 })
                 .map_err(|source| OpenError::Service {
@@ -376,7 +389,9 @@ impl Frontend {
         let snmp = crate::snmp::prepare(&cfg.frontend.name, &cfg.monitor.snmp);
         let stats = Arc::new(Stats::new(cfg.monitor.stats.minutes as usize));
         let isolated = isolation::Isolated::default();
-        let envs = service_contexts(&cfg, &pools, &tls, &events, &stats, &isolated)?;
+        // Opened now: a secret file may be root's only.
+        let resolvers = directories::resolvers(&cfg, &[])?;
+        let envs = service_contexts(&cfg, &pools, &tls, &events, &stats, &isolated, &resolvers)?;
         let stats_log = open_stats_log(&cfg);
         let mut services = Vec::new();
         for (service, env) in cfg.services.iter().zip(&envs) {
@@ -405,6 +420,7 @@ impl Frontend {
         let attached = kernel.attach(&cfg)?;
         let (blocks, _) = tokio::sync::watch::channel(isolation::blocks(&cfg));
         Ok(Frontend {
+            directories: resolvers,
             isolated,
             blocks,
             cfg,

@@ -374,11 +374,24 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         user: String,
         pass: String,
     ) -> Result<Option<Lease<Pop3Leg>>, Pop3Error> {
-        let route = self.env.route_user(&user);
-        let Some(Route::Pools(route)) = route else {
-            info!(session = %self.client.session_id, %user, "login for a user with no route");
-            self.refuse(Route::pop3_reject_response()).await?;
-            return Ok(None);
+        let route = match self.env.route_user(&user).await {
+            crate::service::Routed::Route(Route::Pools(route), _) => route,
+            crate::service::Routed::Unavailable(why) => {
+                // RFC 3206 4: SYS/TEMP, the system failed, the client tries again later
+                // (and the failure is not counted against the client's logins).
+                warn!(session = %self.client.session_id, %user, error = %why, "no route for a login: the directory failed");
+                self.send(Response::err(
+                    Some(ResponseCode::SysTemp),
+                    "Directory temporarily unavailable",
+                ))
+                .await?;
+                return Ok(None);
+            }
+            _ => {
+                info!(session = %self.client.session_id, %user, "login for a user with no route");
+                self.refuse(Route::pop3_reject_response()).await?;
+                return Ok(None);
+            }
         };
         let user_addr = Address::parse_user(&user);
         let (group, share) = self

@@ -575,3 +575,38 @@ fn dedicated_queues_added_moved_and_removed_are_named_and_live() {
     );
     assert!(restart_needed(&base, &none).is_empty());
 }
+
+#[test]
+fn a_changed_directory_names_its_changed_keys() {
+    use crate::config::directory::NotFound;
+    use crate::directory::resolver::testing::directory;
+    let mut old = cfg("[frontend]\nname = \"fe\"\n");
+    old.directories = vec![
+        directory("people", NotFound::Pool),
+        directory("gone", NotFound::Pool),
+    ];
+    let mut new = old.clone();
+    new.directories.remove(1);
+    let d = &mut new.directories[0];
+    d.timeout = std::time::Duration::from_millis(2500);
+    d.not_found = NotFound::Reject;
+    d.cache.negative_ttl = std::time::Duration::from_secs(5);
+    d.cache.stale_max = None;
+    let crate::config::directory::SourceConfig::Ldap(l) = &mut d.source else {
+        unreachable!()
+    };
+    l.base = "ou=other".into();
+    let what: Vec<String> = changes(&old, &new).into_iter().map(|c| c.what).collect();
+    assert_eq!(
+        what,
+        [
+            "directory people: timeout 1s -> 2.5s",
+            "directory people: not_found pool -> reject",
+            "directory people: negative_ttl 60s -> 5s",
+            "directory people: stale true -> false",
+            "directory people: [directory.ldap] changed",
+            "directory gone removed",
+        ]
+    );
+    assert!(changes(&old, &old).is_empty());
+}

@@ -444,3 +444,104 @@ async fn a_backend_that_breaks_after_login_counts_as_a_failed_check() {
         robustifier_common::BACKEND_DOWN
     );
 }
+
+/// `env` without its map, routing by a directory (a fake source), with `pool` as the
+/// service's pool.
+fn with_directory(
+    env: ServiceContext,
+    answers: &[(&str, &str)],
+    not_found: crate::config::directory::NotFound,
+    pool: Option<&str>,
+) -> (
+    ServiceContext,
+    Arc<crate::directory::resolver::testing::Fake>,
+) {
+    use crate::directory::resolver::{Resolver, testing};
+    let fake = testing::Fake::new(answers);
+    let mut d = testing::directory("people", not_found);
+    // Every answer expires at once: a failing source leaves only stale ones.
+    d.cache.positive_ttl = std::time::Duration::ZERO;
+    let resolver = Resolver::with_source(&d, Arc::clone(&fake) as _);
+    let mut service = (*env.service).clone();
+    service.directory = Some("people".into());
+    service.routes = None;
+    service.pool = pool.map(str::to_owned);
+    let mut env = env.with_directory(Some(Arc::new(resolver)));
+    env.routes = None;
+    env.service = Arc::new(service);
+    (env, fake)
+}
+
+#[tokio::test]
+async fn a_login_is_routed_by_the_directory_and_by_its_stale_answer() {
+    let (addr, seen) = backend(false).await;
+    let (env, fake) = with_directory(
+        env(&dir("directory"), addr),
+        &[("alice", "s")],
+        crate::config::directory::NotFound::Reject,
+        None,
+    );
+    let input = b"USER alice\r\nPASS secret\r\nQUIT\r\n";
+    let out = converse(&env, input).await;
+    assert!(out.contains("+OK Logged in.\r\n"), "{out}");
+    fake.fail(true);
+    let out = converse(&env, input).await;
+    assert!(out.contains("+OK Logged in.\r\n"), "stale: {out}");
+    assert_eq!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| *l == "USER alice")
+            .count(),
+        2
+    );
+    assert_eq!(fake.calls(), 2);
+    assert_eq!(env.directory.as_ref().unwrap().counters().stale, 1);
+}
+
+#[tokio::test]
+async fn a_user_the_directory_does_not_know_goes_to_the_pool_or_is_refused() {
+    use crate::config::directory::NotFound;
+    let (addr, seen) = backend(false).await;
+    let input = b"USER bob\r\nPASS secret\r\nQUIT\r\n";
+    let (to_pool, _) = with_directory(
+        env(&dir("dir-pool"), addr),
+        &[],
+        NotFound::Pool,
+        Some("store"),
+    );
+    converse(&to_pool, input).await;
+    assert!(seen.lock().unwrap().iter().any(|l| l == "USER bob"));
+    seen.lock().unwrap().clear();
+    let (refused, _) = with_directory(
+        env(&dir("dir-reject"), addr),
+        &[],
+        NotFound::Reject,
+        Some("store"),
+    );
+    let out = converse(&refused, input).await;
+    assert!(out.contains("-ERR [AUTH] Authentication failed"), "{out}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_failing_directory_gives_sys_temp() {
+    let (addr, seen) = backend(false).await;
+    let (env, fake) = with_directory(
+        env(&dir("dir-down"), addr),
+        &[("alice", "store")],
+        crate::config::directory::NotFound::Reject,
+        Some("store"),
+    );
+    fake.fail(true);
+    let out = converse(&env, b"USER alice\r\nPASS secret\r\nQUIT\r\n").await;
+    assert!(
+        out.contains("-ERR [SYS/TEMP] Directory temporarily unavailable\r\n"),
+        "{out}"
+    );
+    assert!(seen.lock().unwrap().is_empty());
+}

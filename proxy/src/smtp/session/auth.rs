@@ -145,11 +145,17 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
 
     async fn relay_auth(&mut self, credentials: Credentials) {
         let user = credentials.user.clone();
-        let route = self.env.route_user(&user);
-        let Some(Route::Pools(route)) = route else {
-            // Unknown users fail like wrong passwords: nothing tells which names exist.
-            info!(session = %self.client.session_id, %user, "AUTH for a user with no route");
-            return self.say(535, (5, 7, 8), "Authentication credentials invalid");
+        let route = match self.env.route_user(&user).await {
+            crate::service::Routed::Route(Route::Pools(route), _) => route,
+            crate::service::Routed::Unavailable(why) => {
+                warn!(session = %self.client.session_id, %user, error = %why, "no route for AUTH: the directory failed");
+                return self.say(454, (4, 7, 0), "Temporary authentication failure");
+            }
+            _ => {
+                // Unknown users fail like wrong passwords: nothing tells which names exist.
+                info!(session = %self.client.session_id, %user, "AUTH for a user with no route");
+                return self.say(535, (5, 7, 8), "Authentication credentials invalid");
+            }
         };
         // The user's group, as a recipient or a POP3 login of that user would get.
         let user_addr = crate::smtp::command::Address::parse_user(&user);

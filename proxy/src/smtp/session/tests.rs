@@ -1452,3 +1452,203 @@ async fn deflections_are_counted_with_their_reason() {
         }
     }
 }
+
+/// `env` routing by a directory (a fake source) after its map, with `pool` as the
+/// service's pool.
+fn with_directory(
+    env: ServiceContext,
+    answers: &[(&str, &str)],
+    not_found: crate::config::directory::NotFound,
+    pool: Option<&str>,
+    edit: impl FnOnce(&mut crate::config::directory::Directory),
+) -> (
+    ServiceContext,
+    Arc<crate::directory::resolver::testing::Fake>,
+) {
+    use crate::directory::resolver::{Resolver, testing};
+    let fake = testing::Fake::new(answers);
+    let mut d = testing::directory("people", not_found);
+    edit(&mut d);
+    let resolver = Resolver::with_source(&d, Arc::clone(&fake) as _);
+    let mut service = (*env.service).clone();
+    service.directory = Some("people".into());
+    service.pool = pool.map(str::to_owned);
+    let mut env = env.with_directory(Some(Arc::new(resolver)));
+    env.service = Arc::new(service);
+    (env, fake)
+}
+
+#[tokio::test]
+async fn recipients_the_map_does_not_know_are_routed_by_the_directory() {
+    let (a, rec_a) = backend(Fault::None).await;
+    let (b, rec_b) = backend(Fault::None).await;
+    let dir = tempdir("directory");
+    let (env, fake) = with_directory(
+        env(&dir, &[a], &[b], ""),
+        &[("carol@c.example", "b0"), ("a.example", "b")],
+        crate::config::directory::NotFound::Pool,
+        None,
+        |_| {},
+    );
+    // carol's entry pins back-end b0; the map still routes a.example itself.
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<carol@C.EXAMPLE>\r\nDATA\r\nm1\r\n.\r\n\
+          MAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nDATA\r\nm2\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        [
+            "220", "250", "250", "250", "354", "250", "250", "250", "354", "250", "221"
+        ],
+        "{out}"
+    );
+    assert_eq!(rec_b.lock().unwrap().messages, [b"m1\r\n".to_vec()]);
+    assert_eq!(rec_a.lock().unwrap().messages, [b"m2\r\n".to_vec()]);
+    assert_eq!(fake.calls(), 1, "the map answered a.example");
+    let to = crate::smtp::Address::parse_user("carol@c.example").unwrap();
+    assert_eq!(
+        env.route_recipient(&to).await,
+        crate::service::Routed::Route(
+            crate::route::Route::Pools(vec!["b/b0".into()]),
+            crate::service::RouteSource::Directory {
+                name: "people".into(),
+                origin: crate::directory::resolver::Origin::Cache
+            }
+        )
+    );
+    assert!(env.pool_names().contains(&"b".to_owned()));
+}
+
+#[tokio::test]
+async fn a_recipient_the_directory_does_not_know_goes_to_the_pool_or_is_refused() {
+    use crate::config::directory::NotFound;
+    let (a, rec_a) = backend(Fault::None).await;
+    let dir = tempdir("directory-unknown");
+    let input =
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<who@d.example>\r\nDATA\r\nm\r\n.\r\nQUIT\r\n";
+    let (to_pool, _) = with_directory(
+        env(&dir, &[a], &[], ""),
+        &[],
+        NotFound::Pool,
+        Some("a"),
+        |_| {},
+    );
+    let out = converse(&to_pool, input).await;
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "354", "250", "221"],
+        "{out}"
+    );
+    assert_eq!(rec_a.lock().unwrap().messages, [b"m\r\n".to_vec()]);
+    let (refused, _) = with_directory(
+        env(&dir, &[a], &[], ""),
+        &[],
+        NotFound::Reject,
+        Some("a"),
+        |_| {},
+    );
+    let out = converse(&refused, input).await;
+    assert!(out.contains("550 5.1.1 "), "{out}");
+    assert_eq!(
+        rec_a.lock().unwrap().messages.len(),
+        1,
+        "nothing more relayed"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_directory_gives_temporary_replies_never_a_refusal() {
+    use crate::config::directory::NotFound;
+    let (a, rec_a) = backend(Fault::None).await;
+    let dir = tempdir("directory-down");
+    let answers = [("carol@c.example", "a"), ("carol", "a")];
+    let (submission, fake) = with_directory(
+        env(&dir, &[a], &[], "auth = true\nplaintext_auth = true"),
+        &answers,
+        NotFound::Reject,
+        Some("a"),
+        |_| {},
+    );
+    fake.fail(true);
+    // "\0carol\0secret"
+    let out = converse(
+        &submission,
+        b"EHLO c\r\nAUTH PLAIN AGNhcm9sAHNlY3JldA==\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(codes(&out), ["220", "250", "454", "221"], "{out}");
+    assert!(
+        out.contains("454 4.7.0 Temporary authentication failure\r\n"),
+        "{out}"
+    );
+    let (relay, fake) = with_directory(
+        env(&dir, &[a], &[], ""),
+        &answers,
+        NotFound::Reject,
+        Some("a"),
+        |_| {},
+    );
+    fake.fail(true);
+    let out = converse(
+        &relay,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<carol@c.example>\r\nRCPT TO:<u@a.example>\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(
+        out.contains("451 4.3.0 Directory temporarily unavailable, try again later\r\n"),
+        "{out}"
+    );
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "451", "250", "221"],
+        "the map still routes its own: {out}"
+    );
+    assert!(!out.contains("\r\n5"), "never a permanent reply: {out}");
+    let rec = rec_a.lock().unwrap();
+    assert!(
+        !rec.lines.iter().any(|l| l.contains("carol")),
+        "{:?}",
+        rec.lines
+    );
+    assert_eq!(relay.directory.as_ref().unwrap().counters().errors, 1);
+    assert_eq!(submission.directory.as_ref().unwrap().counters().errors, 1);
+}
+
+#[tokio::test]
+async fn an_expired_answer_stands_in_while_the_directory_fails() {
+    let (b, rec_b) = backend(Fault::None).await;
+    let dir = tempdir("directory-stale");
+    // Every answer expires at once: the second session finds only a stale one.
+    let (env, fake) = with_directory(
+        env(&dir, &[], &[b], ""),
+        &[("carol@c.example", "b")],
+        crate::config::directory::NotFound::Reject,
+        None,
+        |d| d.cache.positive_ttl = std::time::Duration::ZERO,
+    );
+    let input =
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<carol@c.example>\r\nDATA\r\nm\r\n.\r\nQUIT\r\n";
+    let out = converse(&env, input).await;
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "354", "250", "221"],
+        "{out}"
+    );
+    fake.fail(true);
+    let out = converse(&env, input).await;
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "354", "250", "221"],
+        "{out}"
+    );
+    assert_eq!(rec_b.lock().unwrap().messages.len(), 2);
+    assert_eq!(fake.calls(), 2);
+    let to = crate::smtp::Address::parse_user("carol@c.example").unwrap();
+    let crate::service::Routed::Route(_, source) = env.route_recipient(&to).await else {
+        panic!("no stale answer");
+    };
+    assert_eq!(source.to_string(), "directory people (stale cache)");
+    assert_eq!(env.directory.as_ref().unwrap().counters().stale, 2);
+}

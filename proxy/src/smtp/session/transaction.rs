@@ -14,6 +14,7 @@ use crate::{
         smtp::{DATA_END_TIMEOUT, LegError, SmtpLeg},
     },
     route::Route,
+    service::Routed,
     smtp::{
         command::{Address, MailFrom},
         data::{DataScanner, Outcome},
@@ -156,16 +157,27 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         // otherwise the recipient's dedicated queue, route map or the service's pool.
         let (route, source) = match tx.route() {
             Some(r) if self.client.login.is_some() => (r.to_vec(), None),
-            _ => match self.env.route_recipient(&to) {
-                None => {
+            _ => match self.env.route_recipient(&to).await {
+                Routed::Unrouted => {
                     self.say(554, (5, 7, 1), "Relay access denied");
                     return (!self.error(), true);
                 }
-                Some((Route::Reject, _)) => {
+                Routed::Route(Route::Reject, _) => {
                     self.send(&Route::smtp_reject_reply());
                     return (!self.error(), true);
                 }
-                Some((Route::Pools(p), source)) => (p, Some(source)),
+                Routed::Route(Route::Pools(p), source) => (p, Some(source)),
+                Routed::Unavailable(why) => {
+                    // RFC 3463 X.3.0: the proxy's own system failed, not the address; the
+                    // client retries later, and the error budget is not the client's.
+                    warn!(session = %self.client.session_id, recipient = %to, error = %why, "no route for a recipient: the directory failed");
+                    self.say(
+                        451,
+                        (4, 3, 0),
+                        "Directory temporarily unavailable, try again later",
+                    );
+                    return (true, true);
+                }
             },
         };
         if let Some(fixed) = tx.route()

@@ -6,6 +6,7 @@ use super::{Change, ChangeKind, show::Show};
 use crate::config::{
     Config, DomainQueue, Flood, Frontend, Monitor, Service, TlsFiles,
     balance::Group,
+    directory::{CachePolicy, Directory, NotFound, SourceConfig},
     vrrp::{Ha, Track, VirtualRouter},
 };
 
@@ -182,13 +183,64 @@ pub fn config(running: &Config, new: &Config) -> Vec<Change> {
         "directory",
         (directories, &new.directories),
         |d| d.name.clone(),
-        |out, s, old, new| {
-            if old != new {
-                out.push(Services, format!("{s}: changed"));
-            }
-        },
+        directory,
     );
     out.0
+}
+
+impl Show for NotFound {
+    fn show(&self) -> String {
+        match self {
+            NotFound::Pool => "pool",
+            NotFound::Reject => "reject",
+        }
+        .to_owned()
+    }
+}
+
+/// A directory's common keys by name; its source's own sub-table as a whole (its kind, or
+/// that its settings changed: they are each source's to name).
+fn directory(out: &mut Out, s: &str, old: &Directory, new: &Directory) {
+    let Directory {
+        name: _,
+        timeout,
+        cache,
+        not_found,
+        source,
+    } = old;
+    let CachePolicy {
+        positive_ttl,
+        negative_ttl,
+        size,
+        stale_max,
+    } = cache;
+    let k = Services;
+    fields!(out, k, s, new; timeout, not_found);
+    let c = &new.cache;
+    out.value(k, s, "cache_ttl", positive_ttl, &c.positive_ttl);
+    out.value(k, s, "negative_ttl", negative_ttl, &c.negative_ttl);
+    out.value(k, s, "cache_size", size, &c.size);
+    out.value(k, s, "stale", &stale_max.is_some(), &c.stale_max.is_some());
+    if let (Some(o), Some(n)) = (stale_max, c.stale_max) {
+        out.value(k, s, "stale_max", o, &n);
+    }
+    if source.kind() != new.source.kind() {
+        out.push(
+            k,
+            format!("{s}: source {} -> {}", source.kind(), new.source.kind()),
+        );
+    } else if *source != new.source {
+        out.push(k, format!("{s}: [directory.{}] changed", section(source)));
+    }
+}
+
+/// The sub-table a source is configured in.
+fn section(source: &SourceConfig) -> &'static str {
+    match source {
+        SourceConfig::Ldap(_) => "ldap",
+        SourceConfig::Sql(_) => "sql",
+        SourceConfig::Radius(_) => "radius",
+    }
 }
 
 /// Dedicated queues, matched by domain pattern: each pattern added or removed, or its
