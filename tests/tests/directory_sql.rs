@@ -3,20 +3,25 @@
 //! (`robustifier::directory::open`) is asked from inside a front-end namespace: hostile
 //! keys reach only the rows holding exactly their text, the session runs over TLS (the
 //! server's own view of it) and a certificate from another CA is refused, and a lookup
-//! fails over to the second server while the first is stopped or frozen.
+//! fails over to the second server while the first is stopped or frozen. End to end, the
+//! lab cluster routes mail and POP3 logins by each engine in turn.
 //! Privileged: run as root with `ROBUSTIFIER_REQUIRE_PRIVILEGED=1`.
 
-use std::{path::Path, sync::Arc};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use robustifier::{
     config::directory::{RawDirectory, directories, sql::RawSql},
     directory::{Found, Key, Source, SourceError},
 };
 use robustifier_lab::{
-    Lab, Netns, Plan,
-    directory::sql::{SqlServer, literal},
-    mail::tls,
-    privileged, unique_prefix,
+    Lab, Netns, Plan, cli,
+    client::send_mail_in,
+    cluster::{Cluster, Directories},
+    directory::sql::{SqlServer, literal, sqlite_exec, sqlite_file},
+    mail::{clients, tls},
+    privileged,
+    topology::{VIP_POP, VIP_SMTP},
+    unique_prefix,
 };
 
 fn lab(tag: &str) -> Option<Lab> {
@@ -273,4 +278,168 @@ fn postgres_failover() {
         pg1.resume(lab).expect("resume pg1");
         assert_eq!(s.lookup(&key).await, from(ip1), "pg1 thawed: it answers");
     });
+}
+
+/// `[[directory]]` blocks for the lab's three services on one engine (`prefix`-smtp,
+/// -sub, -pop), each reading its column of `mailbox`; `server` keys (URL, password, CA)
+/// or an SQLite URL.
+fn cluster_directories(prefix: &str, urls: &[String], server: Option<&SqlServer>) -> String {
+    let mut out = String::new();
+    for (kind, column) in [
+        ("smtp", "smtp_pool"),
+        ("sub", "submission_pool"),
+        ("pop", "pop_pool"),
+    ] {
+        let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+        out.push_str(&format!(
+            "[[directory]]\nname = \"{prefix}-{kind}\"\n# Answers expire at once: a stopped server shows stale answers.\ncache_ttl_secs = 1\nnegative_ttl_secs = 1\n\n[directory.sql]\nurls = [{}]\nquery = \"SELECT {column} FROM mailbox WHERE address = %s\"\n",
+            urls.join(", ")
+        ));
+        if let Some(s) = server {
+            out.push_str(&format!(
+                "password_file = {:?}\nca_file = {:?}\n",
+                s.password_file.display().to_string(),
+                s.ca.display().to_string()
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn use_engine(c: &mut Cluster, prefix: &str, toml: &str) {
+    c.use_directories(Directories {
+        toml: toml.to_owned(),
+        smtp: format!("{prefix}-smtp"),
+        submission: format!("{prefix}-sub"),
+        pop: format!("{prefix}-pop"),
+    });
+}
+
+fn vip_smtp() -> SocketAddr {
+    SocketAddr::new(VIP_SMTP.into(), 25)
+}
+
+/// Mail to alice, carol and erin lands in their back-ends' mailboxes, and their POP3
+/// logins reach those back-ends (what they retrieve is their Maildir).
+fn mail_and_logins_reach_their_backends(c: &Cluster, round: &str) {
+    let ca = c.ca();
+    for to in [
+        "alice@example.test",
+        "carol@example.net",
+        "erin@example.org",
+    ] {
+        let tag = format!("{round}-{}", to.split('@').next().unwrap_or_default());
+        let (ns, dir) = (&c.lab.client.ns, &c.lab.log_dir);
+        clients::swaks_deliver(
+            ns,
+            "client.robustifier.test",
+            dir,
+            vip_smtp(),
+            to,
+            &tag,
+            &[],
+        );
+        clients::delivered(c.host_of(to), to, &tag);
+    }
+    for user in [
+        "alice@example.test",
+        "carol@example.net",
+        "erin@example.org",
+    ] {
+        let pop = SocketAddr::new(VIP_POP.into(), 995);
+        let got = clients::poplib(&c.lab.client.ns, pop, "pop3s", user, &c.password(user), &ca);
+        assert!(got.get("error").is_none(), "{round}: {user}: {got}");
+        let retrieved: Vec<Vec<u8>> = got["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| clients::b64decode(m.as_str().expect("base64")))
+            .collect();
+        assert_eq!(
+            retrieved,
+            c.host_of(user).messages(user),
+            "{round}: {user}'s login reached their back-end"
+        );
+    }
+}
+
+/// The last reply to RCPT TO:<to> in a session through the SMTP VIP.
+fn rcpt_reply(c: &Cluster, to: &str) -> String {
+    let r = send_mail_in(
+        &c.lab.client.ns,
+        vip_smtp(),
+        "sender@client.example.org",
+        &[to],
+        "Subject: directory\r\n\r\nrcpt check\r\n",
+    );
+    // Greeting, EHLO, MAIL, RCPT.
+    r.get(3)
+        .cloned()
+        .unwrap_or_else(|| format!("no RCPT reply: {r:?}"))
+}
+
+/// The lab cluster routed by PostgreSQL, then (reloaded) by MariaDB, then by an SQLite
+/// file: each round's mail and POP3 logins reach the right back-ends. With PostgreSQL
+/// stopped, cached recipients flow on their stale answers and an uncached one gets
+/// 451 4.3.0; back, it answers again. Each later round asks a key the earlier sources
+/// cannot answer (their servers stopped, or a row only the new source has), so an answer
+/// shows the reload switched sources.
+#[test]
+fn cluster_routes_by_postgres_then_mariadb_then_sqlite() {
+    if !privileged::check_tools("dsqle2e", &["sqlite3", "mariadbd", "setpriv"]) {
+        return;
+    }
+    let mut c = Cluster::up(&unique_prefix("dsqle2e"), 1).expect("cluster up");
+    let (ns1, ip1) = (c.lab.backends[0].ns.clone(), c.lab.backends[0].v4);
+    let (ns2, ip2) = (c.lab.backends[1].ns.clone(), c.lab.backends[1].v4);
+    let pg = SqlServer::postgres(&mut c.lab, &ns1, ip1.into(), "pg").expect("PostgreSQL");
+    let my = SqlServer::mariadb(&mut c.lab, &ns2, ip2.into(), "my").expect("MariaDB");
+    let lite = sqlite_file(&c.lab, "mailbox.db").expect("SQLite file");
+    // Only the SQLite file refuses bob: proof that the last round asks it.
+    sqlite_exec(
+        &lite,
+        "UPDATE mailbox SET smtp_pool = 'reject' WHERE address = 'bob@example.test';",
+    )
+    .expect("bob refused in SQLite");
+    let toml = [
+        cluster_directories("pg", &[pg.url()], Some(&pg)),
+        cluster_directories("my", &[my.url()], Some(&my)),
+        cluster_directories("lite", &[format!("sqlite://{}", lite.display())], None),
+    ]
+    .concat();
+
+    // Round 1: PostgreSQL.
+    use_engine(&mut c, "pg", &toml);
+    c.start_frontend(0).expect("front-end");
+    c.add_vips(0).expect("virtual addresses");
+    mail_and_logins_reach_their_backends(&c, "pg");
+    pg.stop(&mut c.lab).expect("stop PostgreSQL");
+    // Past the cache's 1 s, alice's answer is stale: still served while the server is down.
+    std::thread::sleep(Duration::from_secs(2));
+    let r = rcpt_reply(&c, "alice@example.test");
+    assert!(r.starts_with("250"), "stale answer for alice: {r}");
+    let r = rcpt_reply(&c, "bob@example.test");
+    assert!(r.starts_with("451 4.3.0"), "bob was never looked up: {r}");
+    pg.start(&mut c.lab).expect("start PostgreSQL");
+    let r = rcpt_reply(&c, "bob@example.test");
+    assert!(r.starts_with("250"), "PostgreSQL back: bob routed: {r}");
+
+    // Round 2: MariaDB, with PostgreSQL stopped: dave, never asked before, is routed.
+    pg.stop(&mut c.lab).expect("stop PostgreSQL");
+    use_engine(&mut c, "my", &toml);
+    let cfg = c.frontend_config(0);
+    cli::reload_by_signal(&mut c.lab, 0, &cfg, 1, true);
+    let r = rcpt_reply(&c, "dave@example.net");
+    assert!(r.starts_with("250"), "MariaDB routes dave: {r}");
+    mail_and_logins_reach_their_backends(&c, "my");
+
+    // Round 3: SQLite, MariaDB stopped too; only the file refuses bob.
+    my.stop(&mut c.lab).expect("stop MariaDB");
+    use_engine(&mut c, "lite", &toml);
+    let cfg = c.frontend_config(0);
+    cli::reload_by_signal(&mut c.lab, 0, &cfg, 2, true);
+    let r = rcpt_reply(&c, "bob@example.test");
+    assert!(r.starts_with("550"), "the SQLite file refuses bob: {r}");
+    mail_and_logins_reach_their_backends(&c, "lite");
 }
