@@ -97,6 +97,18 @@ const PACKAGES: &[(&str, &str)] = &[
         "OpenLDAP server: the lab's LDAP directory in the directory routing tests",
     ),
     ("ldap-utils", "ldapadd: loads the lab slapd's entries"),
+    (
+        "postgresql",
+        "PostgreSQL server of the SQL directory tests (run as a lab process, never the host's service)",
+    ),
+    (
+        "mariadb-server",
+        "MariaDB server of the SQL directory tests (run as a lab process, never the host's service)",
+    ),
+    (
+        "sqlite3",
+        "writes the SQLite files of the SQL directory tests",
+    ),
 ];
 
 pub fn run() -> anyhow::Result<()> {
