@@ -25,6 +25,10 @@
 //!     queue of its own and reloads, the front-end moves that mail there (`queue moves`),
 //!     new mail follows, and once the destination recovers every message arrives once.
 //!     `cargo xtask demo --only slow-domain` runs this step alone.
+//! 13. Mailbox placement in LDAP: a cluster of its own whose services route by OpenLDAP;
+//!     `robustifier route lookup` shows where answers come from; slapd stops (cached
+//!     recipients flow on stale answers, a new one gets 451 4.3.0) and comes back.
+//!     `cargo xtask demo --only directory` runs this step alone.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -79,13 +83,20 @@ fn indent(text: &str) {
     }
 }
 
-/// The whole demo, or with `only` (`slow-domain`) that step alone.
+/// The whole demo, or with `only` (`slow-domain`, `directory`) that step alone.
 pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     setup::run()?;
     cargo(&["build", "-p", "robustifier"])?;
     // A demo interrupted earlier may have left its lab behind.
     lab::down("rbdemo");
     let prefix = format!("rbdemo{}", std::process::id());
+    if only == Some("directory") {
+        step(DIRECTORY_TITLE);
+        return match directory_step(&format!("{prefix}d"))? {
+            Some(why) => anyhow::bail!("the directory step failed: {why}"),
+            None => Ok(()),
+        };
+    }
     if only == Some("slow-domain") {
         step(SLOW_DOMAIN_TITLE);
         return match slow_domain_step(&format!("{prefix}r"))? {
@@ -375,6 +386,8 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
 
     step(SLOW_DOMAIN_TITLE);
     let slow_failure = slow_domain_step(&format!("{prefix}r"))?;
+    step(DIRECTORY_TITLE);
+    let directory_failure = directory_step(&format!("{prefix}d"))?;
     anyhow::ensure!(missing == 0, "{missing} acknowledged messages are missing");
     anyhow::ensure!(
         missing_up == 0 && failed_up == 0 && owns_still,
@@ -398,10 +411,172 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     if let Some(why) = slow_failure {
         anyhow::bail!("the slow domain step failed: {why}");
     }
+    if let Some(why) = directory_failure {
+        anyhow::bail!("the directory step failed: {why}");
+    }
     if let Some(why) = burst_failure {
         anyhow::bail!("the burst step failed: {why}");
     }
     Ok(())
+}
+
+/// The directory step's title, for the whole demo and for `--only directory`.
+const DIRECTORY_TITLE: &str = "mailbox placement in LDAP: every service routes by the lab's slapd; slapd stops and comes back";
+
+/// A cluster of its own with one front-end whose services route recipients and users by
+/// OpenLDAP (`robustifier_lab::directory::ldap`) instead of text maps. The lab goes down
+/// whatever the story shows; the failure, if any, for the end of the demo.
+fn directory_step(prefix: &str) -> anyhow::Result<Option<String>> {
+    use robustifier_lab::{
+        cluster::Directories,
+        directory::ldap::{Slapd, lab_mailboxes},
+    };
+    let mut c = Cluster::up(prefix, 1)?;
+    let be1 = &c.lab.backends[0];
+    let mut slapd = Slapd::start(&c.lab.log_dir, &be1.ns, "ldap", IpAddr::V4(be1.v4))?;
+    slapd.add(&lab_mailboxes())?;
+    println!(
+        "   lab {prefix}: slapd on {} (LDAPS, StartTLS; entries: one per mailbox, naming its SMTP, submission and POP3 pools)",
+        be1.v4
+    );
+    // Short lifetimes so that the answers are stale by the time slapd stops.
+    let common =
+        "timeout_ms = 1000\ncache_ttl_secs = 2\nnegative_ttl_secs = 2\nnot_found = \"reject\"";
+    let mut toml = String::new();
+    for (name, attribute) in [
+        ("ldap-smtp", "robustifierSmtpPool"),
+        ("ldap-submission", "robustifierSubmissionPool"),
+        ("ldap-pop", "robustifierPopPool"),
+    ] {
+        toml.push_str(&slapd.directory_toml(name, attribute, &[], common));
+        toml.push_str("server_timeout_ms = 300\n\n");
+    }
+    let sock = robustifier_lab::vrrp::control_socket(&c.lab, 0);
+    c.set_extra(
+        0,
+        &format!("[ha]\ncontrol_socket = \"{}\"\n", sock.display()),
+    );
+    c.use_directories(Directories {
+        toml,
+        smtp: "ldap-smtp".into(),
+        submission: "ldap-submission".into(),
+        pop: "ldap-pop".into(),
+    });
+    c.start_frontend(0)?;
+    c.add_vips(0)?;
+    let failure = directory_story(&c, &mut slapd, &sock);
+    drop(slapd);
+    c.lab.down()?;
+    step(&format!("lab {prefix} removed"));
+    failure
+}
+
+/// What an operator sees: mail and POP3 logins routed by slapd's entries, `route lookup`
+/// showing where an answer came from, slapd stopped (cached keys flow on stale answers,
+/// a key never asked gets 451 4.3.0), slapd back (fresh answers), and the counters.
+fn directory_story(
+    c: &Cluster,
+    slapd: &mut robustifier_lab::directory::ldap::Slapd,
+    sock: &std::path::Path,
+) -> anyhow::Result<Option<String>> {
+    let smtp = SocketAddr::new(VIP_SMTP.into(), 25);
+    let deliver = |to: &str, tag: &str| {
+        let (ns, dir) = (&c.lab.client.ns, &c.lab.log_dir);
+        clients::swaks_deliver(ns, "client.robustifier.test", dir, smtp, to, tag, &[]);
+        let host = c.host_of(to);
+        clients::delivered(host, to, tag);
+        println!("   {tag} to {to} -> {} ({:?})", host.name(), host.make);
+    };
+    let rcpt_reply = |to: &str| {
+        let out = clients::swaks(
+            &c.lab.client.ns,
+            "client.robustifier.test",
+            &["--server", &smtp.to_string(), "--to", to],
+        );
+        clients::text(&out)
+            .lines()
+            .find(|l| l.contains("<** ") || l.contains("<-  250 2.1.5"))
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    };
+    let route = |key: &str, service: &str, extra: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "route".as_ref(),
+            "lookup".as_ref(),
+            key.as_ref(),
+            "--service".as_ref(),
+            service.as_ref(),
+            "--socket".as_ref(),
+            sock.as_os_str(),
+        ];
+        args.extend(extra.iter().map(|e| std::ffi::OsStr::new(*e)));
+        let out = robustifier_lab::cli::run(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        indent(&text);
+        text
+    };
+    for (to, tag) in [
+        ("alice@example.test", "dir-1"),
+        ("carol@example.net", "dir-2"),
+        ("erin@example.org", "dir-3"),
+    ] {
+        deliver(to, tag);
+    }
+    let got = clients::poplib(
+        &c.lab.client.ns,
+        SocketAddr::new(VIP_POP.into(), 995),
+        "pop3s",
+        "carol@example.net",
+        &c.password("carol@example.net"),
+        &c.ca(),
+    );
+    println!(
+        "   carol@example.net over POP3S (routed by slapd): {} message(s)",
+        got["list"].as_array().map_or(0, Vec::len)
+    );
+    println!(
+        "   nobody@example.org (no entry): {}",
+        rcpt_reply("nobody@example.org")
+    );
+    println!("   robustifier route lookup (an operator debugging a route):");
+    route("carol@example.net", "smtp", &[]);
+    route("erin@example.org", "pop3", &["--user", "--fresh"]);
+
+    slapd.stop()?;
+    println!("   slapd stopped");
+    std::thread::sleep(Duration::from_millis(2500));
+    deliver("alice@example.test", "dir-stale");
+    let bob = rcpt_reply("bob@example.test");
+    println!("   bob@example.test (never asked, nothing cached): {bob}");
+    let lookup = route("alice@example.test", "smtp", &[]);
+    slapd.restart()?;
+    println!("   slapd restarted");
+    deliver("bob@example.test", "dir-fresh");
+    let out = robustifier_lab::cli::run([
+        "route".as_ref(),
+        "directories".as_ref(),
+        "--socket".as_ref(),
+        sock.as_os_str(),
+    ]);
+    let stats = String::from_utf8_lossy(&out.stdout).into_owned();
+    indent(&stats);
+    if !bob.contains("451 4.3.0") {
+        return Ok(Some(format!(
+            "an uncached recipient during the outage got {bob:?}, not 451 4.3.0"
+        )));
+    }
+    if !lookup.contains("stale cache") {
+        return Ok(Some(format!(
+            "route lookup during the outage did not answer from the stale cache: {lookup}"
+        )));
+    }
+    if !stats.contains("ldap-smtp") {
+        return Ok(Some(format!(
+            "route directories lists no ldap-smtp: {stats}"
+        )));
+    }
+    Ok(None)
 }
 
 /// The slow domain step's title, for the whole demo and for `--only slow-domain`.

@@ -41,8 +41,9 @@ enum Command {
     },
     /// Bring up a lab, run a front-end, send traffic through it, show the counters.
     Demo {
-        /// Only this step, in a lab of its own (the relay lab's slow domain and its move).
-        #[arg(long, value_parser = ["slow-domain"])]
+        /// Only this step, in a lab of its own (the relay lab's slow domain and its move;
+        /// routing by LDAP).
+        #[arg(long, value_parser = ["slow-domain", "directory"])]
         only: Option<String>,
     },
     /// The demo's cluster under steady mail and random chaos (crashes, failovers, cable
