@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     directory::{Found, Key, resolver::Resolver},
     route::Route,
-    service::{Routed, ServiceContext},
+    service::{RouteSource, Routed, ServiceContext},
     smtp::command::Address,
 };
 
@@ -107,9 +107,17 @@ pub async fn lookup(
         Some(to) => env.route_recipient(to).await,
         None => env.route_user(key).await,
     };
+    // The directory was asked first, as a session would have asked it (or afresh); the
+    // decision then found that answer in the cache, so it is named by the first lookup's
+    // origin.
+    let origin = directory.as_ref().map(|d| d.origin.clone());
+    let source_text = |source: RouteSource| match (source, &origin) {
+        (RouteSource::Directory { name, .. }, Some(o)) => format!("directory {name} ({o})"),
+        (other, _) => other.to_string(),
+    };
     let (decision, source) = match routed {
-        Routed::Route(Route::Reject, source) => ("reject".to_owned(), Some(source.to_string())),
-        Routed::Route(Route::Pools(p), source) => (p.join(" "), Some(source.to_string())),
+        Routed::Route(Route::Reject, source) => ("reject".to_owned(), Some(source_text(source))),
+        Routed::Route(Route::Pools(p), source) => (p.join(" "), Some(source_text(source))),
         Routed::Unrouted => (
             if user { "unknown user" } else { "relay denied" }.to_owned(),
             None,
