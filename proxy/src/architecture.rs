@@ -8,7 +8,8 @@
 //!   supervised tasks, the connection type; they import nothing of the crate.
 //! - codecs: pure parsing and formatting (the line reader, SMTP and POP3 commands and
 //!   replies, SASL, PROXY v2, VRRP packets and state machine, the agent wire format, the
-//!   routing map syntax), no I/O beyond reading lines or a map file.
+//!   routing map syntax, the directories' keys, templates and LDAP filters), no I/O beyond
+//!   reading lines or a map file.
 //! - configuration: placed above the codecs, which is the honest order: validating the
 //!   TOML produces the codecs' types (VRRP parameters, agent keys) and checks routing
 //!   maps against the pools; the certificate store is built from it. The cluster's
@@ -66,6 +67,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "agent_wire",
             "prometheus",
             "route",
+            "directory::template",
+            "directory::filter",
         ],
     ),
     (

@@ -3,9 +3,10 @@
 //!
 //! - [`Source`]: one kind of directory, asked one key at a time ([`ldap`], [`sql`],
 //!   [`radius`]); it answers the raw values found for the key.
-//! - [`template`]: the `%s`/`%u`/`%d` placeholders of filters, queries and user names,
-//!   filled from a [`Key`] by each source in its own safe way (escaped for LDAP, bound
-//!   parameters for SQL).
+//! - [`template`]: what is looked up ([`Key`]) and the `%s`/`%u`/`%d` placeholders of
+//!   filters, queries and user names, filled from a key by each source in its own safe
+//!   way: escaped for LDAP ([`filter`]), bound parameters for SQL. Both are pure parsing,
+//!   so the configuration checks its templates with them.
 //! - [`answer`]: a source's values read as a route (pools, pinned back-ends or `reject`),
 //!   checked against the pools the service may use.
 //! - [`cache`] and [`resolver`]: what every source shares: the per-lookup timeout, the
@@ -16,6 +17,7 @@
 
 pub mod answer;
 pub mod cache;
+pub mod filter;
 pub mod ldap;
 pub mod radius;
 pub mod resolver;
@@ -26,45 +28,7 @@ use std::{future::Future, pin::Pin, sync::Arc};
 
 use crate::config::directory::{Directory, SourceConfig};
 
-/// What is looked up: an SMTP recipient (an address) or a login name (POP3, SMTP AUTH).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key {
-    pub kind: KeyKind,
-    /// The address as `local@domain` (domain lower-cased) or the user name as given.
-    pub text: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyKind {
-    Recipient,
-    User,
-}
-
-impl Key {
-    pub fn recipient(text: impl Into<String>) -> Key {
-        Key {
-            kind: KeyKind::Recipient,
-            text: text.into(),
-        }
-    }
-
-    pub fn user(text: impl Into<String>) -> Key {
-        Key {
-            kind: KeyKind::User,
-            text: text.into(),
-        }
-    }
-
-    /// The part before the last `@`, or the whole key without one (`%u`).
-    pub fn local(&self) -> &str {
-        self.text.rsplit_once('@').map_or(&self.text, |(l, _)| l)
-    }
-
-    /// The part after the last `@`, or empty without one (`%d`).
-    pub fn domain(&self) -> &str {
-        self.text.rsplit_once('@').map_or("", |(_, d)| d)
-    }
-}
+pub use template::{Key, KeyKind};
 
 /// A source's answer for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -255,47 +255,27 @@ impl SqlSource {
             }
         };
         let (t, n) = (self.per_server, self.pool_size);
+        // The engines differ in their pools' types only.
+        macro_rules! in_order {
+            ($servers:expr, $options:ty) => {
+                for server in $servers {
+                    let pool = server.pool(|o| {
+                        <$options>::new()
+                            .max_connections(n)
+                            .acquire_timeout(t)
+                            .connect_lazy_with(o)
+                    });
+                    let r = tokio::time::timeout(t, async { ask!(pool, &self.sql, &values) });
+                    if let Some(done) = attempt(&server.url, r.await.ok()) {
+                        return done;
+                    }
+                }
+            };
+        }
         match &self.pools {
-            Pools::Postgres(servers) => {
-                for server in servers {
-                    let pool = server.pool(|o| {
-                        PgPoolOptions::new()
-                            .max_connections(n)
-                            .acquire_timeout(t)
-                            .connect_lazy_with(o)
-                    });
-                    let r = tokio::time::timeout(t, async { ask!(pool, &self.sql, &values) });
-                    if let Some(done) = attempt(&server.url, r.await.ok()) {
-                        return done;
-                    }
-                }
-            }
-            Pools::Mysql(servers) => {
-                for server in servers {
-                    let pool = server.pool(|o| {
-                        MySqlPoolOptions::new()
-                            .max_connections(n)
-                            .acquire_timeout(t)
-                            .connect_lazy_with(o)
-                    });
-                    let r = tokio::time::timeout(t, async { ask!(pool, &self.sql, &values) });
-                    if let Some(done) = attempt(&server.url, r.await.ok()) {
-                        return done;
-                    }
-                }
-            }
-            Pools::Sqlite(server) => {
-                let pool = server.pool(|o| {
-                    SqlitePoolOptions::new()
-                        .max_connections(n)
-                        .acquire_timeout(t)
-                        .connect_lazy_with(o)
-                });
-                let r = tokio::time::timeout(t, async { ask!(pool, &self.sql, &values) });
-                if let Some(done) = attempt(&server.url, r.await.ok()) {
-                    return done;
-                }
-            }
+            Pools::Postgres(servers) => in_order!(servers, PgPoolOptions),
+            Pools::Mysql(servers) => in_order!(servers, MySqlPoolOptions),
+            Pools::Sqlite(server) => in_order!(std::slice::from_ref(&**server), SqlitePoolOptions),
         }
         Err(SourceError::Unavailable(errors.join("; ")))
     }

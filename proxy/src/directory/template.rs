@@ -1,8 +1,46 @@
-//! Templates with `%s` (the whole key), `%u` (its local part), `%d` (its domain) and `%%`
+//! What a directory is asked ([`Key`]), and templates with `%s` (the whole key), `%u` (its local part), `%d` (its domain) and `%%`
 //! (a `%`): split into literal text and placeholders, so that each source puts the key's
 //! parts in its own safe way instead of pasting them into the text.
 
-use super::Key;
+/// What is looked up: an SMTP recipient (an address) or a login name (POP3, SMTP AUTH).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub kind: KeyKind,
+    /// The address as `local@domain` (domain lower-cased) or the user name as given.
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    Recipient,
+    User,
+}
+
+impl Key {
+    pub fn recipient(text: impl Into<String>) -> Key {
+        Key {
+            kind: KeyKind::Recipient,
+            text: text.into(),
+        }
+    }
+
+    pub fn user(text: impl Into<String>) -> Key {
+        Key {
+            kind: KeyKind::User,
+            text: text.into(),
+        }
+    }
+
+    /// The part before the last `@`, or the whole key without one (`%u`).
+    pub fn local(&self) -> &str {
+        self.text.rsplit_once('@').map_or(&self.text, |(l, _)| l)
+    }
+
+    /// The part after the last `@`, or empty without one (`%d`).
+    pub fn domain(&self) -> &str {
+        self.text.rsplit_once('@').map_or("", |(_, d)| d)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Part {

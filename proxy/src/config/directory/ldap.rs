@@ -83,7 +83,7 @@ pub fn validate(key: &str, raw: RawLdap, base: &Path) -> Result<Ldap, Invalid> {
     template::parse(filter).map_err(|e| (k("filter"), e.to_string()))?;
     // The filter with a sample key filled in must be a filter: a template that only breaks
     // on the first lookup would turn every session into a temporary failure.
-    let sample = crate::directory::ldap::fill(filter, &crate::directory::Key::recipient("a@b"))
+    let sample = crate::directory::filter::fill(filter, &template::Key::recipient("a@b"))
         .map_err(|e| (k("filter"), e.to_string()))?;
     ldap3::parse_filter(&sample).map_err(|_| {
         (
