@@ -83,6 +83,18 @@ const PACKAGES: &[(&str, &str)] = &[
         "nftables",
         "the nftables drop rule the bench compares XDP against",
     ),
+    (
+        "postgresql",
+        "PostgreSQL server of the SQL directory tests (run as a lab process, never the host's service)",
+    ),
+    (
+        "mariadb-server",
+        "MariaDB server of the SQL directory tests (run as a lab process, never the host's service)",
+    ),
+    (
+        "sqlite3",
+        "writes the SQLite files of the SQL directory tests",
+    ),
 ];
 
 pub fn run() -> anyhow::Result<()> {

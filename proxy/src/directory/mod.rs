@@ -111,7 +111,7 @@ pub trait Source: Send + Sync {
 pub fn open(directory: &Directory) -> Result<Arc<dyn Source>, SourceError> {
     match &directory.source {
         SourceConfig::Ldap(c) => ldap::open(c),
-        SourceConfig::Sql(c) => sql::open(c),
+        SourceConfig::Sql(c) => sql::open(c, directory.timeout),
         SourceConfig::Radius(c) => radius::open(c),
     }
 }
