@@ -95,6 +95,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "sqlite3",
         "writes the SQLite files of the SQL directory tests",
     ),
+    (
+        "slapd",
+        "OpenLDAP server: the lab's LDAP directory in the directory routing tests",
+    ),
+    ("ldap-utils", "ldapadd: loads the lab slapd's entries"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
