@@ -100,6 +100,15 @@ const PACKAGES: &[(&str, &str)] = &[
         "OpenLDAP server: the lab's LDAP directory in the directory routing tests",
     ),
     ("ldap-utils", "ldapadd: loads the lab slapd's entries"),
+    // Its postinst would start the host's radiusd: the policy-rc.d above keeps it down.
+    (
+        "freeradius",
+        "the RADIUS server of the directory tests (a lab process with its own config)",
+    ),
+    (
+        "freeradius-utils",
+        "radclient, to ask the lab's FreeRADIUS by hand when a directory test fails",
+    ),
 ];
 
 pub fn run() -> anyhow::Result<()> {

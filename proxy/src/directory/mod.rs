@@ -112,6 +112,6 @@ pub fn open(directory: &Directory) -> Result<Arc<dyn Source>, SourceError> {
     match &directory.source {
         SourceConfig::Ldap(c) => ldap::open(c),
         SourceConfig::Sql(c) => sql::open(c, directory.timeout),
-        SourceConfig::Radius(c) => radius::open(c),
+        SourceConfig::Radius(c) => radius::open(c, directory.timeout),
     }
 }
