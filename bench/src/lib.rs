@@ -125,9 +125,9 @@ impl Mode {
                 queues_fast: 100,
                 queues_move: 100,
                 queues_reps: 1,
-                lookups_sessions: 400,
+                lookups_sessions: 600,
                 lookups_slow: 100,
-                lookups_reps: 3,
+                lookups_reps: 5,
             },
             Mode::Full => Sizes {
                 reps: 7,
@@ -156,7 +156,7 @@ impl Mode {
                 queues_reps: 1,
                 lookups_sessions: 1500,
                 lookups_slow: 300,
-                lookups_reps: 5,
+                lookups_reps: 7,
             },
         }
     }

@@ -429,34 +429,46 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         miss_load(&lab, addr(port), &msg, s.cost_warmup)
             .with_context(|| format!("warm-up of {name}"))?;
     }
+    let measure = |name: &str, port: u16, case: &str, warm: bool| -> anyhow::Result<f64> {
+        let c0 = procs::cpu_us(&pids);
+        if warm {
+            smtp_source(&lab, addr(port), n, 1024, CONCURRENCY)
+        } else {
+            miss_load(&lab, addr(port), &msg, n).map(|_| 0.0)
+        }
+        .with_context(|| format!("{name}, {case}"))?;
+        Ok((procs::cpu_us(&pids) - c0) / n as f64)
+    };
+    let sources: Vec<(&str, u16)> = SYSTEMS
+        .iter()
+        .copied()
+        .filter(|(n, _)| *n != TEXT)
+        .collect();
     for rep in 0..s.lookups_reps {
         for (case, warm) in [("1 KiB, warm cache", true), ("1 KiB, cache miss", false)] {
-            let mut cpu = Vec::new();
-            for (name, port) in super::shuffled(&SYSTEMS) {
-                let c0 = procs::cpu_us(&pids);
-                if warm {
-                    smtp_source(&lab, addr(port), n, 1024, CONCURRENCY)
-                } else {
-                    miss_load(&lab, addr(port), &msg, n).map(|_| 0.0)
+            // Each source runs back to back with a run of the text map, in a random order,
+            // so that the pair meets the same moment of a shared machine.
+            let mut pairs = Vec::new();
+            for (name, port) in super::shuffled(&sources) {
+                let (mut ours, mut text) = (0.0, 0.0);
+                for first in super::shuffled(&[true, false]) {
+                    if first {
+                        ours = measure(name, port, case, warm)?;
+                    } else {
+                        text = measure(TEXT, SYSTEMS[0].1, case, warm)?;
+                    }
                 }
-                .with_context(|| format!("{name}, {case}"))?;
-                cpu.push((name, (procs::cpu_us(&pids) - c0) / n as f64));
+                pairs.push((name, ours, text));
             }
-            let text = cpu
-                .iter()
-                .find(|(n, _)| *n == TEXT)
-                .map(|(_, v)| *v)
-                .context("no text map figure")?;
-            // In the systems' fixed order, so the report lists the sources alike in every run.
-            for (name, _) in SYSTEMS.iter().filter(|(n, _)| *n != TEXT) {
-                let v = cpu
+            // In the sources' fixed order, so the report lists them alike in every run.
+            for (name, _) in &sources {
+                let (_, ours, text) = pairs
                     .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, v)| *v)
-                    .context("a system without a figure")?;
+                    .find(|(n, _, _)| n == name)
+                    .context("a source without a figure")?;
                 let case = format!("{case}: {name}");
-                ctx.add(SCENARIO, &case, CPU, SUT, v);
-                ctx.add(SCENARIO, &case, CPU, TEXT, text);
+                ctx.add(SCENARIO, &case, CPU, SUT, *ours);
+                ctx.add(SCENARIO, &case, CPU, TEXT, *text);
             }
         }
         println!(
@@ -492,8 +504,8 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
          each directory answers the recipient's domain (%d) and refuses unknown domains. \
          CPU is the front-end's scheduler time over {n} sessions per run (warm cache: \
          smtp-source -s {CONCURRENCY} to one recipient; cache miss: {MISS_CLIENTS} threads of \
-         our client, each session a new recipient); the text map's figure of the same \
-         repetition is the rival of every source. Slow directory: PostgreSQL through a relay \
+         our client, each session a new recipient); each source's run is paired with a run of \
+         the text map just before or after it (the rival). Slow directory: PostgreSQL through a relay \
          holding each answer {DELAY_MS} ms, {} serial sessions per system and repetition.",
         s.lookups_slow
     ));
