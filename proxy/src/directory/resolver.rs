@@ -355,6 +355,7 @@ pub(crate) mod testing {
                 bind_dn: None,
                 bind_password_file: None,
                 plaintext_bind: false,
+                server_timeout: Duration::from_millis(400),
             }),
         }
     }
