@@ -61,6 +61,11 @@ pub struct Sizes {
     pub queues_fast: usize,
     pub queues_move: usize,
     pub queues_reps: usize,
+    /// `lookups`: sessions per system, case and repetition of the CPU cases, serial sessions
+    /// per system and case of the slow directory, and the repetitions of both.
+    pub lookups_sessions: usize,
+    pub lookups_slow: usize,
+    pub lookups_reps: usize,
 }
 
 impl Mode {
@@ -91,6 +96,9 @@ impl Mode {
                 queues_fast: 5,
                 queues_move: 3,
                 queues_reps: 1,
+                lookups_sessions: 30,
+                lookups_slow: 10,
+                lookups_reps: 1,
             },
             Mode::Quick => Sizes {
                 reps: 3,
@@ -117,6 +125,9 @@ impl Mode {
                 queues_fast: 100,
                 queues_move: 100,
                 queues_reps: 1,
+                lookups_sessions: 600,
+                lookups_slow: 100,
+                lookups_reps: 5,
             },
             Mode::Full => Sizes {
                 reps: 7,
@@ -143,6 +154,9 @@ impl Mode {
                 queues_fast: 300,
                 queues_move: 500,
                 queues_reps: 1,
+                lookups_sessions: 1500,
+                lookups_slow: 300,
+                lookups_reps: 7,
             },
         }
     }
@@ -188,6 +202,7 @@ pub const SCENARIOS: &[&str] = &[
     "reload",
     "propagation",
     "queues",
+    "lookups",
 ];
 
 /// Runs the scenarios named in `only` (all when empty) and returns the report; a failing
@@ -234,6 +249,7 @@ pub fn run(mode: Mode, only: &[String], command: &str) -> anyhow::Result<Report>
             "reload" => scenarios::reload::run(&mut ctx),
             "propagation" => scenarios::propagation::run(&mut ctx),
             "queues" => scenarios::queues::run(&mut ctx),
+            "lookups" => scenarios::lookups::run(&mut ctx),
             _ => unreachable!(),
         };
         println!(

@@ -114,6 +114,16 @@ enum Command {
         #[arg(long)]
         listen: std::net::SocketAddr,
     },
+    /// The bench's slow directory: a TCP relay holding each answer for a while.
+    #[command(hide = true)]
+    BenchDelayRelay {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        upstream: std::net::SocketAddr,
+        #[arg(long)]
+        delay_ms: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -158,6 +168,15 @@ fn main() -> std::process::ExitCode {
             robustifier_bench::rivals::serve_auth_http(&listen, upstream)
         }
         Command::BenchGreeter { listen } => robustifier_bench::rivals::serve_greeter(listen),
+        Command::BenchDelayRelay {
+            listen,
+            upstream,
+            delay_ms,
+        } => robustifier_bench::scenarios::lookups::serve_delay_relay(
+            listen,
+            upstream,
+            std::time::Duration::from_millis(delay_ms),
+        ),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -5,6 +5,7 @@ pub mod bulk_pop3;
 pub mod cost;
 pub mod drop_path;
 pub mod failover;
+pub mod lookups;
 pub mod memory;
 pub mod overload;
 pub mod propagation;
