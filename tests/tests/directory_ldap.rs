@@ -403,5 +403,12 @@ fn the_cluster_routes_by_ldap_and_rides_out_its_failures() {
         assert!(t.contains("<** 451 4.3.0"), "{t}");
     });
     slapd.resume().expect("resume slapd");
+    // The directory answers in time again: its next answer (frank has no entry) is cached,
+    // and stands in once slapd is gone.
+    let t = rcpt("frank@example.test");
+    assert!(t.contains("<** 550 5.1.1"), "{t}");
+    slapd.stop().expect("stop slapd");
+    let t = rcpt("frank@example.test");
+    assert!(t.contains("<** 550 5.1.1"), "a cached answer: {t}");
     drop(slapd);
 }
