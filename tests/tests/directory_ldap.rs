@@ -271,7 +271,7 @@ fn servers_are_tried_in_order() {
 #[test]
 fn the_cluster_routes_by_ldap_and_rides_out_its_failures() {
     use robustifier_lab::{
-        cluster::{Cluster, Directories},
+        cluster::Cluster,
         mail::clients::{self, delivered, text},
         topology::{VIP_POP, VIP_SMTP},
     };
@@ -290,21 +290,7 @@ fn the_cluster_routes_by_ldap_and_rides_out_its_failures() {
     // short lookup timeout, so that a hung slapd costs a session one second.
     let common =
         "timeout_ms = 1000\ncache_ttl_secs = 1\nnegative_ttl_secs = 1\nnot_found = \"reject\"";
-    let mut toml = String::new();
-    for (name, attribute) in [
-        ("ldap-smtp", "robustifierSmtpPool"),
-        ("ldap-submission", "robustifierSubmissionPool"),
-        ("ldap-pop", "robustifierPopPool"),
-    ] {
-        toml.push_str(&slapd.directory_toml(name, attribute, &[], common));
-        toml.push_str("server_timeout_ms = 300\n\n");
-    }
-    c.use_directories(Directories {
-        toml,
-        smtp: "ldap-smtp".into(),
-        submission: "ldap-submission".into(),
-        pop: "ldap-pop".into(),
-    });
+    c.use_directories(slapd.lab_directories(common));
     c.start_frontend(0).expect("front-end");
     c.add_vips(0).expect("virtual addresses");
     let ca = c.ca();

@@ -427,10 +427,7 @@ const DIRECTORY_TITLE: &str = "mailbox placement in LDAP: every service routes b
 /// OpenLDAP (`robustifier_lab::directory::ldap`) instead of text maps. The lab goes down
 /// whatever the story shows; the failure, if any, for the end of the demo.
 fn directory_step(prefix: &str) -> anyhow::Result<Option<String>> {
-    use robustifier_lab::{
-        cluster::Directories,
-        directory::ldap::{Slapd, lab_mailboxes},
-    };
+    use robustifier_lab::directory::ldap::{Slapd, lab_mailboxes};
     let mut c = Cluster::up(prefix, 1)?;
     let be1 = &c.lab.backends[0];
     let mut slapd = Slapd::start(&c.lab.log_dir, &be1.ns, "ldap", IpAddr::V4(be1.v4))?;
@@ -442,26 +439,12 @@ fn directory_step(prefix: &str) -> anyhow::Result<Option<String>> {
     // Short lifetimes so that the answers are stale by the time slapd stops.
     let common =
         "timeout_ms = 1000\ncache_ttl_secs = 2\nnegative_ttl_secs = 2\nnot_found = \"reject\"";
-    let mut toml = String::new();
-    for (name, attribute) in [
-        ("ldap-smtp", "robustifierSmtpPool"),
-        ("ldap-submission", "robustifierSubmissionPool"),
-        ("ldap-pop", "robustifierPopPool"),
-    ] {
-        toml.push_str(&slapd.directory_toml(name, attribute, &[], common));
-        toml.push_str("server_timeout_ms = 300\n\n");
-    }
     let sock = robustifier_lab::vrrp::control_socket(&c.lab, 0);
     c.set_extra(
         0,
         &format!("[ha]\ncontrol_socket = \"{}\"\n", sock.display()),
     );
-    c.use_directories(Directories {
-        toml,
-        smtp: "ldap-smtp".into(),
-        submission: "ldap-submission".into(),
-        pop: "ldap-pop".into(),
-    });
+    c.use_directories(slapd.lab_directories(common));
     c.start_frontend(0)?;
     c.add_vips(0)?;
     let failure = directory_story(&c, &mut slapd, &sock);

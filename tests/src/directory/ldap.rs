@@ -218,6 +218,28 @@ impl Slapd {
         )
     }
 
+    /// The lab cluster's services routed by this server (`Cluster::use_directories`): one
+    /// `[[directory]]` per kind of service (`ldap-smtp`, `ldap-submission`, `ldap-pop`),
+    /// each reading its pool attribute, with `common` TOML lines for the common keys and a
+    /// 300 ms share per server.
+    pub fn lab_directories(&self, common: &str) -> crate::cluster::Directories {
+        let mut toml = String::new();
+        for (name, attribute) in [
+            ("ldap-smtp", "robustifierSmtpPool"),
+            ("ldap-submission", "robustifierSubmissionPool"),
+            ("ldap-pop", "robustifierPopPool"),
+        ] {
+            toml.push_str(&self.directory_toml(name, attribute, &[], common));
+            toml.push_str("server_timeout_ms = 300\n\n");
+        }
+        crate::cluster::Directories {
+            toml,
+            smtp: "ldap-smtp".into(),
+            submission: "ldap-submission".into(),
+            pop: "ldap-pop".into(),
+        }
+    }
+
     /// Adds mailbox entries (each under its own `cn`, so addresses need no DN escaping).
     pub fn add(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
         let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v.as_bytes());
