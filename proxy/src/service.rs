@@ -326,7 +326,7 @@ impl ServiceContext {
         if let Some(r) = mapped {
             return Routed::Route(r, RouteSource::RouteMap);
         }
-        self.directory_then_pool(crate::directory::Key::user(user))
+        self.directory_then_pool(|| crate::directory::Key::user(user))
             .await
     }
 
@@ -356,19 +356,22 @@ impl ServiceContext {
         if let Some(r) = self.mapped(|t| t.lookup(to).cloned()) {
             return Routed::Route(r, RouteSource::RouteMap);
         }
-        let text = match &to.domain {
-            Some(d) => format!("{}@{}", to.local, d.to_ascii_lowercase()),
-            None => to.local.clone(),
-        };
-        self.directory_then_pool(crate::directory::Key::recipient(text))
-            .await
+        self.directory_then_pool(|| {
+            crate::directory::Key::recipient(match &to.domain {
+                Some(d) => format!("{}@{}", to.local, d.to_ascii_lowercase()),
+                None => to.local.clone(),
+            })
+        })
+        .await
     }
 
     /// `key` in the service's directory, if it has one; else, or when the directory does
-    /// not know the key and `not_found = "pool"`, the service's pool.
-    async fn directory_then_pool(&self, key: crate::directory::Key) -> Routed {
+    /// not know the key and `not_found = "pool"`, the service's pool. The key is built only
+    /// for a directory: a service without one routes every recipient without allocating it.
+    async fn directory_then_pool(&self, key: impl FnOnce() -> crate::directory::Key) -> Routed {
         use crate::{config::directory::NotFound, directory::Found};
         if let Some(dir) = &self.directory {
+            let key = key();
             let lookup = dir.lookup(&key, false).await;
             let source = || RouteSource::Directory {
                 name: dir.name().to_owned(),
