@@ -91,6 +91,12 @@ pub fn run() -> anyhow::Result<()> {
             stale.len()
         );
     }
+    // Namespaces of another run still alive now (a second checkout testing on this
+    // machine) are not this run's to judge: when that run dies they look orphaned.
+    let foreign: std::collections::HashSet<u32> = netns::list(TEST_PREFIX)
+        .iter()
+        .filter_map(|n| robustifier_lab::owner_pid(n))
+        .collect();
     let mut totals = (0u64, 0u64);
     run_step("tests", || {
         let bin = root().join("target/debug/robustifier");
@@ -129,6 +135,7 @@ pub fn run() -> anyhow::Result<()> {
     let left: Vec<String> = netns::list(TEST_PREFIX)
         .into_iter()
         .filter(|n| robustifier_lab::orphaned(n))
+        .filter(|n| robustifier_lab::owner_pid(n).is_none_or(|p| !foreign.contains(&p)))
         .collect();
     if !left.is_empty() {
         bail!("tests left namespaces behind: {}", left.join(" "));
