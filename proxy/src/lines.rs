@@ -18,7 +18,18 @@ pub enum Line {
 
 /// Reads one line of at most `max` octets (CRLF excluded) without ever holding more.
 pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> std::io::Result<Line> {
-    let mut line = Vec::new();
+    read_line_into(r, max, Vec::new()).await
+}
+
+/// [`read_line`] into `spare`, a line given back by the caller (emptied first): a session
+/// reading command after command reuses one allocation.
+pub async fn read_line_into<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+    spare: Vec<u8>,
+) -> std::io::Result<Line> {
+    let mut line = spare;
+    line.clear();
     let mut too_long = false;
     loop {
         let buf = r.fill_buf().await?;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::{
-    lines::{Line, read_line},
+    lines::{Line, read_line_into},
     stream::{Buffered, Conn},
     tls::ServerTls,
 };
@@ -68,6 +68,21 @@ pub async fn next_line<R>(
 where
     R: tokio::io::AsyncBufRead + Unpin,
 {
+    next_line_into(io, max, idle, closing, Vec::new()).await
+}
+
+/// [`next_line`] into `spare`, a line the caller is done with (see
+/// [`crate::lines::read_line_into`]).
+pub async fn next_line_into<R>(
+    io: &mut R,
+    max: usize,
+    idle: Duration,
+    closing: Option<&CancellationToken>,
+    spare: Vec<u8>,
+) -> std::io::Result<Next>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
     let wait = async {
         match closing {
             Some(c) => c.cancelled().await,
@@ -75,7 +90,7 @@ where
         }
     };
     tokio::select! {
-        r = timeout(idle, read_line(io, max)) => Ok(match r {
+        r = timeout(idle, read_line_into(io, max, spare)) => Ok(match r {
             Err(_) => Next::Idle,
             Ok(line) => match line? {
                 Line::Complete(l) => Next::Line(l),

@@ -88,13 +88,18 @@ fn detached() -> io::Error {
 /// The most a [`Buffered`] reads at once, as `tokio::io::BufReader`'s default buffer.
 pub const READ_CHUNK: usize = 8 * 1024;
 
+/// The read buffer a waiting [`Buffered`] keeps: a command line's worth, so that reading
+/// command after command reuses one allocation; a larger one (a message's data) is let go.
+pub const KEEP_WAITING: usize = 512;
+
 /// A buffered reader that holds no buffer while it waits for input.
 ///
 /// `tokio::io::BufReader` allocates (and zeroes) its 8 KiB buffer up front and keeps it for
 /// the life of the stream, so every idle session held 8 KiB for nothing. This one reads
 /// into a buffer on the stack of the poll and keeps only what arrived, and only until it
-/// is consumed: a session waiting for its client's next command holds no read buffer at
-/// all, and a busy one at most [`READ_CHUNK`] octets, as before.
+/// is consumed: a session waiting for its client's next command holds at most
+/// [`KEEP_WAITING`] octets of read buffer (none before its first input), and a busy one at
+/// most [`READ_CHUNK`] octets, as before.
 pub struct Buffered<R> {
     inner: R,
     /// Unread input is `buf[pos..]`.
@@ -138,8 +143,13 @@ impl<R: AsyncRead + Unpin> AsyncBufRead for Buffered<R> {
             let mut rb = ReadBuf::uninit(&mut chunk);
             match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
                 Poll::Pending => {
-                    // Waiting with nothing buffered: let the memory go until input comes.
-                    this.buf = Vec::new();
+                    // Waiting with nothing buffered: let the memory go until input comes,
+                    // unless it is a command line's worth, reused for the next one.
+                    if this.buf.capacity() > KEEP_WAITING {
+                        this.buf = Vec::new();
+                    } else {
+                        this.buf.clear();
+                    }
                     this.pos = 0;
                     return Poll::Pending;
                 }
@@ -149,8 +159,10 @@ impl<R: AsyncRead + Unpin> AsyncBufRead for Buffered<R> {
             let got = rb.filled();
             this.buf.clear();
             this.pos = 0;
-            // Exact, so that a busy stream's buffer never grows past READ_CHUNK.
-            this.buf.reserve_exact(got.len());
+            // Exact, so that a busy stream's buffer never grows past READ_CHUNK; a kept buffer
+            // takes a command line without growing.
+            this.buf
+                .reserve_exact(got.len().max(KEEP_WAITING.min(READ_CHUNK)));
             this.buf.extend_from_slice(got);
         }
         Poll::Ready(Ok(&this.buf[this.pos..]))
@@ -468,7 +480,24 @@ mod tests {
             Line::Complete(b"NOOP".to_vec())
         );
         assert!(waits(&mut r));
-        assert_eq!(r.buf.capacity(), 0, "an idle reader lets its buffer go");
+        let kept = r.buf.capacity();
+        assert!(
+            kept <= KEEP_WAITING,
+            "an idle reader keeps a command line's worth at most: {kept}"
+        );
+        // The next command is read into the same allocation.
+        client.write_all(b"QUIT\r\n").await.unwrap();
+        assert_eq!(
+            read_line(&mut r, 100).await.unwrap(),
+            Line::Complete(b"QUIT".to_vec())
+        );
+        assert_eq!(r.buf.capacity(), kept);
+        // Message data fills a larger buffer: waiting, the reader lets it go.
+        client.write_all(&[b'x'; 4000]).await.unwrap();
+        assert_eq!(r.fill_buf().await.unwrap().len(), 4000);
+        r.consume(4000);
+        assert!(waits(&mut r));
+        assert_eq!(r.buf.capacity(), 0, "an idle reader lets a large buffer go");
         drop(client);
         assert_eq!(read_line(&mut r, 100).await.unwrap(), Line::Eof);
     }

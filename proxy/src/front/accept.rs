@@ -15,7 +15,7 @@ use std::{
 
 use tokio::{net::TcpListener, net::TcpStream, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument as _, debug, info, info_span, warn};
+use tracing::{Instrument as _, debug, debug_span, info, warn};
 
 use super::{limits::PerClient, shed};
 use crate::{
@@ -236,9 +236,13 @@ fn serve(
         };
         let id = session_id();
         let committing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let span = info_span!("session", id = %id, service = %svc.name, %peer);
+        // A span is entered and left at every poll of the session: it exists only when
+        // debug lines are wanted (at other levels `debug_span!` gives a disabled span,
+        // whose enter does nothing). Warnings and errors name the session themselves
+        // (`session = id`), so they carry the id at any level.
+        let span = debug_span!("session", id = %id, service = %svc.name, %peer);
         let session = async {
-            debug!("session start");
+            debug!(session = %id, "session start");
             let conn = if svc.tls == ServiceTls::Implicit {
                 let Some(tls) = &ctx.env.tls else { return };
                 // Boxed: a handshake's state is over a kilobyte and is gone once it is done.
@@ -249,8 +253,8 @@ fn serve(
                 .await
                 {
                     Ok(Ok(s)) => Conn::Server(Box::new(s)),
-                    Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => return debug!("TLS handshake timed out"),
+                    Ok(Err(e)) => return debug!(session = %id, error = %e, "TLS handshake failed"),
+                    Err(_) => return debug!(session = %id, "TLS handshake timed out"),
                 }
             } else {
                 Conn::Plain(stream)
@@ -275,8 +279,8 @@ fn serve(
                 .map_err(|e| e.to_string()),
             };
             match result {
-                Ok(()) => debug!("session end"),
-                Err(e) => debug!(error = %e, "session ended with an error"),
+                Ok(()) => debug!(session = %id, "session end"),
+                Err(e) => debug!(session = %id, error = %e, "session ended with an error"),
             }
         }
         .instrument(span);

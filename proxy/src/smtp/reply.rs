@@ -94,8 +94,72 @@ impl Reply {
 
     /// The wire form, every line ending in CRLF.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.to_string().into_bytes()
+        let mut out = Vec::new();
+        self.write_to(&mut out);
+        out
     }
+
+    /// Appends the wire form to `out`: the same octets as [`fmt::Display`], without the
+    /// formatter (a session writes every reply through here).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match self.lines.split_last() {
+            None => write_line(out, self.code, self.enhanced, b' ', ""),
+            Some((last, rest)) => {
+                for line in rest {
+                    write_line(out, self.code, self.enhanced, b'-', line);
+                }
+                write_line(out, self.code, self.enhanced, b' ', last);
+            }
+        }
+    }
+}
+
+/// Appends one reply line: `code`, `sep` (`-` for all but the last line, `SP` for the
+/// last), the enhanced code and `text` with its control characters blanked out, so that
+/// no text can end the line early.
+pub fn write_line(out: &mut Vec<u8>, code: u16, enhanced: Option<Enhanced>, sep: u8, text: &str) {
+    push_number(out, code, 3);
+    // RFC 5321 4.2: `Reply-code [ SP textstring ] CRLF`; no dangling space.
+    if sep == b' ' && text.is_empty() && enhanced.is_none() {
+        out.extend_from_slice(b"\r\n");
+        return;
+    }
+    out.push(sep);
+    if let Some((c, s, d)) = enhanced {
+        push_number(out, u16::from(c), 1);
+        out.push(b'.');
+        push_number(out, s, 1);
+        out.push(b'.');
+        push_number(out, d, 1);
+        if !text.is_empty() {
+            out.push(b' ');
+        }
+    }
+    if text.chars().any(char::is_control) {
+        for ch in text.chars() {
+            let ch = if ch.is_control() { ' ' } else { ch };
+            out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
+        }
+    } else {
+        out.extend_from_slice(text.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, zero-padded to at least `width` digits (as `{:0width$}`).
+fn push_number(out: &mut Vec<u8>, n: u16, width: usize) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 && digits.len() - i >= width {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 impl fmt::Display for Reply {
@@ -397,6 +461,20 @@ impl Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The session writes replies with `write_to`; logs and tests read them through
+        /// `Display`: both must give the same octets, control characters blanked alike.
+        #[test]
+        fn write_to_gives_the_octets_of_display(
+            code in 0u16..1000,
+            enhanced in proptest::option::of((0u8..10, 0u16..1000, 0u16..1000)),
+            lines in proptest::collection::vec("(\\PC|[\\r\\n\\t\\x00\\u{85}\\u{9f}]){0,12}", 0..4),
+        ) {
+            let reply = Reply::multiline(code, enhanced, lines);
+            proptest::prop_assert_eq!(reply.to_bytes(), reply.to_string().into_bytes());
+        }
+    }
 
     #[test]
     fn only_mail_system_failures_say_a_server_is_sick() {

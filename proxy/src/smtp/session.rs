@@ -32,7 +32,7 @@ use crate::{
         smtp::{ClientInfo, SmtpLeg},
     },
     config::{Service, ServiceTls},
-    session_core::{ErrorBudget, Next, next_line, upgrade_tls},
+    session_core::{ErrorBudget, Next, next_line_into, upgrade_tls},
     stream::{Buffered, Conn},
 };
 pub use crate::{service::ServiceContext, session_core::SessionError};
@@ -195,6 +195,9 @@ impl Transaction {
 pub struct Session<'e, S> {
     io: Buffered<Conn<S>>,
     out: Vec<u8>,
+    /// The last command line, given back to read the next one into: one allocation for
+    /// the session's lines, not one per line.
+    spare_line: Vec<u8>,
     env: &'e ServiceContext,
     client: ClientInfo,
     greeted: Greeted,
@@ -243,7 +246,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     ) -> Self {
         Session {
             io: Buffered::new(stream),
-            out: Vec::new(),
+            // Room for the usual replies (the EHLO list is the longest), so that the buffer
+            // is allocated once rather than grown reply by reply.
+            out: Vec::with_capacity(256),
+            spare_line: Vec::new(),
             env,
             client: ClientInfo {
                 peer,
@@ -278,11 +284,12 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     }
 
     fn send(&mut self, reply: &Reply) {
-        self.out.extend_from_slice(&reply.to_bytes());
+        reply.write_to(&mut self.out);
     }
 
+    /// A reply of the proxy's own, written straight into the output buffer.
     fn say(&mut self, code: u16, enhanced: (u8, u16, u16), text: &str) {
-        self.send(&Reply::new(code, Some(enhanced), text));
+        super::reply::write_line(&mut self.out, code, Some(enhanced), b' ', text);
     }
 
     /// Writes queued replies. Called before waiting on the client with an empty input
@@ -292,11 +299,13 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     /// leg) forever once the socket's buffers are full: the write has the idle timeout as
     /// its deadline, and missing it ends the session.
     async fn flush(&mut self) -> std::io::Result<()> {
-        let out = std::mem::take(&mut self.out);
+        // The buffer is cleared, not taken: its allocation serves every later reply.
+        let out = &mut self.out;
         let io = self.io.get_mut();
         let write = async {
             if !out.is_empty() {
-                io.write_all(&out).await?;
+                io.write_all(out).await?;
+                out.clear();
             }
             io.flush().await
         };
@@ -325,33 +334,35 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 // any time; at a boundary nothing of the client's is half done).
                 let closing = self.tx.is_none().then_some(&self.closing);
                 let idle = self.env.service.idle_timeout;
-                let line = match next_line(&mut self.io, MAX_LINE, idle, closing).await? {
-                    Next::Line(l) => l,
-                    Next::Eof => break,
-                    Next::Idle => {
-                        self.say(
-                            421,
-                            (4, 4, 2),
-                            &format!("{host} Idle timeout, closing connection"),
-                        );
-                        break;
-                    }
-                    Next::Closing => {
-                        self.say(
-                            421,
-                            (4, 3, 2),
-                            &format!("{host} Service shutting down, closing connection"),
-                        );
-                        break;
-                    }
-                    Next::TooLong => {
-                        self.say(500, (5, 5, 6), "Line too long");
-                        if self.error() {
+                let spare = std::mem::take(&mut self.spare_line);
+                let line =
+                    match next_line_into(&mut self.io, MAX_LINE, idle, closing, spare).await? {
+                        Next::Line(l) => l,
+                        Next::Eof => break,
+                        Next::Idle => {
+                            self.say(
+                                421,
+                                (4, 4, 2),
+                                &format!("{host} Idle timeout, closing connection"),
+                            );
                             break;
                         }
-                        continue;
-                    }
-                };
+                        Next::Closing => {
+                            self.say(
+                                421,
+                                (4, 3, 2),
+                                &format!("{host} Service shutting down, closing connection"),
+                            );
+                            break;
+                        }
+                        Next::TooLong => {
+                            self.say(500, (5, 5, 6), "Line too long");
+                            if self.error() {
+                                break;
+                            }
+                            continue;
+                        }
+                    };
                 let cmd = match Command::parse(&line) {
                     Ok(c) => c,
                     Err(e) => {
@@ -365,16 +376,25 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 // Boxed: the state of a command's exchange with a back-end or a TLS
                 // handshake is kilobytes, and only exists while the command runs. Inline,
                 // every session would carry it while it waits for its client.
-                if !Box::pin(self.command(cmd, &line)).await? {
+                let go_on = Box::pin(self.command(cmd, &line)).await?;
+                self.spare_line = line;
+                if !go_on {
                     break;
                 }
             }
             let _ = self.flush().await;
-            // For TLS this sends close_notify, so the client can tell an end from a cut; a
-            // client that does not read gets no longer for it than for a reply.
-            let idle = self.svc().idle_timeout;
-            let _ = timeout(idle, self.io.get_mut().shutdown()).await;
-            if let Some(l) = self.leg.take() {
+            // TLS sends close_notify, so the client can tell an end from a cut; a client
+            // that does not read gets no longer for it than for a reply. Plain TCP needs no
+            // shutdown: closing the socket sends the same FIN, and a shutdown mostly failed
+            // with ENOTCONN there, the client having closed after its QUIT already.
+            if self.io.get_ref().is_tls() {
+                let idle = self.svc().idle_timeout;
+                let _ = timeout(idle, self.io.get_mut().shutdown()).await;
+            }
+            let leg = self.leg.take();
+            // The client's socket closes now, not after the back-end's QUIT below.
+            drop(self);
+            if let Some(l) = leg {
                 Box::pin(l.lease.quit()).await;
             }
             Ok(())
@@ -386,7 +406,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     }
 
     fn say_plain(&mut self, code: u16, text: &str) {
-        self.send(&Reply::new(code, None, text));
+        super::reply::write_line(&mut self.out, code, None, b' ', text);
     }
 
     /// Counts a refused command; true when the client has used up its allowance.
@@ -452,29 +472,51 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     fn hello(&mut self, name: String, esmtp: bool) {
         self.client.helo = Some(name);
         self.greeted = if esmtp { Greeted::Ehlo } else { Greeted::Helo };
-        let host = self.svc().hostname.clone();
+        let env = self.env;
+        let host = &env.service.hostname;
         if !esmtp {
-            self.say_plain(250, &host);
+            super::reply::write_line(&mut self.out, 250, None, b' ', host);
             return;
         }
-        let mut lines = vec![
-            host,
-            "PIPELINING".to_owned(),
-            format!("SIZE {}", self.svc().max_message_size),
-            "8BITMIME".to_owned(),
-            "SMTPUTF8".to_owned(),
-            "ENHANCEDSTATUSCODES".to_owned(),
+        // Written line by line into the output buffer: no list of strings per EHLO.
+        let mut size_buf = [0u8; 32];
+        let size = {
+            use std::io::Write as _;
+            let mut w = &mut size_buf[..];
+            let _ = write!(w, "SIZE {}", env.service.max_message_size);
+            let n = 32 - w.len();
+            std::str::from_utf8(&size_buf[..n]).unwrap_or("SIZE")
+        };
+        let mut lines: [&str; 9] = [""; 9];
+        let fixed = [
+            host.as_str(),
+            "PIPELINING",
+            size,
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
         ];
-        if self.env.chunking() {
-            lines.push("CHUNKING".to_owned());
+        lines[..fixed.len()].copy_from_slice(&fixed);
+        let mut n = fixed.len();
+        let optional = [
+            (env.chunking(), "CHUNKING"),
+            (self.starttls_offered(), "STARTTLS"),
+            (
+                env.service.auth && self.client.login.is_none() && self.auth_allowed(),
+                "AUTH PLAIN LOGIN",
+            ),
+        ];
+        for (offered, line) in optional {
+            if offered {
+                lines[n] = line;
+                n += 1;
+            }
         }
-        if self.starttls_offered() {
-            lines.push("STARTTLS".to_owned());
+        let (last, rest) = (lines[n - 1], &lines[..n - 1]);
+        for line in rest {
+            super::reply::write_line(&mut self.out, 250, None, b'-', line);
         }
-        if self.svc().auth && self.client.login.is_none() && self.auth_allowed() {
-            lines.push("AUTH PLAIN LOGIN".to_owned());
-        }
-        self.send(&Reply::multiline(250, None, lines));
+        super::reply::write_line(&mut self.out, 250, None, b' ', last);
     }
 
     fn starttls_offered(&self) -> bool {

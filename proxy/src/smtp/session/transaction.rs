@@ -2,7 +2,7 @@
 //! the message relay.
 
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     Commit, DATA_BLOCK_TIMEOUT, Greeted, Leg, MAX_RECIPIENTS, Phase, Session, SessionError,
@@ -401,13 +401,16 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         }
         let broken = tx.broken();
         // What the log line of a relayed message says, taken while the transaction is
-        // at hand.
-        let from = tx
-            .mail
-            .reverse_path
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
+        // at hand (only built when that debug line is written).
+        let from = if tracing::enabled!(tracing::Level::DEBUG) {
+            tx.mail
+                .reverse_path
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         let rcpts = tx.rcpts().len();
         let Some(leg) = self.leg.as_mut().filter(|_| !broken) else {
             self.reset_transaction().await;
@@ -455,10 +458,17 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 && (step.forward > 0 || !step.replay.is_empty())
                 && let Some(l) = self.leg.as_mut()
             {
-                let mut bytes = Vec::with_capacity(step.replay.len() + step.forward);
-                bytes.extend_from_slice(step.replay);
-                bytes.extend_from_slice(&chunk[..step.forward]);
-                if let Err(e) = l.lease.data(&bytes).await {
+                // Held-back octets (a line end the scanner was not sure of) go first; the
+                // common chunk has none and goes as it is, without a copy.
+                let sent = if step.replay.is_empty() {
+                    l.lease.data(&chunk[..step.forward]).await
+                } else {
+                    let mut bytes = Vec::with_capacity(step.replay.len() + step.forward);
+                    bytes.extend_from_slice(step.replay);
+                    bytes.extend_from_slice(&chunk[..step.forward]);
+                    l.lease.data(&bytes).await
+                };
+                if let Err(e) = sent {
                     leg_failed = Some(e);
                 }
             }
@@ -478,7 +488,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                         if reply.is_positive() {
                             leg.lease.tally.message(rcpts as u64);
                         }
-                        info!(session = %self.client.session_id, backend = %leg.lease.backend(), size,
+                        // Counted per back-end (`tally.message`, the statistics); a line per
+                        // message only at debug level, where its write costs nothing by default.
+                        debug!(session = %self.client.session_id, backend = %leg.lease.backend(), size,
                             from = %from, rcpts, code = reply.code, "message relayed");
                         if reply.is_positive()
                             && let Some(tx) = done.as_deref_mut()
@@ -602,7 +614,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     {
                         l.lease.tally.message(rcpts as u64);
                     }
-                    info!(session = %self.client.session_id, size = total, rcpts, code = r.code, "message relayed (BDAT)");
+                    debug!(session = %self.client.session_id, size = total, rcpts, code = r.code, "message relayed (BDAT)");
                     if r.is_positive()
                         && let Some(tx) = tx.as_deref_mut()
                     {
