@@ -2,7 +2,7 @@
 //! that routing, the kernel and `bpftool` read), keeps the overloaded marks with their
 //! hysteresis, and derives each service's capacity state for the kernel's steering.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use robustifier_common::{
     BackendLoad, CAPACITY_EXHAUSTED, CAPACITY_OK, CAPACITY_PRIORITY_ONLY, ServiceState,
@@ -24,6 +24,99 @@ pub trait LoadTables: Send {
     fn backend(&self, id: u32) -> Option<BackendLoad>;
     fn set_backend(&mut self, id: u32, record: BackendLoad) -> Result<(), DataPathError>;
     fn set_service(&mut self, id: u32, state: ServiceState) -> Result<(), DataPathError>;
+    /// Makes what was set since the last call visible to readers that do not read the
+    /// tables themselves (see [`Mirrored`]); the tables themselves need nothing.
+    fn commit(&mut self) {}
+}
+
+/// The load records this process has written to the pinned map, kept in user space: routing
+/// reads a back-end's record for every session, and a read here is an atomic load where the
+/// map would take a `bpf(2)` call. The map stays the source of truth for the kernel, other
+/// processes and `bpftool`; a record this process has not written (none yet after a start
+/// or an upgrade) is read from the map.
+#[derive(Default)]
+pub struct Mirror {
+    records: arc_swap::ArcSwap<HashMap<u32, BackendLoad>>,
+}
+
+impl Mirror {
+    /// A view reading this mirror first and `map` for the ids not written here.
+    pub fn view(self: &Arc<Self>, map: Arc<dyn LoadView>) -> Arc<dyn LoadView> {
+        Arc::new(MirrorView {
+            mirror: Arc::clone(self),
+            map,
+        })
+    }
+
+    /// `tables` writing through to this mirror; see [`Mirrored`].
+    pub fn tables(self: &Arc<Self>, tables: Box<dyn LoadTables>) -> Box<dyn LoadTables> {
+        Box::new(Mirrored {
+            tables,
+            mirror: Arc::clone(self),
+            pending: HashMap::new(),
+        })
+    }
+
+    fn get(&self, id: u32) -> Option<BackendLoad> {
+        self.records.load().get(&id).copied()
+    }
+}
+
+struct MirrorView {
+    mirror: Arc<Mirror>,
+    map: Arc<dyn LoadView>,
+}
+
+impl LoadView for MirrorView {
+    fn load(&self, id: u32) -> Option<BackendLoad> {
+        self.mirror.get(id).or_else(|| self.map.load(id))
+    }
+}
+
+/// Tables whose back-end records, once written, also go to a [`Mirror`]: at each
+/// [`LoadTables::commit`] (the writer's round) and when dropped (a reload's writes), as one
+/// new copy for the whole batch rather than one per record.
+struct Mirrored {
+    tables: Box<dyn LoadTables>,
+    mirror: Arc<Mirror>,
+    /// Written to the map since the last commit.
+    pending: HashMap<u32, BackendLoad>,
+}
+
+impl LoadTables for Mirrored {
+    fn backend(&self, id: u32) -> Option<BackendLoad> {
+        self.tables.backend(id)
+    }
+
+    fn set_backend(&mut self, id: u32, record: BackendLoad) -> Result<(), DataPathError> {
+        self.tables.set_backend(id, record)?;
+        self.pending.insert(id, record);
+        Ok(())
+    }
+
+    fn set_service(&mut self, id: u32, state: ServiceState) -> Result<(), DataPathError> {
+        self.tables.set_service(id, state)
+    }
+
+    fn commit(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        // Merged into the copy in force, so that a reload's writes and the writer's round,
+        // each committing their own, never undo one another.
+        self.mirror.records.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.extend(pending.iter().map(|(id, r)| (*id, *r)));
+            next
+        });
+    }
+}
+
+impl Drop for Mirrored {
+    fn drop(&mut self) {
+        self.commit();
+    }
 }
 
 /// Where the load records live: routing reads them through [`LoadMaps::view`], the writer
@@ -147,6 +240,7 @@ fn write_records(tables: &mut dyn LoadTables, board: &Board) {
     for slot in board.slots() {
         publish(tables, board, &slot, now);
     }
+    tables.commit();
 }
 
 /// Writes one back-end's record as of `now`, with the overloaded mark and its hysteresis
@@ -238,6 +332,80 @@ mod tests {
             ),
         )
         .unwrap()
+    }
+
+    /// A pinned map stand-in that counts the lookups routing makes in it.
+    #[derive(Clone, Default)]
+    struct Map {
+        records: Arc<std::sync::Mutex<HashMap<u32, BackendLoad>>>,
+        lookups: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl LoadView for Map {
+        fn load(&self, id: u32) -> Option<BackendLoad> {
+            self.lookups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.records.lock().unwrap().get(&id).copied()
+        }
+    }
+
+    impl LoadTables for Map {
+        fn backend(&self, id: u32) -> Option<BackendLoad> {
+            self.records.lock().unwrap().get(&id).copied()
+        }
+        fn set_backend(&mut self, id: u32, record: BackendLoad) -> Result<(), DataPathError> {
+            self.records.lock().unwrap().insert(id, record);
+            Ok(())
+        }
+        fn set_service(&mut self, _: u32, _: ServiceState) -> Result<(), DataPathError> {
+            Ok(())
+        }
+    }
+
+    fn record(weight: u32) -> BackendLoad {
+        BackendLoad {
+            weight,
+            ..BackendLoad::default()
+        }
+    }
+
+    #[test]
+    fn routing_reads_written_records_from_the_mirror_not_the_map() {
+        let map = Map::default();
+        // Written before this process (a predecessor's record): only the map has it.
+        map.records.lock().unwrap().insert(7, record(3));
+        let mirror = Arc::new(Mirror::default());
+        let view = mirror.view(Arc::new(map.clone()));
+        let mut tables = mirror.tables(Box::new(map.clone()));
+        assert_eq!(view.load(7).map(|r| r.weight), Some(3), "read from the map");
+        let lookups = || map.lookups.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(lookups(), 1);
+        tables.set_backend(1, record(5)).unwrap();
+        tables.set_backend(7, record(9)).unwrap();
+        // Not committed yet (the writer's round is not over): read through to the map.
+        assert_eq!(view.load(1).map(|r| r.weight), Some(5));
+        assert_eq!(lookups(), 2);
+        tables.commit();
+        let before = lookups();
+        for _ in 0..100 {
+            assert_eq!(view.load(1).map(|r| r.weight), Some(5));
+            assert_eq!(view.load(7).map(|r| r.weight), Some(9));
+        }
+        assert_eq!(lookups(), before, "no map lookup for a record written here");
+        assert_eq!(
+            map.backend(7).map(|r| r.weight),
+            Some(9),
+            "the map written too"
+        );
+        // A reload's tables, dropped after its writes, commit them without undoing the
+        // writer's.
+        {
+            let mut reload = mirror.tables(Box::new(map.clone()));
+            reload.set_backend(2, record(4)).unwrap();
+        }
+        assert_eq!(view.load(2).map(|r| r.weight), Some(4));
+        assert_eq!(view.load(1).map(|r| r.weight), Some(5));
+        assert_eq!(lookups(), before);
     }
 
     #[test]

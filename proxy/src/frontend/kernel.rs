@@ -22,7 +22,7 @@ use crate::{
     config::{Config, Service},
     datapath::{DataPath, DataPathError, MapView, Tables, XDP_LINK_PIN, clear_stale_pin},
     front::{accept::Role, listeners::StdSlotSockets},
-    load_writer::{LoadMaps, LoadTables},
+    load_writer::{LoadMaps, LoadTables, Mirror},
 };
 
 /// What a front-end needs of the kernel. Called in this order: [`apply`](Self::apply),
@@ -86,6 +86,8 @@ pub struct Kernel {
     inherited: HashMap<(String, Role, bool), TcpListener>,
     /// The predecessor's XDP link, to take at attach.
     xdp_from: Option<XdpPassed>,
+    /// The load records written by this process, read by routing (see [`Mirror`]).
+    mirror: Arc<Mirror>,
 }
 
 impl Kernel {
@@ -97,6 +99,7 @@ impl Kernel {
             pin_dir,
             inherited: HashMap::new(),
             xdp_from: None,
+            mirror: Arc::default(),
         })
     }
 }
@@ -180,6 +183,7 @@ impl KernelSide for Kernel {
     fn loads(&self) -> Arc<dyn LoadMaps> {
         Arc::new(Pinned {
             dir: self.pin_dir.clone(),
+            mirror: Arc::clone(&self.mirror),
         })
     }
 
@@ -220,17 +224,19 @@ impl KernelSide for Kernel {
 }
 
 /// The pinned load map, opened anew by each reader and writer (a handle each, so a
-/// restarted writer does not depend on the one that died).
+/// restarted writer does not depend on the one that died); routing reads the records
+/// through the process's [`Mirror`] of them, without a map lookup per session.
 struct Pinned {
     dir: PathBuf,
+    mirror: Arc<Mirror>,
 }
 
 impl LoadMaps for Pinned {
     fn view(&self) -> Result<Arc<dyn LoadView>, DataPathError> {
-        Ok(Arc::new(MapView::open(&self.dir)?))
+        Ok(self.mirror.view(Arc::new(MapView::open(&self.dir)?)))
     }
 
     fn tables(&self) -> Result<Box<dyn LoadTables>, DataPathError> {
-        Ok(Box::new(Tables::from_pins(&self.dir)?))
+        Ok(self.mirror.tables(Box::new(Tables::from_pins(&self.dir)?)))
     }
 }
