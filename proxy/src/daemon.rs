@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::{self, Config},
-    control,
+    control, front,
     frontend::{Command, Frontend, HandedOver, Kernel, KernelSide, UserSpace},
     privs,
 };
@@ -99,7 +99,18 @@ pub fn main(mut cfg: Config, mode: Mode, take_over: bool) -> anyhow::Result<()> 
         }
         privs::switch(account)?;
     }
-    tokio::runtime::Runtime::new()?.block_on(serve(frontend, &cfg, root, endpoint))
+    // After the switch: every thread of the runtimes runs as the daemon's user.
+    let (layout, workers) = (
+        cfg.frontend.runtime,
+        front::workers::count(cfg.frontend.workers),
+    );
+    let runtime = front::workers::runtime(layout, workers)?;
+    let _workers = match layout {
+        config::RuntimeLayout::PerCore => Some(front::workers::Workers::start(workers)?),
+        config::RuntimeLayout::Multi => None,
+    };
+    info!(runtime = ?layout, workers, "runtime");
+    runtime.block_on(serve(frontend, &cfg, root, endpoint))
 }
 
 /// The metrics endpoint's listener (SO_REUSEPORT: during a binary upgrade both processes

@@ -106,6 +106,23 @@ pub struct Frontend {
     /// the back-ends as the host's own, which back-ends commonly trust (Postfix's
     /// `mynetworks`); for a front-end without a kernel side tried on one host, and tests.
     pub serve_loopback_clients: bool,
+    /// How sessions are laid out on threads (see [`crate::front::workers`]); a change
+    /// takes a restart.
+    pub runtime: RuntimeLayout,
+    /// Worker threads; `None`: one per CPU the process may run on.
+    pub workers: Option<usize>,
+}
+
+/// `[frontend] runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeLayout {
+    /// One single-threaded runtime per worker, each accepting on the shared listening
+    /// sockets and running the sessions it accepted.
+    #[default]
+    PerCore,
+    /// tokio's work-stealing runtime with `workers` threads.
+    Multi,
 }
 
 /// The server certificate and key, checked readable at load time.
@@ -334,6 +351,8 @@ impl Config {
             pin_dir,
             user: fe.user,
             serve_loopback_clients: fe.serve_loopback_clients,
+            runtime: fe.runtime,
+            workers: fe.workers.filter(|n| *n > 0),
         };
         let base = file.parent().unwrap_or(Path::new("."));
         let tls = match raw.tls {

@@ -86,6 +86,11 @@ pub struct RawFrontend {
     /// Serve clients connecting from this host's loopback (refused by default).
     #[serde(default)]
     pub serve_loopback_clients: bool,
+    /// "per-core" (the default) or "multi"; see `front::workers`.
+    #[serde(default)]
+    pub runtime: super::RuntimeLayout,
+    /// Worker threads; absent or 0: one per CPU the process may run on.
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

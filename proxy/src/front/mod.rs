@@ -6,8 +6,10 @@
 //!   SMTP or POP3 session of its service.
 //! - [`limits`]: per-client limits (sessions, failed logins); IPv6 clients per prefix.
 //! - [`shed`]: the shed listener's protocol-correct "come back later".
+//! - [`workers`]: the runtime layout, one single-threaded runtime per core by default.
 
 pub(crate) mod accept;
 pub(crate) mod limits;
 pub mod listeners;
 pub(crate) mod shed;
+pub mod workers;

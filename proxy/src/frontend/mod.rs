@@ -947,9 +947,27 @@ fn next_roll(period: Duration) -> (tokio::time::Instant, u64) {
 }
 
 impl ServiceRun {
-    /// Spawns the accept loops of the listeners opened and not yet accepting.
+    /// Spawns the accept loops of the listeners opened and not yet accepting: one on this
+    /// runtime, and one on each further worker of a `per-core` front-end (see
+    /// [`crate::front::workers`]), each on its own registration of the same socket.
     fn start_accepting(&mut self, accepting: &TaskTracker) -> std::io::Result<()> {
         for (socket, role) in self.opened.drain(..) {
+            for worker in crate::front::workers::extra() {
+                let copy = socket.try_clone()?;
+                let copy = {
+                    let _on = worker.enter();
+                    tokio::net::TcpListener::from_std(copy)?
+                };
+                accepting.spawn_on(
+                    accept::run(
+                        copy,
+                        role,
+                        Arc::clone(&self.current),
+                        self.listening.clone(),
+                    ),
+                    worker,
+                );
+            }
             let socket = tokio::net::TcpListener::from_std(socket)?;
             accepting.spawn(accept::run(
                 socket,

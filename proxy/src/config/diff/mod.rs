@@ -20,7 +20,8 @@ use super::Config;
 /// What a change touches, and so what applying it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChangeKind {
-    /// `[frontend]`: name, interface, xdp_mode, pin_dir, user, serve_loopback_clients;
+    /// `[frontend]`: name, interface, xdp_mode, pin_dir, user, serve_loopback_clients,
+    /// runtime, workers;
     /// `ha.control_socket`, the daemon's own socket, bound at its start; and `[monitor]`,
     /// the event log opened at start.
     Frontend,

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use rustls::pki_types::ServerName;
 
 use crate::{
-    config::{Identity, Protocol, ServiceTls, XdpMode},
+    config::{Identity, Protocol, RuntimeLayout, ServiceTls, XdpMode},
     vrrp::{Interval, Priority, Vrid},
 };
 
@@ -90,6 +90,16 @@ impl Show for XdpMode {
             XdpMode::Auto => "auto",
             XdpMode::Native => "native",
             XdpMode::Generic => "generic",
+        }
+        .to_owned()
+    }
+}
+
+impl Show for RuntimeLayout {
+    fn show(&self) -> String {
+        match self {
+            RuntimeLayout::PerCore => "per-core",
+            RuntimeLayout::Multi => "multi",
         }
         .to_owned()
     }

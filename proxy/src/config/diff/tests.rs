@@ -50,6 +50,8 @@ xdp_mode = "native"
 pin_dir = "/sys/fs/bpf/rb"
 user = "robustifier"
 serve_loopback_clients = false
+runtime = "multi"
+workers = 2
 
 [tls]
 certificate = "cert.pem"
@@ -155,6 +157,8 @@ const EDITS: &[(&str, &str, &str, ChangeKind, bool)] = &[
     ("frontend.pin_dir", "/rb\"", "/rb2\"", Frontend, true),
     ("frontend.user", "\"robustifier\"", "\"mail\"", Frontend, true),
     ("frontend.serve_loopback_clients", "clients = false", "clients = true", Frontend, true),
+    ("frontend.runtime", "\"multi\"", "\"per-core\"", Frontend, true),
+    ("frontend.workers", "workers = 2", "workers = 3", Frontend, true),
     ("tls.certificate", "\"cert.pem\"", "\"cert2.pem\"", Tls, true),
     ("tls.key", "\"key.pem\"", "\"key2.pem\"", Tls, true),
     ("flood.syn_rate_per_sec", "sec = 100", "sec = 50", Kernel, true),
@@ -283,6 +287,8 @@ fn each_key_of_the_compared_structs_has_an_edit() {
         "frontend.pin_dir",
         "frontend.user",
         "frontend.serve_loopback_clients",
+        "frontend.runtime",
+        "frontend.workers",
         "flood.syn_rate_per_sec",
         "flood.syn_burst",
         "flood.block",

@@ -286,9 +286,11 @@ fn frontend(out: &mut Out, old: &Frontend, new: &Frontend) {
         pin_dir,
         user,
         serve_loopback_clients,
+        runtime,
+        workers,
     } = old;
     let (k, s) = (ChangeKind::Frontend, "frontend");
-    fields!(out, k, s, new; name, interface, xdp_mode, pin_dir, user, serve_loopback_clients);
+    fields!(out, k, s, new; name, interface, xdp_mode, pin_dir, user, serve_loopback_clients, runtime, workers);
 }
 
 /// The event log, the metrics endpoint and the SNMP senders are set up at start: a change
