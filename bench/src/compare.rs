@@ -74,7 +74,12 @@ pub fn compare(previous: &Report, current: &Report) -> Agreement {
     let entries = |r: &Report| -> Vec<(&'static str, String, String, Spread)> {
         let ratios = r.ratios.iter().map(|x| {
             let l = label(&x.scenario, &x.case, &x.metric);
-            ("ratio", l, x.rival.clone(), spread(x.min, x.median, x.max))
+            (
+                "ratio",
+                l,
+                x.rival.clone(),
+                spread(x.min, x.central(), x.max),
+            )
         });
         let figures = r.figures.iter().map(|x| {
             let l = label(&x.scenario, &x.case, &x.metric);

@@ -135,6 +135,18 @@ pub fn pin_current(cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `f` (which starts a process) with the calling thread pinned to `cpu`, then gives the
+/// thread its mask back: the process starts on that CPU alone, as `taskset -c CPU` would
+/// start it, and sizes itself (threads, runtimes) for the one CPU it is given.
+pub fn started_on<T>(cpu: usize, f: impl FnOnce() -> T) -> anyhow::Result<T> {
+    let me = nix::unistd::Pid::from_raw(0);
+    let before = nix::sched::sched_getaffinity(me)?;
+    pin_current(cpu)?;
+    let out = f();
+    nix::sched::sched_setaffinity(me, &before)?;
+    Ok(out)
+}
+
 /// Raises this process's open-file limit to `n` (up to the hard limit, raised too as root).
 pub fn raise_nofile(n: u64) -> anyhow::Result<()> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};

@@ -93,8 +93,9 @@ pub struct Report {
 
 /// Robustifier / one rival for one (scenario, case, metric). Where both were measured in
 /// every repetition, the ratio is taken per repetition (the two ran minutes apart at most,
-/// so slow drifts of a shared machine cancel) and summarised like a figure; otherwise it is
-/// the ratio of the medians alone.
+/// on the same load, so slow drifts of a shared machine cancel) and summarised by the
+/// geometric mean of those ratios (the mean of ratios that treats 0.5 and 2 alike) with
+/// their min-max; otherwise it is the ratio of the medians alone.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ratio {
     pub scenario: String,
@@ -108,6 +109,9 @@ pub struct Ratio {
     pub min: f64,
     pub median: f64,
     pub max: f64,
+    /// The geometric mean of `values` (reports written before it have 0 here).
+    #[serde(default)]
+    pub geomean: f64,
 }
 
 impl Ratio {
@@ -140,17 +144,28 @@ impl Ratio {
             min: sorted[0],
             median: median(&sorted),
             max: sorted[sorted.len() - 1],
+            geomean: geomean(&values),
             values: std::mem::take(&mut values),
         };
         Some(r)
     }
 
-    /// `median [min-max]` (just the median for a single value).
+    /// The central value: the geometric mean of paired ratios, else the median (a report
+    /// written before the geometric mean was kept has only that).
+    pub fn central(&self) -> f64 {
+        if self.values.len() > 1 && self.geomean > 0.0 {
+            self.geomean
+        } else {
+            self.median
+        }
+    }
+
+    /// `geometric mean [min-max]` of paired ratios (just the ratio for a single value).
     pub fn text(&self) -> String {
         if self.values.len() > 1 {
             format!(
                 "{} [{}-{}]",
-                ratio_text(self.median),
+                ratio_text(self.central()),
                 ratio_text(self.min),
                 ratio_text(self.max)
             )
@@ -158,6 +173,14 @@ impl Ratio {
             ratio_text(self.median)
         }
     }
+}
+
+/// The geometric mean of positive `values` (0 when there are none or one is not positive).
+fn geomean(values: &[f64]) -> f64 {
+    if values.is_empty() || values.iter().any(|v| *v <= 0.0) {
+        return 0.0;
+    }
+    (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp()
 }
 
 /// Every Robustifier / rival ratio of `figures`.
@@ -310,8 +333,8 @@ impl Report {
             "# Robustifier benchmark ({} mode)\n\n`{}` on {} x {}, kernel {}; {}; {}; {}. \
              System under test on CPU 0, load generators and sinks on CPU 1. \
              Cells: median [min-max] over repetitions; ratio = Robustifier / rival, taken per \
-             repetition where both ran in every one (median [min-max] of those), else on \
-             medians (for \"lower is better\" metrics, below 1 means Robustifier is better).\n",
+             repetition where both ran in every one (geometric mean [min-max] of those), else \
+             on medians (for \"lower is better\" metrics, below 1 means Robustifier is better).\n",
             self.mode,
             self.command,
             m.nproc,
@@ -486,5 +509,19 @@ mod tests {
         assert!(r[0].paired);
         assert_eq!((r[0].min, r[0].median, r[0].max), (0.5, 0.5, 0.5));
         assert_eq!(r[0].text(), "0.50 [0.50-0.50]");
+    }
+
+    #[test]
+    fn paired_ratios_are_summarised_by_their_geometric_mean() {
+        let mut s = Samples::default();
+        // Twice as good, then twice as bad, then equal: the geometric mean says equal, where
+        // an arithmetic mean would say 1.17.
+        for (ours, theirs) in [(1.0, 2.0), (4.0, 2.0), (3.0, 3.0)] {
+            s.add("cost", "1k", M, SUT, ours);
+            s.add("cost", "1k", M, "nginx", theirs);
+        }
+        let r = ratios(&s.into_figures());
+        assert!((r[0].geomean - 1.0).abs() < 1e-12, "{}", r[0].geomean);
+        assert_eq!(r[0].text(), "1.00 [0.50-2.00]");
     }
 }

@@ -139,7 +139,8 @@ fall = 2
     )
 }
 
-/// Starts Robustifier on front-end 0, adds the VIP, pins it; returns its pid.
+/// Starts Robustifier on front-end 0 as an operator pinning it would (`taskset -c SUT_CPU`:
+/// it chooses its runtime for that one CPU), adds the VIP; returns its pid.
 pub fn start_robustifier(lab: &mut Lab, config: &str) -> anyhow::Result<i32> {
     start_robustifier_at(lab, config, vip())
 }
@@ -147,7 +148,10 @@ pub fn start_robustifier(lab: &mut Lab, config: &str) -> anyhow::Result<i32> {
 /// [`start_robustifier`] for a configuration whose service listens on `addr` (its VIP is
 /// added to front-end 0 and probed from the client).
 pub fn start_robustifier_at(lab: &mut Lab, config: &str, addr: SocketAddr) -> anyhow::Result<i32> {
-    let pid = lab.start_frontend(0, config)?.pid().as_raw();
+    let pid = procs::started_on(SUT_CPU, || lab.start_frontend(0, config))??
+        .pid()
+        .as_raw();
+    // Every thread, whatever started it, stays on the CPU under test.
     procs::pin_pid(pid, SUT_CPU)?;
     lab.frontend(0)
         .ns
@@ -300,7 +304,12 @@ fn nginx_mail(
     let dir = lab.log_dir.join(name);
     std::fs::create_dir_all(&dir)?;
     let ns = lab.frontend(0).ns.clone();
-    let exe = std::env::current_exe()?;
+    let exe = auth_http_bin();
+    anyhow::ensure!(
+        exe.exists(),
+        "{} is missing (`cargo xtask bench` compiles it)",
+        exe.display()
+    );
     let exe = exe.to_string_lossy().into_owned();
     let up = upstream.to_string();
     let responder_name = format!("auth-http-{name}");
@@ -309,14 +318,7 @@ fn nginx_mail(
         &ns,
         &responder_name,
         SUT_CPU,
-        &[
-            &exe,
-            "bench-auth-http",
-            "--listen",
-            auth_http,
-            "--upstream",
-            &up,
-        ],
+        &[&exe, "--listen", auth_http, "--upstream", &up],
     )?;
     wait_started(lab, &ns, auth_http.parse()?, &responder_name)?;
     let conf = format!(
@@ -361,29 +363,10 @@ fn nginx_mail(
     Ok(pids)
 }
 
-/// nginx's auth_http responder: every request is answered "OK, go to `upstream`". One
-/// thread, one request per connection (nginx speaks HTTP/1.0 to it).
-pub fn serve_auth_http(listen: &str, upstream: SocketAddr) -> anyhow::Result<()> {
-    let l = TcpListener::bind(listen)?;
-    let answer = format!(
-        "HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: {}\r\nAuth-Port: {}\r\n\r\n",
-        upstream.ip(),
-        upstream.port()
-    );
-    for conn in l.incoming() {
-        let Ok(mut c) = conn else { continue };
-        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut buf = [0u8; 4096];
-        let mut got = Vec::new();
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            match c.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-        let _ = c.write_all(answer.as_bytes());
-    }
-    Ok(())
+/// The auth_http responder program (`bench/responder/auth_http.rs`), which `cargo xtask
+/// bench` compiles optimised next to the proxy under test.
+pub fn auth_http_bin() -> std::path::PathBuf {
+    robustifier_lab::robustifier_bin().with_file_name("bench-auth-http")
 }
 
 /// A back-end for idle sessions: greets every connection and holds it, answering any line

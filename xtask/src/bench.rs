@@ -5,6 +5,22 @@ use std::{path::Path, time::Instant};
 
 use crate::{setup, util};
 
+/// nginx's auth_http responder (`bench/responder/auth_http.rs`, the standard library only),
+/// compiled optimised next to the proxy under test whatever the profile: a debug build of it
+/// would charge nginx for our responder's lack of optimisation. A second or two, so done
+/// even with `--no-build`.
+fn build_auth_http(proxy: &Path) -> anyhow::Result<()> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = proxy.with_file_name("bench-auth-http");
+    util::exec(
+        std::process::Command::new(rustc)
+            .current_dir(util::root())
+            .args(["--edition", "2024", "-C", "opt-level=3", "-o"])
+            .arg(&out)
+            .arg("bench/responder/auth_http.rs"),
+    )
+}
+
 pub fn run(quick: bool, smoke: bool, only: &[String], no_build: bool) -> anyhow::Result<()> {
     anyhow::ensure!(!(quick && smoke), "--quick and --smoke exclude each other");
     let mode = if smoke {
@@ -42,6 +58,7 @@ pub fn run(quick: bool, smoke: bool, only: &[String], no_build: bool) -> anyhow:
         "{} is missing (run without --no-build)",
         bin.display()
     );
+    build_auth_http(&bin)?;
     // SAFETY: single-threaded here; the lab reads it when it starts front-ends.
     #[expect(
         clippy::disallowed_methods,

@@ -100,14 +100,6 @@ enum Command {
         )]
         compare: Vec<std::path::PathBuf>,
     },
-    /// nginx's auth_http responder for the bench (started by the bench itself).
-    #[command(hide = true)]
-    BenchAuthHttp {
-        #[arg(long)]
-        listen: String,
-        #[arg(long)]
-        upstream: std::net::SocketAddr,
-    },
     /// The bench's idle back-end: greets and holds every connection.
     #[command(hide = true)]
     BenchGreeter {
@@ -164,9 +156,6 @@ fn main() -> std::process::ExitCode {
             [earlier, later] => bench::compare(earlier, later),
             _ => bench::run(quick, smoke, &only, no_build),
         },
-        Command::BenchAuthHttp { listen, upstream } => {
-            robustifier_bench::rivals::serve_auth_http(&listen, upstream)
-        }
         Command::BenchGreeter { listen } => robustifier_bench::rivals::serve_greeter(listen),
         Command::BenchDelayRelay {
             listen,
