@@ -106,13 +106,18 @@ pub fn robustifier_config(
             )
         })
         .collect();
+    // `ROBUSTIFIER_BENCH_RUNTIME=multi` measures the other runtime layout (the default is
+    // the proxy's own, as an operator would run it).
+    let runtime = std::env::var("ROBUSTIFIER_BENCH_RUNTIME")
+        .map(|r| format!("runtime = \"{r}\"\n"))
+        .unwrap_or_default();
     format!(
         r#"{extra_top}
 [frontend]
 name = "{name}"
 interface = "pub0"
 pin_dir = "{pin}"
-
+{runtime}
 [[service]]
 name = "smtp"
 protocol = "smtp"
