@@ -375,7 +375,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             let idle = self.svc().idle_timeout;
             let _ = timeout(idle, self.io.get_mut().shutdown()).await;
             if let Some(l) = self.leg.take() {
-                Box::pin(l.lease.quit()).await;
+                Box::pin(l.lease.release(&self.env.pools.idle)).await;
             }
             Ok(())
         }
