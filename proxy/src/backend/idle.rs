@@ -27,7 +27,7 @@ use std::{
 };
 
 use tokio::time::timeout;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::{
     Candidate,
@@ -61,6 +61,11 @@ struct Parked {
 /// pool set to the next on a reload.
 pub struct IdleLegs {
     legs: Mutex<HashMap<u32, Vec<Parked>>>,
+    /// Back-ends that refused to re-identify a kept leg (Postfix checks XCLIENT's
+    /// authorisation against the address the previous XCLIENT set, so a second one on a
+    /// connection is refused): their legs are not kept, so no session pays for a
+    /// refused try. Forgotten when the back-end's settings change.
+    refuse_reuse: Mutex<std::collections::HashSet<u32>>,
     board: Arc<Board>,
     sweeping: AtomicBool,
 }
@@ -74,6 +79,7 @@ impl IdleLegs {
     pub fn new(board: Arc<Board>) -> Arc<IdleLegs> {
         Arc::new(IdleLegs {
             legs: Mutex::new(HashMap::new()),
+            refuse_reuse: Mutex::new(std::collections::HashSet::new()),
             board,
             sweeping: AtomicBool::new(false),
         })
@@ -82,6 +88,12 @@ impl IdleLegs {
     /// Whether legs to `c` may be kept at all.
     fn keeps(c: &Candidate) -> bool {
         c.pool.pool.idle_legs > 0 && c.backend.identity != Identity::ProxyV2
+    }
+
+    /// Whether legs to `c` are kept now: they may be, and its back-end has not refused
+    /// to re-identify one.
+    fn wanted(&self, c: &Candidate) -> bool {
+        Self::keeps(c) && !crate::sync::lock(&self.refuse_reuse).contains(&c.backend.id)
     }
 
     /// How many legs are kept for back-end `id` now.
@@ -125,7 +137,7 @@ impl IdleLegs {
         client: &ClientInfo,
         our_name: &str,
     ) -> Result<(SmtpLeg, Duration), LegError> {
-        if Self::keeps(c) {
+        if self.wanted(c) {
             while let Some(mut leg) = self.take(c) {
                 let started = Instant::now();
                 // No longer than a new leg's connect and greeting may take.
@@ -134,6 +146,12 @@ impl IdleLegs {
                     Ok(Ok(())) => {
                         debug!(backend = %c.backend.name, session = %client.session_id, "idle back-end leg reused");
                         return Ok((leg, started.elapsed()));
+                    }
+                    Ok(Err(e @ LegError::Refused { .. })) => {
+                        info!(backend = %c.backend.name, error = %e, "back-end refuses to re-identify a kept leg: its legs are no longer kept");
+                        crate::sync::lock(&self.refuse_reuse).insert(c.backend.id);
+                        self.close_backend_legs(c.backend.id);
+                        break;
                     }
                     Ok(Err(e)) => {
                         debug!(backend = %c.backend.name, error = %e, "idle back-end leg failed to take the new client: closed")
@@ -213,8 +231,14 @@ impl IdleLegs {
         close(out);
     }
 
-    /// Closes every leg kept for back-end `id` (its settings changed, or it left).
+    /// Closes every leg kept for back-end `id` (its settings changed, or it left); its
+    /// legs may be kept again (a new back-end may re-identify them).
     pub fn close_backend(&self, id: u32) {
+        crate::sync::lock(&self.refuse_reuse).remove(&id);
+        self.close_backend_legs(id);
+    }
+
+    fn close_backend_legs(&self, id: u32) {
         let gone = crate::sync::lock(&self.legs).remove(&id);
         close(gone.unwrap_or_default());
     }
@@ -241,7 +265,7 @@ impl Lease<SmtpLeg> {
     /// kept; any other is closed with QUIT. The slot is given up after, so a session
     /// waiting for it finds the kept leg.
     pub async fn release(mut self, idle: &Arc<IdleLegs>) {
-        if !IdleLegs::keeps(&self.candidate) || self.leg.spoiled {
+        if !idle.wanted(&self.candidate) || self.leg.spoiled {
             self.quit().await;
             return;
         }

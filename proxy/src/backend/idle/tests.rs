@@ -25,6 +25,9 @@ struct Script {
     /// Closes each connection right after answering RSET, as a back-end whose idle
     /// timeout ran out would.
     close_after_rset: bool,
+    /// Refuses a second XCLIENT on a connection, as Postfix does (it checks the
+    /// authorisation against the address the first one set).
+    one_xclient: bool,
     /// Holds the reply to the end of data this long (milliseconds), so sessions overlap.
     slow_dot_ms: u64,
 }
@@ -85,6 +88,15 @@ async fn backend(script: Script) -> Backend {
                         } else {
                             b"250-be\r\n250-PIPELINING\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n"
                         }
+                    } else if upper.starts_with("XCLIENT")
+                        && script.one_xclient
+                        && seen.lock().unwrap().conns[n]
+                            .iter()
+                            .filter(|l| l.starts_with("XCLIENT"))
+                            .count()
+                            > 1
+                    {
+                        b"550 5.7.0 Error: insufficient authorization\r\n"
                     } else if upper.starts_with("XCLIENT") {
                         b"220 be ESMTP\r\n"
                     } else if upper.starts_with("MAIL FROM:<REFUSED@") {
@@ -438,4 +450,34 @@ async fn proxy_v2_legs_and_a_zero_cap_are_never_kept() {
     assert!(super::IdleLegs::keeps(&c));
     c.backend.identity = crate::config::Identity::ProxyV2;
     assert!(!super::IdleLegs::keeps(&c));
+}
+
+#[tokio::test]
+async fn a_backend_that_refuses_a_second_xclient_gets_no_kept_legs() {
+    let be = backend(Script {
+        xclient: true,
+        one_xclient: true,
+        ..Script::default()
+    })
+    .await;
+    let env = service("once", be.addr, "identity = \"xclient\"", "");
+    for (i, helo) in ["one.example", "two.example", "three.example"]
+        .iter()
+        .enumerate()
+    {
+        let out = session(&env, &format!("198.18.0.{}:4000{i}", i + 1), &message(helo)).await;
+        assert!(out.contains("250 2.0.0 queued as FAKE"), "{out}");
+    }
+    let seen = be.seen.lock().unwrap();
+    let xclients = |c: &Vec<String>| c.iter().filter(|l| l.starts_with("XCLIENT")).count();
+    // The kept leg was tried once and refused; then no leg was kept.
+    assert_eq!(seen.conns.len(), 3, "{:?}", seen.conns);
+    assert_eq!(xclients(&seen.conns[0]), 2);
+    for c in &seen.conns[1..] {
+        assert_eq!(xclients(c), 1, "{c:?}");
+        assert_eq!(c.last().map(String::as_str), Some("QUIT"), "{c:?}");
+    }
+    assert!(seen.conns[1].iter().any(|l| l.contains("ADDR=198.18.0.2")));
+    let state = env.pools.board.record_for(0, 0).unwrap().state;
+    assert_eq!(state, robustifier_common::BACKEND_UP, "not charged");
 }
