@@ -198,6 +198,27 @@ impl BackendConn {
         })
     }
 
+    /// Whether an idle connection is still quiet: nothing buffered, and a non-blocking
+    /// peek at the socket finds neither data nor the back-end's close. A back-end sends
+    /// nothing unasked between commands, so anything there (a 421, a close) means the
+    /// connection cannot be trusted with a session.
+    pub fn quiet(&self) -> bool {
+        if !self.io.buffer().is_empty() {
+            return false;
+        }
+        let tcp = match self.io.get_ref() {
+            Conn::Plain(t) => t,
+            Conn::Client(t) => t.get_ref().0,
+            Conn::Server(_) | Conn::Detached => return false,
+        };
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // The socket is non-blocking (tokio's): no data is `WouldBlock`.
+        match socket2::SockRef::from(tcp).peek(&mut byte) {
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            Ok(_) => false,
+        }
+    }
+
     /// The stream and anything the back-end sent that was not read yet.
     pub fn into_stream(self) -> (Conn<TcpStream>, Vec<u8>) {
         let left = self.io.buffer().to_vec();
@@ -225,24 +246,33 @@ pub fn helo_for_backend(client: &ClientInfo) -> String {
     }
 }
 
-/// Postfix XCLIENT attributes (the real client's address, port, HELO name, login), only
-/// those the back-end announced (`offered`), as the command's argument.
+/// Postfix XCLIENT attributes (the real client's address and port, HELO name, login, and
+/// the address it connected to), only those the back-end announced (`offered`), as the
+/// command's argument. Every attribute is always sent, `[UNAVAILABLE]` when the client has
+/// none: on a reused leg an attribute left out would keep the previous client's value.
 pub fn xclient_attributes(client: &ClientInfo, offered: &[String]) -> String {
-    let addr = match client.peer.ip().to_canonical() {
+    let addr = |a: std::net::IpAddr| match a.to_canonical() {
         std::net::IpAddr::V4(a) => a.to_string(),
         std::net::IpAddr::V6(a) => format!("IPV6:{a}"),
     };
-    let mut attrs: Vec<(&str, String)> = vec![
-        ("ADDR", addr),
+    let attrs: [(&str, String); 8] = [
+        ("ADDR", addr(client.peer.ip())),
         ("PORT", client.peer.port().to_string()),
-        ("NAME", "[UNAVAILABLE]".into()),
+        ("NAME", UNAVAILABLE.into()),
         ("PROTO", "ESMTP".into()),
+        ("HELO", xtext(&helo_for_backend(client))),
+        // A login longer than any back-end takes is not passed (the back-end judged it).
+        (
+            "LOGIN",
+            client
+                .login
+                .as_ref()
+                .filter(|l| l.len() <= MAX_HELO)
+                .map_or_else(|| UNAVAILABLE.into(), |l| xtext(l)),
+        ),
+        ("DESTADDR", addr(client.local.ip())),
+        ("DESTPORT", client.local.port().to_string()),
     ];
-    attrs.push(("HELO", xtext(&helo_for_backend(client))));
-    // A login longer than any back-end takes is not passed (the back-end judged it).
-    if let Some(l) = client.login.as_ref().filter(|l| l.len() <= MAX_HELO) {
-        attrs.push(("LOGIN", xtext(l)));
-    }
     attrs
         .iter()
         .filter(|(k, _)| offered.iter().any(|o| o == k))
@@ -250,6 +280,9 @@ pub fn xclient_attributes(client: &ClientInfo, offered: &[String]) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// Postfix's XCLIENT value for an attribute the client does not have.
+const UNAVAILABLE: &str = "[UNAVAILABLE]";
 
 /// RFC 3461 4 xtext: `+`, `=`, controls and non-ASCII as `+HH`.
 pub fn xtext(s: &str) -> String {

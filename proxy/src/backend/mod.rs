@@ -12,6 +12,7 @@
 pub(crate) mod admission;
 pub mod conn;
 pub(crate) mod groups;
+pub(crate) mod idle;
 pub(crate) mod lease;
 pub(crate) mod pools;
 pub mod pop3;

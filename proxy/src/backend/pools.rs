@@ -97,6 +97,8 @@ pub struct PoolSet {
     view: Arc<dyn LoadView>,
     /// Sessions waiting for a slot (groups with `wait_ms`).
     pub admission: Arc<Admission>,
+    /// SMTP legs kept open between sessions.
+    pub idle: Arc<super::idle::IdleLegs>,
 }
 
 impl PoolSet {
@@ -124,12 +126,21 @@ impl PoolSet {
             );
         }
         let admission = Admission::new(Arc::clone(&board.freed));
+        let idle = super::idle::IdleLegs::new(Arc::clone(&board));
         Ok(PoolSet {
             pools,
             board,
             view,
             admission,
+            idle,
         })
+    }
+
+    /// This pool set with `running`'s kept legs: a reload keeps the legs of back-ends it
+    /// leaves as they were (the caller closes those of the others).
+    pub fn keeping_idle(mut self, running: &PoolSet) -> PoolSet {
+        self.idle = Arc::clone(&running.idle);
+        self
     }
 
     /// A pool set whose load view is its own board (no kernel maps), for tests and tools.

@@ -100,6 +100,12 @@ pub struct SmtpLeg {
     pub addr: SocketAddr,
     /// From connect to greeting: the back-end's response time as a session sees it.
     pub greeting_latency: Duration,
+    /// The XCLIENT attributes the back-end offered to the proxy's own EHLO: a reused leg
+    /// is re-identified with them (what it offers after a client's EHLO may differ).
+    xclient_offered: Vec<String>,
+    /// The leg must not serve another session: it carried a login (AUTH), its last
+    /// transaction ended unclearly, or an exchange failed.
+    pub spoiled: bool,
 }
 
 impl SmtpLeg {
@@ -125,6 +131,8 @@ impl SmtpLeg {
             name: c.backend.name.clone(),
             addr: c.backend.address,
             greeting_latency: Duration::ZERO,
+            xclient_offered: Vec::new(),
+            spoiled: false,
         };
         let greeting = leg.reply("greeting", left).await?;
         leg.greeting_latency = started.elapsed();
@@ -145,21 +153,52 @@ impl SmtpLeg {
             if !leg.caps.xclient.iter().any(|a| a == "ADDR") {
                 return Err(LegError::Identity("back-end does not offer XCLIENT ADDR"));
             }
-            leg.xclient(client).await?;
-            let helo = helo_for_backend(client);
-            let reply = leg
-                .command(&format!("EHLO {helo}"), "EHLO as client")
-                .await?;
-            if reply.code != 250 {
-                return Err(LegError::Refused {
-                    stage: "EHLO as client",
-                    reply,
-                });
-            }
-            leg.caps = Capabilities::from_ehlo(&reply);
+            leg.xclient_offered = leg.caps.xclient.clone();
+            leg.identify(client).await?;
         }
         debug!(backend = %leg.name, addr = %leg.addr, "back-end leg open");
         Ok(leg)
+    }
+
+    /// Tells the back-end who the client is (XCLIENT, answered by a new greeting) and
+    /// says hello with the client's name, as the back-end then expects.
+    async fn identify(&mut self, client: &ClientInfo) -> Result<(), LegError> {
+        self.xclient(client).await?;
+        let helo = helo_for_backend(client);
+        let reply = self
+            .command(&format!("EHLO {helo}"), "EHLO as client")
+            .await?;
+        if reply.code != 250 {
+            return Err(LegError::Refused {
+                stage: "EHLO as client",
+                reply,
+            });
+        }
+        self.caps = Capabilities::from_ehlo(&reply);
+        Ok(())
+    }
+
+    /// Makes an idle leg (reset, and kept since its last session) the leg of `client`'s
+    /// session. A back-end told the client by XCLIENT hears every attribute again, so
+    /// nothing of the previous client (its address, HELO name or login) carries over;
+    /// one told nothing (identity "none") knows only the proxy, and one told by PROXY v2
+    /// is never given an idle leg (the header is once per connection).
+    pub async fn reidentify(
+        &mut self,
+        identity: Identity,
+        client: &ClientInfo,
+    ) -> Result<(), LegError> {
+        match identity {
+            Identity::Xclient => self.identify(client).await,
+            Identity::None => Ok(()),
+            Identity::ProxyV2 => Err(LegError::Identity("a PROXY v2 leg serves one client")),
+        }
+    }
+
+    /// Whether the idle leg is still quiet: nothing from the back-end since its last
+    /// reply (a close or a 421 would be).
+    pub fn quiet(&self) -> bool {
+        !self.spoiled && self.conn.quiet()
     }
 
     async fn ehlo(&mut self, name: &str) -> Result<(), LegError> {
@@ -195,7 +234,7 @@ impl SmtpLeg {
     /// Postfix XCLIENT, only the attributes the back-end announced. The back-end answers
     /// with a fresh 220 greeting.
     async fn xclient(&mut self, client: &ClientInfo) -> Result<(), LegError> {
-        let line = xclient_attributes(client, &self.caps.xclient);
+        let line = xclient_attributes(client, &self.xclient_offered);
         let reply = self.command(&format!("XCLIENT {line}"), "XCLIENT").await?;
         if reply.code != 220 {
             return Err(LegError::Refused {
@@ -207,10 +246,23 @@ impl SmtpLeg {
     }
 
     async fn write(&mut self, bytes: &[u8], stage: &'static str) -> Result<(), LegError> {
-        Ok(self.conn.write(bytes, stage, COMMAND_TIMEOUT).await?)
+        let r = self.conn.write(bytes, stage, COMMAND_TIMEOUT).await;
+        self.spoiled |= r.is_err();
+        Ok(r?)
     }
 
     pub async fn reply(&mut self, stage: &'static str, wait: Duration) -> Result<Reply, LegError> {
+        let r = self.read_reply(stage, wait).await;
+        // A failed read leaves the dialogue out of step; a refused message or chunk leaves
+        // the back-end's transaction in a state the proxy does not know for sure.
+        self.spoiled |= match &r {
+            Err(_) => true,
+            Ok(reply) => matches!(stage, "end of data" | "BDAT") && !reply.is_positive(),
+        };
+        r
+    }
+
+    async fn read_reply(&mut self, stage: &'static str, wait: Duration) -> Result<Reply, LegError> {
         self.conn
             .read(stage, wait, |io| read_reply(io, MAX_REPLY_LINE))
             .await
@@ -226,6 +278,9 @@ impl SmtpLeg {
 
     /// Sends one command line and reads its reply.
     pub async fn command(&mut self, line: &str, stage: &'static str) -> Result<Reply, LegError> {
+        // The back-end holds the user's login for the connection's life: such a leg
+        // never serves another client.
+        self.spoiled |= stage == "AUTH";
         self.write(format!("{line}\r\n").as_bytes(), stage).await?;
         self.reply(stage, COMMAND_TIMEOUT).await
     }
@@ -260,6 +315,38 @@ impl super::lease::Lease<SmtpLeg> {
         r
     }
 
+    /// MAIL and the first RCPT in one write (RFC 2920), for a back-end that offered
+    /// PIPELINING: both replies, in order. When MAIL is refused the back-end refuses the
+    /// RCPT too (no transaction); its reply is read, to keep the dialogue in step, and
+    /// the caller gives the client the MAIL refusal.
+    pub async fn mail_and_rcpt(
+        &mut self,
+        mail: &str,
+        rcpt: &str,
+    ) -> Result<(Reply, Reply), LegError> {
+        let idle = self.idle();
+        let sent = std::time::Instant::now();
+        let both = format!("{mail}\r\n{rcpt}\r\n");
+        let r = self.leg.write(both.as_bytes(), "MAIL").await;
+        self.last_used = std::time::Instant::now();
+        self.tally.bytes(both.len() as u64, 0);
+        if let Err(e) = r {
+            return Err(self.charge(e, idle));
+        }
+        let mail_reply = self.reply_to("MAIL", idle).await?;
+        self.health.latency(sent.elapsed());
+        let rcpt_reply = self.reply_to("RCPT", idle).await?;
+        Ok((mail_reply, rcpt_reply))
+    }
+
+    /// The reply to a pipelined command.
+    async fn reply_to(&mut self, stage: &'static str, idle: Duration) -> Result<Reply, LegError> {
+        let r = self.leg.reply(stage, COMMAND_TIMEOUT).await;
+        self.last_used = std::time::Instant::now();
+        self.tally.bytes(0, r.as_ref().map_or(0, Reply::wire_len));
+        self.judge(r, idle, stage)
+    }
+
     pub async fn reply(&mut self, stage: &'static str, wait: Duration) -> Result<Reply, LegError> {
         let idle = self.idle();
         let r = self.leg.reply(stage, wait).await;
@@ -288,13 +375,7 @@ impl super::lease::Lease<SmtpLeg> {
         stage: &'static str,
     ) -> Result<Reply, LegError> {
         match r {
-            Err(e) if idle >= super::lease::STALE_AFTER && closed(&e) => {
-                Err(LegError::Stale(Box::new(e)))
-            }
-            Err(e) => {
-                self.health.failure(&e);
-                Err(e)
-            }
+            Err(e) => Err(self.charge(e, idle)),
             Ok(reply) => {
                 if matches!(stage, "MAIL" | "RCPT" | "end of data" | "BDAT") {
                     self.health
@@ -303,6 +384,16 @@ impl super::lease::Lease<SmtpLeg> {
                 Ok(reply)
             }
         }
+    }
+
+    /// A failed exchange: stale after a long idle (not charged), else the back-end's
+    /// failure when it is its fault.
+    fn charge(&mut self, e: LegError, idle: Duration) -> LegError {
+        if idle >= super::lease::STALE_AFTER && closed(&e) {
+            return LegError::Stale(Box::new(e));
+        }
+        self.health.failure(&e);
+        e
     }
 
     /// Ends the leg politely; errors do not matter any more.

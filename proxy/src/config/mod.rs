@@ -237,6 +237,12 @@ pub struct Pool {
     pub identity: Option<Identity>,
     /// Connect plus greeting; a back-end slower than this is skipped for the next one.
     pub connect_timeout: std::time::Duration,
+    /// Idle SMTP legs kept per back-end after a finished transaction, for the next
+    /// session (`backend::idle`); 0 keeps none.
+    pub idle_legs: u32,
+    /// How long an idle leg is kept: below the back-end's own idle timeout, so the
+    /// back-end seldom closes one the proxy still counts on.
+    pub idle_leg_age: std::time::Duration,
     pub health: balance::Health,
     pub thresholds: balance::Thresholds,
     /// The pool's `agent_key_file` (resolved against the file's folder) and
@@ -270,6 +276,12 @@ const DEFAULT_WEIGHT: u32 = 100;
 /// let one host multiply every per-client limit by 2^64.
 pub const DEFAULT_CLIENT_PREFIX_V6: u8 = 64;
 const MAX_WEIGHT: u32 = 65_535;
+/// Idle SMTP legs kept per back-end by default: enough for a steady stream of sessions to
+/// find one, few enough that the back-end's process count barely notices.
+const DEFAULT_IDLE_LEGS: u32 = 16;
+const MAX_IDLE_LEGS: u32 = 1000;
+/// Postfix's `smtpd_timeout` defaults to 300 s: an idle leg is never kept that long.
+const MAX_IDLE_LEG_MS: u64 = 240_000;
 
 impl Config {
     /// Reads and validates `path`.
@@ -919,6 +931,28 @@ fn pool(
                 return Err((
                     format!("pool[{i}].connect_timeout_ms"),
                     "must be at least 100".into(),
+                ));
+            }
+            None => std::time::Duration::from_secs(10),
+        },
+        idle_legs: match p.idle_legs {
+            Some(n) if n > MAX_IDLE_LEGS => {
+                return Err((
+                    format!("pool[{i}].idle_legs"),
+                    format!("must be at most {MAX_IDLE_LEGS}"),
+                ));
+            }
+            Some(n) => n,
+            None => DEFAULT_IDLE_LEGS,
+        },
+        idle_leg_age: match p.idle_leg_ms {
+            Some(ms) if (100..=MAX_IDLE_LEG_MS).contains(&ms) => {
+                std::time::Duration::from_millis(ms)
+            }
+            Some(_) => {
+                return Err((
+                    format!("pool[{i}].idle_leg_ms"),
+                    format!("must be from 100 to {MAX_IDLE_LEG_MS}"),
                 ));
             }
             None => std::time::Duration::from_secs(10),

@@ -179,6 +179,10 @@ pub struct RawPool {
     pub shared_store: Option<bool>,
     /// Connect plus greeting, after which a session tries the next back-end.
     pub connect_timeout_ms: Option<u64>,
+    /// Idle SMTP legs kept open per back-end for the next session (0: none kept).
+    pub idle_legs: Option<u32>,
+    /// How long an idle SMTP leg is kept, well below the back-end's own idle timeout.
+    pub idle_leg_ms: Option<u64>,
     pub health: Option<super::balance::RawHealth>,
     pub thresholds: Option<super::balance::RawThresholds>,
     /// File with the key shared with the back-ends' agents (a back-end may name its own).

@@ -125,7 +125,8 @@ impl Frontend {
         // The plan: everything that can fail, before anything changes.
         let pools = Arc::new(
             PoolSet::new(&new, Arc::clone(&self.board), Arc::clone(&self.view))
-                .map_err(OpenError::Pools)?,
+                .map_err(OpenError::Pools)?
+                .keeping_idle(&self.pools.load()),
         );
         let tls = match (&new.tls, &self.cfg.tls) {
             // The same files: the running store, which follows their changes itself.
@@ -191,6 +192,10 @@ impl Frontend {
             Err(e) => {
                 error!(error = %e, "reload: cannot open the load maps; the writer's next round publishes the records")
             }
+        }
+        // Kept SMTP legs of back-ends removed, readmitted or changed are closed.
+        for slot in done.changed.iter().chain(&done.updated) {
+            pools.idle.close_backend(slot.id);
         }
         self.pools.store(Arc::clone(&pools));
         self.directories = resolvers;

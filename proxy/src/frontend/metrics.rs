@@ -144,6 +144,11 @@ pub fn render(fe: &Frontend, ha: &Ha) -> String {
         "backend_active_sessions",
         "Sessions this front-end has open to the back-end",
     );
+    let idle_legs = gauges::<BackendLabels>(
+        &mut reg,
+        "backend_idle_legs",
+        "SMTP legs kept open to the back-end for the next session (not sessions)",
+    );
     let weight = gauges::<BackendLabels>(&mut reg, "backend_weight", "Weight in force");
     let response = Family::<BackendLabels, Gauge<f64, AtomicU64>>::default();
     reg.register(
@@ -175,6 +180,9 @@ pub fn render(fe: &Frontend, ha: &Ha) -> String {
             slot.overloaded.load(std::sync::atomic::Ordering::Relaxed) && r.state != BACKEND_DOWN,
         ));
         active.get_or_create(&l).set(i64::from(r.active_sessions));
+        idle_legs.get_or_create(&l).set(i64::from(
+            slot.idle.load(std::sync::atomic::Ordering::Relaxed),
+        ));
         weight.get_or_create(&l).set(i64::from(r.weight));
         response
             .get_or_create(&l)

@@ -552,6 +552,7 @@ impl Frontend {
                         && r.state != robustifier_common::BACKEND_DOWN,
                     weight: r.weight,
                     active_sessions: r.active_sessions,
+                    idle_legs: slot.idle.load(std::sync::atomic::Ordering::Relaxed),
                     response_us: r.response_us,
                     run_queue_milli: r.run_queue_milli,
                     mail_queue: r.mail_queue,
@@ -568,6 +569,11 @@ impl Frontend {
             .board
             .set_drained(name, drain)
             .ok_or_else(|| format!("no back-end {name:?} in the configuration"))?;
+        if drain {
+            for slot in &changed {
+                self.pools.load().idle.close_backend(slot.id);
+            }
+        }
         let now = load_writer::monotonic_ns();
         match self.maps.tables() {
             Ok(mut tables) => {

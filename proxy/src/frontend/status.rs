@@ -44,6 +44,9 @@ pub struct BackendState {
     pub overloaded: bool,
     pub weight: u32,
     pub active_sessions: u32,
+    /// SMTP legs kept open for the next session: connections, not sessions.
+    #[serde(default)]
+    pub idle_legs: u32,
     pub response_us: u32,
     /// Its agent's figures (zero without an agent).
     pub run_queue_milli: u32,

@@ -44,6 +44,9 @@ pub struct Slot {
     streak: Mutex<i32>,
     response_us: AtomicU32,
     pub active: AtomicU32,
+    /// Idle SMTP legs kept open for the next session: connections to the back-end, but
+    /// not sessions (`backend::idle`).
+    pub idle: AtomicU32,
     agent: Mutex<Option<AgentReport>>,
     /// Over a threshold; cleared only when every figure is back under 90 % of it.
     pub overloaded: AtomicBool,
@@ -76,6 +79,17 @@ impl Drop for SessionGuard {
         self.slot.active.fetch_sub(1, Ordering::AcqRel);
         // Sessions waiting for a slot look again (backend::admission).
         wake(&self.freed);
+    }
+}
+
+/// An idle leg's place on a back-end: counted in `idle` until dropped.
+pub struct IdleGuard {
+    slot: Arc<Slot>,
+}
+
+impl Drop for IdleGuard {
+    fn drop(&mut self) {
+        self.slot.idle.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -150,6 +164,7 @@ impl Slot {
             streak: Mutex::new(0),
             response_us: AtomicU32::new(0),
             active: AtomicU32::new(0),
+            idle: AtomicU32::new(0),
             agent: Mutex::new(None),
             overloaded: AtomicBool::new(false),
             chunking: AtomicBool::new(false),
@@ -457,6 +472,25 @@ impl Board {
         Some(SessionGuard {
             slot: Arc::clone(slot),
             freed: Arc::clone(&self.freed),
+        })
+    }
+
+    /// A place for one more idle leg on back-end `id`, asked by a session that still holds
+    /// its slot and is about to give it up: at most `max` idle legs, and the back-end's
+    /// connections (sessions plus idle legs) stay within `limit`, its session limit.
+    pub fn hold_idle(&self, id: u32, max: u32, limit: u32) -> Option<IdleGuard> {
+        let slots = self.slots.load();
+        let slot = slots.get(id as usize)?;
+        slot.idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                // The asking session's own connection becomes the idle one: `active`
+                // counts it now and will not once its slot is dropped.
+                let active = slot.active.load(Ordering::Acquire);
+                (n < max && active + n <= limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(IdleGuard {
+            slot: Arc::clone(slot),
         })
     }
 

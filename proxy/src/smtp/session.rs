@@ -392,10 +392,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 let _ = timeout(idle, self.io.get_mut().shutdown()).await;
             }
             let leg = self.leg.take();
-            // The client's socket closes now, not after the back-end's QUIT below.
+            let pools = self.env.pools.clone();
+            // The client's socket closes now, not after the back-end's RSET or QUIT below.
             drop(self);
             if let Some(l) = leg {
-                Box::pin(l.lease.quit()).await;
+                Box::pin(l.lease.release(&pools.idle)).await;
             }
             Ok(())
         }

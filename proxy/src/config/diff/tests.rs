@@ -91,6 +91,8 @@ ca = "ca.pem"
 server_name = "store.example"
 shared_store = true
 connect_timeout_ms = 5000
+idle_legs = 16
+idle_leg_ms = 10000
 agent_key_file = "agent.key"
 health = { interval_ms = 2000, timeout_ms = 3000, rise = 2, fall = 3, agent_interval_ms = 2000 }
 thresholds = { mail_queue = 5000, disk_percent = 90.0, run_queue = 8.0, response_ms = 5000, sessions = 1000 }
@@ -189,6 +191,8 @@ const EDITS: &[(&str, &str, &str, ChangeKind, bool)] = &[
     ("pool.server_name", "\"store.example\"", "\"store2.example\"", Pools, true),
     ("pool.shared_store", "shared_store = true", "shared_store = false", Pools, true),
     ("pool.connect_timeout_ms", "connect_timeout_ms = 5000", "connect_timeout_ms = 6000", Pools, true),
+    ("pool.idle_legs", "idle_legs = 16", "idle_legs = 0", Pools, true),
+    ("pool.idle_leg_ms", "idle_leg_ms = 10000", "idle_leg_ms = 5000", Pools, true),
     // The back-ends' key changes with the file.
     ("pool.agent_key_file", "\"agent.key\"", "\"agent2.key\"", Pools, false),
     ("pool.agent_insecure", "\nagent_insecure = false", "\nagent_insecure = true", Pools, true),
@@ -315,6 +319,8 @@ fn each_key_of_the_compared_structs_has_an_edit() {
         "pool.server_name",
         "pool.shared_store",
         "pool.connect_timeout_ms",
+        "pool.idle_legs",
+        "pool.idle_leg_ms",
         "pool.agent_key_file",
         "pool.agent_insecure",
         "backend.name",

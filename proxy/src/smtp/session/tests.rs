@@ -952,8 +952,8 @@ async fn refused_data_resets_the_backend_transaction() {
     let lines = rec.lock().unwrap().lines.clone();
     let resets = lines.iter().filter(|l| *l == "RSET").count();
     assert_eq!(
-        resets, 3,
-        "refused DATA, RSET and EHLO each reset: {lines:?}"
+        resets, 4,
+        "refused DATA, RSET and EHLO each reset, and the leg is reset to be kept: {lines:?}"
     );
 }
 

@@ -11,7 +11,7 @@ use super::{
 use crate::{
     backend::{
         lease::{Fault, Faulted as _, LeaseError},
-        smtp::{DATA_END_TIMEOUT, LegError, SmtpLeg},
+        smtp::{DATA_END_TIMEOUT, LegError},
     },
     route::Route,
     service::Routed,
@@ -288,6 +288,16 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         tx: &mut Transaction,
         line: &str,
     ) -> Result<Reply, LegError> {
+        let leg = self.leg.as_mut().map(|l| &mut l.lease);
+        if let Some(leg) =
+            leg.filter(|l| !tx.mail_sent && tx.rcpts().is_empty() && l.leg.caps.pipelining)
+        {
+            // RFC 2920: MAIL and the first RCPT in one round trip. A refused MAIL is this
+            // recipient's answer, as below.
+            let (mail, rcpt) = leg.mail_and_rcpt(&tx.mail_line, line).await?;
+            tx.mail_sent = mail.is_positive();
+            return Ok(if tx.mail_sent { rcpt } else { mail });
+        }
         if !tx.mail_sent {
             let reply = self.send_mail(tx).await?;
             if !reply.is_positive() {
@@ -332,7 +342,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         group: &str,
     ) -> Result<(), LeaseError<LegError>> {
         if let Some(old) = self.leg.take() {
-            old.lease.quit().await;
+            old.lease.release(&self.env.pools.idle).await;
         }
         let env = self.env;
         let closing = self.closing.clone();
@@ -347,11 +357,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 &mut self.io,
                 quiet,
                 &closing,
-                |c| async move {
-                    let leg = SmtpLeg::open(&c, client, hostname).await?;
-                    let greeting = leg.greeting_latency;
-                    Ok((leg, greeting))
-                },
+                |c| async move { env.pools.idle.reuse_or_open(&c, client, hostname).await },
             )
             .await?;
         self.leg = Some(Box::new(Leg {

@@ -19,6 +19,8 @@ pub(super) fn pool(out: &mut Out, s: &str, old: &Pool, new: &Pool) {
         shared_store,
         identity,
         connect_timeout,
+        idle_legs,
+        idle_leg_age,
         health,
         thresholds,
         agent_key_file,
@@ -28,7 +30,7 @@ pub(super) fn pool(out: &mut Out, s: &str, old: &Pool, new: &Pool) {
         backends,
     } = old;
     backend_tls(out, s, tls, &new.tls);
-    fields!(out, Pools, s, new; shared_store, identity, connect_timeout);
+    fields!(out, Pools, s, new; shared_store, identity, connect_timeout, idle_legs, idle_leg_age);
     self::health(out, s, health, &new.health);
     self::thresholds(out, s, thresholds, &new.thresholds);
     fields!(out, Pools, s, new; agent_key_file, agent_insecure);
