@@ -48,6 +48,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "supervise",
             "stream",
             "stats",
+            "release",
         ],
     ),
     (
@@ -103,6 +104,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "control",
             "daemon",
             "manager",
+            "install_update",
         ],
     ),
 ];

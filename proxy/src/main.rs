@@ -296,6 +296,15 @@ enum Command {
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
+    /// Install the package update a member wrote to DIR (root; run by
+    /// robustifier-update.service): check its hash, install it, write DIR/result.json.
+    InstallUpdate {
+        #[arg(default_value = robustifier::install_update::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// The installer; the package's path is appended.
+        #[arg(long, env = "ROBUSTIFIER_INSTALLER", default_value = robustifier::install_update::DEFAULT_INSTALLER)]
+        installer: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -742,6 +751,17 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 "removed {} pinned maps from {}",
                 removed.len(),
                 dir.display()
+            );
+            Ok(())
+        }
+        Command::InstallUpdate { dir, installer } => {
+            let r = robustifier::install_update::run(&dir, &installer)?;
+            println!("{}", serde_json::to_string(&r)?);
+            anyhow::ensure!(
+                r.ok,
+                "update to {} not installed: {}",
+                r.version,
+                r.error.unwrap_or_default()
             );
             Ok(())
         }

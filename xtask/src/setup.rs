@@ -109,6 +109,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "sqlite3",
         "writes the SQLite files of the SQL directory tests",
     ),
+    (
+        "binutils",
+        "objcopy: the cluster upgrade test ships the built binary without its debug sections",
+    ),
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -93,6 +93,10 @@ const DEFAULT_EVENT_LOG_BYTES: u64 = 10_000_000;
 const DEFAULT_EVENT_LOG_FILES: u32 = 5;
 const DEFAULT_STATS_MINUTES: u32 = 1440;
 
+/// Where package updates are written by default: the folder `robustifier-update.path`
+/// watches.
+pub const UPDATE_DIR: &str = "/var/lib/robustifier/updates";
+
 #[derive(Debug, Clone)]
 pub struct Frontend {
     pub name: String,
@@ -106,6 +110,9 @@ pub struct Frontend {
     /// the back-ends as the host's own, which back-ends commonly trust (Postfix's
     /// `mynetworks`); for a front-end without a kernel side tried on one host, and tests.
     pub serve_loopback_clients: bool,
+    /// Where the member writes package updates (`incoming.deb`, `incoming.json`) for
+    /// `robustifier install-update`; default [`UPDATE_DIR`].
+    pub update_dir: PathBuf,
     /// How sessions are laid out on threads (see [`crate::front::workers`]); a change
     /// takes a restart.
     pub runtime: RuntimeLayout,
@@ -356,6 +363,13 @@ impl Config {
                 format!("{user:?} is not a valid user name"),
             ));
         }
+        let update_dir = PathBuf::from(fe.update_dir.unwrap_or_else(|| UPDATE_DIR.to_owned()));
+        if !update_dir.is_absolute() {
+            return Err((
+                "frontend.update_dir".into(),
+                "must be an absolute path".into(),
+            ));
+        }
         let frontend = Frontend {
             name: fe.name,
             interface: fe.interface,
@@ -363,6 +377,7 @@ impl Config {
             pin_dir,
             user: fe.user,
             serve_loopback_clients: fe.serve_loopback_clients,
+            update_dir,
             runtime: fe.runtime,
             workers: fe.workers.filter(|n| *n > 0),
         };

@@ -86,6 +86,8 @@ pub struct RawFrontend {
     /// Serve clients connecting from this host's loopback (refused by default).
     #[serde(default)]
     pub serve_loopback_clients: bool,
+    /// Where the member writes package updates for `robustifier install-update`.
+    pub update_dir: Option<String>,
     /// "per-core" (the default) or "multi"; see `front::workers`.
     #[serde(default)]
     pub runtime: super::RuntimeLayout,

@@ -271,6 +271,7 @@ mod tests {
                         drained: Vec::new(),
                         backends: Vec::new(),
                         domain_queues: Vec::new(),
+                        release: String::new(),
                     });
                 }
             }

@@ -499,6 +499,7 @@ impl Frontend {
                 }
                 blocks
             },
+            release: crate::release::release(),
         }
     }
 

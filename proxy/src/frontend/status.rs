@@ -31,6 +31,10 @@ pub struct StatusReport {
     /// The dedicated queues in force (`[[domain_queue]]`), in the file's order.
     #[serde(default)]
     pub domain_queues: Vec<DomainQueueStatus>,
+    /// The release of the binary serving (see [`crate::release`]): it changes with a
+    /// package update, and tells the manager which package a member runs.
+    #[serde(default)]
+    pub release: String,
 }
 
 /// One back-end's load record, for operators (the manager's overview).
@@ -200,6 +204,7 @@ mod tests {
             drained: Vec::new(),
             backends: Vec::new(),
             domain_queues: DomainQueueStatus::of(&cfg),
+            release: String::new(),
         };
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(

@@ -196,6 +196,25 @@ pub enum ClusterCommand {
     },
     /// A one-time link (valid a minute) that logs you into the manager's web interface.
     Web,
+    /// Upload a Debian package to the manager and roll it over the members one at a time
+    /// (each must come back ready on its version, else it is rolled back and the rollout
+    /// stops); or, with --status, show the rollout and each member's release.
+    Upgrade {
+        /// The package (`robustifier_VERSION_ARCH.deb`).
+        #[arg(required_unless_present = "status")]
+        package: Option<PathBuf>,
+        /// Follow the rollout until no member is left to upgrade (those away excepted);
+        /// fails if it stopped.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds each member has to run the new version, ready, once sent the package.
+        #[arg(long, default_value_t = super::upgrade::DEFAULT_TIMEOUT_SECS)]
+        timeout: u64,
+        #[arg(long, conflicts_with_all = ["package", "wait"])]
+        status: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `cluster queue move` and `cluster queue moves`: as `robustifier queue move`, through
@@ -374,9 +393,21 @@ async fn remote(command: ClusterCommand, conn: Connection) -> anyhow::Result<()>
             } else {
                 let s: ClusterStatus = serde_json::from_value(v)?;
                 print!("{}", render_status(&s));
+                let u: super::upgrade::UpgradeStatus =
+                    serde_json::from_value(c.call(&Request::UpgradeStatus, TIMEOUT).await?)?;
+                if let Some(r) = &u.rollout {
+                    print!("{}", super::upgrade_cli::render_rollout(r));
+                }
             }
             Ok(())
         }
+        ClusterCommand::Upgrade {
+            package,
+            wait,
+            timeout,
+            status,
+            json,
+        } => super::upgrade_cli::upgrade(&mut c, package, wait, timeout, status, json).await,
         ClusterCommand::Audit {
             verify,
             since,
@@ -968,7 +999,13 @@ fn render_status(s: &ClusterStatus) -> String {
             reach,
             m.desired,
             m.applied,
-            m.release,
+            // The front-end's own release (what a package update changes), else the
+            // member's.
+            m.frontend
+                .as_ref()
+                .map(|f| f.release.as_str())
+                .filter(|r| !r.is_empty())
+                .unwrap_or(&m.release),
             vrrp,
             m.last_error.as_deref().unwrap_or("-")
         ));

@@ -264,6 +264,13 @@ impl Manager {
             Request::MtaMark | Request::MtaLines { .. } => {
                 Reply::error("an agent's message; this certificate is an operator's")
             }
+            Request::Update { .. } => {
+                Reply::error("a member's message; this certificate is an operator's")
+            }
+            // The server hands these to the rollouts (`super::upgrade`) before the core.
+            Request::PackageChunk { .. } | Request::Upgrade { .. } | Request::UpgradeStatus => {
+                Reply::error("package updates are not served here")
+            }
         }
     }
 
@@ -600,6 +607,11 @@ impl Manager {
             pending: self.journal.pending().ok().flatten(),
             members: rows.into_values().collect(),
         }
+    }
+
+    /// Appends an entry of someone else's doing (a rollout's steps) to the audit trail.
+    pub fn audit(&self, who: &str, action: &str, what: &str, error: Option<&str>) {
+        self.record(who, action, what, error.as_ref());
     }
 
     /// Notes a member's connection in the audit trail (who was refused, mostly).

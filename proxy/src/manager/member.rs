@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use super::{
     tls,
-    wire::{self, Action, Request, ToMember},
+    wire::{self, Action, Request, ToMember, UpdateStage},
 };
 use crate::{
     config::Config,
@@ -209,6 +209,9 @@ where
     // The last minute of statistics the manager has; none until it says.
     let mut stats_cursor: Option<u64> = None;
     let mut stats_tick = tokio::time::interval(STATS_EVERY);
+    // The package the manager is sending, and why its chunks were refused, if they were.
+    let mut package = super::upgrade_member::Receiver::default();
+    let mut package_error: Option<String> = None;
     let why = loop {
         let report = tokio::select! {
             () = stop.cancelled() => break "stopping".to_owned(),
@@ -267,6 +270,41 @@ where
                 Some(Ok(ToMember::ResumeStats { minute })) => {
                     stats_cursor = Some(minute);
                     continue;
+                }
+                Some(Ok(ToMember::PackageChunk { sha256, total, offset, data })) => {
+                    if offset == 0 {
+                        package_error = None;
+                    }
+                    if package_error.is_none()
+                        && let Err(e) = package.chunk(&update_dir(state), &sha256, total, offset, &data)
+                    {
+                        warn!(error = %e, "package from the manager refused");
+                        package_error = Some(e.to_string());
+                    }
+                    continue;
+                }
+                Some(Ok(ToMember::Install { version, sha256, rollback })) => {
+                    let written = match package_error.take() {
+                        Some(e) => Err(e),
+                        None => package.install(&version, &sha256, rollback).map_err(|e| e.to_string()),
+                    };
+                    match written {
+                        Ok(dir) => {
+                            info!(%version, rollback, dir = %dir.display(), "package handed to the installer");
+                            let done_tx = done_tx.clone();
+                            let sha = sha256.clone();
+                            tokio::spawn(async move {
+                                let (ok, message) = super::upgrade_member::result(dir, version).await;
+                                let stage = if ok { UpdateStage::Installed } else { UpdateStage::Failed };
+                                let _ = done_tx.send(Request::Update { sha256: sha, stage, message }).await;
+                            });
+                            Request::Update { sha256, stage: UpdateStage::Written, message: String::new() }
+                        }
+                        Err(message) => {
+                            warn!(%version, error = %message, "package not handed to the installer");
+                            Request::Update { sha256, stage: UpdateStage::Failed, message }
+                        }
+                    }
                 }
                 Some(Ok(ToMember::Refused { error })) => break format!("refused by the manager: {error}"),
                 Some(Err(e)) => break e.to_string(),
@@ -460,6 +498,18 @@ fn reconcile(state: &mut State, status: &StatusReport) {
             state.error = Some(format!("applied, but not recorded: {e}"));
         }
     }
+}
+
+/// Where package updates go: the `[frontend] update_dir` of the configuration the
+/// front-end runs, else the default.
+fn update_dir(state: &State) -> PathBuf {
+    std::fs::read_to_string(state.config())
+        .ok()
+        .and_then(|text| Config::parse(&state.config(), &text).ok())
+        .map_or_else(
+            || PathBuf::from(crate::config::UPDATE_DIR),
+            |cfg| cfg.frontend.update_dir,
+        )
 }
 
 /// Tells the front-end whether the manager is reachable; whether it heard.

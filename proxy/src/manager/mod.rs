@@ -22,6 +22,8 @@
 //! - [`notify`]: SNMP notifications for the members' alarms their front-ends leave to it.
 //! - [`client`] and [`cli`]: the operator's side, `robustifier cluster ...`.
 //! - [`web`]: the web interface (`--web-listen`), its login links and its JSON API.
+//! - [`upgrade`]: packages uploaded by operators and rolled over the members one at a
+//!   time; [`upgrade_member`]: a member's side, which hands them to the root installer.
 
 pub mod audit;
 pub mod cli;
@@ -41,5 +43,8 @@ pub mod store;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod tls;
+pub mod upgrade;
+pub mod upgrade_cli;
+pub mod upgrade_member;
 pub mod web;
 pub mod wire;

@@ -23,6 +23,7 @@ use super::{
     core::Manager,
     pki::Role,
     tls,
+    upgrade::{self, Upgrades},
     wire::{self, Reply, Request, ToMember, WireError},
 };
 
@@ -62,6 +63,8 @@ pub enum ServeError {
     Listen(SocketAddr, std::io::Error),
     #[error("web interface: {0}")]
     Web(#[from] super::web::WebError),
+    #[error("package updates: {0}")]
+    Upgrade(#[from] upgrade::UpgradeError),
 }
 
 /// Binds, then serves until `stop`. `ready` receives the bound address.
@@ -72,6 +75,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let manager = Arc::new(Manager::open(&o.state_dir, &o.render_dir)?);
     manager.keep_stats_days(o.stats_days);
+    let upgrades = Arc::new(Upgrades::open(&o.state_dir)?);
     let acceptor = TlsAcceptor::from(tls::server_config(&o.ca, &o.cert, &o.key)?);
     let listener = TcpListener::bind(o.listen)
         .await
@@ -130,6 +134,7 @@ pub async fn serve(
             }
         });
     }
+    tasks.spawn(upgrades.clone().drive(manager.clone(), stop.clone()));
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = tokio::select! {
@@ -148,9 +153,10 @@ pub async fn serve(
             continue;
         };
         let (manager, acceptor, stop) = (manager.clone(), acceptor.clone(), stop.clone());
+        let upgrades = upgrades.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            connection(manager, acceptor, tcp, peer, stop).await;
+            connection(manager, upgrades, acceptor, tcp, peer, stop).await;
         });
     }
     tasks.close();
@@ -196,6 +202,7 @@ async fn serve_metrics(
 
 async fn connection(
     manager: Arc<Manager>,
+    upgrades: Arc<Upgrades>,
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
@@ -223,8 +230,8 @@ async fn connection(
         }
     };
     match identity.role {
-        Role::Operator => operator(&manager, &identity.name, stream, stop).await,
-        Role::Member => member(manager, identity.name, stream, stop).await,
+        Role::Operator => operator(&manager, &upgrades, &identity.name, stream, stop).await,
+        Role::Member => member(manager, upgrades, identity.name, stream, stop).await,
         Role::Agent => agent(&manager, &identity.name, stream, stop).await,
         Role::Manager => {
             warn!(%peer, "manager: a manager certificate is not a client");
@@ -234,11 +241,18 @@ async fn connection(
 
 async fn operator<S: AsyncRead + AsyncWrite + Unpin>(
     manager: &Manager,
+    upgrades: &Upgrades,
     name: &str,
     stream: S,
     stop: CancellationToken,
 ) {
-    requests(stream, stop, |request| manager.operator(name, request)).await;
+    requests(stream, stop, |request| async move {
+        match upgrades.operator(manager, name, &request) {
+            Some(reply) => reply,
+            None => manager.operator(name, request).await,
+        }
+    })
+    .await;
 }
 
 /// Answers requests on `stream` one at a time with `answer` until the client goes, stays
@@ -271,6 +285,7 @@ where
 
 async fn member<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     manager: Arc<Manager>,
+    upgrades: Arc<Upgrades>,
     name: String,
     stream: S,
     stop: CancellationToken,
@@ -305,6 +320,7 @@ async fn member<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     });
     let (act_tx, mut actions) = mpsc::channel(16);
     let id = manager.connected(&name, applied, &release, act_tx);
+    let mut orders = upgrades.attach(&name, id);
     // Where its events resume: after the last one stored, so none is lost or doubled.
     match manager.log_mark(&name) {
         Ok(mark) => {
@@ -366,6 +382,15 @@ async fn member<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 }
                 None => break "replaced by a newer connection".to_owned(),
             },
+            o = orders.recv() => match o {
+                Some(order) => {
+                    if let Err(e) = send_package(&mut w, &order).await {
+                        upgrades.progress(&name, &order.sha256, wire::UpdateStage::Failed, &e);
+                        break e;
+                    }
+                }
+                None => break "replaced by a newer connection".to_owned(),
+            },
             m = incoming.recv() => match m {
                 Some(Ok(Request::Report { applied: now, tried, error, status })) => {
                     applied = now;
@@ -384,6 +409,9 @@ async fn member<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     manager.store_events(&name, &boot, oldest, &events);
                 }
                 Some(Ok(Request::Stats { minutes })) => manager.store_stats(&name, &minutes),
+                Some(Ok(Request::Update { sha256, stage, message })) => {
+                    upgrades.progress(&name, &sha256, stage, &message);
+                }
                 Some(Ok(_)) => {
                     let error = "an operator's request on a member's connection".to_owned();
                     let _ = wire::write(&mut w, &ToMember::Refused { error: error.clone() }).await;
@@ -400,7 +428,79 @@ async fn member<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
     };
     reader.abort();
+    upgrades.detach(&name, id);
     manager.disconnected(&name, id, &why);
+}
+
+/// Streams a package to a member in chunks, then asks it to install it.
+async fn send_package<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    order: &upgrade::Order,
+) -> Result<(), String> {
+    use base64::Engine as _;
+    use tokio::io::AsyncReadExt as _;
+    let path = order.path.display().to_string();
+    let mut file = tokio::fs::File::open(&order.path)
+        .await
+        .map_err(|e| format!("{path}: {e}"))?;
+    let mut buf = vec![0u8; upgrade::CHUNK];
+    let mut offset = 0u64;
+    loop {
+        // Whole chunks (a short read is topped up) so the member sees the sizes it expects.
+        let mut n = 0;
+        while n < buf.len() {
+            let got = file
+                .read(&mut buf[n..])
+                .await
+                .map_err(|e| format!("{path}: {e}"))?;
+            if got == 0 {
+                break;
+            }
+            n += got;
+        }
+        if n == 0 {
+            break;
+        }
+        let chunk = ToMember::PackageChunk {
+            sha256: order.sha256.clone(),
+            total: order.size,
+            offset,
+            data: base64::engine::general_purpose::STANDARD.encode(&buf[..n]),
+        };
+        wire::write(w, &chunk).await.map_err(|e| e.to_string())?;
+        offset += n as u64;
+    }
+    let install = ToMember::Install {
+        version: order.version.clone(),
+        sha256: order.sha256.clone(),
+        rollback: order.rollback,
+    };
+    wire::write(w, &install).await.map_err(|e| e.to_string())
+}
+
+/// What a rollout needs of the manager.
+impl upgrade::Cluster for Manager {
+    fn members(&self) -> Vec<upgrade::MemberView> {
+        self.status()
+            .members
+            .into_iter()
+            .filter(|m| m.configured)
+            .map(|m| upgrade::MemberView {
+                release: m
+                    .frontend
+                    .as_ref()
+                    .map(|f| f.release.clone())
+                    .unwrap_or_default(),
+                ready: m.frontend.as_ref().is_some_and(|f| f.ready),
+                name: m.name,
+                connected: m.connected,
+            })
+            .collect()
+    }
+
+    fn audit(&self, who: &str, action: &str, what: &str, error: Option<&str>) {
+        Manager::audit(self, who, action, what, error);
+    }
 }
 
 /// A back-end host's agent: it asks where its MTA log lines resume and ships them, one

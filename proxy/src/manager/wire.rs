@@ -127,6 +127,41 @@ pub enum Request {
         #[serde(default)]
         since: Option<u64>,
     },
+    /// An operator's package upload, in order: base64 `data` at `offset` of a package of
+    /// `total` bytes whose SHA-256 is `sha256` (see [`super::upgrade`]).
+    PackageChunk {
+        sha256: String,
+        total: u64,
+        offset: u64,
+        data: String,
+    },
+    /// Roll the uploaded package `sha256` over the members, one at a time, each within
+    /// `timeout_secs` of being sent it.
+    Upgrade {
+        sha256: String,
+        timeout_secs: u64,
+    },
+    /// The rollout's state and the members' releases.
+    UpgradeStatus,
+    /// A member's progress with a package the manager sent it.
+    Update {
+        sha256: String,
+        stage: UpdateStage,
+        #[serde(default)]
+        message: String,
+    },
+}
+
+/// Where a member is with a package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateStage {
+    /// `incoming.deb` and `incoming.json` are written: the installer's turn.
+    Written,
+    /// The installer says it installed it.
+    Installed,
+    /// Not installed: a bad transfer or hash, or the installer failed.
+    Failed,
 }
 
 /// An operator action on a front-end: its virtual routers, or one of its back-ends.
@@ -211,6 +246,19 @@ pub enum ToMember {
     /// Ship the front-end's minutes of statistics after this unix minute (the last one
     /// the manager stored; 0: none).
     ResumeStats { minute: u64 },
+    /// A part of a package, in order (base64 `data` at `offset` of `total` bytes).
+    PackageChunk {
+        sha256: String,
+        total: u64,
+        offset: u64,
+        data: String,
+    },
+    /// The package whose chunks came is whole: hand it to the installer.
+    Install {
+        version: String,
+        sha256: String,
+        rollback: bool,
+    },
     /// The manager refuses the member (not in the configuration, a bad message); it
     /// closes the connection after this.
     Refused { error: String },

@@ -37,7 +37,13 @@ struct FakeMember {
 impl FakeMember {
     async fn start(m: &Arc<Manager>, name: &str, applied: u64, stop: &CancellationToken) -> Self {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
-        tokio::spawn(member(m.clone(), name.to_owned(), theirs, stop.clone()));
+        tokio::spawn(member(
+            m.clone(),
+            upgrades(),
+            name.to_owned(),
+            theirs,
+            stop.clone(),
+        ));
         let (r, mut w) = tokio::io::split(ours);
         let hello = Request::Hello {
             applied,
@@ -352,7 +358,13 @@ async fn events_are_stored_once_and_a_reconnecting_member_resumes_after_them() {
 
     // Back: told to resume after 4; it sends 3..6 again (it could not know), 5 and 6 count.
     let (ours, theirs) = tokio::io::duplex(1 << 20);
-    tokio::spawn(member(m.clone(), "fe1".to_owned(), theirs, stop.clone()));
+    tokio::spawn(member(
+        m.clone(),
+        upgrades(),
+        "fe1".to_owned(),
+        theirs,
+        stop.clone(),
+    ));
     let (r, mut w) = tokio::io::split(ours);
     let hello = Request::Hello {
         applied: 1,
@@ -514,7 +526,13 @@ async fn statistics_are_stored_per_member_and_a_reconnecting_member_resumes_afte
 
     // Back: told the last minute stored; minutes sent again are not stored twice.
     let (ours, theirs) = tokio::io::duplex(1 << 20);
-    tokio::spawn(member(m.clone(), "fe1".to_owned(), theirs, stop.clone()));
+    tokio::spawn(member(
+        m.clone(),
+        upgrades(),
+        "fe1".to_owned(),
+        theirs,
+        stop.clone(),
+    ));
     let (r, mut w) = tokio::io::split(ours);
     let hello = Request::Hello {
         applied: 1,
@@ -539,4 +557,10 @@ async fn statistics_are_stored_per_member_and_a_reconnecting_member_resumes_afte
     );
     assert!(stored_minutes(&m, Some("fe2")).await.is_empty());
     stop.cancel();
+}
+
+/// A member session's package rollouts, on a folder of their own (unused by these tests).
+fn upgrades() -> Arc<Upgrades> {
+    let dir = std::env::temp_dir().join(format!("rb-server-upgrades-{}", std::process::id()));
+    Arc::new(Upgrades::open(&dir).unwrap())
 }

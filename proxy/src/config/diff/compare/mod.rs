@@ -286,6 +286,9 @@ fn frontend(out: &mut Out, old: &Frontend, new: &Frontend) {
         pin_dir,
         user,
         serve_loopback_clients,
+        // Read by the member when a package arrives, never by the running front-end: a
+        // change is live without a restart.
+        update_dir: _,
         runtime,
         workers,
     } = old;
