@@ -109,6 +109,44 @@ const PACKAGES: &[(&str, &str)] = &[
         "sqlite3",
         "writes the SQLite files of the SQL directory tests",
     ),
+    (
+        "debootstrap",
+        "cargo xtask image: the appliance's Debian system",
+    ),
+    (
+        "mtools",
+        "cargo xtask image: the EFI partition and the seed disk without mounting",
+    ),
+    (
+        "dosfstools",
+        "cargo xtask image: mkfs.vfat for the EFI partition and the seed disk",
+    ),
+    (
+        "e2fsprogs",
+        "cargo xtask image: mkfs.ext4 -d makes the root file system from a folder",
+    ),
+    (
+        "fdisk",
+        "cargo xtask image: sfdisk partitions the disk file (GPT)",
+    ),
+    (
+        "grub-efi-amd64-bin",
+        "cargo xtask image: grub-mkstandalone, the image's UEFI boot loader",
+    ),
+    (
+        "qemu-system-x86",
+        "the appliance VM test boots the image (TCG)",
+    ),
+    (
+        "ovmf",
+        "UEFI firmware: the VM test boots the disk as hardware would",
+    ),
+    // Bookworm's build: a newer qemu-utils (a backport some machines carry) breaks
+    // bookworm's qemu-system-x86.
+    (
+        "qemu-utils/bookworm",
+        "qemu-img: the VM test's throw-away overlays of the image",
+    ),
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -172,6 +210,8 @@ fn cargo_fuzz() -> anyhow::Result<()> {
 }
 
 fn installed(package: &str) -> bool {
+    // `name/release` is installed when `name` is (in whichever build).
+    let package = package.split('/').next().unwrap_or(package);
     output(Command::new("dpkg-query").args(["-W", "-f", "${db:Status-Status}", package]))
         .is_some_and(|s| s.trim() == "installed")
 }
@@ -204,6 +244,10 @@ fn packages() -> anyhow::Result<()> {
     let _policy = NoServiceStarts::install()?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
+    // Packages pinned to a release go along with every install (downgraded if need be),
+    // so that what is installed now agrees with them.
+    args.push("--allow-downgrades");
+    args.extend(PACKAGES.iter().map(|(p, _)| *p).filter(|p| p.contains('/')));
     apt(&args).with_context(|| format!("setup: could not install {}", missing.join(" ")))
 }
 
