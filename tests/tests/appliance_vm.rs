@@ -1,0 +1,350 @@
+//! The appliance image in two VMs: a front-end pair (one VRRP virtual address between
+//! them) on the lab's bridges, configured only by their seed disks, with a client
+//! namespace and two back-end namespaces running the lab's Postfix. Checks that mail
+//! flows through the virtual address; that powering off the master while a client sends
+//! every 200 ms loses no acknowledged message; that the front-end in the VM runs as user
+//! robustifier with the capabilities it keeps, under an active unit; that `dpkg -i` of a
+//! package with a bumped version in the new master refuses no connection while the
+//! client sends. Privileged: namespaces, taps, qemu (TCG).
+//!
+//! The image comes from `ROBUSTIFIER_IMAGE` (the disk `cargo xtask test` builds early,
+//! with its `.vmlinuz`/`.initrd` beside it) or is built here by the same builder.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use robustifier_lab::{
+    Lab, Plan, client,
+    image::{self, Image},
+    mail::{MailHost, Make, Users},
+    topology::VIP_SMTP,
+    vm::{self, Boot, Nic, Spec, Vm},
+    vrrp::eventually,
+};
+
+const RCPT: &str = "alice@example.test";
+/// Boot under TCG on a loaded 2-core machine: generous, nothing is judged by it.
+const BOOT: Duration = Duration::from_secs(600);
+const GENEROUS: Duration = Duration::from_secs(120);
+
+fn mac(vm: u8, nic: u8) -> String {
+    format!("52:54:00:52:{vm:02x}:{nic:02x}")
+}
+
+fn seed(name: &str, n: u8, role: &str) -> String {
+    format!(
+        "hostname = \"{name}\"\n\n\
+         [public]\nmac = \"{}\"\naddresses = [\"198.18.0.{n}/24\"]\n\n\
+         [internal]\nmac = \"{}\"\naddresses = [\"198.18.1.{n}/24\"]\n\n\
+         [vrrp]\nvrid = 51\nvip = \"{VIP_SMTP}\"\nrole = \"{role}\"\nadvert_interval_cs = 20\n\n\
+         [backends]\nsmtp = [\"198.18.1.11:25\", \"198.18.1.12:25\"]\nidentity = \"none\"\n",
+        mac(n, 0),
+        mac(n, 1)
+    )
+}
+
+fn target() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/image/test")
+}
+
+/// The image to boot: `ROBUSTIFIER_IMAGE`'s, or one built now with a package of the
+/// binary under test.
+fn appliance() -> Image {
+    if let Some(disk) = std::env::var_os("ROBUSTIFIER_IMAGE") {
+        let disk = PathBuf::from(disk);
+        let stem = disk.file_stem().unwrap().to_str().unwrap().to_owned();
+        let dir = disk.parent().unwrap().to_owned();
+        return Image {
+            kernel: dir.join(format!("{stem}.vmlinuz")),
+            initrd: dir.join(format!("{stem}.initrd")),
+            disk,
+            seed: None,
+        };
+    }
+    std::fs::create_dir_all(target()).unwrap();
+    let deb = image::stand_in_deb(&robustifier_lab::robustifier_bin(), "1.0.0", &target()).unwrap();
+    let start = Instant::now();
+    let built = image::build(&image::Options {
+        work: image::default_work_dir(),
+        out: target().join("appliance.img"),
+        deb: Some(deb),
+        seed: None,
+    })
+    .unwrap();
+    println!("image built in {:.0}s", start.elapsed().as_secs_f64());
+    built
+}
+
+fn boot(lab: &mut Lab, img: &Image, name: &str, n: u8, role: &str) -> Vm {
+    let seed_img = lab.log_dir.join(format!("{name}-seed.img"));
+    image::seed_disk(&seed(name, n, role), &seed_img).unwrap();
+    vm::start(
+        lab,
+        img,
+        &Spec {
+            name: name.into(),
+            nics: vec![
+                Nic {
+                    bridge: "br0".into(),
+                    mac: mac(n, 0),
+                },
+                Nic {
+                    bridge: "br1".into(),
+                    mac: mac(n, 1),
+                },
+            ],
+            seed: Some(seed_img),
+            memory_mib: 512,
+            boot: Boot::Direct,
+        },
+    )
+    .unwrap()
+}
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(VIP_SMTP.into(), 25)
+}
+
+/// Every 200 ms one message with a unique subject through the virtual address, until
+/// `stop`; returns the subjects acknowledged with 250 and the sessions that failed to
+/// connect or were not greeted with 220.
+fn sender(
+    lab: &Lab,
+    tag: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<String>, Vec<String>)> {
+    let ns = lab.client.ns.clone();
+    std::thread::spawn(move || {
+        ns.enter(|| {
+            let (mut acked, mut refused) = (Vec::new(), Vec::new());
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let subject = format!("{tag}-{i}");
+                let body = format!("Subject: {subject}\n\n{subject}\n");
+                match client::send_mail(vip(), None, "sender@client.test", &[RCPT], &body) {
+                    Ok(r) if client::accepted(&r) => acked.push(subject),
+                    Ok(r) if !r.first().is_some_and(|g| g.starts_with("220")) => {
+                        refused.push(format!("{subject}: {r:?}"))
+                    }
+                    Ok(_) => {}
+                    Err(e) => refused.push(format!("{subject}: {e}")),
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            (acked, refused)
+        })
+        .unwrap()
+    })
+}
+
+/// The subjects delivered to RCPT on both back-ends.
+fn delivered(hosts: &[MailHost]) -> BTreeSet<String> {
+    hosts
+        .iter()
+        .flat_map(|h| h.messages(RCPT))
+        .filter_map(|m| {
+            String::from_utf8_lossy(&m)
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
+        })
+        .collect()
+}
+
+fn wait_delivered(hosts: &[MailHost], want: &[String]) {
+    let got = eventually("every acknowledged message delivered", GENEROUS, || {
+        let have = delivered(hosts);
+        want.iter().all(|s| have.contains(s))
+    });
+    if got.is_err() {
+        let have = delivered(hosts);
+        let lost: Vec<&String> = want.iter().filter(|s| !have.contains(*s)).collect();
+        panic!("acknowledged but not delivered: {lost:?}");
+    }
+}
+
+fn greeting(lab: &Lab) -> String {
+    client::greeting(&lab.client.ns, vip())
+}
+
+#[test]
+fn appliance_pair_serves_fails_over_and_upgrades() {
+    let test = "appliance_vm";
+    if !robustifier_lab::privileged::check(test) {
+        return;
+    }
+    if let Some(why) = vm::unmet() {
+        robustifier_lab::privileged::unmet(test, &why);
+        return;
+    }
+    let started = Instant::now();
+    let img = appliance();
+    let prefix = robustifier_lab::unique_prefix("avm");
+    let mut lab = Lab::up(&prefix, Plan::new(0, 2)).unwrap();
+    let users = Users::lab_default();
+    let hosts: Vec<MailHost> = (0..2)
+        .map(|i| MailHost::start(&mut lab, i, Make::Postfix, &users).unwrap())
+        .collect();
+
+    let fea = boot(&mut lab, &img, "fea", 1, "master");
+    let feb = boot(&mut lab, &img, "feb", 2, "backup");
+    for v in [&fea, &feb] {
+        let took = v.wait_agent(BOOT).unwrap();
+        println!("{}: guest agent after {:.0}s", v.name, took.as_secs_f64());
+    }
+    for v in [&fea, &feb] {
+        // First boot applied the seed: the host name, and the front-end enabled and up.
+        eventually(&format!("{} front-end active", v.name), BOOT, || {
+            v.sh("systemctl is-active robustifier.service").is_ok()
+        })
+        .unwrap_or_else(|e| {
+            let status = v
+                .exec(
+                    "systemctl status --no-pager robustifier-firstboot robustifier; \
+                     journalctl -b --no-pager -n 60",
+                    GENEROUS,
+                )
+                .map(|e| e.stdout)
+                .unwrap_or_default();
+            panic!("{e}\n{status}\nconsole:\n{}", v.console())
+        });
+        assert_eq!(v.sh("hostname").unwrap().trim(), v.name);
+    }
+    eventually("fea answers on the virtual address", GENEROUS, || {
+        greeting(&lab) == "220 fea ESMTP Robustifier"
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", greeting(&lab)));
+
+    // (a) Mail flows through the virtual address to the back-ends.
+    let mut sent = Vec::new();
+    for i in 0..6 {
+        let subject = format!("flow-{i}");
+        let r = client::send_mail_in(
+            &lab.client.ns,
+            vip(),
+            "sender@client.test",
+            &[RCPT],
+            &format!("Subject: {subject}\n\n{subject}\n"),
+        );
+        assert!(client::accepted(&r), "{r:?}");
+        sent.push(subject);
+    }
+    wait_delivered(&hosts, &sent);
+
+    // (d) The daemon runs as user robustifier, keeping only some capabilities, under an
+    // active unit.
+    for v in [&fea, &feb] {
+        let uid = v.sh("id -u robustifier").unwrap();
+        let show = v
+            .sh("systemctl show -p ActiveState,SubState,StatusText,MainPID robustifier.service")
+            .unwrap();
+        assert!(show.contains("ActiveState=active"), "{}: {show}", v.name);
+        let status = v
+            .sh("cat /proc/$(systemctl show -p MainPID --value robustifier.service)/status")
+            .unwrap();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|s| s.split_whitespace().collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        let uids = field("Uid:");
+        assert!(
+            !uids.is_empty() && uids.iter().all(|u| *u == uid.trim()),
+            "{}: the front-end's uids {uids:?}, robustifier is {uid}",
+            v.name
+        );
+        let cap_eff = u64::from_str_radix(field("CapEff:").first().copied().unwrap_or(""), 16)
+            .unwrap_or(u64::MAX);
+        let full =
+            u64::from_str_radix(field("CapBnd:").first().copied().unwrap_or(""), 16).unwrap_or(0);
+        let decoded = v.sh(&format!("capsh --decode={cap_eff:x}")).unwrap();
+        println!("{}: {show} CapEff {decoded}", v.name);
+        assert!(
+            cap_eff & !full == 0 && cap_eff != full,
+            "{}: CapEff {cap_eff:x} is not a strict subset of the bounding set {full:x}",
+            v.name
+        );
+    }
+
+    // (b) The master VM loses power while a client sends every 200 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let during = sender(&lab, "failover", stop.clone());
+    std::thread::sleep(Duration::from_secs(3));
+    fea.power_off(&mut lab);
+    let moved = eventually("feb answers on the virtual address", GENEROUS, || {
+        greeting(&lab) == "220 feb ESMTP Robustifier"
+    })
+    .unwrap();
+    println!("failover to feb: {moved:?} after power-off");
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, _) = during.join().unwrap();
+    assert!(
+        acked.len() >= 10,
+        "too few messages went through: {acked:?}"
+    );
+    wait_delivered(&hosts, &acked);
+    println!(
+        "failover: {} messages acknowledged, all delivered",
+        acked.len()
+    );
+
+    // (c) dpkg -i of a package with a bumped version in the new master refuses no
+    // connection while the client sends.
+    let bumped =
+        image::stand_in_deb(&robustifier_lab::robustifier_bin(), "1.0.1", &target()).unwrap();
+    feb.write_file("/tmp/robustifier.deb", &std::fs::read(&bumped).unwrap())
+        .unwrap();
+    let pid_before = feb
+        .sh("systemctl show -p MainPID --value robustifier.service")
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let during = sender(&lab, "upgrade", stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    let out = feb
+        .exec(
+            "DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/robustifier.deb",
+            GENEROUS,
+        )
+        .unwrap();
+    assert_eq!(out.code, 0, "dpkg -i: {}{}", out.stdout, out.stderr);
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, refused) = during.join().unwrap();
+    assert!(
+        refused.is_empty(),
+        "refused during the upgrade: {refused:?}"
+    );
+    assert_eq!(
+        feb.sh("dpkg-query -W -f '${Version}' robustifier").unwrap(),
+        "1.0.1"
+    );
+    let pid_after = feb
+        .sh("systemctl show -p MainPID --value robustifier.service")
+        .unwrap();
+    let procs = feb.sh("pgrep -x robustifier || true").unwrap();
+    assert!(
+        pid_after != pid_before || !procs.lines().any(|p| p.trim() == pid_before.trim()),
+        "the front-end process was not replaced (main pid {pid_before} before and {pid_after} after; running: {procs})"
+    );
+    wait_delivered(&hosts, &acked);
+    println!(
+        "upgrade: {} messages acknowledged during dpkg -i, none refused",
+        acked.len()
+    );
+    assert_eq!(greeting(&lab), "220 feb ESMTP Robustifier");
+    println!(
+        "appliance_vm: {:.0}s in all",
+        started.elapsed().as_secs_f64()
+    );
+}
