@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod lab;
+mod package;
 mod setup;
 mod soak;
 mod test;
@@ -124,6 +125,12 @@ enum Command {
         #[arg(long)]
         delay_ms: u64,
     },
+    /// Build the Debian package (cargo-deb) into target/debian/ and print its path.
+    Package {
+        /// `dev` for tests and the VM image, `release` for operators.
+        #[arg(long, default_value = "release", value_parser = ["dev", "release"])]
+        profile: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -177,6 +184,7 @@ fn main() -> std::process::ExitCode {
             upstream,
             std::time::Duration::from_millis(delay_ms),
         ),
+        Command::Package { profile } => package::build(&profile).map(|_| ()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

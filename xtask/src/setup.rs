@@ -109,6 +109,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "sqlite3",
         "writes the SQLite files of the SQL directory tests",
     ),
+    (
+        "lintian",
+        "checks the Debian package (tests/tests/package.rs)",
+    ),
+    (
+        "systemd",
+        "systemd-analyze verify checks the units in tests/tests/package.rs (not PID 1 here)",
+    ),
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -124,6 +132,8 @@ pub fn run() -> anyhow::Result<()> {
         "/nonexistent",
         "the front-end daemon's unprivileged user",
     )?;
+    // `cargo xtask package` and its test build the Debian package with it.
+    crate::package::ensure_cargo_deb()?;
     println!("setup: ready");
     Ok(())
 }
