@@ -48,6 +48,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "supervise",
             "stream",
             "stats",
+            "notify",
         ],
     ),
     (

@@ -7,6 +7,7 @@ mod demo;
 mod fuzz;
 mod image;
 mod lab;
+mod package;
 mod setup;
 mod soak;
 mod test;
@@ -125,6 +126,12 @@ enum Command {
         #[arg(long)]
         delay_ms: u64,
     },
+    /// Build the Debian package (cargo-deb) into target/debian/ and print its path.
+    Package {
+        /// `dev` for tests and the VM image, `release` for operators.
+        #[arg(long, default_value = "release", value_parser = ["dev", "release"])]
+        profile: String,
+    },
     /// The appliance: a Debian 12 disk image (GPT, UEFI) with the Robustifier package
     /// and the first boot from a seed disk; see README "The appliance image".
     Image {
@@ -191,6 +198,7 @@ fn main() -> std::process::ExitCode {
             upstream,
             std::time::Duration::from_millis(delay_ms),
         ),
+        Command::Package { profile } => package::build(&profile).map(|_| ()),
         Command::Image { seed, out, profile } => {
             setup::run().and_then(|()| image::run(seed, &out, &profile).map(|_| ()))
         }

@@ -110,6 +110,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "writes the SQLite files of the SQL directory tests",
     ),
     (
+        "lintian",
+        "checks the Debian package (tests/tests/package.rs)",
+    ),
+    (
+        "systemd",
+        "systemd-analyze verify checks the units in tests/tests/package.rs (not PID 1 here)",
+    ),
+    (
         "debootstrap",
         "cargo xtask image: the appliance's Debian system",
     ),
@@ -133,18 +141,17 @@ const PACKAGES: &[(&str, &str)] = &[
         "grub-efi-amd64-bin",
         "cargo xtask image: grub-mkstandalone, the image's UEFI boot loader",
     ),
+    // Bookworm's QEMU 7.2 crashes the appliance's kernel under TCG; the backport's does not.
     (
-        "qemu-system-x86",
+        "qemu-system-x86/bookworm-backports",
         "the appliance VM test boots the image (TCG)",
     ),
     (
         "ovmf",
         "UEFI firmware: the VM test boots the disk as hardware would",
     ),
-    // Bookworm's build: a newer qemu-utils (a backport some machines carry) breaks
-    // bookworm's qemu-system-x86.
     (
-        "qemu-utils/bookworm",
+        "qemu-utils/bookworm-backports",
         "qemu-img: the VM test's throw-away overlays of the image",
     ),
 ];
@@ -162,6 +169,8 @@ pub fn run() -> anyhow::Result<()> {
         "/nonexistent",
         "the front-end daemon's unprivileged user",
     )?;
+    // `cargo xtask package` and its test build the Debian package with it.
+    crate::package::ensure_cargo_deb()?;
     println!("setup: ready");
     Ok(())
 }
@@ -236,6 +245,7 @@ fn packages() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    backports_source()?;
     apt(&["update", "-q"]).context("setup: apt-get update failed")?;
     // Postfix and Dovecot would start their default instances on the host (ports 25, 110,
     // 143) from their maintainer scripts; the lab starts its own instances in namespaces, so
@@ -244,11 +254,36 @@ fn packages() -> anyhow::Result<()> {
     let _policy = NoServiceStarts::install()?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
-    // Packages pinned to a release go along with every install (downgraded if need be),
-    // so that what is installed now agrees with them.
-    args.push("--allow-downgrades");
+    // Packages pinned to a release go along with every install, so that what is installed
+    // now agrees with them.
     args.extend(PACKAGES.iter().map(|(p, _)| *p).filter(|p| p.contains('/')));
     apt(&args).with_context(|| format!("setup: could not install {}", missing.join(" ")))
+}
+
+/// Debian's bookworm-backports among apt's sources (for `name/bookworm-backports` entries
+/// of [`PACKAGES`]), unless some source names it already.
+fn backports_source() -> anyhow::Result<()> {
+    let named = |dir: &str| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("bookworm-backports"))
+            })
+    };
+    if named("/etc/apt/sources.list.d")
+        || std::fs::read_to_string("/etc/apt/sources.list")
+            .is_ok_and(|t| t.contains("bookworm-backports"))
+    {
+        return Ok(());
+    }
+    println!("setup: adding bookworm-backports to apt's sources (QEMU for the VM test)");
+    std::fs::write(
+        "/etc/apt/sources.list.d/robustifier-backports.list",
+        "deb http://deb.debian.org/debian bookworm-backports main\n",
+    )
+    .context("setup: cannot write apt's sources (are you root?)")
 }
 
 /// A `/usr/sbin/policy-rc.d` that denies service starts, removed again on drop; does nothing

@@ -130,6 +130,7 @@ pub async fn serve(
             }
         });
     }
+    crate::notify::ready(&format!("manager listening on {bound}"));
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = tokio::select! {
