@@ -558,50 +558,33 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A minimal Robustifier .deb made from the binary `bin` (`/usr/bin/robustifier`, the
-/// front-end's unit, a postinst adding the `robustifier` user), version `version`, in
-/// `dir`. It stands in for the real package (`cargo xtask package`) where that is not
-/// built, and makes the "rebuilt package with a bumped version" of the upgrade test.
-pub fn stand_in_deb(bin: &Path, version: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-    let tree = dir.join(format!("stand-in-{version}"));
+/// A copy of the package `deb` in `dir` that says it is version `version` (unpacked and
+/// packed again by dpkg-deb): the "rebuilt package with a bumped version" of an upgrade
+/// test, the same files under a newer number.
+pub fn with_version(deb: &Path, version: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let tree = dir.join(format!("repack-{version}"));
     if tree.exists() {
         fs::remove_dir_all(&tree)?;
     }
-    fs::create_dir_all(tree.join("usr/bin"))?;
-    fs::copy(bin, tree.join("usr/bin/robustifier"))
-        .with_context(|| format!("copy {}", bin.display()))?;
-    write_mode(
-        &tree.join("DEBIAN/control"),
-        &format!(
-            "Package: robustifier\nVersion: {version}\nArchitecture: amd64\n\
-             Maintainer: Robustifier <robustifier@localhost>\nDepends: adduser\n\
-             Description: Robustifier mail load balancer (stand-in package)\n"
-        ),
-        0o644,
-    )?;
-    write_mode(
-        &tree.join("DEBIAN/postinst"),
-        "#!/bin/sh\nset -e\n\
-         getent passwd robustifier >/dev/null || adduser --system --group --no-create-home \
-         --home /nonexistent robustifier\n\
-         mkdir -p /etc/robustifier /var/lib/robustifier\n\
-         if [ -d /run/systemd/system ]; then systemctl daemon-reload; \
-         if systemctl -q is-active robustifier.service; then systemctl reload robustifier.service; fi; fi\n",
-        0o755,
-    )?;
-    write_mode(
-        &tree.join("lib/systemd/system/robustifier.service"),
-        "[Unit]\nDescription=Robustifier front-end\nAfter=network.target\n\n\
-         [Service]\nExecStart=/usr/bin/robustifier run --config /etc/robustifier/robustifier.toml\n\
-         ExecReload=/usr/bin/robustifier upgrade -c /etc/robustifier/robustifier.toml\n\
-         KillMode=process\nRestart=on-failure\n\n[Install]\nWantedBy=multi-user.target\n",
-        0o644,
-    )?;
-    let deb = dir.join(format!("robustifier_{version}_amd64.deb"));
+    run(Command::new("dpkg-deb").arg("-R").arg(deb).arg(&tree))?;
+    let control = tree.join("DEBIAN/control");
+    let text = fs::read_to_string(&control)?;
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("Version:") {
+                format!("Version: {version}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    fs::write(&control, text)?;
+    let out = dir.join(format!("robustifier_{version}_amd64.deb"));
     run(Command::new("dpkg-deb")
         .args(["--build", "--root-owner-group", "-Zgzip"])
         .arg(&tree)
-        .arg(&deb))?;
+        .arg(&out))?;
     fs::remove_dir_all(&tree)?;
-    Ok(deb)
+    Ok(out)
 }

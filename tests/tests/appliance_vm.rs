@@ -3,12 +3,14 @@
 //! namespace and two back-end namespaces running the lab's Postfix. Checks that mail
 //! flows through the virtual address; that powering off the master while a client sends
 //! every 200 ms loses no acknowledged message; that the front-end in the VM runs as user
-//! robustifier with the capabilities it keeps, under an active unit; that `dpkg -i` of a
+//! robustifier with only the capabilities its unit promises, under an active unit that
+//! said READY; that `dpkg -i` of a
 //! package with a bumped version in the new master refuses no connection while the
 //! client sends. Privileged: namespaces, taps, qemu (TCG).
 //!
-//! The image comes from `ROBUSTIFIER_IMAGE` (the disk `cargo xtask test` builds early,
-//! with its `.vmlinuz`/`.initrd` beside it) or is built here by the same builder.
+//! The image and package come from `ROBUSTIFIER_IMAGE` and `ROBUSTIFIER_DEB` (what
+//! `cargo xtask test` builds) or are built here by the same builder and `cargo xtask
+//! package`.
 
 use std::{
     collections::BTreeSet,
@@ -55,9 +57,31 @@ fn target() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/image/test")
 }
 
-/// The image to boot: `ROBUSTIFIER_IMAGE`'s, or one built now with a package of the
-/// binary under test.
-fn appliance() -> Image {
+/// The package under test: `ROBUSTIFIER_DEB` (what `cargo xtask test` built), or
+/// `cargo xtask package --profile dev` run now.
+fn package() -> PathBuf {
+    if let Some(deb) = std::env::var_os("ROBUSTIFIER_DEB") {
+        return deb.into();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args(["xtask", "package", "--profile", "dev"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run cargo xtask package");
+    assert!(out.status.success(), "cargo xtask package failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("package: "))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("cargo xtask package named no package:\n{stdout}"))
+}
+
+/// The image to boot: `ROBUSTIFIER_IMAGE`'s (with its `.vmlinuz`/`.initrd` beside it), or
+/// one built now with `deb`.
+fn appliance(deb: &Path) -> Image {
     if let Some(disk) = std::env::var_os("ROBUSTIFIER_IMAGE") {
         let disk = PathBuf::from(disk);
         let stem = disk.file_stem().unwrap().to_str().unwrap().to_owned();
@@ -70,12 +94,11 @@ fn appliance() -> Image {
         };
     }
     std::fs::create_dir_all(target()).unwrap();
-    let deb = image::stand_in_deb(&robustifier_lab::robustifier_bin(), "1.0.0", &target()).unwrap();
     let start = Instant::now();
     let built = image::build(&image::Options {
         work: image::default_work_dir(),
         out: target().join("appliance.img"),
-        deb: Some(deb),
+        deb: Some(deb.to_owned()),
         seed: None,
     })
     .unwrap();
@@ -186,7 +209,8 @@ fn appliance_pair_serves_fails_over_and_upgrades() {
         return;
     }
     let started = Instant::now();
-    let img = appliance();
+    let deb = package();
+    let img = appliance(&deb);
     let prefix = robustifier_lab::unique_prefix("avm");
     let mut lab = Lab::up(&prefix, Plan::new(0, 2)).unwrap();
     let users = Users::lab_default();
@@ -263,15 +287,25 @@ fn appliance_pair_serves_fails_over_and_upgrades() {
             "{}: the front-end's uids {uids:?}, robustifier is {uid}",
             v.name
         );
-        let cap_eff = u64::from_str_radix(field("CapEff:").first().copied().unwrap_or(""), 16)
-            .unwrap_or(u64::MAX);
-        let full =
-            u64::from_str_radix(field("CapBnd:").first().copied().unwrap_or(""), 16).unwrap_or(0);
-        let decoded = v.sh(&format!("capsh --decode={cap_eff:x}")).unwrap();
+        // The unit's promise: after the privileged start only CAP_NET_ADMIN and
+        // CAP_NET_RAW stay (VRRP).
+        let cap_eff = field("CapEff:").first().copied().unwrap_or("").to_owned();
+        let decoded = v.sh(&format!("capsh --decode={cap_eff}")).unwrap();
         println!("{}: {show} CapEff {decoded}", v.name);
+        assert_eq!(
+            decoded.trim().rsplit('=').next().unwrap_or(""),
+            "cap_net_admin,cap_net_raw",
+            "{}: CapEff {cap_eff}",
+            v.name
+        );
+        // Type=notify: active means the daemon said READY=1, with a status line.
+        let status_text = show
+            .lines()
+            .find_map(|l| l.strip_prefix("StatusText="))
+            .unwrap_or("");
         assert!(
-            cap_eff & !full == 0 && cap_eff != full,
-            "{}: CapEff {cap_eff:x} is not a strict subset of the bounding set {full:x}",
+            !status_text.is_empty(),
+            "{}: no status line: {show}",
             v.name
         );
     }
@@ -301,8 +335,10 @@ fn appliance_pair_serves_fails_over_and_upgrades() {
 
     // (c) dpkg -i of a package with a bumped version in the new master refuses no
     // connection while the client sends.
-    let bumped =
-        image::stand_in_deb(&robustifier_lab::robustifier_bin(), "1.0.1", &target()).unwrap();
+    std::fs::create_dir_all(target()).unwrap();
+    let old_version = feb.sh("dpkg-query -W -f '${Version}' robustifier").unwrap();
+    let new_version = format!("{old_version}+vmtest1");
+    let bumped = image::with_version(&deb, &new_version, &target()).unwrap();
     feb.write_file("/tmp/robustifier.deb", &std::fs::read(&bumped).unwrap())
         .unwrap();
     let pid_before = feb
@@ -327,7 +363,7 @@ fn appliance_pair_serves_fails_over_and_upgrades() {
     );
     assert_eq!(
         feb.sh("dpkg-query -W -f '${Version}' robustifier").unwrap(),
-        "1.0.1"
+        new_version
     );
     let pid_after = feb
         .sh("systemctl show -p MainPID --value robustifier.service")

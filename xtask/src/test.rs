@@ -91,12 +91,13 @@ pub fn run() -> anyhow::Result<()> {
     run_step("build robustifier", || {
         cargo(&["build", "-p", "robustifier"])
     })?;
-    let mut image = std::path::PathBuf::new();
+    let (mut image, mut deb) = (std::path::PathBuf::new(), std::path::PathBuf::new());
     run_step("appliance image", || {
         image_base
             .join()
             .map_err(|_| anyhow::anyhow!("the image thread panicked"))??;
-        image = crate::image::run(None, std::path::Path::new(IMAGE), "dev")?.disk;
+        let (built, package) = crate::image::run(None, std::path::Path::new(IMAGE), "dev")?;
+        (image, deb) = (built.disk, package);
         Ok(())
     })?;
     let stale = crate::lab::down(TEST_PREFIX);
@@ -122,6 +123,7 @@ pub fn run() -> anyhow::Result<()> {
                 .env("ROBUSTIFIER_BIN", bin)
                 .env("ROBUSTIFIER_REQUIRE_PRIVILEGED", "1")
                 .env("ROBUSTIFIER_IMAGE", &image)
+                .env("ROBUSTIFIER_DEB", &deb)
                 .args([
                     "test",
                     "--workspace",
