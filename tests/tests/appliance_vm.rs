@@ -4,9 +4,9 @@
 //! flows through the virtual address; that powering off the master while a client sends
 //! every 200 ms loses no acknowledged message; that the front-end in the VM runs as user
 //! robustifier with only the capabilities its unit promises, under an active unit that
-//! said READY; that `dpkg -i` of a
-//! package with a bumped version in the new master refuses no connection while the
-//! client sends. Privileged: namespaces, taps, qemu (TCG).
+//! said READY; that `dpkg -i` of a package with a bumped version in the new master
+//! refuses no connection while the client sends; and (one VM booting through OVMF) that
+//! the disk boots by UEFI on its own. Privileged: namespaces, taps, qemu (TCG).
 //!
 //! The image and package come from `ROBUSTIFIER_IMAGE` and `ROBUSTIFIER_DEB` (what
 //! `cargo xtask test` builds) or are built here by the same builder and `cargo xtask
@@ -106,7 +106,7 @@ fn appliance(deb: &Path) -> Image {
     built
 }
 
-fn boot(lab: &mut Lab, img: &Image, name: &str, n: u8, role: &str) -> Vm {
+fn boot(lab: &mut Lab, img: &Image, name: &str, n: u8, role: &str, how: Boot) -> Vm {
     let seed_img = lab.log_dir.join(format!("{name}-seed.img"));
     image::seed_disk(&seed(name, n, role), &seed_img).unwrap();
     vm::start(
@@ -126,7 +126,7 @@ fn boot(lab: &mut Lab, img: &Image, name: &str, n: u8, role: &str) -> Vm {
             ],
             seed: Some(seed_img),
             memory_mib: 512,
-            boot: Boot::Direct,
+            boot: how,
         },
     )
     .unwrap()
@@ -218,8 +218,10 @@ fn appliance_pair_serves_fails_over_and_upgrades() {
         .map(|i| MailHost::start(&mut lab, i, Make::Postfix, &users).unwrap())
         .collect();
 
-    let fea = boot(&mut lab, &img, "fea", 1, "master");
-    let feb = boot(&mut lab, &img, "feb", 2, "backup");
+    // fea boots the image's kernel directly (quicker under emulation); feb boots the disk
+    // by itself through UEFI firmware (OVMF, GRUB on the EFI partition), as hardware would.
+    let fea = boot(&mut lab, &img, "fea", 1, "master", Boot::Direct);
+    let feb = boot(&mut lab, &img, "feb", 2, "backup", Boot::Uefi);
     for v in [&fea, &feb] {
         let took = v.wait_agent(BOOT).unwrap();
         println!("{}: guest agent after {:.0}s", v.name, took.as_secs_f64());
@@ -242,6 +244,12 @@ fn appliance_pair_serves_fails_over_and_upgrades() {
         });
         assert_eq!(v.sh("hostname").unwrap().trim(), v.name);
     }
+    assert!(
+        feb.sh("test -d /sys/firmware/efi && cat /proc/cmdline")
+            .is_ok(),
+        "feb did not boot by UEFI"
+    );
+    assert!(fea.sh("test -d /sys/firmware/efi").is_err());
     eventually("fea answers on the virtual address", GENEROUS, || {
         greeting(&lab) == "220 fea ESMTP Robustifier"
     })
@@ -353,7 +361,19 @@ fn appliance_pair_serves_fails_over_and_upgrades() {
             GENEROUS,
         )
         .unwrap();
-    assert_eq!(out.code, 0, "dpkg -i: {}{}", out.stdout, out.stderr);
+    if out.code != 0 {
+        let journal = feb
+            .exec(
+                "journalctl -b --no-pager -u robustifier.service | tail -n 40",
+                GENEROUS,
+            )
+            .map(|e| e.stdout)
+            .unwrap_or_default();
+        panic!(
+            "dpkg -i exited {}: {}{}\njournal:\n{journal}",
+            out.code, out.stdout, out.stderr
+        );
+    }
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::Relaxed);
     let (acked, refused) = during.join().unwrap();
