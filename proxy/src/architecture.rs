@@ -49,6 +49,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "stream",
             "stats",
             "release",
+            "notify",
         ],
     ),
     (

@@ -26,7 +26,7 @@ use crate::{
     config::{self, Config},
     control, front,
     frontend::{Command, Frontend, HandedOver, Kernel, KernelSide, UserSpace},
-    privs,
+    notify, privs,
 };
 
 /// Which kernel side `robustifier run` builds the front-end on.
@@ -55,6 +55,9 @@ pub fn main(mut cfg: Config, mode: Mode, take_over: bool) -> anyhow::Result<()> 
             privs::DEFAULT_USER
         ),
         (None, false) => {}
+    }
+    if take_over {
+        notify::succeed();
     }
     let mut taken = if take_over {
         let taken = control::handover::take_over(&cfg.ha.control_socket)
@@ -198,6 +201,13 @@ async fn serve(
             drop(tx);
         }
         Err(e) => return Err(e.into()),
+    }
+    if let Some(interval) = notify::watchdog() {
+        info!(
+            ?interval,
+            "systemd watchdog: fed while the accept loops and the load writer run"
+        );
+        control_tasks.spawn(notify::feed_watchdog(interval, stop_control.clone()));
     }
     let served = frontend.serve(rx).await;
     stop_control.cancel();

@@ -31,6 +31,7 @@
 //! - [`events`]: events and alarms (back-ends, pools, VRRP, reloads), kept, logged as JSON
 //!   lines and reported by `robustifier alarms`.
 //! - [`manager`]: the cluster manager's journal of configuration versions.
+//! - [`notify`]: readiness, reloads and the watchdog for systemd (`Type=notify`).
 #![forbid(unsafe_code)]
 #![allow(
     rustdoc::private_intra_doc_links,
@@ -56,6 +57,7 @@ pub mod lines;
 pub(crate) mod load_writer;
 pub mod logging;
 pub mod manager;
+pub mod notify;
 pub mod pop3;
 pub mod privs;
 pub mod prometheus;

@@ -200,10 +200,15 @@ pub async fn run(
         Err(e) => return error!(error = %e, "load writer cannot open the load maps"),
     };
     let mut capacity: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+    // The watchdog is fed only while this loop runs its rounds.
+    let heart = crate::notify::heartbeat("load writer");
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(PERIOD) => {}
+        }
+        if let Some(h) = &heart {
+            h.beat();
         }
         write_records(tables.as_mut(), &board);
         // A back-end's load may have dropped: sessions waiting for a slot look again.

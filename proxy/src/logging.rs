@@ -10,6 +10,9 @@
 //! buffer when the process dies. Sessions write no line at the default level (a relayed
 //! message is counted in the statistics, and logged at debug level), so this costs the
 //! session path nothing.
+//!
+//! Under systemd with stderr on the journal (`JOURNAL_STREAM`), text lines carry neither
+//! a timestamp nor colours: journald stamps each line itself.
 
 use std::io::IsTerminal as _;
 
@@ -27,8 +30,26 @@ fn filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
+/// Where the text lines go: a terminal (colours), the journal (no timestamps, no colours),
+/// or anything else (a file, a pipe: timestamps, no colours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    Terminal,
+    Journal,
+    Plain,
+}
+
 /// The subscriber writing `format` to `writer`; `ansi` only matters for text.
 pub fn subscriber<W>(format: Format, writer: W, ansi: bool) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let sink = if ansi { Sink::Terminal } else { Sink::Plain };
+    subscriber_for(format, writer, sink)
+}
+
+/// The subscriber writing `format` to `writer`, shaped for `sink`.
+pub fn subscriber_for<W>(format: Format, writer: W, sink: Sink) -> Box<dyn Subscriber + Send + Sync>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -39,7 +60,10 @@ where
         // stderr is a closed pipe: a daemon must outlive the reader of its logs.
         .log_internal_errors(false);
     match format {
-        Format::Text => Box::new(b.with_ansi(ansi).finish()),
+        Format::Text if sink == Sink::Journal => {
+            Box::new(b.with_ansi(false).without_time().finish())
+        }
+        Format::Text => Box::new(b.with_ansi(sink == Sink::Terminal).finish()),
         Format::Json => Box::new(
             b.json()
                 .with_current_span(true)
@@ -49,9 +73,29 @@ where
     }
 }
 
+/// Whether stderr is the journal stream systemd named in `JOURNAL_STREAM` (`DEV:INODE`);
+/// a child that inherited the variable but writes elsewhere is not on the journal.
+fn stderr_is_journal(journal_stream: Option<&str>) -> bool {
+    let Some((dev, ino)) = journal_stream.and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
+}
+
 /// Installs the process's subscriber on stderr.
 pub fn init(format: Format) {
-    let s = subscriber(format, std::io::stderr, std::io::stderr().is_terminal());
+    let stderr = std::io::stderr();
+    let sink = if stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref()) {
+        Sink::Journal
+    } else if stderr.is_terminal() {
+        Sink::Terminal
+    } else {
+        Sink::Plain
+    };
+    let s = subscriber_for(format, std::io::stderr, sink);
     // Only fails if a subscriber is already set, which then keeps logging.
     let _ = tracing::subscriber::set_global_default(s);
 }
@@ -126,5 +170,36 @@ mod tests {
         let coloured = Buf::default();
         log_a_session(subscriber(Format::Text, coloured.clone(), true));
         assert!(text(&coloured).contains('\x1b'));
+    }
+
+    #[test]
+    fn journal_lines_have_no_timestamp_and_no_colours() {
+        let plain = Buf::default();
+        log_a_session(subscriber_for(Format::Text, plain.clone(), Sink::Plain));
+        let journal = Buf::default();
+        log_a_session(subscriber_for(Format::Text, journal.clone(), Sink::Journal));
+        let (plain, journal) = (text(&plain), text(&journal));
+        // A plain line starts with its RFC 3339 timestamp (`2026-...`), a journal line
+        // with its level.
+        assert!(plain.starts_with(|c: char| c.is_ascii_digit()), "{plain:?}");
+        assert!(journal.trim_start().starts_with("INFO"), "{journal:?}");
+        assert!(!journal.contains('\x1b'), "{journal:?}");
+        // JSON keeps its shape whatever the sink.
+        let json = Buf::default();
+        log_a_session(subscriber_for(Format::Json, json.clone(), Sink::Journal));
+        let v: serde_json::Value = serde_json::from_str(text(&json).trim()).unwrap();
+        assert_eq!(v["fields"]["message"], "message accepted");
+    }
+
+    #[test]
+    fn only_the_named_stream_is_the_journal() {
+        assert!(!stderr_is_journal(None));
+        assert!(!stderr_is_journal(Some("garbage")));
+        assert!(!stderr_is_journal(Some("1:1")));
+        let st = nix::sys::stat::fstat(std::io::stderr()).unwrap();
+        assert!(stderr_is_journal(Some(&format!(
+            "{}:{}",
+            st.st_dev, st.st_ino
+        ))));
     }
 }

@@ -305,6 +305,24 @@ enum Command {
         #[arg(long, env = "ROBUSTIFIER_INSTALLER", default_value = robustifier::install_update::DEFAULT_INSTALLER)]
         installer: String,
     },
+    /// systemd's ExecReload for a front-end: a binary upgrade (`upgrade`) when the running
+    /// process's binary is no longer the installed one (a package replaced it), else a
+    /// live reload (`reload`).
+    ReloadOrUpgrade {
+        /// The running front-end's configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The running front-end's process; default: systemd's $MAINPID, else the one its
+        /// control socket names.
+        #[arg(long, env = "MAINPID")]
+        pid: Option<u32>,
+        /// The front-end runs without a kernel side (`run --without-kernel`).
+        #[arg(long)]
+        without_kernel: bool,
+    },
+    /// Write the man pages (robustifier(8), robustifier-SUBCOMMAND(8)) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -765,6 +783,12 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::ReloadOrUpgrade {
+            config,
+            pid,
+            without_kernel,
+        } => reload_or_upgrade(&config, pid, without_kernel),
+        Command::Manpages { dir } => manpages(&dir),
     }
 }
 
@@ -785,6 +809,7 @@ where
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
+            robustifier::notify::stopping();
             token.cancel();
         });
         serve(stop).await
@@ -870,6 +895,10 @@ fn upgrade(
     }
     // Its own process group: a signal to this command's terminal is not for the daemon.
     cmd.stdin(std::process::Stdio::null()).process_group(0);
+    // systemd's watchdog variables name this command's pid: without WATCHDOG_PID the new
+    // process takes WATCHDOG_USEC as its own, and feeds the watchdog once it is the main
+    // process.
+    cmd.env_remove("WATCHDOG_PID");
     if let Some(log) = &log {
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -904,6 +933,53 @@ fn upgrade(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `robustifier reload-or-upgrade`: after a package upgrade the running process still
+/// executes the replaced file (same path, another inode): then the upgrade; else a reload.
+fn reload_or_upgrade(config: &Path, pid: Option<u32>, without_kernel: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let pid = match pid {
+        Some(p) => p,
+        None => status(&Config::load(config)?.ha.control_socket)?.pid,
+    };
+    let installed = std::env::current_exe()?;
+    // The link resolves to the running image even once its file is deleted.
+    let running = std::fs::metadata(format!("/proc/{pid}/exe"))
+        .map_err(|e| anyhow::anyhow!("the front-end's binary (/proc/{pid}/exe): {e}"))?;
+    let now = std::fs::metadata(&installed)?;
+    if (running.dev(), running.ino()) == (now.dev(), now.ino()) {
+        reload(Some(config.to_owned()), None)
+    } else {
+        println!(
+            "pid {pid} runs a replaced binary: upgrading to {}",
+            installed.display()
+        );
+        upgrade(config, Some(installed), without_kernel, None)
+    }
+}
+
+/// `robustifier manpages DIR`: one page for the command and one per visible subcommand.
+fn manpages(dir: &Path) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(dir)?;
+    let top = Cli::command().name("robustifier");
+    let write = |cmd: clap::Command, name: &str| -> anyhow::Result<()> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).section("8").render(&mut page)?;
+        std::fs::write(dir.join(format!("{name}.8")), page)?;
+        Ok(())
+    };
+    for sub in top.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("robustifier-{}", sub.get_name());
+        let page = sub
+            .clone()
+            .name(name.clone())
+            .bin_name(format!("robustifier {}", sub.get_name()));
+        write(page, &name)?;
+    }
+    write(top.clone(), "robustifier")?;
+    Ok(())
 }
 
 fn ha(command: HaCommand, socket: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {

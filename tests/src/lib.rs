@@ -12,6 +12,7 @@ pub mod client;
 pub mod cluster;
 pub mod directory;
 pub mod frontend_config;
+pub mod image;
 pub mod mail;
 pub mod manager;
 pub mod maps;
@@ -22,6 +23,7 @@ pub mod process;
 pub mod relay_lab;
 pub mod sink;
 pub mod topology;
+pub mod vm;
 pub mod vrrp;
 pub mod web;
 

@@ -5,7 +5,9 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod image;
 mod lab;
+mod package;
 mod setup;
 mod soak;
 mod test;
@@ -116,6 +118,25 @@ enum Command {
         #[arg(long)]
         delay_ms: u64,
     },
+    /// Build the Debian package (cargo-deb) into target/debian/ and print its path.
+    Package {
+        /// `dev` for tests and the VM image, `release` for operators.
+        #[arg(long, default_value = "release", value_parser = ["dev", "release"])]
+        profile: String,
+    },
+    /// The appliance: a Debian 12 disk image (GPT, UEFI) with the Robustifier package
+    /// and the first boot from a seed disk; see README "The appliance image".
+    Image {
+        /// Seed file (TOML) to write as a seed disk next to the image (`<out>.seed.img`).
+        #[arg(long)]
+        seed: Option<PathBuf>,
+        /// The disk image to write.
+        #[arg(long, default_value = "target/image/robustifier.img")]
+        out: PathBuf,
+        /// Cargo profile of the packaged binary.
+        #[arg(long, default_value = "release", value_parser = ["dev", "release"])]
+        profile: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -166,6 +187,10 @@ fn main() -> std::process::ExitCode {
             upstream,
             std::time::Duration::from_millis(delay_ms),
         ),
+        Command::Package { profile } => package::build(&profile).map(|_| ()),
+        Command::Image { seed, out, profile } => {
+            setup::run().and_then(|()| image::run(seed, &out, &profile).map(|_| ()))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

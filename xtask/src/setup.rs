@@ -113,6 +113,51 @@ const PACKAGES: &[(&str, &str)] = &[
         "binutils",
         "objcopy: the cluster upgrade test ships the built binary without its debug sections",
     ),
+    (
+        "lintian",
+        "checks the Debian package (tests/tests/package.rs)",
+    ),
+    (
+        "systemd",
+        "systemd-analyze verify checks the units in tests/tests/package.rs (not PID 1 here)",
+    ),
+    (
+        "debootstrap",
+        "cargo xtask image: the appliance's Debian system",
+    ),
+    (
+        "mtools",
+        "cargo xtask image: the EFI partition and the seed disk without mounting",
+    ),
+    (
+        "dosfstools",
+        "cargo xtask image: mkfs.vfat for the EFI partition and the seed disk",
+    ),
+    (
+        "e2fsprogs",
+        "cargo xtask image: mkfs.ext4 -d makes the root file system from a folder",
+    ),
+    (
+        "fdisk",
+        "cargo xtask image: sfdisk partitions the disk file (GPT)",
+    ),
+    (
+        "grub-efi-amd64-bin",
+        "cargo xtask image: grub-mkstandalone, the image's UEFI boot loader",
+    ),
+    // Bookworm's QEMU 7.2 crashes the appliance's kernel under TCG; the backport's does not.
+    (
+        "qemu-system-x86/bookworm-backports",
+        "the appliance VM test boots the image (TCG)",
+    ),
+    (
+        "ovmf",
+        "UEFI firmware: the VM test boots the disk as hardware would",
+    ),
+    (
+        "qemu-utils/bookworm-backports",
+        "qemu-img: the VM test's throw-away overlays of the image",
+    ),
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -128,6 +173,8 @@ pub fn run() -> anyhow::Result<()> {
         "/nonexistent",
         "the front-end daemon's unprivileged user",
     )?;
+    // `cargo xtask package` and its test build the Debian package with it.
+    crate::package::ensure_cargo_deb()?;
     println!("setup: ready");
     Ok(())
 }
@@ -176,6 +223,8 @@ fn cargo_fuzz() -> anyhow::Result<()> {
 }
 
 fn installed(package: &str) -> bool {
+    // `name/release` is installed when `name` is (in whichever build).
+    let package = package.split('/').next().unwrap_or(package);
     output(Command::new("dpkg-query").args(["-W", "-f", "${db:Status-Status}", package]))
         .is_some_and(|s| s.trim() == "installed")
 }
@@ -200,6 +249,7 @@ fn packages() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    backports_source()?;
     apt(&["update", "-q"]).context("setup: apt-get update failed")?;
     // Postfix and Dovecot would start their default instances on the host (ports 25, 110,
     // 143) from their maintainer scripts; the lab starts its own instances in namespaces, so
@@ -208,7 +258,36 @@ fn packages() -> anyhow::Result<()> {
     let _policy = NoServiceStarts::install()?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
+    // Packages pinned to a release go along with every install, so that what is installed
+    // now agrees with them.
+    args.extend(PACKAGES.iter().map(|(p, _)| *p).filter(|p| p.contains('/')));
     apt(&args).with_context(|| format!("setup: could not install {}", missing.join(" ")))
+}
+
+/// Debian's bookworm-backports among apt's sources (for `name/bookworm-backports` entries
+/// of [`PACKAGES`]), unless some source names it already.
+fn backports_source() -> anyhow::Result<()> {
+    let named = |dir: &str| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("bookworm-backports"))
+            })
+    };
+    if named("/etc/apt/sources.list.d")
+        || std::fs::read_to_string("/etc/apt/sources.list")
+            .is_ok_and(|t| t.contains("bookworm-backports"))
+    {
+        return Ok(());
+    }
+    println!("setup: adding bookworm-backports to apt's sources (QEMU for the VM test)");
+    std::fs::write(
+        "/etc/apt/sources.list.d/robustifier-backports.list",
+        "deb http://deb.debian.org/debian bookworm-backports main\n",
+    )
+    .context("setup: cannot write apt's sources (are you root?)")
 }
 
 /// A `/usr/sbin/policy-rc.d` that denies service starts, removed again on drop; does nothing

@@ -20,6 +20,9 @@ const TEST_PREFIX: &str = "rbt";
 const FUZZ_SECONDS: u64 = 4;
 const FUZZ_RUNS: u64 = 200_000;
 
+/// The appliance image the VM test boots (`ROBUSTIFIER_IMAGE`), relative to the root.
+const IMAGE: &str = "target/image/test-suite.img";
+
 pub fn run_step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
     let start = Instant::now();
     println!("xtask test: {name}");
@@ -34,6 +37,10 @@ pub fn run_step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::R
 pub fn run() -> anyhow::Result<()> {
     let start = Instant::now();
     run_step("setup", setup::run)?;
+    // The appliance image's Debian system downloads and unpacks while the steps below
+    // run; the image itself is made after the build, from the binary under test.
+    let image_base =
+        std::thread::spawn(|| robustifier_lab::image::prepare(&root().join("target/image")));
     run_step("fmt", || cargo(&["fmt", "--all", "--", "--check"]))?;
     run_step("clippy (user crates)", || {
         cargo(&[
@@ -84,6 +91,15 @@ pub fn run() -> anyhow::Result<()> {
     run_step("build robustifier", || {
         cargo(&["build", "-p", "robustifier"])
     })?;
+    let (mut image, mut deb) = (std::path::PathBuf::new(), std::path::PathBuf::new());
+    run_step("appliance image", || {
+        image_base
+            .join()
+            .map_err(|_| anyhow::anyhow!("the image thread panicked"))??;
+        let (built, package) = crate::image::run(None, std::path::Path::new(IMAGE), "dev")?;
+        (image, deb) = (built.disk, package);
+        Ok(())
+    })?;
     let stale = crate::lab::down(TEST_PREFIX);
     if !stale.is_empty() {
         println!(
@@ -106,6 +122,8 @@ pub fn run() -> anyhow::Result<()> {
                 .current_dir(root())
                 .env("ROBUSTIFIER_BIN", bin)
                 .env("ROBUSTIFIER_REQUIRE_PRIVILEGED", "1")
+                .env("ROBUSTIFIER_IMAGE", &image)
+                .env("ROBUSTIFIER_DEB", &deb)
                 .args([
                     "test",
                     "--workspace",

@@ -281,6 +281,7 @@ pub async fn serve(listen: SocketAddr, o: Options) -> Result<(), AgentError> {
     if o.key.is_none() {
         warn!("no key: any host that reaches this port reads the report (--insecure-no-key)");
     }
+    crate::notify::ready(&format!("agent listening on {listen}"));
     moves::resume(&o);
     let reports = Reports::new(o);
     accept_loop(|| listener.accept(), reports).await;

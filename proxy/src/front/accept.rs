@@ -99,9 +99,12 @@ pub fn run(
 }
 
 async fn accept_loop(listener: TcpListener, role: Role, current: Current, stop: CancellationToken) {
+    // Proves to the watchdog that this loop runs, also while no client connects.
+    let mut pulse = crate::notify::Pulse::new("accept loop");
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
+            () = pulse.beat() => continue,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => match accept_error(&e) {

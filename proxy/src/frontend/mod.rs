@@ -683,6 +683,10 @@ impl Frontend {
         let succeeded = std::mem::take(&mut self.succeeded);
         let mut ha = ha::spawn(&self.cfg, shared.hooks.clone(), &succeeded).await?;
         info!(frontend = %self.cfg.frontend.name, version = %self.cfg.version, "robustifier ready");
+        crate::notify::ready(&format!(
+            "serving, configuration version {}",
+            self.cfg.version
+        ));
 
         // The minutes roll up on this loop, which holds the kernel side's XDP counters.
         let st = &self.cfg.monitor.stats;
@@ -725,7 +729,13 @@ impl Frontend {
             match command {
                 Command::Reload { file, done } => {
                     let before = self.cfg.clone();
+                    crate::notify::reloading();
                     let outcome = self.reload(file, &accepting, &supervisor, &mut ha).await;
+                    // Applied or refused, the front-end serves (a refusal changes nothing).
+                    crate::notify::ready(&format!(
+                        "serving, configuration version {}",
+                        self.cfg.version
+                    ));
                     if outcome.is_ok() {
                         self.blocks.send_replace(isolation::blocks(&self.cfg));
                         for (domain, pool) in queue_move::moves_for_reload(&before, &self.cfg) {
@@ -857,12 +867,16 @@ impl Frontend {
                     self.kernel.keep();
                 }
                 Command::HandOver { done } => {
+                    // The successor speaks for the service from now on.
+                    crate::notify::retire();
                     successor = Some(done);
                     break;
                 }
                 Command::Stop => break,
             }
         }
+        // Silent after a hand-over (the process is retired): the service goes on.
+        crate::notify::stopping();
         // The listeners close with the accept loops (a successor holds its own descriptors).
         for run in &mut self.services {
             run.held.clear();

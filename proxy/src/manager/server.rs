@@ -135,6 +135,7 @@ pub async fn serve(
         });
     }
     tasks.spawn(upgrades.clone().drive(manager.clone(), stop.clone()));
+    crate::notify::ready(&format!("manager listening on {bound}"));
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = tokio::select! {
