@@ -231,6 +231,10 @@ fn hand_over_pins(cfg: &Config, account: &privs::Account) -> anyhow::Result<()> 
             .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
     };
     if pin_dir.parent().is_some_and(is_bpffs) {
+        // The user must pass through every bpffs directory above its own.
+        for dir in pin_dir.ancestors().skip(1).take_while(|p| is_bpffs(p)) {
+            privs::allow_search(dir)?;
+        }
         privs::hand_over(pin_dir, account)?;
     } else {
         warn!(dir = %pin_dir.display(), "pin directory is a bpffs root: left to root");

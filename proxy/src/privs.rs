@@ -137,6 +137,25 @@ pub fn hand_over(path: &Path, account: &Account) -> Result<(), PrivError> {
     )
 }
 
+/// Lets every user pass through the directory `dir` (search permission, not listing):
+/// systemd mounts /sys/fs/bpf with mode 0700, and the daemon user must reach its own pin
+/// directory below it to open the pinned maps and to pin the XDP link for an upgrade. The
+/// pinned objects keep their own modes (0600, the daemon user's).
+pub fn allow_search(dir: &Path) -> Result<(), PrivError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let chmod = |source| PrivError::Chown {
+        path: dir.to_owned(),
+        source,
+    };
+    let mode = std::fs::metadata(dir).map_err(chmod)?.permissions().mode();
+    if mode & 0o001 == 0 {
+        let wider = std::fs::Permissions::from_mode((mode | 0o001) & 0o7777);
+        std::fs::set_permissions(dir, wider).map_err(chmod)?;
+        info!(dir = %dir.display(), "search permission granted on the bpffs root for the daemon user");
+    }
+    Ok(())
+}
+
 /// Switches every thread of the process to `account`, keeping [`KEPT`] in the calling
 /// thread's permitted and effective sets, and checks the result. Call after
 /// [`restrict_inherited`] and before starting threads that need capabilities.

@@ -316,6 +316,16 @@ fn appliance_pair_serves_fails_over_and_upgrades() {
             "{}: no status line: {show}",
             v.name
         );
+        // Under the unit's sandbox the unprivileged daemon still reaches its pinned maps
+        // (systemd mounts /sys/fs/bpf with mode 0700): no error since the start.
+        let errors = v
+            .sh("journalctl -b --no-pager -o cat -u robustifier.service | grep -E ' ERROR ' || true")
+            .unwrap();
+        assert!(
+            errors.trim().is_empty(),
+            "{}: errors in the front-end's journal:\n{errors}",
+            v.name
+        );
     }
 
     // (b) The master VM loses power while a client sends every 200 ms.

@@ -43,6 +43,16 @@ fn build() -> PathBuf {
             .is_ok_and(|o| o.status.success());
         assert!(found, "{tool} missing: run `cargo xtask setup`");
     }
+    // `cargo xtask test` has built the package under test already (for the VM test too).
+    if let Some(deb) = std::env::var_os("ROBUSTIFIER_DEB").filter(|d| !d.is_empty()) {
+        let deb = PathBuf::from(deb);
+        assert!(
+            deb.is_file(),
+            "ROBUSTIFIER_DEB={} is not a file",
+            deb.display()
+        );
+        return deb;
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(root())
