@@ -899,6 +899,15 @@ fn upgrade(
     // process takes WATCHDOG_USEC as its own, and feeds the watchdog once it is the main
     // process.
     cmd.env_remove("WATCHDOG_PID");
+    // systemd sets the watchdog variables for the main process only, not for ExecReload,
+    // which runs this command: the interval then comes from the running front-end's own
+    // environment (readable with the CAP_SYS_PTRACE ExecReload keeps), so that the new
+    // main process feeds the watchdog as the old one did.
+    if std::env::var_os("WATCHDOG_USEC").is_none()
+        && let Some(usec) = environ_var(before.pid, "WATCHDOG_USEC")
+    {
+        cmd.env("WATCHDOG_USEC", usec);
+    }
     if let Some(log) = &log {
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -937,6 +946,15 @@ fn upgrade(
 
 /// `robustifier reload-or-upgrade`: after a package upgrade the running process still
 /// executes the replaced file (same path, another inode): then the upgrade; else a reload.
+/// `NAME`'s value in the environment process `pid` started with, if readable.
+fn environ_var(pid: u32, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|b| *b == 0).find_map(|kv| {
+        let value = kv.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    })
+}
+
 fn reload_or_upgrade(config: &Path, pid: Option<u32>, without_kernel: bool) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
     let pid = match pid {

@@ -403,6 +403,18 @@ fn appliance_pair_serves_fails_over_and_upgrades() {
         pid_after != pid_before || !procs.lines().any(|p| p.trim() == pid_before.trim()),
         "the front-end process was not replaced (main pid {pid_before} before and {pid_after} after; running: {procs})"
     );
+    // systemd gives the watchdog interval to the main process only: the upgrade's new
+    // main process got it passed on, or systemd would restart the unit once it expired.
+    let environ = feb
+        .sh(&format!(
+            "tr '\\0' '\\n' < /proc/{}/environ",
+            pid_after.trim()
+        ))
+        .unwrap();
+    assert!(
+        environ.lines().any(|l| l.starts_with("WATCHDOG_USEC=")),
+        "the new main process has no watchdog interval: {environ}"
+    );
     wait_delivered(&hosts, &acked);
     println!(
         "upgrade: {} messages acknowledged during dpkg -i, none refused",
