@@ -23,24 +23,7 @@ use std::{
 use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt,
 };
-use support::{Client, Log, PATIENCE, SmtpBackend, config, free_port, tempdir};
-
-/// The front-end processes this test started: killed if the test fails half-way.
-#[derive(Default)]
-struct Started(Vec<u32>);
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for pid in &self.0 {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(*pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-}
+use support::{Client, Log, PATIENCE, SmtpBackend, Started, config, free_port, tempdir};
 
 /// One notification: its sender's pid and its lines.
 #[derive(Debug, Clone)]

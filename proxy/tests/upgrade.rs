@@ -18,27 +18,9 @@ use std::{
 };
 
 use support::{
-    Client, PATIENCE, SmtpBackend, config, free_port, ha_status, robustifier, run_without_kernel,
-    tempdir,
+    Client, PATIENCE, SmtpBackend, Started, config, free_port, ha_status, robustifier,
+    run_without_kernel, tempdir,
 };
-
-/// The front-end processes this test started: killed if the test fails half-way, so that
-/// none outlives it.
-#[derive(Default)]
-struct Started(Vec<u32>);
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for pid in &self.0 {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(*pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_refuses_no_connection_and_loses_no_message() {

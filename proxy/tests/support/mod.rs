@@ -585,3 +585,21 @@ pub fn promtool_accepts(text: &str) {
 }
 
 pub mod cluster;
+
+/// The front-end processes a test started: killed if the test fails half-way, so that none
+/// outlives it.
+#[derive(Default)]
+pub struct Started(pub Vec<u32>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for pid in &self.0 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
