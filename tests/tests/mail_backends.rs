@@ -568,11 +568,8 @@ fn pop3_after_proxy_v2(lab: &Lab, host: &MailHost) {
         got[3].starts_with(&format!("+OK {count} ")),
         "STAT: {got:?}"
     );
-    assert!(
-        host.pop3_log_text().contains("rip=198.18.0.88"),
-        "{}",
-        host.pop3_log_text()
-    );
+    let log = host.pop3_log_with("rip=198.18.0.88", Duration::from_secs(10));
+    assert!(log.contains("rip=198.18.0.88"), "{log}");
 }
 
 /// Everything was delivered: the MTA's own queue listing is empty (where the lab has one).

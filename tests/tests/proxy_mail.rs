@@ -294,7 +294,9 @@ fn pop3_users_reach_their_mailboxes_over_stls_and_pop3s_and_never_in_clear() {
             retrieved, stored,
             "{user}: RETR through the proxy is the Maildir, byte for byte"
         );
-        let log = c.host_of(user).pop3_log_text();
+        let log = c
+            .host_of(user)
+            .pop3_log_with(CLIENT_V4, std::time::Duration::from_secs(10));
         assert!(
             log.contains(CLIENT_V4),
             "Dovecot saw the real client through PROXY v2: {log}"

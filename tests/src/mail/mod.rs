@@ -550,6 +550,21 @@ impl MailHost {
         String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned()
     }
 
+    /// Dovecot's log once it holds `needle`, or as it is after `timeout`. Dovecot's
+    /// processes hand their lines to its log process, which writes them a little after
+    /// the session they describe has ended, so a test reading the log right after a
+    /// session must wait for the line instead of reading once.
+    pub fn pop3_log_with(&self, needle: &str, timeout: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let text = self.pop3_log_text();
+            if text.contains(needle) || std::time::Instant::now() >= deadline {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Process ids of the host's processes still alive (not zombies): the MTA's and
     /// Dovecot's process groups. Empty after [`MailHost::stop`] or `Lab::down`.
     pub fn processes(&self) -> Vec<i32> {
