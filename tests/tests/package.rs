@@ -128,6 +128,7 @@ fn the_package_holds_everything_passes_lintian_and_its_units_verify() {
         "usr/share/man/man8/robustifier-agent.8.gz",
         "usr/share/man/man8/robustifier-manager.8.gz",
         "usr/share/man/man8/robustifier-reload-or-upgrade.8.gz",
+        "usr/share/man/man8/robustifier-member.8.gz",
         "usr/share/doc/robustifier/copyright",
         "usr/share/doc/robustifier/changelog.Debian.gz",
     ]
@@ -148,6 +149,7 @@ fn the_package_holds_everything_passes_lintian_and_its_units_verify() {
         "robustifier.service",
         "robustifier-agent.service",
         "robustifier-manager.service",
+        "robustifier-member.service",
     ] {
         assert!(
             want.contains(&format!("lib/systemd/system/{unit}")),
@@ -273,5 +275,68 @@ fn the_front_end_unit_is_notify_with_watchdog_and_explains_its_capabilities() {
             caps.contains(&name.as_str()),
             "{name} is kept by the daemon"
         );
+    }
+}
+
+/// The member's unit: the daemon user without any capability, sandboxed as the manager's
+/// unit is, its options from member.env only, and ordered after the front-end it links.
+#[test]
+fn the_member_unit_runs_unprivileged_from_its_options_after_the_front_end() {
+    let read = |name: &str| {
+        std::fs::read_to_string(root().join("packaging/systemd").join(name))
+            .unwrap_or_else(|e| panic!("packaging/systemd/{name}: {e}"))
+    };
+    let member = read("robustifier-member.service");
+    let manager = read("robustifier-manager.service");
+    let values = |unit: &str, key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::to_owned)
+            .collect()
+    };
+    let one = |key: &str| values(&member, key).join(" ");
+    assert_eq!(one("ExecStart"), "/usr/bin/robustifier member $MEMBER_ARGS");
+    assert_eq!(one("EnvironmentFile"), "-/etc/robustifier/member.env");
+    assert_eq!(one("User"), "robustifier");
+    assert_eq!(one("Group"), "robustifier");
+    assert_eq!(one("CapabilityBoundingSet"), "");
+    assert_eq!(one("AmbientCapabilities"), "");
+    for key in ["Wants", "After"] {
+        assert!(
+            one(key)
+                .split_whitespace()
+                .any(|u| u == "robustifier.service"),
+            "{key}= of the member names robustifier.service"
+        );
+    }
+    // Every hardening line of the manager's unit, the same in the member's.
+    for key in [
+        "NoNewPrivileges",
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "ProtectClock",
+        "ProtectHostname",
+        "RestrictNamespaces",
+        "RestrictRealtime",
+        "RestrictSUIDSGID",
+        "LockPersonality",
+        "MemoryDenyWriteExecute",
+        "RestrictAddressFamilies",
+        "SystemCallArchitectures",
+        "SystemCallFilter",
+        "SystemCallErrorNumber",
+        "UMask",
+    ] {
+        assert!(
+            !values(&manager, key).is_empty(),
+            "{key} in the manager's unit"
+        );
+        assert_eq!(values(&member, key), values(&manager, key), "{key}");
     }
 }
