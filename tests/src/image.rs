@@ -294,7 +294,15 @@ fn customize(root: &Path, deb: Option<&Path>) -> anyhow::Result<()> {
         fs::copy(deb, root.join("tmp/robustifier.deb"))
             .with_context(|| format!("copy {}", deb.display()))?;
         chroot(root, &["dpkg", "-i", "/tmp/robustifier.deb"])?;
-        fs::remove_file(root.join("tmp/robustifier.deb"))?;
+        // The installed package, kept where `robustifier install-update` keeps it: a
+        // member's first update that fails is rolled back to it.
+        let kept = root.join("var/lib/robustifier/updates/installed.deb");
+        fs::rename(root.join("tmp/robustifier.deb"), &kept)
+            .with_context(|| format!("keep the package as {}", kept.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&kept, fs::Permissions::from_mode(0o640))?;
+        }
     }
     chroot(
         root,
@@ -505,6 +513,12 @@ fn du_bytes(root: &Path) -> anyhow::Result<u64> {
 
 /// A small FAT disk labelled RBSEED holding `seed.toml` (mtools: no mount).
 pub fn seed_disk(seed_toml: &str, path: &Path) -> anyhow::Result<()> {
+    seed_disk_with(seed_toml, &[], path)
+}
+
+/// [`seed_disk`] with more files beside `seed.toml`: (name on the disk, file), e.g. a
+/// member's `ca.pem`, `member.pem` and `member.key`.
+pub fn seed_disk_with(seed_toml: &str, files: &[(&str, &Path)], path: &Path) -> anyhow::Result<()> {
     if path.exists() {
         fs::remove_file(path)?;
     }
@@ -519,6 +533,13 @@ pub fn seed_disk(seed_toml: &str, path: &Path) -> anyhow::Result<()> {
         .arg(path)
         .arg(&text)
         .arg("::/seed.toml"))?;
+    for (name, file) in files {
+        run(Command::new("mcopy")
+            .arg("-i")
+            .arg(path)
+            .arg(file)
+            .arg(format!("::/{name}")))?;
+    }
     Ok(())
 }
 
@@ -562,6 +583,45 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// packed again by dpkg-deb): the "rebuilt package with a bumped version" of an upgrade
 /// test, the same files under a newer number.
 pub fn with_version(deb: &Path, version: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    repack(deb, version, None, dir)
+}
+
+/// Writes a build id into a binary's bytes (`robustifier::release::stamp`, which the lab
+/// library does not link).
+pub type Stamp<'a> = &'a dyn Fn(&mut [u8], &str) -> anyhow::Result<()>;
+
+/// A copy of the package `deb` in `dir` whose binary is stamped with the build id `id` (by
+/// `stamp`) and whose version says so (`0.1.0-1` becomes `0.1.0+ID-1`): the release its front-end
+/// then reports is the package's version, which is how the cluster manager tells that a
+/// member runs it. Returns the package and its version.
+pub fn with_release(
+    deb: &Path,
+    id: &str,
+    stamp: Stamp<'_>,
+    dir: &Path,
+) -> anyhow::Result<(PathBuf, String)> {
+    let out = Command::new("dpkg-deb")
+        .args(["-f"])
+        .arg(deb)
+        .arg("Version")
+        .output()
+        .context("cannot start dpkg-deb")?;
+    anyhow::ensure!(out.status.success(), "dpkg-deb -f {}", deb.display());
+    let old = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let version = match old.rsplit_once('-') {
+        Some((upstream, revision)) => format!("{upstream}+{id}-{revision}"),
+        None => format!("{old}+{id}"),
+    };
+    let out = repack(deb, &version, Some((stamp, id)), dir)?;
+    Ok((out, version))
+}
+
+fn repack(
+    deb: &Path,
+    version: &str,
+    stamp: Option<(Stamp<'_>, &str)>,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
     let tree = dir.join(format!("repack-{version}"));
     if tree.exists() {
         fs::remove_dir_all(&tree)?;
@@ -580,6 +640,13 @@ pub fn with_version(deb: &Path, version: &str, dir: &Path) -> anyhow::Result<Pat
         })
         .collect();
     fs::write(&control, text)?;
+    if let Some((stamp, id)) = stamp {
+        let bin = tree.join("usr/bin/robustifier");
+        let mut bytes = fs::read(&bin)?;
+        stamp(&mut bytes, id)?;
+        // The file keeps its mode: only its bytes change.
+        fs::write(&bin, bytes)?;
+    }
     let out = dir.join(format!("robustifier_{version}_amd64.deb"));
     run(Command::new("dpkg-deb")
         .args(["--build", "--root-owner-group", "-Zgzip"])

@@ -67,10 +67,16 @@ impl ClusterManager {
     /// Creates the cluster's certificates (one member per front-end of the lab, named as
     /// the front-end) and starts the manager; returns once it listens.
     pub fn up(lab: &mut Lab) -> anyhow::Result<ClusterManager> {
+        let members: Vec<String> = lab.frontends.iter().map(|f| f.name.clone()).collect();
+        Self::up_for(lab, members)
+    }
+
+    /// [`ClusterManager::up`] for members named `members` (front-ends that are not the
+    /// lab's own processes, e.g. the appliance VMs).
+    pub fn up_for(lab: &mut Lab, members: Vec<String>) -> anyhow::Result<ClusterManager> {
         lab.switch
             .ip(&["addr", "add", &format!("{MANAGER_V4}/24"), "dev", "br1"])?;
         let pki = lab.log_dir.join("cluster-pki");
-        let members: Vec<String> = lab.frontends.iter().map(|f| f.name.clone()).collect();
         let mut args: Vec<String> = vec![
             "cluster".into(),
             "init".into(),
