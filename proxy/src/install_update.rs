@@ -8,6 +8,12 @@
 //! `DIR/result.json` ([`UpdateResult`]) for the member. The request is removed before the
 //! result is written, so the path unit never fires twice for one request and a member that
 //! sees the result may write the next request at once.
+//!
+//! An update the installer fails on is rolled back here at once: `installed.deb` (the
+//! appliance image ships it, so a member's first update has one too) is installed again,
+//! since a failed `dpkg -i` may leave the new files in place under the old process. The
+//! result still says the update failed, and how the rollback went; the manager then also
+//! sends the package it last installed, when it has one.
 
 use std::{
     io::{Read as _, Write as _},
@@ -142,15 +148,40 @@ pub fn run(dir: &Path, installer: &str) -> Result<UpdateResult, InstallError> {
             return Err(InstallError::Io(p, e));
         }
     }
+    let error = outcome.err().map(|e| {
+        let mut why = e.to_string();
+        let rollback = parsed_rollback(&bytes);
+        if matches!(e, InstallError::Failed { .. }) && !rollback {
+            why.push_str(&roll_back(dir, installer));
+        }
+        why
+    });
     let result = UpdateResult {
         version,
-        ok: outcome.is_ok(),
-        error: outcome.err().map(|e| e.to_string()),
+        ok: error.is_none(),
+        error,
     };
     let out = dir.join(RESULT_JSON);
     let bytes = serde_json::to_vec(&result).map_err(|e| InstallError::Request(out.clone(), e))?;
     write_atomic(&out, &bytes).map_err(|e| InstallError::Io(out, e))?;
     Ok(result)
+}
+
+fn parsed_rollback(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<UpdateRequest>(bytes).is_ok_and(|r| r.rollback)
+}
+
+/// Installs `installed.deb` again after a failed update: what the result adds to the
+/// failure's text.
+fn roll_back(dir: &Path, installer: &str) -> String {
+    let installed = dir.join(INSTALLED_DEB);
+    if !installed.is_file() {
+        return format!("; no {INSTALLED_DEB} to roll back to");
+    }
+    match run_installer(installer, &installed, "") {
+        Ok(()) => format!("; rolled back to {INSTALLED_DEB}"),
+        Err(e) => format!("; the rollback to {INSTALLED_DEB} failed too: {e}"),
+    }
 }
 
 fn install(dir: &Path, request: &UpdateRequest, installer: &str) -> Result<(), InstallError> {
@@ -165,12 +196,27 @@ fn install(dir: &Path, request: &UpdateRequest, installer: &str) -> Result<(), I
             want: request.sha256.clone(),
         });
     }
+    run_installer(installer, &deb, &request.version)?;
+    // Installed: the package it replaced becomes the previous one (what a rollback that
+    // the manager has no copy for would need), this one the installed one.
+    let installed = dir.join(INSTALLED_DEB);
+    if installed.exists() {
+        let previous = dir.join(PREVIOUS_DEB);
+        std::fs::rename(&installed, &previous).map_err(|e| InstallError::Io(previous, e))?;
+    }
+    std::fs::rename(&deb, &installed).map_err(|e| InstallError::Io(installed, e))?;
+    Ok(())
+}
+
+/// Runs `installer` on `deb` (`version`: what it is told it installs, empty when it is
+/// the installed package again).
+fn run_installer(installer: &str, deb: &Path, version: &str) -> Result<(), InstallError> {
     let mut words = installer.split_whitespace();
     let program = words.next().ok_or(InstallError::NoInstaller)?;
     let output = Command::new(program)
         .args(words)
-        .arg(&deb)
-        .env("ROBUSTIFIER_UPDATE_VERSION", &request.version)
+        .arg(deb)
+        .env("ROBUSTIFIER_UPDATE_VERSION", version)
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| InstallError::Spawn(installer.to_owned(), e))?;
@@ -184,14 +230,6 @@ fn install(dir: &Path, request: &UpdateRequest, installer: &str) -> Result<(), I
             output: text.chars().rev().collect(),
         });
     }
-    // Installed: the package it replaced becomes the previous one (what a rollback that
-    // the manager has no copy for would need), this one the installed one.
-    let installed = dir.join(INSTALLED_DEB);
-    if installed.exists() {
-        let previous = dir.join(PREVIOUS_DEB);
-        std::fs::rename(&installed, &previous).map_err(|e| InstallError::Io(previous, e))?;
-    }
-    std::fs::rename(&deb, &installed).map_err(|e| InstallError::Io(installed, e))?;
     Ok(())
 }
 
@@ -293,6 +331,81 @@ mod tests {
         assert_eq!(
             std::fs::read(d.join(INSTALLED_DEB)).unwrap(),
             b"old package"
+        );
+    }
+
+    /// An installer that logs each package it is given and fails on one holding "bad".
+    fn picky(d: &Path) -> String {
+        let script = d.join("picky.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ncat \"$1\" >> {log}/given; echo >> {log}/given\n\
+                 ! grep -q bad \"$1\"\n",
+                log = d.display()
+            ),
+        )
+        .unwrap();
+        format!("sh {}", script.display())
+    }
+
+    fn sha(body: &[u8]) -> String {
+        hex(ring::digest::digest(&ring::digest::SHA256, body).as_ref())
+    }
+
+    #[test]
+    fn a_first_update_that_fails_is_rolled_back_to_the_installed_package() {
+        // The image's installed.deb, and no previous.deb yet: the member's first update.
+        let d = dir("first");
+        let installer = picky(&d);
+        std::fs::write(d.join(INSTALLED_DEB), b"image package").unwrap();
+        request(&d, b"bad package", &sha(b"bad package"));
+        let r = run(&d, &installer).unwrap();
+        assert!(!r.ok, "{r:?}");
+        let error = r.error.unwrap_or_default();
+        assert!(
+            error.contains("failed") && error.contains("rolled back to installed.deb"),
+            "{error}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join("given")).unwrap(),
+            "bad package\nimage package\n",
+            "the update, then the installed package again"
+        );
+        assert_eq!(
+            std::fs::read(d.join(INSTALLED_DEB)).unwrap(),
+            b"image package"
+        );
+        assert!(!d.join(PREVIOUS_DEB).exists());
+    }
+
+    #[test]
+    fn a_failed_rollback_is_not_rolled_back_and_nothing_installed_is_said() {
+        let d = dir("rollback");
+        let installer = picky(&d);
+        std::fs::write(d.join(INSTALLED_DEB), b"image package").unwrap();
+        std::fs::write(d.join(INCOMING_DEB), b"bad old package").unwrap();
+        let r = UpdateRequest {
+            version: "1.2.2-1".into(),
+            sha256: sha(b"bad old package"),
+            rollback: true,
+        };
+        std::fs::write(d.join(INCOMING_JSON), serde_json::to_vec(&r).unwrap()).unwrap();
+        let r = run(&d, &installer).unwrap();
+        assert!(!r.ok);
+        assert_eq!(
+            std::fs::read_to_string(d.join("given")).unwrap(),
+            "bad old package\n"
+        );
+
+        let d = dir("none");
+        let installer = picky(&d);
+        request(&d, b"bad package", &sha(b"bad package"));
+        let r = run(&d, &installer).unwrap();
+        assert!(
+            r.error
+                .unwrap_or_default()
+                .contains("no installed.deb to roll back to")
         );
     }
 
