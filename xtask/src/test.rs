@@ -1,9 +1,15 @@
 //! `cargo xtask test`: what CI runs. Setup, formatting, clippy in two passes (user crates
-//! on the host, the eBPF crate for the BPF target), then every test with the privileged
-//! ones required: a missing precondition fails them instead of skipping them; then a
-//! 3-minute soak that fails on any acknowledged message lost.
+//! on the host, the eBPF crate for the BPF target), the build, the fuzz targets briefly
+//! while the appliance image is made, then every test with the privileged ones required
+//! (a missing precondition fails them instead of skipping them), in two lanes
+//! ([`crate::lanes`]); then a 3-minute soak that fails on any acknowledged message lost,
+//! with the benchmark smoke run beside it. What runs side by side is mostly waiting
+//! (disk, daemons, timers) while the two cores do the other's work.
 
-use std::{process::Command, time::Instant};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
 use robustifier_lab::netns;
@@ -117,12 +123,11 @@ pub fn run(only: &[String]) -> anyhow::Result<()> {
         })?;
     }
     // The benchmark harness, once per scenario at tiny size, so it does not rot between
-    // benchmark runs (no figure is judged).
-    if wanted("bench") {
-        run_step("bench smoke", || crate::bench::run(false, true, &[], true))?;
-    }
+    // benchmark runs (no figure is judged); in a process of its own beside the soak: both
+    // mostly wait, each in namespaces and pin directories named for its own process.
+    let bench = wanted("bench").then(bench_smoke).transpose()?;
     // Every message acknowledged under crashes, failovers and attacks must arrive.
-    if wanted("soak") {
+    let soaked = if wanted("soak") {
         run_step("soak (3 minutes)", || {
             crate::soak::run(&crate::soak::Options {
                 minutes: 3.0,
@@ -130,8 +135,14 @@ pub fn run(only: &[String]) -> anyhow::Result<()> {
                 seed: None,
                 prepare: false,
             })
-        })?;
+        })
+    } else {
+        Ok(())
+    };
+    if let Some(bench) = bench {
+        run_step("bench smoke (beside the soak)", || bench.wait())?;
     }
+    soaked?;
     // Namespaces of test processes that have exited are leaks.
     let left: Vec<String> = netns::list(TEST_PREFIX)
         .into_iter()
@@ -148,6 +159,65 @@ pub fn run(only: &[String]) -> anyhow::Result<()> {
     // One closing line for the whole suite, whatever binary ran last.
     println!("{} passed, {} failed", totals.0, totals.1);
     Ok(())
+}
+
+/// `cargo xtask bench --smoke --no-build` running, its lines printed as they come with a
+/// `bench| ` prefix (they interleave with the soak's).
+struct Bench {
+    child: std::process::Child,
+    /// Says when the output has ended.
+    ended: std::sync::mpsc::Receiver<()>,
+    start: Instant,
+}
+
+fn bench_smoke() -> anyhow::Result<Bench> {
+    use std::io::{BufRead as _, BufReader};
+    println!("xtask test: bench smoke (started beside the soak; its lines begin with `bench| `)");
+    let exe = std::env::current_exe().context("the xtask binary")?;
+    let (reader, writer) = std::io::pipe().context("a pipe for the bench output")?;
+    let mut cmd = Command::new(exe);
+    cmd.current_dir(root())
+        .args(["bench", "--smoke", "--no-build"])
+        .stdin(std::process::Stdio::null())
+        .stdout(writer.try_clone()?)
+        .stderr(writer);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    // The command holds the writing ends: the pipe ends only once it is gone.
+    drop(cmd);
+    let (tx, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            println!("bench| {line}");
+        }
+        let _ = tx.send(());
+    });
+    Ok(Bench {
+        child,
+        ended,
+        start: Instant::now(),
+    })
+}
+
+impl Bench {
+    fn wait(mut self) -> anyhow::Result<()> {
+        let status = self.child.wait()?;
+        // A process the bench left behind may hold the pipe open: its lines are not waited
+        // for long.
+        if self.ended.recv_timeout(Duration::from_secs(10)).is_err() {
+            println!("xtask test: the bench's output is still open 10s after it exited");
+        }
+        println!(
+            "xtask test: bench smoke ended after {:.1}s",
+            self.start.elapsed().as_secs_f64()
+        );
+        if !status.success() {
+            bail!("cargo xtask bench --smoke --no-build failed ({status})");
+        }
+        Ok(())
+    }
 }
 
 fn clippy() -> anyhow::Result<()> {
