@@ -235,10 +235,91 @@ impl Pool {
         }
         let list: Vec<String> = self.backends.iter().map(Backend::render).collect();
         let _ = writeln!(s, "backend = [{}]", list.join(", "));
-        for t in &self.tables {
+        let mut tables = self.tables.clone();
+        if self.backends.iter().any(|b| b.agent.is_some()) {
+            host_wide_thresholds(&mut tables);
+        }
+        for t in &tables {
             s.push_str(t);
             s.push('\n');
         }
         s
+    }
+}
+
+/// Thresholds of the keys an agent measures for the whole machine. The lab's back-ends
+/// share the host's kernel and disk, so each agent reports the machine's load average and
+/// disk use: on a busy machine (a VM test beside another test binary, builds) those pass
+/// the defaults (run queue 8, disk 90 %) times regular mail's share, and regular mail
+/// would be deflected with `421 4.3.2` whatever the test is about. A test that means one
+/// of them sets it in its own `[pool.thresholds]`.
+const HOST_WIDE_THRESHOLDS: [(&str, &str); 2] = [("run_queue", "64"), ("disk_percent", "100")];
+
+/// Adds each of [`HOST_WIDE_THRESHOLDS`] the pool's `[pool.thresholds]` does not set (and
+/// the table, if the pool has none).
+fn host_wide_thresholds(tables: &mut Vec<String>) {
+    const HEADER: &str = "[pool.thresholds]";
+    let at = match tables.iter().position(|t| t.starts_with(HEADER)) {
+        Some(at) => at,
+        None => {
+            tables.push(HEADER.to_owned());
+            tables.len() - 1
+        }
+    };
+    let table = &tables[at];
+    let set = |key: &str| {
+        table
+            .lines()
+            .any(|l| l.split('=').next().is_some_and(|k| k.trim() == key))
+    };
+    let missing: String = HOST_WIDE_THRESHOLDS
+        .iter()
+        .filter(|(k, _)| !set(k))
+        .map(|(k, v)| format!("\n{k} = {v}"))
+        .collect();
+    // Right under the header: the text may go on with another table.
+    tables[at] = format!("{HEADER}{missing}{}", &table[HEADER.len()..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_agent() -> Backend {
+        Backend::new("be1", "198.18.1.11:25").agent("198.18.1.11:7025")
+    }
+
+    #[test]
+    fn a_pool_with_agents_ignores_the_host_wide_load_unless_it_sets_a_threshold() {
+        let plain = Pool::new("mx", "none").backend(with_agent()).render();
+        assert!(
+            plain.ends_with("[pool.thresholds]\nrun_queue = 64\ndisk_percent = 100\n"),
+            "{plain}"
+        );
+        let own = Pool::new("mx", "none")
+            .backend(with_agent())
+            .thresholds("mail_queue = 1\ndisk_percent = 90")
+            .health("interval_ms = 200")
+            .render();
+        assert!(
+            own.contains(
+                "[pool.thresholds]\nrun_queue = 64\nmail_queue = 1\ndisk_percent = 90\n[pool.health]"
+            ),
+            "{own}"
+        );
+        assert!(!own.contains("disk_percent = 100"), "{own}");
+        let config: toml::Value = toml::from_str(&own).unwrap();
+        assert_eq!(
+            config["pool"][0]["thresholds"]["run_queue"].as_integer(),
+            Some(64)
+        );
+    }
+
+    #[test]
+    fn a_pool_without_agents_gets_no_thresholds() {
+        let pool = Pool::new("mx", "none")
+            .backend(Backend::new("be1", "198.18.1.11:25"))
+            .render();
+        assert!(!pool.contains("thresholds"), "{pool}");
     }
 }

@@ -576,6 +576,53 @@ pub fn check_delivered(
     }
 }
 
+impl Traffic {
+    /// Waits (up to `timeout`) until `n` more messages than now are acknowledged: mail
+    /// flows at this point of a test.
+    pub fn more(&self, n: usize, what: &str, timeout: Duration) -> anyhow::Result<()> {
+        let from = self.acknowledged();
+        crate::vrrp::eventually(what, timeout, || self.acknowledged() >= from + n)?;
+        Ok(())
+    }
+
+    /// Stops sending, prints what was acknowledged under `label`, and requires that nothing
+    /// was refused and that every acknowledged message lies once in its recipient's
+    /// mailbox on the back-end `homes` names for it (recipient, back-end index), within
+    /// `timeout`.
+    pub fn finish_delivered(
+        self,
+        c: &Cluster,
+        homes: &[(&str, usize)],
+        label: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Sent> {
+        let sent = self.finish();
+        println!(
+            "{label}{} messages acknowledged, {} not",
+            sent.accepted.len(),
+            sent.refused.len()
+        );
+        anyhow::ensure!(sent.refused.is_empty(), "refused: {:?}", sent.refused);
+        check_delivered(c, &expected(&sent, homes), timeout)?;
+        Ok(sent)
+    }
+}
+
+/// Each acknowledged message with where it must lie: (tag, back-end index, mailbox), the
+/// back-end being its recipient's in `homes` (recipient, back-end index).
+pub fn expected(sent: &Sent, homes: &[(&str, usize)]) -> Vec<(String, usize, String)> {
+    sent.accepted
+        .iter()
+        .map(|(tag, to)| {
+            let j = homes
+                .iter()
+                .find(|(r, _)| r == to)
+                .map_or(usize::MAX, |(_, j)| *j);
+            (tag.clone(), j, to.clone())
+        })
+        .collect()
+}
+
 impl ClusterManager {
     /// `cluster web`: a fresh login link to the web interface (it works once, within a
     /// minute).

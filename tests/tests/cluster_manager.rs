@@ -27,7 +27,7 @@ use robustifier_lab::{
     client::{self, accepted},
     cluster::Cluster,
     manager::{
-        self, ClusterManager, Sent, Traffic, check_delivered, cluster_config, member_priorities,
+        self, ClusterManager, Traffic, check_delivered, cluster_config, member_priorities,
         member_row, runs_head, shared_routers,
     },
     privileged,
@@ -74,20 +74,6 @@ fn versions_taken(log: &str) -> Vec<u64> {
             l.split_whitespace()
                 .find_map(|w| w.strip_prefix("version="))
                 .and_then(|v| v.parse().ok())
-        })
-        .collect()
-}
-
-fn expected(sent: &Sent) -> Vec<(String, usize, String)> {
-    sent.accepted
-        .iter()
-        .map(|(tag, to)| {
-            let j = TRAFFIC
-                .iter()
-                .find(|(r, _)| r == to)
-                .map(|(_, j)| *j)
-                .unwrap_or(usize::MAX);
-            (tag.clone(), j, to.clone())
         })
         .collect()
 }
@@ -262,20 +248,13 @@ fn the_manager_configures_the_mail_cluster_through_outages_and_a_crash() {
         Some(file.as_str()),
         "feb's file is not its rendering of version {last}"
     );
-    let back = traffic.acknowledged();
-    eventually("five messages after feb's return", GENEROUS, || {
-        traffic.acknowledged() >= back + 5
-    })
-    .unwrap();
-    let sent = traffic.finish();
-    println!(
-        "b. {} messages acknowledged through fea, {} not",
-        sent.accepted.len(),
-        sent.refused.len()
-    );
-    assert!(sent.refused.is_empty(), "{:?}", sent.refused);
+    traffic
+        .more(5, "five messages after feb's return", GENEROUS)
+        .unwrap();
+    let sent = traffic
+        .finish_delivered(&c, &TRAFFIC, "b. through fea: ", GENEROUS)
+        .unwrap();
     assert!(sent.accepted.len() >= 10, "too little traffic: {sent:?}");
-    check_delivered(&c, &expected(&sent), GENEROUS).unwrap();
 
     // c. A certificate file that does not exist for feb: refused for all, naming feb.
     let missing = format!(
@@ -338,11 +317,9 @@ fn the_manager_configures_the_mail_cluster_through_outages_and_a_crash() {
     .unwrap();
     m.stop(&mut c.lab, Signal::SIGKILL).unwrap();
     // Mail does not wait for the manager.
-    let down = traffic.acknowledged();
-    eventually("five messages while the manager is down", GENEROUS, || {
-        traffic.acknowledged() >= down + 5
-    })
-    .unwrap();
+    traffic
+        .more(5, "five messages while the manager is down", GENEROUS)
+        .unwrap();
     m.start(&mut c.lab).expect("manager restarted");
     let committed = committer.join().unwrap();
     assert!(committed.len() >= 10, "{committed:?}");
@@ -380,14 +357,9 @@ fn the_manager_configures_the_mail_cluster_through_outages_and_a_crash() {
             .is_ok_and(|s| runs_head(&s, fea) && runs_head(&s, feb))
     })
     .unwrap();
-    let sent = traffic.finish();
-    println!(
-        "d. {} messages acknowledged, {} not",
-        sent.accepted.len(),
-        sent.refused.len()
-    );
-    assert!(sent.refused.is_empty(), "{:?}", sent.refused);
+    let sent = traffic
+        .finish_delivered(&c, &TRAFFIC, "d. ", GENEROUS)
+        .unwrap();
     assert!(sent.accepted.len() >= 10, "too little traffic: {sent:?}");
-    check_delivered(&c, &expected(&sent), GENEROUS).unwrap();
     println!("{}", m.cli_ok(&["status"]).unwrap());
 }

@@ -31,8 +31,8 @@ use robustifier_lab::{
     cli::Successor,
     cluster::Cluster,
     manager::{
-        ClusterManager, Sent, Traffic, check_delivered, cluster_config, member_priorities,
-        member_row, runs_head, shared_routers,
+        ClusterManager, Traffic, cluster_config, member_priorities, member_row, runs_head,
+        shared_routers,
     },
     privileged,
     process::Signal,
@@ -226,19 +226,6 @@ fn rollout_state(m: &ClusterManager) -> String {
         .unwrap_or_default()
 }
 
-fn expected(sent: &Sent) -> Vec<(String, usize, String)> {
-    sent.accepted
-        .iter()
-        .map(|(tag, to)| {
-            let j = TRAFFIC
-                .iter()
-                .find(|(r, _)| r == to)
-                .map_or(usize::MAX, |(_, j)| *j);
-            (tag.clone(), j, to.clone())
-        })
-        .collect()
-}
-
 /// The pids serving each front-end now; those not started by the lab are ended (by pid)
 /// when the test ends, passed or failed.
 fn keep_successors(
@@ -378,11 +365,7 @@ fn the_manager_rolls_a_package_over_the_cluster_and_back() {
         runs[0].end <= runs[1].start,
         "the second member's install began before the first's ended: {runs:?}"
     );
-    let acked = traffic.acknowledged();
-    eventually("mail after the rollout", GENEROUS, || {
-        traffic.acknowledged() >= acked + 5
-    })
-    .unwrap();
+    traffic.more(5, "mail after the rollout", GENEROUS).unwrap();
 
     // b. fe-b's member away during a rollout: upgraded when it returns.
     let away = order[1];
@@ -475,19 +458,17 @@ fn the_manager_rolls_a_package_over_the_cluster_and_back() {
     assert!(m.cli(&["audit", "--verify"]).status.success());
 
     // Mail flowed throughout, nothing refused, everything delivered.
-    let acked = traffic.acknowledged();
-    eventually("mail after the rollback", GENEROUS, || {
-        traffic.acknowledged() >= acked + 5
-    })
-    .unwrap();
-    let sent = traffic.finish();
-    println!(
-        "{} messages acknowledged through the VIP during the rollouts, {} not",
-        sent.accepted.len(),
-        sent.refused.len()
-    );
-    assert!(sent.refused.is_empty(), "{:?}", sent.refused);
-    check_delivered(&c, &expected(&sent), GENEROUS).unwrap();
+    traffic
+        .more(5, "mail after the rollback", GENEROUS)
+        .unwrap();
+    traffic
+        .finish_delivered(
+            &c,
+            &TRAFFIC,
+            "through the VIP during the rollouts: ",
+            GENEROUS,
+        )
+        .unwrap();
 
     // d. install-update refuses a package that is not the request's.
     let d = dir.join("bad-hash");

@@ -7,6 +7,7 @@ mod demo;
 mod fuzz;
 mod image;
 mod lab;
+mod lanes;
 mod package;
 mod setup;
 mod soak;
@@ -65,7 +66,11 @@ enum Command {
     },
     /// Setup, formatting, clippy (user crates and eBPF crate), and the whole test suite
     /// with privileged tests required.
-    Test,
+    Test {
+        /// Only these steps, comma-separated (to time them alone; CI runs every step).
+        #[arg(long, value_delimiter = ',', hide = true)]
+        only: Vec<String>,
+    },
     /// Build the libFuzzer targets of `fuzz/` (cargo-fuzz, nightly) and run each for a
     /// bounded time; fails with the reproducer's path if any target crashes.
     Fuzz {
@@ -156,7 +161,7 @@ fn main() -> std::process::ExitCode {
             seed,
             prepare: true,
         }),
-        Command::Test => test::run(),
+        Command::Test { only } => test::run(&only),
         Command::Fuzz { seconds, target } => setup::run().and_then(|()| {
             fuzz::run(
                 target.as_deref(),
