@@ -7,7 +7,7 @@ use crate::{
     backend::PoolSet,
     config::Service,
     reload::Watched,
-    route::{DomainPattern, DomainQueues, Route, RouteTable},
+    route::{DomainPattern, DomainQueues, PoolNames, Route, RouteTable},
     tls::ServerTls,
 };
 
@@ -36,6 +36,8 @@ pub struct ServiceContext {
     /// The `auto = true` blocks isolated now, set by the front-end's isolation monitor
     /// and read by every recipient without a lock (SMTP services only).
     pub isolated: Arc<arc_swap::ArcSwap<DomainQueues>>,
+    /// The route to the service's `pool`, made once: recipients routed there share it.
+    pool_route: Option<PoolNames>,
 }
 
 /// Where a recipient's route came from, in the order they are consulted.
@@ -117,6 +119,7 @@ impl ServiceContext {
             stats_index: 0,
             domain_queues: Arc::default(),
             isolated: Arc::default(),
+            pool_route: service.pool.clone().map(|p| PoolNames::from([p])),
         })
     }
 
@@ -340,7 +343,7 @@ impl ServiceContext {
             .and_then(|d| self.domain_queues.lookup(d))
         {
             return Routed::Route(
-                Route::Pools(vec![dedicated.pool.to_owned()]),
+                Route::Pools(PoolNames::from([dedicated.pool.to_owned()])),
                 RouteSource::DomainQueue(dedicated.pattern),
             );
         }
@@ -348,7 +351,7 @@ impl ServiceContext {
             let isolated = self.isolated.load();
             if let Some(dedicated) = isolated.lookup(domain) {
                 return Routed::Route(
-                    Route::Pools(vec![dedicated.pool.to_owned()]),
+                    Route::Pools(PoolNames::from([dedicated.pool.to_owned()])),
                     RouteSource::Isolated(dedicated.pattern),
                 );
             }
@@ -402,10 +405,20 @@ impl ServiceContext {
                 }
             }
         }
-        match self.service.pool.clone() {
-            Some(p) => Routed::Route(Route::Pools(vec![p]), RouteSource::ServicePool),
+        match self.service_pool() {
+            Some(p) => Routed::Route(Route::Pools(p), RouteSource::ServicePool),
             None => Routed::Unrouted,
         }
+    }
+
+    /// The route to the service's `pool`: the one made with the context while the service
+    /// still names that pool (`service` is a public field, so it is checked, not trusted).
+    fn service_pool(&self) -> Option<PoolNames> {
+        let pool = self.service.pool.as_deref()?;
+        Some(match &self.pool_route {
+            Some(p) if p.len() == 1 && p[0] == pool => Arc::clone(p),
+            _ => PoolNames::from([pool.to_owned()]),
+        })
     }
 
     /// The service's routing map's route for a key, if the map has one.
@@ -419,7 +432,7 @@ impl ServiceContext {
         if let Some(r) = self.mapped(lookup) {
             return Some(r);
         }
-        self.service.pool.clone().map(|p| Route::Pools(vec![p]))
+        self.service_pool().map(Route::Pools)
     }
 }
 
@@ -510,7 +523,10 @@ mod tests {
             )),
             "{e}"
         );
-        assert_eq!(user(&env, "alice"), Some(Route::Pools(vec!["b".into()])));
+        assert_eq!(
+            user(&env, "alice"),
+            Some(Route::Pools(PoolNames::from(["b".to_owned()])))
+        );
         assert_eq!(user(&env, "bob"), None, "the refused map is not in force");
         std::fs::remove_dir_all(d).unwrap();
     }
@@ -580,7 +596,7 @@ mod tests {
         // A login name is routed by the map alone: AUTH and POP3 users are not recipients.
         assert_eq!(
             user(&env, "x@slow.example"),
-            Some(Route::Pools(vec!["b".into()]))
+            Some(Route::Pools(PoolNames::from(["b".to_owned()])))
         );
         std::fs::remove_dir_all(d).unwrap();
     }
@@ -637,7 +653,7 @@ mod tests {
         assert!(env.domain_queues.is_empty());
         assert_eq!(
             user(&env, "alice@slow.example"),
-            Some(Route::Pools(vec!["b".into()]))
+            Some(Route::Pools(PoolNames::from(["b".to_owned()])))
         );
         std::fs::remove_dir_all(d).unwrap();
     }

@@ -158,6 +158,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "qemu-utils/bookworm-backports",
         "qemu-img: the VM test's throw-away overlays of the image",
     ),
+    (
+        "valgrind",
+        "bench/perf-session.sh counts instructions per session with callgrind (VMs often lack hardware counters)",
+    ),
+    (
+        "linux-perf",
+        "bench/perf-session.sh: perf stat (system calls and task-clock per session)",
+    ),
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -39,7 +39,10 @@ impl Groups {
     /// The group of a session from `peer` for recipient (or user address) `rcpt`: an exact
     /// recipient first, then its domain, then the client's prefix.
     pub fn classify(&self, peer: IpAddr, rcpt: Option<&Address>) -> (&str, f64) {
-        let addr = rcpt.map(|a| a.to_string().to_ascii_lowercase());
+        // The address is written out only for groups that list recipients.
+        let addr = rcpt
+            .filter(|_| self.groups.iter().any(|g| !g.recipients.is_empty()))
+            .map(|a| a.to_string().to_ascii_lowercase());
         let domain = rcpt.and_then(|a| a.domain.as_deref());
         let by = |f: &dyn Fn(&Group) -> bool| self.groups.iter().find(|g| f(g));
         let found = addr

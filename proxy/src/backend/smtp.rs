@@ -106,6 +106,9 @@ pub struct SmtpLeg {
     /// The leg must not serve another session: it carried a login (AUTH), its last
     /// transaction ended unclearly, or an exchange failed.
     pub spoiled: bool,
+    /// The command lines being written, kept for the leg's life: a command costs no
+    /// allocation of its own.
+    lines: Vec<u8>,
 }
 
 impl SmtpLeg {
@@ -133,6 +136,7 @@ impl SmtpLeg {
             greeting_latency: Duration::ZERO,
             xclient_offered: Vec::new(),
             spoiled: false,
+            lines: Vec::new(),
         };
         let greeting = leg.reply("greeting", left).await?;
         leg.greeting_latency = started.elapsed();
@@ -281,8 +285,22 @@ impl SmtpLeg {
         // The back-end holds the user's login for the connection's life: such a leg
         // never serves another client.
         self.spoiled |= stage == "AUTH";
-        self.write(format!("{line}\r\n").as_bytes(), stage).await?;
+        self.write_lines(&[line], stage).await?;
         self.reply(stage, COMMAND_TIMEOUT).await
+    }
+
+    /// Writes `lines`, each ending in CRLF, in one write (pipelined commands go out
+    /// together), through the leg's kept buffer.
+    async fn write_lines(&mut self, lines: &[&str], stage: &'static str) -> Result<(), LegError> {
+        let mut buf = std::mem::take(&mut self.lines);
+        buf.clear();
+        for line in lines {
+            buf.extend_from_slice(line.as_bytes());
+            buf.extend_from_slice(b"\r\n");
+        }
+        let r = self.write(&buf, stage).await;
+        self.lines = buf;
+        r
     }
 
     /// Message octets, already checked by the DATA scanner.
@@ -326,10 +344,9 @@ impl super::lease::Lease<SmtpLeg> {
     ) -> Result<(Reply, Reply), LegError> {
         let idle = self.idle();
         let sent = std::time::Instant::now();
-        let both = format!("{mail}\r\n{rcpt}\r\n");
-        let r = self.leg.write(both.as_bytes(), "MAIL").await;
+        let r = self.leg.write_lines(&[mail, rcpt], "MAIL").await;
         self.last_used = std::time::Instant::now();
-        self.tally.bytes(both.len() as u64, 0);
+        self.tally.bytes((mail.len() + rcpt.len() + 4) as u64, 0);
         if let Err(e) = r {
             return Err(self.charge(e, idle));
         }

@@ -65,7 +65,7 @@ pub fn route(
         (true, true) => Ok(Route::Reject),
         (true, false) => Err(AnswerError::RejectCombined),
         (false, true) => Err(AnswerError::Empty),
-        (false, false) => Ok(Route::Pools(entries)),
+        (false, false) => Ok(Route::Pools(entries.into())),
     }
 }
 
@@ -120,7 +120,11 @@ mod tests {
 
     fn pooled(names: &[&str]) -> Result<Route, AnswerError> {
         Ok(Route::Pools(
-            names.iter().map(|s| (*s).to_owned()).collect(),
+            names
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect::<Vec<_>>()
+                .into(),
         ))
     }
 
@@ -195,7 +199,7 @@ mod tests {
         .unwrap();
         let names: Vec<String> = (0..=MAX_NAMES).map(|i| format!("p{i}")).collect();
         let ok = route(&names[..MAX_NAMES], cfg.pools.as_slice(), Protocol::Smtp);
-        assert_eq!(ok, Ok(Route::Pools(names[..MAX_NAMES].to_vec())));
+        assert_eq!(ok, Ok(Route::Pools(names[..MAX_NAMES].to_vec().into())));
         // Duplicates do not count against the bound.
         let mut repeated = names[..MAX_NAMES].to_vec();
         repeated.extend(names[..4].iter().cloned());

@@ -542,7 +542,8 @@ struct Inner {
     boot: String,
     seq: AtomicU64,
     alarms: Mutex<BTreeMap<AlarmKey, Alarm>>,
-    history: Mutex<VecDeque<Event>>,
+    /// Shared with [`Events::record`]'s caller: a kept event is not copied to be kept.
+    history: Mutex<VecDeque<Arc<Event>>>,
     /// Events so far, by kind.
     counts: Mutex<BTreeMap<&'static str, u64>>,
     log: Option<Mutex<log::JsonLog>>,
@@ -600,6 +601,13 @@ impl Events {
 
     /// Records `kind`: numbered, applied to the alarms, kept, logged and sent on.
     pub fn emit(&self, kind: Kind) -> Event {
+        Event::clone(&self.record(kind))
+    }
+
+    /// [`Events::emit`] without a copy of the event for the caller: the one the history
+    /// keeps is shared (a message's record is some twenty strings, and one is made per
+    /// relayed message).
+    pub fn record(&self, kind: Kind) -> Arc<Event> {
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -627,7 +635,7 @@ impl Events {
         let notified = alarm.is_some()
             && self.0.notifies.load(Ordering::SeqCst)
             && !self.0.manager_notifies.load(Ordering::SeqCst);
-        let event = Event {
+        let event = Arc::new(Event {
             seq,
             time_ms,
             frontend: self.0.frontend.clone(),
@@ -636,13 +644,13 @@ impl Events {
             alarm,
             notified,
             kind,
-        };
+        });
         {
             let mut history = lock(&self.0.history);
             while history.len() >= self.0.keep {
                 history.pop_front();
             }
-            history.push_back(event.clone());
+            history.push_back(Arc::clone(&event));
         }
         drop(alarms);
         if let Some(log) = &self.0.log {
@@ -652,7 +660,7 @@ impl Events {
         // crowd the channel, and a subscriber busy with an inform would lag behind and lose
         // the alarm events among them.
         if event.kind.session().is_none() {
-            let _ = self.0.tx.send(event.clone());
+            let _ = self.0.tx.send(Event::clone(&event));
         }
         event
     }
@@ -675,7 +683,7 @@ impl Events {
         history
             .iter()
             .skip(history.len().saturating_sub(limit))
-            .cloned()
+            .map(|e| Event::clone(e))
             .collect()
     }
 
@@ -691,7 +699,7 @@ impl Events {
                 .iter()
                 .filter(|e| e.seq > seq)
                 .take(limit)
-                .cloned()
+                .map(|e| Event::clone(e))
                 .collect(),
         }
     }

@@ -12,4 +12,4 @@ pub mod domains;
 pub mod table;
 
 pub use domains::{Dedicated, DomainPattern, DomainQueues, PatternError};
-pub use table::{KeyError, PoolError, Route, RouteError, RouteTable, SyntaxError};
+pub use table::{KeyError, PoolError, PoolNames, Route, RouteError, RouteTable, SyntaxError};

@@ -49,8 +49,13 @@ pub enum Route {
     /// Unknown recipient or user: refuse it at the proxy.
     Reject,
     /// The primary pool first, then alternates to try when it has no healthy back-end.
-    Pools(Vec<String>),
+    /// Shared: every recipient it routes, and the leg and transaction they end up in, hold
+    /// the same list.
+    Pools(PoolNames),
 }
+
+/// A route's pool names, in order.
+pub type PoolNames = std::sync::Arc<[String]>;
 
 impl Route {
     /// RFC 5321 4.2.2 / RFC 3463 X.1.1: the reply to a RCPT routed to `reject`.
@@ -191,7 +196,7 @@ impl RouteTable {
             }
             let route = parse_route(pools).map_err(err)?;
             if let Route::Pools(p) = &route {
-                for pool in p {
+                for pool in p.iter() {
                     table.named.entry(pool.clone()).or_insert(line);
                 }
             }
@@ -410,7 +415,7 @@ fn parse_route(pools: &[&str]) -> Result<Route, SyntaxError> {
                 }
                 out.push(p.to_owned());
             }
-            Ok(Route::Pools(out))
+            Ok(Route::Pools(out.into()))
         }
     }
 }
@@ -537,7 +542,7 @@ john.doe                pop-b
                 .is_empty()
         );
         assert_eq!(
-            Route::Pools(vec!["a".into(), "b".into()]).to_string(),
+            Route::Pools(vec!["a".into(), "b".into()].into()).to_string(),
             "a b"
         );
     }

@@ -175,12 +175,31 @@ impl DataScanner {
             match self.state {
                 State::Text if b != b'\r' && b != b'\n' => {
                     // Fast path: the run of ordinary octets up to the next CR or LF.
-                    let run = memchr::memchr2(b'\r', b'\n', &chunk[i..]).unwrap_or(chunk.len() - i);
-                    self.count(run, i, &mut stop);
-                    i += run;
+                    let rest = &chunk[i..];
+                    let run = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+                    if rest.get(run) == Some(&b'\r') && rest.get(run + 1) == Some(&b'\n') {
+                        // The common line end, CRLF, in this chunk: the line and its end
+                        // are counted at once (`count` stops at the same octet as it
+                        // would one by one), and a next line that starts with an
+                        // ordinary octet goes on as text, without a step per octet.
+                        self.count(run + 2, i, &mut stop);
+                        i += run + 2;
+                        self.state = match chunk.get(i) {
+                            Some(b'.' | b'\r' | b'\n') | None => State::LineStart,
+                            Some(_) => State::Text,
+                        };
+                    } else {
+                        self.count(run, i, &mut stop);
+                        i += run;
+                    }
                     continue;
                 }
                 State::LineStart if b == b'.' => self.state = State::Dot,
+                // An ordinary first octet: the line is text, counted with its run.
+                State::LineStart if b != b'\r' && b != b'\n' => {
+                    self.state = State::Text;
+                    continue;
+                }
                 State::LineStart | State::Text => {
                     self.count(1, i, &mut stop);
                     match b {

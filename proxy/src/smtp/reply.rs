@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use tokio::io::AsyncBufRead;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt as _};
 
 use crate::lines::{Line, read_line};
 
@@ -270,6 +270,28 @@ pub async fn read_reply<R: AsyncBufRead + Unpin>(
 ) -> Result<Reply, ReplyError> {
     let mut parser = ReplyParser::new();
     loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Err(ReplyError::Eof);
+        }
+        // The common case, a whole line already in the buffer: parsed where it lies, not
+        // copied out first. The limits are `read_line`'s: LF ends a line, a CR before it is
+        // dropped, and a line is too long by its length without them.
+        if let Some(i) = memchr::memchr(b'\n', buf) {
+            let line = &buf[..i];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let parsed = if line.len() > max_line {
+                Err(ReplyError::LineTooLong { max: max_line })
+            } else {
+                parser.push_line(line)
+            };
+            r.consume(i + 1);
+            if let Some(reply) = parsed? {
+                return Ok(reply);
+            }
+            continue;
+        }
+        // A line cut across reads: gathered by the line reader.
         match read_line(r, max_line).await? {
             Line::Complete(line) => {
                 if let Some(reply) = parser.push_line(&line)? {

@@ -32,6 +32,7 @@ use crate::{
         smtp::{ClientInfo, SmtpLeg},
     },
     config::{Service, ServiceTls},
+    route::PoolNames,
     session_core::{ErrorBudget, Next, next_line_into, upgrade_tls},
     stream::{Buffered, Conn},
 };
@@ -64,7 +65,7 @@ enum Greeted {
 /// A leased back-end leg and the route it serves.
 struct Leg {
     lease: Lease<SmtpLeg>,
-    route: Vec<String>,
+    route: PoolNames,
 }
 
 struct Transaction {
@@ -85,7 +86,7 @@ struct Transaction {
 enum Phase {
     /// MAIL given, no recipient accepted yet. An authenticated session's route is its
     /// leg's, known from MAIL on; otherwise the first recipient fixes it.
-    Mail { route: Option<Vec<String>> },
+    Mail { route: Option<PoolNames> },
     /// Recipients accepted: the route is fixed.
     Recipients(Accepted),
     /// A BDAT chunk was sent (RFC 3030): DATA is refused from here on (RFC 3030 2).
@@ -98,7 +99,7 @@ enum Phase {
 
 /// What a transaction with recipients holds.
 struct Accepted {
-    route: Vec<String>,
+    route: PoolNames,
     /// Accepted RCPT lines, replayed if the leg has to be replaced before DATA.
     rcpts: Vec<String>,
     /// The leg failed and could not be replaced: DATA gets 451.
@@ -125,9 +126,9 @@ impl Transaction {
     }
 
     /// The route, once fixed (by MAIL of an authenticated session or the first recipient).
-    fn route(&self) -> Option<&[String]> {
+    fn route(&self) -> Option<&PoolNames> {
         match &self.phase {
-            Phase::Mail { route } => route.as_deref(),
+            Phase::Mail { route } => route.as_ref(),
             Phase::Recipients(a) | Phase::Bdat { accepted: a, .. } => Some(&a.route),
         }
     }
@@ -153,7 +154,7 @@ impl Transaction {
 
     /// Records an accepted recipient of `route` (the caller has checked it is the
     /// transaction's route).
-    fn accept(&mut self, route: Vec<String>, line: String) {
+    fn accept(&mut self, route: PoolNames, line: String) {
         match &mut self.phase {
             Phase::Mail { .. } => {
                 self.phase = Phase::Recipients(Accepted {

@@ -132,13 +132,14 @@ impl MessageIdScanner {
     }
 
     /// The Message-ID, once the header section has been read (or the message ended: a
-    /// message of headers only ends without a blank line).
+    /// message of headers only ends without a blank line). Given away: asked once, for the
+    /// message's record.
     pub fn message_id(&mut self) -> Option<String> {
         if matches!(self.state, State::Value | State::ValueEnd) {
             self.finish();
             self.state = State::Done;
         }
-        self.found.clone()
+        self.found.take()
     }
 }
 

@@ -1224,9 +1224,9 @@ fn a_transaction_moves_through_its_phases() {
     assert!(tx.route().is_none() && tx.rcpts().is_empty());
     tx.start_bdat();
     assert!(!tx.bdat_used(), "no BDAT phase without recipients");
-    let route = vec!["a".to_owned()];
+    let route = crate::route::PoolNames::from(["a".to_owned()]);
     tx.accept(route.clone(), "RCPT TO:<u@a.example>".into());
-    assert_eq!(tx.route(), Some(&route[..]));
+    assert_eq!(tx.route(), Some(&route));
     tx.start_bdat();
     tx.add_bdat(10);
     tx.set_broken();
@@ -1511,7 +1511,7 @@ async fn recipients_the_map_does_not_know_are_routed_by_the_directory() {
     assert_eq!(
         env.route_recipient(&to).await,
         crate::service::Routed::Route(
-            crate::route::Route::Pools(vec!["b/b0".into()]),
+            crate::route::Route::Pools(vec!["b/b0".into()].into()),
             crate::service::RouteSource::Directory {
                 name: "people".into(),
                 origin: crate::directory::resolver::Origin::Cache

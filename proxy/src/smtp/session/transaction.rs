@@ -13,7 +13,7 @@ use crate::{
         lease::{Fault, Faulted as _, LeaseError},
         smtp::{DATA_END_TIMEOUT, LegError},
     },
-    route::Route,
+    route::{PoolNames, Route},
     service::Routed,
     smtp::{
         command::{Address, MailFrom},
@@ -156,7 +156,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         // Submission: the authenticated user's back-end takes every recipient (`None`);
         // otherwise the recipient's dedicated queue, route map or the service's pool.
         let (route, source) = match tx.route() {
-            Some(r) if self.client.login.is_some() => (r.to_vec(), None),
+            Some(r) if self.client.login.is_some() => (PoolNames::clone(r), None),
             _ => match self.env.route_recipient(&to).await {
                 Routed::Unrouted => {
                     self.say(554, (5, 7, 1), "Relay access denied");
@@ -181,7 +181,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             },
         };
         if let Some(fixed) = tx.route()
-            && *fixed != route
+            && **fixed != *route
         {
             // RFC 5321 4.5.3.1.10: the client sends the rest in a later transaction.
             self.say(
@@ -191,7 +191,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             );
             return (true, true);
         }
-        let needs_leg = self.leg.as_ref().is_none_or(|l| l.route != route);
+        let needs_leg = self.leg.as_ref().is_none_or(|l| *l.route != *route);
         if needs_leg && self.env.offender(self.client.peer.ip()) {
             info!(session = %self.client.session_id, "client's sessions made back-ends refuse their input too often: refused");
             self.refused(
@@ -200,9 +200,10 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             self.say(421, (4, 7, 0), "Too many refused sessions, try again later");
             return (false, false);
         }
-        let (group, share) = self.env.groups.classify(self.client.peer.ip(), Some(&to));
-        let group = group.to_owned();
-        let reply = match self.rcpt_on_leg(tx, &route, &line, share, &group).await {
+        // Borrowed from the service's groups (it outlives the session), not copied.
+        let env = self.env;
+        let (group, share) = env.groups.classify(self.client.peer.ip(), Some(&to));
+        let reply = match self.rcpt_on_leg(tx, &route, &line, share, group).await {
             Ok(r) => r,
             Err(LeaseError::Busy) => {
                 info!(session = %self.client.session_id, %group, route = ?route, "deflected: every back-end over its thresholds for this group");
@@ -230,7 +231,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         };
         if reply.is_positive() {
             if tx.route_reason.is_none() {
-                tx.route_reason = Some(self.route_reason(source.as_ref(), &group));
+                tx.route_reason = Some(self.route_reason(source.as_ref(), group));
             }
             tx.accept(route, line);
         }
@@ -246,7 +247,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     async fn rcpt_on_leg(
         &mut self,
         tx: &mut Transaction,
-        route: &[String],
+        route: &PoolNames,
         line: &str,
         share: f64,
         group: &str,
@@ -254,7 +255,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         let mut last_err = None;
         let mut attempts = 0;
         while attempts < 3 {
-            if self.leg.as_ref().is_none_or(|l| l.route != route) {
+            if self.leg.as_ref().is_none_or(|l| *l.route != **route) {
                 self.lease_leg(route, share, group).await?;
                 tx.mail_sent = false;
             }
@@ -337,7 +338,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     /// waits.
     pub(super) async fn lease_leg(
         &mut self,
-        route: &[String],
+        route: &PoolNames,
         share: f64,
         group: &str,
     ) -> Result<(), LeaseError<LegError>> {
@@ -362,7 +363,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             .await?;
         self.leg = Some(Box::new(Leg {
             lease,
-            route: route.to_vec(),
+            route: PoolNames::clone(route),
         }));
         Ok(())
     }
@@ -444,6 +445,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
 
         let mut scanner = DataScanner::new(self.svc().max_message_size);
         let mut leg_failed: Option<LegError> = None;
+        // The message streams through in reads as large as it comes (fewer reads, and
+        // as few writes to the back-end), into a buffer kept until its end.
+        self.io.hold(true);
         let outcome = loop {
             let chunk = match tokio::time::timeout(DATA_BLOCK_TIMEOUT, self.io.fill_buf()).await {
                 Ok(Ok(c)) if !c.is_empty() => c,
@@ -483,6 +487,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 break o;
             }
         };
+        self.io.hold(false);
         let mut done = self.tx.take();
         let reply = match (outcome, leg_failed, self.leg.as_mut()) {
             (Outcome::Complete { size }, None, Some(leg)) => {
@@ -679,11 +684,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, S> {
     /// How a route was chosen, for the message's record: where the route came from, the
     /// session's group, and that the leg's back-end was the least loaded one with room.
     fn route_reason(&self, source: Option<&crate::service::RouteSource>, group: &str) -> String {
-        let source = match source {
-            Some(s) if self.client.login.is_none() => s.to_string(),
-            _ => "the authenticated user's back-end".to_owned(),
-        };
-        format!("{source}, group {group}, least loaded back-end with room")
+        const PICK: &str = "least loaded back-end with room";
+        match source {
+            Some(s) if self.client.login.is_none() => format!("{s}, group {group}, {PICK}"),
+            _ => format!("the authenticated user's back-end, group {group}, {PICK}"),
+        }
     }
 
     /// Records a message a back-end took: one event per message, built from what the
@@ -712,14 +717,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, S> {
                 .collect(),
             pool: leg.lease.candidate.pool.pool.name.clone(),
             backend: leg.lease.backend().to_owned(),
-            route_reason: tx.route_reason.clone().unwrap_or_default(),
+            // The transaction ends with this record: what it holds moves into it.
+            route_reason: tx.route_reason.take().unwrap_or_default(),
             size,
             message_id: tx.message_id.message_id(),
-            queue_id: crate::smtp::trace::queue_id(&reply.lines.join(" ")),
+            queue_id: match reply.lines.as_slice() {
+                [line] => crate::smtp::trace::queue_id(line),
+                lines => crate::smtp::trace::queue_id(&lines.join(" ")),
+            },
         };
         self.env
             .events
-            .emit(crate::events::Kind::MessageRelayed(Box::new(record)));
+            .record(crate::events::Kind::MessageRelayed(Box::new(record)));
     }
 
     /// Records a session whose mail the proxy refused or deflected.
