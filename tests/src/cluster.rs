@@ -29,13 +29,6 @@ use crate::{
 /// Port of the `robustifier agent` on every back-end.
 pub const AGENT_PORT: u16 = 7025;
 
-/// The agent-fed thresholds of the lab's SMTP pools. The lab's back-ends share the host's
-/// kernel and disk, so each agent reports the whole machine's load average and disk use: on
-/// a busy build machine with a well-filled disk those pass the defaults (run queue 8, disk
-/// 90 %) times regular mail's share, and every regular recipient would be deflected before
-/// any burst. Here session limits do the deflecting.
-const LAB_THRESHOLDS: &str = "run_queue = 64\ndisk_percent = 100";
-
 /// Each back-end's make and mailboxes (address, password).
 pub const BACKENDS: [(Make, &[(&str, &str)]); 3] = [
     (
@@ -243,13 +236,16 @@ impl Cluster {
                 .line(&agent_key)
                 .health("interval_ms = 1000\nagent_interval_ms = 500")
         };
-        let thresholds = |j: usize, lab: &str| {
-            let extra = &self.pool_thresholds[j];
-            if extra.is_empty() {
-                lab.to_owned()
-            } else {
-                format!("{lab}\n{}", extra.trim_end())
-            }
+        // The host-wide run queue and disk use that the lab's agents report are left out
+        // of the decision by the pool builder (`frontend_config`): session limits and
+        // the test's own thresholds do the deflecting here.
+        let thresholds = |j: usize, own: &str| {
+            let extra = self.pool_thresholds[j].trim_end();
+            [own, extra]
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n")
         };
         let plain_pool = |pool: &str, identity: &str, backend: &str, j: u8, port: u16| {
             Pool::new(pool, identity).backend(Backend::new(
@@ -277,14 +273,14 @@ impl Cluster {
                     .line("tls = \"starttls\"")
                     .line(&format!("ca = \"{}\"", self.cert.ca.display()))
                     .line("server_name = \"be1.robustifier.test\"")
-                    .thresholds(&thresholds(0, LAB_THRESHOLDS)),
+                    .thresholds(&thresholds(0, "")),
             )
             // A small back-end: four sessions at once from this front-end.
             .pool(
                 smtp_pool(1, "xclient", PORT_SMTP)
-                    .thresholds(&thresholds(1, &format!("sessions = 4\n{LAB_THRESHOLDS}"))),
+                    .thresholds(&thresholds(1, "sessions = 4")),
             )
-            .pool(smtp_pool(2, "proxy", PORT_SMTP_PROXY).thresholds(&thresholds(2, LAB_THRESHOLDS)))
+            .pool(smtp_pool(2, "proxy", PORT_SMTP_PROXY).thresholds(&thresholds(2, "")))
             .pool(plain_pool("sub-be1", "none", "be1-submission", 0, PORT_SUBMISSION))
             .pool(plain_pool("sub-be2", "none", "be2-submission", 1, PORT_SUBMISSION))
             .pool(plain_pool("pop-be1", "proxy", "be1-pop3", 0, PORT_POP3_PROXY))
