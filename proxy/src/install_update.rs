@@ -132,13 +132,14 @@ pub fn run(dir: &Path, installer: &str) -> Result<UpdateResult, InstallError> {
     let json = dir.join(INCOMING_JSON);
     let bytes = std::fs::read(&json).map_err(|e| InstallError::Io(json.clone(), e))?;
     let parsed: Result<UpdateRequest, _> = serde_json::from_slice(&bytes);
+    let (version, rollback) = parsed
+        .as_ref()
+        .map(|r| (r.version.clone(), r.rollback))
+        .unwrap_or_default();
     let outcome = match parsed {
         Err(e) => Err(InstallError::Request(json.clone(), e)),
-        Ok(request) => install(dir, &request, installer).map(|()| request.version.clone()),
+        Ok(request) => install(dir, &request, installer),
     };
-    let version = serde_json::from_slice::<UpdateRequest>(&bytes)
-        .map(|r| r.version)
-        .unwrap_or_default();
     // The request goes first: see the module's comment.
     for f in [INCOMING_JSON, INCOMING_DEB] {
         let p = dir.join(f);
@@ -150,7 +151,6 @@ pub fn run(dir: &Path, installer: &str) -> Result<UpdateResult, InstallError> {
     }
     let error = outcome.err().map(|e| {
         let mut why = e.to_string();
-        let rollback = parsed_rollback(&bytes);
         if matches!(e, InstallError::Failed { .. }) && !rollback {
             why.push_str(&roll_back(dir, installer));
         }
@@ -165,10 +165,6 @@ pub fn run(dir: &Path, installer: &str) -> Result<UpdateResult, InstallError> {
     let bytes = serde_json::to_vec(&result).map_err(|e| InstallError::Request(out.clone(), e))?;
     write_atomic(&out, &bytes).map_err(|e| InstallError::Io(out, e))?;
     Ok(result)
-}
-
-fn parsed_rollback(bytes: &[u8]) -> bool {
-    serde_json::from_slice::<UpdateRequest>(bytes).is_ok_and(|r| r.rollback)
 }
 
 /// Installs `installed.deb` again after a failed update: what the result adds to the
