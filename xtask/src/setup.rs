@@ -150,6 +150,20 @@ const PACKAGES: &[(&str, &str)] = &[
         "qemu-system-x86/bookworm-backports",
         "the appliance VM test boots the image (TCG)",
     ),
+    // The backport's own dependencies, named with their release: apt does not always
+    // pick them from backports by itself, and bookworm's builds do not satisfy it.
+    (
+        "qemu-system-common/bookworm-backports",
+        "the backported QEMU's shared parts",
+    ),
+    (
+        "qemu-system-data/bookworm-backports",
+        "the backported QEMU's firmware and keymaps",
+    ),
+    (
+        "seabios/bookworm-backports",
+        "the BIOS the backported QEMU needs",
+    ),
     (
         "ovmf",
         "UEFI firmware: the VM test boots the disk as hardware would",
