@@ -126,7 +126,13 @@ fn the_mib_loads_in_snmptranslate_and_passes_smilint() {
         );
         assert!(out.status.success(), "{name}: {stdout}{stderr}");
         assert_eq!(stdout.trim(), oid, "{stderr}");
-        assert_eq!(stderr, "", "{name}");
+        // net-snmp's note on its first run on a machine (it made its state directory)
+        // says nothing about the module.
+        let complaints: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.starts_with("Created directory: "))
+            .collect();
+        assert!(complaints.is_empty(), "{name}: {stderr}");
     }
     // Level 6 reports everything libsmi checks, style included; -s: a summary of none.
     let smilint = |file: &Path| {
