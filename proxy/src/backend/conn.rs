@@ -394,7 +394,7 @@ mod tests {
         let pool = std::sync::Arc::clone(pools.pool("store").unwrap());
         let c = super::super::Candidate {
             pool: std::sync::Arc::clone(&pool),
-            backend: cfg.pools[0].backends[0].clone(),
+            backend: std::sync::Arc::new(cfg.pools[0].backends[0].clone()),
         };
         let client = ClientInfo {
             peer: "198.18.0.7:4000".parse().unwrap(),

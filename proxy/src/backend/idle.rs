@@ -1,7 +1,7 @@
 //! Idle SMTP legs kept open between sessions, per back-end: opening a leg (connect,
 //! greeting, EHLO, maybe STARTTLS) costs more than the session that uses it, so a leg
-//! whose transaction finished cleanly is reset and kept for the next session of that
-//! back-end instead of closed.
+//! whose transaction finished cleanly (or was reset) is kept for the next session of
+//! that back-end instead of closed.
 //!
 //! Invariants:
 //! - A kept leg serves a new client only after XCLIENT has told the back-end every
@@ -35,7 +35,7 @@ use super::{
     smtp::{ClientInfo, LegError, SmtpLeg},
 };
 use crate::{
-    config::{Backend, Identity},
+    config::{Backend, BackendTls, Identity},
     health::board::{Board, IdleGuard},
 };
 
@@ -49,9 +49,9 @@ struct Parked {
     leg: SmtpLeg,
     /// The back-end's settings when the leg was opened: a reload that changes them
     /// (address, identity) makes the leg unfit.
-    backend: Backend,
+    backend: Arc<Backend>,
     /// The pool's back-end TLS when the leg was opened, likewise.
-    tls: String,
+    tls: BackendTls,
     since: Instant,
     max_age: Duration,
     _place: IdleGuard,
@@ -68,11 +68,6 @@ pub struct IdleLegs {
     refuse_reuse: Mutex<std::collections::HashSet<u32>>,
     board: Arc<Board>,
     sweeping: AtomicBool,
-}
-
-/// The pool's back-end TLS as a leg was opened with it.
-fn tls_of(c: &Candidate) -> String {
-    format!("{:?}", c.pool.pool.tls)
 }
 
 impl IdleLegs {
@@ -103,7 +98,7 @@ impl IdleLegs {
 
     /// The newest fit leg of `c`'s back-end; unfit ones met on the way are closed.
     fn take(&self, c: &Candidate) -> Option<SmtpLeg> {
-        let tls = tls_of(c);
+        let tls = &c.pool.pool.tls;
         let max_age = c.pool.pool.idle_leg_age;
         let mut unfit = Vec::new();
         let found = {
@@ -112,7 +107,7 @@ impl IdleLegs {
             let mut found = None;
             while let Some(p) = list.pop() {
                 if p.backend == c.backend
-                    && p.tls == tls
+                    && p.tls == *tls
                     && p.since.elapsed() < p.max_age.min(max_age)
                     && p.leg.quiet()
                 {
@@ -182,8 +177,8 @@ impl IdleLegs {
             .or_default()
             .push(Parked {
                 leg,
-                backend: c.backend.clone(),
-                tls: tls_of(c),
+                backend: Arc::clone(&c.backend),
+                tls: c.pool.pool.tls.clone(),
                 since: Instant::now(),
                 max_age: pool.idle_leg_age,
                 _place: place,
@@ -261,17 +256,21 @@ fn close(legs: Vec<Parked>) {
 
 impl Lease<SmtpLeg> {
     /// Ends a session's use of its leg. A leg fit for another client (no login on it, no
-    /// unclear transaction) of a back-end whose legs may be kept is reset with RSET and
-    /// kept; any other is closed with QUIT. The slot is given up after, so a session
+    /// unclear transaction) of a back-end whose legs may be kept is kept, after RSET if
+    /// a transaction is still open on it; any other is closed with QUIT. The slot is given up after, so a session
     /// waiting for it finds the kept leg.
     pub async fn release(mut self, idle: &Arc<IdleLegs>) {
         if !idle.wanted(&self.candidate) || self.leg.spoiled {
             self.quit().await;
             return;
         }
-        let reset = timeout(RSET_WAIT, self.command("RSET", "RSET")).await;
-        if !matches!(reset, Ok(Ok(ref r)) if r.code == 250) || self.leg.spoiled {
-            return;
+        // A leg whose last transaction ended (250 to its end of data) or that never began
+        // one is where RSET would leave it: the round trip buys nothing.
+        if self.leg.in_transaction {
+            let reset = timeout(RSET_WAIT, self.command("RSET", "RSET")).await;
+            if !matches!(reset, Ok(Ok(ref r)) if r.code == 250) || self.leg.spoiled {
+                return;
+            }
         }
         let c = self.candidate.clone();
         let (leg, hold) = self.into_parts();

@@ -79,7 +79,7 @@ pub struct PoolRuntime {
 #[derive(Clone)]
 pub struct Candidate {
     pub pool: Arc<PoolRuntime>,
-    pub backend: Backend,
+    pub backend: Arc<Backend>,
 }
 
 /// Why a route has no candidate.
@@ -216,7 +216,7 @@ impl PoolSet {
                 let b = &settings.backend;
                 let c = Candidate {
                     pool: Arc::clone(rt),
-                    backend: b.clone(),
+                    backend: Arc::clone(b),
                 };
                 match failed.get(&b.id) {
                     Some(t) if t.elapsed() < PENALTY => penalised.push(c),

@@ -106,6 +106,10 @@ pub struct SmtpLeg {
     /// The leg must not serve another session: it carried a login (AUTH), its last
     /// transaction ended unclearly, or an exchange failed.
     pub spoiled: bool,
+    /// The back-end may hold a transaction open: MAIL went to it and no end of that
+    /// transaction (a 250 to the end of data or to the last chunk, RSET, a new EHLO or
+    /// XCLIENT) has been heard since. Only such a leg needs RSET before it is kept.
+    pub in_transaction: bool,
     /// The command lines being written, kept for the leg's life: a command costs no
     /// allocation of its own.
     lines: Vec<u8>,
@@ -136,6 +140,7 @@ impl SmtpLeg {
             greeting_latency: Duration::ZERO,
             xclient_offered: Vec::new(),
             spoiled: false,
+            in_transaction: false,
             lines: Vec::new(),
         };
         let greeting = leg.reply("greeting", left).await?;
@@ -261,8 +266,16 @@ impl SmtpLeg {
         // the back-end's transaction in a state the proxy does not know for sure.
         self.spoiled |= match &r {
             Err(_) => true,
-            Ok(reply) => matches!(stage, "end of data" | "BDAT") && !reply.is_positive(),
+            Ok(reply) => {
+                matches!(stage, "end of data" | "BDAT" | "BDAT LAST") && !reply.is_positive()
+            }
         };
+        if let Ok(reply) = &r
+            && reply.is_positive()
+            && ends_transaction(stage)
+        {
+            self.in_transaction = false;
+        }
         r
     }
 
@@ -292,6 +305,7 @@ impl SmtpLeg {
     /// Writes `lines`, each ending in CRLF, in one write (pipelined commands go out
     /// together), through the leg's kept buffer.
     async fn write_lines(&mut self, lines: &[&str], stage: &'static str) -> Result<(), LegError> {
+        self.in_transaction |= stage == "MAIL";
         let mut buf = std::mem::take(&mut self.lines);
         buf.clear();
         for line in lines {
@@ -394,7 +408,10 @@ impl super::lease::Lease<SmtpLeg> {
         match r {
             Err(e) => Err(self.charge(e, idle)),
             Ok(reply) => {
-                if matches!(stage, "MAIL" | "RCPT" | "end of data" | "BDAT") {
+                if matches!(
+                    stage,
+                    "MAIL" | "RCPT" | "end of data" | "BDAT" | "BDAT LAST"
+                ) {
                     self.health
                         .reply(reply.is_positive(), reply.says_system_failure());
                 }
@@ -417,6 +434,15 @@ impl super::lease::Lease<SmtpLeg> {
     pub async fn quit(self) {
         self.leg.quit().await;
     }
+}
+
+/// Whether a positive reply at `stage` leaves the back-end outside any transaction
+/// (RFC 5321 4.1.1.4, 4.1.1.5, 4.1.4; RFC 3030 2; XCLIENT starts the session over).
+fn ends_transaction(stage: &str) -> bool {
+    matches!(
+        stage,
+        "end of data" | "BDAT LAST" | "RSET" | "EHLO" | "EHLO as client" | "XCLIENT"
+    )
 }
 
 /// Whether a failure looks like the back-end having closed the connection.

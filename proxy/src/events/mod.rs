@@ -611,7 +611,10 @@ impl Events {
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let message = kind.to_string();
+        // Written into room for a message's record (the longest common event, some 200
+        // octets), not grown step by step from empty.
+        let mut message = String::with_capacity(256);
+        let _ = fmt::Write::write_fmt(&mut message, format_args!("{kind}"));
         // The number is taken under the alarms' lock, so events and alarm changes are
         // numbered in the order they took effect.
         let mut alarms = lock(&self.0.alarms);

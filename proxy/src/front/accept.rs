@@ -101,6 +101,7 @@ pub fn run(
 async fn accept_loop(listener: TcpListener, role: Role, current: Current, stop: CancellationToken) {
     // Proves to the watchdog that this loop runs, also while no client connects.
     let mut pulse = crate::notify::Pulse::new("accept loop");
+    let nodelay = Nodelay::on_listener(&listener);
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -125,7 +126,29 @@ async fn accept_loop(listener: TcpListener, role: Role, current: Current, stop: 
         };
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let ctx = current.load_full();
-        ctx.sessions.clone().spawn(serve(stream, peer, role, ctx));
+        ctx.sessions
+            .clone()
+            .spawn(serve(stream, peer, role, nodelay, ctx));
+    }
+}
+
+/// Whether an accepted connection already has TCP_NODELAY (replies and commands are
+/// small writes that must not wait for the previous one's ACK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nodelay {
+    Inherited,
+    PerConnection,
+}
+
+impl Nodelay {
+    /// Set once on the listener, TCP_NODELAY is inherited by every connection it accepts
+    /// (Linux copies the listener's TCP options into the new socket): a system call per
+    /// connection saved. Where that fails, each connection gets it after accept.
+    fn on_listener(listener: &TcpListener) -> Nodelay {
+        match socket2::SockRef::from(listener).set_tcp_nodelay(true) {
+            Ok(()) => Nodelay::Inherited,
+            Err(_) => Nodelay::PerConnection,
+        }
     }
 }
 
@@ -173,6 +196,7 @@ fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     role: Role,
+    nodelay: Nodelay,
     ctx: Arc<Context>,
 ) -> impl Future<Output = ()> {
     async move {
@@ -182,7 +206,9 @@ fn serve(
             .local_addr()
             .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
             .unwrap_or(peer);
-        let _ = stream.set_nodelay(true);
+        if nodelay == Nodelay::PerConnection {
+            let _ = stream.set_nodelay(true);
+        }
         if !ctx.serve_loopback && !from_client_network(peer, local) {
             info!(service = %svc.name, %peer, %local, "connection from this host's loopback refused");
             return shed::refuse_local(stream, svc.protocol, &svc.hostname).await;
@@ -307,6 +333,26 @@ fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_inherit_tcp_nodelay_from_the_listener() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = TcpListener::bind(addr).await.unwrap();
+            assert_eq!(Nodelay::on_listener(&listener), Nodelay::Inherited);
+            let client = TcpStream::connect(listener.local_addr().unwrap());
+            let (accepted, _) = tokio::join!(listener.accept(), client);
+            let (accepted, _) = accepted.unwrap();
+            assert!(
+                accepted.nodelay().unwrap(),
+                "{addr}: accepted without TCP_NODELAY"
+            );
+        }
+        // Without it on the listener, a connection has none: the check above means it.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, _) = tokio::join!(listener.accept(), client);
+        assert!(!accepted.unwrap().0.nodelay().unwrap());
+    }
 
     #[test]
     fn only_steered_client_connections_get_a_session() {

@@ -63,7 +63,9 @@ pub struct Slot {
 /// A back-end's settings and its pool's health and threshold settings, as configured now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    pub backend: Backend,
+    /// Shared with every session's candidate of this back-end: a selection copies a
+    /// pointer, not the back-end's strings.
+    pub backend: Arc<Backend>,
     pub health: Health,
     pub thresholds: Thresholds,
 }
@@ -187,7 +189,7 @@ impl Slot {
 impl Settings {
     fn of(backend: Backend, pool: &Pool) -> Settings {
         Settings {
-            backend,
+            backend: Arc::new(backend),
             health: pool.health.clone(),
             thresholds: pool.thresholds.clone(),
         }

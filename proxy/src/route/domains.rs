@@ -126,10 +126,21 @@ impl DomainQueues {
     /// The dedicated queue of recipient domain `domain`, if any: an exact pattern first,
     /// then the nearest parent's subdomain pattern.
     pub fn lookup(&self, domain: &str) -> Option<Dedicated<'_>> {
-        let domain = normalise(domain);
-        if let Some(pool) = self.exact.get(&domain) {
+        // Asked for every recipient: with no dedicated queue (the usual case) nothing is
+        // normalised, and a domain already in normal form is not copied.
+        if self.exact.is_empty() && self.subdomains.is_empty() {
+            return None;
+        }
+        let trimmed = domain.strip_suffix('.').unwrap_or(domain);
+        let domain: std::borrow::Cow<'_, str> =
+            if trimmed.bytes().any(|b| b.is_ascii_uppercase()) || !trimmed.is_ascii() {
+                normalise(domain).into()
+            } else {
+                trimmed.into()
+            };
+        if let Some(pool) = self.exact.get(domain.as_ref()) {
             return Some(Dedicated {
-                pattern: DomainPattern::Exact(domain),
+                pattern: DomainPattern::Exact(domain.into_owned()),
                 pool,
             });
         }

@@ -27,9 +27,10 @@ pub struct Reply {
     pub code: u16,
     /// The enhanced status code (RFC 2034, RFC 3463), written at the start of every line.
     pub enhanced: Option<Enhanced>,
-    /// The text of each line without code, separator or enhanced code. Empty means a
-    /// single line carrying only the code.
-    pub lines: Vec<String>,
+    /// The text of each line without code, separator or enhanced code, the lines joined
+    /// by LF (which no line's text can hold): one allocation per reply, however many
+    /// lines it has. Empty means a single line carrying only the code.
+    text: String,
 }
 
 impl Reply {
@@ -37,26 +38,56 @@ impl Reply {
     /// 10), without writing it out: for the statistics.
     pub fn wire_len(&self) -> u64 {
         let per_line = 4 + 2 + if self.enhanced.is_some() { 10 } else { 0 };
-        let lines = self.lines.len().max(1);
-        (lines * per_line + self.lines.iter().map(String::len).sum::<usize>()) as u64
+        let lines = self.line_count();
+        (lines * per_line + self.text.len() + 1 - lines) as u64
     }
 
-    /// A single-line reply.
+    /// A single-line reply. A line break in `text` is blanked out, as every control
+    /// character is when the reply is written.
     pub fn new(code: u16, enhanced: Option<Enhanced>, text: impl Into<String>) -> Self {
+        let mut text = text.into();
+        if text.contains('\n') {
+            text = text.replace('\n', " ");
+        }
         Self {
             code,
             enhanced,
-            lines: vec![text.into()],
+            text,
         }
     }
 
     /// A multi-line reply, e.g. to EHLO.
     pub fn multiline(code: u16, enhanced: Option<Enhanced>, lines: Vec<String>) -> Self {
+        let mut text = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for (i, line) in lines.iter().enumerate() {
+            if i > 0 {
+                text.push('\n');
+            }
+            text.extend(line.chars().map(|c| if c == '\n' { ' ' } else { c }));
+        }
         Self {
             code,
             enhanced,
-            lines,
+            text,
         }
+    }
+
+    /// The text of each line, in order (at least one, maybe empty).
+    pub fn lines(&self) -> std::str::Split<'_, char> {
+        self.text.split('\n')
+    }
+
+    /// The lines' texts joined by a space: a multi-line reply as one line.
+    pub fn joined(&self) -> std::borrow::Cow<'_, str> {
+        if self.text.contains('\n') {
+            self.text.replace('\n', " ").into()
+        } else {
+            self.text.as_str().into()
+        }
+    }
+
+    fn line_count(&self) -> usize {
+        1 + memchr::memchr_iter(b'\n', self.text.as_bytes()).count()
     }
 
     /// The first digit: 2 success, 3 intermediate, 4 transient, 5 permanent (RFC 5321 4.2.1).
@@ -102,14 +133,10 @@ impl Reply {
     /// Appends the wire form to `out`: the same octets as [`fmt::Display`], without the
     /// formatter (a session writes every reply through here).
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        match self.lines.split_last() {
-            None => write_line(out, self.code, self.enhanced, b' ', ""),
-            Some((last, rest)) => {
-                for line in rest {
-                    write_line(out, self.code, self.enhanced, b'-', line);
-                }
-                write_line(out, self.code, self.enhanced, b' ', last);
-            }
+        let mut lines = self.lines().peekable();
+        while let Some(line) = lines.next() {
+            let sep = if lines.peek().is_some() { b'-' } else { b' ' };
+            write_line(out, self.code, self.enhanced, sep, line);
         }
     }
 }
@@ -183,15 +210,12 @@ impl fmt::Display for Reply {
             }
             f.write_str("\r\n")
         };
-        match self.lines.split_last() {
-            None => write_line(f, ' ', ""),
-            Some((last, rest)) => {
-                for line in rest {
-                    write_line(f, '-', line)?;
-                }
-                write_line(f, ' ', last)
-            }
+        let mut lines = self.lines().peekable();
+        while let Some(line) = lines.next() {
+            let sep = if lines.peek().is_some() { '-' } else { ' ' };
+            write_line(f, sep, line)?;
         }
+        Ok(())
     }
 }
 
@@ -219,7 +243,9 @@ pub enum ReplyError {
 pub struct ReplyParser {
     code: Option<u16>,
     enhanced: Option<Enhanced>,
-    lines: Vec<String>,
+    /// The lines so far, joined by LF (as [`Reply`] keeps them), and their count.
+    text: String,
+    lines: usize,
 }
 
 impl ReplyParser {
@@ -241,7 +267,7 @@ impl ReplyParser {
             }
             Some(_) => {}
         }
-        if self.lines.len() >= MAX_REPLY_LINES {
+        if self.lines >= MAX_REPLY_LINES {
             return Err(ReplyError::TooManyLines);
         }
         // RFC 2034 4: the enhanced code is repeated on each line; keep it once.
@@ -249,16 +275,24 @@ impl ReplyParser {
             (Some(first), Some((this, rest))) if first == this => rest,
             _ => text,
         };
-        self.lines.push(String::from_utf8_lossy(text).into_owned());
+        if self.lines > 0 {
+            self.text.push('\n');
+        }
+        self.lines += 1;
+        match std::str::from_utf8(text) {
+            Ok(t) => self.text.push_str(t),
+            Err(_) => self.text.push_str(&String::from_utf8_lossy(text)),
+        }
         if !last {
             return Ok(None);
         }
         let reply = Reply {
             code,
             enhanced: self.enhanced.take(),
-            lines: std::mem::take(&mut self.lines),
+            text: std::mem::take(&mut self.text),
         };
         self.code = None;
+        self.lines = 0;
         Ok(Some(reply))
     }
 }
@@ -393,7 +427,7 @@ impl Capabilities {
         if !reply.is_positive() {
             return caps;
         }
-        for line in reply.lines.iter().skip(1) {
+        for line in reply.lines().skip(1) {
             let mut words = line.split_ascii_whitespace();
             let Some(keyword) = words.next() else {
                 continue;
@@ -595,16 +629,16 @@ mod tests {
         assert_eq!(got[1].enhanced, Some((2, 1, 5)));
         assert_eq!(got[2].code, 354);
         assert_eq!(got[2].enhanced, None);
-        assert_eq!(got[2].lines, ["End data with"]);
+        assert_eq!(got[2].lines().collect::<Vec<_>>(), ["End data with"]);
     }
 
     #[test]
     fn code_only_and_mismatched_class_enhanced() {
         let got = parse_all(&[b"250", b"250 4.0.0 not enhanced", b"250 2.0"]).unwrap();
-        assert_eq!(got[0].lines, [""]);
+        assert_eq!(got[0].lines().collect::<Vec<_>>(), [""]);
         assert_eq!(got[0].to_string(), "250\r\n");
         assert_eq!(got[1].enhanced, None);
-        assert_eq!(got[1].lines, ["4.0.0 not enhanced"]);
+        assert_eq!(got[1].lines().collect::<Vec<_>>(), ["4.0.0 not enhanced"]);
         assert_eq!(got[2].enhanced, None);
     }
 
@@ -660,7 +694,7 @@ mod tests {
         });
         let mut r = tokio::io::BufReader::new(server);
         let ehlo = read_reply(&mut r, 512).await.unwrap();
-        assert_eq!(ehlo.lines.len(), 3);
+        assert_eq!(ehlo.lines().count(), 3);
         let bye = read_reply(&mut r, 512).await.unwrap();
         assert_eq!(bye.code, 221);
         writer.await.unwrap();

@@ -45,12 +45,24 @@ impl MessageIdScanner {
 
     /// Takes the next octets of the message (as relayed, with dot-stuffing: a header line
     /// never starts with a dot, so that changes nothing here).
-    pub fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if self.state == State::Done {
-                return;
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while let Some((&b, rest)) = bytes.split_first() {
+            match self.state {
+                State::Done => return,
+                // The rest of a field of no interest is skipped to its line end at once,
+                // not octet by octet.
+                State::Skip => match memchr::memchr(b'\n', bytes) {
+                    Some(i) => {
+                        self.state = State::LineStart;
+                        bytes = &bytes[i + 1..];
+                    }
+                    None => return,
+                },
+                _ => {
+                    self.step(b);
+                    bytes = rest;
+                }
             }
-            self.step(b);
         }
     }
 

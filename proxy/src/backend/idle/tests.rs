@@ -22,9 +22,9 @@ struct Script {
     xclient: bool,
     /// Answers the end of data with 554 instead of 250.
     refuse_message: bool,
-    /// Closes each connection right after answering RSET, as a back-end whose idle
-    /// timeout ran out would.
-    close_after_rset: bool,
+    /// Closes each connection right after accepting a message, as a back-end whose idle
+    /// timeout ran out would once the leg was kept.
+    close_after_message: bool,
     /// Refuses a second XCLIENT on a connection, as Postfix does (it checks the
     /// authorisation against the address the first one set).
     one_xclient: bool,
@@ -122,6 +122,7 @@ async fn backend(script: Script) -> Backend {
                                 break;
                             }
                         }
+                        seen.lock().unwrap().conns[n].push(".".into());
                         if script.slow_dot_ms > 0 {
                             tokio::time::sleep(std::time::Duration::from_millis(
                                 script.slow_dot_ms,
@@ -132,16 +133,14 @@ async fn backend(script: Script) -> Backend {
                             b"554 5.7.1 message refused\r\n"
                         } else {
                             seen.lock().unwrap().messages += 1;
+                            if script.close_after_message {
+                                let _ = wr.write_all(b"250 2.0.0 queued as FAKE\r\n").await;
+                                drop(wr);
+                                closed.notify_one();
+                                return;
+                            }
                             b"250 2.0.0 queued as FAKE\r\n"
                         }
-                    } else if upper == "RSET" {
-                        let _ = wr.write_all(b"250 2.0.0 Ok\r\n").await;
-                        if script.close_after_rset {
-                            drop(wr);
-                            closed.notify_one();
-                            return;
-                        }
-                        continue;
                     } else if upper == "QUIT" {
                         let _ = wr.write_all(b"221 bye\r\n").await;
                         return;
@@ -256,14 +255,54 @@ async fn a_kept_leg_serves_the_next_client_under_that_clients_identity_only() {
         assert!(second.split(' ').any(|a| a == want), "{want} in {second}");
     }
     assert!(!second.contains("198.18.0.1") && !second.contains("one.example"));
-    // The reused leg was reset before it was kept, and said hello as the new client.
+    // The leg was kept as its finished transaction left it (no RSET: nothing was open),
+    // and the new client's XCLIENT and EHLO came first on it.
     let after_first_dot = seen.conns[0]
         .iter()
-        .skip_while(|l| *l != "RSET")
+        .skip_while(|l| *l != ".")
         .cloned()
         .collect::<Vec<_>>();
     assert_eq!(after_first_dot[1], *second);
     assert_eq!(after_first_dot[2], "EHLO two.example");
+    assert!(
+        !seen.conns[0].iter().any(|l| l == "RSET"),
+        "{:?}",
+        seen.conns
+    );
+}
+
+#[tokio::test]
+async fn a_leg_left_inside_a_transaction_is_reset_before_it_is_kept() {
+    let be = backend(Script::default()).await;
+    let env = service("open", be.addr, "identity = \"none\"", "");
+    // The client quits after its recipient: the back-end holds MAIL and RCPT.
+    let out = session(
+        &env,
+        "198.18.0.1:40001",
+        "EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(out.contains("221"), "{out}");
+    assert_eq!(idle_of(&env), (1, 1), "the reset leg is kept");
+    let out = session(&env, "198.18.0.2:40002", &message("two.example")).await;
+    assert!(out.contains("250 2.0.0 queued as FAKE"), "{out}");
+    let seen = be.seen.lock().unwrap();
+    assert_eq!(seen.conns.len(), 1, "{:?}", seen.conns);
+    let lines = &seen.conns[0];
+    let rset = lines.iter().position(|l| l == "RSET");
+    let mails: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("MAIL"))
+        .collect();
+    assert_eq!(mails.len(), 2, "{lines:?}");
+    assert!(
+        rset.is_some_and(|r| mails[0] < r && r < mails[1]),
+        "RSET between the open transaction and the next: {lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| *l == "RSET").count(),
+        1,
+        "{lines:?}"
+    );
 }
 
 #[tokio::test]
@@ -298,7 +337,7 @@ async fn mail_and_the_first_rcpt_go_in_one_write_and_a_refused_mail_is_the_answe
 async fn a_leg_the_backend_closed_while_kept_is_never_used_and_not_charged() {
     let be = backend(Script {
         xclient: true,
-        close_after_rset: true,
+        close_after_message: true,
         ..Script::default()
     })
     .await;
@@ -448,7 +487,7 @@ async fn proxy_v2_legs_and_a_zero_cap_are_never_kept() {
         backend,
     };
     assert!(super::IdleLegs::keeps(&c));
-    c.backend.identity = crate::config::Identity::ProxyV2;
+    Arc::make_mut(&mut c.backend).identity = crate::config::Identity::ProxyV2;
     assert!(!super::IdleLegs::keeps(&c));
 }
 

@@ -600,7 +600,11 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         };
         let commit = Commit::begin(if last { &self.committing } else { &None });
         let reply = match self.leg.as_mut() {
-            Some(l) => match l.lease.reply("BDAT", wait).await {
+            Some(l) => match l
+                .lease
+                .reply(if last { "BDAT LAST" } else { "BDAT" }, wait)
+                .await
+            {
                 Ok(r) => Some(r),
                 Err(e) => {
                     warn!(session = %self.client.session_id, error = %e, "back-end failed during BDAT; message not acknowledged");
@@ -684,11 +688,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, S> {
     /// How a route was chosen, for the message's record: where the route came from, the
     /// session's group, and that the leg's back-end was the least loaded one with room.
     fn route_reason(&self, source: Option<&crate::service::RouteSource>, group: &str) -> String {
+        use std::fmt::Write as _;
         const PICK: &str = "least loaded back-end with room";
-        match source {
-            Some(s) if self.client.login.is_none() => format!("{s}, group {group}, {PICK}"),
-            _ => format!("the authenticated user's back-end, group {group}, {PICK}"),
-        }
+        // Written into room enough for the usual reason: one allocation, not one per
+        // growth step.
+        let mut reason = String::with_capacity(128);
+        let _ = match source {
+            Some(s) if self.client.login.is_none() => write!(reason, "{s}, group {group}, {PICK}"),
+            _ => write!(
+                reason,
+                "the authenticated user's back-end, group {group}, {PICK}"
+            ),
+        };
+        reason
     }
 
     /// Records a message a back-end took: one event per message, built from what the
@@ -721,10 +733,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, S> {
             route_reason: tx.route_reason.take().unwrap_or_default(),
             size,
             message_id: tx.message_id.message_id(),
-            queue_id: match reply.lines.as_slice() {
-                [line] => crate::smtp::trace::queue_id(line),
-                lines => crate::smtp::trace::queue_id(&lines.join(" ")),
-            },
+            queue_id: crate::smtp::trace::queue_id(&reply.joined()),
         };
         self.env
             .events
