@@ -436,6 +436,17 @@ fn the_manager_rolls_a_package_over_the_cluster_and_back() {
     for n in &names {
         assert_eq!(release_of(&m, n), v3, "{n}");
     }
+    // The rollback started the first member's front-end once more, after the pids above
+    // were taken: that one is ended with the test too.
+    eventually("the rolled-back front-end is reported", GENEROUS, || {
+        keep_successors(&m, &names, &first, &mut guards);
+        m.status().is_ok_and(|st| {
+            member_row(&st, &names[order[0]])
+                .and_then(|r| r["frontend"]["pid"].as_u64())
+                .is_some_and(|pid| guards.iter().any(|g| g.pid.as_raw() as u64 == pid))
+        })
+    })
+    .unwrap();
     let status = m.cli_ok(&["upgrade", "--status"]).unwrap();
     println!("c. {status}");
     assert!(
@@ -508,5 +519,6 @@ fn the_manager_rolls_a_package_over_the_cluster_and_back() {
         "{result}"
     );
     drop(installers);
+    keep_successors(&m, &names, &first, &mut guards);
     drop(guards);
 }
