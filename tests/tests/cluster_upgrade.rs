@@ -242,13 +242,11 @@ fn keep_successors(
     first: &[u32],
     guards: &mut Vec<Successor>,
 ) {
-    let Ok(st) = m.status() else { return };
     for name in names {
-        let pid = member_row(&st, name)
-            .and_then(|r| r["frontend"]["pid"].as_u64())
-            .unwrap_or(0) as u32;
-        if pid != 0 && !first.contains(&pid) && !guards.iter().any(|g| g.pid.as_raw() as u32 == pid)
-        {
+        let Some(pid) = frontend_pid(m, name).map(|p| p as u32) else {
+            continue;
+        };
+        if !first.contains(&pid) && !guards.iter().any(|g| g.pid.as_raw() as u32 == pid) {
             guards.push(Successor {
                 pid: nix::unistd::Pid::from_raw(pid as i32),
             });

@@ -257,8 +257,8 @@ fn close(legs: Vec<Parked>) {
 impl Lease<SmtpLeg> {
     /// Ends a session's use of its leg. A leg fit for another client (no login on it, no
     /// unclear transaction) of a back-end whose legs may be kept is kept, after RSET if
-    /// a transaction is still open on it; any other is closed with QUIT. The slot is given up after, so a session
-    /// waiting for it finds the kept leg.
+    /// a transaction is still open on it; any other is closed with QUIT. The slot is
+    /// given up after, so a session waiting for it finds the kept leg.
     pub async fn release(mut self, idle: &Arc<IdleLegs>) {
         if !idle.wanted(&self.candidate) || self.leg.spoiled {
             self.quit().await;

@@ -11,7 +11,7 @@
 //! Lookup order: the exact domain first, then subdomain patterns from the nearest parent
 //! up, so that a more specific pattern wins over a wider one of another block.
 
-use std::collections::HashMap;
+use std::{borrow::Cow, collections::HashMap};
 
 use crate::smtp::command::MAX_DOMAIN;
 
@@ -44,7 +44,7 @@ impl DomainPattern {
             Some(rest) => (true, rest),
             None => (false, text),
         };
-        let domain = normalise(rest);
+        let domain = normalise(rest).into_owned();
         if domain.is_empty() {
             return Err(PatternError::Empty);
         }
@@ -82,9 +82,15 @@ impl std::fmt::Display for DomainPattern {
     }
 }
 
-/// Lower-cased, without one trailing dot (the root label of a fully qualified name).
-fn normalise(domain: &str) -> String {
-    domain.strip_suffix('.').unwrap_or(domain).to_lowercase()
+/// Lower-cased, without one trailing dot (the root label of a fully qualified name); a
+/// domain already in that form is borrowed, not copied (recipients are looked up here).
+fn normalise(domain: &str) -> Cow<'_, str> {
+    let trimmed = domain.strip_suffix('.').unwrap_or(domain);
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) || !trimmed.is_ascii() {
+        trimmed.to_lowercase().into()
+    } else {
+        trimmed.into()
+    }
 }
 
 /// Which dedicated queue a recipient domain belongs to: the patterns of every
@@ -127,17 +133,11 @@ impl DomainQueues {
     /// then the nearest parent's subdomain pattern.
     pub fn lookup(&self, domain: &str) -> Option<Dedicated<'_>> {
         // Asked for every recipient: with no dedicated queue (the usual case) nothing is
-        // normalised, and a domain already in normal form is not copied.
+        // normalised.
         if self.exact.is_empty() && self.subdomains.is_empty() {
             return None;
         }
-        let trimmed = domain.strip_suffix('.').unwrap_or(domain);
-        let domain: std::borrow::Cow<'_, str> =
-            if trimmed.bytes().any(|b| b.is_ascii_uppercase()) || !trimmed.is_ascii() {
-                normalise(domain).into()
-            } else {
-                trimmed.into()
-            };
+        let domain = normalise(domain);
         if let Some(pool) = self.exact.get(domain.as_ref()) {
             return Some(Dedicated {
                 pattern: DomainPattern::Exact(domain.into_owned()),
