@@ -27,7 +27,8 @@
 //!   data, it can find one only where this scanner did.
 //! - The result (forwarded octets, consumed octets, outcome) does not depend on how the
 //!   input is split into chunks; the property tests check exactly that.
-//! - Dot-stuffing (RFC 5321 4.5.2) is passed through unchanged: the back-end removes it.
+//! - Dot-stuffing (RFC 5321 4.5.2) is passed through unchanged: the back-end removes it,
+//!   or [`unstuff`] does when the message goes on as BDAT.
 
 use super::reply::Reply;
 
@@ -358,6 +359,29 @@ impl DataScanner {
     }
 }
 
+/// Removes dot-stuffing (RFC 5321 4.5.2) in place from `message`, the octets of a clean
+/// message as the client sent them up to (not including) the final `.CRLF`: a line that
+/// begins with a period loses that period. Returns the message's length without it.
+///
+/// A message relayed with BDAT travels as it is meant to be read (RFC 3030 2), so the
+/// stuffing the client added for DATA comes off first. Lines are found by LF alone: in a
+/// clean message (see the invariants above) every LF ends a CRLF.
+pub fn unstuff(message: &mut [u8]) -> usize {
+    let end = message.len();
+    let (mut read, mut write) = (0, 0);
+    while read < end {
+        // `read` is at the start of a line.
+        if message[read] == b'.' {
+            read += 1;
+        }
+        let line_end = memchr::memchr(b'\n', &message[read..]).map_or(end, |i| read + i + 1);
+        message.copy_within(read..line_end, write);
+        write += line_end - read;
+        read = line_end;
+    }
+    write
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +458,17 @@ mod tests {
             })
         );
         assert_eq!(outcome.and_then(|o| o.reply()), None);
+    }
+
+    #[test]
+    fn unstuffing_removes_the_period_dot_stuffing_added() {
+        let mut m = b"..a\r\nb.\r\n...\r\n\r\n".to_vec();
+        let n = unstuff(&mut m);
+        assert_eq!(&m[..n], b".a\r\nb.\r\n..\r\n\r\n");
+        let mut empty: [u8; 0] = [];
+        assert_eq!(unstuff(&mut empty), 0);
+        let mut plain = b"no dots\r\n".to_vec();
+        assert_eq!(unstuff(&mut plain), plain.len());
     }
 
     #[test]
@@ -625,6 +660,28 @@ mod tests {
                     }
                 }
             }
+        }
+
+        #[test]
+        fn unstuffing_gives_back_what_was_stuffed(
+            lines in prop::collection::vec(
+                prop::collection::vec(prop_oneof![Just(b'a'), Just(b'.'), Just(b' ')], 0..6),
+                0..12,
+            ),
+        ) {
+            let mut original = Vec::new();
+            let mut stuffed = Vec::new();
+            for l in &lines {
+                if l.first() == Some(&b'.') {
+                    stuffed.push(b'.');
+                }
+                stuffed.extend_from_slice(l);
+                stuffed.extend_from_slice(b"\r\n");
+                original.extend_from_slice(l);
+                original.extend_from_slice(b"\r\n");
+            }
+            let n = unstuff(&mut stuffed);
+            prop_assert_eq!(&stuffed[..n], &original[..]);
         }
 
         #[test]

@@ -12,6 +12,7 @@
 //!   CVE-2011-0411), and the session starts over.
 
 mod auth;
+mod message;
 mod transaction;
 
 use std::{net::SocketAddr, time::Duration};

@@ -31,8 +31,13 @@ enum Fault {
     XclientRefuse,
     /// Offers XCLIENT without ADDR.
     XclientNoAddr,
-    /// Refuses DATA with 554 (the transaction stays open until RSET, as in Postfix).
+    /// Offers no CHUNKING and refuses DATA with 554 (the transaction stays open until
+    /// RSET, as in Postfix).
     RefuseData,
+    /// Refuses the last BDAT chunk with 554.
+    RefuseBdat,
+    /// Offers no CHUNKING: messages come as DATA.
+    NoChunking,
     /// Takes half a second to answer the end of data (a content filter, say).
     SlowEndOfData,
     /// Closes the connection when MAIL arrives.
@@ -89,6 +94,7 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
                         match fault {
                             Fault::XclientStrict | Fault::XclientRefuse => b"250-fake\r\n250-PIPELINING\r\n250-XCLIENT ADDR PORT NAME PROTO HELO LOGIN\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n",
                             Fault::XclientNoAddr => b"250-fake\r\n250-PIPELINING\r\n250-XCLIENT NAME HELO\r\n250 8BITMIME\r\n",
+                            Fault::RefuseData | Fault::NoChunking => b"250-fake\r\n250-PIPELINING\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n",
                             _ => b"250-fake\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n",
                         }
                     } else if upper.starts_with("XCLIENT ") {
@@ -123,13 +129,25 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
                         if rd.read_exact(&mut chunk).await.is_err() {
                             return;
                         }
-                        let mut rec = r.lock().unwrap();
-                        rec.chunks.extend_from_slice(&chunk);
-                        if last {
+                        let whole = {
+                            let mut rec = r.lock().unwrap();
+                            rec.chunks.extend_from_slice(&chunk);
+                            last.then(|| std::mem::take(&mut rec.chunks))
+                        };
+                        if let Some(m) = whole {
                             in_tx = false;
-                            let m = std::mem::take(&mut rec.chunks);
-                            rec.messages.push(m);
-                            b"250 2.0.0 queued as FAKE\r\n"
+                            if fault == Fault::RefuseBdat {
+                                b"554 5.7.1 Error: content refused\r\n"
+                            } else {
+                                r.lock().unwrap().messages.push(m);
+                                if fault == Fault::DropAfterData {
+                                    return;
+                                }
+                                if fault == Fault::SlowEndOfData {
+                                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                                }
+                                b"250 2.0.0 queued as FAKE\r\n"
+                            }
                         } else {
                             b"250 2.0.0 chunk received\r\n"
                         }
@@ -165,7 +183,8 @@ async fn backend(fault: Fault) -> (SocketAddr, Arc<Mutex<Recorded>>) {
                             if l == b".\r\n" {
                                 break;
                             }
-                            msg.extend_from_slice(&l);
+                            // Recorded as meant, like a BDAT message: without stuffing.
+                            msg.extend_from_slice(l.strip_prefix(b".").unwrap_or(&l));
                         }
                         r.lock().unwrap().messages.push(msg);
                         in_tx = false;
@@ -230,8 +249,13 @@ fn env_pools(
     } else {
         ""
     };
+    let size = if extra.contains("max_message_size") {
+        ""
+    } else {
+        "max_message_size = 4096\n"
+    };
     let text = format!(
-        "[frontend]\nname = \"fe\"\n{tls}[[service]]\nname = \"smtp\"\nprotocol = \"smtp\"\nport = 25\nroutes = \"routes\"\nmax_message_size = 4096\n{extra}\n\
+        "[frontend]\nname = \"fe\"\n{tls}[[service]]\nname = \"smtp\"\nprotocol = \"smtp\"\nport = 25\nroutes = \"routes\"\n{size}{extra}\n\
          [[pool]]\nname = \"a\"\n{pool_extra}\nbackend = [{}]\n[[pool]]\nname = \"b\"\n{pool_extra}\nbackend = [{}]\n",
         list(a, "a"),
         list(b, "b")
@@ -283,29 +307,122 @@ fn codes(out: &str) -> Vec<&str> {
 
 #[tokio::test]
 async fn message_is_relayed_and_acknowledged_by_the_backend() {
+    // A back-end with CHUNKING gets the message as one BDAT LAST, stuffing removed; one
+    // without gets DATA, stuffing kept (its mock removes it, as a server does).
+    for (fault, verb) in [(Fault::None, "BDAT 27 LAST"), (Fault::NoChunking, "DATA")] {
+        let (a, rec) = backend(fault).await;
+        let dir = tempdir("relay");
+        let env = env(&dir, &[a], &[], "");
+        let out = converse(
+            &env,
+            b"EHLO client.example\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<u@a.example>\r\nDATA\r\nSubject: hi\r\n\r\nbody\r\n..dot\r\n.\r\nQUIT\r\n",
+        )
+        .await;
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "250", "250", "354", "250", "221"],
+            "{out}"
+        );
+        assert!(
+            out.contains("250 2.0.0 queued as FAKE"),
+            "the back-end's reply is relayed: {out}"
+        );
+        let rec = rec.lock().unwrap();
+        assert_eq!(
+            rec.messages,
+            [b"Subject: hi\r\n\r\nbody\r\n.dot\r\n".to_vec()],
+            "{verb}"
+        );
+        assert!(rec.lines.iter().any(|l| l == "MAIL FROM:<s@x.example>"));
+        assert!(
+            rec.lines.iter().any(|l| l == verb),
+            "{verb}: {:?}",
+            rec.lines
+        );
+        let other = if verb == "DATA" { "BDAT" } else { "DATA" };
+        assert!(
+            !rec.lines.iter().any(|l| l.starts_with(other)),
+            "{verb}: {:?}",
+            rec.lines
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_message_longer_than_what_is_held_goes_on_as_data() {
     let (a, rec) = backend(Fault::None).await;
-    let dir = tempdir("relay");
-    let env = env(&dir, &[a], &[], "");
-    let out = converse(
-        &env,
-        b"EHLO client.example\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<u@a.example>\r\nDATA\r\nSubject: hi\r\n\r\nbody\r\n..dot\r\n.\r\nQUIT\r\n",
-    )
-    .await;
+    let dir = tempdir("long");
+    let env = env(&dir, &[a], &[], "max_message_size = 1000000");
+    // Lines of 100 octets, some stuffed, past the held limit by more than one read.
+    let line = format!("{}\r\n", "x".repeat(98));
+    let stuffed = format!(".{}\r\n", ".y".repeat(49));
+    let mut body = String::new();
+    let mut meant = String::new();
+    while body.len() <= super::message::HELD_MESSAGE + crate::stream::HOLD_MAX + 1000 {
+        body.push_str(&line);
+        body.push_str(&stuffed);
+        meant.push_str(&line);
+        meant.push_str(&stuffed[1..]);
+    }
+    let input = format!(
+        "EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nDATA\r\n{body}.\r\n\
+         MAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nDATA\r\nshort\r\n.\r\nQUIT\r\n"
+    );
+    let out = converse(&env, input.as_bytes()).await;
     assert_eq!(
         codes(&out),
-        ["220", "250", "250", "250", "354", "250", "221"],
+        [
+            "220", "250", "250", "250", "354", "250", "250", "250", "354", "250", "221"
+        ],
         "{out}"
-    );
-    assert!(
-        out.contains("250 2.0.0 queued as FAKE"),
-        "the back-end's reply is relayed: {out}"
     );
     let rec = rec.lock().unwrap();
     assert_eq!(
         rec.messages,
-        [b"Subject: hi\r\n\r\nbody\r\n..dot\r\n".to_vec()]
+        [meant.into_bytes(), b"short\r\n".to_vec()],
+        "both arrive whole and unstuffed"
     );
-    assert!(rec.lines.iter().any(|l| l == "MAIL FROM:<s@x.example>"));
+    let verbs: Vec<&str> = rec
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("DATA") || l.starts_with("BDAT"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(verbs, ["DATA", "BDAT 7 LAST"], "{verbs:?}");
+}
+
+#[tokio::test]
+async fn a_refused_bdat_is_the_reply_to_the_end_of_data_and_the_leg_goes_on() {
+    let (a, rec) = backend(Fault::RefuseBdat).await;
+    let dir = tempdir("refbdat");
+    let env = env(&dir, &[a], &[], "");
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nDATA\r\nRSET\r\nm\r\n.\r\n\
+          MAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        [
+            "220", "250", "250", "250", "354", "554", "250", "250", "221"
+        ],
+        "the refusal answers the end of data, and no later MAIL meets 503: {out}"
+    );
+    assert!(out.contains("554 5.7.1 Error: content refused"), "{out}");
+    let rec = rec.lock().unwrap();
+    assert!(rec.messages.is_empty());
+    assert!(
+        rec.lines.iter().any(|l| l == "BDAT 9 LAST"),
+        "the message, RSET line included, went as data: {:?}",
+        rec.lines
+    );
+    let mails = rec.lines.iter().filter(|l| l.starts_with("MAIL")).count();
+    assert_eq!(
+        mails, 2,
+        "one leg served both transactions: {:?}",
+        rec.lines
+    );
 }
 
 #[tokio::test]

@@ -17,12 +17,11 @@ use crate::{
     service::Routed,
     smtp::{
         command::{Address, MailFrom},
-        data::{DataScanner, Outcome},
         reply::Reply,
     },
 };
 
-fn no_backend() -> Reply {
+pub(super) fn no_backend() -> Reply {
     Reply::new(
         451,
         Some((4, 4, 1)),
@@ -378,7 +377,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     }
 
     /// RSETs the leg, closing it when the back-end does not answer 250.
-    async fn reset_leg(&mut self) {
+    pub(super) async fn reset_leg(&mut self) {
         if let Some(l) = &mut self.leg
             && !l
                 .lease
@@ -388,149 +387,6 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         {
             self.leg = None;
         }
-    }
-
-    /// DATA (RFC 5321 4.1.1.4): relayed chunk by chunk; the back-end's reply to the end
-    /// of data is the client's reply. Returns false when the client went away.
-    pub(super) async fn data(&mut self) -> Result<bool, SessionError> {
-        let Some(tx) = &self.tx else {
-            self.say(503, (5, 5, 1), "Need MAIL command");
-            return Ok(true);
-        };
-        if tx.bdat_used() {
-            // RFC 3030 2: DATA and BDAT cannot be mixed in one transaction.
-            self.say(503, (5, 5, 1), "DATA not allowed after BDAT");
-            return Ok(true);
-        }
-        if tx.rcpts().is_empty() {
-            self.say(554, (5, 5, 1), "No valid recipients");
-            return Ok(true);
-        }
-        let broken = tx.broken();
-        // What the log line of a relayed message says, taken while the transaction is
-        // at hand (only built when that debug line is written).
-        let from = if tracing::enabled!(tracing::Level::DEBUG) {
-            tx.mail
-                .reverse_path
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let rcpts = tx.rcpts().len();
-        let Some(leg) = self.leg.as_mut().filter(|_| !broken) else {
-            self.reset_transaction().await;
-            self.send(&no_backend());
-            return Ok(true);
-        };
-        let reply = match leg.lease.command("DATA", "DATA").await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(session = %self.client.session_id, error = %e, "back-end failed at DATA");
-                self.leg = None;
-                self.tx = None;
-                self.send(&no_backend());
-                return Ok(true);
-            }
-        };
-        if reply.code != 354 {
-            // The back-end refused DATA but still holds MAIL and RCPT.
-            self.reset_transaction().await;
-            self.send(&reply);
-            return Ok(true);
-        }
-        self.send(&reply);
-        self.flush().await?;
-
-        let mut scanner = DataScanner::new(self.svc().max_message_size);
-        let mut leg_failed: Option<LegError> = None;
-        // The message streams through in reads as large as it comes (fewer reads, and
-        // as few writes to the back-end), into a buffer kept until its end.
-        self.io.hold(true);
-        let outcome = loop {
-            let chunk = match tokio::time::timeout(DATA_BLOCK_TIMEOUT, self.io.fill_buf()).await {
-                Ok(Ok(c)) if !c.is_empty() => c,
-                Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
-                    // The client is gone or stalled: the back-end must not see an end of
-                    // data, so the leg is dropped unfinished.
-                    self.leg = None;
-                    self.tx = None;
-                    return Ok(false);
-                }
-            };
-            let step = scanner.feed(chunk);
-            if let Some(tx) = self.tx.as_mut() {
-                tx.message_id.feed(step.replay);
-                tx.message_id.feed(&chunk[..step.forward]);
-            }
-            if leg_failed.is_none()
-                && (step.forward > 0 || !step.replay.is_empty())
-                && let Some(l) = self.leg.as_mut()
-            {
-                // Held-back octets (a line end the scanner was not sure of) go first; the
-                // common chunk has none and goes as it is, without a copy.
-                let sent = if step.replay.is_empty() {
-                    l.lease.data(&chunk[..step.forward]).await
-                } else {
-                    let mut bytes = Vec::with_capacity(step.replay.len() + step.forward);
-                    bytes.extend_from_slice(step.replay);
-                    bytes.extend_from_slice(&chunk[..step.forward]);
-                    l.lease.data(&bytes).await
-                };
-                if let Err(e) = sent {
-                    leg_failed = Some(e);
-                }
-            }
-            self.io.consume(step.consumed);
-            if let Some(o) = step.outcome {
-                break o;
-            }
-        };
-        self.io.hold(false);
-        let mut done = self.tx.take();
-        let reply = match (outcome, leg_failed, self.leg.as_mut()) {
-            (Outcome::Complete { size }, None, Some(leg)) => {
-                let commit = Commit::begin(&self.committing);
-                let reply = leg.lease.reply("end of data", DATA_END_TIMEOUT).await;
-                drop(commit);
-                match reply {
-                    Ok(reply) => {
-                        if reply.is_positive() {
-                            leg.lease.tally.message(rcpts as u64);
-                        }
-                        // Counted per back-end (`tally.message`, the statistics); a line per
-                        // message only at debug level, where its write costs nothing by default.
-                        debug!(session = %self.client.session_id, backend = %leg.lease.backend(), size,
-                            from = %from, rcpts, code = reply.code, "message relayed");
-                        if reply.is_positive()
-                            && let Some(tx) = done.as_deref_mut()
-                        {
-                            self.relayed(tx, size, &reply);
-                        }
-                        reply
-                    }
-                    Err(e) => {
-                        warn!(session = %self.client.session_id, error = %e, "back-end failed after the end of data; message not acknowledged");
-                        self.leg = None;
-                        no_backend()
-                    }
-                }
-            }
-            (Outcome::Complete { .. }, e, _) => {
-                warn!(session = %self.client.session_id, error = ?e.map(|e| e.to_string()), "back-end failed during DATA; message not acknowledged");
-                self.leg = None;
-                no_backend()
-            }
-            (bad, _, _) => {
-                info!(session = %self.client.session_id, outcome = ?bad, "message refused");
-                // The back-end saw no end of data; closing the leg abandons its transaction.
-                self.leg = None;
-                bad.reply().unwrap_or_else(no_backend)
-            }
-        };
-        self.send(&reply);
-        Ok(true)
     }
 }
 
@@ -705,7 +561,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, S> {
 
     /// Records a message a back-end took: one event per message, built from what the
     /// transaction holds.
-    fn relayed(&self, tx: &mut Transaction, size: u64, reply: &Reply) {
+    pub(super) fn relayed(&self, tx: &mut Transaction, size: u64, reply: &Reply) {
         let Some(leg) = self.leg.as_ref() else {
             return;
         };

@@ -1,0 +1,326 @@
+//! DATA: the message relay. To a back-end that offered CHUNKING (RFC 3030) the proxy says
+//! 354 itself and holds the message; one that ends within [`HELD_MESSAGE`] octets goes on
+//! as a single `BDAT n LAST`, the back-end's one reply answering the end of data. That
+//! saves DATA's round trip to the back-end (DATA, 354) for the usual message. A longer
+//! message, or any message to a back-end without CHUNKING, goes on as DATA, streamed as it
+//! arrives.
+//!
+//! A back-end that refuses the transaction at BDAT (or at the DATA a long message falls
+//! back to) gives its refusal at the end of data instead of before the message: a reply
+//! RFC 5321 4.3.2 allows there, and the client's octets are read to their end either way,
+//! never taken for commands.
+
+use std::{
+    io::Write as _,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite};
+use tracing::{debug, info, warn};
+
+use super::{
+    Commit, DATA_BLOCK_TIMEOUT, Session, SessionError, Transaction, transaction::no_backend,
+};
+use crate::{
+    backend::{
+        lease::Lease,
+        smtp::{DATA_END_TIMEOUT, LegError, SmtpLeg},
+    },
+    smtp::{
+        data::{DataScanner, Outcome, unstuff},
+        reply::Reply,
+    },
+};
+
+/// How much of a message the proxy holds, waiting for its end, to send it as one BDAT.
+/// Once more has arrived without the end, the message streams as DATA; so a session holds
+/// at most this much and one read of a message (a message that arrives whole in that
+/// read still goes as BDAT).
+pub const HELD_MESSAGE: usize = 64 * 1024;
+
+/// Room kept before a held message for its `BDAT <size> LAST` line, so that command and
+/// message leave in one write: the longest line, with a 20-digit size, is 32 octets.
+const BDAT_ROOM: usize = 32;
+
+/// Where the client's octets go.
+enum Relay {
+    /// The back-end said 354: octets go on as they arrive.
+    Streaming,
+    /// The proxy said 354 and keeps the message (after [`BDAT_ROOM`]), stuffed as sent.
+    Held(Vec<u8>),
+    /// The back-end refused DATA after the proxy had said 354: the rest of the message is
+    /// read and dropped, and this is the client's reply.
+    Refused(Reply),
+}
+
+impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
+    /// DATA (RFC 5321 4.1.1.4): the back-end's reply to the end of data (or to the BDAT
+    /// that carried the message) is the client's reply. Returns false when the client
+    /// went away.
+    pub(super) async fn data(&mut self) -> Result<bool, SessionError> {
+        let Some(tx) = &self.tx else {
+            self.say(503, (5, 5, 1), "Need MAIL command");
+            return Ok(true);
+        };
+        if tx.bdat_used() {
+            // RFC 3030 2: DATA and BDAT cannot be mixed in one transaction.
+            self.say(503, (5, 5, 1), "DATA not allowed after BDAT");
+            return Ok(true);
+        }
+        if tx.rcpts().is_empty() {
+            self.say(554, (5, 5, 1), "No valid recipients");
+            return Ok(true);
+        }
+        let broken = tx.broken();
+        // What the log line of a relayed message says, taken while the transaction is
+        // at hand (only built when that debug line is written).
+        let from = if tracing::enabled!(tracing::Level::DEBUG) {
+            tx.mail
+                .reverse_path
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let rcpts = tx.rcpts().len();
+        let Some(leg) = self.leg.as_ref().filter(|_| !broken) else {
+            self.reset_transaction().await;
+            self.send(&no_backend());
+            return Ok(true);
+        };
+        let mut relay = if leg.lease.leg.caps.chunking {
+            self.say_plain(354, "End data with <CR><LF>.<CR><LF>");
+            let mut held = Vec::with_capacity(BDAT_ROOM + 1024);
+            held.resize(BDAT_ROOM, 0);
+            Relay::Held(held)
+        } else {
+            match self.start_data().await {
+                Ok(reply) if reply.code == 354 => {
+                    self.send(&reply);
+                    Relay::Streaming
+                }
+                Ok(reply) => {
+                    // The back-end refused DATA but still holds MAIL and RCPT.
+                    self.reset_transaction().await;
+                    self.send(&reply);
+                    return Ok(true);
+                }
+                Err(()) => {
+                    self.tx = None;
+                    self.send(&no_backend());
+                    return Ok(true);
+                }
+            }
+        };
+        self.flush().await?;
+
+        let mut scanner = DataScanner::new(self.svc().max_message_size);
+        let mut leg_failed: Option<LegError> = None;
+        // The message streams through in reads as large as it comes (fewer reads, and
+        // as few writes to the back-end), into a buffer kept until its end.
+        self.io.hold(true);
+        let outcome = loop {
+            let chunk = match tokio::time::timeout(DATA_BLOCK_TIMEOUT, self.io.fill_buf()).await {
+                Ok(Ok(c)) if !c.is_empty() => c,
+                Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+                    // The client is gone or stalled: the back-end must not see an end of
+                    // data, so the leg is dropped unfinished.
+                    self.leg = None;
+                    self.tx = None;
+                    return Ok(false);
+                }
+            };
+            let step = scanner.feed(chunk);
+            if let Some(tx) = self.tx.as_mut() {
+                tx.message_id.feed(step.replay);
+                tx.message_id.feed(&chunk[..step.forward]);
+            }
+            match &mut relay {
+                Relay::Held(held) => {
+                    held.extend_from_slice(step.replay);
+                    held.extend_from_slice(&chunk[..step.forward]);
+                }
+                Relay::Streaming => {
+                    if leg_failed.is_none()
+                        && (step.forward > 0 || !step.replay.is_empty())
+                        && let Some(l) = self.leg.as_mut()
+                    {
+                        // Held-back octets (a line end the scanner was not sure of) go
+                        // first; the common chunk has none and goes as it is, without a
+                        // copy.
+                        let sent = if step.replay.is_empty() {
+                            l.lease.data(&chunk[..step.forward]).await
+                        } else {
+                            let mut bytes = Vec::with_capacity(step.replay.len() + step.forward);
+                            bytes.extend_from_slice(step.replay);
+                            bytes.extend_from_slice(&chunk[..step.forward]);
+                            l.lease.data(&bytes).await
+                        };
+                        if let Err(e) = sent {
+                            leg_failed = Some(e);
+                        }
+                    }
+                }
+                Relay::Refused(_) => {}
+            }
+            self.io.consume(step.consumed);
+            if let Some(o) = step.outcome {
+                break o;
+            }
+            if let Relay::Held(held) = &mut relay
+                && held.len() - BDAT_ROOM > HELD_MESSAGE
+            {
+                relay = self.stream_held(std::mem::take(held)).await;
+            }
+        };
+        self.io.hold(false);
+        let mut done = self.tx.take();
+        let reply = match (outcome, relay) {
+            (Outcome::Complete { size }, Relay::Held(held)) => {
+                let reply = match self.leg.as_mut() {
+                    Some(leg) => {
+                        Some(send_held(&mut leg.lease, &self.committing, held, size).await)
+                    }
+                    None => None,
+                };
+                let reply = self.message_end(reply, done.as_deref_mut(), size, rcpts, &from);
+                if !reply.is_positive() {
+                    // Servers end the transaction at the last chunk whatever its reply, as
+                    // at an end of data; RFC 3030 does not say so, so RSET makes sure.
+                    self.reset_leg().await;
+                }
+                reply
+            }
+            (Outcome::Complete { size }, Relay::Streaming) if leg_failed.is_none() => {
+                let reply = match self.leg.as_mut() {
+                    Some(leg) => {
+                        let _commit = Commit::begin(&self.committing);
+                        Some(leg.lease.reply("end of data", DATA_END_TIMEOUT).await)
+                    }
+                    None => None,
+                };
+                self.message_end(reply, done.as_deref_mut(), size, rcpts, &from)
+            }
+            (Outcome::Complete { .. }, Relay::Streaming) => {
+                warn!(session = %self.client.session_id, error = ?leg_failed.map(|e| e.to_string()), "back-end failed during DATA; message not acknowledged");
+                self.leg = None;
+                no_backend()
+            }
+            (_, Relay::Refused(reply)) => {
+                // The back-end never took DATA: it still holds MAIL and RCPT.
+                self.reset_leg().await;
+                reply
+            }
+            (bad, relay) => {
+                info!(session = %self.client.session_id, outcome = ?bad, "message refused");
+                if matches!(relay, Relay::Held(_)) {
+                    // The back-end saw MAIL and RCPT only.
+                    self.reset_leg().await;
+                } else {
+                    // The back-end saw no end of data; closing the leg abandons its
+                    // transaction.
+                    self.leg = None;
+                }
+                bad.reply().unwrap_or_else(no_backend)
+            }
+        };
+        self.send(&reply);
+        Ok(true)
+    }
+
+    /// Sends DATA to the leg. A leg that fails is dropped (`Err`); its reply otherwise,
+    /// which is 354 when the message may follow.
+    async fn start_data(&mut self) -> Result<Reply, ()> {
+        let Some(leg) = self.leg.as_mut() else {
+            return Err(());
+        };
+        match leg.lease.command("DATA", "DATA").await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                warn!(session = %self.client.session_id, error = %e, "back-end failed at DATA");
+                self.leg = None;
+                Err(())
+            }
+        }
+    }
+
+    /// A held message outgrew [`HELD_MESSAGE`]: it goes on as DATA, what is held first.
+    async fn stream_held(&mut self, held: Vec<u8>) -> Relay {
+        match self.start_data().await {
+            Ok(reply) if reply.code == 354 => {
+                let sent = match self.leg.as_mut() {
+                    Some(l) => l.lease.data(&held[BDAT_ROOM..]).await.is_ok(),
+                    None => false,
+                };
+                if !sent {
+                    self.leg = None;
+                    return Relay::Refused(no_backend());
+                }
+                Relay::Streaming
+            }
+            Ok(reply) => Relay::Refused(reply),
+            Err(()) => Relay::Refused(no_backend()),
+        }
+    }
+
+    /// The back-end's answer to a whole message (`None`: no leg was left to ask) becomes
+    /// the client's reply; a message it took is counted and recorded.
+    fn message_end(
+        &mut self,
+        reply: Option<Result<Reply, LegError>>,
+        done: Option<&mut Transaction>,
+        size: u64,
+        rcpts: usize,
+        from: &str,
+    ) -> Reply {
+        let reply = match reply {
+            Some(Ok(reply)) => reply,
+            Some(Err(e)) => {
+                warn!(session = %self.client.session_id, error = %e, "back-end failed after the end of data; message not acknowledged");
+                self.leg = None;
+                return no_backend();
+            }
+            None => return no_backend(),
+        };
+        let Some(leg) = self.leg.as_ref() else {
+            return no_backend();
+        };
+        if reply.is_positive() {
+            leg.lease.tally.message(rcpts as u64);
+        }
+        // Counted per back-end (`tally.message`, the statistics); a line per message only
+        // at debug level, where its write costs nothing by default.
+        debug!(session = %self.client.session_id, backend = %leg.lease.backend(), size,
+            from = %from, rcpts, code = reply.code, "message relayed");
+        if reply.is_positive()
+            && let Some(tx) = done
+        {
+            self.relayed(tx, size, &reply);
+        }
+        reply
+    }
+}
+
+/// Sends a held message of `size` octets (stuffed, before the final `.CRLF`) as one
+/// `BDAT <n> LAST` in a single write, and reads the back-end's reply, the session marked
+/// as committing meanwhile.
+async fn send_held(
+    leg: &mut Lease<SmtpLeg>,
+    committing: &Option<Arc<AtomicBool>>,
+    mut held: Vec<u8>,
+    size: u64,
+) -> Result<Reply, LegError> {
+    let end = BDAT_ROOM + size as usize;
+    debug_assert_eq!(held.len(), end + 3, "a held message ends in .CRLF");
+    let len = unstuff(&mut held[BDAT_ROOM..end]);
+    let mut line = [0u8; BDAT_ROOM];
+    let mut cursor = std::io::Cursor::new(&mut line[..]);
+    let _ = write!(cursor, "BDAT {len} LAST\r\n");
+    let line_len = cursor.position() as usize;
+    let start = BDAT_ROOM - line_len;
+    held[start..BDAT_ROOM].copy_from_slice(&line[..line_len]);
+    leg.data(&held[start..BDAT_ROOM + len]).await?;
+    let _commit = Commit::begin(committing);
+    leg.reply("BDAT LAST", DATA_END_TIMEOUT).await
+}
