@@ -7,6 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The recipient of every bench message.
+pub const RCPT: &str = "rcpt@example.test";
+
 /// A message of about `size` bytes (header, body lines of 78 characters), dot-terminated.
 pub fn message(size: usize) -> Vec<u8> {
     let mut m =
@@ -115,7 +118,7 @@ pub fn session_to(to: SocketAddr, rcpt: &str, msg: &[u8], t: Timeouts) -> Outcom
 
 /// One session delivering `msg` to a fixed recipient: its duration when delivered.
 pub fn session(to: SocketAddr, msg: &[u8], t: Timeouts) -> anyhow::Result<Duration> {
-    match session_to(to, "rcpt@example.test", msg, t) {
+    match session_to(to, RCPT, msg, t) {
         Outcome::Delivered(d) => Ok(d),
         other => anyhow::bail!("session to {to}: {other:?}"),
     }

@@ -6,7 +6,10 @@
 use std::{net::SocketAddr, time::Instant};
 
 use anyhow::Context as _;
-use robustifier_lab::Lab;
+use robustifier_lab::{
+    Lab,
+    mail::{MailHost, Make, Users},
+};
 
 use crate::{
     Ctx,
@@ -84,7 +87,7 @@ pub fn smtp_source(
         .args(["120", "taskset", "-c", &LOAD_CPU.to_string(), "smtp-source"])
         .args(["-s", &concurrency.min(n).to_string(), "-m", &n.to_string()])
         .args(["-l", &size.to_string(), "-M", "client.invalid"])
-        .args(["-f", "bench@client.invalid", "-t", "rcpt@example.test"])
+        .args(["-f", "bench@client.invalid", "-t", smtp::RCPT])
         .arg(to.to_string())
         .output()
         .context("smtp-source")?;
@@ -157,58 +160,122 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 .with_context(|| format!("warm-up of {}", sys.name))?;
             serial(&lab, sys.addr, &msg, s.cost_warmup.min(20))?;
         }
-        for rep in 0..s.reps {
-            let mut lat = Vec::new();
-            for sys in super::shuffled(&systems) {
-                let cpu0 = procs::cpu_us(&sys.pids);
-                let helper0 = procs::cpu_us(&sys.helpers);
-                let secs = smtp_source(&lab, sys.addr, s.cost_sessions, size, CONCURRENCY)
-                    .with_context(|| format!("{} {case}", sys.name))?;
-                let cpu = procs::cpu_us(&sys.pids) - cpu0;
-                let helper = procs::cpu_us(&sys.helpers) - helper0;
-                if !sys.pids.is_empty() {
-                    ctx.add(SCENARIO, case, CPU, sys.name, cpu / s.cost_sessions as f64);
-                }
-                if !sys.helpers.is_empty() {
-                    let per = helper / s.cost_sessions as f64;
-                    ctx.add(SCENARIO, case, HELPER_CPU, sys.name, per);
-                }
-                ctx.add(
-                    SCENARIO,
-                    case,
-                    RATE,
-                    sys.name,
-                    s.cost_sessions as f64 / secs,
-                );
-                let d = serial(&lab, sys.addr, &msg, s.cost_serial)?;
-                let p = smtp::percentiles(&d, &[0.5, 0.99]);
-                ctx.add(SCENARIO, case, P50, sys.name, p[0]);
-                ctx.add(SCENARIO, case, P99, sys.name, p[1]);
-                lat.push((sys.name, p));
-            }
-            let direct = lat
-                .iter()
-                .find(|(n, _)| *n == "direct")
-                .map(|(_, p)| p.clone());
-            if let Some(d) = direct {
-                for (name, p) in lat.iter().filter(|(n, _)| *n != "direct") {
-                    ctx.add(SCENARIO, case, ADD50, name, p[0] - d[0]);
-                    ctx.add(SCENARIO, case, ADD99, name, p[1] - d[1]);
-                }
-            }
-            println!(
-                "bench: cost {case}: repetition {} of {} done",
-                rep + 1,
-                s.reps
-            );
+        measure(ctx, &lab, &systems, case, size)?;
+    }
+    if ctx.mode == crate::Mode::Full {
+        // The same sessions to a real MTA in the sink's place: Postfix's smtpd, which
+        // offers CHUNKING as shipped (smtp-sink does not), writing each message to a
+        // Maildir. Full mode only: starting Postfix is not worth a smoke run's time.
+        let _host = postfix_in_place_of_sink(&mut lab, sink)?;
+        let (case, size) = ("1 KiB, Postfix back-end", 1024usize);
+        let msg = smtp::message(size);
+        for sys in &systems {
+            ready(&lab, sys, &msg)?;
+            smtp_source(&lab, sys.addr, s.cost_warmup, size, CONCURRENCY)
+                .with_context(|| format!("warm-up of {} ({case})", sys.name))?;
         }
+        measure(ctx, &lab, &systems, case, size)?;
     }
     ctx.note(
         "cost: CPU is utime+stime of the proxy's processes (nginx: master and worker; its \
          auth_http responder, compiled optimised, apart: nginx mail needs one, so its whole \
          cost is the sum) over a run of smtp-source -s 20; kernel softirq time of the \
          forwarded/proxied packets is not in it. \"direct\" is kernel forwarding through the \
-         front-end namespace.",
+         front-end namespace. The back-end is smtp-sink; in \"1 KiB, Postfix back-end\" \
+         (full mode) it is Postfix's smtpd with its Maildir delivery, the one back-end of \
+         the run that offers CHUNKING, as Postfix and Exim do when shipped.",
     );
+    Ok(())
+}
+
+/// Ends the smtp-sink on back-end 0 and starts the lab's Postfix (with its Dovecot) at the
+/// same address, pinned to the load CPU, with the bench's recipient as a Maildir user.
+fn postfix_in_place_of_sink(lab: &mut Lab, sink: SocketAddr) -> anyhow::Result<MailHost> {
+    if let Some(d) = lab.daemons().iter_mut().find(|d| d.name == "sink0") {
+        d.stop().context("stopping smtp-sink")?;
+    }
+    let users = Users::new().with(smtp::RCPT, "bench-unused");
+    let host = MailHost::start(lab, 0, Make::Postfix, &users).context("Postfix back-end")?;
+    anyhow::ensure!(
+        host.smtp_addr() == sink,
+        "Postfix listens on {}, not at the sink's {sink}",
+        host.smtp_addr()
+    );
+    for pid in host.processes() {
+        procs::pin_pid(pid, LOAD_CPU)?;
+    }
+    Ok(host)
+}
+
+/// Waits until a session through `sys` is accepted again: after the back-end changed,
+/// each proxy's health checks take a moment to find it up.
+fn ready(lab: &Lab, sys: &System, msg: &[u8]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match serial(lab, sys.addr, msg, 1) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("{} never took a message", sys.name)));
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
+    }
+}
+
+/// The repetitions of one case: each system in a shuffled order per repetition.
+fn measure(
+    ctx: &mut Ctx,
+    lab: &Lab,
+    systems: &[System],
+    case: &'static str,
+    size: usize,
+) -> anyhow::Result<()> {
+    let s = ctx.sizes;
+    let msg = smtp::message(size);
+    for rep in 0..s.reps {
+        let mut lat = Vec::new();
+        for sys in super::shuffled(systems) {
+            let cpu0 = procs::cpu_us(&sys.pids);
+            let helper0 = procs::cpu_us(&sys.helpers);
+            let secs = smtp_source(lab, sys.addr, s.cost_sessions, size, CONCURRENCY)
+                .with_context(|| format!("{} {case}", sys.name))?;
+            let cpu = procs::cpu_us(&sys.pids) - cpu0;
+            let helper = procs::cpu_us(&sys.helpers) - helper0;
+            if !sys.pids.is_empty() {
+                ctx.add(SCENARIO, case, CPU, sys.name, cpu / s.cost_sessions as f64);
+            }
+            if !sys.helpers.is_empty() {
+                let per = helper / s.cost_sessions as f64;
+                ctx.add(SCENARIO, case, HELPER_CPU, sys.name, per);
+            }
+            ctx.add(
+                SCENARIO,
+                case,
+                RATE,
+                sys.name,
+                s.cost_sessions as f64 / secs,
+            );
+            let d = serial(lab, sys.addr, &msg, s.cost_serial)?;
+            let p = smtp::percentiles(&d, &[0.5, 0.99]);
+            ctx.add(SCENARIO, case, P50, sys.name, p[0]);
+            ctx.add(SCENARIO, case, P99, sys.name, p[1]);
+            lat.push((sys.name, p));
+        }
+        let direct = lat
+            .iter()
+            .find(|(n, _)| *n == "direct")
+            .map(|(_, p)| p.clone());
+        if let Some(d) = direct {
+            for (name, p) in lat.iter().filter(|(n, _)| *n != "direct") {
+                ctx.add(SCENARIO, case, ADD50, name, p[0] - d[0]);
+                ctx.add(SCENARIO, case, ADD99, name, p[1] - d[1]);
+            }
+        }
+        println!(
+            "bench: cost {case}: repetition {} of {} done",
+            rep + 1,
+            s.reps
+        );
+    }
     Ok(())
 }
