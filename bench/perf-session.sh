@@ -15,7 +15,9 @@
 # callgrind_annotate. Callgrind runs the front-end some 50 times slower: N 300 100 is
 # plenty. ROBUSTIFIER_BIN picks the binary (default target/release/robustifier). Needs
 # smtp-source/smtp-sink (postfix), perf or valgrind; as root the front-end runs as the
-# robustifier user when there is one.
+# robustifier user when there is one. SINK=chunking puts bench/chunking-sink.py in
+# smtp-sink's place: a back-end that offers CHUNKING, as Postfix and Exim do, so the
+# front-end relays each message as BDAT.
 set -euo pipefail
 
 N1=${1:-2000}
@@ -46,8 +48,16 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 sink_port=$(free_port)
 fe_port=$(free_port)
 
-taskset -c "$LOAD_CPU" smtp-sink -u nobody "127.0.0.1:$sink_port" 4096 &
+case ${SINK:-smtp-sink} in
+smtp-sink) taskset -c "$LOAD_CPU" smtp-sink -u nobody "127.0.0.1:$sink_port" 4096 & ;;
+chunking) taskset -c "$LOAD_CPU" python3 "$(dirname "$0")/chunking-sink.py" "127.0.0.1:$sink_port" & ;;
+*) echo "perf-session: SINK is smtp-sink or chunking" >&2; exit 1 ;;
+esac
 pids+=($!)
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$sink_port") 2>/dev/null && break
+    sleep 0.1
+done
 
 # Health checks are spread out so that their work does not count as the sessions'.
 cat >"$dir/robustifier.toml" <<EOF

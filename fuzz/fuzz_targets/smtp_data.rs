@@ -2,12 +2,13 @@
 //! forwards never holds a bare CR or LF nor an end of data other than the final one (so no
 //! back-end, however lenient, can find a second message in it), it forwards the whole
 //! message when and only when the message is clean and within the limit, and its results
-//! do not depend on the chunking.
+//! do not depend on the chunking; a whole message loses exactly its lines' leading
+//! periods when unstuffed for BDAT.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use robustifier::smtp::data::{DataScanner, Outcome};
+use robustifier::smtp::data::{DataScanner, Outcome, unstuff};
 
 #[derive(Debug, Arbitrary)]
 struct Input {
@@ -95,6 +96,15 @@ fuzz_target!(|input: Input| {
             assert_eq!(ends, [f.len() - 3], "ends of data in a clean message");
             assert!(size <= limit, "size {size} over limit {limit}");
             assert_eq!(size + 3, chunked.consumed as u64);
+            // What goes on as BDAT: each line without a leading period.
+            let message = &f[..size as usize];
+            let mut unstuffed = message.to_vec();
+            let n = unstuff(&mut unstuffed);
+            let expected: Vec<u8> = message
+                .split_inclusive(|&b| b == b'\n')
+                .flat_map(|line| line.strip_prefix(b".").unwrap_or(line).iter().copied())
+                .collect();
+            assert_eq!(&unstuffed[..n], expected.as_slice(), "unstuffed message");
         }
         // A refused message, or one still arriving: the back-end must see no end at all.
         _ => assert_eq!(

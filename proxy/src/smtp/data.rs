@@ -367,19 +367,24 @@ impl DataScanner {
 /// stuffing the client added for DATA comes off first. Lines are found by LF alone: in a
 /// clean message (see the invariants above) every LF ends a CRLF.
 pub fn unstuff(message: &mut [u8]) -> usize {
-    let end = message.len();
-    let (mut read, mut write) = (0, 0);
-    while read < end {
-        // `read` is at the start of a line.
-        if message[read] == b'.' {
-            read += 1;
+    // Only the stretches between stuffed periods move, each once: a message without a
+    // line that begins with a period (the usual one) is scanned and left as it is.
+    let finder = memchr::memmem::Finder::new(b"\n.");
+    let mut read = usize::from(message.first() == Some(&b'.'));
+    let mut write = 0;
+    loop {
+        // The next period to drop: the one after an LF.
+        let dot = finder.find(&message[read..]).map(|i| read + i + 1);
+        let end = dot.unwrap_or(message.len());
+        if write != read {
+            message.copy_within(read..end, write);
         }
-        let line_end = memchr::memchr(b'\n', &message[read..]).map_or(end, |i| read + i + 1);
-        message.copy_within(read..line_end, write);
-        write += line_end - read;
-        read = line_end;
+        write += end - read;
+        match dot {
+            Some(dot) => read = dot + 1,
+            None => return write,
+        }
     }
-    write
 }
 
 #[cfg(test)]
@@ -682,6 +687,17 @@ mod tests {
             }
             let n = unstuff(&mut stuffed);
             prop_assert_eq!(&stuffed[..n], &original[..]);
+        }
+
+        #[test]
+        fn unstuffing_drops_the_period_that_begins_each_line(input in data_bytes()) {
+            let expected: Vec<u8> = input
+                .split_inclusive(|&b| b == b'\n')
+                .flat_map(|line| line.strip_prefix(b".").unwrap_or(line).iter().copied())
+                .collect();
+            let mut m = input.clone();
+            let n = unstuff(&mut m);
+            prop_assert_eq!(&m[..n], &expected[..]);
         }
 
         #[test]

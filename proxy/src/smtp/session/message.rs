@@ -91,9 +91,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         };
         let mut relay = if leg.lease.leg.caps.chunking {
             self.say_plain(354, "End data with <CR><LF>.<CR><LF>");
-            let mut held = Vec::with_capacity(BDAT_ROOM + 1024);
-            held.resize(BDAT_ROOM, 0);
-            Relay::Held(held)
+            Relay::Held(Vec::new())
         } else {
             match self.start_data().await {
                 Ok(reply) if reply.code == 354 => {
@@ -138,6 +136,12 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             }
             match &mut relay {
                 Relay::Held(held) => {
+                    if held.is_empty() {
+                        // Sized by the first read, which holds all of the usual message:
+                        // one allocation.
+                        held.reserve_exact(BDAT_ROOM + step.replay.len() + step.forward);
+                        held.resize(BDAT_ROOM, 0);
+                    }
                     held.extend_from_slice(step.replay);
                     held.extend_from_slice(&chunk[..step.forward]);
                 }
@@ -169,7 +173,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                 break o;
             }
             if let Relay::Held(held) = &mut relay
-                && held.len() - BDAT_ROOM > HELD_MESSAGE
+                && held.len().saturating_sub(BDAT_ROOM) > HELD_MESSAGE
             {
                 relay = self.stream_held(std::mem::take(held)).await;
             }
