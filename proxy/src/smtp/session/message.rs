@@ -48,8 +48,9 @@ enum Relay {
     Streaming,
     /// The proxy said 354 and keeps the message (after [`BDAT_ROOM`]), stuffed as sent.
     Held(Vec<u8>),
-    /// The back-end refused DATA after the proxy had said 354: the rest of the message is
-    /// read and dropped, and this is the client's reply.
+    /// The back-end refused (or failed at) the DATA a long held message fell back to,
+    /// after the proxy had said 354: the rest of the message is read and dropped, and this
+    /// is the client's reply.
     Refused(Reply),
 }
 
