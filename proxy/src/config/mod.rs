@@ -250,6 +250,9 @@ pub struct Pool {
     /// How long an idle leg is kept: below the back-end's own idle timeout, so the
     /// back-end seldom closes one the proxy still counts on.
     pub idle_leg_age: std::time::Duration,
+    /// A message the client sends with DATA goes to a back-end that offered CHUNKING as
+    /// one `BDAT <n> LAST` when it ends within the held size (`smtp::session::message`).
+    pub data_as_bdat: bool,
     pub health: balance::Health,
     pub thresholds: balance::Thresholds,
     /// The pool's `agent_key_file` (resolved against the file's folder) and
@@ -972,6 +975,7 @@ fn pool(
             }
             None => std::time::Duration::from_secs(10),
         },
+        data_as_bdat: p.data_as_bdat.unwrap_or(true),
         health: balance::health(&format!("pool[{i}].health"), p.health)?,
         thresholds: balance::thresholds(&format!("pool[{i}].thresholds"), p.thresholds)?,
         agent_key_file: pool_key_file.map(|(_, path)| path),

@@ -185,6 +185,9 @@ pub struct RawPool {
     pub idle_legs: Option<u32>,
     /// How long an idle SMTP leg is kept, well below the back-end's own idle timeout.
     pub idle_leg_ms: Option<u64>,
+    /// A message sent with DATA goes to a back-end that offers CHUNKING as one BDAT
+    /// (default true); false relays DATA as DATA.
+    pub data_as_bdat: Option<bool>,
     pub health: Option<super::balance::RawHealth>,
     pub thresholds: Option<super::balance::RawThresholds>,
     /// File with the key shared with the back-ends' agents (a back-end may name its own).

@@ -93,6 +93,7 @@ shared_store = true
 connect_timeout_ms = 5000
 idle_legs = 16
 idle_leg_ms = 10000
+data_as_bdat = true
 agent_key_file = "agent.key"
 health = { interval_ms = 2000, timeout_ms = 3000, rise = 2, fall = 3, agent_interval_ms = 2000 }
 thresholds = { mail_queue = 5000, disk_percent = 90.0, run_queue = 8.0, response_ms = 5000, sessions = 1000 }
@@ -193,6 +194,7 @@ const EDITS: &[(&str, &str, &str, ChangeKind, bool)] = &[
     ("pool.connect_timeout_ms", "connect_timeout_ms = 5000", "connect_timeout_ms = 6000", Pools, true),
     ("pool.idle_legs", "idle_legs = 16", "idle_legs = 0", Pools, true),
     ("pool.idle_leg_ms", "idle_leg_ms = 10000", "idle_leg_ms = 5000", Pools, true),
+    ("pool.data_as_bdat", "data_as_bdat = true", "data_as_bdat = false", Pools, true),
     // The back-ends' key changes with the file.
     ("pool.agent_key_file", "\"agent.key\"", "\"agent2.key\"", Pools, false),
     ("pool.agent_insecure", "\nagent_insecure = false", "\nagent_insecure = true", Pools, true),
@@ -321,6 +323,7 @@ fn each_key_of_the_compared_structs_has_an_edit() {
         "pool.connect_timeout_ms",
         "pool.idle_legs",
         "pool.idle_leg_ms",
+        "pool.data_as_bdat",
         "pool.agent_key_file",
         "pool.agent_insecure",
         "backend.name",

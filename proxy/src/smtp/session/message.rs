@@ -90,7 +90,8 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             self.send(&no_backend());
             return Ok(true);
         };
-        let mut relay = if leg.lease.leg.caps.chunking {
+        let mut relay = if leg.lease.leg.caps.chunking && leg.lease.candidate.pool.pool.data_as_bdat
+        {
             self.say_plain(354, "End data with <CR><LF>.<CR><LF>");
             Relay::Held(Vec::new())
         } else {

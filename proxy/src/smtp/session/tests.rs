@@ -349,6 +349,31 @@ async fn message_is_relayed_and_acknowledged_by_the_backend() {
 }
 
 #[tokio::test]
+async fn a_pool_with_data_as_bdat_off_relays_data_as_data() {
+    let (a, rec) = backend(Fault::None).await;
+    let dir = tempdir("nobdat");
+    let env = env_pools(&dir, &[a], &[], "", "data_as_bdat = false");
+    let out = converse(
+        &env,
+        b"EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@a.example>\r\nDATA\r\n..m\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "354", "250", "221"],
+        "{out}"
+    );
+    let rec = rec.lock().unwrap();
+    assert_eq!(rec.messages, [b".m\r\n".to_vec()]);
+    assert!(rec.lines.iter().any(|l| l == "DATA"), "{:?}", rec.lines);
+    assert!(
+        !rec.lines.iter().any(|l| l.starts_with("BDAT")),
+        "the back-end offers CHUNKING, the pool says no: {:?}",
+        rec.lines
+    );
+}
+
+#[tokio::test]
 async fn a_message_longer_than_what_is_held_goes_on_as_data() {
     let (a, rec) = backend(Fault::None).await;
     let dir = tempdir("long");

@@ -21,6 +21,7 @@ pub(super) fn pool(out: &mut Out, s: &str, old: &Pool, new: &Pool) {
         connect_timeout,
         idle_legs,
         idle_leg_age,
+        data_as_bdat,
         health,
         thresholds,
         agent_key_file,
@@ -30,7 +31,7 @@ pub(super) fn pool(out: &mut Out, s: &str, old: &Pool, new: &Pool) {
         backends,
     } = old;
     backend_tls(out, s, tls, &new.tls);
-    fields!(out, Pools, s, new; shared_store, identity, connect_timeout, idle_legs, idle_leg_age);
+    fields!(out, Pools, s, new; shared_store, identity, connect_timeout, idle_legs, idle_leg_age, data_as_bdat);
     self::health(out, s, health, &new.health);
     self::thresholds(out, s, thresholds, &new.thresholds);
     fields!(out, Pools, s, new; agent_key_file, agent_insecure);
