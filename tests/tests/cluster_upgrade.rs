@@ -270,14 +270,12 @@ impl UnpackedFrontends {
 
 impl Drop for UnpackedFrontends {
     fn drop(&mut self) {
-        let ended: Vec<Successor> = self
-            .pids()
-            .into_iter()
-            .map(|pid| Successor {
+        // Each `Successor` ends its process (TERM, then KILL) as it goes.
+        for pid in self.pids() {
+            drop(Successor {
                 pid: nix::unistd::Pid::from_raw(pid),
-            })
-            .collect();
-        drop(ended);
+            });
+        }
     }
 }
 

@@ -1,17 +1,14 @@
-//! MAIL, RCPT and DATA: the transaction, its route, the back-end leg that serves it and
-//! the message relay.
+//! MAIL and RCPT: the transaction, its route and the back-end leg that serves it. The
+//! message itself (DATA, BDAT) is relayed in `message`.
 
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite};
-use tracing::{debug, info, warn};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{info, warn};
 
-use super::{
-    Commit, DATA_BLOCK_TIMEOUT, Greeted, Leg, MAX_RECIPIENTS, Phase, Session, SessionError,
-    Transaction,
-};
+use super::{Greeted, Leg, MAX_RECIPIENTS, Phase, Session, Transaction};
 use crate::{
     backend::{
         lease::{Fault, Faulted as _, LeaseError},
-        smtp::{DATA_END_TIMEOUT, LegError},
+        smtp::LegError,
     },
     route::{PoolNames, Route},
     service::Routed,
@@ -387,156 +384,6 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
         {
             self.leg = None;
         }
-    }
-}
-
-impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
-    /// BDAT (RFC 3030): the chunk of exactly `size` octets that follows the command is
-    /// relayed as it arrives, to a back-end that offered CHUNKING; the back-end's reply is
-    /// the client's. A refused chunk is still read to its end, so its octets are never
-    /// taken for commands. Returns false when the client went away.
-    pub(super) async fn bdat(&mut self, size: u64, last: bool) -> Result<bool, SessionError> {
-        let max = self.svc().max_message_size;
-        let refuse = match &self.tx {
-            None => Some(Reply::new(503, Some((5, 5, 1)), "Need MAIL command")),
-            Some(tx) if tx.rcpts().is_empty() => {
-                Some(Reply::new(554, Some((5, 5, 1)), "No valid recipients"))
-            }
-            Some(tx) if tx.broken() => Some(no_backend()),
-            Some(tx) if tx.bdat_size().saturating_add(size) > max => Some(Reply::new(
-                552,
-                Some((5, 3, 4)),
-                "Message size exceeds fixed maximum message size",
-            )),
-            Some(_) => match &self.leg {
-                None => Some(no_backend()),
-                Some(l) if !l.lease.leg.caps.chunking => Some(Reply::new(
-                    451,
-                    Some((4, 5, 3)),
-                    "Back-end does not take BDAT now, use DATA",
-                )),
-                Some(_) => None,
-            },
-        };
-        if let Some(reply) = refuse {
-            if !self.relay_chunk(size, false).await? {
-                return Ok(false);
-            }
-            // RFC 3030 2: a refused chunk fails the transaction. A leg that took part of
-            // the message is closed; one that only saw MAIL and RCPT is reset.
-            if self.tx.as_ref().is_some_and(|t| t.bdat_size() > 0) {
-                self.tx = None;
-                self.leg = None;
-            } else {
-                self.reset_transaction().await;
-            }
-            self.send(&reply);
-            return Ok(true);
-        }
-        if let Some(tx) = &mut self.tx {
-            tx.start_bdat();
-        }
-        let line = if last {
-            format!("BDAT {size} LAST\r\n")
-        } else {
-            format!("BDAT {size}\r\n")
-        };
-        let sent = match self.leg.as_mut() {
-            Some(l) => l.lease.data(line.as_bytes()).await.is_ok(),
-            None => false,
-        };
-        // A write failure ends the leg at once: waiting for its reply would only time out.
-        if !self.relay_chunk(size, sent).await? {
-            return Ok(false);
-        }
-        let wait = if last {
-            DATA_END_TIMEOUT
-        } else {
-            DATA_BLOCK_TIMEOUT
-        };
-        let commit = Commit::begin(if last { &self.committing } else { &None });
-        let reply = match self.leg.as_mut() {
-            Some(l) => match l
-                .lease
-                .reply(if last { "BDAT LAST" } else { "BDAT" }, wait)
-                .await
-            {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    warn!(session = %self.client.session_id, error = %e, "back-end failed during BDAT; message not acknowledged");
-                    None
-                }
-            },
-            None => None,
-        };
-        drop(commit);
-        match reply {
-            Some(r) => {
-                if let Some(tx) = &mut self.tx {
-                    tx.add_bdat(size);
-                }
-                if last {
-                    let mut tx = self.tx.take();
-                    let (total, rcpts) = tx
-                        .as_ref()
-                        .map_or((0, 0), |t| (t.bdat_size(), t.rcpts().len()));
-                    if r.is_positive()
-                        && let Some(l) = &self.leg
-                    {
-                        l.lease.tally.message(rcpts as u64);
-                    }
-                    debug!(session = %self.client.session_id, size = total, rcpts, code = r.code, "message relayed (BDAT)");
-                    if r.is_positive()
-                        && let Some(tx) = tx.as_deref_mut()
-                    {
-                        self.relayed(tx, total, &r);
-                    }
-                } else if !r.is_positive() {
-                    // RFC 3030 2: the transaction failed; the back-end may hold part of
-                    // the message, so the leg is closed rather than trusted to reset.
-                    self.tx = None;
-                    self.leg = None;
-                }
-                self.send(&r);
-            }
-            None => {
-                self.tx = None;
-                self.leg = None;
-                self.send(&no_backend());
-            }
-        }
-        Ok(true)
-    }
-
-    /// Reads exactly `size` octets of chunk from the client, writing them to the leg when
-    /// `forward`. A leg write that fails drops the leg at once. Returns false when the
-    /// client went away first.
-    async fn relay_chunk(&mut self, size: u64, mut forward: bool) -> Result<bool, SessionError> {
-        let mut left = size;
-        while left > 0 {
-            let chunk = match tokio::time::timeout(DATA_BLOCK_TIMEOUT, self.io.fill_buf()).await {
-                Ok(Ok(c)) if !c.is_empty() => c,
-                _ => return Ok(false),
-            };
-            let take = chunk.len().min(left.min(usize::MAX as u64) as usize);
-            if forward && let Some(tx) = self.tx.as_mut() {
-                tx.message_id.feed(&chunk[..take]);
-            }
-            if forward
-                && let Some(l) = self.leg.as_mut()
-                && l.lease.data(&chunk[..take]).await.is_err()
-            {
-                forward = false;
-                self.leg = None;
-            }
-            self.io.consume(take);
-            left -= take as u64;
-        }
-        if !forward && size > 0 && self.tx.as_ref().is_some_and(|t| t.bdat_used()) {
-            // The chunk never fully reached the back-end.
-            self.leg = None;
-        }
-        Ok(true)
     }
 }
 
