@@ -257,10 +257,11 @@ impl ReplyParser {
     /// parser is then ready for the next reply.
     pub fn push_line(&mut self, line: &[u8]) -> Result<Option<Reply>, ReplyError> {
         let (code, last, text) = split_reply_line(line)?;
+        let lead = leading_enhanced(code, text);
         match self.code {
             None => {
                 self.code = Some(code);
-                self.enhanced = leading_enhanced(code, text).map(|(e, _)| e);
+                self.enhanced = lead.map(|(e, _)| e);
             }
             Some(first) if first != code => {
                 return Err(ReplyError::CodeChanged { first, then: code });
@@ -271,7 +272,7 @@ impl ReplyParser {
             return Err(ReplyError::TooManyLines);
         }
         // RFC 2034 4: the enhanced code is repeated on each line; keep it once.
-        let text = match (self.enhanced, leading_enhanced(code, text)) {
+        let text = match (self.enhanced, lead) {
             (Some(first), Some((this, rest))) if first == this => rest,
             _ => text,
         };
@@ -373,24 +374,26 @@ fn split_reply_line(line: &[u8]) -> Result<(u16, bool, &[u8]), ReplyError> {
 /// An enhanced status code at the start of `text` whose class matches the reply code
 /// (RFC 3463 2: class is 2, 4 or 5; subject and detail 1..3 digits), and the text after it.
 fn leading_enhanced(code: u16, text: &[u8]) -> Option<(Enhanced, &[u8])> {
-    let end = text.iter().position(|&b| b == b' ').unwrap_or(text.len());
-    let token = std::str::from_utf8(&text[..end]).ok()?;
-    let mut parts = token.split('.');
+    // Bytes, not text: every line of every back-end reply passes here.
+    let end = memchr::memchr(b' ', text).unwrap_or(text.len());
+    let mut parts = text[..end].split(|&b| b == b'.');
     let (c, s, d) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
         return None;
     }
-    let number = |p: &str, max_len: usize| {
-        (!p.is_empty() && p.len() <= max_len && p.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| p.parse::<u16>().ok())
-            .flatten()
+    let number = |p: &[u8], max_len: usize| {
+        (!p.is_empty() && p.len() <= max_len && p.iter().all(u8::is_ascii_digit))
+            .then(|| p.iter().fold(0u16, |n, &b| n * 10 + u16::from(b - b'0')))
     };
-    let class = u8::try_from(number(c, 1)?).ok()?;
-    if !matches!(class, 2 | 4 | 5) || u16::from(class) != code / 100 {
+    let class = number(c, 1)?;
+    if !matches!(class, 2 | 4 | 5) || class != code / 100 {
         return None;
     }
     let rest = text.get(end + 1..).unwrap_or(&[]);
-    Some(((class, number(s, 3)?, number(d, 3)?), rest))
+    Some((
+        (u8::try_from(class).ok()?, number(s, 3)?, number(d, 3)?),
+        rest,
+    ))
 }
 
 /// What a back-end offers in its EHLO reply (RFC 5321 4.1.1.1 and the extensions named).
@@ -640,6 +643,34 @@ mod tests {
         assert_eq!(got[1].enhanced, None);
         assert_eq!(got[1].lines().collect::<Vec<_>>(), ["4.0.0 not enhanced"]);
         assert_eq!(got[2].enhanced, None);
+    }
+
+    #[test]
+    fn enhanced_codes_are_class_subject_detail_of_bounded_digits() {
+        fn e(t: &[u8]) -> Option<(Enhanced, &[u8])> {
+            leading_enhanced(250, t)
+        }
+        assert_eq!(e(b"2.1.5 Ok"), Some(((2, 1, 5), &b"Ok"[..])));
+        assert_eq!(e(b"2.999.999"), Some(((2, 999, 999), &b""[..])));
+        assert_eq!(
+            leading_enhanced(451, b"4.3.0 later"),
+            Some(((4, 3, 0), &b"later"[..]))
+        );
+        for bad in [
+            &b"2.1000.0 x"[..],
+            b"2.1.1000",
+            b"22.1.0",
+            b"2.1",
+            b"2.1.0.1",
+            b"2..0",
+            b"2.1.+5",
+            b"2.1.\xff5",
+            b"5.1.1 wrong class",
+            b"3.1.1",
+            b"",
+        ] {
+            assert_eq!(e(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
