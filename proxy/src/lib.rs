@@ -75,3 +75,4 @@ pub(crate) mod supervise;
 mod sync;
 pub(crate) mod tls;
 pub mod vrrp;
+pub mod wait;

@@ -18,6 +18,7 @@ use crate::{
     lines::{Line, read_line_into},
     stream::{Buffered, Conn},
     tls::ServerTls,
+    wait::{Either, race, within},
 };
 
 /// How long a client may take over a TLS handshake it asked for.
@@ -83,22 +84,22 @@ pub async fn next_line_into<R>(
 where
     R: tokio::io::AsyncBufRead + Unpin,
 {
-    let wait = async {
+    let closed = async {
         match closing {
             Some(c) => c.cancelled().await,
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        r = timeout(idle, read_line_into(io, max, spare)) => Ok(match r {
-            Err(_) => Next::Idle,
-            Ok(line) => match line? {
-                Line::Complete(l) => Next::Line(l),
-                Line::TooLong => Next::TooLong,
-                Line::Eof => Next::Eof,
-            },
+    // A line already buffered is taken without a timer (`within`).
+    let read = within(idle, read_line_into(io, max, spare));
+    match race(std::pin::pin!(read), std::pin::pin!(closed)).await {
+        Either::Main(Err(_)) => Ok(Next::Idle),
+        Either::Main(Ok(line)) => Ok(match line? {
+            Line::Complete(l) => Next::Line(l),
+            Line::TooLong => Next::TooLong,
+            Line::Eof => Next::Eof,
         }),
-        () = wait => Ok(Next::Closing),
+        Either::Side(()) => Ok(Next::Closing),
     }
 }
 

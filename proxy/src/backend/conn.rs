@@ -138,7 +138,9 @@ impl BackendConn {
         stage: &'static str,
         wait: Duration,
     ) -> Result<(), ConnError> {
-        self.write_until(bytes, stage, Instant::now() + wait).await
+        // Most writes fit the socket's buffer at once: no timer for those.
+        let done = crate::wait::within(wait, write_flush(self.io.get_mut(), bytes)).await;
+        settle(done, stage)
     }
 
     async fn write_until(
@@ -147,14 +149,8 @@ impl BackendConn {
         stage: &'static str,
         deadline: Instant,
     ) -> Result<(), ConnError> {
-        let io = self.io.get_mut();
-        timeout_at(deadline, async {
-            io.write_all(bytes).await?;
-            io.flush().await
-        })
-        .await
-        .map_err(|_| ConnError::Timeout { stage })?
-        .map_err(|source| ConnError::Io { stage, source })
+        let done = crate::wait::within_at(deadline, write_flush(self.io.get_mut(), bytes)).await;
+        settle(done, stage)
     }
 
     /// Runs one of the protocol's line readers on the stream within `wait`; what the
@@ -295,6 +291,20 @@ pub fn xtext(s: &str) -> String {
         }
     }
     out
+}
+
+async fn write_flush(io: &mut Conn<TcpStream>, bytes: &[u8]) -> std::io::Result<()> {
+    io.write_all(bytes).await?;
+    io.flush().await
+}
+
+/// A timed write's outcome as the leg's error, named by its stage.
+fn settle(
+    done: Result<std::io::Result<()>, tokio::time::error::Elapsed>,
+    stage: &'static str,
+) -> Result<(), ConnError> {
+    done.map_err(|_| ConnError::Timeout { stage })?
+        .map_err(|source| ConnError::Io { stage, source })
 }
 
 #[cfg(test)]

@@ -311,7 +311,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
             }
             io.flush().await
         };
-        timeout(self.env.service.idle_timeout, write)
+        // A reply fits the socket's buffer at once but for a client that stopped reading:
+        // the timer is taken only then.
+        crate::wait::within(self.env.service.idle_timeout, write)
             .await
             .map_err(|_| crate::session_core::write_timed_out())?
     }
