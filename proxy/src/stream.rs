@@ -78,6 +78,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<S> {
     }
 }
 
+/// A stream that can send its last bytes and its end (the FIN) in one segment.
+///
+/// A session's last reply (221, 421) is followed by the close at once. Written as usual,
+/// the reply and the FIN leave as two segments, and each costs the front-end a pass
+/// through the network stack (on loopback or a veth, the peer's receive side too).
+pub trait LastWords {
+    /// Sends as much of `bytes` as the socket takes now, held back (`MSG_MORE`); when it
+    /// took all of them, ends the sending side, which sends them with the FIN. Returns how
+    /// many octets it took: the caller writes the rest as usual. Streams that cannot
+    /// take none.
+    fn send_last(&self, bytes: &[u8]) -> usize {
+        let _ = bytes;
+        0
+    }
+}
+
+/// What a client session runs over: a TCP stream, or an in-memory one in tests.
+pub trait ClientStream: AsyncRead + AsyncWrite + LastWords + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + LastWords + Unpin + Send> ClientStream for S {}
+
+impl LastWords for tokio::net::TcpStream {
+    fn send_last(&self, bytes: &[u8]) -> usize {
+        let sock = socket2::SockRef::from(self);
+        let sent = self.try_io(tokio::io::Interest::WRITABLE, || {
+            sock.send_with_flags(bytes, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+        });
+        match sent {
+            // A shutdown, not the close alone, sends the FIN: a close with unread input
+            // (a client that sent more after QUIT) would reset the connection and drop
+            // the reply unsent.
+            Ok(n) if n == bytes.len() => {
+                let _ = sock.shutdown(std::net::Shutdown::Write);
+                n
+            }
+            Ok(n) => n,
+            Err(_) => 0,
+        }
+    }
+}
+
+impl LastWords for tokio::io::DuplexStream {}
+
+impl<S: LastWords> LastWords for Conn<S> {
+    /// Plain connections only: TLS ends with its close_notify alert.
+    fn send_last(&self, bytes: &[u8]) -> usize {
+        match self {
+            Conn::Plain(s) => s.send_last(bytes),
+            _ => 0,
+        }
+    }
+}
+
 fn detached() -> io::Error {
     io::Error::new(
         io::ErrorKind::NotConnected,
@@ -472,6 +525,50 @@ mod tests {
 
     use super::*;
     use crate::lines::{Line, read_line};
+
+    /// Segments the socket from `local` to `peer` has sent, as `ss` reports them
+    /// (TCP_INFO's `tcpi_segs_out`).
+    fn segments_out(s: &tokio::net::TcpStream) -> u32 {
+        let (local, peer) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
+        let out = std::process::Command::new("ss")
+            .args(["-tinH", "src", &local.to_string(), "dst", &peer.to_string()])
+            .output()
+            .expect("ss (iproute2)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&local.to_string()),
+            "no socket {local} -> {peer}: {text:?}"
+        );
+        // `ss` leaves the figure out while it is 0.
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix("segs_out:"))
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn last_words_leave_with_the_fin_in_one_segment() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        server.writable().await.unwrap();
+        let before = segments_out(&server);
+        let bye = b"221 2.0.0 Bye\r\n";
+        assert_eq!(server.send_last(bye), bye.len());
+        let mut got = Vec::new();
+        // The end of the stream is the FIN.
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, bye);
+        assert_eq!(
+            segments_out(&server) - before,
+            1,
+            "the reply and the FIN in one segment"
+        );
+        // A stream without sockets takes nothing: the caller writes as usual.
+        let (a, _b) = tokio::io::duplex(64);
+        assert_eq!(Conn::Plain(a).send_last(bye), 0);
+    }
 
     /// Polls `fill_buf` once; true when it is waiting for input.
     fn waits<R: AsyncRead + Unpin>(r: &mut Buffered<R>) -> bool {

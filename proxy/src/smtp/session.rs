@@ -17,10 +17,7 @@ mod transaction;
 
 use std::{net::SocketAddr, time::Duration};
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
-    time::timeout,
-};
+use tokio::{io::AsyncWriteExt as _, time::timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -35,7 +32,7 @@ use crate::{
     config::{Service, ServiceTls},
     route::PoolNames,
     session_core::{ErrorBudget, Next, next_line_into, upgrade_tls},
-    stream::{Buffered, Conn},
+    stream::{Buffered, ClientStream, Conn, LastWords},
 };
 pub use crate::{service::ServiceContext, session_core::SessionError};
 
@@ -238,7 +235,7 @@ impl Drop for Commit<'_> {
     }
 }
 
-impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
+impl<'e, S: ClientStream> Session<'e, S> {
     pub fn new(
         stream: Conn<S>,
         env: &'e ServiceContext,
@@ -386,6 +383,9 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
                     break;
                 }
             }
+            // The last reply leaves with the FIN, in one segment (plain connections).
+            let taken = self.io.get_ref().send_last(&self.out);
+            self.out.drain(..taken);
             let _ = self.flush().await;
             // TLS sends close_notify, so the client can tell an end from a cut; a client
             // that does not read gets no longer for it than for a reply. Plain TCP needs no

@@ -3,7 +3,7 @@
 //! The proxy keeps no password: it only carries the exchange to the back-end that owns the
 //! user, then that back-end serves the rest of the session.
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use crate::stream::ClientStream;
 use tracing::{info, warn};
 
 use super::{Greeted, Session, SessionError};
@@ -24,7 +24,7 @@ enum Step {
     Bad,
 }
 
-impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
+impl<'e, S: ClientStream> Session<'e, S> {
     pub(super) async fn auth(
         &mut self,
         mechanism: String,

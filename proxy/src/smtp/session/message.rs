@@ -16,7 +16,9 @@ use std::{
     sync::{Arc, atomic::AtomicBool},
 };
 
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite};
+use tokio::io::AsyncBufReadExt as _;
+
+use crate::stream::ClientStream;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -55,7 +57,7 @@ enum Relay {
     Refused(Reply),
 }
 
-impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
+impl<'e, S: ClientStream> Session<'e, S> {
     /// DATA (RFC 5321 4.1.1.4): the back-end's reply to the end of data (or to the BDAT
     /// that carried the message) is the client's reply. Returns false when the client
     /// went away.

@@ -1,7 +1,7 @@
 //! MAIL and RCPT: the transaction, its route and the back-end leg that serves it. The
 //! message itself (DATA, BDAT) is relayed in `message`.
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use crate::stream::ClientStream;
 use tracing::{info, warn};
 
 use super::{Greeted, Leg, MAX_RECIPIENTS, Phase, Session, Transaction};
@@ -31,7 +31,7 @@ fn busy() -> Reply {
     Reply::new(451, Some((4, 3, 2)), "System busy, try again later")
 }
 
-impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
+impl<'e, S: ClientStream> Session<'e, S> {
     /// MAIL. Returns false when the session must end (an authenticated session lost the
     /// back-end that holds its login).
     pub(super) async fn mail(&mut self, mail: MailFrom, line: &[u8]) -> bool {
@@ -387,7 +387,7 @@ impl<'e, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'e, S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, S> {
+impl<S: ClientStream> Session<'_, S> {
     /// How a route was chosen, for the message's record: where the route came from, the
     /// session's group, and that the leg's back-end was the least loaded one with room.
     fn route_reason(&self, source: Option<&crate::service::RouteSource>, group: &str) -> String {
