@@ -102,10 +102,10 @@ impl<S: AsyncRead + AsyncWrite + LastWords + Unpin + Send> ClientStream for S {}
 impl LastWords for tokio::net::TcpStream {
     fn send_last(&self, bytes: &[u8]) -> usize {
         let sock = socket2::SockRef::from(self);
-        let sent = self.try_io(tokio::io::Interest::WRITABLE, || {
-            sock.send_with_flags(bytes, libc::MSG_MORE | libc::MSG_NOSIGNAL)
-        });
-        match sent {
+        // Sent directly, not through tokio's readiness, which a connection accepted a
+        // moment ago does not have yet: a full buffer (EAGAIN) takes nothing, and the
+        // caller's write learns it again.
+        match sock.send_with_flags(bytes, libc::MSG_MORE | libc::MSG_NOSIGNAL) {
             // A shutdown, not the close alone, sends the FIN: a close with unread input
             // (a client that sent more after QUIT) would reset the connection and drop
             // the reply unsent.
@@ -551,8 +551,8 @@ mod tests {
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
+        // Just accepted: tokio has not seen it writable yet.
         let (server, _) = listener.accept().await.unwrap();
-        server.writable().await.unwrap();
         let before = segments_out(&server);
         let bye = b"221 2.0.0 Bye\r\n";
         assert_eq!(server.send_last(bye), bye.len());
