@@ -5,7 +5,7 @@
 //! The order, lowest first (a module may import its own layer and those below):
 //!
 //! - foundation: locking, logging, events and alarms, privileges, re-read files,
-//!   supervised tasks, the connection type, cheap waiting (races, deadlines); they import nothing of the crate.
+//!   supervised tasks, the connection type, cheap deadlines; they import nothing of the crate.
 //! - codecs: pure parsing and formatting (the line reader, SMTP and POP3 commands and
 //!   replies, SASL, PROXY v2, VRRP packets and state machine, the agent wire format, the
 //!   routing map syntax, the directories' keys, templates and LDAP filters), no I/O beyond

@@ -18,7 +18,6 @@ use crate::{
     lines::{Line, read_line_into},
     stream::{Buffered, Conn},
     tls::ServerTls,
-    wait::{Either, race, within},
 };
 
 /// How long a client may take over a TLS handshake it asked for.
@@ -90,16 +89,18 @@ where
             None => std::future::pending().await,
         }
     };
-    // A line already buffered is taken without a timer (`within`).
-    let read = within(idle, read_line_into(io, max, spare));
-    match race(std::pin::pin!(read), std::pin::pin!(closed)).await {
-        Either::Main(Err(_)) => Ok(Next::Idle),
-        Either::Main(Ok(line)) => Ok(match line? {
-            Line::Complete(l) => Next::Line(l),
-            Line::TooLong => Next::TooLong,
-            Line::Eof => Next::Eof,
+    // Closing first: a client that keeps a line buffered must not hold off the close.
+    tokio::select! {
+        biased;
+        () = closed => Ok(Next::Closing),
+        r = timeout(idle, read_line_into(io, max, spare)) => Ok(match r {
+            Err(_) => Next::Idle,
+            Ok(line) => match line? {
+                Line::Complete(l) => Next::Line(l),
+                Line::TooLong => Next::TooLong,
+                Line::Eof => Next::Eof,
+            },
         }),
-        Either::Side(()) => Ok(Next::Closing),
     }
 }
 

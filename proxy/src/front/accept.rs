@@ -24,7 +24,6 @@ use crate::{
     service::ServiceContext,
     smtp::session::Session,
     stream::Conn,
-    wait::Either,
 };
 
 /// Which answer a listener gives.
@@ -66,14 +65,6 @@ pub struct Context {
 pub struct Abort {
     pub sessions: CancellationToken,
     pub commits: CancellationToken,
-}
-
-/// Why a session ended from outside.
-enum Stop {
-    /// Cut now, unless it is waiting for a back-end's reply to an end of data.
-    Aborted,
-    /// Its address is being handed over and the drain deadline passed: cut now.
-    Ended,
 }
 
 /// A short id for one session, carried in every log line and to the back-ends.
@@ -269,7 +260,7 @@ fn serve(
             async move {
                 drained.cancelled().await;
                 closing.cancel();
-                std::future::pending::<std::convert::Infallible>().await
+                std::future::pending::<()>().await
             }
         };
         let id = session_id();
@@ -323,23 +314,18 @@ fn serve(
         }
         .instrument(span);
         let mut session = std::pin::pin!(session);
-        // What ends a session from outside is rare: it is polled when it wakes, not at
-        // every wake of the session (`wait::race`).
-        let stop = async {
-            tokio::select! {
-                never = closing_watch => match never {},
-                () = ctx.abort.sessions.cancelled() => Stop::Aborted,
-                () = admitted.ended() => Stop::Ended,
+        tokio::select! {
+            _ = &mut session => {}
+            _ = closing_watch => {}
+            _ = ctx.abort.sessions.cancelled() => {
+                if committing.load(std::sync::atomic::Ordering::Acquire) {
+                    tokio::select! {
+                        _ = &mut session => {}
+                        _ = ctx.abort.commits.cancelled() => {}
+                    }
+                }
             }
-        };
-        if let Either::Side(Stop::Aborted) =
-            crate::wait::race(session.as_mut(), std::pin::pin!(stop)).await
-            && committing.load(std::sync::atomic::Ordering::Acquire)
-        {
-            tokio::select! {
-                _ = &mut session => {}
-                _ = ctx.abort.commits.cancelled() => {}
-            }
+            _ = admitted.ended() => {}
         }
     }
 }

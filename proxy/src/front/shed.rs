@@ -6,7 +6,7 @@
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
-use crate::{config::Protocol, stream::LastWords as _};
+use crate::{config::Protocol, stream::LastWords};
 
 pub fn reply(protocol: Protocol, hostname: &str) -> String {
     match protocol {
