@@ -526,8 +526,7 @@ mod tests {
     use super::*;
     use crate::lines::{Line, read_line};
 
-    /// Segments the socket from `local` to `peer` has sent, as `ss` reports them
-    /// (TCP_INFO's `tcpi_segs_out`).
+    /// Segments `s` has sent, as `ss` reports them (TCP_INFO's `tcpi_segs_out`).
     fn segments_out(s: &tokio::net::TcpStream) -> u32 {
         let (local, peer) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
         let out = std::process::Command::new("ss")

@@ -6,7 +6,7 @@
 
 use std::{future::Future, task::Poll, time::Duration};
 
-use tokio::time::{Instant, error::Elapsed};
+use tokio::time::error::Elapsed;
 
 /// `tokio::time::timeout(wait, work)`, with the clock read and the timer taken only if
 /// `work` does not finish at its first poll.
@@ -15,15 +15,6 @@ pub async fn within<F: Future>(wait: Duration, work: F) -> Result<F::Output, Ela
     match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
         Poll::Ready(v) => Ok(v),
         Poll::Pending => tokio::time::timeout(wait, work).await,
-    }
-}
-
-/// [`within`] with a deadline.
-pub async fn within_at<F: Future>(deadline: Instant, work: F) -> Result<F::Output, Elapsed> {
-    let mut work = std::pin::pin!(work);
-    match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
-        Poll::Ready(v) => Ok(v),
-        Poll::Pending => tokio::time::timeout_at(deadline, work).await,
     }
 }
 
@@ -36,11 +27,8 @@ mod tests {
         assert_eq!(within(Duration::from_secs(1), async { 7 }).await, Ok(7));
         let slow = within(Duration::from_secs(1), std::future::pending::<()>());
         assert!(slow.await.is_err());
-        let at = Instant::now() + Duration::from_millis(10);
-        let late = within_at(at, tokio::time::sleep(Duration::from_secs(5)));
-        assert!(late.await.is_err());
-        let soon = within_at(
-            Instant::now() + Duration::from_secs(5),
+        let soon = within(
+            Duration::from_secs(5),
             tokio::time::sleep(Duration::from_millis(10)),
         );
         assert_eq!(soon.await, Ok(()));

@@ -149,7 +149,8 @@ impl BackendConn {
         stage: &'static str,
         deadline: Instant,
     ) -> Result<(), ConnError> {
-        let done = crate::wait::within_at(deadline, write_flush(self.io.get_mut(), bytes)).await;
+        // Once per leg (the PROXY header), with the connect's deadline: a plain timer.
+        let done = timeout_at(deadline, write_flush(self.io.get_mut(), bytes)).await;
         settle(done, stage)
     }
 
