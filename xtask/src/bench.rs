@@ -3,7 +3,7 @@
 
 use std::{path::Path, time::Instant};
 
-use crate::{setup, util};
+use crate::{scratch::Scratch, setup, util};
 
 /// nginx's auth_http responder (`bench/responder/auth_http.rs`, the standard library only),
 /// compiled optimised next to the proxy under test whatever the profile: a debug build of it
@@ -59,13 +59,18 @@ pub fn run(quick: bool, smoke: bool, only: &[String], no_build: bool) -> anyhow:
         bin.display()
     );
     build_auth_http(&bin)?;
-    // SAFETY: single-threaded here; the lab reads it when it starts front-ends.
+    crate::scratch::tidy();
+    // The labs' files (logs, databases, copied binaries) go to a directory of this run's.
+    let scratch = Scratch::new("bench")?;
+    // SAFETY: single-threaded here; the lab reads these when it starts front-ends and
+    // makes its directories.
     #[expect(
         clippy::disallowed_methods,
-        reason = "set once before any thread starts; the lab crate takes the binary from the environment"
+        reason = "set once before any thread starts; the lab crate takes the binary and its directory from the environment"
     )]
     unsafe {
-        std::env::set_var("ROBUSTIFIER_BIN", &bin)
+        std::env::set_var("ROBUSTIFIER_BIN", &bin);
+        std::env::set_var("TMPDIR", scratch.path());
     };
     let command: Vec<String> = std::env::args().skip(1).collect();
     let mut report =
@@ -95,6 +100,10 @@ pub fn run(quick: bool, smoke: bool, only: &[String], no_build: bool) -> anyhow:
         report.duration_s,
         dir.display()
     );
+    let said = scratch.finish(report.failures.is_empty());
+    if !said.is_empty() {
+        println!("bench: {said}");
+    }
     anyhow::ensure!(
         report.failures.is_empty(),
         "{} scenario(s) failed: {}",

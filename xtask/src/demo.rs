@@ -87,6 +87,27 @@ fn indent(text: &str) {
 pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     setup::run()?;
     cargo(&["build", "-p", "robustifier"])?;
+    crate::scratch::tidy();
+    // The labs' files (logs, Maildirs, databases) go to a directory of this run's, removed
+    // when the demo succeeds.
+    let scratch = crate::scratch::Scratch::new("demo")?;
+    // SAFETY: no other thread runs yet; the labs make their directories under it.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "set once before any thread starts; the lab crate makes its directories under TMPDIR"
+    )]
+    unsafe {
+        std::env::set_var("TMPDIR", scratch.path());
+    };
+    let shown = steps(only);
+    let said = scratch.finish(shown.is_ok());
+    if !said.is_empty() {
+        println!("demo: {said}");
+    }
+    shown
+}
+
+fn steps(only: Option<&str>) -> anyhow::Result<()> {
     // A demo interrupted earlier may have left its lab behind.
     lab::down("rbdemo");
     let prefix = format!("rbdemo{}", std::process::id());

@@ -20,6 +20,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use crate::scratch::Scratch;
+
 /// Parallel lanes: the machine's two cores; more would make CPU-bound tests compete.
 pub const LANES: usize = 2;
 
@@ -238,7 +240,7 @@ pub fn run(binaries: &[Binary], env: &[(String, std::ffi::OsString)], times: &Pa
                     let kind = binaries[i].kind();
                     q.running.push(kind);
                     drop(q);
-                    let outcome = run_one(&binaries[i], env, lane);
+                    let outcome = run_one(&binaries[i], i, env, lane);
                     if let Ok(mut sum) = summary.lock() {
                         sum.add(&outcome);
                     }
@@ -261,12 +263,25 @@ pub fn run(binaries: &[Binary], env: &[(String, std::ffi::OsString)], times: &Pa
     summary
 }
 
-fn run_one(b: &Binary, env: &[(String, std::ffi::OsString)], lane: usize) -> Outcome {
+/// Runs binary number `index` with a temporary directory of its own ([`Scratch`]).
+fn run_one(b: &Binary, index: usize, env: &[(String, std::ffi::OsString)], lane: usize) -> Outcome {
     let start = Instant::now();
     println!("xtask test: lane {lane}: {} started", b.name);
-    let (text, status) = match capture(b, env) {
-        Ok(r) => r,
-        Err(e) => (format!("{e:#}\n"), None),
+    let (text, status) = match Scratch::new(&index.to_string()) {
+        Ok(scratch) => {
+            let mut env = env.to_vec();
+            env.push(("TMPDIR".into(), scratch.path().into()));
+            let (mut text, status) = match capture(b, &env) {
+                Ok(r) => r,
+                Err(e) => (format!("{e:#}\n"), None),
+            };
+            let said = scratch.finish(status.is_some_and(|s| s.success()));
+            if !said.is_empty() {
+                text.push_str(&format!("xtask test: {}: {said}\n", b.name));
+            }
+            (text, status)
+        }
+        Err(e) => (format!("xtask test: no temporary directory: {e:#}\n"), None),
     };
     let (passed, failed) = count(&text);
     let ok = status.is_some_and(|s| s.success());

@@ -9,6 +9,7 @@ mod image;
 mod lab;
 mod lanes;
 mod package;
+mod scratch;
 mod setup;
 mod soak;
 mod test;

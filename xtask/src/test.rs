@@ -56,6 +56,7 @@ pub fn run(only: &[String]) -> anyhow::Result<()> {
     }
     let wanted = |step: &str| only.is_empty() || only.iter().any(|o| o == step);
     let start = Instant::now();
+    crate::scratch::tidy();
     if wanted("setup") {
         run_step("setup", setup::run)?;
     }

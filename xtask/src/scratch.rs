@@ -1,0 +1,155 @@
+//! Where test and benchmark runs put their temporary files. Each test binary and each
+//! benchmark run gets a directory of its own and finds it as `TMPDIR` (so every
+//! `std::env::temp_dir()` under it, the labs' logs, state and copied binaries included,
+//! lands there). It is removed when that part passes and kept, with its path printed, when
+//! it fails: its logs are the diagnosis. A later run removes what runs that are gone left.
+//!
+//! Without this, every run left its files in the shared temporary directory: a cluster
+//! upgrade test alone leaves unpacked packages of close to 1 GB, and a machine that runs
+//! the suite repeatedly (CI among them) filled its disk.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+
+/// Prefix of the directories: `rbx-<pid of the xtask process>-<tag>`, short because lab
+/// daemons put UNIX sockets several levels below it (a socket path has 107 bytes at most).
+const PREFIX: &str = "rbx-";
+
+pub struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// A fresh, empty directory for `tag` in this process's run.
+    pub fn new(tag: &str) -> anyhow::Result<Scratch> {
+        let path = base().join(format!("{PREFIX}{}-{tag}", std::process::id()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("clearing {}", path.display()))?;
+        }
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        // Like /tmp: lab daemons run as their own users and make files of their own here.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o1777))?;
+        Ok(Scratch { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the directory when `passed`; otherwise keeps it and says where it is.
+    pub fn finish(self, passed: bool) -> String {
+        if !passed {
+            return format!("its temporary files are kept in {}", self.path.display());
+        }
+        match std::fs::remove_dir_all(&self.path) {
+            Ok(()) => String::new(),
+            Err(e) => format!("could not remove {}: {e}", self.path.display()),
+        }
+    }
+}
+
+/// Removes what runs that are gone kept, then says how much disk is free: a full disk fails
+/// tests in ways that do not name it.
+pub fn tidy() {
+    let (count, bytes) = sweep();
+    if count > 0 {
+        println!(
+            "xtask: removed {count} temporary directories ({:.1} MiB) of earlier runs",
+            bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
+    for dir in [std::env::temp_dir(), crate::util::root().join("target")] {
+        if let Ok(fs) = nix::sys::statvfs::statvfs(&dir) {
+            let free = fs.blocks_available() as f64 * fs.fragment_size() as f64;
+            println!(
+                "xtask: {:.1} GiB free for {}",
+                free / (1024.0 * 1024.0 * 1024.0),
+                dir.display()
+            );
+        }
+    }
+}
+
+/// Removes the directories of runs whose process is gone; returns how many and their size
+/// in bytes.
+fn sweep() -> (usize, u64) {
+    let Ok(entries) = std::fs::read_dir(base()) else {
+        return (0, 0);
+    };
+    let (mut count, mut bytes) = (0, 0);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = owner(&name.to_string_lossy()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let size = size_of(&entry.path());
+        if std::fs::remove_dir_all(entry.path()).is_ok() {
+            count += 1;
+            bytes += size;
+        }
+    }
+    (count, bytes)
+}
+
+/// The pid in a scratch directory's name.
+fn owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let (pid, tag) = rest.split_once('-')?;
+    (!tag.is_empty()).then_some(())?;
+    pid.parse().ok()
+}
+
+fn base() -> PathBuf {
+    std::env::temp_dir()
+}
+
+fn size_of(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|d| d.flatten().map(|e| size_of(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_of_scratch_directories_carry_an_owner() {
+        assert_eq!(owner("rbx-1234-7"), Some(1234));
+        assert_eq!(owner("rbx-1234-bench"), Some(1234));
+        assert_eq!(owner("rbx-1234-"), None);
+        assert_eq!(owner("rbx-12x4-7"), None);
+        assert_eq!(owner("rb-frontend-1234-7"), None);
+        assert_eq!(owner("robustifier-lab"), None);
+    }
+
+    #[test]
+    fn a_passing_part_leaves_nothing_and_a_failing_one_keeps_its_files() {
+        let passed = Scratch::new("selftest-pass").unwrap();
+        std::fs::write(passed.path().join("log"), "x").unwrap();
+        let path = passed.path().to_owned();
+        assert_eq!(passed.finish(true), "");
+        assert!(!path.exists());
+
+        let failed = Scratch::new("selftest-fail").unwrap();
+        std::fs::write(failed.path().join("log"), "x").unwrap();
+        let path = failed.path().to_owned();
+        assert!(failed.finish(false).contains(&path.display().to_string()));
+        assert!(path.join("log").exists());
+        std::fs::remove_dir_all(path).unwrap();
+    }
+}
