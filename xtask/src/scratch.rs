@@ -19,6 +19,9 @@ use anyhow::Context as _;
 /// daemons put UNIX sockets several levels below it (a socket path has 107 bytes at most).
 const PREFIX: &str = "rbx-";
 
+/// Set (to anything), every scratch directory is kept.
+const KEEP: &str = "ROBUSTIFIER_KEEP_SCRATCH";
+
 pub struct Scratch {
     path: PathBuf,
 }
@@ -41,9 +44,14 @@ impl Scratch {
         &self.path
     }
 
-    /// Removes the directory when `passed`; otherwise keeps it and says where it is.
+    /// Removes the directory when `passed` (unless `ROBUSTIFIER_KEEP_SCRATCH` is set, to
+    /// read a passing run's logs); otherwise keeps it and says where it is.
     pub fn finish(self, passed: bool) -> String {
-        if !passed {
+        self.close(!passed || std::env::var_os(KEEP).is_some())
+    }
+
+    fn close(self, keep: bool) -> String {
+        if keep {
             return format!("its temporary files are kept in {}", self.path.display());
         }
         match std::fs::remove_dir_all(&self.path) {
@@ -138,17 +146,17 @@ mod tests {
     }
 
     #[test]
-    fn a_passing_part_leaves_nothing_and_a_failing_one_keeps_its_files() {
+    fn a_closed_directory_is_gone_and_a_kept_one_is_named() {
         let passed = Scratch::new("selftest-pass").unwrap();
         std::fs::write(passed.path().join("log"), "x").unwrap();
         let path = passed.path().to_owned();
-        assert_eq!(passed.finish(true), "");
+        assert_eq!(passed.close(false), "");
         assert!(!path.exists());
 
         let failed = Scratch::new("selftest-fail").unwrap();
         std::fs::write(failed.path().join("log"), "x").unwrap();
         let path = failed.path().to_owned();
-        assert!(failed.finish(false).contains(&path.display().to_string()));
+        assert!(failed.close(true).contains(&path.display().to_string()));
         assert!(path.join("log").exists());
         std::fs::remove_dir_all(path).unwrap();
     }
