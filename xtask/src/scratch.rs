@@ -15,9 +15,10 @@ use std::{
 
 use anyhow::Context as _;
 
-/// Prefix of the directories: `rbx-<pid of the xtask process>-<tag>`, short because lab
+/// Prefix of the directories: `rbx<pid of the xtask process>-<tag>`, short because lab
 /// daemons put UNIX sockets several levels below it (a socket path has 107 bytes at most).
-const PREFIX: &str = "rbx-";
+/// The pid in the name is read as the labs' names are ([`robustifier_lab::owner_pid`]).
+const PREFIX: &str = "rbx";
 
 /// Set (to anything), every scratch directory is kept.
 const KEEP: &str = "ROBUSTIFIER_KEEP_SCRATCH";
@@ -29,7 +30,7 @@ pub struct Scratch {
 impl Scratch {
     /// A fresh, empty directory for `tag` in this process's run.
     pub fn new(tag: &str) -> anyhow::Result<Scratch> {
-        let path = base().join(format!("{PREFIX}{}-{tag}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("{PREFIX}{}-{tag}", std::process::id()));
         if path.exists() {
             std::fs::remove_dir_all(&path)
                 .with_context(|| format!("clearing {}", path.display()))?;
@@ -86,16 +87,13 @@ pub fn tidy() {
 /// Removes the directories of runs whose process is gone; returns how many and their size
 /// in bytes.
 fn sweep() -> (usize, u64) {
-    let Ok(entries) = std::fs::read_dir(base()) else {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return (0, 0);
     };
     let (mut count, mut bytes) = (0, 0);
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = owner(&name.to_string_lossy()) else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !is_scratch(&name) || !robustifier_lab::orphaned(&name) {
             continue;
         }
         let size = size_of(&entry.path());
@@ -107,16 +105,9 @@ fn sweep() -> (usize, u64) {
     (count, bytes)
 }
 
-/// The pid in a scratch directory's name.
-fn owner(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix(PREFIX)?;
-    let (pid, tag) = rest.split_once('-')?;
-    (!tag.is_empty()).then_some(())?;
-    pid.parse().ok()
-}
-
-fn base() -> PathBuf {
-    std::env::temp_dir()
+/// Whether `name` is a scratch directory's: the prefix, then a pid.
+fn is_scratch(name: &str) -> bool {
+    name.starts_with(PREFIX) && robustifier_lab::owner_pid(name).is_some()
 }
 
 fn size_of(path: &Path) -> u64 {
@@ -136,13 +127,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_names_of_scratch_directories_carry_an_owner() {
-        assert_eq!(owner("rbx-1234-7"), Some(1234));
-        assert_eq!(owner("rbx-1234-bench"), Some(1234));
-        assert_eq!(owner("rbx-1234-"), None);
-        assert_eq!(owner("rbx-12x4-7"), None);
-        assert_eq!(owner("rb-frontend-1234-7"), None);
-        assert_eq!(owner("robustifier-lab"), None);
+    fn only_scratch_directories_are_swept() {
+        assert!(is_scratch("rbx1234-7"));
+        assert!(is_scratch("rbx1234-bench"));
+        assert_eq!(robustifier_lab::owner_pid("rbx1234-7"), Some(1234));
+        assert!(!is_scratch("rbxfoo"));
+        assert!(!is_scratch("rbt1234-cupg0"));
+        assert!(!is_scratch("rb-frontend-1234-7"));
+        assert!(!is_scratch("robustifier-lab"));
     }
 
     #[test]
